@@ -1,0 +1,176 @@
+import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
+import { checked, fail, int, list, nullable, obj, oneOf, parseYaml, str, type Schema } from './validate.js';
+
+/**
+ * The one configuration object (design.md): validated once at start, passed down;
+ * no module reads the environment. Keys follow shared/spec/contract.md; the extra keys
+ * documented in the README extend it.
+ */
+export interface UserEntry {
+  name: string;
+  password: string;
+  groups: string[];
+}
+
+export interface GatehouseConfig {
+  realm: string;
+  data_dir: string;
+  log_level: 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'silent';
+  turn: {
+    listen: string[];
+    relay_address: string;
+    relay_ports: number[];
+    peers: { allow: string[]; deny: string[] };
+    rest_secret: string | null;
+    tls: { cert: string | null; key: string | null };
+    software: string;
+    /** RFC 8656 §7.2: the server's maximum allocation lifetime, seconds. */
+    max_lifetime: number;
+    /** RFC 8656 §2.2: default allocation lifetime, seconds. */
+    default_lifetime: number;
+    /** RFC 8489 §9.2: how long a nonce stays fresh before 438 Stale Nonce, seconds. */
+    nonce_lifetime: number;
+    /** RFC 8656 §7.2 step 10: 486 Allocation Quota Reached beyond this, per user. */
+    max_allocations_per_user: number;
+  };
+  pcp: { listen: string[] };
+  admin: { listen: string; token: string | null };
+  users: UserEntry[];
+  policy: { rules: string };
+}
+
+export const LISTEN_RE = /^(udp|tcp|tls):\/\/(\[[0-9a-fA-F:.]+\]|[0-9.]+|localhost):(\d{1,5})$/;
+
+export function parseListen(url: string): { proto: 'udp' | 'tcp' | 'tls'; host: string; port: number } {
+  const m = LISTEN_RE.exec(url);
+  if (!m) throw new Error(`not a listen address: ${url}`);
+  let host = m[2]!;
+  if (host.startsWith('[')) host = host.slice(1, -1);
+  if (host === 'localhost') host = '127.0.0.1';
+  return { proto: m[1] as 'udp' | 'tcp' | 'tls', host, port: Number(m[3]) };
+}
+
+const listenUrl = checked('a listen address like udp://0.0.0.0:3478', (s) => {
+  const m = LISTEN_RE.exec(s);
+  if (!m) return `expected proto://address:port with proto udp, tcp or tls, got ${JSON.stringify(s)}`;
+  const host = m[2]!.replace(/^\[|\]$/g, '');
+  if (host !== 'localhost' && !isIP(host)) return `${JSON.stringify(host)} is not an IP address`;
+  const port = Number(m[3]);
+  if (port < 1 || port > 65535) return `port ${port} is out of range 1-65535`;
+  return null;
+});
+
+export function checkCidr(s: string): string | null {
+  const [addr, bits, ...rest] = s.split('/');
+  const fam = isIP(addr ?? '');
+  if (!fam || rest.length) return `${JSON.stringify(s)} is not an address or CIDR`;
+  if (bits === undefined) return null;
+  const n = Number(bits);
+  const max = fam === 4 ? 32 : 128;
+  if (!/^\d+$/.test(bits) || n > max) return `prefix length in ${JSON.stringify(s)} must be 0-${max}`;
+  return null;
+}
+
+const cidr = checked('a CIDR like 10.0.0.0/8', checkCidr);
+const ipAddr = checked('an IP address', (s) => (isIP(s) ? null : `${JSON.stringify(s)} is not an IP address`));
+
+const portRange: Schema<number[]> = {
+  what: 'a port range [low, high]',
+  parse(node, path, ctx) {
+    const r = list(int(1, 65535, 'a port 1-65535')).parse(node, path, ctx);
+    if (r.length !== 2 || r[0]! > r[1]!) {
+      return fail(ctx, node, path, `expected [low, high] with low <= high`);
+    }
+    return r;
+  },
+};
+
+const userSchema = obj<UserEntry>(
+  {
+    name: { schema: checked('a user name', (s) => (s.length && !s.includes(':') ? null : 'user names are non-empty and contain no ":"')), default: () => '' },
+    password: { schema: str('a password'), default: () => '' },
+    groups: { schema: list(str('a group name')), default: () => [] },
+  },
+  'a user { name, password, groups }',
+);
+
+export const configSchema = obj<GatehouseConfig>({
+  realm: { schema: str('a realm name'), default: () => 'gatehouse.local' },
+  data_dir: { schema: str('a directory path'), default: () => './data' },
+  log_level: {
+    schema: oneOf('trace', 'debug', 'info', 'warn', 'error', 'silent'),
+    default: () => 'info',
+  },
+  turn: {
+    schema: obj({
+      listen: { schema: list(listenUrl, { single: true }), default: () => ['udp://0.0.0.0:3478', 'tcp://0.0.0.0:3478'] },
+      relay_address: { schema: ipAddr, default: () => '127.0.0.1' },
+      relay_ports: { schema: portRange, default: () => [49152, 65535] },
+      peers: {
+        schema: obj({
+          allow: { schema: list(cidr), default: () => [] },
+          deny: { schema: list(cidr), default: () => [] },
+        }),
+      },
+      rest_secret: { schema: nullable(str('a shared secret')), default: () => null },
+      tls: {
+        schema: obj({
+          cert: { schema: nullable(str('a PEM file path')), default: () => null },
+          key: { schema: nullable(str('a PEM file path')), default: () => null },
+        }),
+      },
+      software: { schema: str('a SOFTWARE string'), default: () => 'Gatehouse' },
+      max_lifetime: { schema: int(600, 86400), default: () => 3600 },
+      default_lifetime: { schema: int(60, 86400), default: () => 600 },
+      nonce_lifetime: { schema: int(10, 86400), default: () => 600 },
+      max_allocations_per_user: { schema: int(1, 100000), default: () => 20 },
+    }),
+  },
+  pcp: {
+    schema: obj({ listen: { schema: list(listenUrl, { single: true }), default: () => ['udp://0.0.0.0:5351'] } }),
+  },
+  admin: {
+    schema: obj({
+      listen: {
+        schema: checked('an http://address:port URL', (s) =>
+          /^http:\/\/(\[[0-9a-fA-F:.]+\]|[0-9.]+|localhost):\d{1,5}$/.test(s) ? null : `expected http://address:port, got ${JSON.stringify(s)}`,
+        ),
+        default: () => 'http://127.0.0.1:8080',
+      },
+      token: { schema: nullable(str('an admin token')), default: () => null },
+    }),
+  },
+  users: { schema: list(userSchema), default: () => [] },
+  policy: {
+    schema: obj({ rules: { schema: str('a file or folder path'), default: () => './rules' } }),
+  },
+});
+
+/** Cross-key checks that a per-key schema cannot express. */
+function crossCheck(cfg: GatehouseConfig, file: string): void {
+  if (cfg.turn.default_lifetime > cfg.turn.max_lifetime) {
+    throw new Error(`${file}: turn.default_lifetime (${cfg.turn.default_lifetime}) exceeds turn.max_lifetime (${cfg.turn.max_lifetime})`);
+  }
+  const wantsTls = cfg.turn.listen.some((l) => l.startsWith('tls://'));
+  if (wantsTls && (!cfg.turn.tls.cert || !cfg.turn.tls.key)) {
+    throw new Error(`${file}: turn.listen has a tls:// address but turn.tls.cert and turn.tls.key are not both set`);
+  }
+}
+
+export function parseConfig(text: string, file = '<config>'): GatehouseConfig {
+  const { root, ctx } = parseYaml(text, file);
+  const cfg = configSchema.parse(root, '', ctx);
+  crossCheck(cfg, file);
+  return cfg;
+}
+
+export function loadConfig(file: string | null): GatehouseConfig {
+  if (!file) return defaultConfig();
+  return parseConfig(readFileSync(file, 'utf8'), file);
+}
+
+/** The embedded default: what `npm start` runs with no file. */
+export function defaultConfig(): GatehouseConfig {
+  return parseConfig('', '<embedded default>');
+}
