@@ -1,0 +1,105 @@
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { timingSafeEqual, createHash } from 'node:crypto';
+import type { AddressInfo } from 'node:net';
+import type { Registry } from 'prom-client';
+import type { Logger } from '../util/log.js';
+import type { EveEvent } from '../events/eve.js';
+
+/**
+ * The admin listener (contract.md "Admin HTTP API"). /metrics, /healthz and the gateway
+ * certificate are open; everything under /v1 else needs `Authorization: Bearer TOKEN`.
+ */
+export interface AdminSources {
+  registry: Registry;
+  token: string;
+  recentEvents: () => readonly EveEvent[];
+  flows?: () => unknown[];
+  certificatePem?: () => string | undefined;
+  reloadPolicy?: () => Promise<{ ok: boolean; message: string }>;
+}
+
+function tokenMatches(header: string | undefined, token: string): boolean {
+  if (!header?.startsWith('Bearer ')) return false;
+  // Compare digests so the comparison is constant-time whatever the lengths.
+  const a = createHash('sha256').update(header.slice(7)).digest();
+  const b = createHash('sha256').update(token).digest();
+  return timingSafeEqual(a, b);
+}
+
+function json(res: ServerResponse, status: number, body: unknown): void {
+  res.writeHead(status, { 'content-type': 'application/json' });
+  res.end(JSON.stringify(body));
+}
+
+/** GET /v1/events filters: event_type, since (ISO time), limit (default 100, max 10000). */
+export function filterEvents(events: readonly EveEvent[], q: URLSearchParams): EveEvent[] {
+  const type = q.get('event_type');
+  const since = q.get('since');
+  const limit = Math.min(10000, Math.max(1, Number(q.get('limit') ?? 100) || 100));
+  const sinceMs = since ? Date.parse(since) : NaN;
+  let out = events.filter((e) => (!type || e.event_type === type) && (Number.isNaN(sinceMs) || Date.parse(e.timestamp.replace(/(\d{3})\d{3}\+0000$/, '$1Z')) >= sinceMs));
+  if (out.length > limit) out = out.slice(out.length - limit);
+  return out;
+}
+
+export class AdminServer {
+  private server: Server | undefined;
+  constructor(
+    private readonly src: AdminSources,
+    private readonly log: Logger,
+  ) {}
+
+  async listen(host: string, port: number): Promise<AddressInfo> {
+    this.server = createServer((req, res) => {
+      this.handle(req, res).catch((err: unknown) => {
+        this.log.error({ err: (err as Error).message }, 'admin request failed');
+        if (!res.headersSent) json(res, 500, { error: 'internal error' });
+        else res.end();
+      });
+    });
+    await new Promise<void>((resolve, reject) => {
+      this.server!.once('error', reject);
+      this.server!.listen(port, host, () => resolve());
+    });
+    return this.server.address() as AddressInfo;
+  }
+
+  async close(): Promise<void> {
+    if (!this.server) return;
+    this.server.closeAllConnections?.();
+    await new Promise<void>((r) => this.server!.close(() => r()));
+  }
+
+  private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const url = new URL(req.url ?? '/', 'http://admin');
+    const path = url.pathname;
+    if (req.method === 'GET' && path === '/healthz') return json(res, 200, { status: 'ok' });
+    if (req.method === 'GET' && path === '/metrics') {
+      const body = await this.src.registry.metrics();
+      res.writeHead(200, { 'content-type': this.src.registry.contentType });
+      res.end(body);
+      return;
+    }
+    if (req.method === 'GET' && path === '/v1/gateway/certificate') {
+      const pem = this.src.certificatePem?.();
+      if (!pem) return json(res, 404, { error: 'no gateway certificate configured' });
+      res.writeHead(200, { 'content-type': 'application/x-pem-file' });
+      res.end(pem);
+      return;
+    }
+    if (path.startsWith('/v1/')) {
+      if (!tokenMatches(req.headers.authorization, this.src.token)) {
+        res.setHeader('www-authenticate', 'Bearer');
+        return json(res, 401, { error: 'admin token required' });
+      }
+      if (req.method === 'GET' && path === '/v1/events') return json(res, 200, filterEvents(this.src.recentEvents(), url.searchParams));
+      if (req.method === 'GET' && path === '/v1/flows') return json(res, 200, this.src.flows?.() ?? []);
+      if (req.method === 'POST' && path === '/v1/policy/reload') {
+        if (!this.src.reloadPolicy) return json(res, 501, { error: 'the policy engine is not part of this build yet' });
+        const r = await this.src.reloadPolicy();
+        return json(res, r.ok ? 200 : 422, r);
+      }
+    }
+    json(res, 404, { error: 'not found' });
+  }
+}

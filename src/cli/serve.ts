@@ -1,0 +1,133 @@
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { parseArgs } from 'node:util';
+import type { Writable } from 'node:stream';
+import { loadConfig, type GatehouseConfig } from '../config/config.js';
+import { ConfigError } from '../util/errors.js';
+import { createLogger, type Logger } from '../util/log.js';
+import { systemClock } from '../util/clock.js';
+import { FanoutEventSink, FileEventSink, MemoryEventSink } from '../events/eve.js';
+import { ensureBootstrapUser, StaticUserDirectory } from '../store/users.js';
+import { TurnServer } from '../turn/server.js';
+import { createMetrics } from '../admin/metrics.js';
+import { AdminServer } from '../admin/server.js';
+
+export const SERVE_HELP = `Usage: gatehouse serve [--config FILE]
+
+Runs the gateway: the TURN server (and later PCP), inspection, policy and the admin API.
+With no --config the embedded default is used: TURN on udp/tcp 0.0.0.0:3478, state in
+./data, admin API on http://127.0.0.1:8080. On a first start with no users configured,
+one user is created with a random password, kept in DATA_DIR/initial-user.json and
+printed once.
+
+Options:
+  --config FILE   YAML configuration (see README "Configuration"); every key optional.
+                  A key that is unknown or of the wrong type stops the start with the
+                  file, line, column and key named.
+  --help          This text.
+`;
+
+export interface RunningGateway {
+  config: GatehouseConfig;
+  turn: TurnServer;
+  admin: AdminServer;
+  adminPort: number;
+  stop(): Promise<void>;
+}
+
+/** The admin token: from the configuration, else kept in DATA_DIR/admin-token (0600). */
+function adminToken(cfg: GatehouseConfig): { token: string; file?: string; created: boolean } {
+  if (cfg.admin.token) return { token: cfg.admin.token, created: false };
+  const file = join(cfg.data_dir, 'admin-token');
+  if (existsSync(file)) return { token: readFileSync(file, 'utf8').trim(), file, created: false };
+  const token = randomBytes(24).toString('base64url');
+  writeFileSync(file, token + '\n', { mode: 0o600, flag: 'wx' });
+  return { token, file, created: true };
+}
+
+export async function startGateway(cfg: GatehouseConfig, log: Logger, stdout: Writable): Promise<RunningGateway> {
+  mkdirSync(cfg.data_dir, { recursive: true, mode: 0o700 });
+  const boot = ensureBootstrapUser(cfg.data_dir, cfg.users);
+  if (boot.created) {
+    // Printed once, to the terminal only (never to the log): appliance-style first start.
+    stdout.write(
+      `\nFirst start: created TURN user "${boot.created.name}" with password ${boot.created.password}\n` +
+        `(kept in ${join(cfg.data_dir, 'initial-user.json')}; add users under "users:" in a config file)\n\n`,
+    );
+  }
+  const token = adminToken(cfg);
+  if (token.created) log.info({ file: token.file }, 'admin token created (read it from this file)');
+
+  const memory = new MemoryEventSink(10000);
+  const events = new FanoutEventSink([new FileEventSink(join(cfg.data_dir, 'events.jsonl')), memory]);
+  const users = new StaticUserDirectory(boot.users);
+  const turn = new TurnServer({ config: cfg, users, clock: systemClock, logger: log.child({ module: 'turn' }), events });
+  await turn.start();
+
+  const registry = createMetrics(() => turn.stats);
+  const admin = new AdminServer({ registry, token: token.token, recentEvents: () => memory.events }, log.child({ module: 'admin' }));
+  const adminUrl = new URL(cfg.admin.listen);
+  let adminAddr;
+  try {
+    adminAddr = await admin.listen(adminUrl.hostname.replace(/^\[|\]$/g, ''), Number(adminUrl.port));
+  } catch (err) {
+    await turn.stop();
+    throw err;
+  }
+  log.info(
+    { turn: turn.addresses(), admin: `http://${adminAddr.address}:${adminAddr.port}`, users: users.size, pcp: 'not built yet' },
+    'gatehouse listening',
+  );
+  return {
+    config: cfg,
+    turn,
+    admin,
+    adminPort: adminAddr.port,
+    async stop() {
+      await admin.close();
+      await turn.stop();
+      events.close();
+    },
+  };
+}
+
+export async function runServe(argv: string[], io: { stdout: Writable; stderr: Writable }): Promise<number> {
+  let args;
+  try {
+    args = parseArgs({ args: argv, options: { config: { type: 'string' }, help: { type: 'boolean' } }, strict: true });
+  } catch (err) {
+    io.stderr.write(`gatehouse serve: ${(err as Error).message}\n\n${SERVE_HELP}`);
+    return 2;
+  }
+  if (args.values.help) {
+    io.stdout.write(SERVE_HELP);
+    return 0;
+  }
+  let cfg: GatehouseConfig;
+  try {
+    cfg = loadConfig(args.values.config ?? null);
+  } catch (err) {
+    const msg = err instanceof ConfigError ? err.message : (err as Error).message;
+    io.stderr.write(`gatehouse serve: configuration error: ${msg}\n`);
+    return 2;
+  }
+  const log = createLogger({ level: cfg.log_level });
+  let gw: RunningGateway;
+  try {
+    gw = await startGateway(cfg, log, io.stdout);
+  } catch (err) {
+    io.stderr.write(`gatehouse serve: cannot start: ${(err as Error).message}\n`);
+    return 1;
+  }
+  await new Promise<void>((resolve) => {
+    const stop = (sig: string) => {
+      log.info({ signal: sig }, 'stopping');
+      gw.stop().finally(resolve);
+    };
+    process.once('SIGINT', () => stop('SIGINT'));
+    process.once('SIGTERM', () => stop('SIGTERM'));
+  });
+  log.flush();
+  return 0;
+}
