@@ -12,6 +12,7 @@ import { ensureBootstrapUser, StaticUserDirectory } from '../store/users.js';
 import { TurnServer } from '../turn/server.js';
 import { createMetrics } from '../admin/metrics.js';
 import { AdminServer } from '../admin/server.js';
+import { loadOrCreateIdentity, type GatewayIdentity } from '../store/identity.js';
 
 export const SERVE_HELP = `Usage: gatehouse serve [--config FILE]
 
@@ -33,6 +34,7 @@ export interface RunningGateway {
   turn: TurnServer;
   admin: AdminServer;
   adminPort: number;
+  identity: GatewayIdentity;
   stop(): Promise<void>;
 }
 
@@ -56,6 +58,8 @@ export async function startGateway(cfg: GatehouseConfig, log: Logger, stdout: Wr
         `(kept in ${join(cfg.data_dir, 'initial-user.json')}; add users under "users:" in a config file)\n\n`,
     );
   }
+  const { identity, created } = await loadOrCreateIdentity(cfg.data_dir, cfg.identity, cfg.realm);
+  log.info({ fingerprint: identity.fingerprint.toString('hex'), created }, 'gateway identity');
   const token = adminToken(cfg);
   if (token.created) log.info({ file: token.file }, 'admin token created (read it from this file)');
 
@@ -66,7 +70,7 @@ export async function startGateway(cfg: GatehouseConfig, log: Logger, stdout: Wr
   await turn.start();
 
   const registry = createMetrics(() => turn.stats);
-  const admin = new AdminServer({ registry, token: token.token, recentEvents: () => memory.events }, log.child({ module: 'admin' }));
+  const admin = new AdminServer({ registry, token: token.token, recentEvents: () => memory.events, certificatePem: () => identity.certificatePem }, log.child({ module: 'admin' }));
   const adminUrl = new URL(cfg.admin.listen);
   let adminAddr;
   try {
@@ -84,6 +88,7 @@ export async function startGateway(cfg: GatehouseConfig, log: Logger, stdout: Wr
     turn,
     admin,
     adminPort: adminAddr.port,
+    identity,
     async stop() {
       await admin.close();
       await turn.stop();

@@ -38,6 +38,8 @@ export interface GatehouseConfig {
   admin: { listen: string; token: string | null };
   users: UserEntry[];
   policy: { rules: string };
+  /** The gateway identity (key-escrow.md §1): PEM files, or null to make one in data_dir. */
+  identity: { cert: string | null; key: string | null };
 }
 
 export const LISTEN_RE = /^(udp|tcp|tls):\/\/(\[[0-9a-fA-F:.]+\]|[0-9.]+|localhost):(\d{1,5})$/;
@@ -142,6 +144,12 @@ export const configSchema = obj<GatehouseConfig>({
     }),
   },
   users: { schema: list(userSchema), default: () => [] },
+  identity: {
+    schema: obj({
+      cert: { schema: nullable(str('a PEM certificate file')), default: () => null },
+      key: { schema: nullable(str('a PEM ECDSA P-256 key file')), default: () => null },
+    }),
+  },
   policy: {
     schema: obj({ rules: { schema: str('a file or folder path'), default: () => './rules' } }),
   },
@@ -151,6 +159,9 @@ export const configSchema = obj<GatehouseConfig>({
 function crossCheck(cfg: GatehouseConfig, file: string): void {
   if (cfg.turn.default_lifetime > cfg.turn.max_lifetime) {
     throw new Error(`${file}: turn.default_lifetime (${cfg.turn.default_lifetime}) exceeds turn.max_lifetime (${cfg.turn.max_lifetime})`);
+  }
+  if (!cfg.identity.cert !== !cfg.identity.key) {
+    throw new Error(`${file}: identity.cert and identity.key must be set together`);
   }
   const wantsTls = cfg.turn.listen.some((l) => l.startsWith('tls://'));
   if (wantsTls && (!cfg.turn.tls.cert || !cfg.turn.tls.key)) {

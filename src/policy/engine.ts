@@ -1,0 +1,201 @@
+import { BlockList, isIP } from 'node:net';
+import { createReadStream } from 'node:fs';
+import { createInterface } from 'node:readline';
+import { MultiMatcher } from './matcher.js';
+import type { Rule, RuleFile } from './rules-schema.js';
+
+/**
+ * Policy evaluation (contract.md "Rules"): inspection emits what it saw, this module
+ * decides. It parses no packets: it judges subjects (a data-channel message, a file,
+ * DTLS application data, a media stream) in the context of their flow.
+ *
+ * Semantics (all-match): every rule whose selectors and conditions all hold matches,
+ * and each match is reported. The verdict for the subject is the strongest matched
+ * action: block > drop > record > alert > forward. Within one rule, the selectors
+ * (user, group, peer, channel, direction, label, protocol, media, codec) must all hold,
+ * and each listed condition must hold (a list inside one condition is "any of").
+ */
+export type Action = 'block' | 'drop' | 'record' | 'alert';
+export type VerdictAction = Action | 'forward';
+export const ACTION_RANK: Record<VerdictAction, number> = { forward: 0, alert: 1, record: 2, drop: 3, block: 4 };
+
+export interface FlowContext {
+  user?: string;
+  groups: readonly string[];
+  /** The peer's IP address (the remote side of the relayed flow). */
+  peerIp?: string;
+}
+
+export interface Subject {
+  kind: 'message' | 'file' | 'appdata' | 'media';
+  /** to_peer: from the gateway's client toward the peer; from_peer: the reverse. */
+  direction: 'to_peer' | 'from_peer';
+  label?: string;
+  protocol?: string;
+  data?: Uint8Array;
+  size: number;
+  sha256?: string;
+  fileType?: string;
+  mediaKind?: 'audio' | 'video';
+  codec?: string;
+}
+
+export interface Match {
+  rule: Rule;
+  action: Action;
+}
+export interface Verdict {
+  action: VerdictAction;
+  matches: Match[];
+}
+export const FORWARD: Verdict = Object.freeze({ action: 'forward', matches: [] }) as Verdict;
+
+interface Compiled {
+  rule: Rule;
+  index: number;
+  needsContent: boolean; // has contains/contains_text
+  users: Set<string> | null;
+  groups: Set<string> | null;
+  peers: BlockList | null;
+  labels: Set<string> | null;
+  protocols: Set<string> | null;
+  fileTypes: Set<string> | null;
+  sha256: Set<string> | null;
+  sha256List: string | null;
+  regexes: RegExp[];
+  media: Set<string> | null;
+  codecs: Set<string> | null;
+}
+
+const setOrNull = (xs: readonly string[], lower = false) => (xs.length ? new Set(lower ? xs.map((x) => x.toLowerCase()) : xs) : null);
+
+function blockListOf(cidrs: readonly string[]): BlockList | null {
+  if (!cidrs.length) return null;
+  const bl = new BlockList();
+  for (const c of cidrs) {
+    const [addr, bits] = c.split('/');
+    const fam = isIP(addr!) === 6 ? 'ipv6' : 'ipv4';
+    if (bits === undefined) bl.addAddress(addr!, fam);
+    else bl.addSubnet(addr!, Number(bits), fam);
+  }
+  return bl;
+}
+
+export class PolicyEngine {
+  private readonly compiled: Compiled[];
+  private readonly matcher: MultiMatcher<number>;
+  private readonly hashLists = new Map<string, Set<string>>();
+  readonly rules: readonly Rule[];
+  readonly keys: RuleFile['keys'];
+  readonly quotas: RuleFile['quotas'];
+
+  /** Rule files apply in order; the last `keys` section that is present holds. */
+  constructor(files: readonly RuleFile[]) {
+    this.rules = files.flatMap((f) => f.rules);
+    this.keys = files.reduce<RuleFile['keys']>((k, f) => f.keys ?? k, null);
+    this.quotas = files.flatMap((f) => f.quotas);
+    const patterns: { bytes: Buffer; caseInsensitive: boolean; tag: number }[] = [];
+    this.compiled = this.rules.map((rule, index) => {
+      const w = rule.when;
+      for (const c of w.contains) patterns.push({ bytes: Buffer.from(c, 'utf8'), caseInsensitive: false, tag: index });
+      for (const c of w.contains_text) patterns.push({ bytes: Buffer.from(c, 'utf8'), caseInsensitive: true, tag: index });
+      return {
+        rule,
+        index,
+        needsContent: w.contains.length + w.contains_text.length > 0,
+        users: setOrNull(w.user),
+        groups: setOrNull(w.group),
+        peers: blockListOf(w.peer),
+        labels: setOrNull(w.label),
+        protocols: setOrNull(w.protocol),
+        fileTypes: setOrNull(w.file_type),
+        sha256: setOrNull(w.sha256, true),
+        sha256List: w.sha256_list,
+        regexes: w.regex.map((r) => new RegExp(r, 'u')),
+        media: setOrNull(w.media),
+        codecs: setOrNull(w.codec, true),
+      };
+    });
+    this.matcher = new MultiMatcher(patterns);
+  }
+
+  /** Loads every `sha256_list` file: one hex SHA-256 per line, `#` comments. Set lookup keeps cost flat in list size. */
+  async loadHashLists(resolve: (p: string) => string = (p) => p): Promise<void> {
+    for (const c of this.compiled) {
+      if (!c.sha256List || this.hashLists.has(c.sha256List)) continue;
+      const set = new Set<string>();
+      const rl = createInterface({ input: createReadStream(resolve(c.sha256List)), crlfDelay: Infinity });
+      for await (const line of rl) {
+        const h = line.trim().split(/\s+/)[0]?.toLowerCase();
+        if (h && /^[0-9a-f]{64}$/.test(h)) set.add(h);
+      }
+      this.hashLists.set(c.sha256List, set);
+    }
+  }
+
+  /** Does the rule apply to this flow at all (user, group, peer)? Used to pick `record` flows. */
+  private flowSelected(c: Compiled, flow: FlowContext): boolean {
+    if (c.users && !(flow.user && c.users.has(flow.user))) return false;
+    if (c.groups && !flow.groups.some((g) => c.groups!.has(g))) return false;
+    if (c.peers) {
+      if (!flow.peerIp) return false;
+      if (!c.peers.check(flow.peerIp, isIP(flow.peerIp) === 6 ? 'ipv6' : 'ipv4')) return false;
+    }
+    return true;
+  }
+
+  private subjectSelected(c: Compiled, s: Subject): boolean {
+    const w = c.rule.when;
+    const channel = s.kind === 'media' ? 'media' : 'data';
+    if (w.channel !== 'any' && w.channel !== channel) return false;
+    if (w.direction !== 'any' && w.direction !== s.direction) return false;
+    if (c.labels && !(s.label !== undefined && c.labels.has(s.label))) return false;
+    if (c.protocols && !(s.protocol !== undefined && c.protocols.has(s.protocol))) return false;
+    if (c.media && !(s.mediaKind && c.media.has(s.mediaKind))) return false;
+    if (c.codecs && !(s.codec && c.codecs.has(s.codec.toLowerCase()))) return false;
+    if (w.size.min !== null && s.size < w.size.min) return false;
+    if (w.size.max !== null && s.size > w.size.max) return false;
+    return true;
+  }
+
+  private conditionsHold(c: Compiled, s: Subject, contentHits: Set<number>): boolean {
+    // contains matches message and DTLS application-data bytes (contract.md).
+    if (c.needsContent && !(s.kind !== 'media' && contentHits.has(c.index))) return false;
+    if (c.fileTypes && !(s.fileType && c.fileTypes.has(s.fileType))) return false;
+    if (c.sha256 || c.sha256List) {
+      const h = s.sha256;
+      const inline = !!(h && c.sha256?.has(h));
+      const listed = !!(h && c.sha256List && this.hashLists.get(c.sha256List)?.has(h));
+      if (!inline && !listed) return false;
+    }
+    if (c.regexes.length) {
+      if (!s.data || s.kind === 'media') return false;
+      const text = Buffer.from(s.data.buffer, s.data.byteOffset, s.data.byteLength).toString('utf8');
+      if (!c.regexes.some((r) => r.test(text))) return false;
+    }
+    return true;
+  }
+
+  evaluate(flow: FlowContext, s: Subject): Verdict {
+    let hits: Set<number> | undefined;
+    let best: VerdictAction = 'forward';
+    let matches: Match[] | undefined;
+    for (const c of this.compiled) {
+      if (!this.flowSelected(c, flow) || !this.subjectSelected(c, s)) continue;
+      if (c.needsContent && !hits) hits = s.data && s.kind !== 'media' ? this.matcher.match(s.data) : new Set();
+      if (!this.conditionsHold(c, s, hits ?? EMPTY)) continue;
+      (matches ??= []).push({ rule: c.rule, action: c.rule.action });
+      if (ACTION_RANK[c.rule.action] > ACTION_RANK[best]) best = c.rule.action;
+    }
+    return matches ? { action: best, matches } : FORWARD;
+  }
+
+  /** Rules with action `record` and no content conditions that select this flow: record it from the start. */
+  recordsFlow(flow: FlowContext): Rule[] {
+    return this.compiled
+      .filter((c) => c.rule.action === 'record' && this.flowSelected(c, flow) && !c.needsContent && !c.regexes.length && !c.fileTypes && !c.sha256 && !c.sha256List)
+      .map((c) => c.rule);
+  }
+}
+
+const EMPTY = new Set<number>();

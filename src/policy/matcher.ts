@@ -1,0 +1,108 @@
+/**
+ * Multi-pattern byte matcher (Aho–Corasick, compiled to a dense DFA) so `contains`
+ * rules cost one pass over a message whatever the number of keywords, instead of a
+ * loop over patterns. Case-insensitive patterns run through an ASCII fold table.
+ */
+export interface PatternSpec<T> {
+  bytes: Buffer;
+  caseInsensitive: boolean;
+  tag: T;
+}
+
+const FOLD = new Uint8Array(256);
+for (let i = 0; i < 256; i++) FOLD[i] = i >= 0x41 && i <= 0x5a ? i + 32 : i;
+
+class Automaton<T> {
+  /** next[state * 256 + byte] */
+  private next: Int32Array;
+  /** outputs[state]: tags of every pattern ending here (incl. via failure links). */
+  private outputs: T[][];
+  readonly states: number;
+
+  constructor(patterns: Buffer[], tags: T[]) {
+    const goto: Map<number, number>[] = [new Map()];
+    const out: T[][] = [[]];
+    patterns.forEach((p, idx) => {
+      let s = 0;
+      for (const b of p) {
+        let n = goto[s]!.get(b);
+        if (n === undefined) {
+          n = goto.length;
+          goto.push(new Map());
+          out.push([]);
+          goto[s]!.set(b, n);
+        }
+        s = n;
+      }
+      out[s]!.push(tags[idx]!);
+    });
+    const n = goto.length;
+    this.states = n;
+    const next = new Int32Array(n * 256);
+    const fail = new Int32Array(n);
+    // Breadth-first: fill the DFA rows from the trie and failure links.
+    const queue: number[] = [];
+    for (let b = 0; b < 256; b++) {
+      const s = goto[0]!.get(b);
+      next[b] = s ?? 0;
+      if (s !== undefined) {
+        fail[s] = 0;
+        queue.push(s);
+      }
+    }
+    for (let qi = 0; qi < queue.length; qi++) {
+      const r = queue[qi]!;
+      out[r]!.push(...out[fail[r]!]!);
+      for (let b = 0; b < 256; b++) {
+        const s = goto[r]!.get(b);
+        if (s !== undefined) {
+          fail[s] = next[fail[r]! * 256 + b]!;
+          next[r * 256 + b] = s;
+          queue.push(s);
+        } else {
+          next[r * 256 + b] = next[fail[r]! * 256 + b]!;
+        }
+      }
+    }
+    this.next = next;
+    this.outputs = out;
+  }
+
+  scan(data: Uint8Array, fold: boolean, found: Set<T>): void {
+    const next = this.next;
+    const outputs = this.outputs;
+    let s = 0;
+    for (let i = 0; i < data.length; i++) {
+      const b = fold ? FOLD[data[i]!]! : data[i]!;
+      s = next[s * 256 + b]!;
+      const o = outputs[s]!;
+      if (o.length) for (let k = 0; k < o.length; k++) found.add(o[k]!);
+    }
+  }
+}
+
+export class MultiMatcher<T> {
+  private exact: Automaton<T> | null;
+  private folded: Automaton<T> | null;
+  readonly size: number;
+
+  constructor(specs: PatternSpec<T>[]) {
+    const ex = specs.filter((s) => !s.caseInsensitive && s.bytes.length > 0);
+    const ci = specs.filter((s) => s.caseInsensitive && s.bytes.length > 0);
+    this.exact = ex.length ? new Automaton(ex.map((s) => s.bytes), ex.map((s) => s.tag)) : null;
+    this.folded = ci.length
+      ? new Automaton(
+          ci.map((s) => Buffer.from(s.bytes.map((b) => FOLD[b]!))),
+          ci.map((s) => s.tag),
+        )
+      : null;
+    this.size = ex.length + ci.length;
+  }
+
+  /** Tags of every pattern found anywhere in data. */
+  match(data: Uint8Array, into: Set<T> = new Set()): Set<T> {
+    this.exact?.scan(data, false, into);
+    this.folded?.scan(data, true, into);
+    return into;
+  }
+}
