@@ -89,6 +89,8 @@ export interface Rule {
 }
 export interface Quota {
   id: string;
+  /** user: every selected user has the whole limit; group: the selected users share it. */
+  scope: 'user' | 'group';
   users: string[];
   groups: string[];
   limit: number;
@@ -137,6 +139,7 @@ const ruleSchema = obj<Rule>({
 
 const quotaSchema = obj<Quota>({
   id: { schema: ruleId, default: () => '' },
+  scope: { schema: oneOf('user', 'group'), default: () => 'user' },
   users: { schema: oneOrMany(str('a user name')), default: () => [] },
   groups: { schema: oneOrMany(str('a group name')), default: () => [] },
   limit: { schema: size, default: () => 0 },

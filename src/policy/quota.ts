@@ -1,0 +1,154 @@
+import { BlockList, isIP } from 'node:net';
+import type { Clock } from '../util/clock.js';
+import type { Quota } from './rules-schema.js';
+import { windowOf, windowKey } from './windows.js';
+
+/**
+ * Data quotas over a calendar day, week or month (issue 5). Traffic to or from a
+ * `vital` CIDR counts toward the quota but is never cut; once a subject is over its
+ * limit, its non-vital traffic is dropped until the window ends. A `quota` event is
+ * reported once per window crossing.
+ *
+ * Counting is in memory on the packet path; a QuotaStore persists the counters every
+ * flush interval, so a kill -9 loses at most one interval of counting.
+ */
+export interface QuotaUsageRow {
+  quota: string;
+  subject: string;
+  window: string;
+  bytes: number;
+  crossed: boolean;
+}
+
+export interface QuotaStore {
+  load(windows: string[]): QuotaUsageRow[];
+  save(rows: QuotaUsageRow[]): void;
+}
+
+export interface QuotaCrossing {
+  quota: string;
+  subject: string;
+  window: string;
+  limit: number;
+  used: number;
+}
+
+interface Counter {
+  row: QuotaUsageRow;
+  dirty: boolean;
+}
+
+interface CompiledQuota {
+  q: Quota;
+  users: Set<string>;
+  groups: Set<string>;
+  vital: BlockList;
+}
+
+export class QuotaTracker {
+  private readonly quotas: CompiledQuota[];
+  private readonly counters = new Map<string, Counter>();
+
+  constructor(
+    quotas: readonly Quota[],
+    private readonly clock: Clock,
+    private readonly tz: string,
+    private readonly store: QuotaStore | null,
+    private readonly onCrossing: (c: QuotaCrossing) => void = () => {},
+  ) {
+    this.quotas = quotas.map((q) => {
+      const vital = new BlockList();
+      for (const c of q.vital) {
+        const [a, bits] = c.split('/');
+        const fam = isIP(a!) === 6 ? 'ipv6' : 'ipv4';
+        if (bits === undefined) vital.addAddress(a!, fam);
+        else vital.addSubnet(a!, Number(bits), fam);
+      }
+      return { q, users: new Set(q.users), groups: new Set(q.groups), vital };
+    });
+    if (store) this.restore();
+  }
+
+  /** Loads the current windows' counters from the store (after a restart). */
+  private restore(): void {
+    const now = this.clock.now();
+    const keys = [...new Set(this.quotas.map((c) => windowKey(now, c.q.period, this.tz)))];
+    for (const row of this.store!.load(keys)) this.counters.set(`${row.quota}\0${row.subject}\0${row.window}`, { row, dirty: false });
+  }
+
+  private subjectOf(c: CompiledQuota, user: string | undefined, groups: readonly string[]): string | null {
+    const byUser = !!user && c.users.has(user);
+    const group = groups.find((g) => c.groups.has(g));
+    if (!byUser && !group) return null;
+    if (c.q.scope === 'group') return group ? `group:${group}` : `user:${user}`;
+    return user ? `user:${user}` : null;
+  }
+
+  private isVital(c: CompiledQuota, ip: string | undefined): boolean {
+    if (!ip) return false;
+    const fam = isIP(ip);
+    return fam !== 0 && c.vital.check(ip, fam === 6 ? 'ipv6' : 'ipv4');
+  }
+
+  /**
+   * Counts bytes of one packet or message and says whether it may pass. Returns
+   * 'drop' when a quota that selects this user is exhausted and the peer is not vital.
+   */
+  account(user: string | undefined, groups: readonly string[], peerIp: string | undefined, bytes: number): 'pass' | 'drop' {
+    const now = this.clock.now();
+    let verdict: 'pass' | 'drop' = 'pass';
+    for (const c of this.quotas) {
+      const subject = this.subjectOf(c, user, groups);
+      if (!subject) continue;
+      const win = windowKey(now, c.q.period, this.tz);
+      const key = `${c.q.id}\0${subject}\0${win}`;
+      let ctr = this.counters.get(key);
+      if (!ctr) {
+        ctr = { row: { quota: c.q.id, subject, window: win, bytes: 0, crossed: false }, dirty: true };
+        this.counters.set(key, ctr);
+      }
+      const vital = this.isVital(c, peerIp);
+      if (!vital && ctr.row.bytes >= c.q.limit) {
+        verdict = 'drop'; // over quota: non-vital traffic is cut and not counted again
+        continue;
+      }
+      ctr.row.bytes += bytes;
+      ctr.dirty = true;
+      if (!ctr.row.crossed && ctr.row.bytes >= c.q.limit) {
+        ctr.row.crossed = true;
+        this.onCrossing({ quota: c.q.id, subject, window: win, limit: c.q.limit, used: ctr.row.bytes });
+      }
+    }
+    return verdict;
+  }
+
+  usage(quotaId: string, subject: string): number {
+    const c = this.quotas.find((x) => x.q.id === quotaId);
+    if (!c) return 0;
+    const win = windowKey(this.clock.now(), c.q.period, this.tz);
+    return this.counters.get(`${quotaId}\0${subject}\0${win}`)?.row.bytes ?? 0;
+  }
+
+  /** Writes dirty counters to the store and forgets windows that have ended. */
+  flush(): void {
+    const dirty: QuotaUsageRow[] = [];
+    for (const c of this.counters.values()) {
+      if (c.dirty) {
+        dirty.push({ ...c.row });
+        c.dirty = false;
+      }
+    }
+    if (dirty.length && this.store) this.store.save(dirty);
+    const now = this.clock.now();
+    for (const [k, c] of this.counters) {
+      const q = this.quotas.find((x) => x.q.id === c.row.quota);
+      if (!q || (!c.dirty && windowKey(now, q.q.period, this.tz) !== c.row.window)) this.counters.delete(k);
+    }
+  }
+
+  /** End of the window that holds now, for a quota (reporting). */
+  windowEnd(quotaId: string): number | null {
+    const c = this.quotas.find((x) => x.q.id === quotaId);
+    return c ? windowOf(this.clock.now(), c.q.period, this.tz).end : null;
+  }
+}
