@@ -15,7 +15,7 @@ export interface RelayStatsSource {
 
 export function createMetrics(stats: () => RelayStatsSource | undefined): Registry {
   const registry = new Registry();
-  collectDefaultMetrics({ register: registry, prefix: 'gatehouse_process_' });
+  collectDefaultMetrics({ register: registry }); // standard process_* and nodejs_* names
   const gauge = (name: string, help: string, read: (s: RelayStatsSource) => number) =>
     new Gauge({
       name,

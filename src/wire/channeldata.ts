@@ -15,8 +15,16 @@ export const CHANNELDATA_HEADER = 4;
 export const CHANNEL_MIN = 0x4000;
 export const CHANNEL_MAX = 0x4fff;
 
-export function isValidChannelNumber(n: number): boolean {
-  return n >= CHANNEL_MIN && n <= CHANNEL_MAX;
+/**
+ * RFC 5766 §11 (obsoleted by RFC 8656) allowed 0x4000-0x7FFF; clients built on it
+ * (coturn's turnutils among them) still pick numbers up there. A server may accept that
+ * range for interoperability; RFC 8656 clients never use it, and first bytes 0x50-0x7F
+ * still cannot be mistaken for STUN, DTLS or RTP (RFC 7983 §7).
+ */
+export const LEGACY_CHANNEL_MAX = 0x7fff;
+
+export function isValidChannelNumber(n: number, legacy = false): boolean {
+  return n >= CHANNEL_MIN && n <= (legacy ? LEGACY_CHANNEL_MAX : CHANNEL_MAX);
 }
 
 /**
@@ -92,7 +100,7 @@ export function parseChannelData(buf: Buffer, off = 0): ChannelDataView | null {
  *  - 0: more bytes are needed,
  *  - -1: the stream is not STUN/ChannelData (framing error; close the connection).
  */
-export function streamFrameSize(buf: Buffer, off = 0): number {
+export function streamFrameSize(buf: Buffer, off = 0, legacy = false): number {
   const avail = buf.length - off;
   if (avail < 1) return 0;
   const top = buf[off]! >> 6;
@@ -107,7 +115,7 @@ export function streamFrameSize(buf: Buffer, off = 0): number {
   }
   if (top === 1) {
     const b0 = buf[off]!;
-    if (b0 > 0x4f) return -1; // RFC 8656 §12: 0x5000-0x7FFF reserved
+    if (b0 > 0x4f && !legacy) return -1; // RFC 8656 §12: 0x5000-0x7FFF reserved
     if (avail < 4) return 0;
     const len = buf.readUInt16BE(off + 2);
     const total = 4 + len + channelDataPadding(len);
@@ -127,7 +135,11 @@ export class StreamFramer {
   /** Set once a framing error was seen; the stream is then unusable. */
   broken = false;
 
-  constructor(maxFrame = 20 + 0xffff) {
+  /** With `legacy`, ChannelData with RFC 5766 channel numbers (0x5000-0x7FFF) frames too. */
+  constructor(
+    private readonly legacy = false,
+    maxFrame = 20 + 0xffff + 3,
+  ) {
     this.max = maxFrame;
   }
 
@@ -144,7 +156,7 @@ export class StreamFramer {
     }
     let off = 0;
     for (;;) {
-      const n = streamFrameSize(buf, off);
+      const n = streamFrameSize(buf, off, this.legacy);
       if (n < 0) {
         this.broken = true;
         return false;

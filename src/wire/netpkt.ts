@@ -540,8 +540,11 @@ export class TurnStreamFramer {
     const b0 = buf[off]!;
     const len = (buf[off + 2]! << 8) | buf[off + 3]!;
     if (b0 >> 6 === 0) {
-      // RFC 8489 §5: STUN header 20 bytes; length excludes it and is a multiple of 4.
-      if (len & 3) return -1;
+      // RFC 7983 §7: STUN first byte 0..3 (so TLS 0x16 is not STUN). RFC 8489 §5: the
+      // magic cookie at 4..7, a 20-byte header; length excludes it, multiple of 4.
+      if (b0 > 3 || len & 3) return -1;
+      if (avail < 8) return 0;
+      if (buf[off + 4] !== 0x21 || buf[off + 5] !== 0x12 || buf[off + 6] !== 0xa4 || buf[off + 7] !== 0x42) return -1;
       return 20 + len;
     }
     if (b0 >> 6 === 1) {
@@ -583,5 +586,153 @@ export class TurnStreamFramer {
       // Copy so the pending bytes do not pin a large frame buffer.
       this.pending = Buffer.from(rest);
     }
+  }
+}
+
+// ---------------------------------------------------------------------------------
+// Encoders, for tests, fixtures and synthetic captures. Checksums are left zero
+// (RFC 768: a zero UDP checksum over IPv4 means "none"; IPv4 header checksum is filled).
+
+function parseIpv4(s: string): Buffer {
+  const p = s.split('.').map((x) => Number(x));
+  if (p.length !== 4 || p.some((x) => !Number.isInteger(x) || x < 0 || x > 255)) throw new RangeError(`bad IPv4 address ${s}`);
+  return Buffer.from(p);
+}
+
+function parseIpv6(s: string): Buffer {
+  const out = Buffer.alloc(16);
+  const [head, tail] = s.includes('::') ? s.split('::') : [s, undefined];
+  const hs = head ? head.split(':') : [];
+  const ts = tail !== undefined && tail !== '' ? tail.split(':') : [];
+  if (tail === undefined && hs.length !== 8) throw new RangeError(`bad IPv6 address ${s}`);
+  hs.forEach((g, i) => out.writeUInt16BE(parseInt(g, 16), i * 2));
+  ts.forEach((g, i) => out.writeUInt16BE(parseInt(g, 16), (8 - ts.length + i) * 2));
+  return out;
+}
+
+function ipv4Checksum(h: Buffer): number {
+  let sum = 0;
+  for (let i = 0; i < h.length; i += 2) sum += h.readUInt16BE(i);
+  while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16);
+  return ~sum & 0xffff;
+}
+
+export interface BuildIpOpts {
+  /** IPv4 identification / IPv6 fragment id. */
+  id?: number;
+  /** Fragment offset in bytes (multiple of 8) and more-fragments flag. */
+  fragOffset?: number;
+  moreFragments?: boolean;
+}
+
+/** An IPv4 or IPv6 packet (version from the address form) around `payload`. */
+export function buildIp(src: string, dst: string, proto: number, payload: Buffer, o: BuildIpOpts = {}): Buffer {
+  if (src.includes(':')) {
+    const frag = o.fragOffset !== undefined || o.moreFragments;
+    const ext = frag ? 8 : 0;
+    const h = Buffer.alloc(40 + ext);
+    h[0] = 0x60;
+    h.writeUInt16BE(ext + payload.length, 4);
+    h[6] = frag ? 44 : proto;
+    h[7] = 64;
+    parseIpv6(src).copy(h, 8);
+    parseIpv6(dst).copy(h, 24);
+    if (frag) {
+      h[40] = proto;
+      h.writeUInt16BE(((o.fragOffset ?? 0) & 0xfff8) | (o.moreFragments ? 1 : 0), 42);
+      h.writeUInt32BE(o.id ?? 0, 44);
+    }
+    return Buffer.concat([h, payload]);
+  }
+  const h = Buffer.alloc(20);
+  h[0] = 0x45;
+  h.writeUInt16BE(20 + payload.length, 2);
+  h.writeUInt16BE(o.id ?? 0, 4);
+  h.writeUInt16BE((o.moreFragments ? 0x2000 : 0) | (((o.fragOffset ?? 0) >> 3) & 0x1fff), 6);
+  h[8] = 64;
+  h[9] = proto;
+  parseIpv4(src).copy(h, 12);
+  parseIpv4(dst).copy(h, 16);
+  h.writeUInt16BE(ipv4Checksum(h), 10);
+  return Buffer.concat([h, payload]);
+}
+
+export function buildUdp(srcPort: number, dstPort: number, payload: Buffer): Buffer {
+  const h = Buffer.alloc(8);
+  h.writeUInt16BE(srcPort, 0);
+  h.writeUInt16BE(dstPort, 2);
+  h.writeUInt16BE(8 + payload.length, 4);
+  return Buffer.concat([h, payload]);
+}
+
+export function buildTcp(srcPort: number, dstPort: number, seq: number, flags: number, payload: Buffer, ack = 0): Buffer {
+  const h = Buffer.alloc(20);
+  h.writeUInt16BE(srcPort, 0);
+  h.writeUInt16BE(dstPort, 2);
+  h.writeUInt32BE(seq >>> 0, 4);
+  h.writeUInt32BE(ack >>> 0, 8);
+  h[12] = 5 << 4;
+  h[13] = flags;
+  h.writeUInt16BE(65535, 14);
+  return Buffer.concat([h, payload]);
+}
+
+/** Ethernet II frame, optionally 802.1Q-tagged. */
+export function buildEthernet(ipPacket: Buffer, vlan?: number): Buffer {
+  const v6 = ipPacket[0]! >> 4 === 6;
+  const et = v6 ? ETHERTYPE_IPV6 : ETHERTYPE_IPV4;
+  const h = Buffer.alloc(vlan === undefined ? 14 : 18);
+  Buffer.from([2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1]).copy(h, 0);
+  if (vlan !== undefined) {
+    h.writeUInt16BE(ETHERTYPE_VLAN, 12);
+    h.writeUInt16BE(vlan & 0x0fff, 14);
+    h.writeUInt16BE(et, 16);
+  } else h.writeUInt16BE(et, 12);
+  return Buffer.concat([h, ipPacket]);
+}
+
+/** A UDP datagram in an IP packet, wrapped for `linktype` (Ethernet, SLL, SLL2, NULL, raw). */
+export function buildUdpFrame(linktype: number, src: string, srcPort: number, dst: string, dstPort: number, payload: Buffer): Buffer {
+  return wrapLink(linktype, buildIp(src, dst, IPPROTO_UDP, buildUdp(srcPort, dstPort, payload)));
+}
+
+export function wrapLink(linktype: number, ip: Buffer): Buffer {
+  const v6 = ip[0]! >> 4 === 6;
+  const et = v6 ? ETHERTYPE_IPV6 : ETHERTYPE_IPV4;
+  switch (linktype) {
+    case LINKTYPE_ETHERNET:
+      return buildEthernet(ip);
+    case LINKTYPE_LINUX_SLL: {
+      const h = Buffer.alloc(16);
+      h.writeUInt16BE(0, 0); // to us
+      h.writeUInt16BE(772, 2); // ARPHRD_LOOPBACK
+      h.writeUInt16BE(6, 4);
+      h.writeUInt16BE(et, 14);
+      return Buffer.concat([h, ip]);
+    }
+    case LINKTYPE_LINUX_SLL2: {
+      const h = Buffer.alloc(20);
+      h.writeUInt16BE(et, 0);
+      h.writeUInt32BE(1, 4);
+      h.writeUInt16BE(772, 8);
+      h[11] = 6;
+      return Buffer.concat([h, ip]);
+    }
+    case LINKTYPE_NULL: {
+      const h = Buffer.alloc(4);
+      h.writeUInt32LE(v6 ? 30 : 2, 0);
+      return Buffer.concat([h, ip]);
+    }
+    case LINKTYPE_LOOP: {
+      const h = Buffer.alloc(4);
+      h.writeUInt32BE(v6 ? 24 : 2, 0);
+      return Buffer.concat([h, ip]);
+    }
+    case LINKTYPE_RAW:
+    case LINKTYPE_IPV4:
+    case LINKTYPE_IPV6:
+      return ip;
+    default:
+      throw new RangeError(`unsupported linktype ${linktype}`);
   }
 }

@@ -115,7 +115,7 @@ admin:
   t.equal(health.status, 200);
   const metrics = await (await fetch(`http://127.0.0.1:${adminPort}/metrics`)).text();
   t.match(metrics, /gatehouse_turn_allocations \d+/);
-  t.match(metrics, /gatehouse_process_cpu_user_seconds_total/);
+  t.match(metrics, /process_cpu_user_seconds_total/);
   t.equal((await fetch(`http://127.0.0.1:${adminPort}/v1/events`)).status, 401, 'API refuses without token');
   const token = readFileSync(join(dir, 'data', 'admin-token'), 'utf8').trim();
   const ev = await fetch(`http://127.0.0.1:${adminPort}/v1/events`, { headers: { authorization: `Bearer ${token}` } });

@@ -1,0 +1,258 @@
+/**
+ * `gatehouse inspect CAPTURE.pcap --keys KEYS [--rules FILE]` (contract.md "Commands"):
+ * runs the inspection engine offline on a capture and writes EVE JSON lines to stdout,
+ * a summary to stderr (and a progress bar when stderr is a terminal).
+ */
+import { readFileSync, statSync } from 'node:fs';
+import type { Writable } from 'node:stream';
+import { parseArgs } from 'node:util';
+import { CaptureError, CaptureInspector, readCapture } from '../inspect/capture.js';
+import { toEve, alertEve } from '../inspect/eve-format.js';
+import type { InspectEvent } from '../inspect/events.js';
+import { KeyLog } from '../inspect/keylog.js';
+import { KeySetError, keySetsFromJson, type KeySet } from '../inspect/keys.js';
+import { StaticKeyProvider, type FlowRecord } from '../inspect/pipeline.js';
+import { eveAction, matchInterimRules, parseInterimRules, type InterimRule } from '../inspect/rules-interim.js';
+import { ConfigError } from '../util/errors.js';
+import { systemClock } from '../util/clock.js';
+
+export const INSPECT_HELP = `Usage: gatehouse inspect CAPTURE.pcap --keys KEYS [options]
+
+Runs the inspection engine offline on a capture: DTLS handshakes, decrypted data-channel
+messages and files, DTLS application data, SRTP streams and packets. Events go to standard
+output as JSON lines (EVE shape); a summary goes to standard error.
+
+Arguments:
+  CAPTURE.pcap          a classic libpcap file (Ethernet, Linux cooked SLL/SLL2, raw IP,
+                        loopback). pcapng: convert first with
+                        \`editcap -F pcap in.pcapng out.pcap\` or \`tshark -F pcap -r in -w out\`
+Options:
+  --keys KEYS           an NSS key log (CLIENT_RANDOM lines for DTLS 1.2,
+                        CLIENT_TRAFFIC_SECRET_0 / SERVER_TRAFFIC_SECRET_0 for DTLS 1.3),
+                        or a JSON key-set file (an array of key-escrow.md §3 key sets)
+  --rules FILE          evaluate \`contains\` / \`file_type\` rules of FILE and emit \`alert\`
+                        events (interim: other conditions are reported as skipped)
+  --no-rtp-packets      omit the per-packet \`rtp.packet\` events (streams are still reported)
+  --no-progress         no progress bar even when standard error is a terminal
+  -h, --help            this text
+
+Exit status: 0 done, 2 usage or input error.
+`;
+
+interface Io {
+  stdout: Writable;
+  stderr: Writable;
+}
+
+function usage(io: Io, msg: string): number {
+  io.stderr.write(`gatehouse inspect: ${msg}\nRun "gatehouse inspect --help" for usage.\n`);
+  return 2;
+}
+
+/** Loads KEYS: JSON key sets when the file starts with '[' or '{', else an NSS key log. */
+export function loadKeys(path: string): { provider: StaticKeyProvider; kind: 'json' | 'keylog'; count: number } {
+  const text = readFileSync(path, 'utf8');
+  const head = text.trimStart()[0];
+  if (head === '[' || head === '{') {
+    let sets: KeySet[];
+    try {
+      sets = keySetsFromJson(text);
+    } catch (e) {
+      if (e instanceof KeySetError) throw new ConfigError(path, 1, 1, '', `invalid key-set file: ${e.reason}`);
+      throw e;
+    }
+    return { provider: new StaticKeyProvider(sets), kind: 'json', count: sets.length };
+  }
+  const log = KeyLog.parse(text);
+  if (log.size === 0) {
+    throw new ConfigError(path, 1, 1, '', `no key lines found (expected an NSS key log or a JSON key-set file${log.rejected ? `; ${log.rejected} malformed line(s)` : ''})`);
+  }
+  return { provider: new StaticKeyProvider([], log), kind: 'keylog', count: log.size };
+}
+
+/** Buffers JSON lines and writes them in batches; reports when stdout wants a pause. */
+class LineWriter {
+  private buf: string[] = [];
+  private bytes = 0;
+  private blocked = false;
+  private waiting: Promise<void> | null = null;
+  constructor(private readonly out: Writable) {}
+
+  line(s: string): void {
+    this.buf.push(s);
+    this.bytes += s.length + 1;
+    if (this.bytes >= 64 * 1024) this.flush();
+  }
+
+  flush(): void {
+    if (this.buf.length === 0) return;
+    const chunk = this.buf.join('\n') + '\n';
+    this.buf = [];
+    this.bytes = 0;
+    if (!this.out.write(chunk)) this.blocked = true;
+  }
+
+  /** For readCapture: a promise while stdout is over its high-water mark. */
+  backpressure = (): Promise<void> | null => {
+    this.flush();
+    if (!this.blocked) return null;
+    this.waiting ??= new Promise<void>((resolve) => {
+      const done = (): void => {
+        this.out.off('drain', done);
+        this.out.off('error', done);
+        this.out.off('close', done);
+        this.blocked = false;
+        this.waiting = null;
+        resolve();
+      };
+      this.out.on('drain', done);
+      this.out.on('error', done);
+      this.out.on('close', done);
+    });
+    return this.waiting;
+  };
+
+  async end(): Promise<void> {
+    this.flush();
+    const w = this.backpressure();
+    if (w) await w;
+  }
+}
+
+export async function runInspect(argv: string[], io: Io): Promise<number> {
+  let parsed: ReturnType<typeof parseArgs<{
+    options: {
+      keys: { type: 'string' };
+      rules: { type: 'string' };
+      help: { type: 'boolean'; short: 'h' };
+      'no-rtp-packets': { type: 'boolean' };
+      'no-progress': { type: 'boolean' };
+    };
+    allowPositionals: true;
+  }>>;
+  try {
+    parsed = parseArgs({
+      args: argv,
+      options: {
+        keys: { type: 'string' },
+        rules: { type: 'string' },
+        help: { type: 'boolean', short: 'h' },
+        'no-rtp-packets': { type: 'boolean' },
+        'no-progress': { type: 'boolean' },
+      },
+      allowPositionals: true,
+      strict: true,
+    });
+  } catch (e) {
+    return usage(io, (e as Error).message);
+  }
+  const v = parsed.values;
+  if (v.help) {
+    io.stdout.write(INSPECT_HELP);
+    return 0;
+  }
+  if (parsed.positionals.length !== 1) {
+    return usage(io, parsed.positionals.length === 0 ? 'missing CAPTURE.pcap' : `expected one capture file, got ${parsed.positionals.length}`);
+  }
+  const capture = parsed.positionals[0]!;
+  if (!v.keys) return usage(io, 'missing --keys KEYS');
+
+  let keys: ReturnType<typeof loadKeys>;
+  try {
+    keys = loadKeys(v.keys);
+  } catch (e) {
+    if (e instanceof ConfigError) return usage(io, e.message);
+    return usage(io, `cannot read keys ${v.keys}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+
+  let rules: InterimRule[] = [];
+  if (v.rules) {
+    try {
+      const set = parseInterimRules(readFileSync(v.rules, 'utf8'), v.rules);
+      rules = set.rules;
+      for (const s of set.skipped) io.stderr.write(`gatehouse inspect: rule "${s.id}" skipped: ${s.reason}\n`);
+    } catch (e) {
+      if (e instanceof ConfigError) return usage(io, e.message);
+      return usage(io, `cannot read rules ${v.rules}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    }
+  }
+
+  let fileSize = 0;
+  try {
+    fileSize = statSync(capture).size;
+  } catch (e) {
+    return usage(io, `cannot read capture ${capture}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+
+  const out = new LineWriter(io.stdout);
+  const counts = new Map<string, number>();
+  let alerts = 0;
+  const onEvent = (e: InspectEvent, flow: FlowRecord): void => {
+    counts.set(e.type, (counts.get(e.type) ?? 0) + 1);
+    out.line(JSON.stringify(toEve(e, flow.meta)));
+    if (rules.length === 0) return;
+    for (const r of matchInterimRules(rules, e)) {
+      alerts++;
+      const a = alertEve(
+        e.time,
+        flow.meta,
+        e.dir,
+        e.association,
+        { action: eveAction(r.action), signature_id: r.id, signature: `gatehouse rule ${r.id} (${r.action})`, severity: 1 },
+        { rule_action: r.action, matched_event: e.type, ...('sha256' in e ? { sha256: e.sha256 } : {}) },
+      );
+      out.line(JSON.stringify(a));
+    }
+  };
+
+  const inspector = new CaptureInspector({ keys: keys.provider, onEvent, rtpPackets: !v['no-rtp-packets'] });
+
+  const tty = !v['no-progress'] && (io.stderr as Writable & { isTTY?: boolean }).isTTY === true;
+  let lastDraw = 0;
+  let readBytes = 24;
+  const progress = (): void => {
+    const now = systemClock.now();
+    if (now - lastDraw < 200) return;
+    lastDraw = now;
+    const pct = fileSize > 0 ? Math.min(100, Math.floor((readBytes / fileSize) * 100)) : 0;
+    const width = 30;
+    const fill = Math.round((pct / 100) * width);
+    io.stderr.write(`\r[${'#'.repeat(fill)}${'.'.repeat(width - fill)}] ${pct}% ${inspector.stats.packets} packets, ${inspector.flows.stats.created} flows`);
+  };
+
+  let summary;
+  try {
+    summary = await readCapture(
+      capture,
+      (p) => {
+        inspector.packet(p);
+        readBytes += 16 + p.data.length;
+        if (tty) progress();
+      },
+      { backpressure: out.backpressure },
+    );
+  } catch (e) {
+    if (tty) io.stderr.write('\n');
+    if (e instanceof CaptureError) return usage(io, e.message);
+    throw e;
+  }
+  inspector.finish();
+  await out.end();
+  if (tty) io.stderr.write(`\r${' '.repeat(79)}\r`);
+
+  const s = inspector.stats;
+  const tot = inspector.totals;
+  const ev = [...counts.entries()].sort((a, b) => a[0].localeCompare(b[0]));
+  const lines = [
+    `gatehouse inspect: ${summary.packets} packets (${s.udp} UDP, ${s.tcp} TCP), ${inspector.flows.stats.created} flows, keys: ${keys.count} ${keys.kind === 'json' ? 'key set(s)' : 'key log entries'}`,
+    `  events: ${ev.length ? ev.map(([k, n]) => `${k}=${n}`).join(' ') : 'none'}${rules.length ? `, alerts=${alerts}` : ''}`,
+    `  demux: stun=${tot.stun} dtls=${tot.dtls} rtp=${tot.rtp} rtcp=${tot.rtcp} dropped=${tot.dropped + tot.zrtp + tot.channeldata}; appdata=${tot.appdata} sctp=${tot.sctp}`,
+    `  undecryptable: dtls=${tot.undecryptableDtls} srtp=${tot.undecryptableSrtp}`,
+    `  turn: data=${s.turnData} control=${s.turnControl} unbound_channel=${s.turnUnbound}; ip fragments=${s.ipFragments} reassembled=${s.ipReassembled}; malformed=${s.malformed} non_ip=${s.notIp + s.unsupportedLink} other_proto=${s.otherProto} tcp_not_turn=${s.tcpNotTurn}`,
+  ];
+  if (tot.internalErrors > 0) lines.push(`  internal errors (dropped packets): ${tot.internalErrors}`);
+  if (summary.truncated) lines.push('  warning: the capture ends in the middle of a record (truncated file)');
+  if (summary.linktype >= 0 && s.unsupportedLink > 0) lines.push(`  warning: link type ${summary.linktype} is not supported`);
+  io.stderr.write(lines.join('\n') + '\n');
+  return 0;
+}

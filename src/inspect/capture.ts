@@ -1,0 +1,464 @@
+/**
+ * Reading (and, for tests and fixtures, writing) classic libpcap capture files.
+ *
+ * Reading goes through the `pcap-parser` package on a file stream, so a capture of any
+ * size is processed with bounded memory. pcapng files are recognised by their Section
+ * Header Block type 0x0A0D0D0A and refused with a message saying how to convert them.
+ * Nanosecond-resolution pcap (magic 0xA1B23C4D) is accepted: the magic is rewritten to
+ * the microsecond form for pcap-parser and the fraction is scaled back here.
+ */
+import { createReadStream, openSync, readSync, closeSync } from 'node:fs';
+import { PassThrough, type Readable } from 'node:stream';
+import { createRequire } from 'node:module';
+import { GatehouseError } from '../util/errors.js';
+import {
+  IPPROTO_TCP,
+  IPPROTO_UDP,
+  IpReassembler,
+  SUPPORTED_LINKTYPES,
+  TCP_SYN,
+  TcpStream,
+  TurnStreamFramer,
+  decodeIp,
+  decodeTransport,
+  linkPayloadOffset,
+  type TcpSegment,
+} from '../wire/netpkt.js';
+import type { InspectEvent } from './events.js';
+import { FlowPipeline, FlowTable, newCounters, type FlowRecord, type KeyProvider, type PipelineCounters } from './pipeline.js';
+import { TurnUnwrapper, type Endpoint } from './turn-unwrap.js';
+
+export interface CapturedPacket {
+  /** Milliseconds since the epoch (fractional: microsecond or better precision). */
+  time: number;
+  linktype: number;
+  /** The captured bytes (possibly shorter than origLength when the snaplen cut it). */
+  data: Buffer;
+  origLength: number;
+}
+
+export class CaptureError extends GatehouseError {
+  constructor(code: string, message: string) {
+    super(code, message);
+    this.name = 'CaptureError';
+  }
+}
+
+/** Largest captured length we accept for one record (tcpdump's maximum snaplen). */
+export const MAX_CAPTURED_LENGTH = 262_144;
+
+const PCAPNG_MAGIC = 0x0a0d0d0a;
+const PCAP_US_BE = 0xa1b2c3d4;
+const PCAP_US_LE = 0xd4c3b2a1;
+const PCAP_NS_BE = 0xa1b23c4d;
+const PCAP_NS_LE = 0x4d3cb2a1;
+
+interface PcapParserHeader {
+  linkLayerType: number;
+  majorVersion: number;
+  minorVersion: number;
+}
+interface PcapParserPacket {
+  header: { timestampSeconds: number; timestampMicroseconds: number; capturedLength: number; originalLength: number };
+  data: Buffer;
+}
+interface PcapParser {
+  on(ev: 'globalHeader', fn: (h: PcapParserHeader) => void): PcapParser;
+  on(ev: 'packetHeader', fn: (h: PcapParserPacket['header']) => void): PcapParser;
+  on(ev: 'packet', fn: (p: PcapParserPacket) => void): PcapParser;
+  on(ev: 'end', fn: () => void): PcapParser;
+  on(ev: 'error', fn: (e: Error) => void): PcapParser;
+  buffer?: Buffer | null;
+  stream: Readable;
+}
+const require = createRequire(import.meta.url);
+const pcapParser = require('pcap-parser') as { parse(input: Readable | string): PcapParser };
+
+export type CaptureFormat = 'pcap' | 'pcap-ns' | 'pcapng' | 'unknown';
+
+/** Identifies a capture file by its first four bytes. */
+export function captureFormat(head: Buffer): CaptureFormat {
+  if (head.length < 4) return 'unknown';
+  const be = head.readUInt32BE(0);
+  if (be === PCAPNG_MAGIC) return 'pcapng';
+  if (be === PCAP_US_BE || be === PCAP_US_LE) return 'pcap';
+  if (be === PCAP_NS_BE || be === PCAP_NS_LE) return 'pcap-ns';
+  return 'unknown';
+}
+
+export const PCAPNG_HINT =
+  'pcapng captures are not supported; convert to pcap first: `editcap -F pcap in.pcapng out.pcap` or `tshark -F pcap -r in.pcapng -w out.pcap`';
+
+export interface ReadCaptureOptions {
+  /**
+   * Flow control: checked after each chunk of the file has been handed out; when it
+   * returns a promise, reading pauses until it settles (e.g. stdout's 'drain').
+   */
+  backpressure?: () => Promise<void> | null;
+  /** Bytes per read from the file. */
+  highWaterMark?: number;
+}
+
+export interface CaptureSummary {
+  linktype: number;
+  packets: number;
+  bytes: number;
+  /** True when the file ended in the middle of a record. */
+  truncated: boolean;
+}
+
+/**
+ * Streams the packets of a pcap file to `onPacket`, in file order. Resolves with a
+ * summary; rejects with a CaptureError (code E_CAPTURE_*) for files it cannot read.
+ * Exceptions thrown by onPacket reject the promise and stop reading.
+ */
+export async function readCapture(
+  path: string,
+  onPacket: (p: CapturedPacket) => void,
+  opts: ReadCaptureOptions = {},
+): Promise<CaptureSummary> {
+  const head = Buffer.alloc(24);
+  let got = 0;
+  let fd = -1;
+  try {
+    fd = openSync(path, 'r');
+    got = readSync(fd, head, 0, 24, 0);
+  } catch (e) {
+    throw new CaptureError('E_CAPTURE_OPEN', `cannot read capture ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  } finally {
+    if (fd >= 0) closeSync(fd);
+  }
+  const fmt = captureFormat(head.subarray(0, got));
+  if (fmt === 'pcapng') throw new CaptureError('E_CAPTURE_PCAPNG', `${path}: ${PCAPNG_HINT}`);
+  if (fmt === 'unknown') throw new CaptureError('E_CAPTURE_FORMAT', `${path}: not a pcap capture file (unknown magic number)`);
+  if (got < 24) throw new CaptureError('E_CAPTURE_FORMAT', `${path}: truncated pcap file header`);
+
+  const nano = fmt === 'pcap-ns';
+  const hwm = opts.highWaterMark ?? 256 * 1024;
+  let input: Readable;
+  if (nano) {
+    // Rewrite the magic to the microsecond form pcap-parser knows; scale below.
+    const pt = new PassThrough({ highWaterMark: hwm });
+    const le = head.readUInt32BE(0) === PCAP_NS_LE;
+    const magic = Buffer.alloc(4);
+    if (le) magic.writeUInt32LE(PCAP_US_BE, 0);
+    else magic.writeUInt32BE(PCAP_US_BE, 0);
+    pt.write(magic);
+    createReadStream(path, { start: 4, highWaterMark: hwm }).on('error', (e) => pt.destroy(e)).pipe(pt);
+    input = pt;
+  } else {
+    input = createReadStream(path, { highWaterMark: hwm });
+  }
+
+  return new Promise<CaptureSummary>((resolve, reject) => {
+    const parser = pcapParser.parse(input);
+    const summary: CaptureSummary = { linktype: -1, packets: 0, bytes: 0, truncated: false };
+    let done = false;
+    const fail = (e: Error): void => {
+      if (done) return;
+      done = true;
+      input.destroy();
+      reject(e);
+    };
+    parser.on('globalHeader', (h) => {
+      summary.linktype = h.linkLayerType;
+    });
+    parser.on('packetHeader', (h) => {
+      // Hostile input: pcap-parser would buffer any claimed length; refuse absurd ones.
+      if (h.capturedLength > MAX_CAPTURED_LENGTH) {
+        fail(new CaptureError('E_CAPTURE_FORMAT', `${path}: record ${summary.packets + 1} claims ${h.capturedLength} bytes (max ${MAX_CAPTURED_LENGTH}); file corrupt?`));
+      }
+    });
+    parser.on('packet', (p) => {
+      if (done) return;
+      summary.packets++;
+      summary.bytes += p.data.length;
+      const frac = nano ? p.header.timestampMicroseconds / 1e6 : p.header.timestampMicroseconds / 1e3;
+      try {
+        onPacket({
+          time: p.header.timestampSeconds * 1000 + frac,
+          linktype: summary.linktype,
+          data: p.data,
+          origLength: p.header.originalLength,
+        });
+      } catch (e) {
+        fail(e as Error);
+      }
+    });
+    parser.on('error', (e) => fail(new CaptureError('E_CAPTURE_FORMAT', `${path}: ${e.message}`)));
+    parser.on('end', () => {
+      if (done) return;
+      done = true;
+      // pcap-parser keeps an incomplete trailing record in its buffer.
+      const rest = parser.buffer;
+      summary.truncated = !!rest && rest.length > 0;
+      resolve(summary);
+    });
+    if (opts.backpressure) {
+      const bp = opts.backpressure;
+      // Registered after pcap-parser's own 'data' listener, so it runs once the chunk's
+      // packets have been handed out.
+      input.on('data', () => {
+        const wait = bp();
+        if (!wait) return;
+        input.pause();
+        wait.then(
+          () => {
+            if (!done) input.resume();
+          },
+          (e: unknown) => fail(e as Error),
+        );
+      });
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------
+// Writing (tests, fixtures, synthetic captures).
+
+/** The 24-byte pcap global header (microsecond resolution, little-endian). */
+export function pcapGlobalHeader(linktype: number, snaplen = MAX_CAPTURED_LENGTH): Buffer {
+  const h = Buffer.alloc(24);
+  h.writeUInt32LE(PCAP_US_BE, 0); // written LE: reads back as d4 c3 b2 a1
+  h.writeUInt16LE(2, 4);
+  h.writeUInt16LE(4, 6);
+  h.writeInt32LE(0, 8);
+  h.writeUInt32LE(0, 12);
+  h.writeUInt32LE(snaplen, 16);
+  h.writeUInt32LE(linktype, 20);
+  return h;
+}
+
+/** One pcap record (16-byte header + data) for a packet at `timeMs`. */
+export function pcapRecord(timeMs: number, data: Buffer): Buffer {
+  const h = Buffer.alloc(16);
+  const us = Math.round(timeMs * 1000);
+  h.writeUInt32LE(Math.floor(us / 1e6), 0);
+  h.writeUInt32LE(us % 1e6, 4);
+  h.writeUInt32LE(data.length, 8);
+  h.writeUInt32LE(data.length, 12);
+  return Buffer.concat([h, data]);
+}
+
+/** A whole pcap file image. */
+export function encodePcap(linktype: number, packets: { time: number; data: Buffer }[]): Buffer {
+  return Buffer.concat([pcapGlobalHeader(linktype), ...packets.map((p) => pcapRecord(p.time, p.data))]);
+}
+
+// ---------------------------------------------------------------------------------
+// Capture → flows: link/IP/UDP/TCP decoding, IP reassembly, TCP streams with TURN
+// framing, TURN unwrapping, and the flow table.
+
+export interface CaptureInspectorOptions {
+  keys: KeyProvider;
+  onEvent: (e: InspectEvent, flow: FlowRecord) => void;
+  onFlowEnd?: (flow: FlowRecord, why: 'idle' | 'evicted' | 'closed') => void;
+  rtpPackets?: boolean;
+  maxFlows?: number;
+  idleMs?: number;
+  maxTcpConnections?: number;
+}
+
+export interface CaptureStats {
+  packets: number;
+  bytes: number;
+  /** Frames with an unsupported link type. */
+  unsupportedLink: number;
+  /** Frames that are not IPv4/IPv6, or IP packets that are not UDP/TCP. */
+  notIp: number;
+  otherProto: number;
+  malformed: number;
+  ipFragments: number;
+  ipReassembled: number;
+  udp: number;
+  tcp: number;
+  /** TCP connections whose bytes were not TURN framing (TLS, RFC 4571 ICE-TCP, ...). */
+  tcpNotTurn: number;
+  tcpGaps: number;
+  turnData: number;
+  turnControl: number;
+  turnUnbound: number;
+}
+
+interface TcpConn {
+  a: Endpoint;
+  b: Endpoint;
+  ab: TcpStream;
+  ba: TcpStream;
+  abFramer: TurnStreamFramer;
+  baFramer: TurnStreamFramer;
+  lastSeen: number;
+  notTurn: boolean;
+  time: number;
+}
+
+export class CaptureInspector {
+  readonly flows: FlowTable;
+  readonly turn = new TurnUnwrapper();
+  readonly stats: CaptureStats = {
+    packets: 0,
+    bytes: 0,
+    unsupportedLink: 0,
+    notIp: 0,
+    otherProto: 0,
+    malformed: 0,
+    ipFragments: 0,
+    ipReassembled: 0,
+    udp: 0,
+    tcp: 0,
+    tcpNotTurn: 0,
+    tcpGaps: 0,
+    turnData: 0,
+    turnControl: 0,
+    turnUnbound: 0,
+  };
+  /** Pipeline counters summed over flows that have ended (all of them after finish()). */
+  readonly totals: PipelineCounters = newCounters();
+  private readonly reasm = new IpReassembler();
+  private readonly tcpConns = new Map<string, TcpConn>();
+  private readonly maxTcp: number;
+  private readonly idleMs: number;
+
+  constructor(o: CaptureInspectorOptions) {
+    this.idleMs = o.idleMs ?? 10 * 60_000;
+    this.maxTcp = o.maxTcpConnections ?? 4096;
+    this.flows = new FlowTable({
+      makePipeline: () => new FlowPipeline({ keys: o.keys, rtpPackets: o.rtpPackets }),
+      onEvent: o.onEvent,
+      onFlowEnd: (f, why) => {
+        const t = this.totals as unknown as Record<string, number>;
+        const c = f.pipeline.counters as unknown as Record<string, number>;
+        for (const k of Object.keys(t)) t[k]! += c[k] ?? 0;
+        o.onFlowEnd?.(f, why);
+      },
+      maxFlows: o.maxFlows,
+      idleMs: this.idleMs,
+    });
+  }
+
+  /** One captured frame. Never throws on malformed input. */
+  packet(p: CapturedPacket): void {
+    const s = this.stats;
+    s.packets++;
+    s.bytes += p.data.length;
+    const off = linkPayloadOffset(p.linktype, p.data);
+    if (off < 0) {
+      if (!SUPPORTED_LINKTYPES.includes(p.linktype)) s.unsupportedLink++;
+      else s.notIp++;
+      return;
+    }
+    let ip = decodeIp(p.data, off);
+    if (!ip) {
+      s.malformed++;
+      return;
+    }
+    if (ip.fragment) {
+      // RFC 791 §3.2 / RFC 8200 §4.5: reassemble (bounded, see IpReassembler).
+      s.ipFragments++;
+      ip = this.reasm.push(ip, p.time);
+      if (!ip) return;
+      s.ipReassembled++;
+    }
+    const t = decodeTransport(ip);
+    if (!t) {
+      if (ip.proto === IPPROTO_UDP || ip.proto === IPPROTO_TCP) s.malformed++;
+      else s.otherProto++;
+      return;
+    }
+    if (t.transport === 'udp') {
+      s.udp++;
+      this.datagram('udp', ip.src, t.srcPort, ip.dst, t.dstPort, t.payload, p.time);
+    } else {
+      s.tcp++;
+      this.tcpSegment(ip.src, ip.dst, t.tcp!, p.time);
+    }
+  }
+
+  /** One UDP datagram or one framed TURN-over-TCP message. */
+  private datagram(transport: 'udp' | 'tcp', srcIp: string, srcPort: number, dstIp: string, dstPort: number, payload: Buffer, time: number): void {
+    const u = this.turn.unwrap(transport, srcIp, srcPort, dstIp, dstPort, payload, time);
+    if (!u) {
+      // Not TURN framing: a direct flow (ICE host/srflx, or the relay ↔ peer leg).
+      // Over TCP only TURN framing is understood, so other messages stop here.
+      if (transport === 'udp') this.flows.feed('UDP', srcIp, srcPort, dstIp, dstPort, payload, time);
+      return;
+    }
+    if (u.kind === 'control') {
+      this.stats.turnControl++;
+      return;
+    }
+    if (u.kind === 'unbound') {
+      this.stats.turnUnbound++;
+      return;
+    }
+    this.stats.turnData++;
+    // The inner datagram belongs to the client ↔ peer flow through this relay.
+    const c = u.conn.client;
+    const proto = transport === 'udp' ? 'UDP' : 'TCP';
+    if (u.fromClient) this.flows.feed(proto, c.ip, c.port, u.peer.ip, u.peer.port, u.payload, time, u.conn);
+    else this.flows.feed(proto, u.peer.ip, u.peer.port, c.ip, c.port, u.payload, time, u.conn);
+  }
+
+  private tcpSegment(srcIp: string, dstIp: string, seg: TcpSegment, time: number): void {
+    const k1 = `${srcIp}|${seg.srcPort}|${dstIp}|${seg.dstPort}`;
+    const k2 = `${dstIp}|${seg.dstPort}|${srcIp}|${seg.srcPort}`;
+    let conn = this.tcpConns.get(k1) ?? this.tcpConns.get(k2);
+    const key = this.tcpConns.has(k1) ? k1 : k2;
+    if (!conn) {
+      if (seg.payload.length === 0 && !(seg.flags & TCP_SYN)) return;
+      this.expireTcp(time);
+      if (this.tcpConns.size >= this.maxTcp) {
+        const oldest = this.tcpConns.keys().next().value as string;
+        this.tcpConns.delete(oldest);
+      }
+      conn = this.newTcpConn({ ip: srcIp, port: seg.srcPort }, { ip: dstIp, port: seg.dstPort });
+      this.tcpConns.set(k1, conn);
+    } else {
+      this.tcpConns.delete(key);
+      this.tcpConns.set(key, conn);
+    }
+    conn.lastSeen = time;
+    conn.time = time;
+    if (conn.notTurn) return;
+    const fromA = conn.a.ip === srcIp && conn.a.port === seg.srcPort;
+    (fromA ? conn.ab : conn.ba).push(seg);
+    if (conn.ab.finished && conn.ba.finished) this.tcpConns.delete(this.tcpConns.has(k1) ? k1 : k2);
+  }
+
+  private newTcpConn(a: Endpoint, b: Endpoint): TcpConn {
+    const conn = { a, b, lastSeen: 0, notTurn: false, time: 0 } as TcpConn;
+    const onMsg = (from: Endpoint, to: Endpoint) => (msg: Buffer): void => {
+      this.datagram('tcp', from.ip, from.port, to.ip, to.port, msg, conn.time);
+    };
+    conn.abFramer = new TurnStreamFramer(onMsg(a, b));
+    conn.baFramer = new TurnStreamFramer(onMsg(b, a));
+    const deliver = (framer: TurnStreamFramer) => (data: Buffer, afterGap: boolean): void => {
+      if (conn.notTurn) return;
+      if (afterGap) {
+        // RFC 8656 §5 framing has no resynchronisation point: the stream is lost.
+        this.stats.tcpGaps++;
+        framer.broken = true;
+      }
+      framer.push(data);
+      if (framer.broken && !afterGap && framer.messages === 0) {
+        conn.notTurn = true;
+        this.stats.tcpNotTurn++;
+      }
+    };
+    conn.ab = new TcpStream(deliver(conn.abFramer));
+    conn.ba = new TcpStream(deliver(conn.baFramer));
+    return conn;
+  }
+
+  private expireTcp(time: number): void {
+    for (const [k, c] of this.tcpConns) {
+      if (time - c.lastSeen <= this.idleMs) break;
+      this.tcpConns.delete(k);
+    }
+  }
+
+  /** End of capture: closes every flow (flushing pending counts). */
+  finish(): void {
+    this.flows.closeAll();
+  }
+}

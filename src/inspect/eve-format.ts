@@ -1,0 +1,146 @@
+/**
+ * InspectEvent → EVE JSON (contract.md "Events"; Suricata eve.json shape).
+ *
+ * Every field is copied explicitly from a whitelist: decrypted content (`data`,
+ * `payload`) is summarised by size and SHA-256 only, and nothing here can reach key
+ * material because InspectEvents do not carry any (events.ts) and unknown fields are
+ * never copied.
+ */
+import { eveTimestamp, type EveEvent } from '../events/eve.js';
+import type { Direction, InspectEvent } from './events.js';
+import type { Endpoint } from './turn-unwrap.js';
+
+export interface FlowMeta {
+  /** Numeric flow id, stable for the flow's lifetime (Suricata's flow_id). */
+  flowId: number;
+  proto: 'UDP' | 'TCP';
+  /** Side A: the first sender seen on the flow; side B the other. */
+  a: Endpoint;
+  b: Endpoint;
+  /**
+   * Whether side A is the DTLS client (sent the ClientHello). Undefined until known;
+   * then event directions are taken as relative to A.
+   */
+  dtlsClientIsA?: boolean;
+  /** For traffic unwrapped from a TURN client leg (turn-unwrap.ts). */
+  turn?: {
+    transport: 'udp' | 'tcp';
+    client: Endpoint;
+    server: Endpoint;
+    relayed?: Endpoint;
+  };
+}
+
+function endpoints(f: FlowMeta, dir: Direction | undefined): [Endpoint, Endpoint] {
+  const clientIsA = f.dtlsClientIsA ?? true;
+  const fromA = (dir ?? 'c2s') === 'c2s' ? clientIsA : !clientIsA;
+  return fromA ? [f.a, f.b] : [f.b, f.a];
+}
+
+function ep(e: Endpoint): string {
+  return e.ip.includes(':') ? `[${e.ip}]:${e.port}` : `${e.ip}:${e.port}`;
+}
+
+/** The common EVE header of an event on a flow. */
+export function eveBase(eventType: string, time: number, f: FlowMeta, dir: Direction | undefined, association: string | undefined): EveEvent {
+  const [src, dst] = endpoints(f, dir);
+  const gh: Record<string, unknown> = {};
+  if (association) gh.association = association;
+  if (dir) gh.direction = dir;
+  if (f.turn) {
+    gh.leg = 'turn';
+    gh.turn_transport = f.turn.transport;
+    gh.turn_server = ep(f.turn.server);
+    if (f.turn.relayed) gh.relayed = ep(f.turn.relayed);
+  }
+  return {
+    timestamp: eveTimestamp(time),
+    event_type: eventType,
+    flow_id: f.flowId,
+    src_ip: src.ip,
+    src_port: src.port,
+    dest_ip: dst.ip,
+    dest_port: dst.port,
+    proto: f.proto,
+    gatehouse: gh,
+  };
+}
+
+/** Converts one inspection event. Raw bytes are never included. */
+export function toEve(e: InspectEvent, f: FlowMeta): EveEvent {
+  const o = eveBase(e.type, e.time, f, e.dir, e.association);
+  switch (e.type) {
+    case 'dtls.handshake':
+      o.dtls = {
+        version: e.version,
+        client_random: e.clientRandom,
+        server_random: e.serverRandom,
+        cipher_suite: e.cipherSuite,
+        ...(e.srtpProfile !== undefined ? { srtp_profile: e.srtpProfile } : {}),
+        ...(e.encryptThenMac !== undefined ? { encrypt_then_mac: e.encryptThenMac } : {}),
+        ...(e.extendedMasterSecret !== undefined ? { extended_master_secret: e.extendedMasterSecret } : {}),
+      };
+      break;
+    case 'dtls.renegotiation':
+      o.dtls = { renegotiation: e.how };
+      break;
+    case 'keys.verified':
+      o.keys = { what: e.what };
+      break;
+    case 'keys.invalid':
+      o.keys = { what: e.what, reason: e.reason };
+      break;
+    case 'datachannel.open':
+      o.datachannel = { stream: e.stream, label: e.label, protocol: e.protocol, channel_type: e.channelType, ordered: e.ordered };
+      break;
+    case 'datachannel.message':
+      o.datachannel = { stream: e.stream, label: e.label, ppid: e.ppid, size: e.size, sha256: e.sha256 };
+      break;
+    case 'file':
+      o.file = { stream: e.stream, label: e.label, size: e.size, sha256: e.sha256, file_type: e.fileType };
+      break;
+    case 'appdata':
+      o.appdata = { size: e.size, sha256: e.sha256 };
+      break;
+    case 'rtp.stream':
+      o.rtp = { ssrc: e.ssrc, payload_type: e.payloadType, codec: e.codec, kind: e.kind };
+      break;
+    case 'rtp.packet':
+      o.rtp = {
+        ssrc: e.ssrc,
+        payload_type: e.payloadType,
+        seq: e.seq,
+        index: e.index,
+        timestamp: e.timestamp,
+        marker: e.marker,
+        payload_size: e.payloadSize,
+        ...(e.rtcp ? { rtcp: true } : {}),
+      };
+      break;
+    case 'undecryptable':
+      o.undecryptable = { what: e.what, reason: e.reason, count: e.count };
+      break;
+    case 'cap.hit':
+      o.cap = { what: e.what, limit: e.limit };
+      break;
+    default:
+      // A type added to events.ts later: header only, never its fields.
+      break;
+  }
+  return o;
+}
+
+/** An `alert` event (contract.md) for a rule match on a flow. */
+export function alertEve(
+  time: number,
+  f: FlowMeta,
+  dir: Direction | undefined,
+  association: string | undefined,
+  alert: { action: string; signature_id: string; signature: string; severity: number },
+  extra: Record<string, unknown> = {},
+): EveEvent {
+  const o = eveBase('alert', time, f, dir, association);
+  o.alert = alert;
+  Object.assign(o.gatehouse as Record<string, unknown>, extra);
+  return o;
+}

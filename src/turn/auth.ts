@@ -1,0 +1,126 @@
+import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
+import type { Clock } from '../util/clock.js';
+
+/**
+ * Long-term credential support for the TURN server (RFC 8489 §9.2): nonces with the
+ * "obMatJos2" security-feature cookie, and TURN REST ephemeral credentials.
+ */
+
+// RFC 8489 §9.2: nonce cookie, then 24 bits of security features as 4 base64 chars.
+export const NONCE_COOKIE = 'obMatJos2';
+/**
+ * RFC 8489 §18.1 "STUN Security Features": bit 0 = Password algorithms, bit 1 = Username
+ * anonymity; bit 0 is the most significant bit of the 24-bit field. We offer password
+ * algorithms only (no USERHASH support), so the field is 0x800000 = "gAAA".
+ */
+export const FEATURE_PASSWORD_ALGORITHMS = 0x800000;
+export const FEATURE_USERNAME_ANONYMITY = 0x400000;
+
+export function encodeFeatures(bits: number): string {
+  const b = Buffer.from([(bits >> 16) & 255, (bits >> 8) & 255, bits & 255]);
+  return b.toString('base64');
+}
+
+/** Security features announced by a nonce, or null when it has no cookie. */
+export function nonceFeatures(nonce: string): number | null {
+  if (!nonce.startsWith(NONCE_COOKIE) || nonce.length < NONCE_COOKIE.length + 4) return null;
+  const b = Buffer.from(nonce.slice(NONCE_COOKIE.length, NONCE_COOKIE.length + 4), 'base64');
+  if (b.length !== 3) return null;
+  return (b[0]! << 16) | (b[1]! << 8) | b[2]!;
+}
+
+export type NonceCheck = 'ok' | 'stale' | 'invalid';
+
+/**
+ * Stateless nonces: cookie + features + base64url(expiry u32 seconds || 6 random bytes
+ * || HMAC-SHA256(server secret, expiry || random || client IP)[0..12]). They expire after
+ * `lifetimeS` (config.turn.nonce_lifetime) by the injected clock and are bound to the
+ * client's IP address (RFC 8489 §9.2: nonces are best bound to the client).
+ */
+export class NonceManager {
+  private readonly secret: Buffer;
+  private readonly prefix: string;
+
+  constructor(
+    private readonly clock: Clock,
+    private readonly lifetimeS: number,
+    features = FEATURE_PASSWORD_ALGORITHMS,
+    secret: Buffer = randomBytes(32),
+  ) {
+    this.secret = secret;
+    this.prefix = NONCE_COOKIE + encodeFeatures(features);
+  }
+
+  issue(clientIp: string): string {
+    const body = Buffer.alloc(22);
+    const expiry = Math.floor(this.clock.now() / 1000) + this.lifetimeS;
+    body.writeUInt32BE(expiry >>> 0, 0);
+    randomBytes(6).copy(body, 4);
+    this.mac(body.subarray(0, 10), clientIp).copy(body, 10, 0, 12);
+    return this.prefix + body.toString('base64url');
+  }
+
+  check(nonce: string, clientIp: string): NonceCheck {
+    if (!nonce.startsWith(this.prefix) || nonce.length > 64) return 'invalid';
+    const body = Buffer.from(nonce.slice(this.prefix.length), 'base64url');
+    if (body.length !== 22) return 'invalid';
+    const mac = this.mac(body.subarray(0, 10), clientIp).subarray(0, 12);
+    if (!timingSafeEqual(mac, body.subarray(10, 22))) return 'invalid';
+    const expiry = body.readUInt32BE(0);
+    return Math.floor(this.clock.now() / 1000) < expiry ? 'ok' : 'stale';
+  }
+
+  private mac(data: Buffer, clientIp: string): Buffer {
+    return createHmac('sha256', this.secret).update(data).update(clientIp).digest();
+  }
+}
+
+export interface UserRecord {
+  name: string;
+  password: string;
+  groups: string[];
+}
+
+export interface UserDirectory {
+  lookup(name: string): UserRecord | undefined;
+}
+
+export interface ResolvedCredential {
+  /** The USERNAME as sent (REST: "expiry:user"); what 441 compares. */
+  username: string;
+  /** The account the allocation is charged to (REST: the part after the colon). */
+  user: string;
+  groups: string[];
+  password: string;
+  rest: boolean;
+}
+
+export type CredentialResult = { ok: true; cred: ResolvedCredential } | { ok: false; reason: 'unknown_user' | 'rest_expired' };
+
+const REST_RE = /^(\d{1,12})(?::(.*))?$/s;
+
+/** TURN REST API password: base64(HMAC-SHA1(secret, username)). */
+export function restPassword(secret: string, username: string): string {
+  return createHmac('sha1', secret).update(username, 'utf8').digest('base64');
+}
+
+/**
+ * Maps a USERNAME to its password. With a REST secret, "expiry:user" (expiry in unix
+ * seconds) names an ephemeral credential whose password is restPassword(); configured
+ * user names never contain ':' (config validation), so the two cannot collide.
+ */
+export function resolveCredential(username: string, users: UserDirectory, restSecret: string | null, nowMs: number): CredentialResult {
+  if (restSecret) {
+    const m = REST_RE.exec(username);
+    if (m) {
+      const expiry = Number(m[1]);
+      if (expiry * 1000 <= nowMs) return { ok: false, reason: 'rest_expired' };
+      const user = m[2] ?? username;
+      const rec = m[2] !== undefined ? users.lookup(m[2]) : undefined;
+      return { ok: true, cred: { username, user, groups: rec?.groups ?? [], password: restPassword(restSecret, username), rest: true } };
+    }
+  }
+  const rec = users.lookup(username);
+  if (!rec) return { ok: false, reason: 'unknown_user' };
+  return { ok: true, cred: { username, user: rec.name, groups: rec.groups, password: rec.password, rest: false } };
+}

@@ -1,0 +1,74 @@
+import { createSocket, type Socket } from 'node:dgram';
+import { randomInt } from 'node:crypto';
+
+/**
+ * Relay port management: relayed transport addresses are taken from
+ * config.turn.relay_ports on config.turn.relay_address (RFC 8656 §7.2 step "obtain a
+ * relayed transport address").
+ */
+
+export function bindUdp(type: 'udp4' | 'udp6', address: string, port: number): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const s = createSocket({ type, reuseAddr: false, ipv6Only: type === 'udp6' });
+    const onError = (err: Error): void => {
+      s.removeListener('listening', onListening);
+      try {
+        s.close();
+      } catch {
+        /* already closed */
+      }
+      reject(err);
+    };
+    const onListening = (): void => {
+      s.removeListener('error', onError);
+      resolve(s);
+    };
+    s.once('error', onError);
+    s.once('listening', onListening);
+    s.bind({ port, address, exclusive: true });
+  });
+}
+
+export class PortPool {
+  private readonly used = new Set<number>();
+
+  constructor(
+    readonly low: number,
+    readonly high: number,
+  ) {}
+
+  get size(): number {
+    return this.high - this.low + 1;
+  }
+
+  /**
+   * Up to `max` free candidate ports, starting at a random point (RFC 8656 §7.2 and
+   * RFC 6056: relayed ports should be hard to guess). With `even`, only even ports.
+   */
+  candidates(max: number, even: boolean): number[] {
+    const out: number[] = [];
+    const n = this.size;
+    if (n <= 0) return out;
+    const start = randomInt(0, n);
+    for (let i = 0; i < n && out.length < max; i++) {
+      const p = this.low + ((start + i) % n);
+      if (even && (p & 1)) continue;
+      if (even && p + 1 > this.high) continue;
+      if (this.used.has(p)) continue;
+      out.push(p);
+    }
+    return out;
+  }
+
+  isUsed(p: number): boolean {
+    return this.used.has(p);
+  }
+
+  take(p: number): void {
+    this.used.add(p);
+  }
+
+  release(p: number): void {
+    this.used.delete(p);
+  }
+}
