@@ -21,6 +21,9 @@ export function bindUdp(type: 'udp4' | 'udp6', address: string, port: number): P
     };
     const onListening = (): void => {
       s.removeListener('error', onError);
+      // A bound socket with no 'error' listener would crash the process on an error;
+      // owners add their own handlers on top.
+      s.on('error', () => {});
       resolve(s);
     };
     s.once('error', onError);

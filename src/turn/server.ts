@@ -546,7 +546,11 @@ export class TurnServer {
     }
     switch (method) {
       case Method.Allocate:
-        void this.onAllocate(ep, msg, auth, cacheKey);
+        // Async (relay socket bind); a failure must not become an unhandled rejection.
+        this.onAllocate(ep, msg, auth, cacheKey).catch((err: Error) => {
+          this.log.error({ err: err.message }, 'allocate failed');
+          this.pending.delete(ep.key);
+        });
         return;
       case Method.Refresh:
         return this.onRefresh(ep, msg, auth, cacheKey);
@@ -778,11 +782,12 @@ export class TurnServer {
 
     const w = this.w.reset(messageType(Method.Allocate, Class.Success), msg.transactionId);
     w.xorAddress(Attr.XorRelayedAddress, alloc.relayAddress, alloc.relayPort);
-    if (wantsAdditionalV6 && this.relayFamily !== 6) {
-      // RFC 8656 §7.2: the IPv6 half could not be served; say so in ADDRESS-ERROR-CODE.
+    if (wantsAdditionalV6) {
+      // RFC 8656 §7.2: dual allocation asked (IPv4 + IPv6) but only the relay's family is
+      // served; ADDRESS-ERROR-CODE names the family that failed, with 440.
       const reason = Buffer.from('Address Family not Supported');
       const v = Buffer.alloc(4 + reason.length);
-      v[0] = Family.IPv6;
+      v[0] = this.relayFamily === 6 ? Family.IPv4 : Family.IPv6;
       v[2] = 4;
       v[3] = 40;
       reason.copy(v, 4);

@@ -1,0 +1,153 @@
+/**
+ * Interop with coturn's test programs (Debian package "coturn"): turnutils_peer as the
+ * echoing peer, turnutils_uclient as the TURN client (UDP, TCP, client-to-client,
+ * Send indications), turnutils_stunclient for Binding. The server runs in-process on
+ * free ports with peers.allow 127.0.0.0/8.
+ */
+import t from 'tap';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createSocket } from 'node:dgram';
+import { accessSync, constants } from 'node:fs';
+import { delimiter, join } from 'node:path';
+import { defaultConfig } from '../../src/config/config.js';
+import { TurnServer } from '../../src/turn/server.js';
+import { MemoryEventSink } from '../../src/events/eve.js';
+
+const BINARIES = ['turnutils_uclient', 'turnutils_peer', 'turnutils_stunclient'];
+
+function which(bin: string): string | null {
+  for (const dir of (process.env.PATH ?? '/usr/bin:/bin').split(delimiter)) {
+    const p = join(dir, bin);
+    try {
+      accessSync(p, constants.X_OK);
+      return p;
+    } catch {
+      /* next */
+    }
+  }
+  return null;
+}
+
+async function freeUdpPort(): Promise<number> {
+  const s = createSocket('udp4');
+  await new Promise<void>((r) => s.bind(0, '127.0.0.1', () => r()));
+  const p = s.address().port;
+  await new Promise<void>((r) => s.close(() => r()));
+  return p;
+}
+
+interface RunResult {
+  code: number | null;
+  out: string;
+}
+
+const children = new Set<ChildProcess>();
+
+function run(bin: string, args: string[], timeoutMs = 90_000): Promise<RunResult> {
+  return new Promise((resolve) => {
+    const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    children.add(child);
+    let out = '';
+    child.stdout!.on('data', (d) => (out += d));
+    child.stderr!.on('data', (d) => (out += d));
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      children.delete(child);
+      resolve({ code, out });
+    });
+  });
+}
+
+/** The final totals of a turnutils_uclient run. */
+function totals(out: string): { sent: number; received: number; lost: number } | null {
+  const sr = [...out.matchAll(/tot_send_msgs=(\d+), tot_recv_msgs=(\d+)\s*$/gm)].pop();
+  const lost = /Total lost packets (\d+)/.exec(out);
+  if (!sr || !lost) return null;
+  return { sent: Number(sr[1]), received: Number(sr[2]), lost: Number(lost[1]) };
+}
+
+async function main(): Promise<void> {
+  const cfg = defaultConfig();
+  cfg.turn.listen = ['udp://127.0.0.1:0', 'tcp://127.0.0.1:0'];
+  cfg.turn.relay_address = '127.0.0.1';
+  cfg.turn.relay_ports = [45000, 47999];
+  cfg.turn.peers.allow = ['127.0.0.0/8'];
+  cfg.turn.max_allocations_per_user = 100;
+  const events = new MemoryEventSink();
+  const server = new TurnServer({
+    config: cfg,
+    users: { lookup: (n) => (n === 'alice' ? { name: 'alice', password: 'wonderland', groups: [] } : undefined) },
+    events,
+  });
+  await server.start();
+  const udpPort = server.addresses().find((a) => a.proto === 'udp')!.port;
+  const tcpPort = server.addresses().find((a) => a.proto === 'tcp')!.port;
+
+  const peerPort = await freeUdpPort();
+  const peer = spawn('turnutils_peer', ['-p', String(peerPort), '-L', '127.0.0.1'], { stdio: 'ignore' });
+  children.add(peer);
+  t.teardown(async () => {
+    for (const c of children) c.kill('SIGKILL');
+    await server.stop();
+  });
+  // Give the peer a moment to bind; uclient retransmits anyway.
+  await new Promise((r) => setTimeout(r, 300));
+
+  const base = ['-u', 'alice', '-w', 'wonderland', '-e', '127.0.0.1', '-r', String(peerPort), '-n', '30', '-l', '160', '-z', '5'];
+  const cases: Array<{ name: string; args: string[] }> = [
+    { name: 'UDP, channels', args: ['-p', String(udpPort), ...base] },
+    { name: 'UDP, Send/Data indications (-s)', args: ['-s', '-p', String(udpPort), ...base] },
+    { name: 'TCP (-t)', args: ['-t', '-p', String(tcpPort), ...base] },
+    { name: 'UDP client-to-client (-y)', args: ['-y', '-p', String(udpPort), ...base] },
+    { name: 'TCP client-to-client (-t -y)', args: ['-t', '-y', '-p', String(tcpPort), ...base] },
+    { name: 'UDP, 3 clients (-m 3)', args: ['-m', '3', '-p', String(udpPort), ...base] },
+  ];
+  for (const c of cases) {
+    await t.test(`turnutils_uclient ${c.name}`, async (t) => {
+      const r = await run('turnutils_uclient', [...c.args, '127.0.0.1']);
+      const tot = totals(r.out);
+      t.ok(tot, 'uclient printed its totals');
+      if (!tot) {
+        t.comment(r.out.slice(-2000));
+        return;
+      }
+      t.ok(tot.sent > 0, `sent ${tot.sent}`);
+      t.equal(tot.received, tot.sent, 'every message came back');
+      t.equal(tot.lost, 0, '0 lost packets');
+    });
+  }
+
+  await t.test('turnutils_stunclient gets its mapped address', async (t) => {
+    const r = await run('turnutils_stunclient', ['-p', String(udpPort), '127.0.0.1'], 30_000);
+    const m = /UDP reflexive addr: ([\d.]+):(\d+)/.exec(r.out);
+    t.ok(m, 'reflexive address printed');
+    if (!m) return;
+    t.equal(m[1], '127.0.0.1');
+    const port = Number(m[2]);
+    t.ok(port > 0 && port < 65536 && port !== udpPort, 'a client port');
+  });
+
+  t.equal(server.stats.authFailures['bad_integrity'] ?? 0, 0, 'no integrity failures with the right password');
+  t.ok(server.stats.packets.clientToPeer > 0 && server.stats.packets.peerToClient > 0, 'packets counted');
+  t.ok(events.events.some((e) => e.event_type === 'allocation'), 'allocation events');
+  t.ok(events.events.some((e) => e.event_type === 'permission'), 'permission events');
+
+  await t.test('wrong password is refused', async (t) => {
+    const r = await run('turnutils_uclient', ['-p', String(udpPort), '-u', 'alice', '-w', 'wrong', '-e', '127.0.0.1', '-r', String(peerPort), '-n', '2', '127.0.0.1'], 60_000);
+    const tot = totals(r.out);
+    t.ok(!tot || tot.received === 0, 'nothing relayed');
+    t.ok((server.stats.authFailures['bad_integrity'] ?? 0) > 0, 'counted as bad_integrity');
+  });
+}
+
+const missing = BINARIES.filter((b) => !which(b));
+if (missing.length) {
+  if (process.env.CI) {
+    t.fail(`coturn programs missing on CI: ${missing.join(', ')} (apt-get install coturn)`);
+  } else {
+    t.skip(`coturn programs not installed (${missing.join(', ')}); apt-get install coturn to run this interop test`, async () => {});
+  }
+} else {
+  await main();
+}
