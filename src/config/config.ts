@@ -33,6 +33,11 @@ export interface GatehouseConfig {
     nonce_lifetime: number;
     /** RFC 8656 §7.2 step 10: 486 Allocation Quota Reached beyond this, per user. */
     max_allocations_per_user: number;
+    /**
+     * RFC 8656 §12: channel numbers 0x4000-0x4FFF. `rfc5766` also accepts the older
+     * 0x4000-0x7FFF range that some clients (coturn's turnutils_uclient) still use.
+     */
+    channel_numbers: 'rfc8656' | 'rfc5766';
   };
   pcp: { listen: string[] };
   admin: { listen: string; token: string | null };
@@ -127,6 +132,7 @@ export const configSchema = obj<GatehouseConfig>({
       default_lifetime: { schema: int(60, 86400), default: () => 600 },
       nonce_lifetime: { schema: int(10, 86400), default: () => 600 },
       max_allocations_per_user: { schema: int(1, 100000), default: () => 20 },
+      channel_numbers: { schema: oneOf('rfc8656', 'rfc5766'), default: () => 'rfc8656' },
     }),
   },
   pcp: {

@@ -15,7 +15,8 @@
  *   .keyStatus(association): KeyStatus | undefined
  *   .srtpKeys(association): SrtpKeyMaterial | undefined  — for the SRTP pipeline (never log it)
  *   .associations(): AssociationInfo[]     — no secrets
- *   .stats                                  — counters
+ *   .stats                                  — counters, and firstProtectedAt (packet time of the
+ *       first record at epoch >= 1: the key deadline starts there, key-escrow.md §5.1)
  *   .flush(time): void                      — emits pending rate-limited `undecryptable` counts
  *   .close(): void                          — wipes every key
  *
@@ -29,8 +30,10 @@
  * delivered only after authentication (src/wire/dtls-crypto.ts).
  *
  * DTLS 1.3: detected from ServerHello.supported_versions (RFC 8446 §4.2.1, 0xfefc). Unified
- * header records (RFC 9147 §4) are handed to `opts.dtls13` when given (an adapter over
- * src/wire/dtls13.ts); without it they are counted undecryptable ('dtls13_unsupported').
+ * header records (RFC 9147 §4) are opened by `opts.dtls13` (default: defaultDtls13Opener,
+ * Dtls13Stream of src/wire/dtls13.ts per direction) with key sets carrying the application
+ * (and optionally handshake) traffic secrets; decrypted EncryptedExtensions give the
+ * use_srtp profile (RFC 8446 §4.3.1). `dtls13: null` counts them as 'dtls13_unsupported'.
  */
 import {
   CT_APPLICATION_DATA,
@@ -38,12 +41,14 @@ import {
   CT_HANDSHAKE,
   DTLS_1_3,
   HT_CLIENT_HELLO,
+  HT_ENCRYPTED_EXTENSIONS,
   HT_FINISHED,
   HT_HELLO_REQUEST,
   HT_SERVER_HELLO,
   HandshakeReassembler,
   newRecord,
   parseClientHello,
+  parseEncryptedExtensions,
   parseServerHello,
   readHandshakeHeader,
   readRecord,
@@ -53,6 +58,7 @@ import {
   type HandshakeMessage,
 } from '../wire/dtls.js';
 import { DtlsRecordDecryptor, cipherSuiteInfo } from '../wire/dtls-crypto.js';
+import { Dtls13Stream } from '../wire/dtls13.js';
 import type { SrtpKeyMaterial } from '../wire/tls-prf.js';
 import type { Direction, EventListener, InspectEvent } from './events.js';
 import { keySetFromKeyLog, type KeyLog } from './keylog.js';
@@ -71,14 +77,44 @@ export type UndecryptableReason =
 /** Decrypts DTLS 1.3 unified-header records of one association (adapter over src/wire/dtls13.ts). */
 export interface Dtls13Opener {
   /**
-   * Decrypts one unified-header record sent in `dir` (DTLS roles). Returns the inner content
-   * type and plaintext, or null when it does not authenticate / has no keys. Must never throw.
+   * Decrypts the unified-header record at `record.start` of `datagram`, sent in `dir` (DTLS
+   * roles). Returns the inner content type and plaintext, or null when it does not
+   * authenticate / has no keys. Must never throw.
    */
-  open(record: DtlsRecord, dir: Direction): { type: number; plaintext: Buffer } | null;
+  open(datagram: Buffer, record: DtlsRecord, dir: Direction): { type: number; plaintext: Buffer } | null;
   wipe?(): void;
 }
 /** Builds an opener from a DTLS 1.3 key set (application traffic secrets at ks.epoch). */
 export type Dtls13OpenerFactory = (ks: KeySet) => Dtls13Opener | null;
+
+/**
+ * The default opener: one src/wire/dtls13.ts Dtls13Stream per direction (application chain
+ * from ks.epoch, KeyUpdate followed by the reader, RFC 9147 §8; handshake epoch 2 when the
+ * key set carries the handshake secrets).
+ */
+export const defaultDtls13Opener: Dtls13OpenerFactory = (ks) => {
+  if (!ks.clientAppTrafficSecret || !ks.serverAppTrafficSecret) return null;
+  try {
+    const c2s = new Dtls13Stream(ks.cipherSuite, ks.clientAppTrafficSecret, ks.epoch, ks.clientHsTrafficSecret);
+    const s2c = new Dtls13Stream(ks.cipherSuite, ks.serverAppTrafficSecret, ks.epoch, ks.serverHsTrafficSecret);
+    return {
+      open(datagram, record, dir) {
+        try {
+          const r = (dir === 'c2s' ? c2s : s2c).open(datagram, record.start);
+          return r ? { type: r.contentType, plaintext: r.plaintext } : null;
+        } catch {
+          return null;
+        }
+      },
+      wipe() {
+        c2s.wipe();
+        s2c.wipe();
+      },
+    };
+  } catch {
+    return null;
+  }
+};
 
 export interface DtlsSessionOptions {
   listener: EventListener;
@@ -86,7 +122,8 @@ export interface DtlsSessionOptions {
   onSrtpKeys?: (association: string, keys: SrtpKeyMaterial, time: number) => void;
   /** NSS key log consulted once an association's randoms are known. */
   keyLog?: KeyLog;
-  dtls13?: Dtls13OpenerFactory;
+  /** DTLS 1.3 record opener (default: defaultDtls13Opener over src/wire/dtls13.ts; null disables). */
+  dtls13?: Dtls13OpenerFactory | null;
   /** Minimum packet-time gap between two `undecryptable` events of one reason (default 1000 ms). */
   undecryptableIntervalMs?: number;
   /** Failed records before a pending key set is declared invalid (default 1: key-escrow.md §5.2). */
@@ -149,7 +186,8 @@ interface Held {
 const flip = (d: Direction): Direction => (d === 'c2s' ? 's2c' : 'c2s');
 
 /** Handshake types this tracker needs reassembled (hellos, Finished). */
-const WANTED = (t: number): boolean => t === HT_CLIENT_HELLO || t === HT_SERVER_HELLO || t === HT_FINISHED || t === HT_HELLO_REQUEST;
+const WANTED = (t: number): boolean =>
+  t === HT_CLIENT_HELLO || t === HT_SERVER_HELLO || t === HT_FINISHED || t === HT_HELLO_REQUEST || t === HT_ENCRYPTED_EXTENSIONS;
 
 export class DtlsSession {
   readonly stats = {
@@ -158,6 +196,8 @@ export class DtlsSession {
     decrypted: 0,
     appDataBytes: 0,
     undecryptable: {} as Record<string, number>,
+    /** Packet time of the first record at epoch >= 1 (key-escrow.md §5.1: the deadline clock starts here). */
+    firstProtectedAt: undefined as number | undefined,
   };
 
   private readonly opts: DtlsSessionOptions;
@@ -208,7 +248,8 @@ export class DtlsSession {
       }
       off = next;
       this.stats.records++;
-      if (r.unified) this.onUnified(r, dir, time);
+      if (this.stats.firstProtectedAt === undefined && (r.unified || r.epoch >= 1)) this.stats.firstProtectedAt = time;
+      if (r.unified) this.onUnified(r, datagram, dir, time);
       else if (r.epoch === 0) this.onPlaintext(r, dir, time);
       else this.onProtected(r, dir, time, false);
     }
@@ -224,6 +265,16 @@ export class DtlsSession {
     // The same secrets twice (escrow and key log, or a resend) are one entry.
     const dup = list.find((e) => e.ks.epoch === ks.epoch && sameKeys(e.ks, ks));
     if (dup) {
+      if (dup.ks.srtpProfile === undefined && ks.srtpProfile !== undefined && dup.status !== 'invalid') {
+        // The same record keys, now with SRTP keys (DTLS 1.3: profile learnt from EncryptedExtensions).
+        dup.ks.srtpProfile = ks.srtpProfile;
+        dup.ks.srtpClientMasterKey = ks.srtpClientMasterKey;
+        dup.ks.srtpServerMasterKey = ks.srtpServerMasterKey;
+        dup.ks.srtpClientMasterSalt = ks.srtpClientMasterSalt;
+        dup.ks.srtpServerMasterSalt = ks.srtpServerMasterSalt;
+        this.announceSrtp(id, time);
+        return dup.status;
+      }
       wipeKeySet(ks);
       return dup.status;
     }
@@ -328,11 +379,11 @@ export class DtlsSession {
     return true;
   }
 
-  private onUnified(r: DtlsRecord, raw: Direction, time: number): void {
+  private onUnified(r: DtlsRecord, datagram: Buffer, raw: Direction, time: number): void {
     const a = this.latestAssoc();
     const dir = a ? this.roleDir(a, raw) : raw;
-    if (!this.opts.dtls13) {
-      // TODO(dtls13): without an opener (src/wire/dtls13.ts adapter) DTLS 1.3 ciphertext is counted, not decrypted.
+    const factory = this.opts.dtls13 === undefined ? defaultDtls13Opener : this.opts.dtls13;
+    if (!factory) {
       this.undecryptable('dtls13_unsupported', dir, time, a?.id);
       return;
     }
@@ -342,19 +393,34 @@ export class DtlsSession {
       return;
     }
     for (const e of cands) {
-      if (!e.dec13) e.dec13 = this.opts.dtls13(e.ks);
-      const out = e.dec13?.open(r, dir);
-      if (!out) continue;
-      this.markVerified(e, dir, time);
-      this.stats.decrypted++;
-      if (out.type === CT_APPLICATION_DATA) {
-        this.stats.appDataBytes += out.plaintext.length;
-        if (a) a.completed = true;
-        this.opts.onAppData?.(out.plaintext, dir, e.id, time);
+      if (!e.dec13) e.dec13 = factory(e.ks);
+      if (!e.dec13) continue;
+      // Roles from the handshake, or both ways for keys of a handshake this flow did not show.
+      const dirs: Direction[] = a && a.id === e.id ? [dir] : [raw, flip(raw)];
+      for (const d of dirs) {
+        const out = e.dec13.open(datagram, r, d);
+        if (!out) continue;
+        this.markVerified(e, d, time);
+        this.stats.decrypted++;
+        if (out.type === CT_APPLICATION_DATA) {
+          this.stats.appDataBytes += out.plaintext.length;
+          if (a && a.id === e.id) a.completed = true;
+          this.opts.onAppData?.(out.plaintext, d, e.id, time);
+        } else if (out.type === CT_HANDSHAKE && a && a.id === e.id) {
+          // RFC 9147 §5.2: DTLS 1.3 handshake messages keep the 12-byte DTLS header.
+          this.onHandshakeFragments(out.plaintext, d === 'c2s' ? a.clientSide : flip(a.clientSide), 2, time);
+        }
+        return;
       }
-      return;
     }
-    // Handshake-epoch (2) records also arrive here and fail with application keys: count only.
+    // Only a record of the key set's own (application) epoch bits can condemn it: handshake
+    // epoch records legitimately fail with application secrets (RFC 9147 §4: low epoch bits).
+    if (!cands.some((e) => e.status === 'verified')) {
+      for (const e of cands) {
+        if (e.status === 'pending' && (r.epoch & 3) === (e.ks.epoch & 3) && ++e.failures >= this.invalidAfter)
+          this.markInvalid(e, raw, time, 'record did not authenticate');
+      }
+    }
     this.undecryptable('auth_failed', dir, time, a?.id);
   }
 
@@ -446,6 +512,17 @@ export class DtlsSession {
         const d = this.roleDir(a, raw);
         if (a.finishedLen[d] < 0) a.finishedLen[d] = 0;
         if (a.finishedLen.c2s >= 0 && a.finishedLen.s2c >= 0) a.completed = true;
+        return;
+      }
+      case HT_ENCRYPTED_EXTENSIONS: {
+        // DTLS 1.3 (RFC 8446 §4.3.1): the server's use_srtp choice, readable with the
+        // handshake traffic secrets. Once known, the SRTP keys can be exported.
+        const a = this.assocs.find((x) => x.version === 'DTLS1.3' && x.clientSide !== raw && x.srtpProfile === undefined);
+        const ee = parseEncryptedExtensions(m.body);
+        if (!a || !ee || ee.srtpProfiles.length !== 1 || a.clientHello.srtpProfiles.length === 0) return;
+        a.srtpProfile = ee.srtpProfiles[0];
+        a.keylogVersion = -1; // derive again, now with the SRTP profile
+        this.tryKeyLog(a, time);
         return;
       }
       default:

@@ -69,8 +69,8 @@ export interface TurnServerOptions {
   /** Request extensions (key escrow attributes). */
   extensions?: TurnRequestExtension[];
   /**
-   * Accept only RFC 8656 channel numbers 0x4000-0x4FFF. Default false: the RFC 5766
-   * range 0x4000-0x7FFF is accepted too, for clients such as coturn's turnutils.
+   * Overrides config.turn.channel_numbers: true accepts only RFC 8656 channel numbers
+   * 0x4000-0x4FFF; false also the RFC 5766 range 0x4000-0x7FFF.
    */
   strictChannelRange?: boolean;
 }
@@ -306,7 +306,7 @@ export class TurnServer {
     this.filter = new PeerFilter({ allow: t.peers.allow, deny: t.peers.deny, selfAddresses: self });
     this.pool = new PortPool(t.relay_ports[0]!, t.relay_ports[1]!);
     this.relayFamily = familyOf(t.relay_address);
-    this.legacyChannels = !opts.strictChannelRange;
+    this.legacyChannels = opts.strictChannelRange === undefined ? t.channel_numbers === 'rfc5766' : !opts.strictChannelRange;
     this.maxChannelByte = this.legacyChannels ? 0x7f : 0x4f;
   }
 

@@ -10,6 +10,7 @@
  *   readHandshakeHeader(buf, off, out): number — RFC 6347 §4.2.2 header, returns body offset or -1.
  *   class HandshakeReassembler               — capped fragment reassembly of handshake messages.
  *   parseClientHello(body), parseServerHello(body), parseHelloVerifyRequest(body): ... | null
+ *   parseEncryptedExtensions(body): HelloExtensions | null   (DTLS 1.3: the server's use_srtp)
  *
  * Unified-header records (DTLS 1.3, first byte 0b001xxxxx) are delimited here (so that a
  * datagram mixing them can be walked) but their content is the DTLS 1.3 layer's business
@@ -36,6 +37,7 @@ export const HT_CLIENT_HELLO = 1;
 export const HT_SERVER_HELLO = 2;
 export const HT_HELLO_VERIFY_REQUEST = 3;
 export const HT_NEW_SESSION_TICKET = 4;
+export const HT_ENCRYPTED_EXTENSIONS = 8; // RFC 8446 §4.3.1 (DTLS 1.3: carries use_srtp)
 export const HT_FINISHED = 20;
 export const HT_KEY_UPDATE = 24;
 
@@ -483,4 +485,16 @@ export function parseHelloVerifyRequest(body: Buffer): HelloVerifyRequest | null
   const cookie = n >= 0 ? r.bytes(n) : null;
   if (serverVersion < 0 || !cookie) return null;
   return { serverVersion, cookie: Buffer.from(cookie) };
+}
+
+/**
+ * RFC 8446 §4.3.1 EncryptedExtensions body: Extension extensions<0..2^16-1>. In DTLS 1.3
+ * the server's use_srtp answer (RFC 5764 §4.1.1) is here, not in the ServerHello.
+ */
+export function parseEncryptedExtensions(body: Buffer): HelloExtensions | null {
+  const r = new Reader(body);
+  if (r.left() < 2) return null;
+  const ext = emptyExt();
+  if (!parseExtensions(r, ext, true) || r.left() !== 0) return null;
+  return ext;
 }

@@ -263,10 +263,9 @@ function makeNonce(out: Buffer, iv: Buffer, seq: number): Buffer {
 
 function aeadOpen(st: EpochState, nonce: Buffer, aad: Buffer, ct: Buffer, tag: Buffer): Buffer | null {
   try {
-    const d = createDecipheriv(st.info.aead, st.key, nonce, { authTagLength: TAG_LEN } as never) as ReturnType<typeof createDecipheriv> & {
-      setAAD(b: Buffer): void;
-      setAuthTag(b: Buffer): void;
-    };
+    const d = st.info.aead === 'chacha20-poly1305'
+      ? createDecipheriv('chacha20-poly1305', st.key, nonce, { authTagLength: TAG_LEN })
+      : createDecipheriv(st.info.aead, st.key, nonce, { authTagLength: TAG_LEN });
     d.setAAD(aad);
     d.setAuthTag(tag);
     const a = d.update(ct);
@@ -519,10 +518,10 @@ export class Dtls13Writer {
     else out[1] = seq & 0xff;
     if (withLength) out.writeUInt16BE(bodyLen, 1 + seqLen);
     const aad = Buffer.from(out.subarray(0, hdrLen)); // header with the plaintext record number
-    const c = createCipheriv(this.info.aead, this.st.key, makeNonce(this.nonce, this.st.iv, seq), { authTagLength: TAG_LEN } as never) as ReturnType<typeof createCipheriv> & {
-      setAAD(b: Buffer): void;
-      getAuthTag(): Buffer;
-    };
+    const nonce = makeNonce(this.nonce, this.st.iv, seq);
+    const c = this.info.aead === 'chacha20-poly1305'
+      ? createCipheriv('chacha20-poly1305', this.st.key, nonce, { authTagLength: TAG_LEN })
+      : createCipheriv(this.info.aead, this.st.key, nonce, { authTagLength: TAG_LEN });
     c.setAAD(aad);
     const ct = Buffer.concat([c.update(inner), c.final()]);
     ct.copy(out, hdrLen);

@@ -74,6 +74,8 @@ async function main(): Promise<void> {
   cfg.turn.relay_ports = [45000, 47999];
   cfg.turn.peers.allow = ['127.0.0.0/8'];
   cfg.turn.max_allocations_per_user = 100;
+  // turnutils_uclient picks channel numbers from the RFC 5766 range 0x4000-0x7FFF.
+  cfg.turn.channel_numbers = 'rfc5766';
   const events = new MemoryEventSink();
   const server = new TurnServer({
     config: cfg,

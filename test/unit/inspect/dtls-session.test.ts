@@ -127,6 +127,7 @@ t.test('late keys: records are held, counted, then delivered in order once keys 
   const h = harness();
   for (const d of datagrams(fx)) h.session.feed(d.data, d.dir, 5);
   t.equal(h.app.length, 0, 'nothing without keys');
+  t.equal(h.session.stats.firstProtectedAt, 5, 'deadline start recorded');
   t.ok((h.session.stats.undecryptable.no_keys ?? 0) > 0);
   const und = ofType(h.events, 'undecryptable');
   t.equal(und[0]!.reason, 'no_keys');
@@ -249,8 +250,8 @@ t.test('encrypted handshake after completion without keys: renegotiation by heur
   t.equal(h.app.length, 0, 'records without keys are never guessed');
 });
 
-t.test('DTLS 1.3 unified-header records without an opener are counted', async (t) => {
-  const h = harness();
+t.test('DTLS 1.3 unified-header records with DTLS 1.3 disabled are counted', async (t) => {
+  const h = harness({ dtls13: null });
   const rec = Buffer.concat([Buffer.from([0x2f, 0x12, 0x34, 0x00, 0x20]), randomBytes(32)]); // 001 0 1 1 11
   h.session.feed(rec, 'c2s', 1);
   t.equal(h.session.stats.undecryptable.dtls13_unsupported, 1);
@@ -263,7 +264,7 @@ t.test('DTLS 1.3 records go to the opener of a 1.3 key set', async (t) => {
   const seen: number[] = [];
   const h = harness({
     dtls13: () => ({
-      open: (r, dir) => {
+      open: (_dg, r, dir) => {
         seen.push(r.seq);
         return r.seq === 0x1234 && dir === 'c2s' ? { type: 23, plaintext: Buffer.from('hi') } : null;
       },
@@ -277,10 +278,118 @@ t.test('DTLS 1.3 records go to the opener of a 1.3 key set', async (t) => {
     clientAppTrafficSecret: randomBytes(32),
     serverAppTrafficSecret: randomBytes(32),
   });
-  h.session.feed(Buffer.concat([Buffer.from([0x2f, 0x12, 0x34, 0x00, 0x04]), randomBytes(4)]), 'c2s', 1);
-  t.same(seen, [0x1234]);
+  // Labelled from the other side: no handshake seen, so both directions are tried.
+  h.session.feed(Buffer.concat([Buffer.from([0x2f, 0x12, 0x34, 0x00, 0x04]), randomBytes(4)]), 's2c', 1);
+  t.same(seen, [0x1234, 0x1234], 'no handshake seen: both directions tried');
   t.equal(h.text('c2s'), 'hi');
   t.equal(ofType(h.events, 'keys.verified').length, 1);
+});
+
+/** Plaintext epoch-0 handshake record with one whole message. */
+function hsRecord(type: number, body: Buffer, seq: number): Buffer {
+  const hh = Buffer.alloc(12);
+  hh[0] = type;
+  hh.writeUIntBE(body.length, 1, 3);
+  hh.writeUIntBE(body.length, 9, 3);
+  const hdr = Buffer.alloc(13);
+  hdr[0] = 22;
+  hdr.writeUInt16BE(0xfefd, 1);
+  hdr.writeUIntBE(seq, 5, 6);
+  hdr.writeUInt16BE(12 + body.length, 11);
+  return Buffer.concat([hdr, hh, body]);
+}
+const withExt = (head: Buffer, exts: Buffer): Buffer => Buffer.concat([head, Buffer.from([exts.length >> 8, exts.length & 255]), exts]);
+
+t.test('DTLS 1.3 end to end with src/wire/dtls13.ts and a key log', async (t) => {
+  const { Dtls13Writer } = await import('../../../src/wire/dtls13.js');
+  const cr = randomBytes(32);
+  const sr = randomBytes(32);
+  // ClientHello: supported_versions [DTLS 1.3], use_srtp [7]; ServerHello selects 0xfefc.
+  const ch = withExt(
+    Buffer.concat([Buffer.from([0xfe, 0xfd]), cr, Buffer.from([0, 0, 0, 2, 0x13, 0x01, 1, 0])]),
+    Buffer.from([0, 43, 0, 3, 2, 0xfe, 0xfc, 0, 14, 0, 5, 0, 2, 0, 7, 0]),
+  );
+  const sh = withExt(
+    Buffer.concat([Buffer.from([0xfe, 0xfd]), sr, Buffer.from([0, 0x13, 0x01, 0])]),
+    Buffer.from([0, 43, 0, 2, 0xfe, 0xfc, 0, 14, 0, 5, 0, 2, 0, 7, 0]),
+  );
+  const cts = randomBytes(32);
+  const sts = randomBytes(32);
+  const kl = KeyLog.parse(
+    [
+      `CLIENT_TRAFFIC_SECRET_0 ${cr.toString('hex')} ${cts.toString('hex')}`,
+      `SERVER_TRAFFIC_SECRET_0 ${cr.toString('hex')} ${sts.toString('hex')}`,
+      `EXPORTER_SECRET ${cr.toString('hex')} ${randomBytes(32).toString('hex')}`,
+    ].join('\n'),
+  );
+  const srtp: string[] = [];
+  const h = harness({ keyLog: kl, onSrtpKeys: (a) => srtp.push(a) });
+  h.session.feed(hsRecord(1, ch, 0), 'c2s', 1);
+  h.session.feed(hsRecord(2, sh, 0), 's2c', 2);
+  const hs = ofType(h.events, 'dtls.handshake');
+  t.equal(hs.length, 1);
+  t.equal(hs[0]!.version, 'DTLS1.3');
+  t.equal(hs[0]!.srtpProfile, 7);
+  t.same(srtp, [cr.toString('hex')], 'SRTP keys from the TLS 1.3 exporter');
+  const wc = new Dtls13Writer(0x1301, cts, 3);
+  const ws = new Dtls13Writer(0x1301, sts, 3);
+  h.session.feed(wc.seal(23, Buffer.from('hello 1.3 c2s')), 'c2s', 3);
+  h.session.feed(ws.seal(23, Buffer.from('hello 1.3 s2c')), 's2c', 4);
+  const bad = wc.seal(23, Buffer.from('tampered'));
+  bad[bad.length - 1]! ^= 1;
+  h.session.feed(bad, 'c2s', 5);
+  t.equal(h.text('c2s'), 'hello 1.3 c2s');
+  t.equal(h.text('s2c'), 'hello 1.3 s2c');
+  t.equal(ofType(h.events, 'keys.verified').length, 1);
+  t.equal(h.session.stats.undecryptable.auth_failed, 1);
+});
+
+t.test('DTLS 1.3: use_srtp from the decrypted EncryptedExtensions yields SRTP keys', async (t) => {
+  const { Dtls13Writer } = await import('../../../src/wire/dtls13.js');
+  const { deriveSrtpTls13 } = await import('../../../src/wire/tls-prf.js');
+  const cr = randomBytes(32);
+  const sr = randomBytes(32);
+  const ch = withExt(
+    Buffer.concat([Buffer.from([0xfe, 0xfd]), cr, Buffer.from([0, 0, 0, 2, 0x13, 0x01, 1, 0])]),
+    Buffer.from([0, 43, 0, 3, 2, 0xfe, 0xfc, 0, 14, 0, 7, 0, 4, 0, 7, 0, 1, 0]),
+  );
+  const sh = withExt(Buffer.concat([Buffer.from([0xfe, 0xfd]), sr, Buffer.from([0, 0x13, 0x01, 0])]), Buffer.from([0, 43, 0, 2, 0xfe, 0xfc]));
+  const sec = () => randomBytes(32);
+  const [chs, shs, cts, sts, exp] = [sec(), sec(), sec(), sec(), sec()];
+  const line = (l: string, b: Buffer) => `${l} ${cr.toString('hex')} ${b.toString('hex')}`;
+  const kl = KeyLog.parse(
+    [
+      line('CLIENT_HANDSHAKE_TRAFFIC_SECRET', chs),
+      line('SERVER_HANDSHAKE_TRAFFIC_SECRET', shs),
+      line('CLIENT_TRAFFIC_SECRET_0', cts),
+      line('SERVER_TRAFFIC_SECRET_0', sts),
+      line('EXPORTER_SECRET', exp),
+    ].join('\n'),
+  );
+  const srtp: string[] = [];
+  const h = harness({ keyLog: kl, onSrtpKeys: (a) => srtp.push(a) });
+  h.session.feed(hsRecord(1, ch, 0), 'c2s', 1);
+  h.session.feed(hsRecord(2, sh, 0), 's2c', 2);
+  t.equal(ofType(h.events, 'dtls.handshake')[0]!.srtpProfile, undefined, 'not in the ServerHello');
+  t.same(srtp, []);
+  // EncryptedExtensions { use_srtp: [0x0007], mki "" } at epoch 2, DTLS handshake header.
+  const eeExt = Buffer.from([0, 14, 0, 5, 0, 2, 0, 7, 0]);
+  const eeBody = Buffer.concat([Buffer.from([0, eeExt.length]), eeExt]);
+  const hh = Buffer.alloc(12);
+  hh[0] = 8;
+  hh.writeUIntBE(eeBody.length, 1, 3);
+  hh.writeUInt16BE(1, 4);
+  hh.writeUIntBE(eeBody.length, 9, 3);
+  const hsw = new Dtls13Writer(0x1301, shs, 2);
+  h.session.feed(hsw.seal(22, Buffer.concat([hh, eeBody])), 's2c', 3);
+  t.same(srtp, [cr.toString('hex')]);
+  const k = h.session.srtpKeys(cr.toString('hex'))!;
+  const want = deriveSrtpTls13('sha256', exp, 7, 'dtls13')!;
+  t.equal(k.profile, 7);
+  t.ok(k.clientMasterKey.equals(want.clientMasterKey) && k.serverMasterSalt.equals(want.serverMasterSalt));
+  const wc = new Dtls13Writer(0x1301, cts, 3);
+  h.session.feed(wc.seal(23, Buffer.from('media soon')), 'c2s', 4);
+  t.equal(h.text('c2s'), 'media soon');
 });
 
 t.test('synthetic flow: undecryptable events are rate limited by packet time', async (t) => {

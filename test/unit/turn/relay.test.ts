@@ -1,3 +1,4 @@
+import type { GatehouseConfig } from '../../../src/config/config.js';
 import t from 'tap';
 import { randomBytes } from 'node:crypto';
 import {
@@ -157,6 +158,18 @@ t.test('ChannelBind and ChannelData (RFC 8656 §11, §12)', async (t) => {
   h.clock.advance(600_000 + 301_000);
   t.equal((await c.authed(Method.Refresh, (w) => w.u32(Attr.Lifetime, 3600))).cls, Class.Success);
   t.equal((await bind(0x4001, peer2.port)).cls, Class.Success, 'reusable 5 minutes after expiry');
+});
+
+t.test('channel numbers: RFC 8656 range by default, RFC 5766 range only when configured', async (t) => {
+  for (const [mut, want0x5000] of [[undefined, 400], [(c: GatehouseConfig) => void (c.turn.channel_numbers = 'rfc5766'), 0]] as const) {
+    const h = await startServer(mut);
+    const { c } = await allocated(h.udpPort);
+    const r = await c.authed(Method.ChannelBind, (w) => w.attr(Attr.ChannelNumber, Buffer.from([0x50, 0, 0, 0])).xorAddress(Attr.XorPeerAddress, '127.0.0.1', 9));
+    if (want0x5000) t.equal(errCode(r), 400, '0x5000 refused (RFC 8656 §12)');
+    else t.equal(r.cls, Class.Success, '0x5000 accepted with channel_numbers: rfc5766');
+    c.close();
+    await h.close();
+  }
 });
 
 t.test('RFC 8656 strict channel range option', async (t) => {

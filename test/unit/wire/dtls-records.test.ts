@@ -4,6 +4,7 @@ import {
   HandshakeReassembler,
   newRecord,
   parseClientHello,
+  parseEncryptedExtensions,
   parseHelloVerifyRequest,
   parseRecords,
   parseServerHello,
@@ -198,6 +199,9 @@ t.test('ClientHello / ServerHello / HelloVerifyRequest', async (t) => {
   t.equal(parseServerHello(shExt([ext(14, Buffer.from([0, 1]))])), null, 'malformed use_srtp');
   t.equal(parseServerHello(Buffer.concat([shExt([]), Buffer.from([0])])), null, 'trailing junk in extensions block');
 
+  const ee = parseEncryptedExtensions(Buffer.from([0, 9, 0, 14, 0, 5, 0, 2, 0, 8, 0]))!;
+  t.same(ee.srtpProfiles, [8], 'EncryptedExtensions use_srtp (DTLS 1.3)');
+  t.equal(parseEncryptedExtensions(Buffer.from([0, 9, 0, 14])), null);
   const hvr = parseHelloVerifyRequest(Buffer.from([0xfe, 0xff, 3, 1, 2, 3]))!;
   t.equal(hvr.serverVersion, 0xfeff);
   t.same([...hvr.cookie], [1, 2, 3]);
@@ -240,6 +244,7 @@ t.test('parsers never throw on arbitrary input', async (t) => {
       parseClientHello(b);
       parseServerHello(b);
       parseHelloVerifyRequest(b);
+      parseEncryptedExtensions(b);
       const h: HandshakeHeader = { msgType: 0, length: 0, messageSeq: 0, fragmentOffset: 0, fragmentLength: 0 };
       const o = readHandshakeHeader(b, 0, h);
       if (o >= 0) new HandshakeReassembler().add(h, b.subarray(o, o + h.fragmentLength));
