@@ -10,9 +10,11 @@ import { systemClock } from '../util/clock.js';
 import { FanoutEventSink, FileEventSink, MemoryEventSink } from '../events/eve.js';
 import { ensureBootstrapUser, StaticUserDirectory } from '../store/users.js';
 import { TurnServer } from '../turn/server.js';
+import type { Flow } from '../turn/flow.js';
 import { createMetrics } from '../admin/metrics.js';
 import { AdminServer } from '../admin/server.js';
 import { loadOrCreateIdentity, type GatewayIdentity } from '../store/identity.js';
+import { PolicyHolder } from '../policy/loader.js';
 
 export const SERVE_HELP = `Usage: gatehouse serve [--config FILE]
 
@@ -35,6 +37,7 @@ export interface RunningGateway {
   admin: AdminServer;
   adminPort: number;
   identity: GatewayIdentity;
+  policy: PolicyHolder;
   stop(): Promise<void>;
 }
 
@@ -46,6 +49,11 @@ function adminToken(cfg: GatehouseConfig): { token: string; file?: string; creat
   const token = randomBytes(24).toString('base64url');
   writeFileSync(file, token + '\n', { mode: 0o600, flag: 'wx' });
   return { token, file, created: true };
+}
+
+/** What /v1/flows shows of a flow: addresses and owner, never its inspection state or keys. */
+function flowSummary(f: Flow) {
+  return { flow_id: f.id, allocation: f.allocationId, user: f.user, groups: f.groups, client: f.client, relayed: f.relayed, peer: f.peerAddress, created: new Date(f.createdAt).toISOString() };
 }
 
 export async function startGateway(cfg: GatehouseConfig, log: Logger, stdout: Writable): Promise<RunningGateway> {
@@ -63,6 +71,9 @@ export async function startGateway(cfg: GatehouseConfig, log: Logger, stdout: Wr
   const token = adminToken(cfg);
   if (token.created) log.info({ file: token.file }, 'admin token created (read it from this file)');
 
+  const policy = await PolicyHolder.open(cfg.policy.rules, log.child({ module: 'policy' }));
+  policy.watch();
+
   const memory = new MemoryEventSink(10000);
   const events = new FanoutEventSink([new FileEventSink(join(cfg.data_dir, 'events.jsonl')), memory]);
   const users = new StaticUserDirectory(boot.users);
@@ -70,7 +81,7 @@ export async function startGateway(cfg: GatehouseConfig, log: Logger, stdout: Wr
   await turn.start();
 
   const registry = createMetrics(() => turn.stats);
-  const admin = new AdminServer({ registry, token: token.token, recentEvents: () => memory.events, certificatePem: () => identity.certificatePem }, log.child({ module: 'admin' }));
+  const admin = new AdminServer({ registry, token: token.token, recentEvents: () => memory.events, certificatePem: () => identity.certificatePem, flows: () => turn.flows().map(flowSummary), reloadPolicy: () => policy.reload() }, log.child({ module: 'admin' }));
   const adminUrl = new URL(cfg.admin.listen);
   let adminAddr;
   try {
@@ -80,7 +91,7 @@ export async function startGateway(cfg: GatehouseConfig, log: Logger, stdout: Wr
     throw err;
   }
   log.info(
-    { turn: turn.addresses(), admin: `http://${adminAddr.address}:${adminAddr.port}`, users: users.size, pcp: 'not built yet' },
+    { turn: turn.addresses(), admin: `http://${adminAddr.address}:${adminAddr.port}`, users: users.size, rules: policy.current.rules.length, pcp: 'not built yet' },
     'gatehouse listening',
   );
   return {
@@ -89,7 +100,9 @@ export async function startGateway(cfg: GatehouseConfig, log: Logger, stdout: Wr
     admin,
     adminPort: adminAddr.port,
     identity,
+    policy,
     async stop() {
+      policy.close();
       await admin.close();
       await turn.stop();
       events.close();

@@ -122,6 +122,11 @@ admin:
   t.equal(ev.status, 200);
   t.ok(Array.isArray(await ev.json()));
 
+  const flows = await fetch(`http://127.0.0.1:${adminPort}/v1/flows`, { headers: { authorization: `Bearer ${token}` } });
+  t.same(await flows.json(), [], 'no flows yet');
+  const reload = await fetch(`http://127.0.0.1:${adminPort}/v1/policy/reload`, { method: 'POST', headers: { authorization: `Bearer ${token}` } });
+  t.equal(reload.status, 200, 'policy reload');
+  t.match(await reload.json(), { ok: true });
   const pem = await (await fetch(`http://127.0.0.1:${adminPort}/v1/gateway/certificate`)).text();
   t.match(pem, /^-----BEGIN CERTIFICATE-----/, 'gateway certificate served without a token');
   t.equal(statSync(join(dir, 'data', 'gateway.key')).mode & 0o777, 0o600);

@@ -1,0 +1,77 @@
+import { existsSync, watch, type FSWatcher } from 'node:fs';
+import { dirname, resolve } from 'node:path';
+import type { Logger } from '../util/log.js';
+import { ConfigError } from '../util/errors.js';
+import { PolicyEngine } from './engine.js';
+import { loadRuleFile, ruleFilesAt } from './rules-schema.js';
+
+/**
+ * Loads the rule set from a file or folder and keeps the live engine. A reload that
+ * fails (a broken file) keeps the rules in force and says why; live flows read
+ * `current` on every decision, so a new rule set applies without dropping them.
+ */
+export async function loadPolicy(path: string): Promise<{ engine: PolicyEngine; files: string[] }> {
+  if (!existsSync(path)) return { engine: new PolicyEngine([]), files: [] };
+  const files = ruleFilesAt(path);
+  const parsed = files.map((f) => loadRuleFile(f));
+  const engine = new PolicyEngine(parsed);
+  // Hash-list paths are relative to the rule file that names them; resolve against the folder.
+  const base = files.length === 1 && files[0] === path ? dirname(path) : path;
+  await engine.loadHashLists((p) => resolve(base, p));
+  return { engine, files };
+}
+
+export class PolicyHolder {
+  private watcher: FSWatcher | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private listeners: ((e: PolicyEngine) => void)[] = [];
+
+  private constructor(
+    readonly path: string,
+    public current: PolicyEngine,
+    public files: string[],
+    private readonly log: Logger,
+  ) {}
+
+  /** Loads at start: a broken rule file stops the start (the caller reports it). */
+  static async open(path: string, log: Logger): Promise<PolicyHolder> {
+    const { engine, files } = await loadPolicy(path);
+    if (!files.length) log.warn({ path }, 'no rule files: every flow is relayed without policy');
+    return new PolicyHolder(path, engine, files, log);
+  }
+
+  onChange(fn: (e: PolicyEngine) => void): void {
+    this.listeners.push(fn);
+  }
+
+  async reload(): Promise<{ ok: boolean; message: string; rules?: number; files?: string[] }> {
+    try {
+      const { engine, files } = await loadPolicy(this.path);
+      this.current = engine;
+      this.files = files;
+      for (const l of this.listeners) l(engine);
+      this.log.info({ rules: engine.rules.length, files: files.length }, 'policy reloaded');
+      return { ok: true, message: `loaded ${engine.rules.length} rules from ${files.length} files`, rules: engine.rules.length, files };
+    } catch (err) {
+      const message = err instanceof ConfigError ? err.message : (err as Error).message;
+      this.log.error({ problem: message }, 'policy reload failed; the previous rules stay in force');
+      return { ok: false, message: `${message} (previous rules kept)` };
+    }
+  }
+
+  /** Reloads when a rule file changes (debounced: editors write in several steps). */
+  watch(): void {
+    if (!existsSync(this.path)) return;
+    this.watcher = watch(this.path, { persistent: false }, () => {
+      clearTimeout(this.timer);
+      this.timer = setTimeout(() => void this.reload(), 200);
+      this.timer.unref();
+    });
+    this.watcher.on('error', (err) => this.log.warn({ err: err.message }, 'rule watch failed'));
+  }
+
+  close(): void {
+    clearTimeout(this.timer);
+    this.watcher?.close();
+  }
+}
