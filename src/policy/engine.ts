@@ -85,6 +85,10 @@ export class PolicyEngine {
   private readonly compiled: Compiled[];
   private readonly matcher: MultiMatcher<number>;
   private readonly hashLists = new Map<string, Set<string>>();
+  /** Rules without contains/contains_text: visited for every subject. */
+  private readonly plainRules: Compiled[];
+  private readonly hasContentRules: boolean;
+  private readonly scratch = new Set<number>();
   readonly rules: readonly Rule[];
   readonly keys: RuleFile['keys'];
   readonly quotas: RuleFile['quotas'];
@@ -117,6 +121,8 @@ export class PolicyEngine {
       };
     });
     this.matcher = new MultiMatcher(patterns);
+    this.plainRules = this.compiled.filter((c) => !c.needsContent);
+    this.hasContentRules = this.plainRules.length < this.compiled.length;
   }
 
   /** Loads every `sha256_list` file: one hex SHA-256 per line, `#` comments. Set lookup keeps cost flat in list size. */
@@ -177,15 +183,32 @@ export class PolicyEngine {
   }
 
   evaluate(flow: FlowContext, s: Subject): Verdict {
-    let hits: Set<number> | undefined;
+    // Content rules are visited only when the automaton found one of their patterns, so
+    // the cost of keyword rules is one pass over the message whatever their number.
+    let hits: Set<number> | null = null;
+    if (this.hasContentRules && s.data && s.kind !== 'media') {
+      this.scratch.clear();
+      this.matcher.match(s.data, this.scratch);
+      if (this.scratch.size) hits = this.scratch;
+    }
     let best: VerdictAction = 'forward';
     let matches: Match[] | undefined;
-    for (const c of this.compiled) {
-      if (!this.flowSelected(c, flow) || !this.subjectSelected(c, s)) continue;
-      if (c.needsContent && !hits) hits = s.data && s.kind !== 'media' ? this.matcher.match(s.data) : new Set();
-      if (!this.conditionsHold(c, s, hits ?? EMPTY)) continue;
+    const consider = (c: Compiled) => {
+      if (!this.flowSelected(c, flow) || !this.subjectSelected(c, s) || !this.conditionsHold(c, s, hits ?? EMPTY)) return;
       (matches ??= []).push({ rule: c.rule, action: c.rule.action });
       if (ACTION_RANK[c.rule.action] > ACTION_RANK[best]) best = c.rule.action;
+    };
+    if (!hits) {
+      for (const c of this.plainRules) consider(c);
+    } else {
+      // Merge in rule order: plain rules and the content rules that were hit.
+      const idx = [...hits].sort((a, b) => a - b);
+      let i = 0;
+      for (const c of this.plainRules) {
+        while (i < idx.length && idx[i]! < c.index) consider(this.compiled[idx[i++]!]!);
+        consider(c);
+      }
+      while (i < idx.length) consider(this.compiled[idx[i++]!]!);
     }
     return matches ? { action: best, matches } : FORWARD;
   }
