@@ -1,18 +1,20 @@
 /**
- * `gatehouse inspect CAPTURE.pcap --keys KEYS [--rules FILE]` (contract.md "Commands"):
+ * `gatehouse inspect CAPTURE.pcap --keys KEYS [--rules PATH]` (contract.md "Commands"):
  * runs the inspection engine offline on a capture and writes EVE JSON lines to stdout,
- * a summary to stderr (and a progress bar when stderr is a terminal).
+ * a summary to stderr (and a progress bar when stderr is a terminal). `--rules` uses the
+ * policy engine (src/policy) and reports every match as an `alert` event.
  */
 import { readFileSync, statSync } from 'node:fs';
 import type { Writable } from 'node:stream';
 import { parseArgs } from 'node:util';
 import { CaptureError, CaptureInspector, readCapture } from '../inspect/capture.js';
-import { toEve, alertEve } from '../inspect/eve-format.js';
+import { toEve, alertEve, type FlowMeta } from '../inspect/eve-format.js';
 import type { InspectEvent } from '../inspect/events.js';
 import { KeyLog } from '../inspect/keylog.js';
 import { KeySetError, keySetsFromJson, type KeySet } from '../inspect/keys.js';
 import { StaticKeyProvider, type FlowRecord } from '../inspect/pipeline.js';
-import { eveAction, matchInterimRules, parseInterimRules, type InterimRule } from '../inspect/rules-interim.js';
+import { loadPolicy } from '../policy/loader.js';
+import type { FlowContext, PolicyEngine, Subject } from '../policy/engine.js';
 import { ConfigError } from '../util/errors.js';
 import { systemClock } from '../util/clock.js';
 
@@ -30,8 +32,11 @@ Options:
   --keys KEYS           an NSS key log (CLIENT_RANDOM lines for DTLS 1.2,
                         CLIENT_TRAFFIC_SECRET_0 / SERVER_TRAFFIC_SECRET_0 for DTLS 1.3),
                         or a JSON key-set file (an array of key-escrow.md §3 key sets)
-  --rules FILE          evaluate \`contains\` / \`file_type\` rules of FILE and emit \`alert\`
-                        events (interim: other conditions are reported as skipped)
+  --rules PATH          evaluate the rules of PATH (a rule file or a folder of *.yaml,
+                        contract.md "Rules") on messages, files, application data and
+                        media streams, and emit an \`alert\` event per match (the action the
+                        gateway would take is in alert.action / gatehouse.rule_action;
+                        no TURN user is known offline, so user/group rules never match)
   --no-rtp-packets      omit the per-packet \`rtp.packet\` events (streams are still reported)
   --no-progress         no progress bar even when standard error is a terminal
   -h, --help            this text
@@ -70,22 +75,33 @@ export function loadKeys(path: string): { provider: StaticKeyProvider; kind: 'js
   return { provider: new StaticKeyProvider([], log), kind: 'keylog', count: log.size };
 }
 
+/** Thrown into the capture reader when stdout went away (e.g. `| head`): stop quietly. */
+class OutputClosed extends Error {}
+
 /** Buffers JSON lines and writes them in batches; reports when stdout wants a pause. */
 class LineWriter {
   private buf: string[] = [];
   private bytes = 0;
   private blocked = false;
+  private dead = false;
   private waiting: Promise<void> | null = null;
-  constructor(private readonly out: Writable) {}
+  private wake: (() => void) | null = null;
+  constructor(private readonly out: Writable) {
+    out.on('error', () => {
+      this.dead = true;
+      this.wake?.();
+    });
+  }
 
   line(s: string): void {
+    if (this.dead) return;
     this.buf.push(s);
     this.bytes += s.length + 1;
     if (this.bytes >= 64 * 1024) this.flush();
   }
 
   flush(): void {
-    if (this.buf.length === 0) return;
+    if (this.buf.length === 0 || this.dead) return;
     const chunk = this.buf.join('\n') + '\n';
     this.buf = [];
     this.bytes = 0;
@@ -95,18 +111,19 @@ class LineWriter {
   /** For readCapture: a promise while stdout is over its high-water mark. */
   backpressure = (): Promise<void> | null => {
     this.flush();
+    if (this.dead) return Promise.reject(new OutputClosed());
     if (!this.blocked) return null;
     this.waiting ??= new Promise<void>((resolve) => {
       const done = (): void => {
         this.out.off('drain', done);
-        this.out.off('error', done);
         this.out.off('close', done);
+        this.wake = null;
         this.blocked = false;
         this.waiting = null;
         resolve();
       };
+      this.wake = done;
       this.out.on('drain', done);
-      this.out.on('error', done);
       this.out.on('close', done);
     });
     return this.waiting;
@@ -115,7 +132,46 @@ class LineWriter {
   async end(): Promise<void> {
     this.flush();
     const w = this.backpressure();
-    if (w) await w;
+    if (w) await w.catch(() => {});
+  }
+}
+
+/**
+ * Offline, the gateway's client is not known for a flow seen between two relayed
+ * addresses; the TURN-wrapped leg names it (turn.client). Elsewhere the DTLS client is
+ * taken as the near side, so `c2s` is `to_peer`.
+ */
+function toPeer(e: InspectEvent, f: FlowMeta): boolean {
+  if (f.turn) {
+    const clientIsA = f.a.ip === f.turn.client.ip && f.a.port === f.turn.client.port;
+    const fromA = (e.dir ?? 'c2s') === 'c2s' ? (f.dtlsClientIsA ?? true) : !(f.dtlsClientIsA ?? true);
+    return fromA === clientIsA;
+  }
+  return (e.dir ?? 'c2s') === 'c2s';
+}
+
+function flowContext(f: FlowMeta, e: InspectEvent): FlowContext {
+  const near = toPeer(e, f);
+  const fromA = (e.dir ?? 'c2s') === 'c2s' ? (f.dtlsClientIsA ?? true) : !(f.dtlsClientIsA ?? true);
+  const src = fromA ? f.a : f.b;
+  const dst = fromA ? f.b : f.a;
+  return { groups: [], peerIp: (near ? dst : src).ip };
+}
+
+/** The policy subject of an inspection event (src/policy/engine.ts), if it has one. */
+function subjectOf(e: InspectEvent, f: FlowMeta): Subject | null {
+  const direction = toPeer(e, f) ? 'to_peer' : 'from_peer';
+  switch (e.type) {
+    case 'datachannel.message':
+      return { kind: 'message', direction, label: e.label, data: e.data, size: e.size, sha256: e.sha256 };
+    case 'file':
+      return { kind: 'file', direction, label: e.label, data: e.data, size: e.size, sha256: e.sha256, fileType: e.fileType };
+    case 'appdata':
+      return { kind: 'appdata', direction, data: e.data, size: e.size, sha256: e.sha256 };
+    case 'rtp.stream':
+      return { kind: 'media', direction, size: 0, codec: e.codec, ...(e.kind !== 'unknown' ? { mediaKind: e.kind } : {}) };
+    default:
+      return null;
   }
 }
 
@@ -165,12 +221,12 @@ export async function runInspect(argv: string[], io: Io): Promise<number> {
     return usage(io, `cannot read keys ${v.keys}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
   }
 
-  let rules: InterimRule[] = [];
+  let policy: PolicyEngine | null = null;
   if (v.rules) {
     try {
-      const set = parseInterimRules(readFileSync(v.rules, 'utf8'), v.rules);
-      rules = set.rules;
-      for (const s of set.skipped) io.stderr.write(`gatehouse inspect: rule "${s.id}" skipped: ${s.reason}\n`);
+      const p = await loadPolicy(v.rules);
+      if (p.files.length === 0) return usage(io, `no rule files at ${v.rules}`);
+      policy = p.engine;
     } catch (e) {
       if (e instanceof ConfigError) return usage(io, e.message);
       return usage(io, `cannot read rules ${v.rules}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
@@ -187,19 +243,38 @@ export async function runInspect(argv: string[], io: Io): Promise<number> {
   const out = new LineWriter(io.stdout);
   const counts = new Map<string, number>();
   let alerts = 0;
+  let lastStamp = '';
+  const alerted = new Set<string>();
   const onEvent = (e: InspectEvent, flow: FlowRecord): void => {
     counts.set(e.type, (counts.get(e.type) ?? 0) + 1);
     out.line(JSON.stringify(toEve(e, flow.meta)));
-    if (rules.length === 0) return;
-    for (const r of matchInterimRules(rules, e)) {
+    if (!policy) return;
+    const subject = subjectOf(e, flow.meta);
+    if (!subject) return;
+    const verdict = policy.evaluate(flowContext(flow.meta, e), subject);
+    // A file is also a data-channel message (same bytes, same time): a rule matching
+    // both is reported once.
+    const stamp = `${flow.meta.flowId}|${e.time}|${subject.sha256 ?? ''}|${e.type === 'file' || e.type === 'datachannel.message' ? 'msg' : e.type}`;
+    if (stamp !== lastStamp) {
+      lastStamp = stamp;
+      alerted.clear();
+    }
+    for (const m of verdict.matches) {
+      if (alerted.has(m.rule.id)) continue;
+      alerted.add(m.rule.id);
       alerts++;
       const a = alertEve(
         e.time,
         flow.meta,
         e.dir,
         e.association,
-        { action: eveAction(r.action), signature_id: r.id, signature: `gatehouse rule ${r.id} (${r.action})`, severity: 1 },
-        { rule_action: r.action, matched_event: e.type, ...('sha256' in e ? { sha256: e.sha256 } : {}) },
+        {
+          action: m.action === 'block' || m.action === 'drop' ? 'blocked' : 'allowed',
+          signature_id: m.rule.id,
+          signature: m.rule.description ?? `gatehouse rule ${m.rule.id} (${m.action})`,
+          severity: m.rule.severity,
+        },
+        { rule_action: m.action, matched_event: e.type, ...('sha256' in e ? { sha256: e.sha256 } : {}) },
       );
       out.line(JSON.stringify(a));
     }
@@ -234,7 +309,8 @@ export async function runInspect(argv: string[], io: Io): Promise<number> {
   } catch (e) {
     if (tty) io.stderr.write('\n');
     if (e instanceof CaptureError) return usage(io, e.message);
-    throw e;
+    if (!(e instanceof OutputClosed)) throw e;
+    summary = { linktype: -1, packets: inspector.stats.packets, bytes: inspector.stats.bytes, truncated: false };
   }
   inspector.finish();
   await out.end();
@@ -245,7 +321,7 @@ export async function runInspect(argv: string[], io: Io): Promise<number> {
   const ev = [...counts.entries()].sort((a, b) => a[0].localeCompare(b[0]));
   const lines = [
     `gatehouse inspect: ${summary.packets} packets (${s.udp} UDP, ${s.tcp} TCP), ${inspector.flows.stats.created} flows, keys: ${keys.count} ${keys.kind === 'json' ? 'key set(s)' : 'key log entries'}`,
-    `  events: ${ev.length ? ev.map(([k, n]) => `${k}=${n}`).join(' ') : 'none'}${rules.length ? `, alerts=${alerts}` : ''}`,
+    `  events: ${ev.length ? ev.map(([k, n]) => `${k}=${n}`).join(' ') : 'none'}${policy ? `, alerts=${alerts}` : ''}`,
     `  demux: stun=${tot.stun} dtls=${tot.dtls} rtp=${tot.rtp} rtcp=${tot.rtcp} dropped=${tot.dropped + tot.zrtp + tot.channeldata}; appdata=${tot.appdata} sctp=${tot.sctp}`,
     `  undecryptable: dtls=${tot.undecryptableDtls} srtp=${tot.undecryptableSrtp}`,
     `  turn: data=${s.turnData} control=${s.turnControl} unbound_channel=${s.turnUnbound}; ip fragments=${s.ipFragments} reassembled=${s.ipReassembled}; malformed=${s.malformed} non_ip=${s.notIp + s.unsupportedLink} other_proto=${s.otherProto} tcp_not_turn=${s.tcpNotTurn}`,

@@ -16,7 +16,7 @@ import { demuxCode, PC_STUN, PC_ZRTP, PC_DTLS, PC_CHANNELDATA, PC_RTP, isRtcp } 
 import type { Direction, EventListener, InspectEvent } from './events.js';
 import type { FlowMeta } from './eve-format.js';
 import type { Endpoint, TurnConnection } from './turn-unwrap.js';
-import { DtlsSession, type Dtls13Opener, type Dtls13OpenerFactory } from './dtls-session.js';
+import { DtlsSession, type KeyStatus } from './dtls-session.js';
 import { DataChannelTracker } from './datachannel.js';
 import { MediaTracker } from './media.js';
 import type { KeyLog } from './keylog.js';
@@ -24,9 +24,8 @@ import { associationId, type KeySet } from './keys.js';
 import { deriveSrtpTls13, type SrtpKeyMaterial } from '../wire/tls-prf.js';
 import { SrtpContext } from '../wire/srtp.js';
 import { cipherSuiteInfo } from '../wire/dtls-crypto.js';
-import { Dtls13Reader } from '../wire/dtls13.js';
 import { verifySctpChecksum, SCTP_COMMON_HEADER_LEN } from '../wire/sctp.js';
-import { CT_HANDSHAKE, HT_CLIENT_HELLO, RECORD_HEADER_LEN, type DtlsRecord } from '../wire/dtls.js';
+import { CT_HANDSHAKE, HT_CLIENT_HELLO, RECORD_HEADER_LEN } from '../wire/dtls.js';
 
 /**
  * Where a pipeline gets keys: an NSS key log (DtlsSession derives key sets from it once
@@ -121,42 +120,6 @@ export function sha256Hex(b: Buffer): string {
 }
 
 /**
- * DTLS 1.3 record opener over src/wire/dtls13.ts (RFC 9147 §4): one Dtls13Reader per
- * direction from the application traffic secrets of a key set. The record's header and
- * body are contiguous in the datagram, so the reader gets a view, not a copy.
- */
-export const dtls13Opener: Dtls13OpenerFactory = (ks: KeySet): Dtls13Opener | null => {
-  if (!ks.clientAppTrafficSecret || !ks.serverAppTrafficSecret) return null;
-  let c2s: Dtls13Reader;
-  let s2c: Dtls13Reader;
-  try {
-    c2s = new Dtls13Reader(ks.cipherSuite, ks.clientAppTrafficSecret, ks.epoch);
-    s2c = new Dtls13Reader(ks.cipherSuite, ks.serverAppTrafficSecret, ks.epoch);
-  } catch {
-    return null;
-  }
-  return {
-    open(r: DtlsRecord, dir: Direction): { type: number; plaintext: Buffer } | null {
-      try {
-        const h = r.header;
-        const view = Buffer.from(h.buffer, h.byteOffset, h.length + r.fragment.length);
-        const rec = (dir === 'c2s' ? c2s : s2c).open(view, 0);
-        if (!rec) return null;
-        // RFC 9147 §8: a KeyUpdate moves the sender to the next epoch; the reader also
-        // follows on its own when a record of the next epoch authenticates.
-        return { type: rec.contentType, plaintext: rec.plaintext };
-      } catch {
-        return null;
-      }
-    },
-    wipe(): void {
-      c2s.wipe();
-      s2c.wipe();
-    },
-  };
-};
-
-/**
  * One flow's pipeline. `dir` given to feed() is relative to the flow's side A ('c2s' =
  * from A); events carry directions relative to the DTLS client (events.ts), and
  * dtlsClientIsA tells which side that is once a ClientHello was seen.
@@ -193,7 +156,7 @@ export class FlowPipeline {
       onAppData: (pt, dir, association, time) => this.onAppData(pt, dir, association, time),
       onSrtpKeys: (association, keys, time) => this.onSrtpKeys(association, keys, time),
       keyLog: opts.keys.keyLog,
-      dtls13: dtls13Opener,
+      // DTLS 1.3 records: the session's default opener over src/wire/dtls13.ts.
     });
   }
 
@@ -206,6 +169,15 @@ export class FlowPipeline {
     const i = this.listeners.indexOf(listener);
     if (i >= 0) this.listeners.splice(i, 1);
     return this;
+  }
+
+  /**
+   * Adds a key set that arrived after the flow started (e.g. escrowed over TURN,
+   * key-escrow.md §2.2). Returns the DtlsSession's verdict: 'verified' / 'invalid' when
+   * records already seen decide it, else 'pending'. Throws KeySetError on an invalid set.
+   */
+  addKeySet(ks: KeySet, time: number): KeyStatus {
+    return this.session.addKeySet(ks, time);
   }
 
   /** Whether side A is the DTLS client; undefined until a ClientHello was seen. */
@@ -241,6 +213,12 @@ export class FlowPipeline {
           return;
         case PC_DTLS:
           // RFC 7983 §7 [20..63]: DTLS 1.2 content types and DTLS 1.3 unified headers.
+          // RFC 6347 §4.1: a DTLSPlaintext header has version major 254 (0xfe); anything
+          // else in 20..31 is not DTLS (e.g. a DNS query id), dropped without a report.
+          if (payload[0]! < 0x20 && payload[1] !== 0xfe) {
+            c.dropped++;
+            return;
+          }
           c.dtls++;
           this.dtls(payload, dir, time);
           return;
@@ -304,10 +282,10 @@ export class FlowPipeline {
 
   private onAppData(pt: Buffer, dir: Direction, association: string, time: number): void {
     // RFC 8261 §4: SCTP over DTLS, one SCTP packet per record. Recognised by the common
-    // header's CRC32c (RFC 9260 §6.8); once an association carries SCTP it stays SCTP
-    // (later packets may use a zero checksum, RFC 9653).
+    // header's CRC32c (RFC 9260 §6.8); on an association already carrying SCTP a zero
+    // checksum is accepted too (RFC 9653 §5: after INIT/INIT ACK, which always carry it).
     const known = this.sctpAssoc.has(association);
-    if (pt.length >= SCTP_COMMON_HEADER_LEN + 4 && (known || verifySctpChecksum(pt))) {
+    if (pt.length >= SCTP_COMMON_HEADER_LEN + 4 && (verifySctpChecksum(pt) || (known && pt.readUInt32LE(8) === 0))) {
       if (!known) this.sctpAssoc.add(association);
       this.counters.sctp++;
       let tr = this.trackers.get(association);
@@ -517,8 +495,8 @@ export class FlowTable {
     const via = turn ? `turn|${turn.key}|` : '';
     const lo = s < d;
     const key = `${via}${proto}|${lo ? s : d}|${lo ? d : s}`;
-    let f = this.flows.get(key);
     if (time >= this.nextSweep) this.sweep(time);
+    let f = this.flows.get(key);
     if (!f) {
       if (this.flows.size >= this.maxFlows) this.evictOldest();
       const meta: FlowMeta = {
