@@ -7,6 +7,23 @@ import { randomInt } from 'node:crypto';
  * relayed transport address").
  */
 
+/**
+ * Socket buffer size asked for on every UDP socket of the relay. Bursts (a video key
+ * frame, a file on a data channel) arrive faster than one event-loop turn drains them;
+ * with Linux's 208 KiB default the kernel drops them. The kernel caps the request at
+ * net.core.rmem_max / wmem_max.
+ */
+export const UDP_BUFFER_BYTES = 4 * 1024 * 1024;
+
+export function enlargeBuffers(s: Socket): void {
+  try {
+    s.setRecvBufferSize(UDP_BUFFER_BYTES);
+    s.setSendBufferSize(UDP_BUFFER_BYTES);
+  } catch {
+    /* not permitted on this system: keep the default */
+  }
+}
+
 export function bindUdp(type: 'udp4' | 'udp6', address: string, port: number): Promise<Socket> {
   return new Promise((resolve, reject) => {
     const s = createSocket({ type, reuseAddr: false, ipv6Only: type === 'udp6' });
@@ -24,6 +41,7 @@ export function bindUdp(type: 'udp4' | 'udp6', address: string, port: number): P
       // A bound socket with no 'error' listener would crash the process on an error;
       // owners add their own handlers on top.
       s.on('error', () => {});
+      enlargeBuffers(s);
       resolve(s);
     };
     s.once('error', onError);

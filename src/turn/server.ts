@@ -38,7 +38,7 @@ import {
 import { StreamFramer, channelDataPadding, isValidChannelNumber } from '../wire/channeldata.js';
 import { NonceManager, resolveCredential, type ResolvedCredential, type UserDirectory } from './auth.js';
 import { PeerFilter } from './peerfilter.js';
-import { PortPool, bindUdp } from './relay.js';
+import { PortPool, bindUdp, enlargeBuffers } from './relay.js';
 import type { Flow, FlowDirection, FlowHooks, TurnRequestExtension, TurnRequestVerdict } from './flow.js';
 
 export type { UserRecord, UserDirectory } from './auth.js';
@@ -388,6 +388,7 @@ export class TurnServer {
         res();
       });
     });
+    enlargeBuffers(socket);
     const a = socket.address();
     const l: UdpListener = {
       proto: 'udp',

@@ -1,0 +1,108 @@
+/**
+ * Offline inspection speed (issue 3): `gatehouse inspect` against `tshark -o
+ * tls.keylog_file:...` decrypting the same capture. One real DTLS 1.2 session between
+ * OpenSSL's s_client and s_server is captured, then replicated as many flows (client
+ * port rewritten) to make a capture large enough to time. Prints MB/s and the ratio.
+ */
+import { execFileSync, spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, statSync, writeFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { runOpensslDtls } from '../scripts/fixtures/openssl-dtls.js';
+
+export interface InspectBenchResult {
+  captureMB: number;
+  flows: number;
+  records: number;
+  gatehouseSec: number;
+  tsharkSec: number | null;
+  ratio: number | null;
+}
+
+/** Classic pcap records, as raw buffers (header + frame), plus the global header. */
+function splitPcap(buf: Buffer): { global: Buffer; records: { hdr: Buffer; frame: Buffer }[]; linktype: number } {
+  const global = buf.subarray(0, 24);
+  const linktype = buf.readUInt32LE(20);
+  const records: { hdr: Buffer; frame: Buffer }[] = [];
+  for (let off = 24; off + 16 <= buf.length; ) {
+    const len = buf.readUInt32LE(off + 8);
+    records.push({ hdr: buf.subarray(off, off + 16), frame: buf.subarray(off + 16, off + 16 + len) });
+    off += 16 + len;
+  }
+  return { global, records, linktype };
+}
+
+/** Offset of the UDP header in a frame of the capture's link type (loopback: Ethernet on Linux). */
+function udpOffset(linktype: number, frame: Buffer): number {
+  const l2 = linktype === 1 ? 14 : linktype === 113 ? 16 : linktype === 276 ? 20 : 0;
+  const ihl = (frame[l2]! & 0x0f) * 4;
+  return l2 + ihl;
+}
+
+export async function runInspectBench(opts: { quick?: boolean } = {}): Promise<InspectBenchResult> {
+  const dir = mkdtempSync(join(tmpdir(), 'gh-inspect-bench-'));
+  try {
+    const payload = (i: number) => Buffer.from(`record ${i} `.padEnd(1000, 'x') + '\n');
+    const run = await runOpensslDtls({
+      cipher: 'ECDHE-ECDSA-AES128-GCM-SHA256',
+      c2s: Array.from({ length: opts.quick ? 50 : 300 }, (_, i) => payload(i)),
+      s2c: Array.from({ length: opts.quick ? 20 : 100 }, (_, i) => payload(i)),
+      dir,
+    });
+    const { global, records, linktype } = splitPcap(readFileSync(run.pcap));
+    const copies = opts.quick ? 20 : 150;
+    const parts: Buffer[] = [global];
+    for (let c = 0; c < copies; c++) {
+      for (const r of records) {
+        const frame = Buffer.from(r.frame);
+        const u = udpOffset(linktype, frame);
+        // Give each copy its own client port so it is a flow of its own (UDP checksum 0: RFC 768, IPv4).
+        const newPort = 20000 + c;
+        if (frame.readUInt16BE(u) === run.clientPort) frame.writeUInt16BE(newPort, u);
+        if (frame.readUInt16BE(u + 2) === run.clientPort) frame.writeUInt16BE(newPort, u + 2);
+        frame.writeUInt16BE(0, u + 6);
+        parts.push(r.hdr, frame);
+      }
+    }
+    const big = join(dir, 'big.pcap');
+    writeFileSync(big, Buffer.concat(parts));
+    const mb = statSync(big).size / 1e6;
+
+    const root = join(fileURLToPath(import.meta.url), '..', '..');
+    let t0 = process.hrtime.bigint();
+    const gh = spawnSync(process.execPath, [join(root, 'bin', 'gatehouse.js'), 'inspect', big, '--keys', run.keylog, '--no-progress'], { maxBuffer: 1 << 30 });
+    const gatehouseSec = Number(process.hrtime.bigint() - t0) / 1e9;
+    const appdata = (gh.stdout.toString().match(/"event_type":"appdata"/g) ?? []).length;
+
+    let tsharkSec: number | null = null;
+    try {
+      t0 = process.hrtime.bigint();
+      execFileSync(
+        'tshark',
+        ['-n', '-r', big, '-o', `tls.keylog_file:${run.keylog}`, '-d', `udp.port==${run.serverPort},dtls`, '-Y', 'dtls.app_data', '-T', 'fields', '-e', 'data.data'],
+        { stdio: ['ignore', 'ignore', 'ignore'], maxBuffer: 1 << 30 },
+      );
+      tsharkSec = Number(process.hrtime.bigint() - t0) / 1e9;
+    } catch {
+      tsharkSec = null;
+    }
+    return { captureMB: mb, flows: copies, records: appdata, gatehouseSec, tsharkSec, ratio: tsharkSec ? tsharkSec / gatehouseSec : null };
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+export function formatInspectBench(r: InspectBenchResult): string {
+  return [
+    '| offline inspection | capture | flows | app-data records | seconds | MB/s |',
+    '|---|---:|---:|---:|---:|---:|',
+    `| gatehouse inspect | ${r.captureMB.toFixed(1)} MB | ${r.flows} | ${r.records} | ${r.gatehouseSec.toFixed(2)} | ${(r.captureMB / r.gatehouseSec).toFixed(1)} |`,
+    r.tsharkSec ? `| tshark 4.0 -o tls.keylog_file | ${r.captureMB.toFixed(1)} MB | ${r.flows} | | ${r.tsharkSec.toFixed(2)} | ${(r.captureMB / r.tsharkSec).toFixed(1)} |` : '| tshark | not available | | | | |',
+    r.ratio ? `\ngatehouse inspect is ${r.ratio.toFixed(1)}× faster than tshark on this capture.` : '',
+  ].join('\n');
+}
+
+if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
+  runInspectBench({ quick: process.argv.includes('--quick') }).then((r) => process.stdout.write(formatInspectBench(r) + '\n'));
+}
