@@ -6,6 +6,7 @@ Commands:
   serve [--config FILE]                 run the gateway (TURN, inspection, admin API)
   inspect CAPTURE.pcap --keys KEYS      inspect a capture offline; events as JSON lines
   rules check PATH...                   validate rule files
+  verify [--cert FILE] DIR              check recordings: hashes, hash chain, signatures
   help                                  this text
 
 Run "gatehouse <command> --help" for a command's options.
@@ -17,6 +18,7 @@ const commands: Record<string, () => Promise<Runner>> = {
   serve: async () => (await import('./serve.js')).runServe,
   inspect: async () => (await import('./inspect.js')).runInspect,
   rules: async () => (await import('./rules.js')).runRules,
+  verify: async () => (await import('./verify.js')).runVerify,
 };
 
 export async function main(argv: string[], io = { stdout: process.stdout as Writable, stderr: process.stderr as Writable }): Promise<number> {

@@ -43,6 +43,8 @@ export interface GatehouseConfig {
   admin: { listen: string; token: string | null };
   users: UserEntry[];
   policy: { rules: string };
+  /** Recordings under DATA_DIR/recordings: retention deletes oldest first. */
+  recording: { max_age_days: number | null; max_bytes: string | null; flush_interval_ms: number };
   /** The gateway identity (key-escrow.md §1): PEM files, or null to make one in data_dir. */
   identity: { cert: string | null; key: string | null };
 }
@@ -150,6 +152,16 @@ export const configSchema = obj<GatehouseConfig>({
     }),
   },
   users: { schema: list(userSchema), default: () => [] },
+  recording: {
+    schema: obj({
+      max_age_days: { schema: nullable(int(1, 36500, 'a number of days')), default: () => null },
+      max_bytes: {
+        schema: nullable(checked('a size like 50GiB', (v) => (/^\d+(?:\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?$/.test(v.trim()) ? null : `expected a size like 50GiB, got ${JSON.stringify(v)}`))),
+        default: () => null,
+      },
+      flush_interval_ms: { schema: int(50, 60_000), default: () => 1000 },
+    }),
+  },
   identity: {
     schema: obj({
       cert: { schema: nullable(str('a PEM certificate file')), default: () => null },

@@ -44,6 +44,8 @@ t.test('file changes trigger a reload', async (t) => {
   const changed = new Promise<void>((r) => h.onChange(() => r()));
   h.watch();
   writeFileSync(join(dir, 'a.yaml'), 'rules:\n  - { id: w, when: { contains: [gamma] }, action: alert }\n');
-  await Promise.race([changed, new Promise((_, rej) => setTimeout(() => rej(new Error('no reload within 10 s')), 10_000))]);
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([changed, new Promise((_, rej) => (timer = setTimeout(() => rej(new Error('no reload within 10 s')), 10_000)))]);
+  clearTimeout(timer);
   t.equal(h.current.evaluate(alice, msg('gamma')).action, 'alert');
 });
