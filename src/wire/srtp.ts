@@ -17,10 +17,16 @@
  * HMAC-SHA1 runs in JS from precomputed inner/outer states for small packets, falling
  * back to node's createHmac for large ones. See bench/srtp.ts for the measured figures.
  *
+ * Native path: when the optional addon (src/wire/native.ts, native/srtp_openssl.c) is
+ * built, each session key set gets one OpenSSL context and a packet costs one JS→C call
+ * (same results; test/unit/wire/native-srtp.test.ts compares both paths). Without it, or
+ * with `native: false`, the pure-JS path below runs.
+ *
  * Unprotect functions never return unauthenticated plaintext: the tag is checked first
  * (AES-CM) or the plaintext is released only after the GCM tag matched.
  */
 import { createCipheriv, createHmac, type Cipher } from 'node:crypto';
+import { loadNative, type NativeSrtpCrypto } from './native.js';
 
 export const SRTP_AES128_CM_HMAC_SHA1_80 = 0x0001;
 export const SRTP_AES128_CM_HMAC_SHA1_32 = 0x0002;
@@ -455,9 +461,13 @@ class SessionCrypto {
   private ghashInst: Ghash | null = null;
   private readonly hkey: Buffer | null;
   readonly tag = Buffer.alloc(16);
+  /** OpenSSL context reading its IV from ctr.iv, or null (pure JS). */
+  readonly native: NativeSrtpCrypto | null;
 
-  constructor(key: Buffer, salt: Buffer, authKey: Buffer, aead: boolean) {
+  constructor(key: Buffer, salt: Buffer, authKey: Buffer, aead: boolean, useNative: boolean) {
     this.ctr = new CtrGen(key);
+    const nat = useNative ? loadNative() : null;
+    this.native = nat ? new nat.SrtpCrypto(aead, key, aead ? null : authKey, this.ctr.iv) : null;
     this.salt = Buffer.from(salt);
     this.hmac = aead ? null : new HmacSha1(authKey);
     // SP 800-38D §6.4: H = E(K, 0^128); tables are built on first use (SRTCP may never run).
@@ -593,6 +603,8 @@ export interface SrtpOptions {
   maxStreams?: number;
   /** Use these session keys instead of deriving them (RFC 7714 §16 vectors give session keys). */
   sessionKeys?: SrtpSessionKeys;
+  /** Use the native OpenSSL addon when it is built (default true); false forces pure JS. */
+  native?: boolean;
 }
 
 /**
@@ -629,8 +641,9 @@ export class SrtpContext {
     if (!p.aead && (k.rtpAuthKey.length !== p.authKeyLength || k.rtcpAuthKey.length !== p.authKeyLength)) {
       throw new RangeError('wrong session auth key length');
     }
-    this.rtp = new SessionCrypto(k.rtpKey, k.rtpSalt, k.rtpAuthKey, p.aead);
-    this.rtcp = new SessionCrypto(k.rtcpKey, k.rtcpSalt, k.rtcpAuthKey, p.aead);
+    const useNative = opts.native ?? true;
+    this.rtp = new SessionCrypto(k.rtpKey, k.rtpSalt, k.rtpAuthKey, p.aead, useNative);
+    this.rtcp = new SessionCrypto(k.rtcpKey, k.rtcpSalt, k.rtcpAuthKey, p.aead, useNative);
     const w = opts.replayWindow ?? 0;
     this.replaySize = w > 0 ? Math.min(Math.max(64, w | 0), 32768) : 0;
     this.maxStreams = Math.max(1, opts.maxStreams ?? 256);
@@ -702,7 +715,18 @@ export class SrtpContext {
     const end = pkt.length - tagLen;
     const n = end - hl;
     const out = Buffer.allocUnsafe(end);
-    if (!p.aead) {
+    const nat = c.native;
+    if (nat) {
+      if (!p.aead) {
+        // RFC 3711 §4.2 tag over header+payload || ROC, checked before §4.1.1 decryption.
+        c.cmIv(ssrc, v >>> 16, (v << 16) | seq);
+        if (!nat.cmOpen(pkt, end, v, end, tagLen, hl, n, true, out)) return this.fail('auth');
+      } else {
+        // RFC 7714 §8.1 IV, §8.2 AAD = RTP header, tag after the ciphertext.
+        c.gcmIv(ssrc, v, seq, false);
+        if (!nat.gcmOpen(pkt, hl, n, end, -1, out)) return this.fail('auth');
+      }
+    } else if (!p.aead) {
       // RFC 3711 §4.2: tag = HMAC(k_a, authenticated portion || ROC), truncated (§3.1).
       const d = c.hmac!.mac(pkt, 0, end, v);
       if (!tagEqual(d, 0, pkt, end, tagLen)) return this.fail('auth');
@@ -760,6 +784,17 @@ export class SrtpContext {
     const c = this.rtp;
     const n = pkt.length - hl;
     const out = Buffer.alloc(pkt.length + p.rtpTagLength);
+    const nat = c.native;
+    if (nat) {
+      if (!p.aead) {
+        c.cmIv(ssrc, v >>> 16, (v << 16) | seq);
+        nat.cmSeal(pkt, out, hl, n, true, pkt.length, v, pkt.length, p.rtpTagLength);
+      } else {
+        c.gcmIv(ssrc, v, seq, false);
+        nat.gcmSeal(pkt, hl, n, -1, out);
+      }
+      return out;
+    }
     pkt.copy(out, 0, 0, hl);
     if (!p.aead) {
       if (n > 0) {
@@ -812,7 +847,19 @@ export class SrtpContext {
     if (rw && !rw.check(index)) return this.fail('replay');
     const out = Buffer.allocUnsafe(end);
     const n = end - 8;
-    if (!p.aead) {
+    const nat = c.native;
+    if (nat) {
+      if (!p.aead) {
+        // RFC 3711 §3.4: the tag covers the packet and E||index (pkt[0..end+4)).
+        c.cmIv(ssrc, 0, index);
+        if (!nat.cmOpen(pkt, end + 4, -1, end + 4, tagLen, 8, n, encrypted, out)) return this.fail('auth');
+      } else {
+        c.gcmIv(ssrc, 0, index, true);
+        // RFC 7714 §9.2 (E=1): AAD = header || E||index; §9.3 (E=0): AAD = packet || E||index.
+        const ok = encrypted ? nat.gcmOpen(pkt, 8, n, end, word >>> 0, out) : nat.gcmOpen(pkt, end, 0, end, word >>> 0, out);
+        if (!ok) return this.fail('auth');
+      }
+    } else if (!p.aead) {
       // RFC 3711 §3.4: the authenticated portion includes E||index; no ROC is appended.
       // mac() appends a 4-octet trailer: here the E||index word that follows pkt[0..end).
       const d = c.hmac!.mac(pkt, 0, end, word);
@@ -882,6 +929,20 @@ export class SrtpContext {
     const c = this.rtcp;
     const n = len - 8;
     const out = Buffer.alloc(len + 4 + p.rtcpTagLength);
+    const nat = c.native;
+    if (nat) {
+      if (!p.aead) {
+        c.cmIv(ssrc, 0, idx);
+        out.writeUInt32BE(word, len);
+        nat.cmSeal(pkt, out, 8, n, encrypt, len + 4, -1, len + 4, p.rtcpTagLength);
+      } else {
+        c.gcmIv(ssrc, 0, idx, true);
+        if (encrypt) nat.gcmSeal(pkt, 8, n, word, out);
+        else nat.gcmSeal(pkt, len, 0, word, out);
+        out.writeUInt32BE(word, len + 16);
+      }
+      return out;
+    }
     pkt.copy(out, 0, 0, 8);
     if (!p.aead) {
       if (encrypt && n > 0) {

@@ -1,0 +1,68 @@
+/**
+ * Optional native SRTP crypto (native/srtp_openssl.c, built by
+ * `node-gyp rebuild -C native --nodedir=/usr` into native/build/Release/): reusable
+ * OpenSSL cipher contexts from the OpenSSL that node itself ships, so a packet costs one
+ * JS→C call instead of several node:crypto calls (which also cannot re-IV a GCM context).
+ * Everything works without it: loadNative() returns null when the addon is missing, fails
+ * to load, or GATEHOUSE_NATIVE=0 is set, and src/wire/srtp.ts then uses its pure-JS path.
+ */
+import { createRequire } from 'node:module';
+
+/**
+ * One session key set (RFC 3711 §4.3.2). The IV is read from the 16-octet scratch Buffer
+ * passed to the constructor: callers write the per-packet IV there first (AES-CM: the full
+ * 16-octet counter block of RFC 3711 §4.1.1; GCM: the 12-octet IV of RFC 7714 §8.1/§9.1 in
+ * octets 0..11). A trailer/extra word of -1 means "none". Bad offsets throw RangeError.
+ */
+export interface NativeSrtpCrypto {
+  /**
+   * AES-GCM open: AAD = src[0..aadLen) || [BE32 extraWord], C = src[aadLen..+ctLen), tag at
+   * src[tagOff..+16). True: out[0..aadLen) = header, out[aadLen..+ctLen) = plaintext.
+   * False (tag mismatch): out's plaintext range is zeroed.
+   */
+  gcmOpen(src: Buffer, aadLen: number, ctLen: number, tagOff: number, extraWord: number, out: Buffer): boolean;
+  /** AES-GCM seal: out = src[0..aadLen) || ciphertext || tag (16). */
+  gcmSeal(src: Buffer, aadLen: number, ctLen: number, extraWord: number, out: Buffer): void;
+  /**
+   * AES-CM + HMAC-SHA1 open: checks HMAC(src[0..authLen) || [BE32 trailer]) truncated to
+   * tagLen against src[tagOff..) in constant time; only then out[0..hdrLen) = header and
+   * out[hdrLen..+n) = decrypted (or copied when decrypt is false).
+   */
+  cmOpen(src: Buffer, authLen: number, trailer: number, tagOff: number, tagLen: number, hdrLen: number, n: number, decrypt: boolean, out: Buffer): boolean;
+  /** AES-CM + HMAC-SHA1 seal: header copy, encrypt (or copy) n octets, tag = HMAC(out[0..authLen) || [trailer]) at out[tagOff..+tagLen). */
+  cmSeal(src: Buffer, out: Buffer, hdrLen: number, n: number, encrypt: boolean, authLen: number, trailer: number, tagOff: number, tagLen: number): void;
+}
+
+export interface NativeCrypto {
+  /** aead: AES-GCM (key 16/32) else AES-CTR + HMAC-SHA1 (authKey required). */
+  SrtpCrypto: new (aead: boolean, key: Buffer, authKey: Buffer | null, iv: Buffer) => NativeSrtpCrypto;
+  /** OpenSSL version string of the library the addon runs on (node's own). */
+  openssl: string;
+}
+
+const ADDON = 'Release/gatehouse_native.node';
+let cached: NativeCrypto | null | undefined;
+
+function tryLoad(): NativeCrypto | null {
+  const env = process.env.GATEHOUSE_NATIVE;
+  if (env === '0' || env === 'false' || env === 'off') return null;
+  const req = createRequire(import.meta.url);
+  // src/wire/native.ts (tsx) and dist/src/wire/native.js (tsc build) live 2–3 levels below
+  // the repository root; `node-gyp rebuild -C native` builds into native/build/Release
+  // (binding.gyp sits in native/ so that npm never compiles it implicitly on install).
+  for (const rel of ['../../native/build/', '../../../native/build/', '../../build/', '../../../build/']) {
+    try {
+      const m = req(rel + ADDON) as Partial<NativeCrypto>;
+      if (typeof m?.SrtpCrypto === 'function' && typeof m.openssl === 'string') return m as NativeCrypto;
+    } catch {
+      // missing or unloadable: try the next location, then fall back to pure JS
+    }
+  }
+  return null;
+}
+
+/** The native addon, or null (pure-JS fallback). Loaded once. */
+export function loadNative(): NativeCrypto | null {
+  if (cached === undefined) cached = tryLoad();
+  return cached;
+}
