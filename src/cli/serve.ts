@@ -15,6 +15,7 @@ import { createMetrics } from '../admin/metrics.js';
 import { AdminServer } from '../admin/server.js';
 import { loadOrCreateIdentity, type GatewayIdentity } from '../store/identity.js';
 import { PolicyHolder } from '../policy/loader.js';
+import { GatewayInspector } from '../inspect/gateway-inspector.js';
 
 export const SERVE_HELP = `Usage: gatehouse serve [--config FILE]
 
@@ -77,7 +78,19 @@ export async function startGateway(cfg: GatehouseConfig, log: Logger, stdout: Wr
   const memory = new MemoryEventSink(10000);
   const events = new FanoutEventSink([new FileEventSink(join(cfg.data_dir, 'events.jsonl')), memory]);
   const users = new StaticUserDirectory(boot.users);
-  const turn = new TurnServer({ config: cfg, users, clock: systemClock, logger: log.child({ module: 'turn' }), events });
+  // Every relayed flow runs through the inspection pipeline and the key-escrow guard
+  // (key-escrow.md §5); policy is read per decision, so a reload applies to live flows.
+  const inspector = new GatewayInspector({ policy: () => policy.current, identity, events, clock: systemClock, logger: log.child({ module: 'inspect' }) });
+  const turn = new TurnServer({
+    config: cfg,
+    users,
+    clock: systemClock,
+    logger: log.child({ module: 'turn' }),
+    events,
+    flowHooks: inspector,
+    extensions: [inspector.extension],
+  });
+  inspector.attach(turn);
   await turn.start();
 
   const registry = createMetrics(() => turn.stats);

@@ -270,6 +270,7 @@ export class TurnServer {
   private streamListeners: StreamListener[] = [];
   private readonly conns = new Set<StreamConn>();
   private readonly allocations = new Set<Allocation>();
+  private readonly allocationsById = new Map<string, Allocation>();
   private readonly perUser = new Map<string, number>();
   private readonly pending = new Map<string, string>(); // 5-tuple key -> Allocate tid in progress
   private readonly reservations = new Map<string, Reservation>();
@@ -773,6 +774,7 @@ export class TurnServer {
     socket.on('message', (m: Buffer, rinfo: RemoteInfo) => this.fromPeer(alloc, m, rinfo));
     socket.on('error', (e) => this.log.debug({ err: e.message, allocation: alloc.id }, 'relay socket error'));
     this.allocations.add(alloc);
+    this.allocationsById.set(alloc.id, alloc);
     this.perUser.set(alloc.user, count + 1);
     this.stats.allocations++;
     if (ep.udp) {
@@ -1036,6 +1038,7 @@ export class TurnServer {
     this.closeSocket(a.socket);
     this.pool.release(a.relayPort);
     this.allocations.delete(a);
+    this.allocationsById.delete(a.id);
     this.stats.allocations--;
     const n = (this.perUser.get(a.user) ?? 1) - 1;
     if (n > 0) this.perUser.set(a.user, n);
@@ -1100,7 +1103,11 @@ export class TurnServer {
     const perm = a.permissions.get(rinfo.address);
     if (perm === undefined || perm.flow === null) return; // no permission: discard silently
     if (this.onPacket !== undefined && !this.onPacket(perm.flow, 'p2c', msg, rinfo.port)) return;
-    const ch = perm.channelsByPort.get(rinfo.port);
+    this.deliverToClient(a, perm, msg, rinfo.port);
+  }
+
+  private deliverToClient(a: Allocation, perm: Permission, msg: Buffer, peerPort: number): void {
+    const ch = perm.channelsByPort.get(peerPort);
     const ep = a.ep;
     if (ch !== undefined) {
       // RFC 8656 §12.5: a bound channel -> ChannelData (padded over TCP/TLS).
@@ -1117,14 +1124,35 @@ export class TurnServer {
       if (ep.udp !== null) {
         const ring = v6 ? this.di6Ring : this.di4Ring;
         const hdr = ring[(this.ringIdx = (this.ringIdx + 1) & (RING - 1))]!;
-        this.writeDataIndicationHeader(hdr, perm.ipBytes, rinfo.port, msg.length);
+        this.writeDataIndicationHeader(hdr, perm.ipBytes, peerPort, msg.length);
         const pad = channelDataPadding(msg.length);
         if (pad) ep.udp.socket.send([hdr, msg, PADS[pad]!], ep.remotePort, ep.remoteAddress);
         else ep.udp.socket.send([hdr, msg], ep.remotePort, ep.remoteAddress);
-      } else if (!this.streamWrite(ep, 0, perm.ipBytes, rinfo.port, msg)) return;
+      } else if (!this.streamWrite(ep, 0, perm.ipBytes, peerPort, msg)) return;
     }
     this.stats.packets.peerToClient++;
     this.stats.bytes.peerToClient += msg.length;
+  }
+
+  /**
+   * Sends a payload on an open flow without calling flowHooks.onPacket again: the
+   * inspection layer uses it to release packets it held while waiting for keys
+   * (key-escrow.md §5.1). c2p goes out of the relay socket to peerPort; p2c goes to the
+   * client as ChannelData or a Data indication, as the live path would.
+   */
+  inject(flow: Flow, dir: FlowDirection, data: Buffer, peerPort: number): void {
+    if (!flow.open) return;
+    const a = this.allocationsById.get(flow.allocationId);
+    if (a === undefined || a.deleted) return;
+    const perm = a.permissions.get(flow.peerAddress);
+    if (perm === undefined || perm.flow !== flow) return;
+    if (dir === 'c2p') {
+      this.stats.packets.clientToPeer++;
+      this.stats.bytes.clientToPeer += data.length;
+      a.socket.send(data, peerPort, flow.peerAddress);
+    } else {
+      this.deliverToClient(a, perm, data, peerPort);
+    }
   }
 
   /**

@@ -1,0 +1,350 @@
+/**
+ * The gateway's inspection glue (design.md "One packet's walk"): given to TurnServer as
+ * `flowHooks`, with `inspector.extension` in `extensions`. Per flow: one FlowGuard (key
+ * escrow state machine, key-escrow.md §5) and one FlowPipeline (decryption, data channels,
+ * media), policy verdicts, and EVE events with `gatehouse: { user, allocation, association }`.
+ *
+ *   const inspector = new GatewayInspector({ policy: () => engine, identity, events, clock, logger });
+ *   const turn = new TurnServer({ ..., flowHooks: inspector, extensions: [inspector.extension] });
+ *   inspector.attach(turn);   // closing blocked flows, re-sending held packets
+ *
+ * Knows no sockets itself: sending released packets and closing flows go through a
+ * FlowRelay (attach() builds one for a TurnServer).
+ */
+import { systemClock, type Clock } from '../util/clock.js';
+import { silentLogger, type Logger } from '../util/log.js';
+import { eveTimestamp, type EventSink, type EveEvent } from '../events/eve.js';
+import type { GatewayIdentity } from '../store/identity.js';
+import type { PolicyEngine, Subject, VerdictAction } from '../policy/engine.js';
+import { ACTION_RANK } from '../policy/engine.js';
+import type { Flow, FlowDirection, FlowHooks, TurnRequestContext } from '../turn/flow.js';
+import { FlowBlockList } from '../turn/block-list.js';
+import { TurnEscrowExtension, type EscrowHost, type EscrowKeysPolicy } from '../turn/escrow.js';
+import { FlowGuard, type BlockReason, type GuardKeysPolicy, type QueuedPacket } from './flow-guard.js';
+import { FlowPipeline } from './pipeline.js';
+import { toEve, type FlowMeta } from './eve-format.js';
+import { associationId, type KeySet } from './keys.js';
+import type { KeyStatus } from './dtls-session.js';
+import type { InspectEvent } from './events.js';
+
+/** How released packets are sent and flows are torn down (a TurnServer, see attach()). */
+export interface FlowRelay {
+  send(flow: Flow, dir: FlowDirection, data: Buffer, peerPort: number): void;
+  close(flow: Flow, reason: string): void;
+}
+
+export interface GatewayInspectorOptions {
+  /** The policy in force (a getter, so a reload takes effect for new flows). */
+  policy: () => PolicyEngine;
+  identity: GatewayIdentity;
+  events?: EventSink;
+  clock?: Clock;
+  logger?: Logger;
+}
+
+interface FlowState {
+  flow: Flow;
+  guard: FlowGuard;
+  pipeline: FlowPipeline;
+  meta: FlowMeta;
+  policy: PolicyEngine;
+  keys: EscrowKeysPolicy | null;
+  /** Strongest policy verdict for the datagram being inspected. */
+  verdict: VerdictAction;
+  closed: boolean;
+}
+
+/** No `keys` section: keys are welcome but not asked for; traffic passes. */
+const NO_KEYS: GuardKeysPolicy = { required: false, deadline: 10_000, unverified: 'pass', media: true, data: true };
+
+export class GatewayInspector implements FlowHooks, EscrowHost {
+  readonly extension: TurnEscrowExtension;
+  readonly blockList: FlowBlockList;
+  private readonly o: GatewayInspectorOptions;
+  private readonly clock: Clock;
+  private readonly log: Logger;
+  private relay: FlowRelay | null = null;
+  private readonly byPeer = new Map<string, FlowState>();
+  /** Set while a released packet is re-sent, so onPacket lets it through untouched. */
+  private injecting = false;
+  /** Flows to tear down once the request being handled has taken effect (escrow.ts). */
+  private deferred: { flow: Flow; reason: string }[] | null = null;
+
+  constructor(opts: GatewayInspectorOptions) {
+    this.o = opts;
+    this.clock = opts.clock ?? systemClock;
+    this.log = opts.logger ?? silentLogger;
+    this.blockList = new FlowBlockList(this.clock);
+    this.extension = new TurnEscrowExtension(this, opts.identity);
+  }
+
+  /** Uses a TurnServer to close blocked flows and to send released (held) packets. */
+  attach(server: RelayServer): this {
+    this.relay = turnRelay(server, this);
+    return this;
+  }
+
+  /** Or any other relay (tests, PCP). */
+  setRelay(relay: FlowRelay): this {
+    this.relay = relay;
+    return this;
+  }
+
+  /** Runs fn with onPacket bypassed (for relays re-entering the server's send path). */
+  injectWith(fn: () => void): void {
+    const prev = this.injecting;
+    this.injecting = true;
+    try {
+      fn();
+    } finally {
+      this.injecting = prev;
+    }
+  }
+
+  // ------------------------------------------------------------------ FlowHooks
+
+  permitPeer(info: { allocationId: string }, peerAddress: string): boolean {
+    // key-escrow.md §5.4: a blocked flow is refused for keys.block_for (403 Forbidden).
+    return !this.blockList.isBlocked(info.allocationId, peerAddress);
+  }
+
+  onFlowCreated(flow: Flow): void {
+    const policy = this.o.policy();
+    const keys = policy.keys;
+    const gk: GuardKeysPolicy = keys
+      ? { required: keys.required, deadline: keys.deadline, unverified: keys.unverified, media: keys.media, data: keys.data }
+      : NO_KEYS;
+    const st = {} as FlowState;
+    const guard = new FlowGuard({
+      keys: gk,
+      clock: this.clock,
+      onRelease: (q) => this.onRelease(st, q),
+      onBlock: (reason, assoc) => this.block(st, reason, assoc),
+      onKeys: (kind, assoc, reason) => this.keyEvent(st, kind === 'verified' ? 'keys_verified' : 'keys_invalid', assoc, reason ? { reason } : {}),
+    });
+    const pipeline = new FlowPipeline({ keys: { keySetsFor: (a) => guard.keySetsFor(a) }, rtpPackets: false });
+    const meta: FlowMeta = {
+      flowId: flow.id,
+      proto: 'UDP',
+      a: { ip: flow.client.address, port: flow.client.port },
+      b: { ip: flow.peerAddress, port: 0 },
+    };
+    Object.assign(st, { flow, guard, pipeline, meta, policy, keys, verdict: 'forward', closed: false });
+    pipeline.on((e) => this.onInspectEvent(st, e));
+    flow.ctx = st;
+    this.byPeer.set(peerKey(flow.allocationId, flow.peerAddress), st);
+  }
+
+  /** A bound function (TurnServer keeps a reference to it for its hot path). */
+  readonly onPacket = (flow: Flow, dir: FlowDirection, data: Buffer, peerPort: number): boolean => {
+    if (this.injecting) return true;
+    const st = flow.ctx as FlowState | undefined;
+    if (st === undefined || st.closed) return true;
+    st.meta.b.port = peerPort;
+    const v = st.guard.packet(data, dir, peerPort);
+    if (v !== 'forward') return false;
+    if (st.guard.lastQueued) return true; // inspected, in order, when the flow's keys verify
+    return this.inspect(st, data, dir);
+  };
+
+  onFlowClosed(flow: Flow): void {
+    const st = flow.ctx as FlowState | undefined;
+    if (!st) return;
+    this.dispose(st);
+    flow.ctx = undefined;
+  }
+
+  // ------------------------------------------------------------------ EscrowHost
+
+  keysPolicy(): EscrowKeysPolicy | null {
+    return this.o.policy().keys;
+  }
+
+  findFlow(allocationId: string, peerIp: string): Flow | undefined {
+    const st = this.byPeer.get(peerKey(allocationId, peerIp));
+    return st && !st.closed && st.flow.open ? st.flow : undefined;
+  }
+
+  applyKeySet(flow: Flow, ks: KeySet): KeyStatus {
+    const st = flow.ctx as FlowState | undefined;
+    if (!st || st.closed) return 'pending';
+    this.keyEvent(st, 'keys_received', associationId(ks.clientRandom), { cipher_suite: ks.cipherSuite, epoch: ks.epoch });
+    return st.guard.addKeySet(ks);
+  }
+
+  applyDecline(flow: Flow, reason: string): void {
+    const st = flow.ctx as FlowState | undefined;
+    if (!st || st.closed) return;
+    this.keyEvent(st, 'keys_declined', st.guard.association, { reason });
+    st.guard.decline();
+  }
+
+  keyRequested(flow: Flow, deadline: number, flags: number): void {
+    const st = flow.ctx as FlowState | undefined;
+    if (!st) return;
+    this.keyEvent(st, 'key_request', st.guard.association, { deadline, flags });
+  }
+
+  writeKeysRejected(ctx: TurnRequestContext, reason: string): void {
+    this.emit({
+      timestamp: eveTimestamp(this.clock.now()),
+      event_type: 'keys_invalid',
+      proto: 'UDP',
+      ...(ctx.peers[0] ? { dest_ip: ctx.peers[0].address, dest_port: ctx.peers[0].port } : {}),
+      keys: { what: 'write_keys', reason },
+      gatehouse: { user: ctx.user, allocation: ctx.allocationId },
+    });
+  }
+
+  // ------------------------------------------------------------------ internals
+
+  private onRelease(st: FlowState, q: QueuedPacket[]): void {
+    for (const p of q) {
+      if (st.closed) return;
+      const ok = this.inspect(st, p.data, p.dir);
+      if (ok && p.held && this.relay && !st.closed) {
+        try {
+          this.relay.send(st.flow, p.dir, p.data, p.peerPort);
+        } catch (err) {
+          this.log.warn({ err: (err as Error).message }, 'releasing a held packet failed');
+        }
+      }
+    }
+  }
+
+  /** Feeds the pipeline; policy judges what it saw. False: the datagram must not go on. */
+  private inspect(st: FlowState, data: Buffer, dir: FlowDirection): boolean {
+    st.verdict = 'forward';
+    st.pipeline.feed(data, dir === 'c2p' ? 'c2s' : 's2c', this.clock.now());
+    const v = st.verdict as VerdictAction; // set by onInspectEvent during feed()
+    if (v === 'block') {
+      this.block(st, 'policy', st.guard.association);
+      return false;
+    }
+    return v !== 'drop';
+  }
+
+  private onInspectEvent(st: FlowState, e: InspectEvent): void {
+    st.meta.dtlsClientIsA = st.pipeline.dtlsClientIsA;
+    if (e.type === 'rtp.packet' || e.type === 'keys.verified' || e.type === 'keys.invalid') return; // the guard reports keys
+    const subject = subjectOf(e, st.pipeline.dtlsClientIsA);
+    if (e.type !== 'appdata') this.emit(this.decorate(st, toEve(e, st.meta), e.association));
+    if (!subject) return;
+    let verdict;
+    try {
+      verdict = st.policy.evaluate({ user: st.flow.user, groups: st.flow.groups, peerIp: st.flow.peerAddress }, subject);
+    } catch (err) {
+      this.log.error({ err: (err as Error).message }, 'policy evaluation failed');
+      return;
+    }
+    for (const m of verdict.matches) {
+      const ev = toEve(e, st.meta);
+      ev.event_type = 'alert';
+      ev.alert = { action: m.action === 'block' || m.action === 'drop' ? 'blocked' : 'allowed', signature_id: m.rule.id, signature: m.rule.description ?? m.rule.id, severity: m.rule.severity };
+      this.emit(this.decorate(st, ev, e.association));
+    }
+    if (ACTION_RANK[verdict.action] > ACTION_RANK[st.verdict]) st.verdict = verdict.action;
+  }
+
+  private block(st: FlowState, reason: BlockReason | 'policy', association: string | undefined): void {
+    if (st.closed) return;
+    const blockFor = st.keys?.block_for ?? 300_000;
+    this.blockList.block(st.flow.allocationId, st.flow.peerAddress, blockFor);
+    this.keyEvent(st, 'flow_blocked', association, { reason });
+    this.log.info({ flow: st.flow.id, allocation: st.flow.allocationId, reason }, 'flow blocked');
+    const flow = st.flow;
+    this.dispose(st);
+    // §5.4: stop relaying both ways and remove the permission and channels.
+    if (this.deferred) this.deferred.push({ flow, reason: `blocked_${reason}` });
+    else this.relay?.close(flow, `blocked_${reason}`);
+  }
+
+  holdCloses(): void {
+    if (this.deferred) return;
+    this.deferred = [];
+    // The server handles a request synchronously; should commit() never come, flush anyway.
+    queueMicrotask(() => this.flushCloses());
+  }
+
+  flushCloses(): void {
+    const d = this.deferred;
+    this.deferred = null;
+    for (const x of d ?? []) this.relay?.close(x.flow, x.reason);
+  }
+
+  private dispose(st: FlowState): void {
+    if (st.closed) return;
+    st.closed = true;
+    st.guard.close(); // wipes key material (§5.5)
+    st.pipeline.close();
+    const k = peerKey(st.flow.allocationId, st.flow.peerAddress);
+    if (this.byPeer.get(k) === st) this.byPeer.delete(k);
+  }
+
+  private keyEvent(st: FlowState, type: string, association: string | undefined, extra: Record<string, unknown>): void {
+    const f = st.flow;
+    const e: EveEvent = {
+      timestamp: eveTimestamp(this.clock.now()),
+      event_type: type,
+      flow_id: f.id,
+      src_ip: f.client.address,
+      src_port: f.client.port,
+      dest_ip: f.peerAddress,
+      proto: 'UDP',
+      gatehouse: { user: f.user, allocation: f.allocationId, ...(association ? { association } : {}), ...extra },
+    };
+    if (st.meta.b.port) e.dest_port = st.meta.b.port;
+    this.emit(e);
+  }
+
+  private decorate(st: FlowState, e: EveEvent, association: string | undefined): EveEvent {
+    e.gatehouse = { ...(e.gatehouse ?? {}), user: st.flow.user, allocation: st.flow.allocationId, ...(association ? { association } : {}) };
+    return e;
+  }
+
+  private emit(e: EveEvent): void {
+    try {
+      this.o.events?.emit(e);
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, 'event sink failed');
+    }
+  }
+}
+
+function peerKey(allocationId: string, peerIp: string): string {
+  return `${allocationId}|${peerIp}`;
+}
+
+function subjectOf(e: InspectEvent, clientIsA: boolean | undefined): Subject | null {
+  // Side A of the pipeline is the TURN client; event directions are DTLS roles (events.ts).
+  const fromA = (e.dir ?? 'c2s') === 'c2s' ? clientIsA !== false : clientIsA === false;
+  const direction = fromA ? 'to_peer' : 'from_peer';
+  switch (e.type) {
+    case 'datachannel.message':
+      return { kind: 'message', direction, label: e.label, data: e.data, size: e.size, sha256: e.sha256 };
+    case 'file':
+      return { kind: 'file', direction, label: e.label, data: e.data, size: e.size, sha256: e.sha256, fileType: e.fileType };
+    case 'appdata':
+      return { kind: 'appdata', direction, data: e.data, size: e.size, sha256: e.sha256 };
+    case 'rtp.stream':
+      return { kind: 'media', direction, size: 0, mediaKind: e.kind === 'unknown' ? undefined : e.kind, codec: e.codec };
+    default:
+      return null;
+  }
+}
+
+/** A FlowRelay over a TurnServer: released packets go out through TurnServer.inject(). */
+function turnRelay(server: RelayServer, insp: GatewayInspector): FlowRelay {
+  return {
+    close: (flow, reason) => server.closeFlow(flow, reason),
+    send: (flow, dir, data, peerPort) => {
+      if (flow.open) insp.injectWith(() => server.inject(flow, dir, data, peerPort));
+    },
+  };
+}
+
+/** What attach() needs of a TurnServer. */
+export interface RelayServer {
+  closeFlow(flow: Flow, reason?: string): void;
+  inject(flow: Flow, dir: FlowDirection, data: Buffer, peerPort: number): void;
+}
