@@ -37,6 +37,13 @@ export async function main(argv: string[], io = { stdout: process.stdout as Writ
 
 const isEntry = process.argv[1] && /(?:cli[\\/]main\.[tj]s|bin[\\/]gatehouse(?:\.js)?)$/.test(process.argv[1]);
 if (isEntry) {
+  // A reader that goes away (`gatehouse ... | head`) ends the output quietly.
+  for (const s of [process.stdout, process.stderr]) {
+    s.on('error', (err: NodeJS.ErrnoException) => {
+      if (err.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+      throw err;
+    });
+  }
   main(process.argv.slice(2)).then(
     (code) => {
       process.exitCode = code;
