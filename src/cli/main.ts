@@ -7,6 +7,8 @@ Commands:
   inspect CAPTURE.pcap --keys KEYS      inspect a capture offline; events as JSON lines
   rules check PATH...                   validate rule files
   verify [--cert FILE] DIR              check recordings: hashes, hash chain, signatures
+  endpoint --role offer|answer ...      a compliant endpoint (werift): place/answer a test
+                                        call through the gateway, escrowing its keys
   help                                  this text
 
 Run "gatehouse <command> --help" for a command's options.
@@ -19,6 +21,7 @@ const commands: Record<string, () => Promise<Runner>> = {
   inspect: async () => (await import('./inspect.js')).runInspect,
   rules: async () => (await import('./rules.js')).runRules,
   verify: async () => (await import('./verify.js')).runVerify,
+  endpoint: async () => (await import('./endpoint.js')).runEndpoint,
 };
 
 export async function main(argv: string[], io = { stdout: process.stdout as Writable, stderr: process.stderr as Writable }): Promise<number> {

@@ -16,6 +16,12 @@ import { AdminServer } from '../admin/server.js';
 import { loadOrCreateIdentity, type GatewayIdentity } from '../store/identity.js';
 import { PolicyHolder } from '../policy/loader.js';
 import { GatewayInspector } from '../inspect/gateway-inspector.js';
+import { QuotaTracker } from '../policy/quota.js';
+import type { PolicyEngine } from '../policy/engine.js';
+import { parseSize } from '../policy/rules-schema.js';
+import { SqliteStore } from '../store/sqlite.js';
+import { RecordingStore } from '../record/recorder.js';
+import { eveTimestamp } from '../events/eve.js';
 
 export const SERVE_HELP = `Usage: gatehouse serve [--config FILE]
 
@@ -78,9 +84,56 @@ export async function startGateway(cfg: GatehouseConfig, log: Logger, stdout: Wr
   const memory = new MemoryEventSink(10000);
   const events = new FanoutEventSink([new FileEventSink(join(cfg.data_dir, 'events.jsonl')), memory]);
   const users = new StaticUserDirectory(boot.users);
+  // Quotas (issue 5): counters in the SQLite store, flushed every second, so a kill -9
+  // loses at most one second of counting. A policy reload rebuilds the tracker from the
+  // new quotas and restores the current windows' counters from the store.
+  const store = new SqliteStore(join(cfg.data_dir, 'state.db'));
+  const makeQuotas = (e: PolicyEngine) =>
+    new QuotaTracker(e.quotas, systemClock, cfg.timezone, store, (c) =>
+      events.emit({
+        timestamp: eveTimestamp(systemClock.now()),
+        event_type: 'quota',
+        quota: { id: c.quota, subject: c.subject, window: c.window, limit: c.limit, used: c.used },
+        gatehouse: { reason: 'quota_exceeded' },
+      }),
+    );
+  let quotas = makeQuotas(policy.current);
+  policy.onChange((e) => {
+    quotas.flush();
+    quotas = makeQuotas(e);
+  });
+  const quotaFlush = systemClock.setInterval(() => quotas.flush(), 1000);
+
+  const recordings = new RecordingStore({
+    dir: join(cfg.data_dir, 'recordings'),
+    identity,
+    clock: systemClock,
+    flushIntervalMs: cfg.recording.flush_interval_ms,
+    retention: {
+      ...(cfg.recording.max_age_days ? { maxAgeMs: cfg.recording.max_age_days * 86_400_000 } : {}),
+      ...(cfg.recording.max_bytes ? { maxBytes: parseSize(cfg.recording.max_bytes) ?? undefined } : {}),
+    },
+  });
+  for (const r of recordings.recovered) log.warn({ recording: r.id }, 'sealed a recording left open by a crash');
+  const retention = systemClock.setInterval(() => {
+    try {
+      for (const d of recordings.applyRetention()) log.info({ recording: d.id, bytes: d.bytes, reason: d.reason }, 'retention deleted a recording');
+    } catch (err) {
+      log.error({ err: (err as Error).message }, 'retention failed');
+    }
+  }, 3_600_000);
+
   // Every relayed flow runs through the inspection pipeline and the key-escrow guard
   // (key-escrow.md §5); policy is read per decision, so a reload applies to live flows.
-  const inspector = new GatewayInspector({ policy: () => policy.current, identity, events, clock: systemClock, logger: log.child({ module: 'inspect' }) });
+  const inspector = new GatewayInspector({
+    policy: () => policy.current,
+    identity,
+    events,
+    clock: systemClock,
+    logger: log.child({ module: 'inspect' }),
+    quotas: { account: (u, g, ip, n) => quotas.account(u, g, ip, n) },
+    recordings,
+  });
   const turn = new TurnServer({
     config: cfg,
     users,
@@ -117,7 +170,11 @@ export async function startGateway(cfg: GatehouseConfig, log: Logger, stdout: Wr
     async stop() {
       policy.close();
       await admin.close();
-      await turn.stop();
+      await turn.stop(); // closes flows: recordings are sealed
+      quotaFlush.cancel();
+      retention.cancel();
+      quotas.flush();
+      store.close();
       events.close();
     },
   };

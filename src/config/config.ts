@@ -16,6 +16,8 @@ export interface UserEntry {
 export interface GatehouseConfig {
   realm: string;
   data_dir: string;
+  /** IANA time zone of quota windows (day/week/month); default: the system's. */
+  timezone: string;
   log_level: 'trace' | 'debug' | 'info' | 'warn' | 'error' | 'silent';
   turn: {
     listen: string[];
@@ -107,6 +109,17 @@ const userSchema = obj<UserEntry>(
 export const configSchema = obj<GatehouseConfig>({
   realm: { schema: str('a realm name'), default: () => 'gatehouse.local' },
   data_dir: { schema: str('a directory path'), default: () => './data' },
+  timezone: {
+    schema: checked('an IANA time zone like Europe/Berlin', (tz) => {
+      try {
+        new Intl.DateTimeFormat('en-US', { timeZone: tz });
+        return null;
+      } catch {
+        return `unknown time zone ${JSON.stringify(tz)}`;
+      }
+    }),
+    default: () => Intl.DateTimeFormat().resolvedOptions().timeZone || 'UTC',
+  },
   log_level: {
     schema: oneOf('trace', 'debug', 'info', 'warn', 'error', 'silent'),
     default: () => 'info',

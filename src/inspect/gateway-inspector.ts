@@ -26,6 +26,7 @@ import { toEve, type FlowMeta } from './eve-format.js';
 import { associationId, type KeySet } from './keys.js';
 import type { KeyStatus } from './dtls-session.js';
 import type { InspectEvent } from './events.js';
+import type { FlowInfo, RecordingSealed } from '../record/recorder.js';
 
 /** How released packets are sent and flows are torn down (a TurnServer, see attach()). */
 export interface FlowRelay {
@@ -40,6 +41,17 @@ export interface GatewayInspectorOptions {
   events?: EventSink;
   clock?: Clock;
   logger?: Logger;
+  /** Data quotas (issue 5): counted per relayed packet; over quota, non-vital traffic is dropped. */
+  quotas?: { account(user: string | undefined, groups: readonly string[], peerIp: string | undefined, bytes: number): 'pass' | 'drop' };
+  /** Where flows selected by a `record` rule are recorded (src/record). */
+  recordings?: { open(flow: FlowInfo): FlowRecorderLike };
+}
+
+/** What the inspector needs of a FlowRecorder. */
+export interface FlowRecorderLike {
+  onEvent(e: InspectEvent): void;
+  close(): RecordingSealed | null;
+  readonly recordingId?: string;
 }
 
 interface FlowState {
@@ -52,6 +64,8 @@ interface FlowState {
   /** Strongest policy verdict for the datagram being inspected. */
   verdict: VerdictAction;
   closed: boolean;
+  /** Set while the flow is being recorded (a `record` rule selected it). */
+  recorder: FlowRecorderLike | null;
 }
 
 /** No `keys` section: keys are welcome but not asked for; traffic passes. */
@@ -122,14 +136,18 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
       onBlock: (reason, assoc) => this.block(st, reason, assoc),
       onKeys: (kind, assoc, reason) => this.keyEvent(st, kind === 'verified' ? 'keys_verified' : 'keys_invalid', assoc, reason ? { reason } : {}),
     });
-    const pipeline = new FlowPipeline({ keys: { keySetsFor: (a) => guard.keySetsFor(a) }, rtpPackets: false });
+    const flowCtx = { user: flow.user, groups: flow.groups, peerIp: flow.peerAddress };
+    const recordRules = this.o.recordings ? policy.recordsFlow(flowCtx) : [];
+    // rtp.packet events (decrypted payloads) are produced only for recorded flows.
+    const pipeline = new FlowPipeline({ keys: { keySetsFor: (a) => guard.keySetsFor(a) }, rtpPackets: recordRules.length > 0 });
     const meta: FlowMeta = {
       flowId: flow.id,
       proto: 'UDP',
       a: { ip: flow.client.address, port: flow.client.port },
       b: { ip: flow.peerAddress, port: 0 },
     };
-    Object.assign(st, { flow, guard, pipeline, meta, policy, keys, verdict: 'forward', closed: false });
+    Object.assign(st, { flow, guard, pipeline, meta, policy, keys, verdict: 'forward', closed: false, recorder: null });
+    if (recordRules.length) this.startRecording(st, recordRules[0]!.id);
     pipeline.on((e) => this.onInspectEvent(st, e));
     flow.ctx = st;
     this.byPeer.set(peerKey(flow.allocationId, flow.peerAddress), st);
@@ -141,6 +159,8 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
     const st = flow.ctx as FlowState | undefined;
     if (st === undefined || st.closed) return true;
     st.meta.b.port = peerPort;
+    // Quotas count what is relayed; vital peers are counted but never cut (issue 5).
+    if (this.o.quotas && this.o.quotas.account(flow.user, flow.groups, flow.peerAddress, data.length) === 'drop') return false;
     const v = st.guard.packet(data, dir, peerPort);
     if (v !== 'forward') return false;
     if (st.guard.lastQueued) return true; // inspected, in order, when the flow's keys verify
@@ -226,13 +246,22 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
 
   private onInspectEvent(st: FlowState, e: InspectEvent): void {
     st.meta.dtlsClientIsA = st.pipeline.dtlsClientIsA;
+    if (st.recorder) {
+      try {
+        st.recorder.onEvent(e);
+      } catch (err) {
+        this.log.warn({ err: (err as Error).message, flow: st.flow.id }, 'recording failed; recording stopped');
+        this.stopRecording(st);
+      }
+    }
     if (e.type === 'rtp.packet' || e.type === 'keys.verified' || e.type === 'keys.invalid') return; // the guard reports keys
     const subject = subjectOf(e, st.pipeline.dtlsClientIsA);
     if (e.type !== 'appdata') this.emit(this.decorate(st, toEve(e, st.meta), e.association));
     if (!subject) return;
     let verdict;
     try {
-      verdict = st.policy.evaluate({ user: st.flow.user, groups: st.flow.groups, peerIp: st.flow.peerAddress }, subject);
+      // The rule set in force now: a reload applies to live flows (issue 5).
+      verdict = this.o.policy().evaluate({ user: st.flow.user, groups: st.flow.groups, peerIp: st.flow.peerAddress }, subject);
     } catch (err) {
       this.log.error({ err: (err as Error).message }, 'policy evaluation failed');
       return;
@@ -244,6 +273,35 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
       this.emit(this.decorate(st, ev, e.association));
     }
     if (ACTION_RANK[verdict.action] > ACTION_RANK[st.verdict]) st.verdict = verdict.action;
+    // A content rule with action `record` starts recording the flow from here on.
+    if (verdict.action === 'record' && !st.recorder && this.o.recordings) {
+      const m = verdict.matches.find((x) => x.action === 'record');
+      if (m) this.startRecording(st, m.rule.id);
+    }
+  }
+
+  private startRecording(st: FlowState, ruleId: string): void {
+    const f = st.flow;
+    try {
+      st.recorder = this.o.recordings!.open({ flowId: f.id, client: { ip: f.client.address, port: f.client.port }, peer: { ip: f.peerAddress, port: st.meta.b.port }, user: f.user, ruleId });
+    } catch (err) {
+      this.log.error({ err: (err as Error).message, flow: f.id }, 'cannot start recording');
+      return;
+    }
+    this.keyEvent(st, 'recording', st.guard.association, { recording: { action: 'started', rule: ruleId, id: st.recorder.recordingId } });
+  }
+
+  private stopRecording(st: FlowState): void {
+    const r = st.recorder;
+    if (!r) return;
+    st.recorder = null;
+    let sealed: RecordingSealed | null = null;
+    try {
+      sealed = r.close();
+    } catch (err) {
+      this.log.error({ err: (err as Error).message, flow: st.flow.id }, 'sealing a recording failed');
+    }
+    this.keyEvent(st, 'recording', st.guard.association, { recording: { action: 'sealed', id: sealed?.id ?? r.recordingId, seq: sealed?.seq, manifest_sha256: sealed?.manifestHash } });
   }
 
   private block(st: FlowState, reason: BlockReason | 'policy', association: string | undefined): void {
@@ -275,6 +333,7 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
   private dispose(st: FlowState): void {
     if (st.closed) return;
     st.closed = true;
+    this.stopRecording(st);
     st.guard.close(); // wipes key material (§5.5)
     st.pipeline.close();
     const k = peerKey(st.flow.allocationId, st.flow.peerAddress);
