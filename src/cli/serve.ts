@@ -82,7 +82,7 @@ export async function startGateway(cfg: GatehouseConfig, log: Logger, stdout: Wr
   policy.watch();
 
   const memory = new MemoryEventSink(10000);
-  const events = new FanoutEventSink([new FileEventSink(join(cfg.data_dir, 'events.jsonl')), memory]);
+  const events = new FanoutEventSink([new FileEventSink(join(cfg.data_dir, 'events.jsonl'), parseSize(cfg.events.max_bytes) ?? 100 * 1024 * 1024, cfg.events.keep), memory]);
   const users = new StaticUserDirectory(boot.users);
   // Quotas (issue 5): counters in the SQLite store, flushed every second, so a kill -9
   // loses at most one second of counting. A policy reload rebuilds the tracker from the

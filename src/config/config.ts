@@ -45,6 +45,8 @@ export interface GatehouseConfig {
   admin: { listen: string; token: string | null };
   users: UserEntry[];
   policy: { rules: string };
+  /** DATA_DIR/events.jsonl rotation. */
+  events: { max_bytes: string; keep: number };
   /** Recordings under DATA_DIR/recordings: retention deletes oldest first. */
   recording: { max_age_days: number | null; max_bytes: string | null; flush_interval_ms: number };
   /** The gateway identity (key-escrow.md §1): PEM files, or null to make one in data_dir. */
@@ -165,6 +167,15 @@ export const configSchema = obj<GatehouseConfig>({
     }),
   },
   users: { schema: list(userSchema), default: () => [] },
+  events: {
+    schema: obj({
+      max_bytes: {
+        schema: checked('a size like 100MiB', (v) => (/^\d+(?:\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?$/.test(v.trim()) ? null : `expected a size like 100MiB, got ${JSON.stringify(v)}`)),
+        default: () => '100MiB',
+      },
+      keep: { schema: int(1, 1000), default: () => 5 },
+    }),
+  },
   recording: {
     schema: obj({
       max_age_days: { schema: nullable(int(1, 36500, 'a number of days')), default: () => null },

@@ -1,4 +1,4 @@
-import { closeSync, mkdirSync, openSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, fstatSync, mkdirSync, openSync, renameSync, rmSync, writeSync } from 'node:fs';
 import { dirname } from 'node:path';
 
 /**
@@ -30,15 +30,40 @@ export interface EventSink {
   close(): void;
 }
 
-/** Appends to DATA_DIR/events.jsonl; each event is one write(2), so a kill -9 loses none written. */
+/**
+ * Appends to DATA_DIR/events.jsonl; each event is one write(2), so a kill -9 loses none
+ * written. When the file passes maxBytes it is rotated: events.jsonl → events.jsonl.1 →
+ * ... → events.jsonl.KEEP (the oldest is deleted), as logrotate would.
+ */
 export class FileEventSink implements EventSink {
   private fd: number;
-  constructor(readonly path: string) {
+  private size: number;
+  constructor(
+    readonly path: string,
+    private readonly maxBytes = 100 * 1024 * 1024,
+    private readonly keep = 5,
+  ) {
     mkdirSync(dirname(path), { recursive: true });
     this.fd = openSync(path, 'a', 0o640);
+    this.size = fstatSync(this.fd).size;
   }
   emit(e: EveEvent): void {
-    writeSync(this.fd, JSON.stringify(e) + '\n');
+    if (this.fd < 0) return;
+    const line = Buffer.from(JSON.stringify(e) + '\n');
+    if (this.size > 0 && this.size + line.length > this.maxBytes) this.rotate();
+    writeSync(this.fd, line);
+    this.size += line.length;
+  }
+  private rotate(): void {
+    closeSync(this.fd);
+    const oldest = `${this.path}.${this.keep}`;
+    if (existsSync(oldest)) rmSync(oldest);
+    for (let i = this.keep - 1; i >= 1; i--) {
+      if (existsSync(`${this.path}.${i}`)) renameSync(`${this.path}.${i}`, `${this.path}.${i + 1}`);
+    }
+    renameSync(this.path, `${this.path}.1`);
+    this.fd = openSync(this.path, 'a', 0o640);
+    this.size = 0;
   }
   close(): void {
     if (this.fd >= 0) closeSync(this.fd);

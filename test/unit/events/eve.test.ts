@@ -1,0 +1,52 @@
+import t from 'tap';
+import { mkdtempSync, readFileSync, existsSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { FileEventSink, eveTimestamp, type EveEvent } from '../../../src/events/eve.js';
+import { filterEvents } from '../../../src/admin/server.js';
+
+const ev = (i: number, extra: Partial<EveEvent> = {}): EveEvent => ({ timestamp: eveTimestamp(Date.UTC(2026, 10, 22, 10, 0, i)), event_type: 'alert', flow_id: i, ...extra });
+
+t.test('Suricata timestamp form', async (t) => {
+  t.equal(eveTimestamp(Date.UTC(2026, 10, 22, 10, 0, 0, 123)), '2026-11-22T10:00:00.123000+0000');
+});
+
+t.test('events.jsonl rotates by size and keeps N files', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'gh-eve-'));
+  const path = join(dir, 'events.jsonl');
+  const sink = new FileEventSink(path, 1000, 2);
+  for (let i = 0; i < 60; i++) sink.emit(ev(i));
+  sink.close();
+  t.ok(existsSync(`${path}.1`) && existsSync(`${path}.2`));
+  t.notOk(existsSync(`${path}.3`), 'only `keep` rotated files');
+  for (const f of [path, `${path}.1`, `${path}.2`]) {
+    const text = readFileSync(f, 'utf8');
+    t.ok(text.length <= 1000, `${f} within the limit`);
+    for (const line of text.trim().split('\n')) JSON.parse(line); // whole lines only
+  }
+  const newest = readFileSync(path, 'utf8').trim().split('\n').map((l) => JSON.parse(l).flow_id);
+  t.equal(newest.at(-1), 59, 'the newest event is in events.jsonl');
+  // Reopening appends after what is there.
+  const again = new FileEventSink(path, 1000, 2);
+  again.emit(ev(60));
+  again.close();
+  t.equal(JSON.parse(readFileSync(path, 'utf8').trim().split('\n').at(-1)!).flow_id, 60);
+});
+
+t.test('/v1/events filters', async (t) => {
+  const all = [
+    ev(1, { event_type: 'allocation', gatehouse: { user: 'alice' } }),
+    ev(2, { alert: { action: 'blocked', signature_id: 'nightingale', signature: 'x', severity: 1 }, gatehouse: { user: 'bob' } }),
+    ev(3, { event_type: 'flow_blocked', gatehouse: { user: 'alice', reason: 'keys_missing' }, dest_ip: '198.51.100.7' }),
+  ];
+  const q = (s: string) => filterEvents(all, new URLSearchParams(s)).map((e) => e.flow_id);
+  t.same(q(''), [1, 2, 3]);
+  t.same(q('event_type=alert,flow_blocked'), [2, 3]);
+  t.same(q('user=alice'), [1, 3]);
+  t.same(q('signature_id=nightingale'), [2]);
+  t.same(q('reason=keys_missing'), [3]);
+  t.same(q('dest_ip=198.51.100.7'), [3]);
+  t.same(q('flow_id=2'), [2]);
+  t.same(q('limit=2'), [2, 3], 'the newest, in order');
+  t.same(q('since=2026-11-22T10:00:02Z'), [2, 3]);
+});
