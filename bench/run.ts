@@ -24,7 +24,8 @@ const HERE = dirname(fileURLToPath(import.meta.url));
 const HELP = `Usage: npm run bench -- [options]
 
   --quick               small counts (a minute or so): for trying the harness
-  --only LIST           comma-separated: turn,srtp,dtls,policy,inspect (default: all)
+  --only LIST           comma-separated: turn,srtp,dtls,policy,inspect,escrow
+                        (default: all)
   --servers LIST        TURN servers: gatehouse,coturn (default: both, in that order)
   --clients N           turnutils_uclient -m (default 50; quick 5)
   --messages N          turnutils_uclient -n, per client (default 2000; quick 300)
@@ -56,7 +57,7 @@ interface Args {
 class UsageError extends Error {}
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { quick: false, only: new Set(['turn', 'srtp', 'dtls', 'policy', 'inspect']), out: join(HERE, 'out', 'results.json'), turn: {} };
+  const a: Args = { quick: false, only: new Set(['turn', 'srtp', 'dtls', 'policy', 'inspect', 'escrow']), out: join(HERE, 'out', 'results.json'), turn: {} };
   const posInt = (flag: string, v: string | undefined, min = 1): number => {
     const n = Number(v);
     if (!Number.isInteger(n) || n < min) throw new UsageError(`${flag} needs an integer >= ${min}, got ${v}`);
@@ -79,7 +80,7 @@ function parseArgs(argv: string[]): Args {
         break;
       case '--only':
         a.only = new Set(v().split(','));
-        for (const x of a.only) if (!['turn', 'srtp', 'dtls', 'policy', 'inspect'].includes(x)) throw new UsageError(`--only: unknown benchmark ${x}`);
+        for (const x of a.only) if (!['turn', 'srtp', 'dtls', 'policy', 'inspect', 'escrow'].includes(x)) throw new UsageError(`--only: unknown benchmark ${x}`);
         break;
       case '--servers': {
         const s = v().split(',');
@@ -143,6 +144,8 @@ const EXTERNALS: ExternalSpec[] = [
   { key: 'dtls', name: 'DTLS record decryption', file: 'dtls-decrypt.ts', fns: ['runDtlsDecryptBench', 'runDtlsBench'], opts: (quick) => ({ quick }) },
   { key: 'policy', name: 'Policy evaluation per data-channel message', file: 'policy.ts', fns: ['runPolicyBench'], opts: (quick) => ({ quick }) },
   { key: 'inspect', name: 'Offline inspection: gatehouse inspect vs tshark', file: 'inspect.ts', fns: ['runInspectBench'], opts: (quick) => ({ quick }) },
+  // bench/escrow.ts: runEscrowBench({ quick }) → { handshake, held, cpu, ratios, table }
+  { key: 'escrow', name: 'Key escrow: keys verified, held-packet delay, inspected relay CPU', file: 'escrow.ts', fns: ['runEscrowBench'], opts: (quick) => ({ quick }) },
 ];
 
 /** A list of flat objects as a markdown table (numbers: 2 decimals, NaN as n/a). */
