@@ -292,6 +292,7 @@ export class FlowPipeline {
       if (!tr) {
         if (this.trackers.size >= this.maxAssoc) {
           const oldest = this.trackers.keys().next().value as string;
+          this.trackers.get(oldest)?.close(); // frees its reassembly buffers at once
           this.trackers.delete(oldest);
           this.sctpAssoc.delete(oldest);
         }
@@ -419,6 +420,7 @@ export class FlowPipeline {
     }
     this.closed = true;
     this.session.close();
+    for (const tr of this.trackers.values()) tr.close();
     this.trackers.clear();
     this.mediaTracker = undefined;
     this.srtp = undefined;

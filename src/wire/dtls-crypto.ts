@@ -19,6 +19,7 @@
  * (callers validate key sets first, see src/inspect/keys.ts); decrypt() never throws.
  */
 import { createCipheriv, createDecipheriv, createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import { GcmOpener } from './native.js';
 import type { Cipher, Decipher, Hash } from 'node:crypto';
 import type { PrfHash } from './tls-prf.js';
 
@@ -172,6 +173,8 @@ export class DtlsRecordDecryptor {
   private readonly ecb: Decipher | null;
   private readonly aad = Buffer.alloc(13);
   private readonly nonce = Buffer.alloc(12);
+  /** Reused OpenSSL GCM context (native addon), when built. */
+  private readonly gcmNative: GcmOpener | null;
 
   constructor(suite: number, keys: DirectionKeys) {
     const info = CIPHER_SUITES.get(suite);
@@ -189,6 +192,7 @@ export class DtlsRecordDecryptor {
       this.hmac = null;
       this.ecb = null;
     }
+    this.gcmNative = info.kind === 'gcm' ? GcmOpener.create(this.key) : null;
   }
 
   /**
@@ -224,6 +228,7 @@ export class DtlsRecordDecryptor {
     f.copy(this.nonce, 4, 0, 8);
     // RFC 5246 §6.2.3.3: additional_data = seq_num + type + version + length (of the plaintext)
     recordAad(this.aad, type, version, epoch, seq, ctLen);
+    if (this.gcmNative) return this.gcmNative.open(this.nonce, this.aad, f.subarray(8, 8 + ctLen), f.subarray(f.length - TAG_LEN));
     const d = createDecipheriv(aesName(this.suite.keyLen, 'gcm') as 'aes-128-gcm', this.key, this.nonce, { authTagLength: TAG_LEN });
     d.setAAD(this.aad);
     d.setAuthTag(f.subarray(f.length - TAG_LEN));

@@ -42,6 +42,7 @@
  * encryption"), verified against Firefox ESR traffic.
  */
 import { createCipheriv, createDecipheriv, type Cipher } from 'node:crypto';
+import { GcmOpener } from './native.js';
 import { DTLS13_PREFIX, hashLength, hkdfExpandLabel, type HashName } from './hkdf.js';
 
 // RFC 8446 §5 / RFC 9147 §7 content types.
@@ -188,6 +189,8 @@ class EpochState {
   readonly snEcb: Cipher | null;
   /** Highest authenticated sequence number, -1 before the first. */
   maxSeq = -1;
+  /** Reused native AES-GCM context: undefined until first use, null without the addon. */
+  gcm: GcmOpener | null | undefined = undefined;
   constructor(
     readonly info: Dtls13Suite,
     readonly epoch: number,
@@ -205,6 +208,7 @@ class EpochState {
     }
   }
   wipe(): void {
+    this.gcm = null; // OpenSSL cleanses the context when it is freed
     this.key.fill(0);
     this.iv.fill(0);
     this.snKey.fill(0);
@@ -262,6 +266,11 @@ function makeNonce(out: Buffer, iv: Buffer, seq: number): Buffer {
 }
 
 function aeadOpen(st: EpochState, nonce: Buffer, aad: Buffer, ct: Buffer, tag: Buffer): Buffer | null {
+  if (st.info.aead !== 'chacha20-poly1305') {
+    // A keyed OpenSSL context reused per epoch (native addon), when built.
+    if (st.gcm === undefined) st.gcm = GcmOpener.create(st.key);
+    if (st.gcm) return st.gcm.open(nonce, aad, ct, tag);
+  }
   try {
     const d = st.info.aead === 'chacha20-poly1305'
       ? createDecipheriv('chacha20-poly1305', st.key, nonce, { authTagLength: TAG_LEN })
