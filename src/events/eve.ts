@@ -31,13 +31,18 @@ export interface EventSink {
 }
 
 /**
- * Appends to DATA_DIR/events.jsonl; each event is one write(2), so a kill -9 loses none
- * written. When the file passes maxBytes it is rotated: events.jsonl → events.jsonl.1 →
- * ... → events.jsonl.KEEP (the oldest is deleted), as logrotate would.
+ * Appends to DATA_DIR/events.jsonl. Events are written in whole lines, batched into one
+ * write(2) per event-loop turn (or sooner past 256 KiB), off the packet path: a kill -9
+ * loses at most the events of the turn it interrupts. When the file passes maxBytes it
+ * is rotated: events.jsonl → events.jsonl.1 → ... → events.jsonl.KEEP (the oldest is
+ * deleted), as logrotate would.
  */
 export class FileEventSink implements EventSink {
   private fd: number;
   private size: number;
+  private pending: string[] = [];
+  private pendingBytes = 0;
+  private scheduled = false;
   constructor(
     readonly path: string,
     private readonly maxBytes = 100 * 1024 * 1024,
@@ -49,10 +54,42 @@ export class FileEventSink implements EventSink {
   }
   emit(e: EveEvent): void {
     if (this.fd < 0) return;
-    const line = Buffer.from(JSON.stringify(e) + '\n');
-    if (this.size > 0 && this.size + line.length > this.maxBytes) this.rotate();
-    writeSync(this.fd, line);
-    this.size += line.length;
+    const line = JSON.stringify(e) + '\n';
+    this.pending.push(line);
+    this.pendingBytes += line.length;
+    if (this.pendingBytes > 256 * 1024) this.flush();
+    else if (!this.scheduled) {
+      this.scheduled = true;
+      setImmediate(() => this.flush());
+    }
+  }
+  /** Writes what is pending (whole lines; rotation happens between lines). */
+  flush(): void {
+    this.scheduled = false;
+    if (this.fd < 0 || this.pending.length === 0) return;
+    const lines = this.pending;
+    this.pending = [];
+    this.pendingBytes = 0;
+    let batch: string[] = [];
+    let batchBytes = 0;
+    const writeBatch = () => {
+      if (!batch.length) return;
+      const buf = Buffer.from(batch.join(''));
+      writeSync(this.fd, buf);
+      this.size += buf.length;
+      batch = [];
+      batchBytes = 0;
+    };
+    for (const line of lines) {
+      const n = Buffer.byteLength(line);
+      if (this.size + batchBytes > 0 && this.size + batchBytes + n > this.maxBytes) {
+        writeBatch();
+        if (this.size > 0) this.rotate();
+      }
+      batch.push(line);
+      batchBytes += n;
+    }
+    writeBatch();
   }
   private rotate(): void {
     closeSync(this.fd);
@@ -66,18 +103,27 @@ export class FileEventSink implements EventSink {
     this.size = 0;
   }
   close(): void {
+    this.flush();
     if (this.fd >= 0) closeSync(this.fd);
     this.fd = -1;
   }
 }
 
-/** Keeps events in memory (tests, and the admin API's recent-events view). */
+/** Keeps the newest `max` events in memory (the admin API's recent-events view): a ring. */
 export class MemoryEventSink implements EventSink {
-  readonly events: EveEvent[] = [];
+  private ring: EveEvent[] = [];
+  private next = 0;
   constructor(private readonly max = 10000) {}
   emit(e: EveEvent): void {
-    this.events.push(e);
-    if (this.events.length > this.max) this.events.splice(0, this.events.length - this.max);
+    if (this.ring.length < this.max) this.ring.push(e);
+    else {
+      this.ring[this.next] = e;
+      this.next = (this.next + 1) % this.max;
+    }
+  }
+  /** Oldest first. */
+  get events(): EveEvent[] {
+    return this.next === 0 ? this.ring : [...this.ring.slice(this.next), ...this.ring.slice(0, this.next)];
   }
   close(): void {}
 }

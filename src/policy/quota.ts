@@ -48,6 +48,8 @@ interface CompiledQuota {
 export class QuotaTracker {
   private readonly quotas: CompiledQuota[];
   private readonly counters = new Map<string, Counter>();
+  /** The current window per period, recomputed only when it ends (no date maths per packet). */
+  private readonly windows = new Map<string, { key: string; start: number; end: number }>();
 
   constructor(
     quotas: readonly Quota[],
@@ -100,7 +102,7 @@ export class QuotaTracker {
     for (const c of this.quotas) {
       const subject = this.subjectOf(c, user, groups);
       if (!subject) continue;
-      const win = windowKey(now, c.q.period, this.tz);
+      const win = this.windowAt(now, c.q.period);
       const key = `${c.q.id}\0${subject}\0${win}`;
       let ctr = this.counters.get(key);
       if (!ctr) {
@@ -120,6 +122,15 @@ export class QuotaTracker {
       }
     }
     return verdict;
+  }
+
+  private windowAt(now: number, period: Quota['period']): string {
+    const w = this.windows.get(period);
+    if (w && now >= w.start && now < w.end) return w.key;
+    const { start, end } = windowOf(now, period, this.tz);
+    const key = windowKey(now, period, this.tz);
+    this.windows.set(period, { key, start, end });
+    return key;
   }
 
   usage(quotaId: string, subject: string): number {

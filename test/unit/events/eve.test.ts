@@ -50,3 +50,21 @@ t.test('/v1/events filters', async (t) => {
   t.same(q('limit=2'), [2, 3], 'the newest, in order');
   t.same(q('since=2026-11-22T10:00:02Z'), [2, 3]);
 });
+
+t.test('the in-memory view keeps the newest events, oldest first', async (t) => {
+  const { MemoryEventSink } = await import('../../../src/events/eve.js');
+  const m = new MemoryEventSink(3);
+  for (let i = 1; i <= 5; i++) m.emit(ev(i));
+  t.same(m.events.map((e) => e.flow_id), [3, 4, 5]);
+});
+
+t.test('file writes are batched per turn and complete after it', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'gh-eve-'));
+  const path = join(dir, 'events.jsonl');
+  const sink = new FileEventSink(path);
+  sink.emit(ev(1));
+  sink.emit(ev(2));
+  await new Promise((r) => setImmediate(r));
+  t.same(readFileSync(path, 'utf8').trim().split('\n').map((l) => JSON.parse(l).flow_id), [1, 2], 'on disk after one turn');
+  sink.close();
+});
