@@ -40,6 +40,8 @@ export async function main(argv: string[], io = { stdout: process.stdout as Writ
 
 const isEntry = process.argv[1] && /(?:cli[\\/]main\.[tj]s|bin[\\/]gatehouse(?:\.js)?)$/.test(process.argv[1]);
 if (isEntry) {
+  // GATEHOUSE_NATIVE=0: run the pure-JS crypto paths even when the addon is built.
+  if (/^(0|false|off)$/i.test(process.env.GATEHOUSE_NATIVE ?? '')) (await import('../wire/native.js')).disableNative();
   // A reader that goes away (`gatehouse ... | head`) ends the output quietly.
   for (const s of [process.stdout, process.stderr]) {
     s.on('error', (err: NodeJS.ErrnoException) => {

@@ -4,7 +4,7 @@
  * OpenSSL cipher contexts from the OpenSSL that node itself ships, so a packet costs one
  * JS→C call instead of several node:crypto calls (which also cannot re-IV a GCM context).
  * Everything works without it: loadNative() returns null when the addon is missing, fails
- * to load, or GATEHOUSE_NATIVE=0 is set, and src/wire/srtp.ts then uses its pure-JS path.
+ * to load, or disableNative() was called (the CLI does for GATEHOUSE_NATIVE=0), and src/wire/srtp.ts then uses its pure-JS path.
  */
 import { createRequire } from 'node:module';
 
@@ -44,8 +44,6 @@ const ADDON = 'Release/gatehouse_native.node';
 let cached: NativeCrypto | null | undefined;
 
 function tryLoad(): NativeCrypto | null {
-  const env = process.env.GATEHOUSE_NATIVE;
-  if (env === '0' || env === 'false' || env === 'off') return null;
   const req = createRequire(import.meta.url);
   // src/wire/native.ts (tsx) and dist/src/wire/native.js (tsc build) live 2–3 levels below
   // the repository root; `node-gyp rebuild -C native` builds into native/build/Release
@@ -59,6 +57,14 @@ function tryLoad(): NativeCrypto | null {
     }
   }
   return null;
+}
+
+/**
+ * Forces the pure-JS paths from now on (the CLI calls it for GATEHOUSE_NATIVE=0; modules
+ * read no environment themselves). Contexts created earlier keep what they have.
+ */
+export function disableNative(): void {
+  cached = null;
 }
 
 /** The native addon, or null (pure-JS fallback). Loaded once. */
