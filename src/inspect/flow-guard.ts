@@ -21,6 +21,7 @@
  *                           queued datagrams in arrival order; `held` ones were not forwarded.
  *   onBlock(reason, assoc)  'keys_missing' | 'keys_declined' | 'rekey_missing' (§5.1, §5.3)
  *   onKeys(kind, assoc, reason?)  'verified' | 'invalid' outcomes of key sets
+ *   onUninspected(reason, assoc)  deadline passed, keys not required: the flow goes on uninspected
  */
 import type { Clock, TimerHandle } from '../util/clock.js';
 import { DtlsSession } from './dtls-session.js';
@@ -57,6 +58,12 @@ export interface FlowGuardOptions {
   onRelease?: (entries: QueuedPacket[]) => void;
   onBlock?: (reason: BlockReason, association: string | undefined) => void;
   onKeys?: (kind: 'verified' | 'invalid', association: string, reason?: string) => void;
+  /**
+   * The deadline passed without verified keys on a flow whose policy does not require
+   * them: it goes on uninspected from here (reason: 'keys_missing', or 'rekey_missing'
+   * for a new association after a covered one).
+   */
+  onUninspected?: (reason: BlockReason, association: string | undefined) => void;
   /** Bound on held/queued bytes (default 1 MiB) and datagrams (default 2048). */
   maxQueueBytes?: number;
   maxQueuePackets?: number;
@@ -76,8 +83,23 @@ function dtlsKind(d: Buffer): { control: boolean; protectedSeen: boolean } {
   let protectedSeen = false;
   while (off < d.length) {
     const t = d[off]!;
-    // RFC 9147 §4: a unified header (001xxxxx) is always protected and not a control record.
-    if ((t & 0xe0) === 0x20) return { control: false, protectedSeen: true };
+    if ((t & 0xe0) === 0x20) {
+      // RFC 9147 §4: a unified header (001CSLEE) is always protected. EE are the low two
+      // bits of the epoch; §6.1: epoch 2 carries the encrypted handshake (EncryptedExtensions
+      // .. Finished, and ACKs), epoch 1 0-RTT data, epoch 3 and later application data. So
+      // EE == 2 (before any KeyUpdate, which needs application data to cross first) is
+      // handshake and forwarded like DTLS 1.2 handshake records, so the handshake can
+      // complete (key-escrow.md §5.1); anything else needs keys.
+      protectedSeen = true;
+      if ((t & 0x10) !== 0 || (t & 0x03) !== 2) return { control: false, protectedSeen }; // C: CID of unknown length
+      let p = off + 1 + ((t & 0x08) !== 0 ? 2 : 1); // S: 16- or 8-bit sequence number
+      if ((t & 0x04) === 0) break; // L clear: the record runs to the end of the datagram
+      if (p + 2 > d.length) return { control: false, protectedSeen };
+      p += 2 + d.readUInt16BE(p);
+      if (p > d.length) return { control: false, protectedSeen };
+      off = p;
+      continue;
+    }
     if (off + DTLS_HDR > d.length) return { control: false, protectedSeen };
     const epoch = d.readUInt16BE(off + 3);
     if (epoch >= 1) protectedSeen = true;
@@ -285,6 +307,7 @@ export class FlowGuard {
     }
     // Keys not required: the flow goes on uninspected; what was held is forwarded.
     this.bypass = true;
+    this.o.onUninspected?.(this.everCovered ? 'rekey_missing' : 'keys_missing', this.lastAssoc);
     this.release();
   }
 

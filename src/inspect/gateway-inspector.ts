@@ -135,6 +135,9 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
       onRelease: (q) => this.onRelease(st, q),
       onBlock: (reason, assoc) => this.block(st, reason, assoc),
       onKeys: (kind, assoc, reason) => this.keyEvent(st, kind === 'verified' ? 'keys_verified' : 'keys_invalid', assoc, reason ? { reason } : {}),
+      // key-escrow.md §5.1: keys not required and none verified by the deadline: the flow
+      // is relayed from here without inspection, and reported as such.
+      onUninspected: (reason, assoc) => this.keyEvent(st, 'flow_uninspected', assoc, { reason }),
     });
     const flowCtx = { user: flow.user, groups: flow.groups, peerIp: flow.peerAddress };
     const recordRules = this.o.recordings ? policy.recordsFlow(flowCtx) : [];
