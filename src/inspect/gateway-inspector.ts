@@ -66,6 +66,8 @@ interface FlowState {
   closed: boolean;
   /** Set while the flow is being recorded (a `record` rule selected it). */
   recorder: FlowRecorderLike | null;
+  /** Media streams a `drop` rule matched: their RTP is withheld, the rest of the flow goes on. */
+  droppedSsrcs: Set<number>;
 }
 
 /** No `keys` section: keys are welcome but not asked for; traffic passes. */
@@ -149,7 +151,7 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
       a: { ip: flow.client.address, port: flow.client.port },
       b: { ip: flow.peerAddress, port: 0 },
     };
-    Object.assign(st, { flow, guard, pipeline, meta, policy, keys, verdict: 'forward', closed: false, recorder: null });
+    Object.assign(st, { flow, guard, pipeline, meta, policy, keys, verdict: 'forward', closed: false, recorder: null, droppedSsrcs: new Set() });
     if (recordRules.length) this.startRecording(st, recordRules[0]!.id);
     pipeline.on((e) => this.onInspectEvent(st, e));
     flow.ctx = st;
@@ -164,6 +166,8 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
     st.meta.b.port = peerPort;
     // Quotas count what is relayed; vital peers are counted but never cut (issue 5).
     if (this.o.quotas && this.o.quotas.account(flow.user, flow.groups, flow.peerAddress, data.length) === 'drop') return false;
+    // RFC 7983 §7 / RFC 5761 §4: RTP (not RTCP); RFC 3711 §3.1: the SSRC is in the clear.
+    if (st.droppedSsrcs.size && data.length >= 12 && data[0]! >= 128 && data[0]! <= 191 && !(data[1]! >= 192 && data[1]! <= 223) && st.droppedSsrcs.has(data.readUInt32BE(8))) return false;
     const v = st.guard.packet(data, dir, peerPort);
     if (v !== 'forward') return false;
     if (st.guard.lastQueued) return true; // inspected, in order, when the flow's keys verify
@@ -276,6 +280,8 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
       this.emit(this.decorate(st, ev, e.association));
     }
     if (ACTION_RANK[verdict.action] > ACTION_RANK[st.verdict]) st.verdict = verdict.action;
+    // drop on media withholds that stream (one SSRC) from here on, not just this packet.
+    if (verdict.action === 'drop' && e.type === 'rtp.stream') st.droppedSsrcs.add(e.ssrc);
     // A content rule with action `record` starts recording the flow from here on.
     if (verdict.action === 'record' && !st.recorder && this.o.recordings) {
       const m = verdict.matches.find((x) => x.action === 'record');

@@ -24,6 +24,7 @@ rules:
   - { id: no-secrets, when: { contains: [TOPSECRET] }, action: drop }
   - { id: nightingale, when: { contains: [PROJECT-NIGHTINGALE] }, action: block }
   - { id: rec-trading, when: { group: [trading] }, action: record }
+  - { id: no-media-for-interns, when: { group: [interns], channel: media }, action: drop }
 `;
 
 let nextId = 1;
@@ -61,7 +62,8 @@ async function rig(groups: string[], recordings?: RecordingStore) {
   t.ok(send(sctp.init()));
   t.ok(send(sctp.open(1, 'chat')));
   const msg = (text: string) => send(sctp.message(1, Buffer.from(text)));
-  return { inspector, events, flow, closed, msg, identity };
+  const rtp = (seq: number, ssrc: number) => inspector.onPacket(flow, 'c2p', s.srtp(true, seq, Buffer.alloc(80, seq & 0xff), ssrc), 5000);
+  return { inspector, events, flow, closed, msg, identity, rtp };
 }
 
 t.test('alert reports and forwards; drop withholds the message and keeps the flow', async (t) => {
@@ -107,4 +109,17 @@ t.test('record: a trading flow is recorded, sealed and verifiable', async (t) =>
   t.same(lines.filter((l) => l.text !== undefined).map((l) => l.text), ['order 100 shares', 'confirmed'], 'transcript has the decrypted messages');
   const v = verifyRecordings(dir, { certPem: identity.certificatePem });
   t.ok(v.ok, `recordings verify: ${v.problems.join('; ')}`);
+});
+
+t.test('drop on media withholds that SSRC from then on and keeps the flow', async (t) => {
+  const r = await rig(['interns']);
+  const results: boolean[] = [];
+  for (let seq = 1; seq <= 12; seq++) results.push(r.rtp(seq, 0xaaaa0001));
+  const stream = r.events.events.find((e) => e.event_type === 'rtp.stream');
+  t.ok(stream, 'the stream was decrypted and classified');
+  const firstDropped = results.indexOf(false);
+  t.ok(firstDropped > 0, 'packets before the stream was classified went through');
+  t.same(results.slice(firstDropped), results.slice(firstDropped).map(() => false), 'every later packet of that SSRC is withheld');
+  t.ok(r.msg('chat still works'), 'the data channel of the same flow goes on');
+  t.same(r.closed, [], 'not torn down');
 });
