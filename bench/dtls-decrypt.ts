@@ -30,7 +30,16 @@ function time(n: number, fn: (i: number) => void): number {
 }
 
 /** The straightforward CBC MtE decryption the session does not use: per-record objects. */
-function naiveCbc(keyLen: number, key: Buffer, macAlg: string, macKey: Buffer, macLen: number, epoch: number, seq: number, f: Buffer): Buffer | null {
+function naiveCbc(
+  keyLen: number,
+  key: Buffer,
+  macAlg: string,
+  macKey: Buffer,
+  macLen: number,
+  epoch: number,
+  seq: number,
+  f: Buffer,
+): Buffer | null {
   const d = createDecipheriv(`aes-${keyLen * 8}-cbc`, key, f.subarray(0, 16)).setAutoPadding(false);
   const p = Buffer.concat([d.update(f.subarray(16)), d.final()]);
   const pad = p[p.length - 1]!;
@@ -58,12 +67,24 @@ export async function runDtlsDecryptBench(opts: { quick?: boolean; count?: numbe
           if (dec.decrypt(23, V, 1, i & 63, recs[i & 63]!)) ok++;
         });
         if (ok === 0) throw new Error(`${s.name}: nothing decrypted`);
-        rows.push({ suite: `0x${id.toString(16).padStart(4, '0')} ${s.name}`, variant: s.kind === 'cbc' ? (etm ? 'EtM' : 'MtE') : s.kind, payload, nsPerRecord: ns, mbPerSec: (payload / ns) * 1000 });
+        rows.push({
+          suite: `0x${id.toString(16).padStart(4, '0')} ${s.name}`,
+          variant: s.kind === 'cbc' ? (etm ? 'EtM' : 'MtE') : s.kind,
+          payload,
+          nsPerRecord: ns,
+          mbPerSec: (payload / ns) * 1000,
+        });
         if (s.kind === 'cbc' && !etm) {
           const nsNaive = time(n, (i) => {
             naiveCbc(s.keyLen, keys.key, s.macHash!, keys.macKey, s.macLen, 1, i & 63, recs[i & 63]!);
           });
-          rows.push({ suite: `0x${id.toString(16).padStart(4, '0')} ${s.name}`, variant: 'MtE naive (new cipher+HMAC per record)', payload, nsPerRecord: nsNaive, mbPerSec: (payload / nsNaive) * 1000 });
+          rows.push({
+            suite: `0x${id.toString(16).padStart(4, '0')} ${s.name}`,
+            variant: 'MtE naive (new cipher+HMAC per record)',
+            payload,
+            nsPerRecord: nsNaive,
+            mbPerSec: (payload / nsNaive) * 1000,
+          });
         }
       }
     }
@@ -75,6 +96,8 @@ if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.ur
   runDtlsDecryptBench({ quick: process.argv.includes('--quick') }).then((rows) => {
     const w = Math.max(...rows.map((r) => r.suite.length));
     for (const r of rows)
-      process.stdout.write(`${r.suite.padEnd(w)}  ${r.variant.padEnd(40)} ${String(r.payload).padStart(5)} B  ${r.nsPerRecord.toFixed(0).padStart(7)} ns/record  ${r.mbPerSec.toFixed(1).padStart(7)} MB/s\n`);
+      process.stdout.write(
+        `${r.suite.padEnd(w)}  ${r.variant.padEnd(40)} ${String(r.payload).padStart(5)} B  ${r.nsPerRecord.toFixed(0).padStart(7)} ns/record  ${r.mbPerSec.toFixed(1).padStart(7)} MB/s\n`,
+      );
   });
 }

@@ -187,8 +187,28 @@ export interface EscrowBenchResult {
 
 function defaults(quick: boolean): Required<Omit<EscrowBenchOptions, 'quick'>> {
   return quick
-    ? { sessions: 5, heldSessions: 8, heldRecords: 10, keysDelays: [0, 20], packets: 3000, warmup: 300, rate: 3000, sizes: [170], servers: ['gatehouse-serve', 'inspected', 'plain', 'coturn'] }
-    : { sessions: 20, heldSessions: 30, heldRecords: 30, keysDelays: [0, 20], packets: 20000, warmup: 1000, rate: 5000, sizes: [170, 1100], servers: ['gatehouse-serve', 'inspected', 'plain', 'coturn'] };
+    ? {
+        sessions: 5,
+        heldSessions: 8,
+        heldRecords: 10,
+        keysDelays: [0, 20],
+        packets: 3000,
+        warmup: 300,
+        rate: 3000,
+        sizes: [170],
+        servers: ['gatehouse-serve', 'inspected', 'plain', 'coturn'],
+      }
+    : {
+        sessions: 20,
+        heldSessions: 30,
+        heldRecords: 30,
+        keysDelays: [0, 20],
+        packets: 20000,
+        warmup: 1000,
+        rate: 5000,
+        sizes: [170, 1100],
+        servers: ['gatehouse-serve', 'inspected', 'plain', 'coturn'],
+      };
 }
 
 // ---------------------------------------------------------------------------------------
@@ -302,7 +322,12 @@ async function startTurn(dir: string, inspect: boolean, events: EventSink): Prom
   const port = await freeUdpPort();
   const [low, high] = await freeUdpRange(128, [port]);
   const cfg = benchConfig(port, low, high, dir);
-  const base: TurnServerOptions = { config: cfg, users: { lookup: (n) => (n === USER ? { name: USER, password: PASSWORD, groups: [] } : undefined) }, clock: systemClock, events };
+  const base: TurnServerOptions = {
+    config: cfg,
+    users: { lookup: (n) => (n === USER ? { name: USER, password: PASSWORD, groups: [] } : undefined) },
+    clock: systemClock,
+    events,
+  };
   if (!inspect) {
     const s = new TurnServer(base);
     await s.start();
@@ -387,7 +412,11 @@ async function opensslSession(rig: Rig, dir: string, cert: string, key: string, 
   try {
     const rttMs = await bindingRtt(c, 3);
     const srvPort = await freeUdpPort();
-    const server = spawnTracked(['s_server', '-dtls1_2', '-accept', `${HOST}:${srvPort}`, '-cert', cert, '-key', key, '-use_srtp', 'SRTP_AES128_CM_SHA1_80'], dir, live);
+    const server = spawnTracked(
+      ['s_server', '-dtls1_2', '-accept', `${HOST}:${srvPort}`, '-cert', cert, '-key', key, '-use_srtp', 'SRTP_AES128_CM_SHA1_80'],
+      dir,
+      live,
+    );
     procs.push(server.p);
     await until(() => server.out().includes('ACCEPT') || server.p.exitCode !== null, 10_000, 's_server ready');
     if (server.p.exitCode !== null) throw new Error(`s_server exited (${server.p.exitCode})`);
@@ -420,7 +449,11 @@ async function opensslSession(rig: Rig, dir: string, cert: string, key: string, 
     const sendKeys = async (): Promise<void> => {
       let entry = null;
       const end = performance.now() + 2000;
-      while (!(entry = existsSync(keylog) ? KeyLog.parse(readFileSync(keylog, 'utf8')).get(hs!.clientRandom) : undefined) && performance.now() < end) await sleep(1);
+      while (
+        !(entry = existsSync(keylog) ? KeyLog.parse(readFileSync(keylog, 'utf8')).get(hs!.clientRandom) : undefined) &&
+        performance.now() < end
+      )
+        await sleep(1);
       if (!entry) throw new Error('no key log entry for the session');
       const h = hs!;
       const ks = keySetFromKeyLog(entry, {
@@ -462,7 +495,16 @@ async function opensslSession(rig: Rig, dir: string, cert: string, key: string, 
     })();
 
     const client = spawnTracked(
-      ['s_client', '-dtls1_2', '-connect', `${HOST}:${clientShim.address().port}`, '-keylogfile', keylog, '-use_srtp', 'SRTP_AES128_CM_SHA1_80'],
+      [
+        's_client',
+        '-dtls1_2',
+        '-connect',
+        `${HOST}:${clientShim.address().port}`,
+        '-keylogfile',
+        keylog,
+        '-use_srtp',
+        'SRTP_AES128_CM_SHA1_80',
+      ],
       dir,
       live,
     );
@@ -474,7 +516,13 @@ async function opensslSession(rig: Rig, dir: string, cert: string, key: string, 
     const assoc = (hs as DtlsHandshakeEvent | null)?.clientRandom;
     await until(() => !!assoc && rig.verifiedAt.has(assoc), 5000, 'keys_verified');
     const t1 = rig.verifiedAt.get(assoc!)!;
-    return { gatewayMs: t1 - t0, writeKeysRttMs: tStatus - tSent, agentTotalMs: tStatus - t0, rttMs, verified: statuses.length === 1 && statuses[0] === 1 };
+    return {
+      gatewayMs: t1 - t0,
+      writeKeysRttMs: tStatus - tSent,
+      agentTotalMs: tStatus - t0,
+      rttMs,
+      verified: statuses.length === 1 && statuses[0] === 1,
+    };
   } finally {
     stopped = true;
     for (const p of procs) await killTracked(p);
@@ -484,7 +532,8 @@ async function opensslSession(rig: Rig, dir: string, cert: string, key: string, 
 }
 
 async function benchHandshake(rig: Rig, sessions: number): Promise<HandshakeResult> {
-  const method = 'openssl s_client ↔ s_server, DTLS 1.2 (ECDHE-ECDSA P-256, use_srtp), relayed as ChannelData through an in-process TurnServer + GatewayInspector; WRITE-KEYS from s_client\'s key log';
+  const method =
+    "openssl s_client ↔ s_server, DTLS 1.2 (ECDHE-ECDSA P-256, use_srtp), relayed as ChannelData through an in-process TurnServer + GatewayInspector; WRITE-KEYS from s_client's key log";
   const res: HandshakeResult = {
     method,
     sessions,
@@ -510,7 +559,27 @@ async function benchHandshake(rig: Rig, sessions: number): Promise<HandshakeResu
   try {
     const cert = join(dir, 'ec.crt');
     const key = join(dir, 'ec.key');
-    spawnSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', key, '-out', cert, '-days', '2', '-subj', '/CN=gatehouse-bench'], { stdio: 'ignore' });
+    spawnSync(
+      'openssl',
+      [
+        'req',
+        '-x509',
+        '-newkey',
+        'ec',
+        '-pkeyopt',
+        'ec_paramgen_curve:P-256',
+        '-nodes',
+        '-keyout',
+        key,
+        '-out',
+        cert,
+        '-days',
+        '2',
+        '-subj',
+        '/CN=gatehouse-bench',
+      ],
+      { stdio: 'ignore' },
+    );
     const g: number[] = [];
     const w: number[] = [];
     const a: number[] = [];
@@ -657,7 +726,9 @@ interface Started {
 async function startChild(mode: 'plain' | 'inspected'): Promise<Started> {
   const dir = mkdtempSync(join(tmpdir(), `gh-bench-escrow-${mode}-`));
   const cleanup = onCleanup(() => rmSync(dir, { recursive: true, force: true }));
-  const proc = start(`turnserver-${mode}`, process.execPath, [...profArgs(), '--import', 'tsx', THIS_FILE, '--serve-child', mode, dir], { cwd: ROOT });
+  const proc = start(`turnserver-${mode}`, process.execPath, [...profArgs(), '--import', 'tsx', THIS_FILE, '--serve-child', mode, dir], {
+    cwd: ROOT,
+  });
   let port = 0;
   let alerts = 0;
   proc.onLine((l) => {
@@ -751,19 +822,30 @@ async function startCoturn(): Promise<Started> {
     '--no-tcp',
     '--no-tcp-relay',
     '--lt-cred-mech',
-    '--user', `${USER}:${PASSWORD}`,
-    '--realm', REALM,
+    '--user',
+    `${USER}:${PASSWORD}`,
+    '--realm',
+    REALM,
     '--allow-loopback-peers',
-    '--listening-ip', HOST,
-    '--relay-ip', HOST,
-    '--listening-port', String(port),
-    '--min-port', String(low),
-    '--max-port', String(high),
-    '--relay-threads', '1',
-    '--log-file', 'stdout',
+    '--listening-ip',
+    HOST,
+    '--relay-ip',
+    HOST,
+    '--listening-port',
+    String(port),
+    '--min-port',
+    String(low),
+    '--max-port',
+    String(high),
+    '--relay-threads',
+    '1',
+    '--log-file',
+    'stdout',
     '--simple-log',
-    '--pidfile', join(dir, 'turnserver.pid'),
-    '--userdb', join(dir, 'turndb'),
+    '--pidfile',
+    join(dir, 'turnserver.pid'),
+    '--userdb',
+    join(dir, 'turndb'),
   ];
   const proc = start('turnserver', 'turnserver', args, { cwd: dir });
   try {
@@ -799,7 +881,18 @@ async function paced(c: Client, bufs: Buffer[], from: number, to: number, rate: 
 }
 
 async function loadOnce(name: CpuServer, srv: Started, size: number, o: Required<Omit<EscrowBenchOptions, 'quick'>>): Promise<CpuRow> {
-  const row: CpuRow = { server: name, size, sent: o.packets, relayed: 0, lossPct: null, cpuMs: null, usPerPacket: null, cpuSource: null, judged: null, error: null };
+  const row: CpuRow = {
+    server: name,
+    size,
+    sent: o.packets,
+    relayed: 0,
+    lossPct: null,
+    cpuMs: null,
+    usPerPacket: null,
+    cpuSource: null,
+    judged: null,
+    error: null,
+  };
   const peer = createSocket({ type: 'udp4', recvBufferSize: 4 << 20 });
   await bindUdp(peer);
   let got = 0;
@@ -858,12 +951,25 @@ async function benchCpu(o: Required<Omit<EscrowBenchOptions, 'quick'>>): Promise
   for (const name of o.servers) {
     let srv: Started | null = null;
     try {
-      if (name === 'coturn' && spawnSync('turnserver', ['--version'], { encoding: 'utf8' }).error) throw new Error('turnserver not found (apt-get install coturn)');
+      if (name === 'coturn' && spawnSync('turnserver', ['--version'], { encoding: 'utf8' }).error)
+        throw new Error('turnserver not found (apt-get install coturn)');
       srv = name === 'coturn' ? await startCoturn() : name === 'gatehouse-serve' ? await startServe() : await startChild(name);
       process.stderr.write(`escrow bench: ${name} (pid ${srv.proc.pid})\n`);
       for (const size of o.sizes) rows.push(await loadOnce(name, srv, size, o));
     } catch (e) {
-      for (const size of o.sizes) rows.push({ server: name, size, sent: 0, relayed: 0, lossPct: null, cpuMs: null, usPerPacket: null, cpuSource: null, judged: null, error: (e as Error).message });
+      for (const size of o.sizes)
+        rows.push({
+          server: name,
+          size,
+          sent: 0,
+          relayed: 0,
+          lossPct: null,
+          cpuMs: null,
+          usPerPacket: null,
+          cpuSource: null,
+          judged: null,
+          error: (e as Error).message,
+        });
     } finally {
       if (srv) {
         await stop(srv.proc);
@@ -906,7 +1012,9 @@ function render(r: Omit<EscrowBenchResult, 'table'>): string {
         ['l', 'r', 'r', 'r', 'r'],
       ),
     );
-    parts.push(`\n- ${h.method}. ${h.completed}/${h.sessions} sessions completed; KEY-STATUS verified in the response for ${h.keyStatusVerified}.`);
+    parts.push(
+      `\n- ${h.method}. ${h.completed}/${h.sessions} sessions completed; KEY-STATUS verified in the response for ${h.keyStatusVerified}.`,
+    );
     for (const e of h.errors) parts.push(`- error: ${e}`);
   }
   parts.push('\n### Added delay of held packets (keys.unverified: hold)\n');
@@ -962,7 +1070,10 @@ function render(r: Omit<EscrowBenchResult, 'table'>): string {
 
 export async function runEscrowBench(opts: EscrowBenchOptions = {}): Promise<EscrowBenchResult> {
   const quick = !!opts.quick;
-  const o = { ...defaults(quick), ...Object.fromEntries(Object.entries(opts).filter(([k, v]) => v !== undefined && k !== 'quick')) } as Required<Omit<EscrowBenchOptions, 'quick'>>;
+  const o = {
+    ...defaults(quick),
+    ...Object.fromEntries(Object.entries(opts).filter(([k, v]) => v !== undefined && k !== 'quick')),
+  } as Required<Omit<EscrowBenchOptions, 'quick'>>;
   const la: number[] = [loadavg()[0]!];
   let handshake: EscrowBenchResult['handshake'];
   const held: EscrowBenchResult['held'] = [];
@@ -992,7 +1103,12 @@ export async function runEscrowBench(opts: EscrowBenchOptions = {}): Promise<Esc
     .map((x) => {
       const co = cpu.find((y) => y.server === 'coturn' && y.size === x.size)?.usPerPacket ?? null;
       const pl = cpu.find((y) => y.server === 'plain' && y.size === x.size)?.usPerPacket ?? null;
-      return { size: x.size, server: x.server, overCoturn: x.usPerPacket !== null && co ? x.usPerPacket / co : null, overPlain: x.usPerPacket !== null && pl ? x.usPerPacket / pl : null };
+      return {
+        size: x.size,
+        server: x.server,
+        overCoturn: x.usPerPacket !== null && co ? x.usPerPacket / co : null,
+        overPlain: x.usPerPacket !== null && pl ? x.usPerPacket / pl : null,
+      };
     });
   for (const x of cpu.filter((y) => y.server === 'plain')) {
     const co = cpu.find((y) => y.server === 'coturn' && y.size === x.size)?.usPerPacket ?? null;
@@ -1000,11 +1116,19 @@ export async function runEscrowBench(opts: EscrowBenchOptions = {}): Promise<Esc
   }
   const notes = [
     `CPU load: per server, one allocation and one channel; ${o.warmup} warm-up records (not measured), then ${o.packets} DTLS 1.2 AES-128-GCM application-data records (SCTP DATA, PPID 51) at ${o.rate}/s as ChannelData from the bench's client to a UDP peer on 127.0.0.1; the same bytes for every server (fresh keys per run). Sizes are the UDP payload at the peer.`,
-    'Server CPU: sum over the server\'s threads of /proc/PID/task/*/schedstat between the start of the measured records and their last arrival (or 500 ms without progress); µs/packet = CPU ÷ records the peer received. The plain and child-inspected servers are the same TurnServer code in a `node --import tsx` child of this bench; `serve` is `bin/gatehouse.js serve` (event file, SQLite quotas, admin API included).',
+    "Server CPU: sum over the server's threads of /proc/PID/task/*/schedstat between the start of the measured records and their last arrival (or 500 ms without progress); µs/packet = CPU ÷ records the peer received. The plain and child-inspected servers are the same TurnServer code in a `node --import tsx` child of this bench; `serve` is `bin/gatehouse.js serve` (event file, SQLite quotas, admin API included).",
     '"decrypted+judged": the last record carries a marker matched by a `contains` rule; its alert event shows the record was decrypted, parsed and judged by policy. With keys required and unverified: hold, every relayed record was covered by the escrowed keys (held ones would overflow the queue and be dropped).',
     `Held-delay and handshake figures are wall-clock times in the bench process (performance.now()); the gateway runs in the same process, so they include its event-loop scheduling but no clock skew. 1-minute load average: ${la.map((x) => x.toFixed(2)).join(' → ')} (the machine is shared: figures are noisy).`,
   ];
-  const partial = { handshake, held, cpu, ratios, load: { packets: o.packets, warmup: o.warmup, rate: o.rate, sizes: o.sizes }, loadavg: la, notes };
+  const partial = {
+    handshake,
+    held,
+    cpu,
+    ratios,
+    load: { packets: o.packets, warmup: o.warmup, rate: o.rate, sizes: o.sizes },
+    loadavg: la,
+    notes,
+  };
   return { ...partial, table: render(partial) };
 }
 

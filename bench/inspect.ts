@@ -25,7 +25,7 @@ function splitPcap(buf: Buffer): { global: Buffer; records: { hdr: Buffer; frame
   const global = buf.subarray(0, 24);
   const linktype = buf.readUInt32LE(20);
   const records: { hdr: Buffer; frame: Buffer }[] = [];
-  for (let off = 24; off + 16 <= buf.length; ) {
+  for (let off = 24; off + 16 <= buf.length;) {
     const len = buf.readUInt32LE(off + 8);
     records.push({ hdr: buf.subarray(off, off + 16), frame: buf.subarray(off + 16, off + 16 + len) });
     off += 16 + len;
@@ -71,7 +71,9 @@ export async function runInspectBench(opts: { quick?: boolean } = {}): Promise<I
 
     const root = join(fileURLToPath(import.meta.url), '..', '..');
     let t0 = process.hrtime.bigint();
-    const gh = spawnSync(process.execPath, [join(root, 'bin', 'gatehouse.js'), 'inspect', big, '--keys', run.keylog, '--no-progress'], { maxBuffer: 1 << 30 });
+    const gh = spawnSync(process.execPath, [join(root, 'bin', 'gatehouse.js'), 'inspect', big, '--keys', run.keylog, '--no-progress'], {
+      maxBuffer: 1 << 30,
+    });
     const gatehouseSec = Number(process.hrtime.bigint() - t0) / 1e9;
     const appdata = (gh.stdout.toString().match(/"event_type":"appdata"/g) ?? []).length;
 
@@ -80,7 +82,21 @@ export async function runInspectBench(opts: { quick?: boolean } = {}): Promise<I
       t0 = process.hrtime.bigint();
       execFileSync(
         'tshark',
-        ['-n', '-r', big, '-o', `tls.keylog_file:${run.keylog}`, '-d', `udp.port==${run.serverPort},dtls`, '-Y', 'dtls.app_data', '-T', 'fields', '-e', 'data.data'],
+        [
+          '-n',
+          '-r',
+          big,
+          '-o',
+          `tls.keylog_file:${run.keylog}`,
+          '-d',
+          `udp.port==${run.serverPort},dtls`,
+          '-Y',
+          'dtls.app_data',
+          '-T',
+          'fields',
+          '-e',
+          'data.data',
+        ],
         { stdio: ['ignore', 'ignore', 'ignore'], maxBuffer: 1 << 30 },
       );
       tsharkSec = Number(process.hrtime.bigint() - t0) / 1e9;
@@ -98,7 +114,9 @@ export function formatInspectBench(r: InspectBenchResult): string {
     '| offline inspection | capture | flows | app-data records | seconds | MB/s |',
     '|---|---:|---:|---:|---:|---:|',
     `| gatehouse inspect | ${r.captureMB.toFixed(1)} MB | ${r.flows} | ${r.records} | ${r.gatehouseSec.toFixed(2)} | ${(r.captureMB / r.gatehouseSec).toFixed(1)} |`,
-    r.tsharkSec ? `| tshark 4.0 -o tls.keylog_file | ${r.captureMB.toFixed(1)} MB | ${r.flows} | | ${r.tsharkSec.toFixed(2)} | ${(r.captureMB / r.tsharkSec).toFixed(1)} |` : '| tshark | not available | | | | |',
+    r.tsharkSec
+      ? `| tshark 4.0 -o tls.keylog_file | ${r.captureMB.toFixed(1)} MB | ${r.flows} | | ${r.tsharkSec.toFixed(2)} | ${(r.captureMB / r.tsharkSec).toFixed(1)} |`
+      : '| tshark | not available | | | | |',
     r.ratio ? `\ngatehouse inspect is ${r.ratio.toFixed(1)}× faster than tshark on this capture.` : '',
   ].join('\n');
 }

@@ -46,10 +46,25 @@ export async function runPolicyBench(opts: { quick?: boolean } = {}): Promise<Po
   writeFileSync(join(dir, 'hashes.txt'), list.join('\n') + '\n');
   for (const size of [10, 100_000]) {
     writeFileSync(join(dir, 'small.txt'), list.slice(0, size).join('\n') + '\n');
-    const e = new PolicyEngine([parseRuleFile(`rules:\n  - { id: bad-hash, when: { sha256_list: ${join(dir, size === 10 ? 'small.txt' : 'hashes.txt')} }, action: block }\n`, 'bench.yaml')]);
+    const e = new PolicyEngine([
+      parseRuleFile(
+        `rules:\n  - { id: bad-hash, when: { sha256_list: ${join(dir, size === 10 ? 'small.txt' : 'hashes.txt')} }, action: block }\n`,
+        'bench.yaml',
+      ),
+    ]);
     await e.loadHashLists();
-    const file: Subject = { kind: 'file', direction: 'to_peer', size: 1, sha256: createHash('sha256').update(randomBytes(8)).digest('hex'), fileType: 'pdf' };
-    rows.push({ case: `hash list of ${size.toLocaleString('en')} entries`, rules: 1, nsPerMessage: time(() => e.evaluate(flow, file), iters) });
+    const file: Subject = {
+      kind: 'file',
+      direction: 'to_peer',
+      size: 1,
+      sha256: createHash('sha256').update(randomBytes(8)).digest('hex'),
+      fileType: 'pdf',
+    };
+    rows.push({
+      case: `hash list of ${size.toLocaleString('en')} entries`,
+      rules: 1,
+      nsPerMessage: time(() => e.evaluate(flow, file), iters),
+    });
   }
   return rows;
 }

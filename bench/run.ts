@@ -57,7 +57,12 @@ interface Args {
 class UsageError extends Error {}
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { quick: false, only: new Set(['turn', 'srtp', 'dtls', 'policy', 'inspect', 'escrow']), out: join(HERE, 'out', 'results.json'), turn: {} };
+  const a: Args = {
+    quick: false,
+    only: new Set(['turn', 'srtp', 'dtls', 'policy', 'inspect', 'escrow']),
+    out: join(HERE, 'out', 'results.json'),
+    turn: {},
+  };
   const posInt = (flag: string, v: string | undefined, min = 1): number => {
     const n = Number(v);
     if (!Number.isInteger(n) || n < min) throw new UsageError(`${flag} needs an integer >= ${min}, got ${v}`);
@@ -80,7 +85,8 @@ function parseArgs(argv: string[]): Args {
         break;
       case '--only':
         a.only = new Set(v().split(','));
-        for (const x of a.only) if (!['turn', 'srtp', 'dtls', 'policy', 'inspect', 'escrow'].includes(x)) throw new UsageError(`--only: unknown benchmark ${x}`);
+        for (const x of a.only)
+          if (!['turn', 'srtp', 'dtls', 'policy', 'inspect', 'escrow'].includes(x)) throw new UsageError(`--only: unknown benchmark ${x}`);
         break;
       case '--servers': {
         const s = v().split(',');
@@ -98,7 +104,9 @@ function parseArgs(argv: string[]): Args {
         a.turn.intervalMs = posInt(f, v(), 0);
         break;
       case '--sizes':
-        a.turn.sizes = v().split(',').map((x) => posInt('--sizes', x));
+        a.turn.sizes = v()
+          .split(',')
+          .map((x) => posInt('--sizes', x));
         break;
       case '--warmup':
         a.turn.warmupMessages = posInt(f, v());
@@ -140,12 +148,42 @@ interface ExternalSpec {
 
 const EXTERNALS: ExternalSpec[] = [
   // bench/srtp.ts: runSrtpBench({ count, rounds }) → rows { profile, payload, oursNs, libsrtpNs, ratio }
-  { key: 'srtp', name: 'SRTP unprotect: Gatehouse vs libsrtp2', file: 'srtp.ts', fns: ['runSrtpBench'], opts: (quick) => (quick ? { quick, count: 2000, rounds: 2 } : { quick }) },
-  { key: 'dtls', name: 'DTLS record decryption', file: 'dtls-decrypt.ts', fns: ['runDtlsDecryptBench', 'runDtlsBench'], opts: (quick) => ({ quick }) },
-  { key: 'policy', name: 'Policy evaluation per data-channel message', file: 'policy.ts', fns: ['runPolicyBench'], opts: (quick) => ({ quick }) },
-  { key: 'inspect', name: 'Offline inspection: gatehouse inspect vs tshark', file: 'inspect.ts', fns: ['runInspectBench'], opts: (quick) => ({ quick }) },
+  {
+    key: 'srtp',
+    name: 'SRTP unprotect: Gatehouse vs libsrtp2',
+    file: 'srtp.ts',
+    fns: ['runSrtpBench'],
+    opts: (quick) => (quick ? { quick, count: 2000, rounds: 2 } : { quick }),
+  },
+  {
+    key: 'dtls',
+    name: 'DTLS record decryption',
+    file: 'dtls-decrypt.ts',
+    fns: ['runDtlsDecryptBench', 'runDtlsBench'],
+    opts: (quick) => ({ quick }),
+  },
+  {
+    key: 'policy',
+    name: 'Policy evaluation per data-channel message',
+    file: 'policy.ts',
+    fns: ['runPolicyBench'],
+    opts: (quick) => ({ quick }),
+  },
+  {
+    key: 'inspect',
+    name: 'Offline inspection: gatehouse inspect vs tshark',
+    file: 'inspect.ts',
+    fns: ['runInspectBench'],
+    opts: (quick) => ({ quick }),
+  },
   // bench/escrow.ts: runEscrowBench({ quick }) → { handshake, held, cpu, ratios, table }
-  { key: 'escrow', name: 'Key escrow: keys verified, held-packet delay, inspected relay CPU', file: 'escrow.ts', fns: ['runEscrowBench'], opts: (quick) => ({ quick }) },
+  {
+    key: 'escrow',
+    name: 'Key escrow: keys verified, held-packet delay, inspected relay CPU',
+    file: 'escrow.ts',
+    fns: ['runEscrowBench'],
+    opts: (quick) => ({ quick }),
+  },
 ];
 
 /** A list of flat objects as a markdown table (numbers: 2 decimals, NaN as n/a). */
@@ -154,9 +192,23 @@ function rowsTable(v: unknown): string | undefined {
   const rows = v as Array<Record<string, unknown>>;
   const headers = [...new Set(rows.flatMap((r) => Object.keys(r)))];
   const cell = (x: unknown): string =>
-    typeof x === 'number' ? (Number.isNaN(x) ? 'n/a' : Number.isInteger(x) ? String(x) : x.toFixed(2)) : x === null || x === undefined ? '' : typeof x === 'object' ? JSON.stringify(x) : String(x);
+    typeof x === 'number'
+      ? Number.isNaN(x)
+        ? 'n/a'
+        : Number.isInteger(x)
+          ? String(x)
+          : x.toFixed(2)
+      : x === null || x === undefined
+        ? ''
+        : typeof x === 'object'
+          ? JSON.stringify(x)
+          : String(x);
   const numeric = headers.map((h) => rows.every((r) => typeof r[h] === 'number'));
-  return markdownTable(headers, rows.map((r) => headers.map((h) => cell(r[h]))), numeric.map((n) => (n ? 'r' : 'l')));
+  return markdownTable(
+    headers,
+    rows.map((r) => headers.map((h) => cell(r[h]))),
+    numeric.map((n) => (n ? 'r' : 'l')),
+  );
 }
 
 /** Loads a colleague's benchmark by file, if it is there, and runs its run* export. */
@@ -170,12 +222,16 @@ async function runExternal(spec: ExternalSpec, quick: boolean): Promise<External
   } catch (e) {
     return { name, ran: false, note: `skipped: bench/${file} failed to load: ${(e as Error).message}` };
   }
-  const fnName = spec.fns.find((n) => typeof mod[n] === 'function') ?? Object.keys(mod).find((k) => /^run/.test(k) && typeof mod[k] === 'function');
+  const fnName =
+    spec.fns.find((n) => typeof mod[n] === 'function') ?? Object.keys(mod).find((k) => /^run/.test(k) && typeof mod[k] === 'function');
   if (!fnName) return { name, ran: false, note: `skipped: bench/${file} exports no ${spec.fns.join('/')} function` };
   process.stderr.write(`\n${name}: running ${fnName}() from bench/${file}\n`);
   try {
     const result = await (mod[fnName] as (o: Record<string, unknown>) => unknown)(spec.opts(quick));
-    const own = result && typeof result === 'object' && typeof (result as { table?: unknown }).table === 'string' ? (result as { table: string }).table : undefined;
+    const own =
+      result && typeof result === 'object' && typeof (result as { table?: unknown }).table === 'string'
+        ? (result as { table: string }).table
+        : undefined;
     return { name, ran: true, note: null, result: jsonSafe(result), table: own ?? rowsTable(result) };
   } catch (e) {
     return { name, ran: false, note: `failed: ${(e as Error).stack ?? (e as Error).message}` };
@@ -203,17 +259,23 @@ function turnNotes(t: TurnBenchResult, cores: number): string[] {
   const all = t.servers.flatMap((s) => [s.warmup, ...s.allRuns]).filter((r): r is NonNullable<typeof r> => !!r);
   const worst = Math.max(0, ...all.flatMap((r) => r.loadavg));
   if (worst > cores) {
-    notes.push(`The machine was busy: 1-minute load average up to ${fmt(worst, 1)} on ${cores} cores during the runs, so loss and RTT also reflect CPU contention from other processes.`);
+    notes.push(
+      `The machine was busy: 1-minute load average up to ${fmt(worst, 1)} on ${cores} cores during the runs, so loss and RTT also reflect CPU contention from other processes.`,
+    );
   }
   for (const s of t.servers) {
     if (!s.available) {
       notes.push(`${s.server}: not available: ${s.reason}`);
       continue;
     }
-    if (s.idleCpuMsPerS !== null) notes.push(`${s.server}: idle CPU ${fmt(s.idleCpuMsPerS, 2)} ms per second (included in the figures above).`);
+    if (s.idleCpuMsPerS !== null)
+      notes.push(`${s.server}: idle CPU ${fmt(s.idleCpuMsPerS, 2)} ms per second (included in the figures above).`);
     for (const r of all.filter((x) => s.warmup === x || s.allRuns.includes(x))) {
       if (r.error) notes.push(`${s.server} ${r === s.warmup ? 'warm-up' : `${r.size} B`}: ${r.error}`);
-      if (r.relayedMethod !== 'socket-drops' && r.sent > r.received) notes.push(`${s.server} ${r.size} B: relayed = sent + received (the kernel's drop counters could not be read), an upper bound under loss.`);
+      if (r.relayedMethod !== 'socket-drops' && r.sent > r.received)
+        notes.push(
+          `${s.server} ${r.size} B: relayed = sent + received (the kernel's drop counters could not be read), an upper bound under loss.`,
+        );
     }
     if (s.reason) notes.push(`${s.server}: ${s.reason}`);
   }
@@ -238,7 +300,9 @@ async function main(): Promise<number> {
       process.stdout.write(`${t.table}\n\n`);
       for (const n of turnNotes(t, machine.cores)) process.stdout.write(`- ${n}\n`);
       for (const r of t.ratios) {
-        process.stdout.write(`- ${r.size} B: Gatehouse/coturn CPU per packet = ${r.gatehouseOverCoturn === null ? 'n/a' : `${fmt(r.gatehouseOverCoturn, 2)}×`}\n`);
+        process.stdout.write(
+          `- ${r.size} B: Gatehouse/coturn CPU per packet = ${r.gatehouseOverCoturn === null ? 'n/a' : `${fmt(r.gatehouseOverCoturn, 2)}×`}\n`,
+        );
       }
     } catch (e) {
       // e.g. coturn's tools are not installed: report, and go on with the other benchmarks.

@@ -34,7 +34,9 @@ function measureOurs(profile: number, payload: number, count: number, rounds: nu
   const pkts: Buffer[] = [];
   for (let i = 0; i < count; i++) {
     const body = Buffer.alloc(payload, i & 0xff);
-    pkts.push(tx.protectRtp(serializeRtp({ payloadType: 111, sequenceNumber: i & 0xffff, timestamp: i * 960, ssrc: 0xcafebabe, payload: body })));
+    pkts.push(
+      tx.protectRtp(serializeRtp({ payloadType: 111, sequenceNumber: i & 0xffff, timestamp: i * 960, ssrc: 0xcafebabe, payload: body })),
+    );
   }
   let best = Infinity;
   for (let r = 0; r < rounds; r++) {

@@ -60,8 +60,30 @@ export interface TurnBenchOptions {
 
 export function turnBenchDefaults(quick: boolean): TurnBenchOptions {
   return quick
-    ? { clients: 5, messages: 300, intervalMs: 1, sizes: [170, 1100], warmupMessages: 100, idleMs: 1000, repeat: 1, servers: ['gatehouse', 'coturn'], gatehouseRules: null, log: (l) => process.stderr.write(`${l}\n`) }
-    : { clients: 50, messages: 2000, intervalMs: 1, sizes: [170, 1100], warmupMessages: 500, idleMs: 3000, repeat: 1, servers: ['gatehouse', 'coturn'], gatehouseRules: null, log: (l) => process.stderr.write(`${l}\n`) };
+    ? {
+        clients: 5,
+        messages: 300,
+        intervalMs: 1,
+        sizes: [170, 1100],
+        warmupMessages: 100,
+        idleMs: 1000,
+        repeat: 1,
+        servers: ['gatehouse', 'coturn'],
+        gatehouseRules: null,
+        log: (l) => process.stderr.write(`${l}\n`),
+      }
+    : {
+        clients: 50,
+        messages: 2000,
+        intervalMs: 1,
+        sizes: [170, 1100],
+        warmupMessages: 500,
+        idleMs: 3000,
+        repeat: 1,
+        servers: ['gatehouse', 'coturn'],
+        gatehouseRules: null,
+        log: (l) => process.stderr.write(`${l}\n`),
+      };
 }
 
 export interface LoadResult {
@@ -124,7 +146,15 @@ export interface ServerRun {
 }
 
 export interface TurnBenchResult {
-  load: { clients: number; messagesPerClient: number; intervalMs: number; sizes: number[]; warmupMessages: number; repeat: number; uclientArgs: string };
+  load: {
+    clients: number;
+    messagesPerClient: number;
+    intervalMs: number;
+    sizes: number[];
+    warmupMessages: number;
+    repeat: number;
+    uclientArgs: string;
+  };
   servers: ServerRun[];
   ratios: Array<{ size: number; gatehouseOverCoturn: number | null }>;
   table: string;
@@ -134,7 +164,28 @@ export interface TurnBenchResult {
 // turnutils_uclient
 
 function uclientArgs(port: number, peerPort: number, clients: number, messages: number, size: number, intervalMs: number): string[] {
-  return ['-c', '-m', String(clients), '-n', String(messages), '-l', String(size), '-z', String(intervalMs), '-u', USER, '-w', PASSWORD, '-p', String(port), '-e', HOST, '-r', String(peerPort), HOST];
+  return [
+    '-c',
+    '-m',
+    String(clients),
+    '-n',
+    String(messages),
+    '-l',
+    String(size),
+    '-z',
+    String(intervalMs),
+    '-u',
+    USER,
+    '-w',
+    PASSWORD,
+    '-p',
+    String(port),
+    '-e',
+    HOST,
+    '-r',
+    String(peerPort),
+    HOST,
+  ];
 }
 
 const NUM = '([0-9.]+)';
@@ -157,7 +208,16 @@ function tryCpu(pid: number): CpuSample | null {
  * allocations are not all made within connectMs, when its counters stop moving for
  * stallMs, or after totalMs in all.
  */
-async function runLoad(serverPid: number, port: number, peerPid: number, peerPort: number, clients: number, messages: number, size: number, intervalMs: number): Promise<LoadResult> {
+async function runLoad(
+  serverPid: number,
+  port: number,
+  peerPid: number,
+  peerPort: number,
+  clients: number,
+  messages: number,
+  size: number,
+  intervalMs: number,
+): Promise<LoadResult> {
   const args = uclientArgs(port, peerPort, clients, messages, size, intervalMs);
   const connectMs = 30_000 + clients * 500;
   const stallMs = 20_000;
@@ -227,7 +287,8 @@ async function runLoad(serverPid: number, port: number, peerPid: number, peerPor
   const watchdog = setInterval(() => {
     const now = Date.now();
     if (!s1 && now - begun > connectMs) killedFor = `allocations not all made within ${connectMs / 1000} s`;
-    else if (s1 && now - lastProgress > stallMs) killedFor = `no progress for ${stallMs / 1000} s (sent ${res.sent}, received ${res.received})`;
+    else if (s1 && now - lastProgress > stallMs)
+      killedFor = `no progress for ${stallMs / 1000} s (sent ${res.sent}, received ${res.received})`;
     else if (now - begun > totalMs) killedFor = `still running after ${Math.round(totalMs / 1000)} s`;
     if (killedFor) {
       clearInterval(watchdog);
@@ -248,7 +309,12 @@ async function runLoad(serverPid: number, port: number, peerPid: number, peerPor
     const out = Math.max(0, res.sent - srv.onPort); // client→peer, relayed
     const back = Math.max(0, out - peer.onPort - srv.others); // peer→client, relayed
     const lost = res.sent - res.received;
-    res.drops = { serverListen: srv.onPort, serverRelay: srv.others, peer: peer.onPort, elsewhere: lost - srv.onPort - peer.onPort - srv.others };
+    res.drops = {
+      serverListen: srv.onPort,
+      serverRelay: srv.others,
+      peer: peer.onPort,
+      elsewhere: lost - srv.onPort - peer.onPort - srv.others,
+    };
     // What came back through the relay can not be less than what the clients got; if it
     // is, the counters are not to be trusted (a socket closed?): keep sent + received.
     if (back >= res.received) {
@@ -268,7 +334,15 @@ async function runLoad(serverPid: number, port: number, peerPid: number, peerPor
   if (!killedFor && res.lostPackets === null) problems.push('turnutils_uclient printed no loss summary');
   if (problems.length) {
     // The client's own complaints say most (e.g. "channel bind: error 400 (...)").
-    const said = [...new Set(uc.tail().split('\n').filter((l) => /error|cannot|fail/i.test(l)).map((l) => l.replace(/^\d+: : /, '').trim()))];
+    const said = [
+      ...new Set(
+        uc
+          .tail()
+          .split('\n')
+          .filter((l) => /error|cannot|fail/i.test(l))
+          .map((l) => l.replace(/^\d+: : /, '').trim()),
+      ),
+    ];
     if (said.length) problems.push(`it said: ${said.slice(0, 3).join(' | ')}`);
     res.error = problems.join('; ');
     res.clientTail = uc.tail();
@@ -299,19 +373,30 @@ async function startCoturn(clientsTotal: number): Promise<Started> {
     '--no-tcp',
     '--no-tcp-relay',
     '--lt-cred-mech',
-    '--user', `${USER}:${PASSWORD}`,
-    '--realm', REALM,
+    '--user',
+    `${USER}:${PASSWORD}`,
+    '--realm',
+    REALM,
     '--allow-loopback-peers',
-    '--listening-ip', HOST,
-    '--relay-ip', HOST,
-    '--listening-port', String(port),
-    '--min-port', String(low),
-    '--max-port', String(high),
-    '--relay-threads', '1',
-    '--log-file', 'stdout',
+    '--listening-ip',
+    HOST,
+    '--relay-ip',
+    HOST,
+    '--listening-port',
+    String(port),
+    '--min-port',
+    String(low),
+    '--max-port',
+    String(high),
+    '--relay-threads',
+    '1',
+    '--log-file',
+    'stdout',
     '--simple-log',
-    '--pidfile', join(dir, 'turnserver.pid'),
-    '--userdb', join(dir, 'turndb'), // not the system's /var/lib/turn/turndb
+    '--pidfile',
+    join(dir, 'turnserver.pid'),
+    '--userdb',
+    join(dir, 'turndb'), // not the system's /var/lib/turn/turndb
   ];
   const proc = start('turnserver', 'turnserver', args, { cwd: dir });
   const command = `turnserver ${args.join(' ').replace(`${USER}:${PASSWORD}`, 'USER:PASSWORD').replaceAll(dir, '$TMP')}`;
@@ -331,8 +416,7 @@ export function gatehouseUnavailable(): string | null {
   if (r.error) return `node bin/gatehouse.js serve --help: ${r.error.message}`;
   if (r.status === 0) return null;
   const text = `${r.stderr}\n${r.stdout}`;
-  const line =
-    text.split('\n').find((l) => /Error|Cannot|not found|ERR_/.test(l)) ?? text.split('\n').find((l) => l.trim()) ?? '';
+  const line = text.split('\n').find((l) => /Error|Cannot|not found|ERR_/.test(l)) ?? text.split('\n').find((l) => l.trim()) ?? '';
   return `node bin/gatehouse.js serve --help exited with ${r.status ?? r.signal}: ${line.trim().slice(0, 300)}`;
 }
 
@@ -402,12 +486,30 @@ function median(runs: LoadResult[]): LoadResult {
 
 function describe(r: LoadResult): string {
   const cpu = r.cpu ? `${(r.cpu.cpuNs / 1e9).toFixed(3)} s CPU (${r.cpu.source}, ${r.cpu.threads} threads)` : 'no CPU figure';
-  const d = r.drops ? ` [drops: server listen ${r.drops.serverListen}, relay ${r.drops.serverRelay}, peer ${r.drops.peer}, elsewhere ${r.drops.elsewhere}]` : '';
+  const d = r.drops
+    ? ` [drops: server listen ${r.drops.serverListen}, relay ${r.drops.serverRelay}, peer ${r.drops.peer}, elsewhere ${r.drops.elsewhere}]`
+    : '';
   return `${r.size} B: sent ${r.sent}, received ${r.received}, relayed ${r.relayed} (${r.relayedMethod})${d}, loss ${r.lossPct ?? '?'}%, RTT ${r.rttAvgMs ?? '?'} ms, ${cpu}, ${fmt(r.usPerPacket)} µs/packet${r.error ? ` — ERROR: ${r.error}` : ''}`;
 }
 
-async function benchServer(name: ServerName, o: TurnBenchOptions, peerPid: number, peerPort: number, version: string | null): Promise<ServerRun> {
-  const run: ServerRun = { server: name, available: false, reason: null, version, command: null, warmup: null, idleCpuMsPerS: null, cases: [], allRuns: [] };
+async function benchServer(
+  name: ServerName,
+  o: TurnBenchOptions,
+  peerPid: number,
+  peerPort: number,
+  version: string | null,
+): Promise<ServerRun> {
+  const run: ServerRun = {
+    server: name,
+    available: false,
+    reason: null,
+    version,
+    command: null,
+    warmup: null,
+    idleCpuMsPerS: null,
+    cases: [],
+    allRuns: [],
+  };
   if (name === 'gatehouse') {
     o.log('gatehouse: checking `node bin/gatehouse.js serve --help`');
     const why = gatehouseUnavailable();
@@ -464,7 +566,16 @@ async function benchServer(name: ServerName, o: TurnBenchOptions, peerPid: numbe
 }
 
 export function turnTable(result: Omit<TurnBenchResult, 'table'>): string {
-  const headers = ['payload', 'server', 'relayed packets', 'loss %', 'RTT avg (min–max) ms', 'server CPU s', 'CPU µs/packet', 'Gatehouse/coturn'];
+  const headers = [
+    'payload',
+    'server',
+    'relayed packets',
+    'loss %',
+    'RTT avg (min–max) ms',
+    'server CPU s',
+    'CPU µs/packet',
+    'Gatehouse/coturn',
+  ];
   const rows: Array<Array<string | number>> = [];
   for (const size of result.load.sizes) {
     const ratio = result.ratios.find((r) => r.size === size)?.gatehouseOverCoturn ?? null;
@@ -495,7 +606,10 @@ export function turnTable(result: Omit<TurnBenchResult, 'table'>): string {
   return markdownTable(headers, rows, ['l', 'l', 'r', 'r', 'r', 'r', 'r', 'r']);
 }
 
-export async function runTurnRelayBench(opts: Partial<TurnBenchOptions> & { quick?: boolean } = {}, coturnVersionString: string | null = null): Promise<TurnBenchResult> {
+export async function runTurnRelayBench(
+  opts: Partial<TurnBenchOptions> & { quick?: boolean } = {},
+  coturnVersionString: string | null = null,
+): Promise<TurnBenchResult> {
   const o: TurnBenchOptions = { ...turnBenchDefaults(opts.quick ?? false), ...stripUndefined(opts) };
   const load = {
     clients: o.clients,
@@ -504,7 +618,10 @@ export async function runTurnRelayBench(opts: Partial<TurnBenchOptions> & { quic
     sizes: o.sizes,
     warmupMessages: o.warmupMessages,
     repeat: o.repeat,
-    uclientArgs: `turnutils_uclient ${uclientArgs(0, 0, o.clients, o.messages, 0, o.intervalMs).join(' ')}`.replace('-l 0', '-l SIZE').replace('-p 0', '-p PORT').replace('-r 0', '-r PEERPORT'),
+    uclientArgs: `turnutils_uclient ${uclientArgs(0, 0, o.clients, o.messages, 0, o.intervalMs).join(' ')}`
+      .replace('-l 0', '-l SIZE')
+      .replace('-p 0', '-p PORT')
+      .replace('-r 0', '-r PEERPORT'),
   };
   const version = coturnVersionString ?? spawnSync('turnserver', ['--version'], { encoding: 'utf8' }).stdout?.trim().split('\n')[0] ?? null;
 

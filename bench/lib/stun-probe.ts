@@ -27,7 +27,12 @@ export function stunBinding(host: string, port: number, timeoutMs: number): Prom
     sock.on('error', () => finish(false));
     sock.on('message', (m) => {
       // Any response class (success 0x0101 or error 0x0111) with our transaction id.
-      if (m.length >= 20 && m.readUInt16BE(0) !== 0x0001 && (m.readUInt16BE(0) & 0x3eef) === 0x0001 && m.subarray(8, 20).equals(req.subarray(8, 20))) {
+      if (
+        m.length >= 20 &&
+        m.readUInt16BE(0) !== 0x0001 &&
+        (m.readUInt16BE(0) & 0x3eef) === 0x0001 &&
+        m.subarray(8, 20).equals(req.subarray(8, 20))
+      ) {
         finish(true);
       }
     });

@@ -63,7 +63,10 @@ export function readPcapUdp(path: string): UdpDatagram[] {
       // Ethernet II (Linux lo uses zero MACs); skip one 802.1Q tag if present
       let et = pkt.length >= 14 ? pkt.readUInt16BE(12) : 0;
       let l2 = 14;
-      if (et === 0x8100 && pkt.length >= 18) { et = pkt.readUInt16BE(16); l2 = 18; }
+      if (et === 0x8100 && pkt.length >= 18) {
+        et = pkt.readUInt16BE(16);
+        l2 = 18;
+      }
       if (et === 0x0800) ip = l2;
     } else if (linktype === 113) {
       if (pkt.length >= 16 && pkt.readUInt16BE(14) === 0x0800) ip = 16; // Linux cooked (SLL)
@@ -136,12 +139,14 @@ export class TurnUnwrapper {
     let peer: string | null = null;
     let data: Buffer | null = null;
     let chan = -1;
-    for (let o = 20; o + 4 <= 20 + len; ) {
+    for (let o = 20; o + 4 <= 20 + len;) {
       const at = p.readUInt16BE(o);
       const al = p.readUInt16BE(o + 2);
       const v = p.subarray(o + 4, o + 4 + al);
-      if (at === 0x0012) peer = xorAddress(v); // XOR-PEER-ADDRESS
-      else if (at === 0x0013) data = v; // DATA
+      if (at === 0x0012)
+        peer = xorAddress(v); // XOR-PEER-ADDRESS
+      else if (at === 0x0013)
+        data = v; // DATA
       else if (at === 0x000c && al >= 2) chan = v.readUInt16BE(0); // CHANNEL-NUMBER
       o += 4 + ((al + 3) & ~3);
     }

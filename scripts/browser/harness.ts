@@ -33,13 +33,37 @@ const here = dirname(fileURLToPath(import.meta.url));
 
 /** coturn's turnserver, loopback only, long-term credentials, logs to stdout. */
 export const COTURN_ARGV: readonly string[] = [
-  'turnserver', '-n', '--no-cli', '--no-tls', '--no-dtls',
-  '--listening-ip', '{ip}', '--listening-port', '{port}', '--relay-ip', '{ip}',
-  '--min-port', '{minPort}', '--max-port', '{maxPort}',
-  '--lt-cred-mech', '--user', '{user}:{pass}', '--realm', '{realm}',
-  '--allow-loopback-peers', '--fingerprint', '--no-rfc5780', '--no-software-attribute',
-  '--userdb', '{workDir}/turndb', '--pidfile', '{workDir}/turnserver.pid',
-  '--log-file', 'stdout', '--simple-log',
+  'turnserver',
+  '-n',
+  '--no-cli',
+  '--no-tls',
+  '--no-dtls',
+  '--listening-ip',
+  '{ip}',
+  '--listening-port',
+  '{port}',
+  '--relay-ip',
+  '{ip}',
+  '--min-port',
+  '{minPort}',
+  '--max-port',
+  '{maxPort}',
+  '--lt-cred-mech',
+  '--user',
+  '{user}:{pass}',
+  '--realm',
+  '{realm}',
+  '--allow-loopback-peers',
+  '--fingerprint',
+  '--no-rfc5780',
+  '--no-software-attribute',
+  '--userdb',
+  '{workDir}/turndb',
+  '--pidfile',
+  '{workDir}/turnserver.pid',
+  '--log-file',
+  'stdout',
+  '--simple-log',
 ];
 
 export interface FirefoxCallOptions {
@@ -146,18 +170,34 @@ export async function runFirefoxCall(opts: FirefoxCallOptions): Promise<FirefoxC
   const exitCode = await new Promise<number | null>((res) => {
     const timer = setTimeout(() => {
       timedOut = true;
-      try { process.kill(-child.pid!, 'SIGKILL'); } catch { /* already gone */ }
+      try {
+        process.kill(-child.pid!, 'SIGKILL');
+      } catch {
+        /* already gone */
+      }
     }, limit);
-    child.on('exit', (code) => { clearTimeout(timer); res(code); });
-    child.on('error', () => { clearTimeout(timer); res(null); });
+    child.on('exit', (code) => {
+      clearTimeout(timer);
+      res(code);
+    });
+    child.on('error', () => {
+      clearTimeout(timer);
+      res(null);
+    });
   });
   // Reap anything left in the runner's process group (normally nothing), and Chromium's
   // own process group when the runner recorded it.
-  try { process.kill(-child.pid!, 'SIGKILL'); } catch { /* none left */ }
+  try {
+    process.kill(-child.pid!, 'SIGKILL');
+  } catch {
+    /* none left */
+  }
   try {
     const cpid = Number(readFileSync(join(workDir, 'chromium.pid'), 'utf8'));
     if (cpid > 1) process.kill(-cpid, 'SIGKILL');
-  } catch { /* no Chromium, or already gone */ }
+  } catch {
+    /* no Chromium, or already gone */
+  }
   await new Promise<void>((r) => logStream.end(() => r()));
   if (!cfg.keepProfile) rmSync(workDir, { recursive: true, force: true });
 
@@ -170,7 +210,16 @@ export async function runFirefoxCall(opts: FirefoxCallOptions): Promise<FirefoxC
   const runPath = join(outDir, 'run.json');
   const run: RunInfo = existsSync(runPath)
     ? JSON.parse(readFileSync(runPath, 'utf8'))
-    : { dtls: cfg.dtls, netns, startedAt: '', files: {} as RunInfo['files'], turn: {} as RunInfo['turn'], firefoxVersion: '', ok: false, errors: ['runner wrote no run.json'] };
+    : {
+        dtls: cfg.dtls,
+        netns,
+        startedAt: '',
+        files: {} as RunInfo['files'],
+        turn: {} as RunInfo['turn'],
+        firefoxVersion: '',
+        ok: false,
+        errors: ['runner wrote no run.json'],
+      };
   return { outDir, pcap: join(outDir, 'capture.pcap'), keylog: join(outDir, 'keylog.txt'), reportPath, report, run, netns, exitCode };
 }
 
@@ -183,7 +232,9 @@ if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.ur
   };
   const outDir = get('--out');
   if (!outDir) {
-    process.stderr.write('usage: harness.ts --out DIR [--dtls 1.2|1.3] [--media-seconds N] [--no-media] [--turn-argv JSON] [--timeout MS] [--keep-profile] [--no-netns] [--chromium]\n');
+    process.stderr.write(
+      'usage: harness.ts --out DIR [--dtls 1.2|1.3] [--media-seconds N] [--no-media] [--turn-argv JSON] [--timeout MS] [--keep-profile] [--no-netns] [--chromium]\n',
+    );
     process.exit(2);
   }
   const dtls = (get('--dtls') ?? '1.3') as DtlsVersion;
@@ -200,6 +251,20 @@ if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.ur
     turn: turnArgv ? { argv: JSON.parse(turnArgv) } : undefined,
     onLog: (l) => process.stderr.write(l + '\n'),
   });
-  process.stdout.write(JSON.stringify({ ok: r.report.ok, netns: r.netns, exitCode: r.exitCode, outDir: r.outDir, sent: r.report.sent.length, received: r.report.received.length, errors: r.report.errors }, null, 1) + '\n');
+  process.stdout.write(
+    JSON.stringify(
+      {
+        ok: r.report.ok,
+        netns: r.netns,
+        exitCode: r.exitCode,
+        outDir: r.outDir,
+        sent: r.report.sent.length,
+        received: r.report.received.length,
+        errors: r.report.errors,
+      },
+      null,
+      1,
+    ) + '\n',
+  );
   process.exit(r.report.ok ? 0 : 1);
 }

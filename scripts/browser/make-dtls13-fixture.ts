@@ -28,7 +28,10 @@ for (const d of dg) {
       if (o + 13 > p.length) break;
       const len = p.readUInt16BE(o + 11);
       const body = p.subarray(o + 13, o + 13 + len);
-      if (p[o] === 22 && body[0] === 1 && !client) { client = d.from; clientRandom = body.subarray(14, 46).toString('hex'); }
+      if (p[o] === 22 && body[0] === 1 && !client) {
+        client = d.from;
+        clientRandom = body.subarray(14, 46).toString('hex');
+      }
       if (p[o] === 22 && body[0] === 2 && !suite) suite = body.readUInt16BE(47 + body[46]!);
       o += 13 + len;
       continue;

@@ -31,7 +31,14 @@ const info: RunInfo = {
   dtls: cfg.dtls,
   netns: cfg.netns,
   startedAt: new Date().toISOString(),
-  files: { pcap: 'capture.pcap', keylog: 'keylog.txt', report: 'report.json', pageLog: 'page.log', turnLog: 'turn.log', firefoxLog: 'firefox.log' },
+  files: {
+    pcap: 'capture.pcap',
+    keylog: 'keylog.txt',
+    report: 'report.json',
+    pageLog: 'page.log',
+    turnLog: 'turn.log',
+    firefoxLog: 'firefox.log',
+  },
   turn: { host: '127.0.0.1', port: 0, minPort: 0, maxPort: 0, argv: [] },
   firefoxVersion: '',
   ok: false,
@@ -141,8 +148,16 @@ async function main(): Promise<number> {
   const minPort = cfg.turn.minPort || 40000 + Math.floor(Math.random() * 200) * 100;
   const maxPort = cfg.turn.maxPort || minPort + 99;
   const vars = {
-    port, minPort, maxPort, ip: '127.0.0.1', user: cfg.turn.username, pass: cfg.turn.password,
-    realm: cfg.turn.realm, outDir: out, workDir: cfg.workDir, logFile: join(out, 'turn.log'),
+    port,
+    minPort,
+    maxPort,
+    ip: '127.0.0.1',
+    user: cfg.turn.username,
+    pass: cfg.turn.password,
+    realm: cfg.turn.realm,
+    outDir: out,
+    workDir: cfg.workDir,
+    logFile: join(out, 'turn.log'),
   };
   const argv = fillTemplate(cfg.turn.argv, vars);
   info.turn = { host: '127.0.0.1', port, minPort, maxPort, argv: argv.map((a) => a.split(cfg.turn.password).join('***')) };
@@ -150,7 +165,12 @@ async function main(): Promise<number> {
   // 1. Capture first, so the whole call is in the pcap.
   if (cfg.capture) {
     const filter = cfg.netns ? 'udp' : `udp and (port ${port} or portrange ${minPort}-${maxPort})`;
-    const dc = startChild('dumpcap', 'dumpcap', ['-i', 'lo', '-P', '-B', '32', '-f', filter, '-w', join(out, 'capture.pcap')], 'dumpcap.log');
+    const dc = startChild(
+      'dumpcap',
+      'dumpcap',
+      ['-i', 'lo', '-P', '-B', '32', '-f', filter, '-w', join(out, 'capture.pcap')],
+      'dumpcap.log',
+    );
     let started = false;
     dc.stderr!.on('data', (d: Buffer) => {
       if (/Capturing on/i.test(d.toString())) started = true;
@@ -173,7 +193,8 @@ async function main(): Promise<number> {
   const reportP = new Promise<unknown>((r) => (resolveReport = r));
   const onReport = (role: string, rep: Record<string, unknown>) => {
     reports.set(role, rep);
-    if (roles.every((r) => reports.has(r))) resolveReport(roles.length === 1 ? { mode: 'single-page', ...reports.get('')! } : mergeReports(reports));
+    if (roles.every((r) => reports.has(r)))
+      resolveReport(roles.length === 1 ? { mode: 'single-page', ...reports.get('')! } : mergeReports(reports));
   };
   const queues = new Map<string, string[]>();
   const barriers = new Map<string, Set<string>>();
@@ -258,16 +279,22 @@ async function main(): Promise<number> {
   delete ffEnv.DISPLAY;
   delete ffEnv.WAYLAND_DISPLAY;
   const base = `http://127.0.0.1:${httpPort}/call.html`;
-  startChild('firefox', cfg.firefoxBin, ['--headless', '--no-remote', '--profile', profile, cfg.peer === 'chromium' ? `${base}?role=pc1` : base], 'firefox.log', ffEnv);
+  startChild(
+    'firefox',
+    cfg.firefoxBin,
+    ['--headless', '--no-remote', '--profile', profile, cfg.peer === 'chromium' ? `${base}?role=pc1` : base],
+    'firefox.log',
+    ffEnv,
+  );
   if (cfg.peer === 'chromium') await startChromium(`${base}?role=pc2`);
 
   const ffProc = children.find((c) => c.name === 'firefox')!.proc;
   const ffExit = new Promise<string>((r) => ffProc.once('exit', (c) => r(`firefox exited early (code ${c})`)));
-  const report = await Promise.race([
+  const report = (await Promise.race([
     reportP,
     sleep(cfg.timeoutMs).then(() => ({ ok: false, errors: [`no report within ${cfg.timeoutMs} ms`] })),
     ffExit.then((m) => ({ ok: false, errors: [m] })),
-  ]) as { ok?: boolean; errors?: string[] };
+  ])) as { ok?: boolean; errors?: string[] };
   writeFileSync(join(out, 'report.json'), JSON.stringify(report, null, 1));
   log(`report: ok=${report.ok} errors=${JSON.stringify(report.errors ?? [])}`);
   await sleep(cfg.lingerMs);
@@ -285,7 +312,9 @@ async function main(): Promise<number> {
   if (report.errors?.length) info.errors.push(...report.errors);
   const pcapPath = join(out, 'capture.pcap');
   info.pcapBytes = existsSync(pcapPath) ? statSync(pcapPath).size : 0;
-  info.keylogLines = readFileSync(keylog, 'utf8').split('\n').filter((l) => l.trim() && !l.startsWith('#')).length;
+  info.keylogLines = readFileSync(keylog, 'utf8')
+    .split('\n')
+    .filter((l) => l.trim() && !l.startsWith('#')).length;
   return info.ok ? 0 : 1;
 }
 
@@ -295,7 +324,9 @@ function mergeReports(reports: Map<string, Record<string, unknown>>): Record<str
   const b = reports.get('pc2') as Record<string, any>;
   const sent = [...(a.sent ?? []), ...(b.sent ?? [])];
   const received = [...(a.received ?? []), ...(b.received ?? [])];
-  const missing = sent.filter((s: any) => !received.some((r: any) => r.to !== s.from && r.label === s.label && r.sha256 === s.sha256 && r.size === s.size));
+  const missing = sent.filter(
+    (s: any) => !received.some((r: any) => r.to !== s.from && r.label === s.label && r.sha256 === s.sha256 && r.size === s.size),
+  );
   const errors = [...(a.errors ?? []).map((e: string) => 'pc1: ' + e), ...(b.errors ?? []).map((e: string) => 'pc2: ' + e)];
   return {
     mode: 'firefox-chromium',
@@ -323,7 +354,19 @@ async function startChromium(url: string): Promise<void> {
     headless: true,
     timeout: 60000,
     // the team's browser flags, plus fake capture devices without prompts
-    args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run', '--disable-quic', '--use-fake-device-for-media-stream', '--use-fake-ui-for-media-stream', '--disable-breakpad', '--disable-crash-reporter'],
+    args: [
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+      '--no-first-run',
+      '--disable-quic',
+      '--use-fake-device-for-media-stream',
+      '--use-fake-ui-for-media-stream',
+      '--disable-breakpad',
+      '--disable-crash-reporter',
+    ],
   });
   chromiumClose = async () => {
     await browser.close().catch(() => undefined);
@@ -334,7 +377,9 @@ async function startChromium(url: string): Promise<void> {
   for (const pid of childPids(process.pid)) {
     try {
       if (/chrom/i.test(readFileSync(`/proc/${pid}/comm`, 'utf8'))) writeFileSync(join(cfg.workDir, 'chromium.pid'), String(pid));
-    } catch { /* raced with exit */ }
+    } catch {
+      /* raced with exit */
+    }
   }
   const page = await browser.newPage();
   page.on('console', (m) => logStream.write(`${m.type()}: ${m.text()}\n`));
@@ -352,7 +397,9 @@ function childPids(ppid: number): number[] {
       const st = readFileSync(`/proc/${d}/stat`, 'utf8');
       const fields = st.slice(st.lastIndexOf(')') + 2).split(' ');
       if (Number(fields[1]) === ppid) out.push(Number(d));
-    } catch { /* gone */ }
+    } catch {
+      /* gone */
+    }
   }
   return out;
 }

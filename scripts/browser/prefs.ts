@@ -105,7 +105,9 @@ export function firefoxUserJs(opts: { dtls: DtlsVersion; settingsServer: string 
     // 771 = DTLS 1.2 (0xfefd in NSS terms: TLS 1.2 code point), 772 = DTLS 1.3
     'media.peerconnection.dtls.version.max': opts.dtls === '1.2' ? 771 : 772,
   };
-  return Object.entries(prefs)
-    .map(([k, v]) => `user_pref(${JSON.stringify(k)}, ${JSON.stringify(v)});`)
-    .join('\n') + '\n';
+  return (
+    Object.entries(prefs)
+      .map(([k, v]) => `user_pref(${JSON.stringify(k)}, ${JSON.stringify(v)});`)
+      .join('\n') + '\n'
+  );
 }

@@ -51,8 +51,18 @@ export function createMetrics(stats: () => RelayStatsSource | undefined): Regist
       },
     });
   };
-  counterFrom('gatehouse_relayed_packets_total', 'Packets relayed, by direction', (s) => ({ client_to_peer: s.packets.clientToPeer, peer_to_client: s.packets.peerToClient }), 'direction');
-  counterFrom('gatehouse_relayed_bytes_total', 'Payload bytes relayed, by direction', (s) => ({ client_to_peer: s.bytes.clientToPeer, peer_to_client: s.bytes.peerToClient }), 'direction');
+  counterFrom(
+    'gatehouse_relayed_packets_total',
+    'Packets relayed, by direction',
+    (s) => ({ client_to_peer: s.packets.clientToPeer, peer_to_client: s.packets.peerToClient }),
+    'direction',
+  );
+  counterFrom(
+    'gatehouse_relayed_bytes_total',
+    'Payload bytes relayed, by direction',
+    (s) => ({ client_to_peer: s.bytes.clientToPeer, peer_to_client: s.bytes.peerToClient }),
+    'direction',
+  );
   counterFrom('gatehouse_auth_failures_total', 'TURN authentication failures, by reason', (s) => s.authFailures, 'reason');
   return registry;
 }

@@ -112,10 +112,13 @@ function askConsent(io: Io): (r: ConsentRequest) => Promise<boolean> {
           ` (media ${r.wants.media ? 'yes' : 'no'}, data ${r.wants.data ? 'yes' : 'no'}, required ${r.wants.required ? 'yes' : 'no'}). Hand them over? [y/N] `,
       );
       const rl = createInterface({ input, terminal: false });
-      const timer = setTimeout(() => {
-        rl.close();
-        resolve(false);
-      }, Math.max(1000, r.deadline - systemClock.now()));
+      const timer = setTimeout(
+        () => {
+          rl.close();
+          resolve(false);
+        },
+        Math.max(1000, r.deadline - systemClock.now()),
+      );
       rl.once('line', (l) => {
         clearTimeout(timer);
         rl.close();
@@ -192,15 +195,21 @@ export async function runEndpoint(argv: string[], io: Io): Promise<number> {
   const timeoutS = Number(v.timeout ?? 60);
   const holdS = Number(v.hold ?? 1);
   const audioPackets = Number(v['audio-packets'] ?? 0);
-  if (!(timeoutS > 0) || !(holdS >= 0) || !Number.isInteger(audioPackets) || audioPackets < 0) return usage(io, 'bad --timeout, --hold or --audio-packets');
+  if (!(timeoutS > 0) || !(holdS >= 0) || !Number.isInteger(audioPackets) || audioPackets < 0)
+    return usage(io, 'bad --timeout, --hold or --audio-packets');
   const deadline = systemClock.now() + timeoutS * 1000;
 
   let trust: GatewayTrust | null = null;
-  let certSource: { pem: string } | { url: string } = { url: (v['gateway-cert-url'] as string | undefined) ?? 'http://127.0.0.1:8080/v1/gateway/certificate' };
+  let certSource: { pem: string } | { url: string } = {
+    url: (v['gateway-cert-url'] as string | undefined) ?? 'http://127.0.0.1:8080/v1/gateway/certificate',
+  };
   if (escrow) {
     try {
       const caPem = v['gateway-ca'] ? readFileSync(v['gateway-ca'] as string, 'utf8') : undefined;
-      trust = new GatewayTrust({ pinnedFingerprints: (v['gateway-cert-fingerprint'] as string[] | undefined) ?? [], ...(caPem ? { caPem } : {}) });
+      trust = new GatewayTrust({
+        pinnedFingerprints: (v['gateway-cert-fingerprint'] as string[] | undefined) ?? [],
+        ...(caPem ? { caPem } : {}),
+      });
       if (v['gateway-cert']) certSource = { pem: readFileSync(v['gateway-cert'] as string, 'utf8') };
     } catch (e) {
       if (e instanceof TrustError) return usage(io, `${e.reason} (use --gateway-cert-fingerprint or --gateway-ca)`);
@@ -211,7 +220,16 @@ export async function runEndpoint(argv: string[], io: Io): Promise<number> {
   const pcConfig = { iceUseIpv6: false } as const;
   let pc: RTCPeerConnection;
   let agent: EscrowAgent | null = null;
-  const summary: Summary = { role, connected: false, escrow: [], untrusted: [], receivedFiles: [], messages: [], rtpSent: 0, rtpReceived: 0 };
+  const summary: Summary = {
+    role,
+    connected: false,
+    escrow: [],
+    untrusted: [],
+    receivedFiles: [],
+    messages: [],
+    rtpSent: 0,
+    rtpReceived: 0,
+  };
   if (escrow) {
     const made = createEscrowPeerConnection({
       turnUrl: turn!,
@@ -239,7 +257,9 @@ export async function runEndpoint(argv: string[], io: Io): Promise<number> {
     pc = new RTCPeerConnection({
       ...pcConfig,
       iceServers: u ? [{ urls: turn!, username: v.user as string, credential: v.password as string }] : [],
-      ...(u ? { iceTransportPolicy: 'relay' as const } : { iceInterfaceAddresses: { udp4: '127.0.0.1' }, iceAdditionalHostAddresses: ['127.0.0.1'] }),
+      ...(u
+        ? { iceTransportPolicy: 'relay' as const }
+        : { iceInterfaceAddresses: { udp4: '127.0.0.1' }, iceAdditionalHostAddresses: ['127.0.0.1'] }),
     });
   }
 

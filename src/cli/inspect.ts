@@ -70,7 +70,13 @@ export function loadKeys(path: string): { provider: StaticKeyProvider; kind: 'js
   }
   const log = KeyLog.parse(text);
   if (log.size === 0) {
-    throw new ConfigError(path, 1, 1, '', `no key lines found (expected an NSS key log or a JSON key-set file${log.rejected ? `; ${log.rejected} malformed line(s)` : ''})`);
+    throw new ConfigError(
+      path,
+      1,
+      1,
+      '',
+      `no key lines found (expected an NSS key log or a JSON key-set file${log.rejected ? `; ${log.rejected} malformed line(s)` : ''})`,
+    );
   }
   return { provider: new StaticKeyProvider([], log), kind: 'keylog', count: log.size };
 }
@@ -176,16 +182,18 @@ function subjectOf(e: InspectEvent, f: FlowMeta): Subject | null {
 }
 
 export async function runInspect(argv: string[], io: Io): Promise<number> {
-  let parsed: ReturnType<typeof parseArgs<{
-    options: {
-      keys: { type: 'string' };
-      rules: { type: 'string' };
-      help: { type: 'boolean'; short: 'h' };
-      'no-rtp-packets': { type: 'boolean' };
-      'no-progress': { type: 'boolean' };
-    };
-    allowPositionals: true;
-  }>>;
+  let parsed: ReturnType<
+    typeof parseArgs<{
+      options: {
+        keys: { type: 'string' };
+        rules: { type: 'string' };
+        help: { type: 'boolean'; short: 'h' };
+        'no-rtp-packets': { type: 'boolean' };
+        'no-progress': { type: 'boolean' };
+      };
+      allowPositionals: true;
+    }>
+  >;
   try {
     parsed = parseArgs({
       args: argv,
@@ -208,7 +216,10 @@ export async function runInspect(argv: string[], io: Io): Promise<number> {
     return 0;
   }
   if (parsed.positionals.length !== 1) {
-    return usage(io, parsed.positionals.length === 0 ? 'missing CAPTURE.pcap' : `expected one capture file, got ${parsed.positionals.length}`);
+    return usage(
+      io,
+      parsed.positionals.length === 0 ? 'missing CAPTURE.pcap' : `expected one capture file, got ${parsed.positionals.length}`,
+    );
   }
   const capture = parsed.positionals[0]!;
   if (!v.keys) return usage(io, 'missing --keys KEYS');
@@ -292,7 +303,9 @@ export async function runInspect(argv: string[], io: Io): Promise<number> {
     const pct = fileSize > 0 ? Math.min(100, Math.floor((readBytes / fileSize) * 100)) : 0;
     const width = 30;
     const fill = Math.round((pct / 100) * width);
-    io.stderr.write(`\r[${'#'.repeat(fill)}${'.'.repeat(width - fill)}] ${pct}% ${inspector.stats.packets} packets, ${inspector.flows.stats.created} flows`);
+    io.stderr.write(
+      `\r[${'#'.repeat(fill)}${'.'.repeat(width - fill)}] ${pct}% ${inspector.stats.packets} packets, ${inspector.flows.stats.created} flows`,
+    );
   };
 
   let summary;

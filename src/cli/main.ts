@@ -24,7 +24,10 @@ const commands: Record<string, () => Promise<Runner>> = {
   endpoint: async () => (await import('./endpoint.js')).runEndpoint,
 };
 
-export async function main(argv: string[], io = { stdout: process.stdout as Writable, stderr: process.stderr as Writable }): Promise<number> {
+export async function main(
+  argv: string[],
+  io = { stdout: process.stdout as Writable, stderr: process.stderr as Writable },
+): Promise<number> {
   const [cmd, ...rest] = argv;
   if (!cmd || cmd === 'help' || cmd === '--help' || cmd === '-h') {
     io.stdout.write(MAIN_HELP);

@@ -60,7 +60,16 @@ function adminToken(cfg: GatehouseConfig): { token: string; file?: string; creat
 
 /** What /v1/flows shows of a flow: addresses and owner, never its inspection state or keys. */
 function flowSummary(f: Flow) {
-  return { flow_id: f.id, allocation: f.allocationId, user: f.user, groups: f.groups, client: f.client, relayed: f.relayed, peer: f.peerAddress, created: new Date(f.createdAt).toISOString() };
+  return {
+    flow_id: f.id,
+    allocation: f.allocationId,
+    user: f.user,
+    groups: f.groups,
+    client: f.client,
+    relayed: f.relayed,
+    peer: f.peerAddress,
+    created: new Date(f.createdAt).toISOString(),
+  };
 }
 
 export async function startGateway(cfg: GatehouseConfig, log: Logger, stdout: Writable): Promise<RunningGateway> {
@@ -82,7 +91,10 @@ export async function startGateway(cfg: GatehouseConfig, log: Logger, stdout: Wr
   policy.watch();
 
   const memory = new MemoryEventSink(10000);
-  const events = new FanoutEventSink([new FileEventSink(join(cfg.data_dir, 'events.jsonl'), parseSize(cfg.events.max_bytes) ?? 100 * 1024 * 1024, cfg.events.keep), memory]);
+  const events = new FanoutEventSink([
+    new FileEventSink(join(cfg.data_dir, 'events.jsonl'), parseSize(cfg.events.max_bytes) ?? 100 * 1024 * 1024, cfg.events.keep),
+    memory,
+  ]);
   const users = new StaticUserDirectory(boot.users);
   // Quotas (issue 5): counters in the SQLite store, flushed every second, so a kill -9
   // loses at most one second of counting. A policy reload rebuilds the tracker from the
@@ -117,7 +129,8 @@ export async function startGateway(cfg: GatehouseConfig, log: Logger, stdout: Wr
   for (const r of recordings.recovered) log.warn({ recording: r.id }, 'sealed a recording left open by a crash');
   const retention = systemClock.setInterval(() => {
     try {
-      for (const d of recordings.applyRetention()) log.info({ recording: d.id, bytes: d.bytes, reason: d.reason }, 'retention deleted a recording');
+      for (const d of recordings.applyRetention())
+        log.info({ recording: d.id, bytes: d.bytes, reason: d.reason }, 'retention deleted a recording');
     } catch (err) {
       log.error({ err: (err as Error).message }, 'retention failed');
     }
@@ -147,7 +160,17 @@ export async function startGateway(cfg: GatehouseConfig, log: Logger, stdout: Wr
   await turn.start();
 
   const registry = createMetrics(() => turn.stats);
-  const admin = new AdminServer({ registry, token: token.token, recentEvents: () => memory.events, certificatePem: () => identity.certificatePem, flows: () => turn.flows().map(flowSummary), reloadPolicy: () => policy.reload() }, log.child({ module: 'admin' }));
+  const admin = new AdminServer(
+    {
+      registry,
+      token: token.token,
+      recentEvents: () => memory.events,
+      certificatePem: () => identity.certificatePem,
+      flows: () => turn.flows().map(flowSummary),
+      reloadPolicy: () => policy.reload(),
+    },
+    log.child({ module: 'admin' }),
+  );
   const adminUrl = new URL(cfg.admin.listen);
   let adminAddr;
   try {
@@ -157,7 +180,13 @@ export async function startGateway(cfg: GatehouseConfig, log: Logger, stdout: Wr
     throw err;
   }
   log.info(
-    { turn: turn.addresses(), admin: `http://${adminAddr.address}:${adminAddr.port}`, users: users.size, rules: policy.current.rules.length, pcp: 'not built yet' },
+    {
+      turn: turn.addresses(),
+      admin: `http://${adminAddr.address}:${adminAddr.port}`,
+      users: users.size,
+      rules: policy.current.rules.length,
+      pcp: 'not built yet',
+    },
     'gatehouse listening',
   );
   return {

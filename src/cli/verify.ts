@@ -50,12 +50,16 @@ export async function runVerify(argv: string[], io: { stdout: Writable; stderr: 
       certPem = readFileSync(cert, 'utf8');
       new X509Certificate(certPem);
     } catch (err) {
-      io.stderr.write(`gatehouse verify: ${cert}: not a readable PEM certificate (${(err as NodeJS.ErrnoException).code ?? 'parse error'})\n`);
+      io.stderr.write(
+        `gatehouse verify: ${cert}: not a readable PEM certificate (${(err as NodeJS.ErrnoException).code ?? 'parse error'})\n`,
+      );
       return 2;
     }
   }
   const r = verifyRecordings(dir, { certPem });
   for (const p of r.problems) io.stdout.write(`TAMPERED ${p}\n`);
-  io.stdout.write(`${r.ok ? 'OK' : 'FAILED'}: ${r.recordings} recording(s), ${r.files} file(s) checked${certPem ? ' against the pinned certificate' : ''}${r.problems.length ? `, ${r.problems.length} problem(s)` : ''}\n`);
+  io.stdout.write(
+    `${r.ok ? 'OK' : 'FAILED'}: ${r.recordings} recording(s), ${r.files} file(s) checked${certPem ? ' against the pinned certificate' : ''}${r.problems.length ? `, ${r.problems.length} problem(s)` : ''}\n`,
+  );
   return r.ok ? 0 : 1;
 }

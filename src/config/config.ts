@@ -101,7 +101,10 @@ const portRange: Schema<number[]> = {
 
 const userSchema = obj<UserEntry>(
   {
-    name: { schema: checked('a user name', (s) => (s.length && !s.includes(':') ? null : 'user names are non-empty and contain no ":"')), default: () => '' },
+    name: {
+      schema: checked('a user name', (s) => (s.length && !s.includes(':') ? null : 'user names are non-empty and contain no ":"')),
+      default: () => '',
+    },
     password: { schema: str('a password'), default: () => '' },
     groups: { schema: list(str('a group name')), default: () => [] },
   },
@@ -159,7 +162,9 @@ export const configSchema = obj<GatehouseConfig>({
     schema: obj({
       listen: {
         schema: checked('an http://address:port URL', (s) =>
-          /^http:\/\/(\[[0-9a-fA-F:.]+\]|[0-9.]+|localhost):\d{1,5}$/.test(s) ? null : `expected http://address:port, got ${JSON.stringify(s)}`,
+          /^http:\/\/(\[[0-9a-fA-F:.]+\]|[0-9.]+|localhost):\d{1,5}$/.test(s)
+            ? null
+            : `expected http://address:port, got ${JSON.stringify(s)}`,
         ),
         default: () => 'http://127.0.0.1:8080',
       },
@@ -170,7 +175,11 @@ export const configSchema = obj<GatehouseConfig>({
   events: {
     schema: obj({
       max_bytes: {
-        schema: checked('a size like 100MiB', (v) => (/^\d+(?:\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?$/.test(v.trim()) ? null : `expected a size like 100MiB, got ${JSON.stringify(v)}`)),
+        schema: checked('a size like 100MiB', (v) =>
+          /^\d+(?:\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?$/.test(v.trim())
+            ? null
+            : `expected a size like 100MiB, got ${JSON.stringify(v)}`,
+        ),
         default: () => '100MiB',
       },
       keep: { schema: int(1, 1000), default: () => 5 },
@@ -180,7 +189,13 @@ export const configSchema = obj<GatehouseConfig>({
     schema: obj({
       max_age_days: { schema: nullable(int(1, 36500, 'a number of days')), default: () => null },
       max_bytes: {
-        schema: nullable(checked('a size like 50GiB', (v) => (/^\d+(?:\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?$/.test(v.trim()) ? null : `expected a size like 50GiB, got ${JSON.stringify(v)}`))),
+        schema: nullable(
+          checked('a size like 50GiB', (v) =>
+            /^\d+(?:\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?$/.test(v.trim())
+              ? null
+              : `expected a size like 50GiB, got ${JSON.stringify(v)}`,
+          ),
+        ),
         default: () => null,
       },
       flush_interval_ms: { schema: int(50, 60_000), default: () => 1000 },

@@ -159,11 +159,16 @@ let seamInstalled = false;
 export function installWeriftTurnSeam(): void {
   if (seamInstalled) return;
   const TP = (werift as unknown as { TurnProtocol?: { prototype: WeriftTurn } }).TurnProtocol;
-  if (!TP || typeof TP.prototype.handleSTUNMessage !== 'function') throw new EscrowError('werift TurnProtocol seam not found (werift version changed?)');
+  if (!TP || typeof TP.prototype.handleSTUNMessage !== 'function')
+    throw new EscrowError('werift TurnProtocol seam not found (werift version changed?)');
   // werift's allocation refresh loop awaits a ref'd 500 s timer that close() cannot
   // cancel, which keeps a process alive long after the call ended. Same behaviour
   // (Refresh at 5/6 of the lifetime, RFC 8656 §8), but with a cancellable, unref'd timer.
-  const W = werift as unknown as { Message?: new (m: number, c: number) => { setAttribute(n: string, v: unknown): unknown }; methods?: { REFRESH: number }; classes?: { REQUEST: number } };
+  const W = werift as unknown as {
+    Message?: new (m: number, c: number) => { setAttribute(n: string, v: unknown): unknown };
+    methods?: { REFRESH: number };
+    classes?: { REQUEST: number };
+  };
   const protoAny = TP.prototype as unknown as { connectionMade(this: RefreshableTurn): Promise<void> };
   const origConnectionMade = protoAny.connectionMade;
   if (W.Message && W.methods && W.classes && typeof origConnectionMade === 'function') {
@@ -175,15 +180,18 @@ export function installWeriftTurnSeam(): void {
         let timer: NodeJS.Timeout | null = null;
         let run = true;
         const loop = (lifetime: number): void => {
-          timer = setTimeout(() => {
-            if (!run) return;
-            const req = new Msg(REFRESH, REQUEST);
-            req.setAttribute('LIFETIME', lifetime);
-            this.requestWithRetry(req, this.server).then(
-              ([m]) => loop(Number(m.getAttributeValue('LIFETIME')) || lifetime),
-              () => loop(lifetime),
-            );
-          }, (5 / 6) * lifetime * 1000);
+          timer = setTimeout(
+            () => {
+              if (!run) return;
+              const req = new Msg(REFRESH, REQUEST);
+              req.setAttribute('LIFETIME', lifetime);
+              this.requestWithRetry(req, this.server).then(
+                ([m]) => loop(Number(m.getAttributeValue('LIFETIME')) || lifetime),
+                () => loop(lifetime),
+              );
+            },
+            (5 / 6) * lifetime * 1000,
+          );
           timer.unref();
         };
         loop(exp);
@@ -215,7 +223,11 @@ export function installWeriftTurnSeam(): void {
           }
           return;
         }
-        if (msg.cls === Class.Success && (msg.method === Method.ChannelBind || msg.method === Method.CreatePermission) && getAttr(msg, ATTR_KEY_REQUEST)) {
+        if (
+          msg.cls === Class.Success &&
+          (msg.method === Method.ChannelBind || msg.method === Method.CreatePermission) &&
+          getAttr(msg, ATTR_KEY_REQUEST)
+        ) {
           let peer: Addr | null = null;
           const v = this.transactions[hex]?.request?.getAttributeValue('XOR-PEER-ADDRESS');
           if (Array.isArray(v) && typeof v[0] === 'string' && typeof v[1] === 'number') peer = [v[0], v[1]];
@@ -294,7 +306,9 @@ export class EscrowAgent extends EventEmitter {
   private trusted(): Promise<TrustedGateway> {
     if (!this.gateway) {
       const src = this.opts.gatewayCertificate;
-      this.gateway = ('pem' in src ? Promise.resolve(src.pem) : fetchGatewayCertificate(src.url)).then((pem) => this.opts.trust.evaluate(pem));
+      this.gateway = ('pem' in src ? Promise.resolve(src.pem) : fetchGatewayCertificate(src.url)).then((pem) =>
+        this.opts.trust.evaluate(pem),
+      );
       this.gateway.catch(() => {
         this.gateway = null; // retry on the next KEY-REQUEST
       });
@@ -305,7 +319,10 @@ export class EscrowAgent extends EventEmitter {
   /** Finds werift TURN clients and DTLS associations of this pc. */
   private scan(): void {
     if (this.closed) return;
-    const pcx = this.pc as unknown as { iceTransports: Array<{ connection?: { protocols?: Array<{ type?: string; turn?: WeriftTurn }> } }>; dtlsTransports: Array<{ dtls?: WeriftDtlsSocketLike }> };
+    const pcx = this.pc as unknown as {
+      iceTransports: Array<{ connection?: { protocols?: Array<{ type?: string; turn?: WeriftTurn }> } }>;
+      dtlsTransports: Array<{ dtls?: WeriftDtlsSocketLike }>;
+    };
     for (const it of pcx.iceTransports ?? []) {
       for (const p of it.connection?.protocols ?? []) {
         const turn = p.type === 'turn' ? p.turn : undefined;
@@ -387,7 +404,10 @@ export class EscrowAgent extends EventEmitter {
     this.peers.set(ip, ps);
     const req: ConsentRequest = {
       gateway: { fingerprint: gw.fingerprintHex, subject: gw.subject },
-      call: { peer: `${peer[0]}:${peer[1]}`, ...(turn.relayedAddress ? { relay: `${turn.relayedAddress[0]}:${turn.relayedAddress[1]}` } : {}) },
+      call: {
+        peer: `${peer[0]}:${peer[1]}`,
+        ...(turn.relayedAddress ? { relay: `${turn.relayedAddress[0]}:${turn.relayedAddress[1]}` } : {}),
+      },
       wants,
       deadline: this.clock.now() + kr.deadline * 1000,
     };
@@ -421,7 +441,8 @@ export class EscrowAgent extends EventEmitter {
       .finally(() => {
         ps.sending = false;
         // Associations that appeared meanwhile.
-        if ([...this.associations.keys()].some((id) => !ps.sent.has(id)) && this.records.filter((r) => r.error).length < 32) this.maybeSend(ps);
+        if ([...this.associations.keys()].some((id) => !ps.sent.has(id)) && this.records.filter((r) => r.error).length < 32)
+          this.maybeSend(ps);
       });
   }
 

@@ -102,7 +102,8 @@ const WERIFT_CLIENT = 1;
 /** The association state of a connected werift DtlsSocket; null while the handshake is unfinished. */
 export function dtlsStateFromWerift(sock: WeriftDtlsSocketLike): DtlsAssociationState | null {
   const c = sock.cipher;
-  if (!c || !c.masterSecret || c.masterSecret.length !== 48 || !c.localRandom || !c.remoteRandom || c.cipherSuite === undefined) return null;
+  if (!c || !c.masterSecret || c.masterSecret.length !== 48 || !c.localRandom || !c.remoteRandom || c.cipherSuite === undefined)
+    return null;
   let local: Buffer;
   let remote: Buffer;
   try {

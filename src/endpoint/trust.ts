@@ -65,7 +65,10 @@ export class GatewayTrust {
   private readonly pins: Buffer[];
   private readonly cas: X509Certificate[];
 
-  constructor(cfg: TrustConfig, private readonly clock: Clock = systemClock) {
+  constructor(
+    cfg: TrustConfig,
+    private readonly clock: Clock = systemClock,
+  ) {
     this.pins = (cfg.pinnedFingerprints ?? []).map(parseFingerprint);
     this.cas = cfg.caPem ? splitPem(cfg.caPem) : [];
     if (cfg.caPem && this.cas.length === 0) throw new TrustError('no CA certificate in the configured CA file');
@@ -85,11 +88,17 @@ export class GatewayTrust {
     const fingerprint = createHash('sha256').update(leaf.raw).digest();
     const pk = leaf.publicKey;
     // key-escrow.md §1: the gateway key is ECDSA P-256.
-    if (pk.asymmetricKeyType !== 'ec' || pk.asymmetricKeyDetails?.namedCurve !== 'prime256v1') throw new TrustError('gateway key is not ECDSA P-256');
+    if (pk.asymmetricKeyType !== 'ec' || pk.asymmetricKeyDetails?.namedCurve !== 'prime256v1')
+      throw new TrustError('gateway key is not ECDSA P-256');
     let via: 'pin' | 'ca' | null = null;
     if (this.pins.some((p) => p.equals(fingerprint))) via = 'pin';
     else if (this.cas.length && this.chainsToCa(chain)) via = 'ca';
-    if (!via) throw new TrustError(this.cas.length ? 'certificate does not match a pin nor chain to the configured CA' : 'certificate fingerprint does not match the pin');
+    if (!via)
+      throw new TrustError(
+        this.cas.length
+          ? 'certificate does not match a pin nor chain to the configured CA'
+          : 'certificate fingerprint does not match the pin',
+      );
     if (!this.inValidity(leaf)) throw new TrustError('certificate outside its validity period');
     return { fingerprint, fingerprintHex: fingerprint.toString('hex'), subject: leaf.subject, publicKey: pk, via };
   }

@@ -144,7 +144,9 @@ export async function readCapture(
     if (le) magic.writeUInt32LE(PCAP_US_BE, 0);
     else magic.writeUInt32BE(PCAP_US_BE, 0);
     pt.write(magic);
-    createReadStream(path, { start: 4, highWaterMark: hwm }).on('error', (e) => pt.destroy(e)).pipe(pt);
+    createReadStream(path, { start: 4, highWaterMark: hwm })
+      .on('error', (e) => pt.destroy(e))
+      .pipe(pt);
     input = pt;
   } else {
     input = createReadStream(path, { highWaterMark: hwm });
@@ -166,7 +168,12 @@ export async function readCapture(
     parser.on('packetHeader', (h) => {
       // Hostile input: pcap-parser would buffer any claimed length; refuse absurd ones.
       if (h.capturedLength > MAX_CAPTURED_LENGTH) {
-        fail(new CaptureError('E_CAPTURE_FORMAT', `${path}: record ${summary.packets + 1} claims ${h.capturedLength} bytes (max ${MAX_CAPTURED_LENGTH}); file corrupt?`));
+        fail(
+          new CaptureError(
+            'E_CAPTURE_FORMAT',
+            `${path}: record ${summary.packets + 1} claims ${h.capturedLength} bytes (max ${MAX_CAPTURED_LENGTH}); file corrupt?`,
+          ),
+        );
       }
     });
     parser.on('packet', (p) => {
@@ -375,7 +382,15 @@ export class CaptureInspector {
   }
 
   /** One UDP datagram or one framed TURN-over-TCP message. */
-  private datagram(transport: 'udp' | 'tcp', srcIp: string, srcPort: number, dstIp: string, dstPort: number, payload: Buffer, time: number): void {
+  private datagram(
+    transport: 'udp' | 'tcp',
+    srcIp: string,
+    srcPort: number,
+    dstIp: string,
+    dstPort: number,
+    payload: Buffer,
+    time: number,
+  ): void {
     const u = this.turn.unwrap(transport, srcIp, srcPort, dstIp, dstPort, payload, time);
     if (!u) {
       // Not TURN framing: a direct flow (ICE host/srflx, or the relay ↔ peer leg).
@@ -427,24 +442,28 @@ export class CaptureInspector {
 
   private newTcpConn(a: Endpoint, b: Endpoint): TcpConn {
     const conn = { a, b, lastSeen: 0, notTurn: false, time: 0 } as TcpConn;
-    const onMsg = (from: Endpoint, to: Endpoint) => (msg: Buffer): void => {
-      this.datagram('tcp', from.ip, from.port, to.ip, to.port, msg, conn.time);
-    };
+    const onMsg =
+      (from: Endpoint, to: Endpoint) =>
+      (msg: Buffer): void => {
+        this.datagram('tcp', from.ip, from.port, to.ip, to.port, msg, conn.time);
+      };
     conn.abFramer = new TurnStreamFramer(onMsg(a, b));
     conn.baFramer = new TurnStreamFramer(onMsg(b, a));
-    const deliver = (framer: TurnStreamFramer) => (data: Buffer, afterGap: boolean): void => {
-      if (conn.notTurn) return;
-      if (afterGap) {
-        // RFC 8656 §5 framing has no resynchronisation point: the stream is lost.
-        this.stats.tcpGaps++;
-        framer.broken = true;
-      }
-      framer.push(data);
-      if (framer.broken && !afterGap && framer.messages === 0) {
-        conn.notTurn = true;
-        this.stats.tcpNotTurn++;
-      }
-    };
+    const deliver =
+      (framer: TurnStreamFramer) =>
+      (data: Buffer, afterGap: boolean): void => {
+        if (conn.notTurn) return;
+        if (afterGap) {
+          // RFC 8656 §5 framing has no resynchronisation point: the stream is lost.
+          this.stats.tcpGaps++;
+          framer.broken = true;
+        }
+        framer.push(data);
+        if (framer.broken && !afterGap && framer.messages === 0) {
+          conn.notTurn = true;
+          this.stats.tcpNotTurn++;
+        }
+      };
     conn.ab = new TcpStream(deliver(conn.abFramer));
     conn.ba = new TcpStream(deliver(conn.baFramer));
     return conn;

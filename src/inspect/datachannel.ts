@@ -223,10 +223,29 @@ class DirState {
 
 function emptyStats(): DataChannelStats {
   return {
-    packets: 0, badChecksum: 0, malformed: 0, chunks: 0, dataChunks: 0, duplicates: 0,
-    outOfWindow: 0, badVtag: 0, badChunks: 0, messages: 0, files: 0, dcep: 0, dcepMalformed: 0,
-    abandoned: 0, orphanFragments: 0, skippedTsns: 0, forwardTsn: 0, streamResets: 0,
-    channelsOpened: 0, channelsClosed: 0, parityViolations: 0, capHits: 0, aborts: 0,
+    packets: 0,
+    badChecksum: 0,
+    malformed: 0,
+    chunks: 0,
+    dataChunks: 0,
+    duplicates: 0,
+    outOfWindow: 0,
+    badVtag: 0,
+    badChunks: 0,
+    messages: 0,
+    files: 0,
+    dcep: 0,
+    dcepMalformed: 0,
+    abandoned: 0,
+    orphanFragments: 0,
+    skippedTsns: 0,
+    forwardTsn: 0,
+    streamResets: 0,
+    channelsOpened: 0,
+    channelsClosed: 0,
+    parityViolations: 0,
+    capHits: 0,
+    aborts: 0,
     internalErrors: 0,
   };
 }
@@ -514,8 +533,11 @@ export class DataChannelTracker {
     // Out of order: hold a copy, within the caps; otherwise give up on the gap.
     const cost = c.data.length + FRAGMENT_OVERHEAD;
     if (this.bytes + cost > this.opt.maxReassemblyBytes || this.frags + 1 > this.opt.maxFragments) {
-      this.capHit(dir, this.bytes + cost > this.opt.maxReassemblyBytes ? 'datachannel.reassembly_bytes' : 'datachannel.fragments',
-        this.bytes + cost > this.opt.maxReassemblyBytes ? this.opt.maxReassemblyBytes : this.opt.maxFragments);
+      this.capHit(
+        dir,
+        this.bytes + cost > this.opt.maxReassemblyBytes ? 'datachannel.reassembly_bytes' : 'datachannel.fragments',
+        this.bytes + cost > this.opt.maxReassemblyBytes ? this.opt.maxReassemblyBytes : this.opt.maxFragments,
+      );
       this.skipTo(d, dir, tsnAdd(c.tsn, -1));
       d.cum = c.tsn;
       this.deliver(d, dir, c, false);

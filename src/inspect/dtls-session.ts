@@ -66,13 +66,7 @@ import { associationId, validateKeySet, wipeKeySet, type KeySet } from './keys.j
 
 export type KeyStatus = 'pending' | 'verified' | 'invalid';
 
-export type UndecryptableReason =
-  | 'no_keys'
-  | 'auth_failed'
-  | 'malformed'
-  | 'connection_id'
-  | 'dtls13_unsupported'
-  | 'backlog_full';
+export type UndecryptableReason = 'no_keys' | 'auth_failed' | 'malformed' | 'connection_id' | 'dtls13_unsupported' | 'backlog_full';
 
 /** Decrypts DTLS 1.3 unified-header records of one association (adapter over src/wire/dtls13.ts). */
 export interface Dtls13Opener {
@@ -680,7 +674,8 @@ export class DtlsSession {
     for (let i = this.assocs.length - 1; i >= 0; i--) {
       const a = this.assocs[i]!;
       if (a.epoch !== epoch) continue;
-      for (const e of this.keys.get(a.id) ?? []) if (e.ks.epoch === epoch && e.status !== 'invalid' && !e.ks.clientAppTrafficSecret) out.push(e);
+      for (const e of this.keys.get(a.id) ?? [])
+        if (e.ks.epoch === epoch && e.status !== 'invalid' && !e.ks.clientAppTrafficSecret) out.push(e);
     }
     for (const [id, list] of this.keys) {
       if (this.assocs.some((a) => a.id === id)) continue;
@@ -817,7 +812,11 @@ export class DtlsSession {
     if (time - u.last >= this.interval) this.emitUndecryptable(reason, u, time);
   }
 
-  private emitUndecryptable(reason: string, u: { pending: number; last: number; dir?: Direction; association?: string }, time: number): void {
+  private emitUndecryptable(
+    reason: string,
+    u: { pending: number; last: number; dir?: Direction; association?: string },
+    time: number,
+  ): void {
     const ev: InspectEvent = { type: 'undecryptable', what: 'dtls', reason, count: u.pending, time, dir: u.dir };
     if (u.association) ev.association = u.association;
     this.emit(ev);

@@ -42,7 +42,13 @@ function ep(e: Endpoint): string {
 }
 
 /** The common EVE header of an event on a flow. */
-export function eveBase(eventType: string, time: number, f: FlowMeta, dir: Direction | undefined, association: string | undefined): EveEvent {
+export function eveBase(
+  eventType: string,
+  time: number,
+  f: FlowMeta,
+  dir: Direction | undefined,
+  association: string | undefined,
+): EveEvent {
   const [src, dst] = endpoints(f, dir);
   const gh: Record<string, unknown> = {};
   if (association) gh.association = association;

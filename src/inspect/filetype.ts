@@ -283,4 +283,16 @@ export function detectFileType(buf: Buffer): string {
 }
 
 /** Types considered executable code (useful defaults for policy). */
-export const EXECUTABLE_TYPES: ReadonlySet<string> = new Set(['exe', 'dll', 'elf', 'macho', 'msi', 'class', 'jar', 'apk', 'dex', 'script', 'wasm']);
+export const EXECUTABLE_TYPES: ReadonlySet<string> = new Set([
+  'exe',
+  'dll',
+  'elf',
+  'macho',
+  'msi',
+  'class',
+  'jar',
+  'apk',
+  'dex',
+  'script',
+  'wasm',
+]);

@@ -136,7 +136,8 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
       clock: this.clock,
       onRelease: (q) => this.onRelease(st, q),
       onBlock: (reason, assoc) => this.block(st, reason, assoc),
-      onKeys: (kind, assoc, reason) => this.keyEvent(st, kind === 'verified' ? 'keys_verified' : 'keys_invalid', assoc, reason ? { reason } : {}),
+      onKeys: (kind, assoc, reason) =>
+        this.keyEvent(st, kind === 'verified' ? 'keys_verified' : 'keys_invalid', assoc, reason ? { reason } : {}),
       // key-escrow.md §5.1: keys not required and none verified by the deadline: the flow
       // is relayed from here without inspection, and reported as such.
       onUninspected: (reason, assoc) => this.keyEvent(st, 'flow_uninspected', assoc, { reason }),
@@ -151,7 +152,18 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
       a: { ip: flow.client.address, port: flow.client.port },
       b: { ip: flow.peerAddress, port: 0 },
     };
-    Object.assign(st, { flow, guard, pipeline, meta, policy, keys, verdict: 'forward', closed: false, recorder: null, droppedSsrcs: new Set() });
+    Object.assign(st, {
+      flow,
+      guard,
+      pipeline,
+      meta,
+      policy,
+      keys,
+      verdict: 'forward',
+      closed: false,
+      recorder: null,
+      droppedSsrcs: new Set(),
+    });
     if (recordRules.length) this.startRecording(st, recordRules[0]!.id);
     pipeline.on((e) => this.onInspectEvent(st, e));
     flow.ctx = st;
@@ -167,7 +179,15 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
     // Quotas count what is relayed; vital peers are counted but never cut (issue 5).
     if (this.o.quotas && this.o.quotas.account(flow.user, flow.groups, flow.peerAddress, data.length) === 'drop') return false;
     // RFC 7983 §7 / RFC 5761 §4: RTP (not RTCP); RFC 3711 §3.1: the SSRC is in the clear.
-    if (st.droppedSsrcs.size && data.length >= 12 && data[0]! >= 128 && data[0]! <= 191 && !(data[1]! >= 192 && data[1]! <= 223) && st.droppedSsrcs.has(data.readUInt32BE(8))) return false;
+    if (
+      st.droppedSsrcs.size &&
+      data.length >= 12 &&
+      data[0]! >= 128 &&
+      data[0]! <= 191 &&
+      !(data[1]! >= 192 && data[1]! <= 223) &&
+      st.droppedSsrcs.has(data.readUInt32BE(8))
+    )
+      return false;
     const v = st.guard.packet(data, dir, peerPort);
     if (v !== 'forward') return false;
     if (st.guard.lastQueued) return true; // inspected, in order, when the flow's keys verify
@@ -276,7 +296,12 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
     for (const m of verdict.matches) {
       const ev = toEve(e, st.meta);
       ev.event_type = 'alert';
-      ev.alert = { action: m.action === 'block' || m.action === 'drop' ? 'blocked' : 'allowed', signature_id: m.rule.id, signature: m.rule.description ?? m.rule.id, severity: m.rule.severity };
+      ev.alert = {
+        action: m.action === 'block' || m.action === 'drop' ? 'blocked' : 'allowed',
+        signature_id: m.rule.id,
+        signature: m.rule.description ?? m.rule.id,
+        severity: m.rule.severity,
+      };
       this.emit(this.decorate(st, ev, e.association));
     }
     if (ACTION_RANK[verdict.action] > ACTION_RANK[st.verdict]) st.verdict = verdict.action;
@@ -292,7 +317,13 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
   private startRecording(st: FlowState, ruleId: string): void {
     const f = st.flow;
     try {
-      st.recorder = this.o.recordings!.open({ flowId: f.id, client: { ip: f.client.address, port: f.client.port }, peer: { ip: f.peerAddress, port: st.meta.b.port }, user: f.user, ruleId });
+      st.recorder = this.o.recordings!.open({
+        flowId: f.id,
+        client: { ip: f.client.address, port: f.client.port },
+        peer: { ip: f.peerAddress, port: st.meta.b.port },
+        user: f.user,
+        ruleId,
+      });
     } catch (err) {
       this.log.error({ err: (err as Error).message, flow: f.id }, 'cannot start recording');
       return;
@@ -310,7 +341,9 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
     } catch (err) {
       this.log.error({ err: (err as Error).message, flow: st.flow.id }, 'sealing a recording failed');
     }
-    this.keyEvent(st, 'recording', st.guard.association, { recording: { action: 'sealed', id: sealed?.id ?? r.recordingId, seq: sealed?.seq, manifest_sha256: sealed?.manifestHash } });
+    this.keyEvent(st, 'recording', st.guard.association, {
+      recording: { action: 'sealed', id: sealed?.id ?? r.recordingId, seq: sealed?.seq, manifest_sha256: sealed?.manifestHash },
+    });
   }
 
   private block(st: FlowState, reason: BlockReason | 'policy', association: string | undefined): void {

@@ -70,13 +70,7 @@ export class KeyLog {
       if (!field) continue; // unknown label (e.g. EARLY_EXPORTER_SECRET, RSA)
       const cr = parts[1];
       const secret = parts[2];
-      if (
-        parts.length !== 3 ||
-        !cr ||
-        !secret ||
-        !/^[0-9a-fA-F]{64}$/.test(cr) ||
-        !/^(?:[0-9a-fA-F]{2}){16,64}$/.test(secret)
-      ) {
+      if (parts.length !== 3 || !cr || !secret || !/^[0-9a-fA-F]{64}$/.test(cr) || !/^(?:[0-9a-fA-F]{2}){16,64}$/.test(secret)) {
         this.rejected++;
         continue;
       }
@@ -107,8 +101,7 @@ export class KeyLog {
 
   /** Zeroes and forgets every secret. */
   wipe(): void {
-    for (const e of this.entries.values())
-      for (const f of Object.values(LABELS)) e[f]?.fill(0);
+    for (const e of this.entries.values()) for (const f of Object.values(LABELS)) e[f]?.fill(0);
     this.entries.clear();
     this.version++;
   }

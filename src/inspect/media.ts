@@ -68,7 +68,22 @@ const STATIC_PT: Record<number, [string, 'audio' | 'video']> = {
   34: ['h263', 'video'],
 };
 
-const AUDIO = new Set(['opus', 'pcmu', 'pcma', 'g722', 'g729', 'gsm', 'g723', 'cn', 'isac', 'ilbc', 'telephone-event', 'l16', 'amr', 'amr-wb']);
+const AUDIO = new Set([
+  'opus',
+  'pcmu',
+  'pcma',
+  'g722',
+  'g729',
+  'gsm',
+  'g723',
+  'cn',
+  'isac',
+  'ilbc',
+  'telephone-event',
+  'l16',
+  'amr',
+  'amr-wb',
+]);
 const VIDEO = new Set(['vp8', 'vp9', 'h264', 'h265', 'av1', 'jpeg', 'h261', 'h263', 'mpv']);
 
 function kindOf(codec: string): 'audio' | 'video' | 'unknown' {
@@ -90,7 +105,8 @@ export function codecSignature(p: Buffer): string | null {
     let q = 1;
     if (b0 & 0x80) {
       const x = p[q++];
-      if (x & 0x0f) q = -1; // RSV bits must be zero
+      if (x & 0x0f)
+        q = -1; // RSV bits must be zero
       else {
         if (x & 0x80) q += p[q] & 0x80 ? 2 : 1; // PictureID, 7 or 15 bits (M bit)
         if (x & 0x40) q += 1; // TL0PICIDX
@@ -368,7 +384,15 @@ export class MediaTracker {
     const f = this.fails[what];
     f.count++;
     if (!f.emitted || time - f.lastEmit >= this.interval) {
-      this.send({ type: 'undecryptable', what, reason: why === 'auth' ? 'authentication failed' : why, count: f.count, time, dir, association: assoc });
+      this.send({
+        type: 'undecryptable',
+        what,
+        reason: why === 'auth' ? 'authentication failed' : why,
+        count: f.count,
+        time,
+        dir,
+        association: assoc,
+      });
       f.count = 0;
       f.lastEmit = time;
       f.emitted = true;

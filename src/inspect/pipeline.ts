@@ -353,7 +353,11 @@ export class FlowPipeline {
             const m = deriveSrtpTls13(hash, entry.exporterSecret, profile, prefix);
             if (!m) continue;
             try {
-              st.cands.push({ m, c2s: new SrtpContext(profile, m.clientMasterKey, m.clientMasterSalt), s2c: new SrtpContext(profile, m.serverMasterKey, m.serverMasterSalt) });
+              st.cands.push({
+                m,
+                c2s: new SrtpContext(profile, m.clientMasterKey, m.clientMasterSalt),
+                s2c: new SrtpContext(profile, m.serverMasterKey, m.serverMasterSalt),
+              });
             } catch {
               // unsupported profile in this build: skip
             }
@@ -388,7 +392,15 @@ export class FlowPipeline {
     // Rate-limited like the DTLS session's: the first at once, then one per second of
     // packet time with the count since the previous one.
     if (!n.emitted || time - n.last >= 1000) {
-      this.emit({ type: 'undecryptable', what: rtcp ? 'srtcp' : 'srtp', reason: 'no_keys', count: n.pending, time, dir, association: this.assoc });
+      this.emit({
+        type: 'undecryptable',
+        what: rtcp ? 'srtcp' : 'srtp',
+        reason: 'no_keys',
+        count: n.pending,
+        time,
+        dir,
+        association: this.assoc,
+      });
       n.pending = 0;
       n.last = time;
       n.emitted = true;
@@ -412,7 +424,14 @@ export class FlowPipeline {
       this.session.flush(this.lastTime);
       const n = this.noKeys;
       if (n.pending > 0) {
-        this.emit({ type: 'undecryptable', what: 'srtp', reason: 'no_keys', count: n.pending, time: this.lastTime, association: this.assoc });
+        this.emit({
+          type: 'undecryptable',
+          what: 'srtp',
+          reason: 'no_keys',
+          count: n.pending,
+          time: this.lastTime,
+          association: this.assoc,
+        });
         n.pending = 0;
       }
     } catch {
@@ -491,7 +510,16 @@ export class FlowTable {
    * Feeds a datagram from src to dst. `turn`: the TURN client transport it was unwrapped
    * from (then src/dst are the client and the peer).
    */
-  feed(proto: 'UDP' | 'TCP', srcIp: string, srcPort: number, dstIp: string, dstPort: number, payload: Buffer, time: number, turn?: TurnConnection): FlowRecord {
+  feed(
+    proto: 'UDP' | 'TCP',
+    srcIp: string,
+    srcPort: number,
+    dstIp: string,
+    dstPort: number,
+    payload: Buffer,
+    time: number,
+    turn?: TurnConnection,
+  ): FlowRecord {
     const s = epKey(srcIp, srcPort);
     const d = epKey(dstIp, dstPort);
     const via = turn ? `turn|${turn.key}|` : '';

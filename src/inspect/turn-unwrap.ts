@@ -120,7 +120,15 @@ export class TurnUnwrapper {
    * dst. Returns null when it is not TURN framing (including plain STUN Binding, which
    * belongs to ICE): the caller inspects it as a direct flow.
    */
-  unwrap(transport: 'udp' | 'tcp', srcIp: string, srcPort: number, dstIp: string, dstPort: number, payload: Buffer, time: number): UnwrapResult | null {
+  unwrap(
+    transport: 'udp' | 'tcp',
+    srcIp: string,
+    srcPort: number,
+    dstIp: string,
+    dstPort: number,
+    payload: Buffer,
+    time: number,
+  ): UnwrapResult | null {
     if (payload.length < 4) return null;
     const b0 = payload[0]!;
     if (b0 >= 0x40 && b0 <= 0x4f) return this.channelData(transport, srcIp, srcPort, dstIp, dstPort, payload, time);
@@ -130,7 +138,15 @@ export class TurnUnwrapper {
     return this.stun(transport, srcIp, srcPort, dstIp, dstPort, msg, time);
   }
 
-  private channelData(transport: 'udp' | 'tcp', srcIp: string, srcPort: number, dstIp: string, dstPort: number, payload: Buffer, time: number): UnwrapResult | null {
+  private channelData(
+    transport: 'udp' | 'tcp',
+    srcIp: string,
+    srcPort: number,
+    dstIp: string,
+    dstPort: number,
+    payload: Buffer,
+    time: number,
+  ): UnwrapResult | null {
     // RFC 8656 §12.4: channel number (2), length (2), application data.
     const channel = payload.readUInt16BE(0);
     const len = payload.readUInt16BE(2);
@@ -154,7 +170,15 @@ export class TurnUnwrapper {
     return undefined;
   }
 
-  private stun(transport: 'udp' | 'tcp', srcIp: string, srcPort: number, dstIp: string, dstPort: number, msg: StunMessage, time: number): UnwrapResult {
+  private stun(
+    transport: 'udp' | 'tcp',
+    srcIp: string,
+    srcPort: number,
+    dstIp: string,
+    dstPort: number,
+    msg: StunMessage,
+    time: number,
+  ): UnwrapResult {
     // Requests and Send indications come from the client, responses and Data
     // indications from the server (RFC 8656 §10, §11).
     const fromClientByType =

@@ -216,7 +216,16 @@ export class PolicyEngine {
   /** Rules with action `record` and no content conditions that select this flow: record it from the start. */
   recordsFlow(flow: FlowContext): Rule[] {
     return this.compiled
-      .filter((c) => c.rule.action === 'record' && this.flowSelected(c, flow) && !c.needsContent && !c.regexes.length && !c.fileTypes && !c.sha256 && !c.sha256List)
+      .filter(
+        (c) =>
+          c.rule.action === 'record' &&
+          this.flowSelected(c, flow) &&
+          !c.needsContent &&
+          !c.regexes.length &&
+          !c.fileTypes &&
+          !c.sha256 &&
+          !c.sha256List,
+      )
       .map((c) => c.rule);
   }
 }

@@ -89,7 +89,12 @@ export class MultiMatcher<T> {
   constructor(specs: PatternSpec<T>[]) {
     const ex = specs.filter((s) => !s.caseInsensitive && s.bytes.length > 0);
     const ci = specs.filter((s) => s.caseInsensitive && s.bytes.length > 0);
-    this.exact = ex.length ? new Automaton(ex.map((s) => s.bytes), ex.map((s) => s.tag)) : null;
+    this.exact = ex.length
+      ? new Automaton(
+          ex.map((s) => s.bytes),
+          ex.map((s) => s.tag),
+        )
+      : null;
     this.folded = ci.length
       ? new Automaton(
           ci.map((s) => Buffer.from(s.bytes.map((b) => FOLD[b]!))),

@@ -16,7 +16,17 @@ export function parseDuration(s: string): number | null {
 }
 
 const SIZE_RE = /^(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?$/;
-const SIZE_UNITS: Record<string, number> = { B: 1, KB: 1e3, MB: 1e6, GB: 1e9, TB: 1e12, KiB: 1024, MiB: 1024 ** 2, GiB: 1024 ** 3, TiB: 1024 ** 4 };
+const SIZE_UNITS: Record<string, number> = {
+  B: 1,
+  KB: 1e3,
+  MB: 1e6,
+  GB: 1e9,
+  TB: 1e12,
+  KiB: 1024,
+  MiB: 1024 ** 2,
+  GiB: 1024 ** 3,
+  TiB: 1024 ** 4,
+};
 export function parseSize(s: string): number | null {
   const m = SIZE_RE.exec(s.trim());
   return m ? Math.round(Number(m[1]) * SIZE_UNITS[m[2] ?? 'B']!) : null;
@@ -43,8 +53,36 @@ const size: Schema<number> = {
 };
 
 export const FILE_TYPES = [
-  'exe', 'dll', 'elf', 'macho', 'msi', 'ole', 'zip', 'docx', 'xlsx', 'pptx', 'jar', 'apk', 'pdf', 'png', 'jpeg', 'gif',
-  'webp', 'bmp', 'tiff', 'mp4', 'webm', 'ogg', 'mp3', 'wav', 'gzip', '7z', 'rar', 'tar', 'script', 'unknown',
+  'exe',
+  'dll',
+  'elf',
+  'macho',
+  'msi',
+  'ole',
+  'zip',
+  'docx',
+  'xlsx',
+  'pptx',
+  'jar',
+  'apk',
+  'pdf',
+  'png',
+  'jpeg',
+  'gif',
+  'webp',
+  'bmp',
+  'tiff',
+  'mp4',
+  'webm',
+  'ogg',
+  'mp3',
+  'wav',
+  'gzip',
+  '7z',
+  'rar',
+  'tar',
+  'script',
+  'unknown',
 ] as const;
 
 const cidr = checked('a CIDR', checkCidr);
@@ -57,7 +95,8 @@ const regex = checked('a regular expression', (s) => {
   }
   // Refuse patterns that can backtrack catastrophically: a quantified group that
   // itself contains a quantifier, e.g. (a+)+ or (x*y?)*.
-  if (/\((?:[^()\\]|\\.)*[+*}](?:[^()\\]|\\.)*\)[+*{]/.test(s)) return 'nested quantifiers can backtrack without bound; rewrite the pattern';
+  if (/\((?:[^()\\]|\\.)*[+*}](?:[^()\\]|\\.)*\)[+*{]/.test(s))
+    return 'nested quantifiers can backtrack without bound; rewrite the pattern';
   return null;
 });
 const sha256 = checked('a SHA-256 in hex', (s) => (/^[0-9a-fA-F]{64}$/.test(s) ? null : 'expected 64 hex digits'));
@@ -98,7 +137,14 @@ export interface Quota {
   vital: string[];
 }
 export interface RuleFile {
-  keys: { required: boolean; deadline: number; unverified: 'hold' | 'pass' | 'drop'; block_for: number; media: boolean; data: boolean } | null;
+  keys: {
+    required: boolean;
+    deadline: number;
+    unverified: 'hold' | 'pass' | 'drop';
+    block_for: number;
+    media: boolean;
+    data: boolean;
+  } | null;
   rules: Rule[];
   quotas: Quota[];
 }
@@ -179,7 +225,12 @@ export function parseRuleFile(text: string, file: string): RuleFile {
     if (seen.has(r.id)) fail(ctx, node, `rules[${i}].id`, `duplicate rule id ${JSON.stringify(r.id)}`);
     seen.add(r.id);
   });
-  const qitems = ((root && 'get' in root ? (root as unknown as { get(k: string, keep: boolean): unknown }).get('quotas', true) : null) as { items?: unknown[] } | null)?.items ?? [];
+  const qitems =
+    (
+      (root && 'get' in root ? (root as unknown as { get(k: string, keep: boolean): unknown }).get('quotas', true) : null) as {
+        items?: unknown[];
+      } | null
+    )?.items ?? [];
   rf.quotas.forEach((q, i) => {
     const node = qitems[i] as Parameters<typeof fail>[1];
     if (!q.id) fail(ctx, node, `quotas[${i}].id`, 'every quota needs an id');

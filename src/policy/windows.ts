@@ -76,7 +76,10 @@ export function windowOf(ms: number, period: Period, tz: string): { start: numbe
   const p = localParts(ms, tz);
   if (period === 'day') {
     const next = new Date(Date.UTC(p.y, p.m - 1, p.d + 1));
-    return { start: localMidnight(p.y, p.m, p.d, tz), end: localMidnight(next.getUTCFullYear(), next.getUTCMonth() + 1, next.getUTCDate(), tz) };
+    return {
+      start: localMidnight(p.y, p.m, p.d, tz),
+      end: localMidnight(next.getUTCFullYear(), next.getUTCMonth() + 1, next.getUTCDate(), tz),
+    };
   }
   if (period === 'week') {
     const dow = (new Date(Date.UTC(p.y, p.m - 1, p.d)).getUTCDay() + 6) % 7; // Monday = 0

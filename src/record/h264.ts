@@ -145,6 +145,11 @@ export class H264Depacketizer {
     if (idr && !hasSps && this.sps) parts.push(START_CODE, this.sps);
     if (idr && !hasPps && this.pps) parts.push(START_CODE, this.pps);
     for (const n of nals) parts.push(START_CODE, n);
-    return { timestamp: ts, data: Buffer.concat(parts), idr: idr && (hasSps || this.sps !== null) && (hasPps || this.pps !== null), complete };
+    return {
+      timestamp: ts,
+      data: Buffer.concat(parts),
+      idr: idr && (hasSps || this.sps !== null) && (hasPps || this.pps !== null),
+      complete,
+    };
   }
 }

@@ -166,7 +166,13 @@ export function sealRecording(
   return { manifest, hash: sha256Hex(bytes) };
 }
 
-export function writeChainPoint(recordingsDir: string, name: typeof HEAD | typeof ANCHOR, p: ChainPoint, s: Signer, extra: Record<string, unknown> = {}): void {
+export function writeChainPoint(
+  recordingsDir: string,
+  name: typeof HEAD | typeof ANCHOR,
+  p: ChainPoint,
+  s: Signer,
+  extra: Record<string, unknown> = {},
+): void {
   const body = { format: MANIFEST_FORMAT, ...p, ...extra, signer: signerId(s.certificateDer) };
   writeAtomic(join(recordingsDir, name), JSON.stringify({ ...body, signature: signBody(body, s) }, null, 2) + '\n');
 }
@@ -222,7 +228,10 @@ function readJson(path: string): Record<string, unknown> | null {
   }
 }
 
-export function readChainPoint(recordingsDir: string, name: typeof HEAD | typeof ANCHOR): (ChainPoint & { signer: string; raw: Record<string, unknown> }) | null {
+export function readChainPoint(
+  recordingsDir: string,
+  name: typeof HEAD | typeof ANCHOR,
+): (ChainPoint & { signer: string; raw: Record<string, unknown> }) | null {
   const v = readJson(join(recordingsDir, name));
   if (!v || typeof v.seq !== 'number' || typeof v.manifestHash !== 'string') return null;
   return { seq: v.seq, manifestHash: v.manifestHash, id: String(v.id ?? ''), signer: String(v.signer ?? ''), raw: v };
@@ -263,7 +272,8 @@ function checkRecording(rec: SealedRecording, keys: KeyRing, problems: string[])
   const m = rec.manifest;
   const key = keys.get(String(m.signer));
   if (!key) problems.push(`${rec.id}/${MANIFEST}: signed by an unknown or untrusted certificate (${String(m.signer).slice(0, 16)})`);
-  else if (!verifyBody(m as unknown as Record<string, unknown>, key)) problems.push(`${rec.id}/${MANIFEST}: bad signature (manifest changed)`);
+  else if (!verifyBody(m as unknown as Record<string, unknown>, key))
+    problems.push(`${rec.id}/${MANIFEST}: bad signature (manifest changed)`);
   if (m.id !== undefined && m.id !== rec.id) problems.push(`${rec.id}/${MANIFEST}: manifest is for recording ${m.id} (moved or renamed)`);
   const present = new Set(listFiles(rec.dir));
   for (const [f, want] of Object.entries(m.files)) {
@@ -347,8 +357,10 @@ export function verifyRecordings(dir: string, opts: { certPem?: string } = {}): 
   const last = sealed[sealed.length - 1];
   if (head) {
     if (last) {
-      if (head.seq > last.manifest.seq) problems.push(`${HEAD}: newest recording(s) with seq ${last.manifest.seq + 1}..${head.seq} removed`);
-      else if (head.seq === last.manifest.seq && head.manifestHash !== last.hash) problems.push(`${HEAD}: does not match the manifest of ${last.id}`);
+      if (head.seq > last.manifest.seq)
+        problems.push(`${HEAD}: newest recording(s) with seq ${last.manifest.seq + 1}..${head.seq} removed`);
+      else if (head.seq === last.manifest.seq && head.manifestHash !== last.hash)
+        problems.push(`${HEAD}: does not match the manifest of ${last.id}`);
       else if (head.seq < last.manifest.seq) problems.push(`${HEAD}: stale (seq ${head.seq}, newest manifest seq ${last.manifest.seq})`);
     } else if (!anchor || anchor.seq !== head.seq || anchor.manifestHash !== head.manifestHash) {
       problems.push(`${HEAD}: recordings up to seq ${head.seq} removed`);

@@ -95,7 +95,10 @@ export interface RetentionDeleted {
 const TEXT_PPIDS = new Set([51, 54, 56]); // RFC 8831 §8: WebRTC String (partial, empty)
 
 function stamp(ms: number): string {
-  return new Date(ms).toISOString().replace(/[-:]/g, '').replace(/\.\d+Z$/, 'Z');
+  return new Date(ms)
+    .toISOString()
+    .replace(/[-:]/g, '')
+    .replace(/\.\d+Z$/, 'Z');
 }
 
 function safe(s: string): string {
@@ -146,7 +149,10 @@ export class FlowRecorder {
     this.id = `${stamp(this.startedAt)}-${safe(String(this.flow.flowId))}-p${this.part}-${randomBytes(3).toString('hex')}`;
     this.dir = join(this.store.dir, this.id);
     mkdirSync(this.dir, { recursive: true, mode: 0o750 });
-    writeFileSync(join(this.dir, 'meta.json'), JSON.stringify({ flow: this.flow, part: this.part, startedAt: new Date(this.startedAt).toISOString() }) + '\n');
+    writeFileSync(
+      join(this.dir, 'meta.json'),
+      JSON.stringify({ flow: this.flow, part: this.part, startedAt: new Date(this.startedAt).toISOString() }) + '\n',
+    );
     this.store.opened(this.id);
   }
 
@@ -235,7 +241,8 @@ export class FlowRecorder {
   }
 
   private writeRtcp(e: RtpPacketEvent): void {
-    if (!this.rtcp) this.rtcp = new RtpPcapWriter(join(this.dir, 'rtcp.pcap'), this.flow.client, this.flow.peer, { fsync: this.store.fsync });
+    if (!this.rtcp)
+      this.rtcp = new RtpPcapWriter(join(this.dir, 'rtcp.pcap'), this.flow.client, this.flow.peer, { fsync: this.store.fsync });
     this.rtcp.write(e.time, e.payload, e.dir === 's2c');
   }
 
@@ -275,7 +282,8 @@ export class FlowRecorder {
     if (this.closed) return;
     this.flush();
     const { rotateBytes, rotateMs } = this.store;
-    if ((rotateMs && this.store.clock.now() - this.startedAt >= rotateMs) || (rotateBytes && this.partBytes() >= rotateBytes)) this.rotate();
+    if ((rotateMs && this.store.clock.now() - this.startedAt >= rotateMs) || (rotateBytes && this.partBytes() >= rotateBytes))
+      this.rotate();
   }
 
   private partBytes(): number {

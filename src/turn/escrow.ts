@@ -151,7 +151,12 @@ export class TurnEscrowExtension implements TurnRequestExtension {
       flags = (policy.media ? KR_FLAG_MEDIA : 0) | (policy.data ? KR_FLAG_DATA : 0) | (policy.required ? KR_FLAG_REQUIRED : 0);
       attrs.push({
         type: ATTR_KEY_REQUEST,
-        value: encodeKeyRequest('turn', ctx.transactionId, { deadline, flags, fingerprint: this.identity.fingerprint }, this.identity.privateKey),
+        value: encodeKeyRequest(
+          'turn',
+          ctx.transactionId,
+          { deadline, flags, fingerprint: this.identity.fingerprint },
+          this.identity.privateKey,
+        ),
       });
     }
 

@@ -84,7 +84,11 @@ export class PeerFilter {
     else if (isIPv6(ip)) {
       const e = embeddedV4(ip);
       if (e && e.only) candidates = [[e.v4, 'ipv4']];
-      else if (e) candidates = [[ip, 'ipv6'], [e.v4, 'ipv4']];
+      else if (e)
+        candidates = [
+          [ip, 'ipv6'],
+          [e.v4, 'ipv4'],
+        ];
       else candidates = [[ip, 'ipv6']];
     } else return false;
     for (const [a, t] of candidates) if (this.deny.check(a, t)) return false;

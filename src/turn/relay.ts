@@ -73,7 +73,7 @@ export class PortPool {
     const start = randomInt(0, n);
     for (let i = 0; i < n && out.length < max; i++) {
       const p = this.low + ((start + i) % n);
-      if (even && (p & 1)) continue;
+      if (even && p & 1) continue;
       if (even && p + 1 > this.high) continue;
       if (this.used.has(p)) continue;
       out.push(p);

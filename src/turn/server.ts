@@ -875,7 +875,12 @@ export class TurnServer {
     return 0;
   }
 
-  private runExtensions(a: Allocation, msg: StunMessage, auth: AuthOk, peers: TransportAddress[]): TurnRequestVerdict[] | { code: number; reason?: string } {
+  private runExtensions(
+    a: Allocation,
+    msg: StunMessage,
+    auth: AuthOk,
+    peers: TransportAddress[],
+  ): TurnRequestVerdict[] | { code: number; reason?: string } {
     const out: TurnRequestVerdict[] = [];
     for (const e of this.extensions) {
       if (!e.onRequest) continue;

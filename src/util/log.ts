@@ -21,10 +21,7 @@ export const REDACTED_PATHS = [
   '*.token',
 ];
 
-export function createLogger(
-  opts: { level?: string; name?: string } = {},
-  dest?: DestinationStream,
-): Logger {
+export function createLogger(opts: { level?: string; name?: string } = {}, dest?: DestinationStream): Logger {
   return pino(
     {
       name: opts.name ?? 'gatehouse',

@@ -276,10 +276,7 @@ export const EXT_CONNECTION_ID = 54; // RFC 9146 §3
 export const EXT_RENEGOTIATION_INFO = 0xff01; // RFC 5746 §3.2
 
 /** RFC 8446 §4.1.3: a ServerHello with this random is a HelloRetryRequest. */
-export const HELLO_RETRY_REQUEST_RANDOM = Buffer.from(
-  'cf21ad74e59a6111be1d8c021e65b891c2a211167abb8c5e079e09e2c8a8339c',
-  'hex',
-);
+export const HELLO_RETRY_REQUEST_RANDOM = Buffer.from('cf21ad74e59a6111be1d8c021e65b891c2a211167abb8c5e079e09e2c8a8339c', 'hex');
 
 export interface HelloExtensions {
   /** use_srtp protection profiles (RFC 5764 §4.1.1); empty when absent. */

@@ -272,9 +272,10 @@ function aeadOpen(st: EpochState, nonce: Buffer, aad: Buffer, ct: Buffer, tag: B
     if (st.gcm) return st.gcm.open(nonce, aad, ct, tag);
   }
   try {
-    const d = st.info.aead === 'chacha20-poly1305'
-      ? createDecipheriv('chacha20-poly1305', st.key, nonce, { authTagLength: TAG_LEN })
-      : createDecipheriv(st.info.aead, st.key, nonce, { authTagLength: TAG_LEN });
+    const d =
+      st.info.aead === 'chacha20-poly1305'
+        ? createDecipheriv('chacha20-poly1305', st.key, nonce, { authTagLength: TAG_LEN })
+        : createDecipheriv(st.info.aead, st.key, nonce, { authTagLength: TAG_LEN });
     d.setAAD(aad);
     d.setAuthTag(tag);
     const a = d.update(ct);
@@ -357,7 +358,9 @@ export class Dtls13Reader {
     const cur = this.cur;
     if (!cur || !isUnifiedHeader(firstByte)) return false;
     const eb = firstByte & 3;
-    return (cur.epoch & 3) === eb || (this.prev !== null && (this.prev.epoch & 3) === eb) || (cur.epoch >= 3 && ((cur.epoch + 1) & 3) === eb);
+    return (
+      (cur.epoch & 3) === eb || (this.prev !== null && (this.prev.epoch & 3) === eb) || (cur.epoch >= 3 && ((cur.epoch + 1) & 3) === eb)
+    );
   }
 
   open(buf: Buffer, off: number): Dtls13Record | null {
@@ -528,9 +531,10 @@ export class Dtls13Writer {
     if (withLength) out.writeUInt16BE(bodyLen, 1 + seqLen);
     const aad = Buffer.from(out.subarray(0, hdrLen)); // header with the plaintext record number
     const nonce = makeNonce(this.nonce, this.st.iv, seq);
-    const c = this.info.aead === 'chacha20-poly1305'
-      ? createCipheriv('chacha20-poly1305', this.st.key, nonce, { authTagLength: TAG_LEN })
-      : createCipheriv(this.info.aead, this.st.key, nonce, { authTagLength: TAG_LEN });
+    const c =
+      this.info.aead === 'chacha20-poly1305'
+        ? createCipheriv('chacha20-poly1305', this.st.key, nonce, { authTagLength: TAG_LEN })
+        : createCipheriv(this.info.aead, this.st.key, nonce, { authTagLength: TAG_LEN });
     c.setAAD(aad);
     const ct = Buffer.concat([c.update(inner), c.final()]);
     ct.copy(out, hdrLen);

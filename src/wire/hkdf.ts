@@ -81,13 +81,7 @@ export function hkdfExpandLabel(
 }
 
 /** RFC 8446 §7.1: Derive-Secret(Secret, Label, Messages) with Transcript-Hash(Messages) given. */
-export function deriveSecret(
-  hash: HashName,
-  secret: Buffer,
-  label: string,
-  transcriptHash: Buffer,
-  prefix: string = TLS13_PREFIX,
-): Buffer {
+export function deriveSecret(hash: HashName, secret: Buffer, label: string, transcriptHash: Buffer, prefix: string = TLS13_PREFIX): Buffer {
   return hkdfExpandLabel(hash, secret, label, transcriptHash, hashLength(hash), prefix);
 }
 

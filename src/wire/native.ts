@@ -28,9 +28,29 @@ export interface NativeSrtpCrypto {
    * tagLen against src[tagOff..) in constant time; only then out[0..hdrLen) = header and
    * out[hdrLen..+n) = decrypted (or copied when decrypt is false).
    */
-  cmOpen(src: Buffer, authLen: number, trailer: number, tagOff: number, tagLen: number, hdrLen: number, n: number, decrypt: boolean, out: Buffer): boolean;
+  cmOpen(
+    src: Buffer,
+    authLen: number,
+    trailer: number,
+    tagOff: number,
+    tagLen: number,
+    hdrLen: number,
+    n: number,
+    decrypt: boolean,
+    out: Buffer,
+  ): boolean;
   /** AES-CM + HMAC-SHA1 seal: header copy, encrypt (or copy) n octets, tag = HMAC(out[0..authLen) || [trailer]) at out[tagOff..+tagLen). */
-  cmSeal(src: Buffer, out: Buffer, hdrLen: number, n: number, encrypt: boolean, authLen: number, trailer: number, tagOff: number, tagLen: number): void;
+  cmSeal(
+    src: Buffer,
+    out: Buffer,
+    hdrLen: number,
+    n: number,
+    encrypt: boolean,
+    authLen: number,
+    trailer: number,
+    tagOff: number,
+    tagLen: number,
+  ): void;
 }
 
 export interface NativeCrypto {

@@ -122,7 +122,7 @@ export function formatIpv6(b: Uint8Array, off: number): string {
   }
   let bestStart = -1;
   let bestLen = 0;
-  for (let i = 0; i < 8; ) {
+  for (let i = 0; i < 8;) {
     if (g[i] !== 0) {
       i++;
       continue;
@@ -220,7 +220,7 @@ function decodeIpv6(buf: Buffer, off: number): IpPacket | null {
       // RFC 8200 §4.5 Fragment header: next(1) reserved(1) offset(13 bits)|res(2)|M(1), id(4).
       if (p + 8 > end) return null;
       const fo = buf.readUInt16BE(p + 2);
-      fragOffset = (fo & 0xfff8);
+      fragOffset = fo & 0xfff8;
       moreFragments = (fo & 1) !== 0;
       fragId = buf.readUInt32BE(p + 4);
       fragment = fragOffset !== 0 || moreFragments;
@@ -502,7 +502,7 @@ export class TcpStream {
   }
 
   private drain(): void {
-    for (let progress = true; progress && this.held.length > 0; ) {
+    for (let progress = true; progress && this.held.length > 0;) {
       progress = false;
       for (let i = 0; i < this.held.length; i++) {
         const h = this.held[i]!;

@@ -599,7 +599,7 @@ export interface DataChunkInit {
 }
 
 function dataFlags(d: DataChunkInit): number {
-  return (d.unordered ? FLAG_U : 0) | (d.begin ?? true ? FLAG_B : 0) | (d.end ?? true ? FLAG_E : 0);
+  return (d.unordered ? FLAG_U : 0) | ((d.begin ?? true) ? FLAG_B : 0) | ((d.end ?? true) ? FLAG_E : 0);
 }
 
 /** RFC 9260 §3.3.1 DATA chunk. B and E default to true (unfragmented). */
@@ -620,7 +620,7 @@ export function encodeIDataChunk(d: DataChunkInit): Buffer {
   v.writeUInt16BE(d.stream, 4);
   v.writeUInt32BE((d.mid ?? 0) >>> 0, 8);
   const begin = d.begin ?? true;
-  v.writeUInt32BE((begin ? d.ppid ?? 0 : d.fsn ?? 0) >>> 0, 12);
+  v.writeUInt32BE((begin ? (d.ppid ?? 0) : (d.fsn ?? 0)) >>> 0, 12);
   d.data.copy(v, 16);
   return encodeChunk(ChunkType.I_DATA, dataFlags(d), v);
 }

@@ -49,12 +49,48 @@ export interface SrtpProfileParams {
 
 const PROFILES: Record<number, SrtpProfileParams> = {
   // RFC 5764 §4.1.2
-  1: { id: 1, name: 'SRTP_AES128_CM_HMAC_SHA1_80', aead: false, keyLength: 16, saltLength: 14, authKeyLength: 20, rtpTagLength: 10, rtcpTagLength: 10 },
+  1: {
+    id: 1,
+    name: 'SRTP_AES128_CM_HMAC_SHA1_80',
+    aead: false,
+    keyLength: 16,
+    saltLength: 14,
+    authKeyLength: 20,
+    rtpTagLength: 10,
+    rtcpTagLength: 10,
+  },
   // RFC 5764 §4.1.2: "SRTCP_auth_tag_length 80" even for the _32 profile.
-  2: { id: 2, name: 'SRTP_AES128_CM_HMAC_SHA1_32', aead: false, keyLength: 16, saltLength: 14, authKeyLength: 20, rtpTagLength: 4, rtcpTagLength: 10 },
+  2: {
+    id: 2,
+    name: 'SRTP_AES128_CM_HMAC_SHA1_32',
+    aead: false,
+    keyLength: 16,
+    saltLength: 14,
+    authKeyLength: 20,
+    rtpTagLength: 4,
+    rtcpTagLength: 10,
+  },
   // RFC 7714 §14.2: 96-bit salt, 16-octet tag.
-  7: { id: 7, name: 'SRTP_AEAD_AES_128_GCM', aead: true, keyLength: 16, saltLength: 12, authKeyLength: 0, rtpTagLength: 16, rtcpTagLength: 16 },
-  8: { id: 8, name: 'SRTP_AEAD_AES_256_GCM', aead: true, keyLength: 32, saltLength: 12, authKeyLength: 0, rtpTagLength: 16, rtcpTagLength: 16 },
+  7: {
+    id: 7,
+    name: 'SRTP_AEAD_AES_128_GCM',
+    aead: true,
+    keyLength: 16,
+    saltLength: 12,
+    authKeyLength: 0,
+    rtpTagLength: 16,
+    rtcpTagLength: 16,
+  },
+  8: {
+    id: 8,
+    name: 'SRTP_AEAD_AES_256_GCM',
+    aead: true,
+    keyLength: 32,
+    saltLength: 12,
+    authKeyLength: 0,
+    rtpTagLength: 16,
+    rtcpTagLength: 16,
+  },
 };
 
 /** Parameters of a protection profile, or null when unsupported. */
@@ -274,7 +310,10 @@ class HmacSha1 {
   mac(buf: Buffer, off: number, len: number, trailer: number): Buffer {
     if (len > HMAC_JS_MAX) {
       this.trailer.writeUInt32BE(trailer >>> 0, 0);
-      const d = createHmac('sha1', this.key).update(buf.subarray(off, off + len)).update(this.trailer).digest();
+      const d = createHmac('sha1', this.key)
+        .update(buf.subarray(off, off + len))
+        .update(this.trailer)
+        .digest();
       d.copy(this.digest);
       return this.digest;
     }
@@ -413,35 +452,80 @@ class Ghash {
       y2 = T[i + 2];
       y3 = T[i + 3];
       i = (256 + ((x0 >>> 16) & 255)) << 2;
-      y0 ^= T[i]; y1 ^= T[i + 1]; y2 ^= T[i + 2]; y3 ^= T[i + 3];
+      y0 ^= T[i];
+      y1 ^= T[i + 1];
+      y2 ^= T[i + 2];
+      y3 ^= T[i + 3];
       i = (512 + ((x0 >>> 8) & 255)) << 2;
-      y0 ^= T[i]; y1 ^= T[i + 1]; y2 ^= T[i + 2]; y3 ^= T[i + 3];
+      y0 ^= T[i];
+      y1 ^= T[i + 1];
+      y2 ^= T[i + 2];
+      y3 ^= T[i + 3];
       i = (768 + (x0 & 255)) << 2;
-      y0 ^= T[i]; y1 ^= T[i + 1]; y2 ^= T[i + 2]; y3 ^= T[i + 3];
+      y0 ^= T[i];
+      y1 ^= T[i + 1];
+      y2 ^= T[i + 2];
+      y3 ^= T[i + 3];
       i = (1024 + (x1 >>> 24)) << 2;
-      y0 ^= T[i]; y1 ^= T[i + 1]; y2 ^= T[i + 2]; y3 ^= T[i + 3];
+      y0 ^= T[i];
+      y1 ^= T[i + 1];
+      y2 ^= T[i + 2];
+      y3 ^= T[i + 3];
       i = (1280 + ((x1 >>> 16) & 255)) << 2;
-      y0 ^= T[i]; y1 ^= T[i + 1]; y2 ^= T[i + 2]; y3 ^= T[i + 3];
+      y0 ^= T[i];
+      y1 ^= T[i + 1];
+      y2 ^= T[i + 2];
+      y3 ^= T[i + 3];
       i = (1536 + ((x1 >>> 8) & 255)) << 2;
-      y0 ^= T[i]; y1 ^= T[i + 1]; y2 ^= T[i + 2]; y3 ^= T[i + 3];
+      y0 ^= T[i];
+      y1 ^= T[i + 1];
+      y2 ^= T[i + 2];
+      y3 ^= T[i + 3];
       i = (1792 + (x1 & 255)) << 2;
-      y0 ^= T[i]; y1 ^= T[i + 1]; y2 ^= T[i + 2]; y3 ^= T[i + 3];
+      y0 ^= T[i];
+      y1 ^= T[i + 1];
+      y2 ^= T[i + 2];
+      y3 ^= T[i + 3];
       i = (2048 + (x2 >>> 24)) << 2;
-      y0 ^= T[i]; y1 ^= T[i + 1]; y2 ^= T[i + 2]; y3 ^= T[i + 3];
+      y0 ^= T[i];
+      y1 ^= T[i + 1];
+      y2 ^= T[i + 2];
+      y3 ^= T[i + 3];
       i = (2304 + ((x2 >>> 16) & 255)) << 2;
-      y0 ^= T[i]; y1 ^= T[i + 1]; y2 ^= T[i + 2]; y3 ^= T[i + 3];
+      y0 ^= T[i];
+      y1 ^= T[i + 1];
+      y2 ^= T[i + 2];
+      y3 ^= T[i + 3];
       i = (2560 + ((x2 >>> 8) & 255)) << 2;
-      y0 ^= T[i]; y1 ^= T[i + 1]; y2 ^= T[i + 2]; y3 ^= T[i + 3];
+      y0 ^= T[i];
+      y1 ^= T[i + 1];
+      y2 ^= T[i + 2];
+      y3 ^= T[i + 3];
       i = (2816 + (x2 & 255)) << 2;
-      y0 ^= T[i]; y1 ^= T[i + 1]; y2 ^= T[i + 2]; y3 ^= T[i + 3];
+      y0 ^= T[i];
+      y1 ^= T[i + 1];
+      y2 ^= T[i + 2];
+      y3 ^= T[i + 3];
       i = (3072 + (x3 >>> 24)) << 2;
-      y0 ^= T[i]; y1 ^= T[i + 1]; y2 ^= T[i + 2]; y3 ^= T[i + 3];
+      y0 ^= T[i];
+      y1 ^= T[i + 1];
+      y2 ^= T[i + 2];
+      y3 ^= T[i + 3];
       i = (3328 + ((x3 >>> 16) & 255)) << 2;
-      y0 ^= T[i]; y1 ^= T[i + 1]; y2 ^= T[i + 2]; y3 ^= T[i + 3];
+      y0 ^= T[i];
+      y1 ^= T[i + 1];
+      y2 ^= T[i + 2];
+      y3 ^= T[i + 3];
       i = (3584 + ((x3 >>> 8) & 255)) << 2;
-      y0 ^= T[i]; y1 ^= T[i + 1]; y2 ^= T[i + 2]; y3 ^= T[i + 3];
+      y0 ^= T[i];
+      y1 ^= T[i + 1];
+      y2 ^= T[i + 2];
+      y3 ^= T[i + 3];
       i = (3840 + (x3 & 255)) << 2;
-      y0 ^= T[i]; y1 ^= T[i + 1]; y2 ^= T[i + 2]; y3 ^= T[i + 3];
+      y0 ^= T[i];
+      y1 ^= T[i + 1];
+      y2 ^= T[i + 2];
+      y3 ^= T[i + 3];
     }
     this.y0 = y0;
     this.y1 = y1;

@@ -189,9 +189,12 @@ export function decodeStun(buf: Buffer): StunMessage | null {
     const next = vo + ((al + 3) & ~3);
     if (next > end) return null;
     let keep: boolean;
-    if (sawFP) keep = false; // §14.7: FINGERPRINT is last
-    else if (sawMI256) keep = at === Attr.Fingerprint; // §14.6
-    else if (sawMI) keep = at === Attr.Fingerprint || at === Attr.MessageIntegritySha256; // §14.5
+    if (sawFP)
+      keep = false; // §14.7: FINGERPRINT is last
+    else if (sawMI256)
+      keep = at === Attr.Fingerprint; // §14.6
+    else if (sawMI)
+      keep = at === Attr.Fingerprint || at === Attr.MessageIntegritySha256; // §14.5
     else keep = true;
     if (keep) {
       if (attrs.length >= MAX_ATTRIBUTES) return null;
@@ -277,7 +280,7 @@ export function formatIPv6(b: Buffer, off = 0): string {
   // RFC 5952 §4.2: compress the longest run (>= 2) of zero groups, first one on ties.
   let bestStart = -1;
   let bestLen = 0;
-  for (let i = 0; i < 8; ) {
+  for (let i = 0; i < 8;) {
     if (g[i] !== 0) {
       i++;
       continue;
@@ -293,7 +296,10 @@ export function formatIPv6(b: Buffer, off = 0): string {
   const hex = (x: number): string => x.toString(16);
   if (bestStart < 0) return g.map(hex).join(':');
   const left = g.slice(0, bestStart).map(hex).join(':');
-  const right = g.slice(bestStart + bestLen).map(hex).join(':');
+  const right = g
+    .slice(bestStart + bestLen)
+    .map(hex)
+    .join(':');
   return `${left}::${right}`;
 }
 
@@ -314,7 +320,10 @@ export function parseIP(ip: string): Buffer | null {
   let tail: number[] = [];
   const lastColon = s.lastIndexOf(':');
   if (s.indexOf('.', lastColon) >= 0) {
-    const v4 = s.slice(lastColon + 1).split('.').map(Number);
+    const v4 = s
+      .slice(lastColon + 1)
+      .split('.')
+      .map(Number);
     tail = [(v4[0]! << 8) | v4[1]!, (v4[2]! << 8) | v4[3]!];
     s = s.slice(0, lastColon + 1) + '0:0';
   }
@@ -506,7 +515,9 @@ export function shortTermKey(password: string): Buffer {
 
 /** RFC 8489 §14.4: USERHASH = SHA-256(OpaqueString(username) ":" OpaqueString(realm)). */
 export function userhash(username: string, realm: string): Buffer {
-  return createHash('sha256').update(`${opaqueString(username)}:${opaqueString(realm)}`, 'utf8').digest();
+  return createHash('sha256')
+    .update(`${opaqueString(username)}:${opaqueString(realm)}`, 'utf8')
+    .digest();
 }
 
 // ---------------------------------------------------------------------------

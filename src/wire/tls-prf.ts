@@ -31,13 +31,7 @@ export function hashLength(hash: PrfHash): number {
  * RFC 5246 §5: P_hash(secret, seed) = HMAC(secret, A(1) + seed) + HMAC(secret, A(2) + seed) ...
  * with A(0) = seed, A(i) = HMAC(secret, A(i-1)); PRF(secret, label, seed) = P_<hash>(secret, label + seed).
  */
-export function tls12Prf(
-  hash: PrfHash,
-  secret: Buffer,
-  label: string,
-  seed: Buffer,
-  length: number,
-): Buffer {
+export function tls12Prf(hash: PrfHash, secret: Buffer, label: string, seed: Buffer, length: number): Buffer {
   const fullSeed = Buffer.concat([Buffer.from(label, 'latin1'), seed]);
   const out = Buffer.alloc(length);
   let a: Buffer = fullSeed;
@@ -187,7 +181,9 @@ export function deriveSrtpTls12(
 
 /** RFC 5869 §2.2: HKDF-Extract(salt, IKM) = HMAC-Hash(salt, IKM). */
 export function hkdfExtract(hash: PrfHash, salt: Buffer, ikm: Buffer): Buffer {
-  return createHmac(hash, salt.length ? salt : Buffer.alloc(HASH_LEN[hash])).update(ikm).digest();
+  return createHmac(hash, salt.length ? salt : Buffer.alloc(HASH_LEN[hash]))
+    .update(ikm)
+    .digest();
 }
 
 /** RFC 5869 §2.3: HKDF-Expand(PRK, info, L). */
@@ -207,14 +203,7 @@ export function hkdfExpand(hash: PrfHash, prk: Buffer, info: Buffer, length: num
  * HkdfLabel = uint16 length, opaque label<7..255> = prefix + Label, opaque context<0..255>.
  * TLS 1.3 uses the prefix "tls13 "; DTLS 1.3 record protection uses "dtls13" (RFC 9147 §5.9).
  */
-export function hkdfExpandLabel(
-  hash: PrfHash,
-  secret: Buffer,
-  label: string,
-  context: Buffer,
-  length: number,
-  prefix = 'tls13 ',
-): Buffer {
+export function hkdfExpandLabel(hash: PrfHash, secret: Buffer, label: string, context: Buffer, length: number, prefix = 'tls13 '): Buffer {
   const fullLabel = Buffer.from(prefix + label, 'latin1');
   const info = Buffer.alloc(2 + 1 + fullLabel.length + 1 + context.length);
   info.writeUInt16BE(length, 0);
@@ -247,12 +236,7 @@ export function tls13Exporter(
 }
 
 /** DTLS 1.3 SRTP keys: TLS 1.3 exporter (empty context) with label EXTRACTOR-dtls_srtp, RFC 5764 §4.2 split. */
-export function deriveSrtpTls13(
-  hash: PrfHash,
-  exporterMasterSecret: Buffer,
-  profile: number,
-  prefix = 'tls13 ',
-): SrtpKeyMaterial | null {
+export function deriveSrtpTls13(hash: PrfHash, exporterMasterSecret: Buffer, profile: number, prefix = 'tls13 '): SrtpKeyMaterial | null {
   const p = SRTP_PROFILES.get(profile);
   if (!p) return null;
   const m = tls13Exporter(hash, exporterMasterSecret, DTLS_SRTP_EXPORTER_LABEL, Buffer.alloc(0), 2 * (p.keyLen + p.saltLen), prefix);

@@ -31,7 +31,10 @@ function checkPair(t: Test, side: PeerResult, other: PeerResult, server: TurnSer
   t.equal(pair.remote?.candidateType, 'relay', `${who}: remote candidate is a relay candidate`);
   t.equal(pair.local?.relayProtocol, transport, `${who}: local candidate reached the TURN server over ${transport}`);
   t.equal(pair.local?.address, server.host, `${who}: relayed address is the server's relay_address`);
-  t.ok(inRange(pair.local?.port, server.relayPorts), `${who}: relayed port ${pair.local?.port} in ${server.kind}'s relay range ${server.relayPorts.join('-')}`);
+  t.ok(
+    inRange(pair.local?.port, server.relayPorts),
+    `${who}: relayed port ${pair.local?.port} in ${server.kind}'s relay range ${server.relayPorts.join('-')}`,
+  );
   t.ok(inRange(pair.remote?.port, server.relayPorts), `${who}: remote relayed port ${pair.remote?.port} in ${server.kind}'s relay range`);
   if (pair.local?.url != null) t.equal(pair.local.url, server.url(transport), `${who}: local candidate came from ${server.url(transport)}`);
   // The two peers must agree on the pair: my remote is the other side's local.
@@ -69,7 +72,11 @@ function checkCall(
   );
   t.ok(payload.binary.length > 200 * 1024, 'binary message is over 200 KB');
   // Return path: the answerer's acknowledgement reaches the offerer.
-  t.same(offerer.ack, { texts: payload.texts.length, binaries: [{ length: payload.binary.length, sha256: payload.binarySha256 }] }, 'offerer received the answerer\'s acknowledgement');
+  t.same(
+    offerer.ack,
+    { texts: payload.texts.length, binaries: [{ length: payload.binary.length, sha256: payload.binarySha256 }] },
+    "offerer received the answerer's acknowledgement",
+  );
 
   // Media: the fake camera and microphone reach the answerer and decode.
   const media = answerer.media;

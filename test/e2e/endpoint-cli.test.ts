@@ -32,7 +32,14 @@ t.test('--help and usage errors', async (t) => {
   t.equal(await runEndpoint(['--role', 'offer'], b.io), 2);
   t.match(b.err(), /--signal-dir/);
   const c = io();
-  t.equal(await runEndpoint(['--role', 'offer', '--signal-dir', '/tmp/x', '--turn', 'turn:127.0.0.1:3478', '--user', 'u', '--password', 'p'], c.io), 2, 'no trust anchor');
+  t.equal(
+    await runEndpoint(
+      ['--role', 'offer', '--signal-dir', '/tmp/x', '--turn', 'turn:127.0.0.1:3478', '--user', 'u', '--password', 'p'],
+      c.io,
+    ),
+    2,
+    'no trust anchor',
+  );
   t.match(c.err(), /fingerprint|CA/);
   const d = io();
   t.equal(await runEndpoint(['--role', 'offer', '--signal-dir', '/tmp/x', '--consent', 'maybe', '--no-escrow'], d.io), 2);
@@ -47,7 +54,11 @@ t.test('compliant offerer sends a file through the gateway; keys escrowed', asyn
   cfg.turn.relay_ports = [48000, 48999];
   cfg.turn.peers.allow = ['127.0.0.0/8'];
   cfg.data_dir = '/nonexistent';
-  const server = new TurnServer({ config: cfg, users: { lookup: (n) => (n === 'alice' ? { name: 'alice', password: 'secret', groups: [] } : undefined) }, extensions: [ext] });
+  const server = new TurnServer({
+    config: cfg,
+    users: { lookup: (n) => (n === 'alice' ? { name: 'alice', password: 'secret', groups: [] } : undefined) },
+    extensions: [ext],
+  });
   await server.start();
   const port = server.addresses().find((a) => a.proto === 'udp')!.port;
   const dir = mkdtempSync(join(tmpdir(), 'gh-endpoint-'));
@@ -65,12 +76,39 @@ t.test('compliant offerer sends a file through the gateway; keys escrowed', asyn
   const ans = io();
   const [rcOffer, rcAnswer] = await Promise.all([
     runEndpoint(
-      ['--role', 'offer', '--signal-dir', sig, '--turn', `turn:127.0.0.1:${port}`, '--user', 'alice', '--password', 'secret',
-        '--gateway-cert-fingerprint', gw.fingerprint.toString('hex'), '--gateway-cert', join(dir, 'gw.pem'), '--consent', 'always',
-        '--send-file', file, '--message', 'hello', '--hold', '3', '--timeout', '90', '--json'],
+      [
+        '--role',
+        'offer',
+        '--signal-dir',
+        sig,
+        '--turn',
+        `turn:127.0.0.1:${port}`,
+        '--user',
+        'alice',
+        '--password',
+        'secret',
+        '--gateway-cert-fingerprint',
+        gw.fingerprint.toString('hex'),
+        '--gateway-cert',
+        join(dir, 'gw.pem'),
+        '--consent',
+        'always',
+        '--send-file',
+        file,
+        '--message',
+        'hello',
+        '--hold',
+        '3',
+        '--timeout',
+        '90',
+        '--json',
+      ],
       off.io,
     ),
-    runEndpoint(['--role', 'answer', '--signal-dir', sig, '--no-escrow', '--receive-dir', recv, '--hold', '4', '--timeout', '90', '--json'], ans.io),
+    runEndpoint(
+      ['--role', 'answer', '--signal-dir', sig, '--no-escrow', '--receive-dir', recv, '--hold', '4', '--timeout', '90', '--json'],
+      ans.io,
+    ),
   ]);
   t.equal(rcOffer, 0, `offerer ok: ${off.err()}`);
   t.equal(rcAnswer, 0, `answerer ok: ${ans.err()}`);
@@ -78,9 +116,21 @@ t.test('compliant offerer sends a file through the gateway; keys escrowed', asyn
   const sa = JSON.parse(ans.out()) as { receivedFiles: Array<{ name: string; ok: boolean }>; messages: string[] };
   t.ok(so.connected);
   t.same(sa.messages, ['hello']);
-  t.same(sa.receivedFiles.map((f) => [f.name, f.ok]), [['report.bin', true]]);
-  t.equal(createHash('sha256').update(readFileSync(join(recv, 'report.bin'))).digest('hex'), createHash('sha256').update(data).digest('hex'), 'file byte-identical');
-  t.ok(so.escrow.some((r) => r.kind === 'write-keys' && r.method === 'ChannelBind' && JSON.stringify(r.statuses) === '[0]'), 'summary shows escrow with KEY-STATUS');
+  t.same(
+    sa.receivedFiles.map((f) => [f.name, f.ok]),
+    [['report.bin', true]],
+  );
+  t.equal(
+    createHash('sha256')
+      .update(readFileSync(join(recv, 'report.bin')))
+      .digest('hex'),
+    createHash('sha256').update(data).digest('hex'),
+    'file byte-identical',
+  );
+  t.ok(
+    so.escrow.some((r) => r.kind === 'write-keys' && r.method === 'ChannelBind' && JSON.stringify(r.statuses) === '[0]'),
+    'summary shows escrow with KEY-STATUS',
+  );
   t.ok(log.writeKeys.length >= 1 && log.writeKeys.every((w) => w.method === Method.ChannelBind), 'gateway got WRITE-KEYS in a ChannelBind');
   t.notMatch(off.err() + off.out(), new RegExp(log.writeKeys[0]!.keySets[0]!.clientWriteKey!.toString('hex')), 'no key material in output');
 });

@@ -78,7 +78,15 @@ t.test('agent escrows werift DTLS keys in a ChannelBind through TurnServer', asy
   t.equal(wk.keySets.length, 1, 'one association');
   const ks = wk.keySets[0]!;
   // Compare with the real DTLS state of both ends (independent: werift's own objects).
-  const a = (pc.dtlsTransports[0] as unknown as { dtls: { sessionType: number; cipher: { localRandom: { serialize(): Buffer }; remoteRandom: { serialize(): Buffer } }; extractSessionKeys(k: number, s: number): { localKey: Buffer; remoteKey: Buffer } } }).dtls;
+  const a = (
+    pc.dtlsTransports[0] as unknown as {
+      dtls: {
+        sessionType: number;
+        cipher: { localRandom: { serialize(): Buffer }; remoteRandom: { serialize(): Buffer } };
+        extractSessionKeys(k: number, s: number): { localKey: Buffer; remoteKey: Buffer };
+      };
+    }
+  ).dtls;
   const local = Buffer.from(a.cipher.localRandom.serialize());
   const remote = Buffer.from(a.cipher.remoteRandom.serialize());
   const isClient = a.sessionType === 1;
@@ -88,11 +96,13 @@ t.test('agent escrows werift DTLS keys in a ChannelBind through TurnServer', asy
   t.ok(ks.srtpProfile !== undefined, 'SRTP profile included (use_srtp negotiated)');
   const sk = a.extractSessionKeys(ks.srtpClientMasterKey!.length, ks.srtpClientMasterSalt!.length);
   t.ok((isClient ? sk.localKey : sk.remoteKey).equals(ks.srtpClientMasterKey!), 'SRTP client master key matches werift');
-  t.ok(wk.peers.every((p) => p.startsWith('127.0.0.1:')), 'names the peer');
+  t.ok(
+    wk.peers.every((p) => p.startsWith('127.0.0.1:')),
+    'names the peer',
+  );
   await until(() => agent.records.some((r) => r.kind === 'write-keys' && r.statuses !== null), 10_000, 'KEY-STATUS at the agent');
   const rec = agent.records.find((r) => r.kind === 'write-keys')!;
   t.same(rec.statuses, [0], 'KEY-STATUS received');
   t.same(rec.associations, [associationId(ks.clientRandom)]);
   t.equal(log.bad, 0, 'no invalid WRITE-KEYS');
 });
-

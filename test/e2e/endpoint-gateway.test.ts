@@ -69,7 +69,11 @@ t.test('agent escrow against the real gateway extension: keys verified, traffic 
   const got: string[] = [];
   peer.onDataChannel.subscribe((c) => c.onMessage.subscribe((m) => got.push(m.toString())));
   await withTimeout(connectPeers(pc, peer), 60_000, 'connect');
-  await withTimeout(new Promise<void>((r) => (dc.readyState === 'open' ? r() : dc.stateChanged.subscribe((s) => s === 'open' && r()))), 60_000, 'data channel open');
+  await withTimeout(
+    new Promise<void>((r) => (dc.readyState === 'open' ? r() : dc.stateChanged.subscribe((s) => s === 'open' && r()))),
+    60_000,
+    'data channel open',
+  );
   dc.send('inspected hello');
   await until(() => got.length > 0, 60_000, 'message released to the peer');
   t.same(got, ['inspected hello'], 'message crossed the gateway');
@@ -80,17 +84,26 @@ t.test('agent escrow against the real gateway extension: keys verified, traffic 
   t.equal(consents[0]!.wants.required, true, 'required flag from the policy');
   await until(() => events.events.some((e) => e.event_type === 'keys_verified'), 30_000, 'keys_verified');
   t.ok(types.includes('keys_received') || events.events.some((e) => e.event_type === 'keys_received'), 'gateway received the key set');
-  t.notOk(events.events.some((e) => e.event_type === 'keys_invalid' || e.event_type === 'flow_blocked'), 'no invalid keys, no block');
+  t.notOk(
+    events.events.some((e) => e.event_type === 'keys_invalid' || e.event_type === 'flow_blocked'),
+    'no invalid keys, no block',
+  );
   const rec = agent.records.find((r) => r.kind === 'write-keys');
   t.ok(rec, 'agent recorded the escrow');
   t.equal(rec!.method, 'ChannelBind', 'WRITE-KEYS in a ChannelBind');
-  t.ok(rec!.statuses && rec!.statuses.length === 1 && (rec!.statuses[0] === 0 || rec!.statuses[0] === 1), `KEY-STATUS received/verified: ${JSON.stringify(rec!.statuses)}`);
+  t.ok(
+    rec!.statuses && rec!.statuses.length === 1 && (rec!.statuses[0] === 0 || rec!.statuses[0] === 1),
+    `KEY-STATUS received/verified: ${JSON.stringify(rec!.statuses)}`,
+  );
   const kr = events.events.find((e) => e.event_type === 'keys_received')!;
   t.equal((kr.gatehouse as { association?: string }).association, rec!.associations[0], 'gateway and agent name the same association');
   const sock = (pc.dtlsTransports[0] as unknown as { dtls: WeriftDtlsSocketLike }).dtls;
   const ks = keySetFromDtls12(dtlsStateFromWerift(sock)!);
   const all = JSON.stringify(events.events);
-  t.notOk(all.includes(ks.clientWriteKey!.toString('hex')) || all.includes(ks.srtpClientMasterKey!.toString('hex')), 'no key material in events');
+  t.notOk(
+    all.includes(ks.clientWriteKey!.toString('hex')) || all.includes(ks.srtpClientMasterKey!.toString('hex')),
+    'no key material in events',
+  );
   t.notOk(all.includes('"secret"'), 'no password in events');
 });
 
@@ -140,6 +153,12 @@ t.test('declined consent against the real gateway: KEY-DECLINE blocks the requir
   const d = events.events.find((e) => e.event_type === 'keys_declined')!;
   t.equal((d.gatehouse as { reason?: string }).reason, 'not today', 'reason carried');
   await until(() => events.events.some((e) => e.event_type === 'flow_blocked'), 30_000, 'flow blocked');
-  t.ok(agent.records.some((r) => r.kind === 'decline' && r.method === 'ChannelBind'), 'KEY-DECLINE sent in a ChannelBind');
-  t.notOk(events.events.some((e) => e.event_type === 'keys_received'), 'no keys sent');
+  t.ok(
+    agent.records.some((r) => r.kind === 'decline' && r.method === 'ChannelBind'),
+    'KEY-DECLINE sent in a ChannelBind',
+  );
+  t.notOk(
+    events.events.some((e) => e.event_type === 'keys_received'),
+    'no keys sent',
+  );
 });

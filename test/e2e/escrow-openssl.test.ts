@@ -67,11 +67,35 @@ t.test('live openssl DTLS 1.2 through TURN: hold, WRITE-KEYS, verify, release in
 
   const cert = join(dir, 'ec.crt');
   const key = join(dir, 'ec.key');
-  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', key, '-out', cert, '-days', '2', '-subj', '/CN=gatehouse-test'], { stdio: 'ignore' });
+  execFileSync(
+    'openssl',
+    [
+      'req',
+      '-x509',
+      '-newkey',
+      'ec',
+      '-pkeyopt',
+      'ec_paramgen_curve:P-256',
+      '-nodes',
+      '-keyout',
+      key,
+      '-out',
+      cert,
+      '-days',
+      '2',
+      '-subj',
+      '/CN=gatehouse-test',
+    ],
+    { stdio: 'ignore' },
+  );
 
   // Peer side: s_server on srvPort behind a recording shim (the TURN peer address).
   const srvPort = await freePort('udp');
-  const server = spawn('openssl', ['s_server', '-dtls1_2', '-accept', `127.0.0.1:${srvPort}`, '-cert', cert, '-key', key, '-use_srtp', 'SRTP_AES128_CM_SHA1_80'], { cwd: dir, stdio: ['pipe', 'pipe', 'pipe'] });
+  const server = spawn(
+    'openssl',
+    ['s_server', '-dtls1_2', '-accept', `127.0.0.1:${srvPort}`, '-cert', cert, '-key', key, '-use_srtp', 'SRTP_AES128_CM_SHA1_80'],
+    { cwd: dir, stdio: ['pipe', 'pipe', 'pipe'] },
+  );
   procs.push(server);
   let srvOut = '';
   server.stdout!.on('data', (d: Buffer) => (srvOut += d.toString('latin1')));
@@ -125,7 +149,16 @@ t.test('live openssl DTLS 1.2 through TURN: hold, WRITE-KEYS, verify, release in
   const keylog = join(dir, 'keylog.txt');
   const client = spawn(
     'openssl',
-    ['s_client', '-dtls1_2', '-connect', `127.0.0.1:${clientShim.address().port}`, '-keylogfile', keylog, '-use_srtp', 'SRTP_AES128_CM_SHA1_80'],
+    [
+      's_client',
+      '-dtls1_2',
+      '-connect',
+      `127.0.0.1:${clientShim.address().port}`,
+      '-keylogfile',
+      keylog,
+      '-use_srtp',
+      'SRTP_AES128_CM_SHA1_80',
+    ],
     { cwd: dir, stdio: ['pipe', 'pipe', 'pipe'] },
   );
   procs.push(client);
@@ -176,7 +209,11 @@ t.test('live openssl DTLS 1.2 through TURN: hold, WRITE-KEYS, verify, release in
   const tid = randomBytes(12);
   const r = await rig.c.authed(Method.ChannelBind, both(bindAttrs(CH, peerPort), writeKeys(rig.c, tid, [ks!])), { tid });
   t.equal(r.cls, Class.Success);
-  t.same(getAttrs(r, ATTR_KEY_STATUS).map((v) => decodeKeyStatus(v)), [1], 'KEY-STATUS verified');
+  t.same(
+    getAttrs(r, ATTR_KEY_STATUS).map((v) => decodeKeyStatus(v)),
+    [1],
+    'KEY-STATUS verified',
+  );
   const ev = rig.events.events;
   const iVerified = ev.findIndex((e) => e.event_type === 'keys_verified');
   t.ok(iVerified >= 0, 'keys_verified event');
@@ -185,7 +222,11 @@ t.test('live openssl DTLS 1.2 through TURN: hold, WRITE-KEYS, verify, release in
   await waitFor(() => srvOut.includes(msg1) && srvOut.includes(msg2), 'released data at s_server');
   t.ok(srvOut.indexOf(msg1) < srvOut.indexOf(msg2), 'released in order');
   const app = atPeer.filter((d) => d[0] === 23);
-  t.same(app.map((d) => d.toString('hex')), c2s.filter((d) => d[0] === 23).map((d) => d.toString('hex')), 'held datagrams relayed unchanged, in order');
+  t.same(
+    app.map((d) => d.toString('hex')),
+    c2s.filter((d) => d[0] === 23).map((d) => d.toString('hex')),
+    'held datagrams relayed unchanged, in order',
+  );
   const alert = ev.find((e) => e.event_type === 'alert' && e.alert?.signature_id === 'nightingale');
   t.ok(alert, 'policy judged the released data (contains rule)');
   t.ok(ev.indexOf(alert!) > iVerified, 'judged after keys_verified');

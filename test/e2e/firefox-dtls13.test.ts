@@ -18,7 +18,14 @@ import { join } from 'node:path';
 import { runFirefoxCall, type RunInfo, type PageReport } from '../../scripts/browser/harness.js';
 import { legDatagrams, type LegDatagram } from '../../scripts/browser/capture.js';
 import {
-  Dtls13Stream, type Dtls13Record, isUnifiedHeader, unifiedRecordEnd, CT_APPLICATION_DATA, CT_HANDSHAKE, CT_ACK, CT_ALERT,
+  Dtls13Stream,
+  type Dtls13Record,
+  isUnifiedHeader,
+  unifiedRecordEnd,
+  CT_APPLICATION_DATA,
+  CT_HANDSHAKE,
+  CT_ACK,
+  CT_ALERT,
 } from '../../src/wire/dtls13.js';
 import { srtpKeysFromExporter } from '../../src/wire/hkdf.js';
 
@@ -38,7 +45,11 @@ function parseKeylog(text: string): Map<string, Map<string, Buffer>> {
   return m;
 }
 
-interface Hello { type: 1 | 2; random: string; suite?: number }
+interface Hello {
+  type: 1 | 2;
+  random: string;
+  suite?: number;
+}
 
 /**
  * Plaintext DTLS records (RFC 6347 §4.1 / RFC 9147 §4: 13-byte DTLSPlaintext header) of a
@@ -98,11 +109,24 @@ function analyse(dgrams: LegDatagram[], keys: Map<string, Map<string, Buffer>>):
     if (p.length === 0 || p[0]! < 20 || p[0]! > 63) continue; // RFC 7983 §7: DTLS is 20..63
     let f = flows.get(d.flow);
     if (!f) {
-      f = { flow: d.flow, leg: d.leg, counts: {}, failures: 0, sctp: { c2s: 0, s2c: 0 }, keyUpdates: 0, maxEpoch: 0, epochs: new Set(), ackRecords: 0 };
+      f = {
+        flow: d.flow,
+        leg: d.leg,
+        counts: {},
+        failures: 0,
+        sctp: { c2s: 0, s2c: 0 },
+        keyUpdates: 0,
+        maxEpoch: 0,
+        epochs: new Set(),
+        ackRecords: 0,
+      };
       flows.set(d.flow, f);
     }
     for (const h of plaintextHellos(p)) {
-      if (h.type === 1) { f.client = d.from; f.clientRandom = h.random; }
+      if (h.type === 1) {
+        f.client = d.from;
+        f.clientRandom = h.random;
+      }
       if (h.type === 2 && h.suite) f.suite = h.suite;
     }
     if (!f.clientRandom || !f.suite || !f.client) continue;
@@ -139,8 +163,12 @@ function analyse(dgrams: LegDatagram[], keys: Map<string, Map<string, Buffer>>):
       if (rec.contentType === CT_ACK) f.ackRecords++;
       if (rec.contentType === CT_HANDSHAKE && rec.epoch === 2 && rec.plaintext[0] === 8) f.srtpProfile = useSrtpProfile(rec.plaintext);
       // RFC 8261 §4 / RFC 4960 §3.1: SCTP common header, Firefox uses port 5000 both sides.
-      if (rec.contentType === CT_APPLICATION_DATA && rec.plaintext.length >= 12 &&
-          rec.plaintext.readUInt16BE(0) === 5000 && rec.plaintext.readUInt16BE(2) === 5000) {
+      if (
+        rec.contentType === CT_APPLICATION_DATA &&
+        rec.plaintext.length >= 12 &&
+        rec.plaintext.readUInt16BE(0) === 5000 &&
+        rec.plaintext.readUInt16BE(2) === 5000
+      ) {
         f.sctp[dir]++;
       }
       o = rec.next;
@@ -155,7 +183,7 @@ function useSrtpProfile(msg: Buffer): number | undefined {
   const b = msg.subarray(12);
   if (b.length < 2) return undefined;
   const total = b.readUInt16BE(0);
-  for (let o = 2; o + 4 <= Math.min(b.length, 2 + total); ) {
+  for (let o = 2; o + 4 <= Math.min(b.length, 2 + total);) {
     const type = b.readUInt16BE(o);
     const len = b.readUInt16BE(o + 2);
     if (type === 14 && len >= 4) return b.readUInt16BE(o + 6); // first (only) profile selected
@@ -206,11 +234,17 @@ function srtpCheck(dgrams: LegDatagram[], client: string, exporter: Buffer, prof
           dc.update(p.subarray(h, p.length - 16));
           dc.final();
           good = true;
-        } catch { /* try next ROC */ }
+        } catch {
+          /* try next ROC */
+        }
       } else {
         const r = Buffer.alloc(4);
         r.writeUInt32BE(roc);
-        const tag = createHmac('sha1', s.auth).update(p.subarray(0, p.length - tagLen)).update(r).digest().subarray(0, tagLen);
+        const tag = createHmac('sha1', s.auth)
+          .update(p.subarray(0, p.length - tagLen))
+          .update(r)
+          .digest()
+          .subarray(0, tagLen);
         good = tag.equals(p.subarray(p.length - tagLen));
       }
       if (good) break;
@@ -234,7 +268,9 @@ async function dtls13Call(t: Test, peer: 'none' | 'chromium'): Promise<void> {
     if (!r.netns) t.comment('unshare -n not permitted: ran in the host network namespace');
     t.equal(r.exitCode, 0, 'harness exit code');
   }
-  t.teardown(() => { if (tmp && !process.env.GH_KEEP_CAPTURE) rmSync(tmp, { recursive: true, force: true }); });
+  t.teardown(() => {
+    if (tmp && !process.env.GH_KEEP_CAPTURE) rmSync(tmp, { recursive: true, force: true });
+  });
   await checkDtls13Capture(t, dir);
 }
 
@@ -245,15 +281,30 @@ async function checkDtls13Capture(t: Test, dir: string): Promise<void> {
   t.equal(report.missing?.length ?? -1, 0, 'every message arrived intact (in-page SHA-256 check)');
   // Report completeness for the pipeline: every sent message has size + SHA-256.
   t.ok(report.sent.length >= 20, 'messages sent');
-  t.ok(report.sent.every((s) => /^[0-9a-f]{64}$/.test(s.sha256) && s.size >= 0 && s.label), 'sent records complete');
-  t.ok(report.sent.some((s) => s.kind === 'binary' && s.size > 100_000), 'a >100 KB binary object');
-  t.ok(report.sent.some((s) => s.label === 'unordered'), 'unordered channel messages');
+  t.ok(
+    report.sent.every((s) => /^[0-9a-f]{64}$/.test(s.sha256) && s.size >= 0 && s.label),
+    'sent records complete',
+  );
+  t.ok(
+    report.sent.some((s) => s.kind === 'binary' && s.size > 100_000),
+    'a >100 KB binary object',
+  );
+  t.ok(
+    report.sent.some((s) => s.label === 'unordered'),
+    'unordered channel messages',
+  );
   t.ok(report.sent.some((s) => s.from === 'pc1') && report.sent.some((s) => s.from === 'pc2'), 'both directions');
 
   const keys = parseKeylog(readFileSync(join(dir, 'keylog.txt'), 'utf8'));
   t.ok(keys.size >= 1, 'key log has at least one association');
   for (const [cr, s] of keys) {
-    for (const l of ['CLIENT_HANDSHAKE_TRAFFIC_SECRET', 'SERVER_HANDSHAKE_TRAFFIC_SECRET', 'CLIENT_TRAFFIC_SECRET_0', 'SERVER_TRAFFIC_SECRET_0', 'EXPORTER_SECRET']) {
+    for (const l of [
+      'CLIENT_HANDSHAKE_TRAFFIC_SECRET',
+      'SERVER_HANDSHAKE_TRAFFIC_SECRET',
+      'CLIENT_TRAFFIC_SECRET_0',
+      'SERVER_TRAFFIC_SECRET_0',
+      'EXPORTER_SECRET',
+    ]) {
       t.ok(s.has(l), `${l} logged for ${cr.slice(0, 8)}…`);
     }
   }
@@ -269,7 +320,10 @@ async function checkDtls13Capture(t: Test, dir: string): Promise<void> {
       t.ok(keys.has(f.clientRandom!), 'association found in the key log by client_random');
       t.ok(f.suite === 0x1301 || f.suite === 0x1302 || f.suite === 0x1303, `DTLS 1.3 suite 0x${f.suite?.toString(16)}`);
       t.equal(f.failures, 0, 'every unified-header record authenticates');
-      const sum = (re: RegExp) => Object.entries(f.counts).filter(([k]) => re.test(k)).reduce((a, [, v]) => a + v, 0);
+      const sum = (re: RegExp) =>
+        Object.entries(f.counts)
+          .filter(([k]) => re.test(k))
+          .reduce((a, [, v]) => a + v, 0);
       t.ok(sum(new RegExp(`^c2s/e2/ct${CT_HANDSHAKE}$`)) > 0, 'client encrypted handshake (epoch 2) decrypted');
       t.ok(sum(new RegExp(`^s2c/e2/ct${CT_HANDSHAKE}$`)) > 0, 'server encrypted handshake (epoch 2) decrypted');
       t.ok(sum(new RegExp(`^c2s/e\\d+/ct${CT_APPLICATION_DATA}$`)) > 10, 'client application data decrypted');
@@ -281,7 +335,12 @@ async function checkDtls13Capture(t: Test, dir: string): Promise<void> {
       if (report.media) {
         t.ok(f.srtpProfile !== undefined, `use_srtp profile read from the decrypted EncryptedExtensions: ${f.srtpProfile}`);
         const exporter = keys.get(f.clientRandom!)!.get('EXPORTER_SECRET')!;
-        const r = srtpCheck(dgrams.filter((d) => d.flow === f.flow), f.client!, exporter, f.srtpProfile ?? 0);
+        const r = srtpCheck(
+          dgrams.filter((d) => d.flow === f.flow),
+          f.client!,
+          exporter,
+          f.srtpProfile ?? 0,
+        );
         t.ok(r.ok > 50, `SRTP packets authenticate with keys from the DTLS 1.3 exporter (dtls13 labels): ${r.ok}`);
         t.equal(r.bad, 0, 'no SRTP packet fails');
       }
@@ -291,28 +350,56 @@ async function checkDtls13Capture(t: Test, dir: string): Promise<void> {
 }
 
 const reuse = process.env.GH_FIREFOX_CAPTURE;
-t.test('Firefox ESR DTLS 1.3 call: every protected record decrypts from the key log', {
-  timeout: 300_000,
-  skip: missing.length && !reuse ? `missing: ${missing.join(', ')}` : false,
-}, (t) => dtls13Call(t, 'none'));
+t.test(
+  'Firefox ESR DTLS 1.3 call: every protected record decrypts from the key log',
+  {
+    timeout: 300_000,
+    skip: missing.length && !reuse ? `missing: ${missing.join(', ')}` : false,
+  },
+  (t) => dtls13Call(t, 'none'),
+);
 
-t.test('Firefox ESR ↔ Chromium DTLS 1.3 call: decrypts from Firefox\'s key log alone', {
-  timeout: 300_000,
-  skip: reuse ? 'capture reuse mode' : missing.length ? `missing: ${missing.join(', ')}` : !existsSync('/usr/bin/chromium') ? 'no /usr/bin/chromium' : false,
-}, (t) => dtls13Call(t, 'chromium'));
+t.test(
+  "Firefox ESR ↔ Chromium DTLS 1.3 call: decrypts from Firefox's key log alone",
+  {
+    timeout: 300_000,
+    skip: reuse
+      ? 'capture reuse mode'
+      : missing.length
+        ? `missing: ${missing.join(', ')}`
+        : !existsSync('/usr/bin/chromium')
+          ? 'no /usr/bin/chromium'
+          : false,
+  },
+  (t) => dtls13Call(t, 'chromium'),
+);
 
-t.test('Firefox ESR DTLS 1.2 variant of the harness', { timeout: 300_000, skip: missing.length ? `missing: ${missing.join(', ')}` : process.env.GH_FIREFOX_CAPTURE ? 'capture reuse mode' : false }, async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'gh-e2e-ff12-'));
-  t.teardown(() => { if (!process.env.GH_KEEP_CAPTURE) rmSync(dir, { recursive: true, force: true }); });
-  const r = await runFirefoxCall({ outDir: dir, dtls: '1.2', timeoutMs: 150_000, mediaSeconds: 1 });
-  t.equal(r.exitCode, 0, 'harness exit code');
-  t.ok(r.report.ok, 'page reported success: ' + JSON.stringify(r.report.errors));
-  const keylog = readFileSync(r.keylog, 'utf8');
-  t.match(keylog, /^CLIENT_RANDOM [0-9a-f]{64} [0-9a-f]{96}$/m, 'DTLS 1.2 master secret logged (CLIENT_RANDOM)');
-  t.notMatch(keylog, /CLIENT_TRAFFIC_SECRET_0/, 'no DTLS 1.3 secrets');
-  const dgrams = legDatagrams(r.pcap, r.run.turn.port);
-  // RFC 6347 §4.1: DTLS 1.2 records: content type 23, version 0xfefd, epoch >= 1.
-  const app12 = dgrams.filter((d) => d.payload.length > 13 && d.payload[0] === 23 && d.payload.readUInt16BE(1) === 0xfefd && d.payload.readUInt16BE(3) >= 1);
-  t.ok(app12.length > 10, `DTLS 1.2 application_data records captured (${app12.length})`);
-  t.notOk(dgrams.some((d) => d.payload.length > 0 && isUnifiedHeader(d.payload[0]!)), 'no DTLS 1.3 unified headers');
-});
+t.test(
+  'Firefox ESR DTLS 1.2 variant of the harness',
+  {
+    timeout: 300_000,
+    skip: missing.length ? `missing: ${missing.join(', ')}` : process.env.GH_FIREFOX_CAPTURE ? 'capture reuse mode' : false,
+  },
+  async (t) => {
+    const dir = mkdtempSync(join(tmpdir(), 'gh-e2e-ff12-'));
+    t.teardown(() => {
+      if (!process.env.GH_KEEP_CAPTURE) rmSync(dir, { recursive: true, force: true });
+    });
+    const r = await runFirefoxCall({ outDir: dir, dtls: '1.2', timeoutMs: 150_000, mediaSeconds: 1 });
+    t.equal(r.exitCode, 0, 'harness exit code');
+    t.ok(r.report.ok, 'page reported success: ' + JSON.stringify(r.report.errors));
+    const keylog = readFileSync(r.keylog, 'utf8');
+    t.match(keylog, /^CLIENT_RANDOM [0-9a-f]{64} [0-9a-f]{96}$/m, 'DTLS 1.2 master secret logged (CLIENT_RANDOM)');
+    t.notMatch(keylog, /CLIENT_TRAFFIC_SECRET_0/, 'no DTLS 1.3 secrets');
+    const dgrams = legDatagrams(r.pcap, r.run.turn.port);
+    // RFC 6347 §4.1: DTLS 1.2 records: content type 23, version 0xfefd, epoch >= 1.
+    const app12 = dgrams.filter(
+      (d) => d.payload.length > 13 && d.payload[0] === 23 && d.payload.readUInt16BE(1) === 0xfefd && d.payload.readUInt16BE(3) >= 1,
+    );
+    t.ok(app12.length > 10, `DTLS 1.2 application_data records captured (${app12.length})`);
+    t.notOk(
+      dgrams.some((d) => d.payload.length > 0 && isUnifiedHeader(d.payload[0]!)),
+      'no DTLS 1.3 unified headers',
+    );
+  },
+);

@@ -79,7 +79,10 @@ for (const dtls of ['1.3', '1.2'] as const) {
     const run = await gatehouse(['inspect', pcap, '--keys', keylog]);
     t.equal(run.code, 0, `exit 0; stderr: ${run.stderr}`);
     t.match(run.stderr, /undecryptable: dtls=\d+ srtp=0\b/, 'no SRTP packet failed');
-    const evs = run.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l) as Eve);
+    const evs = run.stdout
+      .split('\n')
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as Eve);
     const byFlow = new Map<number, Eve[]>();
     for (const e of evs) byFlow.set(e.flow_id, [...(byFlow.get(e.flow_id) ?? []), e]);
     const callFlows = [...byFlow.values()].filter((es) => es.some((e) => e.event_type === 'dtls.handshake'));
@@ -91,15 +94,28 @@ for (const dtls of ['1.3', '1.2'] as const) {
     // Receiver-side counts from the browsers' stats: inbound-rtp packetsReceived per SSRC.
     const received = new Map<number, number>();
     for (const list of Object.values(report.stats ?? {})) {
-      for (const s of list) if (s.type === 'inbound-rtp' && typeof s.ssrc === 'number') received.set(s.ssrc, Number(s.packetsReceived ?? 0));
+      for (const s of list)
+        if (s.type === 'inbound-rtp' && typeof s.ssrc === 'number') received.set(s.ssrc, Number(s.packetsReceived ?? 0));
     }
 
     for (const [i, es] of callFlows.entries()) {
       const leg = `${es[0]!.gatehouse?.leg === 'turn' ? 'wrapped' : 'relay'} leg #${i}`;
-      const msgs = es.filter((e) => e.event_type === 'datachannel.message').map((e) => e.datachannel as { sha256: string; size: number; label: string });
-      t.same(count(msgs.map((m) => `${m.label}:${m.sha256}`)), count(sent.map((m) => `${m.label}:${m.sha256}`)), `${leg}: every message, byte-exact`);
-      t.ok(msgs.some((m) => m.sha256 === big!.sha256 && m.size === big!.size), `${leg}: the ${big!.size}-byte object`);
-      t.notOk(es.some((e) => e.event_type === 'undecryptable'), `${leg}: nothing undecryptable`);
+      const msgs = es
+        .filter((e) => e.event_type === 'datachannel.message')
+        .map((e) => e.datachannel as { sha256: string; size: number; label: string });
+      t.same(
+        count(msgs.map((m) => `${m.label}:${m.sha256}`)),
+        count(sent.map((m) => `${m.label}:${m.sha256}`)),
+        `${leg}: every message, byte-exact`,
+      );
+      t.ok(
+        msgs.some((m) => m.sha256 === big!.sha256 && m.size === big!.size),
+        `${leg}: the ${big!.size}-byte object`,
+      );
+      t.notOk(
+        es.some((e) => e.event_type === 'undecryptable'),
+        `${leg}: nothing undecryptable`,
+      );
       if (report.media !== false) {
         const rtp = es.filter((e) => e.event_type === 'rtp.packet').map((e) => e.rtp as { ssrc: number; rtcp?: boolean; index: number });
         t.ok(rtp.length > 0, `${leg}: SRTP decrypted`);
@@ -107,9 +123,15 @@ for (const dtls of ['1.3', '1.2'] as const) {
         for (const p of rtp) if (!p.rtcp) perSsrc.set(p.ssrc, (perSsrc.get(p.ssrc) ?? new Set()).add(p.index));
         for (const [ssrc, n] of received) {
           if (n === 0) continue;
-          t.ok((perSsrc.get(ssrc)?.size ?? 0) >= n, `${leg}: SSRC ${ssrc}: ${perSsrc.get(ssrc)?.size ?? 0} authenticated ≥ ${n} received by the browser`);
+          t.ok(
+            (perSsrc.get(ssrc)?.size ?? 0) >= n,
+            `${leg}: SSRC ${ssrc}: ${perSsrc.get(ssrc)?.size ?? 0} authenticated ≥ ${n} received by the browser`,
+          );
         }
-        t.ok(es.some((e) => e.event_type === 'rtp.stream'), `${leg}: streams reported`);
+        t.ok(
+          es.some((e) => e.event_type === 'rtp.stream'),
+          `${leg}: streams reported`,
+        );
       }
     }
   });

@@ -52,7 +52,11 @@ function gatehouse(args: string[]): Promise<{ code: number | null; stdout: strin
 }
 
 type Eve = Record<string, unknown> & { event_type: string; gatehouse?: Record<string, unknown> };
-const parse = (out: string): Eve[] => out.split('\n').filter(Boolean).map((l) => JSON.parse(l) as Eve);
+const parse = (out: string): Eve[] =>
+  out
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => JSON.parse(l) as Eve);
 
 const cases = [
   { name: 'AES-128-GCM', cipher: 'ECDHE-ECDSA-AES128-GCM-SHA256', cert: 'ec' as const },
@@ -62,7 +66,10 @@ const cases = [
 
 for (const c of cases) {
   t.test(`openssl DTLS 1.2 ${c.name}: appdata SHA-256s match what was sent`, { skip: missing, timeout: 240_000 }, async (t) => {
-    const c2s = [Buffer.from(`hello PROJECT-NIGHTINGALE ${randomBytes(8).toString('hex')}\n`), Buffer.from(`${randomBytes(300).toString('hex')}\n`)];
+    const c2s = [
+      Buffer.from(`hello PROJECT-NIGHTINGALE ${randomBytes(8).toString('hex')}\n`),
+      Buffer.from(`${randomBytes(300).toString('hex')}\n`),
+    ];
     const s2c = [Buffer.from(`reply ${randomBytes(16).toString('hex')}\n`)];
     const r = await runOpensslDtls({ cipher: c.cipher, cert: c.cert, c2s, s2c });
     t.teardown(() => rmSync(r.dir, { recursive: true, force: true }));
@@ -79,7 +86,10 @@ for (const c of cases) {
     t.ok(app.every((e) => e.src_ip === '127.0.0.1' && e.proto === 'UDP'));
     const clientToServer = app.find((e) => e.gatehouse?.direction === 'c2s')!;
     t.equal(clientToServer.dest_port, r.serverPort, 'c2s goes to the s_server port');
-    t.notOk(evs.some((e) => e.event_type === 'undecryptable'), 'nothing undecryptable');
+    t.notOk(
+      evs.some((e) => e.event_type === 'undecryptable'),
+      'nothing undecryptable',
+    );
     t.match(run.stderr, /events: .*appdata=3/, 'summary on stderr');
     // No key material in the output.
     const kl = readFileSync(r.keylog, 'utf8');
@@ -88,7 +98,13 @@ for (const c of cases) {
     t.notOk(run.stdout.includes(secret!) || run.stderr.includes(secret!), 'master secret never printed');
 
     // The same capture with a JSON key-set file (contract.md) derived from the key log.
-    const d = hs!.dtls as { client_random: string; server_random: string; cipher_suite: number; encrypt_then_mac?: boolean; version: 'DTLS1.2' };
+    const d = hs!.dtls as {
+      client_random: string;
+      server_random: string;
+      cipher_suite: number;
+      encrypt_then_mac?: boolean;
+      version: 'DTLS1.2';
+    };
     const entry = KeyLog.parse(kl).get(d.client_random)!;
     const ks = keySetFromKeyLog(entry, {
       version: 'DTLS1.2',
@@ -101,7 +117,10 @@ for (const c of cases) {
     const keysJson = join(r.dir, 'keys.json');
     writeFileSync(keysJson, JSON.stringify([keySetToJson(ks!)]));
     const rules = join(r.dir, 'rules.yaml');
-    writeFileSync(rules, 'rules:\n  - id: nightingale\n    when:\n      contains: ["PROJECT-NIGHTINGALE"]\n    action: block\n  - id: by-group\n    when:\n      group: [trading]\n    action: record\n');
+    writeFileSync(
+      rules,
+      'rules:\n  - id: nightingale\n    when:\n      contains: ["PROJECT-NIGHTINGALE"]\n    action: block\n  - id: by-group\n    when:\n      group: [trading]\n    action: record\n',
+    );
     const run2 = await gatehouse(['inspect', r.pcap, '--keys', keysJson, '--rules', rules]);
     t.equal(run2.code, 0, run2.stderr);
     const evs2 = parse(run2.stdout);
@@ -111,7 +130,10 @@ for (const c of cases) {
     t.equal(alerts.length, 1, 'one alert: the payload with the marker');
     t.equal((alerts[0]?.alert as { signature_id: string }).signature_id, 'nightingale');
     t.equal((alerts[0]?.alert as { action: string }).action, 'blocked');
-    t.notOk(alerts.some((a) => (a.alert as { signature_id: string }).signature_id === 'by-group'), 'no TURN user offline: group rules do not match');
+    t.notOk(
+      alerts.some((a) => (a.alert as { signature_id: string }).signature_id === 'by-group'),
+      'no TURN user offline: group rules do not match',
+    );
   });
 }
 

@@ -78,13 +78,26 @@ function rtpSeries(): { pkt: Buffer; index: number }[] {
       payload: pattern(0x11223344, seq, size),
     };
     if (i === 2) opts.csrcs = [0xa1a2a3a4, 0xb1b2b3b4];
-    if (i === 3) opts.extension = { profile: 0xbede, data: buildOneByteExtensions([{ id: 1, data: Buffer.from([0x30]) }, { id: 3, data: Buffer.from([1, 2, 3]) }]) };
+    if (i === 3)
+      opts.extension = {
+        profile: 0xbede,
+        data: buildOneByteExtensions([
+          { id: 1, data: Buffer.from([0x30]) },
+          { id: 3, data: Buffer.from([1, 2, 3]) },
+        ]),
+      };
     if (i === 4 && size > 0) opts.padding = 4;
     out.push({ pkt: serializeRtp(opts), index: i < 6 ? seq : 65536 + seq });
     // SSRC B interleaved, no wrap.
     const seqB = 100 + i;
     out.push({
-      pkt: serializeRtp({ payloadType: 96, sequenceNumber: seqB, timestamp: 90000 * i, ssrc: 0xcafebabe, payload: pattern(0xcafebabe, seqB, sizes[(k + 5) % sizes.length] + 3) }),
+      pkt: serializeRtp({
+        payloadType: 96,
+        sequenceNumber: seqB,
+        timestamp: 90000 * i,
+        ssrc: 0xcafebabe,
+        payload: pattern(0xcafebabe, seqB, sizes[(k + 5) % sizes.length] + 3),
+      }),
       index: seqB,
     });
   }
@@ -143,12 +156,18 @@ t.test('libsrtp2 interop', async (t) => {
       const keyArg = Buffer.concat([key, salt]).toString('hex');
       const series = rtpSeries();
       const rtcp = rtcpSeries();
-      const input = encodeRecords([...series.map((s) => ({ kind: 'r' as const, data: s.pkt })), ...rtcp.map((d) => ({ kind: 'c' as const, data: d }))]);
+      const input = encodeRecords([
+        ...series.map((s) => ({ kind: 'r' as const, data: s.pkt })),
+        ...rtcp.map((d) => ({ kind: 'c' as const, data: d })),
+      ]);
 
       // libsrtp2 protects, we unprotect.
       const prot = run(['protect', String(profile), keyArg], input);
       t.equal(prot.length, series.length + rtcp.length, 'one record per packet');
-      t.ok(prot.every((r) => r.status === 0), 'libsrtp2 protected everything');
+      t.ok(
+        prot.every((r) => r.status === 0),
+        'libsrtp2 protected everything',
+      );
       const rx = new SrtpContext(profile, key, salt, { replayWindow: 128 });
       let okRtp = 0;
       for (let i = 0; i < series.length; i++) {
@@ -156,7 +175,10 @@ t.test('libsrtp2 interop', async (t) => {
         t.equal(protectedPkt.length, series[i].pkt.length + p.rtpTagLength, 'tag length');
         const out = rx.unprotectRtp(protectedPkt);
         if (out && out.equals(series[i].pkt) && rx.lastRtpIndex === series[i].index) okRtp++;
-        else t.fail(`RTP packet ${i} (seq ${parseRtpHeader(series[i].pkt)?.sequenceNumber}): ${rx.lastFailure}, index ${rx.lastRtpIndex} want ${series[i].index}`);
+        else
+          t.fail(
+            `RTP packet ${i} (seq ${parseRtpHeader(series[i].pkt)?.sequenceNumber}): ${rx.lastFailure}, index ${rx.lastRtpIndex} want ${series[i].index}`,
+          );
       }
       t.equal(okRtp, series.length, 'all RTP packets recovered exactly, ROC followed across the wrap');
       t.equal(rx.unprotectRtp(prot[0].data), null, 'replayed packet rejected');
@@ -171,7 +193,10 @@ t.test('libsrtp2 interop', async (t) => {
       }
       t.ok(firstIndex === 0 || firstIndex === 1, 'first SRTCP index 0 or 1');
       // Bit flips anywhere fail authentication, and never yield plaintext.
-      for (const [which, rec] of [['rtp', prot[12]], ['rtcp', prot[series.length + 1]]] as const) {
+      for (const [which, rec] of [
+        ['rtp', prot[12]],
+        ['rtcp', prot[series.length + 1]],
+      ] as const) {
         for (const pos of [1, 9, 14, rec.data.length - 1]) {
           const bad = Buffer.from(rec.data);
           bad[pos] ^= 0x10;
@@ -185,7 +210,10 @@ t.test('libsrtp2 interop', async (t) => {
 
       // Reverse: we protect, libsrtp2 unprotects.
       const tx = new SrtpContext(profile, key, salt);
-      const ours = [...series.map((s) => ({ kind: 'r' as const, data: tx.protectRtp(s.pkt) })), ...rtcp.map((d) => ({ kind: 'c' as const, data: tx.protectRtcp(d) }))];
+      const ours = [
+        ...series.map((s) => ({ kind: 'r' as const, data: tx.protectRtp(s.pkt) })),
+        ...rtcp.map((d) => ({ kind: 'c' as const, data: tx.protectRtcp(d) })),
+      ];
       const flipped = Buffer.from(ours[5].data);
       flipped[flipped.length - 2] ^= 0x01;
       const back = run(['unprotect', String(profile), keyArg], encodeRecords([...ours, { kind: 'r', data: flipped }]));
@@ -193,7 +221,8 @@ t.test('libsrtp2 interop', async (t) => {
       let okBack = 0;
       for (let i = 0; i < series.length; i++) if (back[i].status === 0 && back[i].data.equals(series[i].pkt)) okBack++;
       t.equal(okBack, series.length, 'libsrtp2 recovered all our SRTP packets');
-      for (let i = 0; i < rtcp.length; i++) t.ok(back[series.length + i].status === 0 && back[series.length + i].data.equals(rtcp[i]), `libsrtp2 recovered our SRTCP ${i}`);
+      for (let i = 0; i < rtcp.length; i++)
+        t.ok(back[series.length + i].status === 0 && back[series.length + i].data.equals(rtcp[i]), `libsrtp2 recovered our SRTCP ${i}`);
       t.not(back[ours.length].status, 0, 'libsrtp2 rejects our packet with a flipped tag bit');
     });
   }

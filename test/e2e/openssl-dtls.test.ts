@@ -42,29 +42,72 @@ interface Case {
 }
 
 const CASES: Case[] = [
-  { name: 'ECDHE-ECDSA-AES128-GCM-SHA256', opts: { cipher: 'ECDHE-ECDSA-AES128-GCM-SHA256', cert: 'ec', srtp: 'SRTP_AES128_CM_SHA1_80' }, suite: 0xc02b, etm: false },
+  {
+    name: 'ECDHE-ECDSA-AES128-GCM-SHA256',
+    opts: { cipher: 'ECDHE-ECDSA-AES128-GCM-SHA256', cert: 'ec', srtp: 'SRTP_AES128_CM_SHA1_80' },
+    suite: 0xc02b,
+    etm: false,
+  },
   { name: 'ECDHE-RSA-AES256-GCM-SHA384', opts: { cipher: 'ECDHE-RSA-AES256-GCM-SHA384', cert: 'rsa' }, suite: 0xc030, etm: false },
   { name: 'ECDHE-ECDSA-CHACHA20-POLY1305', opts: { cipher: 'ECDHE-ECDSA-CHACHA20-POLY1305', cert: 'ec' }, suite: 0xcca9, etm: false },
   { name: 'ECDHE-RSA-CHACHA20-POLY1305', opts: { cipher: 'ECDHE-RSA-CHACHA20-POLY1305', cert: 'rsa' }, suite: 0xcca8, etm: false },
   { name: 'ECDHE-RSA-AES128-SHA (EtM on)', opts: { cipher: 'ECDHE-RSA-AES128-SHA', cert: 'rsa' }, suite: 0xc013, etm: true },
   { name: 'ECDHE-RSA-AES128-SHA (EtM off)', opts: { cipher: 'ECDHE-RSA-AES128-SHA', cert: 'rsa', noEtm: true }, suite: 0xc013, etm: false },
-  { name: 'ECDHE-ECDSA-AES256-SHA (EtM off)', opts: { cipher: 'ECDHE-ECDSA-AES256-SHA', cert: 'ec', noEtm: true }, suite: 0xc00a, etm: false },
-  { name: 'PSK-AES128-CBC-SHA (EtM on)', opts: { cipher: 'PSK-AES128-CBC-SHA', psk: randomBytes(16).toString('hex') }, suite: 0x008c, etm: true },
-  { name: 'PSK-AES256-CBC-SHA (EtM off)', opts: { cipher: 'PSK-AES256-CBC-SHA', psk: randomBytes(16).toString('hex'), noEtm: true }, suite: 0x008d, etm: false },
+  {
+    name: 'ECDHE-ECDSA-AES256-SHA (EtM off)',
+    opts: { cipher: 'ECDHE-ECDSA-AES256-SHA', cert: 'ec', noEtm: true },
+    suite: 0xc00a,
+    etm: false,
+  },
+  {
+    name: 'PSK-AES128-CBC-SHA (EtM on)',
+    opts: { cipher: 'PSK-AES128-CBC-SHA', psk: randomBytes(16).toString('hex') },
+    suite: 0x008c,
+    etm: true,
+  },
+  {
+    name: 'PSK-AES256-CBC-SHA (EtM off)',
+    opts: { cipher: 'PSK-AES256-CBC-SHA', psk: randomBytes(16).toString('hex'), noEtm: true },
+    suite: 0x008d,
+    etm: false,
+  },
 ];
 
 /** tshark's own decryption of the capture: application data per direction, in order. */
 function tsharkPlaintext(pcap: string, keylog: string, serverPort: number): { c2s: string; s2c: string } {
   const out = execFileSync(
     'tshark',
-    ['-n', '-r', pcap, '-o', `tls.keylog_file:${keylog}`, '-d', `udp.port==${serverPort},dtls`, '-Y', 'dtls.app_data', '-T', 'fields', '-e', 'udp.dstport', '-e', 'data.data', '-E', 'occurrence=a', '-E', 'aggregator=,'],
+    [
+      '-n',
+      '-r',
+      pcap,
+      '-o',
+      `tls.keylog_file:${keylog}`,
+      '-d',
+      `udp.port==${serverPort},dtls`,
+      '-Y',
+      'dtls.app_data',
+      '-T',
+      'fields',
+      '-e',
+      'udp.dstport',
+      '-e',
+      'data.data',
+      '-E',
+      'occurrence=a',
+      '-E',
+      'aggregator=,',
+    ],
     { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], timeout: 60_000 },
   );
   const r = { c2s: '', s2c: '' };
   for (const line of out.split('\n')) {
     const [dport, hex] = line.split('\t');
     if (!dport || !hex) continue;
-    const text = hex.split(',').map((h) => Buffer.from(h, 'hex').toString('latin1')).join('');
+    const text = hex
+      .split(',')
+      .map((h) => Buffer.from(h, 'hex').toString('latin1'))
+      .join('');
     if (Number(dport) === serverPort) r.c2s += text;
     else r.s2c += text;
   }
@@ -91,7 +134,9 @@ t.test('openssl DTLS 1.2 sessions decrypt exactly', { skip: missing }, async (t)
           keyLog,
           onAppData: (pt, dir) => got[dir].push(Buffer.from(pt)),
         });
-        packets.forEach((p, i) => session.feed(mutate ? mutate(Buffer.from(p.payload), i) : p.payload, p.dstPort === run.serverPort ? 'c2s' : 's2c', p.time));
+        packets.forEach((p, i) =>
+          session.feed(mutate ? mutate(Buffer.from(p.payload), i) : p.payload, p.dstPort === run.serverPort ? 'c2s' : 's2c', p.time),
+        );
         return { events, got, session };
       };
 
@@ -119,7 +164,10 @@ t.test('openssl DTLS 1.2 sessions decrypt exactly', { skip: missing }, async (t)
         const id = session.associations()[0]!.id;
         const k = session.srtpKeys(id)!;
         const m = splitSrtpKeyingMaterial(1, Buffer.from(run.exportedKeyingMaterial!, 'hex'))!;
-        t.ok(k && k.clientMasterKey.equals(m.clientMasterKey) && k.serverMasterSalt.equals(m.serverMasterSalt), 'SRTP keys = s_client export');
+        t.ok(
+          k && k.clientMasterKey.equals(m.clientMasterKey) && k.serverMasterSalt.equals(m.serverMasterSalt),
+          'SRTP keys = s_client export',
+        );
       }
 
       // Tampering: flip one bit in the last byte (tag / MAC) of the first application record.
@@ -149,13 +197,23 @@ t.test('client-initiated renegotiation is a new association', { skip: missing },
   t.equal(keyLog.size, 2, 'two handshakes in the key log');
   const events: InspectEvent[] = [];
   const got: { assoc: string; data: string }[] = [];
-  const s = new DtlsSession({ listener: (e) => events.push(e), keyLog, onAppData: (pt, _d, assoc) => got.push({ assoc, data: pt.toString('latin1') }) });
+  const s = new DtlsSession({
+    listener: (e) => events.push(e),
+    keyLog,
+    onAppData: (pt, _d, assoc) => got.push({ assoc, data: pt.toString('latin1') }),
+  });
   for (const p of readPcapUdp(run.pcap)) s.feed(p.payload, p.dstPort === run.serverPort ? 'c2s' : 's2c', p.time);
   const ren = events.filter((e) => e.type === 'dtls.renegotiation');
   t.equal(ren.length, 1);
   t.match(ren[0], { how: 'encrypted_handshake' });
   const [a1, a2] = s.associations();
   t.ok(a1 && a2 && a1.id !== a2.id);
-  t.same(got.filter((g) => g.assoc === a1!.id).map((g) => g.data), [...c2s, ...s2c].map(String));
-  t.same(got.filter((g) => g.assoc === a2!.id).map((g) => g.data), [...after.c2s, ...after.s2c].map(String));
+  t.same(
+    got.filter((g) => g.assoc === a1!.id).map((g) => g.data),
+    [...c2s, ...s2c].map(String),
+  );
+  t.same(
+    got.filter((g) => g.assoc === a2!.id).map((g) => g.data),
+    [...after.c2s, ...after.s2c].map(String),
+  );
 });

@@ -61,14 +61,21 @@ t.test('a recorder killed with SIGKILL leaves readable files', async (t) => {
 
   const seqs = tsharkSeqs(join(recDir, 'rtp-7.pcap'), 40400);
   t.ok(seqs.length >= flushed, `pcap holds ${seqs.length} >= ${flushed} packets`);
-  t.same(seqs, seqs.map((_, i) => i), 'consecutive packets, none torn');
+  t.same(
+    seqs,
+    seqs.map((_, i) => i),
+    'consecutive packets, none torn',
+  );
   const audio = join(recDir, 'audio-7.opus');
   t.equal(ffprobe(audio).codec, 'opus');
   t.equal(decodeErrors(audio), '', 'the cut Ogg/Opus decodes without errors');
-  t.ok(ffprobe(audio).duration >= (flushed * 0.02) - 0.1, 'audio up to the flush is there');
+  t.ok(ffprobe(audio).duration >= flushed * 0.02 - 0.1, 'audio up to the flush is there');
   const lines = readFileSync(join(recDir, 'dc-0.jsonl'), 'utf8');
   t.ok(lines.endsWith('\n'), 'the transcript ends on a whole line');
-  const parsed = lines.trim().split('\n').map((l) => JSON.parse(l) as { event: string; text?: string });
+  const parsed = lines
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l) as { event: string; text?: string });
   t.ok(parsed.filter((p) => p.event === 'message').length >= flushed / 10, `${parsed.length} transcript lines`);
 
   // Restart: the leftover is sealed as recovered and the directory verifies.

@@ -70,8 +70,14 @@ t.test('opus, vp8 and h264 round trip to playable files', async (t) => {
   );
   const h264Ev = rtpEvents(packetizeH264(aus), 0x3333, 102, t0, 5, 10);
   t.ok(vp8Ev.length > ivf.frames.length, 'VP8 frames were fragmented');
-  t.ok(h264Ev.some((e) => (e.payload[0]! & 0x1f) === 28), 'H.264 used FU-A');
-  t.ok(h264Ev.some((e) => (e.payload[0]! & 0x1f) === 24), 'H.264 used STAP-A');
+  t.ok(
+    h264Ev.some((e) => (e.payload[0]! & 0x1f) === 28),
+    'H.264 used FU-A',
+  );
+  t.ok(
+    h264Ev.some((e) => (e.payload[0]! & 0x1f) === 24),
+    'H.264 used STAP-A',
+  );
   for (const e of [...opusEv, ...vp8Ev, ...h264Ev]) rec.onEvent(e);
   clock.advance(1500); // an interval flush on the way
   const sealed = rec.close();
@@ -102,7 +108,10 @@ t.test('opus, vp8 and h264 round trip to playable files', async (t) => {
   const outIvf = readIvf(join(rdir, 'video-8738.ivf'));
   t.equal(outIvf.count, Number(outIvf.frames.at(-1)!.pts) + 3600, 'duration (90 kHz) patched in the IVF header');
   t.same([outIvf.width, outIvf.height], [320, 240]);
-  t.ok(outIvf.frames.every((f, i) => f.data.equals(ivf.frames[i]!.data)), 'VP8 frames are byte-identical');
+  t.ok(
+    outIvf.frames.every((f, i) => f.data.equals(ivf.frames[i]!.data)),
+    'VP8 frames are byte-identical',
+  );
 
   const h = ffprobe(join(rdir, 'video-13107.h264'));
   t.equal(h.codec, 'h264');
@@ -111,10 +120,17 @@ t.test('opus, vp8 and h264 round trip to playable files', async (t) => {
   const outNals = readAnnexB(join(rdir, 'video-13107.h264')).flat();
   const srcNals = aus.flat();
   t.equal(outNals.length, srcNals.length);
-  t.ok(outNals.every((n, i) => n.equals(srcNals[i]!)), 'every NAL unit is byte-identical to the source');
+  t.ok(
+    outNals.every((n, i) => n.equals(srcNals[i]!)),
+    'every NAL unit is byte-identical to the source',
+  );
 
   const seqs = tsharkSeqs(join(rdir, 'rtp-4369.pcap'), PEER_PORT);
-  t.same(seqs, opusEv.map((e) => e.seq), 'tshark reads every RTP packet of the opus stream in order');
+  t.same(
+    seqs,
+    opusEv.map((e) => e.seq),
+    'tshark reads every RTP packet of the opus stream in order',
+  );
   t.equal(tsharkSeqs(join(rdir, 'rtp-8738.pcap'), PEER_PORT).length, vp8Ev.length);
 
   const vr = verifyRecordings(dir);
@@ -137,7 +153,13 @@ t.test('losses: opus gaps are concealed, video resumes at the next key frame', a
   rec.onEvent(streamEvent(3, 'h264', 102, t0));
   // Drop 25 Opus packets (0.5 s) in the middle, and one packet of a mid-GOP video frame.
   const opusEv = rtpEvents(packetizeOpus(opusPkts, opusPacketSamples), 1, 111, t0).filter((_, i) => i < 50 || i >= 75);
-  const vp8All = rtpEvents(packetizeVp8(ivf.frames, (pts) => Number(pts) * 3600), 2, 96, t0, 5);
+  const vp8All = rtpEvents(
+    packetizeVp8(ivf.frames, (pts) => Number(pts) * 3600),
+    2,
+    96,
+    t0,
+    5,
+  );
   const vp8Drop = vp8All.findIndex((e) => e.timestamp === 10 * 3600);
   const h264All = rtpEvents(packetizeH264(aus), 3, 102, t0, 5);
   const h264Drop = h264All.findIndex((e) => e.timestamp === 5000 + 10 * 3600);

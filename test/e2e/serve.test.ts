@@ -124,7 +124,10 @@ admin:
 
   const flows = await fetch(`http://127.0.0.1:${adminPort}/v1/flows`, { headers: { authorization: `Bearer ${token}` } });
   t.same(await flows.json(), [], 'no flows yet');
-  const reload = await fetch(`http://127.0.0.1:${adminPort}/v1/policy/reload`, { method: 'POST', headers: { authorization: `Bearer ${token}` } });
+  const reload = await fetch(`http://127.0.0.1:${adminPort}/v1/policy/reload`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${token}` },
+  });
   t.equal(reload.status, 200, 'policy reload');
   t.match(await reload.json(), { ok: true });
   const pem = await (await fetch(`http://127.0.0.1:${adminPort}/v1/gateway/certificate`)).text();

@@ -132,11 +132,21 @@ async function main(): Promise<void> {
 
   t.equal(server.stats.authFailures['bad_integrity'] ?? 0, 0, 'no integrity failures with the right password');
   t.ok(server.stats.packets.clientToPeer > 0 && server.stats.packets.peerToClient > 0, 'packets counted');
-  t.ok(events.events.some((e) => e.event_type === 'allocation'), 'allocation events');
-  t.ok(events.events.some((e) => e.event_type === 'permission'), 'permission events');
+  t.ok(
+    events.events.some((e) => e.event_type === 'allocation'),
+    'allocation events',
+  );
+  t.ok(
+    events.events.some((e) => e.event_type === 'permission'),
+    'permission events',
+  );
 
   await t.test('wrong password is refused', async (t) => {
-    const r = await run('turnutils_uclient', ['-p', String(udpPort), '-u', 'alice', '-w', 'wrong', '-e', '127.0.0.1', '-r', String(peerPort), '-n', '2', '127.0.0.1'], 60_000);
+    const r = await run(
+      'turnutils_uclient',
+      ['-p', String(udpPort), '-u', 'alice', '-w', 'wrong', '-e', '127.0.0.1', '-r', String(peerPort), '-n', '2', '127.0.0.1'],
+      60_000,
+    );
     const tot = totals(r.out);
     t.ok(!tot || tot.received === 0, 'nothing relayed');
     t.ok((server.stats.authFailures['bad_integrity'] ?? 0) > 0, 'counted as bad_integrity');

@@ -36,8 +36,7 @@ function peer(): RTCPeerConnection {
 /** Wraps the DTLS transport's sendData of pc once: records plaintext SCTP packets. */
 function tapPeer(pc: RTCPeerConnection, tap: Tap): boolean {
   const dtls = pc.sctpTransport?.dtlsTransport as unknown as
-    | { sendData: (d: Buffer) => Promise<void>; role: string; __tapped?: boolean }
-    | undefined;
+    { sendData: (d: Buffer) => Promise<void>; role: string; __tapped?: boolean } | undefined;
   if (!dtls) return false;
   if (dtls.__tapped) return true;
   const orig = dtls.sendData;
@@ -232,7 +231,10 @@ t.test('werift peers over loopback: every message recovered byte-identical', asy
   t.not(r[0]!.dir, fromA[0]!.dir, 'reply in the other direction on the same stream');
   const bigOne = msgs.find((m) => m.label === 'files')!;
   t.ok(bigOne.size > 200 * 1024);
-  t.same(files.filter((f) => f.fileType !== 'unknown').map((f) => [f.label, f.fileType, f.size]), [['files', 'pdf', bigOne.size]]);
+  t.same(
+    files.filter((f) => f.fileType !== 'unknown').map((f) => [f.label, f.fileType, f.size]),
+    [['files', 'pdf', bigOne.size]],
+  );
   // File rule: binary messages >= 1 KiB are files even when their type is unknown.
   t.equal(files.filter((f) => f.fileType === 'unknown').length, sent.filter((s) => s.ppid === 53 && s.size >= 1024).length - 1);
   t.equal(tr.bufferedBytes, 0, 'nothing left held');

@@ -18,16 +18,63 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { StunWriter, messageType, Method, Class, Attr, decodeStun, getXorAddress, getAttr } from '../../src/wire/stun.js';
 import { buildChannelData, parseChannelData, StreamFramer } from '../../src/wire/channeldata.js';
-import { readRecord, newRecord, readHandshakeHeader, HandshakeReassembler, parseClientHello, parseServerHello, parseHelloVerifyRequest, parseEncryptedExtensions, type HandshakeHeader } from '../../src/wire/dtls.js';
+import {
+  readRecord,
+  newRecord,
+  readHandshakeHeader,
+  HandshakeReassembler,
+  parseClientHello,
+  parseServerHello,
+  parseHelloVerifyRequest,
+  parseEncryptedExtensions,
+  type HandshakeHeader,
+} from '../../src/wire/dtls.js';
 import { Dtls13Writer, Dtls13Stream, parseUnifiedHeader } from '../../src/wire/dtls13.js';
-import { parseChunks, decodeData, decodeIData, decodeInit, decodeSack, decodeForwardTsn, decodeReconfig, parseSctpHeader, ChunkIterator } from '../../src/wire/sctp.js';
+import {
+  parseChunks,
+  decodeData,
+  decodeIData,
+  decodeInit,
+  decodeSack,
+  decodeForwardTsn,
+  decodeReconfig,
+  parseSctpHeader,
+  ChunkIterator,
+} from '../../src/wire/sctp.js';
 import { decodeDcep, encodeDcepOpen } from '../../src/wire/dcep.js';
-import { parseRtp, parseRtpHeader, parseRtpHeaderExtensions, parseRtcpCompound, parseRtcpReport, parseSdes, parseBye, parseFeedback, parseGenericNack, serializeRtp, buildOneByteExtensions } from '../../src/wire/rtp.js';
+import {
+  parseRtp,
+  parseRtpHeader,
+  parseRtpHeaderExtensions,
+  parseRtcpCompound,
+  parseRtcpReport,
+  parseSdes,
+  parseBye,
+  parseFeedback,
+  parseGenericNack,
+  serializeRtp,
+  buildOneByteExtensions,
+} from '../../src/wire/rtp.js';
 import { SrtpContext } from '../../src/wire/srtp.js';
 import { demux, isRtcp } from '../../src/wire/demux.js';
 import {
-  LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, LINKTYPE_NULL, LINKTYPE_RAW, IPPROTO_TCP, TCP_ACK,
-  buildUdpFrame, buildIp, buildTcp, wrapLink, decodeFrame, decodeIp, decodeTcp, TurnStreamFramer, TcpStream, IpReassembler,
+  LINKTYPE_ETHERNET,
+  LINKTYPE_LINUX_SLL,
+  LINKTYPE_LINUX_SLL2,
+  LINKTYPE_NULL,
+  LINKTYPE_RAW,
+  IPPROTO_TCP,
+  TCP_ACK,
+  buildUdpFrame,
+  buildIp,
+  buildTcp,
+  wrapLink,
+  decodeFrame,
+  decodeIp,
+  decodeTcp,
+  TurnStreamFramer,
+  TcpStream,
+  IpReassembler,
 } from '../../src/wire/netpkt.js';
 import { TurnUnwrapper } from '../../src/inspect/turn-unwrap.js';
 import { FlowPipeline, StaticKeyProvider } from '../../src/inspect/pipeline.js';
@@ -131,16 +178,33 @@ const stunMsg = (m: number, c: number, fill: (w: StunWriter) => void) => {
 };
 const stunSeeds = [
   stunMsg(Method.Binding, Class.Request, (w) => w.attr(Attr.Username, 'a:b').u32(Attr.Priority, 1234)),
-  stunMsg(Method.ChannelBind, Class.Request, (w) => w.attr(Attr.ChannelNumber, Buffer.from([0x40, 1, 0, 0])).xorAddress(Attr.XorPeerAddress, '203.0.113.5', 6000)),
-  stunMsg(Method.Send, Class.Indication, (w) => w.xorAddress(Attr.XorPeerAddress, '2001:db8::5', 6000).attr(Attr.Data, Buffer.from('payload'))),
+  stunMsg(Method.ChannelBind, Class.Request, (w) =>
+    w.attr(Attr.ChannelNumber, Buffer.from([0x40, 1, 0, 0])).xorAddress(Attr.XorPeerAddress, '203.0.113.5', 6000),
+  ),
+  stunMsg(Method.Send, Class.Indication, (w) =>
+    w.xorAddress(Attr.XorPeerAddress, '2001:db8::5', 6000).attr(Attr.Data, Buffer.from('payload')),
+  ),
   stunMsg(Method.Allocate, Class.Success, (w) => w.xorAddress(Attr.XorRelayedAddress, '198.51.100.1', 49170).u32(Attr.Lifetime, 600)),
 ];
-const sctpSeeds = [sctp.init(), sctp.open(1, 'chat'), sctp.message(1, Buffer.from('hello')), ...sctp.fragmented(1, randomBytes(3000), 1000)];
-const dtlsSeeds = [...session.hello.map((h) => h.data), ...sctpSeeds.map((p) => session.appData(true, p)), session.appData(false, Buffer.from('plain'))];
+const sctpSeeds = [
+  sctp.init(),
+  sctp.open(1, 'chat'),
+  sctp.message(1, Buffer.from('hello')),
+  ...sctp.fragmented(1, randomBytes(3000), 1000),
+];
+const dtlsSeeds = [
+  ...session.hello.map((h) => h.data),
+  ...sctpSeeds.map((p) => session.appData(true, p)),
+  session.appData(false, Buffer.from('plain')),
+];
 const hsBodies = session.hello.map((h) => h.data.subarray(13 + 12));
 const dtls13Secret = randomBytes(32);
 const w13 = new Dtls13Writer(0x1301, dtls13Secret, 3);
-const dtls13Seeds = [w13.seal(23, Buffer.from('dtls13 app data')), w13.seal(23, randomBytes(200), { seqLen: 1 }), w13.seal(22, randomBytes(40), { withLength: false })];
+const dtls13Seeds = [
+  w13.seal(23, Buffer.from('dtls13 app data')),
+  w13.seal(23, randomBytes(200), { seqLen: 1 }),
+  w13.seal(22, randomBytes(40), { withLength: false }),
+];
 const fixture = join(here, '..', 'fixtures', 'browser', 'firefox-dtls13-records.json');
 let realRecords: Buffer[] = [];
 if (existsSync(fixture)) {
@@ -151,7 +215,20 @@ if (existsSync(fixture)) {
     realRecords = [];
   }
 }
-const rtp = serializeRtp({ payloadType: 111, sequenceNumber: 5, timestamp: 960, ssrc: 0x1234, payload: randomBytes(60), extension: { profile: 0xbede, data: buildOneByteExtensions([{ id: 1, data: Buffer.from([0x30]) }, { id: 3, data: Buffer.from([1, 2, 3]) }]) } });
+const rtp = serializeRtp({
+  payloadType: 111,
+  sequenceNumber: 5,
+  timestamp: 960,
+  ssrc: 0x1234,
+  payload: randomBytes(60),
+  extension: {
+    profile: 0xbede,
+    data: buildOneByteExtensions([
+      { id: 1, data: Buffer.from([0x30]) },
+      { id: 3, data: Buffer.from([1, 2, 3]) },
+    ]),
+  },
+});
 const rtcpSr = (() => {
   const b = Buffer.alloc(28 + 8);
   b[0] = 0x80;
@@ -170,14 +247,28 @@ const srtpTx = new SrtpContext(1, srtpKey, srtpSalt);
 const gcmKey = randomBytes(16);
 const gcmSalt = randomBytes(12);
 const gcmTx = new SrtpContext(7, gcmKey, gcmSalt);
-const srtpSeeds = [srtpTx.protectRtp(rtp), srtpTx.protectRtcp(rtcpSr), gcmTx.protectRtp(rtp), gcmTx.protectRtcp(rtcpSr), session.srtp(true, 1, randomBytes(100))];
+const srtpSeeds = [
+  srtpTx.protectRtp(rtp),
+  srtpTx.protectRtcp(rtcpSr),
+  gcmTx.protectRtp(rtp),
+  gcmTx.protectRtcp(rtcpSr),
+  session.srtp(true, 1, randomBytes(100)),
+];
 const frames = [
   buildUdpFrame(LINKTYPE_ETHERNET, '10.0.0.1', 1000, '10.0.0.2', 3478, stunSeeds[1]!),
   buildUdpFrame(LINKTYPE_LINUX_SLL, '10.0.0.2', 3478, '10.0.0.1', 1000, buildChannelData(0x4001, dtlsSeeds[0]!)),
   buildUdpFrame(LINKTYPE_LINUX_SLL2, '2001:db8::1', 1000, '2001:db8::2', 2000, srtpSeeds[0]!),
   buildUdpFrame(LINKTYPE_NULL, '127.0.0.1', 1000, '127.0.0.1', 2000, dtlsSeeds[2]!),
   buildUdpFrame(LINKTYPE_RAW, '10.0.0.1', 1, '10.0.0.2', 2, dtls13Seeds[0]!),
-  wrapLink(LINKTYPE_ETHERNET, buildIp('10.0.0.1', '10.0.0.2', IPPROTO_TCP, buildTcp(1000, 3478, 1, TCP_ACK, Buffer.concat([stunSeeds[1]!, buildChannelData(0x4001, dtlsSeeds[1]!, true)])))),
+  wrapLink(
+    LINKTYPE_ETHERNET,
+    buildIp(
+      '10.0.0.1',
+      '10.0.0.2',
+      IPPROTO_TCP,
+      buildTcp(1000, 3478, 1, TCP_ACK, Buffer.concat([stunSeeds[1]!, buildChannelData(0x4001, dtlsSeeds[1]!, true)])),
+    ),
+  ),
   wrapLink(LINKTYPE_ETHERNET, buildIp('10.0.0.1', '10.0.0.2', 17, Buffer.alloc(40, 1), { id: 9, moreFragments: true })),
 ];
 
@@ -374,7 +465,10 @@ t.test(`mutation fuzz (seed ${SEED}, scale ${SCALE})`, { timeout: 600_000 }, asy
         demux(input);
       } catch (e) {
         bad++;
-        if (escapes.length < 5) escapes.push(`${tg.name}: ${(e as Error).stack?.split('\n').slice(0, 4).join(' | ')} input=${input.toString('hex').slice(0, 200)}`);
+        if (escapes.length < 5)
+          escapes.push(
+            `${tg.name}: ${(e as Error).stack?.split('\n').slice(0, 4).join(' | ')} input=${input.toString('hex').slice(0, 200)}`,
+          );
       }
       // Fresh SRTP state now and then, so the ROC estimate does not drift forever.
       if (tg.name === 'srtp-unprotect' && i % 500 === 0) {
@@ -440,7 +534,12 @@ t.test(`mutation fuzz (seed ${SEED}, scale ${SCALE})`, { timeout: 600_000 }, asy
   for (let i = 0; i < nFrames; i++) {
     const f = mut.mutate(mut.pick(frames), frames);
     try {
-      ins.packet({ time: i, linktype: mut.pick([LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, LINKTYPE_NULL, LINKTYPE_RAW, 7]), data: f, origLength: f.length });
+      ins.packet({
+        time: i,
+        linktype: mut.pick([LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, LINKTYPE_NULL, LINKTYPE_RAW, 7]),
+        data: f,
+        origLength: f.length,
+      });
     } catch (e) {
       capBad++;
       if (escapes.length < 5) escapes.push(`capture: ${(e as Error).stack?.split('\n').slice(0, 4).join(' | ')}`);

@@ -31,8 +31,18 @@ const randomBytes = (n) => {
   return b;
 };
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-const withTimeout = (p, ms, what) => Promise.race([p, sleep(ms).then(() => { throw new Error('timeout: ' + what); })]);
-const stripPwd = (sdp) => sdp.split('\r\n').filter((l) => !l.startsWith('a=ice-pwd')).join('\r\n');
+const withTimeout = (p, ms, what) =>
+  Promise.race([
+    p,
+    sleep(ms).then(() => {
+      throw new Error('timeout: ' + what);
+    }),
+  ]);
+const stripPwd = (sdp) =>
+  sdp
+    .split('\r\n')
+    .filter((l) => !l.startsWith('a=ice-pwd'))
+    .join('\r\n');
 const SPECS = [
   { label: 'chat', init: { ordered: true } },
   { label: 'bulk', init: { ordered: true } },
@@ -54,7 +64,9 @@ async function statsSummary(pc) {
   const st = await pc.getStats();
   const out = [];
   st.forEach((r) => {
-    if (['candidate-pair', 'local-candidate', 'remote-candidate', 'inbound-rtp', 'outbound-rtp', 'data-channel', 'transport'].includes(r.type)) {
+    if (
+      ['candidate-pair', 'local-candidate', 'remote-candidate', 'inbound-rtp', 'outbound-rtp', 'data-channel', 'transport'].includes(r.type)
+    ) {
       if (r.type === 'candidate-pair' && r.state !== 'succeeded') return;
       const o = {};
       for (const k of Object.keys(r)) if (typeof r[k] !== 'object') o[k] = r[k];
@@ -87,7 +99,10 @@ async function twoBrowser(role) {
       iceTransportPolicy: 'relay',
     });
     pc.onicecandidate = (e) => {
-      if (e.candidate) { log('candidate ' + e.candidate.candidate); signal({ type: 'candidate', candidate: e.candidate.toJSON() }); }
+      if (e.candidate) {
+        log('candidate ' + e.candidate.candidate);
+        signal({ type: 'candidate', candidate: e.candidate.toJSON() });
+      }
     };
     pc.oniceconnectionstatechange = () => log('ice ' + pc.iceConnectionState);
     pc.onconnectionstatechange = () => log('connection ' + pc.connectionState);
@@ -96,7 +111,10 @@ async function twoBrowser(role) {
       try {
         const s = await navigator.mediaDevices.getUserMedia({ audio: true, video: true });
         for (const tr of s.getTracks()) pc.addTrack(tr, s);
-      } catch (err) { media = false; report.errors.push('getUserMedia: ' + err); }
+      } catch (err) {
+        media = false;
+        report.errors.push('getUserMedia: ' + err);
+      }
     }
     report.media = media;
     const chans = {};
@@ -115,11 +133,23 @@ async function twoBrowser(role) {
       };
     };
     const opened = new Promise((resolve) => {
-      const check = () => { if (SPECS.every((s) => chans[s.label] && chans[s.label].readyState === 'open')) resolve(); };
+      const check = () => {
+        if (SPECS.every((s) => chans[s.label] && chans[s.label].readyState === 'open')) resolve();
+      };
       if (role === 'pc1') {
-        for (const s of SPECS) { const ch = pc.createDataChannel(s.label, s.init); chans[s.label] = ch; arm(ch); ch.onopen = check; }
+        for (const s of SPECS) {
+          const ch = pc.createDataChannel(s.label, s.init);
+          chans[s.label] = ch;
+          arm(ch);
+          ch.onopen = check;
+        }
       } else {
-        pc.ondatachannel = (e) => { chans[e.channel.label] = e.channel; arm(e.channel); if (e.channel.readyState === 'open') check(); else e.channel.onopen = check; };
+        pc.ondatachannel = (e) => {
+          chans[e.channel.label] = e.channel;
+          arm(e.channel);
+          if (e.channel.readyState === 'open') check();
+          else e.channel.onopen = check;
+        };
       }
     });
     // Signalling: messages are handled strictly in order (offer/answer before candidates).
@@ -168,13 +198,25 @@ async function twoBrowser(role) {
     }
     log('sent');
     const allIn = () => Object.keys(expect).every((l) => report.received.filter((r) => r.label === l).length >= expect[l]);
-    await withTimeout(new Promise((resolve) => { notify = () => { if (allIn()) resolve(); }; notify(); }), cfg.deliverTimeoutMs || 30000, 'all messages received');
+    await withTimeout(
+      new Promise((resolve) => {
+        notify = () => {
+          if (allIn()) resolve();
+        };
+        notify();
+      }),
+      cfg.deliverTimeoutMs || 30000,
+      'all messages received',
+    );
     log('all messages received');
     await barrier('received', 30000);
     if (media) await sleep((cfg.mediaSeconds ?? 3) * 1000);
     report.stats = { [role]: await statsSummary(pc) };
     await barrier('stats', 30000);
-    for (const ch of Object.values(chans)) try { ch.close(); } catch {}
+    for (const ch of Object.values(chans))
+      try {
+        ch.close();
+      } catch {}
     await sleep(500);
     stop = true;
     await pump.catch(() => {});
@@ -183,7 +225,7 @@ async function twoBrowser(role) {
     report.ok = report.errors.length === 0;
     log('done ok=' + report.ok);
   } catch (err) {
-    report.errors.push(String(err && err.stack || err));
+    report.errors.push(String((err && err.stack) || err));
     log('error ' + err);
   }
   await fetch('/report?role=' + role, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(report) });
@@ -259,14 +301,23 @@ async function twoBrowser(role) {
       pc2.ondatachannel = (e) => {
         chans.pc2[e.channel.label] = e.channel;
         armReceiver('pc2', e.channel);
-        const done = () => { if (++n === specs.length) resolve(); };
-        if (e.channel.readyState === 'open') done(); else e.channel.onopen = done;
+        const done = () => {
+          if (++n === specs.length) resolve();
+        };
+        if (e.channel.readyState === 'open') done();
+        else e.channel.onopen = done;
       };
     });
-    const pc1Opened = Promise.all(specs.map((s) => new Promise((resolve) => {
-      const ch = chans.pc1[s.label];
-      if (ch.readyState === 'open') resolve(); else ch.onopen = resolve;
-    })));
+    const pc1Opened = Promise.all(
+      specs.map(
+        (s) =>
+          new Promise((resolve) => {
+            const ch = chans.pc1[s.label];
+            if (ch.readyState === 'open') resolve();
+            else ch.onopen = resolve;
+          }),
+      ),
+    );
 
     const offer = await pc1.createOffer();
     await pc1.setLocalDescription(offer);
@@ -291,11 +342,13 @@ async function twoBrowser(role) {
       expectCount[key] = (expectCount[key] || 0) + 1;
     }
     for (const key of Object.keys(expectCount)) {
-      rxPromises.push(new Promise((resolve) => {
-        recvDone[key] = resolve;
-        const [to, label] = key.split('/');
-        if (report.received.filter((r) => r.to === to && r.label === label).length >= expectCount[key]) resolve();
-      }));
+      rxPromises.push(
+        new Promise((resolve) => {
+          recvDone[key] = resolve;
+          const [to, label] = key.split('/');
+          if (report.received.filter((r) => r.to === to && r.label === label).length >= expectCount[key]) resolve();
+        }),
+      );
     }
     const counters = {};
     for (const p of plan) {
@@ -323,7 +376,11 @@ async function twoBrowser(role) {
     }
     report.missing = missing;
     // Orderly close: data channels (SCTP stream reset), then DTLS close_notify.
-    for (const side of ['pc1', 'pc2']) for (const ch of Object.values(chans[side])) try { ch.close(); } catch {}
+    for (const side of ['pc1', 'pc2'])
+      for (const ch of Object.values(chans[side]))
+        try {
+          ch.close();
+        } catch {}
     await sleep(500);
     pc1.close();
     pc2.close();
@@ -331,7 +388,7 @@ async function twoBrowser(role) {
     report.ok = missing.length === 0 && report.errors.length === 0;
     log('done ok=' + report.ok);
   } catch (err) {
-    report.errors.push(String(err && err.stack || err));
+    report.errors.push(String((err && err.stack) || err));
     log('error ' + err);
   }
   await fetch('/report', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(report) });

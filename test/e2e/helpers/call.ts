@@ -26,13 +26,27 @@ export interface PairInfo {
 }
 
 export interface MediaInfo {
-  video: { packetsReceived: number; bytesReceived: number; framesReceived: number; framesDecoded: number; frameWidth: number | null; frameHeight: number | null } | null;
+  video: {
+    packetsReceived: number;
+    bytesReceived: number;
+    framesReceived: number;
+    framesDecoded: number;
+    frameWidth: number | null;
+    frameHeight: number | null;
+  } | null;
   audio: { packetsReceived: number; bytesReceived: number; totalSamplesReceived: number } | null;
 }
 
 export interface PeerResult {
   role: 'offerer' | 'answerer';
-  gathered: Array<{ type: string | null; protocol: string | null; address: string | null; port: number | null; relayProtocol: string | null; url: string | null }>;
+  gathered: Array<{
+    type: string | null;
+    protocol: string | null;
+    address: string | null;
+    port: number | null;
+    relayProtocol: string | null;
+    url: string | null;
+  }>;
   events: Array<{ at: number; what: string }>;
   received: { texts: string[]; binaries: Array<{ length: number; sha256: string }> };
   /** Offerer only: what the answerer reported receiving. */
@@ -94,19 +108,19 @@ async function openCallPage(tb: TestBrowser, server: PageServer, label: string):
 export async function runLoopbackCall(tb: TestBrowser, server: PageServer, opts: CallOptions): Promise<CallResult> {
   const page = await openCallPage(tb, server, 'loopback');
   try {
-    return (await page.evaluate(
-      (o) => (window as any).gatehouseE2E.runLoopbackCall(o),
-      {
-        iceServers: opts.iceServers,
-        texts: opts.payload.texts,
-        binaryB64: opts.payload.binary.toString('base64'),
-        timeoutMs: opts.stepTimeoutMs ?? 60_000,
-        media: opts.media ?? true,
-        minFrames: opts.minFrames ?? 5,
-      },
-    )) as CallResult;
+    return (await page.evaluate((o) => (window as any).gatehouseE2E.runLoopbackCall(o), {
+      iceServers: opts.iceServers,
+      texts: opts.payload.texts,
+      binaryB64: opts.payload.binary.toString('base64'),
+      timeoutMs: opts.stepTimeoutMs ?? 60_000,
+      media: opts.media ?? true,
+      minFrames: opts.minFrames ?? 5,
+    })) as CallResult;
   } finally {
-    await page.context().close().catch(() => {});
+    await page
+      .context()
+      .close()
+      .catch(() => {});
   }
 }
 
@@ -138,7 +152,13 @@ export async function runTwoPageCall(
     ]);
     return { offerer, answerer };
   } finally {
-    await pa.context().close().catch(() => {});
-    await pb.context().close().catch(() => {});
+    await pa
+      .context()
+      .close()
+      .catch(() => {});
+    await pb
+      .context()
+      .close()
+      .catch(() => {});
   }
 }

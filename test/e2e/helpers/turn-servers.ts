@@ -355,17 +355,26 @@ export async function startCoturn(opts: CoturnOptions = {}): Promise<TurnServer>
       '--no-dtls',
       '--no-rfc5780',
       '--no-stun-backward-compatibility',
-      '--listening-ip', '127.0.0.1',
-      '--listening-port', String(turnPort),
-      '--relay-ip', '127.0.0.1',
-      '--min-port', String(block.port(OFF_RELAY_LOW)),
-      '--max-port', String(block.port(OFF_RELAY_HIGH)),
+      '--listening-ip',
+      '127.0.0.1',
+      '--listening-port',
+      String(turnPort),
+      '--relay-ip',
+      '127.0.0.1',
+      '--min-port',
+      String(block.port(OFF_RELAY_LOW)),
+      '--max-port',
+      String(block.port(OFF_RELAY_HIGH)),
       '--lt-cred-mech',
-      '--realm', realm,
+      '--realm',
+      realm,
       '--allow-loopback-peers',
-      '--userdb', join(workDir, 'turndb'),
-      '--pidfile', join(workDir, 'turnserver.pid'),
-      '--log-file', 'stdout',
+      '--userdb',
+      join(workDir, 'turndb'),
+      '--pidfile',
+      join(workDir, 'turnserver.pid'),
+      '--log-file',
+      'stdout',
       '--simple-log',
     ];
     for (const u of users) args.push('--user', `${u.name}:${u.password}`);
@@ -373,7 +382,16 @@ export async function startCoturn(opts: CoturnOptions = {}): Promise<TurnServer>
     if (!transports.includes('tcp')) args.push('--no-tcp');
     if (opts.verbose) args.push('-v');
     const sp = spawnServer('turnserver', args, workDir);
-    const handle = makeHandle('coturn', sp, block, workDir, realm, users, { dataDir: null, adminUrl: null, adminToken: null }, opts.keepWorkDir ?? false);
+    const handle = makeHandle(
+      'coturn',
+      sp,
+      block,
+      workDir,
+      realm,
+      users,
+      { dataDir: null, adminUrl: null, adminToken: null },
+      opts.keepWorkDir ?? false,
+    );
     try {
       await waitReady('coturn', sp, '127.0.0.1', turnPort, transports, opts.readyTimeoutMs ?? 30_000);
     } catch (e) {

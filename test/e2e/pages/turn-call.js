@@ -68,8 +68,21 @@ function pickCandidate(c) {
   };
 }
 
-/** The selected candidate pair (RTCTransportStats.selectedCandidatePairId), else a nominated succeeded one. */
+/**
+ * The selected candidate pair (RTCTransportStats.selectedCandidatePairId), else a nominated
+ * succeeded one. Data can flow on a selected pair whose connectivity check answer is still
+ * outstanding (state in-progress), so stats are re-read for up to 5 s until it settles.
+ */
 async function selectedPair(pc) {
+  for (let i = 0; i < 50; i++) {
+    const p = await selectedPairOnce(pc);
+    if (!p || p.state === 'succeeded' || i === 49) return p;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return null;
+}
+
+async function selectedPairOnce(pc) {
   const stats = await pc.getStats();
   let pair = null;
   stats.forEach((s) => {
@@ -320,7 +333,12 @@ async function peer(opts, signal) {
       if (opts.media !== false) {
         stream = await navigator.mediaDevices.getUserMedia({ audio: true, video: { width: 320, height: 240, frameRate: 15 } });
         for (const track of stream.getTracks()) pc.addTrack(track, stream);
-        ev(`local tracks: ${stream.getTracks().map((t) => t.kind).join(',')}`);
+        ev(
+          `local tracks: ${stream
+            .getTracks()
+            .map((t) => t.kind)
+            .join(',')}`,
+        );
       }
       await pc.setLocalDescription();
       await signal.send({ sdp: pc.localDescription.toJSON() });
@@ -347,11 +365,21 @@ async function peer(opts, signal) {
         for (;;) {
           const m = await inboundMedia(pc);
           result.media = m;
-          if (m.video && m.video.framesDecoded >= minFrames && m.audio && m.audio.packetsReceived >= minFrames && m.audio.totalSamplesReceived > 0) return;
+          if (
+            m.video &&
+            m.video.framesDecoded >= minFrames &&
+            m.audio &&
+            m.audio.packetsReceived >= minFrames &&
+            m.audio.totalSamplesReceived > 0
+          )
+            return;
           await sleep(250);
         }
       })();
-      await withTimeout(waitMedia, timeoutMs, `media: ${minFrames} decoded video frames and audio packets`, () => ({ ...state(), media: result.media }));
+      await withTimeout(waitMedia, timeoutMs, `media: ${minFrames} decoded video frames and audio packets`, () => ({
+        ...state(),
+        media: result.media,
+      }));
       ev(`media ok ${JSON.stringify(result.media)}`);
     }
     result.pair = await selectedPair(pc);

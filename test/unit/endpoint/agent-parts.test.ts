@@ -20,7 +20,11 @@ t.test('seam installs once and wraps werift TurnProtocol', async (t) => {
   // An instance no agent owns: the wrapper hands the message to werift unchanged
   // (werift emits Data indications' DATA on onData).
   const seen: Buffer[] = [];
-  const inst = Object.create(TP.prototype) as { transactions: object; onData: { execute(d: Buffer): void }; handleSTUNMessage(d: Buffer, a: [string, number]): void };
+  const inst = Object.create(TP.prototype) as {
+    transactions: object;
+    onData: { execute(d: Buffer): void };
+    handleSTUNMessage(d: Buffer, a: [string, number]): void;
+  };
   inst.transactions = {};
   inst.onData = { execute: (d: Buffer) => seen.push(d) };
   // RFC 8656 §10.4 Data indication with XOR-PEER-ADDRESS 127.0.0.1:5000 and DATA "hi".
@@ -28,5 +32,9 @@ t.test('seam installs once and wraps werift TurnProtocol', async (t) => {
   const w = new StunWriter().reset(messageType(Method.Data, Class.Indication), Buffer.alloc(12, 7));
   w.xorAddress(Attr.XorPeerAddress, '127.0.0.1', 5000).attr(Attr.Data, Buffer.from('hi'));
   inst.handleSTUNMessage(w.copy(), ['127.0.0.1', 3478]);
-  t.same(seen.map((b) => b.toString()), ['hi'], 'unowned instance: werift behaviour unchanged');
+  t.same(
+    seen.map((b) => b.toString()),
+    ['hi'],
+    'unowned instance: werift behaviour unchanged',
+  );
 });

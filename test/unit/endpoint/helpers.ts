@@ -46,7 +46,10 @@ export interface StubLog {
 }
 
 /** Gateway side stub of key-escrow.md §2 for TurnServer's `extensions` option. */
-export function stubEscrowExtension(gw: TestGateway, opts: { deadline?: number; flags?: number } = {}): { ext: TurnRequestExtension; log: StubLog } {
+export function stubEscrowExtension(
+  gw: TestGateway,
+  opts: { deadline?: number; flags?: number } = {},
+): { ext: TurnRequestExtension; log: StubLog } {
   const log: StubLog = { keyRequests: [], writeKeys: [], declines: [], bad: 0 };
   const ext: TurnRequestExtension = {
     onRequest(ctx) {
@@ -79,7 +82,12 @@ export function stubEscrowExtension(gw: TestGateway, opts: { deadline?: number; 
       if (!wk.length && !kd) {
         attrs.push({
           type: ATTR_KEY_REQUEST,
-          value: encodeKeyRequest('turn', ctx.transactionId, { deadline: opts.deadline ?? 10, flags: opts.flags ?? 0x0003, fingerprint: gw.fingerprint }, gw.privateKey),
+          value: encodeKeyRequest(
+            'turn',
+            ctx.transactionId,
+            { deadline: opts.deadline ?? 10, flags: opts.flags ?? 0x0003, fingerprint: gw.fingerprint },
+            gw.privateKey,
+          ),
         });
         log.keyRequests.push({ method: ctx.method, peers });
       }
@@ -147,7 +155,6 @@ export async function until(cond: () => boolean, ms: number, what: string): Prom
   }
 }
 
-
 export interface EscrowCall {
   server: TurnServer;
   port: number;
@@ -161,7 +168,10 @@ export interface EscrowCall {
 }
 
 /** In-process TurnServer (UDP 127.0.0.1:0, peers 127.0.0.0/8) with the stub escrow extension; agent ↔ plain werift peer. */
-export async function escrowCall(gw: TestGateway, agentOpts: Pick<EscrowAgentOptions, 'trust' | 'consent' | 'gatewayCertificate'> & Partial<EscrowAgentOptions>): Promise<EscrowCall> {
+export async function escrowCall(
+  gw: TestGateway,
+  agentOpts: Pick<EscrowAgentOptions, 'trust' | 'consent' | 'gatewayCertificate'> & Partial<EscrowAgentOptions>,
+): Promise<EscrowCall> {
   const { ext, log } = stubEscrowExtension(gw, { deadline: 5, flags: 0x0007 });
   const cfg = defaultConfig();
   cfg.turn.listen = ['udp://127.0.0.1:0'];
@@ -169,7 +179,11 @@ export async function escrowCall(gw: TestGateway, agentOpts: Pick<EscrowAgentOpt
   cfg.turn.relay_ports = [47000, 47999];
   cfg.turn.peers.allow = ['127.0.0.0/8'];
   cfg.data_dir = '/nonexistent';
-  const server = new TurnServer({ config: cfg, users: { lookup: (n) => (n === 'alice' ? { name: 'alice', password: 'secret', groups: [] } : undefined) }, extensions: [ext] });
+  const server = new TurnServer({
+    config: cfg,
+    users: { lookup: (n) => (n === 'alice' ? { name: 'alice', password: 'secret', groups: [] } : undefined) },
+    extensions: [ext],
+  });
   await server.start();
   const port = server.addresses().find((a) => a.proto === 'udp')!.port;
   const { pc, agent } = createEscrowPeerConnection({
@@ -192,7 +206,11 @@ export async function escrowCall(gw: TestGateway, agentOpts: Pick<EscrowAgentOpt
     peer,
     async exchange() {
       await withTimeout(connectPeers(pc, peer), 60_000, 'connect');
-      await withTimeout(new Promise<void>((r) => (dc.readyState === 'open' ? r() : dc.stateChanged.subscribe((s) => s === 'open' && r()))), 60_000, 'open');
+      await withTimeout(
+        new Promise<void>((r) => (dc.readyState === 'open' ? r() : dc.stateChanged.subscribe((s) => s === 'open' && r()))),
+        60_000,
+        'open',
+      );
       dc.send('ping');
       await until(() => got.length > 0, 30_000, 'message at peer');
     },

@@ -22,7 +22,13 @@ function parseRecords(buf: Buffer): Rec[] {
   while (o + 13 <= buf.length) {
     const len = buf.readUInt16BE(o + 11);
     if (o + 13 + len > buf.length) break;
-    out.push({ type: buf[o]!, version: buf.readUInt16BE(o + 1), epoch: buf.readUInt16BE(o + 3), seq: buf.readUIntBE(o + 5, 6), fragment: buf.subarray(o + 13, o + 13 + len) });
+    out.push({
+      type: buf[o]!,
+      version: buf.readUInt16BE(o + 1),
+      epoch: buf.readUInt16BE(o + 3),
+      seq: buf.readUIntBE(o + 5, 6),
+      fragment: buf.subarray(o + 13, o + 13 + len),
+    });
     o += 13 + len;
   }
   return out;
@@ -49,7 +55,10 @@ function gcmOpen(key: Buffer, salt: Buffer, r: Rec): Buffer | null {
   }
 }
 
-type Sock = WeriftDtlsSocketLike & { transport: { socket: { send: (b: Buffer, a?: unknown) => unknown } }; extractSessionKeys(k: number, s: number): { localKey: Buffer; localSalt: Buffer; remoteKey: Buffer } };
+type Sock = WeriftDtlsSocketLike & {
+  transport: { socket: { send: (b: Buffer, a?: unknown) => unknown } };
+  extractSessionKeys(k: number, s: number): { localKey: Buffer; localSalt: Buffer; remoteKey: Buffer };
+};
 
 // werift offers use_srtp in every DTLS handshake, so SRTP keys are present with a data channel only.
 t.test('key set from a real werift session decrypts its records', async (t) => {
@@ -66,14 +75,21 @@ t.test('key set from a real werift session decrypts its records', async (t) => {
     c.onMessage.subscribe((m) => atB.push(m.toString()));
   });
   await withTimeout(connectPeers(a, b), 60_000, 'connect');
-  await withTimeout(new Promise<void>((r) => (dc.readyState === 'open' ? r() : dc.stateChanged.subscribe((s) => s === 'open' && r()))), 60_000, 'open');
+  await withTimeout(
+    new Promise<void>((r) => (dc.readyState === 'open' ? r() : dc.stateChanged.subscribe((s) => s === 'open' && r()))),
+    60_000,
+    'open',
+  );
   await until(() => bdc !== null, 30_000, 'remote channel');
   const sa = (a.sctpTransport!.dtlsTransport as unknown as { dtls: Sock }).dtls;
   const sb = (b.sctpTransport!.dtlsTransport as unknown as { dtls: Sock }).dtls;
   const client = sa.sessionType === 1 ? sa : sb;
   const server = client === sa ? sb : sa;
   const captured = { client: [] as Rec[], server: [] as Rec[] };
-  for (const [s, k] of [[client, 'client'], [server, 'server']] as const) {
+  for (const [s, k] of [
+    [client, 'client'],
+    [server, 'server'],
+  ] as const) {
     const sock = s.transport.socket;
     const orig = sock.send.bind(sock);
     sock.send = (buf: Buffer, addr?: unknown) => {
@@ -113,7 +129,13 @@ t.test('key set from a real werift session decrypts its records', async (t) => {
 });
 
 t.test('CBC suites carry MAC keys and ENCRYPT_THEN_MAC, no IVs', async (t) => {
-  const st = { masterSecret: randomBytes(48), clientRandom: randomBytes(32), serverRandom: randomBytes(32), cipherSuite: 0xc013, encryptThenMac: true };
+  const st = {
+    masterSecret: randomBytes(48),
+    clientRandom: randomBytes(32),
+    serverRandom: randomBytes(32),
+    cipherSuite: 0xc013,
+    encryptThenMac: true,
+  };
   const ks = keySetFromDtls12(st);
   t.equal(ks.clientMacKey!.length, 20);
   t.equal(ks.clientWriteKey!.length, 16);

@@ -13,7 +13,9 @@ x509.cryptoProvider.set(webcrypto as unknown as Crypto);
 const ALG = { name: 'ECDSA', namedCurve: 'P-256', hash: 'SHA-256' } as const;
 
 function pemKey(pkcs8: ArrayBuffer): string {
-  return `-----BEGIN PRIVATE KEY-----\n${Buffer.from(pkcs8).toString('base64').replace(/.{1,64}/g, '$&\n')}-----END PRIVATE KEY-----\n`;
+  return `-----BEGIN PRIVATE KEY-----\n${Buffer.from(pkcs8)
+    .toString('base64')
+    .replace(/.{1,64}/g, '$&\n')}-----END PRIVATE KEY-----\n`;
 }
 
 async function makeCa(cn: string) {
@@ -25,7 +27,10 @@ async function makeCa(cn: string) {
     notAfter: new Date(Date.now() + 86_400_000 * 365),
     signingAlgorithm: ALG,
     keys,
-    extensions: [new x509.BasicConstraintsExtension(true, undefined, true), new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign, true)],
+    extensions: [
+      new x509.BasicConstraintsExtension(true, undefined, true),
+      new x509.KeyUsagesExtension(x509.KeyUsageFlags.keyCertSign, true),
+    ],
   });
   return { keys, cert, pem: cert.toString('pem') };
 }
@@ -43,7 +48,11 @@ async function issue(ca: Awaited<ReturnType<typeof makeCa>>, cn: string) {
     signingKey: ca.keys.privateKey,
   });
   const pem = cert.toString('pem');
-  return { pem, privateKey: createPrivateKey(pemKey(await webcrypto.subtle.exportKey('pkcs8', keys.privateKey))), fingerprint: createHash('sha256').update(new X509Certificate(pem).raw).digest() };
+  return {
+    pem,
+    privateKey: createPrivateKey(pemKey(await webcrypto.subtle.exportKey('pkcs8', keys.privateKey))),
+    fingerprint: createHash('sha256').update(new X509Certificate(pem).raw).digest(),
+  };
 }
 
 t.test('pinned fingerprint', async (t) => {
@@ -55,7 +64,11 @@ t.test('pinned fingerprint', async (t) => {
   t.ok(ok.fingerprint.equals(gw.fingerprint));
   t.match(ok.subject, /pinned gw/);
   const other = await makeGateway('other');
-  t.throws(() => new GatewayTrust({ pinnedFingerprints: [other.fingerprint.toString('hex')] }).evaluate(gw.certPem), TrustError, 'wrong pin refused');
+  t.throws(
+    () => new GatewayTrust({ pinnedFingerprints: [other.fingerprint.toString('hex')] }).evaluate(gw.certPem),
+    TrustError,
+    'wrong pin refused',
+  );
   t.throws(() => parseFingerprint('abcd'), TrustError);
   t.throws(() => new GatewayTrust({}), TrustError, 'nothing configured');
   t.throws(() => trust.evaluate('not a pem'), TrustError);
@@ -67,7 +80,9 @@ t.test('pinned fingerprint', async (t) => {
   t.throws(() => trust.acceptKeyRequest(ok, randomBytes(12), kr), TrustError, 'other transaction ID refused');
   const forged = decodeKeyRequest(encodeKeyRequest('turn', tid, { deadline: 5, flags: 3, fingerprint: gw.fingerprint }, other.privateKey))!;
   t.throws(() => trust.acceptKeyRequest(ok, tid, forged), TrustError, 'signature by another key refused');
-  const otherFp = decodeKeyRequest(encodeKeyRequest('turn', tid, { deadline: 5, flags: 3, fingerprint: other.fingerprint }, gw.privateKey))!;
+  const otherFp = decodeKeyRequest(
+    encodeKeyRequest('turn', tid, { deadline: 5, flags: 3, fingerprint: other.fingerprint }, gw.privateKey),
+  )!;
   t.throws(() => trust.acceptKeyRequest(ok, tid, otherFp), TrustError, 'fingerprint of another certificate refused');
   const tampered = { ...kr, flags: 7 };
   t.throws(() => trust.acceptKeyRequest(ok, tid, tampered), TrustError, 'tampered flags refused');

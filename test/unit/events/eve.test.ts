@@ -5,7 +5,12 @@ import { join } from 'node:path';
 import { FileEventSink, eveTimestamp, type EveEvent } from '../../../src/events/eve.js';
 import { filterEvents } from '../../../src/admin/server.js';
 
-const ev = (i: number, extra: Partial<EveEvent> = {}): EveEvent => ({ timestamp: eveTimestamp(Date.UTC(2026, 10, 22, 10, 0, i)), event_type: 'alert', flow_id: i, ...extra });
+const ev = (i: number, extra: Partial<EveEvent> = {}): EveEvent => ({
+  timestamp: eveTimestamp(Date.UTC(2026, 10, 22, 10, 0, i)),
+  event_type: 'alert',
+  flow_id: i,
+  ...extra,
+});
 
 t.test('Suricata timestamp form', async (t) => {
   t.equal(eveTimestamp(Date.UTC(2026, 10, 22, 10, 0, 0, 123)), '2026-11-22T10:00:00.123000+0000');
@@ -24,7 +29,10 @@ t.test('events.jsonl rotates by size and keeps N files', async (t) => {
     t.ok(text.length <= 1000, `${f} within the limit`);
     for (const line of text.trim().split('\n')) JSON.parse(line); // whole lines only
   }
-  const newest = readFileSync(path, 'utf8').trim().split('\n').map((l) => JSON.parse(l).flow_id);
+  const newest = readFileSync(path, 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l).flow_id);
   t.equal(newest.at(-1), 59, 'the newest event is in events.jsonl');
   // Reopening appends after what is there.
   const again = new FileEventSink(path, 1000, 2);
@@ -55,7 +63,10 @@ t.test('the in-memory view keeps the newest events, oldest first', async (t) => 
   const { MemoryEventSink } = await import('../../../src/events/eve.js');
   const m = new MemoryEventSink(3);
   for (let i = 1; i <= 5; i++) m.emit(ev(i));
-  t.same(m.events.map((e) => e.flow_id), [3, 4, 5]);
+  t.same(
+    m.events.map((e) => e.flow_id),
+    [3, 4, 5],
+  );
 });
 
 t.test('file writes are batched per turn and complete after it', async (t) => {
@@ -65,6 +76,13 @@ t.test('file writes are batched per turn and complete after it', async (t) => {
   sink.emit(ev(1));
   sink.emit(ev(2));
   await new Promise((r) => setImmediate(r));
-  t.same(readFileSync(path, 'utf8').trim().split('\n').map((l) => JSON.parse(l).flow_id), [1, 2], 'on disk after one turn');
+  t.same(
+    readFileSync(path, 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l).flow_id),
+    [1, 2],
+    'on disk after one turn',
+  );
   sink.close();
 });

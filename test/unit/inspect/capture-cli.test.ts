@@ -21,7 +21,8 @@ const sctp = new SctpBuilder();
 const pdf = Buffer.concat([Buffer.from('%PDF-1.7\n'), randomBytes(5000)]);
 const marker = Buffer.from('the word is PROJECT-NIGHTINGALE');
 const inner: { fromClient: boolean; data: Buffer }[] = [...s.hello];
-for (const p of [sctp.init(), sctp.open(0, 'files'), sctp.message(0, marker), ...sctp.fragmented(0, pdf, 1200)]) inner.push({ fromClient: true, data: s.appData(true, p) });
+for (const p of [sctp.init(), sctp.open(0, 'files'), sctp.message(0, marker), ...sctp.fragmented(0, pdf, 1200)])
+  inner.push({ fromClient: true, data: s.appData(true, p) });
 for (let i = 0; i < 40; i++) inner.push({ fromClient: false, data: s.srtp(false, i, randomBytes(80)) }); // > 30: the codec guess gives up and announces
 const pcap = join(dir, 'cap.pcap');
 writeFileSync(
@@ -81,18 +82,26 @@ t.test('JSON key set, rules, progress on a TTY', async (t) => {
   const x = io(true);
   const code = await runInspect([pcap, '--keys', keys, '--rules', rules], x.io);
   t.equal(code, 0, x.err());
-  const evs = x.out().split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, any>);
+  const evs = x
+    .out()
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => JSON.parse(l) as Record<string, any>);
   const msgs = evs.filter((e) => e.event_type === 'datachannel.message').map((e) => e.datachannel.sha256);
   t.same(msgs, [sha(marker), sha(pdf)]);
   const file = evs.find((e) => e.event_type === 'file');
   t.equal(file?.file.file_type, 'pdf');
   t.equal(file?.file.sha256, sha(pdf));
   const alerts = evs.filter((e) => e.event_type === 'alert');
-  t.same(alerts.map((a) => a.alert.signature_id).sort(), ['marker', 'media-seen', 'no-pdf'], 'each rule once: the file is not alerted twice');
+  t.same(
+    alerts.map((a) => a.alert.signature_id).sort(),
+    ['marker', 'media-seen', 'no-pdf'],
+    'each rule once: the file is not alerted twice',
+  );
   t.equal(alerts.find((a) => a.alert.signature_id === 'media-seen')?.gatehouse.rule_action, 'record');
   t.equal(alerts.find((a) => a.alert.signature_id === 'no-pdf')?.alert.action, 'blocked');
   t.equal(alerts.find((a) => a.alert.signature_id === 'marker')?.alert.action, 'allowed');
-  t.equal(evs.filter((e) => e.event_type === "rtp.packet").length, 40);
+  t.equal(evs.filter((e) => e.event_type === 'rtp.packet').length, 40);
   t.match(x.err(), /\r\[[#.]+\] \d+%/, 'progress bar on a TTY');
   t.match(x.err(), /events: .*datachannel\.message=2/);
   t.match(x.err(), /alerts=3/);

@@ -5,8 +5,18 @@ import { StaticKeyProvider, type FlowRecord } from '../../../src/inspect/pipelin
 import type { InspectEvent } from '../../../src/inspect/events.js';
 import { toEve } from '../../../src/inspect/eve-format.js';
 import {
-  LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL2, IPPROTO_TCP, IPPROTO_UDP, TCP_ACK, TCP_SYN,
-  buildIp, buildTcp, buildUdp, buildUdpFrame, wrapLink, buildEthernet,
+  LINKTYPE_ETHERNET,
+  LINKTYPE_LINUX_SLL2,
+  IPPROTO_TCP,
+  IPPROTO_UDP,
+  TCP_ACK,
+  TCP_SYN,
+  buildIp,
+  buildTcp,
+  buildUdp,
+  buildUdpFrame,
+  wrapLink,
+  buildEthernet,
 } from '../../../src/wire/netpkt.js';
 import { StunWriter, messageType, Method, Class, Attr } from '../../../src/wire/stun.js';
 import { buildChannelData } from '../../../src/wire/channeldata.js';
@@ -21,7 +31,9 @@ function stun(method: number, cls: number, fill: (w: StunWriter) => void, tid = 
   return w.copy();
 }
 
-interface Leg { send(fromClient: boolean, inner: Buffer): void }
+interface Leg {
+  send(fromClient: boolean, inner: Buffer): void;
+}
 
 /** Inner datagrams of one session: hellos, data channel with a message and a bulk file, SRTP. */
 function sessionDatagrams() {
@@ -56,7 +68,10 @@ function checkFlow(t: Test, events: InspectEvent[], hashes: string[], label: str
   const got = events.filter((e) => e.type === 'datachannel.message').map((e) => (e.type === 'datachannel.message' ? e.sha256 : ''));
   t.same(got, hashes, `${label}: every message recovered`);
   t.equal(events.filter((e) => e.type === 'rtp.packet').length, 10, `${label}: every SRTP packet authenticated`);
-  t.notOk(events.some((e) => e.type === 'undecryptable'), `${label}: nothing undecryptable`);
+  t.notOk(
+    events.some((e) => e.type === 'undecryptable'),
+    `${label}: nothing undecryptable`,
+  );
 }
 
 t.test('relay leg (plain UDP) and TURN-wrapped leg (ChannelData and Send/Data) in one capture', async (t) => {
@@ -68,12 +83,34 @@ t.test('relay leg (plain UDP) and TURN-wrapped leg (ChannelData and Send/Data) i
   const peer = { ip: '203.0.113.5', port: 61000 };
   let time = T0;
   const frame = (src: typeof client, dst: typeof client, payload: Buffer) =>
-    ins.packet({ time: (time += 1), linktype: LINKTYPE_ETHERNET, data: buildUdpFrame(LINKTYPE_ETHERNET, src.ip, src.port, dst.ip, dst.port, payload), origLength: 0 });
+    ins.packet({
+      time: (time += 1),
+      linktype: LINKTYPE_ETHERNET,
+      data: buildUdpFrame(LINKTYPE_ETHERNET, src.ip, src.port, dst.ip, dst.port, payload),
+      origLength: 0,
+    });
   // TURN control on the client leg: Allocate success (relayed address), ChannelBind for the peer.
-  frame(turn, client, stun(Method.Allocate, Class.Success, (w) => w.xorAddress(Attr.XorRelayedAddress, relayed.ip, relayed.port)));
+  frame(
+    turn,
+    client,
+    stun(Method.Allocate, Class.Success, (w) => w.xorAddress(Attr.XorRelayedAddress, relayed.ip, relayed.port)),
+  );
   const tid = randomBytes(12);
-  frame(client, turn, stun(Method.ChannelBind, Class.Request, (w) => w.attr(Attr.ChannelNumber, Buffer.from([0x40, 0x01, 0, 0])).xorAddress(Attr.XorPeerAddress, peer.ip, peer.port), tid));
-  frame(turn, client, stun(Method.ChannelBind, Class.Success, () => {}, tid));
+  frame(
+    client,
+    turn,
+    stun(
+      Method.ChannelBind,
+      Class.Request,
+      (w) => w.attr(Attr.ChannelNumber, Buffer.from([0x40, 0x01, 0, 0])).xorAddress(Attr.XorPeerAddress, peer.ip, peer.port),
+      tid,
+    ),
+  );
+  frame(
+    turn,
+    client,
+    stun(Method.ChannelBind, Class.Success, () => {}, tid),
+  );
   out.forEach((d, i) => {
     // Client leg: alternate ChannelData and Send/Data indications.
     if (i % 3 === 0) {
@@ -96,7 +133,10 @@ t.test('relay leg (plain UDP) and TURN-wrapped leg (ChannelData and Send/Data) i
   checkFlow(t, relay!.events, hashes, 'relay leg');
   t.same(wrapped!.rec.meta.turn!.relayed, relayed);
   t.same(wrapped!.rec.meta.turn!.client, client);
-  const eve = toEve(wrapped!.events.find((e) => e.type === 'datachannel.message')!, wrapped!.rec.meta);
+  const eve = toEve(
+    wrapped!.events.find((e) => e.type === 'datachannel.message')!,
+    wrapped!.rec.meta,
+  );
   t.equal(eve.src_ip, client.ip, 'wrapped leg: from the client');
   t.equal(eve.dest_ip, peer.ip, 'to the peer');
   t.equal((eve.gatehouse as Record<string, unknown>).relayed, '198.51.100.1:49170');
@@ -111,7 +151,14 @@ t.test('TURN over TCP: segments split and coalesced, ChannelData padded (RFC 865
   const S = { ip: '2001:db8::1', port: 3478 };
   const peer = { ip: '2001:db8:1::5', port: 61000 };
   const tid = randomBytes(12);
-  const c2s: Buffer[] = [stun(Method.ChannelBind, Class.Request, (w) => w.attr(Attr.ChannelNumber, Buffer.from([0x40, 0x02, 0, 0])).xorAddress(Attr.XorPeerAddress, peer.ip, peer.port), tid)];
+  const c2s: Buffer[] = [
+    stun(
+      Method.ChannelBind,
+      Class.Request,
+      (w) => w.attr(Attr.ChannelNumber, Buffer.from([0x40, 0x02, 0, 0])).xorAddress(Attr.XorPeerAddress, peer.ip, peer.port),
+      tid,
+    ),
+  ];
   const s2c: Buffer[] = [stun(Method.ChannelBind, Class.Success, () => {}, tid)];
   for (const d of out) (d.fromClient ? c2s : s2c).push(buildChannelData(0x4002, d.data, true));
   let time = T0;
@@ -121,7 +168,12 @@ t.test('TURN over TCP: segments split and coalesced, ChannelData padded (RFC 865
     const k = fromC ? 'c' : 's';
     const tcp = buildTcp(a.port, b.port, seq[k], flags, payload);
     seq[k] = (seq[k] + payload.length + (flags & TCP_SYN ? 1 : 0)) >>> 0;
-    ins.packet({ time: (time += 1), linktype: LINKTYPE_LINUX_SLL2, data: wrapLink(LINKTYPE_LINUX_SLL2, buildIp(a.ip, b.ip, IPPROTO_TCP, tcp)), origLength: 0 });
+    ins.packet({
+      time: (time += 1),
+      linktype: LINKTYPE_LINUX_SLL2,
+      data: wrapLink(LINKTYPE_LINUX_SLL2, buildIp(a.ip, b.ip, IPPROTO_TCP, tcp)),
+      origLength: 0,
+    });
   };
   send(true, Buffer.alloc(0), TCP_SYN);
   send(false, Buffer.alloc(0), TCP_SYN | TCP_ACK);
@@ -155,8 +207,13 @@ t.test('TURN over TCP: segments split and coalesced, ChannelData padded (RFC 865
 t.test('non-TURN TCP, other protocols, bad link types, VLAN, IPv4 fragments', async (t) => {
   const { s, out, hashes } = sessionDatagrams();
   const { ins, byFlow } = collect(new StaticKeyProvider([s.keySet]));
-  const p = (data: Buffer, linktype = LINKTYPE_ETHERNET): void => ins.packet({ time: T0, linktype, data, origLength: data.length } as CapturedPacket);
-  p(buildEthernet(buildIp('10.0.0.1', '10.0.0.2', IPPROTO_TCP, buildTcp(1, 443, 1, TCP_ACK, Buffer.from([0x16, 3, 1, 0, 5, 1, 2, 3, 4, 5])))));
+  const p = (data: Buffer, linktype = LINKTYPE_ETHERNET): void =>
+    ins.packet({ time: T0, linktype, data, origLength: data.length } as CapturedPacket);
+  p(
+    buildEthernet(
+      buildIp('10.0.0.1', '10.0.0.2', IPPROTO_TCP, buildTcp(1, 443, 1, TCP_ACK, Buffer.from([0x16, 3, 1, 0, 5, 1, 2, 3, 4, 5]))),
+    ),
+  );
   t.equal(ins.stats.tcpNotTurn, 1, 'TLS on TCP is not TURN framing');
   p(buildEthernet(buildIp('10.0.0.1', '10.0.0.2', 1, Buffer.alloc(8))));
   t.equal(ins.stats.otherProto, 1, 'ICMP');
@@ -165,7 +222,15 @@ t.test('non-TURN TCP, other protocols, bad link types, VLAN, IPv4 fragments', as
   // The session over VLAN-tagged Ethernet, with the big datagrams IPv4-fragmented.
   let id = 1;
   for (const d of out) {
-    const [a, b] = d.fromClient ? [['10.1.0.1', 5000], ['10.1.0.2', 6000]] as const : [['10.1.0.2', 6000], ['10.1.0.1', 5000]] as const;
+    const [a, b] = d.fromClient
+      ? ([
+          ['10.1.0.1', 5000],
+          ['10.1.0.2', 6000],
+        ] as const)
+      : ([
+          ['10.1.0.2', 6000],
+          ['10.1.0.1', 5000],
+        ] as const);
     const udp = buildUdp(a[1], b[1], d.data);
     if (udp.length > 600) {
       const ip1 = buildIp(a[0], b[0], IPPROTO_UDP, udp.subarray(0, 504), { id, moreFragments: true });
@@ -179,5 +244,8 @@ t.test('non-TURN TCP, other protocols, bad link types, VLAN, IPv4 fragments', as
   t.ok(ins.stats.ipReassembled > 0, 'fragments were reassembled');
   const f = [...byFlow.values()].find((x) => x.events.some((e) => e.type === 'datachannel.message'));
   t.ok(f);
-  t.same(f!.events.filter((e) => e.type === 'datachannel.message').map((e) => (e.type === 'datachannel.message' ? e.sha256 : '')), hashes);
+  t.same(
+    f!.events.filter((e) => e.type === 'datachannel.message').map((e) => (e.type === 'datachannel.message' ? e.sha256 : '')),
+    hashes,
+  );
 });

@@ -15,7 +15,13 @@ const t0 = Date.UTC(2026, 10, 22, 10, 0, 0);
 
 t.test('reads back what encodePcap wrote, in chunks smaller than records', async (t) => {
   const file = join(dir, 'a.pcap');
-  writeFileSync(file, encodePcap(LINKTYPE_ETHERNET, frames.map((d, i) => ({ time: t0 + i * 1.5, data: d }))));
+  writeFileSync(
+    file,
+    encodePcap(
+      LINKTYPE_ETHERNET,
+      frames.map((d, i) => ({ time: t0 + i * 1.5, data: d })),
+    ),
+  );
   const got: CapturedPacket[] = [];
   const s = await readCapture(file, (p) => got.push({ ...p, data: Buffer.from(p.data) }), { highWaterMark: 97 });
   t.equal(s.packets, frames.length);
@@ -32,7 +38,13 @@ t.test('reads back what encodePcap wrote, in chunks smaller than records', async
 
 t.test('backpressure pauses and resumes', async (t) => {
   const file = join(dir, 'b.pcap');
-  writeFileSync(file, encodePcap(LINKTYPE_ETHERNET, frames.map((d, i) => ({ time: t0 + i, data: d }))));
+  writeFileSync(
+    file,
+    encodePcap(
+      LINKTYPE_ETHERNET,
+      frames.map((d, i) => ({ time: t0 + i, data: d })),
+    ),
+  );
   let waits = 0;
   let n = 0;
   await readCapture(file, () => n++, {
@@ -62,15 +74,27 @@ t.test('pcapng is refused with conversion advice', async (t) => {
   shb.writeUInt32BE(0x0a0d0d0a, 0);
   writeFileSync(file, shb);
   t.equal(captureFormat(shb), 'pcapng');
-  await t.rejects(readCapture(file, () => {}), { code: 'E_CAPTURE_PCAPNG', message: /editcap -F pcap/ });
+  await t.rejects(
+    readCapture(file, () => {}),
+    { code: 'E_CAPTURE_PCAPNG', message: /editcap -F pcap/ },
+  );
 });
 
 t.test('garbage, missing file, truncated record, absurd length', async (t) => {
   const g = join(dir, 'g.pcap');
   writeFileSync(g, Buffer.from('this is not a capture file at all'));
-  await t.rejects(readCapture(g, () => {}), { code: 'E_CAPTURE_FORMAT' });
-  await t.rejects(readCapture(join(dir, 'nope.pcap'), () => {}), { code: 'E_CAPTURE_OPEN' });
-  const img = encodePcap(LINKTYPE_ETHERNET, frames.slice(0, 3).map((d) => ({ time: t0, data: d })));
+  await t.rejects(
+    readCapture(g, () => {}),
+    { code: 'E_CAPTURE_FORMAT' },
+  );
+  await t.rejects(
+    readCapture(join(dir, 'nope.pcap'), () => {}),
+    { code: 'E_CAPTURE_OPEN' },
+  );
+  const img = encodePcap(
+    LINKTYPE_ETHERNET,
+    frames.slice(0, 3).map((d) => ({ time: t0, data: d })),
+  );
   const tr = join(dir, 'tr.pcap');
   writeFileSync(tr, img.subarray(0, img.length - 5));
   const s = await readCapture(tr, () => {});

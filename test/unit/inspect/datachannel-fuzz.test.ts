@@ -7,10 +7,30 @@ import { createHash } from 'node:crypto';
 import { DataChannelTracker } from '../../../src/inspect/datachannel.js';
 import type { InspectEvent } from '../../../src/inspect/events.js';
 import {
-  ChunkType, computeSctpChecksum, decodeAbort, decodeCookieEcho, decodeData, decodeForwardTsn, decodeHeartbeat,
-  decodeIData, decodeIForwardTsn, decodeInit, decodeReconfig, decodeSack, decodeShutdown, encodeChunk,
-  encodeDataChunk, encodeForwardTsnChunk, encodeIDataChunk, encodeInitChunk, encodeOutgoingResetChunk,
-  encodeSackChunk, encodeSctpPacket, encodeTlv, parseChunks, ParamType,
+  ChunkType,
+  computeSctpChecksum,
+  decodeAbort,
+  decodeCookieEcho,
+  decodeData,
+  decodeForwardTsn,
+  decodeHeartbeat,
+  decodeIData,
+  decodeIForwardTsn,
+  decodeInit,
+  decodeReconfig,
+  decodeSack,
+  decodeShutdown,
+  encodeChunk,
+  encodeDataChunk,
+  encodeForwardTsnChunk,
+  encodeIDataChunk,
+  encodeInitChunk,
+  encodeOutgoingResetChunk,
+  encodeSackChunk,
+  encodeSctpPacket,
+  encodeTlv,
+  parseChunks,
+  ParamType,
 } from '../../../src/wire/sctp.js';
 import { decodeDcep, encodeDcepAck, encodeDcepOpen } from '../../../src/wire/dcep.js';
 import { detectFileType } from '../../../src/inspect/filetype.js';
@@ -18,7 +38,11 @@ import { detectFileType } from '../../../src/inspect/filetype.js';
 function rng(seed: number) {
   let x = seed >>> 0 || 1;
   return () => {
-    x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0;
+    x ^= x << 13;
+    x >>>= 0;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    x >>>= 0;
     return x / 0x100000000;
   };
 }
@@ -30,9 +54,24 @@ function corpus(r: () => number): Array<{ pkt: Buffer; dir: 'c2s' | 's2c' }> {
   const tsn = { c2s: 100, s2c: 0xfffffff0 };
   const pk = (dir: 'c2s' | 's2c', chunks: Buffer[]) =>
     out.push({ pkt: encodeSctpPacket(5000, 5000, dir === 'c2s' ? tags.s2c : tags.c2s, chunks), dir });
-  const ext = [encodeTlv(ParamType.SUPPORTED_EXTENSIONS, Buffer.from([130, 192, 64, 194])), encodeTlv(ParamType.FORWARD_TSN_SUPPORTED, Buffer.alloc(0))];
-  out.push({ pkt: encodeSctpPacket(5000, 5000, 0, [encodeInitChunk(false, { initiateTag: tags.c2s, initialTsn: tsn.c2s, params: ext })]), dir: 'c2s' });
-  out.push({ pkt: encodeSctpPacket(5000, 5000, tags.c2s, [encodeInitChunk(true, { initiateTag: tags.s2c, initialTsn: tsn.s2c, params: [...ext, encodeTlv(ParamType.STATE_COOKIE, Buffer.alloc(32, 7))] })]), dir: 's2c' });
+  const ext = [
+    encodeTlv(ParamType.SUPPORTED_EXTENSIONS, Buffer.from([130, 192, 64, 194])),
+    encodeTlv(ParamType.FORWARD_TSN_SUPPORTED, Buffer.alloc(0)),
+  ];
+  out.push({
+    pkt: encodeSctpPacket(5000, 5000, 0, [encodeInitChunk(false, { initiateTag: tags.c2s, initialTsn: tsn.c2s, params: ext })]),
+    dir: 'c2s',
+  });
+  out.push({
+    pkt: encodeSctpPacket(5000, 5000, tags.c2s, [
+      encodeInitChunk(true, {
+        initiateTag: tags.s2c,
+        initialTsn: tsn.s2c,
+        params: [...ext, encodeTlv(ParamType.STATE_COOKIE, Buffer.alloc(32, 7))],
+      }),
+    ]),
+    dir: 's2c',
+  });
   const take = (dir: 'c2s' | 's2c') => {
     const v = tsn[dir];
     tsn[dir] = (tsn[dir] + 1) >>> 0;
@@ -52,14 +91,36 @@ function corpus(r: () => number): Array<{ pkt: Buffer; dir: 'c2s' | 's2c' }> {
       const unordered = r() < 0.3;
       const chunks: Buffer[] = [];
       for (let off = 0; off < len; off += frag) {
-        chunks.push(encodeDataChunk({ tsn: take(dir), stream, ssn: i & 0xffff, ppid, unordered, begin: off === 0, end: off + frag >= len, data: data.subarray(off, off + frag) }));
+        chunks.push(
+          encodeDataChunk({
+            tsn: take(dir),
+            stream,
+            ssn: i & 0xffff,
+            ppid,
+            unordered,
+            begin: off === 0,
+            end: off + frag >= len,
+            data: data.subarray(off, off + frag),
+          }),
+        );
       }
       for (let k = 0; k < chunks.length; k += 2) pk(dir, chunks.slice(k, k + 2));
     } else if (kind < 0.65) {
       const len = 1 + Math.floor(r() * 3000);
       const data = Buffer.alloc(len, i);
       for (let off = 0, fsn = 0; off < len; off += 500, fsn++) {
-        pk(dir, [encodeIDataChunk({ tsn: take(dir), stream, mid: i, fsn, ppid: 53, begin: off === 0, end: off + 500 >= len, data: data.subarray(off, off + 500) })]);
+        pk(dir, [
+          encodeIDataChunk({
+            tsn: take(dir),
+            stream,
+            mid: i,
+            fsn,
+            ppid: 53,
+            begin: off === 0,
+            end: off + 500 >= len,
+            data: data.subarray(off, off + 500),
+          }),
+        ]);
       }
     } else if (kind < 0.72) {
       pk(dir, [encodeSackChunk((tsn[dir === 'c2s' ? 's2c' : 'c2s'] - 1) >>> 0, 1000, [[2, 4]], [5])]);
@@ -130,7 +191,13 @@ t.test('tracker survives 10^4 mutated packets', async (t) => {
         thrown++;
       }
       fed++;
-      if (tr.bufferedBytes < 0 || tr.bufferedBytes > caps.maxReassemblyBytes || tr.bufferedFragments < 0 || tr.bufferedFragments > caps.maxFragments) overCap++;
+      if (
+        tr.bufferedBytes < 0 ||
+        tr.bufferedBytes > caps.maxReassemblyBytes ||
+        tr.bufferedFragments < 0 ||
+        tr.bufferedFragments > caps.maxFragments
+      )
+        overCap++;
     }
     for (const e of events) {
       if (e.type === 'datachannel.message' || e.type === 'file') {
@@ -149,7 +216,10 @@ t.test('tracker survives 10^4 mutated packets', async (t) => {
   t.equal(bad, 0, 'messages self-consistent');
   t.equal(internal, 0, 'no exception caught inside the tracker either');
   // The fuzz reached the interesting paths (not everything was rejected up front).
-  t.ok(totals.messages > 100 && totals.dataChunks > 1000 && totals.badChecksum > 0 && totals.malformed > 0 && totals.badChunks > 0, JSON.stringify(totals));
+  t.ok(
+    totals.messages > 100 && totals.dataChunks > 1000 && totals.badChecksum > 0 && totals.malformed > 0 && totals.badChunks > 0,
+    JSON.stringify(totals),
+  );
   t.equal(fed, 10000);
 });
 
@@ -157,17 +227,29 @@ t.test('decoders never throw on random and mutated input', async (t) => {
   const r = rng(42);
   let thrown = 0;
   const decoders: Array<(b: Buffer, f: number) => unknown> = [
-    (b, f) => decodeData(f, b), (b, f) => decodeIData(f, b), (b) => decodeInit(b), (b) => decodeSack(b),
-    (b) => decodeForwardTsn(b), (b) => decodeIForwardTsn(b), (b, f) => decodeAbort(f, b), (b) => decodeShutdown(b),
-    (b) => decodeHeartbeat(b), (b) => decodeCookieEcho(b), (b) => decodeReconfig(b), (b) => decodeDcep(b),
-    (b) => detectFileType(b), (b) => parseChunks(b),
+    (b, f) => decodeData(f, b),
+    (b, f) => decodeIData(f, b),
+    (b) => decodeInit(b),
+    (b) => decodeSack(b),
+    (b) => decodeForwardTsn(b),
+    (b) => decodeIForwardTsn(b),
+    (b, f) => decodeAbort(f, b),
+    (b) => decodeShutdown(b),
+    (b) => decodeHeartbeat(b),
+    (b) => decodeCookieEcho(b),
+    (b) => decodeReconfig(b),
+    (b) => decodeDcep(b),
+    (b) => detectFileType(b),
+    (b) => parseChunks(b),
   ];
   const seeds = [
     Buffer.from('03000100000000000004000174657374', 'hex'),
     encodeInitChunk(false, { initiateTag: 1, initialTsn: 2, params: [encodeTlv(0x8008, Buffer.from([1, 2, 3]))] }).subarray(4),
     encodeOutgoingResetChunk(1, 2, 3, [4, 5]).subarray(4),
     encodeSackChunk(1, 2, [[1, 2]], [3]).subarray(4),
-    Buffer.from('PK\x03\x04', 'latin1'), Buffer.from('MZ', 'latin1'), Buffer.from('d0cf11e0a1b11ae1', 'hex'),
+    Buffer.from('PK\x03\x04', 'latin1'),
+    Buffer.from('MZ', 'latin1'),
+    Buffer.from('d0cf11e0a1b11ae1', 'hex'),
   ];
   for (let i = 0; i < 20000; i++) {
     const base = seeds[i % seeds.length]!;

@@ -6,8 +6,17 @@ import { createHash } from 'node:crypto';
 import { DataChannelTracker, FRAGMENT_OVERHEAD, type DataChannelTrackerOptions } from '../../../src/inspect/datachannel.js';
 import type { InspectEvent, Direction } from '../../../src/inspect/events.js';
 import {
-  encodeDataChunk, encodeIDataChunk, encodeForwardTsnChunk, encodeInitChunk, encodeOutgoingResetChunk,
-  encodeSackChunk, encodeSctpPacket, encodeTlv, encodeChunk, ParamType, ChunkType,
+  encodeDataChunk,
+  encodeIDataChunk,
+  encodeForwardTsnChunk,
+  encodeInitChunk,
+  encodeOutgoingResetChunk,
+  encodeSackChunk,
+  encodeSctpPacket,
+  encodeTlv,
+  encodeChunk,
+  ParamType,
+  ChunkType,
 } from '../../../src/wire/sctp.js';
 import { encodeDcepAck, encodeDcepOpen, ChannelType } from '../../../src/wire/dcep.js';
 
@@ -18,7 +27,11 @@ class Sender {
   tsn: number;
   ssn = new Map<number, number>();
   mid = new Map<string, number>();
-  constructor(readonly tag: number, readonly peerTag: number, initialTsn: number) {
+  constructor(
+    readonly tag: number,
+    readonly peerTag: number,
+    initialTsn: number,
+  ) {
     this.tsn = initialTsn >>> 0;
   }
   private nextTsn(): number {
@@ -28,13 +41,24 @@ class Sender {
   }
   /** DATA chunks of one message, fragmented at `frag` bytes (RFC 9260 §6.9). */
   data(stream: number, ppid: number, data: Buffer, o: { unordered?: boolean; frag?: number } = {}): Buffer[] {
-    const ssn = o.unordered ? 0 : this.ssn.get(stream) ?? 0;
+    const ssn = o.unordered ? 0 : (this.ssn.get(stream) ?? 0);
     if (!o.unordered) this.ssn.set(stream, (ssn + 1) & 0xffff);
     const frag = o.frag ?? 1200;
     const out: Buffer[] = [];
     for (let off = 0; off < data.length || off === 0; off += frag) {
       const part = data.subarray(off, Math.min(data.length, off + frag));
-      out.push(encodeDataChunk({ tsn: this.nextTsn(), stream, ssn, ppid, unordered: o.unordered, begin: off === 0, end: off + frag >= data.length, data: part }));
+      out.push(
+        encodeDataChunk({
+          tsn: this.nextTsn(),
+          stream,
+          ssn,
+          ppid,
+          unordered: o.unordered,
+          begin: off === 0,
+          end: off + frag >= data.length,
+          data: part,
+        }),
+      );
       if (data.length === 0) break;
     }
     return out;
@@ -49,7 +73,19 @@ class Sender {
     for (let off = 0, fsn = 0; off < data.length; off += frag, fsn++) {
       const part = data.subarray(off, Math.min(data.length, off + frag));
       const f = fsn;
-      out.push((tsn) => encodeIDataChunk({ tsn, stream, mid, fsn: f, ppid, unordered: o.unordered, begin: f === 0, end: off + frag >= data.length, data: part }));
+      out.push((tsn) =>
+        encodeIDataChunk({
+          tsn,
+          stream,
+          mid,
+          fsn: f,
+          ppid,
+          unordered: o.unordered,
+          begin: f === 0,
+          end: off + frag >= data.length,
+          data: part,
+        }),
+      );
     }
     return out;
   }
@@ -60,11 +96,19 @@ class Sender {
     return encodeSctpPacket(5000, 5000, this.peerTag, chunks);
   }
   init(ack: boolean, params: Buffer[] = []): Buffer {
-    return encodeSctpPacket(5000, 5000, ack ? this.peerTag : 0, [encodeInitChunk(ack, { initiateTag: this.tag, initialTsn: this.tsn, params })]);
+    return encodeSctpPacket(5000, 5000, ack ? this.peerTag : 0, [
+      encodeInitChunk(ack, { initiateTag: this.tag, initialTsn: this.tsn, params }),
+    ]);
   }
 }
 
-const EXT = [encodeTlv(ParamType.SUPPORTED_EXTENSIONS, Buffer.from([ChunkType.RE_CONFIG, ChunkType.FORWARD_TSN, ChunkType.I_DATA, ChunkType.I_FORWARD_TSN])), encodeTlv(ParamType.FORWARD_TSN_SUPPORTED, Buffer.alloc(0))];
+const EXT = [
+  encodeTlv(
+    ParamType.SUPPORTED_EXTENSIONS,
+    Buffer.from([ChunkType.RE_CONFIG, ChunkType.FORWARD_TSN, ChunkType.I_DATA, ChunkType.I_FORWARD_TSN]),
+  ),
+  encodeTlv(ParamType.FORWARD_TSN_SUPPORTED, Buffer.alloc(0)),
+];
 
 function setup(opts: DataChannelTrackerOptions = {}, initC = 1000, initS = 50000) {
   const events: InspectEvent[] = [];
@@ -84,7 +128,11 @@ function setup(opts: DataChannelTrackerOptions = {}, initC = 1000, initS = 50000
 function rng(seed: number) {
   let x = seed >>> 0 || 1;
   return () => {
-    x ^= x << 13; x >>>= 0; x ^= x >>> 17; x ^= x << 5; x >>>= 0;
+    x ^= x << 13;
+    x >>>= 0;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    x >>>= 0;
     return x / 0x100000000;
   };
 }
@@ -103,11 +151,23 @@ t.test('DCEP open/ack and text messages both ways', async (t) => {
   feed(c.pkt(c.data(0, 51, Buffer.from('hello'))), 'c2s');
   feed(s.pkt(s.data(0, 51, Buffer.from('world'))), 's2c');
   const open = events.find((e) => e.type === 'datachannel.open');
-  t.match(open, { type: 'datachannel.open', stream: 0, label: 'chat', protocol: 'json', channelType: 0, ordered: true, dir: 'c2s', association: 'abcd' });
-  t.same(msgs().map((m) => [m.dir, m.stream, m.label, m.ppid, m.data.toString(), m.size, m.sha256]), [
-    ['c2s', 0, 'chat', 51, 'hello', 5, sha(Buffer.from('hello'))],
-    ['s2c', 0, 'chat', 51, 'world', 5, sha(Buffer.from('world'))],
-  ]);
+  t.match(open, {
+    type: 'datachannel.open',
+    stream: 0,
+    label: 'chat',
+    protocol: 'json',
+    channelType: 0,
+    ordered: true,
+    dir: 'c2s',
+    association: 'abcd',
+  });
+  t.same(
+    msgs().map((m) => [m.dir, m.stream, m.label, m.ppid, m.data.toString(), m.size, m.sha256]),
+    [
+      ['c2s', 0, 'chat', 51, 'hello', 5, sha(Buffer.from('hello'))],
+      ['s2c', 0, 'chat', 51, 'world', 5, sha(Buffer.from('world'))],
+    ],
+  );
   t.equal(files().length, 0, 'short text is not a file');
   t.match(tr.channel(0), { label: 'chat', acked: true, openedBy: 'c2s', reliability: 'reliable' });
   t.equal(tr.stats.parityViolations, 0);
@@ -182,9 +242,20 @@ t.test('empty messages (PPID 56/57) and PPID 0', async (t) => {
   feed(c.pkt(c.data(0, 56, Buffer.from([0]))), 'c2s');
   feed(c.pkt(c.data(0, 57, Buffer.from([0]))), 'c2s');
   feed(c.pkt(c.data(0, 0, Buffer.alloc(2000, 1))), 'c2s');
-  t.same(msgs().map((m) => [m.ppid, m.size, m.label]), [[56, 0, ''], [57, 0, ''], [0, 2000, '']]);
+  t.same(
+    msgs().map((m) => [m.ppid, m.size, m.label]),
+    [
+      [56, 0, ''],
+      [57, 0, ''],
+      [0, 2000, ''],
+    ],
+  );
   t.equal(msgs()[0]!.sha256, sha(Buffer.alloc(0)));
-  t.same(files().map((f) => [f.fileType, f.size]), [['unknown', 2000]], 'binary >= 1 KiB is a file');
+  t.same(
+    files().map((f) => [f.fileType, f.size]),
+    [['unknown', 2000]],
+    'binary >= 1 KiB is a file',
+  );
 });
 
 t.test('file rule: magic in string PPID, threshold, option', async (t) => {
@@ -195,21 +266,33 @@ t.test('file rule: magic in string PPID, threshold, option', async (t) => {
     feed(c.pkt(c.data(0, 51, Buffer.alloc(5000, 0x41))), 'c2s');
     feed(c.pkt(c.data(0, 53, Buffer.alloc(1023, 0x41))), 'c2s');
     feed(c.pkt(c.data(0, 53, Buffer.alloc(1024, 0x41))), 'c2s');
-    t.same(files().map((f) => [f.fileType, f.size]), [['pdf', pdf.length], ['unknown', 1024]]);
+    t.same(
+      files().map((f) => [f.fileType, f.size]),
+      [
+        ['pdf', pdf.length],
+        ['unknown', 1024],
+      ],
+    );
   }
   {
     const { c, feed, files } = setup({ fileOnStringPpid: false, fileMinBytes: 10 });
     feed(c.pkt(c.data(0, 51, pdf)), 'c2s');
     feed(c.pkt(c.data(0, 53, Buffer.alloc(10, 0x41))), 'c2s');
-    t.same(files().map((f) => [f.fileType, f.size]), [['unknown', 10]]);
+    t.same(
+      files().map((f) => [f.fileType, f.size]),
+      [['unknown', 10]],
+    );
   }
 });
 
 t.test('I-DATA: interleaved fragments of several messages, shuffled, duplicated', async (t) => {
   const { c, feed, msgs, tr } = setup();
-  const a = Buffer.alloc(10000, 0xaa); a.write('first');
-  const b = Buffer.alloc(7000, 0xbb); b.write('second');
-  const u = Buffer.alloc(5000, 0xcc); u.write('third');
+  const a = Buffer.alloc(10000, 0xaa);
+  a.write('first');
+  const b = Buffer.alloc(7000, 0xbb);
+  b.write('second');
+  const u = Buffer.alloc(5000, 0xcc);
+  u.write('third');
   const fa = c.idata(1, 53, a, { frag: 1000 });
   const fb = c.idata(3, 51, b, { frag: 1000 });
   const fu = c.idata(1, 53, u, { frag: 1000, unordered: true });
@@ -220,7 +303,16 @@ t.test('I-DATA: interleaved fragments of several messages, shuffled, duplicated'
   const seq = shuffle([...chunks, ...chunks.slice(0, 5)], r);
   for (const ch of seq) feed(c.pkt([ch]), 'c2s');
   const got = msgs().map((m) => [m.stream, m.ppid, m.sha256]);
-  t.same(new Set(got.map((g) => g.join(':'))), new Set([[1, 53, sha(a)], [3, 51, sha(b)], [1, 53, sha(u)]].map((g) => g.join(':'))));
+  t.same(
+    new Set(got.map((g) => g.join(':'))),
+    new Set(
+      [
+        [1, 53, sha(a)],
+        [3, 51, sha(b)],
+        [1, 53, sha(u)],
+      ].map((g) => g.join(':')),
+    ),
+  );
   t.equal(got.length, 3);
   t.equal(tr.bufferedBytes, 0);
 });
@@ -233,12 +325,15 @@ t.test('FORWARD-TSN abandons a partial message; held complete messages survive',
   feed(c.pkt([lost[0]!, lost[1]!]), 'c2s'); // in order: partial started
   feed(c.pkt(after), 'c2s'); // held (gap)
   // Sender abandons the message (RFC 3758 §3.5): new cumulative TSN = after's TSN - 1.
-  const lastLostTsn = (lost[4]!.readUInt32BE(4));
+  const lastLostTsn = lost[4]!.readUInt32BE(4);
   feed(c.pkt([encodeForwardTsnChunk(lastLostTsn, [])]), 'c2s');
   feed(c.pkt(later), 'c2s');
   // A late retransmission of an abandoned fragment is ignored.
   feed(c.pkt([lost[3]!]), 'c2s');
-  t.same(msgs().map((m) => m.data.toString()), ['after', 'later']);
+  t.same(
+    msgs().map((m) => m.data.toString()),
+    ['after', 'later'],
+  );
   t.equal(tr.stats.abandoned, 1);
   t.equal(tr.stats.skippedTsns, 3);
   t.equal(tr.bufferedBytes, 0);
@@ -265,11 +360,15 @@ t.test('I-FORWARD-TSN abandons I-DATA partial messages by MID', async (t) => {
   const y = c.idata(6, 53, Buffer.alloc(100, 6), { unordered: true });
   const tx0 = c.takeTsn();
   feed(c.pkt([x[0]!(tx0)]), 'c2s');
-  c.takeTsn(); c.takeTsn(); // the other two fragments are never seen
+  c.takeTsn();
+  c.takeTsn(); // the other two fragments are never seen
   const ty = c.takeTsn();
   feed(c.pkt([y[0]!(ty)]), 'c2s'); // held: gap before it
   feed(c.pkt([encodeForwardTsnChunk(tx0 + 2, [{ stream: 6, unordered: true, mid: 0 }], true)]), 'c2s');
-  t.same(msgs().map((m) => m.size), [100]);
+  t.same(
+    msgs().map((m) => m.size),
+    [100],
+  );
   t.equal(tr.stats.abandoned, 1);
   t.equal(tr.bufferedBytes, 0);
 });
@@ -284,13 +383,16 @@ t.test('legacy PPID 52/54 partial runs are concatenated', async (t) => {
   feed(c.pkt(c.data(0, 53, Buffer.from([3]))), 'c2s');
   feed(c.pkt(c.data(0, 52, Buffer.from([9]))), 'c2s');
   feed(c.pkt(c.data(0, 51, Buffer.from('t'))), 'c2s'); // run ended by a different kind
-  t.same(msgs().map((m) => [m.stream, m.ppid, m.data.toString('hex')]), [
-    [2, 51, Buffer.from('other stream').toString('hex')],
-    [0, 51, Buffer.from('Hello world').toString('hex')],
-    [0, 53, '010203'],
-    [0, 53, '09'],
-    [0, 51, Buffer.from('t').toString('hex')],
-  ]);
+  t.same(
+    msgs().map((m) => [m.stream, m.ppid, m.data.toString('hex')]),
+    [
+      [2, 51, Buffer.from('other stream').toString('hex')],
+      [0, 51, Buffer.from('Hello world').toString('hex')],
+      [0, 53, '010203'],
+      [0, 53, '09'],
+      [0, 51, Buffer.from('t').toString('hex')],
+    ],
+  );
 });
 
 t.test('RE-CONFIG outgoing reset closes the channel after both sides reset', async (t) => {
@@ -310,7 +412,14 @@ t.test('RE-CONFIG outgoing reset closes the channel after both sides reset', asy
   t.equal(tr.stats.channelsClosed, 1);
   feed(c.pkt(c.data(0, 50, encodeDcepOpen({ label: 'b' }))), 'c2s');
   feed(c.pkt(c.data(0, 51, Buffer.from('new'))), 'c2s');
-  t.same(msgs().map((m) => [m.label, m.data.toString()]), [['a', 'before'], ['a', 'reply'], ['b', 'new']]);
+  t.same(
+    msgs().map((m) => [m.label, m.data.toString()]),
+    [
+      ['a', 'before'],
+      ['a', 'reply'],
+      ['b', 'new'],
+    ],
+  );
 });
 
 t.test('caps: message size, reassembly bytes, partial messages', async (t) => {
@@ -318,8 +427,15 @@ t.test('caps: message size, reassembly bytes, partial messages', async (t) => {
     const { c, feed, msgs, caps, tr } = setup({ maxMessageBytes: 4000 });
     feed(c.pkt(c.data(0, 53, Buffer.alloc(5000, 1), { frag: 1000 })), 'c2s');
     feed(c.pkt(c.data(0, 53, Buffer.alloc(3000, 2), { frag: 1000 })), 'c2s');
-    t.same(msgs().map((m) => m.size), [3000], 'oversized message dropped, next one fine');
-    t.same(caps().map((x) => [x.what, x.limit]), [['datachannel.message_bytes', 4000]]);
+    t.same(
+      msgs().map((m) => m.size),
+      [3000],
+      'oversized message dropped, next one fine',
+    );
+    t.same(
+      caps().map((x) => [x.what, x.limit]),
+      [['datachannel.message_bytes', 4000]],
+    );
     t.equal(tr.bufferedBytes, 0);
   }
   {
@@ -346,7 +462,10 @@ t.test('caps: message size, reassembly bytes, partial messages', async (t) => {
     for (const ch of firsts) feed(c.pkt([ch]), 'c2s');
     t.equal(caps().filter((x) => x.what === 'datachannel.partial_messages').length, 2);
     for (const ch of seconds) feed(c.pkt([ch]), 'c2s');
-    t.same(msgs().map((m) => m.stream), [2, 3, 4]);
+    t.same(
+      msgs().map((m) => m.stream),
+      [2, 3, 4],
+    );
     t.equal(tr.bufferedBytes, 0);
   }
 });
@@ -364,7 +483,10 @@ t.test('checksum: bad CRC ignored, zero checksum only when advertised (RFC 9653)
   feed(zero, 'c2s');
   t.equal(tr.stats.badChecksum, 2, 'zero checksum not negotiated');
   feed(p, 'c2s');
-  t.same(msgs().map((m) => m.data.toString()), ['ok']);
+  t.same(
+    msgs().map((m) => m.data.toString()),
+    ['ok'],
+  );
 
   const events: InspectEvent[] = [];
   const tr2 = new DataChannelTracker((e) => events.push(e));
@@ -385,7 +507,11 @@ t.test('verification tag mismatch is ignored like the receiver would (RFC 9260 �
   t.equal(tr.stats.badVtag, 1);
   c.tsn = (c.tsn - 1) >>> 0;
   feed(c.pkt(c.data(0, 51, Buffer.from('good'))), 'c2s');
-  t.same(msgs().map((m) => m.data.toString()), ['good'], 'the TSN was not consumed by the bogus packet');
+  t.same(
+    msgs().map((m) => m.data.toString()),
+    ['good'],
+    'the TSN was not consumed by the bogus packet',
+  );
 });
 
 t.test('SACK from the receiver skips a capture gap, but not beyond what was seen', async (t) => {
@@ -399,10 +525,17 @@ t.test('SACK from the receiver skips a capture gap, but not beyond what was seen
   const m2tsn = m2[0]!.readUInt32BE(4);
   // Hostile SACK acking far beyond: only up to m2 is skipped.
   feed(s.pkt([encodeSackChunk((m2tsn + 1000) >>> 0)]), 's2c');
-  t.same(msgs().map((m) => m.data.toString()), ['m0', 'm2']);
+  t.same(
+    msgs().map((m) => m.data.toString()),
+    ['m0', 'm2'],
+  );
   t.equal(tr.stats.skippedTsns, 1);
   feed(c.pkt(c.data(0, 51, Buffer.from('m3'))), 'c2s');
-  t.same(msgs().map((m) => m.data.toString()), ['m0', 'm2', 'm3'], 'data after the SACK still inspected');
+  t.same(
+    msgs().map((m) => m.data.toString()),
+    ['m0', 'm2', 'm3'],
+    'data after the SACK still inspected',
+  );
   void m1;
 });
 
@@ -421,7 +554,13 @@ t.test('TSN wrap-around and start without INIT', async (t) => {
     const c = new Sender(1, 2, 777);
     tr.push(c.pkt(c.data(0, 51, Buffer.from('mid-stream'))), 'c2s', 5);
     tr.push(c.pkt(c.data(0, 51, Buffer.from('next'))), 'c2s', 6);
-    t.same(events.map((e) => (e.type === 'datachannel.message' ? [e.data.toString(), e.time] : null)), [['mid-stream', 5], ['next', 6]]);
+    t.same(
+      events.map((e) => (e.type === 'datachannel.message' ? [e.data.toString(), e.time] : null)),
+      [
+        ['mid-stream', 5],
+        ['next', 6],
+      ],
+    );
     t.notOk('association' in events[0]!, 'no association key when unknown');
   }
 });
@@ -433,7 +572,10 @@ t.test('association restart: new initial TSN applied when data uses it', async (
   feed(c2.init(false, EXT), 'c2s');
   feed(c.pkt(c.data(0, 51, Buffer.from('old2'))), 'c2s');
   feed(c2.pkt(c2.data(0, 51, Buffer.from('new'))), 'c2s');
-  t.same(msgs().map((m) => m.data.toString()), ['old', 'old2', 'new']);
+  t.same(
+    msgs().map((m) => m.data.toString()),
+    ['old', 'old2', 'new'],
+  );
 });
 
 t.test('ABORT drops held state', async (t) => {

@@ -54,8 +54,7 @@ for (const name of Object.keys(SUITES)) {
     const h = harness({ keyLog: KeyLog.parse(fx.keylog) });
     let time = 1000;
     for (const d of datagrams(fx)) h.session.feed(d.data, d.dir, time++);
-    const want = (dir: 'c2s' | 's2c'): string =>
-      fx[dir].join('') + (fx.renegotiated ? fx.renegotiated[dir].join('') : '');
+    const want = (dir: 'c2s' | 's2c'): string => fx[dir].join('') + (fx.renegotiated ? fx.renegotiated[dir].join('') : '');
     t.equal(h.text('c2s'), want('c2s'));
     t.equal(h.text('s2c'), want('s2c'));
     const hs = ofType(h.events, 'dtls.handshake');
@@ -178,7 +177,12 @@ t.test('wrong keys seen live: keys.invalid on the first protected record', async
   for (const d of datagrams(fx)) h.session.feed(d.data, d.dir, 1);
   const inv = ofType(h.events, 'keys.invalid');
   t.equal(inv.length, 1);
-  t.notOk(JSON.stringify(inv).match(/[0-9a-f]{64,}/g)?.some((x) => x !== inv[0]!.association), 'no key bytes in the event');
+  t.notOk(
+    JSON.stringify(inv)
+      .match(/[0-9a-f]{64,}/g)
+      ?.some((x) => x !== inv[0]!.association),
+    'no key bytes in the event',
+  );
   t.equal(h.app.length, 0);
 });
 
@@ -353,7 +357,10 @@ t.test('DTLS 1.3: use_srtp from the decrypted EncryptedExtensions yields SRTP ke
     Buffer.concat([Buffer.from([0xfe, 0xfd]), cr, Buffer.from([0, 0, 0, 2, 0x13, 0x01, 1, 0])]),
     Buffer.from([0, 43, 0, 3, 2, 0xfe, 0xfc, 0, 14, 0, 7, 0, 4, 0, 7, 0, 1, 0]),
   );
-  const sh = withExt(Buffer.concat([Buffer.from([0xfe, 0xfd]), sr, Buffer.from([0, 0x13, 0x01, 0])]), Buffer.from([0, 43, 0, 2, 0xfe, 0xfc]));
+  const sh = withExt(
+    Buffer.concat([Buffer.from([0xfe, 0xfd]), sr, Buffer.from([0, 0x13, 0x01, 0])]),
+    Buffer.from([0, 43, 0, 2, 0xfe, 0xfc]),
+  );
   const sec = () => randomBytes(32);
   const [chs, shs, cts, sts, exp] = [sec(), sec(), sec(), sec(), sec()];
   const line = (l: string, b: Buffer) => `${l} ${cr.toString('hex')} ${b.toString('hex')}`;
@@ -409,7 +416,10 @@ t.test('synthetic flow: undecryptable events are rate limited by packet time', a
   const und = ofType(h.events, 'undecryptable');
   t.ok(und.length >= 4 && und.length <= 6, `about one per second (${und.length})`);
   h.session.flush(20_000);
-  t.equal(ofType(h.events, 'undecryptable').reduce((n, e) => n + e.count, 0), 50);
+  t.equal(
+    ofType(h.events, 'undecryptable').reduce((n, e) => n + e.count, 0),
+    50,
+  );
 });
 
 t.test('malformed input never throws', async (t) => {
@@ -433,5 +443,8 @@ t.test('close wipes keys', async (t) => {
   s.addKeySet(ks);
   s.close();
   t.equal(s.srtpKeys(ks.clientRandom.toString('hex')), undefined);
-  t.ok(ks.clientWriteKey!.some((b) => b !== 0), 'the caller\'s key set is copied, not taken');
+  t.ok(
+    ks.clientWriteKey!.some((b) => b !== 0),
+    "the caller's key set is copied, not taken",
+  );
 });

@@ -129,17 +129,84 @@ t.test('hand-built headers', async (t) => {
 
 t.test('ZIP family', async (t) => {
   const ct = '<?xml version="1.0"?><Types/>';
-  t.equal(detectFileType(makeZip([['a.txt', 'x'], ['b/c.txt', 'y']])), 'zip');
-  t.equal(detectFileType(makeZip([['[Content_Types].xml', ct], ['_rels/.rels', ''], ['word/document.xml', '<w/>']])), 'docx');
-  t.equal(detectFileType(makeZip([['[Content_Types].xml', ct], ['xl/workbook.xml', '<x/>']])), 'xlsx');
-  t.equal(detectFileType(makeZip([['[Content_Types].xml', ct], ['ppt/presentation.xml', '<p/>']])), 'pptx');
-  t.equal(detectFileType(makeZip([['META-INF/MANIFEST.MF', 'Manifest-Version: 1.0\n'], ['a/B.class', 'x']])), 'jar');
-  t.equal(detectFileType(makeZip([['AndroidManifest.xml', 'x'], ['classes.dex', 'dex\n035\0'], ['META-INF/MANIFEST.MF', 'x']])), 'apk');
-  t.equal(detectFileType(makeZip([['mimetype', 'application/vnd.oasis.opendocument.text'], ['content.xml', '<x/>']])), 'odt');
+  t.equal(
+    detectFileType(
+      makeZip([
+        ['a.txt', 'x'],
+        ['b/c.txt', 'y'],
+      ]),
+    ),
+    'zip',
+  );
+  t.equal(
+    detectFileType(
+      makeZip([
+        ['[Content_Types].xml', ct],
+        ['_rels/.rels', ''],
+        ['word/document.xml', '<w/>'],
+      ]),
+    ),
+    'docx',
+  );
+  t.equal(
+    detectFileType(
+      makeZip([
+        ['[Content_Types].xml', ct],
+        ['xl/workbook.xml', '<x/>'],
+      ]),
+    ),
+    'xlsx',
+  );
+  t.equal(
+    detectFileType(
+      makeZip([
+        ['[Content_Types].xml', ct],
+        ['ppt/presentation.xml', '<p/>'],
+      ]),
+    ),
+    'pptx',
+  );
+  t.equal(
+    detectFileType(
+      makeZip([
+        ['META-INF/MANIFEST.MF', 'Manifest-Version: 1.0\n'],
+        ['a/B.class', 'x'],
+      ]),
+    ),
+    'jar',
+  );
+  t.equal(
+    detectFileType(
+      makeZip([
+        ['AndroidManifest.xml', 'x'],
+        ['classes.dex', 'dex\n035\0'],
+        ['META-INF/MANIFEST.MF', 'x'],
+      ]),
+    ),
+    'apk',
+  );
+  t.equal(
+    detectFileType(
+      makeZip([
+        ['mimetype', 'application/vnd.oasis.opendocument.text'],
+        ['content.xml', '<x/>'],
+      ]),
+    ),
+    'odt',
+  );
   // Data-descriptor entries and no central directory (truncated transfer): local walk.
-  const dd = makeZip([['[Content_Types].xml', ct], ['word/document.xml', '<w/>']], true);
+  const dd = makeZip(
+    [
+      ['[Content_Types].xml', ct],
+      ['word/document.xml', '<w/>'],
+    ],
+    true,
+  );
   t.equal(detectFileType(dd), 'docx', 'central directory used');
-  const noCd = makeZip([['META-INF/MANIFEST.MF', 'x'], ['z', 'y']]);
+  const noCd = makeZip([
+    ['META-INF/MANIFEST.MF', 'x'],
+    ['z', 'y'],
+  ]);
   t.equal(detectFileType(noCd.subarray(0, noCd.indexOf(Buffer.from('PK\x01\x02', 'latin1')))), 'jar', 'local headers only');
   // Hostile central directory offsets/counts do not throw.
   const hostile = makeZip([['a', 'b']]);
@@ -161,7 +228,11 @@ t.test('real binaries and archives from the machine', async (t) => {
   writeFileSync(join(dir, 'f.txt'), 'tar me');
   execFileSync('tar', ['-cf', join(dir, 'a.tar'), '-C', dir, 'f.txt']);
   t.equal(detectFileType(readFileSync(join(dir, 'a.tar'))), 'tar');
-  for (const [tool, args, want] of [['xz', ['-k', '-f'], 'xz'], ['bzip2', ['-k', '-f'], 'bzip2'], ['zstd', ['-q', '-k', '-f'], 'zstd']] as const) {
+  for (const [tool, args, want] of [
+    ['xz', ['-k', '-f'], 'xz'],
+    ['bzip2', ['-k', '-f'], 'bzip2'],
+    ['zstd', ['-q', '-k', '-f'], 'zstd'],
+  ] as const) {
     if (spawnSync(tool, ['--version']).error) continue;
     execFileSync(tool, [...args, join(dir, 'f.txt')]);
     const ext = tool === 'xz' ? 'xz' : tool === 'bzip2' ? 'bz2' : 'zst';

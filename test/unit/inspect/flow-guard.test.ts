@@ -43,7 +43,11 @@ t.test('hold: handshake forwarded, application data held until escrowed keys ver
   t.ok(r.guard.covered);
   t.same(r.keys, ['verified']);
   const held = r.released.filter((q) => q.held);
-  t.same(held.map((q) => q.data.toString('hex')), app.map((p) => p.data.toString('hex')), 'held datagrams released in arrival order');
+  t.same(
+    held.map((q) => q.data.toString('hex')),
+    app.map((p) => p.data.toString('hex')),
+    'held datagrams released in arrival order',
+  );
   t.equal(r.released.length, FIRST, 'the whole flow so far is handed to inspection, in order');
   r.clock.advance(60_000);
   t.same(r.blocks, [], 'no block once verified');
@@ -86,7 +90,10 @@ t.test('re-key: renegotiation is a new association; old keys do not cover it (re
   t.notOk(r.guard.covered);
   const app2 = rest.map((p, i) => [p, v[i]] as const).filter(([p]) => isAppData(p.data, 2));
   t.ok(app2.length > 0);
-  t.ok(app2.every(([, x]) => x === 'hold'), 'application data of the new association held');
+  t.ok(
+    app2.every(([, x]) => x === 'hold'),
+    'application data of the new association held',
+  );
   // Replaying the old key set does not cover the new association.
   t.not(r.guard.addKeySet(f.keySets[0]!), 'pending', 'the old key set is the old association (already judged)');
   t.notOk(r.guard.covered, 'replayed old key set does not cover the new association');
@@ -103,7 +110,10 @@ t.test('re-key with the new association keys: verified and released', async (t) 
   t.equal(r.guard.addKeySet(f.keySets[1]!), 'verified');
   t.ok(r.guard.covered);
   const held = r.released.filter((q) => q.held).map((q) => q.data.toString('hex'));
-  t.same(held, f.packets.filter((p) => isAppData(p.data, 2)).map((p) => p.data.toString('hex')));
+  t.same(
+    held,
+    f.packets.filter((p) => isAppData(p.data, 2)).map((p) => p.data.toString('hex')),
+  );
   r.clock.advance(60_000);
   t.same(r.blocks, []);
 });

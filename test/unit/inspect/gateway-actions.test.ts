@@ -69,10 +69,16 @@ async function rig(groups: string[], recordings?: RecordingStore) {
 t.test('alert reports and forwards; drop withholds the message and keeps the flow', async (t) => {
   const r = await rig(['staff']);
   t.ok(r.msg('hello'), 'plain message forwarded');
-  t.ok(r.events.events.some((e) => e.event_type === 'keys_verified'), 'escrowed keys verified on traffic');
+  t.ok(
+    r.events.events.some((e) => e.event_type === 'keys_verified'),
+    'escrowed keys verified on traffic',
+  );
   t.ok(r.msg('the quarterly numbers'), 'alert: forwarded');
   const alerts = r.events.events.filter((e) => e.event_type === 'alert');
-  t.same(alerts.map((a) => a.alert!.signature_id), ['watch']);
+  t.same(
+    alerts.map((a) => a.alert!.signature_id),
+    ['watch'],
+  );
   t.equal(alerts[0]!.alert!.action, 'allowed');
   t.notOk(r.msg('this is TOPSECRET'), 'drop: the datagram carrying the message is withheld');
   t.equal(r.events.events.filter((e) => e.event_type === 'alert').at(-1)!.alert!.action, 'blocked');
@@ -105,8 +111,15 @@ t.test('record: a trading flow is recorded, sealed and verifiable', async (t) =>
   t.match(sealed?.gatehouse, { recording: { action: 'sealed' } });
   const rec = readdirSync(dir).find((d) => /-p\d+-/.test(d))!;
   const transcript = readdirSync(join(dir, rec)).find((f) => f.startsWith('dc-'))!;
-  const lines = readFileSync(join(dir, rec, transcript), 'utf8').trim().split('\n').map((l) => JSON.parse(l));
-  t.same(lines.filter((l) => l.text !== undefined).map((l) => l.text), ['order 100 shares', 'confirmed'], 'transcript has the decrypted messages');
+  const lines = readFileSync(join(dir, rec, transcript), 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l));
+  t.same(
+    lines.filter((l) => l.text !== undefined).map((l) => l.text),
+    ['order 100 shares', 'confirmed'],
+    'transcript has the decrypted messages',
+  );
   const v = verifyRecordings(dir, { certPem: identity.certificatePem });
   t.ok(v.ok, `recordings verify: ${v.problems.join('; ')}`);
 });
@@ -119,7 +132,11 @@ t.test('drop on media withholds that SSRC from then on and keeps the flow', asyn
   t.ok(stream, 'the stream was decrypted and classified');
   const firstDropped = results.indexOf(false);
   t.ok(firstDropped > 0, 'packets before the stream was classified went through');
-  t.same(results.slice(firstDropped), results.slice(firstDropped).map(() => false), 'every later packet of that SSRC is withheld');
+  t.same(
+    results.slice(firstDropped),
+    results.slice(firstDropped).map(() => false),
+    'every later packet of that SSRC is withheld',
+  );
   t.ok(r.msg('chat still works'), 'the data channel of the same flow goes on');
   t.same(r.closed, [], 'not torn down');
 });

@@ -49,7 +49,7 @@ const tlv = (type: number, value: Buffer): Buffer => Buffer.concat([Buffer.from(
 /** Splits an encoding into TLVs so tests can drop / duplicate / change one. */
 function tlvs(b: Buffer): { type: number; value: Buffer }[] {
   const out = [];
-  for (let o = 0; o < b.length; ) {
+  for (let o = 0; o < b.length;) {
     const l = b.readUInt16BE(o + 1);
     out.push({ type: b[o]!, value: b.subarray(o + 3, o + 3 + l) });
     o += 3 + l;
@@ -126,18 +126,44 @@ t.test('every invalid case throws KeySetError with a reason', async (t) => {
     ['1.3 secret on 1.2', join([...parts, { type: 0x11, value: Buffer.alloc(32) }]), /client_application_traffic_secret is not used/],
     ['epoch 0', withValue(0x0a, Buffer.from([0, 0])), /epoch 1 or later/],
   ];
-  for (const [name, buf, re] of cases) t.match(reason(() => decodeKeySet(buf)), re, name);
+  for (const [name, buf, re] of cases)
+    t.match(
+      reason(() => decodeKeySet(buf)),
+      re,
+      name,
+    );
 
   const cbc = tlvs(encodeKeySet(sample(0xc014, false)));
-  t.match(reason(() => decodeKeySet(join(cbc.filter((p) => p.type !== 0x10)))), /missing encrypt_then_mac/);
-  t.match(reason(() => decodeKeySet(join(cbc.filter((p) => p.type !== 9)))), /missing server_mac_key/);
-  t.match(reason(() => decodeKeySet(join(cbc.map((p) => (p.type === 0x10 ? { type: 0x10, value: Buffer.from([2]) } : p))))), /encrypt_then_mac/);
-  t.match(reason(() => decodeKeySet(join(cbc.map((p) => (p.type === 8 ? { type: 8, value: Buffer.alloc(32) } : p))))), /client_mac_key has length 32, suite needs 20/);
+  t.match(
+    reason(() => decodeKeySet(join(cbc.filter((p) => p.type !== 0x10)))),
+    /missing encrypt_then_mac/,
+  );
+  t.match(
+    reason(() => decodeKeySet(join(cbc.filter((p) => p.type !== 9)))),
+    /missing server_mac_key/,
+  );
+  t.match(
+    reason(() => decodeKeySet(join(cbc.map((p) => (p.type === 0x10 ? { type: 0x10, value: Buffer.from([2]) } : p))))),
+    /encrypt_then_mac/,
+  );
+  t.match(
+    reason(() => decodeKeySet(join(cbc.map((p) => (p.type === 8 ? { type: 8, value: Buffer.alloc(32) } : p))))),
+    /client_mac_key has length 32, suite needs 20/,
+  );
 
   const t13 = tlvs(encodeKeySet(sample(0x1302, false)));
-  t.match(reason(() => decodeKeySet(join(t13.filter((p) => p.type !== 0x12)))), /missing server_application_traffic_secret/);
-  t.match(reason(() => decodeKeySet(join(t13.map((p) => (p.type === 0x11 ? { type: 0x11, value: Buffer.alloc(32) } : p))))), /length 32, suite needs 48/);
-  t.match(reason(() => decodeKeySet(join(t13.map((p) => (p.type === 0x0a ? { type: 0x0a, value: Buffer.from([0, 2]) } : p))))), /epoch 3 or later/);
+  t.match(
+    reason(() => decodeKeySet(join(t13.filter((p) => p.type !== 0x12)))),
+    /missing server_application_traffic_secret/,
+  );
+  t.match(
+    reason(() => decodeKeySet(join(t13.map((p) => (p.type === 0x11 ? { type: 0x11, value: Buffer.alloc(32) } : p))))),
+    /length 32, suite needs 48/,
+  );
+  t.match(
+    reason(() => decodeKeySet(join(t13.map((p) => (p.type === 0x0a ? { type: 0x0a, value: Buffer.from([0, 2]) } : p))))),
+    /epoch 3 or later/,
+  );
 });
 
 t.test('errors never contain key bytes', async (t) => {
@@ -162,12 +188,30 @@ t.test('JSON form (contract.md)', async (t) => {
   t.same(keySetFromJson({ ...json, encrypt_then_mac: true, comment: 'ignored' }), ks);
   const arr = keySetsFromJson(JSON.stringify([json, keySetToJson(sample(0x1303))]));
   t.equal(arr.length, 2);
-  t.match(reason(() => keySetFromJson({ ...json, client_write_key: 'xyz' })), /hex string/);
-  t.match(reason(() => keySetFromJson({ ...json, epoch: '1' })), /integer/);
-  t.match(reason(() => keySetFromJson({ ...json, encrypt_then_mac: 'yes' })), /0, 1, true or false/);
-  t.match(reason(() => keySetFromJson([])), /JSON object/);
-  t.match(reason(() => keySetsFromJson('[{}]')), /entry 0: missing client_random/);
-  t.match(reason(() => keySetsFromJson('{')), /not valid JSON/);
+  t.match(
+    reason(() => keySetFromJson({ ...json, client_write_key: 'xyz' })),
+    /hex string/,
+  );
+  t.match(
+    reason(() => keySetFromJson({ ...json, epoch: '1' })),
+    /integer/,
+  );
+  t.match(
+    reason(() => keySetFromJson({ ...json, encrypt_then_mac: 'yes' })),
+    /0, 1, true or false/,
+  );
+  t.match(
+    reason(() => keySetFromJson([])),
+    /JSON object/,
+  );
+  t.match(
+    reason(() => keySetsFromJson('[{}]')),
+    /entry 0: missing client_random/,
+  );
+  t.match(
+    reason(() => keySetsFromJson('{')),
+    /not valid JSON/,
+  );
 });
 
 t.test('wipeKeySet zeroes every buffer', async (t) => {
@@ -200,9 +244,22 @@ t.test('key log parsing and key sets from it', async (t) => {
   t.equal(kl.rejected, 1);
   t.ok(kl.get(cr.toString('hex'))!.masterSecret!.equals(ms), 'lookup is case-insensitive');
   const e13 = kl.get('11'.repeat(32))!;
-  t.ok(e13.clientAppTrafficSecret && e13.serverAppTrafficSecret && e13.exporterSecret && e13.clientHsTrafficSecret && e13.serverHsTrafficSecret);
+  t.ok(
+    e13.clientAppTrafficSecret &&
+      e13.serverAppTrafficSecret &&
+      e13.exporterSecret &&
+      e13.clientHsTrafficSecret &&
+      e13.serverHsTrafficSecret,
+  );
 
-  const k12 = keySetFromKeyLog(kl.get(cr.toString('hex'))!, { version: 'DTLS1.2', clientRandom: cr, serverRandom: sr, cipherSuite: 0xc009, encryptThenMac: false, srtpProfile: 2 })!;
+  const k12 = keySetFromKeyLog(kl.get(cr.toString('hex'))!, {
+    version: 'DTLS1.2',
+    clientRandom: cr,
+    serverRandom: sr,
+    cipherSuite: 0xc009,
+    encryptThenMac: false,
+    srtpProfile: 2,
+  })!;
   t.ok(k12);
   t.equal(k12.epoch, 1);
   t.equal(k12.encryptThenMac, false);
@@ -211,15 +268,39 @@ t.test('key log parsing and key sets from it', async (t) => {
   t.equal(k12.srtpClientMasterSalt!.length, 14);
   t.doesNotThrow(() => encodeKeySet(k12));
 
-  const k13 = keySetFromKeyLog(e13, { version: 'DTLS1.3', clientRandom: Buffer.alloc(32, 0x11), serverRandom: sr, cipherSuite: 0x1301, encryptThenMac: false, srtpProfile: 1 })!;
+  const k13 = keySetFromKeyLog(e13, {
+    version: 'DTLS1.3',
+    clientRandom: Buffer.alloc(32, 0x11),
+    serverRandom: sr,
+    cipherSuite: 0x1301,
+    encryptThenMac: false,
+    srtpProfile: 1,
+  })!;
   t.equal(k13.epoch, 3);
   t.ok(k13.clientAppTrafficSecret!.equals(e13.clientAppTrafficSecret!));
   t.equal(k13.srtpClientMasterKey!.length, 16);
   t.doesNotThrow(() => encodeKeySet(k13));
 
-  t.equal(keySetFromKeyLog(e13, { version: 'DTLS1.2', clientRandom: cr, serverRandom: sr, cipherSuite: 0xc02b, encryptThenMac: false }), null, 'no master secret');
-  t.equal(keySetFromKeyLog(kl.get(cr.toString('hex'))!, { version: 'DTLS1.2', clientRandom: cr, serverRandom: sr, cipherSuite: 0x002f, encryptThenMac: false }), null, 'unsupported suite');
+  t.equal(
+    keySetFromKeyLog(e13, { version: 'DTLS1.2', clientRandom: cr, serverRandom: sr, cipherSuite: 0xc02b, encryptThenMac: false }),
+    null,
+    'no master secret',
+  );
+  t.equal(
+    keySetFromKeyLog(kl.get(cr.toString('hex'))!, {
+      version: 'DTLS1.2',
+      clientRandom: cr,
+      serverRandom: sr,
+      cipherSuite: 0x002f,
+      encryptThenMac: false,
+    }),
+    null,
+    'unsupported suite',
+  );
   kl.wipe();
   t.equal(kl.size, 0);
-  t.ok(ms.some((b) => b !== 0), 'the caller buffer is not the stored one');
+  t.ok(
+    ms.some((b) => b !== 0),
+    'the caller buffer is not the stored one',
+  );
 });

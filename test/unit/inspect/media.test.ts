@@ -30,17 +30,24 @@ t.test('decrypts both directions and emits stream/packet/verified events', async
   t.equal(m.handle(client.protectRtp(pkt(1, 0, 0x1111, 111, opusPayload(0))), 'c2s', 1000), 'no-keys');
   t.equal(events.length, 0, 'no events without keys');
   t.ok(m.setKeys(keys));
-  for (let i = 0; i < 6; i++) t.equal(m.handle(client.protectRtp(pkt(2 + i, 960 * (i + 1), 0x1111, 111, opusPayload(i + 1))), 'c2s', 1000 + 20 * i), 'rtp');
+  for (let i = 0; i < 6; i++)
+    t.equal(m.handle(client.protectRtp(pkt(2 + i, 960 * (i + 1), 0x1111, 111, opusPayload(i + 1))), 'c2s', 1000 + 20 * i), 'rtp');
   // VP8 keyframe from the server: descriptor 0x90 (X,S), 0x80 (I), picture id, then frame tag + start code.
   const vp8 = Buffer.from([0x90, 0x80, 0x05, 0x50, 0x2a, 0x00, 0x9d, 0x01, 0x2a, 0x80, 0x02, 0xe0, 0x01, 0, 0, 0]);
   t.equal(m.handle(server.protectRtp(pkt(500, 9000, 0x2222, 96, vp8, true)), 's2c', 1100), 'rtp');
   const verified = events.filter((e) => e.type === 'keys.verified');
-  t.same(verified.map((e) => e.dir), ['c2s', 's2c']);
+  t.same(
+    verified.map((e) => e.dir),
+    ['c2s', 's2c'],
+  );
   const streams = events.filter((e) => e.type === 'rtp.stream');
-  t.same(streams.map((e) => e.type === 'rtp.stream' && [e.dir, e.ssrc, e.codec, e.kind]), [
-    ['c2s', 0x1111, 'opus', 'audio'],
-    ['s2c', 0x2222, 'vp8', 'video'],
-  ]);
+  t.same(
+    streams.map((e) => e.type === 'rtp.stream' && [e.dir, e.ssrc, e.codec, e.kind]),
+    [
+      ['c2s', 0x1111, 'opus', 'audio'],
+      ['s2c', 0x2222, 'vp8', 'video'],
+    ],
+  );
   const packets = events.filter((e) => e.type === 'rtp.packet');
   t.equal(packets.length, 7);
   const last = packets[6];
@@ -66,7 +73,8 @@ t.test('wrong keys: keys.invalid once, undecryptable rate-limited with counts', 
   const { keys, events, m, server } = setup(SRTP_AEAD_AES_128_GCM, { undecryptableIntervalMs: 1000 });
   m.setKeys(keys);
   // Server-keyed packets arriving as c2s do not authenticate with the client keys.
-  for (let i = 0; i < 50; i++) t.equal(m.handle(server.protectRtp(pkt(i, i, 7, 111, opusPayload(i))), 'c2s', 10_000 + i * 10), 'undecryptable');
+  for (let i = 0; i < 50; i++)
+    t.equal(m.handle(server.protectRtp(pkt(i, i, 7, 111, opusPayload(i))), 'c2s', 10_000 + i * 10), 'undecryptable');
   t.equal(events.filter((e) => e.type === 'keys.invalid').length, 1);
   let und = events.filter((e) => e.type === 'undecryptable');
   t.equal(und.length, 1, 'first failure reported at once, the rest held back');
@@ -94,8 +102,26 @@ t.test('payload type map from SDP overrides guessing; static PTs', async (t) => 
 t.test('bad key sets are refused with keys.invalid', async (t) => {
   const events: InspectEvent[] = [];
   const m = new MediaTracker({ emit: (e) => events.push(e) });
-  t.equal(m.setKeys({ profile: 1, clientMasterKey: Buffer.alloc(16), clientMasterSalt: Buffer.alloc(12), serverMasterKey: Buffer.alloc(16), serverMasterSalt: Buffer.alloc(14) }), false);
-  t.equal(m.setKeys({ profile: 0x99, clientMasterKey: Buffer.alloc(16), clientMasterSalt: Buffer.alloc(14), serverMasterKey: Buffer.alloc(16), serverMasterSalt: Buffer.alloc(14) }), false);
+  t.equal(
+    m.setKeys({
+      profile: 1,
+      clientMasterKey: Buffer.alloc(16),
+      clientMasterSalt: Buffer.alloc(12),
+      serverMasterKey: Buffer.alloc(16),
+      serverMasterSalt: Buffer.alloc(14),
+    }),
+    false,
+  );
+  t.equal(
+    m.setKeys({
+      profile: 0x99,
+      clientMasterKey: Buffer.alloc(16),
+      clientMasterSalt: Buffer.alloc(14),
+      serverMasterKey: Buffer.alloc(16),
+      serverMasterSalt: Buffer.alloc(14),
+    }),
+    false,
+  );
   t.equal(events.filter((e) => e.type === 'keys.invalid').length, 2);
   t.equal(m.hasKeys, false);
   t.equal(m.handle(Buffer.from('80000001000000000000000100', 'hex'), 'c2s', 0), 'no-keys');

@@ -8,7 +8,16 @@ const time = Date.UTC(2026, 10, 22, 10, 0, 0, 123);
 t.test('every event type: header, per-type object, direction → endpoints', async (t) => {
   const data = Buffer.from('SECRET-BYTES');
   const evs: InspectEvent[] = [
-    { type: 'dtls.handshake', time, dir: 's2c', association: 'aa', version: 'DTLS1.3', clientRandom: 'aa', serverRandom: 'bb', cipherSuite: 0x1301 },
+    {
+      type: 'dtls.handshake',
+      time,
+      dir: 's2c',
+      association: 'aa',
+      version: 'DTLS1.3',
+      clientRandom: 'aa',
+      serverRandom: 'bb',
+      cipherSuite: 0x1301,
+    },
     { type: 'dtls.renegotiation', time, how: 'client_hello' },
     { type: 'keys.verified', time, what: 'srtp', dir: 'c2s' },
     { type: 'keys.invalid', time, what: 'dtls', reason: 'record did not authenticate' },
@@ -17,13 +26,34 @@ t.test('every event type: header, per-type object, direction → endpoints', asy
     { type: 'file', time, stream: 1, label: 'l', size: data.length, sha256: 'h', fileType: 'exe', data },
     { type: 'appdata', time, size: data.length, sha256: 'h', data },
     { type: 'rtp.stream', time, ssrc: 1, payloadType: 111, codec: 'opus', kind: 'audio' },
-    { type: 'rtp.packet', time, ssrc: 1, payloadType: 111, seq: 2, index: 2, timestamp: 3, marker: false, payloadSize: data.length, payload: data },
+    {
+      type: 'rtp.packet',
+      time,
+      ssrc: 1,
+      payloadType: 111,
+      seq: 2,
+      index: 2,
+      timestamp: 3,
+      marker: false,
+      payloadSize: data.length,
+      payload: data,
+    },
     { type: 'undecryptable', time, what: 'srtcp', reason: 'auth', count: 3 },
     { type: 'cap.hit', time, what: 'message', limit: 10 },
   ];
   const key: Record<string, string> = {
-    'dtls.handshake': 'dtls', 'dtls.renegotiation': 'dtls', 'keys.verified': 'keys', 'keys.invalid': 'keys', 'datachannel.open': 'datachannel',
-    'datachannel.message': 'datachannel', file: 'file', appdata: 'appdata', 'rtp.stream': 'rtp', 'rtp.packet': 'rtp', undecryptable: 'undecryptable', 'cap.hit': 'cap',
+    'dtls.handshake': 'dtls',
+    'dtls.renegotiation': 'dtls',
+    'keys.verified': 'keys',
+    'keys.invalid': 'keys',
+    'datachannel.open': 'datachannel',
+    'datachannel.message': 'datachannel',
+    file: 'file',
+    appdata: 'appdata',
+    'rtp.stream': 'rtp',
+    'rtp.packet': 'rtp',
+    undecryptable: 'undecryptable',
+    'cap.hit': 'cap',
   };
   for (const e of evs) {
     const o = toEve(e, meta);
@@ -32,17 +62,30 @@ t.test('every event type: header, per-type object, direction → endpoints', asy
     t.equal(o.flow_id, 42);
     t.ok(o[key[e.type]!], `${e.type} has its object`);
     const s = JSON.stringify(o);
-    t.notOk(s.includes('SECRET-BYTES') || s.includes(data.toString('hex')) || s.includes(data.toString('base64')), `${e.type}: no raw bytes`);
+    t.notOk(
+      s.includes('SECRET-BYTES') || s.includes(data.toString('hex')) || s.includes(data.toString('base64')),
+      `${e.type}: no raw bytes`,
+    );
   }
   const hs = toEve(evs[0]!, meta);
   t.equal(hs.src_ip, '192.0.2.9', 's2c with A as client: from B');
   const flipped = toEve(evs[0]!, { ...meta, dtlsClientIsA: false });
   t.equal(flipped.src_ip, '2001:db8::1', 's2c with B as client: from A');
   t.equal((toEve(evs[5]!, meta).datachannel as Record<string, unknown>).sha256, 'h');
-  const turnMeta: FlowMeta = { ...meta, turn: { transport: 'tcp', client: meta.a, server: { ip: '2001:db8::3', port: 3478 }, relayed: { ip: '2001:db8::3', port: 49152 } } };
+  const turnMeta: FlowMeta = {
+    ...meta,
+    turn: { transport: 'tcp', client: meta.a, server: { ip: '2001:db8::3', port: 3478 }, relayed: { ip: '2001:db8::3', port: 49152 } },
+  };
   const g = toEve(evs[7]!, turnMeta).gatehouse as Record<string, unknown>;
   t.same(g, { leg: 'turn', turn_transport: 'tcp', turn_server: '[2001:db8::3]:3478', relayed: '[2001:db8::3]:49152' });
-  const a = alertEve(time, meta, 'c2s', 'aa', { action: 'blocked', signature_id: 'x', signature: 'y', severity: 1 }, { rule_action: 'block' });
+  const a = alertEve(
+    time,
+    meta,
+    'c2s',
+    'aa',
+    { action: 'blocked', signature_id: 'x', signature: 'y', severity: 1 },
+    { rule_action: 'block' },
+  );
   t.equal(a.event_type, 'alert');
   t.same(a.alert, { action: 'blocked', signature_id: 'x', signature: 'y', severity: 1 });
   t.equal((a.gatehouse as Record<string, unknown>).rule_action, 'block');

@@ -161,7 +161,9 @@ export class SctpBuilder {
     return encodeSctpPacket(5000, 5000, 0, [encodeInitChunk(false, { initiateTag: this.vtag, initialTsn: this.tsn })]);
   }
   open(stream: number, label: string): Buffer {
-    return encodeSctpPacket(5000, 5000, this.vtag, [encodeDataChunk({ tsn: this.tsn++, stream, ppid: 50, data: encodeDcepOpen({ label }) })]);
+    return encodeSctpPacket(5000, 5000, this.vtag, [
+      encodeDataChunk({ tsn: this.tsn++, stream, ppid: 50, data: encodeDcepOpen({ label }) }),
+    ]);
   }
   message(stream: number, data: Buffer, binary = false): Buffer {
     return encodeSctpPacket(5000, 5000, this.vtag, [encodeDataChunk({ tsn: this.tsn++, stream, ppid: binary ? 53 : 51, data })]);
@@ -172,7 +174,14 @@ export class SctpBuilder {
     for (let o = 0; o < data.length; o += size) {
       out.push(
         encodeSctpPacket(5000, 5000, this.vtag, [
-          encodeDataChunk({ tsn: this.tsn++, stream, ppid: 53, begin: o === 0, end: o + size >= data.length, data: data.subarray(o, o + size) }),
+          encodeDataChunk({
+            tsn: this.tsn++,
+            stream,
+            ppid: 53,
+            begin: o === 0,
+            end: o + size >= data.length,
+            data: data.subarray(o, o + size),
+          }),
         ]),
       );
     }

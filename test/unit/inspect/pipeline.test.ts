@@ -52,7 +52,11 @@ t.test('DTLS 1.2 with key set: SCTP data channel, plain app data, SRTP both ways
     const open = events.find((e) => e.type === 'datachannel.open');
     t.equal(open?.type === 'datachannel.open' && open.label, 'chat');
     const msgs = events.filter((e) => e.type === 'datachannel.message');
-    t.same(msgs.map((e) => e.type === 'datachannel.message' && e.sha256), [sha(msg), sha(bulk)], 'both messages, byte-exact');
+    t.same(
+      msgs.map((e) => e.type === 'datachannel.message' && e.sha256),
+      [sha(msg), sha(bulk)],
+      'both messages, byte-exact',
+    );
     t.ok(msgs.every((e) => e.dir === 'c2s' && e.association === s.association));
     const app = events.filter((e) => e.type === 'appdata');
     t.equal(app.length, 1);
@@ -82,7 +86,11 @@ t.test('without keys: handshake seen, everything else reported undecryptable', a
   t.equal(p.counters.undecryptableSrtp, 3);
   t.ok(p.counters.undecryptableDtls >= 1);
   const u = events.filter((e) => e.type === 'undecryptable');
-  t.equal(u.filter((e) => e.type === 'undecryptable' && e.what === 'srtp').reduce((n, e) => n + (e.type === 'undecryptable' ? e.count : 0), 0), 3, 'counts add up after close');
+  t.equal(
+    u.filter((e) => e.type === 'undecryptable' && e.what === 'srtp').reduce((n, e) => n + (e.type === 'undecryptable' ? e.count : 0), 0),
+    3,
+    'counts add up after close',
+  );
 });
 
 t.test('a wrong key set is reported invalid, not used', async (t) => {
@@ -135,7 +143,8 @@ t.test('EVE output: directions map to endpoints, no secrets, no raw bytes', asyn
   }
   const secret = Buffer.from('PROJECT-NIGHTINGALE');
   const sctp = new SctpBuilder();
-  for (const pkt of [sctp.init(), sctp.open(1, 'files'), sctp.message(1, secret)]) table.feed('UDP', C[0], C[1], S[0], S[1], s.appData(true, pkt), T0 + 2);
+  for (const pkt of [sctp.init(), sctp.open(1, 'files'), sctp.message(1, secret)])
+    table.feed('UDP', C[0], C[1], S[0], S[1], s.appData(true, pkt), T0 + 2);
   table.feed('UDP', C[0], C[1], S[0], S[1], s.srtp(true, 1, Buffer.alloc(20, 7)), T0 + 3);
   t.equal(table.size, 1, 'both directions are one flow');
   const evs = lines.map((l) => JSON.parse(l) as Record<string, unknown>);

@@ -7,7 +7,12 @@ import { PolicyEngine, type Subject } from '../../../src/policy/engine.js';
 import { parseRuleFile } from '../../../src/policy/rules-schema.js';
 
 const msg = (text: string, extra: Partial<Subject> = {}): Subject => ({
-  kind: 'message', direction: 'to_peer', data: Buffer.from(text), size: Buffer.byteLength(text), label: 'chat', ...extra,
+  kind: 'message',
+  direction: 'to_peer',
+  data: Buffer.from(text),
+  size: Buffer.byteLength(text),
+  label: 'chat',
+  ...extra,
 });
 const alice = { user: 'alice', groups: ['trading'], peerIp: '198.51.100.7' };
 const bob = { user: 'bob', groups: ['contractors'], peerIp: '10.20.1.1' };
@@ -32,10 +37,18 @@ t.test('contains, precedence and all-match reporting', async (t) => {
   t.equal(e.evaluate(alice, msg('hello')).action, 'forward');
   const v = e.evaluate(alice, msg('this is CONFIDENTIAL'));
   t.equal(v.action, 'drop', 'drop outranks alert');
-  t.same(v.matches.map((m) => m.rule.id), ['alert-word', 'drop-word'], 'every match reported, in rule order');
+  t.same(
+    v.matches.map((m) => m.rule.id),
+    ['alert-word', 'drop-word'],
+    'every match reported, in rule order',
+  );
   const b = e.evaluate(alice, msg('PROJECT-NIGHTINGALE and confidential'));
   t.equal(b.action, 'block', 'block outranks everything');
-  t.equal(e.evaluate(alice, { kind: 'media', direction: 'to_peer', size: 10, data: Buffer.from('PROJECT-NIGHTINGALE') }).action, 'forward', 'contains does not look into media');
+  t.equal(
+    e.evaluate(alice, { kind: 'media', direction: 'to_peer', size: 10, data: Buffer.from('PROJECT-NIGHTINGALE') }).action,
+    'forward',
+    'contains does not look into media',
+  );
 });
 
 t.test('selectors: user, group, peer CIDR, channel, direction, label, protocol, size', async (t) => {
@@ -79,7 +92,14 @@ t.test('file_type, sha256 inline and from a hash list, regex, media kind and cod
     ),
   ]);
   await e.loadHashLists();
-  const file = (name: string, fileType = 'unknown'): Subject => ({ kind: 'file', direction: 'to_peer', size: 4, data: Buffer.from(name), sha256: createHash('sha256').update(name).digest('hex'), fileType });
+  const file = (name: string, fileType = 'unknown'): Subject => ({
+    kind: 'file',
+    direction: 'to_peer',
+    size: 4,
+    data: Buffer.from(name),
+    sha256: createHash('sha256').update(name).digest('hex'),
+    fileType,
+  });
   t.equal(e.evaluate(alice, file('x', 'elf')).action, 'block');
   t.equal(e.evaluate(alice, file('evil')).matches[0]!.rule.id, 'inline');
   t.equal(e.evaluate(alice, file('listed')).action, 'drop');
@@ -95,7 +115,10 @@ t.test('record rules pick flows; the last keys section holds', async (t) => {
     parseRuleFile('keys: { required: false }\nrules:\n  - { id: rec, when: { group: [trading] }, action: record }\n', 'a.yaml'),
     parseRuleFile('keys: { required: true, deadline: 3s }\n', 'b.yaml'),
   ]);
-  t.same(e.recordsFlow(alice).map((r) => r.id), ['rec']);
+  t.same(
+    e.recordsFlow(alice).map((r) => r.id),
+    ['rec'],
+  );
   t.same(e.recordsFlow(bob), []);
   t.equal(e.keys?.required, true);
   t.equal(e.keys?.deadline, 3000);

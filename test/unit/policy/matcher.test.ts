@@ -3,9 +3,17 @@ import { MultiMatcher } from '../../../src/policy/matcher.js';
 
 const naive = (hay: Buffer, pats: { b: Buffer; ci: boolean; tag: number }[]) => {
   const found = new Set<number>();
-  const low = Buffer.from(hay.toString('latin1').replace(/[A-Z]/g, (c) => c.toLowerCase()), 'latin1');
+  const low = Buffer.from(
+    hay.toString('latin1').replace(/[A-Z]/g, (c) => c.toLowerCase()),
+    'latin1',
+  );
   for (const p of pats) {
-    const needle = p.ci ? Buffer.from(p.b.toString('latin1').replace(/[A-Z]/g, (c) => c.toLowerCase()), 'latin1') : p.b;
+    const needle = p.ci
+      ? Buffer.from(
+          p.b.toString('latin1').replace(/[A-Z]/g, (c) => c.toLowerCase()),
+          'latin1',
+        )
+      : p.b;
     if ((p.ci ? low : hay).includes(needle)) found.add(p.tag);
   }
   return found;

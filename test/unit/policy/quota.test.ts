@@ -77,7 +77,9 @@ t.test('state survives a restart through the SQLite store', async (t) => {
 t.test('kill -9 loses at most one flush interval', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'gh-quota-'));
   const db = join(dir, 'state.db');
-  const child = spawn(process.execPath, ['--import', 'tsx', join(process.cwd(), 'test/tools/quota-writer.ts'), db], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = spawn(process.execPath, ['--import', 'tsx', join(process.cwd(), 'test/tools/quota-writer.ts'), db], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
   let lastFlushed = 0;
   let flushes = 0;
   await new Promise<void>((resolve, reject) => {
@@ -95,7 +97,10 @@ t.test('kill -9 loses at most one flush interval', async (t) => {
   });
   await new Promise((r) => child.once('exit', r));
   const store = new SqliteStore(db);
-  const rows = store.load([`day:${new Date().toISOString().slice(0, 10)}`, `day:${new Date(Date.now() - 3_600_000).toISOString().slice(0, 10)}`]);
+  const rows = store.load([
+    `day:${new Date().toISOString().slice(0, 10)}`,
+    `day:${new Date(Date.now() - 3_600_000).toISOString().slice(0, 10)}`,
+  ]);
   store.close();
   const saved = rows.find((r) => r.subject === 'user:carol')?.bytes ?? 0;
   t.ok(saved >= lastFlushed, `everything reported flushed (${lastFlushed}) is in the store (${saved})`);

@@ -51,7 +51,11 @@ quotas:
 
 const broken: [string, string, RegExp][] = [
   ['misspelt selector', 'rules:\n  - id: a\n    when:\n      chanel: data\n', /^r\.yaml:4:7: rules\[0\]\.when\.chanel: unknown key/],
-  ['bad action', 'rules:\n  - id: a\n    action: nuke\n', /^r\.yaml:3:13: rules\[0\]\.action: expected one of block \| alert \| record \| drop/],
+  [
+    'bad action',
+    'rules:\n  - id: a\n    action: nuke\n',
+    /^r\.yaml:3:13: rules\[0\]\.action: expected one of block \| alert \| record \| drop/,
+  ],
   ['bad file type', 'rules:\n  - id: a\n    when: { file_type: [exe, com] }\n', /rules\[0\]\.when\.file_type\[1\]: expected one of/],
   ['missing id', 'rules:\n  - action: alert\n', /^r\.yaml:2:5: rules\[0\]\.id: every rule needs an id/],
   ['duplicate id', 'rules:\n  - id: a\n  - id: a\n', /^r\.yaml:3:5: rules\[1\]\.id: duplicate rule id "a"/],
@@ -61,7 +65,11 @@ const broken: [string, string, RegExp][] = [
   ['quota period', 'quotas:\n  - id: q\n    limit: 1GB\n    period: year\n', /quotas\[0\]\.period: expected one of day \| week \| month/],
   ['quota without limit', 'quotas:\n  - id: q\n', /quotas\[0\]\.limit: a quota needs a limit/],
   ['bad vital CIDR', 'quotas:\n  - id: q\n    limit: 1GB\n    vital: [10.0.0.0/99]\n', /quotas\[0\]\.vital\[0\]: prefix length/],
-  ['invalid regex', 'rules:\n  - id: a\n    when: { regex: ["(unclosed"] }\n', /rules\[0\]\.when\.regex\[0\]: not a valid regular expression/],
+  [
+    'invalid regex',
+    'rules:\n  - id: a\n    when: { regex: ["(unclosed"] }\n',
+    /rules\[0\]\.when\.regex\[0\]: not a valid regular expression/,
+  ],
   ['catastrophic regex', 'rules:\n  - id: a\n    when: { regex: ["(a+)+$"] }\n', /nested quantifiers/],
   ['bad sha256', 'rules:\n  - id: a\n    when: { sha256: [abc] }\n', /rules\[0\]\.when\.sha256\[0\]: expected 64 hex digits/],
 ];
@@ -80,7 +88,12 @@ for (const [name, text, re] of broken) {
 
 function capture() {
   let out = '';
-  const w = new Writable({ write(c, _e, cb) { out += c; cb(); } });
+  const w = new Writable({
+    write(c, _e, cb) {
+      out += c;
+      cb();
+    },
+  });
   return { w, text: () => out };
 }
 

@@ -26,7 +26,14 @@ t.test('DST: the spring-forward day is 23 h, the fall-back day 25 h', async (t) 
 t.test('midnight inside a DST gap moves to the first instant of the day', async (t) => {
   // America/Santiago springs forward at 24:00 local: midnight does not exist on 2026-09-06.
   const m = localMidnight(2026, 9, 6, 'America/Santiago');
-  const local = new Intl.DateTimeFormat('en-CA', { timeZone: 'America/Santiago', hourCycle: 'h23', year: 'numeric', month: '2-digit', day: '2-digit', hour: '2-digit' }).format(new Date(m));
+  const local = new Intl.DateTimeFormat('en-CA', {
+    timeZone: 'America/Santiago',
+    hourCycle: 'h23',
+    year: 'numeric',
+    month: '2-digit',
+    day: '2-digit',
+    hour: '2-digit',
+  }).format(new Date(m));
   t.match(local, /^2026-09-06, 01/);
 });
 

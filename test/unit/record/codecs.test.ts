@@ -91,7 +91,10 @@ t.test('OggOpusWriter: granules follow the RTP clock, gaps concealed, late packe
   t.equal(pkts[0]!.toString('ascii', 0, 8), 'OpusHead');
   t.equal(pkts[1]!.toString('ascii', 0, 8), 'OpusTags');
   const audio = pkts.slice(2);
-  t.same(audio.map((p) => (p.length > 1 ? p[1] : -1)), [1, 2, -1, -1, -1, 4, 5]);
+  t.same(
+    audio.map((p) => (p.length > 1 ? p[1] : -1)),
+    [1, 2, -1, -1, -1, 4, 5],
+  );
   // Last page: granule = 7 packets of 960.
   const b = readFileSync(f);
   const lastPage = b.lastIndexOf('OggS');
@@ -118,10 +121,12 @@ t.test('VP8 payload descriptor (RFC 7741 §4.2)', async (t) => {
   t.equal(vp8Descriptor(Buffer.alloc(0)), null);
   t.equal(vp8Descriptor(Buffer.from([0x80])), null);
   t.equal(vp8Descriptor(Buffer.from([0x80, 0x80, 0x81])), null);
-  fc.assert(fc.property(fc.uint8Array({ maxLength: 8 }), (b) => {
-    const d = vp8Descriptor(Buffer.from(b));
-    return d === null || d.offset <= b.length;
-  }));
+  fc.assert(
+    fc.property(fc.uint8Array({ maxLength: 8 }), (b) => {
+      const d = vp8Descriptor(Buffer.from(b));
+      return d === null || d.offset <= b.length;
+    }),
+  );
 });
 
 t.test('VP8 key frame size and frame assembly', async (t) => {
@@ -170,10 +175,21 @@ t.test('H.264 depacketization (RFC 6184)', async (t) => {
   // Hostile input never throws.
   const d2 = new H264Depacketizer();
   fc.assert(
-    fc.property(fc.array(fc.record({ p: fc.uint8Array({ maxLength: 40 }), seq: fc.integer({ min: 0, max: 0xffff }), ts: fc.integer({ min: 0, max: 5 }), m: fc.boolean() }), { maxLength: 30 }), (xs) => {
-      for (const x of xs) d2.push(Buffer.from(x.p), x.seq, x.ts, x.m);
-      return true;
-    }),
+    fc.property(
+      fc.array(
+        fc.record({
+          p: fc.uint8Array({ maxLength: 40 }),
+          seq: fc.integer({ min: 0, max: 0xffff }),
+          ts: fc.integer({ min: 0, max: 5 }),
+          m: fc.boolean(),
+        }),
+        { maxLength: 30 },
+      ),
+      (xs) => {
+        for (const x of xs) d2.push(Buffer.from(x.p), x.seq, x.ts, x.m);
+        return true;
+      },
+    ),
   );
 });
 

@@ -34,7 +34,11 @@ async function verifyCli(args: string[]): Promise<{ code: number; out: string; e
   return { code, out: o.text(), err: e.text() };
 }
 
-const flow = (n: number) => ({ flowId: `flow-${n}`, client: { ip: '192.0.2.1', port: 5000 + n }, peer: { ip: '192.0.2.2', port: 6000 + n } });
+const flow = (n: number) => ({
+  flowId: `flow-${n}`,
+  client: { ip: '192.0.2.1', port: 5000 + n },
+  peer: { ip: '192.0.2.2', port: 6000 + n },
+});
 
 /** Feeds a recorder some RTP (fake opus payloads) and data channel traffic. */
 function feed(rec: FlowRecorder, clock: ManualClock, n = 20): void {
@@ -42,16 +46,58 @@ function feed(rec: FlowRecorder, clock: ManualClock, n = 20): void {
   rec.onEvent({ type: 'rtp.stream', time: t0, ssrc: 42, payloadType: 111, codec: 'opus', kind: 'audio' });
   for (let i = 0; i < n; i++) {
     const payload = Buffer.from([0xfc, i, 1, 2, 3, 4, 5]); // CELT FB 20 ms
-    rec.onEvent({ type: 'rtp.packet', time: t0 + i * 20, dir: 'c2s', ssrc: 42, payloadType: 111, seq: i, index: i, timestamp: i * 960, marker: false, payloadSize: payload.length, payload });
+    rec.onEvent({
+      type: 'rtp.packet',
+      time: t0 + i * 20,
+      dir: 'c2s',
+      ssrc: 42,
+      payloadType: 111,
+      seq: i,
+      index: i,
+      timestamp: i * 960,
+      marker: false,
+      payloadSize: payload.length,
+      payload,
+    });
   }
   rec.onEvent({ type: 'datachannel.open', time: t0, dir: 'c2s', stream: 1, label: 'chat', protocol: '', channelType: 0, ordered: true });
   const text = Buffer.from('hello, {"quoted"}\n');
   const bin = Buffer.from([0, 1, 2, 3, 0xff]);
   const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
-  rec.onEvent({ type: 'datachannel.message', time: t0 + 1, dir: 'c2s', stream: 1, label: 'chat', ppid: 51, size: text.length, sha256: sha(text), data: text });
-  rec.onEvent({ type: 'datachannel.message', time: t0 + 2, dir: 's2c', stream: 1, label: 'chat', ppid: 53, size: bin.length, sha256: sha(bin), data: bin });
+  rec.onEvent({
+    type: 'datachannel.message',
+    time: t0 + 1,
+    dir: 'c2s',
+    stream: 1,
+    label: 'chat',
+    ppid: 51,
+    size: text.length,
+    sha256: sha(text),
+    data: text,
+  });
+  rec.onEvent({
+    type: 'datachannel.message',
+    time: t0 + 2,
+    dir: 's2c',
+    stream: 1,
+    label: 'chat',
+    ppid: 53,
+    size: bin.length,
+    sha256: sha(bin),
+    data: bin,
+  });
   const exe = Buffer.concat([Buffer.from('MZ'), Buffer.alloc(100, 7)]);
-  rec.onEvent({ type: 'file', time: t0 + 3, dir: 's2c', stream: 1, label: 'chat', size: exe.length, sha256: sha(exe), fileType: 'exe', data: exe } as InspectEvent);
+  rec.onEvent({
+    type: 'file',
+    time: t0 + 3,
+    dir: 's2c',
+    stream: 1,
+    label: 'chat',
+    size: exe.length,
+    sha256: sha(exe),
+    fileType: 'exe',
+    data: exe,
+  } as InspectEvent);
   clock.advance(2000);
 }
 
@@ -68,7 +114,10 @@ t.test('transcripts: text inline, binary and files by SHA-256 under files/', asy
   const rec = store.open(flow(1));
   feed(rec, clock);
   rec.close();
-  const lines = readFileSync(join(rec.recordingDir, 'dc-1.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+  const lines = readFileSync(join(rec.recordingDir, 'dc-1.jsonl'), 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
   t.equal(lines.length, 4);
   t.equal(lines[0]!.event, 'open');
   t.equal(lines[0]!.label, 'chat');
@@ -79,9 +128,28 @@ t.test('transcripts: text inline, binary and files by SHA-256 under files/', asy
   t.same(readFileSync(join(rec.recordingDir, lines[2]!.file as string)), Buffer.from([0, 1, 2, 3, 0xff]));
   t.equal(lines[3]!.event, 'file');
   t.equal(lines[3]!.fileType, 'exe');
-  t.equal(readFileSync(join(rec.recordingDir, lines[3]!.file as string)).subarray(0, 2).toString(), 'MZ');
-  const m = JSON.parse(readFileSync(join(rec.recordingDir, 'manifest.json'), 'utf8')) as { files: Record<string, unknown>; seq: number; prev: unknown };
-  t.same(Object.keys(m.files).sort(), ['audio-42.opus', 'dc-1.jsonl', `files/${lines[2]!.sha256 as string}`, `files/${lines[3]!.sha256 as string}`, 'meta.json', 'rtp-42.pcap'].sort());
+  t.equal(
+    readFileSync(join(rec.recordingDir, lines[3]!.file as string))
+      .subarray(0, 2)
+      .toString(),
+    'MZ',
+  );
+  const m = JSON.parse(readFileSync(join(rec.recordingDir, 'manifest.json'), 'utf8')) as {
+    files: Record<string, unknown>;
+    seq: number;
+    prev: unknown;
+  };
+  t.same(
+    Object.keys(m.files).sort(),
+    [
+      'audio-42.opus',
+      'dc-1.jsonl',
+      `files/${lines[2]!.sha256 as string}`,
+      `files/${lines[3]!.sha256 as string}`,
+      'meta.json',
+      'rtp-42.pcap',
+    ].sort(),
+  );
   t.equal(m.seq, 1);
   t.equal(m.prev, null);
 });
@@ -197,7 +265,11 @@ t.test('retention: oldest first by size and age, chain stays verifiable', async 
   const one = JSON.parse(readFileSync(join(dir, ids[0]!, 'manifest.json'), 'utf8')) as { files: Record<string, { size: number }> };
   const approx = Object.values(one.files).reduce((a, f) => a + f.size, 0) + 2000;
   const deleted = applyRetention(dir, { maxBytes: approx * 3.5 }, clock.now(), identity);
-  t.same(deleted.map((d) => d.id), ids.slice(0, 2), 'the two oldest were deleted');
+  t.same(
+    deleted.map((d) => d.id),
+    ids.slice(0, 2),
+    'the two oldest were deleted',
+  );
   t.ok(deleted.every((d) => d.reason === 'size' && d.bytes > 0));
   t.notOk(existsSync(join(dir, ids[0]!)));
   t.ok(existsSync(join(dir, ANCHOR)));
@@ -213,7 +285,10 @@ t.test('retention: oldest first by size and age, chain stays verifiable', async 
   t.ok(verifyRecordings(dir).ok);
   // Age: everything that ended more than 100 s ago (r2 ended at +126 s, r3 at +188 s, now +312 s).
   const byAge = applyRetention(dir, { maxAgeMs: 100_000 }, clock.now(), identity);
-  t.same(byAge.map((d) => d.id), [ids[2]!, ids[3]!]);
+  t.same(
+    byAge.map((d) => d.id),
+    [ids[2]!, ids[3]!],
+  );
   t.ok(byAge.every((d) => d.reason === 'age'));
   v = verifyRecordings(dir);
   t.same(v.problems, []);
@@ -248,7 +323,10 @@ t.test('rotation seals parts into the chain; a crash leftover is sealed as recov
   feed(rec, clock);
   rec.close();
   t.equal(rec.sealed.length, 2);
-  t.same(rec.sealed.map((s) => s.seq), [1, 2]);
+  t.same(
+    rec.sealed.map((s) => s.seq),
+    [1, 2],
+  );
   t.ok(existsSync(join(rec.recordingDir, 'dc-1.jsonl')), 'the new part has its own files');
   t.same(verifyRecordings(dir).problems, []);
   // Simulate a crash: an unsealed directory with a half-written transcript.

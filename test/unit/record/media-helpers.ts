@@ -12,19 +12,53 @@ export function haveTool(name: string): boolean {
 }
 
 export function ffmpeg(args: string[]): void {
-  execFileSync('ffmpeg', ['-hide_banner', '-nostdin', '-v', 'error', '-y', ...args], { stdio: ['ignore', 'ignore', 'pipe'], timeout: 120_000 });
+  execFileSync('ffmpeg', ['-hide_banner', '-nostdin', '-v', 'error', '-y', ...args], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+    timeout: 120_000,
+  });
 }
 
 export function makeOpus(out: string, seconds = 3): void {
   ffmpeg(['-f', 'lavfi', '-i', `sine=frequency=440:duration=${seconds}`, '-c:a', 'libopus', '-b:a', '32k', '-frame_duration', '20', out]);
 }
 export function makeVp8(out: string, seconds = 3): void {
-  ffmpeg(['-f', 'lavfi', '-i', `testsrc=size=320x240:rate=25:duration=${seconds}`, '-c:v', 'libvpx', '-b:v', '400k', '-g', '25', '-auto-alt-ref', '0', '-f', 'ivf', out]);
+  ffmpeg([
+    '-f',
+    'lavfi',
+    '-i',
+    `testsrc=size=320x240:rate=25:duration=${seconds}`,
+    '-c:v',
+    'libvpx',
+    '-b:v',
+    '400k',
+    '-g',
+    '25',
+    '-auto-alt-ref',
+    '0',
+    '-f',
+    'ivf',
+    out,
+  ]);
 }
 export function makeH264(out: string, seconds = 3): void {
   ffmpeg([
-    '-f', 'lavfi', '-i', `testsrc=size=320x240:rate=25:duration=${seconds}`,
-    '-c:v', 'libx264', '-profile:v', 'baseline', '-bf', '0', '-g', '25', '-pix_fmt', 'yuv420p', '-f', 'h264', out,
+    '-f',
+    'lavfi',
+    '-i',
+    `testsrc=size=320x240:rate=25:duration=${seconds}`,
+    '-c:v',
+    'libx264',
+    '-profile:v',
+    'baseline',
+    '-bf',
+    '0',
+    '-g',
+    '25',
+    '-pix_fmt',
+    'yuv420p',
+    '-f',
+    'h264',
+    out,
   ]);
 }
 
@@ -52,7 +86,13 @@ export function readOggPackets(file: string): Buffer[] {
 }
 
 /** Frames of an IVF file with their pts. */
-export function readIvf(file: string): { fourcc: string; width: number; height: number; frames: { pts: bigint; data: Buffer }[]; count: number } {
+export function readIvf(file: string): {
+  fourcc: string;
+  width: number;
+  height: number;
+  frames: { pts: bigint; data: Buffer }[];
+  count: number;
+} {
   const b = readFileSync(file);
   if (b.toString('ascii', 0, 4) !== 'DKIF') throw new Error('not IVF');
   const hl = b.readUInt16LE(6);
@@ -210,14 +250,20 @@ export function ffprobe(file: string): Probe {
     ['-v', 'error', '-count_packets', '-show_entries', 'stream=codec_name,duration,nb_read_packets:format=duration', '-of', 'json', file],
     { encoding: 'utf8', timeout: 120_000 },
   );
-  const j = JSON.parse(out) as { streams: { codec_name: string; duration?: string; nb_read_packets?: string }[]; format: { duration?: string } };
+  const j = JSON.parse(out) as {
+    streams: { codec_name: string; duration?: string; nb_read_packets?: string }[];
+    format: { duration?: string };
+  };
   const s = j.streams[0]!;
   return { codec: s.codec_name, duration: Number(s.duration ?? j.format.duration ?? NaN), frames: Number(s.nb_read_packets ?? NaN) };
 }
 
 /** Decodes the whole file; returns ffmpeg's stderr (empty when it decoded cleanly). */
 export function decodeErrors(file: string, extra: string[] = []): string {
-  const r = spawnSync('ffmpeg', ['-hide_banner', '-nostdin', '-v', 'error', ...extra, '-i', file, '-f', 'null', '-'], { encoding: 'utf8', timeout: 120_000 });
+  const r = spawnSync('ffmpeg', ['-hide_banner', '-nostdin', '-v', 'error', ...extra, '-i', file, '-f', 'null', '-'], {
+    encoding: 'utf8',
+    timeout: 120_000,
+  });
   return (r.stderr ?? '') + (r.status === 0 ? '' : `exit ${r.status}`);
 }
 

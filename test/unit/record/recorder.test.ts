@@ -35,7 +35,20 @@ t.test('hostile RTP payloads never throw, and the result still seals and verifie
       (xs) => {
         for (const x of xs) {
           const payload = Buffer.from(x.p);
-          rec.onEvent({ type: 'rtp.packet', time: clock.now(), dir: 's2c', ssrc: x.ssrc, payloadType: 96, seq: x.seq, index: x.seq, timestamp: x.ts, marker: x.m, payloadSize: payload.length, payload, rtcp: x.rtcp });
+          rec.onEvent({
+            type: 'rtp.packet',
+            time: clock.now(),
+            dir: 's2c',
+            ssrc: x.ssrc,
+            payloadType: 96,
+            seq: x.seq,
+            index: x.seq,
+            timestamp: x.ts,
+            marker: x.m,
+            payloadSize: payload.length,
+            payload,
+            rtcp: x.rtcp,
+          });
         }
         clock.advance(100);
         return true;

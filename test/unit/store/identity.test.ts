@@ -32,8 +32,37 @@ t.test('first start makes a P-256 identity kept with 0600; the next start loads 
 t.test('configured PEM files: an enterprise-CA-signed cert is loaded; a non-P-256 key is refused', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'gh-id-'));
   const sh = (args: string[]) => execFileSync('openssl', args, { cwd: dir, stdio: 'pipe' });
-  sh(['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', 'ca.key', '-out', 'ca.crt', '-subj', '/CN=Bank CA', '-days', '30']);
-  sh(['req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', 'gw.key', '-out', 'gw.csr', '-subj', '/CN=gateway.bank']);
+  sh([
+    'req',
+    '-x509',
+    '-newkey',
+    'ec',
+    '-pkeyopt',
+    'ec_paramgen_curve:P-256',
+    '-nodes',
+    '-keyout',
+    'ca.key',
+    '-out',
+    'ca.crt',
+    '-subj',
+    '/CN=Bank CA',
+    '-days',
+    '30',
+  ]);
+  sh([
+    'req',
+    '-newkey',
+    'ec',
+    '-pkeyopt',
+    'ec_paramgen_curve:P-256',
+    '-nodes',
+    '-keyout',
+    'gw.key',
+    '-out',
+    'gw.csr',
+    '-subj',
+    '/CN=gateway.bank',
+  ]);
   sh(['x509', '-req', '-in', 'gw.csr', '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial', '-out', 'gw.crt', '-days', '30']);
   const r = await loadOrCreateIdentity(join(dir, 'data'), { cert: join(dir, 'gw.crt'), key: join(dir, 'gw.key') }, 'x');
   t.notOk(r.created);

@@ -35,7 +35,8 @@ t.test('Binding (RFC 8489 §7.3.1)', async (t) => {
   const r2 = await c.request(Method.Binding);
   t.notOk(findAttr(r2, Attr.Fingerprint), 'no FINGERPRINT otherwise');
   // Garbage never crashes the server.
-  for (const g of [Buffer.alloc(0), Buffer.from([0, 1, 0, 4]), randomBytes(100), Buffer.from([0x40, 0, 0, 9, 1]), Buffer.alloc(20)]) c.sendRaw(g);
+  for (const g of [Buffer.alloc(0), Buffer.from([0, 1, 0, 4]), randomBytes(100), Buffer.from([0x40, 0, 0, 9, 1]), Buffer.alloc(20)])
+    c.sendRaw(g);
   const r3 = await c.request(Method.Binding);
   t.equal(r3.cls, Class.Success, 'still answering after garbage');
   const r4 = await c.request(Method.Binding, (w) => w.attr(0x0031, Buffer.from([1, 2, 3, 4])));
@@ -56,7 +57,10 @@ t.test('Allocate: challenge, success, retransmission, 437, Refresh', async (t) =
   t.equal(getString(ch, Attr.Realm), 'gatehouse.local');
   const nonce = getString(ch, Attr.Nonce)!;
   t.match(nonce, /^obMatJos2gAAA/, 'nonce cookie with the password-algorithms feature bit (RFC 8489 §9.2)');
-  t.same(decodePasswordAlgorithms(getAttr(ch, Attr.PasswordAlgorithms)!)!.map((e) => e.id), [2, 1]);
+  t.same(
+    decodePasswordAlgorithms(getAttr(ch, Attr.PasswordAlgorithms)!)!.map((e) => e.id),
+    [2, 1],
+  );
   t.notOk(findAttr(ch, Attr.MessageIntegrity), 'no integrity on a challenge');
   t.same(h.server.stats.authFailures, {}, 'the challenge is not a failure');
   c.nonce = nonce;
@@ -74,7 +78,13 @@ t.test('Allocate: challenge, success, retransmission, 437, Refresh', async (t) =
   t.equal(h.server.stats.allocations, 1);
   const ev = h.events.events.find((e) => e.event_type === 'allocation');
   t.ok(ev, 'allocation event');
-  t.match(ev, { src_ip: '127.0.0.1', src_port: c.port, proto: 'UDP', gatehouse: { user: 'alice' }, allocation: { action: 'created', relayed_port: relayed.port } });
+  t.match(ev, {
+    src_ip: '127.0.0.1',
+    src_port: c.port,
+    proto: 'UDP',
+    gatehouse: { user: 'alice' },
+    allocation: { action: 'created', relayed_port: relayed.port },
+  });
   t.notMatch(JSON.stringify(h.events.events), /secret/, 'no secrets in events');
 
   // RFC 8656 §7.2: a retransmission gets the same response, byte for byte.
@@ -247,7 +257,9 @@ t.test('Allocate errors: 400, 442, 440, 420, ADDITIONAL-ADDRESS-FAMILY, DONT-FRA
   // ADDITIONAL-ADDRESS-FAMILY IPv6 yields an IPv4 allocation plus ADDRESS-ERROR-CODE 440.
   const ok = await c.authed(Method.Allocate, (w) => {
     udpTransport(w);
-    w.attr(0xc1a0, Buffer.alloc(8)).attr(Attr.AdditionalAddressFamily, Buffer.from([2, 0, 0, 0])).attr(Attr.DontFragment, Buffer.alloc(0));
+    w.attr(0xc1a0, Buffer.alloc(8))
+      .attr(Attr.AdditionalAddressFamily, Buffer.from([2, 0, 0, 0]))
+      .attr(Attr.DontFragment, Buffer.alloc(0));
   });
   t.equal(ok.cls, Class.Success);
   const aec = getAttr(ok, Attr.AddressErrorCode)!;
@@ -272,8 +284,17 @@ t.test('EVEN-PORT with R bit and RESERVATION-TOKEN (RFC 8656 §7.2, §14.6, §14
   t.equal(port % 2, 0, 'even port');
   const token = getAttr(r, Attr.ReservationToken)!;
   t.equal(token.length, 8);
-  t.equal(errCode(await b.authed(Method.Allocate, (w) => (udpTransport(w), w.attr(Attr.ReservationToken, token).attr(Attr.EvenPort, Buffer.from([0]))))), 400);
-  t.equal(errCode(await b.authed(Method.Allocate, (w) => (udpTransport(w), w.attr(Attr.ReservationToken, Buffer.alloc(8, 1))))), 508, 'unknown token');
+  t.equal(
+    errCode(
+      await b.authed(Method.Allocate, (w) => (udpTransport(w), w.attr(Attr.ReservationToken, token).attr(Attr.EvenPort, Buffer.from([0])))),
+    ),
+    400,
+  );
+  t.equal(
+    errCode(await b.authed(Method.Allocate, (w) => (udpTransport(w), w.attr(Attr.ReservationToken, Buffer.alloc(8, 1))))),
+    508,
+    'unknown token',
+  );
   const r2 = await b.authed(Method.Allocate, (w) => (udpTransport(w), w.attr(Attr.ReservationToken, token)));
   t.equal(r2.cls, Class.Success);
   t.equal(getXorAddress(r2, Attr.XorRelayedAddress)!.port, port + 1, 'reserved odd port');

@@ -1,7 +1,15 @@
 import t from 'tap';
 import { createHmac } from 'node:crypto';
 import { ManualClock } from '../../../src/util/clock.js';
-import { NONCE_COOKIE, NonceManager, encodeFeatures, nonceFeatures, resolveCredential, restPassword, FEATURE_PASSWORD_ALGORITHMS } from '../../../src/turn/auth.js';
+import {
+  NONCE_COOKIE,
+  NonceManager,
+  encodeFeatures,
+  nonceFeatures,
+  resolveCredential,
+  restPassword,
+  FEATURE_PASSWORD_ALGORITHMS,
+} from '../../../src/turn/auth.js';
 
 t.test('nonces: cookie, features, expiry, binding to the client IP', async (t) => {
   const clock = new ManualClock();

@@ -74,7 +74,13 @@ export async function escrowRig(rules = KEYS_RULES): Promise<EscrowRig> {
 }
 
 /** Adds WRITE-KEYS attributes for `sets`, sealed for this client's key and nonce and the request's tid. */
-export function writeKeys(c: Client, tid: Buffer, sets: KeySet[], mangle?: (v: Buffer) => Buffer, nonceForKey?: string): (w: StunWriter) => void {
+export function writeKeys(
+  c: Client,
+  tid: Buffer,
+  sets: KeySet[],
+  mangle?: (v: Buffer) => Buffer,
+  nonceForKey?: string,
+): (w: StunWriter) => void {
   return (w) => {
     const key = turnWriteKeysKey(c.key('md5'), Buffer.from(nonceForKey ?? c.nonce ?? '', 'utf8'));
     const aad = Buffer.concat([Buffer.from([0x21, 0x12, 0xa4, 0x42]), tid]);

@@ -8,7 +8,16 @@ import { randomBytes } from 'node:crypto';
 import { Class, Method, getAttrs } from '../../../src/wire/stun.js';
 import { ATTR_KEY_STATUS, decodeKeyStatus } from '../../../src/wire/escrow.js';
 import { errCode } from './helpers.js';
-import { bindAttrs, both, clientReceivedAfterFence, escrowRig, peerReceivedAfterFence, relayOne, writeKeys, type EscrowRig } from './escrow-helpers.js';
+import {
+  bindAttrs,
+  both,
+  clientReceivedAfterFence,
+  escrowRig,
+  peerReceivedAfterFence,
+  relayOne,
+  writeKeys,
+  type EscrowRig,
+} from './escrow-helpers.js';
 import { fixtureFlow, isAppData } from '../inspect/flow-guard-helpers.js';
 import type { KeySet } from '../../../src/inspect/keys.js';
 
@@ -43,11 +52,23 @@ t.test('hold until escrowed keys verify, then release in order (DTLS 1.2 AES-GCM
   t.same(await bindWithKeys(rig, [f.keySets[0]!]), [1], 'KEY-STATUS 1: verified against traffic already seen');
   const verified = rig.events.events.filter((e) => e.event_type === 'keys_verified');
   t.equal(verified.length, 1);
-  t.same(verified[0]!.gatehouse, { user: 'alice', allocation: (verified[0]!.gatehouse as Record<string, unknown>).allocation, association: hex(f.keySets[0]!.clientRandom) });
+  t.same(verified[0]!.gatehouse, {
+    user: 'alice',
+    allocation: (verified[0]!.gatehouse as Record<string, unknown>).allocation,
+    association: hex(f.keySets[0]!.clientRandom),
+  });
   const toPeer = await peerReceivedAfterFence(rig, CH);
   const toClient = await clientReceivedAfterFence(rig);
-  t.same(toPeer.map(hex), first.filter((p) => p.dir === 'c2p' && isAppData(p.data)).map((p) => hex(p.data)), 'held c2p application data released in order');
-  t.same(toClient.map(hex), first.filter((p) => p.dir === 'p2c' && isAppData(p.data)).map((p) => hex(p.data)), 'held p2c application data released in order');
+  t.same(
+    toPeer.map(hex),
+    first.filter((p) => p.dir === 'c2p' && isAppData(p.data)).map((p) => hex(p.data)),
+    'held c2p application data released in order',
+  );
+  t.same(
+    toClient.map(hex),
+    first.filter((p) => p.dir === 'p2c' && isAppData(p.data)).map((p) => hex(p.data)),
+    'held p2c application data released in order',
+  );
   t.equal(arrived.filter((d) => isAppData(d)).length, 0, 'nothing of application data forwarded before keys_verified');
   // Now covered: further application data flows at once.
   const more = f.packets.find((p) => p.dir === 'c2p' && isAppData(p.data))!;
@@ -94,7 +115,13 @@ t.test('re-key: replayed old key set does not cover the new association (rekey_m
   for (const p of f.packets) got.push(await relayOne(rig, CH, p.dir, p.data));
   const epoch2 = f.packets.map((p, i) => [p, got[i]!] as const).filter(([p]) => isAppData(p.data, 2));
   t.ok(epoch2.length > 0 && epoch2.every(([, g]) => g.length === 0), 'application data of the renegotiated association held');
-  t.ok(f.packets.map((p, i) => [p, got[i]!] as const).filter(([p]) => isAppData(p.data, 1)).every(([, g]) => g.length === 1), 'first association forwarded');
+  t.ok(
+    f.packets
+      .map((p, i) => [p, got[i]!] as const)
+      .filter(([p]) => isAppData(p.data, 1))
+      .every(([, g]) => g.length === 1),
+    'first association forwarded',
+  );
   await bindWithKeys(rig, [f.keySets[0]!]); // replay of the old key set
   rig.clock.advance(10_000);
   t.same(blocked(rig), ['rekey_missing']);
@@ -108,7 +135,10 @@ t.test('re-key with the new key set: verified, released', async (t) => {
   for (const p of f.packets) await relayOne(rig, CH, p.dir, p.data);
   t.same(await bindWithKeys(rig, [f.keySets[1]!]), [1]);
   const toPeer = await peerReceivedAfterFence(rig, CH);
-  t.same(toPeer.map(hex), f.packets.filter((p) => p.dir === 'c2p' && isAppData(p.data, 2)).map((p) => hex(p.data)));
+  t.same(
+    toPeer.map(hex),
+    f.packets.filter((p) => p.dir === 'c2p' && isAppData(p.data, 2)).map((p) => hex(p.data)),
+  );
   rig.clock.advance(60_000);
   t.same(blocked(rig), []);
 });
@@ -116,7 +146,9 @@ t.test('re-key with the new key set: verified, released', async (t) => {
 t.test('released data is judged by policy first: a block rule stops it and blocks the flow', async (t) => {
   const f = fixtureFlow('chacha20.json');
   const { KEYS_RULES } = await import('./escrow-helpers.js');
-  const rig = await escrowRig(`${KEYS_RULES}rules:\n  - id: no-fixture\n    when:\n      contains: ["client to server"]\n    action: block\n`);
+  const rig = await escrowRig(
+    `${KEYS_RULES}rules:\n  - id: no-fixture\n    when:\n      contains: ["client to server"]\n    action: block\n`,
+  );
   t.teardown(rig.close);
   await bindWithKeys(rig, []);
   for (const p of f.packets) await relayOne(rig, CH, p.dir, p.data);

@@ -20,7 +20,8 @@ import { encodeKeySet } from '../../../src/inspect/keys.js';
 import { bindAttrs, both, escrowRig, writeKeys } from './escrow-helpers.js';
 import { fixtureFlow } from '../inspect/flow-guard-helpers.js';
 
-const peerAttr = (port: number) => (w: import('../../../src/wire/stun.js').StunWriter) => void w.xorAddress(Attr.XorPeerAddress, '127.0.0.1', port);
+const peerAttr = (port: number) => (w: import('../../../src/wire/stun.js').StunWriter) =>
+  void w.xorAddress(Attr.XorPeerAddress, '127.0.0.1', port);
 
 t.test('KEY-REQUEST in CreatePermission and ChannelBind success, signed over the transaction ID', async (t) => {
   const rig = await escrowRig();
@@ -64,7 +65,10 @@ t.test('WRITE-KEYS: KEY-STATUS per attribute, in order; events without secrets',
   t.same(st, [0, 0], 'two WRITE-KEYS, two KEY-STATUS "received"');
   const rec = rig.events.events.filter((e) => e.event_type === 'keys_received');
   t.equal(rec.length, 2);
-  t.same(rec.map((e) => (e.gatehouse as Record<string, unknown>).association), f.keySets.map((k) => k.clientRandom.toString('hex')));
+  t.same(
+    rec.map((e) => (e.gatehouse as Record<string, unknown>).association),
+    f.keySets.map((k) => k.clientRandom.toString('hex')),
+  );
   t.equal((rec[0]!.gatehouse as Record<string, unknown>).user, 'alice');
   const text = JSON.stringify(rig.events.events);
   for (const ks of f.keySets) t.notOk(text.includes(ks.clientWriteKey!.toString('hex')), 'no key material in events');
@@ -113,10 +117,16 @@ t.test('invalid WRITE-KEYS: 400 "Invalid WRITE-KEYS", with integrity, nothing ta
 t.test('KEY-DECLINE: flow_blocked keys_declined, 403 on re-create until block_for passes', async (t) => {
   const rig = await escrowRig();
   t.teardown(rig.close);
-  const long = await rig.c.authed(Method.CreatePermission, both(peerAttr(rig.peer.port), (w) => void w.attr(ATTR_KEY_DECLINE, Buffer.alloc(129, 0x61))));
+  const long = await rig.c.authed(
+    Method.CreatePermission,
+    both(peerAttr(rig.peer.port), (w) => void w.attr(ATTR_KEY_DECLINE, Buffer.alloc(129, 0x61))),
+  );
   t.equal(errCode(long), 400, 'reason longer than 128 bytes');
   t.equal(rig.h.server.flows().length, 0);
-  const r = await rig.c.authed(Method.CreatePermission, both(peerAttr(rig.peer.port), (w) => void w.attr(ATTR_KEY_DECLINE, 'no thanks')));
+  const r = await rig.c.authed(
+    Method.CreatePermission,
+    both(peerAttr(rig.peer.port), (w) => void w.attr(ATTR_KEY_DECLINE, 'no thanks')),
+  );
   t.equal(r.cls, Class.Success);
   const blocked = rig.events.events.filter((e) => e.event_type === 'flow_blocked');
   t.equal(blocked.length, 1);

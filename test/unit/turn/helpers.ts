@@ -210,7 +210,9 @@ export function errCode(m: StunMessage): number {
 }
 
 /** A UDP "peer" on 127.0.0.1. */
-export async function peerSocket(ip = '127.0.0.1'): Promise<{ sock: Socket; port: number; next(timeoutMs?: number): Promise<{ msg: Buffer; port: number }>; close(): void }> {
+export async function peerSocket(
+  ip = '127.0.0.1',
+): Promise<{ sock: Socket; port: number; next(timeoutMs?: number): Promise<{ msg: Buffer; port: number }>; close(): void }> {
   const sock = createSocket('udp4');
   await new Promise<void>((r) => sock.bind(0, ip, () => r()));
   const queue: { msg: Buffer; port: number }[] = [];

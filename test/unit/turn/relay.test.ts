@@ -18,7 +18,10 @@ import type { Flow } from '../../../src/turn/server.js';
 import { Client, errCode, peerSocket, startServer } from './helpers.js';
 
 const udpTransport = (w: W): void => void w.attr(Attr.RequestedTransport, Buffer.from([17, 0, 0, 0]));
-const peerAttr = (ip: string, port: number) => (w: W): void => void w.xorAddress(Attr.XorPeerAddress, ip, port);
+const peerAttr =
+  (ip: string, port: number) =>
+  (w: W): void =>
+    void w.xorAddress(Attr.XorPeerAddress, ip, port);
 
 function sendIndication(c: Client, ip: string, port: number, data: Buffer): void {
   const w = new StunWriter();
@@ -57,7 +60,13 @@ t.test('CreatePermission, Send and Data indications (RFC 8656 §9, §10)', async
   t.equal(created.length, 1, 'flow created with the permission');
   t.match(created[0], { peerAddress: '127.0.0.1', user: 'alice', groups: ['trading'], relayed: { port: relayPort }, open: true });
   const pe = h.events.events.find((e) => e.event_type === 'permission')!;
-  t.match(pe, { flow_id: created[0]!.id, src_port: c.port, dest_ip: '127.0.0.1', permission: { action: 'created' }, gatehouse: { user: 'alice' } });
+  t.match(pe, {
+    flow_id: created[0]!.id,
+    src_port: c.port,
+    dest_ip: '127.0.0.1',
+    permission: { action: 'created' },
+    gatehouse: { user: 'alice' },
+  });
 
   sendIndication(c, '127.0.0.1', peer.port, Buffer.from('hello peer'));
   const got = await peer.next();
@@ -112,7 +121,10 @@ t.test('ChannelBind and ChannelData (RFC 8656 §11, §12)', async (t) => {
   const peer = await peerSocket();
   const peer2 = await peerSocket();
   t.teardown(() => (c.close(), peer.close(), peer2.close()));
-  const bind = (n: number, port: number, ip = '127.0.0.1') => c.authed(Method.ChannelBind, (w) => w.attr(Attr.ChannelNumber, Buffer.from([n >> 8, n & 255, 0, 0])).xorAddress(Attr.XorPeerAddress, ip, port));
+  const bind = (n: number, port: number, ip = '127.0.0.1') =>
+    c.authed(Method.ChannelBind, (w) =>
+      w.attr(Attr.ChannelNumber, Buffer.from([n >> 8, n & 255, 0, 0])).xorAddress(Attr.XorPeerAddress, ip, port),
+    );
 
   t.equal(errCode(await bind(0x3fff, peer.port)), 400, 'below range');
   t.equal(errCode(await bind(0x8000, peer.port)), 400, 'above range');
@@ -161,10 +173,15 @@ t.test('ChannelBind and ChannelData (RFC 8656 §11, §12)', async (t) => {
 });
 
 t.test('channel numbers: RFC 8656 range by default, RFC 5766 range only when configured', async (t) => {
-  for (const [mut, want0x5000] of [[undefined, 400], [(c: GatehouseConfig) => void (c.turn.channel_numbers = 'rfc5766'), 0]] as const) {
+  for (const [mut, want0x5000] of [
+    [undefined, 400],
+    [(c: GatehouseConfig) => void (c.turn.channel_numbers = 'rfc5766'), 0],
+  ] as const) {
     const h = await startServer(mut);
     const { c } = await allocated(h.udpPort);
-    const r = await c.authed(Method.ChannelBind, (w) => w.attr(Attr.ChannelNumber, Buffer.from([0x50, 0, 0, 0])).xorAddress(Attr.XorPeerAddress, '127.0.0.1', 9));
+    const r = await c.authed(Method.ChannelBind, (w) =>
+      w.attr(Attr.ChannelNumber, Buffer.from([0x50, 0, 0, 0])).xorAddress(Attr.XorPeerAddress, '127.0.0.1', 9),
+    );
     if (want0x5000) t.equal(errCode(r), 400, '0x5000 refused (RFC 8656 §12)');
     else t.equal(r.cls, Class.Success, '0x5000 accepted with channel_numbers: rfc5766');
     c.close();
@@ -177,9 +194,13 @@ t.test('RFC 8656 strict channel range option', async (t) => {
   t.teardown(h.close);
   const { c } = await allocated(h.udpPort);
   t.teardown(() => c.close());
-  const r = await c.authed(Method.ChannelBind, (w) => w.attr(Attr.ChannelNumber, Buffer.from([0x50, 0, 0, 0])).xorAddress(Attr.XorPeerAddress, '127.0.0.1', 9));
+  const r = await c.authed(Method.ChannelBind, (w) =>
+    w.attr(Attr.ChannelNumber, Buffer.from([0x50, 0, 0, 0])).xorAddress(Attr.XorPeerAddress, '127.0.0.1', 9),
+  );
   t.equal(errCode(r), 400);
-  const r2 = await c.authed(Method.ChannelBind, (w) => w.attr(Attr.ChannelNumber, Buffer.from([0x4f, 0xff, 0, 0])).xorAddress(Attr.XorPeerAddress, '127.0.0.1', 9));
+  const r2 = await c.authed(Method.ChannelBind, (w) =>
+    w.attr(Attr.ChannelNumber, Buffer.from([0x4f, 0xff, 0, 0])).xorAddress(Attr.XorPeerAddress, '127.0.0.1', 9),
+  );
   t.equal(r2.cls, Class.Success);
 });
 
@@ -204,7 +225,14 @@ t.test('flow hooks: onPacket can drop, closeFlow tears down, permitPeer refuses'
   const peer = await peerSocket();
   t.teardown(() => (c.close(), peer.close()));
   t.equal(errCode(await c.authed(Method.CreatePermission, peerAttr('127.0.0.9', 1))), 403, 'refused by permitPeer');
-  t.equal((await c.authed(Method.ChannelBind, (w) => w.attr(Attr.ChannelNumber, Buffer.from([0x40, 0x10, 0, 0])).xorAddress(Attr.XorPeerAddress, '127.0.0.1', peer.port))).cls, Class.Success);
+  t.equal(
+    (
+      await c.authed(Method.ChannelBind, (w) =>
+        w.attr(Attr.ChannelNumber, Buffer.from([0x40, 0x10, 0, 0])).xorAddress(Attr.XorPeerAddress, '127.0.0.1', peer.port),
+      )
+    ).cls,
+    Class.Success,
+  );
   dropNext = true;
   c.sendRaw(buildChannelData(0x4010, Buffer.from('blocked')));
   c.sendRaw(buildChannelData(0x4010, Buffer.from('allowed')));

@@ -5,7 +5,17 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect as tlsConnect } from 'node:tls';
 import { randomBytes } from 'node:crypto';
-import { Attr, Class, Method, StunWriter, decodeStun, getAttr, getXorAddress, messageType, type StunWriter as W } from '../../../src/wire/stun.js';
+import {
+  Attr,
+  Class,
+  Method,
+  StunWriter,
+  decodeStun,
+  getAttr,
+  getXorAddress,
+  messageType,
+  type StunWriter as W,
+} from '../../../src/wire/stun.js';
 import { StreamFramer, buildChannelData, parseChannelData } from '../../../src/wire/channeldata.js';
 import { Client, peerSocket, startServer } from './helpers.js';
 
@@ -24,7 +34,12 @@ t.test('TCP framing (RFC 8656 §5): split and coalesced STUN messages', async (t
   const ra = c.next((m) => m.subarray(8, 20).equals(a.subarray(8, 20)));
   const rb = c.next((m) => m.subarray(8, 20).equals(b.subarray(8, 20)));
   // Split at awkward points: inside the header, inside nothing-yet, across the boundary.
-  for (const [s, e] of [[0, 1], [1, 3], [3, 25], [25, both.length]] as const) {
+  for (const [s, e] of [
+    [0, 1],
+    [1, 3],
+    [3, 25],
+    [25, both.length],
+  ] as const) {
     c.sendRaw(both.subarray(s, e));
     await tick();
   }
@@ -48,10 +63,16 @@ t.test('TCP relaying: ChannelData padded to 4 bytes both ways, Data indications'
   t.equal(r.cls, Class.Success);
   const relayPort = getXorAddress(r, Attr.XorRelayedAddress)!.port;
   t.equal(h.server.stats.allocations, 1);
-  const bound = await c.authed(Method.ChannelBind, (w) => w.attr(Attr.ChannelNumber, Buffer.from([0x40, 0x05, 0, 0])).xorAddress(Attr.XorPeerAddress, '127.0.0.1', peer.port));
+  const bound = await c.authed(Method.ChannelBind, (w) =>
+    w.attr(Attr.ChannelNumber, Buffer.from([0x40, 0x05, 0, 0])).xorAddress(Attr.XorPeerAddress, '127.0.0.1', peer.port),
+  );
   t.equal(bound.cls, Class.Success);
   // Two padded ChannelData frames and a STUN request coalesced, then split oddly.
-  const stream = Buffer.concat([buildChannelData(0x4005, Buffer.from('abcde'), true), buildChannelData(0x4005, Buffer.from('xy'), true), binding()]);
+  const stream = Buffer.concat([
+    buildChannelData(0x4005, Buffer.from('abcde'), true),
+    buildChannelData(0x4005, Buffer.from('xy'), true),
+    binding(),
+  ]);
   c.sendRaw(stream.subarray(0, 7));
   await tick();
   c.sendRaw(stream.subarray(7));
@@ -95,14 +116,37 @@ t.test('TLS listener', async (t) => {
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const cert = join(dir, 'cert.pem');
   const key = join(dir, 'key.pem');
-  execFileSync('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', key, '-out', cert, '-subj', '/CN=localhost', '-days', '2'], { stdio: 'ignore' });
+  execFileSync(
+    'openssl',
+    [
+      'req',
+      '-x509',
+      '-newkey',
+      'ec',
+      '-pkeyopt',
+      'ec_paramgen_curve:P-256',
+      '-nodes',
+      '-keyout',
+      key,
+      '-out',
+      cert,
+      '-subj',
+      '/CN=localhost',
+      '-days',
+      '2',
+    ],
+    { stdio: 'ignore' },
+  );
   const h = await startServer((c) => {
     c.turn.listen = ['tls://127.0.0.1:0'];
     c.turn.tls = { cert, key };
   });
   t.teardown(h.close);
   const addr = h.server.addresses();
-  t.same(addr.map((a) => a.proto), ['tls']);
+  t.same(
+    addr.map((a) => a.proto),
+    ['tls'],
+  );
   const sock = tlsConnect({ host: '127.0.0.1', port: addr[0]!.port, rejectUnauthorized: false });
   t.teardown(() => sock.destroy());
   await new Promise<void>((r, j) => (sock.once('secureConnect', () => r()), sock.once('error', j)));

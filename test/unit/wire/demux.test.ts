@@ -3,7 +3,17 @@ import { demux, classifyByte, isRtcp, isDtls13Unified, PC_DROP, PC_DTLS } from '
 
 t.test('RFC 7983 §7 ranges, every first byte', async (t) => {
   const expected = (b: number): string =>
-    b <= 3 ? 'stun' : b >= 16 && b <= 19 ? 'zrtp' : b >= 20 && b <= 63 ? 'dtls' : b >= 64 && b <= 79 ? 'channeldata' : b >= 128 && b <= 191 ? 'rtp' : 'drop';
+    b <= 3
+      ? 'stun'
+      : b >= 16 && b <= 19
+        ? 'zrtp'
+        : b >= 20 && b <= 63
+          ? 'dtls'
+          : b >= 64 && b <= 79
+            ? 'channeldata'
+            : b >= 128 && b <= 191
+              ? 'rtp'
+              : 'drop';
   for (let b = 0; b < 256; b++) t.equal(demux(Buffer.from([b, 0, 0, 0])), expected(b), `byte ${b}`);
 });
 

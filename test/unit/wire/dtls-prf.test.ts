@@ -28,7 +28,18 @@ try {
 function opensslPrf(hash: string, secret: Buffer, label: string, seed: Buffer, len: number): Buffer {
   const out = execFileSync(
     'openssl',
-    ['kdf', '-keylen', String(len), '-kdfopt', `digest:${hash}`, '-kdfopt', `hexsecret:${secret.toString('hex')}`, '-kdfopt', `hexseed:${Buffer.concat([Buffer.from(label), seed]).toString('hex')}`, 'TLS1-PRF'],
+    [
+      'kdf',
+      '-keylen',
+      String(len),
+      '-kdfopt',
+      `digest:${hash}`,
+      '-kdfopt',
+      `hexsecret:${secret.toString('hex')}`,
+      '-kdfopt',
+      `hexseed:${Buffer.concat([Buffer.from(label), seed]).toString('hex')}`,
+      'TLS1-PRF',
+    ],
     { encoding: 'utf8' },
   );
   return Buffer.from(out.trim().replace(/:/g, ''), 'hex');
@@ -42,7 +53,10 @@ t.test('TLS 1.2 PRF matches OpenSSL TLS1-PRF (SHA-256, SHA-384)', { skip: !haveO
     for (const len of [1, 32, 48, 104, 136]) {
       const secret = randomBytes(48);
       const seed = randomBytes(64);
-      t.ok(tls12Prf(hash, secret, 'key expansion', seed, len).equals(opensslPrf(ossl, secret, 'key expansion', seed, len)), `${hash} len ${len}`);
+      t.ok(
+        tls12Prf(hash, secret, 'key expansion', seed, len).equals(opensslPrf(ossl, secret, 'key expansion', seed, len)),
+        `${hash} len ${len}`,
+      );
     }
   }
 });

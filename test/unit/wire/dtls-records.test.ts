@@ -74,11 +74,14 @@ t.test('records: iteration over a datagram without copying', async (t) => {
   const dg = Buffer.concat([a, b, c]);
   const rs = parseRecords(dg);
   t.equal(rs.length, 3);
-  t.same(rs.map((r) => [r.type, r.epoch, r.seq, r.fragment.length]), [
-    [22, 0, 1, 3],
-    [20, 0, 2, 1],
-    [22, 1, 0xffffffff, 40],
-  ]);
+  t.same(
+    rs.map((r) => [r.type, r.epoch, r.seq, r.fragment.length]),
+    [
+      [22, 0, 1, 3],
+      [20, 0, 2, 1],
+      [22, 1, 0xffffffff, 40],
+    ],
+  );
   t.equal(rs[2]!.fragment.buffer, dg.buffer, 'subarray of the datagram');
   t.equal(rs[1]!.start, a.length);
   // Truncated last record stops iteration there.
@@ -175,12 +178,7 @@ t.test('ClientHello / ServerHello / HelloVerifyRequest', async (t) => {
   for (let i = 0; i < body.length; i++) t.doesNotThrow(() => parseClientHello(body.subarray(0, i)));
   t.equal(parseClientHello(body.subarray(0, 40)), null);
 
-  const sh = Buffer.concat([
-    Buffer.from([0xfe, 0xfd]),
-    Buffer.alloc(32, 0xbb),
-    Buffer.from([0]),
-    Buffer.from([0xc0, 0x2b, 0]),
-  ]);
+  const sh = Buffer.concat([Buffer.from([0xfe, 0xfd]), Buffer.alloc(32, 0xbb), Buffer.from([0]), Buffer.from([0xc0, 0x2b, 0])]);
   const shExt = (exts: Buffer[]): Buffer => {
     const e = Buffer.concat(exts);
     return Buffer.concat([sh, Buffer.from([e.length >> 8, e.length & 255]), e]);

@@ -3,8 +3,16 @@
 import t from 'tap';
 import { createHash } from 'node:crypto';
 import {
-  hkdfExtract, hkdfExpand, hkdfExpandLabel, deriveSecret, tls13Exporter,
-  srtpKeysFromExporter, splitSrtpKeyMaterial, srtpProfileLengths, DTLS13_PREFIX, TLS13_PREFIX,
+  hkdfExtract,
+  hkdfExpand,
+  hkdfExpandLabel,
+  deriveSecret,
+  tls13Exporter,
+  srtpKeysFromExporter,
+  splitSrtpKeyMaterial,
+  srtpProfileLengths,
+  DTLS13_PREFIX,
+  TLS13_PREFIX,
 } from '../../../src/wire/hkdf.js';
 
 const h = (s: string) => Buffer.from(s.replace(/\s+/g, ''), 'hex');
@@ -16,8 +24,7 @@ t.test('RFC 5869 A.1 (SHA-256)', async (t) => {
   const info = h('f0f1f2f3f4f5f6f7f8f9');
   const prk = hkdfExtract('sha256', salt, ikm);
   t.equal(hex(prk), '077709362c2e32df0ddc3f0dc47bba6390b6c73bb50f9c3122ec844ad7c2b3e5');
-  t.equal(hex(hkdfExpand('sha256', prk, info, 42)),
-    '3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865');
+  t.equal(hex(hkdfExpand('sha256', prk, info, 42)), '3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865');
   t.throws(() => hkdfExpand('sha256', prk, info, 255 * 32 + 1), RangeError);
 });
 
@@ -36,10 +43,14 @@ const V = {
   cAp: '9e40646ce79a7f9dc05af8889bce6552875afa0b06df0087f792ebb7c17504a5',
   sAp: 'a11af9f05531f856ad47116b45a950328204b4f44bfb6b3a4b4f1f3fcb631643',
   exp: 'fe22f881176eda18eb8f44529e6792c50c9a3f89452f68d8ae311b4309d3cf50',
-  sHsKey: '3fce516009c21727d0f2e4e86ee403bc', sHsIv: '5d313eb2671276ee13000b30',
-  cHsKey: 'dbfaa693d1762c5b666af5d950258d01', cHsIv: '5bd3c71b836e0b76bb73265f',
-  sApKey: '9f02283b6c9c07efc26bb9f2ac92e356', sApIv: 'cf782b88dd83549aadf1e984',
-  cApKey: '17422dda596ed5d9acd890e3c63f5051', cApIv: '5b78923dee08579033e523d9',
+  sHsKey: '3fce516009c21727d0f2e4e86ee403bc',
+  sHsIv: '5d313eb2671276ee13000b30',
+  cHsKey: 'dbfaa693d1762c5b666af5d950258d01',
+  cHsIv: '5bd3c71b836e0b76bb73265f',
+  sApKey: '9f02283b6c9c07efc26bb9f2ac92e356',
+  sApIv: 'cf782b88dd83549aadf1e984',
+  cApKey: '17422dda596ed5d9acd890e3c63f5051',
+  cApIv: '5b78923dee08579033e523d9',
 };
 
 t.test('RFC 8448 §3 key schedule', async (t) => {
@@ -63,8 +74,10 @@ t.test('RFC 8448 §3 key schedule', async (t) => {
 
 t.test('RFC 8448 §3 traffic keys (RFC 8446 §7.3)', async (t) => {
   for (const [sec, key, iv] of [
-    [V.sHs, V.sHsKey, V.sHsIv], [V.cHs, V.cHsKey, V.cHsIv],
-    [V.sAp, V.sApKey, V.sApIv], [V.cAp, V.cApKey, V.cApIv],
+    [V.sHs, V.sHsKey, V.sHsIv],
+    [V.cHs, V.cHsKey, V.cHsIv],
+    [V.sAp, V.sApKey, V.sApIv],
+    [V.cAp, V.cApKey, V.cApIv],
   ] as const) {
     t.equal(hex(hkdfExpandLabel('sha256', h(sec), 'key', Buffer.alloc(0), 16)), key);
     t.equal(hex(hkdfExpandLabel('sha256', h(sec), 'iv', Buffer.alloc(0), 12)), iv);

@@ -7,14 +7,30 @@ import { readFileSync } from 'node:fs';
 import { createDecipheriv } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import {
-  Dtls13Reader, Dtls13Writer, Dtls13Stream, deriveTrafficKeys, nextTrafficSecret, isUnifiedHeader, unifiedRecordEnd,
-  parseUnifiedHeader, recordNumberMask, reconstructSeq, findKeyUpdate, parseAck, dtls13SuiteInfo,
-  CT_APPLICATION_DATA, CT_HANDSHAKE, CT_ACK, CT_ALERT,
+  Dtls13Reader,
+  Dtls13Writer,
+  Dtls13Stream,
+  deriveTrafficKeys,
+  nextTrafficSecret,
+  isUnifiedHeader,
+  unifiedRecordEnd,
+  parseUnifiedHeader,
+  recordNumberMask,
+  reconstructSeq,
+  findKeyUpdate,
+  parseAck,
+  dtls13SuiteInfo,
+  CT_APPLICATION_DATA,
+  CT_HANDSHAKE,
+  CT_ACK,
+  CT_ALERT,
 } from '../../../src/wire/dtls13.js';
 import { hkdfExpand } from '../../../src/wire/hkdf.js';
 
 const h = (s: string) => Buffer.from(s, 'hex');
-const fx = JSON.parse(readFileSync(fileURLToPath(new URL('../../fixtures/browser/firefox-dtls13-records.json', import.meta.url)), 'utf8')) as {
+const fx = JSON.parse(
+  readFileSync(fileURLToPath(new URL('../../fixtures/browser/firefox-dtls13-records.json', import.meta.url)), 'utf8'),
+) as {
   suite: number;
   secrets: Record<string, string>;
   records: { dir: 'c2s' | 's2c'; hex: string }[];
@@ -36,14 +52,20 @@ function sctpChecksumOk(p: Buffer): boolean {
   q.writeUInt32LE(0, 8);
   let c = 0xffffffff;
   for (const b of q) c = CRC_TABLE[(c ^ b) & 0xff]! ^ (c >>> 8);
-  return ((c ^ 0xffffffff) >>> 0) === stored;
+  return (c ^ 0xffffffff) >>> 0 === stored;
 }
 
 function readersFor(f = fx) {
   const s = (k: string) => h(f.secrets[k]!);
   return {
-    c2s: { hs: new Dtls13Reader(f.suite, s('CLIENT_HANDSHAKE_TRAFFIC_SECRET'), 2), ap: new Dtls13Reader(f.suite, s('CLIENT_TRAFFIC_SECRET_0'), 3) },
-    s2c: { hs: new Dtls13Reader(f.suite, s('SERVER_HANDSHAKE_TRAFFIC_SECRET'), 2), ap: new Dtls13Reader(f.suite, s('SERVER_TRAFFIC_SECRET_0'), 3) },
+    c2s: {
+      hs: new Dtls13Reader(f.suite, s('CLIENT_HANDSHAKE_TRAFFIC_SECRET'), 2),
+      ap: new Dtls13Reader(f.suite, s('CLIENT_TRAFFIC_SECRET_0'), 3),
+    },
+    s2c: {
+      hs: new Dtls13Reader(f.suite, s('SERVER_HANDSHAKE_TRAFFIC_SECRET'), 2),
+      ap: new Dtls13Reader(f.suite, s('SERVER_TRAFFIC_SECRET_0'), 3),
+    },
   };
 }
 
@@ -87,7 +109,10 @@ t.test('real Firefox ESR records decrypt with keys from the key log', async (t) 
   }
   t.ok(masked > 0, 'record numbers are encrypted on the wire (RFC 9147 §4.2.3)');
   t.ok(sctp > 0, 'SCTP packets recovered');
-  t.ok([...seen].some((k) => k.endsWith('/2/22')), 'encrypted handshake decrypted');
+  t.ok(
+    [...seen].some((k) => k.endsWith('/2/22')),
+    'encrypted handshake decrypted',
+  );
   t.ok([...seen].some((k) => k.startsWith('c2s/3/23')) && [...seen].some((k) => k.startsWith('s2c/3/23')), 'application data both ways');
 });
 
@@ -124,7 +149,11 @@ t.test('record-number mask primitive (same construction as RFC 9001 §5.4 header
   // RFC 9001 A.2 (AES-128-ECB) and A.5 (ChaCha20, counter = sample[0..3] LE, nonce = sample[4..15]).
   const aes = recordNumberMask(0x1301, h('9f50449e04a0e810283a1e9933adedd2'), h('d1b1c98dd7689fb8ec11d242b123dc9b'))!;
   t.equal(aes.subarray(0, 5).toString('hex'), '437b9aec36');
-  const cc = recordNumberMask(0x1303, h('25a282b9e82f06f21f488917a4fc8f1b73573685608597d0efcb076b0ab7a7a4'), h('5e5cd55c41f69080575d7999c25a5bfb'))!;
+  const cc = recordNumberMask(
+    0x1303,
+    h('25a282b9e82f06f21f488917a4fc8f1b73573685608597d0efcb076b0ab7a7a4'),
+    h('5e5cd55c41f69080575d7999c25a5bfb'),
+  )!;
   t.equal(cc.subarray(0, 5).toString('hex'), 'aefefe7d03');
   t.equal(recordNumberMask(0x1301, Buffer.alloc(16), Buffer.alloc(15)), null, 'short sample');
   t.equal(recordNumberMask(0x9999, Buffer.alloc(16), Buffer.alloc(16)), null, 'bad suite');
@@ -141,7 +170,10 @@ t.test('unified header parsing and record iteration', async (t) => {
   // L=0: to the end of the datagram
   t.equal(unifiedRecordEnd(Buffer.alloc(40, 0x23), 0), 40);
   const hd = parseUnifiedHeader(Buffer.from('2e12340003aabbcc', 'hex'), 0)!;
-  t.same({ seqLen: hd.seqLen, lengthPresent: hd.lengthPresent, epochLowBits: hd.epochLowBits, headerLen: hd.headerLen, end: hd.end }, { seqLen: 2, lengthPresent: true, epochLowBits: 2, headerLen: 5, end: 8 });
+  t.same(
+    { seqLen: hd.seqLen, lengthPresent: hd.lengthPresent, epochLowBits: hd.epochLowBits, headerLen: hd.headerLen, end: hd.end },
+    { seqLen: 2, lengthPresent: true, epochLowBits: 2, headerLen: 5, end: 8 },
+  );
   t.equal(unifiedRecordEnd(Buffer.alloc(3), 5), -1, 'offset beyond buffer');
 });
 
@@ -167,7 +199,10 @@ for (const suite of [0x1301, 0x1302, 0x1303]) {
       t.equal(o.seq, got.length - 1);
       off = o.next;
     }
-    t.same(got.map((b) => b.toString('hex')), msgs.map((b) => b.toString('hex')));
+    t.same(
+      got.map((b) => b.toString('hex')),
+      msgs.map((b) => b.toString('hex')),
+    );
     // A different secret does not open it.
     const bad = new Dtls13Reader(suite, Buffer.alloc(hl, 8), 3);
     t.equal(bad.open(dgram, 0), null);

@@ -1,9 +1,22 @@
 import t from 'tap';
 import { createHash, generateKeyPairSync, hkdfSync, createDecipheriv } from 'node:crypto';
 import {
-  decodeKeyDecline, decodeKeyRequest, decodeKeyStatus, encodeKeyDecline, encodeKeyRequest, encodeKeyStatus,
-  keyRequestSignedBytes, KR_FLAG_DATA, KR_FLAG_MEDIA, KR_FLAG_REQUIRED, openWriteKeys, pcpWriteKeysKey,
-  sealWriteKeys, turnWriteKeysAad, turnWriteKeysKey, verifyKeyRequest,
+  decodeKeyDecline,
+  decodeKeyRequest,
+  decodeKeyStatus,
+  encodeKeyDecline,
+  encodeKeyRequest,
+  encodeKeyStatus,
+  keyRequestSignedBytes,
+  KR_FLAG_DATA,
+  KR_FLAG_MEDIA,
+  KR_FLAG_REQUIRED,
+  openWriteKeys,
+  pcpWriteKeysKey,
+  sealWriteKeys,
+  turnWriteKeysAad,
+  turnWriteKeysKey,
+  verifyKeyRequest,
 } from '../../../src/wire/escrow.js';
 
 const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
@@ -12,7 +25,12 @@ const fp = createHash('sha256').update('certificate DER').digest();
 const txid = Buffer.from('0102030405060708090a0b0c', 'hex');
 
 t.test('KEY-REQUEST layout (§2.1): deadline, flags, fingerprint, 64-byte r||s', async (t) => {
-  const v = encodeKeyRequest('turn', txid, { deadline: 10, flags: KR_FLAG_MEDIA | KR_FLAG_DATA | KR_FLAG_REQUIRED | 0x8000, fingerprint: fp }, privateKey);
+  const v = encodeKeyRequest(
+    'turn',
+    txid,
+    { deadline: 10, flags: KR_FLAG_MEDIA | KR_FLAG_DATA | KR_FLAG_REQUIRED | 0x8000, fingerprint: fp },
+    privateKey,
+  );
   t.equal(v.length, 100);
   t.equal(v.readUInt16BE(0), 10);
   t.equal(v.readUInt16BE(2), 0x0007, 'unknown flag bits sent as zero');

@@ -158,7 +158,10 @@ t.test('native primitives match node:crypto references', { skip }, async (t) => 
     t.equal(g.gcmOpen(ref, 12, len, 12 + len, 0x01020304, back), true);
     t.same(back, Buffer.concat([aad, pt]));
     t.equal(g.gcmOpen(ref, 12, len, 12 + len, 0x01020305, back), false, 'wrong extra AAD word fails');
-    t.ok(back.subarray(12).every((x) => x === 0), 'plaintext wiped on failure');
+    t.ok(
+      back.subarray(12).every((x) => x === 0),
+      'plaintext wiped on failure',
+    );
   }
   // AES-CTR (RFC 3711 §4.1.1) + HMAC-SHA1 (RFC 2104) against node.
   const ak = randomBytes(20);
@@ -172,7 +175,11 @@ t.test('native primitives match node:crypto references', { skip }, async (t) => 
     cm.cmSeal(Buffer.concat([hdr, pt]), out, 12, len, true, 12 + len, 0xdeadbeef, 12 + len, 10);
     const ctr = createCipheriv('aes-128-ctr', key, iv);
     const body = Buffer.concat([hdr, ctr.update(pt), ctr.final()]);
-    const tag = createHmac('sha1', ak).update(body).update(Buffer.from([0xde, 0xad, 0xbe, 0xef])).digest().subarray(0, 10);
+    const tag = createHmac('sha1', ak)
+      .update(body)
+      .update(Buffer.from([0xde, 0xad, 0xbe, 0xef]))
+      .digest()
+      .subarray(0, 10);
     t.same(out, Buffer.concat([body, tag]), `cmSeal ${len}`);
     const back = Buffer.alloc(12 + len);
     t.equal(cm.cmOpen(out, 12 + len, 0xdeadbeef, 12 + len, 10, 12, len, true, back), true);

@@ -1,17 +1,42 @@
 import t from 'tap';
 import {
-  LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, LINKTYPE_NULL, LINKTYPE_LOOP, LINKTYPE_RAW, LINKTYPE_IPV4, LINKTYPE_IPV6,
-  IPPROTO_UDP, IPPROTO_TCP, TCP_SYN, TCP_ACK,
-  buildUdpFrame, buildIp, buildUdp, buildTcp, buildEthernet, wrapLink,
-  decodeFrame, decodeIp, decodeUdp, decodeTcp, linkPayloadOffset, formatIpv6,
-  IpReassembler, TcpStream, TurnStreamFramer,
+  LINKTYPE_ETHERNET,
+  LINKTYPE_LINUX_SLL,
+  LINKTYPE_LINUX_SLL2,
+  LINKTYPE_NULL,
+  LINKTYPE_LOOP,
+  LINKTYPE_RAW,
+  LINKTYPE_IPV4,
+  LINKTYPE_IPV6,
+  IPPROTO_UDP,
+  IPPROTO_TCP,
+  TCP_SYN,
+  TCP_ACK,
+  buildUdpFrame,
+  buildIp,
+  buildUdp,
+  buildTcp,
+  buildEthernet,
+  wrapLink,
+  decodeFrame,
+  decodeIp,
+  decodeUdp,
+  decodeTcp,
+  linkPayloadOffset,
+  formatIpv6,
+  IpReassembler,
+  TcpStream,
+  TurnStreamFramer,
 } from '../../../src/wire/netpkt.js';
 
 const payload = Buffer.from('hello, datagram');
 
 t.test('UDP over every supported link type, IPv4 and IPv6', async (t) => {
   for (const lt of [LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, LINKTYPE_NULL, LINKTYPE_LOOP, LINKTYPE_RAW]) {
-    for (const [src, dst] of [['192.0.2.1', '198.51.100.7'], ['2001:db8::1', '2001:db8:0:0:1::7']] as const) {
+    for (const [src, dst] of [
+      ['192.0.2.1', '198.51.100.7'],
+      ['2001:db8::1', '2001:db8:0:0:1::7'],
+    ] as const) {
       const f = buildUdpFrame(lt, src, 50000, dst, 3478, payload);
       const d = decodeFrame(lt, f);
       t.ok(d, `linktype ${lt} ${src}`);
@@ -89,12 +114,17 @@ t.test('IPv6 text form (RFC 5952)', async (t) => {
 });
 
 t.test('IPv4 and IPv6 fragments reassemble; non-first fragments are not decoded alone', async (t) => {
-  for (const [src, dst] of [['10.0.0.1', '10.0.0.2'], ['fe80::1', 'fe80::2']] as const) {
+  for (const [src, dst] of [
+    ['10.0.0.1', '10.0.0.2'],
+    ['fe80::1', 'fe80::2'],
+  ] as const) {
     const data = Buffer.alloc(3000);
     for (let i = 0; i < data.length; i++) data[i] = i & 0xff;
     const udp = buildUdp(4000, 5000, data);
     const parts = [0, 1480, 2960].map((off) => udp.subarray(off, Math.min(off + 1480, udp.length)));
-    const frames = parts.map((p, i) => wrapLink(LINKTYPE_RAW, buildIp(src, dst, IPPROTO_UDP, p, { id: 77, fragOffset: i * 1480, moreFragments: i < 2 })));
+    const frames = parts.map((p, i) =>
+      wrapLink(LINKTYPE_RAW, buildIp(src, dst, IPPROTO_UDP, p, { id: 77, fragOffset: i * 1480, moreFragments: i < 2 })),
+    );
     t.equal(decodeFrame(LINKTYPE_RAW, frames[1]!), null);
     const r = new IpReassembler();
     // Out of order: last, first, middle.
@@ -113,7 +143,8 @@ t.test('IPv4 and IPv6 fragments reassemble; non-first fragments are not decoded 
 
 t.test('reassembler caps the number of pending datagrams', async (t) => {
   const r = new IpReassembler(4);
-  for (let id = 0; id < 10; id++) r.push(decodeIp(buildIp('10.0.0.1', '10.0.0.2', IPPROTO_UDP, Buffer.alloc(16), { id, moreFragments: true }))!, 0);
+  for (let id = 0; id < 10; id++)
+    r.push(decodeIp(buildIp('10.0.0.1', '10.0.0.2', IPPROTO_UDP, Buffer.alloc(16), { id, moreFragments: true }))!, 0);
   t.equal(r.stats.dropped, 6);
 });
 
@@ -167,7 +198,10 @@ t.test('TURN framing on a TCP stream (RFC 8656 §5, §12.5)', async (t) => {
 });
 
 t.test('TCP decode', async (t) => {
-  const f = wrapLink(LINKTYPE_LINUX_SLL2, buildIp('127.0.0.1', '127.0.0.1', IPPROTO_TCP, buildTcp(40000, 3478, 1234, TCP_ACK, payload, 99)));
+  const f = wrapLink(
+    LINKTYPE_LINUX_SLL2,
+    buildIp('127.0.0.1', '127.0.0.1', IPPROTO_TCP, buildTcp(40000, 3478, 1234, TCP_ACK, payload, 99)),
+  );
   const d = decodeFrame(LINKTYPE_LINUX_SLL2, f);
   t.equal(d?.transport, 'tcp');
   t.equal(d?.tcp?.seq, 1234);

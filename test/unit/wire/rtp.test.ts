@@ -45,7 +45,17 @@ t.test('RTP: CSRCs, one-byte extension, padding round trip', async (t) => {
     { id: 5, data: Buffer.from('abcd') },
   ]);
   const payload = Buffer.from('hello opus');
-  const b = serializeRtp({ payloadType: 111, sequenceNumber: 65535, timestamp: 0xffffffff, ssrc: 0xdeadbeef, marker: true, csrcs: [1, 2, 3], extension: { profile: 0xbede, data: ext }, payload, padding: 3 });
+  const b = serializeRtp({
+    payloadType: 111,
+    sequenceNumber: 65535,
+    timestamp: 0xffffffff,
+    ssrc: 0xdeadbeef,
+    marker: true,
+    csrcs: [1, 2, 3],
+    extension: { profile: 0xbede, data: ext },
+    payload,
+    padding: 3,
+  });
   const h = parseRtp(b)!;
   t.ok(h);
   t.equal(h.marker, true);
@@ -57,26 +67,46 @@ t.test('RTP: CSRCs, one-byte extension, padding round trip', async (t) => {
   t.equal(h.paddingLength, 3);
   t.equal(b.subarray(h.payloadOffset, h.payloadOffset + h.payloadLength).toString(), 'hello opus');
   const els = parseRtpHeaderExtensions(b, h)!;
-  t.same(els.map((e) => [e.id, b.subarray(e.offset, e.offset + e.length).toString('hex')]), [
-    [1, '7f'],
-    [5, Buffer.from('abcd').toString('hex')],
-  ]);
+  t.same(
+    els.map((e) => [e.id, b.subarray(e.offset, e.offset + e.length).toString('hex')]),
+    [
+      [1, '7f'],
+      [5, Buffer.from('abcd').toString('hex')],
+    ],
+  );
   // parseRtpHeader (SRTP view) leaves padding inside the payload.
   t.equal(parseRtpHeader(b)!.payloadLength, payload.length + 3);
 });
 
 t.test('RTP: RFC 8285 two-byte form', async (t) => {
   const data = Buffer.concat([Buffer.from([7, 0]), Buffer.from([0]), Buffer.from([200, 3, 9, 8, 7]), Buffer.alloc(4)]);
-  const b = serializeRtp({ payloadType: 96, sequenceNumber: 1, timestamp: 2, ssrc: 3, extension: { profile: 0x1003, data }, payload: Buffer.from([1]) });
+  const b = serializeRtp({
+    payloadType: 96,
+    sequenceNumber: 1,
+    timestamp: 2,
+    ssrc: 3,
+    extension: { profile: 0x1003, data },
+    payload: Buffer.from([1]),
+  });
   const h = parseRtp(b)!;
   const els = parseRtpHeaderExtensions(b, h)!;
-  t.same(els.map((e) => [e.id, e.length]), [
-    [7, 0],
-    [200, 3],
-  ]);
+  t.same(
+    els.map((e) => [e.id, e.length]),
+    [
+      [7, 0],
+      [200, 3],
+    ],
+  );
   t.equal(b[els[1].offset + 2], 7);
   // Non-RFC 8285 profile: no elements.
-  const b2 = serializeRtp({ payloadType: 96, sequenceNumber: 1, timestamp: 2, ssrc: 3, extension: { profile: 0x1234, data: Buffer.alloc(4) }, payload: Buffer.alloc(0) });
+  const b2 = serializeRtp({
+    payloadType: 96,
+    sequenceNumber: 1,
+    timestamp: 2,
+    ssrc: 3,
+    extension: { profile: 0x1234, data: Buffer.alloc(4) },
+    payload: Buffer.alloc(0),
+  });
   t.same(parseRtpHeaderExtensions(b2, parseRtp(b2)!), []);
 });
 
@@ -94,7 +124,14 @@ t.test('RTP: malformed input is null', async (t) => {
   const padBig = Buffer.from(good);
   padBig[padBig.length - 1] = 100;
   t.equal(parseRtp(padBig), null, 'padding beyond payload');
-  const ext = serializeRtp({ payloadType: 0, sequenceNumber: 1, timestamp: 1, ssrc: 1, extension: { profile: 0xbede, data: Buffer.from([0x13, 1, 2, 3]) }, payload: Buffer.alloc(0) });
+  const ext = serializeRtp({
+    payloadType: 0,
+    sequenceNumber: 1,
+    timestamp: 1,
+    ssrc: 1,
+    extension: { profile: 0xbede, data: Buffer.from([0x13, 1, 2, 3]) },
+    payload: Buffer.alloc(0),
+  });
   const extBad = Buffer.from(ext);
   extBad.writeUInt16BE(5, 14);
   t.equal(parseRtp(extBad), null, 'extension length beyond packet');
@@ -140,7 +177,7 @@ t.test('RTCP compound: SR, SDES, BYE, APP, PSFB, RTPFB', async (t) => {
   srBody.writeUInt32BE(70000, 32);
   const sr = rtcpPacket(1, RTCP_SR, srBody);
   const cname = Buffer.from('user@host');
-  const sdesBody = Buffer.alloc(((4 + 2 + cname.length + 1 + 3) & ~3));
+  const sdesBody = Buffer.alloc((4 + 2 + cname.length + 1 + 3) & ~3);
   sdesBody.writeUInt32BE(0x11111111, 0);
   sdesBody[4] = 1;
   sdesBody[5] = cname.length;
@@ -153,7 +190,10 @@ t.test('RTCP compound: SR, SDES, BYE, APP, PSFB, RTPFB', async (t) => {
   const bye = rtcpPacket(1, RTCP_BYE, byeBody, 4);
   const all = Buffer.concat([sr, sdes, pli, nack, app, bye]);
   const ps = parseRtcpCompound(all, { requireReportFirst: true })!;
-  t.same(ps.map((p) => p.packetType), [200, 202, 206, 205, 204, 203]);
+  t.same(
+    ps.map((p) => p.packetType),
+    [200, 202, 206, 205, 204, 203],
+  );
   const rep = parseRtcpReport(all, ps[0])!;
   t.equal(rep.ssrc, 0x11111111);
   t.equal(rep.sender!.packetCount, 10);

@@ -19,9 +19,9 @@ t.test('RFC 3720 B.4 vectors', async (t) => {
   const dec = Buffer.from(Array.from({ length: 32 }, (_, i) => 31 - i));
   // iSCSI SCSI Read (10) Command PDU
   const pdu = Buffer.from(
-    '01c00000000000000000000000000000' +
-    '14000000000004000000001400000018' +
-    '28000000000000000200000000000000', 'hex');
+    '01c00000000000000000000000000000' + '14000000000004000000001400000018' + '28000000000000000200000000000000',
+    'hex',
+  );
   // B.4 lists the CRC bytes as transmitted (least significant byte first).
   t.equal(crc32c(zeros), Buffer.from('aa36918a', 'hex').readUInt32LE(0));
   t.equal(crc32c(ones), Buffer.from('43aba862', 'hex').readUInt32LE(0));

@@ -2,11 +2,39 @@
 // (§3.2), chunk decoders against hand-built RFC layouts, hostile lengths.
 import t from 'tap';
 import {
-  ChunkIterator, ChunkType, ParamType, computeSctpChecksum, decodeAbort, decodeCookieEcho, decodeData,
-  decodeForwardTsn, decodeHeartbeat, decodeIData, decodeIForwardTsn, decodeInit, decodeReconfig, decodeSack,
-  decodeShutdown, decodeTlvs, encodeChunk, encodeDataChunk, encodeForwardTsnChunk, encodeIDataChunk,
-  encodeInitChunk, encodeOutgoingResetChunk, encodeSackChunk, encodeSctpPacket, encodeTlv, parseChunks,
-  parseSctpHeader, ssnLt, tsnAdd, tsnDiff, tsnLt, tsnLte, verifySctpChecksum,
+  ChunkIterator,
+  ChunkType,
+  ParamType,
+  computeSctpChecksum,
+  decodeAbort,
+  decodeCookieEcho,
+  decodeData,
+  decodeForwardTsn,
+  decodeHeartbeat,
+  decodeIData,
+  decodeIForwardTsn,
+  decodeInit,
+  decodeReconfig,
+  decodeSack,
+  decodeShutdown,
+  decodeTlvs,
+  encodeChunk,
+  encodeDataChunk,
+  encodeForwardTsnChunk,
+  encodeIDataChunk,
+  encodeInitChunk,
+  encodeOutgoingResetChunk,
+  encodeSackChunk,
+  encodeSctpPacket,
+  encodeTlv,
+  parseChunks,
+  parseSctpHeader,
+  ssnLt,
+  tsnAdd,
+  tsnDiff,
+  tsnLt,
+  tsnLte,
+  verifySctpChecksum,
 } from '../../../src/wire/sctp.js';
 import { crc32c } from '../../../src/wire/crc32c.js';
 
@@ -41,7 +69,10 @@ t.test('known packet: werift/usrsctp style COOKIE-ACK with fixed checksum', asyn
   t.ok(verifySctpChecksum(body));
   const { chunks, malformed } = parseChunks(body);
   t.notOk(malformed);
-  t.same(chunks.map((c) => c.type), [ChunkType.COOKIE_ACK]);
+  t.same(
+    chunks.map((c) => c.type),
+    [ChunkType.COOKIE_ACK],
+  );
 });
 
 t.test('chunk iteration: padding, truncation, hostile lengths', async (t) => {
@@ -51,14 +82,20 @@ t.test('chunk iteration: padding, truncation, hostile lengths', async (t) => {
   t.equal(b.readUInt16BE(2), 9, 'length excludes padding');
   const pkt = encodeSctpPacket(1, 2, 3, [a, b, encodeChunk(ChunkType.COOKIE_ACK, 0, Buffer.alloc(0))]);
   const r = parseChunks(pkt);
-  t.same(r.chunks.map((c) => c.type), [ChunkType.HEARTBEAT, ChunkType.COOKIE_ECHO, ChunkType.COOKIE_ACK]);
+  t.same(
+    r.chunks.map((c) => c.type),
+    [ChunkType.HEARTBEAT, ChunkType.COOKIE_ECHO, ChunkType.COOKIE_ACK],
+  );
   t.equal(r.chunks[1]!.value.toString(), '12345');
   t.equal(decodeHeartbeat(r.chunks[0]!.value)!.info.toString(), 'abc');
   t.equal(decodeCookieEcho(r.chunks[1]!.value)!.cookie.toString(), '12345');
 
   // Last chunk without its pad is tolerated.
   const np = Buffer.concat([Buffer.alloc(12), Buffer.from([10, 0, 0, 5, 0x41])]);
-  t.same(parseChunks(np).chunks.map((c) => c.value.toString()), ['A']);
+  t.same(
+    parseChunks(np).chunks.map((c) => c.value.toString()),
+    ['A'],
+  );
   t.notOk(parseChunks(np).malformed);
 
   // Length < 4, length beyond the packet, and length 0 never loop or throw.
@@ -96,7 +133,11 @@ t.test('DATA (RFC 9260 §3.3.1)', async (t) => {
   t.ok(decodeData(0x08, v)!.immediate, 'I bit (RFC 7053)');
   t.equal(decodeData(3, v.subarray(0, 12)), null, 'no user data');
   t.equal(decodeData(3, v.subarray(0, 5)), null);
-  const enc = parseChunks(encodeSctpPacket(1, 1, 1, [encodeDataChunk({ tsn: 5, stream: 2, ssn: 3, ppid: 51, unordered: true, begin: true, end: false, data: Buffer.from('x') })])).chunks[0]!;
+  const enc = parseChunks(
+    encodeSctpPacket(1, 1, 1, [
+      encodeDataChunk({ tsn: 5, stream: 2, ssn: 3, ppid: 51, unordered: true, begin: true, end: false, data: Buffer.from('x') }),
+    ]),
+  ).chunks[0]!;
   t.equal(enc.type, 0);
   t.equal(enc.flags, 0x06);
 });
@@ -114,7 +155,9 @@ t.test('I-DATA (RFC 8260 §2.1)', async (t) => {
   t.equal(m.ppid, 0);
   t.ok(m.end);
   t.equal(decodeIData(0x03, h('00000011 0003 0000 00000007 00000002')), null);
-  const rt = parseChunks(encodeSctpPacket(1, 1, 1, [encodeIDataChunk({ tsn: 1, stream: 4, mid: 9, fsn: 5, begin: false, end: true, data: Buffer.from('z') })])).chunks[0]!;
+  const rt = parseChunks(
+    encodeSctpPacket(1, 1, 1, [encodeIDataChunk({ tsn: 1, stream: 4, mid: 9, fsn: 5, begin: false, end: true, data: Buffer.from('z') })]),
+  ).chunks[0]!;
   t.equal(rt.type, ChunkType.I_DATA);
   const dd = decodeIData(rt.flags, rt.value)!;
   t.same([dd.mid, dd.fsn, dd.begin, dd.end], [9, 5, false, true]);
@@ -127,7 +170,18 @@ t.test('INIT / INIT ACK (RFC 9260 §3.3.2-3, RFC 5061 §4.2.7, RFC 3758 §3.1, R
     encodeTlv(ParamType.ZERO_CHECKSUM_ACCEPTABLE, h('00000001')),
     encodeTlv(ParamType.STATE_COOKIE, Buffer.from('cookie!')),
   ];
-  const c = parseChunks(encodeSctpPacket(5000, 5000, 0, [encodeInitChunk(true, { initiateTag: 0xdeadbeef, aRwnd: 1000, outboundStreams: 16, inboundStreams: 32, initialTsn: 0xfffffff0, params })])).chunks[0]!;
+  const c = parseChunks(
+    encodeSctpPacket(5000, 5000, 0, [
+      encodeInitChunk(true, {
+        initiateTag: 0xdeadbeef,
+        aRwnd: 1000,
+        outboundStreams: 16,
+        inboundStreams: 32,
+        initialTsn: 0xfffffff0,
+        params,
+      }),
+    ]),
+  ).chunks[0]!;
   t.equal(c.type, ChunkType.INIT_ACK);
   const i = decodeInit(c.value)!;
   t.equal(i.initiateTag, 0xdeadbeef);
@@ -156,11 +210,26 @@ t.test('INIT / INIT ACK (RFC 9260 §3.3.2-3, RFC 5061 §4.2.7, RFC 3758 §3.1, R
 });
 
 t.test('SACK (RFC 9260 §3.3.4)', async (t) => {
-  const c = parseChunks(encodeSctpPacket(1, 1, 1, [encodeSackChunk(100, 5000, [[2, 3], [5, 5]], [99])])).chunks[0]!;
+  const c = parseChunks(
+    encodeSctpPacket(1, 1, 1, [
+      encodeSackChunk(
+        100,
+        5000,
+        [
+          [2, 3],
+          [5, 5],
+        ],
+        [99],
+      ),
+    ]),
+  ).chunks[0]!;
   const s = decodeSack(c.value)!;
   t.equal(s.cumTsnAck, 100);
   t.equal(s.aRwnd, 5000);
-  t.same(s.gapBlocks, [[2, 3], [5, 5]]);
+  t.same(s.gapBlocks, [
+    [2, 3],
+    [5, 5],
+  ]);
   t.same(s.dupTsns, [99]);
   const lying = Buffer.from(c.value);
   lying.writeUInt16BE(0xffff, 8); // claims 65535 gap blocks
@@ -171,11 +240,23 @@ t.test('SACK (RFC 9260 §3.3.4)', async (t) => {
 t.test('FORWARD-TSN (RFC 3758 §3.2) and I-FORWARD-TSN (RFC 8260 §2.3.1)', async (t) => {
   const f = decodeForwardTsn(h('00000064 0001 0005 0002 0007'))!;
   t.equal(f.newCumTsn, 100);
-  t.same(f.streams.map((s) => [s.stream, s.ssn]), [[1, 5], [2, 7]]);
+  t.same(
+    f.streams.map((s) => [s.stream, s.ssn]),
+    [
+      [1, 5],
+      [2, 7],
+    ],
+  );
   t.notOk(f.iforward);
   t.equal(decodeForwardTsn(h('00000064 0001')), null, 'partial entry');
   const i = decodeIForwardTsn(h('00000064 0003 0001 00000009 0004 0000 0000000a'))!;
-  t.same(i.streams.map((s) => [s.stream, s.unordered, s.mid]), [[3, true, 9], [4, false, 10]]);
+  t.same(
+    i.streams.map((s) => [s.stream, s.unordered, s.mid]),
+    [
+      [3, true, 9],
+      [4, false, 10],
+    ],
+  );
   t.ok(i.iforward);
   t.equal(decodeIForwardTsn(h('00000064 0003 0001')), null);
   const rt = parseChunks(encodeSctpPacket(1, 1, 1, [encodeForwardTsnChunk(7, [{ stream: 3, unordered: true, mid: 2 }], true)])).chunks[0]!;
@@ -192,7 +273,10 @@ t.test('ABORT, SHUTDOWN family, HEARTBEAT', async (t) => {
   t.same(decodeShutdown(h('0000002a')), { cumTsnAck: 42 });
   t.equal(decodeShutdown(h('00002a')), null);
   t.equal(decodeHeartbeat(h('0002 0005 00 000000')), null, 'no heartbeat info');
-  t.same(decodeTlvs(h('0001 0005 00 000000 0002 0004')).tlvs.map((x) => x.type), [1, 2]);
+  t.same(
+    decodeTlvs(h('0001 0005 00 000000 0002 0004')).tlvs.map((x) => x.type),
+    [1, 2],
+  );
 });
 
 t.test('RE-CONFIG (RFC 6525 §3.1, §4)', async (t) => {
@@ -200,7 +284,9 @@ t.test('RE-CONFIG (RFC 6525 §3.1, §4)', async (t) => {
   t.equal(c.type, ChunkType.RE_CONFIG);
   const r = decodeReconfig(c.value)!;
   t.same(r.params, [{ kind: 'outgoing-reset', reqSeq: 11, respSeq: 22, lastTsn: 33, streams: [1, 3, 5] }]);
-  const resp = decodeReconfig(Buffer.concat([encodeTlv(16, h('00000007 00000001')), encodeTlv(14, h('00000008 0002')), encodeTlv(17, h('00000009 0004 0000'))]))!;
+  const resp = decodeReconfig(
+    Buffer.concat([encodeTlv(16, h('00000007 00000001')), encodeTlv(14, h('00000008 0002')), encodeTlv(17, h('00000009 0004 0000'))]),
+  )!;
   t.same(resp.params, [
     { kind: 'response', respSeq: 7, result: 1 },
     { kind: 'incoming-reset', reqSeq: 8, streams: [2] },

@@ -56,7 +56,14 @@ const RTCP = hex(`81c8000d 4d617273 4e545031 4e545032 52545020 0000042a 0000e930
                   deadbeef deadbeef deadbeef deadbeef deadbeef`);
 
 function sessionCtx(profile: number, key: Buffer): SrtpContext {
-  const sk: SrtpSessionKeys = { rtpKey: key, rtpSalt: SALT, rtpAuthKey: Buffer.alloc(0), rtcpKey: key, rtcpSalt: SALT, rtcpAuthKey: Buffer.alloc(0) };
+  const sk: SrtpSessionKeys = {
+    rtpKey: key,
+    rtpSalt: SALT,
+    rtpAuthKey: Buffer.alloc(0),
+    rtcpKey: key,
+    rtcpSalt: SALT,
+    rtcpAuthKey: Buffer.alloc(0),
+  };
   return new SrtpContext(profile, Buffer.alloc(0), Buffer.alloc(0), { sessionKeys: sk });
 }
 

@@ -31,7 +31,11 @@ t.test('HMAC-SHA1 tags match node createHmac at every tail length (JS and native
     const prot = tx.protectRtp(rtp(1000, len), 3);
     const roc = Buffer.alloc(4);
     roc.writeUInt32BE(3);
-    const want = createHmac('sha1', sk.rtpAuthKey).update(prot.subarray(0, prot.length - 10)).update(roc).digest().subarray(0, 10);
+    const want = createHmac('sha1', sk.rtpAuthKey)
+      .update(prot.subarray(0, prot.length - 10))
+      .update(roc)
+      .digest()
+      .subarray(0, 10);
     if (!want.equals(prot.subarray(prot.length - 10))) bad++;
   }
   t.equal(bad, 0);

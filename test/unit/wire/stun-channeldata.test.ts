@@ -41,7 +41,12 @@ t.test('ChannelData header (RFC 8656 §12.4)', async (t) => {
 });
 
 t.test('stream framing: coalesced and split frames', async (t) => {
-  const frames = [stunMsg(3), buildChannelData(0x4000, Buffer.from('abcde'), true), stunMsg(8), buildChannelData(0x4fff, Buffer.alloc(0), true)];
+  const frames = [
+    stunMsg(3),
+    buildChannelData(0x4000, Buffer.from('abcde'), true),
+    stunMsg(8),
+    buildChannelData(0x4fff, Buffer.alloc(0), true),
+  ];
   const all = Buffer.concat(frames);
   t.equal(streamFrameSize(all), frames[0]!.length);
   // Every split point, in two chunks, and byte by byte.
@@ -51,7 +56,11 @@ t.test('stream framing: coalesced and split frames', async (t) => {
     for (let i = 0; i < all.length; i += chunkSize) {
       t.ok(f.push(all.subarray(i, i + chunkSize), (fr) => got.push(fr.toString('hex'))));
     }
-    t.same(got, frames.map((x) => x.toString('hex')), `chunk size ${chunkSize}`);
+    t.same(
+      got,
+      frames.map((x) => x.toString('hex')),
+      `chunk size ${chunkSize}`,
+    );
     t.equal(f.buffered, 0);
   }
   const f = new StreamFramer();
@@ -64,7 +73,10 @@ t.test('stream framing: coalesced and split frames', async (t) => {
 
 t.test('stream framing errors', async (t) => {
   const f = new StreamFramer();
-  t.notOk(f.push(Buffer.from([0x80, 1, 2, 3]), () => t.fail('no frame')), 'RTP-like first byte');
+  t.notOk(
+    f.push(Buffer.from([0x80, 1, 2, 3]), () => t.fail('no frame')),
+    'RTP-like first byte',
+  );
   t.ok(f.broken);
   t.notOk(f.push(stunMsg(1), () => t.fail('broken stays broken')));
   const g = new StreamFramer();
@@ -72,5 +84,8 @@ t.test('stream framing errors', async (t) => {
   bad[4] = 0; // cookie
   t.notOk(g.push(bad, () => t.fail('no frame')));
   const h = new StreamFramer();
-  t.notOk(h.push(Buffer.from([0x50, 0, 0, 4, 1, 2, 3, 4]), () => t.fail('no frame')), 'reserved channel range');
+  t.notOk(
+    h.push(Buffer.from([0x50, 0, 0, 4, 1, 2, 3, 4]), () => t.fail('no frame')),
+    'reserved channel range',
+  );
 });

@@ -92,7 +92,10 @@ t.test('RFC 5769 §2.1 sample request', async (t) => {
   t.ok(verifyIntegrity(m, shortTermKey(SHORT_TERM_PASSWORD)), 'message integrity');
   t.notOk(verifyIntegrity(m, shortTermKey('wrong')), 'wrong key fails');
   // PRIORITY (0x0024) is comprehension-required; a server that does not know ICE lists it.
-  t.same(unknownComprehensionRequired(m, (ty) => ty !== Attr.Priority), [Attr.Priority]);
+  t.same(
+    unknownComprehensionRequired(m, (ty) => ty !== Attr.Priority),
+    [Attr.Priority],
+  );
   // A flipped bit breaks the fingerprint and the integrity.
   const bad = Buffer.from(REQUEST);
   bad[30] = bad[30]! ^ 1;
