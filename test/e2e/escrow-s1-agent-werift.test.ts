@@ -65,7 +65,7 @@ t.test(
       pcConfig: { iceUseIpv6: false, iceInterfaceAddresses: { udp4: '127.0.0.1' } },
     });
     // A plain werift peer (no escrow, host candidates on loopback) that accepts the file
-    // as one 150 KB message (SDP a=max-message-size, RFC 8841 §6).
+    // as one 210 KB message (SDP a=max-message-size, RFC 8841 §6).
     const peer = new RTCPeerConnection({
       iceServers: [],
       iceUseIpv6: false,
@@ -80,20 +80,25 @@ t.test(
 
     const texts = Array.from({ length: 25 }, (_, i) => `msg-${i}:${randomBytes(8 + i * 13).toString('base64')}`);
     texts.push(`long:${'0123456789abcdef'.repeat(900)}`);
-    const file = randomBytes(150_000);
+    const file = randomBytes(210_000);
+    const loose = Array.from({ length: 12 }, (_, i) => `unordered-${i}:${randomBytes(40).toString('hex')}`);
     const fileSha = sha256Hex(file);
 
     const chat = pc.createDataChannel('chat');
     const fileDc = pc.createDataChannel('file:payload.bin');
+    // RFC 8831 §6.6 / RFC 8832: an unordered channel (DCEP channel type with the 0x80 bit).
+    const looseDc = pc.createDataChannel('unordered', { ordered: false });
     const audio = new MediaStreamTrack({ kind: 'audio' });
     pc.addTransceiver(audio, { direction: 'sendonly' });
 
     const gotTexts: string[] = [];
     const gotFiles: Buffer[] = [];
+    const gotLoose = new Set<string>();
     let rtpAtPeer = 0;
     peer.onDataChannel.subscribe((c) =>
       c.onMessage.subscribe((m) => {
         if (c.label === 'chat') gotTexts.push(m.toString());
+        else if (c.label === 'unordered') gotLoose.add(m.toString());
         else gotFiles.push(Buffer.from(m as Buffer));
       }),
     );
@@ -101,11 +106,12 @@ t.test(
 
     await withTimeout(connectPeers(pc, peer), 60_000, 'signalling and ICE gathering');
     await withTimeout(
-      Promise.all([waitOpen(chat), waitOpen(fileDc)]),
+      Promise.all([waitOpen(chat), waitOpen(fileDc), waitOpen(looseDc)]),
       90_000,
       'data channels open (released by the gateway once keys verified)',
     );
     for (const m of texts) chat.send(m);
+    for (const m of loose) looseDc.send(m);
     fileDc.send(file);
     // Synthetic audio: 20 ms frames; werift sets SSRC and encrypts with SRTP.
     let seq = 1;
@@ -119,12 +125,13 @@ t.test(
     }
 
     await until(
-      () => gotTexts.length >= texts.length && gotFiles.length >= 1,
+      () => gotTexts.length >= texts.length && gotFiles.length >= 1 && gotLoose.size >= loose.length,
       90_000,
       'messages and file at the peer',
       () => `texts ${gotTexts.length}/${texts.length}, files ${gotFiles.length}`,
     );
     t.same(gotTexts, texts, 'every text message arrived intact and in order at the peer');
+    t.same([...gotLoose].sort(), [...loose].sort(), 'every unordered message arrived intact at the peer');
     t.equal(gotFiles.length, 1, 'one file message at the peer');
     t.equal(sha256Hex(gotFiles[0]!), fileSha, 'file arrived intact at the peer (SHA-256)');
     await until(
@@ -136,7 +143,7 @@ t.test(
     t.ok(rtpAtPeer >= 10, `audio RTP reached the peer (${rtpAtPeer} packets)`);
 
     // The gateway's view (events.jsonl).
-    const want = new Set(texts.map((m) => sha256Hex(m)));
+    const want = new Set([...texts, ...loose].map((m) => sha256Hex(m)));
     let evs: GwEvent[] = [];
     await until(
       () => {
@@ -167,6 +174,8 @@ t.test(
       texts.map((m) => sha256Hex(m)),
       'gateway saw every chat message, in order, with the sent SHA-256s',
     );
+    const looseShas = dcMsgs.filter((e) => e.datachannel!.label === 'unordered').map((e) => e.datachannel!.sha256);
+    t.same(looseShas.sort(), loose.map((m) => sha256Hex(m)).sort(), 'gateway saw every unordered message with the sent SHA-256s');
     const fileEv = evs.find((e) => e.event_type === 'file' && e.file!.sha256 === fileSha)!;
     t.equal(fileEv.file!.size, file.length, 'file event size');
     t.equal(fileEv.file!.label, 'file:payload.bin', 'file event label');
