@@ -12,6 +12,8 @@ import { fileURLToPath } from 'node:url';
 import { runOpensslDtls } from '../scripts/fixtures/openssl-dtls.js';
 
 export interface InspectBenchResult {
+  /** Markdown, for bench/run.ts. */
+  table?: string;
   captureMB: number;
   flows: number;
   records: number;
@@ -103,7 +105,9 @@ export async function runInspectBench(opts: { quick?: boolean } = {}): Promise<I
     } catch {
       tsharkSec = null;
     }
-    return { captureMB: mb, flows: copies, records: appdata, gatehouseSec, tsharkSec, ratio: tsharkSec ? tsharkSec / gatehouseSec : null };
+    const r: InspectBenchResult = { captureMB: mb, flows: copies, records: appdata, gatehouseSec, tsharkSec, ratio: tsharkSec ? tsharkSec / gatehouseSec : null };
+    r.table = formatInspectBench(r);
+    return r;
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
