@@ -9,6 +9,7 @@ import type { Writable } from 'node:stream';
 import { parseArgs } from 'node:util';
 import { CaptureError, CaptureInspector, readCapture } from '../inspect/capture.js';
 import { toEve, alertEve, type FlowMeta } from '../inspect/eve-format.js';
+import { policySubject } from '../inspect/policy-subject.js';
 import type { InspectEvent } from '../inspect/events.js';
 import { KeyLog } from '../inspect/keylog.js';
 import { KeySetError, keySetsFromJson, type KeySet } from '../inspect/keys.js';
@@ -164,21 +165,9 @@ function flowContext(f: FlowMeta, e: InspectEvent): FlowContext {
   return { groups: [], peerIp: (near ? dst : src).ip };
 }
 
-/** The policy subject of an inspection event (src/policy/engine.ts), if it has one. */
+/** The policy subject of an inspection event, if it has one. */
 function subjectOf(e: InspectEvent, f: FlowMeta): Subject | null {
-  const direction = toPeer(e, f) ? 'to_peer' : 'from_peer';
-  switch (e.type) {
-    case 'datachannel.message':
-      return { kind: 'message', direction, label: e.label, data: e.data, size: e.size, sha256: e.sha256 };
-    case 'file':
-      return { kind: 'file', direction, label: e.label, data: e.data, size: e.size, sha256: e.sha256, fileType: e.fileType };
-    case 'appdata':
-      return { kind: 'appdata', direction, data: e.data, size: e.size, sha256: e.sha256 };
-    case 'rtp.stream':
-      return { kind: 'media', direction, size: 0, codec: e.codec, ...(e.kind !== 'unknown' ? { mediaKind: e.kind } : {}) };
-    default:
-      return null;
-  }
+  return policySubject(e, toPeer(e, f) ? 'to_peer' : 'from_peer');
 }
 
 export async function runInspect(argv: string[], io: Io): Promise<number> {

@@ -26,6 +26,7 @@ import { toEve, type FlowMeta } from './eve-format.js';
 import { associationId, type KeySet } from './keys.js';
 import type { KeyStatus } from './dtls-session.js';
 import type { InspectEvent } from './events.js';
+import { policySubject } from './policy-subject.js';
 import type { FlowInfo, RecordingSealed } from '../record/recorder.js';
 
 /** How released packets are sent and flows are torn down (a TurnServer, see attach()). */
@@ -419,19 +420,7 @@ function peerKey(allocationId: string, peerIp: string): string {
 function subjectOf(e: InspectEvent, clientIsA: boolean | undefined): Subject | null {
   // Side A of the pipeline is the TURN client; event directions are DTLS roles (events.ts).
   const fromA = (e.dir ?? 'c2s') === 'c2s' ? clientIsA !== false : clientIsA === false;
-  const direction = fromA ? 'to_peer' : 'from_peer';
-  switch (e.type) {
-    case 'datachannel.message':
-      return { kind: 'message', direction, label: e.label, data: e.data, size: e.size, sha256: e.sha256 };
-    case 'file':
-      return { kind: 'file', direction, label: e.label, data: e.data, size: e.size, sha256: e.sha256, fileType: e.fileType };
-    case 'appdata':
-      return { kind: 'appdata', direction, data: e.data, size: e.size, sha256: e.sha256 };
-    case 'rtp.stream':
-      return { kind: 'media', direction, size: 0, mediaKind: e.kind === 'unknown' ? undefined : e.kind, codec: e.codec };
-    default:
-      return null;
-  }
+  return policySubject(e, fromA ? 'to_peer' : 'from_peer');
 }
 
 /** A FlowRelay over a TurnServer: released packets go out through TurnServer.inject(). */

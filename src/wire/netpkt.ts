@@ -112,12 +112,16 @@ export function formatIpv4(b: Uint8Array, off: number): string {
   return `${b[off]}.${b[off + 1]}.${b[off + 2]}.${b[off + 3]}`;
 }
 
-/** RFC 5952 §4 canonical text form: lower case, longest run (>1) of zero groups as "::". */
-export function formatIpv6(b: Uint8Array, off: number): string {
+/**
+ * RFC 5952 §4 canonical text form: lower case, longest run (>1) of zero groups as "::".
+ * IPv4-mapped addresses are written ::ffff:a.b.c.d (RFC 5952 §5) unless mappedDotted is
+ * false (then ::ffff:c000:201, the all-hex form).
+ */
+export function formatIpv6(b: Uint8Array, off: number, mappedDotted = true): string {
   const g: number[] = new Array(8);
   for (let i = 0; i < 8; i++) g[i] = (b[off + 2 * i]! << 8) | b[off + 2 * i + 1]!;
   // IPv4-mapped ::ffff:a.b.c.d (RFC 5952 §5).
-  if (g[0] === 0 && g[1] === 0 && g[2] === 0 && g[3] === 0 && g[4] === 0 && g[5] === 0xffff) {
+  if (mappedDotted && g[0] === 0 && g[1] === 0 && g[2] === 0 && g[3] === 0 && g[4] === 0 && g[5] === 0xffff) {
     return `::ffff:${formatIpv4(b, off + 12)}`;
   }
   let bestStart = -1;

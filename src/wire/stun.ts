@@ -7,6 +7,7 @@
  * null / false / undefined instead (the writer throws only on programmer errors such
  * as a value longer than 65535 bytes).
  */
+import { formatIpv6 } from './netpkt.js';
 import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
 import { isIPv4, isIPv6 } from 'node:net';
 
@@ -273,34 +274,9 @@ export interface TransportAddress {
   port: number;
 }
 
-/** Formats 16 bytes as a canonical (RFC 5952) IPv6 string. */
+/** Formats 16 bytes as a canonical (RFC 5952 §4) IPv6 string, IPv4-mapped ones in hex. */
 export function formatIPv6(b: Buffer, off = 0): string {
-  const g: number[] = [];
-  for (let i = 0; i < 8; i++) g.push(b.readUInt16BE(off + i * 2));
-  // RFC 5952 §4.2: compress the longest run (>= 2) of zero groups, first one on ties.
-  let bestStart = -1;
-  let bestLen = 0;
-  for (let i = 0; i < 8;) {
-    if (g[i] !== 0) {
-      i++;
-      continue;
-    }
-    let j = i;
-    while (j < 8 && g[j] === 0) j++;
-    if (j - i > bestLen && j - i >= 2) {
-      bestStart = i;
-      bestLen = j - i;
-    }
-    i = j;
-  }
-  const hex = (x: number): string => x.toString(16);
-  if (bestStart < 0) return g.map(hex).join(':');
-  const left = g.slice(0, bestStart).map(hex).join(':');
-  const right = g
-    .slice(bestStart + bestLen)
-    .map(hex)
-    .join(':');
-  return `${left}::${right}`;
+  return formatIpv6(b, off, false);
 }
 
 /** Parses an IPv4 or IPv6 string into 4 or 16 bytes; null when not an IP address. */
