@@ -30,6 +30,7 @@
  *
  * Loopback only; every process started is ended (bench/lib/procs.ts, onCleanup).
  */
+import { startCoturnRelay } from './turn-relay.js';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createSocket, type Socket } from 'node:dgram';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -810,52 +811,9 @@ async function startServe(): Promise<Started> {
 }
 
 async function startCoturn(): Promise<Started> {
-  const port = await freeUdpPort();
-  const [low, high] = await freeUdpRange(128, [port]);
-  const dir = mkdtempSync(join(tmpdir(), 'gh-bench-escrow-coturn-'));
-  const cleanup = onCleanup(() => rmSync(dir, { recursive: true, force: true }));
-  const args = [
-    '-n',
-    '--no-cli',
-    '--no-tls',
-    '--no-dtls',
-    '--no-tcp',
-    '--no-tcp-relay',
-    '--lt-cred-mech',
-    '--user',
-    `${USER}:${PASSWORD}`,
-    '--realm',
-    REALM,
-    '--allow-loopback-peers',
-    '--listening-ip',
-    HOST,
-    '--relay-ip',
-    HOST,
-    '--listening-port',
-    String(port),
-    '--min-port',
-    String(low),
-    '--max-port',
-    String(high),
-    '--relay-threads',
-    '1',
-    '--log-file',
-    'stdout',
-    '--simple-log',
-    '--pidfile',
-    join(dir, 'turnserver.pid'),
-    '--userdb',
-    join(dir, 'turndb'),
-  ];
-  const proc = start('turnserver', 'turnserver', args, { cwd: dir });
-  try {
-    await waitForStun(HOST, port, 20_000, () => (proc.isRunning() ? null : `turnserver exited during start:\n${proc.tail()}`));
-  } catch (e) {
-    await stop(proc);
-    cleanup();
-    throw e;
-  }
-  return { proc, port, judged: () => null, cleanup };
+  // The same coturn set-up as the TURN relay bench (same user, realm and flags).
+  const c = await startCoturnRelay(128, 'gh-bench-escrow-coturn-');
+  return { proc: c.proc, port: c.port, judged: () => null, cleanup: c.cleanup };
 }
 
 /** The load: `warmup + packets` app-data records (SCTP data channel messages), paced. */

@@ -353,7 +353,7 @@ async function runLoad(
 // ---------------------------------------------------------------------------------------
 // Servers
 
-interface Started {
+export interface Started {
   proc: Proc;
   port: number;
   command: string;
@@ -361,9 +361,18 @@ interface Started {
 }
 
 async function startCoturn(clientsTotal: number): Promise<Started> {
+  return startCoturnRelay(relayRangeSize(clientsTotal), 'gh-bench-coturn-');
+}
+
+/**
+ * coturn's turnserver on 127.0.0.1 with one relay thread and the bench's long-term user
+ * (USER/PASSWORD/REALM), relay ports from a free range of `relayPorts`; shared by the
+ * escrow bench so both compare against the same coturn set-up.
+ */
+export async function startCoturnRelay(relayPorts: number, tmpPrefix: string): Promise<Started> {
   const port = await freeUdpPort();
-  const [low, high] = await freeUdpRange(relayRangeSize(clientsTotal), [port]);
-  const dir = mkdtempSync(join(tmpdir(), 'gh-bench-coturn-'));
+  const [low, high] = await freeUdpRange(relayPorts, [port]);
+  const dir = mkdtempSync(join(tmpdir(), tmpPrefix));
   const cleanup = onCleanup(() => rmSync(dir, { recursive: true, force: true }));
   const args = [
     '-n', // no configuration file
