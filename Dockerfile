@@ -1,18 +1,23 @@
 # syntax=docker/dockerfile:1
-# Multi-stage: build the TypeScript once, ship only the runtime and production deps.
+# Multi-stage: compile TypeScript, better-sqlite3 and the SRTP/GCM addon once; ship only
+# the runtime, production dependencies and compiled output, running as a non-root user.
 FROM node:20-bookworm-slim AS build
+# node-gyp needs these for better-sqlite3 and native/ (the addon uses Node's own OpenSSL).
+RUN apt-get update && apt-get install -y --no-install-recommends python3 make g++ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund
 COPY tsconfig.json tsconfig.build.json ./
 COPY src ./src
-RUN npm run build && npm prune --omit=dev
+COPY native ./native
+RUN npm run build && npm run build:native && npm prune --omit=dev
 
 FROM node:20-bookworm-slim
 ENV NODE_ENV=production
 WORKDIR /app
 COPY --from=build /src/node_modules ./node_modules
 COPY --from=build /src/dist ./dist
+COPY --from=build /src/native/build/Release/gatehouse_native.node ./native/build/Release/gatehouse_native.node
 COPY package.json ./
 COPY bin ./bin
 COPY rules ./rules

@@ -220,6 +220,11 @@ function crossCheck(cfg: GatehouseConfig, file: string): void {
   if (!cfg.identity.cert !== !cfg.identity.key) {
     throw new Error(`${file}: identity.cert and identity.key must be set together`);
   }
+  // RFC 8656 §7.2: the relayed transport address goes to the client in XOR-RELAYED-ADDRESS,
+  // so it must be an address peers can reach, never the unspecified address.
+  if (cfg.turn.relay_address === '0.0.0.0' || cfg.turn.relay_address === '::') {
+    throw new Error(`${file}: turn.relay_address must be the address peers reach this server on, not ${cfg.turn.relay_address}`);
+  }
   const wantsTls = cfg.turn.listen.some((l) => l.startsWith('tls://'));
   if (wantsTls && (!cfg.turn.tls.cert || !cfg.turn.tls.key)) {
     throw new Error(`${file}: turn.listen has a tls:// address but turn.tls.cert and turn.tls.key are not both set`);

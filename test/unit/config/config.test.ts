@@ -60,6 +60,11 @@ for (const [name, text, re] of broken) {
   });
 }
 
+t.test('an unspecified relay address is refused (it is advertised to clients)', async (t) => {
+  t.throws(() => parseConfig('turn:\n  relay_address: 0.0.0.0\n', 'f.yaml'), /turn\.relay_address must be the address peers reach/);
+  t.throws(() => parseConfig('turn:\n  relay_address: "::"\n', 'f.yaml'), /turn\.relay_address/);
+});
+
 t.test('tls listener without cert is refused', async (t) => {
   t.throws(() => parseConfig('turn:\n  listen: [tls://0.0.0.0:5349]\n', 'f.yaml'), /turn\.tls\.cert/);
 });
