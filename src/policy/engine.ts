@@ -48,6 +48,9 @@ export interface Verdict {
   action: VerdictAction;
   matches: Match[];
 }
+/** How much of a message `regex` conditions look at (contains/contains_text see all of it). */
+export const REGEX_SCAN_BYTES = 64 * 1024;
+
 export const FORWARD: Verdict = Object.freeze({ action: 'forward', matches: [] }) as Verdict;
 
 interface Compiled {
@@ -176,7 +179,9 @@ export class PolicyEngine {
     }
     if (c.regexes.length) {
       if (!s.data || s.kind === 'media') return false;
-      const text = Buffer.from(s.data.buffer, s.data.byteOffset, s.data.byteLength).toString('utf8');
+      // Regexes run on at most the first REGEX_SCAN_BYTES of a message: patterns that could
+      // backtrack without bound are refused when loading, and this bounds the rest.
+      const text = Buffer.from(s.data.buffer, s.data.byteOffset, Math.min(s.data.byteLength, REGEX_SCAN_BYTES)).toString('utf8');
       if (!c.regexes.some((r) => r.test(text))) return false;
     }
     return true;
