@@ -32,6 +32,7 @@
  */
 import { startCoturnRelay } from './turn-relay.js';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { makeCert } from '../scripts/fixtures/openssl-dtls.js';
 import { createSocket, type Socket } from 'node:dgram';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
@@ -558,29 +559,7 @@ async function benchHandshake(rig: Rig, sessions: number): Promise<HandshakeResu
     rmSync(dir, { recursive: true, force: true });
   });
   try {
-    const cert = join(dir, 'ec.crt');
-    const key = join(dir, 'ec.key');
-    spawnSync(
-      'openssl',
-      [
-        'req',
-        '-x509',
-        '-newkey',
-        'ec',
-        '-pkeyopt',
-        'ec_paramgen_curve:P-256',
-        '-nodes',
-        '-keyout',
-        key,
-        '-out',
-        cert,
-        '-days',
-        '2',
-        '-subj',
-        '/CN=gatehouse-bench',
-      ],
-      { stdio: 'ignore' },
-    );
+    const { cert, key } = makeCert(dir, 'ec', '/CN=gatehouse-bench');
     const g: number[] = [];
     const w: number[] = [];
     const a: number[] = [];

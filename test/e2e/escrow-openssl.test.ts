@@ -7,7 +7,8 @@
  * released in order and judged by policy.
  */
 import t from 'tap';
-import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { makeCert } from '../../scripts/fixtures/openssl-dtls.js';
 import { createSocket, type Socket } from 'node:dgram';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -65,29 +66,7 @@ t.test('live openssl DTLS 1.2 through TURN: hold, WRITE-KEYS, verify, release in
     rmSync(dir, { recursive: true, force: true });
   });
 
-  const cert = join(dir, 'ec.crt');
-  const key = join(dir, 'ec.key');
-  execFileSync(
-    'openssl',
-    [
-      'req',
-      '-x509',
-      '-newkey',
-      'ec',
-      '-pkeyopt',
-      'ec_paramgen_curve:P-256',
-      '-nodes',
-      '-keyout',
-      key,
-      '-out',
-      cert,
-      '-days',
-      '2',
-      '-subj',
-      '/CN=gatehouse-test',
-    ],
-    { stdio: 'ignore' },
-  );
+  const { cert, key } = makeCert(dir, 'ec');
 
   // Peer side: s_server on srvPort behind a recording shim (the TURN peer address).
   const srvPort = await freePort('udp');

@@ -1,5 +1,5 @@
 import t from 'tap';
-import { execFileSync } from 'node:child_process';
+import { makeCert } from '../../../scripts/fixtures/openssl-dtls.js';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -114,29 +114,7 @@ t.test('a framing error closes only that connection', async (t) => {
 t.test('TLS listener', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'gatehouse-tls-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  const cert = join(dir, 'cert.pem');
-  const key = join(dir, 'key.pem');
-  execFileSync(
-    'openssl',
-    [
-      'req',
-      '-x509',
-      '-newkey',
-      'ec',
-      '-pkeyopt',
-      'ec_paramgen_curve:P-256',
-      '-nodes',
-      '-keyout',
-      key,
-      '-out',
-      cert,
-      '-subj',
-      '/CN=localhost',
-      '-days',
-      '2',
-    ],
-    { stdio: 'ignore' },
-  );
+  const { cert, key } = makeCert(dir, 'ec', '/CN=localhost');
   const h = await startServer((c) => {
     c.turn.listen = ['tls://127.0.0.1:0'];
     c.turn.tls = { cert, key };
