@@ -23,7 +23,8 @@ import { connectPeers, plainPeer, until, withTimeout } from '../unit/endpoint/he
 
 const RULES = 'keys:\n  required: true\n  deadline: 20s\n  unverified: hold\n  block_for: 5m\n';
 
-t.test('agent escrow against the real gateway extension: keys verified, traffic released', async (t) => {
+/** Gatehouse's TurnServer with the real GatewayInspector and escrow extension, as serve wires them. */
+async function startGateway() {
   const dir = mkdtempSync(join(tmpdir(), 'gh-endpoint-gw-'));
   const { identity } = await loadOrCreateIdentity(dir, { cert: null, key: null }, 'gatehouse-e2e');
   const events = new MemoryEventSink();
@@ -45,6 +46,11 @@ t.test('agent escrow against the real gateway extension: keys verified, traffic 
   inspector.attach(server);
   await server.start();
   const port = server.addresses().find((a) => a.proto === 'udp')!.port;
+  return { dir, identity, events, server, port };
+}
+
+t.test('agent escrow against the real gateway extension: keys verified, traffic released', async (t) => {
+  const { dir, identity, events, server, port } = await startGateway();
   const consents: ConsentRequest[] = [];
   const { pc, agent } = createEscrowPeerConnection({
     turnUrl: `turn:127.0.0.1:${port}`,
@@ -108,27 +114,7 @@ t.test('agent escrow against the real gateway extension: keys verified, traffic 
 });
 
 t.test('declined consent against the real gateway: KEY-DECLINE blocks the required flow', async (t) => {
-  const dir = mkdtempSync(join(tmpdir(), 'gh-endpoint-gw-'));
-  const { identity } = await loadOrCreateIdentity(dir, { cert: null, key: null }, 'gatehouse-e2e');
-  const events = new MemoryEventSink();
-  const engine = new PolicyEngine([parseRuleFile(RULES, 'test.yaml')]);
-  const inspector = new GatewayInspector({ policy: () => engine, identity, events });
-  const cfg = defaultConfig();
-  cfg.turn.listen = ['udp://127.0.0.1:0'];
-  cfg.turn.relay_address = '127.0.0.1';
-  cfg.turn.relay_ports = [49000, 49999];
-  cfg.turn.peers.allow = ['127.0.0.0/8'];
-  cfg.data_dir = dir;
-  const server = new TurnServer({
-    config: cfg,
-    users: { lookup: (n) => (n === 'alice' ? { name: 'alice', password: 'secret', groups: [] } : undefined) },
-    events,
-    flowHooks: inspector,
-    extensions: [inspector.extension],
-  });
-  inspector.attach(server);
-  await server.start();
-  const port = server.addresses().find((a) => a.proto === 'udp')!.port;
+  const { dir, identity, events, server, port } = await startGateway();
   const { pc, agent } = createEscrowPeerConnection({
     turnUrl: `turn:127.0.0.1:${port}`,
     username: 'alice',
