@@ -82,8 +82,6 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
   private readonly log: Logger;
   private relay: FlowRelay | null = null;
   private readonly byPeer = new Map<string, FlowState>();
-  /** Set while a released packet is re-sent, so onPacket lets it through untouched. */
-  private injecting = false;
   /** Flows to tear down once the request being handled has taken effect (escrow.ts). */
   private deferred: { flow: Flow; reason: string }[] | null = null;
 
@@ -97,7 +95,7 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
 
   /** Uses a TurnServer to close blocked flows and to send released (held) packets. */
   attach(server: RelayServer): this {
-    this.relay = turnRelay(server, this);
+    this.relay = turnRelay(server);
     return this;
   }
 
@@ -105,17 +103,6 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
   setRelay(relay: FlowRelay): this {
     this.relay = relay;
     return this;
-  }
-
-  /** Runs fn with onPacket bypassed (for relays re-entering the server's send path). */
-  injectWith(fn: () => void): void {
-    const prev = this.injecting;
-    this.injecting = true;
-    try {
-      fn();
-    } finally {
-      this.injecting = prev;
-    }
   }
 
   // ------------------------------------------------------------------ FlowHooks
@@ -173,7 +160,6 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
 
   /** A bound function (TurnServer keeps a reference to it for its hot path). */
   readonly onPacket = (flow: Flow, dir: FlowDirection, data: Buffer, peerPort: number): boolean => {
-    if (this.injecting) return true;
     const st = flow.ctx as FlowState | undefined;
     if (st === undefined || st.closed) return true;
     st.meta.b.port = peerPort;
@@ -423,13 +409,14 @@ function subjectOf(e: InspectEvent, clientIsA: boolean | undefined): Subject | n
   return policySubject(e, fromA ? 'to_peer' : 'from_peer');
 }
 
-/** A FlowRelay over a TurnServer: released packets go out through TurnServer.inject(). */
-function turnRelay(server: RelayServer, insp: GatewayInspector): FlowRelay {
+/**
+ * A FlowRelay over a TurnServer: released packets go out through TurnServer.inject(),
+ * which does not call onPacket again.
+ */
+function turnRelay(server: RelayServer): FlowRelay {
   return {
     close: (flow, reason) => server.closeFlow(flow, reason),
-    send: (flow, dir, data, peerPort) => {
-      if (flow.open) insp.injectWith(() => server.inject(flow, dir, data, peerPort));
-    },
+    send: (flow, dir, data, peerPort) => server.inject(flow, dir, data, peerPort),
   };
 }
 
