@@ -27,6 +27,7 @@ import { associationId, type KeySet } from './keys.js';
 import type { KeyStatus } from './dtls-session.js';
 import type { InspectEvent } from './events.js';
 import { policySubject } from './policy-subject.js';
+import { demux, isRtcp } from '../wire/demux.js';
 import type { FlowInfo, RecordingSealed } from '../record/recorder.js';
 
 /** How released packets are sent and flows are torn down (a TurnServer, see attach()). */
@@ -166,14 +167,7 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
     // Quotas count what is relayed; vital peers are counted but never cut (issue 5).
     if (this.o.quotas && this.o.quotas.account(flow.user, flow.groups, flow.peerAddress, data.length) === 'drop') return false;
     // RFC 7983 §7 / RFC 5761 §4: RTP (not RTCP); RFC 3711 §3.1: the SSRC is in the clear.
-    if (
-      st.droppedSsrcs.size &&
-      data.length >= 12 &&
-      data[0]! >= 128 &&
-      data[0]! <= 191 &&
-      !(data[1]! >= 192 && data[1]! <= 223) &&
-      st.droppedSsrcs.has(data.readUInt32BE(8))
-    )
+    if (st.droppedSsrcs.size && data.length >= 12 && demux(data) === 'rtp' && !isRtcp(data) && st.droppedSsrcs.has(data.readUInt32BE(8)))
       return false;
     const v = st.guard.packet(data, dir, peerPort);
     if (v !== 'forward') return false;
