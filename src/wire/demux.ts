@@ -60,15 +60,15 @@ export function packetClassName(code: PacketClassCode): PacketClass {
 }
 
 /**
- * RFC 5761 §4: within the RTP/RTCP range, RTCP packet types 192-223 (SR 200, RR 201,
- * SDES 202, BYE 203, APP 204, RTPFB 205, PSFB 206, XR 207, ...) appear in the second
- * byte; RTP payload types 64-95 are avoided when muxing, so the second byte with the
- * marker bit cleared being in 64..95 means RTCP.
+ * RFC 5761 §4: with RTP and RTCP on one port, a packet whose second octet (M bit + PT) is
+ * in 192..223 is RTCP: RTCP packet types 192-223 (SR 200, RR 201, SDES 202, BYE 203, APP
+ * 204, RTPFB 205, PSFB 206, XR 207, ...) map onto RTP payload types 64-95, which therefore
+ * must not be used for RTP.
  */
 export function isRtcp(buf: Uint8Array, off = 0): boolean {
   if (off < 0 || off + 1 >= buf.length) return false;
-  const pt = buf[off + 1]! & 0x7f;
-  return pt >= 64 && pt <= 95;
+  const b1 = buf[off + 1]!;
+  return b1 >= 192 && b1 <= 223;
 }
 
 /** True when the DTLS first byte is an RFC 9147 §4 unified header (0b001xxxxx). */

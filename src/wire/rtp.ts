@@ -1,9 +1,10 @@
 /**
  * RTP and RTCP codecs (RFC 3550), header extensions (RFC 8285), RTCP feedback (RFC 4585)
- * and the RTP/RTCP multiplexing rule (RFC 5761). Pure: no I/O, no clocks, imports nothing
- * of ours. Parsers are zero-copy: they return offsets into the caller's Buffer and never
+ * and the RTP/RTCP multiplexing rule (RFC 5761, shared with demux.ts). Pure: no I/O, no
+ * clocks. Parsers are zero-copy: they return offsets into the caller's Buffer and never
  * throw on malformed input (they return null).
  */
+import { demux } from './demux.js';
 
 /** RFC 3550 §5.1: the fixed header is 12 octets. */
 export const RTP_FIXED_HEADER = 12;
@@ -170,20 +171,12 @@ export function parseRtpHeaderExtensions(buf: Buffer, h: RtpHeader): RtpExtensio
   return [];
 }
 
-/**
- * RFC 5761 §4: with RTP and RTCP on one port, a packet whose second octet (M bit + PT) is
- * in 192..223 is RTCP (RTCP packet types 192-223 map onto RTP PTs 64-95, which therefore
- * must not be used for RTP).
- */
-export function isRtcp(buf: Buffer): boolean {
-  if (buf.length < 2) return false;
-  const b1 = buf[1];
-  return b1 >= 192 && b1 <= 223;
-}
+// RFC 5761 §4 (RTP/RTCP on one port): one definition, in demux.ts.
+export { isRtcp } from './demux.js';
 
 /** RFC 7983 §7: a first octet in 128..191 demultiplexes to RTP/RTCP. */
 export function isRtpOrRtcp(buf: Buffer): boolean {
-  return buf.length >= 1 && buf[0] >= 128 && buf[0] <= 191;
+  return demux(buf) === 'rtp';
 }
 
 export interface RtpBuildOptions {
