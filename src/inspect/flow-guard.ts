@@ -25,6 +25,7 @@
  */
 import type { Clock, TimerHandle } from '../util/clock.js';
 import { DtlsSession } from './dtls-session.js';
+import { demuxCode, PC_DTLS, PC_RTP, PC_STUN } from '../wire/demux.js';
 import type { InspectEvent } from './events.js';
 import { associationId, wipeKeySet, type KeySet } from './keys.js';
 import type { KeyStatus } from './dtls-session.js';
@@ -154,13 +155,14 @@ export class FlowGuard {
   packet(data: Buffer, dir: GuardDirection, peerPort: number): GuardVerdict {
     this.lastQueued = false;
     if (this.closed || this.blocked) return 'drop';
-    const b0 = data.length > 0 ? data[0]! : 0;
+    // RFC 7983 §7 classes; an empty datagram carries nothing to hold and passes like STUN.
+    const cls = data.length > 0 ? demuxCode(data) : PC_STUN;
     let needsKeys: boolean;
     let startsClock = false;
     const wasCovered = this.covered;
-    if (b0 <= 3) {
+    if (cls === PC_STUN) {
       return 'forward'; // RFC 7983 §7 [0..3]: STUN (ICE checks), never held
-    } else if (b0 >= 20 && b0 <= 63) {
+    } else if (cls === PC_DTLS) {
       // RFC 7983 §7 [20..63]: DTLS. Fed to the guard's own session (associations, key verification).
       const k = dtlsKind(data);
       // Once covered, application data needs no second decryption here; control records
@@ -172,7 +174,7 @@ export class FlowGuard {
       }
       startsClock = k.protectedSeen;
       needsKeys = !k.control && this.o.keys.data;
-    } else if (b0 >= 128 && b0 <= 191) {
+    } else if (cls === PC_RTP) {
       // RFC 7983 §7 [128..191]: RTP/RTCP (SRTP); §5.1: the first SRTP packet starts the clock.
       startsClock = true;
       needsKeys = this.o.keys.media;
@@ -181,7 +183,7 @@ export class FlowGuard {
       needsKeys = this.o.keys.data;
     }
     if (this.blocked) return 'drop';
-    const covered = this.covered && (!needsKeys || b0 < 128 || b0 > 191 || this.hasSrtp(this.lastAssoc!));
+    const covered = this.covered && (!needsKeys || cls !== PC_RTP || this.hasSrtp(this.lastAssoc!));
     if (this.covered && !wasCovered) this.release();
     if (covered || this.bypass) return 'forward';
     if (startsClock) this.startClock();
