@@ -7,6 +7,7 @@
  * Nanosecond-resolution pcap (magic 0xA1B23C4D) is accepted: the magic is rewritten to
  * the microsecond form for pcap-parser and the fraction is scaled back here.
  */
+import { PCAP_MAGIC_US, pcapGlobalHeader as wirePcapGlobalHeader, pcapRecordHeader } from '../wire/pcap.js';
 import { createReadStream, openSync, readSync, closeSync } from 'node:fs';
 import { PassThrough, type Readable } from 'node:stream';
 import { createRequire } from 'node:module';
@@ -48,7 +49,6 @@ export class CaptureError extends GatehouseError {
 export const MAX_CAPTURED_LENGTH = 262_144;
 
 const PCAPNG_MAGIC = 0x0a0d0d0a;
-const PCAP_US_BE = 0xa1b2c3d4;
 const PCAP_US_LE = 0xd4c3b2a1;
 const PCAP_NS_BE = 0xa1b23c4d;
 const PCAP_NS_LE = 0x4d3cb2a1;
@@ -81,7 +81,7 @@ export function captureFormat(head: Buffer): CaptureFormat {
   if (head.length < 4) return 'unknown';
   const be = head.readUInt32BE(0);
   if (be === PCAPNG_MAGIC) return 'pcapng';
-  if (be === PCAP_US_BE || be === PCAP_US_LE) return 'pcap';
+  if (be === PCAP_MAGIC_US || be === PCAP_US_LE) return 'pcap';
   if (be === PCAP_NS_BE || be === PCAP_NS_LE) return 'pcap-ns';
   return 'unknown';
 }
@@ -141,8 +141,8 @@ export async function readCapture(
     const pt = new PassThrough({ highWaterMark: hwm });
     const le = head.readUInt32BE(0) === PCAP_NS_LE;
     const magic = Buffer.alloc(4);
-    if (le) magic.writeUInt32LE(PCAP_US_BE, 0);
-    else magic.writeUInt32BE(PCAP_US_BE, 0);
+    if (le) magic.writeUInt32LE(PCAP_MAGIC_US, 0);
+    else magic.writeUInt32BE(PCAP_MAGIC_US, 0);
     pt.write(magic);
     createReadStream(path, { start: 4, highWaterMark: hwm })
       .on('error', (e) => pt.destroy(e))
@@ -225,26 +225,12 @@ export async function readCapture(
 
 /** The 24-byte pcap global header (microsecond resolution, little-endian). */
 export function pcapGlobalHeader(linktype: number, snaplen = MAX_CAPTURED_LENGTH): Buffer {
-  const h = Buffer.alloc(24);
-  h.writeUInt32LE(PCAP_US_BE, 0); // written LE: reads back as d4 c3 b2 a1
-  h.writeUInt16LE(2, 4);
-  h.writeUInt16LE(4, 6);
-  h.writeInt32LE(0, 8);
-  h.writeUInt32LE(0, 12);
-  h.writeUInt32LE(snaplen, 16);
-  h.writeUInt32LE(linktype, 20);
-  return h;
+  return wirePcapGlobalHeader(linktype, snaplen);
 }
 
 /** One pcap record (16-byte header + data) for a packet at `timeMs`. */
 export function pcapRecord(timeMs: number, data: Buffer): Buffer {
-  const h = Buffer.alloc(16);
-  const us = Math.round(timeMs * 1000);
-  h.writeUInt32LE(Math.floor(us / 1e6), 0);
-  h.writeUInt32LE(us % 1e6, 4);
-  h.writeUInt32LE(data.length, 8);
-  h.writeUInt32LE(data.length, 12);
-  return Buffer.concat([h, data]);
+  return Buffer.concat([pcapRecordHeader(timeMs, data.length), data]);
 }
 
 /** A whole pcap file image. */
