@@ -103,56 +103,7 @@ export function tls13Exporter(
   const empty = createHash(hash).digest();
   const s = deriveSecret(hash, exporterSecret, label, empty, prefix);
   const ctxHash = createHash(hash).update(context).digest();
-  return hkdfExpandLabel(hash, s, 'exporter', ctxHash, length, prefix);
-}
-
-export interface SrtpKeyMaterial {
-  clientKey: Buffer;
-  serverKey: Buffer;
-  clientSalt: Buffer;
-  serverSalt: Buffer;
-}
-
-/** RFC 5764 §4.1.2 / RFC 7714 §14.2: master key and salt lengths of an SRTP protection profile. */
-export function srtpProfileLengths(profile: number): { keyLen: number; saltLen: number } | null {
-  switch (profile) {
-    case 0x0001: // SRTP_AES128_CM_HMAC_SHA1_80
-    case 0x0002: // SRTP_AES128_CM_HMAC_SHA1_32
-      return { keyLen: 16, saltLen: 14 };
-    case 0x0007: // SRTP_AEAD_AES_128_GCM (RFC 7714 §14.2)
-      return { keyLen: 16, saltLen: 12 };
-    case 0x0008: // SRTP_AEAD_AES_256_GCM
-      return { keyLen: 32, saltLen: 12 };
-    default:
-      return null;
-  }
-}
-
-/**
- * RFC 5764 §4.2: keying material = Exporter("EXTRACTOR-dtls_srtp", no context,
- * 2*(key+salt)), split as client_write_SRTP_master_key | server_write_SRTP_master_key |
- * client_write_SRTP_master_salt | server_write_SRTP_master_salt.
- * For DTLS 1.3 pass DTLS13_PREFIX (RFC 9147 §5.9 applies the prefix to every HkdfLabel).
- * Returns null for an unknown profile.
- */
-export function srtpKeysFromExporter(
-  hash: HashName,
-  exporterSecret: Buffer,
-  profile: number,
-  prefix: string = DTLS13_PREFIX,
-): SrtpKeyMaterial | null {
-  const l = srtpProfileLengths(profile);
-  if (!l) return null;
-  const m = tls13Exporter(hash, exporterSecret, 'EXTRACTOR-dtls_srtp', Buffer.alloc(0), 2 * (l.keyLen + l.saltLen), prefix);
-  return splitSrtpKeyMaterial(m, l.keyLen, l.saltLen);
-}
-
-/** RFC 5764 §4.2 split of exported keying material (also for the DTLS 1.2 exporter output). */
-export function splitSrtpKeyMaterial(m: Buffer, keyLen: number, saltLen: number): SrtpKeyMaterial {
-  let o = 0;
-  const clientKey = Buffer.from(m.subarray(o, (o += keyLen)));
-  const serverKey = Buffer.from(m.subarray(o, (o += keyLen)));
-  const clientSalt = Buffer.from(m.subarray(o, (o += saltLen)));
-  const serverSalt = Buffer.from(m.subarray(o, (o += saltLen)));
-  return { clientKey, serverKey, clientSalt, serverSalt };
+  const out = hkdfExpandLabel(hash, s, 'exporter', ctxHash, length, prefix);
+  s.fill(0); // the derived exporter secret is key material: not kept
+  return out;
 }

@@ -17,15 +17,12 @@
  *
  * `hash` is 'sha256' or 'sha384' (the PRF hash of the cipher suite).
  */
+import { DTLS13_PREFIX, tls13Exporter as hkdfTls13Exporter } from './hkdf.js';
 import { createHash, createHmac } from 'node:crypto';
 
 export type PrfHash = 'sha256' | 'sha384';
 
-const HASH_LEN: Record<PrfHash, number> = { sha256: 32, sha384: 48 };
-
-export function hashLength(hash: PrfHash): number {
-  return HASH_LEN[hash];
-}
+export { hashLength } from './hkdf.js';
 
 /**
  * RFC 5246 §5: P_hash(secret, seed) = HMAC(secret, A(1) + seed) + HMAC(secret, A(2) + seed) ...
@@ -150,17 +147,35 @@ export interface SrtpKeyMaterial {
 export function splitSrtpKeyingMaterial(profile: number, material: Buffer): SrtpKeyMaterial | null {
   const p = SRTP_PROFILES.get(profile);
   if (!p || material.length < 2 * (p.keyLen + p.saltLen)) return null;
-  let o = 0;
-  const take = (n: number): Buffer => {
-    const b = Buffer.from(material.subarray(o, o + n));
-    o += n;
-    return b;
+  const k = splitSrtpKeyMaterial(material, p.keyLen, p.saltLen);
+  return {
+    profile,
+    clientMasterKey: k.clientKey,
+    serverMasterKey: k.serverKey,
+    clientMasterSalt: k.clientSalt,
+    serverMasterSalt: k.serverSalt,
   };
-  const clientMasterKey = take(p.keyLen);
-  const serverMasterKey = take(p.keyLen);
-  const clientMasterSalt = take(p.saltLen);
-  const serverMasterSalt = take(p.saltLen);
-  return { profile, clientMasterKey, serverMasterKey, clientMasterSalt, serverMasterSalt };
+}
+
+/** Master key and salt lengths of an SRTP protection profile (RFC 5764 §4.1.2, RFC 7714 §14.2). */
+export function srtpProfileLengths(profile: number): { keyLen: number; saltLen: number } | null {
+  const p = SRTP_PROFILES.get(profile);
+  return p ? { keyLen: p.keyLen, saltLen: p.saltLen } : null;
+}
+
+/** The four RFC 5764 §4.2 parts of exported keying material, in order. */
+export interface SrtpKeyParts {
+  clientKey: Buffer;
+  serverKey: Buffer;
+  clientSalt: Buffer;
+  serverSalt: Buffer;
+}
+
+/** RFC 5764 §4.2 split: client key | server key | client salt | server salt (copies). */
+export function splitSrtpKeyMaterial(m: Buffer, keyLen: number, saltLen: number): SrtpKeyParts {
+  let o = 0;
+  const take = (n: number): Buffer => Buffer.from(m.subarray(o, (o += n)));
+  return { clientKey: take(keyLen), serverKey: take(keyLen), clientSalt: take(saltLen), serverSalt: take(saltLen) };
 }
 
 /** DTLS 1.2 SRTP keys: RFC 5705 exporter with label EXTRACTOR-dtls_srtp, split per RFC 5764 §4.2. */
@@ -179,68 +194,32 @@ export function deriveSrtpTls12(
   return r;
 }
 
-/** RFC 5869 §2.2: HKDF-Extract(salt, IKM) = HMAC-Hash(salt, IKM). */
-export function hkdfExtract(hash: PrfHash, salt: Buffer, ikm: Buffer): Buffer {
-  return createHmac(hash, salt.length ? salt : Buffer.alloc(HASH_LEN[hash]))
-    .update(ikm)
-    .digest();
-}
-
-/** RFC 5869 §2.3: HKDF-Expand(PRK, info, L). */
-export function hkdfExpand(hash: PrfHash, prk: Buffer, info: Buffer, length: number): Buffer {
-  const out = Buffer.alloc(length);
-  let t: Buffer = Buffer.alloc(0);
-  let off = 0;
-  for (let i = 1; off < length; i++) {
-    t = createHmac(hash, prk).update(t).update(info).update(Buffer.of(i)).digest();
-    off += t.copy(out, off);
-  }
-  return out;
-}
-
-/**
- * RFC 8446 §7.1: HKDF-Expand-Label(Secret, Label, Context, Length) with
- * HkdfLabel = uint16 length, opaque label<7..255> = prefix + Label, opaque context<0..255>.
- * TLS 1.3 uses the prefix "tls13 "; DTLS 1.3 record protection uses "dtls13" (RFC 9147 §5.9).
- */
-export function hkdfExpandLabel(hash: PrfHash, secret: Buffer, label: string, context: Buffer, length: number, prefix = 'tls13 '): Buffer {
-  const fullLabel = Buffer.from(prefix + label, 'latin1');
-  const info = Buffer.alloc(2 + 1 + fullLabel.length + 1 + context.length);
-  info.writeUInt16BE(length, 0);
-  info[2] = fullLabel.length;
-  fullLabel.copy(info, 3);
-  info[3 + fullLabel.length] = context.length;
-  context.copy(info, 4 + fullLabel.length);
-  return hkdfExpand(hash, secret, info, length);
-}
-
-/**
- * RFC 8446 §7.5: TLS-Exporter(label, context_value, key_length) =
- *   HKDF-Expand-Label(Derive-Secret(Secret, label, ""), "exporter", Hash(context_value), key_length)
- * where Derive-Secret(S, L, "") = HKDF-Expand-Label(S, L, Hash(""), Hash.length) (§7.1).
- * `prefix` defaults to "tls13 " (see hkdfExpandLabel).
- */
-export function tls13Exporter(
-  hash: PrfHash,
-  exporterMasterSecret: Buffer,
-  label: string,
-  context: Buffer,
-  length: number,
-  prefix = 'tls13 ',
-): Buffer {
-  const emptyHash = createHash(hash).digest();
-  const derived = hkdfExpandLabel(hash, exporterMasterSecret, label, emptyHash, HASH_LEN[hash], prefix);
-  const out = hkdfExpandLabel(hash, derived, 'exporter', createHash(hash).update(context).digest(), length, prefix);
-  derived.fill(0);
-  return out;
-}
+// RFC 5869 HKDF and the RFC 8446 §7.1/§7.5 label and exporter functions: one
+// implementation, in hkdf.ts.
+export { hkdfExtract, hkdfExpand, hkdfExpandLabel, tls13Exporter } from './hkdf.js';
 
 /** DTLS 1.3 SRTP keys: TLS 1.3 exporter (empty context) with label EXTRACTOR-dtls_srtp, RFC 5764 §4.2 split. */
 export function deriveSrtpTls13(hash: PrfHash, exporterMasterSecret: Buffer, profile: number, prefix = 'tls13 '): SrtpKeyMaterial | null {
   const p = SRTP_PROFILES.get(profile);
   if (!p) return null;
-  const m = tls13Exporter(hash, exporterMasterSecret, DTLS_SRTP_EXPORTER_LABEL, Buffer.alloc(0), 2 * (p.keyLen + p.saltLen), prefix);
+  const m = hkdfTls13Exporter(hash, exporterMasterSecret, DTLS_SRTP_EXPORTER_LABEL, Buffer.alloc(0), 2 * (p.keyLen + p.saltLen), prefix);
   const r = splitSrtpKeyingMaterial(profile, m);
   m.fill(0);
   return r;
+}
+
+/**
+ * DTLS 1.3 SRTP keys as the four parts (RFC 5764 §4.2 over the RFC 8446 §7.5 exporter);
+ * the label prefix defaults to "dtls13" (RFC 9147 §5.9). Null for an unknown profile.
+ */
+export function srtpKeysFromExporter(
+  hash: PrfHash,
+  exporterSecret: Buffer,
+  profile: number,
+  prefix: string = DTLS13_PREFIX,
+): SrtpKeyParts | null {
+  const k = deriveSrtpTls13(hash, exporterSecret, profile, prefix);
+  return k
+    ? { clientKey: k.clientMasterKey, serverKey: k.serverMasterKey, clientSalt: k.clientMasterSalt, serverSalt: k.serverMasterSalt }
+    : null;
 }

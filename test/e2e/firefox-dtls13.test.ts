@@ -27,7 +27,7 @@ import {
   CT_ACK,
   CT_ALERT,
 } from '../../src/wire/dtls13.js';
-import { srtpKeysFromExporter } from '../../src/wire/hkdf.js';
+import { srtpKeysFromExporter } from '../../src/wire/tls-prf.js';
 
 const have = (cmd: string) => spawnSync('sh', ['-c', `command -v ${cmd}`]).status === 0;
 const missing = ['firefox-esr', 'turnserver', 'dumpcap'].filter((c) => !have(c));

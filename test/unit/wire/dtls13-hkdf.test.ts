@@ -8,12 +8,10 @@ import {
   hkdfExpandLabel,
   deriveSecret,
   tls13Exporter,
-  srtpKeysFromExporter,
-  splitSrtpKeyMaterial,
-  srtpProfileLengths,
   DTLS13_PREFIX,
   TLS13_PREFIX,
 } from '../../../src/wire/hkdf.js';
+import { srtpKeysFromExporter, splitSrtpKeyMaterial, srtpProfileLengths } from '../../../src/wire/tls-prf.js';
 
 const h = (s: string) => Buffer.from(s.replace(/\s+/g, ''), 'hex');
 const hex = (b: Buffer) => b.toString('hex');
