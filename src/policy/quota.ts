@@ -97,6 +97,7 @@ export class QuotaTracker {
    * 'drop' when a quota that selects this user is exhausted and the peer is not vital.
    */
   account(user: string | undefined, groups: readonly string[], peerIp: string | undefined, bytes: number): 'pass' | 'drop' {
+    if (this.quotas.length === 0) return 'pass'; // the packet path pays nothing without quotas
     const now = this.clock.now();
     let verdict: 'pass' | 'drop' = 'pass';
     for (const c of this.quotas) {
