@@ -8,11 +8,9 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
-import { defaultConfig } from '../../src/config/config.js';
-import { TurnServer } from '../../src/turn/server.js';
 import { Method } from '../../src/wire/stun.js';
 import { runEndpoint, ENDPOINT_HELP } from '../../src/cli/endpoint.js';
-import { makeGateway, stubEscrowExtension } from '../unit/endpoint/helpers.js';
+import { makeGateway, startTestTurn, stubEscrowExtension } from '../unit/endpoint/helpers.js';
 
 function io() {
   const out = new PassThrough();
@@ -48,19 +46,7 @@ t.test('--help and usage errors', async (t) => {
 t.test('compliant offerer sends a file through the gateway; keys escrowed', async (t) => {
   const gw = await makeGateway();
   const { ext, log } = stubEscrowExtension(gw, { deadline: 5, flags: 0x0003 });
-  const cfg = defaultConfig();
-  cfg.turn.listen = ['udp://127.0.0.1:0'];
-  cfg.turn.relay_address = '127.0.0.1';
-  cfg.turn.relay_ports = [48000, 48999];
-  cfg.turn.peers.allow = ['127.0.0.0/8'];
-  cfg.data_dir = '/nonexistent';
-  const server = new TurnServer({
-    config: cfg,
-    users: { lookup: (n) => (n === 'alice' ? { name: 'alice', password: 'secret', groups: [] } : undefined) },
-    extensions: [ext],
-  });
-  await server.start();
-  const port = server.addresses().find((a) => a.proto === 'udp')!.port;
+  const { server, port } = await startTestTurn({ relayPorts: [48000, 48999], extensions: [ext] });
   const dir = mkdtempSync(join(tmpdir(), 'gh-endpoint-'));
   t.teardown(async () => {
     await server.stop();

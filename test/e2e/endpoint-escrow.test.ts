@@ -6,36 +6,16 @@
 // under the long-term key + NONCE, and the key set's client/server randoms and SRTP keys
 // are the ones the two real werift DTLS endpoints negotiated.
 import t from 'tap';
-import { TurnServer } from '../../src/turn/server.js';
-import { parseConfig } from '../../src/config/config.js';
 import { GatewayTrust } from '../../src/endpoint/trust.js';
 import { createEscrowPeerConnection, type ConsentRequest } from '../../src/endpoint/agent.js';
 import { associationId } from '../../src/inspect/keys.js';
 import { Method } from '../../src/wire/stun.js';
-import { connectPeers, makeGateway, plainPeer, stubEscrowExtension, until, withTimeout } from '../unit/endpoint/helpers.js';
-
-const CONFIG = `
-turn:
-  listen: ["udp://127.0.0.1:3478"]
-  relay_address: 127.0.0.1
-  relay_ports: [46000, 46999]
-  peers:
-    allow: ["127.0.0.0/8"]
-data_dir: /nonexistent
-`;
+import { connectPeers, makeGateway, plainPeer, startTestTurn, stubEscrowExtension, until, withTimeout } from '../unit/endpoint/helpers.js';
 
 t.test('agent escrows werift DTLS keys in a ChannelBind through TurnServer', async (t) => {
   const gw = await makeGateway();
   const { ext, log } = stubEscrowExtension(gw, { deadline: 5, flags: 0x0003 });
-  const cfg = parseConfig(CONFIG);
-  cfg.turn.listen = ['udp://127.0.0.1:0']; // port 0 (free port) is not a valid config value; set after parsing
-  const server = new TurnServer({
-    config: cfg,
-    users: { lookup: (n) => (n === 'alice' ? { name: 'alice', password: 'secret', groups: [] } : undefined) },
-    extensions: [ext],
-  });
-  await server.start();
-  const port = server.addresses().find((a) => a.proto === 'udp')!.port;
+  const { server, port } = await startTestTurn({ relayPorts: [46000, 46999], extensions: [ext] });
   const consents: ConsentRequest[] = [];
   const { pc, agent } = createEscrowPeerConnection({
     turnUrl: `turn:127.0.0.1:${port}`,

@@ -9,8 +9,6 @@ import t from 'tap';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { defaultConfig } from '../../src/config/config.js';
-import { TurnServer } from '../../src/turn/server.js';
 import { MemoryEventSink } from '../../src/events/eve.js';
 import { loadOrCreateIdentity } from '../../src/store/identity.js';
 import { PolicyEngine } from '../../src/policy/engine.js';
@@ -19,7 +17,7 @@ import { GatewayInspector } from '../../src/inspect/gateway-inspector.js';
 import { GatewayTrust } from '../../src/endpoint/trust.js';
 import { keySetFromDtls12, dtlsStateFromWerift, type WeriftDtlsSocketLike } from '../../src/endpoint/keyset.js';
 import { createEscrowPeerConnection, type ConsentRequest } from '../../src/endpoint/agent.js';
-import { connectPeers, plainPeer, until, withTimeout } from '../unit/endpoint/helpers.js';
+import { connectPeers, plainPeer, startTestTurn, until, withTimeout } from '../unit/endpoint/helpers.js';
 
 const RULES = 'keys:\n  required: true\n  deadline: 20s\n  unverified: hold\n  block_for: 5m\n';
 
@@ -30,22 +28,14 @@ async function startGateway() {
   const events = new MemoryEventSink();
   const engine = new PolicyEngine([parseRuleFile(RULES, 'test.yaml')]);
   const inspector = new GatewayInspector({ policy: () => engine, identity, events });
-  const cfg = defaultConfig();
-  cfg.turn.listen = ['udp://127.0.0.1:0'];
-  cfg.turn.relay_address = '127.0.0.1';
-  cfg.turn.relay_ports = [49000, 49999];
-  cfg.turn.peers.allow = ['127.0.0.0/8'];
-  cfg.data_dir = dir;
-  const server = new TurnServer({
-    config: cfg,
-    users: { lookup: (n) => (n === 'alice' ? { name: 'alice', password: 'secret', groups: [] } : undefined) },
-    events,
-    flowHooks: inspector,
+  const { server, port } = await startTestTurn({
+    relayPorts: [49000, 49999],
     extensions: [inspector.extension],
+    flowHooks: inspector,
+    events,
+    dataDir: dir,
   });
   inspector.attach(server);
-  await server.start();
-  const port = server.addresses().find((a) => a.proto === 'udp')!.port;
   return { dir, identity, events, server, port };
 }
 

@@ -21,7 +21,8 @@ import {
   turnWriteKeysKey,
 } from '../../../src/wire/escrow.js';
 import { decodeKeySet, type KeySet } from '../../../src/inspect/keys.js';
-import { TurnServer, type TurnRequestExtension } from '../../../src/turn/server.js';
+import { TurnServer, type FlowHooks, type TurnRequestExtension } from '../../../src/turn/server.js';
+import type { EventSink } from '../../../src/events/eve.js';
 import { defaultConfig } from '../../../src/config/config.js';
 import { createEscrowPeerConnection, type EscrowAgent, type EscrowAgentOptions } from '../../../src/endpoint/agent.js';
 
@@ -167,25 +168,41 @@ export interface EscrowCall {
   close(): Promise<void>;
 }
 
+/**
+ * An in-process TurnServer for user alice / password secret on UDP 127.0.0.1 (a free
+ * port), relaying from relayPorts on 127.0.0.1 to loopback peers.
+ */
+export async function startTestTurn(o: {
+  relayPorts: [number, number];
+  extensions: TurnRequestExtension[];
+  flowHooks?: FlowHooks;
+  events?: EventSink;
+  dataDir?: string;
+}): Promise<{ server: TurnServer; port: number }> {
+  const cfg = defaultConfig();
+  cfg.turn.listen = ['udp://127.0.0.1:0'];
+  cfg.turn.relay_address = '127.0.0.1';
+  cfg.turn.relay_ports = o.relayPorts;
+  cfg.turn.peers.allow = ['127.0.0.0/8'];
+  cfg.data_dir = o.dataDir ?? '/nonexistent';
+  const server = new TurnServer({
+    config: cfg,
+    users: { lookup: (n) => (n === 'alice' ? { name: 'alice', password: 'secret', groups: [] } : undefined) },
+    extensions: o.extensions,
+    ...(o.flowHooks ? { flowHooks: o.flowHooks } : {}),
+    ...(o.events ? { events: o.events } : {}),
+  });
+  await server.start();
+  return { server, port: server.addresses().find((a) => a.proto === 'udp')!.port };
+}
+
 /** In-process TurnServer (UDP 127.0.0.1:0, peers 127.0.0.0/8) with the stub escrow extension; agent ↔ plain werift peer. */
 export async function escrowCall(
   gw: TestGateway,
   agentOpts: Pick<EscrowAgentOptions, 'trust' | 'consent' | 'gatewayCertificate'> & Partial<EscrowAgentOptions>,
 ): Promise<EscrowCall> {
   const { ext, log } = stubEscrowExtension(gw, { deadline: 5, flags: 0x0007 });
-  const cfg = defaultConfig();
-  cfg.turn.listen = ['udp://127.0.0.1:0'];
-  cfg.turn.relay_address = '127.0.0.1';
-  cfg.turn.relay_ports = [47000, 47999];
-  cfg.turn.peers.allow = ['127.0.0.0/8'];
-  cfg.data_dir = '/nonexistent';
-  const server = new TurnServer({
-    config: cfg,
-    users: { lookup: (n) => (n === 'alice' ? { name: 'alice', password: 'secret', groups: [] } : undefined) },
-    extensions: [ext],
-  });
-  await server.start();
-  const port = server.addresses().find((a) => a.proto === 'udp')!.port;
+  const { server, port } = await startTestTurn({ relayPorts: [47000, 47999], extensions: [ext] });
   const { pc, agent } = createEscrowPeerConnection({
     turnUrl: `turn:127.0.0.1:${port}`,
     username: 'alice',
