@@ -531,13 +531,9 @@ export class DataChannelTracker {
       return;
     }
     // Out of order: hold a copy, within the caps; otherwise give up on the gap.
-    const cost = c.data.length + FRAGMENT_OVERHEAD;
-    if (this.bytes + cost > this.opt.maxReassemblyBytes || this.frags + 1 > this.opt.maxFragments) {
-      this.capHit(
-        dir,
-        this.bytes + cost > this.opt.maxReassemblyBytes ? 'datachannel.reassembly_bytes' : 'datachannel.fragments',
-        this.bytes + cost > this.opt.maxReassemblyBytes ? this.opt.maxReassemblyBytes : this.opt.maxFragments,
-      );
+    const cap = this.associationCapExceeded(c.data.length);
+    if (cap) {
+      this.capHit(dir, cap.what, cap.limit);
       this.skipTo(d, dir, tsnAdd(c.tsn, -1));
       d.cum = c.tsn;
       this.deliver(d, dir, c, false);
@@ -546,7 +542,7 @@ export class DataChannelTracker {
     }
     const copy: DataChunk = { ...c, data: Buffer.from(c.data) };
     d.held.set(c.tsn, { c: copy });
-    this.bytes += cost;
+    this.bytes += c.data.length + FRAGMENT_OVERHEAD;
     this.frags++;
   }
 
@@ -709,23 +705,29 @@ export class DataChannelTracker {
     return p;
   }
 
+  /**
+   * Which cap, if any, adding n bytes (one more fragment) to a message of `size` bytes
+   * would pass: the message size, then the association-wide caps.
+   */
+  private capExceeded(size: number, n: number): { what: string; limit: number } | null {
+    if (size + n > this.opt.maxMessageBytes) return { what: 'datachannel.message_bytes', limit: this.opt.maxMessageBytes };
+    return this.associationCapExceeded(n);
+  }
+
+  /** Which association-wide cap, if any, holding n more bytes as one more fragment would pass. */
+  private associationCapExceeded(n: number): { what: string; limit: number } | null {
+    if (this.bytes + n + FRAGMENT_OVERHEAD > this.opt.maxReassemblyBytes)
+      return { what: 'datachannel.reassembly_bytes', limit: this.opt.maxReassemblyBytes };
+    if (this.frags + 1 > this.opt.maxFragments) return { what: 'datachannel.fragments', limit: this.opt.maxFragments };
+    return null;
+  }
+
   /** Accounts for `n` more bytes in partial p; on a cap, turns p into a discarding partial. */
   private reserve(d: DirState, dir: Direction, p: Partial, n: number): boolean {
     const cost = n + FRAGMENT_OVERHEAD;
-    let what: string | null = null;
-    let limit = 0;
-    if (p.size + n > this.opt.maxMessageBytes) {
-      what = 'datachannel.message_bytes';
-      limit = this.opt.maxMessageBytes;
-    } else if (this.bytes + cost > this.opt.maxReassemblyBytes) {
-      what = 'datachannel.reassembly_bytes';
-      limit = this.opt.maxReassemblyBytes;
-    } else if (this.frags + 1 > this.opt.maxFragments) {
-      what = 'datachannel.fragments';
-      limit = this.opt.maxFragments;
-    }
-    if (what) {
-      this.capHit(dir, what, limit);
+    const cap = this.capExceeded(p.size, n);
+    if (cap) {
+      this.capHit(dir, cap.what, cap.limit);
       this.freeParts(p, p.idata);
       p.discard = true;
       this.stats.abandoned++;
@@ -802,20 +804,9 @@ export class DataChannelTracker {
       }
       if (l.discard) return;
       const cost = data.length + FRAGMENT_OVERHEAD;
-      let what: string | null = null;
-      let limit = 0;
-      if (l.size + data.length > this.opt.maxMessageBytes) {
-        what = 'datachannel.message_bytes';
-        limit = this.opt.maxMessageBytes;
-      } else if (this.bytes + cost > this.opt.maxReassemblyBytes) {
-        what = 'datachannel.reassembly_bytes';
-        limit = this.opt.maxReassemblyBytes;
-      } else if (this.frags + 1 > this.opt.maxFragments) {
-        what = 'datachannel.fragments';
-        limit = this.opt.maxFragments;
-      }
-      if (what) {
-        this.capHit(dir, what, limit);
+      const cap = this.capExceeded(l.size, data.length);
+      if (cap) {
+        this.capHit(dir, cap.what, cap.limit);
         this.releaseLegacy(l);
         l.discard = true;
         this.stats.abandoned++;
