@@ -105,7 +105,14 @@ export async function runInspectBench(opts: { quick?: boolean } = {}): Promise<I
     } catch {
       tsharkSec = null;
     }
-    const r: InspectBenchResult = { captureMB: mb, flows: copies, records: appdata, gatehouseSec, tsharkSec, ratio: tsharkSec ? tsharkSec / gatehouseSec : null };
+    const r: InspectBenchResult = {
+      captureMB: mb,
+      flows: copies,
+      records: appdata,
+      gatehouseSec,
+      tsharkSec,
+      ratio: tsharkSec ? tsharkSec / gatehouseSec : null,
+    };
     r.table = formatInspectBench(r);
     return r;
   } finally {
