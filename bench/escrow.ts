@@ -51,17 +51,17 @@ import { MemoryEventSink, type EventSink, type EveEvent } from '../src/events/ev
 import { loadOrCreateIdentity, type GatewayIdentity } from '../src/store/identity.js';
 import { PolicyEngine } from '../src/policy/engine.js';
 import { parseRuleFile } from '../src/policy/rules-schema.js';
-import { GatewayInspector } from '../src/inspect/gateway-inspector.js';
+import { GatewayInspector } from '../src/gateway/inspector.js';
 import { TurnServer, type TurnServerOptions } from '../src/turn/server.js';
 import { DtlsSession } from '../src/inspect/dtls-session.js';
 import type { DtlsHandshakeEvent } from '../src/inspect/events.js';
 import { KeyLog, keySetFromKeyLog } from '../src/inspect/keylog.js';
-import type { KeySet } from '../src/inspect/keys.js';
+import type { KeySet } from '../src/wire/keyset.js';
 import { Attr, Class, Method, getAttrs, getXorAddress, type StunWriter } from '../src/wire/stun.js';
 import { ATTR_KEY_STATUS, decodeKeyStatus } from '../src/wire/escrow.js';
 import { buildChannelData, parseChannelData } from '../src/wire/channeldata.js';
 import { Client, errCode } from '../test/unit/turn/helpers.js';
-import { bindAttrs, both, writeKeys } from '../test/unit/turn/escrow-helpers.js';
+import { bindAttrs, both, writeKeys } from '../test/unit/gateway/escrow-helpers.js';
 import { SctpBuilder, syntheticSession, type SyntheticSession } from '../test/unit/inspect/pipeline-helpers.js';
 
 const THIS_FILE = fileURLToPath(import.meta.url);

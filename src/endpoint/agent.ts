@@ -63,7 +63,7 @@ import {
   turnWriteKeysKey,
   type KeyRequest,
 } from '../wire/escrow.js';
-import { encodeKeySet, wipeKeySet, associationId } from '../inspect/keys.js';
+import { encodeKeySet, wipeKeySet, associationId } from '../wire/keyset.js';
 import { systemClock, type Clock, type TimerHandle } from '../util/clock.js';
 import { silentLogger, type Logger } from '../util/log.js';
 import { GatehouseError } from '../util/errors.js';

@@ -9,7 +9,7 @@
  */
 import { cipherSuiteInfo } from '../wire/dtls-crypto.js';
 import { deriveSrtpTls12, tls12KeyBlock } from '../wire/tls-prf.js';
-import { validateKeySet, type KeySet } from '../inspect/keys.js';
+import { validateKeySet, type KeySet } from '../wire/keyset.js';
 import { GatehouseError } from '../util/errors.js';
 
 export interface DtlsAssociationState {

@@ -8,7 +8,7 @@
  *       `dir` is relative to the first sender of the flow; roles (client/server) are taken
  *       from the ClientHello, and every event / callback uses DTLS roles ('c2s' = from the
  *       DTLS client), as src/inspect/events.ts defines.
- *   .addKeySet(ks, time?): KeyStatus       — a validated KeySet (src/inspect/keys.ts); the
+ *   .addKeySet(ks, time?): KeyStatus       — a validated KeySet (src/wire/keyset.ts); the
  *       session keeps its own copy. Returns 'verified' / 'invalid' when records already seen
  *       decide it (key-escrow.md §2.4 KEY-STATUS 1 / 2), else 'pending' (0). Buffered records
  *       of that epoch are decrypted on verification and delivered in order.
@@ -62,7 +62,7 @@ import { Dtls13Stream } from '../wire/dtls13.js';
 import type { SrtpKeyMaterial } from '../wire/tls-prf.js';
 import type { Direction, EventListener, InspectEvent } from './events.js';
 import { keySetFromKeyLog, type KeyLog } from './keylog.js';
-import { associationId, validateKeySet, wipeKeySet, type KeySet } from './keys.js';
+import { associationId, validateKeySet, wipeKeySet, type KeySet } from '../wire/keyset.js';
 
 export type KeyStatus = 'pending' | 'verified' | 'invalid';
 

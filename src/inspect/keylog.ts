@@ -17,7 +17,7 @@
  */
 import { cipherSuiteInfo } from '../wire/dtls-crypto.js';
 import { deriveSrtpTls12, deriveSrtpTls13, tls12KeyBlock } from '../wire/tls-prf.js';
-import { validateKeySet, type KeySet, KeySetError } from './keys.js';
+import { validateKeySet, type KeySet, KeySetError } from '../wire/keyset.js';
 
 export interface KeyLogEntry {
   /** Lower-case hex of the 32-byte client random. */

@@ -20,7 +20,7 @@ import { DtlsSession, type KeyStatus } from './dtls-session.js';
 import { DataChannelTracker } from './datachannel.js';
 import { MediaTracker } from './media.js';
 import type { KeyLog } from './keylog.js';
-import { associationId, type KeySet } from './keys.js';
+import { associationId, type KeySet } from '../wire/keyset.js';
 import { deriveSrtpTls13, type SrtpKeyMaterial } from '../wire/tls-prf.js';
 import { SrtpContext } from '../wire/srtp.js';
 import { cipherSuiteInfo } from '../wire/dtls-crypto.js';

@@ -16,7 +16,7 @@
  * "seq_num" used in MACs/AAD is epoch (16 bits) || sequence_number (48 bits), RFC 6347 §4.1.2.1.
  *
  * Constructors throw DtlsCryptoError on an unsupported suite or wrong key lengths
- * (callers validate key sets first, see src/inspect/keys.ts); decrypt() never throws.
+ * (callers validate key sets first, see src/wire/keyset.ts); decrypt() never throws.
  */
 import { createCipheriv, createDecipheriv, createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { GcmOpener } from './native.js';

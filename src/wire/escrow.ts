@@ -172,3 +172,6 @@ export function decodeKeyStatus(value: Buffer): number | null {
   if (value.length !== 4 || value[1] !== 0 || value[2] !== 0 || value[3] !== 0) return null;
   return value[0]!;
 }
+
+// key-escrow.md §3: the key-set TLVs carried inside WRITE-KEYS (and the JSON key-set file form).
+export * from './keyset.js';

@@ -8,7 +8,7 @@
 import t from 'tap';
 import { GatewayTrust } from '../../src/endpoint/trust.js';
 import { createEscrowPeerConnection, type ConsentRequest } from '../../src/endpoint/agent.js';
-import { associationId } from '../../src/inspect/keys.js';
+import { associationId } from '../../src/wire/keyset.js';
 import { Method } from '../../src/wire/stun.js';
 import { connectPeers, makeGateway, plainPeer, startTestTurn, stubEscrowExtension, until, withTimeout } from '../unit/endpoint/helpers.js';
 

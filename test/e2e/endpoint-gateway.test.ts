@@ -1,6 +1,6 @@
 // The final proof with the REAL gateway side: Gatehouse's TurnServer with
-// GatewayInspector (src/inspect/gateway-inspector.ts) and its TurnEscrowExtension
-// (src/turn/escrow.ts), keys required with a hold policy. The compliant endpoint agent
+// GatewayInspector (src/gateway/inspector.ts) and its TurnEscrowExtension
+// (src/gateway/escrow.ts), keys required with a hold policy. The compliant endpoint agent
 // (werift) calls a plain werift peer through it: the gateway sends a signed KEY-REQUEST,
 // the agent verifies it against the pinned gateway certificate, asks consent, sends
 // WRITE-KEYS in a ChannelBind, the gateway verifies them against the held traffic
@@ -13,7 +13,7 @@ import { MemoryEventSink } from '../../src/events/eve.js';
 import { loadOrCreateIdentity } from '../../src/store/identity.js';
 import { PolicyEngine } from '../../src/policy/engine.js';
 import { parseRuleFile } from '../../src/policy/rules-schema.js';
-import { GatewayInspector } from '../../src/inspect/gateway-inspector.js';
+import { GatewayInspector } from '../../src/gateway/inspector.js';
 import { GatewayTrust } from '../../src/endpoint/trust.js';
 import { keySetFromDtls12, dtlsStateFromWerift, type WeriftDtlsSocketLike } from '../../src/endpoint/keyset.js';
 import { createEscrowPeerConnection, type ConsentRequest } from '../../src/endpoint/agent.js';

@@ -20,7 +20,7 @@ import { buildChannelData, parseChannelData } from '../../src/wire/channeldata.j
 import { DtlsSession } from '../../src/inspect/dtls-session.js';
 import type { DtlsHandshakeEvent } from '../../src/inspect/events.js';
 import { KeyLog, keySetFromKeyLog } from '../../src/inspect/keylog.js';
-import { bindAttrs, both, escrowRig, writeKeys, KEYS_RULES } from '../unit/turn/escrow-helpers.js';
+import { bindAttrs, both, escrowRig, writeKeys, KEYS_RULES } from '../unit/gateway/escrow-helpers.js';
 import { freePort } from './helpers/ports.js';
 
 const CH = 0x4001;

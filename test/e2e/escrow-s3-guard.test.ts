@@ -1,12 +1,12 @@
-// The two FlowGuard changes behind proof 3 (src/inspect/flow-guard.ts), checked directly:
+// The two FlowGuard changes behind proof 3 (src/gateway/flow-guard.ts), checked directly:
 // DTLS 1.3 records of the handshake epoch (unified header, epoch bits 2; RFC 9147 §4,
 // §6.1) are forwarded like DTLS 1.2 handshake records so the handshake completes under
 // `unverified: hold`, while application-epoch records are held; and a flow whose keys are
 // not required reports onUninspected('keys_missing') when the deadline passes.
 import t from 'tap';
 import { ManualClock } from '../../src/util/clock.js';
-import { FlowGuard, type BlockReason, type GuardKeysPolicy } from '../../src/inspect/flow-guard.js';
-import { fixtureFlow } from '../unit/inspect/flow-guard-helpers.js';
+import { FlowGuard, type BlockReason, type GuardKeysPolicy } from '../../src/gateway/flow-guard.js';
+import { fixtureFlow } from '../unit/gateway/flow-guard-helpers.js';
 
 const POLICY: GuardKeysPolicy = { required: true, deadline: 3000, unverified: 'hold', media: true, data: true };
 

@@ -13,7 +13,7 @@ import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { runOpensslDtls } from '../../scripts/fixtures/openssl-dtls.js';
 import { KeyLog, keySetFromKeyLog } from '../../src/inspect/keylog.js';
-import { keySetToJson } from '../../src/inspect/keys.js';
+import { keySetToJson } from '../../src/wire/keyset.js';
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
 

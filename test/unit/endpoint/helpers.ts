@@ -2,7 +2,7 @@
  * Test helpers for the endpoint agent: a gateway identity, a stub gateway-side escrow
  * extension for TurnServer (emits signed KEY-REQUEST, opens WRITE-KEYS with
  * src/wire/escrow.ts, answers KEY-STATUS), and werift peer plumbing.
- * The stub stands in for src/turn/escrow.ts until that lands.
+ * The stub stands in for src/gateway/escrow.ts until that lands.
  */
 import { createHash, createPrivateKey, X509Certificate, type KeyObject } from 'node:crypto';
 import { RTCPeerConnection } from 'werift';
@@ -20,7 +20,7 @@ import {
   turnWriteKeysAad,
   turnWriteKeysKey,
 } from '../../../src/wire/escrow.js';
-import { decodeKeySet, type KeySet } from '../../../src/inspect/keys.js';
+import { decodeKeySet, type KeySet } from '../../../src/wire/keyset.js';
 import { TurnServer, type FlowHooks, type TurnRequestExtension } from '../../../src/turn/server.js';
 import type { EventSink } from '../../../src/events/eve.js';
 import { defaultConfig } from '../../../src/config/config.js';

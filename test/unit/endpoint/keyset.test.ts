@@ -5,7 +5,7 @@
 import t from 'tap';
 import { createDecipheriv, randomBytes } from 'node:crypto';
 import { keySetFromDtls12, dtlsStateFromWerift, EndpointKeyError, type WeriftDtlsSocketLike } from '../../../src/endpoint/keyset.js';
-import { encodeKeySet, decodeKeySet } from '../../../src/inspect/keys.js';
+import { encodeKeySet, decodeKeySet } from '../../../src/wire/keyset.js';
 import { connectPeers, plainPeer, until, withTimeout } from './helpers.js';
 
 interface Rec {

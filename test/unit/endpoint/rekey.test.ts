@@ -7,7 +7,7 @@
 import t from 'tap';
 import { randomBytes } from 'node:crypto';
 import { GatewayTrust } from '../../../src/endpoint/trust.js';
-import { associationId } from '../../../src/inspect/keys.js';
+import { associationId } from '../../../src/wire/keyset.js';
 import { Method } from '../../../src/wire/stun.js';
 import { escrowCall, makeGateway, until } from './helpers.js';
 

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runInspect } from '../../../src/cli/inspect.js';
 import { encodePcap } from '../../../src/inspect/capture.js';
-import { keySetToJson } from '../../../src/inspect/keys.js';
+import { keySetToJson } from '../../../src/wire/keyset.js';
 import { LINKTYPE_LINUX_SLL, buildUdpFrame } from '../../../src/wire/netpkt.js';
 import { syntheticSession, SctpBuilder } from './pipeline-helpers.js';
 

@@ -2,7 +2,7 @@ import t from 'tap';
 import { randomBytes } from 'node:crypto';
 import { DtlsSession } from '../../../src/inspect/dtls-session.js';
 import { KeyLog, keySetFromKeyLog } from '../../../src/inspect/keylog.js';
-import type { KeySet } from '../../../src/inspect/keys.js';
+import type { KeySet } from '../../../src/wire/keyset.js';
 import { parseClientHello, parseServerHello, parseRecords, readHandshakeHeader, CT_HANDSHAKE } from '../../../src/wire/dtls.js';
 import { DtlsRecordEncryptor } from '../../../src/wire/dtls-crypto.js';
 import { splitSrtpKeyingMaterial } from '../../../src/wire/tls-prf.js';

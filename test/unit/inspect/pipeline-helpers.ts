@@ -10,7 +10,7 @@ import { encodeSctpPacket, encodeDataChunk, encodeInitChunk } from '../../../src
 import { encodeDcepOpen } from '../../../src/wire/dcep.js';
 import { SrtpContext } from '../../../src/wire/srtp.js';
 import { serializeRtp } from '../../../src/wire/rtp.js';
-import type { KeySet } from '../../../src/inspect/keys.js';
+import type { KeySet } from '../../../src/wire/keyset.js';
 
 const SUITE = 0xc02b; // TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
 const DTLS12 = 0xfefd;

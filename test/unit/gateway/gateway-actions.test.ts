@@ -9,14 +9,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ManualClock } from '../../../src/util/clock.js';
 import { MemoryEventSink } from '../../../src/events/eve.js';
-import { GatewayInspector, type FlowRelay } from '../../../src/inspect/gateway-inspector.js';
+import { GatewayInspector, type FlowRelay } from '../../../src/gateway/inspector.js';
 import { PolicyEngine } from '../../../src/policy/engine.js';
 import { parseRuleFile } from '../../../src/policy/rules-schema.js';
 import { RecordingStore } from '../../../src/record/recorder.js';
 import { verifyRecordings } from '../../../src/record/manifest.js';
 import type { Flow } from '../../../src/turn/flow.js';
-import { syntheticSession, SctpBuilder } from './pipeline-helpers.js';
-import { testIdentity } from '../turn/escrow-helpers.js';
+import { syntheticSession, SctpBuilder } from '../inspect/pipeline-helpers.js';
+import { testIdentity } from './escrow-helpers.js';
 
 const RULES = `keys: { required: false, unverified: pass }
 rules:

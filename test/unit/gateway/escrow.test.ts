@@ -15,10 +15,10 @@ import {
   turnWriteKeysKey,
   verifyKeyRequest,
 } from '../../../src/wire/escrow.js';
-import { errCode } from './helpers.js';
-import { encodeKeySet } from '../../../src/inspect/keys.js';
+import { errCode } from '../turn/helpers.js';
+import { encodeKeySet } from '../../../src/wire/keyset.js';
 import { bindAttrs, both, escrowRig, writeKeys } from './escrow-helpers.js';
-import { fixtureFlow } from '../inspect/flow-guard-helpers.js';
+import { fixtureFlow } from './flow-guard-helpers.js';
 
 const peerAttr = (port: number) => (w: import('../../../src/wire/stun.js').StunWriter) =>
   void w.xorAddress(Attr.XorPeerAddress, '127.0.0.1', port);

@@ -8,12 +8,12 @@ import { MemoryEventSink } from '../../../src/events/eve.js';
 import { loadOrCreateIdentity, type GatewayIdentity } from '../../../src/store/identity.js';
 import { PolicyEngine } from '../../../src/policy/engine.js';
 import { parseRuleFile } from '../../../src/policy/rules-schema.js';
-import { GatewayInspector } from '../../../src/inspect/gateway-inspector.js';
+import { GatewayInspector } from '../../../src/gateway/inspector.js';
 import { Attr, Class, Method, getXorAddress, type StunWriter } from '../../../src/wire/stun.js';
 import { ATTR_WRITE_KEYS, sealWriteKeys, turnWriteKeysKey } from '../../../src/wire/escrow.js';
-import { encodeKeySet, type KeySet } from '../../../src/inspect/keys.js';
+import { encodeKeySet, type KeySet } from '../../../src/wire/keyset.js';
 import { buildChannelData, parseChannelData } from '../../../src/wire/channeldata.js';
-import { Client, errCode, peerSocket, startServer, type Harness } from './helpers.js';
+import { Client, errCode, peerSocket, startServer, type Harness } from '../turn/helpers.js';
 
 let identityP: Promise<GatewayIdentity> | null = null;
 /** One gateway identity per test process, made in a temp dir that is removed at once. */

@@ -24,11 +24,11 @@
  *   onUninspected(reason, assoc)  deadline passed, keys not required: the flow goes on uninspected
  */
 import type { Clock, TimerHandle } from '../util/clock.js';
-import { DtlsSession } from './dtls-session.js';
+import { DtlsSession } from '../inspect/dtls-session.js';
 import { demuxCode, PC_DTLS, PC_RTP, PC_STUN } from '../wire/demux.js';
-import type { InspectEvent } from './events.js';
-import { associationId, wipeKeySet, type KeySet } from './keys.js';
-import type { KeyStatus } from './dtls-session.js';
+import type { InspectEvent } from '../inspect/events.js';
+import { associationId, wipeKeySet, type KeySet } from '../wire/keyset.js';
+import type { KeyStatus } from '../inspect/dtls-session.js';
 
 export type GuardDirection = 'c2p' | 'p2c';
 export type GuardVerdict = 'forward' | 'hold' | 'drop';

@@ -16,9 +16,8 @@
  *
  * Secrets never appear in KeySetError messages (only field names and lengths).
  */
-import { GatehouseError } from '../util/errors.js';
-import { CIPHER_SUITES, cipherSuiteInfo, type CipherSuiteInfo } from '../wire/dtls-crypto.js';
-import { SRTP_PROFILES, srtpProfileInfo, type SrtpProfileInfo } from '../wire/tls-prf.js';
+import { CIPHER_SUITES, cipherSuiteInfo, type CipherSuiteInfo } from './dtls-crypto.js';
+import { SRTP_PROFILES, srtpProfileInfo, type SrtpProfileInfo } from './tls-prf.js';
 
 export { CIPHER_SUITES, SRTP_PROFILES, srtpProfileInfo };
 export type { CipherSuiteInfo, SrtpProfileInfo };
@@ -56,10 +55,14 @@ export interface KeySet {
   serverHsTrafficSecret?: Buffer;
 }
 
-export class KeySetError extends GatehouseError {
+/** A key set that breaks key-escrow.md §3. Code `E_KEYSET`, like GatehouseError's (wire imports nothing of ours). */
+export class KeySetError extends Error {
+  readonly code = 'E_KEYSET';
+  readonly details: Record<string, unknown>;
   constructor(readonly reason: string) {
-    super('E_KEYSET', `invalid key set: ${reason}`, { reason });
+    super(`invalid key set: ${reason}`);
     this.name = 'KeySetError';
+    this.details = { reason };
   }
 }
 

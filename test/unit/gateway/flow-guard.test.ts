@@ -1,6 +1,6 @@
 import t from 'tap';
 import { ManualClock } from '../../../src/util/clock.js';
-import { FlowGuard, type BlockReason, type GuardKeysPolicy, type QueuedPacket } from '../../../src/inspect/flow-guard.js';
+import { FlowGuard, type BlockReason, type GuardKeysPolicy, type QueuedPacket } from '../../../src/gateway/flow-guard.js';
 import { fixtureFlow, isAppData } from './flow-guard-helpers.js';
 
 const POLICY: GuardKeysPolicy = { required: true, deadline: 10_000, unverified: 'hold', media: true, data: true };

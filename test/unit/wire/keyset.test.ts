@@ -11,7 +11,7 @@ import {
   validateKeySet,
   wipeKeySet,
   type KeySet,
-} from '../../../src/inspect/keys.js';
+} from '../../../src/wire/keyset.js';
 import { KeyLog, keySetFromKeyLog } from '../../../src/inspect/keylog.js';
 
 function sample(suite: number, srtp = true): KeySet {

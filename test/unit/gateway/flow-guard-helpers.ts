@@ -2,9 +2,9 @@
 import { DtlsSession } from '../../../src/inspect/dtls-session.js';
 import type { DtlsHandshakeEvent } from '../../../src/inspect/events.js';
 import { KeyLog, keySetFromKeyLog } from '../../../src/inspect/keylog.js';
-import type { KeySet } from '../../../src/inspect/keys.js';
-import { datagrams, loadFixture } from './dtls-session-helpers.js';
-import type { GuardDirection } from '../../../src/inspect/flow-guard.js';
+import type { KeySet } from '../../../src/wire/keyset.js';
+import { datagrams, loadFixture } from '../inspect/dtls-session-helpers.js';
+import type { GuardDirection } from '../../../src/gateway/flow-guard.js';
 
 export interface FixtureFlow {
   packets: { dir: GuardDirection; data: Buffer }[];

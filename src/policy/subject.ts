@@ -1,5 +1,5 @@
-import type { Subject } from '../policy/engine.js';
-import type { InspectEvent } from './events.js';
+import type { Subject } from './engine.js';
+import type { InspectEvent } from '../inspect/events.js';
 
 /**
  * What policy judges of an inspection event (contract.md "Rules": `contains` looks at

@@ -7,7 +7,7 @@ import t from 'tap';
 import { randomBytes } from 'node:crypto';
 import { Class, Method, getAttrs } from '../../../src/wire/stun.js';
 import { ATTR_KEY_STATUS, decodeKeyStatus } from '../../../src/wire/escrow.js';
-import { errCode } from './helpers.js';
+import { errCode } from '../turn/helpers.js';
 import {
   bindAttrs,
   both,
@@ -18,8 +18,8 @@ import {
   writeKeys,
   type EscrowRig,
 } from './escrow-helpers.js';
-import { fixtureFlow, isAppData } from '../inspect/flow-guard-helpers.js';
-import type { KeySet } from '../../../src/inspect/keys.js';
+import { fixtureFlow, isAppData } from './flow-guard-helpers.js';
+import type { KeySet } from '../../../src/wire/keyset.js';
 
 const CH = 0x4001;
 

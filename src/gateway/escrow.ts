@@ -7,7 +7,7 @@
  *  - takes KEY-DECLINE (0xC1A2) (§2.3).
  *
  * The per-flow work (verification, deadlines, blocking, events) is the host's
- * (src/inspect/gateway-inspector.ts). The server only calls onRequest for requests whose
+ * (src/gateway/inspector.ts). The server only calls onRequest for requests whose
  * MESSAGE-INTEGRITY(-SHA256) verified (src/turn/server.ts runExtensions), as §2.2 requires.
  */
 import type { GatewayIdentity } from '../store/identity.js';
@@ -30,9 +30,9 @@ import {
   turnWriteKeysAad,
   turnWriteKeysKey,
 } from '../wire/escrow.js';
-import { decodeKeySet, validateKeySet, wipeKeySet, type KeySet } from '../inspect/keys.js';
+import { decodeKeySet, validateKeySet, wipeKeySet, type KeySet } from '../wire/keyset.js';
 import type { KeyStatus } from '../inspect/dtls-session.js';
-import type { Flow, TurnRequestContext, TurnRequestExtension, TurnRequestVerdict } from './flow.js';
+import type { Flow, TurnRequestContext, TurnRequestExtension, TurnRequestVerdict } from '../turn/flow.js';
 
 /** The `keys` section of the rules (contract.md), durations in ms. */
 export interface EscrowKeysPolicy {

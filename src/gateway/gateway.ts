@@ -1,0 +1,198 @@
+/**
+ * The live composition (design.md "gateway"): the TURN server with the inspector as its
+ * flow hooks, policy, quotas, recordings, event sinks and the admin API, started and
+ * stopped together. `gatehouse serve` (cli/serve.ts) parses arguments and calls this.
+ */
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import type { Writable } from 'node:stream';
+import type { GatehouseConfig } from '../config/config.js';
+import type { Logger } from '../util/log.js';
+import { systemClock } from '../util/clock.js';
+import { FanoutEventSink, FileEventSink, MemoryEventSink } from '../events/eve.js';
+import { ensureBootstrapUser, StaticUserDirectory } from '../store/users.js';
+import { TurnServer } from '../turn/server.js';
+import type { Flow } from '../turn/flow.js';
+import { createMetrics } from '../admin/metrics.js';
+import { AdminServer } from '../admin/server.js';
+import { loadOrCreateIdentity, type GatewayIdentity } from '../store/identity.js';
+import { PolicyHolder } from '../policy/loader.js';
+import { GatewayInspector } from './inspector.js';
+import { QuotaTracker } from '../policy/quota.js';
+import type { PolicyEngine } from '../policy/engine.js';
+import { parseSize } from '../policy/rules-schema.js';
+import { SqliteStore } from '../store/sqlite.js';
+import { RecordingStore } from '../record/recorder.js';
+import { eveTimestamp } from '../events/eve.js';
+
+export interface RunningGateway {
+  config: GatehouseConfig;
+  turn: TurnServer;
+  admin: AdminServer;
+  adminPort: number;
+  identity: GatewayIdentity;
+  policy: PolicyHolder;
+  stop(): Promise<void>;
+}
+
+/** The admin token: from the configuration, else kept in DATA_DIR/admin-token (0600). */
+function adminToken(cfg: GatehouseConfig): { token: string; file?: string; created: boolean } {
+  if (cfg.admin.token) return { token: cfg.admin.token, created: false };
+  const file = join(cfg.data_dir, 'admin-token');
+  if (existsSync(file)) return { token: readFileSync(file, 'utf8').trim(), file, created: false };
+  const token = randomBytes(24).toString('base64url');
+  writeFileSync(file, token + '\n', { mode: 0o600, flag: 'wx' });
+  return { token, file, created: true };
+}
+
+/** What /v1/flows shows of a flow: addresses and owner, never its inspection state or keys. */
+function flowSummary(f: Flow) {
+  return {
+    flow_id: f.id,
+    allocation: f.allocationId,
+    user: f.user,
+    groups: f.groups,
+    client: f.client,
+    relayed: f.relayed,
+    peer: f.peerAddress,
+    created: new Date(f.createdAt).toISOString(),
+  };
+}
+
+export async function startGateway(cfg: GatehouseConfig, log: Logger, stdout: Writable): Promise<RunningGateway> {
+  mkdirSync(cfg.data_dir, { recursive: true, mode: 0o700 });
+  const boot = ensureBootstrapUser(cfg.data_dir, cfg.users);
+  if (boot.created) {
+    // Printed once, to the terminal only (never to the log): appliance-style first start.
+    stdout.write(
+      `\nFirst start: created TURN user "${boot.created.name}" with password ${boot.created.password}\n` +
+        `(kept in ${join(cfg.data_dir, 'initial-user.json')}; add users under "users:" in a config file)\n\n`,
+    );
+  }
+  const { identity, created } = await loadOrCreateIdentity(cfg.data_dir, cfg.identity, cfg.realm);
+  log.info({ fingerprint: identity.fingerprint.toString('hex'), created }, 'gateway identity');
+  const token = adminToken(cfg);
+  if (token.created) log.info({ file: token.file }, 'admin token created (read it from this file)');
+
+  const policy = await PolicyHolder.open(cfg.policy.rules, log.child({ module: 'policy' }));
+  policy.watch();
+
+  const memory = new MemoryEventSink(10000);
+  const events = new FanoutEventSink([
+    new FileEventSink(join(cfg.data_dir, 'events.jsonl'), parseSize(cfg.events.max_bytes) ?? 100 * 1024 * 1024, cfg.events.keep),
+    memory,
+  ]);
+  const users = new StaticUserDirectory(boot.users);
+  // Quotas (issue 5): counters in the SQLite store, flushed every second, so a kill -9
+  // loses at most one second of counting. A policy reload rebuilds the tracker from the
+  // new quotas and restores the current windows' counters from the store.
+  const store = new SqliteStore(join(cfg.data_dir, 'state.db'));
+  const makeQuotas = (e: PolicyEngine) =>
+    new QuotaTracker(e.quotas, systemClock, cfg.timezone, store, (c) =>
+      events.emit({
+        timestamp: eveTimestamp(systemClock.now()),
+        event_type: 'quota',
+        quota: { id: c.quota, subject: c.subject, window: c.window, limit: c.limit, used: c.used },
+        gatehouse: { reason: 'quota_exceeded' },
+      }),
+    );
+  let quotas = makeQuotas(policy.current);
+  policy.onChange((e) => {
+    quotas.flush();
+    quotas = makeQuotas(e);
+  });
+  const quotaFlush = systemClock.setInterval(() => quotas.flush(), 1000);
+
+  const recordings = new RecordingStore({
+    dir: join(cfg.data_dir, 'recordings'),
+    identity,
+    clock: systemClock,
+    flushIntervalMs: cfg.recording.flush_interval_ms,
+    retention: {
+      ...(cfg.recording.max_age_days ? { maxAgeMs: cfg.recording.max_age_days * 86_400_000 } : {}),
+      ...(cfg.recording.max_bytes ? { maxBytes: parseSize(cfg.recording.max_bytes) ?? undefined } : {}),
+    },
+  });
+  for (const r of recordings.recovered) log.warn({ recording: r.id }, 'sealed a recording left open by a crash');
+  const retention = systemClock.setInterval(() => {
+    try {
+      for (const d of recordings.applyRetention())
+        log.info({ recording: d.id, bytes: d.bytes, reason: d.reason }, 'retention deleted a recording');
+    } catch (err) {
+      log.error({ err: (err as Error).message }, 'retention failed');
+    }
+  }, 3_600_000);
+
+  // Every relayed flow runs through the inspection pipeline and the key-escrow guard
+  // (key-escrow.md §5); policy is read per decision, so a reload applies to live flows.
+  const inspector = new GatewayInspector({
+    policy: () => policy.current,
+    identity,
+    events,
+    clock: systemClock,
+    logger: log.child({ module: 'inspect' }),
+    quotas: { account: (u, g, ip, n) => quotas.account(u, g, ip, n) },
+    recordings,
+  });
+  const turn = new TurnServer({
+    config: cfg,
+    users,
+    clock: systemClock,
+    logger: log.child({ module: 'turn' }),
+    events,
+    flowHooks: inspector,
+    extensions: [inspector.extension],
+  });
+  inspector.attach(turn);
+  await turn.start();
+
+  const registry = createMetrics(() => turn.stats);
+  const admin = new AdminServer(
+    {
+      registry,
+      token: token.token,
+      recentEvents: () => memory.events,
+      certificatePem: () => identity.certificatePem,
+      flows: () => turn.flows().map(flowSummary),
+      reloadPolicy: () => policy.reload(),
+    },
+    log.child({ module: 'admin' }),
+  );
+  const adminUrl = new URL(cfg.admin.listen);
+  let adminAddr;
+  try {
+    adminAddr = await admin.listen(adminUrl.hostname.replace(/^\[|\]$/g, ''), Number(adminUrl.port));
+  } catch (err) {
+    await turn.stop();
+    throw err;
+  }
+  log.info(
+    {
+      turn: turn.addresses(),
+      admin: `http://${adminAddr.address}:${adminAddr.port}`,
+      users: users.size,
+      rules: policy.current.rules.length,
+      pcp: 'not built yet',
+    },
+    'gatehouse listening',
+  );
+  return {
+    config: cfg,
+    turn,
+    admin,
+    adminPort: adminAddr.port,
+    identity,
+    policy,
+    async stop() {
+      policy.close();
+      await admin.close();
+      await turn.stop(); // closes flows: recordings are sealed
+      quotaFlush.cancel();
+      retention.cancel();
+      quotas.flush();
+      store.close();
+      events.close();
+    },
+  };
+}
