@@ -40,6 +40,27 @@ export interface GatehouseConfig {
      * 0x4000-0x7FFF range that some clients (coturn's turnutils_uclient) still use.
      */
     channel_numbers: 'rfc8656' | 'rfc5766';
+    /** Bounds (README "Limits"): beyond each, the RFC's error code (508, 486) or a refused connection. */
+    max_permissions_per_allocation: number;
+    max_channels_per_allocation: number;
+    /** Flows (permissions, allocation × peer address) per user and on the whole server. */
+    max_flows_per_user: number;
+    max_flows: number;
+    /** TCP/TLS connections open from one source address, and in total. */
+    max_connections_per_source: number;
+    max_connections: number;
+    /** Seconds a TCP/TLS connection may stay silent before it is closed. */
+    connection_idle_timeout: number;
+    /** Allocate requests and 401 answers per source address per second (token bucket, burst 2×). */
+    allocate_rate_per_source: number;
+    unauthorized_rate_per_source: number;
+  };
+  /** The live composition's bounds (README "Limits"). */
+  gateway: {
+    /** Bytes one allocation's flows may buffer: held packets, DTLS backlog, SCTP reassembly. */
+    allocation_buffer_bytes: string;
+    /** Bytes all flows together may buffer. */
+    max_buffered_bytes: string;
   };
   pcp: { listen: string[] };
   admin: { listen: string; token: string | null };
@@ -153,6 +174,35 @@ export const configSchema = obj<GatehouseConfig>({
       nonce_lifetime: { schema: int(10, 86400), default: () => 600 },
       max_allocations_per_user: { schema: int(1, 100000), default: () => 20 },
       channel_numbers: { schema: oneOf('rfc8656', 'rfc5766'), default: () => 'rfc8656' },
+      max_permissions_per_allocation: { schema: int(1, 10000), default: () => 64 },
+      max_channels_per_allocation: { schema: int(1, 4096), default: () => 64 },
+      max_flows_per_user: { schema: int(1, 1_000_000), default: () => 1000 },
+      max_flows: { schema: int(1, 10_000_000), default: () => 20000 },
+      max_connections_per_source: { schema: int(1, 100_000), default: () => 64 },
+      max_connections: { schema: int(1, 1_000_000), default: () => 10000 },
+      connection_idle_timeout: { schema: int(5, 86400), default: () => 120 },
+      allocate_rate_per_source: { schema: int(1, 100_000), default: () => 20 },
+      unauthorized_rate_per_source: { schema: int(1, 100_000), default: () => 50 },
+    }),
+  },
+  gateway: {
+    schema: obj({
+      allocation_buffer_bytes: {
+        schema: checked('a size like 4MiB', (v) =>
+          /^\d+(?:\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?$/.test(v.trim())
+            ? null
+            : `expected a size like 4MiB, got ${JSON.stringify(v)}`,
+        ),
+        default: () => '4MiB',
+      },
+      max_buffered_bytes: {
+        schema: checked('a size like 4MiB', (v) =>
+          /^\d+(?:\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?$/.test(v.trim())
+            ? null
+            : `expected a size like 4MiB, got ${JSON.stringify(v)}`,
+        ),
+        default: () => '1GiB',
+      },
     }),
   },
   pcp: {
