@@ -69,20 +69,21 @@ t.test('the in-memory view keeps the newest events, oldest first', async (t) => 
   );
 });
 
-t.test('file writes are batched per turn and complete after it', async (t) => {
+t.test('file writes are queued and written asynchronously after the turn', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'gh-eve-'));
   const path = join(dir, 'events.jsonl');
   const sink = new FileEventSink(path);
   sink.emit(ev(1));
   sink.emit(ev(2));
-  await new Promise((r) => setImmediate(r));
+  t.equal(readFileSync(path, 'utf8'), '', 'not written on the emitting turn');
+  await sink.drained();
   t.same(
     readFileSync(path, 'utf8')
       .trim()
       .split('\n')
       .map((l) => JSON.parse(l).flow_id),
     [1, 2],
-    'on disk after one turn',
+    'on disk once the queue drains',
   );
   sink.close();
 });
