@@ -1,6 +1,6 @@
 import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
-import { checked, fail, int, list, nullable, obj, oneOf, parseYaml, str, type Schema } from './validate.js';
+import { bool, checked, fail, failAtPath, int, list, nodeAt, nullable, obj, oneOf, parseYaml, str, type Schema } from './validate.js';
 
 /**
  * The one configuration object (design.md): validated once at start, passed down;
@@ -63,7 +63,16 @@ export interface GatehouseConfig {
     max_buffered_bytes: string;
   };
   pcp: { listen: string[] };
-  admin: { listen: string; token: string | null };
+  admin: {
+    /** http://address:port, or https://address:port with `tls`; beyond loopback TLS or `insecure`. */
+    listen: string;
+    /** At least MIN_ADMIN_TOKEN_LENGTH characters; null: generated once into DATA_DIR/admin-token. */
+    token: string | null;
+    /** PEM files: the admin API is served over HTTPS (admin.listen https://...). */
+    tls: { cert: string | null; key: string | null };
+    /** Allow plain http:// on a non-loopback admin.listen (the token then crosses the network in clear). */
+    insecure: boolean;
+  };
   users: UserEntry[];
   policy: { rules: string };
   /** DATA_DIR/events.jsonl rotation. */
@@ -83,6 +92,33 @@ export function parseListen(url: string): { proto: 'udp' | 'tcp' | 'tls'; host: 
   if (host.startsWith('[')) host = host.slice(1, -1);
   if (host === 'localhost') host = '127.0.0.1';
   return { proto: m[1] as 'udp' | 'tcp' | 'tls', host, port: Number(m[3]) };
+}
+
+/** Shortest admin token accepted (configured or in DATA_DIR/admin-token); generated ones are 43 (256 bits). */
+export const MIN_ADMIN_TOKEN_LENGTH = 32;
+
+/** RFC 8489 §14.14: SOFTWARE is fewer than 128 characters, at most 763 bytes of UTF-8. */
+export const MAX_SOFTWARE_CHARS = 127;
+export const MAX_SOFTWARE_BYTES = 763;
+
+export const ADMIN_LISTEN_RE = /^(https?):\/\/(\[[0-9a-fA-F:.]+\]|[0-9.]+|localhost):(\d{1,5})$/;
+
+/** admin.listen split into scheme, host (brackets removed; localhost as 127.0.0.1) and port. */
+export function parseAdminListen(url: string): { scheme: 'http' | 'https'; host: string; port: number } {
+  const m = ADMIN_LISTEN_RE.exec(url);
+  if (!m) throw new Error(`not an admin listen address: ${url}`);
+  let host = m[2]!;
+  if (host.startsWith('[')) host = host.slice(1, -1);
+  if (host === 'localhost') host = '127.0.0.1';
+  return { scheme: m[1] as 'http' | 'https', host, port: Number(m[3]) };
+}
+
+/** 127.0.0.0/8, ::1 and their IPv4-mapped form: addresses only this host can connect to. */
+export function isLoopbackHost(host: string): boolean {
+  const h = host.toLowerCase();
+  if (h === 'localhost' || h === '::1' || h === '0:0:0:0:0:0:0:1') return true;
+  const v4 = h.startsWith('::ffff:') ? h.slice(7) : h;
+  return isIP(v4) === 4 && v4.startsWith('127.');
 }
 
 const listenUrl = checked('a listen address like udp://0.0.0.0:3478', (s) => {
@@ -112,7 +148,8 @@ const ipAddr = checked('an IP address', (s) => (isIP(s) ? null : `${JSON.stringi
 const portRange: Schema<number[]> = {
   what: 'a port range [low, high]',
   parse(node, path, ctx) {
-    const r = list(int(1, 65535, 'a port 1-65535')).parse(node, path, ctx);
+    // Relay ports are unprivileged (1024-65535): a relay never takes a well-known port.
+    const r = list(int(1024, 65535, 'a port 1024-65535')).parse(node, path, ctx);
     if (r.length !== 2 || r[0]! > r[1]!) {
       return fail(ctx, node, path, `expected [low, high] with low <= high`);
     }
@@ -120,7 +157,7 @@ const portRange: Schema<number[]> = {
   },
 };
 
-const userSchema = obj<UserEntry>(
+const userFields = obj<UserEntry>(
   {
     name: {
       schema: checked('a user name', (s) => (s.length && !s.includes(':') ? null : 'user names are non-empty and contain no ":"')),
@@ -131,6 +168,45 @@ const userSchema = obj<UserEntry>(
   },
   'a user { name, password, groups }',
 );
+
+/** One user: a name and a non-empty password are required (never echoed in errors). */
+const userSchema: Schema<UserEntry> = {
+  what: userFields.what,
+  parse(node, path, ctx) {
+    const u = userFields.parse(node, path, ctx);
+    if (!u.name) fail(ctx, node, `${path}.name`, 'a user needs a name');
+    if (!u.password) {
+      const at = nodeAt(node, 'password');
+      fail(ctx, at.exact ? at.node : node, `${path}.password`, 'passwords must not be empty');
+    }
+    return u;
+  },
+};
+
+/** Users; a name may appear once (the error is at the second occurrence). */
+const usersSchema: Schema<UserEntry[]> = {
+  what: 'a list of users',
+  parse(node, path, ctx) {
+    const users = list(userSchema).parse(node, path, ctx);
+    const first = new Map<string, number>();
+    users.forEach((u, i) => {
+      // RFC 8489 §14.3: user names are compared after OpaqueString (RFC 8265), which
+      // normalises to NFC; two spellings of one name would be one user.
+      const key = u.name.normalize('NFC');
+      const prev = first.get(key);
+      if (prev !== undefined) {
+        fail(
+          ctx,
+          nodeAt(node, `[${i}].name`).node,
+          `${path}[${i}].name`,
+          `user ${JSON.stringify(u.name)} is already defined at ${path}[${prev}]`,
+        );
+      }
+      first.set(key, i);
+    });
+    return users;
+  },
+};
 
 export const configSchema = obj<GatehouseConfig>({
   realm: { schema: str('a realm name'), default: () => 'gatehouse.local' },
@@ -168,7 +244,16 @@ export const configSchema = obj<GatehouseConfig>({
           key: { schema: nullable(str('a PEM file path')), default: () => null },
         }),
       },
-      software: { schema: str('a SOFTWARE string'), default: () => 'Gatehouse' },
+      software: {
+        schema: checked('a SOFTWARE string', (v) => {
+          const chars = [...v].length;
+          if (chars > MAX_SOFTWARE_CHARS) return `must be fewer than 128 characters (RFC 8489 §14.14), got ${chars}`;
+          if (Buffer.byteLength(v, 'utf8') > MAX_SOFTWARE_BYTES)
+            return `must be at most ${MAX_SOFTWARE_BYTES} bytes of UTF-8 (RFC 8489 §14.14)`;
+          return null;
+        }),
+        default: () => 'Gatehouse',
+      },
       max_lifetime: { schema: int(600, 86400), default: () => 3600 },
       default_lifetime: { schema: int(60, 86400), default: () => 600 },
       nonce_lifetime: { schema: int(10, 86400), default: () => 600 },
@@ -211,17 +296,39 @@ export const configSchema = obj<GatehouseConfig>({
   admin: {
     schema: obj({
       listen: {
-        schema: checked('an http://address:port URL', (s) =>
-          /^http:\/\/(\[[0-9a-fA-F:.]+\]|[0-9.]+|localhost):\d{1,5}$/.test(s)
-            ? null
-            : `expected http://address:port, got ${JSON.stringify(s)}`,
-        ),
+        schema: checked('an http(s)://address:port URL', (s) => {
+          const m = ADMIN_LISTEN_RE.exec(s);
+          if (!m) return `expected http://address:port or https://address:port, got ${JSON.stringify(s)}`;
+          const host = m[2]!.replace(/^\[|\]$/g, '');
+          if (host !== 'localhost' && !isIP(host)) return `${JSON.stringify(host)} is not an IP address`;
+          const port = Number(m[3]);
+          if (port > 65535) return `port ${port} is out of range 0-65535`;
+          return null;
+        }),
         default: () => 'http://127.0.0.1:8080',
       },
-      token: { schema: nullable(str('an admin token')), default: () => null },
+      token: {
+        // Never echo the value: the problem names the rule only.
+        schema: nullable(
+          checked('an admin token', (s) => {
+            if (/[\s\x00-\x1f\x7f]/.test(s)) return 'admin tokens contain no spaces or control characters';
+            if (s.length < MIN_ADMIN_TOKEN_LENGTH)
+              return `admin tokens are at least ${MIN_ADMIN_TOKEN_LENGTH} characters (e.g. openssl rand -base64url 32), or null to generate one`;
+            return null;
+          }),
+        ),
+        default: () => null,
+      },
+      tls: {
+        schema: obj({
+          cert: { schema: nullable(str('a PEM certificate file')), default: () => null },
+          key: { schema: nullable(str('a PEM key file')), default: () => null },
+        }),
+      },
+      insecure: { schema: bool(), default: () => false },
     }),
   },
-  users: { schema: list(userSchema), default: () => [] },
+  users: { schema: usersSchema, default: () => [] },
   events: {
     schema: obj({
       max_bytes: {
@@ -262,29 +369,50 @@ export const configSchema = obj<GatehouseConfig>({
   },
 });
 
-/** Cross-key checks that a per-key schema cannot express. */
-function crossCheck(cfg: GatehouseConfig, file: string): void {
+/** Cross-key checks that a per-key schema cannot express; `at` locates the offending key. */
+function crossCheck(cfg: GatehouseConfig, at: (paths: string | string[], problem: string) => never): void {
   if (cfg.turn.default_lifetime > cfg.turn.max_lifetime) {
-    throw new Error(`${file}: turn.default_lifetime (${cfg.turn.default_lifetime}) exceeds turn.max_lifetime (${cfg.turn.max_lifetime})`);
+    at(
+      ['turn.default_lifetime', 'turn.max_lifetime'],
+      `turn.default_lifetime (${cfg.turn.default_lifetime}) exceeds turn.max_lifetime (${cfg.turn.max_lifetime})`,
+    );
   }
   if (!cfg.identity.cert !== !cfg.identity.key) {
-    throw new Error(`${file}: identity.cert and identity.key must be set together`);
+    at(cfg.identity.cert ? 'identity.cert' : 'identity.key', 'identity.cert and identity.key must be set together');
   }
   // RFC 8656 §7.2: the relayed transport address goes to the client in XOR-RELAYED-ADDRESS,
   // so it must be an address peers can reach, never the unspecified address.
   if (cfg.turn.relay_address === '0.0.0.0' || cfg.turn.relay_address === '::') {
-    throw new Error(`${file}: turn.relay_address must be the address peers reach this server on, not ${cfg.turn.relay_address}`);
+    at('turn.relay_address', `must be the address peers reach this server on, not ${cfg.turn.relay_address}`);
   }
-  const wantsTls = cfg.turn.listen.some((l) => l.startsWith('tls://'));
-  if (wantsTls && (!cfg.turn.tls.cert || !cfg.turn.tls.key)) {
-    throw new Error(`${file}: turn.listen has a tls:// address but turn.tls.cert and turn.tls.key are not both set`);
+  const tlsAt = cfg.turn.listen.findIndex((l) => l.startsWith('tls://'));
+  if (tlsAt >= 0 && (!cfg.turn.tls.cert || !cfg.turn.tls.key)) {
+    const listenPath = cfg.turn.listen.length === 1 ? ['turn.listen[0]', 'turn.listen'] : [`turn.listen[${tlsAt}]`];
+    at(listenPath, 'a tls:// address needs turn.tls.cert and turn.tls.key (PEM files)');
+  }
+  const admin = parseAdminListen(cfg.admin.listen);
+  const adminTls = !!(cfg.admin.tls.cert || cfg.admin.tls.key);
+  if (adminTls && (!cfg.admin.tls.cert || !cfg.admin.tls.key)) {
+    at(cfg.admin.tls.cert ? 'admin.tls.cert' : 'admin.tls.key', 'admin.tls.cert and admin.tls.key must be set together');
+  }
+  if (admin.scheme === 'https' && !adminTls)
+    at('admin.listen', 'an https:// admin listener needs admin.tls.cert and admin.tls.key (PEM files)');
+  if (admin.scheme === 'http' && adminTls)
+    at(['admin.tls.cert', 'admin.tls'], 'admin.tls is set: write admin.listen as https://address:port');
+  // The admin token is a bearer credential (RFC 6750 §5.3: only over TLS): beyond
+  // loopback it must not cross the network in clear unless the operator says so.
+  if (!isLoopbackHost(admin.host) && admin.scheme !== 'https' && !cfg.admin.insecure) {
+    at(
+      'admin.listen',
+      `${admin.host} is not a loopback address: serve https:// with admin.tls (cert, key), or set admin.insecure: true to send the admin token in clear`,
+    );
   }
 }
 
 export function parseConfig(text: string, file = '<config>'): GatehouseConfig {
   const { root, ctx } = parseYaml(text, file);
   const cfg = configSchema.parse(root, '', ctx);
-  crossCheck(cfg, file);
+  crossCheck(cfg, (paths, problem) => failAtPath(ctx, root, paths, problem));
   return cfg;
 }
 

@@ -156,3 +156,56 @@ export function parseYaml(text: string, file: string): { root: Node | null; ctx:
   }
   return { root: (doc.contents as Node | null) ?? null, ctx };
 }
+
+/** Splits `turn.tls.cert` / `users[1].name` into segments: strings are keys, numbers list indexes. */
+function pathSegments(path: string): Array<string | number> {
+  const out: Array<string | number> = [];
+  for (const part of path.split('.')) {
+    const m = /^([^[\]]*)((?:\[\d+\])*)$/.exec(part);
+    if (!m) {
+      out.push(part);
+      continue;
+    }
+    if (m[1]) out.push(m[1]);
+    for (const idx of m[2]!.matchAll(/\[(\d+)\]/g)) out.push(Number(idx[1]));
+  }
+  return out;
+}
+
+/**
+ * The YAML node a key path names, for errors found after parsing (cross-key checks):
+ * the value node when the key is written in the file (like the schema's own errors),
+ * its key node when the value is empty, else the deepest written ancestor. `exact`
+ * tells whether the whole path was found.
+ */
+export function nodeAt(root: Node | null | undefined, path: string): { node: Node | null; exact: boolean } {
+  let node: Node | null = root ?? null;
+  if (!path) return { node, exact: true };
+  for (const seg of pathSegments(path)) {
+    if (typeof seg === 'number') {
+      if (!isSeq(node) || seg >= node.items.length) return { node, exact: false };
+      node = node.items[seg] as Node;
+      continue;
+    }
+    if (!isMap(node)) return { node, exact: false };
+    const pair = node.items.find((p) => String(scalarValue(p.key as Node)) === seg);
+    if (!pair) return { node, exact: false };
+    const value = pair.value as Node | null;
+    node = value && value.range ? value : (pair.key as Node);
+  }
+  return { node, exact: true };
+}
+
+/**
+ * A located ConfigError for a problem found after the schema ran: the first of `paths`
+ * written in the file names the position (file:line:column) and the key; when none is
+ * written (a default is at fault), the first path's deepest written ancestor.
+ */
+export function failAtPath(ctx: Ctx, root: Node | null | undefined, paths: string | string[], problem: string): never {
+  const list = Array.isArray(paths) ? paths : [paths];
+  for (const p of list) {
+    const { node, exact } = nodeAt(root, p);
+    if (exact) return fail(ctx, node, p, problem);
+  }
+  return fail(ctx, nodeAt(root, list[0]!).node, list[0]!, problem);
+}
