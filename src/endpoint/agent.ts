@@ -362,7 +362,7 @@ export class EscrowAgent extends EventEmitter {
     const kr = decodeKeyRequest(getAttr(msg, ATTR_KEY_REQUEST)!);
     if (!kr || !peer) return;
     const k = this.ltKey(turn);
-    // RFC 8489 §9.2.4: the response must carry a valid MESSAGE-INTEGRITY for our key.
+    // RFC 8489 §9.2.5: the response must carry a valid MESSAGE-INTEGRITY for our key.
     if (!k || !verifyIntegrity(msg, k)) {
       this.emit('untrusted', { peer: peer[0], reason: 'response integrity' });
       return;
@@ -462,7 +462,7 @@ export class EscrowAgent extends EventEmitter {
     const method = channel && channel.refreshAt > 0 ? Method.ChannelBind : Method.CreatePermission;
     const tid = randomBytes(12);
     const w = this.w.reset(messageType(method, Class.Request), tid);
-    if (method === Method.ChannelBind) w.u32(Attr.ChannelNumber, (channel!.number << 16) >>> 0); // RFC 8656 §14.1: number, then RFFU
+    if (method === Method.ChannelBind) w.u32(Attr.ChannelNumber, (channel!.number << 16) >>> 0); // RFC 8656 §18.1: number, then RFFU
     w.xorAddress(Attr.XorPeerAddress, ps.addr[0], ps.addr[1]);
     const ids: string[] = [];
     if (kind === 'write-keys') {

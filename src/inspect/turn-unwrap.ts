@@ -4,7 +4,7 @@
  * On the client ↔ TURN server transport, application datagrams to and from a peer are
  * carried either in Send / Data indications (RFC 8656 §11: XOR-PEER-ADDRESS + DATA) or
  * in ChannelData messages (RFC 8656 §12) once a channel is bound with ChannelBind
- * (RFC 8656 §11.1). This module watches the control messages on that transport
+ * (RFC 8656 §12.1). This module watches the control messages on that transport
  * (Allocate → relayed address, ChannelBind request + success → channel ↔ peer) and turns
  * each wrapped datagram into (peer address, direction, inner payload), so the inner
  * traffic can be inspected as the client ↔ peer flow it is.
@@ -69,7 +69,7 @@ export interface TurnUnwrapOptions {
   idleMs?: number;
 }
 
-/** RFC 8656 §3.1 / §3.2: the usual TURN (and TURN-over-TLS) server ports. */
+/** RFC 8656 §4.1 / §5: the default TURN (3478) and TURN-over-(D)TLS (5349) ports, and the usual alternates. */
 const WELL_KNOWN_SERVER_PORTS = new Set([3478, 3479, 5349, 5350]);
 
 function sameEp(a: Endpoint, ip: string, port: number): boolean {
@@ -150,7 +150,7 @@ export class TurnUnwrapper {
     // RFC 8656 §12.4: channel number (2), length (2), application data.
     const channel = payload.readUInt16BE(0);
     const len = payload.readUInt16BE(2);
-    // RFC 8656 §12.5: a ChannelData message shorter than its length field is discarded;
+    // RFC 8656 §12.6: a ChannelData message shorter than its length field is discarded;
     // the channel must be in 0x4000-0x4FFF (RFC 8656 §12).
     if (!isValidChannelNumber(channel) || 4 + len > payload.length) return null;
     const conn = this.connFor(transport, srcIp, srcPort, dstIp, dstPort, time, undefined);
@@ -180,7 +180,7 @@ export class TurnUnwrapper {
     time: number,
   ): UnwrapResult {
     // Requests and Send indications come from the client, responses and Data
-    // indications from the server (RFC 8656 §10, §11).
+    // indications from the server (RFC 8656 §11; TURN requests are all client-initiated, §7-§12).
     const fromClientByType =
       msg.cls === Class.Request || (msg.cls === Class.Indication && msg.method === Method.Send)
         ? true
@@ -206,7 +206,7 @@ export class TurnUnwrapper {
     const tid = msg.transactionId.toString('hex');
     if (msg.method === Method.ChannelBind) {
       if (msg.cls === Class.Request) {
-        // RFC 8656 §11.1: CHANNEL-NUMBER (channel in the top 16 bits) + XOR-PEER-ADDRESS.
+        // RFC 8656 §12.1: CHANNEL-NUMBER (channel in the top 16 bits, §18.1) + XOR-PEER-ADDRESS.
         const cn = getAttr(msg, Attr.ChannelNumber);
         const peer = getXorAddress(msg, Attr.XorPeerAddress);
         if (cn && cn.length >= 2 && peer) {
@@ -220,7 +220,7 @@ export class TurnUnwrapper {
           }
         }
       } else if (msg.cls === Class.Success) {
-        // RFC 8656 §11.3: the binding exists once the success response arrives.
+        // RFC 8656 §12.3: the binding exists once the success response arrives.
         const p = conn.pendingBinds.get(tid);
         if (p) {
           conn.pendingBinds.delete(tid);

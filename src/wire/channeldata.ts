@@ -28,7 +28,7 @@ export function isValidChannelNumber(n: number, legacy = false): boolean {
 }
 
 /**
- * RFC 7983 §7 / RFC 8656 §12.4: a ChannelData message starts with a byte 64..79
+ * RFC 7983 §7 / RFC 8656 §12 (Table 3): a ChannelData message starts with a byte 64..79
  * (0x40-0x4F). Checks the header fits and the length fits the buffer.
  */
 export function isChannelData(buf: Buffer, off = 0): boolean {
@@ -83,7 +83,7 @@ export interface ChannelDataView {
 
 /**
  * Parses a ChannelData message in a datagram. Returns null when the first byte is not
- * 0x40-0x4F or the datagram is shorter than the claimed length (RFC 8656 §12.5:
+ * 0x40-0x4F or the datagram is shorter than the claimed length (RFC 8656 §12.6:
  * discard). Trailing bytes (padding) are ignored.
  */
 export function parseChannelData(buf: Buffer, off = 0): ChannelDataView | null {

@@ -9,7 +9,7 @@
 import { createRequire } from 'node:module';
 
 /**
- * One session key set (RFC 3711 §4.3.2). The IV is read from the 16-octet scratch Buffer
+ * One session key set (RFC 3711 §4.3.1; §4.3.2 for SRTCP). The IV is read from the 16-octet scratch Buffer
  * passed to the constructor: callers write the per-packet IV there first (AES-CM: the full
  * 16-octet counter block of RFC 3711 §4.1.1; GCM: the 12-octet IV of RFC 7714 §8.1/§9.1 in
  * octets 0..11). A trailer/extra word of -1 means "none". Bad offsets throw RangeError.

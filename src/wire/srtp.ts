@@ -98,7 +98,7 @@ export function srtpProfileParams(profile: number): SrtpProfileParams | null {
   return PROFILES[profile] ?? null;
 }
 
-// RFC 3711 §4.3.2: key derivation labels.
+// RFC 3711 §4.3.1 (SRTP, 0x00-0x02) / §4.3.2 (SRTCP, 0x03-0x05): key derivation labels.
 export const LABEL_RTP_ENCRYPTION = 0x00;
 export const LABEL_RTP_AUTH = 0x01;
 export const LABEL_RTP_SALT = 0x02;
@@ -160,7 +160,7 @@ export interface SrtpSessionKeys {
   rtcpAuthKey: Buffer;
 }
 
-/** Derives the six session keys of RFC 3711 §4.3.2 for a profile. Throws RangeError on bad lengths. */
+/** Derives the six session keys of RFC 3711 §4.3.1 / §4.3.2 for a profile. Throws RangeError on bad lengths. */
 export function deriveSrtpSessionKeys(profile: number, masterKey: Buffer, masterSalt: Buffer): SrtpSessionKeys {
   const p = srtpProfileParams(profile);
   if (!p) throw new RangeError('unsupported SRTP profile');

@@ -81,7 +81,7 @@ export function isComprehensionRequired(type: number): boolean {
   return type < 0x8000;
 }
 
-/** RFC 8489 §14.8 / RFC 8656 §18 recommended reason phrases. */
+/** RFC 8489 §14.8 / RFC 8656 §19 recommended reason phrases. */
 export const ErrorReason: Record<number, string> = {
   300: 'Try Alternate',
   400: 'Bad Request',
@@ -103,7 +103,7 @@ export const ErrorReason: Record<number, string> = {
 export const PasswordAlgorithmId = { MD5: 0x0001, SHA256: 0x0002 } as const;
 export type PasswordAlgorithmName = 'md5' | 'sha256';
 
-/** RFC 8656 §14.1: address family values (also used by XOR-*-ADDRESS, RFC 8489 §14.2). */
+/** RFC 8489 §14.1 / RFC 8656 §18.6: address family values (also used by XOR-*-ADDRESS, RFC 8489 §14.2). */
 export const Family = { IPv4: 0x01, IPv6: 0x02 } as const;
 
 export interface StunAttr {
@@ -230,7 +230,7 @@ export function getAttr(msg: StunMessage, type: number): Buffer | undefined {
   return a ? msg.raw.subarray(a.offset, a.offset + a.length) : undefined;
 }
 
-/** Every attribute of a type (e.g. several XOR-PEER-ADDRESS in CreatePermission, RFC 8656 §9). */
+/** Every attribute of a type (e.g. several XOR-PEER-ADDRESS in CreatePermission, RFC 8656 §10). */
 export function getAttrs(msg: StunMessage, type: number): Buffer[] {
   const out: Buffer[] = [];
   for (const a of msg.attrs) if (a.type === type) out.push(msg.raw.subarray(a.offset, a.offset + a.length));
@@ -254,7 +254,7 @@ export function getUint32(msg: StunMessage, type: number): number | undefined {
 }
 
 /**
- * RFC 8489 §7.3.1: comprehension-required attributes the receiver does not know, in
+ * RFC 8489 §6.3.1: comprehension-required attributes the receiver does not know, in
  * order and without duplicates; a request with any gets a 420 listing them.
  */
 export function unknownComprehensionRequired(msg: StunMessage, known: (type: number) => boolean): number[] {
@@ -383,7 +383,7 @@ export function writeXorAddressValue(dst: Buffer, off: number, ipBytes: Buffer, 
 }
 
 // ---------------------------------------------------------------------------
-// ERROR-CODE (RFC 8489 §14.8), UNKNOWN-ATTRIBUTES (§14.9)
+// ERROR-CODE (RFC 8489 §14.8), UNKNOWN-ATTRIBUTES (§14.13)
 
 export function decodeErrorCode(v: Buffer): { code: number; reason: string } | null {
   if (v.length < 4) return null;
@@ -565,7 +565,7 @@ export function crc32(buf: Buffer, start = 0, end = buf.length, seed = 0): numbe
 
 /**
  * Checks FINGERPRINT. Returns true when the message has no FINGERPRINT, false when it
- * has a wrong one (RFC 8489 §7.3: such a message is not treated as STUN).
+ * has a wrong one (RFC 8489 §6.3, §7: such a message is not treated as STUN).
  */
 export function verifyFingerprint(msg: StunMessage): boolean {
   const a = findAttr(msg, Attr.Fingerprint);
@@ -696,7 +696,7 @@ export class StunWriter {
     return this;
   }
 
-  /** UNKNOWN-ATTRIBUTES (RFC 8489 §14.9): a list of 16-bit types. */
+  /** UNKNOWN-ATTRIBUTES (RFC 8489 §14.13): a list of 16-bit types. */
   unknownAttributes(types: number[]): this {
     const o = this.open(Attr.UnknownAttributes, types.length * 2);
     types.forEach((t, i) => this.buf.writeUInt16BE(t, o + i * 2));
