@@ -1,6 +1,11 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import { timingSafeEqual, createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
+import { parseAdminListen, type GatehouseConfig } from '../config/config.js';
+import { GatehouseError } from '../util/errors.js';
+import { adminTokenProblem } from './token.js';
 import type { Registry } from 'prom-client';
 import type { Logger } from '../util/log.js';
 import type { EveEvent } from '../events/eve.js';
@@ -18,12 +23,42 @@ export interface AdminSources {
   reloadPolicy?: () => Promise<{ ok: boolean; message: string }>;
 }
 
-function tokenMatches(header: string | undefined, token: string): boolean {
-  if (!header?.startsWith('Bearer ')) return false;
-  // Compare digests so the comparison is constant-time whatever the lengths.
-  const a = createHash('sha256').update(header.slice(7)).digest();
-  const b = createHash('sha256').update(token).digest();
-  return timingSafeEqual(a, b);
+/**
+ * `Authorization: Bearer TOKEN` (RFC 6750 §2.1; the scheme name is case-insensitive,
+ * RFC 9110 §11.1). An empty or missing token never matches, whatever is configured.
+ */
+export function tokenMatches(header: string | undefined, expectedDigest: Buffer): boolean {
+  if (typeof header !== 'string') return false;
+  const m = /^bearer +(\S+) *$/i.exec(header);
+  if (!m) return false;
+  // Compare SHA-256 digests: constant time whatever the lengths, and no early exit.
+  const got = createHash('sha256').update(m[1]!).digest();
+  return timingSafeEqual(got, expectedDigest);
+}
+
+/** PEM certificate and key of an https:// admin listener. */
+export interface AdminTls {
+  cert: string | Buffer;
+  key: string | Buffer;
+}
+
+/** Reads admin.tls (PEM files); errors name the key and the file, never the contents. */
+export function readAdminTls(tls: GatehouseConfig['admin']['tls']): AdminTls | undefined {
+  if (!tls.cert || !tls.key) return undefined;
+  const read = (key: 'cert' | 'key', file: string): Buffer => {
+    try {
+      return readFileSync(file);
+    } catch (err) {
+      throw new GatehouseError(
+        'E_ADMIN_TLS',
+        `admin.tls.${key}: cannot read ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`,
+        {
+          file,
+        },
+      );
+    }
+  };
+  return { cert: read('cert', tls.cert), key: read('key', tls.key) };
 }
 
 function json(res: ServerResponse, status: number, body: unknown): void {
@@ -66,24 +101,49 @@ export function filterEvents(events: readonly EveEvent[], q: URLSearchParams): E
 
 export class AdminServer {
   private server: Server | undefined;
+  private readonly tokenDigest: Buffer;
+  private scheme: 'http' | 'https' = 'http';
   constructor(
     private readonly src: AdminSources,
     private readonly log: Logger,
-  ) {}
+  ) {
+    // An empty (or short) token would make `Authorization: Bearer ` meaningful: refuse it here too.
+    const problem = adminTokenProblem(src.token);
+    if (problem) throw new GatehouseError('E_ADMIN_TOKEN', problem);
+    this.tokenDigest = createHash('sha256').update(src.token).digest();
+  }
 
-  async listen(host: string, port: number): Promise<AddressInfo> {
-    this.server = createServer((req, res) => {
+  /** Listens on host:port; with `tls`, HTTPS (the https:// admin.listen form). */
+  async listen(host: string, port: number, tls?: AdminTls): Promise<AddressInfo> {
+    const handler = (req: IncomingMessage, res: ServerResponse) => {
       this.handle(req, res).catch((err: unknown) => {
         this.log.error({ err: (err as Error).message }, 'admin request failed');
         if (!res.headersSent) json(res, 500, { error: 'internal error' });
         else res.end();
       });
-    });
+    };
+    this.scheme = tls ? 'https' : 'http';
+    this.server = tls ? (createHttpsServer({ cert: tls.cert, key: tls.key }, handler) as unknown as Server) : createServer(handler);
     await new Promise<void>((resolve, reject) => {
       this.server!.once('error', reject);
       this.server!.listen(port, host, () => resolve());
     });
     return this.server.address() as AddressInfo;
+  }
+
+  /** Listens as the configuration says: admin.listen, and admin.tls when it is https://. */
+  async listenConfigured(admin: GatehouseConfig['admin']): Promise<AddressInfo> {
+    const { scheme, host, port } = parseAdminListen(admin.listen);
+    const tls = scheme === 'https' ? readAdminTls(admin.tls) : undefined;
+    return this.listen(host, port, tls);
+  }
+
+  /** The base URL being served, e.g. https://127.0.0.1:8443 (after listen). */
+  get url(): string {
+    const a = this.server?.address() as AddressInfo | null | undefined;
+    if (!a) return '';
+    const host = a.family === 'IPv6' ? `[${a.address}]` : a.address;
+    return `${this.scheme}://${host}:${a.port}`;
   }
 
   async close(): Promise<void> {
@@ -110,7 +170,7 @@ export class AdminServer {
       return;
     }
     if (path.startsWith('/v1/')) {
-      if (!tokenMatches(req.headers.authorization, this.src.token)) {
+      if (!tokenMatches(req.headers.authorization, this.tokenDigest)) {
         res.setHeader('www-authenticate', 'Bearer');
         return json(res, 401, { error: 'admin token required' });
       }

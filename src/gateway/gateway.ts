@@ -3,9 +3,8 @@
  * flow hooks, policy, quotas, recordings, event sinks and the admin API, started and
  * stopped together. `gatehouse serve` (cli/serve.ts) parses arguments and calls this.
  */
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { randomBytes } from 'node:crypto';
 import type { Writable } from 'node:stream';
 import type { GatehouseConfig } from '../config/config.js';
 import type { Logger } from '../util/log.js';
@@ -16,6 +15,7 @@ import { TurnServer } from '../turn/server.js';
 import type { Flow } from '../turn/flow.js';
 import { createMetrics } from '../admin/metrics.js';
 import { AdminServer } from '../admin/server.js';
+import { loadOrCreateAdminToken } from '../admin/token.js';
 import { loadOrCreateIdentity, type GatewayIdentity } from '../store/identity.js';
 import { PolicyHolder } from '../policy/loader.js';
 import { GatewayInspector } from './inspector.js';
@@ -34,16 +34,6 @@ export interface RunningGateway {
   identity: GatewayIdentity;
   policy: PolicyHolder;
   stop(): Promise<void>;
-}
-
-/** The admin token: from the configuration, else kept in DATA_DIR/admin-token (0600). */
-function adminToken(cfg: GatehouseConfig): { token: string; file?: string; created: boolean } {
-  if (cfg.admin.token) return { token: cfg.admin.token, created: false };
-  const file = join(cfg.data_dir, 'admin-token');
-  if (existsSync(file)) return { token: readFileSync(file, 'utf8').trim(), file, created: false };
-  const token = randomBytes(24).toString('base64url');
-  writeFileSync(file, token + '\n', { mode: 0o600, flag: 'wx' });
-  return { token, file, created: true };
 }
 
 /** What /v1/flows shows of a flow: addresses and owner, never its inspection state or keys. */
@@ -72,7 +62,7 @@ export async function startGateway(cfg: GatehouseConfig, log: Logger, stdout: Wr
   }
   const { identity, created } = await loadOrCreateIdentity(cfg.data_dir, cfg.identity, cfg.realm);
   log.info({ fingerprint: identity.fingerprint.toString('hex'), created }, 'gateway identity');
-  const token = adminToken(cfg);
+  const token = loadOrCreateAdminToken(cfg);
   if (token.created) log.info({ file: token.file }, 'admin token created (read it from this file)');
 
   const policy = await PolicyHolder.open(cfg.policy.rules, log.child({ module: 'policy' }));
@@ -159,10 +149,9 @@ export async function startGateway(cfg: GatehouseConfig, log: Logger, stdout: Wr
     },
     log.child({ module: 'admin' }),
   );
-  const adminUrl = new URL(cfg.admin.listen);
   let adminAddr;
   try {
-    adminAddr = await admin.listen(adminUrl.hostname.replace(/^\[|\]$/g, ''), Number(adminUrl.port));
+    adminAddr = await admin.listenConfigured(cfg.admin); // https:// with admin.tls
   } catch (err) {
     await turn.stop();
     throw err;
@@ -170,7 +159,7 @@ export async function startGateway(cfg: GatehouseConfig, log: Logger, stdout: Wr
   log.info(
     {
       turn: turn.addresses(),
-      admin: `http://${adminAddr.address}:${adminAddr.port}`,
+      admin: admin.url,
       users: users.size,
       rules: policy.current.rules.length,
       pcp: 'not built yet',
