@@ -7,7 +7,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createSocket } from 'node:dgram';
 import { connect } from 'node:net';
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -52,6 +52,11 @@ export interface TurnServer {
   iceServer(transport: TurnTransport, user?: string): IceServer;
   /** Captured stdout and stderr (the last 256 KiB), for diagnostics. */
   output(): string;
+  /**
+   * Everything the process wrote to stdout and stderr since it started (kept in
+   * workDir/output.log until stop()), for "no secret in the log" checks.
+   */
+  fullOutput(): Buffer;
   /** Exit code or signal once the process has ended, else null. */
   exitStatus(): string | null;
   /** Stops the process (SIGTERM, then SIGKILL), frees ports and removes workDir. Idempotent. */
@@ -180,8 +185,17 @@ export function tcpConnects(host: string, port: number, timeoutMs = 500): Promis
 class Output {
   private chunks: string[] = [];
   private size = 0;
-  constructor(private readonly cap = 256 * 1024) {}
+  /** logFile: every byte also appended here, uncapped. */
+  constructor(
+    readonly logFile: string,
+    private readonly cap = 256 * 1024,
+  ) {}
   push(b: Buffer | string): void {
+    try {
+      appendFileSync(this.logFile, b);
+    } catch {
+      /* workDir removed by stop(): output after that is only kept in memory */
+    }
     const s = b.toString();
     this.chunks.push(s);
     this.size += s.length;
@@ -189,6 +203,9 @@ class Output {
   }
   text(): string {
     return this.chunks.join('');
+  }
+  all(): Buffer {
+    return existsSync(this.logFile) ? readFileSync(this.logFile) : Buffer.alloc(0);
   }
 }
 
@@ -198,7 +215,7 @@ interface Spawned {
 }
 
 function spawnServer(cmd: string, args: string[], cwd: string, env?: Record<string, string>): Spawned {
-  const out = new Output();
+  const out = new Output(join(cwd, 'output.log'));
   const child = spawn(cmd, args, { cwd, env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   trackChild(child);
   child.stdout!.on('data', (b: Buffer) => out.push(b));
@@ -276,6 +293,7 @@ function makeHandle(
       return { urls: `turn:${host}:${port}?transport=${transport}`, username: u.name, credential: u.password };
     },
     output: () => sp.out.text(),
+    fullOutput: () => sp.out.all(),
     exitStatus: () => statusOf(sp.child),
     stop() {
       stopping ??= (async () => {

@@ -1,0 +1,144 @@
+// Real peers of the end-to-end tests (Debian programs, headers, capabilities). A test
+// whose peer is missing must FAIL in CI (process.env.CI set: .ci/run installs every peer)
+// and may only skip, with the reason, on a developer machine.
+//
+//   const missing = missingPeers('tshark', 'openssl');       // [] when all are present
+//   t.test('...', { skip: skipUnlessCi(missing) }, ...)      // skip locally ...
+//   failInCi(t, missing);                                    // ... and fail in CI
+// or, inside a test:  if (!requirePeer(t, 'tshark')) return;
+//
+// GATEHOUSE_TEST_HIDE_PEERS=tshark,chromium makes those peers count as missing (to prove
+// that a test fails in CI without them).
+import { spawnSync } from 'node:child_process';
+import { accessSync, constants, existsSync } from 'node:fs';
+import { delimiter, join } from 'node:path';
+import { CHROMIUM_PATH } from './browser.js';
+
+export type Peer =
+  | 'turnserver'
+  | 'turnutils_uclient'
+  | 'turnutils_peer'
+  | 'turnutils_stunclient'
+  | 'chromium'
+  | 'firefox-esr'
+  | 'tshark'
+  | 'dumpcap'
+  | 'capture' // capturing on lo: root, or GATEHOUSE_CAN_CAPTURE=1
+  | 'openssl'
+  | 'libsrtp2' // /usr/include/srtp2/srtp.h and -lsrtp2
+  | 'gcc'
+  | 'ffmpeg'
+  | 'ffprobe'
+  | 'ip'
+  | 'unshare';
+
+/** Debian package that brings each peer (what .ci/run installs). */
+export const PEER_PACKAGE: Record<Peer, string> = {
+  turnserver: 'coturn',
+  turnutils_uclient: 'coturn',
+  turnutils_peer: 'coturn',
+  turnutils_stunclient: 'coturn',
+  chromium: 'chromium',
+  'firefox-esr': 'firefox-esr',
+  tshark: 'tshark',
+  dumpcap: 'tshark (wireshark-common)',
+  capture: 'root (or GATEHOUSE_CAN_CAPTURE=1)',
+  openssl: 'openssl',
+  libsrtp2: 'libsrtp2-dev',
+  gcc: 'gcc, libc6-dev',
+  ffmpeg: 'ffmpeg',
+  ffprobe: 'ffmpeg',
+  ip: 'iproute2',
+  unshare: 'util-linux',
+};
+
+function hidden(): Set<string> {
+  return new Set(
+    (process.env.GATEHOUSE_TEST_HIDE_PEERS ?? '')
+      .split(',')
+      .map((s) => s.trim())
+      .filter(Boolean),
+  );
+}
+
+/** An executable of that name on PATH (no shell). */
+export function onPath(bin: string): boolean {
+  for (const dir of (process.env.PATH ?? '').split(delimiter)) {
+    if (!dir) continue;
+    try {
+      accessSync(join(dir, bin), constants.X_OK);
+      return true;
+    } catch {
+      /* next */
+    }
+  }
+  return false;
+}
+
+const cache = new Map<Peer, boolean>();
+
+/** Whether the peer is present (ignoring GATEHOUSE_TEST_HIDE_PEERS). */
+function present(p: Peer): boolean {
+  let v = cache.get(p);
+  if (v !== undefined) return v;
+  switch (p) {
+    case 'chromium':
+      v = existsSync(CHROMIUM_PATH);
+      break;
+    case 'capture':
+      v = process.getuid?.() === 0 || !!process.env.GATEHOUSE_CAN_CAPTURE;
+      break;
+    case 'libsrtp2':
+      v = existsSync('/usr/include/srtp2/srtp.h');
+      break;
+    case 'openssl':
+      v = onPath('openssl') && spawnSync('openssl', ['version'], { stdio: 'ignore' }).status === 0;
+      break;
+    default:
+      v = onPath(p);
+  }
+  cache.set(p, v);
+  return v;
+}
+
+/** The peers of the list that are missing (or hidden by GATEHOUSE_TEST_HIDE_PEERS). */
+export function missingPeers(...peers: Peer[]): Peer[] {
+  const h = hidden();
+  return peers.filter((p) => h.has(p) || !present(p));
+}
+
+export const inCi = (): boolean => !!process.env.CI;
+
+/** "missing: tshark (Debian package tshark), ..." */
+export function describeMissing(missing: Peer[]): string {
+  return `missing: ${missing.map((p) => `${p} (${PEER_PACKAGE[p]})`).join(', ')}`;
+}
+
+/** For tap's { skip }: the reason outside CI, false in CI (the test runs, or failInCi has failed it). */
+export function skipUnlessCi(missing: Peer[]): string | false {
+  if (!missing.length || inCi()) return false;
+  return `${describeMissing(missing)}; skipped outside CI only (CI fails without them)`;
+}
+
+interface TapLike {
+  fail(msg: string): unknown;
+  skip(msg: string): unknown;
+}
+
+/** In CI, a failing assertion for the missing peers; returns whether something is missing. */
+export function failInCi(t: Pick<TapLike, 'fail'>, missing: Peer[]): boolean {
+  if (missing.length && inCi()) t.fail(`CI: ${describeMissing(missing)} (.ci/run installs them)`);
+  return missing.length > 0;
+}
+
+/**
+ * Inside a test: true when every peer is present. Otherwise fails the test in CI, or
+ * records a skip with the reason outside CI, and returns false (the caller returns).
+ */
+export function requirePeer(t: TapLike, ...peers: Peer[]): boolean {
+  const missing = missingPeers(...peers);
+  if (!missing.length) return true;
+  if (inCi()) t.fail(`CI: ${describeMissing(missing)} (.ci/run installs them)`);
+  else t.skip(`${describeMissing(missing)}; skipped outside CI only (CI fails without them)`);
+  return false;
+}
