@@ -27,7 +27,19 @@
  * certificates in certs/; pin the gateway certificate to prove origin.
  */
 import { createHash, createPublicKey, sign, verify, X509Certificate, type KeyObject } from 'node:crypto';
-import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, statSync, writeSync } from 'node:fs';
+import {
+  closeSync,
+  existsSync,
+  fsyncSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeSync,
+} from 'node:fs';
 import { join } from 'node:path';
 
 export const MANIFEST = 'manifest.json';
@@ -57,6 +69,8 @@ export interface Manifest {
   startedAt: string;
   endedAt: string;
   recovered?: boolean;
+  /** Writing stopped early (e.g. a full disk): the files end where writing failed. */
+  incomplete?: { reason: string; file: string; at: string };
   files: Record<string, FileEntry>;
   signer: string;
   signature: string;
@@ -102,18 +116,25 @@ function verifyBody(obj: Record<string, unknown>, key: KeyObject): boolean {
   }
 }
 
-/** Writes a file atomically (temp file, fsync, rename) and returns its bytes. */
+/** Writes a file atomically (temp file, fsync, rename) and returns its bytes; on failure no temp file is left. */
 export function writeAtomic(path: string, data: Buffer | string): Buffer {
   const buf = Buffer.isBuffer(data) ? data : Buffer.from(data);
   const tmp = `${path}.tmp`;
   const fd = openSync(tmp, 'w', 0o640);
   try {
-    writeSync(fd, buf);
-    fsyncSync(fd);
-  } finally {
-    closeSync(fd);
+    try {
+      let off = 0;
+      while (off < buf.length) off += writeSync(fd, buf, off, buf.length - off);
+      fsyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+    renameSync(tmp, path);
+  } catch (err) {
+    // A full disk: leave no half-written temp file behind (it would be hashed as content).
+    rmSync(tmp, { force: true });
+    throw err;
   }
-  renameSync(tmp, path);
   return buf;
 }
 

@@ -3,7 +3,7 @@
  * Annex-B H.264 (RFC 6184). Each writes whole pages/frames through a UnitFile, so what
  * was flushed before a crash stays readable.
  */
-import { UnitFile } from './unit-file.js';
+import { UnitFile, type UnitFileOptions } from './unit-file.js';
 import { OGG_BOS, OGG_EOS, oggPage, opusHead, opusTags, opusPacketSamples } from './ogg.js';
 import { ivfFileHeader, ivfFrameHeader, vp8KeyframeSize, Vp8Assembler } from './ivf.js';
 import { H264Depacketizer } from './h264.js';
@@ -48,7 +48,7 @@ export class OggOpusWriter implements MediaWriter {
   constructor(
     readonly path: string,
     serial: number,
-    opts: { fsync?: boolean } = {},
+    opts: UnitFileOptions = {},
   ) {
     this.file = new UnitFile(path, opts);
     this.serial = serial >>> 0;
@@ -136,7 +136,7 @@ export class Vp8IvfWriter implements MediaWriter {
 
   constructor(
     readonly path: string,
-    opts: { fsync?: boolean } = {},
+    opts: UnitFileOptions = {},
   ) {
     this.file = new UnitFile(path, opts);
   }
@@ -202,7 +202,7 @@ export class H264Writer implements MediaWriter {
 
   constructor(
     readonly path: string,
-    opts: { fsync?: boolean } = {},
+    opts: UnitFileOptions = {},
   ) {
     this.file = new UnitFile(path, opts);
   }

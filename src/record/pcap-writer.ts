@@ -1,5 +1,5 @@
 import { isIPv4 } from 'node:net';
-import { UnitFile } from './unit-file.js';
+import { UnitFile, type UnitFileOptions } from './unit-file.js';
 import { pcapGlobalHeader, pcapRecordHeader } from '../wire/pcap.js';
 import { buildIp, buildUdp } from '../wire/netpkt.js';
 
@@ -18,7 +18,7 @@ export class RtpPcapWriter {
     readonly path: string,
     private readonly src: { ip: string; port: number },
     private readonly dst: { ip: string; port: number },
-    opts: { fsync?: boolean } = {},
+    opts: UnitFileOptions = {},
   ) {
     this.file = new UnitFile(path, opts);
     this.file.append(pcapGlobalHeader(LINKTYPE_RAW, 65535));

@@ -15,9 +15,10 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Clock, TimerHandle } from '../util/clock.js';
+import type { Logger } from '../util/log.js';
 import type { InspectEvent, RtpPacketEvent } from '../inspect/events.js';
 import { RtpPcapWriter } from './pcap-writer.js';
-import { UnitFile } from './unit-file.js';
+import { UnitFile, type UnitFileOptions } from './unit-file.js';
 import { H264Writer, OggOpusWriter, Vp8IvfWriter, type MediaWriter } from './media-writers.js';
 import {
   ANCHOR,
@@ -74,6 +75,27 @@ export interface RecordingOptions {
   maxChannels?: number;
   /** Largest data channel message stored under files/ (default 64 MiB). */
   maxFileBytes?: number;
+  /** Write failures (a full disk) are logged here: once per recording, once per sealing state change. */
+  log?: Logger;
+}
+
+/** Where a recording's I/O failed: one label of gatehouse_recording_write_failures_total. */
+export type RecordingOp = 'open' | 'write' | 'seal' | 'head' | 'certificate';
+
+/** What /metrics reads of a RecordingStore. */
+export interface RecordingStats {
+  /** I/O failures by operation, then by reason (the errno code, lower case: enospc, eio, ...). */
+  failures: Record<RecordingOp, Record<string, number>>;
+  /** Recordings that stopped writing early and are (or will be) sealed as incomplete. */
+  incomplete: number;
+  /** Recordings whose manifest could not be written yet (retried at the next seal). */
+  unsealed: number;
+  open: number;
+}
+
+function reasonOf(err: unknown): string {
+  const code = (err as NodeJS.ErrnoException | null)?.code;
+  return typeof code === 'string' && /^[A-Z0-9_]{1,32}$/.test(code) ? code.toLowerCase() : 'error';
 }
 
 export interface RecordingSealed {
@@ -124,6 +146,9 @@ export class FlowRecorder {
   private rtcp: RtpPcapWriter | null = null;
   private timer: TimerHandle | null;
   private closed = false;
+  /** Set by the first write that failed: the recording stops taking data and is sealed incomplete. */
+  failure: { reason: string; file: string; at: string } | null = null;
+  private readonly fileOpts: UnitFileOptions;
   private readonly rtpHdr = Buffer.alloc(12);
   /** Recordings sealed by this recorder (one per part). */
   readonly sealed: RecordingSealed[] = [];
@@ -132,6 +157,7 @@ export class FlowRecorder {
     private readonly store: RecordingStore,
     readonly flow: FlowInfo,
   ) {
+    this.fileOpts = { fsync: store.fsync, onError: (err, file) => this.fail(err, file) };
     this.openPart();
     this.timer = store.clock.setInterval(() => this.tick(), store.flushIntervalMs);
   }
@@ -156,8 +182,24 @@ export class FlowRecorder {
     this.store.opened(this.id);
   }
 
+  /** Never throws: a recording that cannot be written stops, the flow goes on. */
   onEvent(e: InspectEvent): void {
-    if (this.closed) return;
+    if (this.closed || this.failure) return;
+    try {
+      this.record(e);
+    } catch (err) {
+      this.fail(err, 'recording');
+    }
+  }
+
+  /** The first I/O failure of this recording: counted and logged once, writing stops. */
+  private fail(err: unknown, file: string): void {
+    if (this.failure) return;
+    this.failure = { reason: reasonOf(err), file, at: new Date(this.store.clock.now()).toISOString() };
+    this.store.writeFailed(this.id, 'write', err, file);
+  }
+
+  private record(e: InspectEvent): void {
     switch (e.type) {
       case 'rtp.stream':
         if (!this.codecs.has(e.ssrc) && this.codecs.size < this.store.maxStreams) this.codecs.set(e.ssrc, e.codec);
@@ -222,7 +264,7 @@ export class FlowRecorder {
       if (this.streams.size >= this.store.maxStreams) return;
       const codec = this.codecs.get(e.ssrc) ?? 'unknown';
       st = { codec, pcap: null, media: null };
-      const opts = { fsync: this.store.fsync };
+      const opts = this.fileOpts;
       st.pcap = new RtpPcapWriter(join(this.dir, `rtp-${e.ssrc >>> 0}.pcap`), this.flow.client, this.flow.peer, opts);
       if (codec === 'opus') st.media = new OggOpusWriter(join(this.dir, `audio-${e.ssrc >>> 0}.opus`), e.ssrc, opts);
       else if (codec === 'vp8') st.media = new Vp8IvfWriter(join(this.dir, `video-${e.ssrc >>> 0}.ivf`), opts);
@@ -241,8 +283,7 @@ export class FlowRecorder {
   }
 
   private writeRtcp(e: RtpPacketEvent): void {
-    if (!this.rtcp)
-      this.rtcp = new RtpPcapWriter(join(this.dir, 'rtcp.pcap'), this.flow.client, this.flow.peer, { fsync: this.store.fsync });
+    if (!this.rtcp) this.rtcp = new RtpPcapWriter(join(this.dir, 'rtcp.pcap'), this.flow.client, this.flow.peer, this.fileOpts);
     this.rtcp.write(e.time, e.payload, e.dir === 's2c');
   }
 
@@ -250,7 +291,7 @@ export class FlowRecorder {
     let f = this.channels.get(stream);
     if (!f) {
       if (this.channels.size >= this.store.maxChannels) return;
-      f = new UnitFile(join(this.dir, `dc-${stream}.jsonl`), { fsync: this.store.fsync });
+      f = new UnitFile(join(this.dir, `dc-${stream}.jsonl`), this.fileOpts);
       this.channels.set(stream, f);
     }
     f.append(Buffer.from(JSON.stringify(rec) + '\n'));
@@ -262,8 +303,13 @@ export class FlowRecorder {
     const rel = `files/${sha}`;
     const p = join(this.dir, rel);
     if (!existsSync(p)) {
-      mkdirSync(join(this.dir, 'files'), { recursive: true });
-      writeAtomic(p, data); // whole or absent after a crash
+      try {
+        mkdirSync(join(this.dir, 'files'), { recursive: true });
+        writeAtomic(p, data); // whole or absent after a crash (or a full disk)
+      } catch (err) {
+        this.fail(err, rel);
+        return null;
+      }
     }
     return rel;
   }
@@ -278,12 +324,18 @@ export class FlowRecorder {
     for (const f of this.channels.values()) f.flush();
   }
 
+  /** The flush timer: never throws (it runs outside any flow's call stack). */
   private tick(): void {
     if (this.closed) return;
-    this.flush();
-    const { rotateBytes, rotateMs } = this.store;
-    if ((rotateMs && this.store.clock.now() - this.startedAt >= rotateMs) || (rotateBytes && this.partBytes() >= rotateBytes))
-      this.rotate();
+    try {
+      this.flush();
+      if (this.failure) return; // no new parts for a recording that stopped
+      const { rotateBytes, rotateMs } = this.store;
+      if ((rotateMs && this.store.clock.now() - this.startedAt >= rotateMs) || (rotateBytes && this.partBytes() >= rotateBytes))
+        this.rotate();
+    } catch (err) {
+      this.fail(err, 'recording');
+    }
   }
 
   private partBytes(): number {
@@ -294,14 +346,22 @@ export class FlowRecorder {
     return n;
   }
 
-  /** Seals the current part and continues in a new one. */
-  rotate(): RecordingSealed {
+  /** Seals the current part and continues in a new one (null: the manifest could not be written yet). */
+  rotate(): RecordingSealed | null {
     const s = this.closePart();
-    this.openPart();
+    try {
+      this.openPart();
+    } catch (err) {
+      // No directory for the next part (a full disk): the recording ends here.
+      this.store.writeFailed(this.id, 'open', err, 'meta.json');
+      this.closed = true;
+      this.timer?.cancel();
+      this.timer = null;
+    }
     return s;
   }
 
-  private closePart(): RecordingSealed {
+  private closePart(): RecordingSealed | null {
     for (const st of this.streams.values()) {
       st.pcap?.close();
       st.media?.close();
@@ -311,12 +371,16 @@ export class FlowRecorder {
     this.streams.clear();
     this.channels.clear();
     this.rtcp = null;
-    const s = this.store.seal(this.dir, this.id, this.part, this.flow, this.startedAt, false);
-    this.sealed.push(s);
+    const s = this.store.seal(this.dir, this.id, this.part, this.flow, this.startedAt, false, this.failure ?? undefined);
+    if (s) this.sealed.push(s);
     return s;
   }
 
-  /** Closes every file and seals the recording; idempotent. */
+  /**
+   * Closes every file and seals the recording; idempotent. Null when already closed, or
+   * when the manifest could not be written (a full disk): the store retries at its next
+   * seal, and the next start seals it as recovered otherwise.
+   */
   close(): RecordingSealed | null {
     if (this.closed) return null;
     this.closed = true;
@@ -344,6 +408,21 @@ export class RecordingStore {
   private readonly identity: Signer;
   private readonly retention: RetentionPolicy;
   private readonly openIds = new Set<string>();
+  private readonly log: Logger | undefined;
+  private readonly failures: RecordingStats['failures'] = { open: {}, write: {}, seal: {}, head: {}, certificate: {} };
+  private incomplete = 0;
+  /** Recordings whose manifest could not be written yet, oldest first. */
+  private readonly pendingSeals: {
+    dir: string;
+    id: string;
+    part: number;
+    flow: Record<string, unknown>;
+    startedAt: number;
+    recovered: boolean;
+    incomplete?: { reason: string; file: string; at: string };
+  }[] = [];
+  private sealFailing = false;
+  private certificateStored = false;
   private seq = 0;
   private headHash: string | null = null;
   /** What the constructor sealed after a crash. */
@@ -361,8 +440,9 @@ export class RecordingStore {
     this.maxStreams = opts.maxStreams ?? 64;
     this.maxChannels = opts.maxChannels ?? 1024;
     this.maxFileBytes = opts.maxFileBytes ?? 64 << 20;
+    this.log = opts.log;
     mkdirSync(this.dir, { recursive: true, mode: 0o750 });
-    storeCertificate(this.dir, this.identity);
+    this.storeCertificate();
     const { sealed, unsealed } = readRecordings(this.dir);
     const last = sealed[sealed.length - 1];
     const anchor = readAnchor(this.dir);
@@ -373,7 +453,7 @@ export class RecordingStore {
       this.seq = anchor.seq;
       this.headHash = anchor.manifestHash;
     }
-    if (last) writeChainPoint(this.dir, HEAD, { seq: this.seq, manifestHash: last.hash, id: last.id }, this.identity); // repair a head left stale by a crash
+    if (last) this.writeHead({ seq: this.seq, manifestHash: last.hash, id: last.id }); // repair a head left stale by a crash
     for (const id of unsealed) {
       const d = join(this.dir, id);
       let startedAt = this.clock.now();
@@ -382,12 +462,60 @@ export class RecordingStore {
       } catch {
         /* keep now */
       }
-      this.recovered.push(this.seal(d, id, 0, { recovered: true }, startedAt, true));
+      const s = this.seal(d, id, 0, { recovered: true }, startedAt, true);
+      if (s) this.recovered.push(s);
     }
   }
 
+  /** Starts recording a flow; throws when its directory cannot be made (counted as an `open` failure). */
   open(flow: FlowInfo): FlowRecorder {
-    return new FlowRecorder(this, flow);
+    try {
+      return new FlowRecorder(this, flow);
+    } catch (err) {
+      this.count('open', err);
+      throw err;
+    }
+  }
+
+  get stats(): RecordingStats {
+    const failures = {} as RecordingStats['failures'];
+    for (const [op, m] of Object.entries(this.failures)) failures[op as RecordingOp] = { ...m };
+    return { failures, incomplete: this.incomplete, unsealed: this.pendingSeals.length, open: this.openIds.size };
+  }
+
+  private count(op: RecordingOp, err: unknown): void {
+    const r = reasonOf(err);
+    this.failures[op][r] = (this.failures[op][r] ?? 0) + 1;
+  }
+
+  /** @internal A recording's file could not be written: counted, logged once per recording. */
+  writeFailed(id: string, op: RecordingOp, err: unknown, file: string): void {
+    this.count(op, err);
+    const fields = { recording: id, file, reason: reasonOf(err), err: (err as Error)?.message };
+    if (op === 'open') this.log?.warn(fields, 'recording stopped: its next part could not be started');
+    if (op !== 'write') return;
+    this.incomplete++;
+    this.log?.warn(fields, 'recording stopped: a file could not be written; it will be sealed as incomplete');
+  }
+
+  private storeCertificate(): void {
+    if (this.certificateStored) return;
+    try {
+      storeCertificate(this.dir, this.identity);
+      this.certificateStored = true;
+    } catch (err) {
+      this.count('certificate', err);
+      this.log?.warn({ reason: reasonOf(err), err: (err as Error).message }, 'recordings: cannot store the gateway certificate (retried)');
+    }
+  }
+
+  private writeHead(p: { seq: number; manifestHash: string; id: string }): void {
+    try {
+      writeChainPoint(this.dir, HEAD, p, this.identity);
+    } catch (err) {
+      // A stale head is repaired by the next seal or the next start.
+      this.count('head', err);
+    }
   }
 
   /** Ids of recordings being written. */
@@ -400,33 +528,85 @@ export class RecordingStore {
     this.openIds.add(id);
   }
 
-  /** @internal Seals one recording directory as the next link of the chain. */
-  seal(dir: string, id: string, part: number, flow: Record<string, unknown>, startedAt: number, recovered: boolean): RecordingSealed {
+  /**
+   * @internal Seals one recording directory as the next link of the chain. Never throws:
+   * when the manifest cannot be written (a full disk) it returns null and the recording
+   * is retried, first, at the next seal or retention run.
+   */
+  seal(
+    dir: string,
+    id: string,
+    part: number,
+    flow: Record<string, unknown>,
+    startedAt: number,
+    recovered: boolean,
+    incomplete?: { reason: string; file: string; at: string },
+  ): RecordingSealed | null {
     this.openIds.delete(id);
+    this.retryPendingSeals();
+    const job = { dir, id, part, flow, startedAt, recovered, ...(incomplete ? { incomplete } : {}) };
+    if (this.pendingSeals.length) {
+      this.pendingSeals.push(job); // keep chain order: older recordings are sealed first
+      return null;
+    }
+    return this.trySeal(job);
+  }
+
+  private retryPendingSeals(): void {
+    while (this.pendingSeals.length) {
+      if (!this.trySeal(this.pendingSeals[0]!, true)) return;
+      this.pendingSeals.shift();
+    }
+  }
+
+  private trySeal(job: (typeof this.pendingSeals)[number], retry = false): RecordingSealed | null {
+    const { dir, id, part, flow, startedAt, recovered, incomplete } = job;
     const seq = this.seq + 1;
-    const { hash } = sealRecording(
-      dir,
-      {
-        id,
-        seq,
-        prev: this.headHash,
-        part,
-        flow,
-        startedAt: new Date(startedAt).toISOString(),
-        endedAt: new Date(this.clock.now()).toISOString(),
-        ...(recovered ? { recovered: true } : {}),
-      },
-      this.identity,
-    );
+    let hash: string;
+    try {
+      this.storeCertificate();
+      ({ hash } = sealRecording(
+        dir,
+        {
+          id,
+          seq,
+          prev: this.headHash,
+          part,
+          flow,
+          startedAt: new Date(startedAt).toISOString(),
+          endedAt: new Date(this.clock.now()).toISOString(),
+          ...(recovered ? { recovered: true } : {}),
+          ...(incomplete ? { incomplete } : {}),
+        },
+        this.identity,
+      ));
+    } catch (err) {
+      this.count('seal', err);
+      if (!retry) this.pendingSeals.push(job);
+      if (!this.sealFailing) {
+        this.sealFailing = true;
+        this.log?.warn(
+          { recording: id, reason: reasonOf(err), err: (err as Error).message },
+          'recordings: cannot write a manifest; sealing is retried at the next seal (or the next start)',
+        );
+      }
+      return null;
+    }
+    if (this.sealFailing) {
+      this.sealFailing = false;
+      this.log?.info({ recording: id }, 'recordings: sealing again');
+    }
     this.seq = seq;
     this.headHash = hash;
-    writeChainPoint(this.dir, HEAD, { seq, manifestHash: hash, id }, this.identity);
+    this.writeHead({ seq, manifestHash: hash, id });
     return { id, dir, seq, manifestHash: hash, recovered };
   }
 
-  /** Applies the store's retention policy now; returns what was deleted. */
+  /** Applies the store's retention policy now (and retries manifests a full disk held back); returns what was deleted. */
   applyRetention(): RetentionDeleted[] {
-    return applyRetention(this.dir, this.retention, this.clock.now(), this.identity);
+    const deleted = applyRetention(this.dir, this.retention, this.clock.now(), this.identity);
+    this.retryPendingSeals();
+    return deleted;
   }
 }
 
