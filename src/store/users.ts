@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync, chmodSync } from 'node:fs';
 import { join } from 'node:path';
 import type { UserEntry } from '../config/config.js';
+import { GatehouseError } from '../util/errors.js';
 
 /** A TURN user: name, long-term password and the groups policy selects on. */
 export interface UserRecord {
@@ -18,7 +19,14 @@ export interface UserDirectory {
 export class StaticUserDirectory implements UserDirectory {
   private readonly byName = new Map<string, UserRecord>();
   constructor(users: Iterable<UserRecord>) {
-    for (const u of users) this.byName.set(u.name, { ...u, groups: [...u.groups] });
+    // The configuration already refuses these (with file:line:column); the directory
+    // refuses them too, so no other source can add a duplicate or passwordless user.
+    for (const u of users) {
+      if (!u.name) throw new GatehouseError('E_USER', 'a user has no name');
+      if (!u.password) throw new GatehouseError('E_USER', `user ${JSON.stringify(u.name)} has an empty password`, { user: u.name });
+      if (this.byName.has(u.name)) throw new GatehouseError('E_USER', `user ${JSON.stringify(u.name)} is defined twice`, { user: u.name });
+      this.byName.set(u.name, { ...u, groups: [...u.groups] });
+    }
   }
   lookup(name: string): UserRecord | undefined {
     return this.byName.get(name);
@@ -42,8 +50,18 @@ export function ensureBootstrapUser(dataDir: string, configured: UserEntry[]): {
   if (configured.length > 0) return { users: configured };
   const file = join(dataDir, BOOTSTRAP_FILE);
   if (existsSync(file)) {
-    const u = JSON.parse(readFileSync(file, 'utf8')) as UserRecord;
-    return { users: [u] };
+    let u: Partial<UserRecord> | null = null;
+    try {
+      u = JSON.parse(readFileSync(file, 'utf8')) as Partial<UserRecord>;
+    } catch {
+      // The parse error may quote the file's contents (the password): not repeated.
+    }
+    if (!u || typeof u.name !== 'string' || !u.name || typeof u.password !== 'string' || !u.password) {
+      throw new GatehouseError('E_USER', `${file}: not a user with a name and a non-empty password (delete it to have a new one made)`, {
+        file,
+      });
+    }
+    return { users: [{ name: u.name, password: u.password, groups: Array.isArray(u.groups) ? u.groups.map(String) : [] }] };
   }
   mkdirSync(dataDir, { recursive: true, mode: 0o700 });
   const user: UserRecord = { name: 'admin', password: randomBytes(18).toString('base64url'), groups: [] };

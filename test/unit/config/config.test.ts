@@ -194,3 +194,43 @@ t.test('the embedded default still parses and keeps its values', async (t) => {
   t.same(c.admin, { listen: 'http://127.0.0.1:8080', token: null, tls: { cert: null, key: null }, insecure: false });
   t.equal(c.turn.software, 'Gatehouse');
 });
+
+/** The message fn throws ('' when it does not). */
+function thrown(fn: () => unknown): string {
+  try {
+    fn();
+  } catch (e) {
+    return (e as Error).message;
+  }
+  return '';
+}
+
+t.test('the user directory holds the same rules as the configuration', async (t) => {
+  const { StaticUserDirectory, ensureBootstrapUser } = await import('../../../src/store/users.js');
+  const d = new StaticUserDirectory([{ name: 'alice', password: 'pw', groups: [] }]);
+  t.equal(d.lookup('alice')?.password, 'pw');
+  t.throws(() => new StaticUserDirectory([{ name: 'bob', password: '', groups: [] }]), /user "bob" has an empty password/);
+  const dup = thrown(
+    () =>
+      new StaticUserDirectory([
+        { name: 'bob', password: 'one-secret', groups: [] },
+        { name: 'bob', password: 'two-secret', groups: [] },
+      ]),
+  );
+  t.match(dup, /user "bob" is defined twice/);
+  t.notMatch(dup, /secret/);
+  const { mkdtempSync, writeFileSync, rmSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const dir = mkdtempSync(join(tmpdir(), 'gatehouse-users-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const made = ensureBootstrapUser(dir, []);
+  t.equal(made.created?.name, 'admin');
+  t.same(ensureBootstrapUser(dir, []).users, [made.created]);
+  writeFileSync(join(dir, 'initial-user.json'), '{"name":"admin","password":""}\n');
+  t.throws(() => ensureBootstrapUser(dir, []), /initial-user\.json: not a user with a name and a non-empty password/);
+  writeFileSync(join(dir, 'initial-user.json'), '{"name":"admin","password":"leaky-secret"');
+  const bad = thrown(() => ensureBootstrapUser(dir, []));
+  t.match(bad, /initial-user\.json: not a user/);
+  t.notMatch(bad, /leaky/);
+});
