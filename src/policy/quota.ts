@@ -1,5 +1,6 @@
 import { BlockList, isIP } from 'node:net';
 import type { Clock } from '../util/clock.js';
+import type { Logger } from '../util/log.js';
 import type { Quota } from './rules-schema.js';
 import { windowOf, windowKey } from './windows.js';
 
@@ -33,6 +34,35 @@ export interface QuotaCrossing {
   used: number;
 }
 
+/**
+ * Health of the quota store's writes, shared by the trackers a policy reload replaces:
+ * failures counted by reason (the store's error code, lower case: sqlite_full,
+ * sqlite_ioerr, ...), one log line when writes start failing and one when they work again.
+ */
+export class QuotaFlushHealth {
+  readonly failures: Record<string, number> = {};
+  failing = false;
+  constructor(private readonly log?: Logger) {}
+
+  failed(err: unknown): void {
+    const code = (err as { code?: unknown } | null)?.code;
+    const reason = typeof code === 'string' && /^[A-Z0-9_]{1,40}$/i.test(code) ? code.toLowerCase() : 'error';
+    this.failures[reason] = (this.failures[reason] ?? 0) + 1;
+    if (this.failing) return;
+    this.failing = true;
+    this.log?.warn(
+      { reason, err: (err as Error)?.message },
+      'quota counters cannot be saved; they are kept in memory and saved again every flush',
+    );
+  }
+
+  ok(): void {
+    if (!this.failing) return;
+    this.failing = false;
+    this.log?.info('quota counters saved again');
+  }
+}
+
 interface Counter {
   row: QuotaUsageRow;
   dirty: boolean;
@@ -57,6 +87,7 @@ export class QuotaTracker {
     private readonly tz: string,
     private readonly store: QuotaStore | null,
     private readonly onCrossing: (c: QuotaCrossing) => void = () => {},
+    private readonly health: QuotaFlushHealth = new QuotaFlushHealth(),
   ) {
     this.quotas = quotas.map((q) => {
       const vital = new BlockList();
@@ -141,21 +172,32 @@ export class QuotaTracker {
     return this.counters.get(`${quotaId}\0${subject}\0${win}`)?.row.bytes ?? 0;
   }
 
-  /** Writes dirty counters to the store and forgets windows that have ended. */
-  flush(): void {
-    const dirty: QuotaUsageRow[] = [];
-    for (const c of this.counters.values()) {
-      if (c.dirty) {
-        dirty.push({ ...c.row });
-        c.dirty = false;
+  /**
+   * Writes dirty counters to the store and forgets windows that have ended. Never throws:
+   * when the store cannot write (SQLITE_FULL, an I/O error) the counters stay dirty in
+   * memory, so the next flush writes them, and the failure is counted in `health`.
+   * Returns whether everything dirty was saved.
+   */
+  flush(): boolean {
+    const dirty: Counter[] = [];
+    for (const c of this.counters.values()) if (c.dirty) dirty.push(c);
+    let saved = true;
+    if (dirty.length && this.store) {
+      try {
+        this.store.save(dirty.map((c) => ({ ...c.row })));
+        this.health.ok();
+      } catch (err) {
+        saved = false;
+        this.health.failed(err);
       }
     }
-    if (dirty.length && this.store) this.store.save(dirty);
+    if (saved) for (const c of dirty) c.dirty = false;
     const now = this.clock.now();
     for (const [k, c] of this.counters) {
       const q = this.quotas.find((x) => x.q.id === c.row.quota);
       if (!q || (!c.dirty && windowKey(now, q.q.period, this.tz) !== c.row.window)) this.counters.delete(k);
     }
+    return saved;
   }
 
   /** End of the window that holds now, for a quota (reporting). */

@@ -40,6 +40,7 @@ export class SqliteStore implements QuotaStore {
     return out;
   }
 
+  /** One transaction; throws SqliteError (code SQLITE_FULL, SQLITE_IOERR...) and then nothing was written. */
   save(rows: QuotaUsageRow[]): void {
     const tx = this.db.transaction((rs: QuotaUsageRow[]) => {
       for (const r of rs) this.upsert.run({ ...r, crossed: r.crossed ? 1 : 0 });
@@ -47,7 +48,12 @@ export class SqliteStore implements QuotaStore {
     tx(rows);
   }
 
+  /** Never throws (a checkpoint on a full disk may fail; the WAL keeps what was committed). */
   close(): void {
-    this.db.close();
+    try {
+      this.db.close();
+    } catch {
+      /* committed transactions are in the WAL and are replayed at the next open */
+    }
   }
 }

@@ -106,3 +106,40 @@ t.test('kill -9 loses at most one flush interval', async (t) => {
   t.ok(saved >= lastFlushed, `everything reported flushed (${lastFlushed}) is in the store (${saved})`);
   t.ok(saved <= lastFlushed + 100_000, 'at most one more interval than reported');
 });
+
+t.test('a store that cannot write (SQLITE_FULL): counted, logged once, nothing thrown, counters kept and saved later', async (t) => {
+  const Database = (await import('better-sqlite3')).default;
+  const { QuotaFlushHealth } = await import('../../../src/policy/quota.js');
+  const { createLogger } = await import('../../../src/util/log.js');
+  const logged: string[] = [];
+  const log = createLogger({ level: 'info' }, { write: (s: string) => void logged.push(JSON.parse(s).msg) });
+  const dir = mkdtempSync(join(tmpdir(), 'gh-quota-'));
+  const clock = new ManualClock(Date.UTC(2026, 10, 22, 10));
+  const real = new SqliteStore(join(dir, 'state.db'));
+  let full = true;
+  const store = {
+    load: (w: string[]) => real.load(w),
+    save(rows: Parameters<SqliteStore['save']>[0]) {
+      if (full) throw new Database.SqliteError('database or disk is full', 'SQLITE_FULL');
+      real.save(rows);
+    },
+  };
+  const health = new QuotaFlushHealth(log);
+  const q = new QuotaTracker(quotas, clock, 'UTC', store, () => {}, health);
+  q.account('bob', ['contractors'], '203.0.113.9', 300);
+  t.equal(q.flush(), false, 'not saved');
+  q.account('bob', ['contractors'], '203.0.113.9', 200);
+  t.doesNotThrow(() => q.flush());
+  t.same(health.failures, { sqlite_full: 2 });
+  t.equal(health.failing, true);
+  t.equal(q.usage('contractors-daily', 'user:bob'), 500, 'counting goes on in memory');
+  t.equal(logged.filter((m) => m.startsWith('quota counters cannot be saved')).length, 1, 'logged once');
+  // A policy reload builds a new tracker from the store: flush the old one first, as the gateway does.
+  full = false;
+  t.equal(q.flush(), true, 'saved once the store has room');
+  t.equal(health.failing, false);
+  t.equal(logged.filter((m) => m === 'quota counters saved again').length, 1);
+  const reopened = new QuotaTracker(quotas, clock, 'UTC', real);
+  t.equal(reopened.usage('contractors-daily', 'user:bob'), 500, 'nothing lost across the failures');
+  real.close();
+});
