@@ -11,15 +11,17 @@ import t from 'tap';
 import { randomBytes } from 'node:crypto';
 import type { RTCDataChannel } from 'werift';
 import { createEscrowPeerConnection } from '../../src/endpoint/agent.js';
-import { haveChromium, launchChromium, type TestBrowser } from './helpers/browser.js';
+import { launchChromium, type TestBrowser } from './helpers/browser.js';
+import { peerSkip } from './helpers/require-peer.js';
 import { startPageServer, type PageServer } from './helpers/page-server.js';
-import { haveCoturn, startCoturn, startGatehouse, type TurnServer } from './helpers/turn-servers.js';
+import { startCoturn, startGatehouse, type TurnServer } from './helpers/turn-servers.js';
 import { openBrowserPeer, type BrowserPeer, type BrowserPeerState } from './helpers/escrow-browser.js';
 import { closeLeftoverUdpSockets, fetchEvents, pinGateway, readEvents, sha256Hex, until, type GwEvent } from './helpers/escrow-events.js';
 
 const RULES = 'keys:\n  required: true\n  deadline: 20s\n  unverified: hold\n  block_for: 5m\nrules: []\n';
 
-const skip = !haveChromium() ? 'chromium is not installed' : !haveCoturn() ? 'turnserver (coturn) is not installed' : false;
+// Missing peers: the test is skipped with the reason, and in CI the file fails.
+const skip = peerSkip(t, 'chromium', 'turnserver');
 
 t.test('Chromium ↔ compliant agent: the call is inspected with the agent’s keys alone', { timeout: 300_000, skip }, async (t) => {
   let gh: TurnServer | null = null;

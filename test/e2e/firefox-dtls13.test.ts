@@ -7,12 +7,11 @@
 // exporter. The same for a Firefox ↔ Chromium call (Chromium writes no key log: Firefox's
 // alone covers both directions). Also runs the DTLS 1.2 variant of the harness.
 //
-// Needs firefox-esr, coturn (turnserver), dumpcap (tshark) — skipped when missing.
+// Needs firefox-esr, coturn (turnserver), dumpcap (tshark) — skipped when missing, a failure in CI.
 // GH_FIREFOX_CAPTURE=<dir> reuses an existing harness output dir instead of running Firefox.
 import t from 'tap';
-import { spawnSync } from 'node:child_process';
 import { createCipheriv, createDecipheriv, createHmac } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runFirefoxCall, type RunInfo, type PageReport } from '../../scripts/browser/harness.js';
@@ -28,9 +27,10 @@ import {
   CT_ALERT,
 } from '../../src/wire/dtls13.js';
 import { srtpKeysFromExporter } from '../../src/wire/tls-prf.js';
+import { peerSkip } from './helpers/require-peer.js';
 
-const have = (cmd: string) => spawnSync('sh', ['-c', `command -v ${cmd}`]).status === 0;
-const missing = ['firefox-esr', 'turnserver', 'dumpcap'].filter((c) => !have(c));
+// Missing peers: the tests are skipped with the reason, and in CI the file fails.
+const missing = peerSkip(t, 'firefox-esr', 'turnserver', 'dumpcap');
 
 /** NSS key log: LABEL <client_random hex> <secret hex>. Test-local parser (src/inspect/keylog.ts is another owner's). */
 function parseKeylog(text: string): Map<string, Map<string, Buffer>> {
@@ -354,7 +354,7 @@ t.test(
   'Firefox ESR DTLS 1.3 call: every protected record decrypts from the key log',
   {
     timeout: 300_000,
-    skip: missing.length && !reuse ? `missing: ${missing.join(', ')}` : false,
+    skip: reuse ? false : missing,
   },
   (t) => dtls13Call(t, 'none'),
 );
@@ -363,13 +363,7 @@ t.test(
   "Firefox ESR ↔ Chromium DTLS 1.3 call: decrypts from Firefox's key log alone",
   {
     timeout: 300_000,
-    skip: reuse
-      ? 'capture reuse mode'
-      : missing.length
-        ? `missing: ${missing.join(', ')}`
-        : !existsSync('/usr/bin/chromium')
-          ? 'no /usr/bin/chromium'
-          : false,
+    skip: reuse ? 'capture reuse mode' : missing || peerSkip(t, 'chromium'),
   },
   (t) => dtls13Call(t, 'chromium'),
 );
@@ -378,7 +372,7 @@ t.test(
   'Firefox ESR DTLS 1.2 variant of the harness',
   {
     timeout: 300_000,
-    skip: missing.length ? `missing: ${missing.join(', ')}` : process.env.GH_FIREFOX_CAPTURE ? 'capture reuse mode' : false,
+    skip: missing || (process.env.GH_FIREFOX_CAPTURE ? 'capture reuse mode' : false),
   },
   async (t) => {
     const dir = mkdtempSync(join(tmpdir(), 'gh-e2e-ff12-'));

@@ -12,24 +12,11 @@ import { DtlsSession } from '../../src/inspect/dtls-session.js';
 import { KeyLog } from '../../src/inspect/keylog.js';
 import type { InspectEvent } from '../../src/inspect/events.js';
 import { splitSrtpKeyingMaterial } from '../../src/wire/tls-prf.js';
+import { peerSkip } from './helpers/require-peer.js';
 
-function have(cmd: string, args: string[]): boolean {
-  try {
-    execFileSync(cmd, args, { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
-}
-const missing = !have('openssl', ['version'])
-  ? 'openssl not installed'
-  : !have('dumpcap', ['-v'])
-    ? 'dumpcap not installed'
-    : !have('tshark', ['-v'])
-      ? 'tshark not installed'
-      : process.getuid?.() !== 0 && !process.env.GATEHOUSE_CAN_CAPTURE
-        ? 'capturing on lo needs root (or set GATEHOUSE_CAN_CAPTURE=1)'
-        : false;
+// Missing peers (or no permission to capture on lo): the tests are skipped with the
+// reason, and in CI the file fails.
+const missing = peerSkip(t, 'openssl', 'dumpcap', 'tshark', 'capture');
 
 /** Printable random payloads (s_client/s_server pass stdin lines through as records). */
 const payload = (tag: string, n: number): Buffer => Buffer.from(`${tag}:${randomBytes(n).toString('hex')}\n`);

@@ -7,26 +7,11 @@
 import t from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createSocket } from 'node:dgram';
-import { accessSync, constants } from 'node:fs';
 import { delimiter, join } from 'node:path';
 import { defaultConfig } from '../../src/config/config.js';
 import { TurnServer } from '../../src/turn/server.js';
 import { MemoryEventSink } from '../../src/events/eve.js';
-
-const BINARIES = ['turnutils_uclient', 'turnutils_peer', 'turnutils_stunclient'];
-
-function which(bin: string): string | null {
-  for (const dir of (process.env.PATH ?? '/usr/bin:/bin').split(delimiter)) {
-    const p = join(dir, bin);
-    try {
-      accessSync(p, constants.X_OK);
-      return p;
-    } catch {
-      /* next */
-    }
-  }
-  return null;
-}
+import { requirePeer } from './helpers/require-peer.js';
 
 async function freeUdpPort(): Promise<number> {
   const s = createSocket('udp4');
@@ -153,13 +138,5 @@ async function main(): Promise<void> {
   });
 }
 
-const missing = BINARIES.filter((b) => !which(b));
-if (missing.length) {
-  if (process.env.CI) {
-    t.fail(`coturn programs missing on CI: ${missing.join(', ')} (apt-get install coturn)`);
-  } else {
-    t.skip(`coturn programs not installed (${missing.join(', ')}); apt-get install coturn to run this interop test`, async () => {});
-  }
-} else {
-  await main();
-}
+// Missing coturn programs: a failure in CI, a skip with the reason elsewhere.
+if (requirePeer(t, 'turnutils_uclient', 'turnutils_peer', 'turnutils_stunclient')) await main();

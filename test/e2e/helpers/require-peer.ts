@@ -2,10 +2,9 @@
 // whose peer is missing must FAIL in CI (process.env.CI set: .ci/run installs every peer)
 // and may only skip, with the reason, on a developer machine.
 //
-//   const missing = missingPeers('tshark', 'openssl');       // [] when all are present
-//   t.test('...', { skip: skipUnlessCi(missing) }, ...)      // skip locally ...
-//   failInCi(t, missing);                                    // ... and fail in CI
-// or, inside a test:  if (!requirePeer(t, 'tshark')) return;
+//   const skip = peerSkip(t, 'tshark', 'openssl');   // top level: in CI also t.fail(...)
+//   t.test('...', { skip }, ...)
+// or, inside a test:  if (!requirePeer(t, 'tshark')) return;   // CI: t.fail; else t.skip
 //
 // GATEHOUSE_TEST_HIDE_PEERS=tshark,chromium makes those peers count as missing (to prove
 // that a test fails in CI without them).
@@ -114,21 +113,28 @@ export function describeMissing(missing: Peer[]): string {
   return `missing: ${missing.map((p) => `${p} (${PEER_PACKAGE[p]})`).join(', ')}`;
 }
 
-/** For tap's { skip }: the reason outside CI, false in CI (the test runs, or failInCi has failed it). */
-export function skipUnlessCi(missing: Peer[]): string | false {
-  if (!missing.length || inCi()) return false;
-  return `${describeMissing(missing)}; skipped outside CI only (CI fails without them)`;
-}
-
+/** The part of a tap Test used here (tap's own overloads of skip() are looser than any signature). */
 interface TapLike {
-  fail(msg: string): unknown;
-  skip(msg: string): unknown;
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  fail(...args: any[]): unknown;
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any
+  skip(...args: any[]): unknown;
 }
 
-/** In CI, a failing assertion for the missing peers; returns whether something is missing. */
-export function failInCi(t: Pick<TapLike, 'fail'>, missing: Peer[]): boolean {
-  if (missing.length && inCi()) t.fail(`CI: ${describeMissing(missing)} (.ci/run installs them)`);
-  return missing.length > 0;
+/**
+ * At the top of a test file, for tap's { skip } option of the tests that need `peers`:
+ * false when all are present; otherwise the reason, and in CI also a failing assertion
+ * of the file (so the skipped tests cannot make CI green).
+ */
+export function peerSkip(t: Pick<TapLike, 'fail'>, ...peers: Peer[]): string | false {
+  const missing = missingPeers(...peers);
+  if (!missing.length) return false;
+  const reason = describeMissing(missing);
+  if (inCi()) {
+    t.fail(`CI: ${reason} (.ci/run installs them)`);
+    return `${reason} (a failure in CI)`;
+  }
+  return `${reason}; skipped outside CI only (CI fails without them)`;
 }
 
 /**
