@@ -11,46 +11,94 @@ export interface RelayStatsSource {
   packets: { clientToPeer: number; peerToClient: number };
   bytes: { clientToPeer: number; peerToClient: number };
   authFailures: Record<string, number>;
+  /** Requests or packets refused, by reason (read when present). */
+  refused?: Record<string, number>;
 }
 
-export function createMetrics(stats: () => RelayStatsSource | undefined): Registry {
+/** Optional sources beyond the relay's stats; each is read when /metrics is scraped. */
+export interface MetricsSources {
+  /** The Supervisor: exceptions contained, by call site. */
+  supervisor?: { readonly failures: ReadonlyMap<string, number> };
+  /** events.jsonl (FileEventSink.stats). */
+  events?: () =>
+    { dropped: Record<string, number>; written: number; queueEvents: number; queueBytes: number; degraded: boolean } | undefined;
+  /** The recordings store (RecordingStore.stats). */
+  recordings?: () => { failures: Record<string, Record<string, number>>; incomplete: number; unsealed: number; open?: number } | undefined;
+  /** Quota store write failures by reason, and whether they are failing now (QuotaFlushHealth). */
+  quotaFlush?: () => { failures: Record<string, number>; failing: boolean } | undefined;
+  /**
+   * Gateway stats: a plain number field becomes a gauge gatehouse_gateway_<name>, a
+   * Record<string, number> field a counter gatehouse_gateway_<name>_total{reason}. The
+   * fields are those present when createMetrics is called.
+   */
+  gateway?: () => Record<string, unknown> | undefined;
+}
+
+const snake = (s: string) =>
+  s
+    .replace(/([a-z0-9])([A-Z])/g, '$1_$2')
+    .replace(/[^A-Za-z0-9_]/g, '_')
+    .toLowerCase();
+
+const isCounts = (v: unknown): v is Record<string, number> =>
+  !!v && typeof v === 'object' && !Array.isArray(v) && Object.values(v).every((x) => typeof x === 'number');
+
+export function createMetrics(stats: () => RelayStatsSource | undefined, sources: MetricsSources = {}): Registry {
   const registry = new Registry();
   // Standard process_* and nodejs_* names; the event-loop monitor samples every 100 ms
   // (prom-client's 10 ms default costs ~10 ms of CPU per second on an idle gateway).
   collectDefaultMetrics({ register: registry, eventLoopMonitoringPrecision: 100 });
-  const gauge = (name: string, help: string, read: (s: RelayStatsSource) => number) =>
+  const safe = <T>(read: () => T): T | undefined => {
+    try {
+      return read();
+    } catch {
+      return undefined; // a scrape never fails because one source did
+    }
+  };
+  const gaugeOf = <S>(src: () => S | undefined, name: string, help: string, read: (s: S) => number | undefined) =>
     new Gauge({
       name,
       help,
       registers: [registry],
       collect() {
-        const s = stats();
-        if (s) this.set(read(s));
+        const s = safe(src);
+        const v = s === undefined ? undefined : safe(() => read(s));
+        if (typeof v === 'number' && Number.isFinite(v)) this.set(v);
       },
     });
+  const gauge = (name: string, help: string, read: (s: RelayStatsSource) => number) => gaugeOf(stats, name, help, read);
   gauge('gatehouse_turn_allocations', 'Active TURN allocations', (s) => s.allocations);
   gauge('gatehouse_turn_permissions', 'Active TURN permissions', (s) => s.permissions);
   gauge('gatehouse_turn_channels', 'Active TURN channel bindings', (s) => s.channels);
-  // Monotonic totals read from the relay's plain counters: exposed as counters by
-  // setting the difference since the last scrape.
-  const counterFrom = (name: string, help: string, read: (s: RelayStatsSource) => Record<string, number>, label: string) => {
+  // Monotonic totals read from plain counters: exposed as counters by adding the
+  // difference since the last scrape (a source that starts again from zero, e.g. a
+  // tracker rebuilt by a policy reload, is followed from its new value).
+  const countersOf = <S>(src: () => S | undefined, name: string, help: string, labels: string[], read: (s: S) => [string[], number][]) => {
     const last = new Map<string, number>();
     return new Counter({
       name,
       help,
-      labelNames: [label],
+      labelNames: labels,
       registers: [registry],
       collect() {
-        const s = stats();
-        if (!s) return;
-        for (const [k, v] of Object.entries(read(s))) {
-          const d = v - (last.get(k) ?? 0);
-          if (d > 0) this.inc({ [label]: k }, d);
-          last.set(k, v);
+        const s = safe(src);
+        if (s === undefined) return;
+        for (const [vals, v] of safe(() => read(s)) ?? []) {
+          if (typeof v !== 'number' || !Number.isFinite(v)) continue;
+          const key = vals.join('\0');
+          const d = v - (last.get(key) ?? 0);
+          if (d > 0) this.inc(Object.fromEntries(labels.map((l, i) => [l, vals[i]!])), d);
+          last.set(key, v);
         }
       },
     });
   };
+  const entries = (r: Record<string, number> | undefined): [string[], number][] =>
+    r && typeof r === 'object'
+      ? Object.entries(r).flatMap(([k, v]): [string[], number][] => (typeof v === 'number' ? [[[k], v]] : []))
+      : [];
+  const counterFrom = (name: string, help: string, read: (s: RelayStatsSource) => Record<string, number> | undefined, label: string) =>
+    countersOf(stats, name, help, [label], (s) => entries(read(s)));
   counterFrom(
     'gatehouse_relayed_packets_total',
     'Packets relayed, by direction',
@@ -64,5 +112,79 @@ export function createMetrics(stats: () => RelayStatsSource | undefined): Regist
     'direction',
   );
   counterFrom('gatehouse_auth_failures_total', 'TURN authentication failures, by reason', (s) => s.authFailures, 'reason');
+  counterFrom('gatehouse_turn_refused_total', 'TURN requests or packets refused, by reason', (s) => s.refused, 'reason');
+
+  // Degraded service: what could not be written, and whether it is failing now.
+  const { supervisor, events, recordings, quotaFlush, gateway } = sources;
+  if (supervisor) {
+    countersOf(
+      () => supervisor,
+      'gatehouse_supervised_exceptions_total',
+      'Exceptions contained by the supervision wrapper, by call site (each one is a bug to report)',
+      ['where'],
+      (s) => [...s.failures].map(([k, v]) => [[k], v]),
+    );
+  }
+  const degraded = new Map<string, () => boolean | undefined>();
+  if (events) {
+    countersOf(events, 'gatehouse_events_dropped_total', 'Events not written to events.jsonl, by reason', ['reason'], (s) =>
+      entries(s.dropped),
+    );
+    countersOf(events, 'gatehouse_events_written_total', 'Events written to events.jsonl', [], (s) => [[[], s.written]]);
+    gaugeOf(events, 'gatehouse_events_queue_events', 'Events waiting in the events.jsonl write queue', (s) => s.queueEvents);
+    gaugeOf(events, 'gatehouse_events_queue_bytes', 'Bytes waiting in the events.jsonl write queue', (s) => s.queueBytes);
+    degraded.set('events', () => safe(events)?.degraded);
+  }
+  if (recordings) {
+    countersOf(
+      recordings,
+      'gatehouse_recording_write_failures_total',
+      'Recording I/O failures, by operation (open, write, seal, head, certificate) and reason',
+      ['op', 'reason'],
+      (s) =>
+        Object.entries(s.failures).flatMap(([op, m]) =>
+          isCounts(m) ? Object.entries(m).map(([r, v]): [string[], number] => [[op, r], v]) : [],
+        ),
+    );
+    countersOf(recordings, 'gatehouse_recordings_incomplete_total', 'Recordings stopped early by a write failure', [], (s) => [
+      [[], s.incomplete],
+    ]);
+    gaugeOf(recordings, 'gatehouse_recordings_unsealed', 'Recordings whose manifest waits for the disk', (s) => s.unsealed);
+    degraded.set('recordings', () => {
+      const s = safe(recordings);
+      return s ? s.unsealed > 0 : undefined;
+    });
+  }
+  if (quotaFlush) {
+    countersOf(quotaFlush, 'gatehouse_quota_flush_failures_total', 'Quota counter saves that failed, by reason', ['reason'], (s) =>
+      entries(s.failures),
+    );
+    degraded.set('quota_store', () => safe(quotaFlush)?.failing);
+  }
+  if (degraded.size) {
+    new Gauge({
+      name: 'gatehouse_degraded',
+      help: 'A component that cannot write (1) or works (0): events, recordings, quota_store',
+      labelNames: ['component'],
+      registers: [registry],
+      collect() {
+        for (const [c, read] of degraded) {
+          const v = read();
+          if (v !== undefined) this.set({ component: c }, v ? 1 : 0);
+        }
+      },
+    });
+  }
+  const g = gateway ? safe(gateway) : undefined;
+  if (gateway && g && typeof g === 'object') {
+    for (const [k, v] of Object.entries(g)) {
+      const name = `gatehouse_gateway_${snake(k)}`;
+      if (typeof v === 'number') gaugeOf(gateway, name, `Gateway: ${k}`, (s) => s[k] as number);
+      else if (isCounts(v))
+        countersOf(gateway, `${name.replace(/_total$/, '')}_total`, `Gateway: ${k}, by reason`, ['reason'], (s) =>
+          entries(s[k] as Record<string, number>),
+        );
+    }
+  }
   return registry;
 }
