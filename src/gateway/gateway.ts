@@ -19,7 +19,8 @@ import { loadOrCreateAdminToken } from '../admin/token.js';
 import { loadOrCreateIdentity, type GatewayIdentity } from '../store/identity.js';
 import { PolicyHolder } from '../policy/loader.js';
 import { GatewayInspector } from './inspector.js';
-import { QuotaTracker } from '../policy/quota.js';
+import { QuotaFlushHealth, QuotaTracker } from '../policy/quota.js';
+import { Supervisor } from '../util/supervise.js';
 import type { PolicyEngine } from '../policy/engine.js';
 import { parseSize } from '../policy/rules-schema.js';
 import { SqliteStore } from '../store/sqlite.js';
@@ -33,6 +34,8 @@ export interface RunningGateway {
   adminPort: number;
   identity: GatewayIdentity;
   policy: PolicyHolder;
+  /** The supervision wrapper of this gateway (cli/main.ts also routes process-level exceptions to it). */
+  supervisor: Supervisor;
   stop(): Promise<void>;
 }
 
@@ -50,7 +53,13 @@ function flowSummary(f: Flow) {
   };
 }
 
-export async function startGateway(cfg: GatehouseConfig, log: Logger, stdout: Writable): Promise<RunningGateway> {
+export async function startGateway(
+  cfg: GatehouseConfig,
+  log: Logger,
+  stdout: Writable,
+  opts: { supervisor?: Supervisor } = {},
+): Promise<RunningGateway> {
+  const supervisor = opts.supervisor ?? new Supervisor(log.child({ module: 'supervise' }));
   mkdirSync(cfg.data_dir, { recursive: true, mode: 0o700 });
   const boot = ensureBootstrapUser(cfg.data_dir, cfg.users);
   if (boot.created) {
@@ -69,50 +78,66 @@ export async function startGateway(cfg: GatehouseConfig, log: Logger, stdout: Wr
   policy.watch();
 
   const memory = new MemoryEventSink(10000);
-  const events = new FanoutEventSink([
-    new FileEventSink(join(cfg.data_dir, 'events.jsonl'), parseSize(cfg.events.max_bytes) ?? 100 * 1024 * 1024, cfg.events.keep),
-    memory,
-  ]);
+  const eventFile = new FileEventSink(
+    join(cfg.data_dir, 'events.jsonl'),
+    parseSize(cfg.events.max_bytes) ?? 100 * 1024 * 1024,
+    cfg.events.keep,
+    {
+      log: log.child({ module: 'events' }),
+      supervisor,
+    },
+  );
+  const events = new FanoutEventSink([eventFile, memory], supervisor);
   const users = new StaticUserDirectory(boot.users);
   // Quotas (issue 5): counters in the SQLite store, flushed every second, so a kill -9
   // loses at most one second of counting. A policy reload rebuilds the tracker from the
   // new quotas and restores the current windows' counters from the store.
   const store = new SqliteStore(join(cfg.data_dir, 'state.db'));
+  const quotaHealth = new QuotaFlushHealth(log.child({ module: 'quota' }));
   const makeQuotas = (e: PolicyEngine) =>
-    new QuotaTracker(e.quotas, systemClock, cfg.timezone, store, (c) =>
-      events.emit({
-        timestamp: eveTimestamp(systemClock.now()),
-        event_type: 'quota',
-        quota: { id: c.quota, subject: c.subject, window: c.window, limit: c.limit, used: c.used },
-        gatehouse: { reason: 'quota_exceeded' },
-      }),
+    new QuotaTracker(
+      e.quotas,
+      systemClock,
+      cfg.timezone,
+      store,
+      (c) =>
+        events.emit({
+          timestamp: eveTimestamp(systemClock.now()),
+          event_type: 'quota',
+          quota: { id: c.quota, subject: c.subject, window: c.window, limit: c.limit, used: c.used },
+          gatehouse: { reason: 'quota_exceeded' },
+        }),
+      quotaHealth,
     );
   let quotas = makeQuotas(policy.current);
   policy.onChange((e) => {
     quotas.flush();
     quotas = makeQuotas(e);
   });
-  const quotaFlush = systemClock.setInterval(() => quotas.flush(), 1000);
+  const quotaFlush = systemClock.setInterval(
+    supervisor.guard('gateway.quota.flush', () => void quotas.flush()),
+    1000,
+  );
 
   const recordings = new RecordingStore({
     dir: join(cfg.data_dir, 'recordings'),
     identity,
     clock: systemClock,
     flushIntervalMs: cfg.recording.flush_interval_ms,
+    log: log.child({ module: 'record' }),
     retention: {
       ...(cfg.recording.max_age_days ? { maxAgeMs: cfg.recording.max_age_days * 86_400_000 } : {}),
       ...(cfg.recording.max_bytes ? { maxBytes: parseSize(cfg.recording.max_bytes) ?? undefined } : {}),
     },
   });
   for (const r of recordings.recovered) log.warn({ recording: r.id }, 'sealed a recording left open by a crash');
-  const retention = systemClock.setInterval(() => {
-    try {
+  const retention = systemClock.setInterval(
+    supervisor.guard('gateway.retention', () => {
       for (const d of recordings.applyRetention())
         log.info({ recording: d.id, bytes: d.bytes, reason: d.reason }, 'retention deleted a recording');
-    } catch (err) {
-      log.error({ err: (err as Error).message }, 'retention failed');
-    }
-  }, 3_600_000);
+    }),
+    3_600_000,
+  );
 
   // Every relayed flow runs through the inspection pipeline and the key-escrow guard
   // (key-escrow.md §5); policy is read per decision, so a reload applies to live flows.
@@ -137,7 +162,13 @@ export async function startGateway(cfg: GatehouseConfig, log: Logger, stdout: Wr
   inspector.attach(turn);
   await turn.start();
 
-  const registry = createMetrics(() => turn.stats);
+  const registry = createMetrics(() => turn.stats, {
+    supervisor,
+    events: () => eventFile.stats,
+    recordings: () => recordings.stats,
+    quotaFlush: () => quotaHealth,
+    gateway: () => (inspector as unknown as { stats?: Record<string, unknown> }).stats,
+  });
   const admin = new AdminServer(
     {
       registry,
@@ -173,6 +204,7 @@ export async function startGateway(cfg: GatehouseConfig, log: Logger, stdout: Wr
     adminPort: adminAddr.port,
     identity,
     policy,
+    supervisor,
     async stop() {
       policy.close();
       await admin.close();
