@@ -1,38 +1,75 @@
 /**
- * Per-flow key state machine of key-escrow.md §5 (no sockets; time from the injected Clock).
+ * Per-flow key state machine of key-escrow.md §5, failing closed and bounded (issue 8).
+ * No sockets; time from the injected Clock.
  *
  * Public API:
  *   new FlowGuard(opts: FlowGuardOptions)
  *   .packet(data, dir, peerPort): 'forward' | 'hold' | 'drop'
- *       One relayed datagram ('c2p' from the TURN client, 'p2c' from the peer). Handshake,
- *       change_cipher_spec and alert records and STUN are always forwarded (§5.1); DTLS
- *       application data, DTLS 1.3 unified-header records and SRTP/SRTCP that no verified
- *       key set covers are held / dropped / passed by `unverified`. While the flow is not
- *       covered, a copy of every datagram is queued (bounded) so the inspection pipeline can
- *       see the whole flow, in order, once keys verify (see onRelease).
+ *       One relayed datagram ('c2p' from the TURN client, 'p2c' from the peer), classified by
+ *       src/gateway/classify.ts:
+ *       - STUN Binding (ICE checks, consent; RFC 8445 §7.2, RFC 7675): forwarded within the
+ *         STUN budget;
+ *       - the records of a plausible DTLS handshake, CCS and alerts of their RFC sizes,
+ *         DTLS 1.3 epoch-2 records (RFC 6347 §4.2, RFC 9147 §6.1): forwarded within the
+ *         handshake budgets, so the handshake can complete (§5.1);
+ *       - DTLS application data and SRTP/SRTCP that no verified key set covers: held /
+ *         dropped / passed by `unverified` (§5.1);
+ *       - everything else is *uninspected*: on a flow whose keys are required never
+ *         forwarded (with `hold` it is withheld for good: keys cannot make it inspectable);
+ *         elsewhere held, dropped or passed by `unverified`, and counted (onReport).
+ *       Over a budget, a required flow is blocked ('budget_exceeded'); elsewhere the excess
+ *       is uninspected. The deadline starts at the first datagram that is not STUN.
  *   .addKeySet(ks): KeyStatus      'verified' | 'invalid' (against traffic already seen) | 'pending'
  *   .decline(): void               KEY-DECLINE: blocks at once when keys are required (§2.3)
- *   .keySetsFor(association)       verified key sets (for the inspection pipeline's KeyProvider)
- *   .covered / .association / .blocked
- *   .close(): void                 wipes every key and the queue
+ *   .onSessionEvent(e)             keys.verified / keys.invalid of a shared DtlsSession (opts.dtls)
+ *   .covered / .association / .blocked / .bufferedBytes
+ *   .shedOldest(): number          drops the oldest held datagram (memory pressure), bytes freed
+ *   .close(): void                 wipes the queue (and the guard's own session's keys)
+ *
+ * One DTLS parse per flow: with `opts.dtls` the guard feeds the flow pipeline's DtlsSession
+ * (every DTLS datagram once, on arrival) and keeps no key material of its own; without it
+ * (tests) it makes its own session. Either way the one copy of a key set is the session's.
  *
  * Callbacks (FlowGuardOptions):
  *   onRelease(entries)      keys verified (or deadline passed with keys not required): the
  *                           queued datagrams in arrival order; `held` ones were not forwarded.
- *   onBlock(reason, assoc)  'keys_missing' | 'keys_declined' | 'rekey_missing' (§5.1, §5.3)
+ *   onBlock(reason, assoc, budget?)  'keys_missing' | 'keys_declined' | 'rekey_missing' (§5.1,
+ *                           §5.3) | 'budget_exceeded' (budget: which one)
  *   onKeys(kind, assoc, reason?)  'verified' | 'invalid' outcomes of key sets
  *   onUninspected(reason, assoc)  deadline passed, keys not required: the flow goes on uninspected
+ *   onReport(report)        uninspected traffic counts, at most every reportIntervalMs (on a
+ *                           packet) and once at close when anything was counted since
  */
 import type { Clock, TimerHandle } from '../util/clock.js';
 import { DtlsSession } from '../inspect/dtls-session.js';
-import { demuxCode, PC_DTLS, PC_RTP, PC_STUN } from '../wire/demux.js';
 import type { InspectEvent } from '../inspect/events.js';
-import { associationId, wipeKeySet, type KeySet } from '../wire/keyset.js';
+import { associationId, type KeySet } from '../wire/keyset.js';
 import type { KeyStatus } from '../inspect/dtls-session.js';
+import {
+  CLIENT_HELLO_BUDGET,
+  HANDSHAKE_BYTES_BUDGET,
+  K_CONTROL,
+  K_EMPTY,
+  K_PROTECTED,
+  K_STUN,
+  K_UNINSPECTED,
+  R_BUDGET,
+  R_NO_KEYS,
+  STUN_BUCKET_BYTES,
+  STUN_REFILL_BYTES_PER_S,
+  UNINSPECTED_PACKETS_BUDGET,
+  UNINSPECTED_REASONS,
+  classify,
+  isMedia,
+  newClassified,
+  type UninspectedReason,
+} from './classify.js';
 
 export type GuardDirection = 'c2p' | 'p2c';
 export type GuardVerdict = 'forward' | 'hold' | 'drop';
-export type BlockReason = 'keys_missing' | 'keys_declined' | 'rekey_missing';
+export type BlockReason = 'keys_missing' | 'keys_declined' | 'rekey_missing' | 'budget_exceeded';
+/** Which budget a 'budget_exceeded' block went over. */
+export type BudgetName = 'handshake_bytes' | 'client_hellos' | 'stun' | 'uninspected' | 'memory';
 
 export interface GuardKeysPolicy {
   required: boolean;
@@ -51,70 +88,64 @@ export interface QueuedPacket {
   peerPort: number;
   /** true when it was held (not forwarded yet). */
   held: boolean;
+  /** The guard's number of the datagram (DtlsSession.currentTag while its records are processed). */
+  tag: number;
+  /** Uninspected (index into UNINSPECTED_REASONS), or -1. */
+  reason: number;
+  /** Application data or media that keys would make inspectable. */
+  needsKeys: boolean;
+}
+
+/** The flow's one DTLS parse (the pipeline's session, src/inspect/pipeline.ts). */
+export interface GuardDtls {
+  readonly session: DtlsSession;
+  /** Feeds one DTLS datagram to it (dir in session terms: 'c2s' = from the TURN client). */
+  feed(data: Buffer, dir: 'c2s' | 's2c', time: number, tag: number, owned: boolean): void;
+}
+
+export interface UninspectedReport {
+  /** Everything counted as uninspected on the flow so far (forwarded or not). */
+  packets: number;
+  bytes: number;
+  /** Of those, what was forwarded (passed) without inspection. */
+  forwarded_packets: number;
+  forwarded_bytes: number;
+  /** By reason (classify.ts UNINSPECTED_REASONS). */
+  by: Partial<Record<UninspectedReason, { packets: number; bytes: number }>>;
+  /** The report at flow end. */
+  final: boolean;
 }
 
 export interface FlowGuardOptions {
   keys: GuardKeysPolicy;
   clock: Clock;
+  /** The flow's shared DTLS parse; without it the guard makes its own session. */
+  dtls?: GuardDtls;
   onRelease?: (entries: QueuedPacket[]) => void;
-  onBlock?: (reason: BlockReason, association: string | undefined) => void;
+  onBlock?: (reason: BlockReason, association: string | undefined, budget?: BudgetName) => void;
   onKeys?: (kind: 'verified' | 'invalid', association: string, reason?: string) => void;
   /**
    * The deadline passed without verified keys on a flow whose policy does not require
    * them: it goes on uninspected from here (reason: 'keys_missing', or 'rekey_missing'
    * for a new association after a covered one).
    */
-  onUninspected?: (reason: BlockReason, association: string | undefined) => void;
+  onUninspected?: (reason: 'keys_missing' | 'rekey_missing', association: string | undefined) => void;
+  onReport?: (report: UninspectedReport) => void;
+  /** Minimum time between two onReport calls (default 10 s). */
+  reportIntervalMs?: number;
   /** Bound on held/queued bytes (default 1 MiB) and datagrams (default 2048). */
   maxQueueBytes?: number;
   maxQueuePackets?: number;
 }
 
-// DTLS content types (RFC 5246 §6.2.1; RFC 6347 §4.1).
-const CT_CCS = 20;
-const CT_ALERT = 21;
-const CT_HANDSHAKE = 22;
-const CT_APP = 23;
-const DTLS_HDR = 13; // RFC 6347 §4.1: type(1) version(2) epoch(2) seq(6) length(2)
-
-/** Classifies a DTLS datagram: 'control' when every record is handshake/CCS/alert. */
-function dtlsKind(d: Buffer): { control: boolean; protectedSeen: boolean } {
-  let off = 0;
-  let control = true;
-  let protectedSeen = false;
-  while (off < d.length) {
-    const t = d[off]!;
-    if ((t & 0xe0) === 0x20) {
-      // RFC 9147 §4: a unified header (001CSLEE) is always protected. EE are the low two
-      // bits of the epoch; §6.1: epoch 2 carries the encrypted handshake (EncryptedExtensions
-      // .. Finished, and ACKs), epoch 1 0-RTT data, epoch 3 and later application data. So
-      // EE == 2 (before any KeyUpdate, which needs application data to cross first) is
-      // handshake and forwarded like DTLS 1.2 handshake records, so the handshake can
-      // complete (key-escrow.md §5.1); anything else needs keys.
-      protectedSeen = true;
-      if ((t & 0x10) !== 0 || (t & 0x03) !== 2) return { control: false, protectedSeen }; // C: CID of unknown length
-      let p = off + 1 + ((t & 0x08) !== 0 ? 2 : 1); // S: 16- or 8-bit sequence number
-      if ((t & 0x04) === 0) break; // L clear: the record runs to the end of the datagram
-      if (p + 2 > d.length) return { control: false, protectedSeen };
-      p += 2 + d.readUInt16BE(p);
-      if (p > d.length) return { control: false, protectedSeen };
-      off = p;
-      continue;
-    }
-    if (off + DTLS_HDR > d.length) return { control: false, protectedSeen };
-    const epoch = d.readUInt16BE(off + 3);
-    if (epoch >= 1) protectedSeen = true;
-    if (t !== CT_CCS && t !== CT_ALERT && t !== CT_HANDSHAKE) control = false;
-    off += DTLS_HDR + d.readUInt16BE(off + 11);
-  }
-  return { control, protectedSeen };
-}
+const NREASONS = UNINSPECTED_REASONS.length;
 
 export class FlowGuard {
   private readonly o: FlowGuardOptions;
   private readonly session: DtlsSession;
-  private readonly verifiedSets = new Map<string, KeySet[]>();
-  private readonly allSets: KeySet[] = [];
+  private readonly shared: boolean;
+  private readonly feedDtls: (data: Buffer, dir: 'c2s' | 's2c', time: number, tag: number, owned: boolean) => void;
+  private readonly c = newClassified();
   private queue: QueuedPacket[] = [];
   private queueBytes = 0;
   private readonly maxBytes: number;
@@ -126,16 +157,40 @@ export class FlowGuard {
   private lastAssoc: string | undefined;
   private bypass = false; // keys not required and the deadline passed: pass uninspected
   private closed = false;
+  private seq = 0;
+  // Budgets (classify.ts).
+  private hsBytes = 0;
+  private clientHellos = 0;
+  private stunTokens = STUN_BUCKET_BYTES;
+  private stunAt = -1;
+  private withheld = 0;
+  // Uninspected counters (by reason), and what was reported last.
+  private readonly unPackets = new Float64Array(NREASONS);
+  private readonly unBytes = new Float64Array(NREASONS);
+  private fwdPackets = 0;
+  private fwdBytes = 0;
+  private unChanged = false;
+  private lastReport = -Infinity;
   blocked: BlockReason | null = null;
   /** Whether the last packet() copied the datagram into the queue (it reaches inspection on release). */
   lastQueued = false;
-  readonly stats = { held: 0, dropped: 0, overflow: 0, released: 0 };
+  readonly stats = { held: 0, dropped: 0, overflow: 0, released: 0, uninspected: 0 };
 
   constructor(opts: FlowGuardOptions) {
     this.o = opts;
     this.maxBytes = opts.maxQueueBytes ?? 1 << 20;
     this.maxPackets = opts.maxQueuePackets ?? 2048;
-    this.session = new DtlsSession({ listener: (e) => this.onSessionEvent(e) });
+    if (opts.dtls) {
+      this.shared = true;
+      this.session = opts.dtls.session;
+      const d = opts.dtls;
+      this.feedDtls = (data, dir, time, tag, owned) => d.feed(data, dir, time, tag, owned);
+    } else {
+      this.shared = false;
+      const s = new DtlsSession({ listener: (e) => this.onSessionEvent(e) });
+      this.session = s;
+      this.feedDtls = (data, dir, time, tag, owned) => s.feed(data, dir, time, tag, owned);
+    }
   }
 
   /** The newest association (client_random hex) on the flow. */
@@ -148,63 +203,92 @@ export class FlowGuard {
     return this.lastAssoc !== undefined && this.session.keyStatus(this.lastAssoc) === 'verified';
   }
 
-  keySetsFor(association: string): readonly KeySet[] {
-    return this.verifiedSets.get(association) ?? [];
+  /** Bytes of queued (held or to-be-inspected) datagram copies. */
+  get bufferedBytes(): number {
+    return this.queueBytes;
   }
 
   packet(data: Buffer, dir: GuardDirection, peerPort: number): GuardVerdict {
     this.lastQueued = false;
     if (this.closed || this.blocked) return 'drop';
-    // RFC 7983 §7 classes; an empty datagram carries nothing to hold and passes like STUN.
-    const cls = data.length > 0 ? demuxCode(data) : PC_STUN;
-    let needsKeys: boolean;
-    let startsClock = false;
-    const wasCovered = this.covered;
-    if (cls === PC_STUN) {
-      return 'forward'; // RFC 7983 §7 [0..3]: STUN (ICE checks), never held
-    } else if (cls === PC_DTLS) {
-      // RFC 7983 §7 [20..63]: DTLS. Fed to the guard's own session (associations, key verification).
-      const k = dtlsKind(data);
-      // Once covered, application data needs no second decryption here; control records
-      // (a new ClientHello, encrypted renegotiation) still must be followed (§5.3).
-      // Without keys on a flow that goes on uninspected (bypass), the same holds.
-      if ((!wasCovered && !this.bypass) || k.control) {
-        this.session.feed(data, dir === 'c2p' ? 'c2s' : 's2c', this.o.clock.now());
-        this.noteAssociation();
-      }
-      startsClock = k.protectedSeen;
-      needsKeys = !k.control && this.o.keys.data;
-    } else if (cls === PC_RTP) {
-      // RFC 7983 §7 [128..191]: RTP/RTCP (SRTP); §5.1: the first SRTP packet starts the clock.
-      startsClock = true;
-      needsKeys = this.o.keys.media;
-    } else {
-      // RFC 7983 §7: anything else cannot be inspected; treated as data that needs keys.
-      needsKeys = this.o.keys.data;
+    const c = classify(data, this.c);
+    const now = this.o.clock.now();
+    const k = this.o.keys;
+    if (c.kind === K_EMPTY) return 'forward'; // nothing to inspect, nothing to leak
+    if (c.kind === K_STUN) {
+      // RFC 8445 §7.2 / RFC 7675: ICE connectivity and consent checks between the peers.
+      if (this.stunTake(data.length, now)) return 'forward';
+      return this.overBudget('stun', data, dir, peerPort, now);
     }
-    if (this.blocked) return 'drop';
-    const covered = this.covered && (!needsKeys || cls !== PC_RTP || this.hasSrtp(this.lastAssoc!));
-    if (this.covered && !wasCovered) this.release();
-    if (covered || this.bypass) return 'forward';
-    if (startsClock) this.startClock();
+    let kind = c.kind;
+    let reason = c.reason;
+    const wasCovered = this.covered;
+    if (kind === K_CONTROL && !wasCovered) {
+      // Handshake budgets hold until keys verify (a covered flow's handshake records are a
+      // renegotiation: a new association, uncovered again, counted again).
+      if (this.hsBytes + c.handshakeBytes > HANDSHAKE_BYTES_BUDGET) {
+        if (k.required) return this.overBudget('handshake_bytes', data, dir, peerPort, now);
+        kind = K_UNINSPECTED;
+        reason = R_BUDGET;
+      } else if (this.clientHellos + c.clientHellos > CLIENT_HELLO_BUDGET) {
+        if (k.required) return this.overBudget('client_hellos', data, dir, peerPort, now);
+        kind = K_UNINSPECTED;
+        reason = R_BUDGET;
+      } else {
+        this.hsBytes += c.handshakeBytes;
+        this.clientHellos += c.clientHellos;
+      }
+    }
+    if (kind === K_UNINSPECTED) return this.uninspected(reason, data, dir, peerPort, now);
+
+    const media = isMedia(data);
+    const needsKeys = kind === K_PROTECTED && (media ? k.media : k.data);
+    let buf = data;
+    let owned = false;
+    if (!media) {
+      // RFC 7983 §7 [20..63]: DTLS, fed once to the flow's one parse (associations, key
+      // verification, decryption). What will be queued is copied first, so the session's
+      // backlog can refer into that copy instead of making a second one.
+      const willQueue = !wasCovered && !this.bypass && (kind === K_PROTECTED ? !(needsKeys && k.unverified === 'drop') : !this.shared);
+      if (willQueue) {
+        buf = Buffer.from(data);
+        owned = true;
+      }
+      this.feedDtls(buf, dir === 'c2p' ? 'c2s' : 's2c', now, ++this.seq, owned);
+      this.noteAssociation();
+      if (this.blocked || this.closed) return 'drop';
+    }
+    const covered = this.covered && (!needsKeys || !media || this.session.hasVerifiedSrtp(this.lastAssoc!));
+    if (this.covered && !wasCovered) {
+      this.hsBytes = 0; // a later renegotiation gets a fresh handshake budget
+      this.release();
+    }
+    if (covered) return 'forward';
+    if (this.bypass) {
+      if (needsKeys) this.count(R_NO_KEYS, data.length, true, now);
+      return 'forward';
+    }
+    this.startClock(); // §5.1, issue 8: at the first datagram that is not STUN
     if (!needsKeys) {
-      this.enqueue(data, dir, peerPort, false);
+      // Handshake records (and data whose keys are not wanted): forwarded; queued when the
+      // guard has its own session, so inspection sees the whole flow in order on release.
+      if (kind === K_PROTECTED || !this.shared) this.enqueue(buf, owned, dir, peerPort, false, -1, false);
       return 'forward';
     }
     // §5.1 deadline 0: keys must be there before any application data.
-    if (this.o.keys.deadline === 0 && this.o.keys.required) {
+    if (k.deadline === 0 && k.required) {
       this.block(this.everCovered ? 'rekey_missing' : 'keys_missing');
       return 'drop';
     }
-    switch (this.o.keys.unverified) {
+    switch (k.unverified) {
       case 'pass':
-        this.enqueue(data, dir, peerPort, false);
+        this.enqueue(buf, owned, dir, peerPort, false, -1, true);
         return 'forward';
       case 'drop':
         this.stats.dropped++;
         return 'drop';
       default:
-        if (!this.enqueue(data, dir, peerPort, true)) {
+        if (!this.enqueue(buf, owned, dir, peerPort, true, -1, true)) {
           this.stats.dropped++;
           return 'drop';
         }
@@ -216,23 +300,26 @@ export class FlowGuard {
   /** Adds an escrowed key set (validated by the caller). Returns its status against traffic seen. */
   addKeySet(ks: KeySet): KeyStatus {
     if (this.closed) return 'pending';
-    const copy = cloneKs(ks);
-    this.allSets.push(copy);
     const wasCovered = this.covered;
-    let st = this.session.addKeySet(copy, this.o.clock.now());
-    if (st === 'pending' && copy.clientAppTrafficSecret) {
+    const now = this.o.clock.now();
+    // The session keeps the flow's one copy (DtlsSession.addKeySet clones; the caller wipes its own).
+    let st = this.session.addKeySet(ks, now);
+    const id = associationId(ks.clientRandom);
+    if (st === 'pending' && ks.clientAppTrafficSecret) {
       // DTLS 1.3 (RFC 9147 §4): the session judges these keys only on records it sees next.
       // Queued unified-header records reached it before any keys (no opener consumed them),
       // so they can be shown again, in order, until one authenticates (§5.2).
-      const now = this.o.clock.now();
       for (const q of this.queue) {
-        if (this.session.keyStatus(associationId(copy.clientRandom)) !== 'pending') break;
-        if ((q.data[0]! & 0xe0) === 0x20) this.session.feed(q.data, q.dir === 'c2p' ? 'c2s' : 's2c', now);
+        if (this.closed || this.session.keyStatus(id) !== 'pending') break;
+        if ((q.data[0]! & 0xe0) === 0x20) this.feedDtls(q.data, q.dir === 'c2p' ? 'c2s' : 's2c', now, q.tag, true);
       }
-      st = this.session.keyStatus(associationId(copy.clientRandom)) ?? st;
+      st = this.session.keyStatus(id) ?? st;
     }
-    if (st === 'verified') this.markVerified(copy);
-    if (this.covered && !wasCovered) this.release();
+    if (this.closed || this.blocked) return st;
+    if (this.covered && !wasCovered) {
+      this.hsBytes = 0;
+      this.release();
+    }
     return st;
   }
 
@@ -241,46 +328,125 @@ export class FlowGuard {
     if (this.o.keys.required && !this.closed) this.block('keys_declined');
   }
 
+  /** keys.verified / keys.invalid from the session (the own one, or the shared one via the inspector). */
+  onSessionEvent(e: InspectEvent): void {
+    if (this.closed) return;
+    if (e.type === 'keys.verified' && e.association) this.o.onKeys?.('verified', e.association);
+    else if (e.type === 'keys.invalid' && e.association) this.o.onKeys?.('invalid', e.association, e.reason);
+  }
+
+  /** Drops the oldest held datagram (memory pressure on a flow whose keys are not required). */
+  shedOldest(): number {
+    const i = this.queue.findIndex((q) => q.held);
+    if (i < 0) return 0;
+    const [q] = this.queue.splice(i, 1);
+    this.queueBytes -= q!.data.length;
+    this.stats.overflow++;
+    return q!.data.length;
+  }
+
+  /** Blocks the flow for going over a budget the gateway keeps outside the guard (memory). */
+  blockFor(budget: BudgetName): void {
+    if (!this.closed) this.block('budget_exceeded', budget);
+  }
+
   close(): void {
     if (this.closed) return;
+    this.report(this.o.clock.now(), true);
     this.closed = true;
     this.timer?.cancel();
     this.timer = null;
-    this.session.close();
-    for (const ks of this.allSets) wipeKeySet(ks);
-    this.allSets.length = 0;
-    this.verifiedSets.clear();
+    if (!this.shared) this.session.close(); // wipes every key (§5.5); a shared one is the pipeline's
     this.queue = [];
     this.queueBytes = 0;
   }
 
   // ---------------------------------------------------------------- internals
 
-  private hasSrtp(assoc: string): boolean {
-    return (this.verifiedSets.get(assoc) ?? []).some((k) => k.srtpProfile !== undefined);
+  /** STUN token bucket (classify.ts STUN_BUCKET_BYTES / STUN_REFILL_BYTES_PER_S). */
+  private stunTake(n: number, now: number): boolean {
+    if (this.stunAt >= 0 && now > this.stunAt)
+      this.stunTokens = Math.min(STUN_BUCKET_BYTES, this.stunTokens + ((now - this.stunAt) * STUN_REFILL_BYTES_PER_S) / 1000);
+    this.stunAt = now;
+    if (this.stunTokens < n) return false;
+    this.stunTokens -= n;
+    return true;
   }
 
-  private markVerified(ks: KeySet): void {
-    const id = associationId(ks.clientRandom);
-    const l = this.verifiedSets.get(id) ?? [];
-    if (!l.includes(ks)) l.push(ks);
-    this.verifiedSets.set(id, l);
-  }
-
-  private onSessionEvent(e: InspectEvent): void {
-    if (e.type === 'keys.verified' && e.association) {
-      const st = this.allSets.filter((k) => associationId(k.clientRandom) === e.association);
-      for (const k of st) this.markVerified(k);
-      this.o.onKeys?.('verified', e.association);
-    } else if (e.type === 'keys.invalid' && e.association) {
-      this.o.onKeys?.('invalid', e.association, e.reason);
+  private overBudget(budget: BudgetName, data: Buffer, dir: GuardDirection, peerPort: number, now: number): GuardVerdict {
+    if (this.o.keys.required) {
+      this.count(R_BUDGET, data.length, false, now);
+      this.block('budget_exceeded', budget);
+      return 'drop';
     }
+    return this.uninspected(R_BUDGET, data, dir, peerPort, now);
+  }
+
+  /** What nothing can inspect (classify.ts UNINSPECTED_REASONS). */
+  private uninspected(reason: number, data: Buffer, dir: GuardDirection, peerPort: number, now: number): GuardVerdict {
+    this.stats.uninspected++;
+    const k = this.o.keys;
+    if (k.required) {
+      // Never forwarded: keys cannot make it inspectable, so even `hold` keeps nothing.
+      this.count(reason, data.length, false, now);
+      if (!this.covered) this.startClock();
+      if (++this.withheld > UNINSPECTED_PACKETS_BUDGET) {
+        this.block('budget_exceeded', 'uninspected');
+        return 'drop';
+      }
+      return k.unverified === 'hold' ? 'hold' : 'drop';
+    }
+    if (this.bypass || k.unverified === 'pass') {
+      this.count(reason, data.length, true, now);
+      if (!this.bypass && !this.covered) this.startClock();
+      return 'forward';
+    }
+    this.startClock();
+    if (k.unverified === 'drop') {
+      this.count(reason, data.length, false, now);
+      this.stats.dropped++;
+      return 'drop';
+    }
+    // hold: released (uninspected) with the rest at the deadline; counted as forwarded then.
+    if (!this.enqueue(data, false, dir, peerPort, true, reason, false)) {
+      this.count(reason, data.length, false, now);
+      this.stats.dropped++;
+      return 'drop';
+    }
+    this.stats.held++;
+    return 'hold';
+  }
+
+  private count(reason: number, bytes: number, forwarded: boolean, now: number): void {
+    this.unPackets[reason]!++;
+    this.unBytes[reason]! += bytes;
+    if (forwarded) {
+      this.fwdPackets++;
+      this.fwdBytes += bytes;
+    }
+    this.unChanged = true;
+    if (now - this.lastReport >= (this.o.reportIntervalMs ?? 10_000)) this.report(now, false);
+  }
+
+  private report(now: number, final: boolean): void {
+    if (!this.unChanged || !this.o.onReport) return;
+    this.unChanged = false;
+    this.lastReport = now;
+    let packets = 0;
+    let bytes = 0;
+    const by: UninspectedReport['by'] = {};
+    for (let i = 0; i < NREASONS; i++) {
+      if (!this.unPackets[i]) continue;
+      packets += this.unPackets[i]!;
+      bytes += this.unBytes[i]!;
+      by[UNINSPECTED_REASONS[i]!] = { packets: this.unPackets[i]!, bytes: this.unBytes[i]! };
+    }
+    this.o.onReport({ packets, bytes, forwarded_packets: this.fwdPackets, forwarded_bytes: this.fwdBytes, by, final });
   }
 
   /** Tracks the newest association; a new one after a covered one is a re-key (§5.3). */
   private noteAssociation(): void {
-    const list = this.session.associations();
-    const newest = list.length ? list[list.length - 1]!.id : undefined;
+    const newest = this.session.newestAssociation();
     if (newest === undefined || newest === this.lastAssoc) return;
     if (this.lastAssoc !== undefined && this.session.keyStatus(this.lastAssoc) === 'verified') this.everCovered = true;
     this.lastAssoc = newest;
@@ -310,31 +476,50 @@ export class FlowGuard {
     // Keys not required: the flow goes on uninspected; what was held is forwarded.
     this.bypass = true;
     this.o.onUninspected?.(this.everCovered ? 'rekey_missing' : 'keys_missing', this.lastAssoc);
-    this.release();
+    // Nothing will verify the held records any more: the session's copies go (memory).
+    this.session.dropBacklog();
+    const now = this.o.clock.now();
+    for (const q of this.queue) {
+      // Forwarded without inspection now (held) or before (passed, never inspected).
+      if (q.reason >= 0) this.count(q.reason, q.data.length, true, now);
+      else if (q.needsKeys) this.count(R_NO_KEYS, q.data.length, true, now);
+    }
+    this.release(true);
   }
 
-  private block(reason: BlockReason): void {
+  private block(reason: BlockReason, budget?: BudgetName): void {
     if (this.blocked) return;
     this.blocked = reason;
     this.timer?.cancel();
     this.timer = null;
     this.queue = [];
     this.queueBytes = 0;
-    this.o.onBlock?.(reason, this.lastAssoc);
+    this.session.dropBacklog();
+    this.o.onBlock?.(reason, this.lastAssoc, budget);
   }
 
-  private enqueue(data: Buffer, dir: GuardDirection, peerPort: number, held: boolean): boolean {
+  /** Queues a datagram; `owned`: it is the guard's copy already (packet() copied DTLS it queues). */
+  private enqueue(
+    data: Buffer,
+    owned: boolean,
+    dir: GuardDirection,
+    peerPort: number,
+    held: boolean,
+    reason: number,
+    needsKeys: boolean,
+  ): boolean {
     if (this.queue.length >= this.maxPackets || this.queueBytes + data.length > this.maxBytes) {
       this.stats.overflow++;
       return false;
     }
-    this.queue.push({ data: Buffer.from(data), dir, peerPort, held });
+    const tag = owned ? this.seq : -1; // owned copies are the DTLS datagrams fed to the session
+    this.queue.push({ data: owned ? data : Buffer.from(data), dir, peerPort, held, tag, reason, needsKeys });
     this.queueBytes += data.length;
     this.lastQueued = true;
     return true;
   }
 
-  private release(): void {
+  private release(deadline = false): void {
     if (this.closed || this.blocked) return;
     this.timer?.cancel();
     this.timer = null;
@@ -342,13 +527,14 @@ export class FlowGuard {
     this.queue = [];
     this.queueBytes = 0;
     if (!q.length) return;
-    this.stats.released += q.filter((x) => x.held).length;
+    if (!deadline) {
+      // Keys verified: uninspected datagrams held meanwhile (keys not required) go now, uninspected.
+      const now = this.o.clock.now();
+      for (const x of q) if (x.reason >= 0) this.count(x.reason, x.data.length, true, now);
+    }
+    let n = 0;
+    for (const x of q) if (x.held) n++;
+    this.stats.released += n;
     this.o.onRelease?.(q);
   }
-}
-
-function cloneKs(ks: KeySet): KeySet {
-  const out = { ...ks } as KeySet;
-  for (const [k, v] of Object.entries(ks)) if (Buffer.isBuffer(v)) (out as unknown as Record<string, unknown>)[k] = Buffer.from(v);
-  return out;
 }

@@ -11,7 +11,9 @@
  * Knows no sockets itself: sending released packets and closing flows go through a
  * FlowRelay (attach() builds one for a TurnServer).
  */
-import { systemClock, type Clock } from '../util/clock.js';
+import { systemClock, type Clock, type TimerHandle } from '../util/clock.js';
+import { Supervisor } from '../util/supervise.js';
+import { BufferAccounts, type FlowAccount } from './memory.js';
 import { silentLogger, type Logger } from '../util/log.js';
 import { eveTimestamp, type EventSink, type EveEvent } from '../events/eve.js';
 import type { GatewayIdentity } from '../store/identity.js';
@@ -20,7 +22,14 @@ import { ACTION_RANK } from '../policy/engine.js';
 import type { Flow, FlowDirection, FlowHooks, TurnRequestContext } from '../turn/flow.js';
 import { FlowBlockList } from './block-list.js';
 import { TurnEscrowExtension, type EscrowHost, type EscrowKeysPolicy } from './escrow.js';
-import { FlowGuard, type BlockReason, type GuardKeysPolicy, type QueuedPacket } from './flow-guard.js';
+import {
+  FlowGuard,
+  type BlockReason,
+  type BudgetName,
+  type GuardKeysPolicy,
+  type QueuedPacket,
+  type UninspectedReport,
+} from './flow-guard.js';
 import { FlowPipeline } from '../inspect/pipeline.js';
 import { toEve, type FlowMeta } from '../inspect/eve-format.js';
 import { associationId, type KeySet } from '../wire/keyset.js';
@@ -47,6 +56,13 @@ export interface GatewayInspectorOptions {
   quotas?: { account(user: string | undefined, groups: readonly string[], peerIp: string | undefined, bytes: number): 'pass' | 'drop' };
   /** Where flows selected by a `record` rule are recorded (src/record). */
   recordings?: { open(flow: FlowInfo): FlowRecorderLike };
+  /**
+   * The supervision wrapper (src/util/supervise.ts): packet hooks, key handling and the
+   * flows' deadline timers run inside it; an exception closes that flow, never the process.
+   */
+  supervisor?: Supervisor;
+  /** Memory bounds (config gateway.allocation_buffer_bytes / max_buffered_bytes, in bytes). */
+  memory?: { allocationBytes: number; maxBytes: number };
 }
 
 /** What the inspector needs of a FlowRecorder. */
@@ -70,7 +86,18 @@ interface FlowState {
   recorder: FlowRecorderLike | null;
   /** Media streams a `drop` rule matched: their RTP is withheld, the rest of the flow goes on. */
   droppedSsrcs: Set<number>;
+  /** While key sets are applied: verdicts of records decrypted from the session's backlog, by datagram tag. */
+  keying: boolean;
+  tagVerdicts: Map<number, VerdictAction> | null;
+  /** An exception inside the pipeline or policy (caught there): the flow is closed. */
+  failure: unknown;
+  pipelineErrors: number;
+  mem: FlowAccount;
+  /** Index key of byUserPeer. */
+  userPeer: string;
 }
+
+const RANK_FORWARD = ACTION_RANK.forward;
 
 /** No `keys` section: keys are welcome but not asked for; traffic passes. */
 const NO_KEYS: GuardKeysPolicy = { required: false, deadline: 10_000, unverified: 'pass', media: true, data: true };
@@ -83,6 +110,10 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
   private readonly log: Logger;
   private relay: FlowRelay | null = null;
   private readonly byPeer = new Map<string, FlowState>();
+  /** Live flows by user × peer IP (a block holds for all of them, key-escrow.md §5.4). */
+  private readonly byUserPeer = new Map<string, Set<FlowState>>();
+  readonly supervisor: Supervisor;
+  readonly memory: BufferAccounts;
   /** Flows to tear down once the request being handled has taken effect (escrow.ts). */
   private deferred: { flow: Flow; reason: string }[] | null = null;
 
@@ -92,6 +123,8 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
     this.log = opts.logger ?? silentLogger;
     this.blockList = new FlowBlockList(this.clock);
     this.extension = new TurnEscrowExtension(this, opts.identity);
+    this.supervisor = opts.supervisor ?? new Supervisor(this.log);
+    this.memory = new BufferAccounts(opts.memory?.allocationBytes, opts.memory?.maxBytes);
   }
 
   /** Uses a TurnServer to close blocked flows and to send released (held) packets. */
@@ -108,33 +141,52 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
 
   // ------------------------------------------------------------------ FlowHooks
 
-  permitPeer(info: { allocationId: string }, peerAddress: string): boolean {
-    // key-escrow.md §5.4: a blocked flow is refused for keys.block_for (403 Forbidden).
-    return !this.blockList.isBlocked(info.allocationId, peerAddress);
+  permitPeer(info: { allocationId: string; user: string }, peerAddress: string): boolean {
+    // key-escrow.md §5.4: after a block, the same user and peer address are refused from
+    // any allocation of that user for keys.block_for (403 Forbidden).
+    return !this.blockList.isBlocked(info.user, peerAddress);
+  }
+
+  /** EscrowHost: the extension answers 403 for a blocked user × peer (any allocation, §5.4). */
+  isBlocked(user: string, peerIp: string): boolean {
+    return this.blockList.isBlocked(user, peerIp);
   }
 
   onFlowCreated(flow: Flow): void {
+    this.supervisor.run(
+      'gateway.flow.created',
+      () => this.createFlow(flow),
+      () => this.failFlow(flow, flow.ctx as FlowState | undefined),
+    );
+  }
+
+  private createFlow(flow: Flow): void {
     const policy = this.o.policy();
     const keys = policy.keys;
     const gk: GuardKeysPolicy = keys
       ? { required: keys.required, deadline: keys.deadline, unverified: keys.unverified, media: keys.media, data: keys.data }
       : NO_KEYS;
     const st = {} as FlowState;
+    const flowCtx = { user: flow.user, groups: flow.groups, peerIp: flow.peerAddress };
+    const recordRules = this.o.recordings ? policy.recordsFlow(flowCtx) : [];
+    // rtp.packet events (decrypted payloads) are produced only for recorded flows. One DTLS
+    // parse per flow: the pipeline's session, fed by the guard on arrival (dtlsExternal);
+    // key sets go to it from the guard, so the pipeline needs no key provider.
+    const pipeline = new FlowPipeline({ keys: {}, rtpPackets: recordRules.length > 0, dtlsExternal: true });
     const guard = new FlowGuard({
       keys: gk,
-      clock: this.clock,
+      clock: this.flowClock(st),
+      dtls: { session: pipeline.dtlsSession, feed: (d, dir, t, tag, owned) => pipeline.feedDtls(d, dir, t, tag, owned) },
       onRelease: (q) => this.onRelease(st, q),
-      onBlock: (reason, assoc) => this.block(st, reason, assoc),
+      onBlock: (reason, assoc, budget) => this.block(st, reason, assoc, budget),
       onKeys: (kind, assoc, reason) =>
         this.keyEvent(st, kind === 'verified' ? 'keys_verified' : 'keys_invalid', assoc, reason ? { reason } : {}),
       // key-escrow.md §5.1: keys not required and none verified by the deadline: the flow
       // is relayed from here without inspection, and reported as such.
       onUninspected: (reason, assoc) => this.keyEvent(st, 'flow_uninspected', assoc, { reason }),
+      // Issue 8: what went (or was kept) uninspected, counted by reason, at a bounded rate.
+      onReport: (r) => this.uninspectedReport(st, r),
     });
-    const flowCtx = { user: flow.user, groups: flow.groups, peerIp: flow.peerAddress };
-    const recordRules = this.o.recordings ? policy.recordsFlow(flowCtx) : [];
-    // rtp.packet events (decrypted payloads) are produced only for recorded flows.
-    const pipeline = new FlowPipeline({ keys: { keySetsFor: (a) => guard.keySetsFor(a) }, rtpPackets: recordRules.length > 0 });
     const meta: FlowMeta = {
       flowId: flow.id,
       proto: 'UDP',
@@ -152,34 +204,132 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
       closed: false,
       recorder: null,
       droppedSsrcs: new Set(),
+      keying: false,
+      tagVerdicts: null,
+      failure: undefined,
+      pipelineErrors: 0,
+      mem: this.memory.open(flow.allocationId),
+      userPeer: peerKey(flow.user, flow.peerAddress),
     });
-    if (recordRules.length) this.startRecording(st, recordRules[0]!.id);
     pipeline.on((e) => this.onInspectEvent(st, e));
     flow.ctx = st;
     this.byPeer.set(peerKey(flow.allocationId, flow.peerAddress), st);
+    let set = this.byUserPeer.get(st.userPeer);
+    if (!set) this.byUserPeer.set(st.userPeer, (set = new Set()));
+    set.add(st);
+    if (recordRules.length) this.startRecording(st, recordRules[0]!.id);
+  }
+
+  /** The clock a flow's guard uses: its timers (deadlines) run supervised (design.md). */
+  private flowClock(st: FlowState): Clock {
+    const c = this.clock;
+    const sup = this.supervisor;
+    const fail = () => this.failFlow(st.flow, st);
+    return {
+      now: () => c.now(),
+      setTimeout: (fn: () => void, ms: number): TimerHandle => c.setTimeout(sup.guard('gateway.flow.timer', fn, fail), ms),
+      setInterval: (fn: () => void, ms: number): TimerHandle => c.setInterval(sup.guard('gateway.flow.timer', fn, fail), ms),
+    };
   }
 
   /** A bound function (TurnServer keeps a reference to it for its hot path). */
   readonly onPacket = (flow: Flow, dir: FlowDirection, data: Buffer, peerPort: number): boolean => {
     const st = flow.ctx as FlowState | undefined;
-    if (st === undefined || st.closed) return true;
+    // A flow whose state is gone (closed, or its set-up failed) relays nothing.
+    if (st === undefined) return !this.failedSetup.has(flow);
+    if (st.closed) return false;
+    try {
+      return this.packet(st, flow, dir, data, peerPort);
+    } catch (err) {
+      // The supervision wrapper's containment (design.md): this flow closes, the rest go on.
+      this.supervisor.caught('gateway.flow.packet', err, () => this.failFlow(flow, st));
+      return false;
+    }
+  };
+
+  private packet(st: FlowState, flow: Flow, dir: FlowDirection, data: Buffer, peerPort: number): boolean {
     st.meta.b.port = peerPort;
     // Quotas count what is relayed; vital peers are counted but never cut (issue 5).
     if (this.o.quotas && this.o.quotas.account(flow.user, flow.groups, flow.peerAddress, data.length) === 'drop') return false;
     // RFC 7983 §7 / RFC 5761 §4: RTP (not RTCP); RFC 3711 §3.1: the SSRC is in the clear.
     if (st.droppedSsrcs.size && data.length >= 12 && demux(data) === 'rtp' && !isRtcp(data) && st.droppedSsrcs.has(data.readUInt32BE(8)))
       return false;
+    // DTLS is parsed once, inside guard.packet() (the pipeline's session): the verdict of
+    // what it decrypted is set by onInspectEvent meanwhile.
+    st.verdict = 'forward';
     const v = st.guard.packet(data, dir, peerPort);
-    if (v !== 'forward') return false;
-    if (st.guard.lastQueued) return true; // inspected, in order, when the flow's keys verify
-    return this.inspect(st, data, dir);
-  };
+    this.check(st);
+    let ok: boolean;
+    if (st.closed) ok = false;
+    else if ((st.verdict as VerdictAction) === 'block') {
+      this.block(st, 'policy', st.guard.association);
+      ok = false;
+    } else if (v !== 'forward') ok = false;
+    else if (st.guard.lastQueued)
+      ok = true; // inspected, in order, when the flow's keys verify
+    else ok = this.inspect(st, data, dir);
+    if (!st.closed) this.account(st);
+    return ok;
+  }
 
   onFlowClosed(flow: Flow): void {
+    this.failedSetup.delete(flow);
     const st = flow.ctx as FlowState | undefined;
     if (!st) return;
-    this.dispose(st);
+    this.supervisor.run('gateway.flow.closed', () => this.dispose(st));
     flow.ctx = undefined;
+  }
+
+  /** Flows whose set-up threw: their packets are dropped until the server closes them. */
+  private readonly failedSetup = new WeakSet<Flow>();
+
+  /** Contains an exception of one flow: it is closed (never the process), and reported. */
+  private failFlow(flow: Flow, st: FlowState | undefined): void {
+    if (!st || !st.flow) {
+      this.failedSetup.add(flow);
+      flow.ctx = undefined;
+      this.relay?.close(flow, 'internal_error');
+      return;
+    }
+    if (st.closed) return;
+    this.keyEvent(st, 'flow_closed', st.guard?.association, { reason: 'internal_error' });
+    this.dispose(st);
+    if (this.deferred) this.deferred.push({ flow, reason: 'internal_error' });
+    else this.relay?.close(flow, 'internal_error');
+  }
+
+  /** Throws what the pipeline or policy caught for this flow (so the flow is closed). */
+  private check(st: FlowState): void {
+    if (st.failure !== undefined) {
+      const f = st.failure;
+      st.failure = undefined;
+      throw f instanceof Error ? f : new Error(String(f));
+    }
+    const n = st.pipeline.counters.internalErrors;
+    if (n !== st.pipelineErrors) {
+      st.pipelineErrors = n;
+      throw new Error('inspection pipeline internal error');
+    }
+  }
+
+  /** Memory bounds (memory.ts): the flow's buffered bytes into its allocation's and the global sum. */
+  private account(st: FlowState): void {
+    const bytes = st.guard.bufferedBytes + st.pipeline.bufferedBytes;
+    const over = this.memory.set(st.mem, bytes);
+    if (!over) return;
+    if (st.keys?.required) {
+      // Fail closed: a required flow is not inspected partially.
+      st.guard.blockFor('memory');
+      return;
+    }
+    // Otherwise the oldest held datagrams go first, then the DTLS backlog and SCTP reassembly.
+    const limit = this.memory.limit(over);
+    while (this.memory.set(st.mem, st.guard.bufferedBytes + st.pipeline.bufferedBytes) && st.guard.shedOldest() > 0);
+    if (this.memory.set(st.mem, st.guard.bufferedBytes + st.pipeline.bufferedBytes))
+      st.pipeline.shedBuffers(this.clock.now(), `gateway.${over}`, limit);
+    else
+      this.emit(this.decorate(st, toEve({ type: 'cap.hit', what: `gateway.${over}`, limit, time: this.clock.now() }, st.meta), undefined));
+    this.memory.set(st.mem, st.guard.bufferedBytes + st.pipeline.bufferedBytes);
   }
 
   // ------------------------------------------------------------------ EscrowHost
@@ -197,14 +347,38 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
     const st = flow.ctx as FlowState | undefined;
     if (!st || st.closed) return 'pending';
     this.keyEvent(st, 'keys_received', associationId(ks.clientRandom), { cipher_suite: ks.cipherSuite, epoch: ks.epoch });
-    return st.guard.addKeySet(ks);
+    // Records held in the session's backlog are decrypted now; their verdicts are kept by
+    // datagram tag and applied when the guard releases those datagrams (onRelease).
+    st.keying = true;
+    st.verdict = 'forward';
+    try {
+      const r = this.supervisor.run(
+        'gateway.flow.keys',
+        () => {
+          const out = st.guard.addKeySet(ks);
+          this.check(st);
+          return out;
+        },
+        () => this.failFlow(flow, st),
+      );
+      if (!st.closed && (st.verdict as VerdictAction) === 'block') this.block(st, 'policy', st.guard.association);
+      if (!st.closed) this.account(st);
+      return r ?? 'pending';
+    } finally {
+      st.keying = false;
+      st.tagVerdicts = null;
+    }
   }
 
   applyDecline(flow: Flow, reason: string): void {
     const st = flow.ctx as FlowState | undefined;
     if (!st || st.closed) return;
     this.keyEvent(st, 'keys_declined', st.guard.association, { reason });
-    st.guard.decline();
+    this.supervisor.run(
+      'gateway.flow.decline',
+      () => st.guard.decline(),
+      () => this.failFlow(flow, st),
+    );
   }
 
   keyRequested(flow: Flow, deadline: number, flags: number): void {
@@ -229,6 +403,7 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
   private onRelease(st: FlowState, q: QueuedPacket[]): void {
     for (const p of q) {
       if (st.closed) return;
+      st.verdict = (p.tag >= 0 && st.tagVerdicts?.get(p.tag)) || 'forward';
       const ok = this.inspect(st, p.data, p.dir);
       if (ok && p.held && this.relay && !st.closed) {
         try {
@@ -240,10 +415,13 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
     }
   }
 
-  /** Feeds the pipeline; policy judges what it saw. False: the datagram must not go on. */
+  /**
+   * Feeds the pipeline (media; DTLS was parsed on arrival and is only counted here); policy
+   * judges what it saw, on top of st.verdict. False: the datagram must not go on.
+   */
   private inspect(st: FlowState, data: Buffer, dir: FlowDirection): boolean {
-    st.verdict = 'forward';
     st.pipeline.feed(data, dir === 'c2p' ? 'c2s' : 's2c', this.clock.now());
+    this.check(st);
     const v = st.verdict as VerdictAction; // set by onInspectEvent during feed()
     if (v === 'block') {
       this.block(st, 'policy', st.guard.association);
@@ -253,7 +431,18 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
   }
 
   private onInspectEvent(st: FlowState, e: InspectEvent): void {
+    if (st.closed) return;
+    try {
+      this.judge(st, e);
+    } catch (err) {
+      // Caught inside the pipeline otherwise: kept, and thrown by check() so the flow closes.
+      st.failure ??= err;
+    }
+  }
+
+  private judge(st: FlowState, e: InspectEvent): void {
     st.meta.dtlsClientIsA = st.pipeline.dtlsClientIsA;
+    if (e.type === 'keys.verified' || e.type === 'keys.invalid') st.guard.onSessionEvent(e);
     if (st.recorder) {
       try {
         st.recorder.onEvent(e);
@@ -266,14 +455,9 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
     const subject = subjectOf(e, st.pipeline.dtlsClientIsA);
     if (e.type !== 'appdata') this.emit(this.decorate(st, toEve(e, st.meta), e.association));
     if (!subject) return;
-    let verdict;
-    try {
-      // The rule set in force now: a reload applies to live flows (issue 5).
-      verdict = this.o.policy().evaluate({ user: st.flow.user, groups: st.flow.groups, peerIp: st.flow.peerAddress }, subject);
-    } catch (err) {
-      this.log.error({ err: (err as Error).message }, 'policy evaluation failed');
-      return;
-    }
+    // The rule set in force now: a reload applies to live flows (issue 5). An exception
+    // here closes the flow (fail closed: it is not relayed unjudged).
+    const verdict = this.o.policy().evaluate({ user: st.flow.user, groups: st.flow.groups, peerIp: st.flow.peerAddress }, subject);
     for (const m of verdict.matches) {
       const ev = toEve(e, st.meta);
       ev.event_type = 'alert';
@@ -286,6 +470,15 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
       this.emit(this.decorate(st, ev, e.association));
     }
     if (ACTION_RANK[verdict.action] > ACTION_RANK[st.verdict]) st.verdict = verdict.action;
+    if (st.keying && ACTION_RANK[verdict.action] > RANK_FORWARD) {
+      // A record decrypted from the backlog while keys are applied: remember it for its datagram.
+      const tag = st.pipeline.dtlsSession.currentTag;
+      if (tag >= 0) {
+        st.tagVerdicts ??= new Map();
+        const prev = st.tagVerdicts.get(tag);
+        if (!prev || ACTION_RANK[verdict.action] > ACTION_RANK[prev]) st.tagVerdicts.set(tag, verdict.action);
+      }
+    }
     // drop on media withholds that stream (one SSRC) from here on, not just this packet.
     if (verdict.action === 'drop' && e.type === 'rtp.stream') st.droppedSsrcs.add(e.ssrc);
     // A content rule with action `record` starts recording the flow from here on.
@@ -327,17 +520,27 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
     });
   }
 
-  private block(st: FlowState, reason: BlockReason | 'policy', association: string | undefined): void {
+  private block(st: FlowState, reason: BlockReason | 'policy', association: string | undefined, budget?: BudgetName, via?: number): void {
     if (st.closed) return;
     const blockFor = st.keys?.block_for ?? 300_000;
-    this.blockList.block(st.flow.allocationId, st.flow.peerAddress, blockFor);
-    this.keyEvent(st, 'flow_blocked', association, { reason });
-    this.log.info({ flow: st.flow.id, allocation: st.flow.allocationId, reason }, 'flow blocked');
+    // §5.4: the same user and peer address, from any allocation of that user.
+    this.blockList.block(st.flow.user, st.flow.peerAddress, blockFor);
+    this.keyEvent(st, 'flow_blocked', association, {
+      reason,
+      ...(budget ? { budget } : {}),
+      ...(via !== undefined ? { blocked_with_flow: via } : {}),
+    });
+    this.log.info({ flow: st.flow.id, allocation: st.flow.allocationId, reason, ...(budget ? { budget } : {}) }, 'flow blocked');
     const flow = st.flow;
     this.dispose(st);
     // §5.4: stop relaying both ways and remove the permission and channels.
     if (this.deferred) this.deferred.push({ flow, reason: `blocked_${reason}` });
     else this.relay?.close(flow, `blocked_${reason}`);
+    // The block holds for the user and peer across all that user's allocations: their live
+    // flows to that peer go too.
+    if (via === undefined) {
+      for (const other of [...(this.byUserPeer.get(st.userPeer) ?? [])]) this.block(other, reason, undefined, budget, st.flow.id);
+    }
   }
 
   holdCloses(): void {
@@ -355,12 +558,30 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
 
   private dispose(st: FlowState): void {
     if (st.closed) return;
-    st.closed = true;
-    this.stopRecording(st);
-    st.guard.close(); // wipes key material (§5.5)
-    st.pipeline.close();
-    const k = peerKey(st.flow.allocationId, st.flow.peerAddress);
-    if (this.byPeer.get(k) === st) this.byPeer.delete(k);
+    // The guard's final uninspected report goes out while the flow is still open.
+    try {
+      st.guard.close();
+    } finally {
+      st.closed = true;
+      try {
+        this.stopRecording(st);
+      } finally {
+        st.pipeline.close(); // wipes the flow's one copy of its key sets (§5.5)
+        this.memory.close(st.mem); // releases everything it buffered
+        const k = peerKey(st.flow.allocationId, st.flow.peerAddress);
+        if (this.byPeer.get(k) === st) this.byPeer.delete(k);
+        const set = this.byUserPeer.get(st.userPeer);
+        if (set) {
+          set.delete(st);
+          if (!set.size) this.byUserPeer.delete(st.userPeer);
+        }
+      }
+    }
+  }
+
+  /** flow_uninspected with the counts (issue 8): gatehouse.reason `uninspected_traffic`. */
+  private uninspectedReport(st: FlowState, r: UninspectedReport): void {
+    this.keyEvent(st, 'flow_uninspected', st.guard?.association, { reason: 'uninspected_traffic', uninspected: r });
   }
 
   private keyEvent(st: FlowState, type: string, association: string | undefined, extra: Record<string, unknown>): void {

@@ -301,6 +301,15 @@ export class DataChannelTracker {
     return [...this.chans.values()].map((c) => ({ ...c }));
   }
 
+  /**
+   * Memory pressure: drops every partial message and out-of-order chunk (those messages
+   * are lost, as on a cap), keeps the channels.
+   */
+  dropReassembly(): void {
+    this.resetDir(this.c2s);
+    this.resetDir(this.s2c);
+  }
+
   /** Releases all held reassembly state and forgets channels (association gone). */
   close(): void {
     this.resetDir(this.c2s);

@@ -175,6 +175,10 @@ interface Held {
   rec: DtlsRecord;
   raw: Direction;
   time: number;
+  /** The caller's tag of the datagram the record came in (see feed()). */
+  tag: number;
+  /** Bytes this entry copied (0 when it refers into a datagram the caller keeps). */
+  copied: number;
 }
 
 const flip = (d: Direction): Direction => (d === 'c2s' ? 's2c' : 'c2s');
@@ -209,6 +213,12 @@ export class DtlsSession {
   private reassemblers = new Map<string, HandshakeReassembler>();
   private backlog: Held[] = [];
   private backlogBytes = 0;
+  /** Of backlogBytes, the bytes the session copied (the rest refer into callers' owned datagrams). */
+  private backlogCopied = 0;
+  /** Tag of the datagram being processed (feed(), or a held record being re-processed). */
+  private tagNow = -1;
+  /** Whether the datagram being fed is a stable copy the caller keeps (hold() need not copy it). */
+  private ownedNow = false;
   private undec = new Map<string, { pending: number; last: number; dir?: Direction; association?: string }>();
   private readonly rec = newRecord();
   private readonly hh: HandshakeHeader = { msgType: 0, length: 0, messageSeq: 0, fragmentOffset: 0, fragmentLength: 0 };
@@ -227,9 +237,17 @@ export class DtlsSession {
 
   // ---------------------------------------------------------------- input
 
-  feed(datagram: Buffer, dir: Direction, time: number): void {
+  /**
+   * `tag`: the caller's number for this datagram, reported by currentTag while its records
+   * (or, later, its held records) are processed, so their events can be matched to it.
+   * `owned`: the buffer is a copy the caller keeps unchanged while the flow lives (a held
+   * datagram): held records refer into it instead of being copied again.
+   */
+  feed(datagram: Buffer, dir: Direction, time: number, tag = -1, owned = false): void {
     if (this.closed) return;
     this.stats.datagrams++;
+    this.tagNow = tag;
+    this.ownedNow = owned;
     const r = this.rec;
     let off = 0;
     while (off < datagram.length) {
@@ -280,6 +298,37 @@ export class DtlsSession {
     return entry.status;
   }
 
+  /** Tag of the datagram whose records are being processed (-1: none given). */
+  get currentTag(): number {
+    return this.tagNow;
+  }
+
+  /** Bytes the session holds in its backlog copies (for memory accounting; owned views excluded). */
+  get bufferedBytes(): number {
+    return this.backlogCopied;
+  }
+
+  /** The newest association's id (no allocation, unlike associations()). */
+  newestAssociation(): string | undefined {
+    const a = this.assocs[this.assocs.length - 1];
+    return a?.id;
+  }
+
+  /** Whether a verified key set of the association carries SRTP keys (RFC 5764 §4.2). */
+  hasVerifiedSrtp(association: string): boolean {
+    const list = this.keys.get(association);
+    if (!list) return false;
+    for (const e of list) if (e.status === 'verified' && e.ks.srtpProfile !== undefined) return true;
+    return false;
+  }
+
+  /** Drops every held record (the flow goes on uninspected, or memory is short). */
+  dropBacklog(): void {
+    this.backlog = [];
+    this.backlogBytes = 0;
+    this.backlogCopied = 0;
+  }
+
   keyStatus(association: string): KeyStatus | undefined {
     const list = this.keys.get(association);
     if (!list || !list.length) return undefined;
@@ -328,8 +377,9 @@ export class DtlsSession {
     this.closed = true;
     for (const list of this.keys.values()) for (const e of list) this.wipeEntry(e);
     this.keys.clear();
-    this.backlog = [];
-    this.backlogBytes = 0;
+    this.dropBacklog();
+    this.reassemblers.clear();
+    this.fast = null;
   }
 
   // ---------------------------------------------------------------- records
@@ -346,6 +396,8 @@ export class DtlsSession {
    * the record stays held (no keys yet).
    */
   private onProtected(r: DtlsRecord, raw: Direction, time: number, fromBacklog: boolean): boolean {
+    // Closed meanwhile (a listener blocked the flow while held records were re-processed).
+    if (this.closed) return true;
     // A ChangeCipherSpec carries one byte of no interest (RFC 5246 §7.1); in a renegotiation it
     // is protected by the old epoch, and decrypting it is not needed to follow the handshake.
     if (r.type === CT_CHANGE_CIPHER_SPEC) return true;
@@ -374,6 +426,7 @@ export class DtlsSession {
   }
 
   private onUnified(r: DtlsRecord, datagram: Buffer, raw: Direction, time: number): void {
+    if (this.closed) return;
     const a = this.latestAssoc();
     const dir = a ? this.roleDir(a, raw) : raw;
     const factory = this.opts.dtls13 === undefined ? defaultDtls13Opener : this.opts.dtls13;
@@ -757,10 +810,19 @@ export class DtlsSession {
       this.undecryptable('backlog_full', raw, time, undefined);
       return;
     }
-    const copy = Buffer.from(r.header.length ? Buffer.concat([r.header, r.fragment]) : r.fragment);
-    const held: DtlsRecord = { ...r, header: copy.subarray(0, r.header.length), fragment: copy.subarray(r.header.length) };
-    this.backlog.push({ rec: held, raw, time });
+    let held: DtlsRecord;
+    let copied = 0;
+    if (this.ownedNow) {
+      // The caller keeps this datagram (it is held): refer into it, no second copy.
+      held = { ...r };
+    } else {
+      const copy = Buffer.from(r.header.length ? Buffer.concat([r.header, r.fragment]) : r.fragment);
+      held = { ...r, header: copy.subarray(0, r.header.length), fragment: copy.subarray(r.header.length) };
+      copied = size;
+    }
+    this.backlog.push({ rec: held, raw, time, tag: this.tagNow, copied });
     this.backlogBytes += size;
+    this.backlogCopied += copied;
   }
 
   /**
@@ -789,14 +851,21 @@ export class DtlsSession {
     this.markVerified(entry, okDir, ok.time);
     const keep: Held[] = [];
     const todo = this.backlog;
-    this.backlog = [];
-    this.backlogBytes = 0;
+    const tagBefore = this.tagNow;
+    this.dropBacklog();
     for (const h of todo) {
+      if (this.closed) return;
+      this.tagNow = h.tag;
       if (h.rec.unified || h.rec.epoch !== epoch || !this.onProtected(h.rec, h.raw, h.time, true)) keep.push(h);
     }
+    this.tagNow = tagBefore;
+    if (this.closed) return;
     // Records held meanwhile (none expected: processing is synchronous) go after the old ones.
     this.backlog = keep.concat(this.backlog);
-    this.backlogBytes = this.backlog.reduce((n, h) => n + h.rec.header.length + h.rec.fragment.length, 0);
+    for (const h of this.backlog) {
+      this.backlogBytes += h.rec.header.length + h.rec.fragment.length;
+      this.backlogCopied += h.copied;
+    }
   }
 
   private undecryptable(reason: UndecryptableReason, dir: Direction, time: number, association: string | undefined): void {

@@ -92,6 +92,11 @@ export interface PipelineOptions {
   rtpPackets?: boolean;
   /** Cap on data channel trackers (associations) per flow (default 8). */
   maxAssociations?: number;
+  /**
+   * DTLS datagrams reach the session through feedDtls() (the gateway's guard feeds them on
+   * arrival, one parse per flow); feed() then only counts them.
+   */
+  dtlsExternal?: boolean;
 }
 
 export function newCounters(): PipelineCounters {
@@ -130,6 +135,9 @@ export class FlowPipeline {
   private readonly keys: KeyProvider;
   private readonly session: DtlsSession;
   private readonly trackers = new Map<string, DataChannelTracker>();
+  /** The trackers' values, for allocation-free accounting (bufferedBytes). */
+  private trackerList: DataChannelTracker[] = [];
+  private readonly dtlsExternal: boolean;
   /** Associations whose application data is SCTP (sticky, RFC 8261 §4). */
   private readonly sctpAssoc = new Set<string>();
   private readonly provisioned = new Set<string>();
@@ -151,6 +159,7 @@ export class FlowPipeline {
     this.keys = opts.keys;
     this.maxAssoc = Math.max(1, opts.maxAssociations ?? 8);
     this.rtpPackets = opts.rtpPackets ?? true;
+    this.dtlsExternal = opts.dtlsExternal ?? false;
     this.session = new DtlsSession({
       listener: this.emitBound,
       onAppData: (pt, dir, association, time) => this.onAppData(pt, dir, association, time),
@@ -178,6 +187,46 @@ export class FlowPipeline {
    */
   addKeySet(ks: KeySet, time: number): KeyStatus {
     return this.session.addKeySet(ks, time);
+  }
+
+  /** The flow's DTLS session (one per flow: the gateway's guard shares it). */
+  get dtlsSession(): DtlsSession {
+    return this.session;
+  }
+
+  /** Bytes buffered for this flow: DTLS backlog copies and SCTP reassembly. No allocation. */
+  get bufferedBytes(): number {
+    let n = this.session.bufferedBytes;
+    for (let i = 0; i < this.trackerList.length; i++) n += this.trackerList[i]!.bufferedBytes;
+    return n;
+  }
+
+  /**
+   * Memory pressure (the gateway's allocation budget): drops the DTLS backlog and every
+   * partial SCTP message, reported as `cap.hit` (what, limit). Returns the bytes freed.
+   */
+  shedBuffers(time: number, what: string, limit: number): number {
+    const n = this.bufferedBytes;
+    this.session.dropBacklog();
+    for (const tr of this.trackerList) tr.dropReassembly();
+    this.emit({ type: 'cap.hit', what, limit, time });
+    return n;
+  }
+
+  /**
+   * Feeds one DTLS datagram (RFC 7983 §7 [20..63]) when DTLS is fed separately
+   * (opts.dtlsExternal). `tag` and `owned`: see DtlsSession.feed.
+   */
+  feedDtls(payload: Buffer, dir: Direction, time: number, tag = -1, owned = false): void {
+    if (this.closed) return;
+    this.lastTime = time;
+    try {
+      // RFC 6347 §4.1: a DTLSPlaintext header has version major 254 (0xfe).
+      if (payload.length === 0 || (payload[0]! < 0x20 && payload[1] !== 0xfe)) return;
+      this.dtls(payload, dir, time, tag, owned);
+    } catch {
+      this.counters.internalErrors++;
+    }
   }
 
   /** Whether side A is the DTLS client; undefined until a ClientHello was seen. */
@@ -220,7 +269,7 @@ export class FlowPipeline {
             return;
           }
           c.dtls++;
-          this.dtls(payload, dir, time);
+          if (!this.dtlsExternal) this.dtls(payload, dir, time);
           return;
         case PC_RTP:
           // RFC 7983 §7 [128..191]; RFC 5761 §4 tells RTCP from RTP.
@@ -247,7 +296,7 @@ export class FlowPipeline {
     }
   }
 
-  private dtls(payload: Buffer, dir: Direction, time: number): void {
+  private dtls(payload: Buffer, dir: Direction, time: number, tag = -1, owned = false): void {
     // RFC 6347 §4.1 / RFC 9147 §5.1: a ClientHello travels in a plaintext handshake
     // record at epoch 0 (bytes 3-4) with handshake type 1 right after the 13-byte header.
     // Its sender is the DTLS client.
@@ -258,7 +307,7 @@ export class FlowPipeline {
       payload[4] === 0 &&
       payload[RECORD_HEADER_LEN] === HT_CLIENT_HELLO;
     if (hello) this.clientIsA = dir === 'c2s';
-    this.session.feed(payload, dir, time);
+    this.session.feed(payload, dir, time, tag, owned);
     if (payload[0] === CT_HANDSHAKE && payload.length > 4 && payload[3] === 0 && payload[4] === 0) this.provision(time);
   }
 
@@ -281,6 +330,7 @@ export class FlowPipeline {
   }
 
   private onAppData(pt: Buffer, dir: Direction, association: string, time: number): void {
+    if (this.closed) return;
     // RFC 8261 §4: SCTP over DTLS, one SCTP packet per record. Recognised by the common
     // header's CRC32c (RFC 9260 §6.8); on an association already carrying SCTP a zero
     // checksum is accepted too (RFC 9653 §5: after INIT/INIT ACK, which always carry it).
@@ -294,10 +344,12 @@ export class FlowPipeline {
           const oldest = this.trackers.keys().next().value as string;
           this.trackers.get(oldest)?.close(); // frees its reassembly buffers at once
           this.trackers.delete(oldest);
+          this.trackerList = [...this.trackers.values()];
           this.sctpAssoc.delete(oldest);
         }
         tr = new DataChannelTracker(this.emitBound, { association });
         this.trackers.set(association, tr);
+        this.trackerList.push(tr);
       }
       tr.push(pt, dir, time, association);
       return;
@@ -441,6 +493,7 @@ export class FlowPipeline {
     this.session.close();
     for (const tr of this.trackers.values()) tr.close();
     this.trackers.clear();
+    this.trackerList = [];
     this.mediaTracker = undefined;
     this.srtp = undefined;
   }

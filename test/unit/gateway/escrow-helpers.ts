@@ -100,11 +100,16 @@ export const both =
     for (const f of fs) f(w);
   };
 
-/** A marker datagram (first byte 0: STUN range, never held) to fence what arrived before it. */
-function marker(): Buffer {
-  const b = randomBytes(20);
-  b[0] = 0;
-  b[1] = 1;
+/**
+ * A marker datagram to fence what arrived before it: a STUN Binding indication (RFC 8489
+ * §5: type 0x0011, length 0, magic cookie, random transaction ID), which the guard always
+ * passes between peers (ICE keepalive, RFC 8445 §11).
+ */
+export function marker(): Buffer {
+  const b = Buffer.alloc(20);
+  b.writeUInt16BE(0x0011, 0);
+  b.writeUInt32BE(0x2112a442, 4);
+  randomBytes(12).copy(b, 8);
   return b;
 }
 

@@ -160,7 +160,11 @@ t.test('deadline 0: application data without keys blocks at once', async (t) => 
 
 t.test('STUN is never held; hold is bounded', async (t) => {
   const r = rig();
-  t.equal(r.guard.packet(Buffer.from([0, 1, 0, 0]), 'c2p', 1), 'forward');
+  const binding = Buffer.alloc(20);
+  binding.writeUInt16BE(0x0001, 0); // RFC 8489 §5: Binding request, length 0, magic cookie
+  binding.writeUInt32BE(0x2112a442, 4);
+  t.equal(r.guard.packet(binding, 'c2p', 1), 'forward', 'a STUN Binding passes');
+  t.not(r.guard.packet(Buffer.from([0, 1, 0, 0]), 'c2p', 1), 'forward', 'four bytes in the STUN range are not STUN: not forwarded');
   const small = new FlowGuard({ keys: POLICY, clock: new ManualClock(), maxQueuePackets: 2 });
   const rtp = Buffer.alloc(40);
   rtp[0] = 0x80;

@@ -92,7 +92,10 @@ t.test('block tears the flow down and refuses it for block_for', async (t) => {
   const fb = r.events.events.find((e) => e.event_type === 'flow_blocked');
   t.equal((fb!.gatehouse as Record<string, unknown>).reason, 'policy');
   t.same(r.closed, ['blocked_policy'], 'permission and channels removed (key-escrow.md §5.4)');
-  t.notOk(r.inspector.permitPeer({ allocationId: r.flow.allocationId }, r.flow.peerAddress), 're-creating it is refused (403)');
+  t.notOk(
+    r.inspector.permitPeer({ allocationId: r.flow.allocationId, user: r.flow.user }, r.flow.peerAddress),
+    're-creating it is refused (403)',
+  );
   const json = JSON.stringify(r.events.events);
   t.notMatch(json, /TOPSECRET|NIGHTINGALE"/, 'content is summarised, not copied into events');
 });
