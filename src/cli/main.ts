@@ -1,4 +1,8 @@
 import type { Writable } from 'node:stream';
+import { Supervisor } from '../util/supervise.js';
+import { createLogger } from '../util/log.js';
+
+export { Supervisor };
 
 export const MAIN_HELP = `Usage: gatehouse <command> [options]
 
@@ -14,7 +18,32 @@ Commands:
 Run "gatehouse <command> --help" for a command's options.
 `;
 
-type Runner = (argv: string[], io: { stdout: Writable; stderr: Writable }) => Promise<number>;
+/** What a command gets: its output streams and, for `serve`, the process's Supervisor. */
+export interface CommandIo {
+  stdout: Writable;
+  stderr: Writable;
+  supervisor?: Supervisor;
+}
+
+type Runner = (argv: string[], io: CommandIo) => Promise<number>;
+
+/**
+ * The last line of defence for `gatehouse serve`: an exception that escaped every
+ * supervision wrapper (a bug), or a promise rejection nobody handled, is logged and
+ * counted (gatehouse_supervised_exceptions_total{where="process.uncaught_exception" |
+ * "process.unhandled_rejection"}) and the appliance goes on serving: a full disk or one
+ * bad flow must not take it down. Returns a function that removes the handlers.
+ */
+export function installProcessHandlers(sup: Supervisor, proc: NodeJS.EventEmitter = process): () => void {
+  const onException = (err: unknown) => sup.caught('process.uncaught_exception', err);
+  const onRejection = (reason: unknown) => sup.caught('process.unhandled_rejection', reason);
+  proc.on('uncaughtException', onException);
+  proc.on('unhandledRejection', onRejection);
+  return () => {
+    proc.off('uncaughtException', onException);
+    proc.off('unhandledRejection', onRejection);
+  };
+}
 
 const commands: Record<string, () => Promise<Runner>> = {
   serve: async () => (await import('./serve.js')).runServe,
@@ -24,10 +53,7 @@ const commands: Record<string, () => Promise<Runner>> = {
   endpoint: async () => (await import('./endpoint.js')).runEndpoint,
 };
 
-export async function main(
-  argv: string[],
-  io = { stdout: process.stdout as Writable, stderr: process.stderr as Writable },
-): Promise<number> {
+export async function main(argv: string[], io: CommandIo = { stdout: process.stdout, stderr: process.stderr }): Promise<number> {
   const [cmd, ...rest] = argv;
   if (!cmd || cmd === 'help' || cmd === '--help' || cmd === '-h') {
     io.stdout.write(MAIN_HELP);
@@ -52,7 +78,15 @@ if (isEntry) {
       throw err;
     });
   }
-  main(process.argv.slice(2)).then(
+  const io: CommandIo = { stdout: process.stdout, stderr: process.stderr };
+  if (process.argv[2] === 'serve') {
+    // One Supervisor for the process: the gateway uses it for its timers and sinks, and
+    // whatever escapes them lands here instead of ending the process. Its lines are
+    // errors, so they are written whatever the configured log_level.
+    io.supervisor = new Supervisor(createLogger({ level: 'error' }).child({ module: 'supervise' }));
+    installProcessHandlers(io.supervisor);
+  }
+  main(process.argv.slice(2), io).then(
     (code) => {
       process.exitCode = code;
     },

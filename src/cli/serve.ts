@@ -4,6 +4,7 @@ import { loadConfig, type GatehouseConfig } from '../config/config.js';
 import { ConfigError } from '../util/errors.js';
 import { createLogger } from '../util/log.js';
 import { startGateway, type RunningGateway } from '../gateway/gateway.js';
+import type { Supervisor } from '../util/supervise.js';
 
 export { startGateway, type RunningGateway };
 
@@ -22,7 +23,7 @@ Options:
   --help          This text.
 `;
 
-export async function runServe(argv: string[], io: { stdout: Writable; stderr: Writable }): Promise<number> {
+export async function runServe(argv: string[], io: { stdout: Writable; stderr: Writable; supervisor?: Supervisor }): Promise<number> {
   let args;
   try {
     args = parseArgs({ args: argv, options: { config: { type: 'string' }, help: { type: 'boolean' } }, strict: true });
@@ -45,7 +46,7 @@ export async function runServe(argv: string[], io: { stdout: Writable; stderr: W
   const log = createLogger({ level: cfg.log_level });
   let gw: RunningGateway;
   try {
-    gw = await startGateway(cfg, log, io.stdout);
+    gw = await startGateway(cfg, log, io.stdout, { supervisor: io.supervisor }); // main.ts's process-level Supervisor
   } catch (err) {
     io.stderr.write(`gatehouse serve: cannot start: ${(err as Error).message}\n`);
     return 1;
