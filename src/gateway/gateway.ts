@@ -19,6 +19,7 @@ import { loadOrCreateAdminToken } from '../admin/token.js';
 import { loadOrCreateIdentity, type GatewayIdentity } from '../store/identity.js';
 import { PolicyHolder } from '../policy/loader.js';
 import { GatewayInspector } from './inspector.js';
+import { DEFAULT_ALLOCATION_BUFFER_BYTES, DEFAULT_MAX_BUFFERED_BYTES } from './memory.js';
 import { QuotaFlushHealth, QuotaTracker } from '../policy/quota.js';
 import { Supervisor } from '../util/supervise.js';
 import type { PolicyEngine } from '../policy/engine.js';
@@ -149,6 +150,13 @@ export async function startGateway(
     logger: log.child({ module: 'inspect' }),
     quotas: { account: (u, g, ip, n) => quotas.account(u, g, ip, n) },
     recordings,
+    // Packet hooks, key handling and deadline timers run supervised: an exception closes that flow.
+    supervisor,
+    // Issue 8: held datagrams, DTLS backlog and SCTP reassembly, per allocation and in all.
+    memory: {
+      allocationBytes: parseSize(cfg.gateway.allocation_buffer_bytes) ?? DEFAULT_ALLOCATION_BUFFER_BYTES,
+      maxBytes: parseSize(cfg.gateway.max_buffered_bytes) ?? DEFAULT_MAX_BUFFERED_BYTES,
+    },
   });
   const turn = new TurnServer({
     config: cfg,
