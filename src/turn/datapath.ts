@@ -1,0 +1,179 @@
+/**
+ * The data path (design.md "One packet's walk"): client -> peer (ChannelData, Send
+ * indications), peer -> client (ChannelData or Data indication), and inject() for packets
+ * the inspection layer released. Hot path: one map lookup per packet, no closures, no
+ * copies of payloads; the only allocation is the small header of a packet to the client.
+ */
+import type { RemoteInfo } from 'node:dgram';
+import { randomBytes } from 'node:crypto';
+import { Attr, Class, Family, Method, messageType } from '../wire/stun.js';
+import { channelDataPadding } from '../wire/channeldata.js';
+import type { FlowDirection, FlowHooks } from './flow.js';
+import type { AllocationTable } from './allocations.js';
+import { MAX_STREAM_BUFFERED, unmapV4, type Allocation, type Endpoint, type FlowImpl, type Permission } from './state.js';
+
+export interface RelayCounters {
+  packets: { clientToPeer: number; peerToClient: number };
+  bytes: { clientToPeer: number; peerToClient: number };
+}
+
+const PADS = [Buffer.alloc(0), Buffer.alloc(1), Buffer.alloc(2), Buffer.alloc(3)];
+
+export class DataPath {
+  private readonly onPacket: FlowHooks['onPacket'];
+  private readonly tidBase = randomBytes(8);
+  private tidCounter = 0;
+
+  constructor(
+    private readonly stats: RelayCounters,
+    private readonly table: AllocationTable,
+    hooks: FlowHooks,
+    /** A flow hook threw: count it and close that flow (supervision). */
+    private readonly hookFailed: (where: string, err: unknown, flow: FlowImpl) => void,
+  ) {
+    this.onPacket = hooks.onPacket;
+  }
+
+  /** The hook's verdict; an exception closes the flow and drops the packet. */
+  private pass(flow: FlowImpl, dir: FlowDirection, data: Buffer, peerPort: number): boolean {
+    try {
+      return this.onPacket!(flow, dir, data, peerPort);
+    } catch (err) {
+      this.hookFailed('turn.hook.packet', err, flow);
+      return false;
+    }
+  }
+
+  /** ChannelData from the client (RFC 8656 §12.6): channel -> peer. */
+  channelDataFromClient(a: Allocation, buf: Buffer, off: number, avail: number): void {
+    if (avail < 4) return;
+    const ch = a.channels.get(buf.readUInt16BE(off));
+    if (ch === undefined || !ch.active) return; // RFC 8656 §12.6: unbound channel, discard
+    const len = buf.readUInt16BE(off + 2);
+    if (4 + len > avail) return; // §12.6: shorter than its Length, discard
+    const flow = ch.perm.flow;
+    if (flow === null) return; // RFC 8656 §9: no permission, discard
+    if (this.onPacket !== undefined && !this.pass(flow, 'c2p', buf.subarray(off + 4, off + 4 + len), ch.peerPort)) return;
+    this.stats.packets.clientToPeer++;
+    this.stats.bytes.clientToPeer += len;
+    a.socket.send(buf, off + 4, len, ch.peerPort, ch.peerIp);
+  }
+
+  /** The payload of a Send indication (RFC 8656 §11.2) to its peer, through the hook. */
+  toPeer(a: Allocation, flow: FlowImpl, data: Buffer, port: number, ip: string): void {
+    if (this.onPacket !== undefined && !this.pass(flow, 'c2p', data, port)) return;
+    this.stats.packets.clientToPeer++;
+    this.stats.bytes.clientToPeer += data.length;
+    a.socket.send(data, port, ip);
+  }
+
+  /** A datagram from a peer on a relay socket (RFC 8656 §11.3, §12.7). */
+  fromPeer(a: Allocation, msg: Buffer, rinfo: RemoteInfo): void {
+    // An IPv6 relay socket could report an IPv4 peer as ::ffff:a.b.c.d; permissions hold
+    // the plain form (RFC 8656 §9 compares addresses).
+    const ip = a.family === 6 ? unmapV4(rinfo.address) : rinfo.address;
+    const perm = a.permissions.get(ip);
+    if (perm === undefined || perm.flow === null) return; // RFC 8656 §9: no permission, discard
+    if (this.onPacket !== undefined && !this.pass(perm.flow, 'p2c', msg, rinfo.port)) return;
+    this.deliverToClient(a, perm, msg, rinfo.port);
+  }
+
+  deliverToClient(a: Allocation, perm: Permission, msg: Buffer, peerPort: number): void {
+    const ch = perm.channelsByPort.get(peerPort);
+    const ep = a.ep;
+    if (ch !== undefined) {
+      // RFC 8656 §12.5: the server MUST use ChannelData when a channel is bound.
+      if (ep.udp !== null) {
+        // A header per send: when the kernel answers EAGAIN, Node queues the buffers
+        // (it does not copy them), so a shared header could be overwritten before it goes
+        // out. allocUnsafe(4) is a slice of Node's buffer pool.
+        const hdr = Buffer.allocUnsafe(4);
+        hdr.writeUInt16BE(ch.number, 0);
+        hdr.writeUInt16BE(msg.length, 2);
+        ep.udp.socket.send([hdr, msg], ep.remotePort, ep.sendAddress);
+      } else if (!this.streamWrite(ep, ch.number, null, 0, msg)) return;
+    } else {
+      // RFC 8656 §11.3: otherwise a Data indication with XOR-PEER-ADDRESS and DATA.
+      if (msg.length > 0xffff - 48) return;
+      if (ep.udp !== null) {
+        const hdr = Buffer.allocUnsafe(perm.ipBytes.length === 16 ? 48 : 36);
+        this.writeDataIndicationHeader(hdr, perm.ipBytes, peerPort, msg.length);
+        const pad = channelDataPadding(msg.length);
+        if (pad) ep.udp.socket.send([hdr, msg, PADS[pad]!], ep.remotePort, ep.sendAddress);
+        else ep.udp.socket.send([hdr, msg], ep.remotePort, ep.sendAddress);
+      } else if (!this.streamWrite(ep, 0, perm.ipBytes, peerPort, msg)) return;
+    }
+    this.stats.packets.peerToClient++;
+    this.stats.bytes.peerToClient += msg.length;
+  }
+
+  /**
+   * Sends a payload on an open flow without calling flowHooks.onPacket again (held
+   * packets released by the inspection layer, key-escrow.md §5.1).
+   */
+  inject(flow: { open: boolean; allocationId: string; peerAddress: string }, dir: FlowDirection, data: Buffer, peerPort: number): void {
+    if (!flow.open) return;
+    const a = this.table.byId.get(flow.allocationId);
+    if (a === undefined || a.deleted) return;
+    const perm = a.permissions.get(flow.peerAddress);
+    if (perm === undefined || perm.flow !== flow) return;
+    if (dir === 'c2p') {
+      this.stats.packets.clientToPeer++;
+      this.stats.bytes.clientToPeer += data.length;
+      a.socket.send(data, peerPort, flow.peerAddress);
+    } else {
+      this.deliverToClient(a, perm, data, peerPort);
+    }
+  }
+
+  /**
+   * Stream write of a ChannelData (channel > 0) or Data indication (channel 0) with its
+   * payload and padding; false when dropped (closed, or backpressure beyond
+   * MAX_STREAM_BUFFERED: relayed UDP may be lost, a stalled client must not grow memory).
+   */
+  private streamWrite(ep: Endpoint, channel: number, ip: Buffer | null, port: number, payload: Buffer): boolean {
+    const c = ep.conn;
+    if (c === null || c.closed || c.socket.writableLength > MAX_STREAM_BUFFERED) return false;
+    let h: Buffer;
+    if (channel !== 0) {
+      h = Buffer.allocUnsafe(4);
+      h.writeUInt16BE(channel, 0);
+      h.writeUInt16BE(payload.length, 2);
+    } else {
+      h = Buffer.allocUnsafe(ip!.length === 16 ? 48 : 36);
+      this.writeDataIndicationHeader(h, ip!, port, payload.length);
+    }
+    // RFC 8656 §12.5: ChannelData over TCP/TLS is padded to 4 bytes; the DATA attribute
+    // of an indication is padded anyway (RFC 8489 §14).
+    const pad = channelDataPadding(payload.length);
+    c.socket.cork();
+    c.socket.write(h);
+    c.socket.write(payload);
+    if (pad) c.socket.write(PADS[pad]!);
+    c.socket.uncork();
+    return true;
+  }
+
+  private writeDataIndicationHeader(h: Buffer, ip: Buffer, port: number, len: number): void {
+    const v6 = ip.length === 16;
+    const xorLen = v6 ? 20 : 8;
+    const pad = channelDataPadding(len);
+    h.writeUInt16BE(messageType(Method.Data, Class.Indication), 0);
+    h.writeUInt16BE(4 + xorLen + 4 + len + pad, 2);
+    h.writeUInt32BE(0x2112a442, 4);
+    // Transaction ID: random base + counter (RFC 8489 §6: unique per indication).
+    this.tidBase.copy(h, 8);
+    h.writeUInt32BE((this.tidCounter = (this.tidCounter + 1) >>> 0), 16);
+    h.writeUInt16BE(Attr.XorPeerAddress, 20);
+    h.writeUInt16BE(xorLen, 22);
+    // RFC 8489 §14.2: X-Port = port ^ top 16 bits of the cookie; X-Address ^ cookie (|| tid for IPv6).
+    h[24] = 0;
+    h[25] = v6 ? Family.IPv6 : Family.IPv4;
+    h.writeUInt16BE(port ^ 0x2112, 26);
+    h.writeUInt32BE((ip.readUInt32BE(0) ^ 0x2112a442) >>> 0, 28);
+    if (v6) for (let i = 0; i < 12; i++) h[32 + i] = ip[4 + i]! ^ h[8 + i]!;
+    const d = 24 + xorLen;
+    h.writeUInt16BE(Attr.Data, d);
+    h.writeUInt16BE(len, d + 2);
+  }
+}

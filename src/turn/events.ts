@@ -1,0 +1,69 @@
+/**
+ * EVE events of the TURN server (contract.md "Events"): `allocation` and `permission`.
+ * Never secrets: no passwords, keys, nonces or integrity values.
+ */
+import type { Clock } from '../util/clock.js';
+import type { Logger } from '../util/log.js';
+import { eveTimestamp, type EventSink, type EveEvent } from '../events/eve.js';
+import type { Allocation, FlowImpl } from './state.js';
+
+export class TurnEvents {
+  constructor(
+    private readonly sink: EventSink | null,
+    private readonly clock: Clock,
+    private readonly log: Logger,
+  ) {}
+
+  private emit(e: EveEvent): void {
+    if (!this.sink) return;
+    try {
+      this.sink.emit(e);
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message }, 'event sink failed');
+    }
+  }
+
+  allocation(a: Allocation, action: string, lifetime: number): void {
+    if (!this.sink) return;
+    this.emit({
+      timestamp: eveTimestamp(this.clock.now()),
+      event_type: 'allocation',
+      src_ip: a.ep.remoteAddress,
+      src_port: a.ep.remotePort,
+      dest_ip: a.ep.localAddress,
+      dest_port: a.ep.localPort,
+      proto: a.ep.proto === 'udp' ? 'UDP' : 'TCP',
+      allocation: {
+        action,
+        transport: a.ep.proto,
+        relayed_ip: a.relayAddress,
+        relayed_port: a.relayPort,
+        lifetime,
+      },
+      gatehouse: { user: a.user, allocation: a.id },
+    });
+  }
+
+  permission(a: Allocation, f: FlowImpl, action: string, peerPort: number | undefined, channel: number | null): void {
+    if (!this.sink) return;
+    const e: EveEvent = {
+      timestamp: eveTimestamp(this.clock.now()),
+      event_type: 'permission',
+      flow_id: f.id,
+      src_ip: a.ep.remoteAddress,
+      src_port: a.ep.remotePort,
+      dest_ip: f.peerAddress,
+      proto: 'UDP',
+      permission: {
+        action,
+        peer_ip: f.peerAddress,
+        relayed_ip: a.relayAddress,
+        relayed_port: a.relayPort,
+        ...(channel !== null ? { channel } : {}),
+      },
+      gatehouse: { user: a.user, allocation: a.id },
+    };
+    if (peerPort !== undefined) e.dest_port = peerPort;
+    this.emit(e);
+  }
+}

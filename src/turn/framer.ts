@@ -1,0 +1,1 @@
+export { StreamFramer } from '../wire/channeldata.js';

@@ -1,0 +1,226 @@
+/**
+ * Listeners: UDP sockets, TCP and TLS servers, and the stream connections with their
+ * framing (RFC 8656 §3.1, §5: STUN and ChannelData back to back on one byte stream),
+ * connection caps, idle closing. Every socket callback runs inside the Supervisor.
+ */
+import { createSocket, type RemoteInfo } from 'node:dgram';
+import { readFileSync } from 'node:fs';
+import { createServer as createTcpServer, type Server as NetServer, type Socket as NetSocket } from 'node:net';
+import { createServer as createTlsServer } from 'node:tls';
+import type { GatehouseConfig } from '../config/config.js';
+import type { Clock } from '../util/clock.js';
+import type { Logger } from '../util/log.js';
+import type { Supervisor } from '../util/supervise.js';
+import { StreamFramer } from './framer.js';
+import { enlargeBuffers } from './relay.js';
+import { familyOf, unmapV4, type Endpoint, type StreamConn, type StreamListener, type UdpListener } from './state.js';
+import { count, type TurnStats } from './stats.js';
+
+export async function listenUdp(
+  host: string,
+  port: number,
+  index: number,
+  sup: Supervisor,
+  log: Logger,
+  onDatagram: (l: UdpListener, msg: Buffer, rinfo: RemoteInfo) => void,
+): Promise<UdpListener> {
+  const v6 = familyOf(host) === 6;
+  const socket = createSocket({ type: v6 ? 'udp6' : 'udp4' });
+  await new Promise<void>((res, rej) => {
+    socket.once('error', rej);
+    socket.bind({ port, address: host }, () => {
+      socket.removeListener('error', rej);
+      res();
+    });
+  });
+  enlargeBuffers(socket);
+  const a = socket.address();
+  const l: UdpListener = { proto: 'udp', index, socket, address: a.address, port: a.port, v6, clients: new Map() };
+  socket.on('error', (err) => log.warn({ err: err.message }, 'udp listener error'));
+  // An exception in a datagram handler is counted and that datagram is dropped.
+  socket.on(
+    'message',
+    sup.guard('turn.udp.message', (msg: Buffer, rinfo: RemoteInfo) => onDatagram(l, msg, rinfo)),
+  );
+  return l;
+}
+
+export async function listenStream(
+  proto: 'tcp' | 'tls',
+  host: string,
+  port: number,
+  index: number,
+  tls: { cert: string | null; key: string | null },
+  log: Logger,
+  onSocket: (l: StreamListener, s: NetSocket) => void,
+): Promise<StreamListener> {
+  let server: NetServer;
+  let l: StreamListener | null = null;
+  if (proto === 'tls') {
+    if (!tls.cert || !tls.key) throw new Error('tls:// listener needs turn.tls.cert and turn.tls.key');
+    const s = createTlsServer({ cert: readFileSync(tls.cert), key: readFileSync(tls.key) });
+    s.on('secureConnection', (sock) => (l ? onSocket(l, sock) : sock.destroy()));
+    s.on('tlsClientError', (err) => log.debug({ err: err.message }, 'tls handshake failed'));
+    server = s;
+  } else {
+    server = createTcpServer((sock) => (l ? onSocket(l, sock) : sock.destroy()));
+  }
+  server.on('error', (err) => log.warn({ err: err.message }, `${proto} listener error`));
+  await new Promise<void>((res, rej) => {
+    server.once('error', rej);
+    server.listen({ port, host }, () => {
+      server.removeListener('error', rej);
+      res();
+    });
+  });
+  const a = server.address() as { address: string; port: number };
+  l = { proto, index, server, address: a.address, port: a.port };
+  return l;
+}
+
+export interface StreamHandlers {
+  /** A STUN frame (first byte < 0x40). */
+  stun(ep: Endpoint, frame: Buffer): void;
+  /** A ChannelData frame on a connection. */
+  channelData(conn: StreamConn, frame: Buffer): void;
+  /** The connection closed (its allocation goes with it). */
+  closed(conn: StreamConn): void;
+}
+
+/**
+ * TCP/TLS connections: caps at accept (turn.max_connections_per_source,
+ * turn.max_connections), framing, and idle closing (turn.connection_idle_timeout).
+ */
+export class StreamConnections {
+  readonly conns = new Set<StreamConn>();
+  /** Open connections per source IP; entries exist only while connections are open. */
+  private readonly perSource = new Map<string, number>();
+  stopped = false;
+
+  constructor(
+    private readonly cfg: GatehouseConfig,
+    private readonly clock: Clock,
+    private readonly log: Logger,
+    private readonly sup: Supervisor,
+    private readonly stats: TurnStats,
+    private readonly legacyChannels: boolean,
+    private readonly h: StreamHandlers,
+  ) {}
+
+  accept(l: StreamListener, socket: NetSocket): void {
+    if (this.stopped) {
+      socket.destroy();
+      return;
+    }
+    const remoteAddress = unmapV4(socket.remoteAddress ?? '');
+    const t = this.cfg.turn;
+    // Bounds at accept: the new connection is closed before anything is read from it.
+    if (this.conns.size >= t.max_connections) {
+      count(this.stats.refused, 'connection_cap_total');
+      socket.destroy();
+      return;
+    }
+    const n = this.perSource.get(remoteAddress) ?? 0;
+    if (n >= t.max_connections_per_source) {
+      count(this.stats.refused, 'connection_cap_source');
+      socket.destroy();
+      return;
+    }
+    this.perSource.set(remoteAddress, n + 1);
+    const remotePort = socket.remotePort ?? 0;
+    const ep: Endpoint = {
+      proto: l.proto,
+      remoteAddress,
+      remotePort,
+      sendAddress: remoteAddress,
+      localAddress: l.address,
+      localPort: l.port,
+      udp: null,
+      conn: null,
+      key: `${l.proto}${l.index}|${remoteAddress}|${remotePort}`,
+    };
+    const conn: StreamConn = {
+      socket,
+      framer: new StreamFramer(this.legacyChannels),
+      ep,
+      allocation: null,
+      closed: false,
+      rx: false,
+      lastRx: this.clock.now(),
+    };
+    ep.conn = conn;
+    this.conns.add(conn);
+    socket.setNoDelay(true);
+    const onFrame = (frame: Buffer): void => {
+      if (frame[0]! < 0x40) this.h.stun(ep, frame);
+      else if (conn.allocation !== null) this.h.channelData(conn, frame);
+    };
+    const kill = (): void => void socket.destroy();
+    // An exception in a TCP/TLS handler closes that connection (design.md supervision).
+    socket.on(
+      'data',
+      this.sup.guard(
+        `turn.${l.proto}.data`,
+        (chunk: Buffer) => {
+          conn.rx = true;
+          if (!conn.framer.push(chunk, onFrame)) {
+            // RFC 8656 §5 / §12.5: a stream that is not STUN/ChannelData cannot be
+            // resynchronised: close it.
+            this.log.debug({ client: ep.key }, 'stream framing error, closing connection');
+            socket.destroy();
+          }
+        },
+        kill,
+      ),
+    );
+    socket.on(
+      'error',
+      this.sup.guard(`turn.${l.proto}.error`, () => void socket.destroy(), kill),
+    );
+    socket.on(
+      'close',
+      this.sup.guard(`turn.${l.proto}.close`, () => this.onClose(conn)),
+    );
+  }
+
+  private onClose(conn: StreamConn): void {
+    if (conn.closed) return;
+    conn.closed = true;
+    this.conns.delete(conn);
+    const src = conn.ep.remoteAddress;
+    const n = (this.perSource.get(src) ?? 1) - 1;
+    if (n > 0) this.perSource.set(src, n);
+    else this.perSource.delete(src);
+    // RFC 8656 §2 / §6: the 5-tuple (this connection) identifies the allocation; with the
+    // connection gone the allocation cannot be used or refreshed, so it goes too.
+    this.h.closed(conn);
+  }
+
+  /**
+   * Idle connections: no bytes for turn.connection_idle_timeout and no allocation. A
+   * connection that carries an allocation is not closed for quietness: the allocation
+   * lives until its lifetime runs out or a Refresh deletes it (RFC 8656 §6, §8), and
+   * closing its 5-tuple would delete it early. When the allocation goes, the connection
+   * gets a new idle period.
+   */
+  sweep(now: number): void {
+    const idleMs = this.cfg.turn.connection_idle_timeout * 1000;
+    for (const c of this.conns) {
+      if (c.rx) {
+        c.rx = false;
+        c.lastRx = now;
+        continue;
+      }
+      if (c.allocation === null && now - c.lastRx >= idleMs) {
+        count(this.stats.refused, 'connection_idle');
+        this.log.debug({ client: c.ep.key }, 'idle connection closed');
+        c.socket.destroy();
+      }
+    }
+  }
+
+  closeAll(): void {
+    this.stopped = true;
+    for (const c of this.conns) c.socket.destroy();
+  }
+}

@@ -1,0 +1,132 @@
+/**
+ * RFC 8489 §9.2.4 long-term credential checks for TURN requests (RFC 8656 §5, §7.2 step 1),
+ * with 401/438 challenges. The key and password never leave this module except as the
+ * AuthOk handed to the request's handler.
+ */
+import type { GatehouseConfig } from '../config/config.js';
+import type { Clock } from '../util/clock.js';
+import {
+  Attr,
+  PasswordAlgorithmId,
+  decodePasswordAlgorithm,
+  decodePasswordAlgorithms,
+  encodePasswordAlgorithms,
+  getAttr,
+  getString,
+  hasAttr,
+  longTermKey,
+  verifyIntegrity,
+  verifyIntegritySha256,
+  type StunMessage,
+} from '../wire/stun.js';
+import { NonceManager, resolveCredential, type UserDirectory } from './auth.js';
+import type { RateLimiter } from './limits.js';
+import type { AuthOk, Responder } from './responder.js';
+import type { Endpoint } from './state.js';
+import { count, type TurnStats } from './stats.js';
+
+/** Password algorithms we offer, in order of preference (RFC 8489 §9.2.1, §14.11). */
+const OFFERED_ALGS = [PasswordAlgorithmId.SHA256, PasswordAlgorithmId.MD5];
+const OFFERED_ALGS_VALUE = encodePasswordAlgorithms(OFFERED_ALGS);
+
+export class Authenticator {
+  private readonly nonces: NonceManager;
+
+  constructor(
+    private readonly cfg: GatehouseConfig,
+    private readonly users: UserDirectory,
+    private readonly clock: Clock,
+    private readonly stats: TurnStats,
+    private readonly res: Responder,
+    private readonly unauthorized: RateLimiter,
+  ) {
+    this.nonces = new NonceManager(clock, cfg.turn.nonce_lifetime);
+  }
+
+  private fail(reason: string): void {
+    count(this.stats.authFailures, reason);
+  }
+
+  /**
+   * 401/438 carry REALM, a fresh NONCE and PASSWORD-ALGORITHMS (RFC 8489 §9.2.4). 401s
+   * beyond turn.unauthorized_rate_per_source are not sent: an unauthenticated flood
+   * (spoofed sources included) gets no answers to amplify (RFC 8656 §21).
+   */
+  private challenge(ep: Endpoint, msg: StunMessage, code: 401 | 438): void {
+    if (code === 401 && !this.unauthorized.take(ep.remoteAddress)) {
+      count(this.stats.refused, 'unauthorized_rate');
+      return;
+    }
+    const w = this.res.errorStart(msg, code);
+    w.attr(Attr.Realm, this.cfg.realm);
+    w.attr(Attr.Nonce, this.nonces.issue(ep.remoteAddress));
+    w.attr(Attr.PasswordAlgorithms, OFFERED_ALGS_VALUE);
+    this.res.reply(ep, msg, w, null, false);
+  }
+
+  /** RFC 8489 §9.2.4, in the RFC's order. Returns null when an error response was sent (or dropped). */
+  authenticate(ep: Endpoint, msg: StunMessage): AuthOk | null {
+    const hasMI256 = hasAttr(msg, Attr.MessageIntegritySha256);
+    const hasMI = hasAttr(msg, Attr.MessageIntegrity);
+    if (!hasMI && !hasMI256) {
+      this.challenge(ep, msg, 401);
+      return null;
+    }
+    const username = getString(msg, Attr.Username);
+    const realm = getString(msg, Attr.Realm);
+    const nonce = getString(msg, Attr.Nonce);
+    if (username === undefined || realm === undefined || nonce === undefined) {
+      // USERHASH (username anonymity) is not offered, so USERNAME is required.
+      this.fail('bad_request');
+      this.res.reply(ep, msg, this.res.errorStart(msg, 400), null, false);
+      return null;
+    }
+    // RFC 8489 §9.2.4 / §9.2.5: our nonces announce password algorithms, so the two
+    // attributes come together, the list must be ours, and the choice from it.
+    let alg: 'md5' | 'sha256' = 'md5';
+    const pas = getAttr(msg, Attr.PasswordAlgorithms);
+    const pa = getAttr(msg, Attr.PasswordAlgorithm);
+    if (pas || pa) {
+      const list = pas ? decodePasswordAlgorithms(pas) : null;
+      const choice = pa ? decodePasswordAlgorithm(pa) : null;
+      const listOk =
+        list !== null && list.length === OFFERED_ALGS.length && list.every((e, i) => e.id === OFFERED_ALGS[i] && e.params.length === 0);
+      if (!listOk || !choice || !(OFFERED_ALGS as number[]).includes(choice.id)) {
+        this.fail('bad_request');
+        this.res.reply(ep, msg, this.res.errorStart(msg, 400), null, false);
+        return null;
+      }
+      alg = choice.id === PasswordAlgorithmId.SHA256 ? 'sha256' : 'md5';
+    }
+    if (this.nonces.check(nonce, ep.remoteAddress) !== 'ok') {
+      this.fail('stale_nonce');
+      this.challenge(ep, msg, 438);
+      return null;
+    }
+    if (realm !== this.cfg.realm) {
+      this.fail('bad_realm');
+      this.challenge(ep, msg, 401);
+      return null;
+    }
+    const r = resolveCredential(username, this.users, this.cfg.turn.rest_secret, this.clock.now());
+    if (!r.ok) {
+      this.fail(r.reason);
+      this.challenge(ep, msg, 401);
+      return null;
+    }
+    const key = longTermKey(username, realm, r.cred.password, alg);
+    // RFC 8489 §9.2.4: with both present, only MESSAGE-INTEGRITY-SHA256 counts.
+    const ok = hasMI256 ? verifyIntegritySha256(msg, key) : verifyIntegrity(msg, key);
+    if (!ok) {
+      this.fail('bad_integrity');
+      this.challenge(ep, msg, 401);
+      return null;
+    }
+    return { cred: r.cred, key, sha256: hasMI256, nonce };
+  }
+
+  /** 441 counts as an authentication failure (RFC 8656 §5). */
+  wrongCredentials(): void {
+    this.fail('wrong_credentials');
+  }
+}
