@@ -23,6 +23,7 @@ import {
   type GwEvent,
 } from './helpers/escrow-events.js';
 import { connectPeers, withTimeout } from '../unit/endpoint/helpers.js';
+import { assertNoSecrets, Secrets } from './helpers/secrets.js';
 
 const RULES = 'keys:\n  required: true\n  deadline: 20s\n  unverified: hold\n  media: true\n  data: true\n  block_for: 5m\nrules: []\n';
 
@@ -212,9 +213,23 @@ t.test(
       '/v1/events has every chat message SHA-256',
     );
 
-    // No secrets in what the gateway wrote.
-    const all = JSON.stringify(readEvents(gh.dataDir!));
-    t.notOk(all.includes('alice-secret-pw'), 'no password in events');
+    // No secrets in what the gateway wrote: its whole log, every file of DATA_DIR, the API.
+    const secrets = new Secrets()
+      .werift(pc, 'agent')
+      .werift(peer, 'plain peer')
+      .turnPassword('alice', 'alice-secret-pw', gh.realm)
+      .adminToken(gh.adminToken!);
+    t.ok(
+      secrets.list.some((s) => s.kind === 'srtp_client_master_key'),
+      'the agent’s key set (with SRTP keys) is in the list',
+    );
+    const apiAll = await fetchEvents(gh.adminUrl!, gh.adminToken!);
+    assertNoSecrets(
+      t,
+      secrets,
+      { texts: { 'gatehouse log': gh.fullOutput(), 'GET /v1/events': JSON.stringify(apiAll) }, dirs: { DATA_DIR: gh.dataDir! } },
+      'no key material, password or token in the log, DATA_DIR or the API',
+    );
     await waitEvent(gh.dataDir!, (e) => e.event_type === 'keys_verified', 1000, 'keys_verified still there');
   },
 );

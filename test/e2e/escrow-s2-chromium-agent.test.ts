@@ -13,6 +13,7 @@ import type { RTCDataChannel } from 'werift';
 import { createEscrowPeerConnection } from '../../src/endpoint/agent.js';
 import { launchChromium, type TestBrowser } from './helpers/browser.js';
 import { peerSkip } from './helpers/require-peer.js';
+import { assertNoSecrets, Secrets } from './helpers/secrets.js';
 import { startPageServer, type PageServer } from './helpers/page-server.js';
 import { startCoturn, startGatehouse, type TurnServer } from './helpers/turn-servers.js';
 import { openBrowserPeer, type BrowserPeer, type BrowserPeerState } from './helpers/escrow-browser.js';
@@ -182,5 +183,17 @@ t.test('Chromium ↔ compliant agent: the call is inspected with the agent’s k
   t.ok(
     [...sentByBrowser, ...sentByAgent].every((h) => apiShas.has(h)),
     '/v1/events carries the same SHA-256s',
+  );
+  // No secrets in what the gateway wrote: its whole log and every file of DATA_DIR.
+  const secrets = new Secrets().werift(pc, 'agent').turnPassword('agent', 'agent-secret-pw', gh.realm).adminToken(gh.adminToken!);
+  t.ok(
+    secrets.list.some((s) => s.kind === 'client_write_key'),
+    'the agent’s key set is in the list',
+  );
+  assertNoSecrets(
+    t,
+    secrets,
+    { texts: { 'gatehouse log': gh.fullOutput() }, dirs: { DATA_DIR: gh.dataDir! } },
+    'no key material, password or token in the log or DATA_DIR',
   );
 });

@@ -7,6 +7,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 
+import { assertNoSecrets, Secrets } from './helpers/secrets.js';
+
 const BIN = join(process.cwd(), 'bin', 'gatehouse.js');
 
 async function freePort(): Promise<number> {
@@ -109,7 +111,6 @@ admin:
   // Wait for stdout to carry the one-time notice.
   for (let i = 0; i < 50 && !p.out().includes('First start'); i++) await new Promise((r) => setTimeout(r, 100));
   t.match(p.out(), `password ${saved.password}`, 'printed once on first start');
-  t.notMatch(p.err(), saved.password, 'never in the log');
 
   const health = await fetch(`http://127.0.0.1:${adminPort}/healthz`);
   t.equal(health.status, 200);
@@ -144,4 +145,20 @@ admin:
   t.notMatch(p2.out(), /First start/);
   p2.child.kill('SIGTERM');
   await exited(p2.child);
+
+  // The bootstrap password and the admin token: only in their files (and the password in
+  // the one-time notice on the first start's stdout), never in the log or anywhere else.
+  const secrets = new Secrets().turnPassword(saved.name, saved.password, 'gatehouse.local').adminToken(token);
+  assertNoSecrets(
+    t,
+    secrets,
+    {
+      texts: { 'first start log (stderr)': p.err(), 'second start log (stderr)': p2.err(), 'second start stdout': p2.out() },
+      allowedTexts: [
+        { name: 'first start stdout', data: p.out(), kinds: ['turn_password'], reason: 'the first-start notice prints it once' },
+      ],
+      dirs: { DATA_DIR: join(dir, 'data') },
+    },
+    'password and token never in the log or DATA_DIR',
+  );
 });

@@ -28,12 +28,13 @@
 //
 // Findings name the secret's kind and source, the encoding, the place and the byte offset
 // — never the value. Nothing here prints a secret.
-import { createHash } from 'node:crypto';
+import { createHash, type KeyObject } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import { extname, join, relative, sep } from 'node:path';
 import { keySetToJson, keySetsFromJson, isDtls13Suite, type KeySet } from '../../../src/wire/keyset.js';
 import { deriveTrafficKeys, dtls13SuiteInfo } from '../../../src/wire/dtls13.js';
 import { deriveSrtpTls13, SRTP_PROFILES } from '../../../src/wire/tls-prf.js';
+import { dtlsStateFromWerift, keySetFromDtls12, type WeriftDtlsSocketLike } from '../../../src/endpoint/keyset.js';
 
 export interface Secret {
   /** What it is: a key-set field name (client_write_key ...), an NSS label, turn_password, admin_token ... */
@@ -180,6 +181,36 @@ export class Secrets {
     return this;
   }
 
+  /**
+   * The DTLS secrets of a werift RTCPeerConnection (the endpoint agent's or a plain
+   * peer's): per connected transport, the master secret and the key set the agent would
+   * escrow. Call it while the connection is up (werift forgets them on close).
+   */
+  werift(pc: { dtlsTransports: unknown[] }, source = 'werift'): this {
+    pc.dtlsTransports.forEach((tr, i) => {
+      const sock = (tr as { dtls?: WeriftDtlsSocketLike }).dtls;
+      const st = sock && dtlsStateFromWerift(sock);
+      if (!st) return;
+      this.add('master_secret', `${source} transport ${i}`, st.masterSecret);
+      this.keySet(keySetFromDtls12(st), `${source} transport ${i}`);
+    });
+    return this;
+  }
+
+  /** The gateway's identity key: its private scalar and PKCS#8 DER (what gateway.key holds in PEM). */
+  gatewayKey(privateKey: KeyObject): this {
+    const jwk = privateKey.export({ format: 'jwk' });
+    if (jwk.d) this.add('gateway_private_key', 'gateway identity (scalar)', Buffer.from(jwk.d, 'base64url'));
+    this.add('gateway_private_key', 'gateway identity (PKCS#8)', privateKey.export({ type: 'pkcs8', format: 'der' }));
+    // PEM wraps its base64 every 64 characters: the body lines after the first (which is
+    // the same for every P-256 key) are searched as they are.
+    const lines = String(privateKey.export({ type: 'pkcs8', format: 'pem' }))
+      .split('\n')
+      .filter((l) => l && !l.startsWith('-----'));
+    lines.slice(1).forEach((l, i) => l.length >= 16 && this.add('gateway_private_key', `gateway identity (PEM line ${i + 2})`, l));
+    return this;
+  }
+
   adminToken(token: string): this {
     return this.add('admin_token', 'admin API', token);
   }
@@ -313,12 +344,14 @@ export function describeFinding(f: Finding): string {
   return `${f.kind} (${f.source}) as ${f.encoding} in ${f.where} at offset ${f.offset}`;
 }
 
-/** The part of a tap Test this needs (so unit and e2e tests both pass theirs). */
+/** The part of a tap Test this needs (tap's overloads are looser than any one signature). */
+/* eslint-disable @typescript-eslint/no-explicit-any */
 interface TapLike {
-  ok(v: unknown, msg?: string, extra?: object): unknown;
-  same(a: unknown, b: unknown, msg?: string): unknown;
-  comment(...args: unknown[]): unknown;
+  ok(...args: any[]): unknown;
+  same(...args: any[]): unknown;
+  comment(...args: any[]): unknown;
 }
+/* eslint-enable @typescript-eslint/no-explicit-any */
 
 /**
  * Asserts that no secret is in any place. Fails when there are no secrets to look for or

@@ -4,6 +4,7 @@ import { FlowPipeline, FlowTable, StaticKeyProvider, type FlowRecord } from '../
 import type { InspectEvent } from '../../../src/inspect/events.js';
 import { toEve } from '../../../src/inspect/eve-format.js';
 import { syntheticSession, SctpBuilder } from './pipeline-helpers.js';
+import { assertNoSecrets, Secrets } from '../../e2e/helpers/secrets.js';
 
 const sha = (b: Buffer | string) => createHash('sha256').update(b).digest('hex');
 const T0 = Date.UTC(2026, 10, 22, 10, 0, 0);
@@ -159,7 +160,7 @@ t.test('EVE output: directions map to endpoints, no secrets, no raw bytes', asyn
   t.same((m.datachannel as Record<string, unknown>).sha256, sha(secret));
   t.equal((m.gatehouse as Record<string, unknown>).association, s.association);
   const all = lines.join('\n');
-  for (const k of s.secrets()) t.notOk(all.includes(k), 'no key material in output');
+  assertNoSecrets(t, new Secrets().keySet(s.keySet), { texts: { 'EVE output': all } }, 'no key material in output');
   t.notOk(all.includes(secret.toString('hex')), 'no raw bytes (hex)');
   t.notOk(all.includes(secret.toString('base64')), 'no raw bytes (base64)');
   t.notOk(all.includes('PROJECT-NIGHTINGALE'), 'no raw text');
