@@ -58,6 +58,8 @@ export interface EscrowHost {
   keyRequested(flow: Flow, deadline: number, flags: number): void;
   /** A request was refused with `400 Invalid WRITE-KEYS` (event; never secrets). */
   writeKeysRejected(ctx: TurnRequestContext, reason: string): void;
+  /** Whether flows between this user and peer IP are refused (a block, §5.4). */
+  isBlocked?(user: string, peerIp: string): boolean;
   /**
    * Keys applied while the request is being handled can block a flow (policy judging the
    * released data); the server installs the request's permission after onRequest, so
@@ -81,6 +83,11 @@ export class TurnEscrowExtension implements TurnRequestExtension {
   onRequest(ctx: TurnRequestContext): TurnRequestVerdict | void {
     if (ctx.method !== Method.CreatePermission && ctx.method !== Method.ChannelBind) return;
     const msg = ctx.msg;
+
+    // key-escrow.md §5.4: after a block, this user and peer are refused from any of the
+    // user's allocations (also where a permission already exists on another allocation).
+    if (this.host.isBlocked && ctx.peers.some((p) => this.host.isBlocked!(ctx.user, p.address)))
+      return { error: { code: 403, reason: 'Forbidden' } };
 
     // §2.3: KEY-DECLINE reason is UTF-8, at most 128 bytes; longer → 400 Bad Request.
     const declines: string[] = [];
@@ -161,9 +168,20 @@ export class TurnEscrowExtension implements TurnRequestExtension {
     }
 
     const host = this.host;
+    // §5.5: the decoded key sets are wiped once the flows have their copies (commit), or,
+    // should the request not take effect (commit never comes; the server handles a request
+    // synchronously), on the next microtask.
+    let wiped = false;
+    const wipe = (): void => {
+      if (wiped) return;
+      wiped = true;
+      for (const ks of sets) wipeKeySet(ks);
+    };
+    if (sets.length) queueMicrotask(wipe);
     return {
       attrs,
       commit(flows: Flow[]): void {
+        if (wiped) return; // too late: nothing of it is applied any more
         const seen = new Set<number>();
         for (const f of flows) {
           if (seen.has(f.id)) continue;
@@ -174,8 +192,8 @@ export class TurnEscrowExtension implements TurnRequestExtension {
           });
           for (const r of declines) host.applyDecline(f, r);
         }
-        // The hosts keep their own copies: wipe ours (key-escrow.md §5.5).
-        for (const ks of sets) wipeKeySet(ks);
+        // The flows' sessions keep the one copy each: wipe ours (key-escrow.md §5.5).
+        wipe();
         if (sets.length) host.flushCloses?.();
       },
     };

@@ -284,6 +284,9 @@ export class DtlsSession {
         dup.ks.srtpServerMasterKey = ks.srtpServerMasterKey;
         dup.ks.srtpClientMasterSalt = ks.srtpClientMasterSalt;
         dup.ks.srtpServerMasterSalt = ks.srtpServerMasterSalt;
+        // The rest of the clone is a second copy of secrets the entry has: wiped (§5.5).
+        ks.srtpClientMasterKey = ks.srtpServerMasterKey = ks.srtpClientMasterSalt = ks.srtpServerMasterSalt = undefined;
+        wipeKeySet(ks);
         this.announceSrtp(id, time);
         return dup.status;
       }
