@@ -119,7 +119,7 @@ t.test('compliant offerer sends a file through the gateway; keys escrowed', asyn
     'summary shows escrow with KEY-STATUS',
   );
   t.ok(log.writeKeys.length >= 1 && log.writeKeys.every((w) => w.method === Method.ChannelBind), 'gateway got WRITE-KEYS in a ChannelBind');
-  const secrets = new Secrets().turnPassword('alice', 'secret');
+  const secrets = new Secrets().turnPassword('alice', 'secret', 'gatehouse.local', { word: true });
   for (const w of log.writeKeys) secrets.keySets(w.keySets, 'escrowed key set');
   assertNoSecrets(
     t,

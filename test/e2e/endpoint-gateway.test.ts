@@ -93,7 +93,10 @@ t.test('agent escrow against the real gateway extension: keys verified, traffic 
   );
   const kr = events.events.find((e) => e.event_type === 'keys_received')!;
   t.equal((kr.gatehouse as { association?: string }).association, rec!.associations[0], 'gateway and agent name the same association');
-  const secrets = new Secrets().werift(pc, 'agent').turnPassword('alice', 'secret', 'gatehouse.local').gatewayKey(identity.privateKey);
+  const secrets = new Secrets()
+    .werift(pc, 'agent')
+    .turnPassword('alice', 'secret', 'gatehouse.local', { word: true })
+    .gatewayKey(identity.privateKey);
   t.ok(
     secrets.list.some((s) => s.kind === 'client_write_key'),
     'the agent’s key set is in the list',

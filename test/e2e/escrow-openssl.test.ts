@@ -217,7 +217,7 @@ t.test('live openssl DTLS 1.2 through TURN: hold, WRITE-KEYS, verify, release in
   const secrets = new Secrets()
     .keySet(ks!, 'escrowed key set')
     .keyLog(readFileSync(keylog, 'utf8'), 's_client key log')
-    .turnPassword(rig.c.username, rig.c.password, rig.c.realm)
+    .turnPassword(rig.c.username, rig.c.password, rig.c.realm, { word: true })
     .gatewayKey(rig.identity.privateKey);
   assertNoSecrets(t, secrets, { texts: { 'gateway events': JSON.stringify(ev) } }, 'no key material in events');
   rig.clock.advance(60_000);

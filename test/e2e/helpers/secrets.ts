@@ -171,9 +171,17 @@ export class Secrets {
     return this.keyLog(text, `key log ${path.split(sep).pop()}`);
   }
 
-  /** A TURN password; with realm (and user) also its long-term keys (RFC 8489 §9.2.2). */
-  turnPassword(user: string, password: string, realm?: string): this {
-    this.add('turn_password', `user ${user}`, password);
+  /**
+   * A TURN password; with realm (and user) also its long-term keys (RFC 8489 §9.2.2).
+   * opts.word: the password is a plain word that legitimately occurs in output (the unit
+   * fixtures' "secret" is in the field name extended_master_secret): it is searched as a
+   * JSON string ("secret") and as a key=value / key: value, not as a bare substring.
+   */
+  turnPassword(user: string, password: string, realm?: string, opts: { word?: boolean } = {}): this {
+    if (opts.word) {
+      for (const form of [`"${password}"`, `=${password}`, `: ${password}`, `:${password}@`])
+        this.add('turn_password', `user ${user} (the word as a value: ${form.replace(password, '…')})`, form);
+    } else this.add('turn_password', `user ${user}`, password);
     if (realm !== undefined) {
       for (const alg of ['md5', 'sha256'] as const)
         this.add('turn_long_term_key', `user ${user} (${alg})`, createHash(alg).update(`${user}:${realm}:${password}`, 'utf8').digest());

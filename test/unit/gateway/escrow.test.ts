@@ -73,7 +73,7 @@ t.test('WRITE-KEYS: KEY-STATUS per attribute, in order; events without secrets',
   t.equal((rec[0]!.gatehouse as Record<string, unknown>).user, 'alice');
   const secrets = new Secrets()
     .keySets(f.keySets)
-    .turnPassword(rig.c.username, rig.c.password, rig.c.realm)
+    .turnPassword(rig.c.username, rig.c.password, rig.c.realm, { word: true })
     .gatewayKey(rig.identity.privateKey);
   assertNoSecrets(t, secrets, { texts: { events: JSON.stringify(rig.events.events) } }, 'no key material in events');
 });
