@@ -206,6 +206,7 @@ export class StreamConnections {
   sweep(now: number): void {
     const idleMs = this.cfg.turn.connection_idle_timeout * 1000;
     for (const c of this.conns) {
+      if (c.socket.destroyed) continue; // closing; 'close' removes it
       if (c.rx) {
         c.rx = false;
         c.lastRx = now;
