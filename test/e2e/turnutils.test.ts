@@ -11,6 +11,7 @@ import { delimiter, join } from 'node:path';
 import { defaultConfig } from '../../src/config/config.js';
 import { TurnServer } from '../../src/turn/server.js';
 import { MemoryEventSink } from '../../src/events/eve.js';
+import { pino } from 'pino';
 import { requirePeer } from './helpers/require-peer.js';
 
 async function freeUdpPort(): Promise<number> {
@@ -125,6 +126,56 @@ async function main(): Promise<void> {
     events.events.some((e) => e.event_type === 'permission'),
     'permission events',
   );
+
+  await t.test('default channel_numbers (rfc8656): legacy numbers get the explanatory 400 and one warning', async (t) => {
+    const lines: Record<string, unknown>[] = [];
+    const logger = pino({ level: 'warn' }, { write: (s: string) => void lines.push(JSON.parse(s)) });
+    const strictCfg = defaultConfig();
+    strictCfg.turn.listen = ['udp://127.0.0.1:0'];
+    strictCfg.turn.relay_address = '127.0.0.1';
+    strictCfg.turn.relay_ports = [48000, 48999];
+    strictCfg.turn.peers.allow = ['127.0.0.0/8'];
+    strictCfg.turn.max_allocations_per_user = 100;
+    const strict = new TurnServer({
+      config: strictCfg,
+      users: { lookup: (n) => (n === 'alice' ? { name: 'alice', password: 'wonderland', groups: [] } : undefined) },
+      logger,
+    });
+    await strict.start();
+    t.teardown(() => strict.stop());
+    const port = strict.addresses()[0]!.port;
+    // 10 clients: each picks its channel number at random in 0x4000-0x7FFF, so some pick
+    // the legacy range (all ten in 0x4000-0x4FFF: probability 4^-10).
+    await run(
+      'turnutils_uclient',
+      [
+        '-m',
+        '10',
+        '-p',
+        String(port),
+        '-u',
+        'alice',
+        '-w',
+        'wonderland',
+        '-e',
+        '127.0.0.1',
+        '-r',
+        String(peerPort),
+        '-n',
+        '3',
+        '-l',
+        '160',
+        '127.0.0.1',
+      ],
+      60_000,
+    );
+    const refused = strict.stats.refused.legacy_channel ?? 0;
+    t.ok(refused > 0, `legacy ChannelBinds refused: ${refused}`);
+    const warns = lines.filter((l) => String(l.msg).includes('legacy RFC 5766 channel number'));
+    t.equal(warns.length, 1, 'one warning for the one client address');
+    t.match(String(warns[0]?.msg), /turn\.channel_numbers: rfc5766/);
+    t.notMatch(JSON.stringify(lines), /wonderland/, 'no password in the log');
+  });
 
   await t.test('wrong password is refused', async (t) => {
     const r = await run(

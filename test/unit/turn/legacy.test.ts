@@ -3,6 +3,7 @@ import t from 'tap';
 import { pino } from 'pino';
 import { Attr, Class, Method, getErrorCode, type StunWriter as W } from '../../../src/wire/stun.js';
 import type { GatehouseConfig } from '../../../src/config/config.js';
+import type { Logger } from '../../../src/util/log.js';
 import { Client, errCode, startServer } from './helpers.js';
 
 const udpTransport = (w: W): void => void w.attr(Attr.RequestedTransport, Buffer.from([17, 0, 0, 0]));
@@ -11,9 +12,9 @@ const bindCh =
   (w: W): void =>
     void w.attr(Attr.ChannelNumber, Buffer.from([n >> 8, n & 255, 0, 0])).xorAddress(Attr.XorPeerAddress, '127.0.0.1', 9);
 
-function capture(): { logger: ReturnType<typeof pino>; lines: Record<string, unknown>[] } {
+function capture(): { logger: Logger; lines: Record<string, unknown>[] } {
   const lines: Record<string, unknown>[] = [];
-  const logger = pino({ level: 'warn' }, { write: (s: string) => void lines.push(JSON.parse(s)) });
+  const logger = pino({ level: 'warn' }, { write: (s: string) => void lines.push(JSON.parse(s)) }) as unknown as Logger;
   return { logger, lines };
 }
 
