@@ -29,9 +29,11 @@ export function onChannelBind(ctx: TurnContext, r: Req): void {
   const existing = a.channels.get(num);
   // RFC 8656 §12.2: the number must not be bound (or, §12, quarantined) to another peer ...
   if (existing && (existing.peerIp !== peer.address || existing.peerPort !== peer.port)) return bad('Channel bound to another peer');
-  // ... and the peer must not be bound to another number.
-  const other = a.permissions.get(peer.address)?.channelsByPort.get(peer.port);
-  if (other && other.number !== num) return bad('Peer bound to another channel');
+  // ... and the peer must not be bound (or, §12, within 5 minutes of expiry) to another
+  // number. Not a hot path: at most max_channels_per_allocation + quarantined entries.
+  for (const ch of a.channels.values()) {
+    if (ch.number !== num && ch.peerPort === peer.port && ch.peerIp === peer.address) return bad('Peer bound to another channel');
+  }
   const code = checkPeer(ctx, a, peer);
   if (code) return ctx.res.fail(r, code);
   // RFC 8656 §12.2: a valid request the server cannot fulfil for a capacity limit: 508.
