@@ -1,5 +1,5 @@
 /**
- * Stream framing of STUN and ChannelData over TCP/TLS (RFC 8656 §5, §12.5), linear in
+ * Stream framing of STUN and ChannelData over TCP/TLS (RFC 8489 §6.2.2, RFC 8656 §12.5), linear in
  * the bytes received: whole frames inside a chunk are views of that chunk (no copy); a
  * frame split across chunks is copied once, byte by byte as it arrives, into a buffer of
  * exactly its size, which then belongs to the receiver (it stays valid after the next

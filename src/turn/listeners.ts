@@ -1,6 +1,7 @@
 /**
  * Listeners: UDP sockets, TCP and TLS servers, and the stream connections with their
- * framing (RFC 8656 §3.1, §5: STUN and ChannelData back to back on one byte stream),
+ * framing (RFC 8656 §3.1 transports, RFC 8489 §6.2.2 and RFC 8656 §12.5: STUN and ChannelData
+ * back to back on one byte stream),
  * connection caps, idle closing. Every socket callback runs inside the Supervisor.
  */
 import { createSocket, type RemoteInfo } from 'node:dgram';
@@ -164,7 +165,7 @@ export class StreamConnections {
         (chunk: Buffer) => {
           conn.rx = true;
           if (!conn.framer.push(chunk, onFrame)) {
-            // RFC 8656 §5 / §12.5: a stream that is not STUN/ChannelData cannot be
+            // RFC 8489 §6.2.2 / RFC 8656 §12.5: a stream that is not STUN/ChannelData cannot be
             // resynchronised: close it.
             this.log.debug({ client: ep.key }, 'stream framing error, closing connection');
             socket.destroy();

@@ -76,7 +76,7 @@ export function onAllocate(ctx: TurnContext, r: Req, onMessage: (a: Allocation, 
       ctx.pending.delete(ep.key);
       if (!got) {
         ctx.table.releaseSlot(user);
-        return err(508); // §7.2 step 8 / §19: no relayed transport address available
+        return err(508); // RFC 8656 §7.4 / §19: no relayed transport address available
       }
       if (ctx.stopped() || (ep.conn && ep.conn.closed)) {
         ctx.table.releaseSlot(user);
