@@ -20,6 +20,8 @@ export interface AdminSources {
   recentEvents: () => readonly EveEvent[];
   flows?: () => unknown[];
   certificatePem?: () => string | undefined;
+  /** Components that cannot do their work now (a full disk): /healthz says `degraded` and names them. */
+  degraded?: () => string[];
   reloadPolicy?: () => Promise<{ ok: boolean; message: string }>;
 }
 
@@ -155,7 +157,11 @@ export class AdminServer {
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const url = new URL(req.url ?? '/', 'http://admin');
     const path = url.pathname;
-    if (req.method === 'GET' && path === '/healthz') return json(res, 200, { status: 'ok' });
+    if (req.method === 'GET' && path === '/healthz') {
+      // Still 200: the gateway relays and inspects; what it cannot write is named.
+      const degraded = this.src.degraded?.() ?? [];
+      return json(res, 200, degraded.length ? { status: 'degraded', degraded } : { status: 'ok' });
+    }
     if (req.method === 'GET' && path === '/metrics') {
       const body = await this.src.registry.metrics();
       res.writeHead(200, { 'content-type': this.src.registry.contentType });

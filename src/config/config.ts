@@ -29,7 +29,7 @@ export interface GatehouseConfig {
     software: string;
     /** RFC 8656 §7.2: the server's maximum allocation lifetime, seconds. */
     max_lifetime: number;
-    /** RFC 8656 §2.2: default allocation lifetime, seconds. */
+    /** RFC 8656 §3.2, §7.2: default allocation lifetime, seconds. */
     default_lifetime: number;
     /** RFC 8489 §9.2: how long a nonce stays fresh before 438 Stale Nonce, seconds. */
     nonce_lifetime: number;

@@ -166,6 +166,7 @@ export async function startGateway(
     events,
     flowHooks: inspector,
     extensions: [inspector.extension],
+    supervisor, // one counter of contained exceptions for the whole process
   });
   inspector.attach(turn);
   await turn.start();
@@ -185,6 +186,12 @@ export async function startGateway(
       certificatePem: () => identity.certificatePem,
       flows: () => turn.flows().map(flowSummary),
       reloadPolicy: () => policy.reload(),
+      // A full disk degrades service and says so: /healthz names what cannot write.
+      degraded: () => [
+        ...(eventFile.stats.degraded ? ['events'] : []),
+        ...(recordings.stats.unsealed > 0 ? ['recordings'] : []),
+        ...(quotaHealth.failing ? ['quota_store'] : []),
+      ],
     },
     log.child({ module: 'admin' }),
   );

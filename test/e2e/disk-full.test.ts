@@ -165,7 +165,9 @@ users:
   const b = await stunBinding(turnPort, 2000);
   t.ok(b, 'Binding answered after the disk filled');
   t.equal(b?.readUInt16BE(0), 0x0101, 'Binding success response');
-  t.equal((await fetch(`http://127.0.0.1:${adminPort}/healthz`)).status, 200, '/healthz');
+  const health = await fetch(`http://127.0.0.1:${adminPort}/healthz`);
+  t.equal(health.status, 200, '/healthz answers');
+  t.same(await health.json(), { status: 'degraded', degraded: ['events'] }, '/healthz names what cannot write');
   t.equal(child.exitCode, null, 'the process is still running');
   t.equal(logged('events.jsonl: cannot write'), 1, 'the log says so once');
   t.equal(await metric(/gatehouse_supervised_exceptions_total\{where="[^"]*"\} (\d+)/), 0, 'no exception escaped');
@@ -184,6 +186,7 @@ users:
     if (degraded) await new Promise((r) => setTimeout(r, 100));
   }
   t.equal(degraded, 0, 'recovered');
+  t.same(await (await fetch(`http://127.0.0.1:${adminPort}/healthz`)).json(), { status: 'ok' }, '/healthz ok again');
   t.equal(logged('events.jsonl: writing again'), 1, 'the log says the recovery once');
   t.ok(await metric(/gatehouse_events_written_total (\d+)/), 'events written');
   t.match(readFileSync(join(small, 'events.jsonl'), 'utf8'), /"event_type":"permission"/, 'new events reach the file');
