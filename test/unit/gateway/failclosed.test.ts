@@ -15,6 +15,7 @@ import { silentLogger } from '../../../src/util/log.js';
 import type { Flow } from '../../../src/turn/flow.js';
 import { syntheticSession, SctpBuilder } from '../inspect/pipeline-helpers.js';
 import { testIdentity } from './escrow-helpers.js';
+import { certRecord } from './flow-guard-helpers.js';
 import { HANDSHAKE_BYTES_BUDGET } from '../../../src/gateway/classify.js';
 
 let nextId = 1;
@@ -89,7 +90,9 @@ t.test('an exception in one flow pipeline closes that flow; another flow goes on
   t.equal(r.inspector.onPacket(a, 'c2p', Buffer.from([0x17, 0xfe, 0xfd]), 5000), false, 'a closed flow relays nothing');
   t.ok(fb.msg('two'), 'flow b goes on');
   t.ok(
-    r.events.events.some((e) => e.event_type === 'datachannel.message' && e.flow_id === b.id && e.datachannel?.size === 3),
+    r.events.events.some(
+      (e) => e.event_type === 'datachannel.message' && e.flow_id === b.id && (e.datachannel as { size?: number } | undefined)?.size === 3,
+    ),
     'flow b still inspected',
   );
 });
@@ -257,19 +260,3 @@ t.test('no key material in events', async (t) => {
     t.notOk(json.includes(v.toString('hex')) || json.includes(v.toString('base64')), `${k} not in events`);
   }
 });
-
-/** An epoch-0 handshake record that parses as a Certificate message (RFC 6347 §4.2.2) of `len` payload bytes. */
-export function certRecord(seq: number, len: number): Buffer {
-  const b = Buffer.alloc(13 + 12 + len, 0x41);
-  b[0] = 22;
-  b.writeUInt16BE(0xfefd, 1);
-  b.writeUInt16BE(0, 3);
-  b.writeUIntBE(seq, 5, 6);
-  b.writeUInt16BE(12 + len, 11);
-  b[13] = 11; // certificate
-  b.writeUIntBE(len, 14, 3);
-  b.writeUInt16BE(seq & 0xffff, 17);
-  b.writeUIntBE(0, 19, 3);
-  b.writeUIntBE(len, 22, 3);
-  return b;
-}

@@ -54,3 +54,19 @@ export function fixtureFlow(name: string): FixtureFlow {
 export function isAppData(d: Buffer, epoch?: number): boolean {
   return d[0] === 23 && (epoch === undefined || d.readUInt16BE(3) === epoch);
 }
+
+/** An epoch-0 handshake record that parses as a Certificate message (RFC 6347 §4.2.2) of `len` payload bytes. */
+export function certRecord(seq: number, len: number): Buffer {
+  const b = Buffer.alloc(13 + 12 + len, 0x41);
+  b[0] = 22;
+  b.writeUInt16BE(0xfefd, 1);
+  b.writeUInt16BE(0, 3);
+  b.writeUIntBE(seq, 5, 6);
+  b.writeUInt16BE(12 + len, 11);
+  b[13] = 11; // certificate
+  b.writeUIntBE(len, 14, 3);
+  b.writeUInt16BE(seq & 0xffff, 17);
+  b.writeUIntBE(0, 19, 3);
+  b.writeUIntBE(len, 22, 3);
+  return b;
+}
