@@ -114,6 +114,8 @@ export interface UninspectedReport {
   by: Partial<Record<UninspectedReason, { packets: number; bytes: number }>>;
   /** The report at flow end. */
   final: boolean;
+  /** Set once the deadline passed without keys (keys not required): why the flow goes on uninspected. */
+  keys?: 'keys_missing' | 'rekey_missing';
 }
 
 export interface FlowGuardOptions {
@@ -156,6 +158,7 @@ export class FlowGuard {
   private everCovered = false;
   private lastAssoc: string | undefined;
   private bypass = false; // keys not required and the deadline passed: pass uninspected
+  private bypassReason: 'keys_missing' | 'rekey_missing' | undefined;
   private closed = false;
   private seq = 0;
   // Budgets (classify.ts).
@@ -441,7 +444,15 @@ export class FlowGuard {
       bytes += this.unBytes[i]!;
       by[UNINSPECTED_REASONS[i]!] = { packets: this.unPackets[i]!, bytes: this.unBytes[i]! };
     }
-    this.o.onReport({ packets, bytes, forwarded_packets: this.fwdPackets, forwarded_bytes: this.fwdBytes, by, final });
+    this.o.onReport({
+      packets,
+      bytes,
+      forwarded_packets: this.fwdPackets,
+      forwarded_bytes: this.fwdBytes,
+      by,
+      final,
+      ...(this.bypassReason ? { keys: this.bypassReason } : {}),
+    });
   }
 
   /** Tracks the newest association; a new one after a covered one is a re-key (§5.3). */
@@ -475,7 +486,8 @@ export class FlowGuard {
     }
     // Keys not required: the flow goes on uninspected; what was held is forwarded.
     this.bypass = true;
-    this.o.onUninspected?.(this.everCovered ? 'rekey_missing' : 'keys_missing', this.lastAssoc);
+    this.bypassReason = this.everCovered ? 'rekey_missing' : 'keys_missing';
+    this.o.onUninspected?.(this.bypassReason, this.lastAssoc);
     // Nothing will verify the held records any more: the session's copies go (memory).
     this.session.dropBacklog();
     const now = this.o.clock.now();

@@ -579,9 +579,12 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
     }
   }
 
-  /** flow_uninspected with the counts (issue 8): gatehouse.reason `uninspected_traffic`. */
+  /** flow_uninspected with the counts (issue 8) in gatehouse.uninspected. */
   private uninspectedReport(st: FlowState, r: UninspectedReport): void {
-    this.keyEvent(st, 'flow_uninspected', st.guard?.association, { reason: 'uninspected_traffic', uninspected: r });
+    // reason: why the flow is uninspected (keys_missing / rekey_missing once its deadline
+    // passed without keys), else `uninspected_traffic` (traffic nothing can inspect).
+    const { keys, ...counts } = r;
+    this.keyEvent(st, 'flow_uninspected', st.guard?.association, { reason: keys ?? 'uninspected_traffic', uninspected: counts });
   }
 
   private keyEvent(st: FlowState, type: string, association: string | undefined, extra: Record<string, unknown>): void {
