@@ -252,7 +252,8 @@ const USERS: UserRecord[] = [
 ];
 const REALM = 'gatehouse.local';
 
-class Endpoint {
+/** Exported for test/e2e/scale.test.ts (many allocations from distinct sources). */
+export class Endpoint {
   nonce = 'none';
   relayPort = 0;
   alive = true;
@@ -266,14 +267,15 @@ class Endpoint {
     readonly tcp: NetSocket | null,
     readonly serverPort: number,
     readonly user: UserRecord,
+    readonly realm = REALM,
   ) {
-    this.key = longTermKey(user.name, REALM, user.password, 'md5');
+    this.key = longTermKey(user.name, realm, user.password, 'md5');
   }
 
-  static async udp(serverPort: number, local: string, user = USERS[0]!): Promise<Endpoint> {
+  static async udp(serverPort: number, local: string, user = USERS[0]!, realm = REALM): Promise<Endpoint> {
     const s = createSocket('udp4');
     await new Promise<void>((r) => s.bind(0, local, () => r()));
-    const e = new Endpoint(s, null, serverPort, user);
+    const e = new Endpoint(s, null, serverPort, user, realm);
     s.on('message', (m) => e.deliver(m));
     s.on('error', () => {});
     return e;
