@@ -20,7 +20,7 @@ import { buildChannelData, parseChannelData } from '../../src/wire/channeldata.j
 import { DtlsSession } from '../../src/inspect/dtls-session.js';
 import type { DtlsHandshakeEvent } from '../../src/inspect/events.js';
 import { KeyLog, keySetFromKeyLog } from '../../src/inspect/keylog.js';
-import { bindAttrs, both, escrowRig, writeKeys, KEYS_RULES } from '../unit/gateway/escrow-helpers.js';
+import { bindAttrs, both, escrowRig, writeKeys, KEYS_RULES, marker } from '../unit/gateway/escrow-helpers.js';
 import { freePort } from './helpers/ports.js';
 import { assertNoSecrets, Secrets } from './helpers/secrets.js';
 
@@ -156,8 +156,9 @@ t.test('live openssl DTLS 1.2 through TURN: hold, WRITE-KEYS, verify, release in
   client.stdin!.write(msg2);
   await waitFor(() => nApp() >= 2, 's_client sent application data', procs);
   // Fence: a datagram after them from the same client; when it reaches the peer, TURN has judged them.
-  const fence = randomBytes(16);
-  fence[0] = 0;
+  // A STUN Binding indication (first byte 0): passes a required flow's guard (ICE-shaped),
+  // unlike arbitrary bytes, which a fail-closed flow withholds.
+  const fence = marker();
   rig.c.sendRaw(buildChannelData(CH, fence));
   await waitFor(() => atPeer.some((d) => d.equals(fence)), 'fence at the peer');
   t.equal(atPeer.filter((d) => d[0] === 23).length, 0, 'no application data reached the peer before keys');
