@@ -288,6 +288,7 @@ interface ScaleFigures {
   kernelUdpDrops: number;
   /** From /metrics after the data push: V8 heap used, external memory (Buffers), and any gatehouse buffered-bytes gauge. */
   metricsAtPeak: Record<string, number>;
+  metricsAfter: Record<string, number>;
   clientsGot: number;
   monitor: { probes: number; bindingFailed: number; healthFailed: number };
 }
@@ -396,6 +397,7 @@ async function fiveThousandFlows(g: Gatehouse): Promise<ScaleFigures> {
   await Promise.all(clients.map((e) => e.authed(Method.Refresh, (w2) => void w2.u32(Attr.Lifetime, 0), 3, 10_000)));
   await sleep(3000);
   const rssAfter = rssOf(pid);
+  const metricsAfter = await processMetrics(g);
   rss.end();
   const st = await mon.end();
   const clientsGot = clients.reduce((n, e) => n + e.received, 0);
@@ -420,6 +422,7 @@ async function fiveThousandFlows(g: Gatehouse): Promise<ScaleFigures> {
     peersGotHello,
     kernelUdpDrops: udpRcvbufErrors() - drops0,
     metricsAtPeak,
+    metricsAfter,
     clientsGot,
     monitor: st,
   };
@@ -438,6 +441,8 @@ function report(t: Test, name: string, f: ScaleFigures): void {
       `(hello ${f.peersGotHello}, SRTP-looking ${f.peersGotSrtpLike}, unclassed ${f.peersGotUnclassed}), clients got ${f.clientsGot}; ` +
       `kernel UDP drops (system-wide) ${f.kernelUdpDrops}; at peak ${Object.entries(f.metricsAtPeak)
         .map(([k, v]) => `${k} ${k.endsWith('bytes') || k.includes('bytes{') ? m(v) : v}`)
+        .join(', ')}; after tear-down ${Object.entries(f.metricsAfter)
+        .map(([k, v]) => `${k} ${m(v)}`)
         .join(', ')}; probes ${f.monitor.probes}, Binding unanswered ${f.monitor.bindingFailed}, /healthz failed ${f.monitor.healthFailed}`,
   );
 }
