@@ -125,6 +125,13 @@ export interface DtlsSessionOptions {
   maxAssociations?: number; // default 8
   maxBacklogRecords?: number; // default 256
   maxBacklogBytes?: number; // default 1 MiB
+  /**
+   * Whether a record kept for keys that may still come is reported as `undecryptable`
+   * no_keys at once (default true: offline inspection). The live gateway sets false: keys
+   * are expected after the handshake (key-escrow.md §5.1), and a flow whose keys never come
+   * is reported by the guard (`flow_uninspected`, `flow_blocked`), not record by record.
+   */
+  reportHeld?: boolean;
 }
 
 export interface AssociationInfo {
@@ -410,7 +417,8 @@ export class DtlsSession {
       const dir = a ? this.roleDir(a, raw) : raw;
       if (res === 'no_keys' && r.type === CT_HANDSHAKE && a && !fromBacklog) this.handshakeHeuristic(a, r, dir, time);
       // Keep what no verified key covers, for keys that arrive later (key-escrow.md §5.1 hold).
-      if (res !== 'failed' && !fromBacklog) this.hold(r, raw, time);
+      const kept = res !== 'failed' && !fromBacklog && this.hold(r, raw, time);
+      if (kept && res === 'no_keys' && this.opts.reportHeld === false) return false;
       this.undecryptable(res === 'no_keys' ? 'no_keys' : 'auth_failed', dir, time, a?.id);
       return res === 'failed'; // a record that verified keys reject is consumed (dropped), not held
     }
@@ -806,12 +814,13 @@ export class DtlsSession {
   }
 
   /** Keeps a copy of a record that no key covers yet (capped, oldest kept). */
-  private hold(r: DtlsRecord, raw: Direction, time: number): void {
-    if (r.type !== CT_APPLICATION_DATA && r.type !== CT_HANDSHAKE) return;
+  /** Keeps a record for keys that may come later; false when it was not kept. */
+  private hold(r: DtlsRecord, raw: Direction, time: number): boolean {
+    if (r.type !== CT_APPLICATION_DATA && r.type !== CT_HANDSHAKE) return false;
     const size = r.fragment.length + r.header.length;
     if (this.backlog.length >= this.maxBacklogRecords || this.backlogBytes + size > this.maxBacklogBytes) {
       this.undecryptable('backlog_full', raw, time, undefined);
-      return;
+      return false;
     }
     let held: DtlsRecord;
     let copied = 0;
@@ -826,6 +835,7 @@ export class DtlsSession {
     this.backlog.push({ rec: held, raw, time, tag: this.tagNow, copied });
     this.backlogBytes += size;
     this.backlogCopied += copied;
+    return true;
   }
 
   /**

@@ -165,6 +165,8 @@ export class FlowPipeline {
       onAppData: (pt, dir, association, time) => this.onAppData(pt, dir, association, time),
       onSrtpKeys: (association, keys, time) => this.onSrtpKeys(association, keys, time),
       keyLog: opts.keys.keyLog,
+      // Live (the guard feeds the session on arrival): held records wait for escrowed keys quietly.
+      reportHeld: !this.dtlsExternal,
       // DTLS 1.3 records: the session's default opener over src/wire/dtls13.ts.
     });
   }
