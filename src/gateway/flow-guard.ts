@@ -23,6 +23,7 @@
  *   .decline(): void               KEY-DECLINE: blocks at once when keys are required (§2.3)
  *   .onSessionEvent(e)             keys.verified / keys.invalid of a shared DtlsSession (opts.dtls)
  *   .covered / .association / .blocked / .bufferedBytes
+ *   .shedCopies(): number          drops the queued copies of forwarded datagrams (memory pressure)
  *   .shedOldest(): number          drops the oldest held datagram (memory pressure), bytes freed
  *   .close(): void                 wipes the queue (and the guard's own session's keys)
  *
@@ -339,6 +340,25 @@ export class FlowGuard {
   }
 
   /** Drops the oldest held datagram (memory pressure on a flow whose keys are not required). */
+  /**
+   * Memory pressure: drops every queued copy of a datagram that was already forwarded
+   * (`pass`): only its later inspection is lost, nothing the peer needs. Returns bytes freed.
+   */
+  shedCopies(): number {
+    let freed = 0;
+    let w = 0;
+    for (let i = 0; i < this.queue.length; i++) {
+      const q = this.queue[i]!;
+      if (q.held) this.queue[w++] = q;
+      else freed += q.data.length;
+    }
+    if (freed === 0) return 0;
+    this.stats.overflow += this.queue.length - w;
+    this.queue.length = w;
+    this.queueBytes -= freed;
+    return freed;
+  }
+
   shedOldest(): number {
     const i = this.queue.findIndex((q) => q.held);
     if (i < 0) return 0;

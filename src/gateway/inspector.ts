@@ -93,11 +93,15 @@ interface FlowState {
   failure: unknown;
   pipelineErrors: number;
   mem: FlowAccount;
+  /** When this flow last reported `cap.hit` for the memory bounds (rate limit). */
+  lastCapHit: number;
   /** Index key of byUserPeer. */
   userPeer: string;
 }
 
 const RANK_FORWARD = ACTION_RANK.forward;
+/** At most one `cap.hit` per flow in this time for the memory bounds (a flow under pressure sheds on every datagram). */
+const CAP_HIT_INTERVAL_MS = 10_000;
 
 /** No `keys` section: keys are welcome but not asked for; traffic passes. */
 const NO_KEYS: GuardKeysPolicy = { required: false, deadline: 10_000, unverified: 'pass', media: true, data: true };
@@ -209,6 +213,7 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
       failure: undefined,
       pipelineErrors: 0,
       mem: this.memory.open(flow.allocationId),
+      lastCapHit: -Infinity,
       userPeer: peerKey(flow.user, flow.peerAddress),
     });
     pipeline.on((e) => this.onInspectEvent(st, e));
@@ -322,14 +327,24 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
       st.guard.blockFor('memory');
       return;
     }
-    // Otherwise the oldest held datagrams go first, then the DTLS backlog and SCTP reassembly.
+    // Otherwise this flow gives back what it buffers (the one that crossed the bound: the
+    // others were within it before this datagram), so the allocation and global sums stay
+    // within their bounds: copies of forwarded datagrams first (only their later inspection
+    // is lost), then the oldest held datagrams, then the DTLS backlog and SCTP reassembly.
     const limit = this.memory.limit(over);
-    while (this.memory.set(st.mem, st.guard.bufferedBytes + st.pipeline.bufferedBytes) && st.guard.shedOldest() > 0);
-    if (this.memory.set(st.mem, st.guard.bufferedBytes + st.pipeline.bufferedBytes))
-      st.pipeline.shedBuffers(this.clock.now(), `gateway.${over}`, limit);
-    else
-      this.emit(this.decorate(st, toEve({ type: 'cap.hit', what: `gateway.${over}`, limit, time: this.clock.now() }, st.meta), undefined));
-    this.memory.set(st.mem, st.guard.bufferedBytes + st.pipeline.bufferedBytes);
+    const now = this.clock.now();
+    const buffered = () => st.guard.bufferedBytes + st.pipeline.bufferedBytes;
+    let shed = st.guard.shedCopies() > 0;
+    while (this.memory.set(st.mem, buffered()) && st.guard.shedOldest() > 0) shed = true;
+    const report = now - st.lastCapHit >= CAP_HIT_INTERVAL_MS;
+    if (this.memory.set(st.mem, buffered())) {
+      st.pipeline.shedBuffers(now, `gateway.${over}`, limit, report); // reports cap.hit itself
+      if (report) st.lastCapHit = now;
+    } else if (shed && report) {
+      st.lastCapHit = now;
+      this.emit(this.decorate(st, toEve({ type: 'cap.hit', what: `gateway.${over}`, limit, time: now }, st.meta), undefined));
+    }
+    this.memory.set(st.mem, buffered());
   }
 
   // ------------------------------------------------------------------ EscrowHost

@@ -207,11 +207,11 @@ export class FlowPipeline {
    * Memory pressure (the gateway's allocation budget): drops the DTLS backlog and every
    * partial SCTP message, reported as `cap.hit` (what, limit). Returns the bytes freed.
    */
-  shedBuffers(time: number, what: string, limit: number): number {
+  shedBuffers(time: number, what: string, limit: number, report = true): number {
     const n = this.bufferedBytes;
     this.session.dropBacklog();
     for (const tr of this.trackerList) tr.dropReassembly();
-    this.emit({ type: 'cap.hit', what, limit, time });
+    if (report) this.emit({ type: 'cap.hit', what, limit, time });
     return n;
   }
 

@@ -232,6 +232,34 @@ t.test('memory: a flow whose keys are not required drops its oldest held data an
   t.equal(r.inspector.memory.total, 0, 'closed: released');
 });
 
+t.test('memory: with unverified pass, many flows of one allocation stay within its budget together (copies shed)', async (t) => {
+  const budget = 64 * 1024;
+  const r = await rig('keys: { required: false, unverified: pass, deadline: 10s }\n', {
+    memory: { allocationBytes: budget, maxBytes: 1 << 30 },
+  });
+  const flows = Array.from({ length: 20 }, (_, i) => makeFlow('alice', 'alloc-shared', `198.51.100.${i + 1}`));
+  let forwarded = 0;
+  let peak = 0;
+  for (const f of flows) {
+    r.inspector.onFlowCreated(f);
+    const s = syntheticSession();
+    for (const h of s.hello) r.inspector.onPacket(f, h.fromClient ? 'c2p' : 'p2c', h.data, 5000);
+    // 16 KB of application data per flow, forwarded at once (pass) and copied for inspection.
+    for (let i = 0; i < 16; i++) {
+      if (r.inspector.onPacket(f, 'c2p', s.appData(true, Buffer.alloc(1000, i)), 5000)) forwarded++;
+      peak = Math.max(peak, r.inspector.memory.allocationBytes('alloc-shared'));
+    }
+  }
+  t.equal(forwarded, 20 * 16, 'pass forwards everything');
+  t.ok(peak <= budget + 1100, `allocation peak ${peak} within ${budget} (+ one datagram)`);
+  t.ok(r.inspector.memory.allocationBytes('alloc-shared') <= budget, 'within the budget after every datagram');
+  t.same(r.closed, [], 'nothing blocked');
+  const caps = r.events.events.filter((e) => e.event_type === 'cap.hit');
+  t.ok(caps.length > 0 && caps.length <= flows.length, `cap.hit reported, at most once per flow in 10 s: ${caps.length}`);
+  for (const f of flows) r.inspector.onFlowClosed(f);
+  t.equal(r.inspector.memory.total, 0, 'closed: released');
+});
+
 t.test('a block holds for the user and peer across that user’s allocations; other users are not affected', async (t) => {
   const r = await rig(REQUIRED);
   const a1 = makeFlow('alice', 'alloc-1', '198.51.100.9');
