@@ -24,6 +24,7 @@
  *   .onSessionEvent(e)             keys.verified / keys.invalid of a shared DtlsSession (opts.dtls)
  *   .covered / .association / .blocked / .bufferedBytes
  *   .shedCopies(): number          drops the queued copies of forwarded datagrams (memory pressure)
+ *   .stopCopies(): number          the same, and copies no more until a key set is added
  *   .shedOldest(): number          drops the oldest held datagram (memory pressure), bytes freed
  *   .close(): void                 wipes the queue (and the guard's own session's keys)
  *
@@ -159,6 +160,12 @@ export class FlowGuard {
   private everCovered = false;
   private lastAssoc: string | undefined;
   private bypass = false; // keys not required and the deadline passed: pass uninspected
+  /**
+   * `pass` copies forwarded datagrams for inspection once keys arrive; under memory
+   * pressure (stopCopies) the flow stops copying until a key set comes, so a flow over its
+   * share makes no garbage per datagram: what it forwards meanwhile is counted uninspected.
+   */
+  private copying = true;
   private bypassReason: 'keys_missing' | 'rekey_missing' | undefined;
   private closed = false;
   private seq = 0;
@@ -253,12 +260,16 @@ export class FlowGuard {
       // RFC 7983 §7 [20..63]: DTLS, fed once to the flow's one parse (associations, key
       // verification, decryption). What will be queued is copied first, so the session's
       // backlog can refer into that copy instead of making a second one.
-      const willQueue = !wasCovered && !this.bypass && (kind === K_PROTECTED ? !(needsKeys && k.unverified === 'drop') : !this.shared);
+      const passUncopied = !this.copying && kind === K_PROTECTED && needsKeys && k.unverified === 'pass';
+      const willQueue =
+        !wasCovered && !this.bypass && !passUncopied && (kind === K_PROTECTED ? !(needsKeys && k.unverified === 'drop') : !this.shared);
       if (willQueue) {
         buf = Buffer.from(data);
         owned = true;
       }
-      this.feedDtls(buf, dir === 'c2p' ? 'c2s' : 's2c', now, ++this.seq, owned);
+      // Not copying (memory pressure, no keys offered yet): application data is not shown to
+      // the session either, which would keep its own copy in the backlog.
+      if (!(passUncopied && !wasCovered)) this.feedDtls(buf, dir === 'c2p' ? 'c2s' : 's2c', now, ++this.seq, owned);
       this.noteAssociation();
       if (this.blocked || this.closed) return 'drop';
     }
@@ -286,6 +297,10 @@ export class FlowGuard {
     }
     switch (k.unverified) {
       case 'pass':
+        if (!this.copying) {
+          this.count(R_BUDGET, data.length, true, now); // forwarded, never to be inspected
+          return 'forward';
+        }
         this.enqueue(buf, owned, dir, peerPort, false, -1, true);
         return 'forward';
       case 'drop':
@@ -304,6 +319,7 @@ export class FlowGuard {
   /** Adds an escrowed key set (validated by the caller). Returns its status against traffic seen. */
   addKeySet(ks: KeySet): KeyStatus {
     if (this.closed) return 'pending';
+    this.copying = true; // the next records can verify these keys (they are shown to the session again)
     const wasCovered = this.covered;
     const now = this.o.clock.now();
     // The session keeps the flow's one copy (DtlsSession.addKeySet clones; the caller wipes its own).
@@ -344,6 +360,11 @@ export class FlowGuard {
    * Memory pressure: drops every queued copy of a datagram that was already forwarded
    * (`pass`): only its later inspection is lost, nothing the peer needs. Returns bytes freed.
    */
+  stopCopies(): number {
+    this.copying = false;
+    return this.shedCopies();
+  }
+
   shedCopies(): number {
     let freed = 0;
     let w = 0;

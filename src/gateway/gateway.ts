@@ -176,7 +176,7 @@ export async function startGateway(
     events: () => eventFile.stats,
     recordings: () => recordings.stats,
     quotaFlush: () => quotaHealth,
-    gateway: () => (inspector as unknown as { stats?: Record<string, unknown> }).stats,
+    gateway: () => inspector.stats,
   });
   const admin = new AdminServer(
     {

@@ -118,6 +118,8 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
   private readonly byUserPeer = new Map<string, Set<FlowState>>();
   readonly supervisor: Supervisor;
   readonly memory: BufferAccounts;
+  /** Flows blocked, by reason (`budget_exceeded:<budget>` for budgets): read by /metrics. */
+  private readonly blockedBy: Record<string, number> = {};
   /** Flows to tear down once the request being handled has taken effect (escrow.ts). */
   private deferred: { flow: Flow; reason: string }[] | null = null;
 
@@ -237,6 +239,14 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
     };
   }
 
+  /**
+   * What /metrics shows of the gateway (gatehouse_gateway_*): live flows, the bytes they
+   * buffer (held datagrams, DTLS backlog, SCTP reassembly; README limits table) and blocks.
+   */
+  get stats(): { flows: number; bufferedBytes: number; blocked: Record<string, number> } {
+    return { flows: this.byPeer.size, bufferedBytes: this.memory.total, blocked: this.blockedBy };
+  }
+
   /** A bound function (TurnServer keeps a reference to it for its hot path). */
   readonly onPacket = (flow: Flow, dir: FlowDirection, data: Buffer, peerPort: number): boolean => {
     const st = flow.ctx as FlowState | undefined;
@@ -330,11 +340,12 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
     // Otherwise this flow gives back what it buffers (the one that crossed the bound: the
     // others were within it before this datagram), so the allocation and global sums stay
     // within their bounds: copies of forwarded datagrams first (only their later inspection
-    // is lost), then the oldest held datagrams, then the DTLS backlog and SCTP reassembly.
+    // is lost; it copies no more until keys come, counted as uninspected `budget`), then the
+    // oldest held datagrams, then the DTLS backlog and SCTP reassembly.
     const limit = this.memory.limit(over);
     const now = this.clock.now();
     const buffered = () => st.guard.bufferedBytes + st.pipeline.bufferedBytes;
-    let shed = st.guard.shedCopies() > 0;
+    let shed = st.guard.stopCopies() > 0;
     while (this.memory.set(st.mem, buffered()) && st.guard.shedOldest() > 0) shed = true;
     const report = now - st.lastCapHit >= CAP_HIT_INTERVAL_MS;
     if (this.memory.set(st.mem, buffered())) {
@@ -546,6 +557,8 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
       ...(via !== undefined ? { blocked_with_flow: via } : {}),
     });
     this.log.info({ flow: st.flow.id, allocation: st.flow.allocationId, reason, ...(budget ? { budget } : {}) }, 'flow blocked');
+    const key = budget ? `${reason}:${budget}` : reason;
+    this.blockedBy[key] = (this.blockedBy[key] ?? 0) + 1;
     const flow = st.flow;
     this.dispose(st);
     // §5.4: stop relaying both ways and remove the permission and channels.
