@@ -68,6 +68,9 @@ export class Responder {
     if (auth) {
       if (auth.sha256) w.integritySha256(auth.key);
       else w.integrity(auth.key);
+      // The long-term key (RFC 8489 §9.2.2) was derived for this request alone; its last use
+      // is this signature, so it is wiped (key hygiene: no copy outlives the request).
+      auth.key.fill(0);
     }
     if (hasAttr(req, Attr.Fingerprint)) w.fingerprint();
     const out = w.copy();

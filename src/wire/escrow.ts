@@ -133,13 +133,21 @@ export type OpenResult = { ok: true; keySet: Buffer } | { ok: false; reason: 've
 export function openWriteKeys(key: Buffer, aad: Buffer, value: Buffer): OpenResult {
   if (value.length < WK_HEADER + GCM_TAG) return { ok: false, reason: 'length' };
   if (value[0] !== 1 || value[1] !== 0) return { ok: false, reason: 'version' };
+  let body: Buffer | undefined;
   try {
     const d = createDecipheriv('aes-256-gcm', key, value.subarray(2, 14));
     d.setAAD(aad);
     d.setAuthTag(value.subarray(value.length - GCM_TAG));
-    const pt = Buffer.concat([d.update(value.subarray(WK_HEADER, value.length - GCM_TAG)), d.final()]);
+    body = d.update(value.subarray(WK_HEADER, value.length - GCM_TAG));
+    const fin = d.final(); // GCM: empty; throws when the tag does not authenticate
+    if (fin.length === 0) return { ok: true, keySet: body };
+    // One buffer holds the plaintext, so the caller's wipe reaches every copy.
+    const pt = Buffer.concat([body, fin]);
+    body.fill(0);
+    fin.fill(0);
     return { ok: true, keySet: pt };
   } catch {
+    body?.fill(0); // unauthenticated plaintext is not kept either
     return { ok: false, reason: 'decrypt' };
   }
 }
