@@ -94,6 +94,8 @@ export const UNINSPECTED_REASONS = [
   'other', // RFC 7983 §7: a first byte no WebRTC protocol uses (MUST be dropped)
   'budget', // over a handshake / STUN budget (where keys are not required it goes on uninspected)
   'no_keys', // inspectable data forwarded without keys (deadline passed, keys not required)
+  'dtls_unauthenticated', // a protected record the flow's keys do not authenticate (tampered, foreign epoch, another association)
+  'srtp_unauthenticated', // SRTP/SRTCP the flow's keys do not authenticate (RFC 3711 §3.4 / RFC 7714 §9.3)
 ] as const;
 export type UninspectedReason = (typeof UNINSPECTED_REASONS)[number];
 export const R_STUN_METHOD = 0;
@@ -111,6 +113,8 @@ export const R_CHANNELDATA = 11;
 export const R_OTHER = 12;
 export const R_BUDGET = 13;
 export const R_NO_KEYS = 14;
+export const R_DTLS_UNAUTHENTICATED = 15;
+export const R_SRTP_UNAUTHENTICATED = 16;
 
 /** Filled by classify() (one per guard, reused: no allocation per packet). */
 export interface Classified {

@@ -57,6 +57,8 @@ import {
   K_UNINSPECTED,
   R_BUDGET,
   R_NO_KEYS,
+  R_DTLS_UNAUTHENTICATED,
+  R_SRTP_UNAUTHENTICATED,
   STUN_BUCKET_BYTES,
   STUN_REFILL_BYTES_PER_S,
   UNINSPECTED_PACKETS_BUDGET,
@@ -96,6 +98,10 @@ export interface QueuedPacket {
   reason: number;
   /** Application data or media that keys would make inspectable. */
   needsKeys: boolean;
+  /** Protected records of it that have not authenticated (yet): 0 once keys opened them all. */
+  unauth: number;
+  /** Set at release: held, but its records never authenticated, on a flow whose keys are required: not to be sent. */
+  withhold?: boolean;
 }
 
 /** The flow's one DTLS parse (the pipeline's session, src/inspect/pipeline.ts). */
@@ -166,6 +172,8 @@ export class FlowGuard {
    * share makes no garbage per datagram: what it forwards meanwhile is counted uninspected.
    */
   private copying = true;
+  /** Queued DTLS datagrams (by tag) whose records have not all authenticated: see QueuedPacket.unauth. */
+  private readonly pendingAuth = new Map<number, QueuedPacket>();
   private bypassReason: 'keys_missing' | 'rekey_missing' | undefined;
   private closed = false;
   private seq = 0;
@@ -202,6 +210,10 @@ export class FlowGuard {
       this.session = s;
       this.feedDtls = (data, dir, time, tag, owned) => s.feed(data, dir, time, tag, owned);
     }
+    this.session.onAuthenticated = (tag) => {
+      const q = this.pendingAuth.get(tag);
+      if (q && --q.unauth <= 0) this.pendingAuth.delete(tag);
+    };
   }
 
   /** The newest association (client_random hex) on the flow. */
@@ -234,9 +246,10 @@ export class FlowGuard {
     let kind = c.kind;
     let reason = c.reason;
     const wasCovered = this.covered;
-    if (kind === K_CONTROL && !wasCovered) {
-      // Handshake budgets hold until keys verify (a covered flow's handshake records are a
-      // renegotiation: a new association, uncovered again, counted again).
+    if (kind === K_CONTROL) {
+      // Handshake budgets hold on every flow, covered or not (the count restarts when keys
+      // verify: a renegotiation gets a fresh budget), so handshake-shaped records are never
+      // a channel of their own.
       if (this.hsBytes + c.handshakeBytes > HANDSHAKE_BYTES_BUDGET) {
         if (k.required) return this.overBudget('handshake_bytes', data, dir, peerPort, now);
         kind = K_UNINSPECTED;
@@ -256,6 +269,7 @@ export class FlowGuard {
     const needsKeys = kind === K_PROTECTED && (media ? k.media : k.data);
     let buf = data;
     let owned = false;
+    let unauth = 0; // protected records of this datagram that did not authenticate on arrival
     if (!media) {
       // RFC 7983 §7 [20..63]: DTLS, fed once to the flow's one parse (associations, key
       // verification, decryption). What will be queued is copied first, so the session's
@@ -269,7 +283,10 @@ export class FlowGuard {
       }
       // Not copying (memory pressure, no keys offered yet): application data is not shown to
       // the session either, which would keep its own copy in the backlog.
-      if (!(passUncopied && !wasCovered)) this.feedDtls(buf, dir === 'c2p' ? 'c2s' : 's2c', now, ++this.seq, owned);
+      if (!(passUncopied && !wasCovered)) {
+        this.feedDtls(buf, dir === 'c2p' ? 'c2s' : 's2c', now, ++this.seq, owned);
+        unauth = this.session.lastUnauthenticated;
+      }
       this.noteAssociation();
       if (this.blocked || this.closed) return 'drop';
     }
@@ -278,7 +295,13 @@ export class FlowGuard {
       this.hsBytes = 0; // a later renegotiation gets a fresh handshake budget
       this.release();
     }
-    if (covered) return 'forward';
+    if (covered) {
+      // Covered means keys verified for the association, not that this datagram's records
+      // authenticated: one that did not (tampered, a foreign epoch, another association) is
+      // nothing the gateway can vouch for (key-escrow.md §5.2).
+      if (unauth > 0) return this.uninspected(R_DTLS_UNAUTHENTICATED, data, dir, peerPort, now);
+      return 'forward';
+    }
     if (this.bypass) {
       if (needsKeys) this.count(R_NO_KEYS, data.length, true, now);
       return 'forward';
@@ -287,7 +310,7 @@ export class FlowGuard {
     if (!needsKeys) {
       // Handshake records (and data whose keys are not wanted): forwarded; queued when the
       // guard has its own session, so inspection sees the whole flow in order on release.
-      if (kind === K_PROTECTED || !this.shared) this.enqueue(buf, owned, dir, peerPort, false, -1, false);
+      if (kind === K_PROTECTED || !this.shared) this.enqueue(buf, owned, dir, peerPort, false, -1, false, unauth);
       return 'forward';
     }
     // §5.1 deadline 0: keys must be there before any application data.
@@ -301,13 +324,13 @@ export class FlowGuard {
           this.count(R_BUDGET, data.length, true, now); // forwarded, never to be inspected
           return 'forward';
         }
-        this.enqueue(buf, owned, dir, peerPort, false, -1, true);
+        this.enqueue(buf, owned, dir, peerPort, false, -1, true, unauth);
         return 'forward';
       case 'drop':
         this.stats.dropped++;
         return 'drop';
       default:
-        if (!this.enqueue(buf, owned, dir, peerPort, true, -1, true)) {
+        if (!this.enqueue(buf, owned, dir, peerPort, true, -1, true, unauth)) {
           this.stats.dropped++;
           return 'drop';
         }
@@ -329,9 +352,11 @@ export class FlowGuard {
       // DTLS 1.3 (RFC 9147 §4): the session judges these keys only on records it sees next.
       // Queued unified-header records reached it before any keys (no opener consumed them),
       // so they can be shown again, in order, until one authenticates (§5.2).
+      // Every such record still unauthenticated is shown (not only up to the first that
+      // verifies), so each is opened and inspected, and none is released unauthenticated.
       for (const q of this.queue) {
-        if (this.closed || this.session.keyStatus(id) !== 'pending') break;
-        if ((q.data[0]! & 0xe0) === 0x20) this.feedDtls(q.data, q.dir === 'c2p' ? 'c2s' : 's2c', now, q.tag, true);
+        if (this.closed || this.session.keyStatus(id) === 'invalid') break;
+        if (q.unauth > 0 && (q.data[0]! & 0xe0) === 0x20) this.feedDtls(q.data, q.dir === 'c2p' ? 'c2s' : 's2c', now, q.tag, true);
       }
       st = this.session.keyStatus(id) ?? st;
     }
@@ -371,7 +396,10 @@ export class FlowGuard {
     for (let i = 0; i < this.queue.length; i++) {
       const q = this.queue[i]!;
       if (q.held) this.queue[w++] = q;
-      else freed += q.data.length;
+      else {
+        freed += q.data.length;
+        if (q.tag >= 0) this.pendingAuth.delete(q.tag);
+      }
     }
     if (freed === 0) return 0;
     this.stats.overflow += this.queue.length - w;
@@ -385,6 +413,7 @@ export class FlowGuard {
     if (i < 0) return 0;
     const [q] = this.queue.splice(i, 1);
     this.queueBytes -= q!.data.length;
+    if (q!.tag >= 0) this.pendingAuth.delete(q!.tag);
     this.stats.overflow++;
     return q!.data.length;
   }
@@ -401,8 +430,10 @@ export class FlowGuard {
     this.timer?.cancel();
     this.timer = null;
     if (!this.shared) this.session.close(); // wipes every key (§5.5); a shared one is the pipeline's
+    this.session.onAuthenticated = null;
     this.queue = [];
     this.queueBytes = 0;
+    this.pendingAuth.clear();
   }
 
   // ---------------------------------------------------------------- internals
@@ -502,8 +533,10 @@ export class FlowGuard {
     if (newest === undefined || newest === this.lastAssoc) return;
     if (this.lastAssoc !== undefined && this.session.keyStatus(this.lastAssoc) === 'verified') this.everCovered = true;
     this.lastAssoc = newest;
-    if (!this.covered) {
-      // A new association starts a new deadline (§5.3); the old keys do not cover it.
+    if (!this.covered && (this.everCovered || !this.o.keys.required)) {
+      // A new association after a covered one starts a new deadline (§5.3); the old keys do
+      // not cover it. On a required flow that was never covered, the first deadline stands:
+      // new ClientHellos must not stretch it.
       this.timer?.cancel();
       this.timer = null;
       this.clockStarted = false;
@@ -547,6 +580,7 @@ export class FlowGuard {
     this.timer = null;
     this.queue = [];
     this.queueBytes = 0;
+    this.pendingAuth.clear();
     this.session.dropBacklog();
     this.o.onBlock?.(reason, this.lastAssoc, budget);
   }
@@ -560,13 +594,16 @@ export class FlowGuard {
     held: boolean,
     reason: number,
     needsKeys: boolean,
+    unauth = 0,
   ): boolean {
     if (this.queue.length >= this.maxPackets || this.queueBytes + data.length > this.maxBytes) {
       this.stats.overflow++;
       return false;
     }
     const tag = owned ? this.seq : -1; // owned copies are the DTLS datagrams fed to the session
-    this.queue.push({ data: owned ? data : Buffer.from(data), dir, peerPort, held, tag, reason, needsKeys });
+    const q: QueuedPacket = { data: owned ? data : Buffer.from(data), dir, peerPort, held, tag, reason, needsKeys, unauth };
+    this.queue.push(q);
+    if (unauth > 0 && tag >= 0) this.pendingAuth.set(tag, q);
     this.queueBytes += data.length;
     this.lastQueued = true;
     return true;
@@ -579,15 +616,55 @@ export class FlowGuard {
     const q = this.queue;
     this.queue = [];
     this.queueBytes = 0;
+    this.pendingAuth.clear();
     if (!q.length) return;
+    const required = this.o.keys.required;
     if (!deadline) {
       // Keys verified: uninspected datagrams held meanwhile (keys not required) go now, uninspected.
       const now = this.o.clock.now();
-      for (const x of q) if (x.reason >= 0) this.count(x.reason, x.data.length, true, now);
+      for (const x of q) {
+        if (x.reason >= 0) this.count(x.reason, x.data.length, true, now);
+        else if (x.unauth > 0) {
+          // Its records did not authenticate under the keys that verified (§5.2): where keys
+          // are required a held one is never sent; otherwise it goes, counted uninspected.
+          const send = !(required && x.held);
+          if (!send) {
+            x.withhold = true;
+            this.withheld++;
+          }
+          this.count(R_DTLS_UNAUTHENTICATED, x.data.length, !x.withhold, now);
+        }
+      }
     }
     let n = 0;
-    for (const x of q) if (x.held) n++;
+    for (const x of q) if (x.held && !x.withhold) n++;
     this.stats.released += n;
     this.o.onRelease?.(q);
+    if (required && this.withheld > UNINSPECTED_PACKETS_BUDGET && !this.closed) this.block('budget_exceeded', 'uninspected');
+  }
+
+  /**
+   * An SRTP/SRTCP packet of a covered flow that the flow's keys did not authenticate (the
+   * pipeline tried them, RFC 3711 §3.4 / RFC 7714 §9.3): whether it may go on. Where media
+   * keys are required it is uninspected and never forwarded; over the budget the flow is
+   * blocked.
+   */
+  mediaUnauthenticated(bytes: number): boolean {
+    if (this.closed || this.blocked) return false;
+    const now = this.o.clock.now();
+    const k = this.o.keys;
+    if (!k.media) return true; // media keys not wanted: SRTP passes as it is
+    if (!k.required) {
+      // Uncovered media was counted by packet() already (no_keys, budget).
+      if (this.covered) {
+        this.stats.uninspected++;
+        this.count(R_SRTP_UNAUTHENTICATED, bytes, true, now);
+      }
+      return true;
+    }
+    this.stats.uninspected++;
+    this.count(R_SRTP_UNAUTHENTICATED, bytes, false, now);
+    if (++this.withheld > UNINSPECTED_PACKETS_BUDGET) this.block('budget_exceeded', 'uninspected');
+    return false;
   }
 }

@@ -234,7 +234,12 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
     const fail = () => this.failFlow(st.flow, st);
     return {
       now: () => c.now(),
-      setTimeout: (fn: () => void, ms: number): TimerHandle => c.setTimeout(sup.guard('gateway.flow.timer', fn, fail), ms),
+      // A deadline releases or drops what the flow buffers: its memory account follows at once.
+      setTimeout: (fn: () => void, ms: number): TimerHandle =>
+        c.setTimeout(
+          sup.guard('gateway.flow.timer', () => this.afterTimer(st, fn), fail),
+          ms,
+        ),
       setInterval: (fn: () => void, ms: number): TimerHandle => c.setInterval(sup.guard('gateway.flow.timer', fn, fail), ms),
     };
   }
@@ -245,6 +250,11 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
    */
   get stats(): { flows: number; bufferedBytes: number; blocked: Record<string, number> } {
     return { flows: this.byPeer.size, bufferedBytes: this.memory.total, blocked: this.blockedBy };
+  }
+
+  private afterTimer(st: FlowState, fn: () => void): void {
+    fn();
+    if (!st.closed) this.account(st);
   }
 
   /** A bound function (TurnServer keeps a reference to it for its hot path). */
@@ -431,7 +441,7 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
       if (st.closed) return;
       st.verdict = (p.tag >= 0 && st.tagVerdicts?.get(p.tag)) || 'forward';
       const ok = this.inspect(st, p.data, p.dir);
-      if (ok && p.held && this.relay && !st.closed) {
+      if (ok && p.held && !p.withhold && this.relay && !st.closed) {
         try {
           this.relay.send(st.flow, p.dir, p.data, p.peerPort);
         } catch (err) {
@@ -448,6 +458,8 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
   private inspect(st: FlowState, data: Buffer, dir: FlowDirection): boolean {
     st.pipeline.feed(data, dir === 'c2p' ? 'c2s' : 's2c', this.clock.now());
     this.check(st);
+    // SRTP/SRTCP goes on only when the flow's keys authenticated it (or media keys are not wanted).
+    if (st.pipeline.lastMediaAuthenticated === false && !st.guard.mediaUnauthenticated(data.length)) return false;
     const v = st.verdict as VerdictAction; // set by onInspectEvent during feed()
     if (v === 'block') {
       this.block(st, 'policy', st.guard.association);

@@ -224,6 +224,16 @@ export class DtlsSession {
   private backlogCopied = 0;
   /** Tag of the datagram being processed (feed(), or a held record being re-processed). */
   private tagNow = -1;
+  /**
+   * Protected records of the last feed() that did not authenticate on arrival (no keys,
+   * a tag or MAC that fails, a record that cannot be delimited): what the gateway cannot
+   * vouch for. DTLS 1.3 epoch-2 records (the encrypted handshake, which application
+   * secrets cannot open, RFC 9147 §4) are counted apart, in lastUnauthenticatedHandshake.
+   */
+  lastUnauthenticated = 0;
+  lastUnauthenticatedHandshake = 0;
+  /** Called with the datagram's tag for every protected record that authenticates (also from the backlog). */
+  onAuthenticated: ((tag: number) => void) | null = null;
   /** Whether the datagram being fed is a stable copy the caller keeps (hold() need not copy it). */
   private ownedNow = false;
   private undec = new Map<string, { pending: number; last: number; dir?: Direction; association?: string }>();
@@ -255,6 +265,8 @@ export class DtlsSession {
     this.stats.datagrams++;
     this.tagNow = tag;
     this.ownedNow = owned;
+    this.lastUnauthenticated = 0;
+    this.lastUnauthenticatedHandshake = 0;
     const r = this.rec;
     let off = 0;
     while (off < datagram.length) {
@@ -262,6 +274,7 @@ export class DtlsSession {
       if (next < 0) {
         // RFC 9146 §4: a tls12_cid record (type 25) or CID-bearing unified header cannot be delimited.
         const b0 = datagram[off]!;
+        this.lastUnauthenticated++;
         this.undecryptable(b0 === 25 || (b0 & 0xf0) === 0x30 ? 'connection_id' : 'malformed', dir, time, undefined);
         return;
       }
@@ -409,10 +422,18 @@ export class DtlsSession {
     // Closed meanwhile (a listener blocked the flow while held records were re-processed).
     if (this.closed) return true;
     // A ChangeCipherSpec carries one byte of no interest (RFC 5246 §7.1); in a renegotiation it
-    // is protected by the old epoch, and decrypting it is not needed to follow the handshake.
-    if (r.type === CT_CHANGE_CIPHER_SPEC) return true;
+    // is protected by the old epoch. It is not needed to follow the handshake, but it must
+    // authenticate like any protected record, or it is a channel nobody inspects.
+    if (r.type === CT_CHANGE_CIPHER_SPEC) {
+      if (fromBacklog) return true;
+      const ccs = this.decrypt(r, raw, time);
+      if (typeof ccs === 'string') this.lastUnauthenticated++;
+      else this.onAuthenticated?.(this.tagNow);
+      return true;
+    }
     const res = this.decrypt(r, raw, time);
     if (typeof res === 'string') {
+      if (!fromBacklog) this.lastUnauthenticated++;
       const a = this.assocForEpoch(r.epoch);
       const dir = a ? this.roleDir(a, raw) : raw;
       if (res === 'no_keys' && r.type === CT_HANDSHAKE && a && !fromBacklog) this.handshakeHeuristic(a, r, dir, time);
@@ -424,6 +445,7 @@ export class DtlsSession {
     }
     const { plaintext, dir, id } = res;
     this.stats.decrypted++;
+    this.onAuthenticated?.(this.tagNow);
     const a = this.assocs.find((x) => x.id === id);
     if (r.type === CT_APPLICATION_DATA) {
       this.stats.appDataBytes += plaintext.length;
@@ -441,13 +463,19 @@ export class DtlsSession {
     const a = this.latestAssoc();
     const dir = a ? this.roleDir(a, raw) : raw;
     const factory = this.opts.dtls13 === undefined ? defaultDtls13Opener : this.opts.dtls13;
+    const unauthenticated = () => {
+      if ((r.epoch & 3) === 2) this.lastUnauthenticatedHandshake++;
+      else this.lastUnauthenticated++;
+    };
     if (!factory) {
+      unauthenticated();
       this.undecryptable('dtls13_unsupported', dir, time, a?.id);
       return;
     }
     const cands = this.candidateEntries(a, true);
     if (!cands.length) {
-      this.undecryptable('no_keys', dir, time, a?.id);
+      unauthenticated();
+      if (!(this.opts.reportHeld === false)) this.undecryptable('no_keys', dir, time, a?.id);
       return;
     }
     for (const e of cands) {
@@ -460,6 +488,7 @@ export class DtlsSession {
         if (!out) continue;
         this.markVerified(e, d, time);
         this.stats.decrypted++;
+        this.onAuthenticated?.(this.tagNow);
         if (out.type === CT_APPLICATION_DATA) {
           this.stats.appDataBytes += out.plaintext.length;
           if (a && a.id === e.id) a.completed = true;
@@ -479,6 +508,7 @@ export class DtlsSession {
           this.markInvalid(e, raw, time, 'record did not authenticate');
       }
     }
+    unauthenticated();
     this.undecryptable('auth_failed', dir, time, a?.id);
   }
 

@@ -147,6 +147,12 @@ export class FlowPipeline {
   private assoc: string | undefined;
   private srtp: { association: string; keys: SrtpKeyMaterial } | undefined;
   private mediaTracker: MediaTracker | undefined;
+  /**
+   * Whether the last SRTP/SRTCP packet fed authenticated under the flow's keys (RFC 3711
+   * §3.4, RFC 7714 §9.3); null when the last feed() carried no media. The gateway forwards
+   * media of a covered flow only when it did.
+   */
+  lastMediaAuthenticated: boolean | null = null;
   /** SRTP/SRTCP packets seen before any keys: reported as `undecryptable` (no_keys). */
   private noKeys = { pending: 0, last: 0, emitted: false };
   /** DTLS 1.3 SRTP profile discovery (see trySrtp13): candidates and packets left to try. */
@@ -256,6 +262,7 @@ export class FlowPipeline {
     c.packets++;
     c.bytes += payload.length;
     this.lastTime = time;
+    this.lastMediaAuthenticated = null;
     try {
       switch (demuxCode(payload, 0)) {
         case PC_STUN:
@@ -375,10 +382,13 @@ export class FlowPipeline {
     let mt = this.mediaTracker;
     if ((!mt || !mt.hasKeys || !this.srtp) && this.trySrtp13(payload, role, time, rtcp)) mt = this.mediaTracker;
     if (!mt || !mt.hasKeys || !this.srtp) {
+      this.lastMediaAuthenticated = false;
       this.noKeysSeen(role, time, rtcp);
       return;
     }
-    if (mt.handle(payload, role, time, this.srtp.association) === 'undecryptable') this.counters.undecryptableSrtp++;
+    const v = mt.handle(payload, role, time, this.srtp.association);
+    if (v === 'undecryptable') this.counters.undecryptableSrtp++;
+    this.lastMediaAuthenticated = v === 'rtp' || v === 'rtcp';
   }
 
   /**

@@ -6,7 +6,7 @@
 import type { Clock } from '../util/clock.js';
 import { Attr, Class, StunWriter, hasAttr, messageType, type StunMessage } from '../wire/stun.js';
 import type { ResolvedCredential } from './auth.js';
-import { TX_CACHE_MAX, TX_CACHE_MS, type Endpoint } from './state.js';
+import { MAX_STREAM_BUFFERED, TX_CACHE_MAX, TX_CACHE_MS, type Endpoint } from './state.js';
 
 export interface AuthOk {
   cred: ResolvedCredential;
@@ -38,6 +38,8 @@ export class Responder {
   constructor(
     private readonly software: string,
     private readonly clock: Clock,
+    /** Called when an answer is dropped because its stream client does not read (README "Limits"). */
+    private readonly onStreamBacklog: () => void = () => {},
   ) {}
 
   success(msg: StunMessage): StunWriter {
@@ -90,7 +92,12 @@ export class Responder {
 
   send(ep: Endpoint, buf: Buffer): void {
     if (ep.udp) ep.udp.socket.send(buf, ep.remotePort, ep.sendAddress);
-    else if (ep.conn && !ep.conn.closed) ep.conn.socket.write(buf);
+    else if (ep.conn && !ep.conn.closed) {
+      // A client that sends requests and never reads must not grow our memory: past the
+      // same bound as relayed data (MAX_STREAM_BUFFERED) answers are dropped, as over UDP.
+      if (ep.conn.socket.writableLength > MAX_STREAM_BUFFERED) this.onStreamBacklog();
+      else ep.conn.socket.write(buf);
+    }
   }
 
   sweep(now: number): void {

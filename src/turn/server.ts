@@ -146,7 +146,7 @@ export class TurnServer {
       this.supervisor.caught(where, err, flow ? () => this.table.closeFlow(flow, 'hook_error') : undefined);
     this.table = new AllocationTable(this.stats, clock, this.log, events, hooks, pool, hookFailed);
     this.data = new DataPath(this.stats, this.table, hooks, hookFailed);
-    this.res = new Responder(software, clock);
+    this.res = new Responder(software, clock, () => count(this.stats.refused, 'stream_backlog'));
     const auth = new Authenticator(cfg, opts.users, clock, this.stats, this.res, this.unauthorizedRate);
     this.ctx = {
       cfg,

@@ -14,7 +14,8 @@ export interface TurnStats {
    * Requests, packets and connections refused by a bound, by reason (README "Limits"):
    * permission_cap, channel_cap, flow_cap_user, flow_cap_total (508);
    * connection_cap_source, connection_cap_total (closed at accept); connection_idle
-   * (closed); allocate_rate, unauthorized_rate (dropped silently); legacy_channel (400).
+   * (closed); allocate_rate, unauthorized_rate (dropped silently); legacy_channel (400);
+   * stream_backlog (an answer dropped: its TCP/TLS client does not read).
    */
   refused: Record<string, number>;
 }

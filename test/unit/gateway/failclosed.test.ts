@@ -13,7 +13,7 @@ import { parseRuleFile } from '../../../src/policy/rules-schema.js';
 import { Supervisor } from '../../../src/util/supervise.js';
 import { silentLogger } from '../../../src/util/log.js';
 import type { Flow } from '../../../src/turn/flow.js';
-import { syntheticSession, SctpBuilder } from '../inspect/pipeline-helpers.js';
+import { record, syntheticSession, SctpBuilder } from '../inspect/pipeline-helpers.js';
 import { testIdentity } from './escrow-helpers.js';
 import { certRecord } from './flow-guard-helpers.js';
 import { HANDSHAKE_BYTES_BUDGET } from '../../../src/gateway/classify.js';
@@ -42,9 +42,10 @@ async function rig(rules: string, opts: { memory?: { allocationBytes: number; ma
   const supervisor = new Supervisor(silentLogger);
   const inspector = new GatewayInspector({ policy: () => engine, identity, events, clock, supervisor, ...opts });
   const closed: { flow: number; reason: string }[] = [];
-  const relay: FlowRelay = { send: () => {}, close: (f, reason) => void closed.push({ flow: f.id, reason }) };
+  const sent: Buffer[] = [];
+  const relay: FlowRelay = { send: (_f, _d, data) => void sent.push(data), close: (f, reason) => void closed.push({ flow: f.id, reason }) };
   inspector.setRelay(relay);
-  return { clock, events, engine, supervisor, inspector, closed };
+  return { clock, events, engine, supervisor, inspector, closed, sent };
 }
 
 /** A flow with a verified synthetic DTLS 1.2 session and an SCTP data channel. */
@@ -287,4 +288,110 @@ t.test('no key material in events', async (t) => {
     if (!Buffer.isBuffer(v) || /random/i.test(k)) continue;
     t.notOk(json.includes(v.toString('hex')) || json.includes(v.toString('base64')), `${k} not in events`);
   }
+});
+
+// A covered flow (keys verified) is not a free channel: only records and packets that the
+// flow's keys authenticate go on where keys are required (issue 8, review findings).
+t.test('covered, keys required: a tampered record and records of a foreign epoch are never forwarded; then blocked', async (t) => {
+  const r = await rig(REQUIRED);
+  const f = makeFlow();
+  const live = liveFlow(r, f);
+  t.ok(live.msg('hello'), 'an authenticated record goes on');
+  const tampered = live.s.appData(true, Buffer.from('real data'));
+  tampered[tampered.length - 1]! ^= 0x01; // the GCM tag no longer authenticates
+  t.notOk(r.inspector.onPacket(f, 'c2p', tampered, 5000), 'a tampered record is withheld');
+  let forwarded = 0;
+  for (let i = 0; i < 40 && !r.closed.length; i++) {
+    if (r.inspector.onPacket(f, 'c2p', record(23, 9, i, Buffer.alloc(1200, i)), 5000)) forwarded++;
+  }
+  t.equal(forwarded, 0, 'no epoch-9 application record reaches the peer');
+  const b = r.events.events.find((e) => e.event_type === 'flow_blocked');
+  t.match(b && gh(b), { reason: 'budget_exceeded', budget: 'uninspected' }, 'blocked over the uninspected budget');
+});
+
+t.test('covered, keys required: handshake-shaped records stay within the handshake budget', async (t) => {
+  const r = await rig(REQUIRED);
+  const f = makeFlow();
+  liveFlow(r, f);
+  let forwarded = 0;
+  for (let i = 0; i < 200 && !r.closed.length; i++) {
+    const d = certRecord(100 + i, 1000);
+    if (r.inspector.onPacket(f, 'c2p', d, 5000)) forwarded += d.length;
+  }
+  t.ok(forwarded <= HANDSHAKE_BYTES_BUDGET, `forwarded ${forwarded} ≤ ${HANDSHAKE_BYTES_BUDGET}`);
+  const b = r.events.events.find((e) => e.event_type === 'flow_blocked');
+  t.match(b && gh(b), { reason: 'budget_exceeded', budget: 'handshake_bytes' });
+});
+
+t.test('covered, keys required: SRTP that the escrowed keys do not authenticate is withheld', async (t) => {
+  const r = await rig(REQUIRED);
+  const f = makeFlow();
+  const live = liveFlow(r, f);
+  t.ok(r.inspector.onPacket(f, 'c2p', live.s.srtp(true, 1, Buffer.alloc(160, 1)), 5000), 'authentic SRTP goes on');
+  const junk = Buffer.alloc(200, 7);
+  junk[0] = 0x80; // RTP version 2, RFC 7983 §7 [128..191]
+  junk[1] = 111;
+  let forwarded = 0;
+  for (let i = 0; i < 40 && !r.closed.length; i++) {
+    junk.writeUInt16BE(i + 2, 2);
+    if (r.inspector.onPacket(f, 'c2p', junk, 5000)) forwarded++;
+  }
+  t.equal(forwarded, 0, 'junk SRTP never reaches the peer');
+  const b = r.events.events.find((e) => e.event_type === 'flow_blocked');
+  t.match(b && gh(b), { reason: 'budget_exceeded', budget: 'uninspected' });
+});
+
+t.test('held before keys: at release only the records the keys authenticate are sent', async (t) => {
+  const r = await rig(REQUIRED);
+  const f = makeFlow();
+  r.inspector.onFlowCreated(f);
+  const s = syntheticSession();
+  for (const h of s.hello) r.inspector.onPacket(f, h.fromClient ? 'c2p' : 'p2c', h.data, 5000);
+  const real: Buffer[] = [];
+  for (let i = 0; i < 5; i++) {
+    const d = s.appData(true, Buffer.from(`real ${i}`));
+    real.push(Buffer.from(d));
+    t.notOk(r.inspector.onPacket(f, 'c2p', d, 5000), 'held');
+    const junk = s.appData(true, Buffer.from(`junk ${i}`));
+    junk[junk.length - 1]! ^= 0x55;
+    t.notOk(r.inspector.onPacket(f, 'c2p', junk, 5000), 'held');
+    t.notOk(r.inspector.onPacket(f, 'c2p', record(23, 9, i, Buffer.alloc(300, i)), 5000), 'held');
+  }
+  r.sent.length = 0;
+  t.equal(r.inspector.applyKeySet(f, s.keySet), 'verified');
+  t.same(
+    r.sent.map((b) => b.toString('hex')),
+    real.map((b) => b.toString('hex')),
+    'exactly the authentic records are released, in order',
+  );
+  t.same(r.closed, [], 'ten withheld datagrams stay within the uninspected budget');
+});
+
+t.test('keys required: new ClientHellos do not stretch the deadline of a flow that was never covered', async (t) => {
+  const r = await rig('keys: { required: true, deadline: 1s, unverified: pass, block_for: 5m }\n');
+  const f = makeFlow();
+  r.inspector.onFlowCreated(f);
+  for (let i = 0; i < 3; i++) {
+    const s = syntheticSession(); // a fresh client_random each time: a new association
+    for (const h of s.hello) r.inspector.onPacket(f, h.fromClient ? 'c2p' : 'p2c', h.data, 5000);
+    r.clock.advance(400);
+  }
+  const b = r.events.events.find((e) => e.event_type === 'flow_blocked');
+  t.match(b && gh(b), { reason: 'keys_missing' }, 'blocked 1 s after the first datagram, not 1 s after the last ClientHello');
+});
+
+t.test('memory: a deadline that releases held data gives the account back at once', async (t) => {
+  const r = await rig('keys: { required: false, unverified: hold, deadline: 2s }\n');
+  const f = makeFlow();
+  r.inspector.onFlowCreated(f);
+  const s = syntheticSession();
+  for (const h of s.hello) r.inspector.onPacket(f, h.fromClient ? 'c2p' : 'p2c', h.data, 5000);
+  for (let i = 0; i < 10; i++) r.inspector.onPacket(f, 'c2p', s.appData(true, Buffer.alloc(1000, i)), 5000);
+  t.ok(r.inspector.memory.allocationBytes(f.allocationId) >= 10_000, 'held data is accounted');
+  r.clock.advance(2500); // no datagram after this: only the timer runs
+  t.equal(r.inspector.memory.allocationBytes(f.allocationId), 0, 'released by the deadline, accounted as released');
+  t.ok(
+    r.events.events.some((e) => e.event_type === 'flow_uninspected'),
+    'the flow goes on uninspected',
+  );
 });

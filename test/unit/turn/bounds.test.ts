@@ -225,3 +225,21 @@ t.test('RateLimiter: token bucket, burst 2x, bounded map of sources', async (t) 
   r.sweep(clock.now());
   t.equal(r.size, 0, 'refilled buckets are swept');
 });
+
+t.test('a TCP client that sends Bindings and never reads: answers past the stream bound are dropped, counted', async (t) => {
+  const h = await startServer();
+  t.teardown(() => h.close());
+  const s = await tcp(h.tcpPort);
+  s.pause(); // never read: the server's answers pile up in its socket
+  const batch = Buffer.concat(Array.from({ length: 1000 }, binding)); // 20 000 bytes of requests
+  for (let i = 0; i < 400 && !h.server.stats.refused['stream_backlog']; i++) {
+    if (!s.write(batch)) await new Promise((r) => s.once('drain', r));
+    await new Promise((r) => setImmediate(r));
+  }
+  const dropped = h.server.stats.refused['stream_backlog'] ?? 0;
+  t.ok(dropped > 0, `answers dropped once 4 MiB were waiting: ${dropped}`);
+  const other = await tcp(h.tcpPort);
+  t.ok(await answers(other), 'another connection is answered');
+  other.destroy();
+  s.destroy();
+});
