@@ -19,6 +19,8 @@ import {
 
 const nat = loadNative();
 const skip = nat ? false : 'native addon not built';
+// .ci/run builds the addon: in CI a missing one is a failure (its tests would pass vacuously).
+if (!nat && process.env.CI) t.fail('CI: native addon not built (npm run build:native)');
 const PROFILES = [SRTP_AES128_CM_HMAC_SHA1_80, SRTP_AES128_CM_HMAC_SHA1_32, SRTP_AEAD_AES_128_GCM, SRTP_AEAD_AES_256_GCM];
 
 /** Random RTP packet: CSRCs, optional header extension (RFC 3550 §5.1, §5.3.1), 0..1400 payload. */
