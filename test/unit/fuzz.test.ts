@@ -12,6 +12,7 @@
  * GH_FUZZ_SEED=<n> replays another seed; GH_FUZZ_SCALE multiplies the budget.
  */
 import t from 'tap';
+import { Mutator, prng } from '../../scripts/mutate.js';
 import { existsSync, readFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { dirname, join } from 'node:path';
@@ -85,86 +86,6 @@ import { syntheticSession, SctpBuilder } from './inspect/pipeline-helpers.js';
 const here = dirname(fileURLToPath(import.meta.url));
 const SEED = Number(process.env.GH_FUZZ_SEED ?? 0x9e3779b9) >>> 0;
 const SCALE = Math.max(0.01, Number(process.env.GH_FUZZ_SCALE ?? 1));
-
-/** mulberry32: small, fast, seeded. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let x = a;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
-class Mutator {
-  constructor(private readonly r: () => number) {}
-  int(n: number): number {
-    return Math.floor(this.r() * n);
-  }
-  pick<T>(xs: readonly T[]): T {
-    return xs[this.int(xs.length)]!;
-  }
-  mutate(seed: Buffer, corpus: readonly Buffer[]): Buffer {
-    let b = Buffer.from(seed);
-    const rounds = 1 + this.int(3);
-    for (let i = 0; i < rounds; i++) {
-      switch (this.int(7)) {
-        case 0: {
-          // bit flips
-          if (b.length === 0) break;
-          const n = 1 + this.int(4);
-          for (let k = 0; k < n; k++) {
-            const p = this.int(b.length);
-            b[p] = b[p]! ^ (1 << this.int(8));
-          }
-          break;
-        }
-        case 1: {
-          // interesting bytes
-          if (b.length === 0) break;
-          b[this.int(b.length)] = this.pick([0, 1, 0x7f, 0x80, 0xff, 0xfe, 0x40, 0x16, 0x17]);
-          break;
-        }
-        case 2:
-          // truncation
-          b = b.subarray(0, this.int(b.length + 1));
-          break;
-        case 3: {
-          // 16-bit length-field bump (any aligned-or-not position)
-          if (b.length < 2) break;
-          const p = this.int(b.length - 1);
-          const v = (b.readUInt16BE(p) + this.pick([1, -1, 4, -4, 0x100, 0x7fff, 0xffff, this.int(0x10000)])) & 0xffff;
-          b.writeUInt16BE(v, p);
-          break;
-        }
-        case 4: {
-          // splice with another seed
-          const o = this.pick(corpus);
-          b = Buffer.concat([b.subarray(0, this.int(b.length + 1)), o.subarray(this.int(o.length + 1))]);
-          break;
-        }
-        case 5: {
-          // duplicate a chunk
-          if (b.length === 0) break;
-          const s = this.int(b.length);
-          const e = Math.min(b.length, s + 1 + this.int(64));
-          b = Buffer.concat([b.subarray(0, e), b.subarray(s, e), b.subarray(e)]);
-          break;
-        }
-        default: {
-          // insert random bytes
-          const p = this.int(b.length + 1);
-          const ins = Buffer.alloc(1 + this.int(16));
-          for (let k = 0; k < ins.length; k++) ins[k] = this.int(256);
-          b = Buffer.concat([b.subarray(0, p), ins, b.subarray(p)]);
-        }
-      }
-    }
-    return b;
-  }
-}
 
 // ---------------------------------------------------------------------------------
 // Seed corpora (valid packets).
