@@ -71,7 +71,10 @@ t.test('every import in src/ follows the arrows of design.md', async (t) => {
 t.test('the check reports an import against the arrows, with file and line', async (t) => {
   const fake = join(SRC, 'wire', 'fake.ts');
   const text = `// a codec\nimport { TurnServer } from '../turn/server.js';\nimport type { X } from './stun.js';\n`;
-  t.same(violations([fake], () => text), ['wire/fake.ts:2: wire imports turn/server (design.md: wire may import nothing of ours)']);
+  t.same(
+    violations([fake], () => text),
+    ['wire/fake.ts:2: wire imports turn/server (design.md: wire may import nothing of ours)'],
+  );
   const policy = join(SRC, 'policy', 'fake.ts');
   const ptext = `import type { InspectEvent } from '../inspect/events.js';\nimport { demux } from '../wire/demux.js';\n`;
   t.equal(violations([policy], () => ptext).length, 1, 'policy may see event shapes, not parsers');
