@@ -224,6 +224,7 @@ export async function startGateway(
       policy.close();
       await admin.close();
       await turn.stop(); // closes flows: recordings are sealed
+      await recordings.drained(); // parts still being written are sealed once their writes complete
       quotaFlush.cancel();
       retention.cancel();
       quotas.flush();

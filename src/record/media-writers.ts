@@ -1,7 +1,7 @@
 /**
  * Playable files from decrypted RTP: Ogg/Opus (RFC 7845), IVF/VP8 (RFC 7741 frames) and
  * Annex-B H.264 (RFC 6184). Each writes whole pages/frames through a UnitFile, so what
- * was flushed before a crash stays readable.
+ * was written before a crash stays readable.
  */
 import { UnitFile, type UnitFileOptions } from './unit-file.js';
 import { OGG_BOS, OGG_EOS, oggPage, opusHead, opusTags, opusPacketSamples } from './ogg.js';
@@ -19,8 +19,10 @@ export interface MediaWriter {
   readonly path: string;
   readonly size: number;
   write(p: RtpIn): void;
-  flush(): void;
-  close(): void;
+  /** Hands what is complete to the file and starts its write (soon: on the next event-loop turn). */
+  flush(soon?: boolean): void;
+  /** Closes the file; done is called once it is written and closed (see UnitFile.close). */
+  close(done?: () => void): void;
 }
 
 /** Longest gap (in 48 kHz samples) filled with packet-loss-concealment packets: 60 s. */
@@ -104,19 +106,20 @@ export class OggOpusWriter implements MediaWriter {
     this.pageSegs = 0;
   }
 
-  flush(): void {
+  flush(soon = false): void {
     this.emitPage(0);
-    this.file.flush();
+    if (soon) this.file.flushSoon();
+    else this.file.flush();
   }
 
-  close(): void {
+  close(done?: () => void): void {
     if (this.started) {
       // Pages already flushed cannot be rewritten; an empty page is avoided by ending on
       // one concealment frame when nothing is pending.
       if (this.page.length === 0) this.fill(opusPacketSamples(Buffer.from([this.lastToc & 0xfc])));
       this.emitPage(OGG_EOS); // RFC 3533 §6: the last page carries end-of-stream
     }
-    this.file.close();
+    this.file.close(done);
   }
 }
 
@@ -171,11 +174,12 @@ export class Vp8IvfWriter implements MediaWriter {
     this.frames++;
   }
 
-  flush(): void {
-    this.file.flush();
+  flush(soon = false): void {
+    if (soon) this.file.flushSoon();
+    else this.file.flush();
   }
 
-  close(): void {
+  close(done?: () => void): void {
     if (this.firstTs !== -1) {
       // Header bytes 24-27: libvpx calls it the frame count, ffmpeg's IVF demuxer reads it
       // as the stream duration in time base units (they agree when the time base is the
@@ -187,7 +191,7 @@ export class Vp8IvfWriter implements MediaWriter {
       n.writeUInt32LE(Number((last + step) & 0xffffffffn));
       this.file.patch(24, n);
     }
-    this.file.close();
+    this.file.close(done);
   }
 }
 
@@ -225,11 +229,12 @@ export class H264Writer implements MediaWriter {
     this.file.append(au.data);
   }
 
-  flush(): void {
-    this.file.flush();
+  flush(soon = false): void {
+    if (soon) this.file.flushSoon();
+    else this.file.flush();
   }
 
-  close(): void {
-    this.file.close();
+  close(done?: () => void): void {
+    this.file.close(done);
   }
 }

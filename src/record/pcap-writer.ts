@@ -7,7 +7,7 @@ import { buildIp, buildUdp } from '../wire/netpkt.js';
  * A classic pcap file (the format Wireshark and tshark read) of decrypted RTP/RTCP,
  * each packet wrapped in IPv4 + UDP with the flow's addresses (LINKTYPE_RAW, 101).
  * Records are whole units of a UnitFile: a crash leaves a readable file up to the last
- * flush.
+ * completed write.
  */
 const LINKTYPE_RAW = 101;
 
@@ -43,12 +43,13 @@ export class RtpPcapWriter {
     this.file.append(Buffer.concat([pcapRecordHeader(timeMs, ip.length), ip]));
   }
 
-  flush(): void {
-    this.file.flush();
+  flush(soon = false): void {
+    if (soon) this.file.flushSoon();
+    else this.file.flush();
   }
 
-  close(): void {
-    this.file.close();
+  close(done?: () => void): void {
+    this.file.close(done);
   }
 }
 

@@ -18,7 +18,7 @@ import type { Clock, TimerHandle } from '../util/clock.js';
 import type { Logger } from '../util/log.js';
 import type { InspectEvent, RtpPacketEvent } from '../inspect/events.js';
 import { RtpPcapWriter } from './pcap-writer.js';
-import { UnitFile, type UnitFileOptions } from './unit-file.js';
+import { QueueBudget, UnitFile, UNIT_FILE_MAX_QUEUED_BYTES, type UnitFileOptions } from './unit-file.js';
 import { H264Writer, OggOpusWriter, Vp8IvfWriter, type MediaWriter } from './media-writers.js';
 import {
   ANCHOR,
@@ -77,7 +77,14 @@ export interface RecordingOptions {
   maxFileBytes?: number;
   /** Write failures (a full disk) are logged here: once per recording, once per sealing state change. */
   log?: Logger;
+  /** Bytes one recording file may hold queued in memory (default UNIT_FILE_MAX_QUEUED_BYTES, 4 MiB). */
+  maxQueuedBytesPerFile?: number;
+  /** Bytes all recording files of the store may hold queued in memory (default RECORDING_QUEUE_MAX_BYTES, 64 MiB). */
+  maxQueuedBytes?: number;
 }
+
+/** Bound of the bytes all recording files hold queued in memory (src/record/README.md). */
+export const RECORDING_QUEUE_MAX_BYTES = 64 * 1024 * 1024;
 
 /** Where a recording's I/O failed: one label of gatehouse_recording_write_failures_total. */
 export type RecordingOp = 'open' | 'write' | 'seal' | 'head' | 'certificate';
@@ -91,6 +98,10 @@ export interface RecordingStats {
   /** Recordings whose manifest could not be written yet (retried at the next seal). */
   unsealed: number;
   open: number;
+  /** Bytes queued in memory for recording files (pending and in flight). */
+  queuedBytes: number;
+  /** Closed parts whose files are still being written (sealed once they are). */
+  closing: number;
 }
 
 function reasonOf(err: unknown): string {
@@ -127,18 +138,30 @@ function safe(s: string): string {
   return s.replace(/[^A-Za-z0-9_.-]/g, '_').slice(0, 64) || 'flow';
 }
 
+/** One part of a recording: its directory, and the first write failure of its files. */
+interface Part {
+  id: string;
+  dir: string;
+  part: number;
+  startedAt: number;
+  failure: { reason: string; file: string; at: string } | null;
+  opts: UnitFileOptions;
+}
+
 interface StreamState {
   codec: string;
   pcap: RtpPcapWriter | null;
   media: MediaWriter | null;
 }
 
-/** Records one flow. Feed it events with onEvent(); close() seals it. */
+/**
+ * Records one flow. Feed it events with onEvent(); close() seals it. onEvent() only
+ * queues whole units in memory (UnitFile): the writes happen asynchronously, started by
+ * the flush timer (on the event-loop turn after it fires) or by a file's pending bytes.
+ */
 export class FlowRecorder {
-  private id = '';
-  private dir = '';
+  private cur!: Part;
   private part = 0;
-  private startedAt = 0;
   private streams = new Map<number, StreamState>();
   private codecs = new Map<number, string>(); // ssrc -> codec from rtp.stream
   private channels = new Map<number, UnitFile>();
@@ -148,7 +171,6 @@ export class FlowRecorder {
   private closed = false;
   /** Set by the first write that failed: the recording stops taking data and is sealed incomplete. */
   failure: { reason: string; file: string; at: string } | null = null;
-  private readonly fileOpts: UnitFileOptions;
   private readonly rtpHdr = Buffer.alloc(12);
   /** Recordings sealed by this recorder (one per part). */
   readonly sealed: RecordingSealed[] = [];
@@ -157,29 +179,32 @@ export class FlowRecorder {
     private readonly store: RecordingStore,
     readonly flow: FlowInfo,
   ) {
-    this.fileOpts = { fsync: store.fsync, onError: (err, file) => this.fail(err, file) };
     this.openPart();
     this.timer = store.clock.setInterval(() => this.tick(), store.flushIntervalMs);
   }
 
   get recordingId(): string {
-    return this.id;
+    return this.cur.id;
   }
   get recordingDir(): string {
-    return this.dir;
+    return this.cur.dir;
+  }
+  private get dir(): string {
+    return this.cur.dir;
   }
 
   private openPart(): void {
-    this.part++;
-    this.startedAt = this.store.clock.now();
-    this.id = `${stamp(this.startedAt)}-${safe(String(this.flow.flowId))}-p${this.part}-${randomBytes(3).toString('hex')}`;
-    this.dir = join(this.store.dir, this.id);
-    mkdirSync(this.dir, { recursive: true, mode: 0o750 });
-    writeFileSync(
-      join(this.dir, 'meta.json'),
-      JSON.stringify({ flow: this.flow, part: this.part, startedAt: new Date(this.startedAt).toISOString() }) + '\n',
-    );
-    this.store.opened(this.id);
+    const startedAt = this.store.clock.now();
+    const part = this.part + 1;
+    const id = `${stamp(startedAt)}-${safe(String(this.flow.flowId))}-p${part}-${randomBytes(3).toString('hex')}`;
+    const dir = join(this.store.dir, id);
+    mkdirSync(dir, { recursive: true, mode: 0o750 });
+    writeFileSync(join(dir, 'meta.json'), JSON.stringify({ flow: this.flow, part, startedAt: new Date(startedAt).toISOString() }) + '\n');
+    const p: Part = { id, dir, part, startedAt, failure: null, opts: {} };
+    p.opts = { ...this.store.fileOptions, onError: (err, file) => this.fail(err, file, p) };
+    this.part = part;
+    this.cur = p;
+    this.store.opened(id);
   }
 
   /** Never throws: a recording that cannot be written stops, the flow goes on. */
@@ -192,11 +217,16 @@ export class FlowRecorder {
     }
   }
 
-  /** The first I/O failure of this recording: counted and logged once, writing stops. */
-  private fail(err: unknown, file: string): void {
+  /**
+   * The first I/O failure of this recording (a write error or a full write queue, also of
+   * a part still being written after rotation): counted and logged once, writing stops.
+   */
+  private fail(err: unknown, file: string, part: Part = this.cur): void {
+    const f = { reason: reasonOf(err), file, at: new Date(this.store.clock.now()).toISOString() };
+    part.failure ??= f;
     if (this.failure) return;
-    this.failure = { reason: reasonOf(err), file, at: new Date(this.store.clock.now()).toISOString() };
-    this.store.writeFailed(this.id, 'write', err, file);
+    this.failure = f;
+    this.store.writeFailed(part.id, 'write', err, file);
   }
 
   private record(e: InspectEvent): void {
@@ -264,7 +294,7 @@ export class FlowRecorder {
       if (this.streams.size >= this.store.maxStreams) return;
       const codec = this.codecs.get(e.ssrc) ?? 'unknown';
       st = { codec, pcap: null, media: null };
-      const opts = this.fileOpts;
+      const opts = this.cur.opts;
       st.pcap = new RtpPcapWriter(join(this.dir, `rtp-${e.ssrc >>> 0}.pcap`), this.flow.client, this.flow.peer, opts);
       if (codec === 'opus') st.media = new OggOpusWriter(join(this.dir, `audio-${e.ssrc >>> 0}.opus`), e.ssrc, opts);
       else if (codec === 'vp8') st.media = new Vp8IvfWriter(join(this.dir, `video-${e.ssrc >>> 0}.ivf`), opts);
@@ -283,7 +313,7 @@ export class FlowRecorder {
   }
 
   private writeRtcp(e: RtpPacketEvent): void {
-    if (!this.rtcp) this.rtcp = new RtpPcapWriter(join(this.dir, 'rtcp.pcap'), this.flow.client, this.flow.peer, this.fileOpts);
+    if (!this.rtcp) this.rtcp = new RtpPcapWriter(join(this.dir, 'rtcp.pcap'), this.flow.client, this.flow.peer, this.cur.opts);
     this.rtcp.write(e.time, e.payload, e.dir === 's2c');
   }
 
@@ -291,7 +321,7 @@ export class FlowRecorder {
     let f = this.channels.get(stream);
     if (!f) {
       if (this.channels.size >= this.store.maxChannels) return;
-      f = new UnitFile(join(this.dir, `dc-${stream}.jsonl`), this.fileOpts);
+      f = new UnitFile(join(this.dir, `dc-${stream}.jsonl`), this.cur.opts);
       this.channels.set(stream, f);
     }
     f.append(Buffer.from(JSON.stringify(rec) + '\n'));
@@ -314,24 +344,26 @@ export class FlowRecorder {
     return rel;
   }
 
-  /** Flushes every file; rotates when the part is over its size or age. */
-  flush(): void {
+  /** Starts a write of every file's pending units (soon: on the next event-loop turn); never waits. */
+  flush(soon = false): void {
     for (const st of this.streams.values()) {
-      st.pcap?.flush();
-      st.media?.flush();
+      st.pcap?.flush(soon);
+      st.media?.flush(soon);
     }
-    this.rtcp?.flush();
-    for (const f of this.channels.values()) f.flush();
+    this.rtcp?.flush(soon);
+    for (const f of this.channels.values()) soon ? f.flushSoon() : f.flush();
   }
 
   /** The flush timer: never throws (it runs outside any flow's call stack). */
   private tick(): void {
     if (this.closed) return;
     try {
-      this.flush();
+      // The writes start on the next turn: a close (or rotation) in this one still finds
+      // nothing in flight and seals at once.
+      this.flush(true);
       if (this.failure) return; // no new parts for a recording that stopped
       const { rotateBytes, rotateMs } = this.store;
-      if ((rotateMs && this.store.clock.now() - this.startedAt >= rotateMs) || (rotateBytes && this.partBytes() >= rotateBytes))
+      if ((rotateMs && this.store.clock.now() - this.cur.startedAt >= rotateMs) || (rotateBytes && this.partBytes() >= rotateBytes))
         this.rotate();
     } catch (err) {
       this.fail(err, 'recording');
@@ -353,7 +385,7 @@ export class FlowRecorder {
       this.openPart();
     } catch (err) {
       // No directory for the next part (a full disk): the recording ends here.
-      this.store.writeFailed(this.id, 'open', err, 'meta.json');
+      this.store.writeFailed(this.cur.id, 'open', err, 'meta.json');
       this.closed = true;
       this.timer?.cancel();
       this.timer = null;
@@ -361,25 +393,65 @@ export class FlowRecorder {
     return s;
   }
 
+  /**
+   * Closes the part's files and seals it once every one of them is written and closed (the
+   * manifest hashes them). With no write in flight that is now, and the result is
+   * returned; otherwise null, and the part is sealed when its last write completes
+   * (RecordingStore.drained() waits for that).
+   */
   private closePart(): RecordingSealed | null {
+    const part = this.cur;
+    const stoppedBy = this.failure; // a failure of another part that stopped this one early
+    let left = 1;
+    let now = true;
+    let result: RecordingSealed | null = null;
+    const one = () => {
+      if (--left > 0) return;
+      try {
+        const s = this.store.seal(part.dir, part.id, part.part, this.flow, part.startedAt, false, part.failure ?? stoppedBy ?? undefined);
+        if (s) this.sealed.push(s);
+        result = s;
+      } catch (err) {
+        this.store.log?.error({ recording: part.id, err: (err as Error).message }, 'recordings: sealing failed');
+      } finally {
+        if (!now) this.store.partSealed();
+      }
+    };
+    const closeOne = (close: (done: () => void) => void) => {
+      left++;
+      try {
+        close(one);
+      } catch (err) {
+        this.fail(err, 'recording', part);
+        one();
+      }
+    };
     for (const st of this.streams.values()) {
-      st.pcap?.close();
-      st.media?.close();
+      const { pcap, media } = st;
+      if (pcap) closeOne((d) => pcap.close(d));
+      if (media) closeOne((d) => media.close(d));
     }
-    this.rtcp?.close();
-    for (const f of this.channels.values()) f.close();
+    const rtcp = this.rtcp;
+    if (rtcp) closeOne((d) => rtcp.close(d));
+    for (const f of this.channels.values()) closeOne((d) => void f.close(d));
     this.streams.clear();
     this.channels.clear();
     this.rtcp = null;
-    const s = this.store.seal(this.dir, this.id, this.part, this.flow, this.startedAt, false, this.failure ?? undefined);
-    if (s) this.sealed.push(s);
-    return s;
+    if (left > 1) {
+      now = false;
+      this.store.partClosing();
+    }
+    one();
+    return now ? result : null;
   }
 
   /**
-   * Closes every file and seals the recording; idempotent. Null when already closed, or
-   * when the manifest could not be written (a full disk): the store retries at its next
-   * seal, and the next start seals it as recovered otherwise.
+   * Closes every file and seals the recording; idempotent. The seal comes after every
+   * file's last write: with none in flight that is now and the sealed recording is
+   * returned; otherwise null, and it is sealed when the writes complete (await
+   * store.drained()). Null also when already closed, or when the manifest could not be
+   * written (a full disk): the store retries at its next seal, and the next start seals
+   * it as recovered otherwise.
    */
   close(): RecordingSealed | null {
     if (this.closed) return null;
@@ -408,7 +480,14 @@ export class RecordingStore {
   private readonly identity: Signer;
   private readonly retention: RetentionPolicy;
   private readonly openIds = new Set<string>();
-  private readonly log: Logger | undefined;
+  /** @internal */
+  readonly log: Logger | undefined;
+  /** The bound of the bytes every recording file of this store holds queued. */
+  readonly queue: QueueBudget;
+  /** @internal What every recording file is opened with (onError is added per part). */
+  readonly fileOptions: UnitFileOptions;
+  private closingParts = 0;
+  private drainWaiters: (() => void)[] = [];
   private readonly failures: RecordingStats['failures'] = { open: {}, write: {}, seal: {}, head: {}, certificate: {} };
   private incomplete = 0;
   /** Recordings whose manifest could not be written yet, oldest first. */
@@ -441,6 +520,8 @@ export class RecordingStore {
     this.maxChannels = opts.maxChannels ?? 1024;
     this.maxFileBytes = opts.maxFileBytes ?? 64 << 20;
     this.log = opts.log;
+    this.queue = new QueueBudget(opts.maxQueuedBytes ?? RECORDING_QUEUE_MAX_BYTES);
+    this.fileOptions = { fsync: this.fsync, maxQueued: opts.maxQueuedBytesPerFile ?? UNIT_FILE_MAX_QUEUED_BYTES, budget: this.queue };
     mkdirSync(this.dir, { recursive: true, mode: 0o750 });
     this.storeCertificate();
     const { sealed, unsealed } = readRecordings(this.dir);
@@ -480,7 +561,37 @@ export class RecordingStore {
   get stats(): RecordingStats {
     const failures = {} as RecordingStats['failures'];
     for (const [op, m] of Object.entries(this.failures)) failures[op as RecordingOp] = { ...m };
-    return { failures, incomplete: this.incomplete, unsealed: this.pendingSeals.length, open: this.openIds.size };
+    return {
+      failures,
+      incomplete: this.incomplete,
+      unsealed: this.pendingSeals.length,
+      open: this.openIds.size,
+      queuedBytes: this.queue.bytes,
+      closing: this.closingParts,
+    };
+  }
+
+  /**
+   * Resolves once every recording part closed so far is written and sealed (or its seal
+   * is held back by a full disk: see stats.unsealed). `gatehouse serve` waits for it on stop.
+   */
+  drained(): Promise<void> {
+    if (this.closingParts === 0) return Promise.resolve();
+    return new Promise((r) => this.drainWaiters.push(r));
+  }
+
+  /** @internal A closed part waits for its files' writes. */
+  partClosing(): void {
+    this.closingParts++;
+  }
+
+  /** @internal That part is sealed (or its seal is pending). */
+  partSealed(): void {
+    this.closingParts = Math.max(0, this.closingParts - 1);
+    if (this.closingParts > 0) return;
+    const w = this.drainWaiters;
+    this.drainWaiters = [];
+    for (const r of w) r();
   }
 
   private count(op: RecordingOp, err: unknown): void {

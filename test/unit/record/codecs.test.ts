@@ -86,7 +86,7 @@ t.test('OggOpusWriter: granules follow the RTP clock, gaps concealed, late packe
   w.write({ payload: Buffer.alloc(0), seq: seq++, timestamp: 9000, marker: false }); // malformed: ignored
   w.flush();
   w.write({ payload: pkt(5), seq: seq++, timestamp: 1960 + 960 * 5, marker: false });
-  w.close();
+  await new Promise<void>((r) => w.close(r)); // after the write flush() started
   const pkts = readOggPackets(f);
   t.equal(pkts[0]!.toString('ascii', 0, 8), 'OpusHead');
   t.equal(pkts[1]!.toString('ascii', 0, 8), 'OpusTags');

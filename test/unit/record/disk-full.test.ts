@@ -21,6 +21,15 @@ if (!existsSync('/dev/full')) t.plan(0, 'no /dev/full');
 const work = mkdtempSync(join(tmpdir(), 'gh-rec-full-'));
 t.teardown(() => rmSync(work, { recursive: true, force: true }));
 
+/** Writes are asynchronous: waits (polling) until cond holds. */
+async function until(cond: () => boolean, ms = 5000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error('timed out');
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
 function capture() {
   const lines: Record<string, unknown>[] = [];
   const log = createLogger({ level: 'info' }, { write: (s: string) => void lines.push(JSON.parse(s)) });
@@ -52,14 +61,17 @@ const msg = (stream: number, time: number, text: string): InspectEvent => ({
 t.test('UnitFile: ENOSPC is reported once and never thrown', async (t) => {
   const errs: string[] = [];
   const f = new UnitFile('/dev/full', { onError: (e, file) => errs.push(`${e.code} ${file}`) });
+  let closed: Promise<void> | undefined;
   t.doesNotThrow(() => {
     f.append(Buffer.from('one unit'));
     f.flush();
     f.append(Buffer.from('another'));
     f.flush();
     f.patch(0, Buffer.from('x'));
-    f.close();
+    closed = f.closeAsync();
   });
+  t.same(errs, [], 'the write is asynchronous: nothing failed yet');
+  await closed;
   t.same(errs, ['ENOSPC full']);
   t.equal(f.error?.code, 'ENOSPC');
   t.equal(f.size, 0, 'nothing counted as written');
@@ -83,7 +95,10 @@ t.test('a recording whose transcript hits ENOSPC is stopped, counted, logged onc
   t.doesNotThrow(() => {
     rec.onEvent(open(1, clock.now()));
     rec.onEvent(msg(1, clock.now(), 'hello'));
-    clock.advance(100); // the flush timer writes, and fails
+    clock.advance(100); // the flush timer starts a write, which fails
+  });
+  await until(() => rec.failure !== null);
+  t.doesNotThrow(() => {
     rec.onEvent(msg(1, clock.now(), 'after the failure'));
     clock.advance(300);
   });
