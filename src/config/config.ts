@@ -81,6 +81,22 @@ export interface GatehouseConfig {
   recording: { max_age_days: number | null; max_bytes: string | null; flush_interval_ms: number };
   /** The gateway identity (key-escrow.md §1): PEM files, or null to make one in data_dir. */
   identity: { cert: string | null; key: string | null };
+  /** Malware scanning of reassembled files (README "Malware scanning"); src/scan/. */
+  scan: ScanConfig;
+}
+
+/** `scan:` — an ICAP service (RFC 3507) and/or clamd INSTREAM; null: not configured. */
+export interface ScanConfig {
+  /** icap://host:port/service (RFC 3507 §4.2: default port 1344). */
+  icap: string | null;
+  /** tcp://host:port or unix:/path of a clamd socket. */
+  clamd: string | null;
+  /** Per-file deadline of a scan, milliseconds; beyond it the scan is an error. */
+  timeout_ms: number;
+  /** An error or time-out passes the file (true) or blocks it as unscanned (false). */
+  fail_open: boolean;
+  /** Scans in flight at once per scanner; more wait in a queue. */
+  max_concurrent: number;
 }
 
 export const LISTEN_RE = /^(udp|tcp|tls):\/\/(\[[0-9a-fA-F:.]+\]|[0-9.]+|localhost):(\d{1,5})$/;
@@ -207,6 +223,34 @@ const usersSchema: Schema<UserEntry[]> = {
     return users;
   },
 };
+
+/** icap://host[:port]/service (RFC 3507 §4.2); no user info (no secrets in the URL). */
+export function checkIcapUrl(s: string): string | null {
+  let u: URL;
+  try {
+    u = new URL(s);
+  } catch {
+    return `expected icap://host:port/service, got ${JSON.stringify(s)}`;
+  }
+  if (u.protocol !== 'icap:') return `expected the icap:// scheme, got ${JSON.stringify(u.protocol.replace(/:$/, ''))}`;
+  if (!u.hostname) return 'an ICAP URL needs a host';
+  if (u.username || u.password) return 'an ICAP URL carries no user or password';
+  if (u.pathname === '' || u.pathname === '/') return 'an ICAP URL names a service, e.g. icap://127.0.0.1:1344/srv_clamav';
+  return null;
+}
+
+/** tcp://host:port or unix:/absolute/path. */
+export function checkClamdUrl(s: string): string | null {
+  if (s.startsWith('unix:')) {
+    const path = s.slice(5);
+    return path.startsWith('/') ? null : `expected unix:/absolute/path, got ${JSON.stringify(s)}`;
+  }
+  const m = /^tcp:\/\/(\[[0-9a-fA-F:.]+\]|[^:/\s]+):(\d{1,5})$/.exec(s);
+  if (!m) return `expected tcp://host:port or unix:/path, got ${JSON.stringify(s)}`;
+  const port = Number(m[2]);
+  if (port < 1 || port > 65535) return `port ${port} is out of range 1-65535`;
+  return null;
+}
 
 export const configSchema = obj<GatehouseConfig>({
   realm: { schema: str('a realm name'), default: () => 'gatehouse.local' },
@@ -362,6 +406,21 @@ export const configSchema = obj<GatehouseConfig>({
     schema: obj({
       cert: { schema: nullable(str('a PEM certificate file')), default: () => null },
       key: { schema: nullable(str('a PEM ECDSA P-256 key file')), default: () => null },
+    }),
+  },
+  scan: {
+    schema: obj({
+      icap: {
+        schema: nullable(checked('an ICAP URL like icap://127.0.0.1:1344/srv_clamav', checkIcapUrl)),
+        default: () => null,
+      },
+      clamd: {
+        schema: nullable(checked('a clamd address like tcp://127.0.0.1:3310 or unix:/run/clamav/clamd.ctl', checkClamdUrl)),
+        default: () => null,
+      },
+      timeout_ms: { schema: int(100, 600_000, 'milliseconds from 100 to 600000'), default: () => 10_000 },
+      fail_open: { schema: bool(), default: () => false },
+      max_concurrent: { schema: int(1, 1024), default: () => 4 },
     }),
   },
   policy: {
