@@ -532,7 +532,9 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
       st.recorder = this.o.recordings!.open({
         flowId: f.id,
         client: { ip: f.client.address, port: f.client.port },
-        peer: { ip: f.peerAddress, port: st.meta.b.port },
+        // The flow's own endpoint object: its port is set by the first datagram (a flow
+        // recorded from its creation has none yet), so the recorder's pcaps carry it.
+        peer: st.meta.b,
         user: f.user,
         ruleId,
       });

@@ -71,9 +71,24 @@ export interface Manifest {
   recovered?: boolean;
   /** Writing stopped early (e.g. a full disk): the files end where writing failed. */
   incomplete?: { reason: string; file: string; at: string };
+  /** Per RTP stream: the codec and how it was learned, the playable file or why there is none. */
+  streams?: ManifestStream[];
   files: Record<string, FileEntry>;
   signer: string;
   signature: string;
+}
+
+export interface ManifestStream {
+  ssrc: number;
+  /** 'opus', 'vp8', 'h264', another codec the inspector named, or 'unclassified'. */
+  codec: string;
+  /** 'rtp.stream': the inspector's event; 'payload': the recorder's own look at the packets. */
+  classifiedBy: 'rtp.stream' | 'payload' | null;
+  /** The playable file (null: the RTP pcap only). */
+  file: string | null;
+  pcap: string;
+  /** Why there is no playable file: 'unclassified' (not classified within the bound) or 'codec' (no writer for it). */
+  note?: 'unclassified' | 'codec';
 }
 
 export interface ChainPoint {

@@ -25,6 +25,16 @@ export interface MediaWriter {
   close(done?: () => void): void;
 }
 
+/**
+ * Ogg/Opus pre-skip (RFC 7845 §4.2), in 48 kHz samples. RTP carries no pre-skip (RFC 7587
+ * has no such parameter), so the recorder picks one: a stream recorded from its first
+ * packet uses 312 (6.5 ms), the encoder delay of libopus (OPUS_GET_LOOKAHEAD at 48 kHz),
+ * the encoder of WebRTC stacks and ffmpeg; a stream joined mid-way uses 3840 (80 ms),
+ * which RFC 7845 §4.2 recommends so the decoder has converged before output starts.
+ */
+export const OPUS_PRESKIP_START = 312;
+export const OPUS_PRESKIP_MIDSTREAM = 3840;
+
 /** Longest gap (in 48 kHz samples) filled with packet-loss-concealment packets: 60 s. */
 const MAX_FILL = 48000 * 60;
 /** Packets per Ogg page (RFC 3533 §6 allows 255 lacing values; Opus packets are < 255*4). */
@@ -51,6 +61,7 @@ export class OggOpusWriter implements MediaWriter {
     readonly path: string,
     serial: number,
     opts: UnitFileOptions = {},
+    private readonly preSkip = OPUS_PRESKIP_MIDSTREAM,
   ) {
     this.file = new UnitFile(path, opts);
     this.serial = serial >>> 0;
@@ -67,8 +78,8 @@ export class OggOpusWriter implements MediaWriter {
       // RFC 7845 §3: the ID header alone on the BOS page, then the comment header on its
       // own page(s), both with granule position 0. WebRTC Opus is always "opus/48000/2"
       // (RFC 7587 §7), so the stream is declared stereo; mono packets decode as stereo.
-      // Pre-skip 3840 (80 ms): RFC 7845 §4.2 recommends it when decoding starts mid-stream.
-      this.file.append(oggPage(this.serial, this.pageSeq++, 0n, OGG_BOS, [opusHead(2, 3840)]));
+      // Pre-skip: OPUS_PRESKIP_START or OPUS_PRESKIP_MIDSTREAM (see there).
+      this.file.append(oggPage(this.serial, this.pageSeq++, 0n, OGG_BOS, [opusHead(2, this.preSkip)]));
       this.file.append(oggPage(this.serial, this.pageSeq++, 0n, 0, [opusTags('gatehouse')]));
       this.started = true;
     } else {

@@ -13,13 +13,23 @@
  */
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import type { Clock, TimerHandle } from '../util/clock.js';
 import type { Logger } from '../util/log.js';
 import type { InspectEvent, RtpPacketEvent } from '../inspect/events.js';
 import { RtpPcapWriter } from './pcap-writer.js';
 import { QueueBudget, UnitFile, UNIT_FILE_MAX_QUEUED_BYTES, type UnitFileOptions } from './unit-file.js';
-import { H264Writer, OggOpusWriter, Vp8IvfWriter, type MediaWriter } from './media-writers.js';
+import {
+  H264Writer,
+  OggOpusWriter,
+  Vp8IvfWriter,
+  OPUS_PRESKIP_MIDSTREAM,
+  OPUS_PRESKIP_START,
+  type MediaWriter,
+  type RtpIn,
+} from './media-writers.js';
+import { opusPacketSamples } from './ogg.js';
+import { codecSignature } from '../inspect/media.js';
 import {
   ANCHOR,
   HEAD,
@@ -32,6 +42,7 @@ import {
   storeCertificate,
   writeAtomic,
   writeChainPoint,
+  type ManifestStream,
   type Signer,
 } from './manifest.js';
 
@@ -82,6 +93,18 @@ export interface RecordingOptions {
   /** Bytes all recording files of the store may hold queued in memory (default RECORDING_QUEUE_MAX_BYTES, 64 MiB). */
   maxQueuedBytes?: number;
 }
+
+/**
+ * A stream's first packets are kept until its codec is known (the inspector's rtp.stream
+ * event, or the recorder's own look at the payloads), so the playable file starts at the
+ * first packet: at most this many packets and this many payload bytes per stream. A
+ * stream not classified within the bound is kept as the RTP pcap only (manifest
+ * `streams[].note: 'unclassified'`).
+ */
+export const RECORDING_CLASSIFY_MAX_PACKETS = 64;
+export const RECORDING_CLASSIFY_MAX_BYTES = 256 * 1024;
+/** Packets that must look like Opus (RFC 6716 TOC, RFC 7587 48 kHz clock steps) for the recorder's own guess. */
+const OPUS_GUESS_PACKETS = 4;
 
 /** Bound of the bytes all recording files hold queued in memory (src/record/README.md). */
 export const RECORDING_QUEUE_MAX_BYTES = 64 * 1024 * 1024;
@@ -149,9 +172,22 @@ interface Part {
 }
 
 interface StreamState {
-  codec: string;
+  ssrc: number;
+  /** null while the stream is being classified. */
+  codec: string | null;
+  classifiedBy: ManifestStream['classifiedBy'];
+  note?: ManifestStream['note'];
   pcap: RtpPcapWriter | null;
   media: MediaWriter | null;
+  /** The first packets, held until the codec is known (bounded, see RECORDING_CLASSIFY_MAX_*). */
+  pending: RtpIn[];
+  pendingBytes: number;
+  /** The recorder saw the inspector announce the stream: it has the stream from its first packet. */
+  fromStart: boolean;
+  /** The recorder's own Opus guess: packets that passed so far. */
+  opusLike: number;
+  lastTs: number;
+  lastSamples: number;
 }
 
 /**
@@ -164,6 +200,8 @@ export class FlowRecorder {
   private part = 0;
   private streams = new Map<number, StreamState>();
   private codecs = new Map<number, string>(); // ssrc -> codec from rtp.stream
+  /** ssrcs whose rtp.stream event this part saw before or among the stream's first packets. */
+  private announced = new Set<number>();
   private channels = new Map<number, UnitFile>();
   private labels = new Map<number, string>();
   private rtcp: RtpPcapWriter | null = null;
@@ -231,9 +269,18 @@ export class FlowRecorder {
 
   private record(e: InspectEvent): void {
     switch (e.type) {
-      case 'rtp.stream':
+      case 'rtp.stream': {
         if (!this.codecs.has(e.ssrc) && this.codecs.size < this.store.maxStreams) this.codecs.set(e.ssrc, e.codec);
+        const st = this.streams.get(e.ssrc);
+        if (!st) {
+          if (this.part === 1) this.announced.add(e.ssrc);
+        } else if (st.codec === null) {
+          // Announced while its first packets are held: the stream is whole from its start.
+          st.fromStart = this.part === 1;
+          this.classify(st, e.codec, 'rtp.stream');
+        }
         break;
+      }
       case 'rtp.packet':
         if (e.rtcp) this.writeRtcp(e);
         else this.writeRtp(e);
@@ -292,14 +339,25 @@ export class FlowRecorder {
     let st = this.streams.get(e.ssrc);
     if (!st) {
       if (this.streams.size >= this.store.maxStreams) return;
-      const codec = this.codecs.get(e.ssrc) ?? 'unknown';
-      st = { codec, pcap: null, media: null };
-      const opts = this.cur.opts;
-      st.pcap = new RtpPcapWriter(join(this.dir, `rtp-${e.ssrc >>> 0}.pcap`), this.flow.client, this.flow.peer, opts);
-      if (codec === 'opus') st.media = new OggOpusWriter(join(this.dir, `audio-${e.ssrc >>> 0}.opus`), e.ssrc, opts);
-      else if (codec === 'vp8') st.media = new Vp8IvfWriter(join(this.dir, `video-${e.ssrc >>> 0}.ivf`), opts);
-      else if (codec === 'h264') st.media = new H264Writer(join(this.dir, `video-${e.ssrc >>> 0}.h264`), opts);
+      st = {
+        ssrc: e.ssrc >>> 0,
+        codec: null,
+        classifiedBy: null,
+        pcap: null,
+        media: null,
+        pending: [],
+        pendingBytes: 0,
+        fromStart: this.announced.has(e.ssrc),
+        opusLike: 0,
+        lastTs: 0,
+        lastSamples: 0,
+      };
+      // The flow's addresses: the peer's port is the one its datagrams use (FlowInfo.peer
+      // is read at every packet, so a port learned after open() is the one written).
+      st.pcap = new RtpPcapWriter(join(this.dir, `rtp-${st.ssrc}.pcap`), this.flow.client, this.flow.peer, this.cur.opts);
       this.streams.set(e.ssrc, st);
+      const known = this.codecs.get(e.ssrc);
+      if (known !== undefined) this.classify(st, known, 'rtp.stream');
     }
     // RFC 3550 §5.1 fixed header rebuilt: V=2, no padding, extension or CSRCs.
     const h = this.rtpHdr;
@@ -309,7 +367,85 @@ export class FlowRecorder {
     h.writeUInt32BE(e.timestamp >>> 0, 4);
     h.writeUInt32BE(e.ssrc >>> 0, 8);
     st.pcap?.writeParts(e.time, h, e.payload, e.dir === 's2c');
-    st.media?.write(e);
+    if (st.codec === null) this.hold(st, e);
+    else st.media?.write(e);
+  }
+
+  /** Keeps a packet of a stream not classified yet, and tries to classify it from its payloads. */
+  private hold(st: StreamState, e: RtpPacketEvent): void {
+    if (st.pending.length >= RECORDING_CLASSIFY_MAX_PACKETS || st.pendingBytes + e.payload.length > RECORDING_CLASSIFY_MAX_BYTES) {
+      st.note = 'unclassified';
+      this.classify(st, 'unclassified', null);
+      this.store.log?.info(
+        { recording: this.cur.id, ssrc: st.ssrc, packets: st.pending.length },
+        'recording: RTP stream not classified within the bound; kept as RTP pcap only',
+      );
+      return;
+    }
+    // The event's buffer may be reused upstream: keep a copy.
+    st.pending.push({ payload: Buffer.from(e.payload), seq: e.seq, timestamp: e.timestamp, marker: e.marker });
+    st.pendingBytes += e.payload.length;
+    const guess = this.guess(st, e);
+    if (guess) this.classify(st, guess, 'payload');
+  }
+
+  /**
+   * The recorder's own classification, for a stream the inspector announced before this
+   * recording saw it: a VP8 key frame or H.264 SPS/IDR start (codecSignature), or Opus
+   * when OPUS_GUESS_PACKETS packets in a row have a valid TOC (RFC 6716 §3.1) and RTP
+   * timestamps that advance by whole multiples of the previous packet's duration on the
+   * 48 kHz clock (RFC 7587 §4.1; more than one when packets were lost or in DTX).
+   */
+  private guess(st: StreamState, e: RtpPacketEvent): string | null {
+    const sig = codecSignature(e.payload);
+    if (sig) return sig;
+    const n = opusPacketSamples(e.payload);
+    if (n === 0 || n > 5760) {
+      st.opusLike = 0;
+      return null;
+    }
+    if (st.opusLike > 0) {
+      const d = (e.timestamp - st.lastTs) >>> 0;
+      if (d === 0 || d % st.lastSamples !== 0 || d > 48000 * 10) st.opusLike = 0;
+    }
+    st.opusLike++;
+    st.lastTs = e.timestamp >>> 0;
+    st.lastSamples = n;
+    return st.opusLike >= OPUS_GUESS_PACKETS ? 'opus' : null;
+  }
+
+  /** The codec of a stream is known: its writer is made and the held packets written first. */
+  private classify(st: StreamState, codec: string, by: ManifestStream['classifiedBy']): void {
+    if (st.codec !== null) return;
+    st.codec = codec;
+    st.classifiedBy = by;
+    const opts = this.cur.opts;
+    if (codec === 'opus')
+      st.media = new OggOpusWriter(
+        join(this.dir, `audio-${st.ssrc}.opus`),
+        st.ssrc,
+        opts,
+        st.fromStart ? OPUS_PRESKIP_START : OPUS_PRESKIP_MIDSTREAM,
+      );
+    else if (codec === 'vp8') st.media = new Vp8IvfWriter(join(this.dir, `video-${st.ssrc}.ivf`), opts);
+    else if (codec === 'h264') st.media = new H264Writer(join(this.dir, `video-${st.ssrc}.h264`), opts);
+    else st.note ??= codec === 'unclassified' ? 'unclassified' : 'codec';
+    const held = st.pending;
+    st.pending = [];
+    st.pendingBytes = 0;
+    if (st.media) for (const p of held) st.media.write(p);
+  }
+
+  /** What the manifest says of each RTP stream of the part. */
+  private streamSummary(): ManifestStream[] {
+    return [...this.streams.values()].map((st) => ({
+      ssrc: st.ssrc,
+      codec: st.codec ?? 'unclassified',
+      classifiedBy: st.classifiedBy,
+      file: st.media ? basename(st.media.path) : null,
+      pcap: `rtp-${st.ssrc}.pcap`,
+      ...(st.media ? {} : { note: st.note ?? 'unclassified' }),
+    }));
   }
 
   private writeRtcp(e: RtpPacketEvent): void {
@@ -405,10 +541,20 @@ export class FlowRecorder {
     let left = 1;
     let now = true;
     let result: RecordingSealed | null = null;
+    const streams = this.streamSummary();
     const one = () => {
       if (--left > 0) return;
       try {
-        const s = this.store.seal(part.dir, part.id, part.part, this.flow, part.startedAt, false, part.failure ?? stoppedBy ?? undefined);
+        const s = this.store.seal(
+          part.dir,
+          part.id,
+          part.part,
+          this.flow,
+          part.startedAt,
+          false,
+          part.failure ?? stoppedBy ?? undefined,
+          streams.length ? streams : undefined,
+        );
         if (s) this.sealed.push(s);
         result = s;
       } catch (err) {
@@ -435,6 +581,7 @@ export class FlowRecorder {
     if (rtcp) closeOne((d) => rtcp.close(d));
     for (const f of this.channels.values()) closeOne((d) => void f.close(d));
     this.streams.clear();
+    this.announced.clear();
     this.channels.clear();
     this.rtcp = null;
     if (left > 1) {
@@ -499,6 +646,7 @@ export class RecordingStore {
     startedAt: number;
     recovered: boolean;
     incomplete?: { reason: string; file: string; at: string };
+    streams?: ManifestStream[];
   }[] = [];
   private sealFailing = false;
   private certificateStored = false;
@@ -652,10 +800,11 @@ export class RecordingStore {
     startedAt: number,
     recovered: boolean,
     incomplete?: { reason: string; file: string; at: string },
+    streams?: ManifestStream[],
   ): RecordingSealed | null {
     this.openIds.delete(id);
     this.retryPendingSeals();
-    const job = { dir, id, part, flow, startedAt, recovered, ...(incomplete ? { incomplete } : {}) };
+    const job = { dir, id, part, flow, startedAt, recovered, ...(incomplete ? { incomplete } : {}), ...(streams ? { streams } : {}) };
     if (this.pendingSeals.length) {
       this.pendingSeals.push(job); // keep chain order: older recordings are sealed first
       return null;
@@ -671,7 +820,7 @@ export class RecordingStore {
   }
 
   private trySeal(job: (typeof this.pendingSeals)[number], retry = false): RecordingSealed | null {
-    const { dir, id, part, flow, startedAt, recovered, incomplete } = job;
+    const { dir, id, part, flow, startedAt, recovered, incomplete, streams } = job;
     const seq = this.seq + 1;
     let hash: string;
     try {
@@ -688,6 +837,7 @@ export class RecordingStore {
           endedAt: new Date(this.clock.now()).toISOString(),
           ...(recovered ? { recovered: true } : {}),
           ...(incomplete ? { incomplete } : {}),
+          ...(streams ? { streams } : {}),
         },
         this.identity,
       ));
