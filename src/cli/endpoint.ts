@@ -15,6 +15,7 @@ import type { Readable, Writable } from 'node:stream';
 import { MediaStreamTrack, RTCPeerConnection, RtpHeader, RtpPacket, type RTCDataChannel } from 'werift';
 import { createEscrowPeerConnection, parseTurnUrl, type ConsentRequest, type EscrowAgent } from '../endpoint/agent.js';
 import { GatewayTrust, TrustError } from '../endpoint/trust.js';
+import { readOggOpus, type OggOpusFile } from '../endpoint/ogg-opus-file.js';
 import { systemClock } from '../util/clock.js';
 
 export const ENDPOINT_HELP = `Usage: gatehouse endpoint --role offer|answer --signal-dir DIR [options]
@@ -39,6 +40,9 @@ Options:
   --send-file FILE                    send FILE over a data channel
   --receive-dir DIR                   save files received over data channels here
   --audio-packets N                   send N synthetic RTP audio packets (20 ms apart)
+  --audio-file FILE.opus              send the Opus packets of an Ogg/Opus file (RFC 7845) as
+                                      RTP audio (RFC 7587), paced by their durations; e.g.
+                                      ffmpeg -f lavfi -i sine=frequency=440:duration=3 -c:a libopus a.opus
   --message TEXT                      send TEXT over a data channel "chat"
   --timeout SECONDS                   give up after this long (default 60)
   --hold SECONDS                      keep the call up this long after the transfers (default 1)
@@ -137,6 +141,8 @@ interface Summary {
   messages: string[];
   rtpSent: number;
   rtpReceived: number;
+  /** What --audio-file sent: packets, and the audio's duration in ms (RTP clock, 48 kHz). */
+  audioFile?: { packets: number; durationMs: number };
 }
 
 export async function runEndpoint(argv: string[], io: Io): Promise<number> {
@@ -160,6 +166,7 @@ export async function runEndpoint(argv: string[], io: Io): Promise<number> {
         'send-file': { type: 'string' },
         'receive-dir': { type: 'string' },
         'audio-packets': { type: 'string' },
+        'audio-file': { type: 'string' },
         message: { type: 'string' },
         timeout: { type: 'string' },
         hold: { type: 'string' },
@@ -197,6 +204,15 @@ export async function runEndpoint(argv: string[], io: Io): Promise<number> {
   const audioPackets = Number(v['audio-packets'] ?? 0);
   if (!(timeoutS > 0) || !(holdS >= 0) || !Number.isInteger(audioPackets) || audioPackets < 0)
     return usage(io, 'bad --timeout, --hold or --audio-packets');
+  let audioFile: OggOpusFile | null = null;
+  if (v['audio-file'] !== undefined) {
+    if (audioPackets > 0) return usage(io, '--audio-file and --audio-packets exclude each other');
+    try {
+      audioFile = readOggOpus(readFileSync(v['audio-file'] as string));
+    } catch (e) {
+      return usage(io, `--audio-file: ${(e as Error).message}`);
+    }
+  }
   const deadline = systemClock.now() + timeoutS * 1000;
 
   let trust: GatewayTrust | null = null;
@@ -302,7 +318,7 @@ export async function runEndpoint(argv: string[], io: Io): Promise<number> {
   const fileData = sendFile ? readFileSync(sendFile) : null;
   const fileDc = fileData ? pc.createDataChannel(`file:${basename(sendFile!)}`) : null;
   const chatDc = v.message !== undefined ? pc.createDataChannel('chat') : null;
-  const audioTrack = audioPackets > 0 ? new MediaStreamTrack({ kind: 'audio' }) : null;
+  const audioTrack = audioPackets > 0 || audioFile ? new MediaStreamTrack({ kind: 'audio' }) : null;
   if (audioTrack) pc.addTransceiver(audioTrack, { direction: 'sendonly' });
   else if (role === 'offer' && !fileDc && !chatDc) pc.createDataChannel('chat');
 
@@ -357,7 +373,23 @@ export async function runEndpoint(argv: string[], io: Io): Promise<number> {
       }
       summary.sentFile = { name: basename(sendFile!), size: fileData.length, sha256 };
     }
-    if (audioTrack) {
+    if (audioTrack && audioFile) {
+      // Real audio: one Opus packet per RTP packet (RFC 7587 §4.2), the RTP timestamp on
+      // the 48 kHz clock advanced by each packet's duration (§4.1), sent at the pace of
+      // that clock (drift-corrected); the marker on the first packet (RFC 3550 §5.1).
+      // werift sets SSRC and the negotiated payload type and protects with SRTP.
+      let ts = 0;
+      const t0 = systemClock.now();
+      for (let i = 0; i < audioFile.packets.length; i++) {
+        const header = new RtpHeader({ sequenceNumber: (i + 1) & 0xffff, timestamp: ts, payloadType: 111, marker: i === 0 });
+        audioTrack.writeRtp(new RtpPacket(header, audioFile.packets[i]!));
+        summary.rtpSent++;
+        ts += audioFile.samples[i]!;
+        const wait = t0 + ts / 48 - systemClock.now();
+        if (wait > 0) await sleep(wait);
+      }
+      summary.audioFile = { packets: audioFile.packets.length, durationMs: ts / 48 };
+    } else if (audioTrack) {
       // Synthetic audio: 20 ms frames of silence-like payload; werift sets SSRC and PT.
       let seq = 1;
       let ts = 0;

@@ -535,6 +535,7 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
         // The flow's own endpoint object: its port is set by the first datagram (a flow
         // recorded from its creation has none yet), so the recorder's pcaps carry it.
         peer: st.meta.b,
+        dtlsClientIsClient: () => st.pipeline.dtlsClientIsA,
         user: f.user,
         ruleId,
       });

@@ -54,9 +54,14 @@ export interface Endpoint {
 export interface FlowInfo {
   /** Stable id of the flow (used in the directory name). */
   flowId: string | number;
-  /** The DTLS client side ('c2s' packets come from here). */
+  /** The TURN client side (the DTLS client too unless dtlsClientIsClient says otherwise). */
   client: Endpoint;
   peer: Endpoint;
+  /**
+   * Whether `client` is the DTLS client, read at every packet (events carry directions
+   * relative to the DTLS client: 'c2s' = from it). Undefined (or absent): it is.
+   */
+  dtlsClientIsClient?: () => boolean | undefined;
   user?: string;
   ruleId?: string;
   [k: string]: unknown;
@@ -155,6 +160,11 @@ function stamp(ms: number): string {
     .toISOString()
     .replace(/[-:]/g, '')
     .replace(/\.\d+Z$/, 'Z');
+}
+
+/** The flow as plain data (what meta.json and the manifest hold: no functions). */
+function flowData(f: FlowInfo): Record<string, unknown> {
+  return JSON.parse(JSON.stringify(f)) as Record<string, unknown>;
 }
 
 function safe(s: string): string {
@@ -366,7 +376,7 @@ export class FlowRecorder {
     h.writeUInt16BE(e.seq & 0xffff, 2);
     h.writeUInt32BE(e.timestamp >>> 0, 4);
     h.writeUInt32BE(e.ssrc >>> 0, 8);
-    st.pcap?.writeParts(e.time, h, e.payload, e.dir === 's2c');
+    st.pcap?.writeParts(e.time, h, e.payload, this.fromPeer(e));
     if (st.codec === null) this.hold(st, e);
     else st.media?.write(e);
   }
@@ -448,9 +458,15 @@ export class FlowRecorder {
     }));
   }
 
+  /** Whether the packet came from the peer: event directions are DTLS roles (events.ts). */
+  private fromPeer(e: RtpPacketEvent): boolean {
+    const clientIsDtlsClient = this.flow.dtlsClientIsClient?.() !== false;
+    return (e.dir === 's2c') === clientIsDtlsClient;
+  }
+
   private writeRtcp(e: RtpPacketEvent): void {
     if (!this.rtcp) this.rtcp = new RtpPcapWriter(join(this.dir, 'rtcp.pcap'), this.flow.client, this.flow.peer, this.cur.opts);
-    this.rtcp.write(e.time, e.payload, e.dir === 's2c');
+    this.rtcp.write(e.time, e.payload, this.fromPeer(e));
   }
 
   private line(stream: number, rec: Record<string, unknown>): void {
@@ -549,7 +565,7 @@ export class FlowRecorder {
           part.dir,
           part.id,
           part.part,
-          this.flow,
+          flowData(this.flow),
           part.startedAt,
           false,
           part.failure ?? stoppedBy ?? undefined,
