@@ -74,7 +74,13 @@ export interface GatehouseConfig {
     insecure: boolean;
   };
   users: UserEntry[];
-  policy: { rules: string };
+  policy: {
+    rules: string;
+    /** Largest data-channel file transfer followed (a size like 100MiB): beyond it, reported over the limit. */
+    max_file_bytes: string;
+    /** A transfer with no announced size ends after this long without data (ms). */
+    transfer_pause_ms: number;
+  };
   /** DATA_DIR/events.jsonl rotation. */
   events: { max_bytes: string; keep: number };
   /** Recordings under DATA_DIR/recordings: retention deletes oldest first. */
@@ -424,7 +430,31 @@ export const configSchema = obj<GatehouseConfig>({
     }),
   },
   policy: {
-    schema: obj({ rules: { schema: str('a file or folder path'), default: () => './rules' } }),
+    schema: obj({
+      rules: { schema: str('a file or folder path'), default: () => './rules' },
+      // Issue 9: whole-file transfers over data channels (src/inspect/transfer.ts).
+      max_file_bytes: {
+        schema: checked('a size like 100MiB', (v) => {
+          const m = /^(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?$/.exec(v.trim());
+          if (!m) return `expected a size like 100MiB, got ${JSON.stringify(v)}`;
+          const unit: Record<string, number> = {
+            B: 1,
+            KB: 1e3,
+            MB: 1e6,
+            GB: 1e9,
+            TB: 1e12,
+            KiB: 1024,
+            MiB: 1024 ** 2,
+            GiB: 1024 ** 3,
+            TiB: 1024 ** 4,
+          };
+          const n = Number(m[1]) * unit[m[2] ?? 'B']!;
+          return n >= 1024 && n <= 1024 ** 4 ? null : 'must be from 1KiB to 1TiB';
+        }),
+        default: () => '100MiB',
+      },
+      transfer_pause_ms: { schema: int(50, 600_000, 'a number of milliseconds from 50 to 600000'), default: () => 2000 },
+    }),
   },
 });
 

@@ -157,6 +157,8 @@ export async function startGateway(
       allocationBytes: parseSize(cfg.gateway.allocation_buffer_bytes) ?? DEFAULT_ALLOCATION_BUFFER_BYTES,
       maxBytes: parseSize(cfg.gateway.max_buffered_bytes) ?? DEFAULT_MAX_BUFFERED_BYTES,
     },
+    // Issue 9: data-channel file transfers.
+    transfers: { maxFileBytes: parseSize(cfg.policy.max_file_bytes) ?? 100 * 1024 * 1024, pauseMs: cfg.policy.transfer_pause_ms },
   });
   const turn = new TurnServer({
     config: cfg,

@@ -63,6 +63,8 @@ export interface GatewayInspectorOptions {
   supervisor?: Supervisor;
   /** Memory bounds (config gateway.allocation_buffer_bytes / max_buffered_bytes, in bytes). */
   memory?: { allocationBytes: number; maxBytes: number };
+  /** Data-channel file transfers (issue 9; config policy.max_file_bytes, policy.transfer_pause_ms). */
+  transfers?: { maxFileBytes: number; pauseMs: number };
 }
 
 /** What the inspector needs of a FlowRecorder. */
@@ -97,6 +99,8 @@ interface FlowState {
   lastCapHit: number;
   /** Index key of byUserPeer. */
   userPeer: string;
+  /** Ends data-channel transfers at their pause (their file events are judged then). */
+  transferTimer: TimerHandle | null;
 }
 
 const RANK_FORWARD = ACTION_RANK.forward;
@@ -178,7 +182,17 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
     // rtp.packet events (decrypted payloads) are produced only for recorded flows. One DTLS
     // parse per flow: the pipeline's session, fed by the guard on arrival (dtlsExternal);
     // key sets go to it from the guard, so the pipeline needs no key provider.
-    const pipeline = new FlowPipeline({ keys: {}, rtpPackets: recordRules.length > 0, dtlsExternal: true });
+    const tx = this.o.transfers;
+    const pipeline = new FlowPipeline({
+      keys: {},
+      rtpPackets: recordRules.length > 0,
+      dtlsExternal: true,
+      // Issue 9: a transfer's content is kept only when a recorder or a content rule needs it.
+      transfers: {
+        ...(tx ? { maxFileBytes: tx.maxFileBytes, pauseMs: tx.pauseMs } : {}),
+        spool: () => !!st.recorder || this.o.policy().needsFileContent,
+      },
+    });
     const guard = new FlowGuard({
       keys: gk,
       clock: this.flowClock(st),
@@ -217,6 +231,7 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
       mem: this.memory.open(flow.allocationId),
       lastCapHit: -Infinity,
       userPeer: peerKey(flow.user, flow.peerAddress),
+      transferTimer: null,
     });
     pipeline.on((e) => this.onInspectEvent(st, e));
     flow.ctx = st;
@@ -257,6 +272,28 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
     if (!st.closed) this.account(st);
   }
 
+  /**
+   * Issue 9: a data-channel transfer with no announced size ends at a pause; its `file`
+   * event is judged then, when its records are already forwarded, so a verdict can only
+   * block the rest of the flow.
+   */
+  private armTransferTimer(st: FlowState): void {
+    if (st.closed || st.transferTimer || st.pipeline.transfersInFlight === 0) return;
+    const pause = this.o.transfers?.pauseMs ?? 2000;
+    st.transferTimer = this.flowClock(st).setTimeout(() => {
+      st.transferTimer = null;
+      if (st.closed) return;
+      st.verdict = 'forward';
+      st.pipeline.expireTransfers(this.clock.now());
+      this.check(st);
+      if ((st.verdict as VerdictAction) === 'block') {
+        this.block(st, 'policy', st.guard.association);
+        return;
+      }
+      this.armTransferTimer(st);
+    }, pause + 1);
+  }
+
   /** A bound function (TurnServer keeps a reference to it for its hot path). */
   readonly onPacket = (flow: Flow, dir: FlowDirection, data: Buffer, peerPort: number): boolean => {
     const st = flow.ctx as FlowState | undefined;
@@ -293,7 +330,10 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
     else if (st.guard.lastQueued)
       ok = true; // inspected, in order, when the flow's keys verify
     else ok = this.inspect(st, data, dir);
-    if (!st.closed) this.account(st);
+    if (!st.closed) {
+      this.account(st);
+      this.armTransferTimer(st);
+    }
     return ok;
   }
 
@@ -398,7 +438,10 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
         () => this.failFlow(flow, st),
       );
       if (!st.closed && (st.verdict as VerdictAction) === 'block') this.block(st, 'policy', st.guard.association);
-      if (!st.closed) this.account(st);
+      if (!st.closed) {
+        this.account(st);
+        this.armTransferTimer(st);
+      }
       return r ?? 'pending';
     } finally {
       st.keying = false;
@@ -601,6 +644,8 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
 
   private dispose(st: FlowState): void {
     if (st.closed) return;
+    st.transferTimer?.cancel();
+    st.transferTimer = null;
     // The guard's final uninspected report goes out while the flow is still open.
     try {
       st.guard.close();

@@ -79,6 +79,7 @@ import {
 } from '../wire/sctp.js';
 import { decodeDcep, isEmptyPpid, isStringPpid, Ppid, type Reliability } from '../wire/dcep.js';
 import { detectFileType } from './filetype.js';
+import { TransferTracker, type TransferOptions } from './transfer.js';
 
 export interface DataChannelTrackerOptions {
   /** Association id (client_random hex) put on events unless push() passes one. */
@@ -94,6 +95,8 @@ export interface DataChannelTrackerOptions {
   fileOnStringPpid?: boolean;
   /** Verify the SCTP CRC32c. Default true. */
   verifyChecksum?: boolean;
+  /** File transfers of several messages (src/inspect/transfer.ts, issue 9). */
+  transfers?: TransferOptions;
 }
 
 export const DATACHANNEL_DEFAULTS = {
@@ -254,7 +257,8 @@ const EMPTY = Buffer.alloc(0);
 
 export class DataChannelTracker {
   readonly stats: DataChannelStats = emptyStats();
-  private readonly opt: Required<Omit<DataChannelTrackerOptions, 'association'>>;
+  private readonly opt: Required<Omit<DataChannelTrackerOptions, 'association' | 'transfers'>>;
+  private readonly transfers: TransferTracker;
   private readonly defaultAssociation: string | undefined;
   private readonly c2s = new DirState();
   private readonly s2c = new DirState();
@@ -282,6 +286,44 @@ export class DataChannelTracker {
       fileOnStringPpid: opts.fileOnStringPpid ?? DATACHANNEL_DEFAULTS.fileOnStringPpid,
       verifyChecksum: opts.verifyChecksum ?? DATACHANNEL_DEFAULTS.verifyChecksum,
     };
+    // eslint-disable-next-line @typescript-eslint/no-this-alias
+    const self = this; // the context reads the packet being processed
+    this.transfers = new TransferTracker(
+      {
+        get time() {
+          return self.time;
+        },
+        get association() {
+          return self.assoc;
+        },
+        emit: (e) => {
+          if (e.type === 'file') this.stats.files++;
+          this.emit(e);
+        },
+        capHit: (dir, what, limit) => this.capHit(dir, what, limit),
+      },
+      { fileMinBytes: this.opt.fileMinBytes, ...opts.transfers },
+    );
+  }
+
+  /** Bytes of file-transfer content held (heads and spools, src/inspect/transfer.ts). */
+  get spooledBytes(): number {
+    return this.transfers.spooledBytes;
+  }
+
+  /** File transfers in flight (a pause may still end them: call expireTransfers). */
+  get transfersInFlight(): number {
+    return this.transfers.inFlight;
+  }
+
+  /** Ends the transfers without data for the pause (policy.transfer_pause_ms): their `file` events. */
+  expireTransfers(now: number): void {
+    this.time = now;
+    try {
+      this.transfers.expire(now);
+    } catch {
+      this.stats.internalErrors++;
+    }
   }
 
   /** Bytes currently held for reassembly (with per-fragment overhead). */
@@ -308,13 +350,19 @@ export class DataChannelTracker {
   dropReassembly(): void {
     this.resetDir(this.c2s);
     this.resetDir(this.s2c);
+    this.transfers.dropSpools();
   }
 
-  /** Releases all held reassembly state and forgets channels (association gone). */
+  /** Releases all held reassembly state and forgets channels (association gone); ends transfers. */
   close(): void {
     this.resetDir(this.c2s);
     this.resetDir(this.s2c);
     this.chans.clear();
+    try {
+      this.transfers.closeAll();
+    } catch {
+      this.stats.internalErrors++;
+    }
   }
 
   /**
@@ -331,6 +379,8 @@ export class DataChannelTracker {
     }
     const me = dir === 'c2s' ? this.c2s : this.s2c;
     const peer = dir === 'c2s' ? this.s2c : this.c2s;
+    // A pause ends transfers (their file events come before this packet's).
+    if (this.transfers.inFlight > 0) this.expireTransfers(time);
     if (this.opt.verifyChecksum) {
       const sent = pkt.readUInt32LE(8); // RFC 9260 App. B: CRC32c, least significant byte first
       // RFC 9653 §5.2: zero checksum acceptable if the receiver advertised it.
@@ -470,6 +520,7 @@ export class DataChannelTracker {
           this.stats.aborts++;
           this.resetDir(this.c2s);
           this.resetDir(this.s2c);
+          this.transfers.closeAll(); // the channels' transfers end with it
           break;
         default:
           // HEARTBEAT(-ACK), COOKIE-ECHO/ACK, SHUTDOWN*, ERROR, PAD, AUTH, ASCONF…:
@@ -613,6 +664,7 @@ export class DataChannelTracker {
 
   /** Processes one chunk in TSN order. `owned`: c.data is already a private copy. */
   private deliver(d: DirState, dir: Direction, c: DataChunk, owned: boolean): void {
+    this.transfers.touch(dir, c.stream, this.time);
     if (c.idata) this.deliverIData(d, dir, c, owned);
     else this.deliverData(d, dir, c, owned);
     // A DATA partial that expected this TSN but did not get its continuation is broken
@@ -861,6 +913,7 @@ export class DataChannelTracker {
     const ch = this.chans.get(stream);
     const label = ch ? ch.label : '';
     const sha256 = createHash('sha256').update(data).digest('hex');
+    const index = this.transfers.nextIndex(dir, stream);
     this.stats.messages++;
     this.emit({
       type: 'datachannel.message',
@@ -872,28 +925,42 @@ export class DataChannelTracker {
       ppid,
       size: data.length,
       sha256,
+      index,
       data,
     });
-    if (data.length === 0) return;
     const str = isStringPpid(ppid);
-    if (str && !this.opt.fileOnStringPpid) return;
-    const fileType = detectFileType(data);
-    const binary = !str;
-    if (fileType !== 'unknown' || (binary && data.length >= this.opt.fileMinBytes)) {
-      this.stats.files++;
-      this.emit({
-        type: 'file',
-        time: this.time,
-        dir,
-        association: this.assoc,
-        stream,
-        label,
-        size: data.length,
-        sha256,
-        fileType,
-        data,
-      });
+    if (data.length === 0) {
+      if (str) this.transfers.text(dir, stream, data);
+      return;
     }
+    // Issue 9: a text message ends the channel's transfer (and may announce the next).
+    if (str) this.transfers.text(dir, stream, data);
+    let reported = false;
+    if (!str || this.opt.fileOnStringPpid) {
+      const fileType = detectFileType(data);
+      // A message that completes an announced transfer on its own is reported as that transfer (with its name).
+      const alone = !str && this.transfers.completesAlone(dir, stream, data.length);
+      if (!alone && (fileType !== 'unknown' || (!str && data.length >= this.opt.fileMinBytes))) {
+        this.stats.files++;
+        reported = true;
+        this.emit({
+          type: 'file',
+          time: this.time,
+          dir,
+          association: this.assoc,
+          stream,
+          label,
+          size: data.length,
+          sha256,
+          fileType,
+          index,
+          data,
+        });
+      }
+    }
+    // Binary messages build the channel's transfer; the `file` event of a transfer this
+    // message completes is emitted now, before the datagram that carried it is forwarded.
+    if (!str) this.transfers.binary(dir, stream, label, index, data, reported);
   }
 
   private onDcep(dir: Direction, stream: number, data: Buffer): void {
@@ -952,6 +1019,8 @@ export class DataChannelTracker {
       const streams = r.streams.length > 0 ? r.streams : [...this.chans.keys()];
       const bit = dir === 'c2s' ? 1 : 2;
       for (const s of streams) {
+        // RFC 8831 §6.7: the sender closed its side of the channel: its transfer ends.
+        this.transfers.closeStream(dir, s);
         for (const p of [...d.partials.values()]) if (p.stream === s) this.dropPartial(d, p, true);
         const l = d.legacy.get(s);
         if (l) {

@@ -100,10 +100,37 @@ export function toEve(e: InspectEvent, f: FlowMeta): EveEvent {
       o.datachannel = { stream: e.stream, label: e.label, protocol: e.protocol, channel_type: e.channelType, ordered: e.ordered };
       break;
     case 'datachannel.message':
-      o.datachannel = { stream: e.stream, label: e.label, ppid: e.ppid, size: e.size, sha256: e.sha256 };
+      o.datachannel = {
+        stream: e.stream,
+        label: e.label,
+        ppid: e.ppid,
+        size: e.size,
+        sha256: e.sha256,
+        ...(e.index !== undefined ? { index: e.index } : {}),
+      };
       break;
     case 'file':
-      o.file = { stream: e.stream, label: e.label, size: e.size, sha256: e.sha256, file_type: e.fileType };
+      o.file = {
+        stream: e.stream,
+        label: e.label,
+        size: e.size,
+        sha256: e.sha256,
+        file_type: e.fileType,
+        ...(e.index !== undefined ? { index: e.index } : {}),
+        ...(e.name !== undefined ? { name: e.name } : {}),
+        ...(e.transfer
+          ? {
+              transfer: {
+                first_message: e.transfer.firstMessage,
+                last_message: e.transfer.lastMessage,
+                messages: e.transfer.messages,
+                end: e.transfer.end,
+                ...(e.transfer.announcedSize !== undefined ? { announced_size: e.transfer.announcedSize } : {}),
+              },
+            }
+          : {}),
+        ...(e.overLimit ? { over_limit: true } : {}),
+      };
       break;
     case 'appdata':
       o.appdata = { size: e.size, sha256: e.sha256 };

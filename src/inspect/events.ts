@@ -56,6 +56,8 @@ export interface DataChannelMessageEvent extends EventBase {
   ppid: number;
   size: number;
   sha256: string;
+  /** Index of the message on its channel in its direction (0, 1, ...; issue 9: a transfer's message range). */
+  index?: number;
   /** The message bytes; consumers must not log them. Omitted in serialised output. */
   data: Buffer;
 }
@@ -66,7 +68,29 @@ export interface FileEvent extends EventBase {
   size: number;
   sha256: string;
   fileType: string; // 'exe', 'elf', 'macho', 'msi', 'zip', 'pdf', 'png', ... or 'unknown'
+  /**
+   * The bytes (not serialised). For a transfer that was not spooled (`headOnly`), only its
+   * first HEAD_BYTES: size and sha256 still cover the whole transfer.
+   */
   data: Buffer;
+  /** A single message that is a file: its index on the channel (as datachannel.message `index`). */
+  index?: number;
+  /** A file reassembled from consecutive binary messages (src/inspect/transfer.ts, issue 9). */
+  transfer?: {
+    firstMessage: number;
+    lastMessage: number;
+    messages: number;
+    /** What ended it: the announced size reached, a text message, a pause, the channel's close, max_file_bytes, eviction. */
+    end: 'size' | 'text' | 'pause' | 'close' | 'limit' | 'evicted';
+    /** The size a header announced (a hint, never trusted for verdicts). */
+    announcedSize?: number;
+  };
+  /** The name a header announced (control characters removed, at most 255 characters). */
+  name?: string;
+  /** Over policy.max_file_bytes: size and sha256 cover what was seen up to there. */
+  overLimit?: boolean;
+  /** `data` holds the first bytes only (content not spooled). */
+  headOnly?: boolean;
 }
 export interface AppDataEvent extends EventBase {
   type: 'appdata';

@@ -18,6 +18,7 @@ import type { FlowMeta } from './eve-format.js';
 import type { Endpoint, TurnConnection } from './turn-unwrap.js';
 import { DtlsSession, type KeyStatus } from './dtls-session.js';
 import { DataChannelTracker } from './datachannel.js';
+import type { TransferOptions } from './transfer.js';
 import { MediaTracker } from './media.js';
 import type { KeyLog } from './keylog.js';
 import { associationId, type KeySet } from '../wire/keyset.js';
@@ -97,6 +98,8 @@ export interface PipelineOptions {
    * arrival, one parse per flow); feed() then only counts them.
    */
   dtlsExternal?: boolean;
+  /** Data-channel file transfers (issue 9): max_file_bytes, pause, spooling. */
+  transfers?: TransferOptions;
 }
 
 export function newCounters(): PipelineCounters {
@@ -143,6 +146,7 @@ export class FlowPipeline {
   private readonly provisioned = new Set<string>();
   private readonly maxAssoc: number;
   private readonly rtpPackets: boolean;
+  private readonly transfers: TransferOptions | undefined;
   private clientIsA: boolean | undefined;
   private assoc: string | undefined;
   private srtp: { association: string; keys: SrtpKeyMaterial } | undefined;
@@ -166,6 +170,7 @@ export class FlowPipeline {
     this.maxAssoc = Math.max(1, opts.maxAssociations ?? 8);
     this.rtpPackets = opts.rtpPackets ?? true;
     this.dtlsExternal = opts.dtlsExternal ?? false;
+    this.transfers = opts.transfers;
     this.session = new DtlsSession({
       listener: this.emitBound,
       onAppData: (pt, dir, association, time) => this.onAppData(pt, dir, association, time),
@@ -205,8 +210,21 @@ export class FlowPipeline {
   /** Bytes buffered for this flow: DTLS backlog copies and SCTP reassembly. No allocation. */
   get bufferedBytes(): number {
     let n = this.session.bufferedBytes;
-    for (let i = 0; i < this.trackerList.length; i++) n += this.trackerList[i]!.bufferedBytes;
+    for (let i = 0; i < this.trackerList.length; i++) n += this.trackerList[i]!.bufferedBytes + this.trackerList[i]!.spooledBytes;
     return n;
+  }
+
+  /** Data-channel file transfers in flight (a pause may still end them, expireTransfers). */
+  get transfersInFlight(): number {
+    let n = 0;
+    for (let i = 0; i < this.trackerList.length; i++) n += this.trackerList[i]!.transfersInFlight;
+    return n;
+  }
+
+  /** Ends transfers idle for the pause (policy.transfer_pause_ms): their `file` events are emitted now. */
+  expireTransfers(time: number): void {
+    if (this.closed) return;
+    for (const tr of this.trackerList) tr.expireTransfers(time);
   }
 
   /**
@@ -356,7 +374,7 @@ export class FlowPipeline {
           this.trackerList = [...this.trackers.values()];
           this.sctpAssoc.delete(oldest);
         }
-        tr = new DataChannelTracker(this.emitBound, { association });
+        tr = new DataChannelTracker(this.emitBound, { association, ...(this.transfers ? { transfers: this.transfers } : {}) });
         this.trackers.set(association, tr);
         this.trackerList.push(tr);
       }

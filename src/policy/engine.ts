@@ -218,6 +218,15 @@ export class PolicyEngine {
     return matches ? { action: best, matches } : FORWARD;
   }
 
+  /**
+   * Whether a rule looks at a file's bytes beyond size, hash and type (contains,
+   * contains_text, regex on data channels): then data-channel transfers are spooled so
+   * their `file` subject carries the whole content (issue 9), else only the first bytes.
+   */
+  get needsFileContent(): boolean {
+    return this.compiled.some((c) => c.rule.when.channel !== 'media' && (c.needsContent || c.regexes.length > 0));
+  }
+
   /** Rules with action `record` and no content conditions that select this flow: record it from the start. */
   recordsFlow(flow: FlowContext): Rule[] {
     return this.compiled
