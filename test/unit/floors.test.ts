@@ -20,9 +20,10 @@ const ALLOWED: Record<string, string[]> = {
   record: ['wire', 'util', 'events', 'inspect/events'],
   store: ['util', 'config', 'policy'],
   admin: ['util', 'events', 'config'],
+  scan: ['util', 'config'],
   endpoint: ['wire', 'util'],
   core: ['wire', 'util', 'events', 'config', 'store', 'policy'],
-  gateway: ['turn', 'pcp', 'inspect', 'policy', 'record', 'store', 'admin', 'events', 'config', 'wire', 'util'],
+  gateway: ['turn', 'pcp', 'inspect', 'policy', 'record', 'store', 'admin', 'scan', 'events', 'config', 'wire', 'util'],
   cli: ['*'],
 };
 

@@ -9,7 +9,7 @@
 // GATEHOUSE_TEST_HIDE_PEERS=tshark,chromium makes those peers count as missing (to prove
 // that a test fails in CI without them).
 import { spawnSync } from 'node:child_process';
-import { accessSync, constants, existsSync } from 'node:fs';
+import { accessSync, constants, existsSync, readdirSync } from 'node:fs';
 import { delimiter, join } from 'node:path';
 import { CHROMIUM_PATH } from './browser.js';
 
@@ -29,7 +29,11 @@ export type Peer =
   | 'ffmpeg'
   | 'ffprobe'
   | 'ip'
-  | 'unshare';
+  | 'unshare'
+  | 'c-icap'
+  | 'c-icap-virus-scan' // virus_scan.so and clamd_mod.so in c-icap's modules directory
+  | 'clamd'
+  | 'sigtool';
 
 /** Debian package that brings each peer (what .ci/run installs). */
 export const PEER_PACKAGE: Record<Peer, string> = {
@@ -49,7 +53,39 @@ export const PEER_PACKAGE: Record<Peer, string> = {
   ffprobe: 'ffmpeg',
   ip: 'iproute2',
   unshare: 'util-linux',
+  'c-icap': 'c-icap',
+  'c-icap-virus-scan': 'libc-icap-mod-virus-scan',
+  clamd: 'clamav-daemon',
+  sigtool: 'clamav',
 };
+
+/** c-icap's modules directory holding virus_scan.so (Debian: /usr/lib/<multiarch>/c_icap), or null. */
+export function cIcapModulesDir(): string | null {
+  for (const lib of ['/usr/lib', '/usr/lib64', '/usr/local/lib']) {
+    const dirs = [join(lib, 'c_icap')];
+    try {
+      for (const d of readdirSync(lib)) if (d.includes('-linux-')) dirs.push(join(lib, d, 'c_icap'));
+    } catch {
+      /* none */
+    }
+    for (const d of dirs) if (existsSync(join(d, 'virus_scan.so')) && existsSync(join(d, 'clamd_mod.so'))) return d;
+  }
+  return null;
+}
+
+/** An executable on PATH or in the sbin directories (clamd is /usr/sbin/clamd), or null. */
+export function findProgram(bin: string): string | null {
+  for (const dir of [...(process.env.PATH ?? '').split(delimiter), '/usr/sbin', '/sbin', '/usr/local/sbin']) {
+    if (!dir) continue;
+    try {
+      accessSync(join(dir, bin), constants.X_OK);
+      return join(dir, bin);
+    } catch {
+      /* next */
+    }
+  }
+  return null;
+}
 
 function hidden(): Set<string> {
   return new Set(
@@ -92,6 +128,12 @@ function present(p: Peer): boolean {
       break;
     case 'openssl':
       v = onPath('openssl') && spawnSync('openssl', ['version'], { stdio: 'ignore' }).status === 0;
+      break;
+    case 'c-icap-virus-scan':
+      v = cIcapModulesDir() !== null;
+      break;
+    case 'clamd':
+      v = findProgram('clamd') !== null;
       break;
     default:
       v = onPath(p);
