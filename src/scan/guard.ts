@@ -72,7 +72,17 @@ export class GuardedScanner {
   /** The deadline runs from the call: time waiting for a slot counts. */
   async scan(file: ScanInput, meta: ScanMeta): Promise<GuardedResult> {
     this.stats.scans++;
-    const signal = AbortSignal.timeout(this.o.timeoutMs);
+    // A ref'd timer (AbortSignal.timeout's is unref'd): a pending verdict keeps the process up.
+    const ac = new AbortController();
+    const timer = setTimeout(() => ac.abort(), this.o.timeoutMs);
+    try {
+      return await this.run(file, meta, ac.signal);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  private async run(file: ScanInput, meta: ScanMeta, signal: AbortSignal): Promise<GuardedResult> {
     if (this.stats.in_flight >= this.o.maxConcurrent) {
       if (this.waiting.length >= (this.o.maxQueued ?? MAX_SCAN_QUEUE))
         return this.failed('queue_full', `more than ${this.o.maxQueued ?? MAX_SCAN_QUEUE} scans waiting`);
