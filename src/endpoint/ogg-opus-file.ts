@@ -8,7 +8,7 @@
  *
  * Public API: readOggOpus(bytes): OggOpusFile
  */
-import { oggCrc, opusPacketSamples } from '../record/ogg.js';
+import { oggCrc, opusPacketSamples } from '../wire/ogg.js';
 
 export interface OggOpusFile {
   channels: number;

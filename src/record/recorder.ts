@@ -29,7 +29,7 @@ import {
   type RtpIn,
 } from './media-writers.js';
 import { opusPacketSamples } from './ogg.js';
-import { codecSignature } from '../inspect/media.js';
+import { codecSignature } from '../wire/rtp-codecs.js';
 import {
   ANCHOR,
   HEAD,
