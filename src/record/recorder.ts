@@ -16,7 +16,7 @@ import { existsSync, mkdirSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { basename, join } from 'node:path';
 import type { Clock, TimerHandle } from '../util/clock.js';
 import type { Logger } from '../util/log.js';
-import type { InspectEvent, RtpPacketEvent } from '../inspect/events.js';
+import type { FileEvent, InspectEvent, RtpPacketEvent } from '../inspect/events.js';
 import { RtpPcapWriter } from './pcap-writer.js';
 import { QueueBudget, UnitFile, UNIT_FILE_MAX_QUEUED_BYTES, type UnitFileOptions } from './unit-file.js';
 import {
@@ -155,6 +155,31 @@ export interface RetentionDeleted {
 
 const TEXT_PPIDS = new Set([51, 54, 56]); // RFC 8831 §8: WebRTC String (partial, empty)
 
+/** A transcript line of a binary message (or of its own `file` event) held until its transfer is known. */
+interface HeldLine {
+  rec: Record<string, unknown>;
+  /** The message's bytes, stored under files/ only if no transfer holds them. */
+  data: Buffer;
+  sha: string;
+  index: number;
+}
+
+/**
+ * Consecutive binary messages of one data channel direction (as src/inspect/transfer.ts
+ * joins them): their lines wait for the transfer's `file` event, which holds the whole.
+ */
+interface Run {
+  stream: number;
+  /** Index of the next message that continues the run. */
+  next: number;
+  held: HeldLine[];
+  bytes: number;
+  /** A text message followed: its transfer event comes next, or none does. */
+  ended: boolean;
+  /** That text message's line (written after the run's). */
+  tail?: Record<string, unknown>;
+}
+
 function stamp(ms: number): string {
   return new Date(ms)
     .toISOString()
@@ -214,6 +239,8 @@ export class FlowRecorder {
   private announced = new Set<number>();
   private channels = new Map<number, UnitFile>();
   private labels = new Map<number, string>();
+  /** Binary runs per `${dir}:${stream}` whose transcript lines wait for their transfer. */
+  private runs = new Map<string, Run>();
   private rtcp: RtpPcapWriter | null = null;
   private timer: TimerHandle | null;
   private closed = false;
@@ -278,6 +305,14 @@ export class FlowRecorder {
   }
 
   private record(e: InspectEvent): void {
+    // A run that a text message ended and whose transfer event did not follow at once had none.
+    if (this.runs.size > 0) {
+      for (const [k, run] of this.runs) {
+        if (!run.ended) continue;
+        if (e.type === 'file' && e.transfer && `${e.dir}:${e.stream}` === k) continue;
+        this.settle(k, run, null);
+      }
+    }
     switch (e.type) {
       case 'rtp.stream': {
         if (!this.codecs.has(e.ssrc) && this.codecs.size < this.store.maxStreams) this.codecs.set(e.ssrc, e.codec);
@@ -320,26 +355,36 @@ export class FlowRecorder {
           size: e.data.length,
           sha256: sha256Hex(e.data),
         };
-        if (text) rec.text = e.data.toString('utf8');
-        else rec.file = this.storeFile(e.data, rec.sha256 as string);
-        this.line(e.stream, rec);
+        const k = `${e.dir}:${e.stream}`;
+        if (text) {
+          rec.text = e.data.toString('utf8');
+          // The channel's transfer ends with a text message: its file event (if any) comes next;
+          // the line waits after the run's so that the transcript keeps the order.
+          const run = this.runs.get(k);
+          if (run && !run.ended) {
+            run.ended = true;
+            run.tail = rec;
+          } else this.line(e.stream, rec);
+        } else if (e.index === undefined || e.data.length === 0) {
+          rec.file = this.storeFile(e.data, rec.sha256 as string);
+          this.line(e.stream, rec);
+        } else {
+          this.holdMessage(k, e.stream, e.index, rec, e.data);
+        }
         break;
       }
-      case 'file': {
-        const sha = sha256Hex(e.data);
-        this.line(e.stream, {
-          time: new Date(e.time).toISOString(),
-          event: 'file',
-          dir: e.dir,
-          stream: e.stream,
-          label: e.label,
-          fileType: e.fileType,
-          size: e.data.length,
-          sha256: sha,
-          file: this.storeFile(e.data, sha),
-        });
+      case 'file':
+        if (e.transfer) this.transferFile(e);
+        else if (e.index !== undefined && this.runs.get(`${e.dir}:${e.stream}`)?.held.at(-1)?.index === e.index) {
+          // A message that is a file of its own: its content is its message's, held with it.
+          const sha = sha256Hex(e.data);
+          const run = this.runs.get(`${e.dir}:${e.stream}`)!;
+          run.held.push({ rec: this.fileLine(e, sha), data: e.data, sha, index: e.index });
+        } else {
+          const sha = sha256Hex(e.data);
+          this.line(e.stream, { ...this.fileLine(e, sha), file: this.storeFile(e.data, sha) });
+        }
         break;
-      }
       default:
         break;
     }
@@ -469,6 +514,85 @@ export class FlowRecorder {
     this.rtcp.write(e.time, e.payload, this.fromPeer(e));
   }
 
+  private fileLine(e: FileEvent, sha: string): Record<string, unknown> {
+    const rec: Record<string, unknown> = {
+      time: new Date(e.time).toISOString(),
+      event: 'file',
+      dir: e.dir,
+      stream: e.stream,
+      label: e.label,
+    };
+    if (e.name !== undefined) rec.name = e.name;
+    rec.fileType = e.fileType;
+    rec.size = e.headOnly ? e.size : e.data.length;
+    rec.sha256 = sha;
+    if (e.index !== undefined) rec.index = e.index;
+    return rec;
+  }
+
+  /** A binary message: its line waits with its run (consecutive binary messages) for the transfer. */
+  private holdMessage(k: string, stream: number, index: number, rec: Record<string, unknown>, data: Buffer): void {
+    let run = this.runs.get(k);
+    if (run && (run.ended || run.next !== index)) {
+      this.settle(k, run, null);
+      run = undefined;
+    }
+    if (!run) this.runs.set(k, (run = { stream, next: index, held: [], bytes: 0, ended: false }));
+    rec.index = index;
+    run.held.push({ rec, data, sha: rec.sha256 as string, index });
+    run.next = index + 1;
+    run.bytes += data.length;
+    // Bounded: a run larger than a stored file keeps its messages as they are.
+    if (run.bytes > this.store.maxFileBytes) this.settle(k, run, null);
+  }
+
+  /**
+   * Writes a run's held lines. Messages inside `t`'s range (its transfer, stored whole at
+   * `whole`, or not kept) name the transfer; the others are stored under files/ each.
+   */
+  private settle(k: string, run: Run, t: { first: number; last: number; sha: string; whole: string | null } | null): void {
+    this.runs.delete(k);
+    for (const h of run.held) {
+      const inT = t && h.index >= t.first && h.index <= t.last;
+      if (inT && t.whole) {
+        this.line(run.stream, { ...h.rec, transfer: t.sha, file: null });
+      } else {
+        // No whole to hold them (no transfer, or its content was not kept): the message is kept as it came.
+        this.line(run.stream, { ...h.rec, ...(inT ? { transfer: t.sha } : {}), file: this.storeFile(h.data, h.sha) });
+      }
+    }
+    if (run.tail) this.line(run.stream, run.tail);
+  }
+
+  /** A reassembled transfer (issue 9): stored once, whole, under files/<sha256>; its messages' lines name it. */
+  private transferFile(e: FileEvent): void {
+    const tr = e.transfer!;
+    const k = `${e.dir}:${e.stream}`;
+    const sha = e.headOnly ? e.sha256 : sha256Hex(e.data);
+    const whole = e.headOnly ? null : this.storeFile(e.data, sha);
+    const run = this.runs.get(k);
+    if (run) this.settle(k, run, { first: tr.firstMessage, last: tr.lastMessage, sha, whole });
+    const rec = this.fileLine(e, sha);
+    rec.transfer = {
+      first_message: tr.firstMessage,
+      last_message: tr.lastMessage,
+      messages: tr.messages,
+      end: tr.end,
+      ...(tr.announcedSize !== undefined ? { announced_size: tr.announcedSize } : {}),
+    };
+    if (e.overLimit) rec.over_limit = true;
+    rec.file = whole;
+    // headOnly: the gateway did not keep the content (over policy.max_file_bytes, memory pressure).
+    if (e.headOnly) rec.content = 'not kept';
+    else if (!whole) rec.content = e.data.length > this.store.maxFileBytes ? 'over maxFileBytes' : 'not written';
+    this.line(e.stream, rec);
+  }
+
+  /** Writes every held line (the part ends). */
+  private settleAll(): void {
+    for (const [k, run] of [...this.runs]) this.settle(k, run, null);
+  }
+
   private line(stream: number, rec: Record<string, unknown>): void {
     let f = this.channels.get(stream);
     if (!f) {
@@ -552,6 +676,12 @@ export class FlowRecorder {
    * (RecordingStore.drained() waits for that).
    */
   private closePart(): RecordingSealed | null {
+    try {
+      if (!this.failure) this.settleAll();
+    } catch (err) {
+      this.fail(err, 'recording');
+    }
+    this.runs.clear();
     const part = this.cur;
     const stoppedBy = this.failure; // a failure of another part that stopped this one early
     let left = 1;
