@@ -32,6 +32,20 @@ export interface MetricsSources {
    * fields are those present when createMetrics is called.
    */
   gateway?: () => Record<string, unknown> | undefined;
+  /** Malware scanners (src/scan GuardedScanner.stats), one entry per configured scanner. */
+  scanners?: () => { scanner: string; stats: ScanStatsSource }[] | undefined;
+}
+
+/** What /metrics reads of a GuardedScanner's stats (src/scan/guard.ts ScanStats). */
+export interface ScanStatsSource {
+  scans: number;
+  clean: number;
+  infected: number;
+  errors: Record<string, number>;
+  failed_open: number;
+  failed_closed: number;
+  in_flight: number;
+  queued: number;
 }
 
 const snake = (s: string) =>
@@ -115,7 +129,37 @@ export function createMetrics(stats: () => RelayStatsSource | undefined, sources
   counterFrom('gatehouse_turn_refused_total', 'TURN requests or packets refused, by reason', (s) => s.refused, 'reason');
 
   // Degraded service: what could not be written, and whether it is failing now.
-  const { supervisor, events, recordings, quotaFlush, gateway } = sources;
+  const { supervisor, events, recordings, quotaFlush, gateway, scanners } = sources;
+  if (scanners) {
+    // gatehouse_scan_total{scanner,outcome}: clean, infected, failed_open, failed_closed
+    // (an error counts in one of the last two, and by kind in gatehouse_scan_errors_total).
+    countersOf(scanners, 'gatehouse_scan_total', 'Files scanned, by scanner and outcome', ['scanner', 'outcome'], (l) =>
+      l.flatMap(({ scanner, stats: s }): [string[], number][] => [
+        [[scanner, 'clean'], s.clean],
+        [[scanner, 'infected'], s.infected],
+        [[scanner, 'failed_open'], s.failed_open],
+        [[scanner, 'failed_closed'], s.failed_closed],
+      ]),
+    );
+    countersOf(scanners, 'gatehouse_scan_errors_total', 'Scans without an answer, by scanner and kind', ['scanner', 'kind'], (l) =>
+      l.flatMap(({ scanner, stats: s }) => Object.entries(s.errors).map(([k, v]): [string[], number] => [[scanner, k], v])),
+    );
+    const perScanner = (name: string, help: string, read: (s: ScanStatsSource) => number) =>
+      new Gauge({
+        name,
+        help,
+        labelNames: ['scanner'],
+        registers: [registry],
+        collect() {
+          for (const { scanner, stats: s } of safe(scanners) ?? []) {
+            const v = safe(() => read(s));
+            if (typeof v === 'number' && Number.isFinite(v)) this.set({ scanner }, v);
+          }
+        },
+      });
+    perScanner('gatehouse_scan_in_flight', 'Scans running now, by scanner (at most scan.max_concurrent)', (s) => s.in_flight);
+    perScanner('gatehouse_scan_queued', 'Scans waiting for a slot, by scanner', (s) => s.queued);
+  }
   if (supervisor) {
     countersOf(
       () => supervisor,

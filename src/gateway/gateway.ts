@@ -27,6 +27,8 @@ import { parseSize } from '../policy/rules-schema.js';
 import { SqliteStore } from '../store/sqlite.js';
 import { RecordingStore } from '../record/recorder.js';
 import { eveTimestamp } from '../events/eve.js';
+import { scannersFromConfig } from '../scan/index.js';
+import type { ScannerKind } from '../policy/rules-schema.js';
 
 export interface RunningGateway {
   config: GatehouseConfig;
@@ -75,7 +77,11 @@ export async function startGateway(
   const token = loadOrCreateAdminToken(cfg);
   if (token.created) log.info({ file: token.file }, 'admin token created (read it from this file)');
 
-  const policy = await PolicyHolder.open(cfg.policy.rules, log.child({ module: 'policy' }));
+  // Malware scanners (issue 9): a `scan:` rule whose scanner is not configured is refused
+  // at start and on reload (a located error), so no rule silently scans nothing.
+  const scanners = scannersFromConfig(cfg.scan);
+  const configured = new Set<ScannerKind>([...(scanners.icap ? ['icap' as const] : []), ...(scanners.clamd ? ['clamd' as const] : [])]);
+  const policy = await PolicyHolder.open(cfg.policy.rules, log.child({ module: 'policy' }), { scanners: configured });
   policy.watch();
 
   const memory = new MemoryEventSink(10000);
@@ -159,6 +165,8 @@ export async function startGateway(
     },
     // Issue 9: data-channel file transfers.
     transfers: { maxFileBytes: parseSize(cfg.policy.max_file_bytes) ?? 100 * 1024 * 1024, pauseMs: cfg.policy.transfer_pause_ms },
+    // `scan: icap | clamd` rules: the final chunk of a file is held while it is scanned.
+    scanners: { icap: scanners.icap, clamd: scanners.clamd, failOpen: cfg.scan.fail_open },
   });
   const turn = new TurnServer({
     config: cfg,
@@ -179,6 +187,7 @@ export async function startGateway(
     recordings: () => recordings.stats,
     quotaFlush: () => quotaHealth,
     gateway: () => inspector.stats,
+    scanners: () => [scanners.icap, scanners.clamd].flatMap((g) => (g ? [{ scanner: g.kind, stats: g.stats }] : [])),
   });
   const admin = new AdminServer(
     {

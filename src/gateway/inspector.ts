@@ -17,7 +17,9 @@ import { BufferAccounts, type FlowAccount } from './memory.js';
 import { silentLogger, type Logger } from '../util/log.js';
 import { eveTimestamp, type EventSink, type EveEvent } from '../events/eve.js';
 import type { GatewayIdentity } from '../store/identity.js';
-import type { PolicyEngine, Subject, VerdictAction } from '../policy/engine.js';
+import type { PolicyEngine, ScanMatch, Subject, VerdictAction } from '../policy/engine.js';
+import type { ScannerKind } from '../policy/rules-schema.js';
+import type { GuardedResult, ScanMeta } from '../scan/index.js';
 import { ACTION_RANK } from '../policy/engine.js';
 import type { Flow, FlowDirection, FlowHooks, TurnRequestContext } from '../turn/flow.js';
 import { FlowBlockList } from './block-list.js';
@@ -65,6 +67,47 @@ export interface GatewayInspectorOptions {
   memory?: { allocationBytes: number; maxBytes: number };
   /** Data-channel file transfers (issue 9; config policy.max_file_bytes, policy.transfer_pause_ms). */
   transfers?: { maxFileBytes: number; pauseMs: number };
+  /**
+   * Malware scanners for `scan:` rules (config `scan:`, src/scan GuardedScanner): a file
+   * whose rule asks for a missing scanner, or beyond MAX_SCANS_PER_FLOW, is unscanned and
+   * follows failOpen (scan.fail_open, default false).
+   */
+  scanners?: { icap?: FileScanner | null; clamd?: FileScanner | null; failOpen?: boolean };
+}
+
+/** What the inspector needs of a scanner: GuardedScanner (deadline, max_concurrent, fail_open, stats). */
+export interface FileScanner {
+  readonly kind: string;
+  scan(file: Buffer, meta: ScanMeta): Promise<GuardedResult>;
+}
+
+/**
+ * Bounds of what a flow holds while scans run (README "Malware scanning"): datagrams held
+ * (the one completing a scanned file, then the later DTLS datagrams of the flow, so a
+ * retransmission of the final chunk cannot pass before the verdict) and files waiting for
+ * a verdict. Held bytes count in the flow's allocation memory account
+ * (gateway.allocation_buffer_bytes); a datagram beyond the bounds is withheld without a
+ * copy (a reliable SCTP sender retransmits it), counted as scan_hold_overflow.
+ */
+export const MAX_SCAN_HELD_DATAGRAMS = 64;
+export const MAX_SCAN_HELD_BYTES = 256 * 1024;
+export const MAX_SCANS_PER_FLOW = 4;
+
+interface ScanJob {
+  /** The rules that ask this scanner, in rule-file order. */
+  matches: ScanMatch[];
+  scanner: ScannerKind;
+  event: Extract<InspectEvent, { type: 'file' }>;
+}
+
+interface ScanHold {
+  /** Scans not answered yet. */
+  pending: number;
+  /** Datagrams held until every pending scan has answered, in arrival order. */
+  held: { data: Buffer; dir: FlowDirection; peerPort: number }[];
+  heldBytes: number;
+  /** A `drop` rule matched an infected file: the held datagrams are withheld, not released. */
+  drop: boolean;
 }
 
 /** What the inspector needs of a FlowRecorder. */
@@ -101,6 +144,12 @@ interface FlowState {
   userPeer: string;
   /** Ends data-channel transfers at their pause (their file events are judged then). */
   transferTimer: TimerHandle | null;
+  /** Files to scan found while the current datagram was inspected. */
+  scanJobs: ScanJob[] | null;
+  /** While keys are applied: scan jobs of records decrypted from the backlog, by datagram tag. */
+  tagScans: Map<number, ScanJob[]> | null;
+  /** Scans in flight for this flow and what is held for them. */
+  scanHold: ScanHold | null;
 }
 
 const RANK_FORWARD = ACTION_RANK.forward;
@@ -124,6 +173,8 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
   readonly memory: BufferAccounts;
   /** Flows blocked, by reason (`budget_exceeded:<budget>` for budgets): read by /metrics. */
   private readonly blockedBy: Record<string, number> = {};
+  /** Scan holds (issue 9): files scanned, datagrams held and released, held ones beyond the bounds. */
+  private readonly scanCounts = { files: 0, held: 0, released: 0, withheld: 0, overflow: 0, rejected: 0 };
   /** Flows to tear down once the request being handled has taken effect (escrow.ts). */
   private deferred: { flow: Flow; reason: string }[] | null = null;
 
@@ -232,6 +283,9 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
       lastCapHit: -Infinity,
       userPeer: peerKey(flow.user, flow.peerAddress),
       transferTimer: null,
+      scanJobs: null,
+      tagScans: null,
+      scanHold: null,
     });
     pipeline.on((e) => this.onInspectEvent(st, e));
     flow.ctx = st;
@@ -263,8 +317,8 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
    * What /metrics shows of the gateway (gatehouse_gateway_*): live flows, the bytes they
    * buffer (held datagrams, DTLS backlog, SCTP reassembly; README limits table) and blocks.
    */
-  get stats(): { flows: number; bufferedBytes: number; blocked: Record<string, number> } {
-    return { flows: this.byPeer.size, bufferedBytes: this.memory.total, blocked: this.blockedBy };
+  get stats(): { flows: number; bufferedBytes: number; blocked: Record<string, number>; scanHold: Record<string, number> } {
+    return { flows: this.byPeer.size, bufferedBytes: this.memory.total, blocked: this.blockedBy, scanHold: this.scanCounts };
   }
 
   private afterTimer(st: FlowState, fn: () => void): void {
@@ -284,12 +338,15 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
       st.transferTimer = null;
       if (st.closed) return;
       st.verdict = 'forward';
+      st.scanJobs = null;
       st.pipeline.expireTransfers(this.clock.now());
       this.check(st);
       if ((st.verdict as VerdictAction) === 'block') {
         this.block(st, 'policy', st.guard.association);
         return;
       }
+      // Judged at a pause: its data is already forwarded; an infected verdict blocks the rest.
+      this.afterDatagram(st, false, null);
       this.armTransferTimer(st);
     }, pause + 1);
   }
@@ -319,6 +376,7 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
     // DTLS is parsed once, inside guard.packet() (the pipeline's session): the verdict of
     // what it decrypted is set by onInspectEvent meanwhile.
     st.verdict = 'forward';
+    st.scanJobs = null;
     const v = st.guard.packet(data, dir, peerPort);
     this.check(st);
     let ok: boolean;
@@ -330,6 +388,7 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
     else if (st.guard.lastQueued)
       ok = true; // inspected, in order, when the flow's keys verify
     else ok = this.inspect(st, data, dir);
+    ok = this.afterDatagram(st, ok, { data, dir, peerPort });
     if (!st.closed) {
       this.account(st);
       this.armTransferTimer(st);
@@ -379,7 +438,7 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
 
   /** Memory bounds (memory.ts): the flow's buffered bytes into its allocation's and the global sum. */
   private account(st: FlowState): void {
-    const bytes = st.guard.bufferedBytes + st.pipeline.bufferedBytes;
+    const bytes = st.guard.bufferedBytes + st.pipeline.bufferedBytes + (st.scanHold?.heldBytes ?? 0);
     const over = this.memory.set(st.mem, bytes);
     if (!over) return;
     if (st.keys?.required) {
@@ -394,7 +453,7 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
     // oldest held datagrams, then the DTLS backlog and SCTP reassembly.
     const limit = this.memory.limit(over);
     const now = this.clock.now();
-    const buffered = () => st.guard.bufferedBytes + st.pipeline.bufferedBytes;
+    const buffered = () => st.guard.bufferedBytes + st.pipeline.bufferedBytes + (st.scanHold?.heldBytes ?? 0);
     let shed = st.guard.stopCopies() > 0;
     while (this.memory.set(st.mem, buffered()) && st.guard.shedOldest() > 0) shed = true;
     const report = now - st.lastCapHit >= CAP_HIT_INTERVAL_MS;
@@ -427,6 +486,7 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
     // datagram tag and applied when the guard releases those datagrams (onRelease).
     st.keying = true;
     st.verdict = 'forward';
+    st.scanJobs = null;
     try {
       const r = this.supervisor.run(
         'gateway.flow.keys',
@@ -438,6 +498,9 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
         () => this.failFlow(flow, st),
       );
       if (!st.closed && (st.verdict as VerdictAction) === 'block') this.block(st, 'policy', st.guard.association);
+      // Files completed by records whose datagrams were forwarded before the keys came (or
+      // by no datagram still held): scanned, an infected verdict blocks the rest.
+      if (!st.closed) this.afterDatagram(st, false, null);
       if (!st.closed) {
         this.account(st);
         this.armTransferTimer(st);
@@ -446,6 +509,7 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
     } finally {
       st.keying = false;
       st.tagVerdicts = null;
+      st.tagScans = null;
     }
   }
 
@@ -483,7 +547,14 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
     for (const p of q) {
       if (st.closed) return;
       st.verdict = (p.tag >= 0 && st.tagVerdicts?.get(p.tag)) || 'forward';
-      const ok = this.inspect(st, p.data, p.dir);
+      const outer = st.scanJobs;
+      st.scanJobs = (p.tag >= 0 && st.tagScans?.get(p.tag)) || null;
+      if (st.scanJobs) st.tagScans!.delete(p.tag);
+      let ok = this.inspect(st, p.data, p.dir);
+      // A held datagram that completes a scanned file (or comes while scans run) stays held
+      // here; one that was forwarded already (a copy) can only lead to a block.
+      ok = this.afterDatagram(st, ok && p.held && !p.withhold, p.held && !p.withhold ? p : null) && ok;
+      st.scanJobs = outer;
       if (ok && p.held && !p.withhold && this.relay && !st.closed) {
         try {
           this.relay.send(st.flow, p.dir, p.data, p.peerPort);
@@ -560,6 +631,7 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
         if (!prev || ACTION_RANK[verdict.action] > ACTION_RANK[prev]) st.tagVerdicts.set(tag, verdict.action);
       }
     }
+    if (verdict.scans && e.type === 'file') this.addScanJobs(st, verdict.scans, e);
     // drop on media withholds that stream (one SSRC) from here on, not just this packet.
     if (verdict.action === 'drop' && e.type === 'rtp.stream') st.droppedSsrcs.add(e.ssrc);
     // A content rule with action `record` starts recording the flow from here on.
@@ -567,6 +639,157 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
       const m = verdict.matches.find((x) => x.action === 'record');
       if (m) this.startRecording(st, m.rule.id);
     }
+  }
+
+  // ------------------------------------------------------------------ malware scanning (issue 9)
+
+  /** `scan:` rules matched a file: one job per scanner (several rules may ask the same one). */
+  private addScanJobs(st: FlowState, scans: ScanMatch[], e: Extract<InspectEvent, { type: 'file' }>): void {
+    const by = new Map<ScannerKind, ScanMatch[]>();
+    for (const m of scans) {
+      const l = by.get(m.scanner);
+      if (l) l.push(m);
+      else by.set(m.scanner, [m]);
+    }
+    const jobs = [...by].map(([scanner, matches]): ScanJob => ({ scanner, matches, event: e }));
+    if (st.keying) {
+      // A record decrypted from the backlog: its datagram is released (or not) by onRelease.
+      const tag = st.pipeline.dtlsSession.currentTag;
+      if (tag >= 0) {
+        st.tagScans ??= new Map();
+        st.tagScans.set(tag, [...(st.tagScans.get(tag) ?? []), ...jobs]);
+        return;
+      }
+    }
+    (st.scanJobs ??= []).push(...jobs);
+  }
+
+  /**
+   * After a datagram was inspected: `forward` is what policy decided so far. A datagram that
+   * completes a file to scan is held (not forwarded) until every scan of the flow answered;
+   * while scans run, the flow's later DTLS datagrams are held too (a retransmission of the
+   * final chunk must not pass before the verdict). No datagram (a pause, a forwarded copy):
+   * the scans still run and an infected verdict blocks the rest of the flow.
+   */
+  private afterDatagram(st: FlowState, forward: boolean, pkt: { data: Buffer; dir: FlowDirection; peerPort: number } | null): boolean {
+    const jobs = st.scanJobs;
+    st.scanJobs = null;
+    if (st.closed) return false;
+    if (jobs?.length) this.startScans(st, jobs);
+    else if (!st.scanHold || !pkt || demux(pkt.data) !== 'dtls') return forward;
+    if (!forward || !pkt) return forward;
+    this.holdDatagram(st, st.scanHold!, pkt);
+    return false;
+  }
+
+  private holdDatagram(st: FlowState, h: ScanHold, pkt: { data: Buffer; dir: FlowDirection; peerPort: number }): void {
+    if (h.held.length >= MAX_SCAN_HELD_DATAGRAMS || h.heldBytes + pkt.data.length > MAX_SCAN_HELD_BYTES) {
+      this.scanCounts.overflow++; // withheld without a copy: never forwarded unjudged
+      return;
+    }
+    h.held.push({ data: Buffer.from(pkt.data), dir: pkt.dir, peerPort: pkt.peerPort });
+    h.heldBytes += pkt.data.length;
+    this.scanCounts.held++;
+    this.account(st);
+  }
+
+  private startScans(st: FlowState, jobs: ScanJob[]): void {
+    const h = (st.scanHold ??= { pending: 0, held: [], heldBytes: 0, drop: false });
+    for (const job of jobs) {
+      h.pending++;
+      this.scanCounts.files++;
+      const fail = () => this.failFlow(st.flow, st);
+      let run: Promise<GuardedResult>;
+      try {
+        run = this.scanFile(job, h.pending > MAX_SCANS_PER_FLOW);
+      } catch (err) {
+        run = Promise.reject(err);
+      }
+      // Inside the supervisor's reach: a rejection (or a throw in the verdict) closes this flow.
+      run.then(
+        (r) => this.supervisor.run('gateway.flow.scan', () => this.scanDone(st, h, job, r), fail),
+        (err) => this.supervisor.caught('gateway.flow.scan', err, fail),
+      );
+    }
+  }
+
+  private scanFile(job: ScanJob, overBound: boolean): Promise<GuardedResult> {
+    const sc = this.o.scanners?.[job.scanner];
+    const failOpen = this.o.scanners?.failOpen ?? false;
+    const unscanned = (error: GuardedResult['error'], reason: string): Promise<GuardedResult> => {
+      this.scanCounts.rejected++;
+      return Promise.resolve(
+        failOpen
+          ? { verdict: 'clean', block: false, error, reason: `${reason} (fail_open)`, scanner: job.scanner }
+          : { verdict: 'unscanned', block: true, error, reason, scanner: job.scanner },
+      );
+    };
+    if (!sc) return unscanned('unreachable', `scan.${job.scanner} is not configured`);
+    if (overBound) return unscanned('queue_full', `more than ${MAX_SCANS_PER_FLOW} files of this flow wait for a scan`);
+    if (job.event.headOnly) return unscanned('protocol', 'the file content was not kept');
+    const e = job.event;
+    return sc.scan(e.data, { ...(e.name !== undefined ? { name: e.name } : {}), size: e.size });
+  }
+
+  private scanDone(st: FlowState, h: ScanHold, job: ScanJob, r: GuardedResult): void {
+    if (st.closed || st.scanHold !== h) return;
+    const scan = {
+      scanner: r.scanner,
+      verdict: r.verdict,
+      ...(r.virus ? { virus: r.virus } : {}),
+      ...(r.error ? { error: r.error } : {}),
+      ...(r.reason ? { reason: r.reason } : {}),
+    };
+    // What was scanned and how it came out (names and hashes, never the content).
+    const sev = toEve(job.event, st.meta);
+    sev.event_type = 'scan';
+    sev.gatehouse = { ...(sev.gatehouse ?? {}), scan };
+    this.emit(this.decorate(st, sev, job.event.association));
+    if (r.block) {
+      // Infected, or unscanned with fail_open false: the rules match.
+      const what = r.verdict === 'infected' ? (r.virus ?? 'infected') : `unscanned (${r.error ?? 'error'})`;
+      let best: VerdictAction = 'forward';
+      for (const m of job.matches) {
+        const ev = toEve(job.event, st.meta);
+        ev.event_type = 'alert';
+        ev.alert = {
+          action: m.action === 'block' || m.action === 'drop' ? 'blocked' : 'allowed',
+          signature_id: m.rule.id,
+          signature: `${m.rule.description ?? m.rule.id}: ${what}`,
+          severity: m.rule.severity,
+        };
+        ev.gatehouse = { ...(ev.gatehouse ?? {}), ...(r.virus ? { virus: r.virus } : {}), scan };
+        this.emit(this.decorate(st, ev, job.event.association));
+        if (ACTION_RANK[m.action] > ACTION_RANK[best]) best = m.action;
+      }
+      if (best === 'block') {
+        this.block(st, 'policy', job.event.association ?? st.guard.association); // the held datagrams go with the flow
+        return;
+      }
+      if (best === 'drop') h.drop = true;
+      if (best === 'record' && !st.recorder && this.o.recordings) {
+        const m = job.matches.find((x) => x.action === 'record');
+        if (m) this.startRecording(st, m.rule.id);
+      }
+    }
+    if (--h.pending > 0) return;
+    st.scanHold = null;
+    const held = h.held;
+    h.held = [];
+    h.heldBytes = 0;
+    if (h.drop) this.scanCounts.withheld += held.length;
+    else {
+      for (const p of held) {
+        if (st.closed || !this.relay) break;
+        try {
+          this.relay.send(st.flow, p.dir, p.data, p.peerPort);
+          this.scanCounts.released++;
+        } catch (err) {
+          this.log.warn({ err: (err as Error).message }, 'releasing a datagram held for a scan failed');
+        }
+      }
+    }
+    if (!st.closed) this.account(st);
   }
 
   private startRecording(st: FlowState, ruleId: string): void {
@@ -646,6 +869,7 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
     if (st.closed) return;
     st.transferTimer?.cancel();
     st.transferTimer = null;
+    st.scanHold = null; // held datagrams are never sent; memory.close below releases their account
     // The guard's final uninspected report goes out while the flow is still open.
     try {
       st.guard.close();

@@ -2,7 +2,7 @@ import { BlockList, isIP } from 'node:net';
 import { createReadStream } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { MultiMatcher } from './matcher.js';
-import type { Rule, RuleFile } from './rules-schema.js';
+import type { Rule, RuleFile, ScannerKind } from './rules-schema.js';
 
 /**
  * Policy evaluation (contract.md "Rules"): inspection emits what it saw, this module
@@ -38,15 +38,30 @@ export interface Subject {
   fileType?: string;
   mediaKind?: 'audio' | 'video';
   codec?: string;
+  /** A file reassembled from a data-channel transfer (issue 9): what `scan` rules look at. */
+  transfer?: boolean;
 }
 
 export interface Match {
   rule: Rule;
   action: Action;
 }
+/**
+ * A rule whose selectors and other conditions hold for a file, and whose remaining
+ * condition is `scan`: the engine is synchronous and knows no sockets, so it only marks
+ * the file as "needs scan"; the gateway runs the scan and applies `action` when the
+ * scanner says infected (or unscanned, fail_open false).
+ */
+export interface ScanMatch {
+  rule: Rule;
+  action: Action;
+  scanner: ScannerKind;
+}
 export interface Verdict {
   action: VerdictAction;
   matches: Match[];
+  /** Files only: rules that match once a scanner finds the file infected. */
+  scans?: ScanMatch[];
 }
 /** How much of a message `regex` conditions look at (contains/contains_text see all of it). */
 export const REGEX_SCAN_BYTES = 64 * 1024;
@@ -68,6 +83,7 @@ interface Compiled {
   regexes: RegExp[];
   media: Set<string> | null;
   codecs: Set<string> | null;
+  scan: ScannerKind | null;
 }
 
 const setOrNull = (xs: readonly string[], lower = false) => (xs.length ? new Set(lower ? xs.map((x) => x.toLowerCase()) : xs) : null);
@@ -121,6 +137,7 @@ export class PolicyEngine {
         regexes: w.regex.map((r) => new RegExp(r, 'u')),
         media: setOrNull(w.media),
         codecs: setOrNull(w.codec, true),
+        scan: w.scan ?? null,
       };
     });
     this.matcher = new MultiMatcher(patterns);
@@ -198,8 +215,15 @@ export class PolicyEngine {
     }
     let best: VerdictAction = 'forward';
     let matches: Match[] | undefined;
+    let scans: ScanMatch[] | undefined;
     const consider = (c: Compiled) => {
       if (!this.flowSelected(c, flow) || !this.subjectSelected(c, s) || !this.conditionsHold(c, s, hits ?? EMPTY)) return;
+      if (c.scan) {
+        // Only reassembled files are scanned (not each message of a transfer on its own);
+        // the verdict is the gateway's (async).
+        if (s.kind === 'file' && s.transfer) (scans ??= []).push({ rule: c.rule, action: c.rule.action, scanner: c.scan });
+        return;
+      }
       (matches ??= []).push({ rule: c.rule, action: c.rule.action });
       if (ACTION_RANK[c.rule.action] > ACTION_RANK[best]) best = c.rule.action;
     };
@@ -215,16 +239,22 @@ export class PolicyEngine {
       }
       while (i < idx.length) consider(this.compiled[idx[i++]!]!);
     }
+    if (scans) return { action: best, matches: matches ?? [], scans };
     return matches ? { action: best, matches } : FORWARD;
   }
 
   /**
    * Whether a rule looks at a file's bytes beyond size, hash and type (contains,
-   * contains_text, regex on data channels): then data-channel transfers are spooled so
+   * contains_text, regex on data channels, scan): then data-channel transfers are spooled so
    * their `file` subject carries the whole content (issue 9), else only the first bytes.
    */
   get needsFileContent(): boolean {
-    return this.compiled.some((c) => c.rule.when.channel !== 'media' && (c.needsContent || c.regexes.length > 0));
+    return this.compiled.some((c) => c.rule.when.channel !== 'media' && (c.needsContent || c.regexes.length > 0 || c.scan !== null));
+  }
+
+  /** The scanners the rules name (`scan: icap | clamd`): each must be configured (`scan:` block). */
+  get scanners(): Set<ScannerKind> {
+    return new Set(this.compiled.flatMap((c) => (c.scan ? [c.scan] : [])));
   }
 
   /** Rules with action `record` and no content conditions that select this flow: record it from the start. */
@@ -238,7 +268,8 @@ export class PolicyEngine {
           !c.regexes.length &&
           !c.fileTypes &&
           !c.sha256 &&
-          !c.sha256List,
+          !c.sha256List &&
+          !c.scan,
       )
       .map((c) => c.rule);
   }

@@ -3,17 +3,17 @@ import { dirname, resolve } from 'node:path';
 import type { Logger } from '../util/log.js';
 import { ConfigError } from '../util/errors.js';
 import { PolicyEngine } from './engine.js';
-import { loadRuleFile, ruleFilesAt } from './rules-schema.js';
+import { loadRuleFile, ruleFilesAt, type RuleCapabilities } from './rules-schema.js';
 
 /**
  * Loads the rule set from a file or folder and keeps the live engine. A reload that
  * fails (a broken file) keeps the rules in force and says why; live flows read
  * `current` on every decision, so a new rule set applies without dropping them.
  */
-export async function loadPolicy(path: string): Promise<{ engine: PolicyEngine; files: string[] }> {
+export async function loadPolicy(path: string, caps: RuleCapabilities = {}): Promise<{ engine: PolicyEngine; files: string[] }> {
   if (!existsSync(path)) return { engine: new PolicyEngine([]), files: [] };
   const files = ruleFilesAt(path);
-  const parsed = files.map((f) => loadRuleFile(f));
+  const parsed = files.map((f) => loadRuleFile(f, caps));
   const engine = new PolicyEngine(parsed);
   // Hash-list paths are relative to the rule file that names them; resolve against the folder.
   const base = files.length === 1 && files[0] === path ? dirname(path) : path;
@@ -31,13 +31,17 @@ export class PolicyHolder {
     public current: PolicyEngine,
     public files: string[],
     private readonly log: Logger,
+    private readonly caps: RuleCapabilities = {},
   ) {}
 
-  /** Loads at start: a broken rule file stops the start (the caller reports it). */
-  static async open(path: string, log: Logger): Promise<PolicyHolder> {
-    const { engine, files } = await loadPolicy(path);
+  /**
+   * Loads at start: a broken rule file stops the start (the caller reports it), and so does
+   * a `scan:` rule whose scanner is not configured (caps.scanners).
+   */
+  static async open(path: string, log: Logger, caps: RuleCapabilities = {}): Promise<PolicyHolder> {
+    const { engine, files } = await loadPolicy(path, caps);
     if (!files.length) log.warn({ path }, 'no rule files: every flow is relayed without policy');
-    return new PolicyHolder(path, engine, files, log);
+    return new PolicyHolder(path, engine, files, log, caps);
   }
 
   onChange(fn: (e: PolicyEngine) => void): void {
@@ -46,7 +50,7 @@ export class PolicyHolder {
 
   async reload(): Promise<{ ok: boolean; message: string; rules?: number; files?: string[] }> {
     try {
-      const { engine, files } = await loadPolicy(this.path);
+      const { engine, files } = await loadPolicy(this.path, this.caps);
       this.current = engine;
       this.files = files;
       for (const l of this.listeners) l(engine);

@@ -1,7 +1,7 @@
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { checkCidr } from '../config/config.js';
-import { bool, checked, fail, int, list, nullable, obj, oneOf, parseYaml, str, type Schema } from '../config/validate.js';
+import { bool, checked, fail, failAtPath, int, list, nullable, obj, oneOf, parseYaml, str, type Schema } from '../config/validate.js';
 
 /**
  * The rule file format of contract.md ("Rules"), validated with located errors
@@ -118,7 +118,15 @@ export interface RuleWhen {
   size: { min: number | null; max: number | null };
   media: ('audio' | 'video')[];
   codec: string[];
+  /**
+   * Malware scanning (issue 9): each reassembled file the rule selects is sent to the
+   * configured scanner (`scan.icap`, RFC 3507, or `scan.clamd` INSTREAM); an infected
+   * answer is a match. Evaluated by the gateway (async), never by the policy engine.
+   */
+  scan: ScannerKind | null;
 }
+export type ScannerKind = 'icap' | 'clamd';
+export const SCANNER_KINDS: readonly ScannerKind[] = ['icap', 'clamd'];
 export interface Rule {
   id: string;
   description: string | null;
@@ -171,6 +179,7 @@ const whenSchema = obj<RuleWhen>({
   },
   media: { schema: oneOrMany(oneOf('audio', 'video')), default: () => [] },
   codec: { schema: oneOrMany(str('a codec name')), default: () => [] },
+  scan: { schema: nullable(oneOf(...SCANNER_KINDS)), default: () => null },
 });
 
 const ruleId = checked('a rule id', (s) => (/^[A-Za-z0-9_.:-]{1,64}$/.test(s) ? null : 'ids are 1-64 letters, digits, _ . : -'));
@@ -211,8 +220,14 @@ const fileSchema = obj<RuleFile>({
   quotas: { schema: list(quotaSchema), default: () => [] },
 });
 
+/** What the gateway can do that a rule may ask for. */
+export interface RuleCapabilities {
+  /** The scanners configured (`scan.icap`, `scan.clamd`); absent: not checked (`gatehouse rules check`). */
+  scanners?: ReadonlySet<ScannerKind>;
+}
+
 /** Parses one rule file; throws ConfigError with file:line:column and key path. */
-export function parseRuleFile(text: string, file: string): RuleFile {
+export function parseRuleFile(text: string, file: string, caps: RuleCapabilities = {}): RuleFile {
   const { root, ctx } = parseYaml(text, file);
   const rf = fileSchema.parse(root, '', ctx);
   // Ids are required and unique within a file: find the offending node for the message.
@@ -224,6 +239,22 @@ export function parseRuleFile(text: string, file: string): RuleFile {
     if (!r.id) fail(ctx, node, `rules[${i}].id`, 'every rule needs an id');
     if (seen.has(r.id)) fail(ctx, node, `rules[${i}].id`, `duplicate rule id ${JSON.stringify(r.id)}`);
     seen.add(r.id);
+    // `scan` judges files (data channels); a media rule would never match.
+    if (r.when.scan && r.when.channel === 'media')
+      failAtPath(
+        ctx,
+        root,
+        [`rules[${i}].when.scan`, `rules[${i}].when.channel`],
+        'scan looks at files on data channels; it cannot be used with channel: media',
+      );
+    // A scan rule without its scanner would never judge anything: refused at load (and reload).
+    if (r.when.scan && caps.scanners && !caps.scanners.has(r.when.scan))
+      failAtPath(
+        ctx,
+        root,
+        `rules[${i}].when.scan`,
+        `scan: ${r.when.scan} needs a scanner: set scan.${r.when.scan} in the gatehouse configuration`,
+      );
   });
   const qitems =
     (
@@ -250,6 +281,6 @@ export function ruleFilesAt(path: string): string[] {
   return [path];
 }
 
-export function loadRuleFile(file: string): RuleFile {
-  return parseRuleFile(readFileSync(file, 'utf8'), file);
+export function loadRuleFile(file: string, caps: RuleCapabilities = {}): RuleFile {
+  return parseRuleFile(readFileSync(file, 'utf8'), file, caps);
 }

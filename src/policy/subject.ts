@@ -12,7 +12,16 @@ export function policySubject(e: InspectEvent, direction: 'to_peer' | 'from_peer
     case 'datachannel.message':
       return { kind: 'message', direction, label: e.label, data: e.data, size: e.size, sha256: e.sha256 };
     case 'file':
-      return { kind: 'file', direction, label: e.label, data: e.data, size: e.size, sha256: e.sha256, fileType: e.fileType };
+      return {
+        kind: 'file',
+        direction,
+        label: e.label,
+        data: e.data,
+        size: e.size,
+        sha256: e.sha256,
+        fileType: e.fileType,
+        ...(e.transfer ? { transfer: true } : {}),
+      };
     case 'appdata':
       return { kind: 'appdata', direction, data: e.data, size: e.size, sha256: e.sha256 };
     case 'rtp.stream':
