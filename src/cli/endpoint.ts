@@ -37,7 +37,11 @@ Options:
   --consent always|ask|never          answer to key requests (default ask; ask reads y/n on stdin)
   --decline-reason TEXT               KEY-DECLINE reason (at most 128 bytes)
   --no-escrow                         plain werift peer (no TURN unless --turn, no agent)
-  --send-file FILE                    send FILE over a data channel
+  --send-file FILE                    send FILE over a data channel "file:NAME": a JSON text
+                                      header {name,size,sha256}, then binary chunks (as the
+                                      WebRTC samples and Snapdrop do)
+  --chunk-size BYTES                  bytes per binary message of --send-file (default 16384;
+                                      0: the whole file in one message, up to 256 KiB)
   --receive-dir DIR                   save files received over data channels here
   --audio-packets N                   send N synthetic RTP audio packets (20 ms apart)
   --audio-file FILE.opus              send the Opus packets of an Ogg/Opus file (RFC 7845) as
@@ -59,6 +63,7 @@ interface Io {
 }
 
 const CHUNK = 16 * 1024;
+const MAX_MESSAGE = 256 * 1024;
 
 function usage(io: Io, msg: string): number {
   io.stderr.write(`gatehouse endpoint: ${msg}\nRun "gatehouse endpoint --help" for usage.\n`);
@@ -138,6 +143,8 @@ interface Summary {
   untrusted: string[];
   sentFile?: { name: string; size: number; sha256: string };
   receivedFiles: Array<{ name: string; size: number; sha256: string; ok: boolean }>;
+  /** Binary bytes received on file channels, whole files or not (what a blocked transfer let through). */
+  receivedBytes: number;
   messages: string[];
   rtpSent: number;
   rtpReceived: number;
@@ -164,6 +171,7 @@ export async function runEndpoint(argv: string[], io: Io): Promise<number> {
         'decline-reason': { type: 'string' },
         'no-escrow': { type: 'boolean' },
         'send-file': { type: 'string' },
+        'chunk-size': { type: 'string' },
         'receive-dir': { type: 'string' },
         'audio-packets': { type: 'string' },
         'audio-file': { type: 'string' },
@@ -213,6 +221,8 @@ export async function runEndpoint(argv: string[], io: Io): Promise<number> {
       return usage(io, `--audio-file: ${(e as Error).message}`);
     }
   }
+  const chunkSize = Number(v['chunk-size'] ?? CHUNK);
+  if (!Number.isInteger(chunkSize) || chunkSize < 0) return usage(io, 'bad --chunk-size');
   const deadline = systemClock.now() + timeoutS * 1000;
 
   let trust: GatewayTrust | null = null;
@@ -233,7 +243,8 @@ export async function runEndpoint(argv: string[], io: Io): Promise<number> {
     }
   }
 
-  const pcConfig = { iceUseIpv6: false } as const;
+  // A file in one message (--chunk-size 0) needs the peer's a=max-message-size (RFC 8841 §6).
+  const pcConfig = { iceUseIpv6: false, maxMessageSize: MAX_MESSAGE } as const;
   let pc: RTCPeerConnection;
   let agent: EscrowAgent | null = null;
   const summary: Summary = {
@@ -242,6 +253,7 @@ export async function runEndpoint(argv: string[], io: Io): Promise<number> {
     escrow: [],
     untrusted: [],
     receivedFiles: [],
+    receivedBytes: 0,
     messages: [],
     rtpSent: 0,
     rtpReceived: 0,
@@ -293,6 +305,7 @@ export async function runEndpoint(argv: string[], io: Io): Promise<number> {
         incoming.set(dc.label, { ...meta, parts: [], got: 0 });
         return;
       }
+      summary.receivedBytes += m.length;
       const f = incoming.get(dc.label);
       if (!f) return;
       f.parts.push(Buffer.from(m));
@@ -367,8 +380,9 @@ export async function runEndpoint(argv: string[], io: Io): Promise<number> {
       await waitOpen(fileDc, deadline);
       const sha256 = createHash('sha256').update(fileData).digest('hex');
       fileDc.send(JSON.stringify({ name: basename(sendFile!), size: fileData.length, sha256 }));
-      for (let o = 0; o < fileData.length; o += CHUNK) {
-        fileDc.send(fileData.subarray(o, o + CHUNK));
+      const step = chunkSize === 0 ? Math.max(1, fileData.length) : chunkSize;
+      for (let o = 0; o < fileData.length; o += step) {
+        fileDc.send(fileData.subarray(o, o + step));
         while (fileDc.bufferedAmount > 1024 * 1024) await sleep(10);
       }
       summary.sentFile = { name: basename(sendFile!), size: fileData.length, sha256 };
