@@ -388,6 +388,14 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
     else if (st.guard.lastQueued)
       ok = true; // inspected, in order, when the flow's keys verify
     else ok = this.inspect(st, data, dir);
+    // RFC 7983 §7 [20..63]: DTLS. A reliable sender retransmits a withheld DATA chunk under
+    // its TSN in new records (RFC 9260 §6.3.3): withheld again, so `drop` keeps the message
+    // from the peer; a datagram withheld by a `drop` verdict has its TSNs remembered.
+    const b0 = data[0] ?? 0;
+    if (b0 >= 20 && b0 <= 63 && !st.closed) {
+      if (ok && st.pipeline.carriesWithheld) ok = false;
+      else if (!ok && (st.verdict as VerdictAction) === 'drop') st.pipeline.markWithheld();
+    }
     ok = this.afterDatagram(st, ok, { data, dir, peerPort });
     if (!st.closed) {
       this.account(st);

@@ -255,8 +255,23 @@ function emptyStats(): DataChannelStats {
 
 const EMPTY = Buffer.alloc(0);
 
+/** TSNs of withheld DATA chunks remembered per direction (oldest forgotten first). */
+const MAX_DROPPED_TSNS = 4096;
+
 export class DataChannelTracker {
   readonly stats: DataChannelStats = emptyStats();
+  /**
+   * The gateway never re-encrypts: to withhold a message it withholds the DTLS records that
+   * carry it, and a reliable sender retransmits the same DATA chunk, same TSN, in new
+   * records (RFC 9260 §6.3.3, §7.2.4). The tracker sees those as duplicates; so that the
+   * gateway withholds them too, the TSNs of the packets it withheld are remembered
+   * (markWithheld) and a packet carrying one sets `carriesWithheld`. beginDatagram() starts
+   * the per-datagram view.
+   */
+  carriesWithheld = false;
+  private readonly seenTsns: number[] = [];
+  private seenDir: Direction = 'c2s';
+  private readonly withheld = { c2s: new Set<number>(), s2c: new Set<number>() };
   private readonly opt: Required<Omit<DataChannelTrackerOptions, 'association' | 'transfers'>>;
   private readonly transfers: TransferTracker;
   private readonly defaultAssociation: string | undefined;
@@ -557,7 +572,25 @@ export class DataChannelTracker {
     d.started = false;
   }
 
+  /** A new datagram: forgets the TSNs of the last one. */
+  beginDatagram(): void {
+    this.seenTsns.length = 0;
+    this.carriesWithheld = false;
+  }
+
+  /** The datagram just fed is withheld: its DATA chunks' TSNs are remembered (bounded). */
+  markWithheld(): void {
+    const set = this.withheld[this.seenDir];
+    for (const tsn of this.seenTsns) {
+      if (set.size >= MAX_DROPPED_TSNS) set.delete(set.values().next().value as number);
+      set.add(tsn);
+    }
+  }
+
   private onData(c: DataChunk, dir: Direction, d: DirState): void {
+    if (this.seenTsns.length < 64) this.seenTsns.push(c.tsn);
+    this.seenDir = dir;
+    if (this.withheld[dir].size && this.withheld[dir].has(c.tsn)) this.carriesWithheld = true;
     if (!d.started) this.startAt(d, dir, c.tsn, true);
     let ahead = tsnDiff(d.cum, c.tsn);
     if (ahead <= 0 || ahead > this.opt.maxTsnWindow) {

@@ -221,6 +221,20 @@ export class FlowPipeline {
     return n;
   }
 
+  /**
+   * Whether the DTLS datagram last given to feedDtls carries a DATA chunk (a retransmission)
+   * of one the gateway withheld (DataChannelTracker.markWithheld).
+   */
+  get carriesWithheld(): boolean {
+    for (let i = 0; i < this.trackerList.length; i++) if (this.trackerList[i]!.carriesWithheld) return true;
+    return false;
+  }
+
+  /** The DTLS datagram last given to feedDtls is withheld: its SCTP DATA chunks' TSNs are remembered. */
+  markWithheld(): void {
+    for (let i = 0; i < this.trackerList.length; i++) this.trackerList[i]!.markWithheld();
+  }
+
   /** Ends transfers idle for the pause (policy.transfer_pause_ms): their `file` events are emitted now. */
   expireTransfers(time: number): void {
     if (this.closed) return;
@@ -246,6 +260,7 @@ export class FlowPipeline {
   feedDtls(payload: Buffer, dir: Direction, time: number, tag = -1, owned = false): void {
     if (this.closed) return;
     this.lastTime = time;
+    for (let i = 0; i < this.trackerList.length; i++) this.trackerList[i]!.beginDatagram();
     try {
       // RFC 6347 §4.1: a DTLSPlaintext header has version major 254 (0xfe).
       if (payload.length === 0 || (payload[0]! < 0x20 && payload[1] !== 0xfe)) return;
