@@ -54,12 +54,15 @@ export async function listenStream(
   tls: { cert: string | null; key: string | null },
   log: Logger,
   onSocket: (l: StreamListener, s: NetSocket) => void,
+  /** TLS: the connection caps apply at TCP accept, before the (costly) handshake; false closes it. */
+  admitRaw?: (raw: NetSocket) => boolean,
 ): Promise<StreamListener> {
   let server: NetServer;
   let l: StreamListener | null = null;
   if (proto === 'tls') {
     if (!tls.cert || !tls.key) throw new Error('tls:// listener needs turn.tls.cert and turn.tls.key');
     const s = createTlsServer({ cert: readFileSync(tls.cert), key: readFileSync(tls.key) });
+    if (admitRaw) s.on('connection', (raw: NetSocket) => void (admitRaw(raw) || raw.destroy()));
     s.on('secureConnection', (sock) => (l ? onSocket(l, sock) : sock.destroy()));
     s.on('tlsClientError', (err) => log.debug({ err: err.message }, 'tls handshake failed'));
     server = s;
@@ -108,26 +111,62 @@ export class StreamConnections {
     private readonly h: StreamHandlers,
   ) {}
 
+  /** TLS connections counted at TCP accept (admitRaw): handshake pending or done. */
+  private pendingTls = 0;
+  /** Of conns, the TLS ones (already in pendingTls). */
+  private tlsConns = 0;
+
+  /**
+   * The caps at TCP accept for a TLS listener (before the handshake: an attacker must not
+   * get unbounded handshakes in flight). The raw socket holds the slot until it closes;
+   * accept() then does not count the TLS socket again.
+   */
+  admitRaw(raw: NetSocket): boolean {
+    if (this.stopped) return false;
+    const src = unmapV4(raw.remoteAddress ?? '');
+    if (!this.take(src)) return false;
+    this.pendingTls++;
+    raw.once('close', () => {
+      this.pendingTls--;
+      this.release(src);
+    });
+    return true;
+  }
+
+  private take(src: string): boolean {
+    const t = this.cfg.turn;
+    // Bounds at accept: the new connection is closed before anything is read from it.
+    if (this.conns.size - this.tlsConns + this.pendingTls >= t.max_connections) {
+      count(this.stats.refused, 'connection_cap_total');
+      return false;
+    }
+    const n = this.perSource.get(src) ?? 0;
+    if (n >= t.max_connections_per_source) {
+      count(this.stats.refused, 'connection_cap_source');
+      return false;
+    }
+    this.perSource.set(src, n + 1);
+    return true;
+  }
+
+  private release(src: string): void {
+    const n = (this.perSource.get(src) ?? 1) - 1;
+    if (n > 0) this.perSource.set(src, n);
+    else this.perSource.delete(src);
+  }
+
   accept(l: StreamListener, socket: NetSocket): void {
     if (this.stopped) {
       socket.destroy();
       return;
     }
     const remoteAddress = unmapV4(socket.remoteAddress ?? '');
-    const t = this.cfg.turn;
-    // Bounds at accept: the new connection is closed before anything is read from it.
-    if (this.conns.size >= t.max_connections) {
-      count(this.stats.refused, 'connection_cap_total');
+    // TLS sockets were counted at TCP accept (admitRaw); TCP ones are counted here.
+    const counted = l.proto === 'tls';
+    if (!counted && !this.take(remoteAddress)) {
       socket.destroy();
       return;
     }
-    const n = this.perSource.get(remoteAddress) ?? 0;
-    if (n >= t.max_connections_per_source) {
-      count(this.stats.refused, 'connection_cap_source');
-      socket.destroy();
-      return;
-    }
-    this.perSource.set(remoteAddress, n + 1);
     const remotePort = socket.remotePort ?? 0;
     const ep: Endpoint = {
       proto: l.proto,
@@ -151,6 +190,7 @@ export class StreamConnections {
     };
     ep.conn = conn;
     this.conns.add(conn);
+    if (counted) this.tlsConns++;
     socket.setNoDelay(true);
     const onFrame = (frame: Buffer): void => {
       if (frame[0]! < 0x40) this.h.stun(ep, frame);
@@ -188,10 +228,9 @@ export class StreamConnections {
     if (conn.closed) return;
     conn.closed = true;
     this.conns.delete(conn);
-    const src = conn.ep.remoteAddress;
-    const n = (this.perSource.get(src) ?? 1) - 1;
-    if (n > 0) this.perSource.set(src, n);
-    else this.perSource.delete(src);
+    if (conn.ep.proto === 'tls')
+      this.tlsConns--; // its slot is released by its raw socket
+    else this.release(conn.ep.remoteAddress);
     // RFC 8656 §2 / §6: the 5-tuple (this connection) identifies the allocation; with the
     // connection gone the allocation cannot be used or refreshed, so it goes too.
     this.h.closed(conn);

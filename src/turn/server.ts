@@ -195,7 +195,9 @@ export class TurnServer {
           );
         } else {
           this.streamListeners.push(
-            await listenStream(proto, host, port, this.streamListeners.length, this.cfg.turn.tls, this.log, onStream),
+            await listenStream(proto, host, port, this.streamListeners.length, this.cfg.turn.tls, this.log, onStream, (raw) =>
+              this.streams.admitRaw(raw),
+            ),
           );
         }
       }

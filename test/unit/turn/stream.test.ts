@@ -4,6 +4,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { connect as tlsConnect } from 'node:tls';
+import { connect as netConnect, type Socket as NetSocket } from 'node:net';
 import { randomBytes } from 'node:crypto';
 import {
   Attr,
@@ -135,4 +136,46 @@ t.test('TLS listener', async (t) => {
   const m = decodeStun(await resp)!;
   t.equal(m.cls, Class.Success);
   t.same(getXorAddress(m, Attr.XorMappedAddress), { family: 4, address: '127.0.0.1', port: sock.localPort });
+});
+
+t.test('TLS: the per-source cap applies at TCP accept, before any handshake', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'gatehouse-tls-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const { cert, key } = makeCert(dir, 'ec', '/CN=localhost');
+  const h = await startServer((c) => {
+    c.turn.listen = ['tls://127.0.0.1:0'];
+    c.turn.tls = { cert, key };
+    c.turn.max_connections_per_source = 5;
+  });
+  t.teardown(h.close);
+  const port = h.server.addresses()[0]!.port;
+  // Raw TCP connections that never start a handshake (a handshake flood's first step).
+  const raws: NetSocket[] = [];
+  const fates = await Promise.all(
+    Array.from(
+      { length: 12 },
+      () =>
+        new Promise<'closed' | 'open'>((resolve) => {
+          const s = netConnect(port, '127.0.0.1');
+          raws.push(s);
+          s.on('error', () => {});
+          s.once('close', () => resolve('closed'));
+          setTimeout(() => resolve('open'), 500);
+        }),
+    ),
+  );
+  t.teardown(() => raws.forEach((s) => s.destroy()));
+  t.equal(fates.filter((f) => f === 'open').length, 5, 'five pending handshakes held open');
+  t.equal(fates.filter((f) => f === 'closed').length, 7, 'the rest closed at accept');
+  t.equal(h.server.stats.refused['connection_cap_source'], 7, 'counted');
+  for (const s of raws) s.destroy();
+  await new Promise((r) => setTimeout(r, 100));
+  // Slots come back when the raw sockets close: a real TLS client is served.
+  const sock = tlsConnect({ host: '127.0.0.1', port, rejectUnauthorized: false });
+  t.teardown(() => sock.destroy());
+  await new Promise<void>((r, j) => (sock.once('secureConnect', () => r()), sock.once('error', j)));
+  const framer = new StreamFramer();
+  const resp = new Promise<Buffer>((r) => sock.on('data', (d) => framer.push(d, (f) => r(Buffer.from(f)))));
+  sock.write(binding());
+  t.equal(decodeStun(await resp)!.cls, Class.Success, 'Binding over TLS answered after the flood');
 });
