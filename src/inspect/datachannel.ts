@@ -976,6 +976,9 @@ export class DataChannelTracker {
       if (!alone && (fileType !== 'unknown' || (!str && data.length >= this.opt.fileMinBytes))) {
         this.stats.files++;
         reported = true;
+        // A message inside a transfer under way or announced is judged whole with it; one
+        // that starts nothing known (a file sent as one message) is a file of its own.
+        const inTransfer = !str && this.transfers.inTransfer(dir, stream);
         this.emit({
           type: 'file',
           time: this.time,
@@ -988,6 +991,7 @@ export class DataChannelTracker {
           fileType,
           index,
           data,
+          ...(inTransfer ? { inTransfer: true } : {}),
         });
       }
     }

@@ -76,6 +76,8 @@ export interface FileEvent extends EventBase {
   /** A single message that is a file: its index on the channel (as datachannel.message `index`). */
   index?: number;
   /** A file reassembled from consecutive binary messages (src/inspect/transfer.ts, issue 9). */
+  /** A message of a transfer under way or announced (judged whole with the transfer's own `file` event). */
+  inTransfer?: boolean;
   transfer?: {
     firstMessage: number;
     lastMessage: number;

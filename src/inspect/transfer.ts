@@ -135,6 +135,12 @@ export class TransferTracker {
   }
 
   /** Would this binary message, alone, complete an announced transfer (then it is reported as the transfer)? */
+  /** Whether a binary message now would belong to a transfer already under way or announced on the stream. */
+  inTransfer(dir: Direction, stream: number): boolean {
+    const c = this.chans.get(key(dir, stream));
+    return !!c && (!!c.t || !!c.announce);
+  }
+
   completesAlone(dir: Direction, stream: number, size: number): boolean {
     const c = this.chans.get(key(dir, stream));
     return !!c && !c.t && !!c.announce && size >= c.announce.size;
@@ -189,9 +195,14 @@ export class TransferTracker {
       // Judged on what was seen: the hash covers the bytes up to and with this message.
       t.hash.update(data);
       t.bytes += data.length;
-      this.unspool(t);
+      // Judged (and scanned) on the content seen, this message included; dropped after.
+      if (t.spool) {
+        t.spool.push(data);
+        this.spooled += data.length;
+      }
       this.ctx.capHit(dir, 'datachannel.file_bytes', this.o.maxFileBytes);
       this.report(t, 'limit');
+      this.unspool(t);
       t.over = true;
       this.freeHead(t);
       return;

@@ -40,6 +40,8 @@ export interface Subject {
   codec?: string;
   /** A file reassembled from a data-channel transfer (issue 9): what `scan` rules look at. */
   transfer?: boolean;
+  /** A message of a transfer under way or announced: scanned as part of the whole, not on its own. */
+  inTransfer?: boolean;
 }
 
 export interface Match {
@@ -219,9 +221,10 @@ export class PolicyEngine {
     const consider = (c: Compiled) => {
       if (!this.flowSelected(c, flow) || !this.subjectSelected(c, s) || !this.conditionsHold(c, s, hits ?? EMPTY)) return;
       if (c.scan) {
-        // Only reassembled files are scanned (not each message of a transfer on its own);
-        // the verdict is the gateway's (async).
-        if (s.kind === 'file' && s.transfer) (scans ??= []).push({ rule: c.rule, action: c.rule.action, scanner: c.scan });
+        // Reassembled files, and files sent as one message, are scanned (not each message of
+        // a transfer on its own); the verdict is the gateway's (async).
+        if (s.kind === 'file' && (s.transfer || !s.inTransfer))
+          (scans ??= []).push({ rule: c.rule, action: c.rule.action, scanner: c.scan });
         return;
       }
       (matches ??= []).push({ rule: c.rule, action: c.rule.action });

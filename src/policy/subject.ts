@@ -21,6 +21,7 @@ export function policySubject(e: InspectEvent, direction: 'to_peer' | 'from_peer
         sha256: e.sha256,
         fileType: e.fileType,
         ...(e.transfer ? { transfer: true } : {}),
+        ...(e.inTransfer ? { inTransfer: true } : {}),
       };
     case 'appdata':
       return { kind: 'appdata', direction, data: e.data, size: e.size, sha256: e.sha256 };

@@ -353,7 +353,7 @@ async function readChunked(conn: Conn): Promise<{ hash: string; bytes: number }>
   for (;;) {
     const line = (await conn.readUntil('\r\n', 1024, 'a chunk size')).toString('latin1');
     const m = /^([0-9a-fA-F]+)\s*(?:;.*)?$/.exec(line);
-    if (!m) throw new ConnError('protocol', `bad chunk size line ${JSON.stringify(cleanText(line, 40))}`);
+    if (!m) throw new ConnError('protocol', `bad chunk size line (${line.length} bytes)`); // never echo what may be file content
     let n = parseInt(m[1]!, 16);
     if (!Number.isSafeInteger(n)) throw new ConnError('protocol', 'chunk size out of range');
     if (n === 0) {

@@ -256,3 +256,16 @@ t.test('messages that are not files are not scanned', async (t) => {
   t.equal(r.send(r.sctp.message(1, Buffer.from('hello'))), true);
   t.equal(sc.calls.length, 0);
 });
+
+t.test('a file sent as one message (no header) is scanned too: held until the verdict, withheld when infected', async (t) => {
+  const sc = new FakeScanner();
+  const r = await rig('block', sc);
+  const one = Buffer.alloc(60_000, 0x5a);
+  const verdicts = r.sctp.fragmented(1, one, 1200).map((f) => r.send(f));
+  t.equal(verdicts[verdicts.length - 1], false, 'the datagram completing the message is held');
+  t.equal(sc.calls.length, 1, 'one scan');
+  sc.answer({ verdict: 'infected', virus: VIRUS });
+  await tick();
+  t.same(r.sent, [], 'never sent');
+  t.same(r.closed, ['blocked_policy'], 'flow blocked');
+});

@@ -28,7 +28,7 @@ const file = (extra: Partial<Subject> = {}): Subject => ({
   ...extra,
 });
 
-t.test('scan marks reassembled files only; it is no match by itself', async (t) => {
+t.test('scan marks reassembled files and single-message files; it is no match by itself', async (t) => {
   const e = new PolicyEngine([parseRuleFile(RULES, 'r.yaml')]);
   const v = e.evaluate(flow, file());
   t.equal(v.action, 'forward', 'a scan rule alone decides nothing yet');
@@ -49,7 +49,12 @@ t.test('scan marks reassembled files only; it is no match by itself', async (t) 
   const exe = e.evaluate(flow, file({ fileType: 'exe' }));
   t.equal(exe.action, 'alert', 'other rules match as before');
   t.equal(exe.scans?.length, 1);
-  t.equal(e.evaluate(flow, file({ transfer: false })).scans, undefined, 'a single message is not scanned');
+  t.equal(
+    e.evaluate(flow, file({ transfer: false, inTransfer: true })).scans,
+    undefined,
+    'a message inside a transfer is not scanned on its own',
+  );
+  t.equal(e.evaluate(flow, file({ transfer: false })).scans?.length, 1, 'a file sent as one message is scanned');
   t.equal(e.evaluate(flow, { kind: 'message', direction: 'to_peer', size: 3, data: Buffer.from('abc') }).scans, undefined);
   t.equal(e.needsFileContent, true, 'scan rules need the whole content spooled');
   t.same([...e.scanners].sort(), ['clamd', 'icap']);
