@@ -220,11 +220,16 @@ t.test(
     t.ok(wrongShare < 0.1, `a 660 Hz stream fails the 440 Hz check (${(wrongShare * 100).toFixed(2)} %)`);
 
     // The pcap carries the flow's real ports: tshark decodes it as RTP on the peer's port.
-    const peerPort = manifest.flow.peer.port;
+    // A flow is allocation × peer address (RFC 8656 §9): ICE may try several of the peer's
+    // candidate ports on that address, so the manifest names the port seen last and each
+    // packet carries the port it really went to.
     const candPorts = [...readFileSync(join(sig, 'answer.json'), 'utf8').matchAll(/a=candidate:\S+ \d+ udp \d+ (\S+) (\d+) typ/gi)].map(
       (m) => Number(m[2]),
     );
-    t.ok(peerPort > 0 && candPorts.includes(peerPort), `peer port ${peerPort} is the answerer's candidate (${candPorts.join(', ')})`);
+    t.ok(
+      candPorts.includes(manifest.flow.peer.port),
+      `manifest peer port ${manifest.flow.peer.port} is an answerer candidate (${candPorts.join(', ')})`,
+    );
     const pcap = join(rdir, `rtp-${ssrc}.pcap`);
     const ports = execFileSync('tshark', ['-r', pcap, '-T', 'fields', '-e', 'udp.srcport', '-e', 'udp.dstport'], {
       encoding: 'utf8',
@@ -233,6 +238,8 @@ t.test(
       .split('\n')
       .filter((l) => l.trim())
       .map((l) => l.split('\t').map(Number));
+    const peerPort = ports[0]?.[1] ?? 0;
+    t.ok(peerPort > 0 && candPorts.includes(peerPort), `the media went to the answerer's candidate port ${peerPort}`);
     t.ok(
       ports.length > 0 && ports.every(([s, d]) => s === manifest.flow.client.port && d === peerPort),
       `every packet client ${manifest.flow.client.port} → peer ${peerPort}: ${JSON.stringify([...new Set(ports.map((x) => x.join('>')))])}`,
