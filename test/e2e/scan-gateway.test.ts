@@ -12,8 +12,7 @@
 import t from 'tap';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { connect } from 'node:net';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -28,44 +27,12 @@ import { parseRuleFile } from '../../src/policy/rules-schema.js';
 import type { Flow } from '../../src/turn/flow.js';
 import { syntheticSession, SctpBuilder } from '../unit/inspect/pipeline-helpers.js';
 import { testIdentity } from '../unit/gateway/escrow-helpers.js';
+import { clamdPing, exited, waitReady } from './helpers/av-chain.js';
 import { cIcapModulesDir, findProgram, peerSkip } from './helpers/require-peer.js';
 import { reservePortBlock } from './helpers/ports.js';
 
 const skip = peerSkip(t, 'c-icap', 'c-icap-virus-scan', 'clamd', 'sigtool');
 const CHUNK = 16 * 1024;
-
-async function until(what: string, ms: number, probe: () => Promise<boolean>, proc?: ChildProcess): Promise<number> {
-  const t0 = Date.now();
-  while (Date.now() - t0 < ms) {
-    if (proc && proc.exitCode !== null) throw new Error(`${what}: the process exited with ${proc.exitCode}`);
-    if (await probe()) return Date.now() - t0;
-    await sleep(100);
-  }
-  throw new Error(`${what}: not ready within ${ms} ms`);
-}
-
-function clamdPing(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    if (!existsSync(path)) return resolve(false);
-    const s = connect({ path });
-    let got = '';
-    const done = (v: boolean) => {
-      s.destroy();
-      resolve(v);
-    };
-    s.setTimeout(1000, () => done(false));
-    s.on('error', () => done(false));
-    s.on('connect', () => s.write('zPING\0'));
-    s.on('data', (d) => {
-      got += d.toString('latin1');
-      if (got.includes('\0')) done(got.startsWith('PONG'));
-    });
-  });
-}
-
-function exited(p: ChildProcess): Promise<void> {
-  return p.exitCode !== null || p.signalCode !== null ? Promise.resolve() : new Promise((r) => p.once('exit', () => r()));
-}
 
 /** One flow through a GatewayInspector whose `scan:` rule uses the configured scanners. */
 async function rig(scanCfg: { icap?: string; clamd?: string; fail_open: boolean }, scanner: 'icap' | 'clamd') {
@@ -126,7 +93,7 @@ rules:
     for (let o = 0; o < file.length; o += CHUNK)
       for (const frag of sctp.fragmented(1, file.subarray(o, o + CHUNK), 1200)) verdicts.push(send(frag));
     const final = lastDatagram!;
-    await until('scan verdict', 15_000, async () => {
+    await waitReady('scan verdict', 15_000, async () => {
       const now = guarded.stats.clean + guarded.stats.infected + guarded.stats.failed_open + guarded.stats.failed_closed;
       return now > before;
     });
@@ -177,7 +144,7 @@ t.test('scan: icap and scan: clamd rules against c-icap + clamd', { skip }, asyn
   procs.push(clamd);
   let clamdErr = '';
   clamd.stderr!.on('data', (d) => (clamdErr += d));
-  await until('clamd', 60_000, () => clamdPing(sock), clamd).catch((e) => {
+  await waitReady('clamd', 60_000, () => clamdPing(sock), clamd).catch((e) => {
     throw new Error(`${(e as Error).message}\n${clamdErr}`);
   });
   t.match(readFileSync(join(work, 'clamd.log'), 'utf8'), /Loaded 1 signature/, 'clamd loaded the test signature');
@@ -220,7 +187,7 @@ t.test('scan: icap and scan: clamd rules against c-icap + clamd', { skip }, asyn
   const icap = spawn('c-icap', ['-N', '-f', join(work, 'c-icap.conf')], { stdio: ['ignore', 'ignore', 'pipe'] });
   procs.push(icap);
   const url = `icap://127.0.0.1:${icapPort}/gatehouse_av`;
-  await until(
+  await waitReady(
     'c-icap',
     30_000,
     () =>
@@ -273,7 +240,7 @@ t.test('scan: icap and scan: clamd rules against c-icap + clamd', { skip }, asyn
   await t.test('c-icap stopped: the next transfer follows fail_open', async (t) => {
     icap.kill('SIGTERM');
     await exited(icap);
-    await until('c-icap port closed', 10_000, () =>
+    await waitReady('c-icap port closed', 10_000, () =>
       new IcapScanner({ url, timeoutMs: 1000 }).options().then(
         () => false,
         () => true,

@@ -9,15 +9,14 @@ import t from 'tap';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { ClamdScanner } from '../../src/scan/clamd.js';
 import { GuardedScanner } from '../../src/scan/guard.js';
 import { IcapScanner } from '../../src/scan/icap.js';
 import { scannersFromConfig } from '../../src/scan/index.js';
 import { defaultConfig } from '../../src/config/config.js';
+import { clamdPing, exited, waitReady } from './helpers/av-chain.js';
 import { cIcapModulesDir, findProgram, peerSkip } from './helpers/require-peer.js';
 import { reservePortBlock } from './helpers/ports.js';
 
@@ -28,40 +27,7 @@ async function* pieces(b: Buffer, n: number): AsyncGenerator<Buffer> {
 }
 
 /** Polls `probe` every 100 ms until it is true, at most `ms`; throws with `what` otherwise. */
-async function until(what: string, ms: number, probe: () => Promise<boolean>, proc?: ChildProcess): Promise<number> {
-  const t0 = Date.now();
-  while (Date.now() - t0 < ms) {
-    if (proc && proc.exitCode !== null) throw new Error(`${what}: the process exited with ${proc.exitCode}`);
-    if (await probe()) return Date.now() - t0;
-    await sleep(100);
-  }
-  throw new Error(`${what}: not ready within ${ms} ms`);
-}
-
 /** clamd's zPING\0 → PONG\0 on the unix socket. */
-function clamdPing(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    if (!existsSync(path)) return resolve(false);
-    const s = connect({ path });
-    let got = '';
-    const done = (v: boolean) => {
-      s.destroy();
-      resolve(v);
-    };
-    s.setTimeout(1000, () => done(false));
-    s.on('error', () => done(false));
-    s.on('connect', () => s.write('zPING\0'));
-    s.on('data', (d) => {
-      got += d.toString('latin1');
-      if (got.includes('\0')) done(got.startsWith('PONG'));
-    });
-  });
-}
-
-function exited(p: ChildProcess): Promise<void> {
-  return p.exitCode !== null || p.signalCode !== null ? Promise.resolve() : new Promise((r) => p.once('exit', () => r()));
-}
-
 t.test('c-icap virus_scan over clamd with a sigtool-made database', { skip }, async (t) => {
   const work = mkdtempSync(join(tmpdir(), 'gh-scan-'));
   const procs: ChildProcess[] = [];
@@ -115,7 +81,7 @@ t.test('c-icap virus_scan over clamd with a sigtool-made database', { skip }, as
   procs.push(clamd);
   let clamdErr = '';
   clamd.stderr!.on('data', (d) => (clamdErr += d));
-  const clamdMs = await until('clamd', 60_000, () => clamdPing(sock), clamd).catch((e) => {
+  const clamdMs = await waitReady('clamd', 60_000, () => clamdPing(sock), clamd).catch((e) => {
     throw new Error(
       `${(e as Error).message}\n${clamdErr}\n${existsSync(join(work, 'clamd.log')) ? readFileSync(join(work, 'clamd.log'), 'utf8') : ''}`,
     );
@@ -168,7 +134,7 @@ t.test('c-icap virus_scan over clamd with a sigtool-made database', { skip }, as
   const url = `icap://127.0.0.1:${icapPort}/gatehouse_av`;
   const urlEarly = `icap://127.0.0.1:${icapPort}/srv_clamav`;
   const probe = new IcapScanner({ url, timeoutMs: 2000 });
-  const icapMs = await until(
+  const icapMs = await waitReady(
     'c-icap',
     30_000,
     () =>
@@ -276,7 +242,7 @@ t.test('c-icap virus_scan over clamd with a sigtool-made database', { skip }, as
     t.equal((await open.scan(cleanSmall, { size: cleanSmall.length })).verdict, 'clean');
     icap.kill('SIGTERM');
     await exited(icap);
-    await until('c-icap port closed', 10_000, () =>
+    await waitReady('c-icap port closed', 10_000, () =>
       new IcapScanner({ url, timeoutMs: 1000 }).options().then(
         () => false,
         () => true,

@@ -13,8 +13,7 @@
 import t from 'tap';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { connect } from 'node:net';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
@@ -23,6 +22,7 @@ import { runEndpoint } from '../../src/cli/endpoint.js';
 import { IcapScanner } from '../../src/scan/icap.js';
 import { startGatehouse, type TurnServer } from './helpers/turn-servers.js';
 import { closeLeftoverUdpSockets, pinGateway, readEvents, sha256Hex, until, type GwEvent } from './helpers/escrow-events.js';
+import { clamdPing, exited, waitReady } from './helpers/av-chain.js';
 import { cIcapModulesDir, findProgram, peerSkip } from './helpers/require-peer.js';
 import { reservePortBlock } from './helpers/ports.js';
 
@@ -38,39 +38,6 @@ const RULES = `keys:
 rules:
   - { id: av, description: Malware, when: { scan: icap }, action: block }
 `;
-
-async function ready(what: string, ms: number, probe: () => Promise<boolean>, proc?: ChildProcess): Promise<void> {
-  const t0 = Date.now();
-  while (Date.now() - t0 < ms) {
-    if (proc && proc.exitCode !== null) throw new Error(`${what}: the process exited with ${proc.exitCode}`);
-    if (await probe()) return;
-    await sleep(100);
-  }
-  throw new Error(`${what}: not ready within ${ms} ms`);
-}
-
-function clamdPing(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    if (!existsSync(path)) return resolve(false);
-    const s = connect({ path });
-    let got = '';
-    const done = (v: boolean) => {
-      s.destroy();
-      resolve(v);
-    };
-    s.setTimeout(1000, () => done(false));
-    s.on('error', () => done(false));
-    s.on('connect', () => s.write('zPING\0'));
-    s.on('data', (d) => {
-      got += d.toString('latin1');
-      if (got.includes('\0')) done(got.startsWith('PONG'));
-    });
-  });
-}
-
-function exited(p: ChildProcess): Promise<void> {
-  return p.exitCode !== null || p.signalCode !== null ? Promise.resolve() : new Promise((r) => p.once('exit', () => r()));
-}
 
 function io() {
   const out = new PassThrough();
@@ -185,7 +152,7 @@ t.test(
     procs.push(clamd);
     let clamdErr = '';
     clamd.stderr!.on('data', (d) => (clamdErr += d));
-    await ready('clamd', 60_000, () => clamdPing(sock), clamd).catch((e) => {
+    await waitReady('clamd', 60_000, () => clamdPing(sock), clamd).catch((e) => {
       throw new Error(`${(e as Error).message}\n${clamdErr}`);
     });
     t.match(readFileSync(join(work, 'clamd.log'), 'utf8'), /Loaded 1 signature/, 'clamd loaded the test signature');
@@ -227,7 +194,7 @@ t.test(
     const icap = spawn('c-icap', ['-N', '-f', join(work, 'c-icap.conf')], { stdio: ['ignore', 'ignore', 'pipe'] });
     procs.push(icap);
     const url = `icap://127.0.0.1:${icapPort}/gatehouse_av`;
-    await ready(
+    await waitReady(
       'c-icap',
       30_000,
       () =>
@@ -288,7 +255,7 @@ t.test(
     await sleep(2500);
     icap.kill('SIGTERM');
     await exited(icap);
-    await ready('c-icap port closed', 10_000, () =>
+    await waitReady('c-icap port closed', 10_000, () =>
       new IcapScanner({ url, timeoutMs: 1000 }).options().then(
         () => false,
         () => true,
