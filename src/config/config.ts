@@ -62,7 +62,8 @@ export interface GatehouseConfig {
     /** Bytes all flows together may buffer. */
     max_buffered_bytes: string;
   };
-  pcp: { listen: string[] };
+  /** The PCP server (RFC 6887) and its firewall path (README "PCP server"). */
+  pcp: PcpConfig;
   admin: {
     /** http://address:port, or https://address:port with `tls`; beyond loopback TLS or `insecure`. */
     listen: string;
@@ -89,6 +90,44 @@ export interface GatehouseConfig {
   identity: { cert: string | null; key: string | null };
   /** Malware scanning of reassembled files (README "Malware scanning"); src/scan/. */
   scan: ScanConfig;
+}
+
+/** `pcp:` (contract.md: listen, external_address; the rest extends it, README "PCP server"). */
+export interface PcpConfig {
+  /** udp:// addresses on the internal side; [] turns the PCP server off. */
+  listen: string[];
+  /** The address MAP and PEER assign (RFC 6887 §11.3); null: the default route's source address. */
+  external_address: string | null;
+  /** RFC 6887 §15: lifetimes asked for are clamped to [min_lifetime, max_lifetime], seconds. */
+  min_lifetime: number;
+  max_lifetime: number;
+  /** Mappings per PCP client (NO_RESOURCES beyond, §7.4) and requests per client per second. */
+  max_mappings_per_client: number;
+  request_rate_per_client: number;
+  /** Clients (CIDRs) allowed THIRD_PARTY (RFC 6887 §13.1); others get NOT_AUTHORIZED. */
+  third_party: string[];
+  /** How mappings become real: nftables (kernel NAT, filter and NFQUEUE), none (refuse), auto. */
+  firewall: 'auto' | 'nftables' | 'none';
+  /** The NFQUEUE the mapped flows pass through (iptables -j NFQUEUE, the gateway reads it). */
+  nfqueue: {
+    queue: number;
+    /** When the gateway is not reading the queue: true lets packets through (kernel fail-open), false drops. */
+    fail_open: boolean;
+    /** Packets whose verdict is delayed (held) at once; beyond, the oldest is dropped. */
+    max_held: number;
+  };
+  /** RFC 7652 authentication. */
+  auth: {
+    /** Common requests without a PCP security association get AUTHENTICATION_REQUIRED. */
+    required: boolean;
+    /** builtin: EAP-TLS here with identity.cert; radius: EAP passed to a RADIUS server (RFC 3579). */
+    eap: 'builtin' | 'radius';
+    /** PEM files: the roots client certificates must chain to (builtin EAP-TLS). */
+    ca: string[];
+    /** PA lifetime, seconds (RFC 7652 SESSION_LIFETIME). */
+    lifetime: number;
+    radius: { server: string | null; secret: string | null; timeout_ms: number };
+  };
 }
 
 /** `scan:` — an ICAP service (RFC 3507) and/or clamd INSTREAM; null: not configured. */
@@ -341,7 +380,59 @@ export const configSchema = obj<GatehouseConfig>({
     }),
   },
   pcp: {
-    schema: obj({ listen: { schema: list(listenUrl, { single: true }), default: () => ['udp://0.0.0.0:5351'] } }),
+    schema: obj({
+      listen: {
+        schema: list(
+          checked('a udp:// listen address like udp://0.0.0.0:5351', (s) =>
+            !LISTEN_RE.test(s)
+              ? `expected udp://address:port, got ${JSON.stringify(s)}`
+              : s.startsWith('udp://')
+                ? null
+                : 'PCP runs over UDP only (RFC 6887 §7)',
+          ),
+          { single: true },
+        ),
+        default: () => ['udp://0.0.0.0:5351'],
+      },
+      external_address: { schema: nullable(ipAddr), default: () => null },
+      min_lifetime: { schema: int(1, 86400), default: () => 120 },
+      max_lifetime: { schema: int(1, 7 * 86400), default: () => 86400 },
+      max_mappings_per_client: { schema: int(1, 65535), default: () => 256 },
+      request_rate_per_client: { schema: int(1, 100_000), default: () => 50 },
+      third_party: { schema: list(cidr), default: () => [] },
+      firewall: { schema: oneOf('auto', 'nftables', 'none'), default: () => 'auto' },
+      nfqueue: {
+        schema: obj({
+          queue: { schema: int(0, 65535), default: () => 7 },
+          fail_open: { schema: bool(), default: () => false },
+          max_held: { schema: int(1, 1_000_000), default: () => 4096 },
+        }),
+      },
+      auth: {
+        schema: obj({
+          required: { schema: bool(), default: () => false },
+          eap: { schema: oneOf('builtin', 'radius'), default: () => 'builtin' },
+          ca: { schema: list(str('a PEM file path')), default: () => [] },
+          lifetime: { schema: int(60, 7 * 86400), default: () => 3600 },
+          radius: {
+            schema: obj({
+              server: {
+                schema: nullable(
+                  checked('a RADIUS server like udp://10.0.0.5:1812', (s) =>
+                    /^udp:\/\/(\[[0-9a-fA-F:.]+\]|[0-9.]+):\d{1,5}$/.test(s)
+                      ? null
+                      : `expected udp://address:port, got ${JSON.stringify(s)}`,
+                  ),
+                ),
+                default: () => null,
+              },
+              secret: { schema: nullable(str('a RADIUS shared secret')), default: () => null },
+              timeout_ms: { schema: int(100, 60_000), default: () => 3000 },
+            }),
+          },
+        }),
+      },
+    }),
   },
   admin: {
     schema: obj({
@@ -464,6 +555,18 @@ function crossCheck(cfg: GatehouseConfig, at: (paths: string | string[], problem
     at(
       ['turn.default_lifetime', 'turn.max_lifetime'],
       `turn.default_lifetime (${cfg.turn.default_lifetime}) exceeds turn.max_lifetime (${cfg.turn.max_lifetime})`,
+    );
+  }
+  if (cfg.pcp.min_lifetime > cfg.pcp.max_lifetime) {
+    at(
+      ['pcp.min_lifetime', 'pcp.max_lifetime'],
+      `pcp.min_lifetime (${cfg.pcp.min_lifetime}) exceeds pcp.max_lifetime (${cfg.pcp.max_lifetime})`,
+    );
+  }
+  if (cfg.pcp.auth.eap === 'radius' && (!cfg.pcp.auth.radius.server || !cfg.pcp.auth.radius.secret)) {
+    at(
+      cfg.pcp.auth.radius.server ? 'pcp.auth.radius.secret' : 'pcp.auth.radius.server',
+      'pcp.auth.eap: radius needs pcp.auth.radius.server and pcp.auth.radius.secret',
     );
   }
   if (!cfg.identity.cert !== !cfg.identity.key) {
