@@ -1,4 +1,7 @@
 {
+  "variables": {
+    "have_nfqueue": "<!(test -f /usr/include/libnetfilter_queue/libnetfilter_queue.h && test -f /usr/include/libnfnetlink/libnfnetlink.h && echo 1 || echo 0)"
+  },
   "targets": [
     {
       "target_name": "gatehouse_native",
@@ -6,5 +9,20 @@
       "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
       "defines": ["NAPI_DISABLE_CPP_EXCEPTIONS"]
     }
+  ],
+  "conditions": [
+    [
+      "have_nfqueue==1",
+      {
+        "targets": [
+          {
+            "target_name": "gatehouse_nfqueue",
+            "sources": ["nfqueue.c"],
+            "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
+            "libraries": ["-lnetfilter_queue", "-lnfnetlink"]
+          }
+        ]
+      }
+    ]
   ]
 }

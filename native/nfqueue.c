@@ -1,0 +1,415 @@
+/*
+ * gatehouse_nfqueue: a small N-API binding over libnetfilter_queue (the legacy
+ * nfq_* API over libnfnetlink; no libmnl headers needed) for the PCP firewall path's
+ * inline inspection (src/pcp/firewall/nfqueue.ts is its only user).
+ *
+ *   const q = new NfQueue(queueNum, maxLen, failOpen, batch, rcvbuf,
+ *                         (id, payload, mark, hook, indev, outdev) => { ... });
+ *   q.verdict(id, verdict, mark)   verdict: 1 = NF_ACCEPT, 0 = NF_DROP; mark: -1 = unchanged
+ *   q.stats() -> { received, enobufs, errors, exceptions }
+ *   q.ref(bool)  q.close()
+ *
+ * Reading is integrated with libuv: a uv_poll handle on the netlink socket (non-blocking);
+ * when it becomes readable up to `batch` recv() calls are drained in one go, each message
+ * dispatched through nfq_handle_packet() to the JS callback. The whole batch runs inside one
+ * N-API callback scope, so promises/microtasks scheduled by the callback run after the batch.
+ *
+ * The payload handed to JS is a COPY of the full IP packet (napi_create_buffer_copy): the
+ * callback may keep it. Verdicts are by packet id (nfq_set_verdict / nfq_set_verdict2 when a
+ * mark is set); a verdict may come later (a held packet): the kernel keeps the packet queued
+ * until then (bounded by the queue's max length; the JS side bounds how many and how long).
+ *
+ * Fail mode: NFQA_CFG_F_FAIL_OPEN (kernel accepts instead of dropping when the queue is full)
+ * is set when failOpen is true; otherwise cleared (default closed). If the JS callback throws,
+ * the packet gets the fail-mode verdict here (accept when failOpen, else drop).
+ */
+#define NAPI_VERSION 8
+#include <node_api.h>
+#include <uv.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <arpa/inet.h>
+#include <linux/netfilter.h>
+#include <libnetfilter_queue/libnetfilter_queue.h>
+#include <libnfnetlink/libnfnetlink.h>
+
+typedef struct {
+  napi_env env;
+  struct nfq_handle *h;
+  struct nfq_q_handle *qh;
+  int fd;
+  uv_poll_t poll;
+  int poll_inited;
+  int open;        /* the queue is bound and polled */
+  int dispatching; /* inside on_readable: close() is deferred */
+  int close_wanted;
+  int handle_closed; /* uv_close callback ran (or never inited) */
+  int finalized;     /* the JS object is gone */
+  int fail_open;
+  int batch;
+  napi_ref cb;
+  napi_ref self; /* strong while open: the reader lives as long as the queue is bound */
+  napi_async_context actx;
+  char *buf;
+  size_t buflen;
+  double received, enobufs, errors, exceptions;
+  /* valid during dispatch only */
+  napi_value js_cb, js_self;
+} Queue;
+
+#define CHECK(call)                                                    \
+  do {                                                                 \
+    if ((call) != napi_ok) {                                           \
+      napi_throw_error(env, NULL, "gatehouse_nfqueue: N-API failure"); \
+      return NULL;                                                     \
+    }                                                                  \
+  } while (0)
+
+static void maybe_free(Queue *q) {
+  if (q->finalized && q->handle_closed) {
+    free(q->buf);
+    free(q);
+  }
+}
+
+static void on_handle_closed(uv_handle_t *h) {
+  Queue *q = (Queue *)h->data;
+  q->handle_closed = 1;
+  maybe_free(q);
+}
+
+/* Unbinds the queue (the kernel drops what is still queued: no verdict comes from a closed
+ * reader), closes the socket, releases the JS references. Not during dispatch. */
+static void do_close(Queue *q, int release_js) {
+  if (q->open) {
+    q->open = 0;
+    if (q->poll_inited) {
+      uv_poll_stop(&q->poll);
+      uv_close((uv_handle_t *)&q->poll, on_handle_closed);
+    } else {
+      q->handle_closed = 1;
+    }
+    if (q->qh) nfq_destroy_queue(q->qh);
+    if (q->h) nfq_close(q->h);
+    q->qh = NULL;
+    q->h = NULL;
+  }
+  if (release_js) {
+    napi_env env = q->env;
+    if (q->cb) napi_delete_reference(env, q->cb);
+    if (q->self) napi_delete_reference(env, q->self);
+    if (q->actx) napi_async_destroy(env, q->actx);
+    q->cb = NULL;
+    q->self = NULL;
+    q->actx = NULL;
+  }
+}
+
+static int pkt_cb(struct nfq_q_handle *qh, struct nfgenmsg *nfmsg, struct nfq_data *nfa, void *data) {
+  Queue *q = (Queue *)data;
+  napi_env env = q->env;
+  struct nfqnl_msg_packet_hdr *ph = nfq_get_msg_packet_hdr(nfa);
+  if (!ph) return 0;
+  uint32_t id = ntohl(ph->packet_id);
+  q->received++;
+  unsigned char *payload = NULL;
+  int len = nfq_get_payload(nfa, &payload);
+  if (len < 0) len = 0;
+  napi_value argv[6], ret;
+  int ok = napi_create_uint32(env, id, &argv[0]) == napi_ok &&
+           napi_create_buffer_copy(env, (size_t)len, payload, NULL, &argv[1]) == napi_ok &&
+           napi_create_uint32(env, nfq_get_nfmark(nfa), &argv[2]) == napi_ok &&
+           napi_create_uint32(env, ph->hook, &argv[3]) == napi_ok &&
+           napi_create_uint32(env, nfq_get_indev(nfa), &argv[4]) == napi_ok &&
+           napi_create_uint32(env, nfq_get_outdev(nfa), &argv[5]) == napi_ok;
+  napi_status st = ok ? napi_call_function(env, q->js_self, q->js_cb, 6, argv, &ret) : napi_generic_failure;
+  if (st != napi_ok) {
+    bool pending = false;
+    napi_is_exception_pending(env, &pending);
+    if (pending) {
+      napi_value e;
+      napi_get_and_clear_last_exception(env, &e);
+    }
+    q->exceptions++;
+    /* The fail-mode verdict: the packet is never left without one. */
+    if (q->qh) nfq_set_verdict(q->qh, id, q->fail_open ? NF_ACCEPT : NF_DROP, 0, NULL);
+  }
+  return 0;
+}
+
+static void on_readable(uv_poll_t *handle, int status, int events) {
+  Queue *q = (Queue *)handle->data;
+  if (!q->open) return;
+  napi_env env = q->env;
+  napi_handle_scope scope;
+  if (napi_open_handle_scope(env, &scope) != napi_ok) return;
+  napi_callback_scope cscope = NULL;
+  if (napi_get_reference_value(env, q->self, &q->js_self) != napi_ok ||
+      napi_get_reference_value(env, q->cb, &q->js_cb) != napi_ok ||
+      napi_open_callback_scope(env, q->js_self, q->actx, &cscope) != napi_ok) {
+    napi_close_handle_scope(env, scope);
+    return;
+  }
+  q->dispatching = 1;
+  for (int i = 0; i < q->batch && q->open && !q->close_wanted; i++) {
+    ssize_t n = recv(q->fd, q->buf, q->buflen, MSG_DONTWAIT);
+    if (n < 0) {
+      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+      if (errno == EINTR) continue;
+      /* ENOBUFS: the socket buffer overflowed and the kernel dropped packets (counted). */
+      if (errno == ENOBUFS) {
+        q->enobufs++;
+        continue;
+      }
+      q->errors++;
+      break;
+    }
+    if (n == 0) break;
+    nfq_handle_packet(q->h, q->buf, (int)n);
+  }
+  q->dispatching = 0;
+  napi_close_callback_scope(env, cscope);
+  napi_close_handle_scope(env, scope);
+  if (q->close_wanted) do_close(q, 1);
+}
+
+static void finalize(napi_env env, void *data, void *hint) {
+  Queue *q = (Queue *)data;
+  do_close(q, 0);
+  q->finalized = 1;
+  maybe_free(q);
+}
+
+static napi_value throw_errno(napi_env env, const char *what, int err) {
+  char msg[256];
+  snprintf(msg, sizeof msg, "nfqueue: %s: %s", what, strerror(err));
+  napi_value m, e, code;
+  if (napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &m) == napi_ok &&
+      napi_create_error(env, NULL, m, &e) == napi_ok &&
+      napi_create_int32(env, err, &code) == napi_ok) {
+    napi_set_named_property(env, e, "errno", code);
+    napi_throw(env, e);
+  } else {
+    napi_throw_error(env, NULL, msg);
+  }
+  return NULL;
+}
+
+static int64_t get_int(napi_env env, napi_value v, int64_t lo, int64_t hi) {
+  double d;
+  if (napi_get_value_double(env, v, &d) != napi_ok) return INT64_MIN;
+  if (!(d >= (double)lo && d <= (double)hi) || d != (double)(int64_t)d) return INT64_MIN;
+  return (int64_t)d;
+}
+
+/* new NfQueue(queueNum, maxLen, failOpen, batch, rcvbuf, callback) */
+static napi_value ctor(napi_env env, napi_callback_info info) {
+  size_t argc = 6;
+  napi_value argv[6], self;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, &self, NULL));
+  if (argc < 6) {
+    napi_throw_type_error(env, NULL, "NfQueue(queueNum, maxLen, failOpen, batch, rcvbuf, callback)");
+    return NULL;
+  }
+  int64_t num = get_int(env, argv[0], 0, 65535);
+  int64_t maxlen = get_int(env, argv[1], 1, 1 << 20);
+  bool fail_open = false;
+  int64_t batch = get_int(env, argv[3], 1, 4096);
+  int64_t rcvbuf = get_int(env, argv[4], 0, 1 << 30);
+  napi_valuetype t;
+  if (num == INT64_MIN || maxlen == INT64_MIN || batch == INT64_MIN || rcvbuf == INT64_MIN ||
+      napi_get_value_bool(env, argv[2], &fail_open) != napi_ok || napi_typeof(env, argv[5], &t) != napi_ok ||
+      t != napi_function) {
+    napi_throw_range_error(env, NULL, "NfQueue: bad arguments");
+    return NULL;
+  }
+  Queue *q = calloc(1, sizeof *q);
+  if (!q) return throw_errno(env, "calloc", ENOMEM);
+  q->env = env;
+  q->fail_open = fail_open;
+  q->batch = (int)batch;
+  q->handle_closed = 1; /* until the poll handle is inited */
+  q->buflen = 0x10000 + 4096;
+  q->buf = malloc(q->buflen);
+  if (!q->buf) {
+    free(q);
+    return throw_errno(env, "malloc", ENOMEM);
+  }
+  errno = 0;
+  q->h = nfq_open();
+  if (!q->h) {
+    int e = errno ? errno : EPERM;
+    free(q->buf);
+    free(q);
+    return throw_errno(env, "nfq_open", e);
+  }
+  /* No-ops since Linux 3.8; kept for older kernels (errors ignored: another reader may hold them). */
+  nfq_unbind_pf(q->h, AF_INET);
+  nfq_bind_pf(q->h, AF_INET);
+  nfq_unbind_pf(q->h, AF_INET6);
+  nfq_bind_pf(q->h, AF_INET6);
+  errno = 0;
+  q->qh = nfq_create_queue(q->h, (uint16_t)num, pkt_cb, q);
+  const char *what = NULL;
+  int err = 0;
+  if (!q->qh) {
+    what = "bind queue (another reader? not root?)";
+    err = errno ? errno : EBUSY;
+  } else if (nfq_set_mode(q->qh, NFQNL_COPY_PACKET, 0xffff) < 0) {
+    what = "set copy mode";
+    err = errno;
+  } else if (nfq_set_queue_maxlen(q->qh, (uint32_t)maxlen) < 0) {
+    what = "set queue maxlen";
+    err = errno;
+  } else if (nfq_set_queue_flags(q->qh, NFQA_CFG_F_FAIL_OPEN, fail_open ? NFQA_CFG_F_FAIL_OPEN : 0) < 0) {
+    what = "set fail-open flag";
+    err = errno;
+  }
+  if (what) {
+    if (q->qh) nfq_destroy_queue(q->qh);
+    nfq_close(q->h);
+    free(q->buf);
+    free(q);
+    return throw_errno(env, what, err ? err : EINVAL);
+  }
+  if (rcvbuf > 0) nfnl_rcvbufsiz(nfq_nfnlh(q->h), (unsigned int)rcvbuf);
+  q->fd = nfq_fd(q->h);
+  fcntl(q->fd, F_SETFL, fcntl(q->fd, F_GETFL) | O_NONBLOCK);
+  /* Verdicts for packets that no longer exist (a late verdict after the kernel flushed them)
+   * get ENOENT acks we do not ask for: no NLM_F_ACK is set by nfq_set_verdict. */
+  uv_loop_t *loop;
+  napi_value name;
+  if (napi_get_uv_event_loop(env, &loop) != napi_ok ||
+      napi_create_string_utf8(env, "gatehouse.nfqueue", NAPI_AUTO_LENGTH, &name) != napi_ok ||
+      napi_async_init(env, NULL, name, &q->actx) != napi_ok || uv_poll_init(loop, &q->poll, q->fd) != 0) {
+    nfq_destroy_queue(q->qh);
+    nfq_close(q->h);
+    free(q->buf);
+    free(q);
+    napi_throw_error(env, NULL, "nfqueue: libuv poll init failed");
+    return NULL;
+  }
+  q->poll.data = q;
+  q->poll_inited = 1;
+  q->handle_closed = 0;
+  q->open = 1;
+  if (napi_create_reference(env, argv[5], 1, &q->cb) != napi_ok ||
+      napi_wrap(env, self, q, finalize, NULL, NULL) != napi_ok ||
+      napi_create_reference(env, self, 1, &q->self) != napi_ok) {
+    do_close(q, 1);
+    q->finalized = 1; /* not wrapped (or wrap failed): free when the handle closes */
+    napi_throw_error(env, NULL, "nfqueue: wrap failed");
+    return NULL;
+  }
+  uv_poll_start(&q->poll, UV_READABLE, on_readable);
+  return self;
+}
+
+static Queue *unwrap(napi_env env, napi_value self) {
+  void *p = NULL;
+  if (napi_unwrap(env, self, &p) != napi_ok || !p) {
+    napi_throw_type_error(env, NULL, "NfQueue: bad receiver");
+    return NULL;
+  }
+  return (Queue *)p;
+}
+
+static napi_value make_bool(napi_env env, int v) {
+  napi_value r;
+  if (napi_get_boolean(env, v ? true : false, &r) != napi_ok) return NULL;
+  return r;
+}
+
+/* verdict(id, verdict, mark) -> boolean (false when closed or the send failed) */
+static napi_value verdict(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3], self;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, &self, NULL));
+  Queue *q = unwrap(env, self);
+  if (!q) return NULL;
+  int64_t id = argc > 0 ? get_int(env, argv[0], 0, 4294967295LL) : INT64_MIN;
+  int64_t v = argc > 1 ? get_int(env, argv[1], 0, 1) : INT64_MIN;
+  int64_t mark = argc > 2 ? get_int(env, argv[2], -1, 4294967295LL) : -1;
+  if (id == INT64_MIN || v == INT64_MIN || mark == INT64_MIN) {
+    napi_throw_range_error(env, NULL, "verdict(id, 0|1, mark|-1)");
+    return NULL;
+  }
+  if (!q->open || !q->qh) return make_bool(env, 0);
+  /* v: NF_DROP (0) or NF_ACCEPT (1) (linux/netfilter.h). */
+  int r = mark >= 0 ? nfq_set_verdict2(q->qh, (uint32_t)id, (uint32_t)v, (uint32_t)mark, 0, NULL)
+                    : nfq_set_verdict(q->qh, (uint32_t)id, (uint32_t)v, 0, NULL);
+  if (r < 0) q->errors++;
+  return make_bool(env, r >= 0);
+}
+
+static napi_value close_q(napi_env env, napi_callback_info info) {
+  napi_value self;
+  CHECK(napi_get_cb_info(env, info, NULL, NULL, &self, NULL));
+  Queue *q = unwrap(env, self);
+  if (!q) return NULL;
+  if (q->dispatching)
+    q->close_wanted = 1;
+  else
+    do_close(q, 1);
+  napi_value u;
+  napi_get_undefined(env, &u);
+  return u;
+}
+
+static napi_value ref_q(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], self;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, &self, NULL));
+  Queue *q = unwrap(env, self);
+  if (!q) return NULL;
+  bool on = true;
+  if (argc > 0) napi_get_value_bool(env, argv[0], &on);
+  if (q->open && q->poll_inited) {
+    if (on)
+      uv_ref((uv_handle_t *)&q->poll);
+    else
+      uv_unref((uv_handle_t *)&q->poll);
+  }
+  napi_value u;
+  napi_get_undefined(env, &u);
+  return u;
+}
+
+static napi_value stats(napi_env env, napi_callback_info info) {
+  napi_value self, o, v;
+  CHECK(napi_get_cb_info(env, info, NULL, NULL, &self, NULL));
+  Queue *q = unwrap(env, self);
+  if (!q) return NULL;
+  CHECK(napi_create_object(env, &o));
+  CHECK(napi_create_double(env, q->received, &v));
+  CHECK(napi_set_named_property(env, o, "received", v));
+  CHECK(napi_create_double(env, q->enobufs, &v));
+  CHECK(napi_set_named_property(env, o, "enobufs", v));
+  CHECK(napi_create_double(env, q->errors, &v));
+  CHECK(napi_set_named_property(env, o, "errors", v));
+  CHECK(napi_create_double(env, q->exceptions, &v));
+  CHECK(napi_set_named_property(env, o, "exceptions", v));
+  CHECK(napi_get_boolean(env, q->open ? true : false, &v));
+  CHECK(napi_set_named_property(env, o, "open", v));
+  return o;
+}
+
+static napi_value init(napi_env env, napi_value exports) {
+  napi_property_descriptor props[] = {
+      {"verdict", NULL, verdict, NULL, NULL, NULL, napi_default, NULL},
+      {"close", NULL, close_q, NULL, NULL, NULL, napi_default, NULL},
+      {"ref", NULL, ref_q, NULL, NULL, NULL, napi_default, NULL},
+      {"stats", NULL, stats, NULL, NULL, NULL, napi_default, NULL},
+  };
+  napi_value cls;
+  CHECK(napi_define_class(env, "NfQueue", NAPI_AUTO_LENGTH, ctor, NULL, sizeof props / sizeof props[0], props, &cls));
+  CHECK(napi_set_named_property(env, exports, "NfQueue", cls));
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)
