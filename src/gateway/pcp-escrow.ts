@@ -14,6 +14,7 @@
  * Nothing of a refused request takes effect.
  */
 import type { GatewayIdentity } from '../store/identity.js';
+import { eveTimestamp, type EveEvent } from '../events/eve.js';
 import {
   KR_FLAG_DATA,
   KR_FLAG_MEDIA,
@@ -48,6 +49,33 @@ export interface PcpEscrowHost {
   isBlocked(user: string, peerIp: string): boolean;
   /** A refused WRITE_KEYS (event; never secrets). */
   writeKeysRejected(m: PcpMapping, reason: string): void;
+}
+
+/** A PcpEscrowHost over the GatewayInspector: the refusal events name the mapping (contract.md). */
+export function pcpEscrowHost(
+  inspector: Omit<PcpEscrowHost, 'writeKeysRejected'>,
+  emit: (e: EveEvent) => void,
+  now: () => number,
+): PcpEscrowHost {
+  return {
+    keysPolicy: () => inspector.keysPolicy(),
+    applyKeySet: (f, ks) => inspector.applyKeySet(f, ks),
+    applyDecline: (f, r) => inspector.applyDecline(f, r),
+    keyRequested: (f, d, fl) => inspector.keyRequested(f, d, fl),
+    isBlocked: (u, ip) => inspector.isBlocked(u, ip),
+    writeKeysRejected(m, reason) {
+      emit({
+        timestamp: eveTimestamp(now()),
+        event_type: 'keys_invalid',
+        proto: 'UDP',
+        src_ip: m.internal.address,
+        src_port: m.internal.port,
+        ...(m.remote ? { dest_ip: m.remote.address, dest_port: m.remote.port } : {}),
+        keys: { what: 'write_keys', reason },
+        gatehouse: { user: pcpUser(m), mapping: m.id },
+      });
+    },
+  };
 }
 
 export interface PcpFlowIndex {
