@@ -26,6 +26,7 @@ import type { PolicyEngine } from '../policy/engine.js';
 import { parseSize } from '../policy/rules-schema.js';
 import { SqliteStore } from '../store/sqlite.js';
 import { RecordingStore } from '../record/recorder.js';
+import { DiskSpool } from '../record/spool.js';
 import { eveTimestamp } from '../events/eve.js';
 import { scannersFromConfig } from '../scan/index.js';
 import type { ScannerKind } from '../policy/rules-schema.js';
@@ -146,6 +147,12 @@ export async function startGateway(
     3_600_000,
   );
 
+  // Issue 9: transfers a recorder or a scanner needs go to DATA_DIR/spool beyond 64 KiB;
+  // what a crash left there is removed now, before any flow.
+  const spool = new DiskSpool(join(cfg.data_dir, 'spool'));
+  const swept = spool.sweep();
+  if (swept > 0) log.info({ files: swept }, 'removed spool files left by a previous run');
+
   // Every relayed flow runs through the inspection pipeline and the key-escrow guard
   // (key-escrow.md §5); policy is read per decision, so a reload applies to live flows.
   const inspector = new GatewayInspector({
@@ -167,6 +174,7 @@ export async function startGateway(
     transfers: { maxFileBytes: parseSize(cfg.policy.max_file_bytes) ?? 100 * 1024 * 1024, pauseMs: cfg.policy.transfer_pause_ms },
     // `scan: icap | clamd` rules: the final chunk of a file is held while it is scanned.
     scanners: { icap: scanners.icap, clamd: scanners.clamd, failOpen: cfg.scan.fail_open },
+    spool,
   });
   const turn = new TurnServer({
     config: cfg,

@@ -19,7 +19,9 @@ import { eveTimestamp, type EventSink, type EveEvent } from '../events/eve.js';
 import type { GatewayIdentity } from '../store/identity.js';
 import type { PolicyEngine, ScanMatch, Subject, VerdictAction } from '../policy/engine.js';
 import type { ScannerKind } from '../policy/rules-schema.js';
-import type { GuardedResult, ScanMeta } from '../scan/index.js';
+import type { GuardedResult, ScanInput, ScanMeta } from '../scan/index.js';
+import { createReadStream } from 'node:fs';
+import { spoolOf, type SpoolFactory, type SpoolMode } from '../inspect/transfer.js';
 import { ACTION_RANK } from '../policy/engine.js';
 import type { Flow, FlowDirection, FlowHooks, TurnRequestContext } from '../turn/flow.js';
 import { FlowBlockList } from './block-list.js';
@@ -73,12 +75,18 @@ export interface GatewayInspectorOptions {
    * follows failOpen (scan.fail_open, default false).
    */
   scanners?: { icap?: FileScanner | null; clamd?: FileScanner | null; failOpen?: boolean };
+  /**
+   * Spool files for transfers a recorder or a scanner needs (issue 9; DATA_DIR/spool,
+   * src/record/spool.ts): beyond their first 64 KiB they go to disk, not memory. None:
+   * they are kept in memory (within the allocation's account).
+   */
+  spool?: SpoolFactory | null;
 }
 
 /** What the inspector needs of a scanner: GuardedScanner (deadline, max_concurrent, fail_open, stats). */
 export interface FileScanner {
   readonly kind: string;
-  scan(file: Buffer, meta: ScanMeta): Promise<GuardedResult>;
+  scan(file: ScanInput, meta: ScanMeta): Promise<GuardedResult>;
 }
 
 /**
@@ -98,6 +106,8 @@ interface ScanJob {
   matches: ScanMatch[];
   scanner: ScannerKind;
   event: Extract<InspectEvent, { type: 'file' }>;
+  /** The event's spool file is kept until this is called (the scan read it, or the job was dropped). */
+  release: (() => void) | null;
 }
 
 interface ScanHold {
@@ -175,6 +185,8 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
   private readonly blockedBy: Record<string, number> = {};
   /** Scan holds (issue 9): files scanned, datagrams held and released, held ones beyond the bounds. */
   private readonly scanCounts = { files: 0, held: 0, released: 0, withheld: 0, overflow: 0, rejected: 0 };
+  /** Per rule set: whether a rule judges a file's bytes in memory (contains, contains_text, regex). */
+  private readonly contentRules = new WeakMap<PolicyEngine, boolean>();
   /** Flows to tear down once the request being handled has taken effect (escrow.ts). */
   private deferred: { flow: Flow; reason: string }[] | null = null;
 
@@ -238,10 +250,13 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
       keys: {},
       rtpPackets: recordRules.length > 0,
       dtlsExternal: true,
-      // Issue 9: a transfer's content is kept only when a recorder or a content rule needs it.
+      // Issue 9: a transfer's content is kept only when a recorder, a scanner or a content
+      // rule needs it; in memory for content rules (they judge `data` in the same call),
+      // else beyond 64 KiB in a spool file (DATA_DIR/spool) when the gateway gave one.
       transfers: {
         ...(tx ? { maxFileBytes: tx.maxFileBytes, pauseMs: tx.pauseMs } : {}),
-        spool: () => !!st.recorder || this.o.policy().needsFileContent,
+        spool: () => this.spoolMode(!!st.recorder),
+        spoolFiles: this.o.spool ?? null,
       },
     });
     const guard = new FlowGuard({
@@ -338,7 +353,7 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
       st.transferTimer = null;
       if (st.closed) return;
       st.verdict = 'forward';
-      st.scanJobs = null;
+      this.clearScanJobs(st);
       st.pipeline.expireTransfers(this.clock.now());
       this.check(st);
       if ((st.verdict as VerdictAction) === 'block') {
@@ -376,7 +391,7 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
     // DTLS is parsed once, inside guard.packet() (the pipeline's session): the verdict of
     // what it decrypted is set by onInspectEvent meanwhile.
     st.verdict = 'forward';
-    st.scanJobs = null;
+    this.clearScanJobs(st);
     const v = st.guard.packet(data, dir, peerPort);
     this.check(st);
     let ok: boolean;
@@ -494,7 +509,7 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
     // datagram tag and applied when the guard releases those datagrams (onRelease).
     st.keying = true;
     st.verdict = 'forward';
-    st.scanJobs = null;
+    this.clearScanJobs(st);
     try {
       const r = this.supervisor.run(
         'gateway.flow.keys',
@@ -517,6 +532,7 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
     } finally {
       st.keying = false;
       st.tagVerdicts = null;
+      if (st.tagScans) for (const jobs of st.tagScans.values()) this.dropScanJobs(jobs);
       st.tagScans = null;
     }
   }
@@ -651,6 +667,37 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
 
   // ------------------------------------------------------------------ malware scanning (issue 9)
 
+  /** Where a starting transfer keeps its content (TransferOptions.spool). */
+  private spoolMode(recording: boolean): SpoolMode {
+    const p = this.o.policy();
+    let content = this.contentRules.get(p);
+    if (content === undefined) {
+      // contains / contains_text / regex judge the event's `data`: the whole file in memory.
+      content = p.rules.some(
+        (r) => r.when.channel !== 'media' && (r.when.contains.length > 0 || r.when.contains_text.length > 0 || r.when.regex.length > 0),
+      );
+      this.contentRules.set(p, content);
+    }
+    if (content) return true;
+    return recording || p.needsFileContent ? 'disk' : false;
+  }
+
+  /** Releases the spool files of scan jobs that will not run (flow closed, datagram dropped). */
+  private dropScanJobs(jobs: ScanJob[] | null | undefined): void {
+    if (!jobs) return;
+    for (const j of jobs) {
+      const r = j.release;
+      j.release = null;
+      r?.();
+    }
+  }
+
+  private clearScanJobs(st: FlowState): void {
+    const jobs = st.scanJobs;
+    st.scanJobs = null;
+    this.dropScanJobs(jobs);
+  }
+
   /** `scan:` rules matched a file: one job per scanner (several rules may ask the same one). */
   private addScanJobs(st: FlowState, scans: ScanMatch[], e: Extract<InspectEvent, { type: 'file' }>): void {
     const by = new Map<ScannerKind, ScanMatch[]>();
@@ -659,7 +706,9 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
       if (l) l.push(m);
       else by.set(m.scanner, [m]);
     }
-    const jobs = [...by].map(([scanner, matches]): ScanJob => ({ scanner, matches, event: e }));
+    // A spooled file is removed once the tracker's call returns: each job holds it until its scan read it.
+    const sp = spoolOf(e);
+    const jobs = [...by].map(([scanner, matches]): ScanJob => ({ scanner, matches, event: e, release: sp ? sp.hold() : null }));
     if (st.keying) {
       // A record decrypted from the backlog: its datagram is released (or not) by onRelease.
       const tag = st.pipeline.dtlsSession.currentTag;
@@ -682,7 +731,10 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
   private afterDatagram(st: FlowState, forward: boolean, pkt: { data: Buffer; dir: FlowDirection; peerPort: number } | null): boolean {
     const jobs = st.scanJobs;
     st.scanJobs = null;
-    if (st.closed) return false;
+    if (st.closed) {
+      this.dropScanJobs(jobs);
+      return false;
+    }
     if (jobs?.length) this.startScans(st, jobs);
     else if (!st.scanHold || !pkt || demux(pkt.data) !== 'dtls') return forward;
     if (!forward || !pkt) return forward;
@@ -708,20 +760,42 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
       this.scanCounts.files++;
       const fail = () => this.failFlow(st.flow, st);
       let run: Promise<GuardedResult>;
+      let stream: ReturnType<typeof createReadStream> | null = null;
       try {
-        run = this.scanFile(job, h.pending > MAX_SCANS_PER_FLOW);
+        const r = this.scanFile(job, h.pending > MAX_SCANS_PER_FLOW);
+        run = r.run;
+        stream = r.stream;
       } catch (err) {
         run = Promise.reject(err);
       }
+      const done = () => {
+        stream?.destroy(); // an early answer leaves the rest unread
+        this.dropScanJobs([job]);
+      };
       // Inside the supervisor's reach: a rejection (or a throw in the verdict) closes this flow.
       run.then(
-        (r) => this.supervisor.run('gateway.flow.scan', () => this.scanDone(st, h, job, r), fail),
-        (err) => this.supervisor.caught('gateway.flow.scan', err, fail),
+        (r) => {
+          done();
+          this.supervisor.run('gateway.flow.scan', () => this.scanDone(st, h, job, r), fail);
+        },
+        (err) => {
+          done();
+          this.supervisor.caught('gateway.flow.scan', err, fail);
+        },
       );
     }
   }
 
-  private scanFile(job: ScanJob, overBound: boolean): Promise<GuardedResult> {
+  private scanFile(job: ScanJob, overBound: boolean): { run: Promise<GuardedResult>; stream: ReturnType<typeof createReadStream> | null } {
+    const run = this.scanRun(job, overBound);
+    if (run instanceof Promise) return { run, stream: null };
+    return run;
+  }
+
+  private scanRun(
+    job: ScanJob,
+    overBound: boolean,
+  ): Promise<GuardedResult> | { run: Promise<GuardedResult>; stream: ReturnType<typeof createReadStream> } {
     const sc = this.o.scanners?.[job.scanner];
     const failOpen = this.o.scanners?.failOpen ?? false;
     const unscanned = (error: GuardedResult['error'], reason: string): Promise<GuardedResult> => {
@@ -734,9 +808,18 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
     };
     if (!sc) return unscanned('unreachable', `scan.${job.scanner} is not configured`);
     if (overBound) return unscanned('queue_full', `more than ${MAX_SCANS_PER_FLOW} files of this flow wait for a scan`);
-    if (job.event.headOnly) return unscanned('protocol', 'the file content was not kept');
     const e = job.event;
-    return sc.scan(e.data, { ...(e.name !== undefined ? { name: e.name } : {}), size: e.size });
+    const meta = { ...(e.name !== undefined ? { name: e.name } : {}), size: e.size };
+    const sp = spoolOf(e);
+    if (sp && job.release) {
+      // Spooled to disk (issue 9): the scanner reads the file in 64 KiB pieces, never all of it at once.
+      const stream = createReadStream(sp.path, { highWaterMark: 64 * 1024 });
+      stream.on('error', () => {}); // a read error ends the iteration with it: the scan errs (fail_open)
+      return { run: sc.scan(stream, { ...meta, size: sp.size }), stream };
+    }
+    // Not kept (over memory, a spool write that failed): unscanned, scan.fail_open decides.
+    if (e.headOnly) return unscanned('protocol', 'the file content was not kept');
+    return sc.scan(e.data, meta);
   }
 
   private scanDone(st: FlowState, h: ScanHold, job: ScanJob, r: GuardedResult): void {
@@ -887,6 +970,10 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
         this.stopRecording(st);
       } finally {
         st.pipeline.close(); // wipes the flow's one copy of its key sets (§5.5)
+        // Scans that will not start give their spool files back (transfers ended by the close included).
+        this.clearScanJobs(st);
+        if (st.tagScans) for (const jobs of st.tagScans.values()) this.dropScanJobs(jobs);
+        st.tagScans = null;
         this.memory.close(st.mem); // releases everything it buffered
         const k = peerKey(st.flow.allocationId, st.flow.peerAddress);
         if (this.byPeer.get(k) === st) this.byPeer.delete(k);

@@ -24,6 +24,17 @@
  * that was already reported as a file on its own is not reported twice. The hash is
  * streamed; content is kept (spooled) only when `spool()` says a consumer needs it,
  * otherwise the event's `data` holds the first HEAD_BYTES only (`headOnly`).
+ *
+ * Where it is kept: `spool()` = true keeps it in memory (content rules judge `data`, a
+ * Buffer, in the same call); 'disk' (only a recorder or a scanner needs it) keeps at most
+ * SPOOL_MEMORY_BYTES in memory and, beyond, writes it to a spool file made by the injected
+ * `spoolFiles` (this floor knows no file system: the gateway hands it a SpoolFactory,
+ * src/record/spool.ts). The `file` event then has `headOnly` with the head in `data` and
+ * the whole in `spool` (spoolOf(e)): a consumer that reads it after the event's call takes
+ * a `hold()` during the call; the file is removed when the tracker's and every hold are
+ * released. A spool write that fails (full disk, the spool's global bound) drops the
+ * content: the transfer is judged on its hash, size and head as when not spooled, and a
+ * `cap.hit` `datachannel.spool` says so (a scan rule then follows scan.fail_open).
  */
 import { createHash, type Hash } from 'node:crypto';
 import type { Direction, FileEvent, InspectEvent } from './events.js';
@@ -36,8 +47,14 @@ export interface TransferOptions {
   pauseMs?: number;
   /** Transfers in flight per association. */
   maxTransfers?: number;
-  /** Asked when a transfer starts: keep its content (rules on content, recorder, scanner)? Default no. */
-  spool?: () => boolean;
+  /**
+   * Asked when a transfer starts: keep its content? true: in memory (content rules);
+   * 'disk': a recorder or a scanner reads it later, beyond SPOOL_MEMORY_BYTES from a spool
+   * file (`spoolFiles`; without one, in memory). Default no.
+   */
+  spool?: () => SpoolMode;
+  /** Makes spool files (the gateway's, under DATA_DIR/spool); none: 'disk' keeps content in memory. */
+  spoolFiles?: SpoolFactory | null;
   /** Transfers of fewer bytes, with no header and an unknown type, are no files (as single messages). */
   fileMinBytes?: number;
 }
@@ -51,6 +68,43 @@ export const TRANSFER_DEFAULTS = {
 
 /** Bytes of a transfer's beginning kept for typing (and as `data` when not spooled). */
 export const HEAD_BYTES = 64 * 1024;
+/** A 'disk' spool keeps this much in memory; a larger transfer goes to a spool file. */
+export const SPOOL_MEMORY_BYTES = 64 * 1024;
+
+export type SpoolMode = boolean | 'disk';
+
+/** A spool file being written (made by a SpoolFactory; file I/O lives outside this floor). */
+export interface SpoolFile {
+  /** Appends; throws on failure (ENOSPC, the factory's bound, ...). */
+  write(b: Buffer): void;
+  /** No more writes (closes the descriptor); the content is then complete. Idempotent. */
+  finish(): void;
+  /** The content as a consumer sees it; valid while a hold (or the writer's own) lasts. */
+  readonly content: SpooledContent;
+  /** Gives up the writer's own reference (the file goes once no hold remains). Idempotent. */
+  release(): void;
+}
+
+/** A complete transfer in a spool file, as the `file` event carries it. */
+export interface SpooledContent {
+  readonly path: string;
+  readonly size: number;
+  /** Keeps the file until the returned function is called (once). */
+  hold(): () => void;
+}
+
+export interface SpoolFactory {
+  /** A new spool file (0600, removed when released); throws when it cannot be made. */
+  create(): SpoolFile;
+}
+
+/** A `file` event whose whole content is in a spool file (`headOnly`, `data` the head). */
+export type SpooledFileEvent = FileEvent & { spool?: SpooledContent };
+
+/** The spool file holding a `file` event's whole content, if any. */
+export function spoolOf(e: FileEvent): SpooledContent | undefined {
+  return (e as SpooledFileEvent).spool;
+}
 /** Text messages longer than this are not parsed as a header. */
 const MAX_HEADER_BYTES = 4096;
 const MAX_NAME_CHARS = 255;
@@ -74,6 +128,11 @@ interface Transfer {
   head: Buffer[];
   headBytes: number;
   spool: Buffer[] | null;
+  /** Bytes in `spool` (memory). */
+  spoolBytes: number;
+  /** 'disk': where content beyond SPOOL_MEMORY_BYTES goes (opened when it is reached). */
+  disk: boolean;
+  file: SpoolFile | null;
   lastTime: number;
   announced: Announce | null;
   /** Its only message was reported as a file of its own. */
@@ -97,7 +156,10 @@ export interface TransferContext {
 }
 
 export class TransferTracker {
-  private readonly o: Required<Omit<TransferOptions, 'spool'>> & { spool: () => boolean };
+  private readonly o: Required<Omit<TransferOptions, 'spool' | 'spoolFiles'>> & {
+    spool: () => SpoolMode;
+    spoolFiles: SpoolFactory | null;
+  };
   private readonly chans = new Map<string, Channel>();
   /** Open transfers, oldest first (Map keeps insertion order). */
   private readonly open = new Map<string, Transfer>();
@@ -115,8 +177,12 @@ export class TransferTracker {
       maxTransfers: opts.maxTransfers ?? TRANSFER_DEFAULTS.maxTransfers,
       fileMinBytes: opts.fileMinBytes ?? TRANSFER_DEFAULTS.fileMinBytes,
       spool: opts.spool ?? (() => false),
+      spoolFiles: opts.spoolFiles ?? null,
     };
   }
+
+  /** Spool files made, and spool writes that failed (content dropped, judged on what was seen). */
+  readonly spoolStats = { files: 0, failures: 0 };
 
   /** Bytes of transfer content held (spools and heads). */
   get spooledBytes(): number {
@@ -164,6 +230,7 @@ export class TransferTracker {
         this.end(oldest, 'evicted');
         this.ctx.capHit(dir, 'datachannel.transfers', this.o.maxTransfers);
       }
+      const mode = this.o.spool();
       t = {
         dir,
         stream,
@@ -175,7 +242,10 @@ export class TransferTracker {
         hash: createHash('sha256'),
         head: [],
         headBytes: 0,
-        spool: this.o.spool() ? [] : null,
+        spool: mode ? [] : null,
+        spoolBytes: 0,
+        disk: mode === 'disk' && this.o.spoolFiles !== null,
+        file: null,
         lastTime: this.ctx.time,
         announced: c.announce,
         reported,
@@ -196,13 +266,14 @@ export class TransferTracker {
       t.hash.update(data);
       t.bytes += data.length;
       // Judged (and scanned) on the content seen, this message included; dropped after.
-      if (t.spool) {
-        t.spool.push(data);
-        this.spooled += data.length;
-      }
+      this.keep(t, data);
       this.ctx.capHit(dir, 'datachannel.file_bytes', this.o.maxFileBytes);
-      this.report(t, 'limit');
-      this.unspool(t);
+      try {
+        this.report(t, 'limit');
+      } finally {
+        this.dropFile(t);
+        this.unspool(t);
+      }
       t.over = true;
       this.freeHead(t);
       return;
@@ -215,10 +286,7 @@ export class TransferTracker {
       t.headBytes += part.length;
       this.spooled += part.length;
     }
-    if (t.spool) {
-      t.spool.push(data);
-      this.spooled += data.length;
-    }
+    this.keep(t, data);
     if (t.announced && t.bytes >= t.announced.size) this.end(t, 'size');
   }
 
@@ -254,6 +322,66 @@ export class TransferTracker {
     for (const t of this.open.values()) this.unspool(t);
   }
 
+  /**
+   * Keeps a message's bytes for a spooled transfer: in memory, or for 'disk' beyond
+   * SPOOL_MEMORY_BYTES in the spool file. The write is synchronous (writeSync into the page
+   * cache): the `file` event is emitted and judged in the call of the last chunk, and a
+   * scanner or the recorder must find the whole file then; asynchronous writes would keep
+   * the unwritten chunks in memory (the bound this removes) and need a barrier before every
+   * reader. The recorder writes files/ synchronously too (README "Recording").
+   */
+  private keep(t: Transfer, data: Buffer): void {
+    if (!t.spool && !t.file) return;
+    if (t.file) {
+      this.writeSpool(t, [data]);
+      return;
+    }
+    t.spool!.push(data);
+    t.spoolBytes += data.length;
+    this.spooled += data.length;
+    if (!t.disk || t.spoolBytes <= SPOOL_MEMORY_BYTES) return;
+    let f: SpoolFile;
+    try {
+      f = this.o.spoolFiles!.create();
+    } catch {
+      this.spoolFailed(t);
+      return;
+    }
+    this.spoolStats.files++;
+    t.file = f;
+    const mem = t.spool!;
+    this.unspool(t);
+    this.writeSpool(t, mem);
+  }
+
+  private writeSpool(t: Transfer, parts: Buffer[]): void {
+    try {
+      for (const b of parts) t.file!.write(b);
+    } catch {
+      this.spoolFailed(t);
+    }
+  }
+
+  /** A full disk (or the spool's bound): the content is dropped, the transfer judged on what was seen. */
+  private spoolFailed(t: Transfer): void {
+    this.spoolStats.failures++;
+    this.dropFile(t);
+    this.unspool(t);
+    t.disk = false;
+    this.ctx.capHit(t.dir, 'datachannel.spool', t.bytes);
+  }
+
+  private dropFile(t: Transfer): void {
+    const f = t.file;
+    if (!f) return;
+    t.file = null;
+    try {
+      f.finish();
+    } finally {
+      f.release();
+    }
+  }
+
   private chan(dir: Direction, stream: number): Channel {
     const k = key(dir, stream);
     let c = this.chans.get(k);
@@ -266,9 +394,14 @@ export class TransferTracker {
     if (this.open.get(k) === t) this.open.delete(k);
     const c = this.chans.get(k);
     if (c && c.t === t) c.t = null;
-    if (!t.over) this.report(t, why);
-    this.unspool(t);
-    this.freeHead(t);
+    try {
+      if (!t.over) this.report(t, why);
+    } finally {
+      // The tracker's reference: the file stays while a consumer holds it (scan, recorder).
+      this.dropFile(t);
+      this.unspool(t);
+      this.freeHead(t);
+    }
   }
 
   private report(t: Transfer, why: TransferEnd): void {
@@ -279,9 +412,18 @@ export class TransferTracker {
     if (t.messages === 1 && t.reported && why !== 'limit') return;
     if (!t.announced && fileType === 'unknown' && t.bytes < this.o.fileMinBytes && why !== 'limit') return;
     const whole = t.spool !== null;
-    const data = whole ? Buffer.concat(t.spool!, t.bytes) : Buffer.from(head);
+    const data = whole ? Buffer.concat(t.spool!, t.spoolBytes) : Buffer.from(head);
+    let spooled: SpooledContent | undefined;
+    if (t.file) {
+      try {
+        t.file.finish();
+        spooled = t.file.content;
+      } catch {
+        this.spoolFailed(t);
+      }
+    }
     this.reported++;
-    const e: FileEvent = {
+    const e: SpooledFileEvent = {
       type: 'file',
       time: this.ctx.time,
       dir: t.dir,
@@ -303,13 +445,15 @@ export class TransferTracker {
     if (t.announced?.name !== undefined) e.name = t.announced.name;
     if (why === 'limit') e.overLimit = true;
     if (!whole) e.headOnly = true;
+    // Not enumerable: never serialised or copied into events; spoolOf(e) reads it.
+    if (spooled) Object.defineProperty(e, 'spool', { value: spooled, enumerable: false });
     this.ctx.emit(e);
   }
 
   private unspool(t: Transfer): void {
-    if (!t.spool) return;
-    for (const b of t.spool) this.spooled -= b.length;
+    if (t.spool) this.spooled -= t.spoolBytes;
     t.spool = null;
+    t.spoolBytes = 0;
   }
 
   private freeHead(t: Transfer): void {

@@ -12,7 +12,19 @@
  *   meta.json            the flow and the recording's start
  */
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import {
+  closeSync,
+  constants as fsConstants,
+  copyFileSync,
+  existsSync,
+  fsyncSync,
+  mkdirSync,
+  openSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { basename, join } from 'node:path';
 import type { Clock, TimerHandle } from '../util/clock.js';
 import type { Logger } from '../util/log.js';
@@ -178,6 +190,16 @@ interface Run {
   ended: boolean;
   /** That text message's line (written after the run's). */
   tail?: Record<string, unknown>;
+}
+
+/**
+ * The spool file of a `file` event whose content the gateway spooled to disk
+ * (src/inspect/transfer.ts spoolOf; this floor may not import it): path and size, read
+ * during the event's call (the tracker removes it after).
+ */
+function spooledContent(e: FileEvent): { path: string; size: number } | null {
+  const s = (e as FileEvent & { spool?: { path?: unknown; size?: unknown } }).spool;
+  return s && typeof s.path === 'string' && typeof s.size === 'number' ? { path: s.path, size: s.size } : null;
 }
 
 function stamp(ms: number): string {
@@ -564,12 +586,18 @@ export class FlowRecorder {
     if (run.tail) this.line(run.stream, run.tail);
   }
 
-  /** A reassembled transfer (issue 9): stored once, whole, under files/<sha256>; its messages' lines name it. */
+  /**
+   * A reassembled transfer (issue 9): stored once, whole, under files/<sha256>; its
+   * messages' lines name it. A large one comes in a spool file (src/record/spool.ts; the
+   * event's `headOnly` data is its head): copied from there, never read into memory.
+   */
   private transferFile(e: FileEvent): void {
     const tr = e.transfer!;
     const k = `${e.dir}:${e.stream}`;
+    const spool = spooledContent(e);
+    // The spool's name is the tracker's streamed SHA-256 of exactly the bytes it wrote.
     const sha = e.headOnly ? e.sha256 : sha256Hex(e.data);
-    const whole = e.headOnly ? null : this.storeFile(e.data, sha);
+    const whole = spool ? this.storeSpooled(spool, sha) : e.headOnly ? null : this.storeFile(e.data, sha);
     const run = this.runs.get(k);
     if (run) this.settle(k, run, { first: tr.firstMessage, last: tr.lastMessage, sha, whole });
     const rec = this.fileLine(e, sha);
@@ -582,9 +610,10 @@ export class FlowRecorder {
     };
     if (e.overLimit) rec.over_limit = true;
     rec.file = whole;
-    // headOnly: the gateway did not keep the content (over policy.max_file_bytes, memory pressure).
-    if (e.headOnly) rec.content = 'not kept';
-    else if (!whole) rec.content = e.data.length > this.store.maxFileBytes ? 'over maxFileBytes' : 'not written';
+    // headOnly: the gateway did not keep the content (over policy.max_file_bytes, memory pressure, spool failure).
+    const kept = spool ? spool.size : e.data.length;
+    if (e.headOnly && !spool) rec.content = 'not kept';
+    else if (!whole) rec.content = kept > this.store.maxFileBytes ? 'over maxFileBytes' : 'not written';
     this.line(e.stream, rec);
   }
 
@@ -613,6 +642,36 @@ export class FlowRecorder {
         mkdirSync(join(this.dir, 'files'), { recursive: true });
         writeAtomic(p, data); // whole or absent after a crash (or a full disk)
       } catch (err) {
+        this.fail(err, rel);
+        return null;
+      }
+    }
+    return rel;
+  }
+
+  /**
+   * Stores a spooled transfer under files/<sha256> (once): copied in the kernel
+   * (copy_file_range) to a temp file, fsynced, renamed — whole or absent after a crash,
+   * like writeAtomic. Synchronous like every files/ write (README "Recording").
+   */
+  private storeSpooled(spool: { path: string; size: number }, sha: string): string | null {
+    if (spool.size > this.store.maxFileBytes) return null;
+    const rel = `files/${sha}`;
+    const p = join(this.dir, rel);
+    if (!existsSync(p)) {
+      const tmp = `${p}.tmp`;
+      try {
+        mkdirSync(join(this.dir, 'files'), { recursive: true });
+        copyFileSync(spool.path, tmp, fsConstants.COPYFILE_FICLONE);
+        const fd = openSync(tmp, 'r+');
+        try {
+          fsyncSync(fd);
+        } finally {
+          closeSync(fd);
+        }
+        renameSync(tmp, p);
+      } catch (err) {
+        rmSync(tmp, { force: true });
         this.fail(err, rel);
         return null;
       }
