@@ -74,7 +74,7 @@ export interface GatewayInspectorOptions {
    * whose rule asks for a missing scanner, or beyond MAX_SCANS_PER_FLOW, is unscanned and
    * follows failOpen (scan.fail_open, default false).
    */
-  scanners?: { icap?: FileScanner | null; clamd?: FileScanner | null; failOpen?: boolean };
+  scanners?: { icap?: FileScanner | null; clamd?: FileScanner | null; failOpen?: boolean; maxCopyBytes?: number };
   /**
    * Spool files for transfers a recorder or a scanner needs (issue 9; DATA_DIR/spool,
    * src/record/spool.ts): beyond their first 64 KiB they go to disk, not memory. None:
@@ -100,6 +100,13 @@ export interface FileScanner {
 export const MAX_SCAN_HELD_DATAGRAMS = 64;
 export const MAX_SCAN_HELD_BYTES = 256 * 1024;
 export const MAX_SCANS_PER_FLOW = 4;
+/**
+ * Bytes of file copies waiting for a scanner's verdict, all flows together (a file kept in
+ * memory for content rules is copied whole; a spooled one holds its 64 KiB head). Beyond,
+ * the file is unscanned (`queue_full`) and follows scan.fail_open. Each copy also counts
+ * in its flow's allocation memory account.
+ */
+export const MAX_SCAN_COPY_BYTES = 256 * 1024 * 1024;
 
 interface ScanJob {
   /** The rules that ask this scanner, in rule-file order. */
@@ -116,6 +123,11 @@ interface ScanHold {
   /** Datagrams held until every pending scan has answered, in arrival order. */
   held: { data: Buffer; dir: FlowDirection; peerPort: number }[];
   heldBytes: number;
+  /**
+   * Bytes of the file copies waiting for a verdict (the events' `data`: the whole file when
+   * kept in memory, the 64 KiB head when spooled to disk): in the flow's memory account.
+   */
+  fileBytes: number;
   /** A `drop` rule matched an infected file: the held datagrams are withheld, not released. */
   drop: boolean;
 }
@@ -187,6 +199,7 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
   private readonly scanCounts = { files: 0, held: 0, released: 0, withheld: 0, overflow: 0, rejected: 0 };
   /** Per rule set: whether a rule judges a file's bytes in memory (contains, contains_text, regex). */
   private readonly contentRules = new WeakMap<PolicyEngine, boolean>();
+  private scanCopyBytes = 0;
   /** Flows to tear down once the request being handled has taken effect (escrow.ts). */
   private deferred: { flow: Flow; reason: string }[] | null = null;
 
@@ -461,7 +474,7 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
 
   /** Memory bounds (memory.ts): the flow's buffered bytes into its allocation's and the global sum. */
   private account(st: FlowState): void {
-    const bytes = st.guard.bufferedBytes + st.pipeline.bufferedBytes + (st.scanHold?.heldBytes ?? 0);
+    const bytes = st.guard.bufferedBytes + st.pipeline.bufferedBytes + (st.scanHold ? st.scanHold.heldBytes + st.scanHold.fileBytes : 0);
     const over = this.memory.set(st.mem, bytes);
     if (!over) return;
     if (st.keys?.required) {
@@ -476,7 +489,8 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
     // oldest held datagrams, then the DTLS backlog and SCTP reassembly.
     const limit = this.memory.limit(over);
     const now = this.clock.now();
-    const buffered = () => st.guard.bufferedBytes + st.pipeline.bufferedBytes + (st.scanHold?.heldBytes ?? 0);
+    const buffered = () =>
+      st.guard.bufferedBytes + st.pipeline.bufferedBytes + (st.scanHold ? st.scanHold.heldBytes + st.scanHold.fileBytes : 0);
     let shed = st.guard.stopCopies() > 0;
     while (this.memory.set(st.mem, buffered()) && st.guard.shedOldest() > 0) shed = true;
     const report = now - st.lastCapHit >= CAP_HIT_INTERVAL_MS;
@@ -754,22 +768,37 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
   }
 
   private startScans(st: FlowState, jobs: ScanJob[]): void {
-    const h = (st.scanHold ??= { pending: 0, held: [], heldBytes: 0, drop: false });
+    const h = (st.scanHold ??= { pending: 0, held: [], heldBytes: 0, fileBytes: 0, drop: false });
     for (const job of jobs) {
       h.pending++;
       this.scanCounts.files++;
       const fail = () => this.failFlow(st.flow, st);
       let run: Promise<GuardedResult>;
-      let stream: ReturnType<typeof createReadStream> | null = null;
+      // The copy waiting for the verdict (the event's `data`: the whole file when kept in
+      // memory, its 64 KiB head when spooled to disk) counts in the flow's memory account,
+      // and in MAX_SCAN_COPY_BYTES for all flows, until the scanner answers.
+      const copy = job.event.data.length;
+      let close: (() => void) | null = null;
+      let counted = false;
       try {
-        const r = this.scanFile(job, h.pending > MAX_SCANS_PER_FLOW);
+        const r = this.scanFile(job, h.pending > MAX_SCANS_PER_FLOW, copy);
         run = r.run;
-        stream = r.stream;
+        close = r.close;
+        counted = r.counted;
       } catch (err) {
         run = Promise.reject(err);
       }
+      if (counted) {
+        h.fileBytes += copy;
+        this.scanCopyBytes += copy;
+      }
       const done = () => {
-        stream?.destroy(); // an early answer leaves the rest unread
+        if (counted) {
+          h.fileBytes -= copy;
+          this.scanCopyBytes -= copy;
+          counted = false;
+        }
+        close?.(); // an early answer leaves the rest of a spool file unread
         this.dropScanJobs([job]);
       };
       // Inside the supervisor's reach: a rejection (or a throw in the verdict) closes this flow.
@@ -784,42 +813,60 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
         },
       );
     }
+    this.account(st);
   }
 
-  private scanFile(job: ScanJob, overBound: boolean): { run: Promise<GuardedResult>; stream: ReturnType<typeof createReadStream> | null } {
-    const run = this.scanRun(job, overBound);
-    if (run instanceof Promise) return { run, stream: null };
-    return run;
+  /** Bytes of file copies waiting for a scanner's verdict, all flows (bound MAX_SCAN_COPY_BYTES). */
+  get scanCopies(): number {
+    return this.scanCopyBytes;
   }
 
-  private scanRun(
+  /** A scan of the job's file: `counted` when its copy is kept until the answer; `close` ends a spool read. */
+  private scanFile(
     job: ScanJob,
     overBound: boolean,
-  ): Promise<GuardedResult> | { run: Promise<GuardedResult>; stream: ReturnType<typeof createReadStream> } {
+    copy: number,
+  ): { run: Promise<GuardedResult>; close: (() => void) | null; counted: boolean } {
     const sc = this.o.scanners?.[job.scanner];
     const failOpen = this.o.scanners?.failOpen ?? false;
-    const unscanned = (error: GuardedResult['error'], reason: string): Promise<GuardedResult> => {
+    const unscanned = (error: GuardedResult['error'], reason: string) => {
       this.scanCounts.rejected++;
-      return Promise.resolve(
+      const run = Promise.resolve<GuardedResult>(
         failOpen
           ? { verdict: 'clean', block: false, error, reason: `${reason} (fail_open)`, scanner: job.scanner }
           : { verdict: 'unscanned', block: true, error, reason, scanner: job.scanner },
       );
+      return { run, close: null, counted: false };
     };
     if (!sc) return unscanned('unreachable', `scan.${job.scanner} is not configured`);
     if (overBound) return unscanned('queue_full', `more than ${MAX_SCANS_PER_FLOW} files of this flow wait for a scan`);
+    const maxCopies = this.o.scanners?.maxCopyBytes ?? MAX_SCAN_COPY_BYTES;
+    if (this.scanCopyBytes + copy > maxCopies) return unscanned('queue_full', `file copies waiting for a scan over ${maxCopies} bytes`);
     const e = job.event;
     const meta = { ...(e.name !== undefined ? { name: e.name } : {}), size: e.size };
     const sp = spoolOf(e);
     if (sp && job.release) {
-      // Spooled to disk (issue 9): the scanner reads the file in 64 KiB pieces, never all of it at once.
-      const stream = createReadStream(sp.path, { highWaterMark: 64 * 1024 });
-      stream.on('error', () => {}); // a read error ends the iteration with it: the scan errs (fail_open)
-      return { run: sc.scan(stream, { ...meta, size: sp.size }), stream };
+      // Spooled to disk (issue 9): the scanner reads the file in 64 KiB pieces, never all of
+      // it at once; opened when the scanner starts reading (not while it waits for a slot).
+      let stream: ReturnType<typeof createReadStream> | null = null;
+      let closed = false;
+      const input: AsyncIterable<Buffer> = {
+        [Symbol.asyncIterator]: () => {
+          if (closed) throw new Error('scan input closed');
+          stream = createReadStream(sp.path, { highWaterMark: 64 * 1024 });
+          stream.on('error', () => {}); // the iteration rejects with it: the scan errs (fail_open)
+          return stream[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
+        },
+      };
+      const close = () => {
+        closed = true;
+        (stream as ReturnType<typeof createReadStream> | null)?.destroy();
+      };
+      return { run: sc.scan(input, { ...meta, size: sp.size }), close, counted: true };
     }
     // Not kept (over memory, a spool write that failed): unscanned, scan.fail_open decides.
     if (e.headOnly) return unscanned('protocol', 'the file content was not kept');
-    return sc.scan(e.data, meta);
+    return { run: sc.scan(e.data, meta), close: null, counted: true };
   }
 
   private scanDone(st: FlowState, h: ScanHold, job: ScanJob, r: GuardedResult): void {

@@ -61,7 +61,7 @@ class ReadingScanner implements FileScanner {
   }
 }
 
-async function rig(o: { spool: DiskSpool | null; scanner: FileScanner | null; failOpen?: boolean }) {
+async function rig(o: { spool: DiskSpool | null; scanner: FileScanner | null; failOpen?: boolean; maxCopyBytes?: number }) {
   const work = mkdtempSync(join(tmpdir(), 'gh-spool-'));
   const engine = new PolicyEngine([
     parseRuleFile(
@@ -83,7 +83,7 @@ rules:
     clock,
     recordings,
     transfers: { maxFileBytes: 100 * 1024 * 1024, pauseMs: 2000 },
-    scanners: { icap: o.scanner, failOpen: o.failOpen ?? false },
+    scanners: { icap: o.scanner, failOpen: o.failOpen ?? false, ...(o.maxCopyBytes ? { maxCopyBytes: o.maxCopyBytes } : {}) },
     spool: o.spool,
   });
   const closed: string[] = [];
@@ -109,11 +109,11 @@ rules:
   send(sctp.init());
   send(sctp.open(1, 'file:payload.bin'));
   /** Header and 16 KiB messages; `each` runs after every message with the bytes sent so far. */
-  const sendFile = (each: (sent: number) => void = () => {}) => {
-    send(sctp.message(1, Buffer.from(JSON.stringify({ name: 'big.bin', size: FILE.length }))));
-    for (let o = 0; o < FILE.length; o += CHUNK) {
-      for (const frag of sctp.fragmented(1, FILE.subarray(o, o + CHUNK), 1200)) send(frag);
-      each(Math.min(FILE.length, o + CHUNK));
+  const sendFile = (each: (sent: number) => void = () => {}, file = FILE) => {
+    send(sctp.message(1, Buffer.from(JSON.stringify({ name: 'big.bin', size: file.length }))));
+    for (let o = 0; o < file.length; o += CHUNK) {
+      for (const frag of sctp.fragmented(1, file.subarray(o, o + CHUNK), 1200)) send(frag);
+      each(Math.min(file.length, o + CHUNK));
     }
   };
   return { inspector, events, closed, sendFile, recordings, flow, work };
@@ -148,6 +148,12 @@ t.test('1 MB recorded and scanned: spooled to disk, not memory; the spool file g
   t.ok(maxBuffered <= 256 * 1024, `the flow's memory account stayed at ${maxBuffered} bytes (≤ 256 KiB) for a 1 MiB file`);
   t.equal(readdirSync(spoolDir).length, 1, 'the scan in flight still holds the spool file');
   t.equal(r.inspector.stats.scanHold.files, 1, 'one file sent to the scanner');
+  const waiting = r.inspector.stats.bufferedBytes;
+  t.ok(
+    waiting >= 64 * 1024 && waiting <= 256 * 1024,
+    `waiting for the verdict: ${waiting} bytes in the account (the 64 KiB head and held datagrams)`,
+  );
+  t.equal(r.inspector.scanCopies, 64 * 1024, 'the global count of scan copies holds the head only');
   scanner.open();
   await until(() => scanner.calls.length > 0 && readdirSync(spoolDir).length === 0);
   t.same(
@@ -174,11 +180,35 @@ t.test('control: without a spool the same transfer is held in memory (the bound 
   let maxBuffered = 0;
   r.sendFile(() => (maxBuffered = Math.max(maxBuffered, r.inspector.stats.bufferedBytes)));
   t.ok(maxBuffered >= FILE.length, `in memory: ${maxBuffered} bytes`);
+  t.ok(r.inspector.stats.bufferedBytes >= FILE.length, 'the copy waiting for the scan counts in the memory account');
   scanner.open();
   await until(() => scanner.calls.length > 0);
   await tick();
   t.equal(scanner.calls[0]?.buffer, true, 'scanned from memory');
+  t.ok(r.inspector.stats.bufferedBytes < 64 * 1024, 'given back after the verdict');
+  t.equal(r.inspector.scanCopies, 0, 'no scan copy outstanding');
   r.inspector.onFlowClosed(r.flow);
+  await r.recordings.drained();
+});
+
+t.test('scan copies in memory have a global bound: beyond it the file is unscanned (queue_full → fail_open)', async (t) => {
+  const scanner = new ReadingScanner();
+  const r = await rig({ spool: null, scanner, maxCopyBytes: FILE.length + 512 * 1024 });
+  r.sendFile();
+  t.equal(r.inspector.scanCopies, FILE.length, 'the first copy is counted');
+  const second = randomBytes(600 * 1024);
+  r.sendFile(() => {}, second);
+  await tick();
+  const scans = r.events.events.filter((e) => e.event_type === 'scan') as {
+    gatehouse?: { scan?: { verdict?: string; error?: string; reason?: string } };
+  }[];
+  t.equal(scans.length, 1, 'the second file was answered at once');
+  t.match(scans[0]?.gatehouse?.scan, { verdict: 'unscanned', error: 'queue_full', reason: /file copies waiting for a scan over/ });
+  t.ok(r.closed.length > 0, 'fail_open false: the flow is blocked as unscanned');
+  t.equal(r.inspector.scanCopies, FILE.length, 'the refused file added nothing');
+  scanner.open();
+  await until(() => r.inspector.scanCopies === 0);
+  t.equal(r.inspector.scanCopies, 0, 'the first copy given back with its answer');
   await r.recordings.drained();
 });
 
