@@ -24,7 +24,7 @@ export const PCP_VERSION = 2;
 export const PCP_MAX_MESSAGE = 1100;
 /** RFC 6887 §7.1/§7.2: both headers are 24 octets. */
 export const PCP_HEADER_LENGTH = 24;
-/** RFC 6887 §19.2 + RFC 7652 §8 (IANA): opcodes. */
+/** RFC 6887 §19.2 + RFC 7652 §5.1 (IANA "PCP Opcodes": 3 AUTHENTICATION [RFC7652]): opcodes. */
 export const PcpOpcode = { ANNOUNCE: 0, MAP: 1, PEER: 2, AUTHENTICATION: 3 } as const;
 
 /** Opcode-specific information length (RFC 6887 §14.1 ANNOUNCE 0, §11.1 MAP 36, §12.1 PEER 56; RFC 7652 §5.1 AUTHENTICATION 8). */
@@ -43,7 +43,7 @@ export function opcodeDataLength(opcode: number): number | null {
   }
 }
 
-/** RFC 7652 §8 (IANA "PCP Options"); the format of each is in §5.3..§5.11. */
+/** RFC 7652 IANA Considerations ("PCP Options" registry: 4..12, each "See Section 5.x of [RFC7652]"). */
 export const PcpAuthOption = {
   NONCE: 4, // §5.3: 4 octets
   AUTHENTICATION_TAG: 5, // §5.4: Session ID, Sequence Number, Key ID, Authentication Data (MAP, PEER, ANNOUNCE)
@@ -56,7 +56,7 @@ export const PcpAuthOption = {
   ID_INDICATOR: 12, // §5.11: identity of the authentication server (response only)
 } as const;
 
-/** RFC 7652 §8 (IANA "PCP Result Codes" 14..23). */
+/** RFC 7652 IANA Considerations ("PCP Result Codes" 14..23, after RFC 6887's 0..13). */
 export const PcpAuthResult = {
   INITIATION: 14,
   AUTHENTICATION_REQUIRED: 15,
@@ -99,7 +99,8 @@ export function computeMac(mac: number, key: Buffer, data: Buffer): Buffer {
 }
 
 /**
- * RFC 7652 §4.4 (transport key of the PCP SA): MK = prf(MSK, "IETF PCP" || Session ID ||
+ * RFC 7652, derivation of the PCP SA's transport key (the section number could not be
+ * checked against the RFC text here): MK = prf(MSK, "IETF PCP" || Session ID ||
  * Nonce || key ID), with prf the negotiated PSEUDO_RANDOM_FUNCTION, "IETF PCP" the 8 ASCII
  * octets without a terminator, Session ID and key ID 32-bit network order and Nonce the
  * 4 octets of the NONCE option.
@@ -173,7 +174,8 @@ export interface PaMessage {
   /** R bit (RFC 6887 §7.1/7.2): true = response (PA-Server), false = request (PA-Client / PA-Initiation). */
   response: boolean;
   /**
-   * RFC 7652 §5.1: PA messages carry a result code in both directions; a request (which
+   * RFC 7652 §5.1 (as understood here, not checked against the RFC text in this session):
+   * PA messages carry a result code in both directions; a request (which
    * has no Result Code field in RFC 6887 §7.1) carries it in the last octet of the
    * Reserved field, at the same offset (3) as the response's Result Code.
    */

@@ -19,7 +19,7 @@
  * sequence numbers, one counter per direction; a tag whose sequence number is not above the
  * last accepted, or whose MAC does not verify, is silently discarded.
  *
- * Transport key (§4.4): MK = prf(MSK, "IETF PCP" || Session ID || Nonce || key ID).
+ * Transport key (RFC 7652 key derivation, see wire/pcp-auth.ts deriveTransportKey): MK = prf(MSK, "IETF PCP" || Session ID || Nonce || key ID).
  *
  * Bounded: at most maxSessions PA sessions in progress (a new one past that is refused with
  * NO_RESOURCES), at most maxSas SAs (the oldest-expiring is dropped), each session has a
