@@ -612,15 +612,29 @@ export function encodePcpResponse(r: PcpResponseInput): Buffer {
  * The error response of §8.3: "a complete copy of the request packet with the error code
  * and other appropriate fields set in the header": the response header (Version 2, R=1,
  * the request's opcode, result, lifetime, epoch) followed by the request's bytes after
- * its header (opcode data and options, as is: §8.3 also for UNSUPP_OPCODE), cut to 1100
- * bytes and zero-padded to a multiple of 4 (§7). A request shorter than 24 bytes gives
+ * its header: for a known opcode its data and its well-formed options (a malformed
+ * option and what follows it are not copied, so the answer itself decodes); for an
+ * unknown opcode the rest as is (§8.3); cut to 1100 bytes and zero-padded to a multiple
+ * of 4 (§7). A request shorter than 24 bytes gives
  * a bare header. For UNSUPP_VERSION the version field says 2, the version supported (§9).
  */
 export function encodePcpErrorResponse(request: Buffer, result: number, lifetime: number, epoch: number): Buffer {
   const opcode = request.length >= 2 ? request[1]! & 0x7f : 0;
   const head = responseHeader(opcode, result, lifetime, epoch);
   if (request.length <= PCP_HEADER_LENGTH || result === Result.UNSUPP_VERSION) return head;
-  const rest = request.subarray(PCP_HEADER_LENGTH, PCP_MAX_MESSAGE - (PCP_MAX_MESSAGE % 4));
+  let rest = request.subarray(PCP_HEADER_LENGTH, PCP_MAX_MESSAGE);
+  const blen = bodyLength(opcode);
+  if (blen !== undefined && rest.length >= blen) {
+    // A known opcode: its data, then the options up to the first malformed one (the
+    // response must itself be well-formed, §7.3, so the client can decode and match it).
+    let p = blen;
+    while (rest.length - p >= 4) {
+      const padded = (rest.readUInt16BE(p + 2) + 3) & ~3;
+      if (p + 4 + padded > rest.length) break;
+      p += 4 + padded;
+    }
+    rest = rest.subarray(0, p);
+  }
   const out = Buffer.alloc(PCP_HEADER_LENGTH + ((rest.length + 3) & ~3));
   head.copy(out, 0);
   rest.copy(out, PCP_HEADER_LENGTH);
@@ -643,13 +657,17 @@ export function decodePcpResponse(buf: Buffer): PcpDecoded<PcpResponse> {
   const result = buf[3]!;
   const lifetime = buf.readUInt32BE(4);
   const epoch = buf.readUInt32BE(8);
-  let blen = bodyLength(opcode) ?? 0;
-  // An error response may be a bare header (§9 UNSUPP_VERSION, short requests).
+  const known = bodyLength(opcode);
+  let blen = known ?? buf.length - PCP_HEADER_LENGTH;
+  let withOptions = known !== undefined;
+  // An error response may carry less than the opcode's data (§9 UNSUPP_VERSION is a bare
+  // header; a short request is copied as is, §8.3); an unknown opcode's payload is opaque.
   if (buf.length < PCP_HEADER_LENGTH + blen) {
     if (result === Result.SUCCESS) return fail(Result.MALFORMED_REQUEST, 'shorter than the opcode data', { version, opcode });
-    blen = 0;
+    blen = buf.length - PCP_HEADER_LENGTH;
+    withOptions = false;
   }
-  const options = decodePcpOptions(buf, PCP_HEADER_LENGTH + blen);
+  const options = withOptions ? decodePcpOptions(buf, PCP_HEADER_LENGTH + blen) : ({ ok: true, value: [] } as PcpDecoded<PcpOption[]>);
   if (!options.ok) return { ok: false, error: { ...options.error, version, opcode } };
   const res: PcpResponse = {
     version: PCP_VERSION,
@@ -660,8 +678,8 @@ export function decodePcpResponse(buf: Buffer): PcpDecoded<PcpResponse> {
     opcodeData: Buffer.from(buf.subarray(PCP_HEADER_LENGTH, PCP_HEADER_LENGTH + blen)),
     options: options.value,
   };
-  if (blen && opcode === Opcode.MAP) res.map = readMap(buf, PCP_HEADER_LENGTH);
-  else if (blen && opcode === Opcode.PEER) res.peer = readPeer(buf, PCP_HEADER_LENGTH);
+  if (blen === MAP_BODY_LENGTH && opcode === Opcode.MAP) res.map = readMap(buf, PCP_HEADER_LENGTH);
+  else if (blen === PEER_BODY_LENGTH && opcode === Opcode.PEER) res.peer = readPeer(buf, PCP_HEADER_LENGTH);
   return { ok: true, value: res };
 }
 
