@@ -23,6 +23,7 @@
  * is set when failOpen is true; otherwise cleared (default closed). If the JS callback throws,
  * the packet gets the fail-mode verdict here (accept when failOpen, else drop).
  */
+#define _GNU_SOURCE 1
 #define NAPI_VERSION 8
 #include <node_api.h>
 #include <uv.h>
@@ -37,6 +38,11 @@
 #include <linux/netfilter.h>
 #include <libnetfilter_queue/libnetfilter_queue.h>
 #include <libnfnetlink/libnfnetlink.h>
+#include <linux/netlink.h>
+#include <linux/netfilter/nfnetlink.h>
+#include <linux/netfilter/nfnetlink_conntrack.h>
+#include <sched.h>
+#include <unistd.h>
 
 typedef struct {
   napi_env env;
@@ -399,6 +405,246 @@ static napi_value stats(napi_env env, napi_callback_info info) {
   return o;
 }
 
+
+/* ---- conntrack deletion (ctnetlink, no libnetfilter_conntrack needed) ----
+ *
+ * conntrackDelete(netnsPath | null, family 4|6, proto, origSrc | null, origSport, origDst | null, origDport)
+ *   -> number of entries deleted.
+ * Dumps the conntrack table of the namespace (IPCTNL_MSG_CT_GET + NLM_F_DUMP), keeps the
+ * entries whose ORIGINAL tuple matches (a null address / port 0 matches any), then deletes
+ * each by its original tuple (IPCTNL_MSG_CT_DELETE). Used when a PCP mapping is installed
+ * (an entry created before it, with no NAT binding, would keep the mapped port unreachable
+ * until it times out) and removed (the flow's NAT binding ends with the mapping).
+ * netnsPath (e.g. /var/run/netns/gw): the socket is opened inside that namespace (setns on
+ * this thread, then back).
+ */
+#define CT_MAX 8192
+
+struct ct_match {
+  int family;
+  uint8_t proto;
+  int has_src, has_dst;
+  uint8_t src[16], dst[16];
+  uint16_t sport, dport; /* host order; 0 = any */
+};
+
+static int open_ct_socket(const char *nspath) {
+  int back = -1, target = -1, fd = -1;
+  if (nspath) {
+    back = open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
+    target = open(nspath, O_RDONLY | O_CLOEXEC);
+    if (back < 0 || target < 0 || setns(target, CLONE_NEWNET) != 0) {
+      int e = errno;
+      if (back >= 0) close(back);
+      if (target >= 0) close(target);
+      errno = e;
+      return -1;
+    }
+  }
+  fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_NETFILTER);
+  int e = errno;
+  if (nspath) {
+    if (setns(back, CLONE_NEWNET) != 0) abort(); /* cannot return to our namespace: unsafe to continue */
+    close(back);
+    close(target);
+  }
+  errno = e;
+  if (fd >= 0) {
+    struct sockaddr_nl sa = {.nl_family = AF_NETLINK};
+    if (bind(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+      e = errno;
+      close(fd);
+      errno = e;
+      return -1;
+    }
+  }
+  return fd;
+}
+
+/* Walks attributes at p..p+len; calls back per attribute. */
+#define ATTR_OK(a, len) ((len) >= (int)sizeof(struct nlattr) && (a)->nla_len >= sizeof(struct nlattr) && (int)(a)->nla_len <= (len))
+#define ATTR_NEXT(a, len) ((len) -= NLA_ALIGN((a)->nla_len), (struct nlattr *)((char *)(a) + NLA_ALIGN((a)->nla_len)))
+#define ATTR_DATA(a) ((void *)((char *)(a) + NLA_HDRLEN))
+#define ATTR_TYPE(a) ((a)->nla_type & NLA_TYPE_MASK)
+
+static struct nlattr *find_attr(void *p, int len, int type) {
+  for (struct nlattr *a = (struct nlattr *)p; ATTR_OK(a, len); a = ATTR_NEXT(a, len))
+    if (ATTR_TYPE(a) == type) return a;
+  return NULL;
+}
+
+static int tuple_matches(struct nlattr *orig, const struct ct_match *m) {
+  int olen = orig->nla_len - NLA_HDRLEN;
+  struct nlattr *ip = find_attr(ATTR_DATA(orig), olen, CTA_TUPLE_IP);
+  struct nlattr *pr = find_attr(ATTR_DATA(orig), olen, CTA_TUPLE_PROTO);
+  if (!ip || !pr) return 0;
+  int alen = m->family == 4 ? 4 : 16;
+  int ilen = ip->nla_len - NLA_HDRLEN, plen = pr->nla_len - NLA_HDRLEN;
+  struct nlattr *src = find_attr(ATTR_DATA(ip), ilen, m->family == 4 ? CTA_IP_V4_SRC : CTA_IP_V6_SRC);
+  struct nlattr *dst = find_attr(ATTR_DATA(ip), ilen, m->family == 4 ? CTA_IP_V4_DST : CTA_IP_V6_DST);
+  struct nlattr *num = find_attr(ATTR_DATA(pr), plen, CTA_PROTO_NUM);
+  if (!src || !dst || !num || src->nla_len < NLA_HDRLEN + alen || dst->nla_len < NLA_HDRLEN + alen) return 0;
+  if (m->proto && *(uint8_t *)ATTR_DATA(num) != m->proto) return 0;
+  if (m->has_src && memcmp(ATTR_DATA(src), m->src, alen) != 0) return 0;
+  if (m->has_dst && memcmp(ATTR_DATA(dst), m->dst, alen) != 0) return 0;
+  if (m->sport || m->dport) {
+    struct nlattr *sp = find_attr(ATTR_DATA(pr), plen, CTA_PROTO_SRC_PORT);
+    struct nlattr *dp = find_attr(ATTR_DATA(pr), plen, CTA_PROTO_DST_PORT);
+    if (m->sport && (!sp || ntohs(*(uint16_t *)ATTR_DATA(sp)) != m->sport)) return 0;
+    if (m->dport && (!dp || ntohs(*(uint16_t *)ATTR_DATA(dp)) != m->dport)) return 0;
+  }
+  return 1;
+}
+
+static void put_hdr(char *buf, uint16_t type, uint16_t flags, uint32_t seq, int family) {
+  struct nlmsghdr *nh = (struct nlmsghdr *)buf;
+  nh->nlmsg_len = NLMSG_LENGTH(sizeof(struct nfgenmsg));
+  nh->nlmsg_type = (NFNL_SUBSYS_CTNETLINK << 8) | type;
+  nh->nlmsg_flags = flags;
+  nh->nlmsg_seq = seq;
+  nh->nlmsg_pid = 0;
+  struct nfgenmsg *g = (struct nfgenmsg *)NLMSG_DATA(nh);
+  g->nfgen_family = family == 4 ? AF_INET : AF_INET6;
+  g->version = NFNETLINK_V0;
+  g->res_id = 0;
+}
+
+/* Returns the count deleted, or -errno. */
+static int ct_delete(const char *nspath, const struct ct_match *m) {
+  int fd = open_ct_socket(nspath);
+  if (fd < 0) return -errno;
+  struct timeval tv = {.tv_sec = 5};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  char req[256];
+  put_hdr(req, IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP, 1, m->family);
+  if (send(fd, req, ((struct nlmsghdr *)req)->nlmsg_len, 0) < 0) {
+    int e = errno;
+    close(fd);
+    return -e;
+  }
+  /* Matching original tuples, copied (attribute bytes as the kernel sent them). */
+  size_t cap = 64, n = 0;
+  char **tuples = malloc(cap * sizeof *tuples);
+  size_t bufsz = 1 << 16;
+  char *buf = malloc(bufsz);
+  int done = 0, err = 0;
+  while (!done && buf && tuples) {
+    ssize_t r = recv(fd, buf, bufsz, 0);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      err = -errno;
+      break;
+    }
+    int len = (int)r;
+    for (struct nlmsghdr *nh = (struct nlmsghdr *)buf; NLMSG_OK(nh, len); nh = NLMSG_NEXT(nh, len)) {
+      if (nh->nlmsg_type == NLMSG_DONE) {
+        done = 1;
+        break;
+      }
+      if (nh->nlmsg_type == NLMSG_ERROR) {
+        struct nlmsgerr *e = (struct nlmsgerr *)NLMSG_DATA(nh);
+        if (e->error) err = e->error;
+        done = 1;
+        break;
+      }
+      int alen = (int)nh->nlmsg_len - NLMSG_LENGTH(sizeof(struct nfgenmsg));
+      struct nlattr *orig = find_attr((char *)NLMSG_DATA(nh) + NLMSG_ALIGN(sizeof(struct nfgenmsg)), alen, CTA_TUPLE_ORIG);
+      if (!orig || !tuple_matches(orig, m) || n >= CT_MAX) continue;
+      if (n == cap) {
+        char **nt = realloc(tuples, cap * 2 * sizeof *tuples);
+        if (!nt) continue;
+        tuples = nt;
+        cap *= 2;
+      }
+      char *copy = malloc(orig->nla_len);
+      if (!copy) continue;
+      memcpy(copy, orig, orig->nla_len);
+      tuples[n++] = copy;
+    }
+  }
+  int deleted = 0;
+  for (size_t i = 0; i < n; i++) {
+    struct nlattr *orig = (struct nlattr *)tuples[i];
+    if (!err && NLMSG_LENGTH(sizeof(struct nfgenmsg)) + NLA_ALIGN(orig->nla_len) <= bufsz) {
+      put_hdr(buf, IPCTNL_MSG_CT_DELETE, NLM_F_REQUEST | NLM_F_ACK, 2 + (uint32_t)i, m->family);
+      struct nlmsghdr *nh = (struct nlmsghdr *)buf;
+      memcpy(buf + nh->nlmsg_len, orig, orig->nla_len);
+      nh->nlmsg_len += NLA_ALIGN(orig->nla_len);
+      if (send(fd, buf, nh->nlmsg_len, 0) >= 0) {
+        ssize_t r = recv(fd, buf, bufsz, 0);
+        struct nlmsghdr *ack = (struct nlmsghdr *)buf;
+        /* ENOENT: gone meanwhile (timed out), not an error. */
+        if (r >= (ssize_t)NLMSG_LENGTH(sizeof(struct nlmsgerr)) && ack->nlmsg_type == NLMSG_ERROR &&
+            ((struct nlmsgerr *)NLMSG_DATA(ack))->error == 0)
+          deleted++;
+      }
+    }
+    free(tuples[i]);
+  }
+  free(tuples);
+  free(buf);
+  close(fd);
+  return err ? err : deleted;
+}
+
+static int get_addr(napi_env env, napi_value v, int family, uint8_t *out, int *has) {
+  napi_valuetype t;
+  *has = 0;
+  if (napi_typeof(env, v, &t) != napi_ok) return 0;
+  if (t == napi_null || t == napi_undefined) return 1;
+  char s[64];
+  size_t n;
+  if (t != napi_string || napi_get_value_string_utf8(env, v, s, sizeof s, &n) != napi_ok) return 0;
+  if (inet_pton(family == 4 ? AF_INET : AF_INET6, s, out) != 1) return 0;
+  *has = 1;
+  return 1;
+}
+
+static napi_value conntrack_delete(napi_env env, napi_callback_info info) {
+  size_t argc = 7;
+  napi_value argv[7];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 7) {
+    napi_throw_type_error(env, NULL, "conntrackDelete(netnsPath|null, 4|6, proto, src|null, sport, dst|null, dport)");
+    return NULL;
+  }
+  char path[512];
+  const char *nspath = NULL;
+  napi_valuetype t;
+  CHECK(napi_typeof(env, argv[0], &t));
+  if (t == napi_string) {
+    size_t n;
+    if (napi_get_value_string_utf8(env, argv[0], path, sizeof path, &n) != napi_ok || n >= sizeof path - 1) {
+      napi_throw_range_error(env, NULL, "conntrackDelete: bad netns path");
+      return NULL;
+    }
+    nspath = path;
+  }
+  struct ct_match m;
+  memset(&m, 0, sizeof m);
+  int64_t fam = get_int(env, argv[1], 4, 6);
+  int64_t proto = get_int(env, argv[2], 0, 255);
+  int64_t sport = get_int(env, argv[4], 0, 65535);
+  int64_t dport = get_int(env, argv[6], 0, 65535);
+  if ((fam != 4 && fam != 6) || proto == INT64_MIN || sport == INT64_MIN || dport == INT64_MIN) {
+    napi_throw_range_error(env, NULL, "conntrackDelete: bad arguments");
+    return NULL;
+  }
+  m.family = (int)fam;
+  m.proto = (uint8_t)proto;
+  m.sport = (uint16_t)sport;
+  m.dport = (uint16_t)dport;
+  if (!get_addr(env, argv[3], m.family, m.src, &m.has_src) || !get_addr(env, argv[5], m.family, m.dst, &m.has_dst)) {
+    napi_throw_range_error(env, NULL, "conntrackDelete: bad address");
+    return NULL;
+  }
+  int r = ct_delete(nspath, &m);
+  if (r < 0) return throw_errno(env, "conntrack delete", -r);
+  napi_value out;
+  CHECK(napi_create_int32(env, r, &out));
+  return out;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"verdict", NULL, verdict, NULL, NULL, NULL, napi_default, NULL},
@@ -409,6 +655,9 @@ static napi_value init(napi_env env, napi_value exports) {
   napi_value cls;
   CHECK(napi_define_class(env, "NfQueue", NAPI_AUTO_LENGTH, ctor, NULL, sizeof props / sizeof props[0], props, &cls));
   CHECK(napi_set_named_property(env, exports, "NfQueue", cls));
+  napi_value fn;
+  CHECK(napi_create_function(env, "conntrackDelete", NAPI_AUTO_LENGTH, conntrack_delete, NULL, &fn));
+  CHECK(napi_set_named_property(env, exports, "conntrackDelete", fn));
   return exports;
 }
 

@@ -81,14 +81,27 @@ export interface NfQueueStats {
   errors: number;
 }
 
-interface NativeQueue {
+export interface NativeQueue {
   verdict(id: number, v: 0 | 1, mark: number): boolean;
   close(): void;
   ref(on: boolean): void;
   stats(): { received: number; enobufs: number; errors: number; exceptions: number; open: boolean };
 }
 
-interface NfqueueBinding {
+export interface NfqueueBinding {
+  /**
+   * Deletes the conntrack entries whose ORIGINAL tuple matches (null address / port 0: any) in
+   * the namespace at netnsPath (null: ours); returns how many. Synchronous (a table dump).
+   */
+  conntrackDelete(
+    netnsPath: string | null,
+    family: 4 | 6,
+    proto: number,
+    src: string | null,
+    sport: number,
+    dst: string | null,
+    dport: number,
+  ): number;
   NfQueue: new (
     queue: number,
     maxLen: number,
@@ -153,6 +166,11 @@ export class NfQueueReader {
   static open(o: NfQueueOptions, handler: NfHandler): NfQueueReader {
     const { binding, reason } = loadNfqueue();
     if (!binding) throw new NfqueueUnavailable(reason);
+    return NfQueueReader.openWith(binding, o, handler);
+  }
+
+  /** open() over a given binding (tests pass a fake one to check the verdict bookkeeping). */
+  static openWith(binding: NfqueueBinding, o: NfQueueOptions, handler: NfHandler): NfQueueReader {
     const r = new NfQueueReader(o, handler);
     r.q = new binding.NfQueue(
       o.queue,

@@ -27,6 +27,7 @@
 import { spawn } from 'node:child_process';
 import { isIP } from 'node:net';
 import type { FirewallBackend, PcpAddress, PcpFilter, PcpMapping } from '../hooks.js';
+import { loadNfqueue } from './nfqueue.js';
 
 export const TABLE = 'gatehouse';
 export const IPT_CHAIN = 'GATEHOUSE';
@@ -40,6 +41,13 @@ export interface NftablesOptions {
   netns?: string;
   /** Mappings installed at once (default 65536); install() beyond throws. */
   maxMappings?: number;
+  /**
+   * Delete the conntrack entries of a mapping's external address:port at install (an entry
+   * made before the mapping, with no NAT binding, keeps the port unreachable until it times
+   * out) and of both its sides at remove (the NAT binding ends with the mapping). Needs the
+   * native binding (ctnetlink); default true, skipped without it (see `conntrackFlush`).
+   */
+  conntrack?: boolean;
   /** Command time-out, ms (default 10000). */
   timeoutMs?: number;
 }
@@ -387,6 +395,7 @@ export class NftablesBackend implements FirewallBackend {
         throw err;
       }
       this.installed.set(m.id, { nft, ipt, v6 });
+      this.flushConntrack(m, false);
     });
   }
 
@@ -414,7 +423,31 @@ export class NftablesBackend implements FirewallBackend {
       if (!cur || !this.available) return;
       await this.undo(m.id, cur.ipt, cur.v6);
       this.installed.delete(m.id);
+      this.flushConntrack(m, true);
     });
+  }
+
+  /** Whether conntrack entries are flushed (the native binding is there and not disabled). */
+  get conntrackFlush(): boolean {
+    return this.o.conntrack !== false && loadNfqueue().binding !== null;
+  }
+
+  /** Conntrack entries deleted so far (install and remove). */
+  conntrackDeleted = 0;
+
+  private flushConntrack(m: PcpMapping, both: boolean): void {
+    const b = this.o.conntrack === false ? null : loadNfqueue().binding;
+    if (!b) return;
+    const ns = this.o.netns ? `/var/run/netns/${this.o.netns}` : null;
+    const v = fam(m.internal.address) === 'ip6' ? 6 : 4;
+    try {
+      // Entries whose original direction went to the external address:port (inbound).
+      this.conntrackDeleted += b.conntrackDelete(ns, v, m.protocol, null, 0, m.external.address, m.external.port);
+      // ... and, at the end, those the internal side started (outbound, SNAT'd).
+      if (both) this.conntrackDeleted += b.conntrackDelete(ns, v, m.protocol, m.internal.address, m.internal.port, null, 0);
+    } catch {
+      // Best effort: the rules are already right; a stale entry only times out later.
+    }
   }
 
   private async undo(id: string, ipt: string[][], v6: boolean): Promise<void> {
