@@ -93,22 +93,32 @@ export class Conn {
     this.poke();
   }
 
-  /** Writes, waiting for the socket to drain (backpressure); fails like reads. */
-  async write(data: Buffer | string): Promise<void> {
+  /**
+   * Writes, waiting for the socket to drain (backpressure); fails like reads. With
+   * `untilAnswer`, the wait also ends when the server's answer begins (a server that
+   * answers early and stops reading never drains us): the caller sees `answered` and stops
+   * sending (RFC 2616 §8.2.2; ICAP's status codes are HTTP's, RFC 3507 §4.3.3).
+   */
+  async write(data: Buffer | string, untilAnswer = false): Promise<void> {
     if (this.failure) throw this.failure;
     if (this.socket.destroyed || this.socket.writableEnded) throw new ConnError('protocol', 'connection closed while sending');
     const ok = this.socket.write(data);
-    if (ok) return;
+    if (ok || (untilAnswer && this.answered)) return;
     await new Promise<void>((resolve) => {
       const done = () => {
         this.socket.off('drain', done);
         this.socket.off('close', done);
+        this.socket.off('end', done);
+        if (untilAnswer) this.socket.off('data', done);
         resolve();
       };
       this.socket.on('drain', done);
       this.socket.on('close', done);
+      this.socket.on('end', done);
+      // Registered after the constructor's listener: `buf` already holds the bytes.
+      if (untilAnswer) this.socket.on('data', done);
     });
-    if (this.failure) throw this.failure;
+    if (this.failure && !(untilAnswer && this.buf.length)) throw this.failure;
   }
 
   /** Bytes received and not yet read (the caller may look without waiting). */

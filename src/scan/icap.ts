@@ -264,42 +264,77 @@ export class IcapScanner implements Scanner {
     let sentBytes = 0;
     const it = chunks(file, ICAP_CHUNK_BYTES)[Symbol.asyncIterator]();
     let carry: Buffer | null = null;
-    const sendChunk = async (c: Buffer) => {
+    /**
+     * Writes; with `untilAnswer` a write stops waiting for the socket to drain once the
+     * answer begins, and a write that fails after it began (EPIPE/ECONNRESET: the server
+     * stopped reading and closed) is not an error: the answer is read. false: answered.
+     */
+    const put = async (data: Buffer | string, untilAnswer: boolean): Promise<boolean> => {
+      if (untilAnswer && conn.answered) return false;
+      try {
+        await conn.write(data, untilAnswer);
+      } catch (e) {
+        if (untilAnswer && conn.pending > 0) return false;
+        throw e;
+      }
+      return !(untilAnswer && conn.answered);
+    };
+    const sendChunk = async (c: Buffer, untilAnswer: boolean): Promise<boolean> => {
+      if (untilAnswer && conn.answered) return false;
       sent.update(c);
       sentBytes += c.length;
-      await conn.write(chunk(c));
+      return put(chunk(c), untilAnswer);
     };
 
     if (previewLen !== null) {
       // §4.5: the first previewLen bytes, then `0; ieof` when that is the whole file.
       let need = previewLen;
-      while (need > 0) {
+      let answered = false;
+      while (need > 0 && !answered) {
         const n = await it.next();
         if (n.done) break;
         const c = n.value.length > need ? n.value.subarray(0, need) : n.value;
         if (n.value.length > need) carry = n.value.subarray(need);
         need -= c.length;
-        await sendChunk(c);
+        answered = !(await sendChunk(c, true));
       }
       const whole = previewLen >= meta.size;
-      await conn.write(whole ? `0; ieof${CRLF}${CRLF}` : `0${CRLF}${CRLF}`);
+      if (!answered) await put(whole ? `0; ieof${CRLF}${CRLF}` : `0${CRLF}${CRLF}`, true);
       const first = await this.readHead(conn);
       if (first.code !== 100) return this.verdict(conn, first, sent, sentBytes);
       if (whole) throw new ConnError('protocol', '100 Continue after ieof (§4.5)');
     }
-    // The rest of the body (all of it without a preview), answer early or not.
-    if (carry?.length) await sendChunk(carry);
-    for (;;) {
-      if (conn.answered) break; // e.g. an error before the end: stop sending, read it
-      const n = await it.next();
-      if (n.done) break;
-      await sendChunk(n.value);
+    /** The rest of the body (all of it without a preview), then its last chunk; false: an answer came first. */
+    const sendRest = async (untilAnswer: boolean): Promise<boolean> => {
+      if (carry?.length) {
+        const c = carry;
+        carry = null;
+        if (!(await sendChunk(c, untilAnswer))) return false;
+      }
+      for (;;) {
+        const n = await it.next();
+        if (n.done) break;
+        if (!(await sendChunk(n.value, untilAnswer))) return false;
+      }
+      if (sentBytes !== meta.size) throw new ConnError('protocol', `the file gave ${sentBytes} bytes, meta.size says ${meta.size}`);
+      return put(`0${CRLF}${CRLF}`, untilAnswer);
+    };
+    if (await sendRest(true)) {
+      const head = await this.readHead(conn);
+      if (head.code === 100) throw new ConnError('protocol', 'unexpected 100 Continue');
+      return this.verdict(conn, head, sent, sentBytes);
     }
-    if (!conn.answered) await conn.write(`0${CRLF}${CRLF}`);
-    if (sentBytes !== meta.size && !conn.answered)
-      throw new ConnError('protocol', `the file gave ${sentBytes} bytes, meta.size says ${meta.size}`);
+    // An answer while the body is still being written. RFC 3507 §4.5 lets the server give a
+    // final answer (204, a modified message) after the preview instead of 100 Continue, i.e.
+    // before the rest of the body; for an answer that comes later we do what RFC 2616
+    // §8.2.2 asks of an HTTP client that sees a status while sending a body (ICAP's status
+    // codes are HTTP's, RFC 3507 §4.3.3): stop sending it. A final answer that needs no more
+    // of the body — 204 (§4.6), an infection named, an error status (§4.3.3) — is used now.
+    // A 200 that names nothing may be the server streaming the message back as it reads it
+    // (§4.9.2): it gets the rest of the body, then is compared with what was sent.
     const head = await this.readHead(conn);
     if (head.code === 100) throw new ConnError('protocol', 'unexpected 100 Continue');
+    if (head.code === 200 && !infectionName(head.headers)) await sendRest(false);
     return this.verdict(conn, head, sent, sentBytes);
   }
 
