@@ -29,6 +29,7 @@
  * inspector (src/util/supervise.ts) when they carry one, heapUsed after a full GC.
  *
  *   npm run fuzz -- --count 1000000 --seed 1234      (the test runs liveFuzz with 10^5)
+ *   npm run fuzz -- --target pcp --count 1000000     (the PCP codec and server: scripts/fuzz-pcp.ts)
  */
 import { createSocket, type Socket } from 'node:dgram';
 import { connect, type Socket as NetSocket } from 'node:net';
@@ -897,11 +898,26 @@ async function main(): Promise<void> {
     return v;
   };
   if (args.includes('--help')) {
-    process.stdout.write('Usage: npm run fuzz -- [--count 1000000] [--seed N] [--batch 400]\n');
+    process.stdout.write('Usage: npm run fuzz -- [--target turn|pcp] [--count 1000000] [--seed N] [--batch 400]\n');
     return;
   }
   const seed = opt('seed', (Date.now() ^ (process.pid << 16)) >>> 0) >>> 0;
   const count = opt('count', 1_000_000);
+  const ti = args.indexOf('--target');
+  if (ti >= 0 && args[ti + 1] === 'pcp') {
+    // The PCP codec and server (scripts/fuzz-pcp.ts; test/unit/pcp-fuzz.test.ts runs 10^5).
+    const { pcpFuzz, pcpFuzzProblems } = await import('./fuzz-pcp.js');
+    process.stdout.write(`pcp fuzz: --seed ${seed} --count ${count}\n`);
+    const r = await pcpFuzz({ count, seed });
+    process.stdout.write(`${JSON.stringify({ inputs: r.inputs, answered: r.answered, results: r.results, installs: r.installs })}\n`);
+    const problems = pcpFuzzProblems(r);
+    if (problems.length) {
+      process.stdout.write(`FAILED (replay with --target pcp --seed ${seed} --count ${count}):\n  ${problems.join('\n  ')}\n`);
+      process.exitCode = 1;
+    } else process.stdout.write('ok\n');
+    return;
+  }
+  if (ti >= 0 && args[ti + 1] !== 'turn') throw new Error(`--target: turn (default) or pcp, got ${args[ti + 1]}`);
   process.stdout.write(`live fuzz: --seed ${seed} --count ${count}\n`);
   const r = await liveFuzz({ count, seed, batch: opt('batch', 400), log: (l) => process.stdout.write(l + '\n') });
   process.stdout.write(formatReport(r) + '\n');
