@@ -202,3 +202,71 @@ t.test('PCP mappings as kernel rules, their packets through the NFQUEUE reader',
   t.equal(await host.waitFor('open-4-after', QUIET_MS), null, 'removed (conntrack entry kept): the flow no longer passes');
   await open.close();
 });
+
+t.test('IPv6 pinhole (no NAT) through ip6tables NFQUEUE; other rule shapes the kernel accepts', async (t) => {
+  if (missing.length) {
+    if (inCi()) t.fail(`CI: missing ${missing.join(', ')}`);
+    else (t as unknown as { skip(m: string): void }).skip(`missing ${missing.join(', ')}; skipped outside CI only`);
+    return;
+  }
+  const { lab, lan, gw, wan } = threeNamespaces(t, 'ghf6');
+  const fw = await NftablesBackend.create({ queue: { num: QUEUE, failOpen: false }, netns: gw });
+  t.teardown(() => fw.close());
+  t.ok(fw.available, `backend available (${fw.reason ?? 'ok'})`);
+  const reader = await startReader(lab, gw, false);
+  t.equal(reader.err, null, 'reader bound');
+  if (!fw.available || reader.err) return;
+  const host = await lab.udpAgent(lan, A.lanHost6, 6000);
+  const peer = await lab.udpAgent(wan, A.wanPeer6, 9000);
+
+  peer.send(A.lanHost6, 6000, 'v6-pre');
+  t.equal(await host.waitFor('v6-pre', QUIET_MS), null, 'no pinhole: routed IPv6 is dropped by the forward policy');
+
+  const pin = { address: A.lanHost6, port: 6000 };
+  const m6 = mapping('pcp-6', 6000, 6000, {
+    internal: pin,
+    external: pin,
+    client: { address: A.lanHost6, port: 5350 },
+    filters: [{ prefix: A.wanPeer6, prefixLength: 128, port: 0 }],
+  });
+  await fw.install(m6);
+  const rs = lab.sh(gw, 'nft', ['list', 'ruleset']);
+  t.match(rs, `ip6 saddr ${A.wanPeer6} ip6 daddr ${A.lanHost6} udp dport 6000 accept comment "gatehouse pcp-6 in0"`, 'pinhole rule');
+  t.notMatch(rs, /pcp-6 dnat/, 'no NAT for a pinhole');
+  t.match(lab.sh(gw, 'ip6tables', ['-w', '-S', 'GATEHOUSE']), /--dport 6000 .*-j NFQUEUE --queue-num 7/, 'ip6tables queue rule');
+  peer.send(A.lanHost6, 6000, 'v6-in');
+  const got = await host.waitFor('v6-in', 3000);
+  t.same(got && { from: got.from, port: got.port }, { from: A.wanPeer6, port: 9000 }, 'the pinhole passes, addresses unchanged');
+  t.match(reader.find('v6-in'), [{ src: A.wanPeer6, dst: A.lanHost6, dport: 6000, verdict: 'accept' }], 'the reader saw the IPv6 packet');
+  host.send(A.wanPeer6, 9000, 'v6-out');
+  t.ok(await peer.waitFor('v6-out', 3000), 'outbound through the pinhole');
+
+  // Shapes: TCP, protocol 0 (all), SCTP by number, a PEER with the port of the remote.
+  const shapes = [
+    mapping('pcp-t', 7000, 47000, { protocol: 6 }),
+    mapping('pcp-all', 0, 0, {
+      protocol: 0,
+      internal: { address: '10.61.1.9', port: 0 },
+      external: { address: A.gwWan, port: 0 },
+    }),
+    mapping('pcp-sctp', 7001, 47001, { protocol: 132 }),
+    mapping('pcp-peer', 7002, 47002, { opcode: 'peer', remote: { address: A.wanPeer, port: 9100 } }),
+  ];
+  for (const s of shapes) {
+    await fw.install(s);
+    t.match(lab.sh(gw, 'nft', ['list', 'ruleset']), `comment "gatehouse ${s.id} in"`, `${s.id} installed`);
+  }
+  await fw.update({ ...shapes[0]!, external: { address: A.gwWan, port: 47010 } });
+  const upd = lab.sh(gw, 'nft', ['list', 'ruleset']);
+  t.match(upd, `tcp dport 47010 dnat ip to ${A.lanHost}:7000 comment "gatehouse pcp-t dnat"`, 'update: the new external port');
+  t.notMatch(upd, /tcp dport 47000/, 'update: the old rule is gone (one transaction)');
+  for (const s of [...shapes, m6]) await fw.remove(s);
+  t.notMatch(lab.sh(gw, 'nft', ['list', 'ruleset']), /gatehouse pcp-/, 'every mapping rule removed');
+  t.notMatch(
+    lab.sh(gw, 'iptables', ['-w', '-S', 'GATEHOUSE']) + lab.sh(gw, 'ip6tables', ['-w', '-S', 'GATEHOUSE']),
+    /NFQUEUE/,
+    'every queue rule removed',
+  );
+  peer.send(A.lanHost6, 6000, 'v6-after');
+  t.equal(await host.waitFor('v6-after', QUIET_MS), null, 'pinhole closed after remove()');
+});
