@@ -437,7 +437,9 @@ export class PcpClient extends EventEmitter {
       // §8.1.1: RT = (1 + RAND) × IRT, then (1 + RAND) × min(2 × RTprev, MRT); MRC = 0, MRD = 0.
       const base = tx.rt === 0 ? PCP_IRT_MS : Math.min(2 * tx.rt, PCP_MRT_MS);
       tx.rt = (1 + (this.rand() * 0.2 - 0.1)) * base;
-      tx.timer = this.clock.setTimeout(this.sup.guard('endpoint.pcp.retransmit', fire), tx.rt);
+      // A bounded transaction (delete, escrow) ends at giveUpAt even between retransmissions.
+      const wait = Math.min(tx.rt, Math.max(0, tx.giveUpAt - this.clock.now()));
+      tx.timer = this.clock.setTimeout(this.sup.guard('endpoint.pcp.retransmit', fire), wait);
     };
     this.sup.run('endpoint.pcp.send', fire, (e) => this.fail(m, e));
   }
