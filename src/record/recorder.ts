@@ -167,11 +167,26 @@ export interface RetentionDeleted {
 
 const TEXT_PPIDS = new Set([51, 54, 56]); // RFC 8831 §8: WebRTC String (partial, empty)
 
+/**
+ * Bounds of what a recording holds while its binary runs wait for their transfer's `file`
+ * event (all runs of the recording together; the inspector's memory account does not see
+ * them). Beyond RECORDING_HELD_LINES the held lines are written at once, as they are, with
+ * `flushed: true` (their transfer is not named on them; the transfer's own line gives its
+ * message range). Beyond RECORDING_HELD_BYTES (or RECORDING_HELD_BYTES_TOTAL for the
+ * store) a message's bytes are not kept with its line:
+ * if its transfer is stored whole the line names it as usual, otherwise the line says
+ * `content: "not kept"`.
+ */
+export const RECORDING_HELD_LINES = 4096;
+export const RECORDING_HELD_BYTES = 1024 * 1024;
+/** The same bytes for every recording of the store together. */
+export const RECORDING_HELD_BYTES_TOTAL = 64 * 1024 * 1024;
+
 /** A transcript line of a binary message (or of its own `file` event) held until its transfer is known. */
 interface HeldLine {
   rec: Record<string, unknown>;
-  /** The message's bytes, stored under files/ only if no transfer holds them. */
-  data: Buffer;
+  /** The message's bytes, stored under files/ only if no transfer holds them; null: beyond RECORDING_HELD_BYTES. */
+  data: Buffer | null;
   sha: string;
   index: number;
 }
@@ -263,6 +278,11 @@ export class FlowRecorder {
   private labels = new Map<number, string>();
   /** Binary runs per `${dir}:${stream}` whose transcript lines wait for their transfer. */
   private runs = new Map<string, Run>();
+  /** Lines and message bytes held by `runs` (bounds RECORDING_HELD_LINES / RECORDING_HELD_BYTES). */
+  private heldLines = 0;
+  private heldBytes = 0;
+  /** Times the held lines were written early (the line bound), and messages whose bytes were not kept. */
+  readonly heldStats = { flushes: 0, dataDropped: 0 };
   private rtcp: RtpPcapWriter | null = null;
   private timer: TimerHandle | null;
   private closed = false;
@@ -400,8 +420,8 @@ export class FlowRecorder {
         else if (e.index !== undefined && this.runs.get(`${e.dir}:${e.stream}`)?.held.at(-1)?.index === e.index) {
           // A message that is a file of its own: its content is its message's, held with it.
           const sha = sha256Hex(e.data);
-          const run = this.runs.get(`${e.dir}:${e.stream}`)!;
-          run.held.push({ rec: this.fileLine(e, sha), data: e.data, sha, index: e.index });
+          const k = `${e.dir}:${e.stream}`;
+          this.holdLine(k, this.runs.get(k)!, this.fileLine(e, sha), e.data, sha, e.index);
         } else {
           const sha = sha256Hex(e.data);
           this.line(e.stream, { ...this.fileLine(e, sha), file: this.storeFile(e.data, sha) });
@@ -561,26 +581,62 @@ export class FlowRecorder {
     }
     if (!run) this.runs.set(k, (run = { stream, next: index, held: [], bytes: 0, ended: false }));
     rec.index = index;
-    run.held.push({ rec, data, sha: rec.sha256 as string, index });
+    this.holdLine(k, run, rec, data, rec.sha256 as string, index);
     run.next = index + 1;
     run.bytes += data.length;
     // Bounded: a run larger than a stored file keeps its messages as they are.
-    if (run.bytes > this.store.maxFileBytes) this.settle(k, run, null);
+    if (run.bytes > this.store.maxFileBytes && this.runs.get(k) === run) this.settle(k, run, null);
+  }
+
+  /** Holds a line with its run, within RECORDING_HELD_LINES / RECORDING_HELD_BYTES. */
+  private holdLine(k: string, run: Run, rec: Record<string, unknown>, data: Buffer, sha: string, index: number): void {
+    let keep: Buffer | null = data;
+    if (this.heldBytes + data.length > RECORDING_HELD_BYTES || this.store.heldBytes + data.length > RECORDING_HELD_BYTES_TOTAL) {
+      keep = null;
+      this.heldStats.dataDropped++;
+    }
+    run.held.push({ rec, data: keep, sha, index });
+    this.heldLines++;
+    if (keep) {
+      this.heldBytes += keep.length;
+      this.store.heldBytes += keep.length;
+    }
+    if (this.heldLines >= RECORDING_HELD_LINES) {
+      // Too many lines waiting: every run is written now, marked; the run goes on empty.
+      this.heldStats.flushes++;
+      for (const [rk, r] of [...this.runs]) {
+        this.settle(rk, r, null, true);
+        if (rk !== k || r.ended) continue;
+        r.held = []; // the same run goes on, empty (its transfer may still come)
+        this.runs.set(rk, r);
+      }
+    }
   }
 
   /**
    * Writes a run's held lines. Messages inside `t`'s range (its transfer, stored whole at
    * `whole`, or not kept) name the transfer; the others are stored under files/ each.
    */
-  private settle(k: string, run: Run, t: { first: number; last: number; sha: string; whole: string | null } | null): void {
+  private settle(k: string, run: Run, t: { first: number; last: number; sha: string; whole: string | null } | null, flushed = false): void {
     this.runs.delete(k);
     for (const h of run.held) {
+      this.heldLines--;
+      if (h.data) {
+        this.heldBytes -= h.data.length;
+        this.store.heldBytes -= h.data.length;
+      }
+    }
+    for (const h of run.held) {
       const inT = t && h.index >= t.first && h.index <= t.last;
+      const mark = flushed ? { flushed: true } : {};
       if (inT && t.whole) {
         this.line(run.stream, { ...h.rec, transfer: t.sha, file: null });
-      } else {
+      } else if (h.data) {
         // No whole to hold them (no transfer, or its content was not kept): the message is kept as it came.
-        this.line(run.stream, { ...h.rec, ...(inT ? { transfer: t.sha } : {}), file: this.storeFile(h.data, h.sha) });
+        this.line(run.stream, { ...h.rec, ...(inT ? { transfer: t.sha } : {}), ...mark, file: this.storeFile(h.data, h.sha) });
+      } else {
+        // Its bytes were beyond RECORDING_HELD_BYTES.
+        this.line(run.stream, { ...h.rec, ...(inT ? { transfer: t.sha } : {}), ...mark, file: null, content: 'not kept' });
       }
     }
     if (run.tail) this.line(run.stream, run.tail);
@@ -741,6 +797,9 @@ export class FlowRecorder {
       this.fail(err, 'recording');
     }
     this.runs.clear();
+    this.store.heldBytes -= this.heldBytes;
+    this.heldLines = 0;
+    this.heldBytes = 0;
     const part = this.cur;
     const stoppedBy = this.failure; // a failure of another part that stopped this one early
     let left = 1;
@@ -836,6 +895,8 @@ export class RecordingStore {
   readonly log: Logger | undefined;
   /** The bound of the bytes every recording file of this store holds queued. */
   readonly queue: QueueBudget;
+  /** @internal Message bytes held by every recording's binary runs (bound RECORDING_HELD_BYTES_TOTAL). */
+  heldBytes = 0;
   /** @internal What every recording file is opened with (onError is added per part). */
   readonly fileOptions: UnitFileOptions;
   private closingParts = 0;
