@@ -161,6 +161,11 @@ t.test('1 MB in 16 KiB chunks and a 200 KB message: one file event each; recorde
   t.equal(oneEvs[0]!.size, one.length);
   t.equal(files(evs).filter((f) => f.label === 'file:one.bin').length, 1, 'and no other file event on its channel');
 
+  // The 1 MB transfer went through DATA_DIR/spool (recorded: beyond 64 KiB on disk); its
+  // spool file is gone once recorded.
+  t.ok(existsSync(join(gh.dataDir!, 'spool')), 'DATA_DIR/spool exists');
+  t.same(readdirSync(join(gh.dataDir!, 'spool')), [], 'no spool file left after the transfers');
+
   // Stopping serve seals the recordings.
   await gh.stop();
   stopped = true;
