@@ -1,0 +1,65 @@
+// A PcpServer in its own process (run inside a network namespace by the pcp-server-*
+// e2e tests) with a recording FirewallBackend: every backend call and every EVE event is
+// one JSON line on stdout, so the test asserts what the server saw and did.
+//
+//   node --import tsx pcp-server-child.ts '<json options>'
+//   options: { listen: string[], externalAddress: string, minLifetime?, maxLifetime? }
+// stdout: {"kind":"listening","addresses":[...]} then {"kind":"install"|"update"|"remove",
+// "mapping":{...}} and {"kind":"event","event":{...}}; SIGTERM closes (mappings removed).
+import { PcpServer } from '../../../src/pcp/server.js';
+import type { FirewallBackend, PcpMapping } from '../../../src/pcp/hooks.js';
+import type { EveEvent } from '../../../src/events/eve.js';
+
+const opts = JSON.parse(process.argv[2] ?? '{}') as {
+  listen: string[];
+  externalAddress: string;
+  minLifetime?: number;
+  maxLifetime?: number;
+};
+const out = (o: unknown): void => void process.stdout.write(JSON.stringify(o) + '\n');
+const view = (m: PcpMapping) => ({
+  id: m.id,
+  opcode: m.opcode,
+  client: m.client,
+  internal: m.internal,
+  protocol: m.protocol,
+  external: m.external,
+  remote: m.remote,
+  filters: m.filters,
+  expiresAt: m.expiresAt,
+});
+
+const backend: FirewallBackend = {
+  name: 'recording',
+  available: true,
+  async install(m) {
+    out({ kind: 'install', mapping: view(m) });
+  },
+  async update(m) {
+    out({ kind: 'update', mapping: view(m) });
+  },
+  async remove(m) {
+    out({ kind: 'remove', mapping: view(m) });
+  },
+  async close() {},
+};
+
+const server = new PcpServer({
+  listen: opts.listen,
+  externalAddress: opts.externalAddress,
+  firewall: backend,
+  minLifetime: opts.minLifetime,
+  maxLifetime: opts.maxLifetime,
+  events: { emit: (e: EveEvent) => out({ kind: 'event', event: e }), close() {} },
+});
+await server.start();
+out({ kind: 'listening', addresses: server.addresses() });
+process.on('SIGTERM', () => {
+  server.close().then(
+    () => {
+      out({ kind: 'closed', supervised: Object.fromEntries(server.supervisor.failures), stats: server.stats.snapshot() });
+      process.exit(0);
+    },
+    () => process.exit(1),
+  );
+});
