@@ -47,7 +47,7 @@ t.test('EAP-TLS through the PCP server over UDP', async (t) => {
     backend: new EapTlsServer({ ca: pki.ca, cert: pki.serverCert, key: pki.serverKey }),
     required: true,
     lifetime: 3,
-    epoch: () => (server ? Number((server as unknown as { epoch: { seconds(): number } }).epoch.seconds()) : 0),
+    epoch: () => server?.epoch.seconds() ?? 0,
   });
   server = new PcpServer({ listen: ['udp://127.0.0.1:0'], externalAddress: '203.0.113.7', firewall: fw, auth });
   await server.start();
