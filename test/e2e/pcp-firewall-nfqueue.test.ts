@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { NftablesBackend } from '../../src/pcp/firewall/nftables.js';
 import { loadNfqueue } from '../../src/pcp/firewall/nfqueue.js';
 import type { PcpMapping } from '../../src/pcp/hooks.js';
-import { THREE_NS as A, threeNamespaces, type NetnsLab } from './helpers/netns.js';
+import { NetnsLab, THREE_NS as A, threeNamespaces } from './helpers/netns.js';
 import { findProgram, inCi, requirePeer } from './helpers/require-peer.js';
 
 const CHILD = fileURLToPath(new URL('./helpers/nfq-child.ts', import.meta.url));
@@ -269,4 +269,26 @@ t.test('IPv6 pinhole (no NAT) through ip6tables NFQUEUE; other rule shapes the k
   );
   peer.send(A.lanHost6, 6000, 'v6-after');
   t.equal(await host.waitFor('v6-after', QUIET_MS), null, 'pinhole closed after remove()');
+});
+
+t.test('without iptables the backend is unavailable, says why, and leaves no table behind', async (t) => {
+  if (missing.length) {
+    if (inCi()) t.fail(`CI: missing ${missing.join(', ')}`);
+    else (t as unknown as { skip(m: string): void }).skip(`missing ${missing.join(', ')}; skipped outside CI only`);
+    return;
+  }
+  const lab = new NetnsLab(t, 'ghfx');
+  const gw = lab.ns('gw');
+  const b = await NftablesBackend.create({
+    queue: { num: QUEUE, failOpen: false },
+    netns: gw,
+    commands: { iptables: 'gatehouse-no-such-iptables' },
+  });
+  t.equal(b.available, false);
+  t.match(b.reason, /iptables .*unusable/, `reason: ${b.reason}`);
+  t.notMatch(lab.sh(gw, 'nft', ['list', 'ruleset']), /gatehouse/, 'no half-made table');
+  await t.rejects(b.install(mapping('pcp-x', 1, 1)), /unavailable/, 'install refused');
+  const ok = await NftablesBackend.create({ queue: null, netns: gw });
+  t.ok(ok.available, 'queue: null needs no iptables');
+  await ok.close();
 });

@@ -48,6 +48,8 @@ export interface NftablesOptions {
    * native binding (ctnetlink); default true, skipped without it (see `conntrackFlush`).
    */
   conntrack?: boolean;
+  /** Program names or paths (default: nft, iptables, ip6tables on PATH). */
+  commands?: Partial<Record<'nft' | 'iptables' | 'ip6tables', string>>;
   /** Command time-out, ms (default 10000). */
   timeoutMs?: number;
 }
@@ -307,7 +309,8 @@ export class NftablesBackend implements FirewallBackend {
   }
 
   private run(cmd: string, args: string[], input?: string): Promise<RunResult> {
-    const argv = this.o.netns ? ['ip', 'netns', 'exec', this.o.netns, cmd, ...args] : [cmd, ...args];
+    const bin = this.o.commands?.[cmd as 'nft' | 'iptables' | 'ip6tables'] ?? cmd;
+    const argv = this.o.netns ? ['ip', 'netns', 'exec', this.o.netns, bin, ...args] : [bin, ...args];
     return new Promise((resolve) => {
       let child;
       try {
@@ -353,7 +356,14 @@ export class NftablesBackend implements FirewallBackend {
     if (probe.code !== 0) throw new Error(`nftables unusable (nft list tables: ${probe.stderr || `exit ${probe.code}`})`);
     await this.must('nft', ['-f', '-'], baseTableScript(this.o));
     if (this.o.queue) {
-      await this.iptChain('iptables');
+      try {
+        await this.iptChain('iptables');
+      } catch (err) {
+        // Unusable without the queue rules: leave no half-made firewall behind (the table's
+        // drop policy would cut forwarding with no mapping able to open it).
+        await this.run('nft', ['delete', 'table', 'inet', TABLE]);
+        throw new Error(`iptables (nf_tables backend, for -j NFQUEUE) unusable: ${(err as Error).message}`);
+      }
       // IPv6 pinholes need ip6tables; without it IPv6 mappings are refused (install throws).
       this.ip6 = await this.iptChain('ip6tables').then(
         () => true,
