@@ -22,6 +22,7 @@ import { systemClock, type Clock } from '../util/clock.js';
 import { silentLogger, type Logger } from '../util/log.js';
 import { Supervisor } from '../util/supervise.js';
 import { eveTimestamp, type EventSink } from '../events/eve.js';
+import type { PcpConfig } from '../config/config.js';
 import {
   Opcode,
   OptionCode,
@@ -82,6 +83,19 @@ export const PCP_DEFAULTS = {
 /** §11.1: protocols with 16-bit ports that a mapping can name (TCP, UDP, DCCP, SCTP); 0 = all. */
 const PORTED_PROTOCOLS = new Set([6, 17, 33, 132]);
 const SCTP = 132;
+
+/** The server options that config `pcp:` sets (src/config/config.ts PcpConfig); listen and external_address as given. */
+export function pcpOptionsFromConfig(pcp: PcpConfig): Partial<PcpServerOptions> {
+  return {
+    listen: pcp.listen,
+    externalAddress: pcp.external_address,
+    minLifetime: pcp.min_lifetime,
+    maxLifetime: pcp.max_lifetime,
+    maxMappingsPerClient: pcp.max_mappings_per_client,
+    requestRatePerClient: pcp.request_rate_per_client,
+    thirdPartyClients: pcp.third_party,
+  };
+}
 
 export interface PcpServerOptions {
   /** udp://address:port URLs (config pcp.listen). */
@@ -445,6 +459,8 @@ export class PcpServer {
         if (!this.thirdParty.has(from.address)) throw new Refusal(Result.NOT_AUTHORIZED, 'THIRD_PARTY not allowed for this client');
         const addr = decodePcpAddress(o.data, 0);
         if (isUnspecifiedAddress(addr)) throw new Refusal(Result.MALFORMED_OPTION, 'THIRD_PARTY unspecified address');
+        // §13.1: THIRD_PARTY naming the request's own source address is MALFORMED_REQUEST.
+        if (addr === from.address) throw new Refusal(Result.MALFORMED_REQUEST, 'THIRD_PARTY with the source address');
         p.thirdParty = addr;
         p.thirdPartyOption = o;
       } else if (o.code === OptionCode.PREFER_FAILURE) p.preferFailure = true;

@@ -8,7 +8,8 @@ import { createSocket } from 'node:dgram';
 import { once } from 'node:events';
 import { ManualClock } from '../../src/util/clock.js';
 import { MemoryEventSink } from '../../src/events/eve.js';
-import { PcpServer, type PcpServerOptions } from '../../src/pcp/server.js';
+import { PcpServer, pcpOptionsFromConfig, type PcpServerOptions } from '../../src/pcp/server.js';
+import { defaultConfig } from '../../src/config/config.js';
 import type { FirewallBackend, PcpAddress, PcpAuthHook, PcpMapping, PcpRequestExtension } from '../../src/pcp/hooks.js';
 import {
   Opcode,
@@ -150,6 +151,17 @@ t.test('MAP creates a NAT44 mapping: suggested port honoured, lifetime, installe
   t.equal(server.stats.requests.get('MAP'), 2);
 });
 
+t.test('options from config pcp.*', async (t) => {
+  const cfg = defaultConfig();
+  const o = pcpOptionsFromConfig({ ...cfg.pcp, min_lifetime: 200, third_party: ['10.0.0.0/8'] });
+  t.equal(o.minLifetime, 200);
+  t.equal(o.maxLifetime, cfg.pcp.max_lifetime);
+  t.same(o.thirdPartyClients, ['10.0.0.0/8']);
+  t.same(o.listen, ['udp://0.0.0.0:5351']);
+  const s = new PcpServer({ ...o, listen: [], externalAddress: EXT, firewall: new FakeBackend(), clock: new ManualClock() });
+  t.equal((await ask(s, mapReq({ lifetime: 1 }))).lifetime, 200);
+});
+
 t.test('lifetime clamped to [min, max] (§15)', async (t) => {
   const { server } = setup({ minLifetime: 120, maxLifetime: 7200 });
   t.equal((await ask(server, mapReq({ lifetime: 5 }))).lifetime, 120);
@@ -279,6 +291,8 @@ t.test('THIRD_PARTY (§13.1)', async (t) => {
   t.equal(decodeThirdParty(ok.options[0]!), '192.168.1.50', 'THIRD_PARTY echoed');
   t.same(fw.installs[0]!.internal, { address: '192.168.1.50', port: 5000 });
   t.same(fw.installs[0]!.client, C1);
+  const own = await ask(server, mapReq({ options: [thirdPartyOption(C1.address)] }));
+  t.equal(own.result, Result.MALFORMED_REQUEST, 'THIRD_PARTY naming the source address itself');
   const twice = await ask(server, mapReq({ options: [thirdPartyOption('192.168.1.50'), thirdPartyOption('192.168.1.51')] }));
   t.equal(twice.result, Result.MALFORMED_OPTION);
   const del = await ask(server, mapReq({ lifetime: 0, options: [thirdPartyOption('192.168.1.50')] }));

@@ -226,6 +226,19 @@ t.test('error response copies the request after the header (§8.3)', async (t) =
   t.ok(e.subarray(24).equals(MAP_REQ.subarray(24)));
   const r = decodePcpResponse(e);
   t.ok(r.ok && r.value.result === Result.NOT_AUTHORIZED && r.value.map!.internalPort === 5000 && r.value.options.length === 2);
+  // a malformed option and what follows are not copied: the answer decodes
+  const badOpt = Buffer.concat([MAP_REQ, hex('c8000010 aabbccdd')]);
+  const eb = encodePcpErrorResponse(badOpt, Result.MALFORMED_OPTION, 1800, 0);
+  t.equal(eb.length, MAP_REQ.length);
+  const db = decodePcpResponse(eb);
+  t.ok(db.ok && db.value.options.length === 2, 'the well-formed options are kept');
+  // an unknown opcode: copied as is, opaque to the decoder
+  const unk = Buffer.concat([hex('02090000 00000000'), Buffer.alloc(16), hex('01020304 05060708 090a')]);
+  const eu = encodePcpErrorResponse(unk, Result.UNSUPP_OPCODE, 1800, 0);
+  t.equal(eu.length, 36, 'padded to 4');
+  t.equal(eu.subarray(24, 34).toString('hex'), '0102030405060708090a');
+  const du = decodePcpResponse(eu);
+  t.ok(du.ok && du.value.opcode === 9 && du.value.opcodeData.length === 12 && du.value.options.length === 0);
   // > 1100 bytes: truncated to 1100
   const big = Buffer.concat([MAP_REQ, Buffer.alloc(2000)]);
   t.equal(encodePcpErrorResponse(big, Result.MALFORMED_REQUEST, 1800, 0).length, 1100);
