@@ -77,9 +77,10 @@ export class ClamdScanner implements Scanner {
           if (!c.length) continue; // a zero-length chunk would end the stream early
           // clamd answers (and closes) early on a size limit: stop sending and read it.
           if (conn.answered) break;
-          await conn.write(Buffer.concat([chunkHeader(c.length), c]));
+          // An answer ends a wait for the drain too (clamd stops reading when it answers).
+          await conn.write(Buffer.concat([chunkHeader(c.length), c]), true);
         }
-        if (!conn.answered) await conn.write(chunkHeader(0));
+        if (!conn.answered) await conn.write(chunkHeader(0), true);
       } catch (e) {
         // A write failing after clamd answered (EPIPE on its size limit): the answer counts.
         if (!conn.pending) throw e;
