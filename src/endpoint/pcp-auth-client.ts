@@ -317,6 +317,16 @@ export async function authenticate(send: PcpSend, o: PcpAuthClientOptions): Prom
         const transportKey = deriveTransportKey(prf, msk, sessionId, nonce, keyId);
         // RFC 7652 §5.5: the final PA-Server message is protected with the new key.
         if (!verifyPaAuthTag(m.raw!, mac, transportKey)) throw new PcpAuthError('bad PA_AUTHENTICATION_TAG');
+        // The algorithm lists repeated under the tag must be those first offered (downgrade check).
+        const protPrf = m.options
+          .filter((x) => x.code === PcpAuthOption.PSEUDO_RANDOM_FUNCTION && x.data.length === 4)
+          .map((x) => x.data.readUInt32BE(0));
+        const protMac = m.options
+          .filter((x) => x.code === PcpAuthOption.MAC_ALGORITHM && x.data.length === 4)
+          .map((x) => x.data.readUInt32BE(0));
+        if ((protPrf.length || protMac.length) && (protPrf.join() !== offeredPrf.join() || protMac.join() !== offeredMac.join())) {
+          throw new PcpAuthError('algorithm offer changed: downgrade attack', PcpAuthResult.DOWNGRADE_ATTACK_DETECTED);
+        }
         const lifetimeOpt = findOption(m.options, PcpAuthOption.SESSION_LIFETIME);
         const lifetime = lifetimeOpt && lifetimeOpt.length === 4 ? lifetimeOpt.readUInt32BE(0) : m.lifetime;
         const sa: ClientSecurityAssociation = {

@@ -384,3 +384,35 @@ t.test('a throwing EAP backend ends the PA session, not the process', async (t) 
   t.equal((err as PcpAuthError).result, PcpAuthResult.AUTHENTICATION_FAILED);
   t.equal(srv.counts.sessions, 0);
 });
+
+t.test('downgrade: an algorithm offer stripped on the way is detected at completion', async (t) => {
+  const srv = server();
+  const client = { address: '127.0.0.1', port: 40008 };
+  // A man in the middle removes HMAC-SHA-256 from the (unprotected) first PA-Server message.
+  const strip = (buf: Buffer): Buffer => {
+    const m = decodePaMessage(buf)!;
+    if (m.sequence !== 1) return buf;
+    return encodePaMessage({
+      ...m,
+      options: m.options.filter((o) => !(o.code === PcpAuthOption.PSEUDO_RANDOM_FUNCTION && o.data.readUInt32BE(0) === Prf.HMAC_SHA2_256)),
+    });
+  };
+  const err = await authenticate(
+    async (buf, expect) => {
+      const out = await srv.onAuthentication(client, buf);
+      return expect && out[0] ? strip(out[0]) : null;
+    },
+    { clientAddress: client.address, cert: pki.clientCert, key: pki.clientKey, ca: pki.ca },
+  ).catch((e) => e);
+  t.equal((err as PcpAuthError).result, PcpAuthResult.DOWNGRADE_ATTACK_DETECTED);
+  srv.close();
+});
+
+t.test('createPcpAuth builds the hook from settings', async (t) => {
+  const { createPcpAuth } = await import('../../src/pcp/auth/index.js');
+  const a = createPcpAuth({ required: true, backend: { kind: 'eap-tls', ca: pki.ca, cert: pki.serverCert, key: pki.serverKey } });
+  t.equal(a.required({ address: '127.0.0.1', port: 1 }), true);
+  const auth = await run(a, { address: '127.0.0.1', port: 40009 });
+  t.ok(a.saFor({ address: '127.0.0.1', port: 40009 })!.transportKey.equals(auth.sa.transportKey));
+  a.close();
+});

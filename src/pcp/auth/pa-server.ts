@@ -339,6 +339,11 @@ export class PcpAuthServer implements PcpAuthHook {
         { code: PcpAuthOption.EAP_PAYLOAD, data: step.eap! },
         { code: PcpAuthOption.SESSION_LIFETIME, data: u32(this.o.lifetime ?? 3600) },
         { code: PcpAuthOption.RECEIVED_PAK, data: u32(m.sequence) },
+        // Downgrade protection: the algorithms offered in the first PA-Server message are
+        // repeated under PA_AUTHENTICATION_TAG, so the client can compare them with what it
+        // received unprotected (a mismatch is DOWNGRADE_ATTACK_DETECTED on the client).
+        ...this.prfs.map((p) => ({ code: PcpAuthOption.PSEUDO_RANDOM_FUNCTION, data: u32(p) })),
+        ...this.macs.map((x) => ({ code: PcpAuthOption.MAC_ALGORITHM, data: u32(x) })),
       ];
       const out = this.reply(s, client, PcpAuthResult.AUTHENTICATION_SUCCEEDED, s.sessionId, opts, {
         keyId,
