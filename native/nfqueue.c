@@ -409,7 +409,7 @@ static napi_value stats(napi_env env, napi_callback_info info) {
 /* ---- conntrack deletion (ctnetlink, no libnetfilter_conntrack needed) ----
  *
  * conntrackDelete(netnsPath | null, family 4|6, proto, origSrc | null, origSport, origDst | null, origDport)
- *   -> number of entries deleted.
+ *   -> Promise of the number of entries deleted (the work runs on the libuv thread pool).
  * Dumps the conntrack table of the namespace (IPCTNL_MSG_CT_GET + NLM_F_DUMP), keeps the
  * entries whose ORIGINAL tuple matches (a null address / port 0 matches any), then deletes
  * each by its original tuple (IPCTNL_MSG_CT_DELETE). Used when a PCP mapping is installed
@@ -600,6 +600,40 @@ static int get_addr(napi_env env, napi_value v, int family, uint8_t *out, int *h
   return 1;
 }
 
+typedef struct {
+  napi_async_work work;
+  napi_deferred deferred;
+  struct ct_match m;
+  char path[512];
+  int has_path;
+  int result;
+} CtWork;
+
+/* On a libuv pool thread: a large conntrack table must not stall the event loop (the
+ * queue reader runs on it). setns() there affects that thread only, and is undone. */
+static void ct_execute(napi_env env, void *data) {
+  CtWork *w = (CtWork *)data;
+  w->result = ct_delete(w->has_path ? w->path : NULL, &w->m);
+}
+
+static void ct_complete(napi_env env, napi_status status, void *data) {
+  CtWork *w = (CtWork *)data;
+  napi_value v;
+  if (status == napi_ok && w->result >= 0 && napi_create_int32(env, w->result, &v) == napi_ok) {
+    napi_resolve_deferred(env, w->deferred, v);
+  } else {
+    char msg[256];
+    snprintf(msg, sizeof msg, "nfqueue: conntrack delete: %s", w->result < 0 ? strerror(-w->result) : "cancelled");
+    napi_value m, e;
+    napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &m);
+    napi_create_error(env, NULL, m, &e);
+    napi_reject_deferred(env, w->deferred, e);
+  }
+  napi_delete_async_work(env, w->work);
+  free(w);
+}
+
+/* conntrackDelete(netnsPath|null, 4|6, proto, src|null, sport, dst|null, dport) -> Promise<number> */
 static napi_value conntrack_delete(napi_env env, napi_callback_info info) {
   size_t argc = 7;
   napi_value argv[7];
@@ -608,41 +642,51 @@ static napi_value conntrack_delete(napi_env env, napi_callback_info info) {
     napi_throw_type_error(env, NULL, "conntrackDelete(netnsPath|null, 4|6, proto, src|null, sport, dst|null, dport)");
     return NULL;
   }
-  char path[512];
-  const char *nspath = NULL;
+  CtWork *w = calloc(1, sizeof *w);
+  if (!w) return throw_errno(env, "calloc", ENOMEM);
   napi_valuetype t;
-  CHECK(napi_typeof(env, argv[0], &t));
+  if (napi_typeof(env, argv[0], &t) != napi_ok) {
+    free(w);
+    return throw_errno(env, "typeof", EINVAL);
+  }
   if (t == napi_string) {
     size_t n;
-    if (napi_get_value_string_utf8(env, argv[0], path, sizeof path, &n) != napi_ok || n >= sizeof path - 1) {
+    if (napi_get_value_string_utf8(env, argv[0], w->path, sizeof w->path, &n) != napi_ok || n >= sizeof w->path - 1) {
+      free(w);
       napi_throw_range_error(env, NULL, "conntrackDelete: bad netns path");
       return NULL;
     }
-    nspath = path;
+    w->has_path = 1;
   }
-  struct ct_match m;
-  memset(&m, 0, sizeof m);
   int64_t fam = get_int(env, argv[1], 4, 6);
   int64_t proto = get_int(env, argv[2], 0, 255);
   int64_t sport = get_int(env, argv[4], 0, 65535);
   int64_t dport = get_int(env, argv[6], 0, 65535);
   if ((fam != 4 && fam != 6) || proto == INT64_MIN || sport == INT64_MIN || dport == INT64_MIN) {
+    free(w);
     napi_throw_range_error(env, NULL, "conntrackDelete: bad arguments");
     return NULL;
   }
-  m.family = (int)fam;
-  m.proto = (uint8_t)proto;
-  m.sport = (uint16_t)sport;
-  m.dport = (uint16_t)dport;
-  if (!get_addr(env, argv[3], m.family, m.src, &m.has_src) || !get_addr(env, argv[5], m.family, m.dst, &m.has_dst)) {
+  w->m.family = (int)fam;
+  w->m.proto = (uint8_t)proto;
+  w->m.sport = (uint16_t)sport;
+  w->m.dport = (uint16_t)dport;
+  if (!get_addr(env, argv[3], w->m.family, w->m.src, &w->m.has_src) ||
+      !get_addr(env, argv[5], w->m.family, w->m.dst, &w->m.has_dst)) {
+    free(w);
     napi_throw_range_error(env, NULL, "conntrackDelete: bad address");
     return NULL;
   }
-  int r = ct_delete(nspath, &m);
-  if (r < 0) return throw_errno(env, "conntrack delete", -r);
-  napi_value out;
-  CHECK(napi_create_int32(env, r, &out));
-  return out;
+  napi_value promise, name;
+  if (napi_create_promise(env, &w->deferred, &promise) != napi_ok ||
+      napi_create_string_utf8(env, "gatehouse.conntrackDelete", NAPI_AUTO_LENGTH, &name) != napi_ok ||
+      napi_create_async_work(env, NULL, name, ct_execute, ct_complete, w, &w->work) != napi_ok ||
+      napi_queue_async_work(env, w->work) != napi_ok) {
+    free(w); /* (a created deferred without resolution leaks one promise: N-API failure only) */
+    napi_throw_error(env, NULL, "conntrackDelete: async work failed");
+    return NULL;
+  }
+  return promise;
 }
 
 static napi_value init(napi_env env, napi_value exports) {

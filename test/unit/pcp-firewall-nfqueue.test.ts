@@ -19,7 +19,7 @@ function fake(): Fake {
   let closed = false;
   const args: unknown[] = [];
   const binding = {
-    conntrackDelete: () => 0,
+    conntrackDelete: () => Promise.resolve(0),
     NfQueue: class {
       constructor(...a: unknown[]) {
         args.push(...a.slice(0, 5));
@@ -144,5 +144,7 @@ t.test('the real binding, when built, loads with its API (else the reason is giv
     t.type(binding.NfQueue, 'function');
     t.type(binding.conntrackDelete, 'function');
     t.throws(() => new binding.NfQueue(70000, 1, false, 1, 0, () => {}), RangeError, 'bad queue number refused');
+    t.throws(() => binding.conntrackDelete(null, 4, 17, 'not-an-ip', 0, null, 0), RangeError, 'bad address refused');
+    t.throws(() => binding.conntrackDelete(null, 5 as 4, 17, null, 0, null, 0), RangeError, 'bad family refused');
   } else t.match(reason, /gatehouse_nfqueue/);
 });

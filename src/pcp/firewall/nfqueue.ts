@@ -91,7 +91,8 @@ export interface NativeQueue {
 export interface NfqueueBinding {
   /**
    * Deletes the conntrack entries whose ORIGINAL tuple matches (null address / port 0: any) in
-   * the namespace at netnsPath (null: ours); returns how many. Synchronous (a table dump).
+   * the namespace at netnsPath (null: ours); resolves with how many. The table dump runs on
+   * the libuv thread pool, not on the event loop.
    */
   conntrackDelete(
     netnsPath: string | null,
@@ -101,7 +102,7 @@ export interface NfqueueBinding {
     sport: number,
     dst: string | null,
     dport: number,
-  ): number;
+  ): Promise<number>;
   NfQueue: new (
     queue: number,
     maxLen: number,

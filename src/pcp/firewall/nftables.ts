@@ -405,7 +405,7 @@ export class NftablesBackend implements FirewallBackend {
         throw err;
       }
       this.installed.set(m.id, { nft, ipt, v6 });
-      this.flushConntrack(m, false);
+      await this.flushConntrack(m, false);
     });
   }
 
@@ -433,7 +433,7 @@ export class NftablesBackend implements FirewallBackend {
       if (!cur || !this.available) return;
       await this.undo(m.id, cur.ipt, cur.v6);
       this.installed.delete(m.id);
-      this.flushConntrack(m, true);
+      await this.flushConntrack(m, true);
     });
   }
 
@@ -445,16 +445,16 @@ export class NftablesBackend implements FirewallBackend {
   /** Conntrack entries deleted so far (install and remove). */
   conntrackDeleted = 0;
 
-  private flushConntrack(m: PcpMapping, both: boolean): void {
+  private async flushConntrack(m: PcpMapping, both: boolean): Promise<void> {
     const b = this.o.conntrack === false ? null : loadNfqueue().binding;
     if (!b) return;
     const ns = this.o.netns ? `/var/run/netns/${this.o.netns}` : null;
     const v = fam(m.internal.address) === 'ip6' ? 6 : 4;
     try {
       // Entries whose original direction went to the external address:port (inbound).
-      this.conntrackDeleted += b.conntrackDelete(ns, v, m.protocol, null, 0, m.external.address, m.external.port);
+      this.conntrackDeleted += await b.conntrackDelete(ns, v, m.protocol, null, 0, m.external.address, m.external.port);
       // ... and, at the end, those the internal side started (outbound, SNAT'd).
-      if (both) this.conntrackDeleted += b.conntrackDelete(ns, v, m.protocol, m.internal.address, m.internal.port, null, 0);
+      if (both) this.conntrackDeleted += await b.conntrackDelete(ns, v, m.protocol, m.internal.address, m.internal.port, null, 0);
     } catch {
       // Best effort: the rules are already right; a stale entry only times out later.
     }
