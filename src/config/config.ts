@@ -108,6 +108,8 @@ export interface PcpConfig {
   third_party: string[];
   /** How mappings become real: nftables (kernel NAT, filter and NFQUEUE), none (refuse), auto. */
   firewall: 'auto' | 'nftables' | 'none';
+  /** Interfaces on the internal side whose new outbound traffic the gatehouse forward chain lets through (not inspected); []: only mapped flows pass. */
+  internal_interfaces: string[];
   /** The NFQUEUE the mapped flows pass through (iptables -j NFQUEUE, the gateway reads it). */
   nfqueue: {
     queue: number;
@@ -401,6 +403,14 @@ export const configSchema = obj<GatehouseConfig>({
       request_rate_per_client: { schema: int(1, 100_000), default: () => 50 },
       third_party: { schema: list(cidr), default: () => [] },
       firewall: { schema: oneOf('auto', 'nftables', 'none'), default: () => 'auto' },
+      internal_interfaces: {
+        schema: list(
+          checked('an interface name like eth1', (s) =>
+            /^[A-Za-z0-9._@:-]{1,15}$/.test(s) ? null : `${JSON.stringify(s)} is not an interface name`,
+          ),
+        ),
+        default: () => [],
+      },
       nfqueue: {
         schema: obj({
           queue: { schema: int(0, 65535), default: () => 7 },

@@ -42,7 +42,8 @@ export interface PcpMappingControl {
 
 export interface PcpPathOptions {
   hooks: Required<Pick<FlowHooks, 'onFlowCreated' | 'onPacket' | 'onFlowClosed'>>;
-  verdicts: VerdictTarget;
+  /** Where verdicts go; setVerdicts() when the queue opens after the path is made. */
+  verdicts?: VerdictTarget;
   clock: Clock;
   logger: Logger;
   /** Delayed verdicts at once on the whole path (pcp.nfqueue.max_held); beyond, the oldest is dropped. */
@@ -144,8 +145,15 @@ export class PcpPath {
     flows: 0,
   };
 
+  private verdicts: VerdictTarget;
+
   constructor(opts: PcpPathOptions) {
     this.o = opts;
+    this.verdicts = opts.verdicts ?? { accept: () => {}, drop: () => {} };
+  }
+
+  setVerdicts(v: VerdictTarget): void {
+    this.verdicts = v;
   }
 
   setControl(c: PcpMappingControl): void {
@@ -202,7 +210,7 @@ export class PcpPath {
     const flow = this.flowFor(m, remote);
     if (!flow) {
       this.stats.dropped++;
-      this.o.verdicts.drop(q.id);
+      this.verdicts.drop(q.id);
       return;
     }
     let ok: boolean;
@@ -214,12 +222,12 @@ export class PcpPath {
     }
     if (ok) {
       this.stats.accepted++;
-      this.o.verdicts.accept(q.id);
+      this.verdicts.accept(q.id);
       return;
     }
     if (!flow.open) {
       this.stats.dropped++;
-      this.o.verdicts.drop(q.id);
+      this.verdicts.drop(q.id);
       return;
     }
     // Not forwarded now: it may be held (released later through send()) or dropped. The
@@ -336,10 +344,10 @@ export class PcpPath {
   private settle(p: HeldPacket, accept: boolean): void {
     if (p.settled) return;
     p.settled = true;
-    if (accept) this.o.verdicts.accept(p.id);
+    if (accept) this.verdicts.accept(p.id);
     else {
       this.stats.dropped++;
-      this.o.verdicts.drop(p.id);
+      this.verdicts.drop(p.id);
     }
   }
 
@@ -382,7 +390,7 @@ export class PcpPath {
   private unknown(id: number): void {
     this.stats.unknown++;
     this.stats.dropped++;
-    this.o.verdicts.drop(id);
+    this.verdicts.drop(id);
   }
 }
 
