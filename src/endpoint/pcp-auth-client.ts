@@ -21,6 +21,7 @@
  *   auth.verify(resp)  // true when the response's AUTHENTICATION_TAG is valid for this SA and its
  *                      //   sequence number is above every one seen (RFC 7652: replay protection)
  *   auth.expired()     // true once the PA lifetime (SESSION_LIFETIME, §5.9) has passed: authenticate again
+ *   auth.sa.renewAt    // ms: re-authenticate from here (80% of the lifetime); the server replaces the SA
  *   await auth.terminate(send)  // PA-Client SESSION_TERMINATED (ends the SA on the server)
  *
  * Errors: authenticate() rejects with PcpAuthError (result = the PCP result code, e.g.
@@ -95,6 +96,8 @@ export interface ClientSecurityAssociation {
   /** Seconds (SESSION_LIFETIME). */
   lifetime: number;
   expiresAt: number;
+  /** When to authenticate again (80% of the lifetime), so the new SA exists before this one expires. */
+  renewAt: number;
   tlsVersion: string;
 }
 
@@ -338,6 +341,7 @@ export async function authenticate(send: PcpSend, o: PcpAuthClientOptions): Prom
           prf,
           lifetime,
           expiresAt: now() + lifetime * 1000,
+          renewAt: now() + lifetime * 800,
           tlsVersion: peer.tlsVersion,
         };
         // PA-Client AUTHENTICATION_SUCCEEDED acknowledging it (RECEIVED_PAK §5.10), tagged.
