@@ -117,7 +117,7 @@ t.test('PCP mappings as kernel rules, their packets through the NFQUEUE reader',
   t.match(ruleset, `ip saddr ${A.lanHost} udp sport 5000 snat ip to ${A.gwWan}:40000 comment "gatehouse pcp-1 snat"`, 'SNAT rule');
   t.match(ruleset, `ip saddr ${A.wanPeer} ip daddr ${A.lanHost} udp dport 5000 accept comment "gatehouse pcp-1 in0"`, 'FILTER rule');
   t.match(ruleset, /policy drop;/, 'forward chain drops by default');
-  const ipt = lab.sh(gw, 'iptables', ['-w', '-S', 'GATEHOUSE']);
+  const ipt = lab.sh(gw, 'iptables', ['-w', '-t', 'mangle', '-S', 'GATEHOUSE']);
   t.match(ipt, `-d ${A.lanHost}/32 -p udp -m udp --dport 5000 -m comment --comment "gatehouse pcp-1 q-in" -j NFQUEUE --queue-num ${QUEUE}`);
   t.notMatch(ipt, /queue-bypass/, 'fail closed: no --queue-bypass');
 
@@ -146,6 +146,12 @@ t.test('PCP mappings as kernel rules, their packets through the NFQUEUE reader',
   peerA.send(A.gwWan, 40000, 'DROP-1');
   t.equal(await host.waitFor('DROP-1', QUIET_MS), null, 'a drop verdict stops the datagram');
   t.match(reader.find('DROP-1'), [{ verdict: 'drop' }], 'the reader dropped it');
+  // An admin's ACCEPT at the top of filter FORWARD cannot skip the queue (it sits in mangle, before).
+  lab.sh(gw, 'iptables', ['-w', '-I', 'FORWARD', '1', '-j', 'ACCEPT']);
+  peerA.send(A.gwWan, 40000, 'DROP-2');
+  t.equal(await host.waitFor('DROP-2', QUIET_MS), null, 'with an ACCEPT first in filter FORWARD the verdict still rules');
+  t.match(reader.find('DROP-2'), [{ verdict: 'drop' }], 'the reader saw it');
+  lab.sh(gw, 'iptables', ['-w', '-D', 'FORWARD', '-j', 'ACCEPT']);
   const sentAt = Date.now();
   peerA.send(A.gwWan, 40000, 'HOLD-1');
   const held = await host.waitFor('HOLD-1', 3000);
@@ -170,7 +176,7 @@ t.test('PCP mappings as kernel rules, their packets through the NFQUEUE reader',
   await fw.remove(m1);
   const after = lab.sh(gw, 'nft', ['list', 'ruleset']);
   t.notMatch(after, /pcp-1|pcp-2/, 'no rule of the removed mappings is left');
-  t.notMatch(lab.sh(gw, 'iptables', ['-w', '-S', 'GATEHOUSE']), /NFQUEUE/, 'no queue rule left');
+  t.notMatch(lab.sh(gw, 'iptables', ['-w', '-t', 'mangle', '-S', 'GATEHOUSE']), /NFQUEUE/, 'no queue rule left');
   peerA.send(A.gwWan, 40000, 'after-remove');
   t.equal(await host.waitFor('after-remove', QUIET_MS), null, 'after remove() the flow no longer passes');
 
@@ -193,7 +199,7 @@ t.test('PCP mappings as kernel rules, their packets through the NFQUEUE reader',
   t.teardown(() => open.close());
   const peerA3 = await lab.udpAgent(wan, A.wanPeer, 9003);
   await open.install(mapping('pcp-4', 5000, 40003));
-  t.match(lab.sh(gw, 'iptables', ['-w', '-S', 'GATEHOUSE']), /--queue-bypass/, 'fail open: --queue-bypass');
+  t.match(lab.sh(gw, 'iptables', ['-w', '-t', 'mangle', '-S', 'GATEHOUSE']), /--queue-bypass/, 'fail open: --queue-bypass');
   peerA3.send(A.gwWan, 40003, 'open-4');
   t.ok(await host.waitFor('open-4', 3000), 'fail open: with no reader the mapped flow passes');
   await open.remove(mapping('pcp-4', 5000, 40003));
@@ -233,7 +239,11 @@ t.test('IPv6 pinhole (no NAT) through ip6tables NFQUEUE; other rule shapes the k
   const rs = lab.sh(gw, 'nft', ['list', 'ruleset']);
   t.match(rs, `ip6 saddr ${A.wanPeer6} ip6 daddr ${A.lanHost6} udp dport 6000 accept comment "gatehouse pcp-6 in0"`, 'pinhole rule');
   t.notMatch(rs, /pcp-6 dnat/, 'no NAT for a pinhole');
-  t.match(lab.sh(gw, 'ip6tables', ['-w', '-S', 'GATEHOUSE']), /--dport 6000 .*-j NFQUEUE --queue-num 7/, 'ip6tables queue rule');
+  t.match(
+    lab.sh(gw, 'ip6tables', ['-w', '-t', 'mangle', '-S', 'GATEHOUSE']),
+    /--dport 6000 .*-j NFQUEUE --queue-num 7/,
+    'ip6tables queue rule',
+  );
   peer.send(A.lanHost6, 6000, 'v6-in');
   const got = await host.waitFor('v6-in', 3000);
   t.same(got && { from: got.from, port: got.port }, { from: A.wanPeer6, port: 9000 }, 'the pinhole passes, addresses unchanged');
@@ -263,7 +273,7 @@ t.test('IPv6 pinhole (no NAT) through ip6tables NFQUEUE; other rule shapes the k
   for (const s of [...shapes, m6]) await fw.remove(s);
   t.notMatch(lab.sh(gw, 'nft', ['list', 'ruleset']), /gatehouse pcp-/, 'every mapping rule removed');
   t.notMatch(
-    lab.sh(gw, 'iptables', ['-w', '-S', 'GATEHOUSE']) + lab.sh(gw, 'ip6tables', ['-w', '-S', 'GATEHOUSE']),
+    lab.sh(gw, 'iptables', ['-w', '-t', 'mangle', '-S', 'GATEHOUSE']) + lab.sh(gw, 'ip6tables', ['-w', '-t', 'mangle', '-S', 'GATEHOUSE']),
     /NFQUEUE/,
     'every queue rule removed',
   );

@@ -166,7 +166,7 @@ t.test('base table: drop policy, replies only in reply direction, optional outbo
   t.match(s, /^add table inet gatehouse\ndelete table inet gatehouse\n/, 'replaces a previous run’s table atomically');
   t.match(s, 'type nat hook prerouting priority dstnat; policy accept;');
   t.match(s, 'type nat hook postrouting priority srcnat; policy accept;');
-  t.match(s, 'type filter hook forward priority filter - 10; policy drop;');
+  t.match(s, 'type filter hook forward priority mangle - 10; policy drop;');
   t.match(s, 'ct state established,related ct direction reply accept');
   t.notMatch(s, /iifname/);
   t.match(baseTableScript({ internalInterfaces: ['lan0', 'lan1'] }), 'iifname { "lan0", "lan1" } ct state new accept');

@@ -6,16 +6,19 @@
  *   table inet gatehouse                       (created at start, deleted at close)
  *     chain prerouting  nat    prio dstnat     DNAT external:port -> internal:port (inbound)
  *     chain postrouting nat    prio srcnat     SNAT internal:port -> external:port (outbound)
- *     chain forward     filter prio filter-10  policy drop: only the mappings' flows pass
- *   table ip filter / ip6 filter (iptables-nft)
- *     chain GATEHOUSE, jumped to from FORWARD:  the mappings' packets -> NFQUEUE --queue-num N
+ *     chain forward     filter prio mangle-10  policy drop: only the mappings' flows pass
+ *   table ip mangle / ip6 mangle (iptables-nft)
+ *     chain GATEHOUSE, jumped to first from FORWARD: the mappings' packets -> NFQUEUE --queue-num N
  *
  * Order of the hooks a mapped packet passes (why it works): prerouting DNAT (-100) rewrites
- * the destination first; the gatehouse forward chain (-10) accepts it only if it matches a
- * mapping (and its FILTERs); the iptables FORWARD chain (0) queues it to the gateway, which
- * therefore sees the INTERNAL address (inbound: destination internal:port; outbound: source
- * internal:port, before SNAT at postrouting +100). A packet the gatehouse chain drops is
- * never queued. The kernel here has no nft `queue` statement, hence iptables `-j NFQUEUE`.
+ * the destination first; the gatehouse forward chain (-160) accepts it only if it matches a
+ * mapping (and its FILTERs); the iptables mangle FORWARD chain (-150) queues it to the
+ * gateway, which therefore sees the INTERNAL address (inbound: destination internal:port;
+ * outbound: source internal:port, before SNAT at postrouting +100). A packet the gatehouse
+ * chain drops is never queued. The queue sits in mangle, before the admin's own filter
+ * FORWARD rules (0): an ACCEPT there cannot skip the inspection, and a packet the gateway
+ * accepts still meets them. The kernel here has no nft `queue` statement, hence iptables
+ * `-j NFQUEUE`.
  *
  * Every rule carries the comment "gatehouse <mapping id> <role>"; remove() lists the table
  * (`nft -j`), deletes exactly the rules of that mapping by handle in one `nft -f -`
@@ -31,6 +34,8 @@ import { loadNfqueue } from './nfqueue.js';
 
 export const TABLE = 'gatehouse';
 export const IPT_CHAIN = 'GATEHOUSE';
+/** iptables table of the queue rules (see the top of the file for why mangle). */
+export const IPT_TABLE = 'mangle';
 
 export interface NftablesOptions {
   /** NFQUEUE for the mapped flows; null: no queue rules (kernel NAT + filter only). */
@@ -237,7 +242,7 @@ export function baseTableScript(o: Pick<NftablesOptions, 'internalInterfaces'> =
     `\tchain prerouting {\n\t\ttype nat hook prerouting priority dstnat; policy accept;\n\t}\n` +
     `\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t}\n` +
     `\tchain forward {\n` +
-    `\t\ttype filter hook forward priority filter - 10; policy drop;\n` +
+    `\t\ttype filter hook forward priority mangle - 10; policy drop;\n` +
     `\t\tct state invalid drop comment "gatehouse invalid"\n` +
     // Replies of connections whose first packet was let through (by a mapping rule or the
     // outbound rule) pass; the ORIGINAL direction of a flow always needs a live rule, so a
@@ -373,11 +378,11 @@ export class NftablesBackend implements FirewallBackend {
   }
 
   private async iptChain(cmd: 'iptables' | 'ip6tables'): Promise<void> {
-    const exists = await this.run(cmd, ['-w', '-n', '-L', IPT_CHAIN]);
-    if (exists.code === 0) await this.must(cmd, ['-w', '-F', IPT_CHAIN]);
-    else await this.must(cmd, ['-w', '-N', IPT_CHAIN]);
-    const jump = await this.run(cmd, ['-w', '-C', 'FORWARD', '-j', IPT_CHAIN]);
-    if (jump.code !== 0) await this.must(cmd, ['-w', '-I', 'FORWARD', '1', '-j', IPT_CHAIN]);
+    const exists = await this.run(cmd, ['-w', '-t', IPT_TABLE, '-n', '-L', IPT_CHAIN]);
+    if (exists.code === 0) await this.must(cmd, ['-w', '-t', IPT_TABLE, '-F', IPT_CHAIN]);
+    else await this.must(cmd, ['-w', '-t', IPT_TABLE, '-N', IPT_CHAIN]);
+    const jump = await this.run(cmd, ['-w', '-t', IPT_TABLE, '-C', 'FORWARD', '-j', IPT_CHAIN]);
+    if (jump.code !== 0) await this.must(cmd, ['-w', '-t', IPT_TABLE, '-I', 'FORWARD', '1', '-j', IPT_CHAIN]);
   }
 
   private unavailable(): Error {
@@ -393,13 +398,15 @@ export class NftablesBackend implements FirewallBackend {
       const v6 = fam(m.internal.address) === 'ip6';
       const ipt = this.o.queue ? iptablesRules(m, this.o.queue) : [];
       if (v6 && ipt.length && !this.ip6) throw new Error('ip6tables unavailable: IPv6 mappings cannot be queued');
-      await this.must('nft', ['-f', '-'], nft);
+      // The queue rules first, then the accepting nft rules: a packet of the mapping can
+      // never pass uninspected (before, the forward chain's drop policy stops it).
       const added: string[][] = [];
       try {
         for (const spec of ipt) {
-          await this.must(v6 ? 'ip6tables' : 'iptables', ['-w', '-A', IPT_CHAIN, ...spec]);
+          await this.must(v6 ? 'ip6tables' : 'iptables', ['-w', '-t', IPT_TABLE, '-A', IPT_CHAIN, ...spec]);
           added.push(spec);
         }
+        await this.must('nft', ['-f', '-'], nft);
       } catch (err) {
         await this.undo(m.id, added, v6);
         throw err;
@@ -425,6 +432,7 @@ export class NftablesBackend implements FirewallBackend {
     const listing = await this.must('nft', ['-j', 'list', 'table', 'inet', TABLE]);
     await this.must('nft', ['-f', '-'], deleteScript(handlesOf(listing, m.id)) + nft);
     cur.nft = nft;
+    await this.flushConntrack(m, false);
   }
 
   remove(m: PcpMapping): Promise<void> {
@@ -464,7 +472,7 @@ export class NftablesBackend implements FirewallBackend {
     const listing = await this.must('nft', ['-j', 'list', 'table', 'inet', TABLE]);
     const handles = handlesOf(listing, id);
     if (handles.length) await this.must('nft', ['-f', '-'], deleteScript(handles));
-    for (const spec of ipt) await this.run(v6 ? 'ip6tables' : 'iptables', ['-w', '-D', IPT_CHAIN, ...spec]);
+    for (const spec of ipt) await this.run(v6 ? 'ip6tables' : 'iptables', ['-w', '-t', IPT_TABLE, '-D', IPT_CHAIN, ...spec]);
   }
 
   /** Deletes the table and the GATEHOUSE chains (every mapping ends with the server). */
@@ -477,9 +485,9 @@ export class NftablesBackend implements FirewallBackend {
       await this.run('nft', ['delete', 'table', 'inet', TABLE]);
       if (this.o.queue) {
         for (const cmd of this.ip6 ? ['iptables', 'ip6tables'] : ['iptables']) {
-          await this.run(cmd, ['-w', '-D', 'FORWARD', '-j', IPT_CHAIN]);
-          await this.run(cmd, ['-w', '-F', IPT_CHAIN]);
-          await this.run(cmd, ['-w', '-X', IPT_CHAIN]);
+          await this.run(cmd, ['-w', '-t', IPT_TABLE, '-D', 'FORWARD', '-j', IPT_CHAIN]);
+          await this.run(cmd, ['-w', '-t', IPT_TABLE, '-F', IPT_CHAIN]);
+          await this.run(cmd, ['-w', '-t', IPT_TABLE, '-X', IPT_CHAIN]);
         }
       }
     });
