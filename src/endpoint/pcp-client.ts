@@ -76,6 +76,14 @@ import { silentLogger, type Logger } from '../util/log.js';
 import { Supervisor } from '../util/supervise.js';
 import { GatehouseError } from '../util/errors.js';
 import type { TrustedGateway } from './trust.js';
+import { authenticate, type PcpAuthClientOptions, type PcpAuthSession, type PcpSend } from './pcp-auth-client.js';
+
+/** RFC 7652 EAP-TLS credentials for PcpClient.authenticate (the client address is the client's). */
+export type PcpEapTlsOptions = Omit<PcpAuthClientOptions, 'clientAddress' | 'now'>;
+/** Give up a PA exchange (RFC 7652 §4) without an answer after this long. */
+export const PA_TIMEOUT_MS = 30_000;
+/** At most one re-authentication per this long (a spoofed AUTHENTICATION_REQUIRED cannot make a storm). */
+export const REAUTH_MIN_INTERVAL_MS = 10_000;
 
 /** RFC 6887 §8.1.1 retransmission constants (ms). */
 export const PCP_IRT_MS = 3_000;
@@ -312,6 +320,13 @@ export class PcpClient extends EventEmitter {
   private transport: PcpTransport | null;
   private socket: Socket | null = null;
   private closed = false;
+  private auth: PcpClientAuth | null;
+  private session: PcpAuthSession | null = null;
+  private eapTls: PcpEapTlsOptions | null = null;
+  private reauthing: Promise<void> | null = null;
+  private lastAuthAt = 0;
+  /** The PA exchange in progress (RFC 7652 §4: one at a time). */
+  private paWaiter: ((b: Buffer) => void) | null = null;
 
   constructor(private readonly opts: PcpClientOptions) {
     super();
@@ -322,6 +337,78 @@ export class PcpClient extends EventEmitter {
     this.server = canonicalPcpAddress(opts.server);
     this.port = opts.port ?? PCP_SERVER_PORT;
     this.transport = opts.transport ?? null;
+    this.auth = opts.auth ?? null;
+  }
+
+  /** Whether requests are authenticated (an RFC 7652 SA is in place). */
+  get authenticated(): boolean {
+    return this.auth !== null;
+  }
+
+  /**
+   * RFC 7652: PA-Initiation, EAP-TLS and the SA, over this client's socket (the server binds
+   * the SA to this source address and port). Later requests carry AUTHENTICATION_TAG; when the
+   * SA's lifetime ends or the server answers AUTHENTICATION_REQUIRED / UNKNOWN_SESSION_ID, the
+   * client authenticates again with the same credentials.
+   */
+  async authenticate(o: PcpEapTlsOptions): Promise<void> {
+    if (!this.transport) throw new PcpError('PCP client not started');
+    this.eapTls = o;
+    this.lastAuthAt = this.clock.now();
+    const send: PcpSend = (buf, expectReply) => {
+      if (!expectReply) {
+        this.transport?.send(buf);
+        return Promise.resolve(null);
+      }
+      return this.paExchange(buf);
+    };
+    const s = await authenticate(send, { ...o, clientAddress: this.opts.clientAddress, now: () => this.clock.now() });
+    this.session = s;
+    this.auth = pcpAuthFromSession(s);
+    this.log.info({ tls: s.sa.tlsVersion, lifetime: s.sa.lifetime }, 'PCP security association established');
+    this.emit('authenticated', { lifetime: s.sa.lifetime, tlsVersion: s.sa.tlsVersion });
+  }
+
+  /** One PA request/answer with RFC 6887 §8.1.1 retransmission, bounded by PA_TIMEOUT_MS. */
+  private paExchange(buf: Buffer): Promise<Buffer | null> {
+    return new Promise((resolve) => {
+      let rt = 0;
+      let timer: TimerHandle | null = null;
+      const end = this.clock.now() + PA_TIMEOUT_MS;
+      const finish = (b: Buffer | null): void => {
+        timer?.cancel();
+        if (this.paWaiter === onAnswer) this.paWaiter = null;
+        resolve(b);
+      };
+      const onAnswer = (b: Buffer): void => finish(b);
+      this.paWaiter = onAnswer;
+      const fire = (): void => {
+        if (this.paWaiter !== onAnswer || this.closed) return finish(null);
+        if (this.clock.now() >= end) return finish(null);
+        this.transport?.send(buf);
+        rt = (1 + (this.rand() * 0.2 - 0.1)) * (rt === 0 ? PCP_IRT_MS : Math.min(2 * rt, PCP_MRT_MS));
+        timer = this.clock.setTimeout(this.sup.guard('endpoint.pcp.pa', fire), Math.min(rt, Math.max(0, end - this.clock.now())));
+      };
+      fire();
+    });
+  }
+
+  /** Re-authenticates (bounded rate), then renews every mapping with the new SA. */
+  private reauthenticate(why: string): void {
+    if (!this.eapTls || this.reauthing || this.closed) return;
+    if (this.clock.now() - this.lastAuthAt < REAUTH_MIN_INTERVAL_MS) return;
+    this.log.info({ why }, 'PCP re-authentication');
+    this.reauthing = this.authenticate(this.eapTls)
+      .then(() => {
+        for (const m of this.mappings)
+          if (m.state === 'active' && !m.tx) this.transmit(m, { kind: 'renew', timer: null, rt: 0, giveUpAt: m.expiresAt, options: [] });
+      })
+      .catch((e: unknown) => {
+        this.emit('failure', null, e instanceof Error ? e : new PcpError(String(e)));
+      })
+      .finally(() => {
+        this.reauthing = null;
+      });
   }
 
   /** The local UDP address and port (the default transport only). */
@@ -380,6 +467,11 @@ export class PcpClient extends EventEmitter {
   async close(): Promise<void> {
     if (this.closed) return;
     await Promise.all([...this.mappings].map((m) => m.delete().catch(() => undefined)));
+    // RFC 7652 §4.6: end the SA on the server (PA-Client SESSION_TERMINATED; no answer awaited).
+    if (this.session && this.transport) {
+      const tr = this.transport;
+      await this.session.terminate((b) => (tr.send(b), Promise.resolve(null))).catch(() => undefined);
+    }
     this.closed = true;
     for (const m of this.mappings) this.stopTimers(m);
     this.mappings.clear();
@@ -411,7 +503,7 @@ export class PcpClient extends EventEmitter {
       options,
     });
     // RFC 7652 §5.4: AUTHENTICATION_TAG last, over the whole message.
-    return this.opts.auth ? this.opts.auth.tag(buf) : buf;
+    return this.auth ? this.auth.tag(buf) : buf;
   }
 
   /** Starts (or replaces) the one transaction of a mapping. */
@@ -464,6 +556,8 @@ export class PcpClient extends EventEmitter {
         if (m.state !== 'active') return;
         m.lastRenewAt = this.clock.now();
         m.renewAttempt++;
+        // RFC 7652 §5.9: past the PA lifetime the SA is gone on the server too.
+        if (this.session?.expired()) this.reauthenticate('SA lifetime over');
         // A request in flight (escrow, re-creation) renews the mapping too; an unanswered renewal is replaced.
         if (!m.tx || m.tx.kind === 'renew') this.transmit(m, { kind: 'renew', timer: null, rt: 0, giveUpAt: m.expiresAt, options: [] });
         this.scheduleRenewal(m); // the next slot, in case this one gets no SUCCESS
@@ -554,11 +648,21 @@ export class PcpClient extends EventEmitter {
     if (this.closed) return;
     // RFC 6887 §8.3: only responses from the server's address and port.
     if (canonicalPcpAddress(from.address.replace(/^::ffff:/i, '')) !== this.server || from.port !== this.port) return this.drop('source');
+    // RFC 7652 §6: AUTHENTICATION (opcode 3) responses belong to the PA exchange in progress.
+    if (msg.length >= 2 && msg[1] === (0x80 | Opcode.AUTHENTICATION)) {
+      if (this.paWaiter) this.paWaiter(msg);
+      else this.drop('pa');
+      return;
+    }
     const d = decodePcpResponse(msg);
     if (!d.ok) return this.drop('decode');
     const r = d.value;
     // RFC 7652 §5.4: with an SA, a response must carry a valid AUTHENTICATION_TAG.
-    if (this.opts.auth && !this.opts.auth.verify(msg)) return this.drop('auth');
+    if (this.auth && !this.auth.verify(msg)) {
+      // RFC 7652 §4 / §8: the server has no SA for us (expired, restarted): authenticate again.
+      if (r.result === Result.AUTHENTICATION_REQUIRED || r.result === Result.UNKNOWN_SESSION_ID) this.reauthenticate(resultName(r.result));
+      return this.drop('auth');
+    }
     const lost = !this.epoch.check(r.epoch, this.clock.now());
     if (r.opcode === Opcode.MAP || r.opcode === Opcode.PEER) this.onMappingResponse(r);
     // §8.5: a server whose epoch is invalid lost its state: renew every mapping now.
@@ -671,7 +775,7 @@ export class PcpClient extends EventEmitter {
     const kr = decodeKeyRequest(value);
     if (!kr) return this.untrusted(m, 'malformed WRITE_KEYS_REQUEST');
     // §4: unauthenticated PCP clients cannot escrow keys.
-    if (!this.opts.auth) return this.untrusted(m, 'no PCP security association (RFC 7652)');
+    if (!this.auth) return this.untrusted(m, 'no PCP security association (RFC 7652)');
     const nonce = Buffer.from(m.nonce);
     Promise.resolve()
       .then(() => esc.gateway())
@@ -735,7 +839,7 @@ export class PcpClient extends EventEmitter {
   /** A renewal of the mapping carrying WRITE_KEYS for associations not yet sent on it. */
   private sendKeys(m: PcpMapping): void {
     const st = m.keys;
-    const auth = this.opts.auth;
+    const auth = this.auth;
     if (!st || st.consent !== 'yes' || !auth || m.state !== 'active') return;
     if (m.tx?.kind === 'escrow') return; // one at a time; the answer triggers the next batch
     const todo = this.opts.escrow!.associations().filter((a) => !st.sent.has(a.id));
