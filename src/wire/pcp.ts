@@ -615,16 +615,23 @@ export function encodePcpResponse(r: PcpResponseInput): Buffer {
  * its header: for a known opcode its data and its well-formed options (a malformed
  * option and what follows it are not copied, so the answer itself decodes); for an
  * unknown opcode the rest as is (§8.3); cut to 1100 bytes and zero-padded to a multiple
- * of 4 (§7). A request shorter than 24 bytes gives
- * a bare header. For UNSUPP_VERSION the version field says 2, the version supported (§9).
+ * of 4 (§7). A known opcode's data cut short (or absent: a request shorter than 24
+ * bytes, UNSUPP_VERSION) is zero-filled to its length, so the answer has its opcode's
+ * layout. For UNSUPP_VERSION the version field says 2, the version supported (§9).
  */
 export function encodePcpErrorResponse(request: Buffer, result: number, lifetime: number, epoch: number): Buffer {
   const opcode = request.length >= 2 ? request[1]! & 0x7f : 0;
   const head = responseHeader(opcode, result, lifetime, epoch);
-  if (request.length <= PCP_HEADER_LENGTH || result === Result.UNSUPP_VERSION) return head;
-  let rest = request.subarray(PCP_HEADER_LENGTH, PCP_MAX_MESSAGE);
+  // UNSUPP_VERSION: the request's layout is unknown, nothing after its header is copied.
+  let rest = result === Result.UNSUPP_VERSION ? Buffer.alloc(0) : request.subarray(PCP_HEADER_LENGTH, PCP_MAX_MESSAGE);
   const blen = bodyLength(opcode);
-  if (blen !== undefined && rest.length >= blen) {
+  if (blen !== undefined && rest.length < blen) {
+    // A known opcode cut short: what there is of its data, zero-filled to its length, so
+    // the answer has the layout of its opcode (a MAP answer always carries §11.1's 36 bytes).
+    const body = Buffer.alloc(blen);
+    rest.copy(body, 0);
+    rest = body;
+  } else if (blen !== undefined) {
     // A known opcode: its data, then the options up to the first malformed one (the
     // response must itself be well-formed, §7.3, so the client can decode and match it).
     let p = blen;

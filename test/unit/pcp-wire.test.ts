@@ -246,7 +246,14 @@ t.test('error response copies the request after the header (§8.3)', async (t) =
   t.equal(encodePcpErrorResponse(Buffer.concat([MAP_REQ, hex('01')]), Result.MALFORMED_REQUEST, 1800, 0).length % 4, 0);
   // UNSUPP_VERSION: bare header with version 2 (§9)
   const v = encodePcpErrorResponse(hex('09010000'), Result.UNSUPP_VERSION, 1800, 5);
-  t.equal(v.toString('hex'), '02810001' + '00000708' + '00000005' + '00'.repeat(12));
+  t.equal(v.toString('hex'), '02810001' + '00000708' + '00000005' + '00'.repeat(12) + '00'.repeat(36), 'MAP layout, zero data');
+  const va = encodePcpErrorResponse(hex('09000000'), Result.UNSUPP_VERSION, 1800, 5);
+  t.equal(va.length, 24, 'ANNOUNCE: a bare header');
+  // a MAP cut short: its data zero-filled to 36 bytes
+  const cut = encodePcpErrorResponse(MAP_REQ.subarray(0, 40), Result.MALFORMED_REQUEST, 1800, 0);
+  t.equal(cut.length, 60);
+  t.ok(cut.subarray(24, 40).equals(MAP_REQ.subarray(24, 40)));
+  t.ok(cut.subarray(40).equals(Buffer.alloc(20)));
 });
 
 t.test('NAT-PMP Unsupported Version (RFC 6887 §9, RFC 6886 §3.5)', async (t) => {

@@ -3,10 +3,10 @@
 // one JSON line on stdout, so the test asserts what the server saw and did.
 //
 //   node --import tsx pcp-server-child.ts '<json options>'
-//   options: { listen: string[], externalAddress: string, minLifetime?, maxLifetime? }
+//   options: PcpServerOptions as JSON (listen, externalAddress, minLifetime, thirdPartyClients, ...)
 // stdout: {"kind":"listening","addresses":[...]} then {"kind":"install"|"update"|"remove",
 // "mapping":{...}} and {"kind":"event","event":{...}}; SIGTERM closes (mappings removed).
-import { PcpServer } from '../../../src/pcp/server.js';
+import { PcpServer, type PcpServerOptions } from '../../../src/pcp/server.js';
 import type { FirewallBackend, PcpMapping } from '../../../src/pcp/hooks.js';
 import type { EveEvent } from '../../../src/events/eve.js';
 
@@ -45,11 +45,8 @@ const backend: FirewallBackend = {
 };
 
 const server = new PcpServer({
-  listen: opts.listen,
-  externalAddress: opts.externalAddress,
+  ...opts,
   firewall: backend,
-  minLifetime: opts.minLifetime,
-  maxLifetime: opts.maxLifetime,
   events: { emit: (e: EveEvent) => out({ kind: 'event', event: e }), close() {} },
 });
 await server.start();
