@@ -32,8 +32,32 @@ export interface MetricsSources {
    * fields are those present when createMetrics is called.
    */
   gateway?: () => Record<string, unknown> | undefined;
+  /** The PCP server and its NFQUEUE path (src/gateway/pcp-gateway.ts RunningPcp.stats). */
+  pcp?: () => PcpStatsSource | undefined;
   /** Malware scanners (src/scan GuardedScanner.stats), one entry per configured scanner. */
   scanners?: () => { scanner: string; stats: ScanStatsSource }[] | undefined;
+}
+
+/** What /metrics reads of the PCP server (PcpStats.snapshot), the PCP path and the queue. */
+export interface PcpStatsSource {
+  server: {
+    requests?: Record<string, number>;
+    results?: Record<string, number>;
+    mappings?: Record<string, number>;
+    dropped?: Record<string, number>;
+  } & Record<string, unknown>;
+  path: {
+    flows: number;
+    accepted: number;
+    dropped: number;
+    held: number;
+    released: number;
+    heldExpired: number;
+    heldOverflow: number;
+    unknown: number;
+  };
+  nfqueue: { enobufs?: number; errors?: number; exceptions?: number } | null;
+  mappings: number;
 }
 
 /** What /metrics reads of a GuardedScanner's stats (src/scan/guard.ts ScanStats). */
@@ -129,7 +153,45 @@ export function createMetrics(stats: () => RelayStatsSource | undefined, sources
   counterFrom('gatehouse_turn_refused_total', 'TURN requests or packets refused, by reason', (s) => s.refused, 'reason');
 
   // Degraded service: what could not be written, and whether it is failing now.
-  const { supervisor, events, recordings, quotaFlush, gateway, scanners } = sources;
+  const { supervisor, events, recordings, quotaFlush, gateway, scanners, pcp } = sources;
+  if (pcp) {
+    // RFC 6887 requests by opcode, answers by opcode and result code ("MAP/SUCCESS").
+    countersOf(pcp, 'gatehouse_pcp_requests_total', 'PCP requests, by opcode', ['opcode'], (s) =>
+      entries(s.server.requests as Record<string, number>),
+    );
+    countersOf(pcp, 'gatehouse_pcp_responses_total', 'PCP responses, by opcode and result code', ['opcode', 'result'], (s) =>
+      Object.entries((s.server.results as Record<string, number> | undefined) ?? {}).map(([k, v]): [string[], number] => {
+        const [op, res] = k.split('/');
+        return [[op ?? k, res ?? ''], v];
+      }),
+    );
+    countersOf(pcp, 'gatehouse_pcp_mapping_events_total', 'PCP mappings created, refreshed, deleted, expired, blocked', ['action'], (s) =>
+      entries(s.server.mappings as Record<string, number>),
+    );
+    countersOf(pcp, 'gatehouse_pcp_dropped_total', 'PCP datagrams not answered, by reason', ['reason'], (s) =>
+      entries(s.server.dropped as Record<string, number>),
+    );
+    gaugeOf(pcp, 'gatehouse_pcp_mappings', 'PCP mappings in force', (s) => s.mappings);
+    gaugeOf(pcp, 'gatehouse_pcp_flows', 'Flows (mapping × remote) on the PCP path', (s) => s.path.flows);
+    countersOf(pcp, 'gatehouse_pcp_packets_total', 'Packets of mapped flows read from NFQUEUE, by verdict', ['verdict'], (s) => [
+      [['accepted'], s.path.accepted ?? 0],
+      [['dropped'], s.path.dropped ?? 0],
+      [['held'], s.path.held ?? 0],
+      [['released'], s.path.released ?? 0],
+      [['held_expired'], s.path.heldExpired ?? 0],
+      [['held_overflow'], s.path.heldOverflow ?? 0],
+      [['unknown'], s.path.unknown ?? 0],
+    ]);
+    countersOf(pcp, 'gatehouse_pcp_nfqueue_errors_total', 'NFQUEUE reader errors, by kind', ['kind'], (s) =>
+      s.nfqueue
+        ? [
+            [['enobufs'], s.nfqueue.enobufs ?? 0],
+            [['errors'], s.nfqueue.errors ?? 0],
+            [['exceptions'], s.nfqueue.exceptions ?? 0],
+          ]
+        : [],
+    );
+  }
   if (scanners) {
     // gatehouse_scan_total{scanner,outcome}: clean, infected, failed_open, failed_closed
     // (an error counts in one of the last two, and by kind in gatehouse_scan_errors_total).

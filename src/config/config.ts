@@ -106,7 +106,11 @@ export interface PcpConfig {
   request_rate_per_client: number;
   /** Clients (CIDRs) allowed THIRD_PARTY (RFC 6887 §13.1); others get NOT_AUTHORIZED. */
   third_party: string[];
-  /** How mappings become real: nftables (kernel NAT, filter and NFQUEUE), none (refuse), auto. */
+  /**
+   * How mappings become real: nftables (kernel NAT, filter and NFQUEUE), auto (nftables where
+   * this machine can program it), none (the default: the host's firewall is never touched
+   * unless asked; every mapping is refused with NO_RESOURCES).
+   */
   firewall: 'auto' | 'nftables' | 'none';
   /** Interfaces on the internal side whose new outbound traffic the gatehouse forward chain lets through (not inspected); []: only mapped flows pass. */
   internal_interfaces: string[];
@@ -402,7 +406,7 @@ export const configSchema = obj<GatehouseConfig>({
       max_mappings_per_client: { schema: int(1, 65535), default: () => 256 },
       request_rate_per_client: { schema: int(1, 100_000), default: () => 50 },
       third_party: { schema: list(cidr), default: () => [] },
-      firewall: { schema: oneOf('auto', 'nftables', 'none'), default: () => 'auto' },
+      firewall: { schema: oneOf('auto', 'nftables', 'none'), default: () => 'none' },
       internal_interfaces: {
         schema: list(
           checked('an interface name like eth1', (s) =>

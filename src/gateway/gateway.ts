@@ -29,6 +29,8 @@ import { RecordingStore } from '../record/recorder.js';
 import { DiskSpool } from '../record/spool.js';
 import { eveTimestamp } from '../events/eve.js';
 import { scannersFromConfig } from '../scan/index.js';
+import { startPcp, type RunningPcp } from './pcp-gateway.js';
+import { isPcpFlow } from './pcp-path.js';
 import type { ScannerKind } from '../policy/rules-schema.js';
 
 export interface RunningGateway {
@@ -47,7 +49,7 @@ export interface RunningGateway {
 function flowSummary(f: Flow) {
   return {
     flow_id: f.id,
-    allocation: f.allocationId,
+    ...(isPcpFlow(f) ? { path: 'pcp', mapping: f.allocationId } : { allocation: f.allocationId }),
     user: f.user,
     groups: f.groups,
     client: f.client,
@@ -189,12 +191,39 @@ export async function startGateway(
   inspector.attach(turn);
   await turn.start();
 
+  // The firewall path (issue 10): PCP mappings, kernel rules, NFQUEUE into the same inspector.
+  let pcp: RunningPcp | null;
+  try {
+    pcp = await startPcp({
+      cfg,
+      inspector,
+      identity,
+      events,
+      clock: systemClock,
+      log: log.child({ module: 'pcp' }),
+      supervisor,
+      groupsOf: (name) => users.lookup(name)?.groups ?? [],
+    });
+  } catch (err) {
+    await turn.stop();
+    throw err;
+  }
+  if (pcp) {
+    const path = pcp.path;
+    // Released (held) packets and blocks go to the path that carries the flow.
+    inspector.setRelay({
+      send: (f, dir, data, peerPort) => (isPcpFlow(f) ? path.send(f, dir, data) : turn.inject(f, dir, data, peerPort)),
+      close: (f, reason) => (isPcpFlow(f) ? path.close(f, reason) : turn.closeFlow(f, reason)),
+    });
+  }
+
   const registry = createMetrics(() => turn.stats, {
     supervisor,
     events: () => eventFile.stats,
     recordings: () => recordings.stats,
     quotaFlush: () => quotaHealth,
     gateway: () => inspector.stats,
+    ...(pcp ? { pcp: () => pcp.stats() } : {}),
     scanners: () => [scanners.icap, scanners.clamd].flatMap((g) => (g ? [{ scanner: g.kind, stats: g.stats }] : [])),
   });
   const admin = new AdminServer(
@@ -203,7 +232,7 @@ export async function startGateway(
       token: token.token,
       recentEvents: () => memory.events,
       certificatePem: () => identity.certificatePem,
-      flows: () => turn.flows().map(flowSummary),
+      flows: () => [...turn.flows(), ...(pcp?.path.flows() ?? [])].map(flowSummary),
       reloadPolicy: () => policy.reload(),
       // A full disk degrades service and says so: /healthz names what cannot write.
       degraded: () => [
@@ -218,6 +247,7 @@ export async function startGateway(
   try {
     adminAddr = await admin.listenConfigured(cfg.admin); // https:// with admin.tls
   } catch (err) {
+    await pcp?.stop();
     await turn.stop();
     throw err;
   }
@@ -227,7 +257,9 @@ export async function startGateway(
       admin: admin.url,
       users: users.size,
       rules: policy.current.rules.length,
-      pcp: 'not built yet',
+      pcp: pcp
+        ? { listen: pcp.server.addresses(), firewall: pcp.firewall.name, ...(pcp.unavailable ? { unavailable: pcp.unavailable } : {}) }
+        : 'off',
     },
     'gatehouse listening',
   );
@@ -242,6 +274,7 @@ export async function startGateway(
     async stop() {
       policy.close();
       await admin.close();
+      await pcp?.stop(); // deletes the mappings and their kernel rules
       await turn.stop(); // closes flows: recordings are sealed
       await recordings.drained(); // parts still being written are sealed once their writes complete
       quotaFlush.cancel();

@@ -13,6 +13,7 @@
  * for a mapping whose packets nobody would inspect.
  */
 import { readFileSync } from 'node:fs';
+import { createSocket } from 'node:dgram';
 import type { GatehouseConfig } from '../config/config.js';
 import type { Logger } from '../util/log.js';
 import type { Clock } from '../util/clock.js';
@@ -42,6 +43,8 @@ export interface RunningPcp {
   firewall: FirewallBackend;
   /** Why mappings cannot be created here (null when they can). */
   unavailable: string | null;
+  /** The inspector's relay for PCP flows: releases held packets, ends blocked mappings. */
+  path: PcpPath;
   stats(): { server: Record<string, unknown>; path: PcpPathStats; nfqueue: NfQueueStats | null; mappings: number };
   stop(): Promise<void>;
 }
@@ -79,6 +82,7 @@ export async function startPcp(d: PcpDeps): Promise<RunningPcp | null> {
     maxFlowsPerMapping: PCP_MAX_FLOWS_PER_MAPPING,
     maxFlows: d.cfg.turn.max_flows,
     isBlocked: (u, ip) => d.inspector.isBlocked(u, ip),
+    ...(d.groupsOf ? { groupsOf: d.groupsOf } : {}),
     onFlowCreated: (f) => escrow.flowCreated(f),
   });
 
@@ -116,10 +120,14 @@ export async function startPcp(d: PcpDeps): Promise<RunningPcp | null> {
     },
   };
 
+  // contract.md: external_address null is the default route's source address.
+  const externalAddress = pcp.external_address ?? (await defaultRouteAddress());
+  if (!externalAddress)
+    log.warn('PCP: no pcp.external_address and no default route: MAP/PEER for IPv4 get NETWORK_FAILURE (RFC 6887 §7.4)');
   const auth = createAuth(d);
   const server = new PcpServer({
     ...pcpOptionsFromConfig(pcp),
-    externalAddress: pcp.external_address,
+    externalAddress,
     firewall,
     clock: d.clock,
     log: log.child({ module: 'pcp' }),
@@ -136,6 +144,7 @@ export async function startPcp(d: PcpDeps): Promise<RunningPcp | null> {
     server,
     firewall,
     unavailable,
+    path,
     stats: () => ({
       server: server.stats.snapshot(),
       path: path.stats,
@@ -181,6 +190,26 @@ function openQueue(d: PcpDeps, path: PcpPath): NfQueueReader {
   };
   path.setVerdicts({ accept: (id) => verdict(id, 'accept'), drop: (id) => verdict(id, 'drop') });
   return reader;
+}
+
+/**
+ * The source address the kernel picks for the default route: a connected UDP socket to a
+ * documentation address (RFC 5737) sends nothing, but the route lookup names it.
+ */
+async function defaultRouteAddress(): Promise<string | null> {
+  const sock = createSocket('udp4');
+  try {
+    await new Promise<void>((resolve, reject) => {
+      sock.once('error', reject);
+      sock.connect(9, '192.0.2.1', () => resolve());
+    });
+    const a = sock.address().address;
+    return a && a !== '0.0.0.0' ? a : null;
+  } catch {
+    return null;
+  } finally {
+    sock.close();
+  }
 }
 
 function createAuth(d: PcpDeps): PcpAuthServer | null {

@@ -56,6 +56,8 @@ export interface PcpPathOptions {
   maxFlows: number;
   /** A flow was created on a mapping (the escrow asks for keys in an unsolicited response). */
   onFlowCreated?(flow: PcpFlow): void;
+  /** Groups of an authenticated identity (the users directory), for mappings that carry none. */
+  groupsOf?(user: string): readonly string[];
   /** A blocked user × remote: packets are refused before a flow is made. */
   isBlocked(user: string, remoteIp: string): boolean;
 }
@@ -80,10 +82,11 @@ export class PcpFlow implements Flow {
     readonly mapping: PcpMapping,
     readonly peerAddress: string,
     now: number,
+    groups: readonly string[],
   ) {
     this.allocationId = mapping.id;
     this.user = pcpUser(mapping);
-    this.groups = mapping.groups;
+    this.groups = groups;
     this.client = { proto: 'udp', address: mapping.internal.address, port: mapping.internal.port };
     this.relayed = { address: mapping.external.address, port: mapping.external.port };
     this.createdAt = now;
@@ -175,6 +178,13 @@ export class PcpPath {
     if (!flows) return;
     this.flowsOf.delete(m.id);
     for (const f of flows.values()) this.endFlow(f, `mapping_${why}`);
+  }
+
+  /** Every open flow of the path (/v1/flows). */
+  flows(): PcpFlow[] {
+    const out: PcpFlow[] = [];
+    for (const fs of this.flowsOf.values()) for (const f of fs.values()) if (f.open) out.push(f);
+    return out;
   }
 
   flowsOfMapping(m: PcpMapping): PcpFlow[] {
@@ -292,7 +302,8 @@ export class PcpPath {
     if (this.o.isBlocked(pcpUser(m), remoteIp)) return null;
     if ((flows?.size ?? 0) >= this.o.maxFlowsPerMapping || this.flowCount >= this.o.maxFlows) return null;
     if (!flows) this.flowsOf.set(m.id, (flows = new Map()));
-    const flow = new PcpFlow(++this.nextFlowId, m, remoteIp, this.o.clock.now());
+    const groups = m.groups.length || !m.user ? m.groups : (this.o.groupsOf?.(m.user) ?? []);
+    const flow = new PcpFlow(++this.nextFlowId, m, remoteIp, this.o.clock.now(), groups);
     flows.set(remoteIp, flow);
     this.flowCount++;
     this.stats.flows = this.flowCount;

@@ -92,6 +92,8 @@ turn:
   relay_ports: [${relayLow}, ${relayLow + 39}]
   peers:
     allow: [127.0.0.0/8]
+pcp:
+  listen: []
 admin:
   listen: http://127.0.0.1:${adminPort}
 users:

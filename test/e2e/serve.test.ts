@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 
 import { assertNoSecrets, Secrets } from './helpers/secrets.js';
+import { Opcode, Result, decodePcpResponse, encodePcpRequest } from '../../src/wire/pcp.js';
 
 const BIN = join(process.cwd(), 'bin', 'gatehouse.js');
 
@@ -29,6 +30,20 @@ async function stunBinding(port: number, timeoutMs: number): Promise<Buffer | nu
   req.writeUInt16BE(0x0001, 0);
   req.writeUInt32BE(0x2112a442, 4);
   randomBytes(12).copy(req, 8);
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => (sock.close(), resolve(null)), timeoutMs);
+    sock.on('message', (m) => {
+      clearTimeout(timer);
+      sock.close();
+      resolve(m);
+    });
+    sock.send(req, port, '127.0.0.1');
+  });
+}
+
+/** One UDP request/answer (the PCP probe). */
+async function udpRequest(port: number, req: Buffer, timeoutMs: number): Promise<Buffer | null> {
+  const sock = createSocket('udp4');
   return new Promise((resolve) => {
     const timer = setTimeout(() => (sock.close(), resolve(null)), timeoutMs);
     sock.on('message', (m) => {
@@ -85,6 +100,7 @@ t.test('first start: user created once, TURN answers, metrics and health served,
   const turnPort = await freePort();
   const adminPort = await freePort();
   const relayLow = 40000 + (turnPort % 2000) * 10;
+  const pcpPort = await freePort();
   const cfg = join(dir, 'gatehouse.yaml');
   writeFileSync(
     cfg,
@@ -93,6 +109,9 @@ log_level: warn
 turn:
   listen: [udp://127.0.0.1:${turnPort}, tcp://127.0.0.1:${turnPort}]
   relay_ports: [${relayLow}, ${relayLow + 9}]
+pcp:
+  listen: [udp://127.0.0.1:${pcpPort}]
+  external_address: 192.0.2.1
 admin:
   listen: http://127.0.0.1:${adminPort}
 `,
@@ -111,6 +130,21 @@ admin:
   // Wait for stdout to carry the one-time notice.
   for (let i = 0; i < 50 && !p.out().includes('First start'); i++) await new Promise((r) => setTimeout(r, 100));
   t.match(p.out(), `password ${saved.password}`, 'printed once on first start');
+
+  // Issue 10: pcp.firewall defaults to none (the host's firewall is not touched unless
+  // asked): serve says so at start, and the PCP server never answers SUCCESS for a
+  // mapping that would not exist (RFC 6887 §7.4 NO_RESOURCES).
+  const map = encodePcpRequest({
+    opcode: Opcode.MAP,
+    lifetime: 600,
+    clientAddress: '127.0.0.1',
+    map: { nonce: randomBytes(12), protocol: 17, internalPort: 5000, externalPort: 0, externalAddress: '0.0.0.0' },
+  });
+  const answer = await udpRequest(pcpPort, map, 2000);
+  const decoded = answer ? decodePcpResponse(answer) : null;
+  t.ok(decoded?.ok, 'the PCP server answers a MAP request');
+  if (decoded?.ok) t.equal(decoded.value.result, Result.NO_RESOURCES, 'NO_RESOURCES: no firewall backend, no mapping');
+  t.match(p.out() + p.err(), /mappings cannot be created/, 'serve says at start that PCP cannot create mappings here');
 
   const health = await fetch(`http://127.0.0.1:${adminPort}/healthz`);
   t.equal(health.status, 200);

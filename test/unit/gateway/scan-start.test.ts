@@ -37,6 +37,8 @@ async function setup(scanBlock: string) {
 turn:
   listen: [udp://127.0.0.1:${turnPort}]
   relay_ports: [${relayLow}, ${relayLow + 9}]
+pcp:
+  listen: []
 admin:
   listen: http://127.0.0.1:${adminPort}
 policy:
