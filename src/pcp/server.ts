@@ -204,6 +204,7 @@ export class PcpServer {
   private nextId = 1;
   private closed = false;
   private externalAddr: string | null;
+  private readonly listenAt: { url: string; host: string; port: number }[];
   private readonly o: Required<
     Omit<PcpServerOptions, 'clock' | 'log' | 'supervisor' | 'events' | 'auth' | 'extension' | 'externalAddress' | 'firewall'>
   >;
@@ -236,6 +237,7 @@ export class PcpServer {
     if (this.externalAddr && !isIPv4(this.externalAddr)) throw new Error('pcp: externalAddress must be IPv4 (NAT44, RFC 6887 §11.3)');
     this.rate = new ClientRateLimit(this.o.requestRatePerClient, this.o.maxClients, () => this.clock.now());
     this.thirdParty = new CidrList(this.o.thirdPartyClients);
+    this.listenAt = this.o.listen.map((url) => ({ url, ...parseListen(url) }));
   }
 
   get externalAddress(): string | null {
@@ -249,8 +251,7 @@ export class PcpServer {
 
   /** Binds every pcp.listen address. */
   async start(): Promise<void> {
-    for (const url of this.o.listen) {
-      const { host, port } = parseListen(url);
+    for (const { url, host, port } of this.listenAt) {
       const v6 = isIPv6(host);
       const sock = createSocket({ type: v6 ? 'udp6' : 'udp4', ipv6Only: v6, reuseAddr: false });
       const via = this.sockets.length;

@@ -595,3 +595,24 @@ t.test('over UDP: unsolicited MAP (§14.2), deleteMapping, ANNOUNCE, external ad
   t.equal(fw.removes.length, 2, 'close removes the remaining mappings');
   t.equal(server.mappings().length, 0);
 });
+
+t.test('IPv6 listener: udp://[::1]:0 answers an IPv6 client with a pinhole', async (t) => {
+  const fw = new FakeBackend();
+  const server = new PcpServer({ externalAddress: EXT, firewall: fw, listen: ['udp://127.0.0.1:0', 'udp://[::1]:0'] });
+  await server.start();
+  t.teardown(() => server.close());
+  const [v4, v6] = server.addresses();
+  t.equal(v4!.address, '127.0.0.1');
+  t.equal(v6!.address, '::1');
+  const sock = createSocket({ type: 'udp6', ipv6Only: true });
+  await new Promise<void>((r) => sock.bind(0, '::1', r));
+  t.teardown(() => sock.close());
+  const got = once(sock, 'message');
+  sock.send(mapReq({ clientAddress: '::1', internalPort: 8080 }), v6!.port, '::1');
+  const [msg] = (await got) as [Buffer];
+  const d = decodePcpResponse(msg);
+  t.ok(d.ok && d.value.result === Result.SUCCESS);
+  if (d.ok) t.same([d.value.map!.externalAddress, d.value.map!.externalPort], ['::1', 8080], 'external == internal (firewall, §11)');
+  t.equal(fw.installs[0]!.client.address, '::1');
+  t.throws(() => new PcpServer({ firewall: fw, listen: ['tcp://1.2.3.4:5'] }), /udp:\/\//, 'not udp://: refused at construction');
+});
