@@ -40,6 +40,7 @@ import { associationId, type KeySet } from '../wire/keyset.js';
 import type { KeyStatus } from '../inspect/dtls-session.js';
 import type { InspectEvent } from '../inspect/events.js';
 import { policySubject } from '../policy/subject.js';
+import { isPcpFlow } from './pcp-path.js';
 import { demux, isRtcp } from '../wire/demux.js';
 import type { FlowInfo, RecordingSealed } from '../record/recorder.js';
 
@@ -1051,14 +1052,14 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
       src_port: f.client.port,
       dest_ip: f.peerAddress,
       proto: 'UDP',
-      gatehouse: { user: f.user, allocation: f.allocationId, ...(association ? { association } : {}), ...extra },
+      gatehouse: { user: f.user, ...flowRef(f), ...(association ? { association } : {}), ...extra },
     };
     if (st.meta.b.port) e.dest_port = st.meta.b.port;
     this.emit(e);
   }
 
   private decorate(st: FlowState, e: EveEvent, association: string | undefined): EveEvent {
-    e.gatehouse = { ...(e.gatehouse ?? {}), user: st.flow.user, allocation: st.flow.allocationId, ...(association ? { association } : {}) };
+    e.gatehouse = { ...(e.gatehouse ?? {}), user: st.flow.user, ...flowRef(st.flow), ...(association ? { association } : {}) };
     return e;
   }
 
@@ -1069,6 +1070,11 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
       this.log.warn({ err: (err as Error).message }, 'event sink failed');
     }
   }
+}
+
+/** contract.md: flows on the PCP path carry gatehouse.mapping where TURN flows carry gatehouse.allocation. */
+function flowRef(f: Flow): { allocation: string } | { mapping: string } {
+  return isPcpFlow(f) ? { mapping: f.allocationId } : { allocation: f.allocationId };
 }
 
 function peerKey(allocationId: string, peerIp: string): string {

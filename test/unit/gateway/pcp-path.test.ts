@@ -170,6 +170,8 @@ t.test('held until keys come over PCP, then released in order; a block deletes t
   const msg = r.events.events.find((e) => e.event_type === 'datachannel.message');
   t.ok(msg, 'the message was inspected');
   t.equal((msg?.gatehouse as Record<string, unknown> | undefined)?.user, 'alice');
+  t.equal((msg?.gatehouse as Record<string, unknown> | undefined)?.mapping, m.id, 'PCP flows carry gatehouse.mapping (contract.md)');
+  t.notOk((msg?.gatehouse as Record<string, unknown> | undefined)?.allocation, 'and no allocation');
 
   const bad = r.queue('out', s.appData(true, sctp.message(1, Buffer.from('PROJECT-NIGHTINGALE plans'))));
   t.equal(r.verdicts.get(bad), 'drop', 'a blocked message is dropped');
