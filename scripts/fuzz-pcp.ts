@@ -12,6 +12,9 @@
  *    so the server's logic is reached and not only its parser;
  *  - random bytes.
  *
+ * Between requests the server also sends unsolicited responses, blocks mappings and
+ * announces (as the gateway does), and an escrow-like extension refuses or adds options.
+ *
  * Properties: no exception escapes decodePcpRequest / decodePcpResponse / handle(), the
  * server's Supervisor catches nothing, every answer decodes as a PCP response (or is the
  * NAT-PMP Unsupported Version answer of §9), answers are at most 1100 bytes, and the
@@ -104,6 +107,15 @@ export async function pcpFuzz(o: PcpFuzzOptions): Promise<PcpFuzzReport> {
     maxLifetime: 600,
     portMin: 5000,
     portMax: 5400,
+    // An extension like the gateway's escrow: sometimes refuses, sometimes adds an option.
+    extension: {
+      onRequest: () => {
+        const x = r();
+        if (x < 0.03) return { result: 2 };
+        if (x < 0.06) return { options: [{ code: 200, data: Buffer.alloc(1 + Math.floor(r() * 40)) }], commit: () => undefined };
+        return undefined;
+      },
+    },
   });
   const nonces = [Buffer.alloc(12, 1), Buffer.alloc(12, 2), Buffer.alloc(12, 3)];
   const optionPool = (v6: boolean): PcpOption[] => [
@@ -192,6 +204,16 @@ export async function pcpFuzz(o: PcpFuzzOptions): Promise<PcpFuzzReport> {
       rep.results[code] = (rep.results[code] ?? 0) + 1;
     }
     rep.maxMappings = Math.max(rep.maxMappings, server.mappings().length);
+    // Server-initiated actions between requests: unsolicited responses, blocks, ANNOUNCE.
+    if (m.chance(0.01)) {
+      const live = server.mappings();
+      if (live.length) {
+        const victim = m.pick(live);
+        if (m.chance(0.5)) server.sendUnsolicited(victim, [{ code: 201, data: m.bytes(m.int(16)) }]);
+        else await server.deleteMapping(victim, m.pick(['blocked', 'deleted'] as const));
+      }
+      if (m.chance(0.1)) server.announce();
+    }
     if (i % 1000 === 999) clock.advance(m.int(120_000));
   }
   await server.close();

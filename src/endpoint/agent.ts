@@ -69,6 +69,16 @@ import { silentLogger, type Logger } from '../util/log.js';
 import { GatehouseError } from '../util/errors.js';
 import { keySetFromDtls12, dtlsStateFromWerift, type WeriftDtlsSocketLike } from './keyset.js';
 import { fetchGatewayCertificate, type GatewayTrust, type TrustedGateway, TrustError } from './trust.js';
+import { isIPv4 } from 'node:net';
+import {
+  PcpClient,
+  type PcpClientAuth,
+  type PcpConsentRequest,
+  type PcpEapTlsOptions,
+  type PcpEscrowAssociation,
+  type PcpEscrowRecord,
+  type PcpMapping,
+} from './pcp-client.js';
 
 export interface ConsentRequest {
   gateway: { fingerprint: string; subject: string };
@@ -95,6 +105,34 @@ export interface EscrowAgentOptions {
   clock?: Clock;
   /** How often the agent looks for new TURN allocations and DTLS associations, ms (default 200). */
   scanIntervalMs?: number;
+  /** The firewall path: a PCP server (RFC 6887) that maps the ICE host candidates (see EscrowAgentPcpOptions). */
+  pcp?: EscrowAgentPcpOptions;
+}
+
+/**
+ * PCP for the agent's ICE host candidates (issue 10): during ICE gathering each UDP IPv4
+ * host candidate on `clientAddress` gets a MAP (RFC 6887 §11) for its port, and the mapped
+ * external address is advertised as a server-reflexive candidate (RFC 8445 §5.1.1.2, its
+ * base the host candidate). WRITE_KEYS_REQUEST in the MAP responses (solicited, or
+ * unsolicited when the gateway sees a new flow, RFC 6887 §14.2) is answered with WRITE_KEYS
+ * for the DTLS associations (or KEY_DECLINE), through the same trust and consent callback as
+ * on TURN. Mappings are renewed at about 1/2 lifetime and deleted on close().
+ */
+export interface EscrowAgentPcpOptions {
+  /** PCP server address (the default gateway of the LAN, or Gatehouse's PCP listener). */
+  server: string;
+  /** Default 5351 (RFC 6887 §19.1). */
+  port?: number;
+  /** Requested mapping lifetime, seconds (default 600). */
+  lifetime?: number;
+  /** The host candidate address to map (and the PCP client's source address); default: the first IPv4 host candidate. */
+  clientAddress?: string;
+  /** RFC 7652 EAP-TLS with the endpoint's client certificate (needed to escrow keys, key-escrow.md §4). */
+  eapTls?: PcpEapTlsOptions;
+  /** An RFC 7652 SA made elsewhere (tests). */
+  auth?: PcpClientAuth;
+  /** How long ICE gathering waits for each MAP answer, ms (default 5000); a late answer is still used for escrow. */
+  gatherTimeoutMs?: number;
 }
 
 export interface EscrowRecord {
@@ -288,6 +326,11 @@ export class EscrowAgent extends EventEmitter {
     this.log = (opts.logger ?? silentLogger).child({ component: 'endpoint-agent' });
     this.clock = opts.clock ?? systemClock;
     this.scanTimer = this.clock.setInterval(() => this.scan(), opts.scanIntervalMs ?? 200);
+    if (opts.pcp) {
+      installWeriftPcpSeam();
+      if (pcpOwners.size < MAX_PCP_AGENTS) pcpOwners.add(this);
+      else this.log.warn('too many PCP agents in this process: PCP not used');
+    }
     pc.connectionStateChange.subscribe(() => this.scan());
     pc.onIceCandidate.subscribe(() => this.scan());
   }
@@ -301,6 +344,172 @@ export class EscrowAgent extends EventEmitter {
     this.turns.clear();
     this.peers.clear();
     this.associations.clear();
+    this.closePcp();
+  }
+
+  // ---------------------------------------------------------------- PCP (EscrowAgentPcpOptions)
+
+  private pcpClient: Promise<PcpClient> | null = null;
+  private pcpClientNow: PcpClient | null = null;
+  /** What PCP did (bounded: MAX_PCP_RECORDS): each mapping and its external address. */
+  readonly pcpMappings: { internal: string; external: string; lifetime: number }[] = [];
+
+  /** The PCP client's escrow records (WRITE_KEYS / KEY_DECLINE and their results). */
+  get pcpRecords(): readonly PcpEscrowRecord[] {
+    return this.pcpClientNow?.records ?? [];
+  }
+
+  /** @internal (werift gather seam) Whether this ICE connection is one of our pc's. */
+  ownsIceConnection(conn: unknown): boolean {
+    const its = (this.pc as unknown as { iceTransports?: Array<{ connection?: unknown }> }).iceTransports ?? [];
+    return !this.closed && its.some((t) => t.connection === conn);
+  }
+
+  private pcpAssociations(): PcpEscrowAssociation[] {
+    return [...this.associations.values()].map((a) => ({
+      id: a.id,
+      keySet: () => {
+        const st = dtlsStateFromWerift(a.socket);
+        if (!st || associationId(st.clientRandom) !== a.id) return null; // renegotiated meanwhile; the scan picks it up
+        const ks = keySetFromDtls12(st);
+        const tlv = encodeKeySet(ks);
+        wipeKeySet(ks);
+        return tlv;
+      },
+    }));
+  }
+
+  private pcpConsent(r: PcpConsentRequest): Promise<boolean> {
+    // The TURN callback's shape: the call's peer (PEER) or the mapping, its external address as the "relay".
+    const req: ConsentRequest = {
+      gateway: r.gateway,
+      call: { peer: r.mapping.remote ?? `any (${r.mapping.kind.toUpperCase()} ${r.mapping.internal})`, relay: r.mapping.external },
+      wants: r.wants,
+      deadline: r.deadline,
+    };
+    return Promise.resolve().then(() => this.opts.consent(req));
+  }
+
+  /** The PCP client on `address`, made, started and (with eapTls) authenticated once. */
+  private pcpFor(address: string): Promise<PcpClient> {
+    if (this.pcpClient) return this.pcpClient;
+    const o = this.opts.pcp!;
+    const c = new PcpClient({
+      server: o.server,
+      ...(o.port ? { port: o.port } : {}),
+      clientAddress: address,
+      ...(o.auth ? { auth: o.auth } : {}),
+      clock: this.clock,
+      logger: this.log,
+      escrow: {
+        gateway: () => this.trusted(),
+        consent: (r) => this.pcpConsent(r),
+        associations: () => this.pcpAssociations(),
+        ...(this.opts.declineReason !== undefined ? { declineReason: this.opts.declineReason } : {}),
+      },
+    });
+    c.on('untrusted', (u: { mapping: string; reason: string }) => this.emit('untrusted', { peer: u.mapping, reason: u.reason }));
+    c.on('keyRequest', (k: unknown) => this.emit('pcpKeyRequest', k));
+    c.on('consent', (k: { mapping: string; granted: boolean }) => this.emit('consent', { peer: k.mapping, granted: k.granted }));
+    c.on('sent', (r: PcpEscrowRecord) => this.emit('pcpSent', r));
+    c.on('declined', (r: PcpEscrowRecord) => this.emit('pcpDeclined', r));
+    c.on('failure', (_m: unknown, e: Error) => this.emit('pcpError', e));
+    c.on('changed', (m: PcpMapping) =>
+      this.emit('pcpChanged', { mapping: m.label, external: m.info && `${m.info.externalAddress}:${m.info.externalPort}` }),
+    );
+    this.pcpClientNow = c;
+    this.pcpClient = (async () => {
+      await c.start();
+      if (o.eapTls) await c.authenticate(o.eapTls);
+      return c;
+    })();
+    this.pcpClient.catch(() => undefined);
+    return this.pcpClient;
+  }
+
+  /**
+   * @internal (werift gather seam) After werift made its host candidates: one MAP per UDP IPv4
+   * host candidate on the client address, and a srflx candidate for each mapped address.
+   */
+  async pcpGather(conn: WeriftIceConnection): Promise<void> {
+    const o = this.opts.pcp;
+    if (!o || this.closed) return;
+    const hosts = conn.protocols
+      .map((p) => p.localCandidate)
+      .filter((c): c is WeriftCandidate => !!c && c.type === 'host' && c.transport.toLowerCase() === 'udp' && isIPv4(c.host));
+    const address = o.clientAddress ?? hosts[0]?.host;
+    if (!address) return;
+    let client: PcpClient;
+    try {
+      client = await this.pcpFor(address);
+    } catch (e) {
+      this.log.warn({ err: (e as Error).message }, 'PCP client could not start');
+      this.emit('pcpError', e instanceof Error ? e : new EscrowError(String(e)));
+      return;
+    }
+    const W = werift as unknown as {
+      Candidate: new (...a: unknown[]) => WeriftCandidate;
+      candidateFoundation(type: string, transport: string, base: string): string;
+      candidatePriority(type: string, o?: { transport: string }): number;
+    };
+    await Promise.all(
+      hosts
+        .filter((h) => h.host === address)
+        .map(async (h) => {
+          if (client.mappings.size >= 64) return;
+          const m = client.map({ protocol: 17, internalPort: h.port, suggestedExternalPort: h.port, lifetime: o.lifetime ?? 600 });
+          let timer: TimerHandle | null = null;
+          const info = await Promise.race([
+            m.ready,
+            new Promise<null>((r) => (timer = this.clock.setTimeout(() => r(null), o.gatherTimeoutMs ?? 5000))),
+          ]).catch(() => null);
+          (timer as TimerHandle | null)?.cancel();
+          if (!info || this.closed) return;
+          // RFC 8445 §5.1.1.2: a server-reflexive candidate whose base is the host candidate.
+          const cand = new W.Candidate(
+            W.candidateFoundation('srflx', 'udp', h.host),
+            h.component,
+            'udp',
+            W.candidatePriority('srflx', { transport: 'udp' }),
+            info.externalAddress,
+            info.externalPort,
+            'srflx',
+            h.host,
+            h.port,
+            undefined,
+            conn.generation,
+            conn.localUsername,
+          );
+          conn.appendLocalCandidate(cand);
+          if (this.pcpMappings.length < MAX_PCP_RECORDS)
+            this.pcpMappings.push({
+              internal: `${h.host}:${h.port}`,
+              external: `${info.externalAddress}:${info.externalPort}`,
+              lifetime: info.lifetime,
+            });
+          this.emit('pcpMapped', {
+            internal: `${h.host}:${h.port}`,
+            external: `${info.externalAddress}:${info.externalPort}`,
+            lifetime: info.lifetime,
+          });
+        }),
+    );
+  }
+
+  private closePcp(): void {
+    pcpOwners.delete(this);
+    const c = this.pcpClientNow;
+    this.pcpClientNow = null;
+    this.pcpClient = null;
+    // RFC 6887 §15: delete every mapping (lifetime 0); bounded by the client's delete timeout.
+    if (c) void c.close().catch(() => undefined);
+  }
+
+  /** Resolves when the PCP mappings are deleted (or given up); close() starts it. */
+  async closeAndDeleteMappings(): Promise<void> {
+    const c = this.pcpClientNow;
+    this.close();
+    if (c) await c.close().catch(() => undefined);
   }
 
   private trusted(): Promise<TrustedGateway> {
@@ -344,6 +553,7 @@ export class EscrowAgent extends EventEmitter {
       }
     }
     if (fresh) for (const ps of this.peers.values()) this.maybeSend(ps);
+    if (fresh) this.pcpClientNow?.associationsChanged(); // key-escrow.md §5.3: new association, new keys
   }
 
   private attach(turn: WeriftTurn): void {
@@ -572,5 +782,68 @@ export function createEscrowPeerConnection(opts: EscrowAgentOptions): { pc: RTCP
     iceTransportPolicy: 'relay',
   });
   const agent = new EscrowAgent(pc, opts);
+  return { pc, agent };
+}
+
+// ---------------------------------------------------------------- werift ICE gather seam (PCP)
+
+/** The parts of werift's ICE Connection (lib/ice/src/ice.d.ts) the PCP path uses. */
+interface WeriftCandidate {
+  host: string;
+  port: number;
+  type: string;
+  transport: string;
+  component: number;
+}
+interface WeriftIceConnection {
+  protocols: Array<{ localCandidate?: WeriftCandidate }>;
+  generation: number;
+  localUsername: string;
+  appendLocalCandidate(c: WeriftCandidate): void;
+}
+
+const MAX_PCP_AGENTS = 256;
+const MAX_PCP_RECORDS = 64;
+const pcpOwners = new Set<EscrowAgent>();
+let pcpSeamInstalled = false;
+
+/**
+ * Wraps werift's `Connection.prototype.getCandidatePromises(addresses, timeout)` once per
+ * process: gatherCandidates() awaits every promise it returns before gathering completes,
+ * so the srflx candidates of the PCP mappings are in the offer / answer like werift's own
+ * STUN srflx candidates. Connections not owned by a PCP agent are untouched.
+ */
+export function installWeriftPcpSeam(): void {
+  if (pcpSeamInstalled) return;
+  const C = (werift as unknown as { Connection?: { prototype: Record<string, unknown> } }).Connection;
+  const orig = C?.prototype.getCandidatePromises as ((this: unknown, a: string[], t: number) => Promise<unknown>[]) | undefined;
+  if (!C || typeof orig !== 'function') throw new EscrowError('werift ICE Connection seam not found (werift version changed?)');
+  C.prototype.getCandidatePromises = function (this: WeriftIceConnection, addresses: string[], timeout: number): Promise<unknown>[] {
+    const list = orig.call(this, addresses, timeout);
+    let owner: EscrowAgent | null = null;
+    for (const a of pcpOwners)
+      if (a.ownsIceConnection(this)) {
+        owner = a;
+        break;
+      }
+    if (!owner) return list;
+    const agent = owner;
+    const extra = Promise.allSettled(list)
+      .then(() => agent.pcpGather(this))
+      .catch(() => undefined); // never break werift's gathering
+    return [...list, extra];
+  };
+  pcpSeamInstalled = true;
+}
+
+/**
+ * A werift RTCPeerConnection for the firewall path: no TURN, host candidates mapped through
+ * the PCP server and advertised as srflx, keys escrowed over PCP (EscrowAgentPcpOptions).
+ */
+export function createPcpEscrowPeerConnection(
+  opts: Omit<EscrowAgentOptions, 'turnUrl' | 'username' | 'password' | 'pcp'> & { pcp: EscrowAgentPcpOptions },
+): { pc: RTCPeerConnection; agent: EscrowAgent } {
+  const pc = new RTCPeerConnection({ ...opts.pcConfig, iceServers: opts.pcConfig?.iceServers ?? [] });
+  const agent = new EscrowAgent(pc, { ...opts, turnUrl: '', username: '', password: '' });
   return { pc, agent };
 }
