@@ -99,7 +99,7 @@ export async function pcpFuzz(o: PcpFuzzOptions): Promise<PcpFuzzReport> {
     listen: [],
     maxMappings: MAX_MAPPINGS,
     maxMappingsPerClient: 200,
-    maxFiltersPerMapping: 4,
+    maxFiltersPerMapping: 2,
     requestRatePerClient: 1_000_000,
     thirdPartyClients: ['192.168.1.10/32'],
     allowAllPorts: true,
