@@ -464,7 +464,15 @@ export class PcpClient extends EventEmitter {
     for (const m of this.mappings) if (m.keys?.consent === 'yes' && m.state === 'active') this.sendKeys(m);
   }
 
-  async close(): Promise<void> {
+  private closing: Promise<void> | null = null;
+
+  /** Deletes every mapping (RFC 6887 §15), ends the SA, closes the socket. Idempotent. */
+  close(): Promise<void> {
+    this.closing ??= this.doClose();
+    return this.closing;
+  }
+
+  private async doClose(): Promise<void> {
     if (this.closed) return;
     await Promise.all([...this.mappings].map((m) => m.delete().catch(() => undefined)));
     // RFC 7652 §4.6: end the SA on the server (PA-Client SESSION_TERMINATED; no answer awaited).
