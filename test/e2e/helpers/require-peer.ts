@@ -33,7 +33,16 @@ export type Peer =
   | 'c-icap'
   | 'c-icap-virus-scan' // virus_scan.so and clamd_mod.so in c-icap's modules directory
   | 'clamd'
-  | 'sigtool';
+  | 'sigtool'
+  // The PCP firewall path (issue 10).
+  | 'nft'
+  | 'iptables'
+  | 'nfqueue' // native/build/Release/gatehouse_nfqueue.node (libnetfilter-queue-dev + npm run build:native)
+  | 'root'
+  | 'hostapd'
+  | 'miniupnpd'
+  | 'natpmpc'
+  | 'python3-libtorrent';
 
 /** Debian package that brings each peer (what .ci/run installs). */
 export const PEER_PACKAGE: Record<Peer, string> = {
@@ -57,6 +66,14 @@ export const PEER_PACKAGE: Record<Peer, string> = {
   'c-icap-virus-scan': 'libc-icap-mod-virus-scan',
   clamd: 'clamav-daemon',
   sigtool: 'clamav',
+  nft: 'nftables',
+  iptables: 'iptables',
+  nfqueue: 'libnetfilter-queue-dev, then npm run build:native',
+  root: 'root (network namespaces, nftables)',
+  hostapd: 'hostapd',
+  miniupnpd: 'miniupnpd-nftables',
+  natpmpc: 'natpmpc',
+  'python3-libtorrent': 'python3-libtorrent',
 };
 
 /** c-icap's modules directory holding virus_scan.so (Debian: /usr/lib/<multiarch>/c_icap), or null. */
@@ -134,6 +151,21 @@ function present(p: Peer): boolean {
       break;
     case 'clamd':
       v = findProgram('clamd') !== null;
+      break;
+    case 'nft':
+    case 'iptables':
+    case 'hostapd':
+    case 'miniupnpd':
+      v = findProgram(p) !== null;
+      break;
+    case 'root':
+      v = process.getuid?.() === 0;
+      break;
+    case 'nfqueue':
+      v = existsSync(join(import.meta.dirname, '../../../native/build/Release/gatehouse_nfqueue.node'));
+      break;
+    case 'python3-libtorrent':
+      v = spawnSync('/usr/bin/python3', ['-c', 'import libtorrent'], { stdio: 'ignore' }).status === 0;
       break;
     default:
       v = onPath(p);
