@@ -13,7 +13,14 @@ import { basename, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import type { Readable, Writable } from 'node:stream';
 import { MediaStreamTrack, RTCPeerConnection, RtpHeader, RtpPacket, type RTCDataChannel } from 'werift';
-import { createEscrowPeerConnection, parseTurnUrl, type ConsentRequest, type EscrowAgent } from '../endpoint/agent.js';
+import {
+  createEscrowPeerConnection,
+  createPcpEscrowPeerConnection,
+  parseTurnUrl,
+  type ConsentRequest,
+  type EscrowAgent,
+} from '../endpoint/agent.js';
+import { parsePcpServer } from '../endpoint/pcp-client.js';
 import { GatewayTrust, TrustError } from '../endpoint/trust.js';
 import { readOggOpus, type OggOpusFile } from '../endpoint/ogg-opus-file.js';
 import { systemClock } from '../util/clock.js';
@@ -29,6 +36,12 @@ Options:
   --signal-dir DIR                    signalling directory shared by both sides (required)
   --turn turn:HOST:PORT[?transport=udp|tcp]   the gateway's TURN address
   --user U --password P               TURN long-term credentials
+  --pcp ADDRESS[:PORT]                the firewall path instead of TURN: MAP each UDP host
+                                      candidate on this PCP server (RFC 6887, port 5351 by
+                                      default), advertise the mapped address as a srflx
+                                      candidate, answer WRITE_KEYS_REQUEST over PCP, delete
+                                      the mappings at exit (escrow over PCP needs RFC 7652
+                                      authentication: see the README)
   --gateway-cert-fingerprint HEX      trust a gateway certificate by SHA-256 (repeatable)
   --gateway-ca FILE                   trust gateway certificates issued by this CA (PEM)
   --gateway-cert-url URL              where to fetch the gateway certificate
@@ -150,6 +163,11 @@ interface Summary {
   rtpReceived: number;
   /** What --audio-file sent: packets, and the audio's duration in ms (RTP clock, 48 kHz). */
   audioFile?: { packets: number; durationMs: number };
+  /** --pcp: the mappings made and the escrow requests sent over PCP. */
+  pcp?: {
+    mappings: Array<{ internal: string; external: string; lifetime: number }>;
+    escrow: Array<{ kind: string; mapping: string; associations: string[]; result: number | null }>;
+  };
 }
 
 export async function runEndpoint(argv: string[], io: Io): Promise<number> {
@@ -161,6 +179,7 @@ export async function runEndpoint(argv: string[], io: Io): Promise<number> {
         role: { type: 'string' },
         'signal-dir': { type: 'string' },
         turn: { type: 'string' },
+        pcp: { type: 'string' },
         user: { type: 'string' },
         password: { type: 'string' },
         'gateway-cert-fingerprint': { type: 'string', multiple: true },
@@ -204,7 +223,18 @@ export async function runEndpoint(argv: string[], io: Io): Promise<number> {
     }
     if (!v.user || !v.password) return usage(io, '--turn needs --user and --password');
   }
-  if (escrow && !turn) return usage(io, 'a compliant endpoint needs --turn (or use --no-escrow)');
+  const pcpArg = v.pcp as string | undefined;
+  let pcpServer: { server: string; port: number } | null = null;
+  if (pcpArg !== undefined) {
+    try {
+      pcpServer = parsePcpServer(pcpArg);
+    } catch {
+      return usage(io, `bad --pcp ${pcpArg}`);
+    }
+    if (!escrow) return usage(io, "--pcp is the agent's firewall path (drop --no-escrow)");
+    if (turn) return usage(io, '--pcp and --turn exclude each other (TURN relays everything; PCP maps host candidates)');
+  }
+  if (escrow && !turn && !pcpServer) return usage(io, 'a compliant endpoint needs --turn or --pcp (or use --no-escrow)');
   const consentMode = (v.consent as string | undefined) ?? 'ask';
   if (!['always', 'ask', 'never'].includes(consentMode)) return usage(io, '--consent is always, ask or never');
   const timeoutS = Number(v.timeout ?? 60);
@@ -259,16 +289,21 @@ export async function runEndpoint(argv: string[], io: Io): Promise<number> {
     rtpReceived: 0,
   };
   if (escrow) {
-    const made = createEscrowPeerConnection({
-      turnUrl: turn!,
-      username: v.user as string,
-      password: v.password as string,
+    const common = {
       trust: trust!,
       gatewayCertificate: certSource,
       consent: consentMode === 'always' ? async () => true : consentMode === 'never' ? async () => false : askConsent(io),
       ...(v['decline-reason'] !== undefined ? { declineReason: v['decline-reason'] as string } : {}),
       pcConfig,
-    });
+    };
+    const made = pcpServer
+      ? createPcpEscrowPeerConnection({ ...common, pcp: { server: pcpServer.server, port: pcpServer.port } })
+      : createEscrowPeerConnection({
+          turnUrl: turn!,
+          username: v.user as string,
+          password: v.password as string,
+          ...common,
+        });
     pc = made.pc;
     agent = made.agent;
     agent.on('untrusted', (e: { peer: string; reason: string }) => {
@@ -280,6 +315,16 @@ export async function runEndpoint(argv: string[], io: Io): Promise<number> {
       io.stderr.write(`gatehouse endpoint: keys sent for ${r.peer}: ${r.error ?? `KEY-STATUS ${JSON.stringify(r.statuses)}`}\n`),
     );
     agent.on('declined', (r: { peer: string }) => io.stderr.write(`gatehouse endpoint: KEY-DECLINE sent for ${r.peer}\n`));
+    agent.on('pcpMapped', (m: { internal: string; external: string; lifetime: number }) =>
+      io.stderr.write(`gatehouse endpoint: PCP mapping ${m.internal} -> ${m.external} (${m.lifetime} s)\n`),
+    );
+    agent.on('pcpSent', (r: { mapping: string; associations: string[]; result: number | null }) =>
+      io.stderr.write(`gatehouse endpoint: keys sent over PCP for ${r.mapping}: result ${r.result ?? 'none'}\n`),
+    );
+    agent.on('pcpDeclined', (r: { mapping: string }) =>
+      io.stderr.write(`gatehouse endpoint: KEY_DECLINE sent over PCP for ${r.mapping}\n`),
+    );
+    agent.on('pcpError', (e: Error) => io.stderr.write(`gatehouse endpoint: PCP: ${e.message}\n`));
   } else {
     const u = turn ? parseTurnUrl(turn) : null;
     pc = new RTCPeerConnection({
@@ -424,7 +469,10 @@ export async function runEndpoint(argv: string[], io: Io): Promise<number> {
   } finally {
     if (agent) {
       summary.escrow = agent.records.map((r) => ({ ...r }));
-      agent.close();
+      if (pcpServer) {
+        summary.pcp = { mappings: agent.pcpMappings.map((m) => ({ ...m })), escrow: agent.pcpRecords.map((r) => ({ ...r })) };
+        await agent.closeAndDeleteMappings(); // RFC 6887 §15: delete before exiting
+      } else agent.close();
     }
     audioTrack?.stop();
     await pc.close().catch(() => undefined);

@@ -70,6 +70,7 @@ import { GatehouseError } from '../util/errors.js';
 import { keySetFromDtls12, dtlsStateFromWerift, type WeriftDtlsSocketLike } from './keyset.js';
 import { fetchGatewayCertificate, type GatewayTrust, type TrustedGateway, TrustError } from './trust.js';
 import { isIPv4 } from 'node:net';
+import { createSocket } from 'node:dgram';
 import {
   PcpClient,
   type PcpClientAuth,
@@ -437,8 +438,13 @@ export class EscrowAgent extends EventEmitter {
     const hosts = conn.protocols
       .map((p) => p.localCandidate)
       .filter((c): c is WeriftCandidate => !!c && c.type === 'host' && c.transport.toLowerCase() === 'udp' && isIPv4(c.host));
-    const address = o.clientAddress ?? hosts[0]?.host;
+    // RFC 6887 §8.1: the client's address is the source address it uses to reach the server.
+    const address = o.clientAddress ?? (await sourceAddressToward(o.server, o.port ?? 5351)) ?? hosts[0]?.host;
     if (!address) return;
+    if (!hosts.some((h) => h.host === address)) {
+      this.emit('pcpError', new EscrowError(`no UDP host candidate on ${address}, the address the PCP server sees`));
+      return;
+    }
     let client: PcpClient;
     try {
       client = await this.pcpFor(address);
@@ -800,6 +806,23 @@ interface WeriftIceConnection {
   generation: number;
   localUsername: string;
   appendLocalCandidate(c: WeriftCandidate): void;
+}
+
+/** The local address the kernel picks to reach `server` (a connected UDP socket sends nothing), or null. */
+async function sourceAddressToward(server: string, port: number): Promise<string | null> {
+  if (!isIPv4(server)) return null;
+  const s = createSocket('udp4');
+  try {
+    await new Promise<void>((resolve, reject) => {
+      s.once('error', reject);
+      s.connect(port, server, () => resolve());
+    });
+    return s.address().address;
+  } catch {
+    return null;
+  } finally {
+    s.close();
+  }
 }
 
 const MAX_PCP_AGENTS = 256;
