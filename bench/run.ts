@@ -24,7 +24,7 @@ const HERE = dirname(fileURLToPath(import.meta.url));
 const HELP = `Usage: npm run bench -- [options]
 
   --quick               small counts (a minute or so): for trying the harness
-  --only LIST           comma-separated: turn,srtp,dtls,policy,inspect,escrow
+  --only LIST           comma-separated: turn,srtp,dtls,policy,inspect,escrow,pcp
                         (default: all)
   --servers LIST        TURN servers: gatehouse,coturn (default: both, in that order)
   --clients N           turnutils_uclient -m (default 50; quick 5)
@@ -59,7 +59,7 @@ class UsageError extends Error {}
 function parseArgs(argv: string[]): Args {
   const a: Args = {
     quick: false,
-    only: new Set(['turn', 'srtp', 'dtls', 'policy', 'inspect', 'escrow']),
+    only: new Set(['turn', 'srtp', 'dtls', 'policy', 'inspect', 'escrow', 'pcp']),
     out: join(HERE, 'out', 'results.json'),
     turn: {},
   };
@@ -86,7 +86,8 @@ function parseArgs(argv: string[]): Args {
       case '--only':
         a.only = new Set(v().split(','));
         for (const x of a.only)
-          if (!['turn', 'srtp', 'dtls', 'policy', 'inspect', 'escrow'].includes(x)) throw new UsageError(`--only: unknown benchmark ${x}`);
+          if (!['turn', 'srtp', 'dtls', 'policy', 'inspect', 'escrow', 'pcp'].includes(x))
+            throw new UsageError(`--only: unknown benchmark ${x}`);
         break;
       case '--servers': {
         const s = v().split(',');
@@ -182,6 +183,15 @@ const EXTERNALS: ExternalSpec[] = [
     name: 'Key escrow: keys verified, held-packet delay, inspected relay CPU',
     file: 'escrow.ts',
     fns: ['runEscrowBench'],
+    opts: (quick) => ({ quick }),
+  },
+  // bench/pcp.ts: runPcpBench({ quick }) → { rate, cpu, held, table } (issue 10: PCP requests/s
+  // vs miniupnpd, CPU per inspected packet NFQUEUE vs TURN, held-packet latency; needs root)
+  {
+    key: 'pcp',
+    name: 'Firewall path: PCP requests/s, CPU per inspected packet (NFQUEUE vs TURN), held-packet latency',
+    file: 'pcp.ts',
+    fns: ['runPcpBench'],
     opts: (quick) => ({ quick }),
   },
 ];
