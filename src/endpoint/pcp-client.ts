@@ -21,7 +21,7 @@
  *    apart and never after expiry;
  *  - responses accepted only from the server's address and port (§8.3), matched to a
  *    mapping by opcode, nonce, protocol and internal port (and remote peer for PEER,
- *    §11.3 / §12.3); unsolicited MAP/PEER responses (§14.2) update the mapping;
+ *    §11.4 / §12.4); unsolicited MAP/PEER responses (§14.2) update the mapping;
  *  - the server's Epoch Time checked on every response (§8.5); a server that lost state
  *    gets every mapping again (§8.5: "promptly renew"); ANNOUNCE (§14.1) only feeds that;
  *  - with `auth` (an RFC 7652 security association, src/endpoint/pcp-auth-client.ts),
@@ -80,7 +80,7 @@ import { authenticate, type PcpAuthClientOptions, type PcpAuthSession, type PcpS
 
 /** RFC 7652 EAP-TLS credentials for PcpClient.authenticate (the client address is the client's). */
 export type PcpEapTlsOptions = Omit<PcpAuthClientOptions, 'clientAddress' | 'now'>;
-/** Give up a PA exchange (RFC 7652 §4) without an answer after this long. */
+/** Give up a PA exchange (RFC 7652 PA-Initiation / EAP rounds; retransmitted as RFC 6887 §8.1.1) without an answer after this long. */
 export const PA_TIMEOUT_MS = 30_000;
 /** At most one re-authentication per this long (a spoofed AUTHENTICATION_REQUIRED cannot make a storm). */
 export const REAUTH_MIN_INTERVAL_MS = 10_000;
@@ -325,7 +325,7 @@ export class PcpClient extends EventEmitter {
   private eapTls: PcpEapTlsOptions | null = null;
   private reauthing: Promise<void> | null = null;
   private lastAuthAt = 0;
-  /** The PA exchange in progress (RFC 7652 §4: one at a time). */
+  /** The PA exchange in progress (RFC 7652: one PA message outstanding at a time; section not checked against the RFC text). */
   private paWaiter: ((b: Buffer) => void) | null = null;
 
   constructor(private readonly opts: PcpClientOptions) {
@@ -393,15 +393,19 @@ export class PcpClient extends EventEmitter {
     });
   }
 
-  /** Re-authenticates (bounded rate), then renews every mapping with the new SA. */
-  private reauthenticate(why: string): void {
+  /**
+   * Re-authenticates, then renews every mapping with the new SA. `unverified`: triggered by
+   * an untagged answer anyone could forge, so at most once per REAUTH_MIN_INTERVAL_MS.
+   */
+  private reauthenticate(why: string, unverified: boolean): void {
     if (!this.eapTls || this.reauthing || this.closed) return;
-    if (this.clock.now() - this.lastAuthAt < REAUTH_MIN_INTERVAL_MS) return;
+    if (unverified && this.clock.now() - this.lastAuthAt < REAUTH_MIN_INTERVAL_MS) return;
     this.log.info({ why }, 'PCP re-authentication');
     this.reauthing = this.authenticate(this.eapTls)
       .then(() => {
         for (const m of this.mappings)
-          if (m.state === 'active' && !m.tx) this.transmit(m, { kind: 'renew', timer: null, rt: 0, giveUpAt: m.expiresAt, options: [] });
+          if (m.state === 'active' && (!m.tx || m.tx.kind === 'renew'))
+            this.transmit(m, { kind: 'renew', timer: null, rt: 0, giveUpAt: m.expiresAt, options: [] });
       })
       .catch((e: unknown) => {
         this.emit('failure', null, e instanceof Error ? e : new PcpError(String(e)));
@@ -475,7 +479,7 @@ export class PcpClient extends EventEmitter {
   private async doClose(): Promise<void> {
     if (this.closed) return;
     await Promise.all([...this.mappings].map((m) => m.delete().catch(() => undefined)));
-    // RFC 7652 §4.6: end the SA on the server (PA-Client SESSION_TERMINATED; no answer awaited).
+    // RFC 7652 (result SESSION_TERMINATED, §5.1 codes as pcp-auth-client.ts reads them): end the SA on the server; no answer awaited.
     if (this.session && this.transport) {
       const tr = this.transport;
       await this.session.terminate((b) => (tr.send(b), Promise.resolve(null))).catch(() => undefined);
@@ -565,7 +569,7 @@ export class PcpClient extends EventEmitter {
         m.lastRenewAt = this.clock.now();
         m.renewAttempt++;
         // RFC 7652 §5.9: past the PA lifetime the SA is gone on the server too.
-        if (this.session?.expired()) this.reauthenticate('SA lifetime over');
+        if (this.session?.expired()) this.reauthenticate('SA lifetime over', false);
         // A request in flight (escrow, re-creation) renews the mapping too; an unanswered renewal is replaced.
         if (!m.tx || m.tx.kind === 'renew') this.transmit(m, { kind: 'renew', timer: null, rt: 0, giveUpAt: m.expiresAt, options: [] });
         this.scheduleRenewal(m); // the next slot, in case this one gets no SUCCESS
@@ -656,7 +660,7 @@ export class PcpClient extends EventEmitter {
     if (this.closed) return;
     // RFC 6887 §8.3: only responses from the server's address and port.
     if (canonicalPcpAddress(from.address.replace(/^::ffff:/i, '')) !== this.server || from.port !== this.port) return this.drop('source');
-    // RFC 7652 §6: AUTHENTICATION (opcode 3) responses belong to the PA exchange in progress.
+    // RFC 7652 §5.1 (opcode 3 AUTHENTICATION) with RFC 6887 §7.2's R bit: PA-Server messages belong to the PA exchange in progress.
     if (msg.length >= 2 && msg[1] === (0x80 | Opcode.AUTHENTICATION)) {
       if (this.paWaiter) this.paWaiter(msg);
       else this.drop('pa');
@@ -667,8 +671,9 @@ export class PcpClient extends EventEmitter {
     const r = d.value;
     // RFC 7652 §5.4: with an SA, a response must carry a valid AUTHENTICATION_TAG.
     if (this.auth && !this.auth.verify(msg)) {
-      // RFC 7652 §4 / §8: the server has no SA for us (expired, restarted): authenticate again.
-      if (r.result === Result.AUTHENTICATION_REQUIRED || r.result === Result.UNKNOWN_SESSION_ID) this.reauthenticate(resultName(r.result));
+      // RFC 7652 result codes AUTHENTICATION_REQUIRED (15) / UNKNOWN_SESSION_ID (20): the server has no SA for us (expired, restarted): authenticate again. Unverified, so rate-bounded.
+      if (r.result === Result.AUTHENTICATION_REQUIRED || r.result === Result.UNKNOWN_SESSION_ID)
+        this.reauthenticate(resultName(r.result), true);
       return this.drop('auth');
     }
     const lost = !this.epoch.check(r.epoch, this.clock.now());
@@ -689,7 +694,7 @@ export class PcpClient extends EventEmitter {
     const body = r.map ?? r.peer;
     if (!body) return undefined;
     for (const m of this.mappings) {
-      // §11.3 / §12.3: opcode, nonce, protocol, internal port (and remote peer for PEER).
+      // §11.4 / §12.4 (processing a MAP / PEER response): opcode, nonce, protocol, internal port (and remote peer for PEER).
       if (m.opcode !== r.opcode || !m.nonce.equals(body.nonce)) continue;
       if (m.req.protocol !== body.protocol || (m.req.protocol !== 0 && m.req.internalPort !== body.internalPort)) continue;
       if (

@@ -183,6 +183,47 @@ t.test('PcpClient ↔ Gatehouse PCP server: EAP-TLS, WRITE_KEYS, unsolicited WRI
     t.equal(applied.length, before, 'no key set');
   });
 
+  t.test('SA lifetime over: the client authenticates again and its renewal succeeds', async (t) => {
+    let srv: PcpServer | null = null;
+    const shortAuth = new PcpAuthServer({
+      backend: new EapTlsServer({ ca: pki.ca, cert: pki.serverCert, key: pki.serverKey }),
+      required: true,
+      lifetime: 2,
+      epoch: () => (srv ? Number((srv as unknown as { epoch: { seconds(): number } }).epoch.seconds()) : 0),
+    });
+    srv = new PcpServer({
+      listen: ['udp://127.0.0.1:0'],
+      externalAddress: '203.0.113.7',
+      firewall: new RecordingBackend(),
+      auth: shortAuth,
+      minLifetime: 2,
+    });
+    await srv.start();
+    t.teardown(async () => {
+      await srv!.close();
+      shortAuth.close();
+    });
+    const c = new PcpClient({ server: '127.0.0.1', port: srv.addresses()[0]!.port, clientAddress: '127.0.0.1' });
+    await c.start();
+    t.teardown(() => c.close());
+    let auths = 0;
+    c.on('authenticated', () => auths++);
+    await c.authenticate({ cert: pki.clientCert, key: pki.clientKey, ca: pki.ca });
+    const m = c.map({ protocol: 17, internalPort: 40103, lifetime: 6 });
+    const first = await m.ready;
+    // The renewal at 3..3.75 s finds the 2 s SA over: re-authentication, then the renewal with the new SA.
+    const refreshed = await new Promise<{ externalPort: number }>((res, rej) => {
+      const timer = setTimeout(() => rej(new Error('no renewal')), 8000);
+      m.once('refreshed', (i: { externalPort: number }) => {
+        clearTimeout(timer);
+        res(i);
+      });
+    });
+    t.equal(auths, 2, 'authenticated again');
+    t.equal(refreshed.externalPort, first.externalPort, 'same mapping renewed under the new SA');
+    t.ok((c.dropped.get('auth') ?? 0) >= 1, 'the untagged answer to the renewal under the stale SA was dropped');
+  });
+
   t.test('no SA: the client escrows nothing', async (t) => {
     const c = mkClient(true, [assoc(4)]);
     await c.start();
