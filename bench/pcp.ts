@@ -472,10 +472,15 @@ function childStats() {
   };
 }
 
-function serveCommands(s: ReturnType<typeof childStats>, extra: () => Record<string, unknown> = () => ({})): void {
+function serveCommands(
+  s: ReturnType<typeof childStats>,
+  extra: () => Record<string, unknown> = () => ({}),
+  other: (l: string) => Record<string, unknown> | null = () => null,
+): void {
   createInterface({ input: process.stdin }).on('line', (l) => {
     if (l === 'reset') s.reset();
-    process.stdout.write(JSON.stringify(l === 'stats' ? { ...s.stats(), ...extra() } : { ok: l }) + '\n');
+    const o = l === 'stats' ? { ...s.stats(), ...extra() } : (other(l) ?? { ok: l });
+    process.stdout.write(JSON.stringify(o) + '\n');
   });
 }
 
@@ -499,7 +504,12 @@ async function firstLine(): Promise<string> {
 
 /** --nfq-child DIR: NfQueueReader -> PcpPath -> GatewayInspector inside gw. */
 async function nfqChild(dir: string): Promise<void> {
-  const init = JSON.parse(await firstLine(), revive) as { keySet: KeySet; mapping: PcpMapping };
+  const init = JSON.parse(await firstLine(), revive) as {
+    keySet: KeySet;
+    mapping: PcpMapping;
+    /** A second mapping whose keys come late (command `latekeys`): the release through PcpPath. */
+    late: { keySet: KeySet; mapping: PcpMapping; remote: string };
+  };
   const { NfQueueReader } = await import('../src/pcp/firewall/nfqueue.js');
   const { PcpPath } = await import('../src/gateway/pcp-path.js');
   const { systemClock } = await import('../src/util/clock.js');
@@ -516,7 +526,7 @@ async function nfqChild(dir: string): Promise<void> {
     maxFlows: 1024,
     isBlocked: (u, ip) => inspector.isBlocked(u, ip),
     // The keys are the gateway's from the flow's start (no escrow round trip measured).
-    onFlowCreated: (f) => void inspector.applyKeySet(f, init.keySet),
+    onFlowCreated: (f) => void (f.mapping.id === init.mapping.id && inspector.applyKeySet(f, init.keySet)),
   });
   inspector.setRelay({
     send: (f, dir2, data) => path.send(f as never, dir2, data),
@@ -525,22 +535,55 @@ async function nfqChild(dir: string): Promise<void> {
   // As src/gateway/pcp-gateway.ts openQueue(): a verdict given during the handler is its return value.
   let current = -1;
   let now: 'accept' | 'drop' | null = null;
+  /** Delayed verdicts: packet id -> when held (bounded by the path's maxHeld). */
+  const heldAt = new Map<number, number>();
+  const releases: { at: number; accept: boolean }[] = [];
   const reader = NfQueueReader.open({ queue: QUEUE, maxLen: 8192, maxHeld: 4097, batch: 64 }, (p) => {
     s.packet();
     current = p.id;
     now = null;
     path.onQueued({ id: p.id, packet: p.payload });
     current = -1;
+    if (!now && heldAt.size < 4096) heldAt.set(p.id, performance.now());
     return now ?? 'hold';
   });
   const verdict = (id: number, v: 'accept' | 'drop') => {
     if (id === current) now = v;
-    else reader.verdict(id, v);
+    else {
+      reader.verdict(id, v);
+      if (heldAt.delete(id) && releases.length < 4096) releases.push({ at: performance.now(), accept: v === 'accept' });
+    }
   };
   path.setVerdicts({ accept: (id) => verdict(id, 'accept'), drop: (id) => verdict(id, 'drop') });
   path.mappingCreated(init.mapping);
+  path.mappingCreated(init.late.mapping);
   process.stdout.write(JSON.stringify({ ready: true }) + '\n');
-  serveCommands(s, () => ({ path: path.stats, enobufs: reader.stats().enobufs }));
+  serveCommands(
+    s,
+    () => ({ path: path.stats, enobufs: reader.stats().enobufs }),
+    (l) => {
+      if (l !== 'latekeys') return null;
+      const flow = path.findFlow(init.late.mapping.id, init.late.remote);
+      if (!flow) return { error: 'no flow on the late mapping' };
+      const held = heldAt.size;
+      releases.length = 0;
+      const t0 = performance.now();
+      const status = inspector.applyKeySet(flow, init.late.keySet);
+      const t1 = performance.now();
+      const us = releases.filter((r) => r.accept).map((r) => (r.at - t0) * 1000);
+      us.sort((a, b) => a - b);
+      return {
+        status,
+        held,
+        released: us.length,
+        dropped: releases.length - us.length,
+        applyUs: (t1 - t0) * 1000,
+        firstUs: us[0] ?? null,
+        p50Us: us[Math.floor(us.length / 2)] ?? null,
+        lastUs: us[us.length - 1] ?? null,
+      };
+    },
+  );
 }
 
 /** --turn-child DIR MODE: TurnServer (+ GatewayInspector when MODE is inspected) on loopback. */
@@ -667,6 +710,25 @@ export interface CpuRow {
   judged: string;
 }
 
+export interface LateKeys {
+  error?: string;
+  status?: string;
+  /** delayed verdicts outstanding when the keys were applied */
+  held?: number;
+  released?: number;
+  dropped?: number;
+  /** applyKeySet() call, µs (decrypting the backlog and releasing) */
+  applyUs?: number;
+  /** keys applied -> first / median / last accept verdict, µs */
+  firstUs?: number | null;
+  p50Us?: number | null;
+  lastUs?: number | null;
+  records: number;
+  helloAnswered: boolean;
+  deliveredBeforeKeys: number;
+  deliveredAfterKeys: number;
+}
+
 type Stats = { n: number; cpuUs: number; alerts: number; path?: { accepted: number; dropped: number; held: number; released: number } };
 
 async function benchCpuNfq(o: {
@@ -675,6 +737,8 @@ async function benchCpuNfq(o: {
   rate: number;
   keySet: KeySet;
   session: ReturnType<typeof buildSession>;
+  lateRecords: number;
+  lateOut: LateKeys[];
 }): Promise<CpuRow> {
   const teardown: (() => unknown)[] = [];
   const dir = mkdtempSync(join(tmpdir(), 'gh-bench-pcp-nfq-'));
@@ -701,11 +765,23 @@ async function benchCpuNfq(o: {
       expiresAt: Date.now() + 3_600_000,
     };
     await fw.install(m);
+    // The late-keys mapping: its own internal port, session and sink.
+    const m2: PcpMapping = {
+      ...m,
+      id: 'bench-2',
+      internal: { address: A.lanHost, port: 5001 },
+      external: { address: A.gwWan, port: 40001 },
+    };
+    await fw.install(m2);
+    const ss2 = syntheticSession();
+    const late = buildSession(ss2, o.size, o.lateRecords);
+    writeFrames(join(dir, 'lan2.frames'), [late.hello[0]!, ...late.records]);
+    writeFileSync(join(dir, 'server-hello2'), late.hello[1]!);
     writeFrames(join(dir, 'lan.frames'), [o.session.hello[0]!, ...o.session.records]);
     writeFileSync(join(dir, 'server-hello'), o.session.hello[1]!);
     const gwP = lab.spawn(gw, process.execPath, ['--import', 'tsx', THIS_FILE, '--nfq-child', dir]);
     const child = rpc(gwP, 'nfqueue child');
-    gwP.stdin!.write(JSON.stringify({ keySet: o.keySet, mapping: m }) + '\n');
+    gwP.stdin!.write(JSON.stringify({ keySet: o.keySet, mapping: m, late: { keySet: ss2.keySet, mapping: m2, remote: A.wanPeer } }) + '\n');
     const sink = rpc(
       lab.spawn(wan, process.execPath, ['-e', SINK, JSON.stringify({ file: join(dir, 'server-hello'), port: 9000, bind: A.wanPeer })]),
       'sink',
@@ -726,6 +802,37 @@ async function benchCpuNfq(o: {
     await sleep(500);
     const st = await child.ask<Stats>('stats');
     const delivered = (await sink.ask<{ n: number }>('count')).n - 1;
+
+    // Release through PcpPath when keys arrive: the second session's records are held
+    // (keys required, unverified: hold) until its keys are applied.
+    const sink2 = rpc(
+      lab.spawn(wan, process.execPath, ['-e', SINK, JSON.stringify({ file: join(dir, 'server-hello2'), port: 9001, bind: A.wanPeer })]),
+      'sink2',
+    );
+    const sender2 = rpc(
+      lab.spawn(lan, process.execPath, [
+        '-e',
+        PACED_SENDER,
+        JSON.stringify({ file: join(dir, 'lan2.frames'), port: 5001, bind: A.lanHost, dest: A.wanPeer, dport: 9001 }),
+      ]),
+      'sender2',
+    );
+    for (const c of [sink2, sender2]) await c.next();
+    const hello2 = await sender2.ask<{ got: number }>('hello');
+    await sender2.ask('send 1000', 60_000);
+    await sleep(200);
+    const before = (await sink2.ask<{ n: number }>('count')).n;
+    const rel = await child.ask<LateKeys>('latekeys');
+    await sleep(300);
+    const after = (await sink2.ask<{ n: number }>('count')).n;
+    o.lateOut.push({
+      ...rel,
+      records: o.lateRecords,
+      helloAnswered: hello2.got > 0,
+      deliveredBeforeKeys: before - 1,
+      deliveredAfterKeys: after - before,
+    });
+
     return {
       path: 'NFQUEUE (PcpPath)',
       what: 'NfQueueReader -> PcpPath -> GatewayInspector, kernel forwards',
@@ -815,6 +922,8 @@ export interface PcpBenchResult {
   rate: { rows: PcpRateRow[]; notes: string[] };
   cpu: { rows: CpuRow[]; notes: string[] };
   held: NfqueueBenchResult | { error: string };
+  /** Held packets released through PcpPath when their keys arrive (run with the NFQUEUE CPU part). */
+  release: LateKeys | null;
   table: string;
 }
 
@@ -828,6 +937,7 @@ export async function runPcpBench(opts: { quick?: boolean; only?: string[] } = {
   const rate = want('rate') ? (env ? { rows: [], notes: [`not run: ${env}`] } : await benchPcpRate({ quick })) : { rows: [], notes: [] };
 
   const cpu: { rows: CpuRow[]; notes: string[] } = { rows: [], notes: [] };
+  const lateOut: LateKeys[] = [];
   if (want('cpu')) {
     const packets = quick ? 3000 : 20000;
     const size = 200;
@@ -842,7 +952,7 @@ export async function runPcpBench(opts: { quick?: boolean; only?: string[] } = {
     if (env) cpu.notes.push(`NFQUEUE path not run: ${env}`);
     else
       try {
-        cpu.rows.push(await benchCpuNfq(o));
+        cpu.rows.push(await benchCpuNfq({ ...o, lateRecords: 50, lateOut }));
       } catch (e) {
         cpu.notes.push(`NFQUEUE path failed: ${(e as Error).message}`);
       }
@@ -864,10 +974,11 @@ export async function runPcpBench(opts: { quick?: boolean; only?: string[] } = {
         held = { error: (e as Error).message };
       }
   }
-  return { rate, cpu, held, table: render(rate, cpu, held) };
+  const release = lateOut[0] ?? null;
+  return { rate, cpu, held, release, table: render(rate, cpu, held, release) };
 }
 
-function render(rate: PcpBenchResult['rate'], cpu: PcpBenchResult['cpu'], held: PcpBenchResult['held']): string {
+function render(rate: PcpBenchResult['rate'], cpu: PcpBenchResult['cpu'], held: PcpBenchResult['held'], release: LateKeys | null): string {
   const out: string[] = [];
   out.push('### PCP requests per second (MAP create / refresh / delete cycles)\n');
   if (rate.rows.length)
@@ -912,9 +1023,11 @@ function render(rate: PcpBenchResult['rate'], cpu: PcpBenchResult['cpu'], held: 
           [`packets/s verdicted (accept, ${held.size} B, ${held.verdicted}/${held.sent} verdicted, ${held.delivered} delivered)`, held.pps],
           ['reader CPU µs/packet (accept only, no inspection)', fmt(held.cpuUsPerPacket)],
           ['RTT p50 / p99, accepted at once (µs)', `${fmt(held.rttAcceptUs.p50)} / ${fmt(held.rttAcceptUs.p99)}`],
+          ['RTT p50 / p99, verdict by id on the next event-loop turn (µs)', `${fmt(held.rttDeferUs.p50)} / ${fmt(held.rttDeferUs.p99)}`],
           ['RTT p50 / p99, held 0 ms (µs)', `${fmt(held.rttHold0Us.p50)} / ${fmt(held.rttHold0Us.p99)}`],
           ['RTT p50 / p99, held 10 ms (µs)', `${fmt(held.rttHold10Us.p50)} / ${fmt(held.rttHold10Us.p99)}`],
-          ['added latency per held packet, beyond the hold (µs, p50)', fmt(held.addedHoldLatencyUs)],
+          ['added latency of a delayed verdict (next event-loop turn, µs, p50)', fmt(held.addedDeferLatencyUs)],
+          ['added latency of a 0 ms timer hold (Node: >= 1 ms, µs, p50)', fmt(held.addedHoldLatencyUs)],
           ['added latency of a 10 ms hold, beyond 10 ms (µs, p50; timer precision)', fmt(held.addedHold10LatencyUs)],
         ],
         ['l', 'r'],
@@ -922,6 +1035,31 @@ function render(rate: PcpBenchResult['rate'], cpu: PcpBenchResult['cpu'], held: 
     );
     out.push(
       '\n- Round trips lan -> wan -> lan, both directions queued; added latency = (RTT held − RTT accepted) / 2 per direction, minus the hold. Throughput: a sender blasting in windows of 64.',
+    );
+  }
+  out.push('\n### Held packets released through PcpPath when the keys arrive\n');
+  if (!release) out.push('not run (it runs with the NFQUEUE CPU part)');
+  else if (release.error) out.push(`failed: ${release.error}`);
+  else {
+    out.push(
+      markdownTable(
+        ['measure', 'value'],
+        [
+          ['records sent before the keys (1000/s), then the keys applied', release.records],
+          ['delayed verdicts outstanding at the keys / accepted / dropped', `${release.held} / ${release.released} / ${release.dropped}`],
+          ['delivered to the peer before the keys / after', `${release.deliveredBeforeKeys} / ${release.deliveredAfterKeys}`],
+          ['applyKeySet(): decrypt the backlog, judge, release (µs)', fmt(release.applyUs ?? null)],
+          [
+            'keys applied -> first / median / last accept verdict (µs)',
+            `${fmt(release.firstUs ?? null)} / ${fmt(release.p50Us ?? null)} / ${fmt(release.lastUs ?? null)}`,
+          ],
+          ['key status', release.status ?? ''],
+        ],
+        ['l', 'r'],
+      ),
+    );
+    out.push(
+      `\n- Same namespaces and gateway child as the NFQUEUE CPU row, a second MAP mapping and a second synthetic session whose keys the child applies (GatewayInspector.applyKeySet) only on command, after all its records were queued. Times in the gateway process (performance.now()); the kernel's re-injection after the verdict is not in them.${release.helloAnswered ? '' : ' The server hello of this session did not come back (its client hello was held too).'}`,
     );
   }
   return out.join('\n');
