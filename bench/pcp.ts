@@ -317,6 +317,11 @@ async function benchPcpRate(o: { quick: boolean }): Promise<{ rows: PcpRateRow[]
   const sockets = 4;
   const perSocket = o.quick ? 8 : 16;
   const durationMs = o.quick ? 2000 : 5000;
+  notes.push(
+    `Load: one generator process (hand-built RFC 6887 MAP requests, UDP, protocol 17), ${sockets} sockets × ${perSocket} mappings = ${sockets * perSocket} requests in flight, each mapping cycling create (lifetime 600 s) -> refresh (same nonce) -> delete (lifetime 0) on its own internal port; the next request of a mapping goes when its answer arrives (or after 3 s: a timeout). ${durationMs / 1000} s per server, one after the other, the same generator; the servers in one namespace on the same address, the generator in another across a veth pair.`,
+    'requests/s = answers received during the load ÷ its duration. Server CPU: user+system of the server process (/proc, bench/lib/cpu.ts) from the start of the load to 1 s after it ÷ answers. Result codes: every answer counted by step and RFC 6887 §7.4 result.',
+    'Gatehouse: PcpServer (src/pcp/server.ts) in its own node process, its FirewallBackend only counts installs in memory (no kernel rules): this is the server (codec, validation, mapping table, nonce and lifetime rules), not nftables. Per-client rate limit lifted for the run (default 50 requests/s per client). miniupnpd: Debian miniupnpd-nftables, run with -d (foreground; its debug log to stderr, read and discarded; its syslog fallback to /dev/console bound to /dev/null in its own mount namespace, see the code), secure_mode, its real nftables backend adding and deleting DNAT and filter rules of `table inet miniupnpd` on every create and delete.',
+  );
   try {
     const lab = new NetnsLab({ teardown: (f: () => unknown) => void teardown.push(f) }, 'ghpr');
     const cli = lab.ns('cli');
@@ -419,7 +424,24 @@ async function benchPcpRate(o: { quick: boolean }): Promise<{ rows: PcpRateRow[]
             '',
           ].join('\n'),
         );
-        const p = lab.spawn(srv, MINIUPNPD, ['-f', join(dir, 'miniupnpd.conf'), '-d', '-P', join(dir, 'miniupnpd.pid')]);
+        // -d keeps it in the foreground (its pid is ours to stop) but logs at debug level: to
+        // stderr (read and discarded) and through syslog(3), which without a syslogd here falls
+        // back to /dev/console, a slow tty (~100 ms per request). In its own mount namespace
+        // (unshare -m, private) /dev/console is bound to /dev/null; nothing else sees that.
+        const p = lab.spawn(srv, 'unshare', [
+          '-m',
+          '--propagation',
+          'private',
+          'sh',
+          '-c',
+          'mount --bind /dev/null /dev/console && exec "$0" "$@"',
+          MINIUPNPD,
+          '-f',
+          join(dir, 'miniupnpd.conf'),
+          '-d',
+          '-P',
+          join(dir, 'miniupnpd.pid'),
+        ]);
         await waitOutput(p, /Listening for NAT-PMP\/PCP traffic/, 10_000, []);
         await runLoad('miniupnpd', 'nftables (real rules in the namespace)', p.pid!);
         const left = (lab.sh(srv, 'nft', ['list', 'chain', 'inet', 'miniupnpd', 'prerouting_miniupnpd']).match(/dnat/g) ?? []).length;
