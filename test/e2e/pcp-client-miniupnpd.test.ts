@@ -16,7 +16,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PcpClient, type PcpMapping, type PcpMappingInfo } from '../../src/endpoint/pcp-client.js';
-import { Result } from '../../src/wire/pcp.js';
+import { Result, resultName } from '../../src/wire/pcp.js';
 import { findProgram } from './helpers/require-peer.js';
 
 const MINIUPNPD = findProgram('miniupnpd');
@@ -110,7 +110,7 @@ function once<T extends unknown[]>(m: PcpMapping | PcpClient, ev: string, ms: nu
   });
 }
 
-t.test('PCP client creates, refreshes, re-creates (epoch) and deletes MAP mappings on real miniupnpd', async (t) => {
+t.test('PCP client creates, refreshes, re-creates (epoch) and deletes MAP (and PEER) mappings on real miniupnpd', async (t) => {
   const missing = [!MINIUPNPD && 'miniupnpd (Debian miniupnpd-nftables)', !NFT && 'nft (nftables)', !IP && 'ip (iproute2)'].filter(Boolean);
   if (missing.length) {
     t.fail(`missing: ${missing.join(', ')}`);
@@ -186,6 +186,28 @@ t.test('PCP client creates, refreshes, re-creates (epoch) and deletes MAP mappin
   t.match(rs, new RegExp(`th dport ${port} dnat ip to ${CLIENT.replace(/\./g, '\\.')}:${port}`), 'DNAT rule in prerouting_miniupnpd');
   t.match(rs, new RegExp(`chain miniupnpd \\{[^}]*th dport ${port}[^}]*accept`), 'filter rule in miniupnpd chain');
 
+  // PEER (RFC 6887 §12) for a remote peer on the external side.
+  const p = client.peer({
+    protocol: 17,
+    internalPort: port + 1,
+    suggestedExternalPort: port + 1,
+    lifetime: 8,
+    remoteAddress: '11.0.0.9',
+    remotePort: 3478,
+  });
+  const pinfo = await p.ready;
+  t.equal(pinfo.externalAddress, EXT, 'PEER: external address');
+  t.equal(pinfo.externalPort, port + 1, 'PEER: suggested external port granted');
+  t.equal(pinfo.lifetime, 8, 'PEER: lifetime');
+  const snat = new RegExp(`chain postrouting_miniupnpd \\{[^}]*snat ip to ${EXT.replace(/\./g, '\\.')}:${port + 1}`);
+  t.match(ruleset(), snat, 'PEER: SNAT rule in postrouting_miniupnpd');
+  await p.delete();
+  t.equal(p.state, 'deleted', 'PEER deleted on the client side');
+  // miniupnpd 2.3.1 (nftables) cannot find its own PEER rule again ("Unknown cmp", "PCP PEER:
+  // Failed to find PCP mapping") and answers the delete NO_RESOURCES; the request itself is
+  // right (lifetime 0, same nonce, §15), so we only require an answer here.
+  t.not(p.deleteResult, null, `miniupnpd answered the PEER delete (${resultName(p.deleteResult ?? -1)})`);
+
   // RFC 6887 §11.2.1: renewal in [1/2, 5/8] of 8 s.
   const t0 = Date.now();
   const [rinfo, solicited] = await once<[PcpMappingInfo, boolean]>(m, 'refreshed', 9000);
@@ -200,6 +222,7 @@ t.test('PCP client creates, refreshes, re-creates (epoch) and deletes MAP mappin
   await stop(mupnp);
   sh([IP!, 'netns', 'exec', NS, NFT!, 'flush', 'chain', 'inet', 'miniupnpd', 'prerouting_miniupnpd']);
   sh([IP!, 'netns', 'exec', NS, NFT!, 'flush', 'chain', 'inet', 'miniupnpd', 'miniupnpd']);
+  sh([IP!, 'netns', 'exec', NS, NFT!, 'flush', 'chain', 'inet', 'miniupnpd', 'postrouting_miniupnpd']);
   t.notMatch(ruleset(), new RegExp(`dport ${port}`), 'rules gone with the old miniupnpd');
   out.length = 0;
   // Let the client's next renewal see the old server's absence first; the epoch must look
