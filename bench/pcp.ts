@@ -39,7 +39,7 @@
 import type { ChildProcess } from 'node:child_process';
 import { createSocket } from 'node:dgram';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { cpus, loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
@@ -696,17 +696,17 @@ s.on('message', () => got++);
 s.bind(cfg.port, cfg.bind, () => out({ ready: true }));
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 require('node:readline').createInterface({ input: process.stdin }).on('line', async (l) => {
-  const [cmd, a] = l.split(' ');
+  const [cmd, a, b, c] = l.split(' ');
   if (cmd === 'hello') { s.send(frames[0], cfg.dport, cfg.dest); await sleep(300); out({ got }); }
   else if (cmd === 'send') {
-    const rate = Number(a), t0 = performance.now();
-    let i = 1;
-    while (i < frames.length) {
-      const due = Math.min(frames.length, 1 + Math.floor(((performance.now() - t0) / 1000) * rate) + 1);
+    const rate = Number(a), from = Number(b ?? 1), to = Math.min(frames.length, Number(c ?? frames.length)), t0 = performance.now();
+    let i = from;
+    while (i < to) {
+      const due = Math.min(to, from + Math.floor(((performance.now() - t0) / 1000) * rate) + 1);
       while (i < due) s.send(frames[i++], cfg.dport, cfg.dest);
       await sleep(1);
     }
-    out({ sent: frames.length - 1, ms: performance.now() - t0 });
+    out({ sent: to - from, ms: performance.now() - t0 });
   }
 });`;
 
@@ -755,6 +755,7 @@ type Stats = { n: number; cpuUs: number; alerts: number; path?: { accepted: numb
 
 async function benchCpuNfq(o: {
   packets: number;
+  warmup: number;
   size: number;
   rate: number;
   keySet: KeySet;
@@ -819,11 +820,15 @@ async function benchCpuNfq(o: {
     for (const c of [child, sink, sender]) await c.next();
     const hello = await sender.ask<{ got: number }>('hello');
     if (!hello.got) throw new Error('the server hello did not come back through the mapping');
+    // Warm-up (unmeasured): the first `warmup` records; then the measured ones.
+    await sender.ask(`send ${o.rate} 1 ${1 + o.warmup}`, 600_000);
+    await sleep(300);
+    const sunk = (await sink.ask<{ n: number }>('count')).n;
     await child.ask('reset');
-    await sender.ask(`send ${o.rate}`, 600_000);
+    await sender.ask(`send ${o.rate} ${1 + o.warmup}`, 600_000);
     await sleep(500);
     const st = await child.ask<Stats>('stats');
-    const delivered = (await sink.ask<{ n: number }>('count')).n - 1;
+    const delivered = (await sink.ask<{ n: number }>('count')).n - sunk;
 
     // Release through PcpPath when keys arrive: the second session's records are held
     // (keys required, unverified: hold) until its keys are applied.
@@ -872,7 +877,7 @@ async function benchCpuNfq(o: {
 
 async function benchCpuTurn(
   mode: 'inspected' | 'plain',
-  o: { packets: number; size: number; rate: number; keySet: KeySet; session: ReturnType<typeof buildSession> },
+  o: { packets: number; warmup: number; size: number; rate: number; keySet: KeySet; session: ReturnType<typeof buildSession> },
 ): Promise<CpuRow> {
   const { buildChannelData } = await import('../src/wire/channeldata.js');
   const { Attr, Class, Method, getXorAddress } = await import('../src/wire/stun.js');
@@ -908,14 +913,20 @@ async function benchCpuTurn(
     c.sendRaw(buildChannelData(CH, o.session.hello[0]!));
     await sleep(300);
     if (!relayPort) throw new Error('the client hello did not reach the peer');
+    const paced = async (from: number, to: number): Promise<void> => {
+      const t0 = performance.now();
+      let i = from;
+      while (i < to) {
+        const due = Math.min(to, from + Math.floor(((performance.now() - t0) / 1000) * o.rate) + 1);
+        while (i < due) c!.sendRaw(frames[i++]!);
+        await sleep(1);
+      }
+    };
+    await paced(0, o.warmup); // warm-up, unmeasured
+    await sleep(300);
+    const sunk = delivered;
     await child.ask('reset');
-    const t0 = performance.now();
-    let i = 0;
-    while (i < frames.length) {
-      const due = Math.min(frames.length, Math.floor(((performance.now() - t0) / 1000) * o.rate) + 1);
-      while (i < due) c.sendRaw(frames[i++]!);
-      await sleep(1);
-    }
+    await paced(o.warmup, frames.length);
     await sleep(500);
     const st = await child.ask<Stats>('stats');
     return {
@@ -924,7 +935,7 @@ async function benchCpuTurn(
       size: o.size,
       sent: o.packets,
       handled: st.n,
-      delivered: delivered - 1,
+      delivered: delivered - sunk,
       cpuUsPerPacket: st.n ? r2(st.cpuUs / st.n) : null,
       judged: mode === 'inspected' ? (st.alerts ? 'yes (marker alert)' : 'no') : 'n/a',
     };
@@ -951,6 +962,7 @@ export interface PcpBenchResult {
 
 export async function runPcpBench(opts: { quick?: boolean; only?: string[] } = {}): Promise<PcpBenchResult> {
   const quick = !!opts.quick;
+  const load0 = loadavg().map((x) => x.toFixed(2));
   const want = (k: string) => !opts.only || opts.only.includes(k);
   const missing = ['ip', 'nft', 'iptables'].filter((p) => !findProgram(p));
   const root = process.getuid?.() === 0;
@@ -965,10 +977,11 @@ export async function runPcpBench(opts: { quick?: boolean; only?: string[] } = {
     const size = 200;
     const pktRate = 5000;
     const ss = syntheticSession();
-    const session = buildSession(ss, size, packets);
-    const o = { packets, size, rate: pktRate, keySet: ss.keySet, session };
+    const warmup = quick ? 1000 : 5000;
+    const session = buildSession(ss, size, warmup + packets);
+    const o = { packets, warmup, size, rate: pktRate, keySet: ss.keySet, session };
     cpu.notes.push(
-      `Load: one synthetic DTLS 1.2 AES-128-GCM session (client and server hello in the clear, then ${packets} application-data records of ${size} B UDP payload: SCTP DATA of one data channel), client -> peer at ${pktRate} packets/s; keys given to the inspector at flow creation. Policy: keys required, one \`contains\` rule on the last message.`,
+      `Load: one synthetic DTLS 1.2 AES-128-GCM session (client and server hello in the clear, then ${warmup} unmeasured and ${packets} measured application-data records of ${size} B UDP payload: SCTP DATA of one data channel), client -> peer at ${pktRate} packets/s; keys given to the inspector at flow creation. Policy: keys required, one \`contains\` rule on the last message.`,
       "µs/packet: the gateway child's user+system CPU (process.cpuUsage) from just before the load to 500 ms after it ÷ packets handled. The NFQUEUE figure leaves out the kernel's forwarding and queueing (softirq, not the child's); the TURN figure includes the relay's own recvmsg/sendmsg syscalls.",
     );
     if (env) cpu.notes.push(`NFQUEUE path not run: ${env}`);
@@ -997,6 +1010,10 @@ export async function runPcpBench(opts: { quick?: boolean; only?: string[] } = {
       }
   }
   const release = lateOut[0] ?? null;
+  const load = loadavg().map((x) => x.toFixed(2));
+  cpu.notes.push(
+    `1-minute load average at the start of the PCP benchmarks ${load0[0]}, at the end ${load[0]} (${cpus().length} cores): other processes' load on a shared machine inflates CPU per packet of every row alike; compare rows of the same run.`,
+  );
   return { rate, cpu, held, release, table: render(rate, cpu, held, release) };
 }
 
