@@ -134,6 +134,11 @@ export interface EscrowAgentPcpOptions {
   auth?: PcpClientAuth;
   /** How long ICE gathering waits for each MAP answer, ms (default 5000); a late answer is still used for escrow. */
   gatherTimeoutMs?: number;
+  /**
+   * Also a PEER (RFC 6887 §12) for each selected candidate pair once ICE connects: the
+   * firewall learns the remote peer of the flow, and escrow can name it (default false).
+   */
+  peer?: boolean;
 }
 
 export interface EscrowRecord {
@@ -502,6 +507,50 @@ export class EscrowAgent extends EventEmitter {
     );
   }
 
+  private readonly pcpPeerDone = new Set<string>();
+
+  /** One PEER per selected pair (local host candidate on the client address → remote candidate), bounded. */
+  private pcpPeers(): void {
+    const o = this.opts.pcp;
+    const c = this.pcpClientNow;
+    if (!o || !c || this.closed) return;
+    const its = (this.pc as unknown as { iceTransports?: Array<{ connection?: { nominated?: WeriftPair } }> }).iceTransports ?? [];
+    for (const it of its) {
+      const pair = it.connection?.nominated;
+      const local = pair?.protocol.localCandidate;
+      const remote = pair?.remoteCandidate;
+      if (!local || !remote || local.type !== 'host' || !isIPv4(remote.host)) continue;
+      const key = `${local.host}:${local.port}>${remote.host}:${remote.port}`;
+      if (this.pcpPeerDone.has(key) || this.pcpPeerDone.size >= MAX_PCP_RECORDS) continue;
+      this.pcpPeerDone.add(key);
+      // Only for host candidates this agent MAPped (on the PCP client's address).
+      const mapped = this.pcpMappings.find((m) => m.internal === `${local.host}:${local.port}`);
+      if (!mapped) continue;
+      try {
+        const m = c.peer({
+          protocol: 17,
+          internalPort: local.port,
+          // RFC 6887 §12.2: suggest the external port the MAP of the same internal address and port got.
+          suggestedExternalPort: Number(mapped.external.split(':').pop()),
+          lifetime: o.lifetime ?? 600,
+          remoteAddress: remote.host,
+          remotePort: remote.port,
+        });
+        m.ready.then(
+          (info) =>
+            this.emit('pcpPeer', {
+              internal: `${local.host}:${local.port}`,
+              remote: `${remote.host}:${remote.port}`,
+              external: `${info.externalAddress}:${info.externalPort}`,
+            }),
+          (e: unknown) => this.emit('pcpError', e instanceof Error ? e : new EscrowError(String(e))),
+        );
+      } catch (e) {
+        this.emit('pcpError', e instanceof Error ? e : new EscrowError(String(e)));
+      }
+    }
+  }
+
   private closePcp(): void {
     pcpOwners.delete(this);
     const c = this.pcpClientNow;
@@ -560,6 +609,8 @@ export class EscrowAgent extends EventEmitter {
     }
     if (fresh) for (const ps of this.peers.values()) this.maybeSend(ps);
     if (fresh) this.pcpClientNow?.associationsChanged(); // key-escrow.md §5.3: new association, new keys
+    // The selected pair is known once ICE connected (werift sets `nominated` around then).
+    if (this.opts.pcp?.peer && this.pc.connectionState === 'connected') this.pcpPeers();
   }
 
   private attach(turn: WeriftTurn): void {
@@ -800,6 +851,10 @@ interface WeriftCandidate {
   type: string;
   transport: string;
   component: number;
+}
+interface WeriftPair {
+  protocol: { localCandidate?: WeriftCandidate };
+  remoteCandidate: WeriftCandidate;
 }
 interface WeriftIceConnection {
   protocols: Array<{ localCandidate?: WeriftCandidate }>;

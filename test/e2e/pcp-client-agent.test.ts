@@ -24,6 +24,7 @@ import type { KeySet } from '../../src/wire/keyset.js';
 import { makePki } from './helpers/pcp-auth-pki.js';
 import { requirePeer } from './helpers/require-peer.js';
 import { gathered, onlyLoopback, plainPeer, until, withTimeout } from '../unit/endpoint/helpers.js';
+import { networkInterfaces } from 'node:os';
 
 class RecordingBackend implements FirewallBackend {
   readonly name = 'recording';
@@ -81,7 +82,17 @@ t.test('agent with pcp: srflx candidate from the MAP, keys escrowed over PCP, ma
     lifetime: 3600,
     epoch: () => (server ? Number((server as unknown as { epoch: { seconds(): number } }).epoch.seconds()) : 0),
   });
-  server = new PcpServer({ listen: ['udp://127.0.0.1:0'], externalAddress: '203.0.113.7', firewall: fw, auth, extension: escrow });
+  // The agent's host candidates and the PCP server on the host's first external IPv4 address
+  // (the PCP client's source address toward the server is then the host candidate's, RFC 6887 §8.1).
+  const lan = Object.values(networkInterfaces())
+    .flat()
+    .find((a) => a && a.family === 'IPv4' && !a.internal)?.address;
+  if (!lan) {
+    t.fail('no external IPv4 address on this host');
+    return;
+  }
+  const lanRe = lan.replace(/\./g, '\\.');
+  server = new PcpServer({ listen: [`udp://${lan}:0`], externalAddress: '203.0.113.7', firewall: fw, auth, extension: escrow });
   escrow.setSender(server);
   await server.start();
   t.teardown(async () => {
@@ -98,15 +109,17 @@ t.test('agent with pcp: srflx candidate from the MAP, keys escrowed over PCP, ma
       consents.push(c);
       return true;
     },
-    pcConfig: { iceUseIpv6: false, iceInterfaceAddresses: { udp4: '127.0.0.1' }, iceAdditionalHostAddresses: ['127.0.0.1'] },
+    pcConfig: { iceUseIpv6: false, iceInterfaceAddresses: { udp4: lan } },
     pcp: {
-      server: '127.0.0.1',
+      server: lan,
       port: addr.port,
-      clientAddress: '127.0.0.1',
       lifetime: 120,
+      peer: true,
       eapTls: { cert: pki.clientCert, key: pki.clientKey, ca: pki.ca, identity: 'alice@example.com' },
     },
   });
+  const pcpErrors: string[] = [];
+  agent.on('pcpError', (e: Error) => pcpErrors.push(e.message));
   const peer = plainPeer();
   t.teardown(async () => {
     await pc.close().catch(() => undefined);
@@ -120,7 +133,7 @@ t.test('agent with pcp: srflx candidate from the MAP, keys escrowed over PCP, ma
   t.equal(fw.installed.length, 1, 'one MAP for the one UDP host candidate');
   const m = fw.installed[0]!;
   t.equal(m.user, 'alice@example.com', 'mapped under the EAP-TLS identity');
-  const hostLine = sdp.split('\r\n').find((l) => l.startsWith('a=candidate:') && l.includes(' typ host') && l.includes(' 127.0.0.1 '));
+  const hostLine = sdp.split('\r\n').find((l) => l.startsWith('a=candidate:') && l.includes(' typ host') && l.includes(` ${lan} `));
   t.ok(hostLine, 'host candidate');
   const hostPort = Number(hostLine!.split(' ')[5]);
   t.equal(m.internal.port, hostPort, 'the MAP is for the host candidate port');
@@ -128,12 +141,13 @@ t.test('agent with pcp: srflx candidate from the MAP, keys escrowed over PCP, ma
   t.ok(srflx, 'srflx candidate advertised');
   t.match(
     srflx!,
-    new RegExp(` 203\\.0\\.113\\.7 ${m.external.port} typ srflx raddr 127\\.0\\.0\\.1 rport ${hostPort}`),
+    new RegExp(` 203\\.0\\.113\\.7 ${m.external.port} typ srflx raddr ${lanRe} rport ${hostPort}`),
     'srflx = mapped address, base = host',
   );
-  t.same(agent.pcpMappings[0], { internal: `127.0.0.1:${hostPort}`, external: `203.0.113.7:${m.external.port}`, lifetime: 120 });
+  t.same(agent.pcpMappings[0], { internal: `${lan}:${hostPort}`, external: `203.0.113.7:${m.external.port}`, lifetime: 120 });
 
-  await peer.setRemoteDescription({ type: 'offer', sdp: onlyLoopback(sdp) });
+  t.notOk(/ typ host .*127\.0\.0\.1|127\.0\.0\.1 \d+ typ host/.test(sdp), 'agent host candidates only on the LAN address');
+  await peer.setRemoteDescription({ type: 'offer', sdp });
   await peer.setLocalDescription(await peer.createAnswer());
   await withTimeout(gathered(peer), 10_000, 'peer gathering');
   await pc.setRemoteDescription({ type: 'answer', sdp: onlyLoopback(peer.localDescription!.sdp) });
@@ -142,7 +156,24 @@ t.test('agent with pcp: srflx candidate from the MAP, keys escrowed over PCP, ma
     15_000,
     'data channel open',
   );
-  t.equal(consents.length, 1, 'consent asked for the WRITE_KEYS_REQUEST of the MAP response');
+  t.ok(consents.length >= 1, 'consent asked for the WRITE_KEYS_REQUEST of the MAP response');
+  // peer: true → a PEER for the selected pair (RFC 6887 §12), the remote = the peer's candidate.
+  await until(() => fw.installed.some((x) => x.opcode === 'peer'), 5000, 'PEER for the selected pair').catch((e: Error) => {
+    const its = (pc as unknown as { iceTransports: Array<{ connection?: { nominated?: unknown } }> }).iceTransports;
+    throw new Error(
+      `${e.message}; pcpErrors=${JSON.stringify(pcpErrors)} nominated=${JSON.stringify(
+        its.map((x) => {
+          const n = x.connection?.nominated as { protocol?: { localCandidate?: object }; remoteCandidate?: object } | undefined;
+          return [n?.protocol?.localCandidate, n?.remoteCandidate, typeof (n?.protocol as { localCandidate?: unknown })];
+        }),
+      )} maps=${JSON.stringify(agent.pcpMappings)} state=${pc.connectionState}`,
+    );
+  });
+  const pm = fw.installed.find((x) => x.opcode === 'peer')!;
+  const peerHost = peer.localDescription!.sdp.split('\r\n').find((l) => l.includes(' typ host') && l.includes(' 127.0.0.1 '))!;
+  t.equal(pm.internal.port, hostPort, 'PEER from the host candidate port');
+  t.same([pm.remote?.address, pm.remote?.port], ['127.0.0.1', Number(peerHost.split(' ')[5])], "PEER to the peer's candidate");
+  t.equal(pm.external.port, m.external.port, 'PEER shares the MAP external port');
   await until(() => applied.length >= 1, 10_000, 'keys applied by the gateway');
   const sock = (pc as unknown as { dtlsTransports: Array<{ dtls?: WeriftDtlsSocketLike }> }).dtlsTransports[0]!.dtls!;
   const st = dtlsStateFromWerift(sock)!;
@@ -154,6 +185,6 @@ t.test('agent with pcp: srflx candidate from the MAP, keys escrowed over PCP, ma
   const c0 = Date.now();
   await agent.closeAndDeleteMappings();
   t.ok(Date.now() - c0 < 5000, 'close answered promptly');
-  await until(() => fw.removed.includes(m.id), 5000, 'mapping removed');
-  t.pass('close() deleted the mapping (RFC 6887 §15)');
+  await until(() => fw.removed.includes(m.id) && fw.removed.includes(pm.id), 5000, 'mappings removed');
+  t.pass('close() deleted the MAP and the PEER (RFC 6887 §15)');
 });
