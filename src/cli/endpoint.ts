@@ -7,6 +7,7 @@
  * Public API: runEndpoint(argv, io): Promise<number>, ENDPOINT_HELP
  */
 import { parseArgs } from 'node:util';
+import { isIP } from 'node:net';
 import { createHash } from 'node:crypto';
 import { mkdirSync, readFileSync, renameSync, writeFileSync, existsSync } from 'node:fs';
 import { basename, join } from 'node:path';
@@ -41,7 +42,11 @@ Options:
                                       default), advertise the mapped address as a srflx
                                       candidate, answer WRITE_KEYS_REQUEST over PCP, delete
                                       the mappings at exit (escrow over PCP needs RFC 7652
-                                      authentication: see the README)
+                                      authentication: --pcp-cert, --pcp-key, --pcp-ca)
+  --pcp-cert FILE --pcp-key FILE      the endpoint's client certificate and key (PEM) for
+                                      RFC 7652 EAP-TLS with the PCP server
+  --pcp-ca FILE                       the CA (PEM) the PCP server's EAP-TLS certificate must
+                                      chain to
   --gateway-cert-fingerprint HEX      trust a gateway certificate by SHA-256 (repeatable)
   --gateway-ca FILE                   trust gateway certificates issued by this CA (PEM)
   --gateway-cert-url URL              where to fetch the gateway certificate
@@ -50,6 +55,8 @@ Options:
   --consent always|ask|never          answer to key requests (default ask; ask reads y/n on stdin)
   --decline-reason TEXT               KEY-DECLINE reason (at most 128 bytes)
   --no-escrow                         plain werift peer (no TURN unless --turn, no agent)
+  --ice-address ADDRESS               the plain peer's host candidates on this IPv4 address
+                                      (default 127.0.0.1, a loopback demo)
   --send-file FILE                    send FILE over a data channel "file:NAME": a JSON text
                                       header {name,size,sha256}, then binary chunks (as the
                                       WebRTC samples and Snapdrop do)
@@ -180,6 +187,10 @@ export async function runEndpoint(argv: string[], io: Io): Promise<number> {
         'signal-dir': { type: 'string' },
         turn: { type: 'string' },
         pcp: { type: 'string' },
+        'pcp-cert': { type: 'string' },
+        'pcp-key': { type: 'string' },
+        'pcp-ca': { type: 'string' },
+        'ice-address': { type: 'string' },
         user: { type: 'string' },
         password: { type: 'string' },
         'gateway-cert-fingerprint': { type: 'string', multiple: true },
@@ -234,6 +245,26 @@ export async function runEndpoint(argv: string[], io: Io): Promise<number> {
     if (!escrow) return usage(io, "--pcp is the agent's firewall path (drop --no-escrow)");
     if (turn) return usage(io, '--pcp and --turn exclude each other (TURN relays everything; PCP maps host candidates)');
   }
+  const pcpTls = ['pcp-cert', 'pcp-key', 'pcp-ca'].filter((k) => v[k] !== undefined);
+  if (pcpTls.length && (!pcpServer || pcpTls.length !== 3)) return usage(io, '--pcp-cert, --pcp-key and --pcp-ca go together, with --pcp');
+  let eapTls: { cert: string; key: string; ca: string } | undefined;
+  if (pcpTls.length) {
+    try {
+      eapTls = {
+        cert: readFileSync(v['pcp-cert'] as string, 'utf8'),
+        key: readFileSync(v['pcp-key'] as string, 'utf8'),
+        ca: readFileSync(v['pcp-ca'] as string, 'utf8'),
+      };
+    } catch (e) {
+      return usage(
+        io,
+        `--pcp-cert/--pcp-key/--pcp-ca: ${(e as NodeJS.ErrnoException).code ?? 'unreadable'} ${(e as NodeJS.ErrnoException).path ?? ''}`,
+      );
+    }
+  }
+  const iceAddress = v['ice-address'] as string | undefined;
+  if (iceAddress !== undefined && (isIP(iceAddress) !== 4 || escrow || turn))
+    return usage(io, '--ice-address is an IPv4 address, for the plain peer (--no-escrow) without --turn');
   if (escrow && !turn && !pcpServer) return usage(io, 'a compliant endpoint needs --turn or --pcp (or use --no-escrow)');
   const consentMode = (v.consent as string | undefined) ?? 'ask';
   if (!['always', 'ask', 'never'].includes(consentMode)) return usage(io, '--consent is always, ask or never');
@@ -297,7 +328,7 @@ export async function runEndpoint(argv: string[], io: Io): Promise<number> {
       pcConfig,
     };
     const made = pcpServer
-      ? createPcpEscrowPeerConnection({ ...common, pcp: { server: pcpServer.server, port: pcpServer.port } })
+      ? createPcpEscrowPeerConnection({ ...common, pcp: { server: pcpServer.server, port: pcpServer.port, ...(eapTls ? { eapTls } : {}) } })
       : createEscrowPeerConnection({
           turnUrl: turn!,
           username: v.user as string,
@@ -332,7 +363,7 @@ export async function runEndpoint(argv: string[], io: Io): Promise<number> {
       iceServers: u ? [{ urls: turn!, username: v.user as string, credential: v.password as string }] : [],
       ...(u
         ? { iceTransportPolicy: 'relay' as const }
-        : { iceInterfaceAddresses: { udp4: '127.0.0.1' }, iceAdditionalHostAddresses: ['127.0.0.1'] }),
+        : { iceInterfaceAddresses: { udp4: iceAddress ?? '127.0.0.1' }, iceAdditionalHostAddresses: [iceAddress ?? '127.0.0.1'] }),
     });
   }
 

@@ -89,6 +89,13 @@ if (isEntry) {
   main(process.argv.slice(2), io).then(
     (code) => {
       process.exitCode = code;
+      // One-shot commands end when they are done, even if a library left a handle open
+      // (werift's sockets and timers after close): stdout is flushed first. `serve` ends on
+      // its signals instead.
+      if (process.argv[2] !== 'serve') {
+        const t = setTimeout(() => process.stdout.write('', () => process.exit(code)), 500);
+        t.unref();
+      }
     },
     (err: unknown) => {
       process.stderr.write(`gatehouse: ${(err as Error).stack ?? String(err)}\n`);

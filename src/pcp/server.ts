@@ -18,6 +18,7 @@
  */
 import { createSocket, type Socket } from 'node:dgram';
 import { isIPv4, isIPv6 } from 'node:net';
+import { networkInterfaces } from 'node:os';
 import { systemClock, type Clock } from '../util/clock.js';
 import { silentLogger, type Logger } from '../util/log.js';
 import { Supervisor } from '../util/supervise.js';
@@ -183,6 +184,22 @@ interface ParsedOptions {
 
 const AUTH_OPTION_CODES: readonly number[] = Object.values(PcpAuthOption);
 
+function expandWildcards(list: readonly { url: string; host: string; port: number }[]): { url: string; host: string; port: number }[] {
+  const out: { url: string; host: string; port: number }[] = [];
+  const ifaces = Object.values(networkInterfaces()).flatMap((l) => l ?? []);
+  for (const l of list) {
+    if (l.host !== '0.0.0.0' && l.host !== '::') {
+      out.push(l);
+      continue;
+    }
+    const v6 = l.host === '::';
+    // IPv6 link-local addresses need a scope: not bound (PCP servers are reached by routable addresses).
+    const addrs = ifaces.filter((i) => (v6 ? i.family === 'IPv6' && !i.address.toLowerCase().startsWith('fe80') : i.family === 'IPv4'));
+    for (const a of new Set(addrs.map((i) => i.address))) out.push({ url: l.url, host: a, port: l.port });
+  }
+  return out;
+}
+
 function parseListen(url: string): { host: string; port: number } {
   const m = /^udp:\/\/(\[([0-9a-fA-F:.]+)\]|([0-9.]+)):(\d{1,5})$/.exec(url);
   if (!m) throw new Error(`pcp.listen: expected udp://address:port, got ${JSON.stringify(url)}`);
@@ -249,9 +266,15 @@ export class PcpServer {
     return this.sup;
   }
 
-  /** Binds every pcp.listen address. */
+  /**
+   * Binds every pcp.listen address. A wildcard (0.0.0.0, ::) is bound as one socket per
+   * address of this host: a client accepts only answers from the address it sent to
+   * (RFC 6887 §8.3 "the source IP address and port match the destination of the
+   * request"), and a socket bound to the wildcard answers from whatever address the
+   * kernel picks for the route back. Addresses added later need a restart.
+   */
   async start(): Promise<void> {
-    for (const { url, host, port } of this.listenAt) {
+    for (const { url, host, port } of expandWildcards(this.listenAt)) {
       const v6 = isIPv6(host);
       const sock = createSocket({ type: v6 ? 'udp6' : 'udp4', ipv6Only: v6, reuseAddr: false });
       const via = this.sockets.length;
