@@ -184,18 +184,20 @@ interface ParsedOptions {
 
 const AUTH_OPTION_CODES: readonly number[] = Object.values(PcpAuthOption);
 
-function expandWildcards(list: readonly { url: string; host: string; port: number }[]): { url: string; host: string; port: number }[] {
-  const out: { url: string; host: string; port: number }[] = [];
+function expandWildcards(
+  list: readonly { url: string; host: string; port: number }[],
+): { url: string; host: string; port: number; expanded: boolean }[] {
+  const out: { url: string; host: string; port: number; expanded: boolean }[] = [];
   const ifaces = Object.values(networkInterfaces()).flatMap((l) => l ?? []);
   for (const l of list) {
     if (l.host !== '0.0.0.0' && l.host !== '::') {
-      out.push(l);
+      out.push({ ...l, expanded: false });
       continue;
     }
     const v6 = l.host === '::';
     // IPv6 link-local addresses need a scope: not bound (PCP servers are reached by routable addresses).
     const addrs = ifaces.filter((i) => (v6 ? i.family === 'IPv6' && !i.address.toLowerCase().startsWith('fe80') : i.family === 'IPv4'));
-    for (const a of new Set(addrs.map((i) => i.address))) out.push({ url: l.url, host: a, port: l.port });
+    for (const a of new Set(addrs.map((i) => i.address))) out.push({ url: l.url, host: a, port: l.port, expanded: true });
   }
   return out;
 }
@@ -274,9 +276,25 @@ export class PcpServer {
    * kernel picks for the route back. Addresses added later need a restart.
    */
   async start(): Promise<void> {
-    for (const { url, host, port } of expandWildcards(this.listenAt)) {
+    for (const { url, host, port, expanded } of expandWildcards(this.listenAt)) {
       const v6 = isIPv6(host);
       const sock = createSocket({ type: v6 ? 'udp6' : 'udp4', ipv6Only: v6, reuseAddr: false });
+      try {
+        await new Promise<void>((resolve, reject) => {
+          sock.once('error', reject);
+          sock.bind(port, host, () => {
+            sock.off('error', reject);
+            resolve();
+          });
+        });
+      } catch (err) {
+        sock.close();
+        // One address of a wildcard that cannot be bound (in use by another program, a
+        // tentative IPv6 address) is said and skipped; an address configured as such fails the start.
+        if (!expanded) throw err;
+        this.log.warn({ err: (err as Error).message, listen: url, address: host }, 'pcp: an address of the wildcard could not be bound');
+        continue;
+      }
       const via = this.sockets.length;
       this.sockets.push(sock);
       sock.on(
@@ -287,15 +305,10 @@ export class PcpServer {
         'error',
         this.sup.guard('pcp.udp.error', (err: Error) => this.log.warn({ err: err.message, listen: url }, 'pcp socket error')),
       );
-      await new Promise<void>((resolve, reject) => {
-        sock.once('error', reject);
-        sock.bind(port, host, () => {
-          sock.off('error', reject);
-          resolve();
-        });
-      });
-      this.log.info({ listen: url }, 'pcp server listening');
+      this.log.info({ listen: url, ...(expanded ? { address: host } : {}) }, 'pcp server listening');
     }
+    if (this.listenAt.length > 0 && this.sockets.length === 0)
+      throw new Error(`pcp.listen: no address could be bound (${this.o.listen.join(', ')})`);
   }
 
   /** The bound addresses (port 0 in pcp.listen picks one). */

@@ -616,3 +616,30 @@ t.test('IPv6 listener: udp://[::1]:0 answers an IPv6 client with a pinhole', asy
   t.equal(fw.installs[0]!.client.address, '::1');
   t.throws(() => new PcpServer({ firewall: fw, listen: ['tcp://1.2.3.4:5'] }), /udp:\/\//, 'not udp://: refused at construction');
 });
+
+t.test('a wildcard listener is one socket per address: answers come from the address asked (RFC 6887 §8.3)', async (t) => {
+  const fw = new FakeBackend();
+  const server = new PcpServer({ externalAddress: EXT, firewall: fw, listen: ['udp://0.0.0.0:0'] });
+  await server.start();
+  t.teardown(() => server.close());
+  const addrs = server.addresses();
+  t.ok(addrs.length >= 1, `bound ${addrs.map((a) => `${a.address}:${a.port}`).join(', ')}`);
+  t.notOk(
+    addrs.some((a) => a.address === '0.0.0.0'),
+    'no socket on the wildcard itself',
+  );
+  const lo = addrs.find((a) => a.address === '127.0.0.1');
+  t.ok(lo, 'loopback is one of them');
+  if (!lo) return;
+  const sock = createSocket('udp4');
+  await new Promise<void>((r) => sock.bind(0, '127.0.0.1', r));
+  t.teardown(() => sock.close());
+  const got = new Promise<{ address: string; port: number }>((r) => sock.once('message', (_m, rinfo) => r(rinfo)));
+  sock.send(mapReq({ clientAddress: '127.0.0.1' }), lo.port, '127.0.0.1');
+  const from = await got;
+  t.same(
+    { address: from.address, port: from.port },
+    { address: '127.0.0.1', port: lo.port },
+    'the answer comes from the address and port the request went to',
+  );
+});
