@@ -142,6 +142,7 @@ t.test('PCP server with libtorrent, natpmpc and tshark', async (t) => {
       maxLifetime: 6,
       thirdPartyClients: [`${CLIENT}/32`],
       maxFiltersPerMapping: 2,
+      nftables: true, // the mappings become real kernel rules in gw (issue 10: "the rules follow")
     }),
   ]);
   let serverErr = '';
@@ -152,12 +153,26 @@ t.test('PCP server with libtorrent, natpmpc and tshark', async (t) => {
 
   await t.test('libtorrent creates, refreshes and deletes MAP mappings', async (t) => {
     const lt = lab.spawn(lan, PY, [join(dir, 'lt.py'), '11']);
+    // The kernel rules follow the mappings: DNAT to libtorrent's port while mapped, gone after.
+    const ruleset = () => lab.try(gw, 'nft', ['list', 'table', 'inet', 'gatehouse']).stdout;
+    const dnat = new RegExp(`dport 6881 dnat ip to ${CLIENT.replace(/\./g, '\\.')}:6881`);
+    let sawRules = '';
+    const watch = (async () => {
+      while (lt.exitCode === null && !sawRules) {
+        const rs = ruleset();
+        if (dnat.test(rs)) sawRules = rs;
+        else await new Promise((r) => setTimeout(r, 100));
+      }
+    })();
     const alerts: { type: string; msg: string }[] = [];
     createInterface({ input: lt.stdout! }).on('line', (l) => alerts.push(JSON.parse(l) as { type: string; msg: string }));
     let ltErr = '';
     lt.stderr!.on('data', (d: Buffer) => (ltErr += d.toString()));
     const code = await new Promise<number | null>((r) => lt.on('exit', r));
+    await watch;
     t.equal(code, 0, `libtorrent exited cleanly ${ltErr}`);
+    t.match(sawRules, /udp dport 6881 dnat/, 'the UDP mapping is a DNAT rule in nft list ruleset while mapped');
+    t.match(sawRules, /tcp dport 6881 dnat/, 'and the TCP one');
     const mapped = alerts.filter((a) => a.type === 'portmap_alert').map((a) => a.msg);
     t.ok(
       mapped.some((m) => m.includes('TCP/6881')),
@@ -173,6 +188,7 @@ t.test('PCP server with libtorrent, natpmpc and tshark', async (t) => {
     );
     // Deletes arrive as the session closes.
     await until(() => seen.filter((l) => l.kind === 'remove').length >= 2, 5_000, 'the deletes');
+    t.notMatch(ruleset(), /dport 6881/, 'the rules are gone once libtorrent deleted its mappings');
     const installs = seen.filter((l) => l.kind === 'install');
     t.equal(installs.length, 2, 'two mappings created (TCP and UDP), no duplicates from retransmissions or refreshes');
     for (const proto of [6, 17]) {

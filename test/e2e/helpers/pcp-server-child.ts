@@ -9,12 +9,15 @@
 import { PcpServer, type PcpServerOptions } from '../../../src/pcp/server.js';
 import type { FirewallBackend, PcpMapping } from '../../../src/pcp/hooks.js';
 import type { EveEvent } from '../../../src/events/eve.js';
+import { NftablesBackend } from '../../../src/pcp/firewall/nftables.js';
 
 const opts = JSON.parse(process.argv[2] ?? '{}') as {
   listen: string[];
   externalAddress: string;
   minLifetime?: number;
   maxLifetime?: number;
+  /** Also make every mapping real with the nftables backend (NAT + filter rules, no queue) in this namespace. */
+  nftables?: boolean;
 };
 const out = (o: unknown): void => void process.stdout.write(JSON.stringify(o) + '\n');
 const view = (m: PcpMapping) => ({
@@ -29,19 +32,29 @@ const view = (m: PcpMapping) => ({
   expiresAt: m.expiresAt,
 });
 
+const real = opts.nftables ? await NftablesBackend.create({ queue: null }) : null;
+if (real && !real.available) {
+  out({ kind: 'error', reason: real.reason });
+  process.exit(1);
+}
 const backend: FirewallBackend = {
   name: 'recording',
   available: true,
   async install(m) {
+    await real?.install(m);
     out({ kind: 'install', mapping: view(m) });
   },
   async update(m) {
+    await real?.update(m);
     out({ kind: 'update', mapping: view(m) });
   },
   async remove(m) {
+    await real?.remove(m);
     out({ kind: 'remove', mapping: view(m) });
   },
-  async close() {},
+  async close() {
+    await real?.close();
+  },
 };
 
 const server = new PcpServer({
