@@ -29,7 +29,7 @@
  *
  * Imports wire and node only (floor rule: endpoint imports wire, util).
  */
-import { Duplex } from 'node:stream';
+import { MemoryDuplex, settle } from '../util/memory-tls.js';
 import { connect, type ConnectionOptions, type TLSSocket } from 'node:tls';
 import {
   EAP_TLS12_EXPORTER,
@@ -118,45 +118,7 @@ export class PcpAuthError extends Error {
   }
 }
 
-// --- TLS over memory (a copy of src/pcp/auth/memory-tls.ts: endpoint may not import pcp) ---
-
-class MemoryDuplex extends Duplex {
-  private out: Buffer[] = [];
-  private outBytes = 0;
-  override _read(): void {}
-  override _write(chunk: Buffer, _e: BufferEncoding, cb: (err?: Error | null) => void): void {
-    this.out.push(Buffer.from(chunk));
-    this.outBytes += chunk.length;
-    cb();
-  }
-  inject(d: Buffer): void {
-    if (d.length) this.push(d);
-  }
-  get pending(): number {
-    return this.outBytes;
-  }
-  takeOutput(): Buffer {
-    const b = Buffer.concat(this.out);
-    this.out = [];
-    this.outBytes = 0;
-    return b;
-  }
-}
-
-async function settle(d: MemoryDuplex, stop: () => boolean, maxMs = 3000): Promise<void> {
-  const start = Date.now();
-  let last = -1;
-  let still = 0;
-  for (;;) {
-    await new Promise((r) => setTimeout(r, 4));
-    const n = d.pending;
-    if (n === last && (n > 0 || stop())) {
-      if (++still >= 2) return;
-    } else still = 0;
-    last = n;
-    if (Date.now() - start > maxMs) return;
-  }
-}
+// TLS over memory: src/util/memory-tls.ts (shared with the gateway's EAP-TLS server).
 
 /** EAP peer for EAP-TLS (RFC 5216 §2.1; RFC 9190 §2.1 for TLS 1.3). */
 export class EapTlsPeer {

@@ -1,7 +1,7 @@
 /**
  * The built-in EAP server: EAP-TLS (RFC 5216 for TLS 1.2, RFC 9190 for TLS 1.3) with the
  * gateway's certificate, client certificates required and verified against the configured
- * CA roots. node:tls runs over memory (memory-tls.ts); the MSK comes from the TLS exporter:
+ * CA roots. node:tls runs over memory (src/util/memory-tls.ts); the MSK comes from the TLS exporter:
  *   TLS 1.2: RFC 5216 §2.3 Key_Material = TLS-PRF-128(master_secret, "client EAP encryption",
  *            client.random || server.random) = RFC 5705 exporter without context, 128 octets;
  *   TLS 1.3: RFC 9190 §2.3 Key_Material = TLS-Exporter("EXPORTER_EAP_TLS_Key_Material",
@@ -28,7 +28,7 @@ import {
   type EapTlsFragment,
 } from '../../wire/eap.js';
 import type { EapBackend, EapSession, EapStep } from './backend.js';
-import { MemoryDuplex, settle } from './memory-tls.js';
+import { MemoryDuplex, settle } from '../../util/memory-tls.js';
 
 export interface EapTlsServerOptions {
   /** PEM CA roots that client certificates must chain to. */
