@@ -16,7 +16,7 @@
  * Pure: no I/O, no clock. Decoders return null on malformed input.
  */
 import { createHmac, timingSafeEqual } from 'node:crypto';
-import { isIPv4, isIPv6 } from 'node:net';
+import { Result, encodePcpAddress as encodeAddress, encodePcpOptions } from './pcp.js';
 
 /** RFC 6887 §7: PCP version 2. */
 export const PCP_VERSION = 2;
@@ -56,22 +56,28 @@ export const PcpAuthOption = {
   ID_INDICATOR: 12, // §5.11: identity of the authentication server (response only)
 } as const;
 
-/** RFC 7652 IANA Considerations ("PCP Result Codes" 14..23, after RFC 6887's 0..13). */
+/** RFC 7652 IANA Considerations ("PCP Result Codes" 14..23, after RFC 6887's 0..13): one table, in pcp.ts. */
 export const PcpAuthResult = {
-  INITIATION: 14,
-  AUTHENTICATION_REQUIRED: 15,
-  AUTHENTICATION_FAILED: 16,
-  AUTHENTICATION_SUCCEEDED: 17,
-  AUTHORIZATION_FAILED: 18,
-  SESSION_TERMINATED: 19,
-  UNKNOWN_SESSION_ID: 20,
-  DOWNGRADE_ATTACK_DETECTED: 21,
-  AUTHENTICATION_REQUEST: 22,
-  AUTHENTICATION_REPLY: 23,
+  INITIATION: Result.INITIATION,
+  AUTHENTICATION_REQUIRED: Result.AUTHENTICATION_REQUIRED,
+  AUTHENTICATION_FAILED: Result.AUTHENTICATION_FAILED,
+  AUTHENTICATION_SUCCEEDED: Result.AUTHENTICATION_SUCCEEDED,
+  AUTHORIZATION_FAILED: Result.AUTHORIZATION_FAILED,
+  SESSION_TERMINATED: Result.SESSION_TERMINATED,
+  UNKNOWN_SESSION_ID: Result.UNKNOWN_SESSION_ID,
+  DOWNGRADE_ATTACK_DETECTED: Result.DOWNGRADE_ATTACK_DETECTED,
+  AUTHENTICATION_REQUEST: Result.AUTHENTICATION_REQUEST,
+  AUTHENTICATION_REPLY: Result.AUTHENTICATION_REPLY,
 } as const;
 
 /** RFC 6887 §7.4 codes used here. */
-export const PcpResult = { SUCCESS: 0, NOT_AUTHORIZED: 2, MALFORMED_REQUEST: 3, MALFORMED_OPTION: 6, NO_RESOURCES: 8 } as const;
+export const PcpResult = {
+  SUCCESS: Result.SUCCESS,
+  NOT_AUTHORIZED: Result.NOT_AUTHORIZED,
+  MALFORMED_REQUEST: Result.MALFORMED_REQUEST,
+  MALFORMED_OPTION: Result.MALFORMED_OPTION,
+  NO_RESOURCES: Result.NO_RESOURCES,
+} as const;
 
 /** RFC 7652 §5.7: IKEv2 PRF transform ids (RFC 7296 §3.3.2); HMAC-SHA1 is mandatory to implement. */
 export const Prf = { HMAC_SHA1: 2, HMAC_SHA2_256: 5 } as const;
@@ -142,32 +148,14 @@ export function walkOptions(buf: Buffer, start: number, max = 64): WireOption[] 
   return out;
 }
 
-/** RFC 6887 §7.3 option encoding, padded with zeros to a 4-octet boundary. */
+/** RFC 6887 §7.3 option encoding, padded with zeros to a 4-octet boundary (pcp.ts). */
 export function encodeOption(code: number, data: Buffer): Buffer {
-  if (data.length > 0xffff) throw new RangeError('option too long');
-  const b = Buffer.alloc(4 + ((data.length + 3) & ~3));
-  b[0] = code;
-  b.writeUInt16BE(data.length, 2);
-  data.copy(b, 4);
-  return b;
+  return encodePcpOptions([{ code, data }]);
 }
 
-/** RFC 6887 §5: an address as 16 octets (IPv4 as ::ffff:a.b.c.d). */
+/** RFC 6887 §5: an address as 16 octets (IPv4 as ::ffff:a.b.c.d) (pcp.ts). */
 export function encodePcpAddress(address: string): Buffer {
-  const b = Buffer.alloc(16);
-  if (isIPv4(address)) {
-    b[10] = 0xff;
-    b[11] = 0xff;
-    address.split('.').forEach((p, i) => (b[12 + i] = Number(p)));
-    return b;
-  }
-  if (!isIPv6(address)) throw new RangeError('not an IP address');
-  const [head, tail] = address.includes('::') ? address.split('::') : [address, ''];
-  const h = head ? head!.split(':') : [];
-  const tl = tail ? tail!.split(':') : [];
-  const groups = [...h, ...Array(8 - h.length - tl.length).fill('0'), ...tl];
-  groups.forEach((g, i) => b.writeUInt16BE(parseInt(g, 16), i * 2));
-  return b;
+  return encodeAddress(address);
 }
 
 export interface PaMessage {
