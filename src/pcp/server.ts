@@ -26,6 +26,7 @@ import { eveTimestamp, type EventSink } from '../events/eve.js';
 import type { PcpConfig } from '../config/config.js';
 import {
   Opcode,
+  PCP_CLIENT_PORT,
   OptionCode,
   Result,
   canonicalPcpAddress,
@@ -309,6 +310,8 @@ export class PcpServer {
     }
     if (this.listenAt.length > 0 && this.sockets.length === 0)
       throw new Error(`pcp.listen: no address could be bound (${this.o.listen.join(', ')})`);
+    // §14.1.1: a start is a loss of state; clients of a previous run learn it now.
+    this.announceMulticast();
   }
 
   /** The bound addresses (port 0 in pcp.listen picks one). */
@@ -955,6 +958,33 @@ export class PcpServer {
    * Unsolicited ANNOUNCE (§14.1.1) to the clients of live mappings (unicast: multicast to
    * 224.0.0.1 / ff02::1 is not done), so they check their mappings against the epoch.
    */
+  /**
+   * RFC 6887 §14.1.1: after a start (the server lost its state) or an external address
+   * change, an unsolicited ANNOUNCE goes to the all-hosts multicast group on the client
+   * port, 224.0.0.1:5350 and [ff02::1]:5350, from every listener, so clients re-create their
+   * mappings (their epoch check fails, §8.5). Unsigned: no SA covers a multicast message.
+   */
+  announceMulticast(): void {
+    const msg = encodePcpResponse({ opcode: Opcode.ANNOUNCE, result: Result.SUCCESS, lifetime: 0, epoch: this.epoch.seconds() });
+    for (const sock of this.sockets) {
+      if (this.closed) return;
+      const a = sock.address();
+      // A loopback listener has no group to reach.
+      if (a.address === '127.0.0.1' || a.address === '::1') continue;
+      const v6 = a.family === 'IPv6';
+      try {
+        // Out of the listener's own interface (IPv4: IP_MULTICAST_IF by address).
+        if (!v6) sock.setMulticastInterface(a.address);
+      } catch {
+        /* the kernel's default interface */
+      }
+      this.stats.unsolicited++;
+      sock.send(msg, PCP_CLIENT_PORT, v6 ? 'ff02::1' : '224.0.0.1', (err) => {
+        if (err) this.log.debug({ err: err.message, listen: a.address }, 'pcp multicast ANNOUNCE not sent');
+      });
+    }
+  }
+
   announce(): void {
     const seen = new Set<string>();
     for (const m of this.table.all()) {
@@ -992,6 +1022,7 @@ export class PcpServer {
       }
     }
     this.announce();
+    this.announceMulticast();
   }
 
   private emit(

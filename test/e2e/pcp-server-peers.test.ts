@@ -131,6 +131,17 @@ t.test('PCP server with libtorrent, natpmpc and tshark', async (t) => {
   cap.stderr!.on('data', (d: Buffer) => (capErr += d.toString()));
   await until(() => capErr.includes('Capturing on'), 15_000, `tshark to capture (${capErr})`);
 
+  // RFC 6887 §14.1.1: the server's start is announced to 224.0.0.1:5350 (all hosts, no join needed).
+  const listener = lab.spawn(lan, process.execPath, [
+    '-e',
+    "const s=require('dgram').createSocket({type:'udp4',reuseAddr:true});s.on('message',(m,r)=>console.log(JSON.stringify({hex:m.toString('hex'),from:r.address})));s.bind(5350,'0.0.0.0',()=>console.log('{\"ready\":true}'))",
+  ]);
+  const announces: { hex?: string; from?: string; ready?: boolean }[] = [];
+  createInterface({ input: listener.stdout! }).on('line', (l) =>
+    announces.push(JSON.parse(l) as { hex?: string; from?: string; ready?: boolean }),
+  );
+  await until(() => announces.some((a) => a.ready), 10_000, 'the multicast listener in lan');
+
   const server = lab.spawn(gw, process.execPath, [
     '--import',
     'tsx',
@@ -150,6 +161,19 @@ t.test('PCP server with libtorrent, natpmpc and tshark', async (t) => {
   const seen: Line[] = [];
   lines(server, seen);
   await until(() => seen.some((l) => l.kind === 'listening'), 20_000, `the PCP server to listen (${serverErr})`);
+
+  await t.test('the start is announced by multicast (RFC 6887 §14.1.1)', async (t) => {
+    await until(() => announces.some((a) => a.hex), 5_000, 'the multicast ANNOUNCE');
+    const a = announces.find((x) => x.hex)!;
+    const d = decodePcpResponse(Buffer.from(a.hex!, 'hex'));
+    t.ok(d.ok, 'a PCP response');
+    if (!d.ok) return;
+    t.equal(d.value.opcode, Opcode.ANNOUNCE, 'ANNOUNCE');
+    t.equal(d.value.result, Result.SUCCESS);
+    t.equal(d.value.lifetime, 0);
+    t.ok(d.value.epoch <= 2, `epoch ${d.value.epoch}: the server just started (§8.5)`);
+    t.equal(a.from, GW, 'from the listener on the internal side');
+  });
 
   await t.test('libtorrent creates, refreshes and deletes MAP mappings', async (t) => {
     const lt = lab.spawn(lan, PY, [join(dir, 'lt.py'), '11']);
