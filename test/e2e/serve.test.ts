@@ -151,6 +151,8 @@ admin:
   const metrics = await (await fetch(`http://127.0.0.1:${adminPort}/metrics`)).text();
   t.match(metrics, /gatehouse_turn_allocations \d+/);
   t.match(metrics, /process_cpu_user_seconds_total/);
+  t.match(metrics, /gatehouse_pcp_responses_total\{opcode="MAP",result="NO_RESOURCES"\} 1/, 'PCP answers counted per opcode and result code');
+  t.match(metrics, /gatehouse_pcp_mappings 0/);
   t.equal((await fetch(`http://127.0.0.1:${adminPort}/v1/events`)).status, 401, 'API refuses without token');
   const token = readFileSync(join(dir, 'data', 'admin-token'), 'utf8').trim();
   const ev = await fetch(`http://127.0.0.1:${adminPort}/v1/events`, { headers: { authorization: `Bearer ${token}` } });
