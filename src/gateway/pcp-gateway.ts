@@ -168,6 +168,8 @@ function openQueue(d: PcpDeps, path: PcpPath): NfQueueReader {
   const reader = NfQueueReader.open(
     {
       queue: n.queue,
+      // The kernel's queue holds the delayed verdicts too: room for them and a burst beyond.
+      maxLen: n.max_held + 1024,
       failOpen: n.fail_open,
       // The path bounds its delayed verdicts (max_held, PCP_HOLD_TIMEOUT_MS); the reader's
       // own bounds sit just beyond, as a backstop.
