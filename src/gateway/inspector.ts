@@ -17,7 +17,7 @@ import { BufferAccounts, type FlowAccount } from './memory.js';
 import { silentLogger, type Logger } from '../util/log.js';
 import { eveTimestamp, type EventSink, type EveEvent } from '../events/eve.js';
 import type { GatewayIdentity } from '../store/identity.js';
-import type { PolicyEngine, ScanMatch, Subject, VerdictAction } from '../policy/engine.js';
+import type { FlowContext, PolicyEngine, ScanMatch, Subject, VerdictAction } from '../policy/engine.js';
 import type { ScannerKind } from '../policy/rules-schema.js';
 import type { GuardedResult, ScanInput, ScanMeta } from '../scan/index.js';
 import { createReadStream } from 'node:fs';
@@ -25,6 +25,7 @@ import { spoolOf, type SpoolFactory, type SpoolMode } from '../inspect/transfer.
 import { ACTION_RANK } from '../policy/engine.js';
 import type { Flow, FlowDirection, FlowHooks, TurnRequestContext } from '../turn/flow.js';
 import { FlowBlockList } from './block-list.js';
+import { coreRef } from '../turn/events.js';
 import { TurnEscrowExtension, type EscrowHost, type EscrowKeysPolicy } from './escrow.js';
 import {
   FlowGuard,
@@ -254,7 +255,7 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
       ? { required: keys.required, deadline: keys.deadline, unverified: keys.unverified, media: keys.media, data: keys.data }
       : NO_KEYS;
     const st = {} as FlowState;
-    const flowCtx = { user: flow.user, groups: flow.groups, peerIp: flow.peerAddress };
+    const flowCtx = policyContext(flow);
     const recordRules = this.o.recordings ? policy.recordsFlow(flowCtx) : [];
     // rtp.packet events (decrypted payloads) are produced only for recorded flows. One DTLS
     // parse per flow: the pipeline's session, fed by the guard on arrival (dtlsExternal);
@@ -648,7 +649,7 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
     if (!subject) return;
     // The rule set in force now: a reload applies to live flows (issue 5). An exception
     // here closes the flow (fail closed: it is not relayed unjudged).
-    const verdict = this.o.policy().evaluate({ user: st.flow.user, groups: st.flow.groups, peerIp: st.flow.peerAddress }, subject);
+    const verdict = this.o.policy().evaluate(policyContext(st.flow), subject);
     for (const m of verdict.matches) {
       const ev = toEve(e, st.meta);
       ev.event_type = 'alert';
@@ -1052,14 +1053,20 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
       src_port: f.client.port,
       dest_ip: f.peerAddress,
       proto: 'UDP',
-      gatehouse: { user: f.user, ...flowRef(f), ...(association ? { association } : {}), ...extra },
+      gatehouse: { user: f.user, ...flowRef(f), ...coreRef(f), ...(association ? { association } : {}), ...extra },
     };
     if (st.meta.b.port) e.dest_port = st.meta.b.port;
     this.emit(e);
   }
 
   private decorate(st: FlowState, e: EveEvent, association: string | undefined): EveEvent {
-    e.gatehouse = { ...(e.gatehouse ?? {}), user: st.flow.user, ...flowRef(st.flow), ...(association ? { association } : {}) };
+    e.gatehouse = {
+      ...(e.gatehouse ?? {}),
+      user: st.flow.user,
+      ...flowRef(st.flow),
+      ...coreRef(st.flow),
+      ...(association ? { association } : {}),
+    };
     return e;
   }
 
@@ -1070,6 +1077,20 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
       this.log.warn({ err: (err as Error).message }, 'event sink failed');
     }
   }
+}
+
+/**
+ * What policy knows of a flow: user, groups, peer, and for core participants (core.md §8
+ * TURN REST credentials) guest and conference (contract.md rule conditions).
+ */
+export function policyContext(f: Flow): FlowContext {
+  return {
+    user: f.user,
+    groups: f.groups,
+    peerIp: f.peerAddress,
+    ...(f.guest ? { guest: true } : {}),
+    ...(f.conference !== undefined ? { conference: f.conference } : {}),
+  };
 }
 
 /** contract.md: flows on the PCP path carry gatehouse.mapping where TURN flows carry gatehouse.allocation. */

@@ -2,7 +2,7 @@ import { BlockList, isIP } from 'node:net';
 import { createReadStream } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { MultiMatcher } from './matcher.js';
-import type { Rule, RuleFile, ScannerKind } from './rules-schema.js';
+import { globRegExp, type Rule, type RuleFile, type ScannerKind } from './rules-schema.js';
 
 /**
  * Policy evaluation (contract.md "Rules"): inspection emits what it saw, this module
@@ -12,7 +12,8 @@ import type { Rule, RuleFile, ScannerKind } from './rules-schema.js';
  * Semantics (all-match): every rule whose selectors and conditions all hold matches,
  * and each match is reported. The verdict for the subject is the strongest matched
  * action: block > drop > record > alert > forward. Within one rule, the selectors
- * (user, group, peer, channel, direction, label, protocol, media, codec) must all hold,
+ * (user, group, guest, conference, peer, channel, direction, label, protocol, media,
+ * codec) must all hold,
  * and each listed condition must hold (a list inside one condition is "any of").
  */
 export type Action = 'block' | 'drop' | 'record' | 'alert';
@@ -24,6 +25,10 @@ export interface FlowContext {
   groups: readonly string[];
   /** The peer's IP address (the remote side of the relayed flow). */
   peerIp?: string;
+  /** A conference guest (core.md §8: TURN REST `EXPIRY:guest/CONFERENCE/IDENTITY`). */
+  guest?: boolean;
+  /** The core conference of the flow's credential. */
+  conference?: string;
 }
 
 export interface Subject {
@@ -86,6 +91,8 @@ interface Compiled {
   media: Set<string> | null;
   codecs: Set<string> | null;
   scan: ScannerKind | null;
+  guest: boolean | null;
+  conferences: RegExp[] | null;
 }
 
 const setOrNull = (xs: readonly string[], lower = false) => (xs.length ? new Set(lower ? xs.map((x) => x.toLowerCase()) : xs) : null);
@@ -140,6 +147,8 @@ export class PolicyEngine {
         media: setOrNull(w.media),
         codecs: setOrNull(w.codec, true),
         scan: w.scan ?? null,
+        guest: w.guest ?? null,
+        conferences: w.conference?.length ? w.conference.map(globRegExp) : null,
       };
     });
     this.matcher = new MultiMatcher(patterns);
@@ -165,6 +174,9 @@ export class PolicyEngine {
   private flowSelected(c: Compiled, flow: FlowContext): boolean {
     if (c.users && !(flow.user && c.users.has(flow.user))) return false;
     if (c.groups && !flow.groups.some((g) => c.groups!.has(g))) return false;
+    // contract.md `guest: true|false` and `conference: [glob...]` (core.md §8 credentials).
+    if (c.guest !== null && c.guest !== (flow.guest === true)) return false;
+    if (c.conferences && !(flow.conference !== undefined && c.conferences.some((r) => r.test(flow.conference!)))) return false;
     if (c.peers) {
       if (!flow.peerIp) return false;
       if (!c.peers.check(flow.peerIp, isIP(flow.peerIp) === 6 ? 'ipv6' : 'ipv4')) return false;

@@ -99,6 +99,28 @@ const regex = checked('a regular expression', (s) => {
     return 'nested quantifiers can backtrack without bound; rewrite the pattern';
   return null;
 });
+/**
+ * A conference glob (contract.md `conference: [board-*]`): `*` any run of characters, `?`
+ * one, everything else literal; 1 to 128 characters, no control characters.
+ */
+const conferenceGlob = checked('a conference glob', (s) =>
+  // eslint-disable-next-line no-control-regex
+  s.length >= 1 && s.length <= 128 && !/[\u0000-\u001f\u007f]/.test(s)
+    ? null
+    : 'a conference glob is 1 to 128 characters without control characters (* and ? are wildcards)',
+);
+
+/** A glob of conferenceGlob as an anchored regular expression (linear: no nested quantifiers). */
+export function globRegExp(glob: string): RegExp {
+  let re = '';
+  for (const ch of glob) {
+    if (ch === '*') re += '.*';
+    else if (ch === '?') re += '.';
+    else re += ch.replace(/[\\^$.|+()[\]{}]/g, '\\$&');
+  }
+  return new RegExp(`^${re}$`, 'su');
+}
+
 const sha256 = checked('a SHA-256 in hex', (s) => (/^[0-9a-fA-F]{64}$/.test(s) ? null : 'expected 64 hex digits'));
 
 export interface RuleWhen {
@@ -124,6 +146,10 @@ export interface RuleWhen {
    * answer is a match. Evaluated by the gateway (async), never by the policy engine.
    */
   scan: ScannerKind | null;
+  /** core.md: true selects conference guests only, false everyone else; null: either. */
+  guest: boolean | null;
+  /** Globs (`*`, `?`) over the flow's core conference id; a flow without one never matches. */
+  conference: string[];
 }
 export type ScannerKind = 'icap' | 'clamd';
 export const SCANNER_KINDS: readonly ScannerKind[] = ['icap', 'clamd'];
@@ -180,6 +206,8 @@ const whenSchema = obj<RuleWhen>({
   media: { schema: oneOrMany(oneOf('audio', 'video')), default: () => [] },
   codec: { schema: oneOrMany(str('a codec name')), default: () => [] },
   scan: { schema: nullable(oneOf(...SCANNER_KINDS)), default: () => null },
+  guest: { schema: nullable(bool()), default: () => null },
+  conference: { schema: oneOrMany(conferenceGlob), default: () => [] },
 });
 
 const ruleId = checked('a rule id', (s) => (/^[A-Za-z0-9_.:-]{1,64}$/.test(s) ? null : 'ids are 1-64 letters, digits, _ . : -'));

@@ -169,6 +169,7 @@ export class AllocationTable {
         { address: a.relayAddress, port: a.relayPort },
         ip,
         now,
+        a.guest || a.conference !== undefined ? { guest: a.guest, conference: a.conference } : undefined,
       );
       perm.flow = f;
       this.counters.permissions++;

@@ -93,11 +93,43 @@ export interface ResolvedCredential {
   groups: string[];
   password: string;
   rest: boolean;
+  /** A conference guest (REST username `EXPIRY:guest/CONFERENCE/IDENTITY`, core.md §8). */
+  guest?: true;
+  /** The conference a guest credential is stamped with (core.md §8). */
+  conference?: string;
 }
 
 export type CredentialResult = { ok: true; cred: ResolvedCredential } | { ok: false; reason: 'unknown_user' | 'rest_expired' };
 
 const REST_RE = /^(\d{1,12})(?::(.*))?$/s;
+
+/** The prefix of a guest's REST user part (core.md §8). */
+export const GUEST_PREFIX = 'guest/';
+
+/**
+ * `guest/CONFERENCE/IDENTITY` (core.md §8), or null. CONFERENCE is non-empty and has no
+ * `/`; IDENTITY is 1 to 64 characters with no `/`, `:` or control character (core.md §4).
+ * Anything else that starts with `guest/` is malformed: null, and resolveCredential then
+ * treats it as a REST user name that gets no directory groups (never a guest, never a user).
+ */
+export function parseGuestUser(user: string): { conference: string; identity: string } | null {
+  if (!user.startsWith(GUEST_PREFIX)) return null;
+  const rest = user.slice(GUEST_PREFIX.length);
+  const slash = rest.indexOf('/');
+  if (slash <= 0) return null;
+  const conference = rest.slice(0, slash);
+  const identity = rest.slice(slash + 1);
+  // eslint-disable-next-line no-control-regex
+  if (conference.length > 128 || /[\u0000-\u001f\u007f]/.test(conference)) return null;
+  // eslint-disable-next-line no-control-regex
+  if (!identity.length || [...identity].length > 64 || /[/:\u0000-\u001f\u007f]/.test(identity)) return null;
+  return { conference, identity };
+}
+
+/** The REST user part for a guest (core.md §8): `guest/CONFERENCE/IDENTITY`. */
+export function guestUser(conference: string, identity: string): string {
+  return `${GUEST_PREFIX}${conference}/${identity}`;
+}
 
 /** TURN REST API password: base64(HMAC-SHA1(secret, username)). */
 export function restPassword(secret: string, username: string): string {
@@ -116,8 +148,14 @@ export function resolveCredential(username: string, users: UserDirectory, restSe
       const expiry = Number(m[1]);
       if (expiry * 1000 <= nowMs) return { ok: false, reason: 'rest_expired' };
       const user = m[2] ?? username;
-      const rec = m[2] !== undefined ? users.lookup(m[2]) : undefined;
-      return { ok: true, cred: { username, user, groups: rec?.groups ?? [], password: restPassword(restSecret, username), rest: true } };
+      const password = restPassword(restSecret, username);
+      // core.md §8: `EXPIRY:guest/CONFERENCE/IDENTITY` is a conference guest. The account is
+      // the whole `guest/CONFERENCE/IDENTITY` (quotas and blocks are per guest identity, and
+      // it cannot be mistaken for a directory user, whose groups it never gets).
+      const g = m[2] !== undefined ? parseGuestUser(m[2]) : null;
+      if (g) return { ok: true, cred: { username, user, groups: [], password, rest: true, guest: true, conference: g.conference } };
+      const rec = m[2] !== undefined && !m[2].startsWith(GUEST_PREFIX) ? users.lookup(m[2]) : undefined;
+      return { ok: true, cred: { username, user, groups: rec?.groups ?? [], password, rest: true } };
     }
   }
   const rec = users.lookup(username);

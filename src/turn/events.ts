@@ -40,7 +40,7 @@ export class TurnEvents {
         relayed_port: a.relayPort,
         lifetime,
       },
-      gatehouse: { user: a.user, allocation: a.id },
+      gatehouse: { user: a.user, allocation: a.id, ...coreRef(a) },
     });
   }
 
@@ -61,9 +61,17 @@ export class TurnEvents {
         relayed_port: a.relayPort,
         ...(channel !== null ? { channel } : {}),
       },
-      gatehouse: { user: a.user, allocation: a.id },
+      gatehouse: { user: a.user, allocation: a.id, ...coreRef(a) },
     };
     if (peerPort !== undefined) e.dest_port = peerPort;
     this.emit(e);
   }
+}
+
+/** contract.md "Events": flows of core participants carry gatehouse.conference (and guest: true). */
+export function coreRef(a: { guest?: true; conference?: string }): { conference?: string; guest?: true } {
+  return {
+    ...(a.conference !== undefined ? { conference: a.conference } : {}),
+    ...(a.guest ? { guest: true as const } : {}),
+  };
 }

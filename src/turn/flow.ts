@@ -16,6 +16,10 @@ export interface Flow {
   /** Account the allocation is charged to (REST: the part after "expiry:"). */
   readonly user: string;
   readonly groups: readonly string[];
+  /** A conference guest (TURN REST `EXPIRY:guest/CONFERENCE/IDENTITY`, core.md §8). */
+  readonly guest?: true;
+  /** The core conference of the flow's credential (guests; core.md §8). */
+  readonly conference?: string;
   readonly client: { proto: 'udp' | 'tcp' | 'tls'; address: string; port: number };
   readonly relayed: { address: string; port: number };
   readonly peerAddress: string;

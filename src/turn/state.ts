@@ -110,7 +110,13 @@ export class FlowImpl implements Flow {
     readonly relayed: { address: string; port: number },
     readonly peerAddress: string,
     readonly createdAt: number,
-  ) {}
+    identity?: { guest?: true; conference?: string },
+  ) {
+    if (identity?.guest) this.guest = true;
+    if (identity?.conference !== undefined) this.conference = identity.conference;
+  }
+  declare readonly guest?: true;
+  declare readonly conference?: string;
 }
 
 export interface Allocation {
@@ -119,6 +125,9 @@ export interface Allocation {
   user: string;
   username: string;
   groups: readonly string[];
+  /** A conference guest's allocation (REST `EXPIRY:guest/CONFERENCE/IDENTITY`, core.md §8). */
+  guest?: true;
+  conference?: string;
   family: 4 | 6;
   relayAddress: string;
   relayPort: number;

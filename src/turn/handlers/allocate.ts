@@ -113,6 +113,8 @@ function created(
     user: auth.cred.user,
     username: auth.cred.username,
     groups: auth.cred.groups,
+    ...(auth.cred.guest ? { guest: true as const } : {}),
+    ...(auth.cred.conference !== undefined ? { conference: auth.cred.conference } : {}),
     family: ctx.relayFamily,
     relayAddress: ctx.cfg.turn.relay_address,
     relayPort: got.port,
