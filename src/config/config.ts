@@ -90,6 +90,39 @@ export interface GatehouseConfig {
   identity: { cert: string | null; key: string | null };
   /** Malware scanning of reassembled files (README "Malware scanning"); src/scan/. */
   scan: ScanConfig;
+  /** The conferencing core (core.md; README "Conferencing core"); src/core/. */
+  core: CoreConfig;
+}
+
+/** `core:` (contract.md: listen, pool, directory, max_connections_per_user, org, trust, peers, kerberos; the rest extends it). */
+export interface CoreConfig {
+  /** The director: http://127.0.0.1:8088 by default; beyond loopback https:// with core.tls (core.md §1). */
+  listen: string;
+  /** PEM files: the director is served over HTTPS (core.listen https://...). */
+  tls: { cert: string | null; key: string | null };
+  /** Front-end base URLs; []: one front end in-process. */
+  pool: string[];
+  /** Shared secret of director↔FE calls (at least 32 characters); null: generated into DATA_DIR/core-pool-secret. */
+  pool_secret: string | null;
+  /** ldap://host:389/dc=example,dc=org (users and groups); null: the gateway's own users. */
+  directory: string | null;
+  /** core.md §4: signalling connections per user; the next one closes the oldest (4001). */
+  max_connections_per_user: number;
+  /** This core's organisation (authentication transfer, core.md §6). */
+  org: string | null;
+  trust: { roots: string[] };
+  peers: CorePeer[];
+  kerberos: { keytab: string | null };
+  /** Lifetime of core tokens, seconds (core.md §2: default 1 h). */
+  token_ttl: number;
+  /** Lifetime of the TURN REST credentials the core hands out, seconds (core.md §8). */
+  turn_ttl: number;
+}
+
+export interface CorePeer {
+  org: string;
+  cert: string;
+  allow: { users: string[]; groups: string[] };
 }
 
 /** `pcp:` (contract.md: listen, external_address; the rest extends it, README "PCP server"). */
@@ -302,6 +335,30 @@ export function checkClamdUrl(s: string): string | null {
   if (port < 1 || port > 65535) return `port ${port} is out of range 1-65535`;
   return null;
 }
+
+/** core.listen: http(s)://address:port (port 0: any free port, for tests). */
+export const CORE_LISTEN_RE = ADMIN_LISTEN_RE;
+
+export const DEFAULT_CORE_LISTEN = 'http://127.0.0.1:8088';
+
+/** core.listen split like admin.listen. */
+export function parseCoreListen(url: string): { scheme: 'http' | 'https'; host: string; port: number } {
+  return parseAdminListen(url);
+}
+
+const corePeerSchema = obj<CorePeer>(
+  {
+    org: { schema: str('an organisation name'), default: () => '' },
+    cert: { schema: str('a PEM certificate file'), default: () => '' },
+    allow: {
+      schema: obj({
+        users: { schema: list(str('a user name')), default: () => [] },
+        groups: { schema: list(str('a group name')), default: () => [] },
+      }),
+    },
+  },
+  'a peer { org, cert, allow: {users, groups} }',
+);
 
 export const configSchema = obj<GatehouseConfig>({
   realm: { schema: str('a realm name'), default: () => 'gatehouse.local' },
@@ -534,6 +591,60 @@ export const configSchema = obj<GatehouseConfig>({
       max_concurrent: { schema: int(1, 1024), default: () => 4 },
     }),
   },
+  core: {
+    schema: obj({
+      listen: {
+        schema: checked('an http(s)://address:port URL', (s) => {
+          const m = CORE_LISTEN_RE.exec(s);
+          if (!m) return `expected http://address:port or https://address:port, got ${JSON.stringify(s)}`;
+          const host = m[2]!.replace(/^\[|\]$/g, '');
+          if (host !== 'localhost' && !isIP(host)) return `${JSON.stringify(host)} is not an IP address`;
+          const port = Number(m[3]);
+          if (port > 65535) return `port ${port} is out of range 0-65535`;
+          return null;
+        }),
+        default: () => DEFAULT_CORE_LISTEN,
+      },
+      tls: {
+        schema: obj({
+          cert: { schema: nullable(str('a PEM certificate file')), default: () => null },
+          key: { schema: nullable(str('a PEM key file')), default: () => null },
+        }),
+      },
+      pool: {
+        schema: list(
+          checked('a front-end base URL like https://fe1.example:8089', (s) =>
+            /^https?:\/\/[^\s/]+(:\d{1,5})?\/?$/.test(s) ? null : `expected http(s)://host:port, got ${JSON.stringify(s)}`,
+          ),
+        ),
+        default: () => [],
+      },
+      pool_secret: {
+        // Never echo the value.
+        schema: nullable(
+          checked('a pool secret', (s) =>
+            s.length >= 32 && !/[\s\x00-\x1f\x7f]/.test(s) ? null : 'pool secrets are at least 32 characters, no spaces',
+          ),
+        ),
+        default: () => null,
+      },
+      directory: {
+        schema: nullable(
+          checked('an LDAP URL like ldap://host:389/dc=example,dc=org', (s) =>
+            /^ldaps?:\/\/[^\s/]+(\/.*)?$/.test(s) ? null : `expected ldap://host:port/base-dn, got ${JSON.stringify(s)}`,
+          ),
+        ),
+        default: () => null,
+      },
+      max_connections_per_user: { schema: int(1, 1000), default: () => 3 },
+      org: { schema: nullable(str('an organisation name')), default: () => null },
+      trust: { schema: obj({ roots: { schema: list(str('a PEM file path')), default: () => [] } }) },
+      peers: { schema: list(corePeerSchema), default: () => [] },
+      kerberos: { schema: obj({ keytab: { schema: nullable(str('a keytab file path')), default: () => null } }) },
+      token_ttl: { schema: int(60, 86400, 'seconds from 60 to 86400'), default: () => 3600 },
+      turn_ttl: { schema: int(60, 86400, 'seconds from 60 to 86400'), default: () => 600 },
+    }),
+  },
   policy: {
     schema: obj({
       rules: { schema: str('a file or folder path'), default: () => './rules' },
@@ -615,10 +726,32 @@ function crossCheck(cfg: GatehouseConfig, at: (paths: string | string[], problem
   }
 }
 
+/** core.md §1: plain HTTP only on loopback; https:// needs core.tls. */
+function coreCheck(cfg: GatehouseConfig, at: (paths: string | string[], problem: string) => never): void {
+  const core = parseCoreListen(cfg.core.listen);
+  const tls = !!(cfg.core.tls.cert || cfg.core.tls.key);
+  if (tls && (!cfg.core.tls.cert || !cfg.core.tls.key)) {
+    at(cfg.core.tls.cert ? 'core.tls.cert' : 'core.tls.key', 'core.tls.cert and core.tls.key must be set together');
+  }
+  if (core.scheme === 'https' && !tls) at('core.listen', 'an https:// core listener needs core.tls.cert and core.tls.key (PEM files)');
+  if (core.scheme === 'http' && tls) at(['core.tls.cert', 'core.tls'], 'core.tls is set: write core.listen as https://address:port');
+  if (!isLoopbackHost(core.host) && core.scheme !== 'https') {
+    at(
+      'core.listen',
+      `${core.host} is not a loopback address: the director serves https:// beyond loopback (core.md §1): set core.tls (cert, key)`,
+    );
+  }
+  cfg.core.peers.forEach((p, i) => {
+    if (!p.org) at(`core.peers[${i}]`, 'a peer needs an org');
+    if (!p.cert) at(`core.peers[${i}]`, 'a peer needs a cert (PEM file)');
+  });
+}
+
 export function parseConfig(text: string, file = '<config>'): GatehouseConfig {
   const { root, ctx } = parseYaml(text, file);
   const cfg = configSchema.parse(root, '', ctx);
   crossCheck(cfg, (paths, problem) => failAtPath(ctx, root, paths, problem));
+  coreCheck(cfg, (paths, problem) => failAtPath(ctx, root, paths, problem));
   return cfg;
 }
 

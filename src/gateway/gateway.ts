@@ -32,6 +32,9 @@ import { scannersFromConfig } from '../scan/index.js';
 import { startPcp, type RunningPcp } from './pcp-gateway.js';
 import { isPcpFlow } from './pcp-path.js';
 import type { ScannerKind } from '../policy/rules-schema.js';
+import { startCore, type RunningCore } from '../core/index.js';
+import { loadOrCreateRestSecret } from '../core/turn-credentials.js';
+import { DEFAULT_CORE_LISTEN } from '../config/config.js';
 
 export interface RunningGateway {
   config: GatehouseConfig;
@@ -40,6 +43,8 @@ export interface RunningGateway {
   adminPort: number;
   identity: GatewayIdentity;
   policy: PolicyHolder;
+  /** The conferencing core (director and embedded front end), or null when its default address was taken. */
+  core: RunningCore | null;
   /** The supervision wrapper of this gateway (cli/main.ts also routes process-level exceptions to it). */
   supervisor: Supervisor;
   stop(): Promise<void>;
@@ -60,13 +65,18 @@ function flowSummary(f: Flow) {
 }
 
 export async function startGateway(
-  cfg: GatehouseConfig,
+  cfgIn: GatehouseConfig,
   log: Logger,
   stdout: Writable,
   opts: { supervisor?: Supervisor } = {},
 ): Promise<RunningGateway> {
   const supervisor = opts.supervisor ?? new Supervisor(log.child({ module: 'supervise' }));
-  mkdirSync(cfg.data_dir, { recursive: true, mode: 0o700 });
+  mkdirSync(cfgIn.data_dir, { recursive: true, mode: 0o700 });
+  // core.md §8: the core hands out TURN REST credentials that this TURN server verifies;
+  // with no turn.rest_secret configured one is made once into DATA_DIR (0600).
+  const rest = loadOrCreateRestSecret(cfgIn.data_dir, cfgIn.turn.rest_secret);
+  if (rest.created) log.info({ file: rest.file }, 'turn.rest_secret not set: generated one for the core (kept in this file)');
+  const cfg: GatehouseConfig = { ...cfgIn, turn: { ...cfgIn.turn, rest_secret: rest.secret } };
   const boot = ensureBootstrapUser(cfg.data_dir, cfg.users);
   if (boot.created) {
     // Printed once, to the terminal only (never to the log): appliance-style first start.
@@ -251,10 +261,35 @@ export async function startGateway(
     await turn.stop();
     throw err;
   }
+  // The conferencing core (core.md): director and the embedded front end. The default
+  // address taken (another gateway on this host) leaves the gateway up without a core;
+  // an explicitly configured core.listen that cannot be bound stops the start.
+  let core: RunningCore | null = null;
+  try {
+    core = await startCore(cfg, {
+      users,
+      events,
+      logger: log.child({ module: 'core' }),
+      clock: systemClock,
+      supervisor,
+      restSecret: rest.secret,
+      dataDir: cfg.data_dir,
+    });
+  } catch (err) {
+    const inUse = (err as NodeJS.ErrnoException).code === 'EADDRINUSE';
+    if (!(inUse && cfg.core.listen === DEFAULT_CORE_LISTEN)) {
+      await admin.close();
+      await pcp?.stop();
+      await turn.stop();
+      throw err;
+    }
+    log.warn({ listen: cfg.core.listen }, 'conferencing core not started: its address is in use (set core.listen)');
+  }
   log.info(
     {
       turn: turn.addresses(),
       admin: admin.url,
+      core: core?.url ?? 'off',
       users: users.size,
       rules: policy.current.rules.length,
       pcp: pcp
@@ -270,9 +305,11 @@ export async function startGateway(
     adminPort: adminAddr.port,
     identity,
     policy,
+    core,
     supervisor,
     async stop() {
       policy.close();
+      await core?.stop();
       await admin.close();
       await pcp?.stop(); // deletes the mappings and their kernel rules
       await turn.stop(); // closes flows: recordings are sealed

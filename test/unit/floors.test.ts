@@ -23,7 +23,7 @@ const ALLOWED: Record<string, string[]> = {
   scan: ['util', 'config'],
   endpoint: ['wire', 'util'],
   core: ['wire', 'util', 'events', 'config', 'store', 'policy'],
-  gateway: ['turn', 'pcp', 'inspect', 'policy', 'record', 'store', 'admin', 'scan', 'events', 'config', 'wire', 'util'],
+  gateway: ['core', 'turn', 'pcp', 'inspect', 'policy', 'record', 'store', 'admin', 'scan', 'events', 'config', 'wire', 'util'],
   cli: ['*'],
 };
 
