@@ -13,6 +13,7 @@ Commands:
   verify [--cert FILE] DIR              check recordings: hashes, hash chain, signatures
   endpoint --role offer|answer ...      a compliant endpoint (werift): place/answer a test
                                         call through the gateway, escrowing its keys
+  core-fe --config FILE                 run one front end of a conferencing core pool
   help                                  this text
 
 Run "gatehouse <command> --help" for a command's options.
@@ -51,6 +52,7 @@ const commands: Record<string, () => Promise<Runner>> = {
   rules: async () => (await import('./rules.js')).runRules,
   verify: async () => (await import('./verify.js')).runVerify,
   endpoint: async () => (await import('./endpoint.js')).runEndpoint,
+  'core-fe': async () => (await import('./core-fe.js')).runCoreFe,
 };
 
 export async function main(argv: string[], io: CommandIo = { stdout: process.stdout, stderr: process.stderr }): Promise<number> {

@@ -19,7 +19,10 @@ import { DigestAuthenticator } from './digest.js';
 import { FailureLimiter } from './ratelimit.js';
 import { TurnCredentialIssuer } from './turn-credentials.js';
 import type { CoreContext, CoreModule } from './director.js';
-import type { RoomService } from './rooms.js';
+import { roomsModule, type RoomService } from './rooms.js';
+import { loginModule } from './login.js';
+import { webModule } from './web.js';
+import { conferencesModule } from './conferences.js';
 
 export type { CoreContext, CoreModule } from './director.js';
 
@@ -48,7 +51,7 @@ export interface RunningCore {
  * web client's GET / and /web/:file, src/core/web.ts) add theirs here: one import and
  * one entry each.
  */
-export const MODULES: CoreModule[] = [];
+export const MODULES: CoreModule[] = [loginModule, roomsModule, webModule, (core) => conferencesModule(core).then(() => {})];
 
 const noRooms: RoomService = { mayJoin: () => false, get: () => null };
 

@@ -1,4 +1,5 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createHttpsServer } from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { systemClock, type Clock } from '../../util/clock.js';
 import type { Logger } from '../../util/log.js';
@@ -31,13 +32,16 @@ export class FeHttpServer {
     this.verifier = new RequestVerifier(secret);
   }
 
-  async listen(port: number, host: string): Promise<AddressInfo> {
-    const server = createServer({ headersTimeout: 10_000, requestTimeout: 15_000 }, (req, res) => {
+  /** Plain HTTP (loopback), or HTTPS with tls (cert, key PEM). */
+  async listen(port: number, host: string, tls?: { cert: string | Buffer; key: string | Buffer }): Promise<AddressInfo> {
+    const onRequest = (req: IncomingMessage, res: ServerResponse) => {
       this.handle(req, res).catch((err) => {
         this.log.error({ err: String((err as Error)?.message ?? err) }, 'core-fe: request failed');
         if (!res.headersSent) this.reply(res, '', 500, { error: { code: 'internal', message: 'internal error' } });
       });
-    });
+    };
+    const opts = { headersTimeout: 10_000, requestTimeout: 15_000 };
+    const server: Server = tls ? createHttpsServer({ ...opts, cert: tls.cert, key: tls.key }, onRequest) : createServer(opts, onRequest);
     server.maxConnections = 1024;
     this.server = server;
     await new Promise<void>((resolve, reject) => {
