@@ -304,6 +304,18 @@ class Call {
         if (peer) this.drop(peer);
         break;
       }
+      case 'turn': {
+        // Fresh TURN credentials before the last expire (used by ICE restarts and new peers).
+        this.iceServers = iceServersOf(m.turn);
+        for (const p of this.peers.values()) {
+          try {
+            p.pc.setConfiguration({ iceServers: this.iceServers, iceTransportPolicy: 'relay' });
+          } catch {
+            /* a closed connection */
+          }
+        }
+        break;
+      }
       case 'error':
         setError(new ApiError(0, m.error?.code ?? '', m.error?.message ?? 'signalling error'));
         break;
@@ -408,7 +420,7 @@ class Call {
     for (const p of this.peers.values()) {
       const r = await p.pc.getStats();
       const inbound = [];
-      let relay = false;
+      let pairId = null;
       r.forEach((s) => {
         if (s.type === 'inbound-rtp')
           inbound.push({
@@ -417,8 +429,11 @@ class Call {
             framesDecoded: s.framesDecoded ?? 0,
             bytesReceived: s.bytesReceived ?? 0,
           });
-        if (s.type === 'local-candidate' && s.candidateType === 'relay') relay = true;
+        if (s.type === 'transport' && s.selectedCandidatePairId) pairId = s.selectedCandidatePairId;
       });
+      // The selected pair's local candidate (W3C webrtc-stats §7.5, §7.9): a relay one.
+      const local = pairId ? r.get(r.get(pairId)?.localCandidateId) : null;
+      const relay = local?.candidateType === 'relay';
       out.push({ peer: p.id, name: p.name, connectionState: p.pc.connectionState, dc: p.dc?.readyState ?? null, relay, inbound });
     }
     return out;
