@@ -83,7 +83,9 @@ export class FePool {
   async pick(): Promise<{ public_key: string; id: string }> {
     for (let i = 0; i < this.members.length; i++) {
       const m = this.members[this.rr++ % this.members.length]!;
-      const info = m.down || !m.info ? await this.load(m) : m.info;
+      // Asked each time: a key is only handed out for an FE that answers now (and whose
+      // key is still the one it had: an FE whose key changed gets a new id).
+      const info = await this.load(m);
       if (info && !m.down) return { public_key: info.public_key, id: info.id };
     }
     throw new CoreError('internal', 'no front end is reachable', {}, 503);
