@@ -33,10 +33,12 @@ const turn = new TurnCredentialIssuer('r'.repeat(32), ['turn:127.0.0.1:3478?tran
 const router = new Router(log, new Supervisor(log));
 const server = new CoreHttpServer(router);
 let base = '';
+let fePort = 0;
 let conferences: Conferences;
 
 t.before(async () => {
   const { port } = await feBHttp.listen(0, '127.0.0.1');
+  fePort = port;
   const pool = new FePool(
     [
       { fe: feA, label: 'a' },
@@ -95,7 +97,7 @@ t.test('conference-key: user token, opaque FE ids, round robin over the pool', a
   for (const id of [a.json.fe, b.json.fe]) {
     t.match(id, /^[A-Za-z0-9_-]{22}$/);
     t.notOk(id.includes(feA.keys.fingerprint.slice(0, 8)) || id.includes(feB.keys.fingerprint.slice(0, 8)), 'not the fingerprint');
-    t.notMatch(id, /127|http|\d{4,}/, 'no address');
+    t.notOk(id.includes(String(fePort)) || id.includes('127.0') || id.includes('http'), 'no address');
   }
 });
 
