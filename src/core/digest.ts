@@ -211,8 +211,9 @@ export class DigestAuthenticator {
     ha1Of: (username: string) => Promise<string | null> | string | null,
   ): Promise<DigestResult> {
     if (!req.authorization) return { ok: false, reason: 'missing' };
+    if (!/^\s*digest(\s|$)/i.test(req.authorization)) return { ok: false, reason: 'missing' };
     const h = parseAuthHeader(req.authorization);
-    if (!h || h.scheme.toLowerCase() !== 'digest') return { ok: false, reason: h ? 'missing' : 'malformed' };
+    if (!h) return { ok: false, reason: 'malformed' };
     const p = h.params;
     let username = p.get('username');
     const ext = p.get('username*');

@@ -1,0 +1,147 @@
+/**
+ * POST /v1/login (core.md §3) for the gateway's own users: no Authorization → 401 with
+ * one WWW-Authenticate per enabled mechanism (here RFC 7616 Digest SHA-256, realm =
+ * config `realm`); the authorized retry → 200 {token, user, groups, expires}. A wrong
+ * answer is 401 again with fresh challenges; the same nonce and nc twice is 401
+ * `replayed`; failures count toward the per-source limit (core.md §2, 429).
+ *
+ * Other mechanisms (Negotiate, Basic over LDAP, Gatehouse-Cert) register a
+ * LoginMechanism with addLoginMechanism() (the directory issue).
+ */
+import type { IncomingMessage } from 'node:http';
+import type { CoreContext, CoreModule } from './director.js';
+import { CoreError } from './errors.js';
+import { digestHa1, parseAuthHeader } from './digest.js';
+import type { RequestContext } from './http.js';
+import type { TokenClaims } from './tokens.js';
+
+export interface LoginSuccess {
+  user: string;
+  groups: string[];
+  org?: string;
+}
+
+/** One login mechanism: its challenge (or null when disabled) and its verification of an Authorization it recognises. */
+export interface LoginMechanism {
+  /** The auth-scheme it answers (case-insensitive), e.g. `Digest`. */
+  scheme: string;
+  /** The WWW-Authenticate value of a fresh challenge, or null when not offered now (e.g. Basic without HTTPS). */
+  challenge(ctx: RequestContext): string | null;
+  /**
+   * Verifies the Authorization; a failure throws CoreError (`unauthenticated`,
+   * `replayed`, `untrusted`); the caller adds fresh challenges and counts it.
+   */
+  verify(ctx: RequestContext): Promise<LoginSuccess>;
+}
+
+const MECHANISMS = new WeakMap<CoreContext, LoginMechanism[]>();
+
+export function addLoginMechanism(core: CoreContext, m: LoginMechanism): void {
+  const list = MECHANISMS.get(core) ?? [];
+  list.push(m);
+  MECHANISMS.set(core, list);
+}
+
+/** Digest SHA-256 over the gateway's own users' passwords (RFC 7616 §3.4). */
+export function digestMechanism(core: CoreContext): LoginMechanism {
+  const realm = core.cfg.realm;
+  return {
+    scheme: 'Digest',
+    challenge: () => core.digest.challenge(realm),
+    async verify(ctx) {
+      const r = await core.digest.verify(
+        { method: ctx.req.method ?? 'POST', url: ctx.req.url ?? '', authorization: ctx.req.headers.authorization },
+        realm,
+        (name) => {
+          const u = core.users.lookup(name);
+          return u ? digestHa1(u.name, realm, u.password) : null;
+        },
+      );
+      if (r.ok) {
+        const u = core.users.lookup(r.username)!;
+        return { user: u.name, groups: [...u.groups] };
+      }
+      // RFC 7616 §3.3: an expired nonce of ours gets stale=true (the client retries with the new one).
+      if (r.reason === 'stale')
+        throw Object.assign(
+          new CoreError('unauthenticated', 'the nonce has expired', { 'www-authenticate': core.digest.challenge(realm, true) }),
+          {
+            notCounted: true,
+          },
+        );
+      if (r.reason === 'replayed') throw new CoreError('replayed', 'this nonce and nc were already used');
+      throw new CoreError(
+        'unauthenticated',
+        r.reason === 'malformed' ? 'the Digest credentials are malformed' : 'the credentials are not valid',
+      );
+    },
+  };
+}
+
+/** Every enabled mechanism's fresh challenge (core.md §3: one WWW-Authenticate per mechanism). */
+function challenges(core: CoreContext, ctx: RequestContext, except?: string): string[] {
+  const out: string[] = [];
+  for (const m of MECHANISMS.get(core) ?? []) {
+    if (except && m.scheme.toLowerCase() === except) continue;
+    const c = m.challenge(ctx);
+    if (c) out.push(c);
+  }
+  return out;
+}
+
+/** The auth-scheme of the Authorization header, lowercased, or null. */
+function schemeOf(req: IncomingMessage): string | null {
+  const h = req.headers.authorization;
+  if (!h) return null;
+  return parseAuthHeader(h)?.scheme.toLowerCase() ?? h.trim().split(/\s+/)[0]!.toLowerCase();
+}
+
+/** The 200 body of a login (also used by other ways in: certificates, transfer). */
+export function loginBody(
+  core: CoreContext,
+  who: LoginSuccess,
+): { token: string; user: string; groups: string[]; expires: number; org?: string } {
+  const claims: Omit<TokenClaims, 'iat' | 'exp'> = {
+    kind: 'user',
+    sub: who.user,
+    groups: who.groups,
+    ...(who.org ? { org: who.org } : {}),
+  };
+  const { token, claims: c } = core.tokens.issue(claims);
+  return { token, user: who.user, groups: [...who.groups], expires: c.exp, ...(who.org ? { org: who.org } : {}) };
+}
+
+export const loginModule: CoreModule = (core) => {
+  addLoginMechanism(core, digestMechanism(core));
+  core.http.add('POST', '/v1/login', async (ctx) => {
+    core.limiter.check(ctx.source);
+    ctx.req.resume(); // no body is read: the credentials are in Authorization
+    const scheme = schemeOf(ctx.req);
+    const mech = scheme ? (MECHANISMS.get(core) ?? []).find((m) => m.scheme.toLowerCase() === scheme) : undefined;
+    if (!scheme)
+      throw new CoreError('unauthenticated', 'authenticate with one of the offered mechanisms', {
+        'www-authenticate': challenges(core, ctx),
+      });
+    if (!mech) {
+      core.limiter.fail(ctx.source);
+      throw new CoreError('unauthenticated', 'this authentication scheme is not offered', { 'www-authenticate': challenges(core, ctx) });
+    }
+    let who: LoginSuccess;
+    try {
+      who = await mech.verify(ctx);
+    } catch (err) {
+      if (!(err instanceof CoreError)) throw err;
+      // An expired nonce is not a failed authentication (the password was not tried).
+      if (!(err as { notCounted?: boolean }).notCounted) core.limiter.fail(ctx.source);
+      // A wrong answer is 401 again with fresh challenges (core.md §3); a mechanism's own
+      // challenge in the error (Digest stale=true) replaces its plain one.
+      const own = err.headers['www-authenticate'];
+      const fresh = own
+        ? [...(Array.isArray(own) ? own : [own]), ...challenges(core, ctx, mech.scheme.toLowerCase())]
+        : challenges(core, ctx);
+      throw new CoreError(err.code, err.message, { ...err.headers, 'www-authenticate': fresh }, err.status);
+    }
+    core.log.info({ user: who.user, mechanism: mech.scheme }, 'login');
+    ctx.send(200, loginBody(core, who));
+  });
+};

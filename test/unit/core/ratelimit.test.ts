@@ -1,0 +1,45 @@
+// The failed-authentication limit (core.md §2): 10 per source per minute, then 429
+// rate_limited with Retry-After until the minute has passed; bounded table.
+import t from 'tap';
+import { ManualClock } from '../../../src/util/clock.js';
+import { FailureLimiter } from '../../../src/core/ratelimit.js';
+import { CoreError } from '../../../src/core/errors.js';
+
+t.test('10 failures per source per minute, then 429 with Retry-After until the minute is over', async (t) => {
+  const clock = new ManualClock();
+  const l = new FailureLimiter(clock);
+  for (let i = 0; i < 9; i++) l.fail('192.0.2.1');
+  t.doesNotThrow(() => l.check('192.0.2.1'), '9 failures: still allowed');
+  l.fail('192.0.2.1');
+  let caught: CoreError | null = null;
+  try {
+    l.check('192.0.2.1');
+  } catch (e) {
+    caught = e as CoreError;
+  }
+  t.ok(caught instanceof CoreError);
+  t.equal(caught!.status, 429);
+  t.equal(caught!.code, 'rate_limited');
+  t.equal(caught!.headers['retry-after'], '60');
+  t.doesNotThrow(() => l.check('192.0.2.2'), 'another source is not affected');
+  clock.advance(45_000);
+  t.equal(l.retryAfter('192.0.2.1'), 15, 'Retry-After counts down');
+  clock.advance(15_000);
+  t.doesNotThrow(() => l.check('192.0.2.1'), 'the minute has passed');
+  l.fail('192.0.2.1');
+  t.doesNotThrow(() => l.check('192.0.2.1'), 'a new window starts from zero');
+});
+
+t.test('bounded: expired windows go first, then the oldest', async (t) => {
+  const clock = new ManualClock();
+  const l = new FailureLimiter(clock, { maxSources: 3 });
+  l.fail('a');
+  clock.advance(61_000);
+  l.fail('b');
+  l.fail('c');
+  l.fail('d');
+  t.equal(l.size, 3, 'a (expired) made room');
+  l.fail('e');
+  t.equal(l.size, 3, 'the oldest (b) went');
+  t.equal(l.retryAfter('b'), 0);
+});
