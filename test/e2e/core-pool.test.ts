@@ -154,11 +154,7 @@ core:
   t.equal(keyOf.size, 2, 'both FEs are offered');
   const feOfId = new Map<string, Fe>();
   for (const [id, pem] of keyOf) {
-    t.notMatch(
-      id,
-      new RegExp(`${fe1.url.split(':').pop()}|${fe2.url.split(':').pop()}|127\\.0`),
-      'the id says nothing of the pool',
-    );
+    t.notMatch(id, new RegExp(`${fe1.url.split(':').pop()}|${fe2.url.split(':').pop()}|127\\.0`), 'the id says nothing of the pool');
     const fe = [fe1, fe2].find((f) => f.publicPem() === pem);
     t.ok(fe, 'the public key is one FE’s own');
     feOfId.set(id, fe!);
@@ -312,4 +308,73 @@ core:
     }
   }
   t.comment(`took ${Date.now() - t0} ms`);
+});
+
+t.test('embedded default: core.pool [] runs the director and one FE inside gatehouse serve', async (t) => {
+  const turnPort = await freePort('udp');
+  const corePort = await freePort();
+  const adminPort = await freePort();
+  const pcpPort = await freePort('udp');
+  const relayLow = 40000 + (turnPort % 2000) * 10;
+  const dataDir = join(dir, 'embedded');
+  const cfg = join(dir, 'embedded.yaml');
+  writeFileSync(
+    cfg,
+    `data_dir: ${dataDir}
+realm: gatehouse.test
+log_level: debug
+users:
+  - { name: alice, password: "${password}", groups: [] }
+turn:
+  listen: [udp://127.0.0.1:${turnPort}]
+  relay_ports: [${relayLow}, ${relayLow + 9}]
+pcp:
+  listen: [udp://127.0.0.1:${pcpPort}]
+  external_address: 192.0.2.1
+admin:
+  listen: http://127.0.0.1:${adminPort}
+core:
+  listen: http://127.0.0.1:${corePort}
+`,
+  );
+  const p = run('embedded', ['serve', '--config', cfg]);
+  const base = `http://127.0.0.1:${corePort}`;
+  await until('the embedded core', async () => {
+    if (p.child.exitCode !== null) throw new Error(`serve exited: ${p.out}`);
+    return (await call(base, 'GET', '/v1/conference-key')).status === 401;
+  });
+  const www = (await call(base, 'POST', '/v1/login')).headers.get('www-authenticate')!;
+  const login = await call(base, 'POST', '/v1/login', {
+    authorization: digestAuthorization(
+      www.split(/,\s*(?=Digest )/).find((c) => /^Digest /.test(c))!,
+      'alice',
+      password,
+      'POST',
+      '/v1/login',
+    ),
+  });
+  t.equal(login.status, 200);
+  const ck = await call(base, 'GET', '/v1/conference-key', { token: login.json.token });
+  t.equal(ck.status, 200);
+  t.equal(
+    ck.json.public_key,
+    createPublicKey(readFileSync(join(dataDir, 'core-fe', 'fe-key.pem')))
+      .export({ type: 'spki', format: 'pem' })
+      .toString(),
+    'the embedded FE keeps its key pair in DATA_DIR/core-fe',
+  );
+  t.equal(statSync(join(dataDir, 'core-fe', 'fe-key.pem')).mode & 0o777, 0o600);
+  const k = newConferenceKey();
+  const made = await call(base, 'POST', '/v1/conferences', {
+    token: login.json.token,
+    body: { fe: ck.json.fe, key: encryptKey(ck.json.public_key, k) },
+  });
+  t.equal(made.status, 201);
+  const j = await joinAsGuest(base, made.json.id, 'g', k);
+  t.equal(j.answer.status, 200);
+  t.equal((await joinAsGuest(base, made.json.id, 'g', k)).answer.status, 409);
+  p.child.kill('SIGTERM');
+  await until('serve to stop', () => p.child.exitCode !== null || p.child.signalCode !== null, 10_000);
+  for (const s of [k, login.json.token, j.answer.json.token, password]) t.notOk(p.out.includes(s), 'no secret in the output');
+  t.notOk(readFileSync(join(dataDir, 'core-fe', 'fe.sqlite')).includes(Buffer.from(k)), 'K not in the clear in the store');
 });
