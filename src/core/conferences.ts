@@ -182,6 +182,19 @@ export class Conferences {
     this.unsubscribe();
   }
 
+  /** Whether the conference exists now at a reachable FE (for signalling's join, core.md §8). */
+  async exists(id: string): Promise<boolean> {
+    if (!CONF_ID_RE.test(id)) return false;
+    return (await this.d.pool.owner(id).catch(() => null)) !== null;
+  }
+
+  /** Ends a guest's participation: its tokens revoked, its identity free (core.md §4.3 "removed"). */
+  async removeGuest(conference: string, identity: string): Promise<void> {
+    this.d.tokens.revokeWhere((c) => c.kind === 'guest' && c.conference === conference && c.identity === identity);
+    const o = await this.d.pool.owner(conference);
+    if (o) await o.member.fe.release(conference, identity, null);
+  }
+
   private async release(conference: string, identity: string, holder: string): Promise<void> {
     try {
       const o = await this.d.pool.owner(conference);
@@ -335,9 +348,8 @@ export class Conferences {
     const o = await this.d.pool.owner(id);
     if (!o) throw notFound('no such conference');
     if (o.row.owner !== user.sub) throw forbidden('only the conference owner removes guests');
-    this.d.tokens.revokeWhere((c) => c.kind === 'guest' && c.conference === id && c.identity === identity);
     try {
-      await o.member.fe.release(id, identity, null);
+      await this.removeGuest(id, identity);
     } catch (err) {
       fromFe(err);
     }
@@ -349,6 +361,16 @@ export class Conferences {
 /** A random id key for opaque FE ids when no pool secret is configured. */
 export function randomIdKey(): Buffer {
   return randomBytes(32);
+}
+
+const byCore = new WeakMap<CoreContext, Conferences>();
+
+/**
+ * The conferences module of a running core (after conferencesModule ran), for the other
+ * modules: signalling uses `conferencesOf(core)?.exists(id)` as its conferenceExists.
+ */
+export function conferencesOf(core: CoreContext): Conferences | undefined {
+  return byCore.get(core);
 }
 
 export const POOL_SECRET_FILE = 'core-pool-secret';
@@ -410,6 +432,10 @@ export async function conferencesModule(core: CoreContext): Promise<Conferences>
     clock: core.clock,
   });
   core.http.addRoutes(conferences.routes());
-  core.onStop(() => conferences.close());
+  byCore.set(core, conferences);
+  core.onStop(() => {
+    byCore.delete(core);
+    conferences.close();
+  });
   return conferences;
 }

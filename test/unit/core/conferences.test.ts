@@ -193,6 +193,13 @@ t.test('join: challenge, wrong key, success, identity_in_use (racing too), 403 e
   t.equal((await joinAsGuest(base, 'nosuchconference', 'x', c.k)).answer.status, 404);
 });
 
+t.test('exists(): what signalling asks before a join', async (t) => {
+  const c = await create();
+  t.equal(await conferences.exists(c.id), true);
+  t.equal(await conferences.exists('nosuch'), false);
+  t.equal(await conferences.exists('../x'), false);
+});
+
 t.test('failed joins are rate-limited per source: 429 with Retry-After', async (t) => {
   const c = await create();
   let last = 0;
