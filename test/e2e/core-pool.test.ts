@@ -378,3 +378,22 @@ core:
   for (const s of [k, login.json.token, j.answer.json.token, password]) t.notOk(p.out.includes(s), 'no secret in the output');
   t.notOk(readFileSync(join(dataDir, 'core-fe', 'fe.sqlite')).includes(Buffer.from(k)), 'K not in the clear in the store');
 });
+
+t.test('gatehouse core-fe: --help, --config required, plain http only on loopback', async (t) => {
+  const exit = (p: (typeof procs)[number]) =>
+    new Promise<number>((r) => (p.child.exitCode !== null ? r(p.child.exitCode) : p.child.once('exit', (c) => r(c ?? -1))));
+  const help = run('help', ['core-fe', '--help']);
+  t.equal(await exit(help), 0);
+  t.match(help.out, /Usage: gatehouse core-fe --config FILE/);
+  const none = run('none', ['core-fe']);
+  t.equal(await exit(none), 2);
+  t.match(none.out, /--config FILE is required/);
+  const cfg = join(dir, 'public.yaml');
+  writeFileSync(cfg, `data_dir: ${join(dir, 'public')}\ncore:\n  listen: http://0.0.0.0:0\n  pool_secret: ${poolSecret}\n`);
+  const pub = run('public', ['core-fe', '--config', cfg]);
+  t.equal(await exit(pub), 2);
+  t.match(pub.out, /loopback/, "refused: plain http beyond loopback");
+  const main = run('main', ['--help']);
+  await exit(main);
+  t.match(main.out, /core-fe --config FILE/);
+});
