@@ -23,6 +23,7 @@ import { roomsModule, type RoomService } from './rooms.js';
 import { loginModule } from './login.js';
 import { webModule } from './web.js';
 import { conferencesModule } from './conferences.js';
+import { signalModule } from './signal.js';
 
 export type { CoreContext, CoreModule } from './director.js';
 
@@ -51,7 +52,13 @@ export interface RunningCore {
  * web client's GET / and /web/:file, src/core/web.ts) add theirs here: one import and
  * one entry each.
  */
-export const MODULES: CoreModule[] = [loginModule, roomsModule, webModule, (core) => conferencesModule(core).then(() => {})];
+export const MODULES: CoreModule[] = [
+  loginModule,
+  roomsModule,
+  webModule,
+  (core) => conferencesModule(core).then(() => {}),
+  signalModule(),
+];
 
 const noRooms: RoomService = { mayJoin: () => false, get: () => null };
 
