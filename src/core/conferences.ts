@@ -414,7 +414,14 @@ export async function conferencesModule(core: CoreContext): Promise<Conferences>
     core.onStop(() => fe.close());
     fes = [{ fe, label: 'embedded' }];
   } else {
-    fes = core.cfg.core.pool.map((url) => ({ fe: new RemoteFe(url, secret, core.clock), label: new URL(url).host }));
+    fes = core.cfg.core.pool.map((url) => {
+      const u = new URL(url);
+      // core.md §1: plain HTTP only on loopback (HA1 travels between director and FE).
+      if (u.protocol === 'http:' && !/^(127\.|\[::1\]$|localhost$)/.test(u.hostname)) {
+        throw new Error(`core.pool: ${u.host}: plain http:// only on loopback; use https://`);
+      }
+      return { fe: new RemoteFe(url, secret, core.clock), label: u.host };
+    });
   }
   const pool = new FePool(fes, secret, core.log);
   await pool.refresh();

@@ -392,7 +392,7 @@ t.test('gatehouse core-fe: --help, --config required, plain http only on loopbac
   writeFileSync(cfg, `data_dir: ${join(dir, 'public')}\ncore:\n  listen: http://0.0.0.0:0\n  pool_secret: ${poolSecret}\n`);
   const pub = run('public', ['core-fe', '--config', cfg]);
   t.equal(await exit(pub), 2);
-  t.match(pub.out, /loopback/, "refused: plain http beyond loopback");
+  t.match(pub.out, /loopback/, 'refused: plain http beyond loopback');
   const main = run('main', ['--help']);
   await exit(main);
   t.match(main.out, /core-fe --config FILE/);

@@ -34,6 +34,7 @@ const MAX_TITLE = 200;
 export class FrontEnd implements FeApi {
   readonly keys: FeKeys;
   readonly store: FeStore;
+  private claims = 0;
 
   constructor(
     dataDir: string,
@@ -109,6 +110,8 @@ export class FrontEnd implements FeApi {
   async claim(id: string, identity: string, holder: string, until: number) {
     if (!validIdentity(identity)) throw new FeError(400, 'bad_request', 'identity: 1 to 64 characters, no "/", ":" or control characters');
     if (!this.live(id)) throw new FeError(404, 'not_found', 'no such conference');
+    // Expired claims and conferences go now and then (the store stays bounded by what is live).
+    if (++this.claims % 256 === 0) this.store.purgeExpired(this.nowS());
     return this.store.claim(id, identity, holder, until, this.nowS());
   }
 

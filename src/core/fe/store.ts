@@ -37,6 +37,7 @@ export class FeStore {
   private readonly countIds: Database.Statement;
   private readonly releaseStmt: Database.Statement;
   private readonly purgeStmt: Database.Statement;
+  private readonly purgeConfStmt: Database.Statement;
   private readonly claimTx: (conference: string, identity: string, holder: string, until: number, now: number) => boolean;
 
   constructor(
@@ -70,6 +71,7 @@ export class FeStore {
     );
     this.releaseStmt = this.db.prepare(`DELETE FROM identities WHERE conference = ? AND identity = ? AND (? IS NULL OR holder = ?)`);
     this.purgeStmt = this.db.prepare(`DELETE FROM identities WHERE until <= ?`);
+    this.purgeConfStmt = this.db.prepare(`DELETE FROM conferences WHERE expires IS NOT NULL AND expires <= ?`);
     this.claimTx = this.db.transaction((conference: string, identity: string, holder: string, until: number, now: number) => {
       if ((this.countIds.get(conference, now) as { n: number }).n >= MAX_IDENTITIES_PER_CONFERENCE) return false;
       return this.claimStmt.run(conference, identity, holder, until, now).changes === 1;
@@ -114,8 +116,10 @@ export class FeStore {
     return this.releaseStmt.run(conference, identity, holder, holder).changes > 0;
   }
 
+  /** Drops expired identity claims and expired conferences (with their keys). */
   purgeExpired(now: number): number {
-    return this.purgeStmt.run(now).changes;
+    const n = this.purgeStmt.run(now).changes;
+    return n + this.purgeConfStmt.run(now).changes;
   }
 
   /** For tests of encryption at rest: the raw stored row. */

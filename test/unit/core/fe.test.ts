@@ -135,3 +135,15 @@ t.test('pool request signatures: valid, tampered, stale, replayed', async (t) =>
   t.notOk(verifyResponse(secret, 'n', 200, '{}', undefined));
   t.equal(H_SIG, 'x-gatehouse-sig');
 });
+
+t.test('purgeExpired drops expired claims and conferences', async (t) => {
+  const fe = new FrontEnd(join(dir, 'fe3'), undefined, { rsaBits: 2048 });
+  t.teardown(() => fe.close());
+  const now = Math.floor(Date.now() / 1000);
+  const { id } = await fe.createConference({ key: oaep(fe.keys.publicPem, 'q'.repeat(30)), owner: 'a', expires: now + 2 });
+  t.equal(await fe.claim(id, 'x', 'h', now - 1), true);
+  t.equal(fe.store.purgeExpired(now), 1, 'the expired claim');
+  t.equal(fe.store.purgeExpired(now + 3), 1, 'the expired conference');
+  t.equal(fe.store.conference(id), null);
+  t.equal(fe.store.conferenceKey(id), null, 'its key is gone too');
+});
