@@ -4,7 +4,8 @@
  * inline, no plugins, no framing, no <base>. The files are read once, at load, into a
  * fixed map: nothing else on disk is reachable through these routes.
  *
- * Registration: `webModule` in MODULES of src/core/index.ts (GET / and GET /web/:file);
+ * Registration: `webModule` in MODULES of src/core/index.ts (GET /, GET /join/:id and
+ * GET /web/:file);
  * other routes that show the client (core.md §7: GET of a personal URL serves the web
  * client and spends nothing) answer with `serveIndex(ctx.res, ctx.req.method)`.
  */
@@ -86,10 +87,13 @@ export interface WebRoute {
   handler: (ctx: { req: IncomingMessage; res: ServerResponse; params: Record<string, string> }) => void;
 }
 
-/** GET / and GET /web/:file (anything else of the folder: 404 not_found, core.md §2). */
+/** GET /, GET /join/:id (the page) and GET /web/:file (anything else of the folder: 404 not_found, core.md §2). */
 export function webRoutes(): WebRoute[] {
   return [
     { method: 'GET', path: '/', handler: (ctx) => serveIndex(ctx.res, ctx.req.method) },
+    // The join_url of a conference (src/core/conferences.ts: /join/{id}) opens the client,
+    // which reads the id from the path (and the key from the fragment, never sent here).
+    { method: 'GET', path: '/join/:id', handler: (ctx) => serveIndex(ctx.res, ctx.req.method) },
     {
       method: 'GET',
       path: '/web/:file',

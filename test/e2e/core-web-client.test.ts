@@ -26,12 +26,12 @@ t.test('the web client under its CSP; lib.js against Node crypto', { skip, timeo
     if (url.pathname === '/') return routes[0]!.handler({ req, res, params: {} });
     if (m) {
       try {
-        return routes[1]!.handler({ req, res, params: { file: m[1]! } });
+        return routes[2]!.handler({ req, res, params: { file: m[1]! } });
       } catch {
         return void res.writeHead(404).end();
       }
     }
-    if (url.pathname.startsWith('/i/') || url.pathname.startsWith('/conferences/')) return serveIndex(res, req.method);
+    if (url.pathname.startsWith('/i/') || url.pathname.startsWith('/join/')) return serveIndex(res, req.method);
     res.writeHead(404).end();
   });
   await new Promise<void>((r) => srv.listen(0, '127.0.0.1', r));
@@ -143,9 +143,9 @@ t.test('the web client under its CSP; lib.js against Node crypto', { skip, timeo
   t.equal(clear.toString('utf8'), enc.k1, 'Node decrypts the browser’s RSA-OAEP SHA-256 ciphertext to K');
 
   // A join link fills the join form; the key in the fragment leaves the address bar.
-  await page.goto(`${base}/conferences/abc123#key=secretK`);
+  await page.goto(`${base}/join/abc123#key=secretK`);
   await page.waitForFunction(() => 'gatehouse' in window);
-  t.equal(await page.getByLabel('Conference (join URL or ID)').inputValue(), `${base}/conferences/abc123`);
+  t.equal(await page.getByLabel('Conference (join URL or ID)').inputValue(), `${base}/join/abc123`);
   t.equal(await page.getByLabel('Conference key', { exact: true }).inputValue(), 'secretK', 'the key from the fragment');
   t.equal(await page.evaluate(() => location.hash), '', 'the fragment is removed from the address bar');
   // Any other path is a personal invitation (core.md §7: the GET spends nothing).

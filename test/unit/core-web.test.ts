@@ -35,7 +35,7 @@ t.test('served over HTTP: CSP and nosniff on each file, 404 for anything else, H
     const url = new URL(req.url ?? '/', 'http://x');
     if (url.pathname === '/i/abc') return serveIndex(res, req.method);
     const m = /^\/web\/([^/]+)$/.exec(url.pathname);
-    const r = url.pathname === '/' ? routes[0]! : m ? routes[1]! : null;
+    const r = url.pathname === '/' ? routes[0]! : url.pathname.startsWith('/join/') ? routes[1]! : m ? routes[2]! : null;
     if (!r) {
       res.writeHead(404).end();
       return;
@@ -54,11 +54,12 @@ t.test('served over HTTP: CSP and nosniff on each file, 404 for anything else, H
   const base = `http://127.0.0.1:${(srv.address() as AddressInfo).port}`;
   t.same(
     routes.map((r) => `${r.method} ${r.path}`),
-    ['GET /', 'GET /web/:file'],
+    ['GET /', 'GET /join/:id', 'GET /web/:file'],
   );
   for (const [path, type] of [
     ['/', 'text/html; charset=utf-8'],
     ['/i/abc', 'text/html; charset=utf-8'],
+    ['/join/c123', 'text/html; charset=utf-8'],
     ['/web/app.js', 'text/javascript; charset=utf-8'],
     ['/web/lib.js', 'text/javascript; charset=utf-8'],
     ['/web/style.css', 'text/css; charset=utf-8'],
