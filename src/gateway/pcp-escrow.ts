@@ -126,7 +126,10 @@ export class PcpEscrowExtension implements PcpRequestExtension {
       if (o.code === PCP_OPT_KEY_DECLINE) {
         // key-escrow.md §2.3: UTF-8, at most 128 bytes.
         const r = decodeKeyDecline(o.data);
-        if (r === null) return { result: PCP_MALFORMED_OPTION };
+        if (r === null) {
+          wipe();
+          return { result: PCP_MALFORMED_OPTION };
+        }
         declines.push(r);
       } else if (o.code === PCP_OPT_WRITE_KEYS) {
         // §4: unauthenticated PCP clients cannot escrow keys.
@@ -189,6 +192,8 @@ export class PcpEscrowExtension implements PcpRequestExtension {
         }
         wipe();
       },
+      // The request did not take effect: nothing of it is applied (key-escrow.md §5.5).
+      abort: wipe,
     };
   }
 

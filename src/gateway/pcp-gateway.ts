@@ -14,7 +14,8 @@
  */
 import { readFileSync } from 'node:fs';
 import { createSocket } from 'node:dgram';
-import type { GatehouseConfig } from '../config/config.js';
+import { parseListen, type GatehouseConfig } from '../config/config.js';
+import { IPPROTO_TCP, IPPROTO_UDP } from '../wire/netpkt.js';
 import type { Logger } from '../util/log.js';
 import type { Clock } from '../util/clock.js';
 import type { Supervisor } from '../util/supervise.js';
@@ -128,6 +129,9 @@ export async function startPcp(d: PcpDeps): Promise<RunningPcp | null> {
   const server = new PcpServer({
     ...pcpOptionsFromConfig(pcp),
     externalAddress,
+    // The path inspects UDP (DTLS, SRTP, STUN); other protocols are refused, not mapped blind.
+    protocols: [IPPROTO_UDP],
+    reservedPorts: reservedPortsOf(d.cfg, externalAddress),
     firewall,
     clock: d.clock,
     log: log.child({ module: 'pcp' }),
@@ -192,6 +196,27 @@ function openQueue(d: PcpDeps, path: PcpPath): NfQueueReader {
   };
   path.setVerdicts({ accept: (id) => verdict(id, 'accept'), drop: (id) => verdict(id, 'drop') });
   return reader;
+}
+
+/**
+ * The host's own ports on the external address (RFC 6887 §11.3: only available ports are
+ * assigned): TURN and PCP listeners, the admin API, and the TURN relay range when relays are
+ * bound on that address. A mapping on them would DNAT the gateway's own traffic to a client.
+ */
+export function reservedPortsOf(cfg: GatehouseConfig, externalAddress: string | null): (protocol: number, port: number) => boolean {
+  const udp = new Set<number>();
+  const tcp = new Set<number>();
+  for (const l of cfg.turn.listen) {
+    const { proto, port } = parseListen(l);
+    (proto === 'udp' ? udp : tcp).add(port);
+  }
+  for (const l of cfg.pcp.listen) udp.add(parseListen(l).port);
+  const admin = /:(\d+)$/.exec(cfg.admin.listen);
+  if (admin) tcp.add(Number(admin[1]));
+  const relay = cfg.turn.relay_address === externalAddress || cfg.turn.relay_address === '0.0.0.0' ? cfg.turn.relay_ports : null;
+  return (protocol, port) =>
+    (protocol === IPPROTO_UDP && (udp.has(port) || (!!relay && port >= relay[0]! && port <= relay[1]!))) ||
+    (protocol === IPPROTO_TCP && tcp.has(port));
 }
 
 /**

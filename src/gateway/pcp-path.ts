@@ -71,7 +71,6 @@ export class PcpFlow implements Flow {
   readonly user: string;
   readonly groups: readonly string[];
   readonly client: { proto: 'udp'; address: string; port: number };
-  readonly relayed: { address: string; port: number };
   readonly createdAt: number;
   open = true;
   ctx: unknown = undefined;
@@ -88,8 +87,12 @@ export class PcpFlow implements Flow {
     this.user = pcpUser(mapping);
     this.groups = groups;
     this.client = { proto: 'udp', address: mapping.internal.address, port: mapping.internal.port };
-    this.relayed = { address: mapping.external.address, port: mapping.external.port };
     this.createdAt = now;
+  }
+
+  /** The mapping's external address now (it moves with an external address change, RFC 6887 §14.2). */
+  get relayed(): { address: string; port: number } {
+    return { address: this.mapping.external.address, port: this.mapping.external.port };
   }
 }
 
@@ -127,8 +130,12 @@ export interface PcpPathStats {
 
 export class PcpPath {
   private readonly o: PcpPathOptions;
-  /** Mappings by `${internal address}|${internal port}` (UDP, or protocol 0 with port 0). */
-  private readonly byInternal = new Map<string, PcpMapping>();
+  /**
+   * Mappings by internal `address|port` (port 0: an all-ports pinhole). Several may share a
+   * tuple: a MAP and PEERs of the same internal port (RFC 6887 §12.3 gives them one external
+   * port); a packet goes to the PEER of its remote, else to the MAP.
+   */
+  private readonly byInternal = new Map<string, PcpMapping[]>();
   private readonly flowsOf = new Map<string, Map<string, PcpFlow>>();
   private readonly heldQueue: HeldPacket[] = [];
   private heldHead = 0;
@@ -166,14 +173,25 @@ export class PcpPath {
   // ------------------------------------------------------------------ mappings
 
   mappingCreated(m: PcpMapping): void {
-    this.byInternal.set(internalKey(m.internal.address, m.protocol === 0 ? 0 : m.internal.port), m);
+    // The path carries UDP only (the server refuses other protocols here): protocol 0 is an all-protocols pinhole.
+    if (m.protocol !== IPPROTO_UDP && m.protocol !== 0) return;
+    const k = internalKey(m.internal.address, m.protocol === 0 ? 0 : m.internal.port);
+    const list = this.byInternal.get(k);
+    if (list) {
+      if (!list.includes(m)) list.push(m);
+    } else this.byInternal.set(k, [m]);
     // PEER (RFC 6887 §12): the remote is known now; the flow exists from the mapping on.
     if (m.remote) this.flowFor(m, m.remote.address);
   }
 
   mappingEnded(m: PcpMapping, why: PcpMappingEnd): void {
     const k = internalKey(m.internal.address, m.protocol === 0 ? 0 : m.internal.port);
-    if (this.byInternal.get(k) === m) this.byInternal.delete(k);
+    const list = this.byInternal.get(k);
+    if (list) {
+      const i = list.indexOf(m);
+      if (i >= 0) list.splice(i, 1);
+      if (list.length === 0) this.byInternal.delete(k);
+    }
     const flows = this.flowsOf.get(m.id);
     if (!flows) return;
     this.flowsOf.delete(m.id);
@@ -205,18 +223,17 @@ export class PcpPath {
     if (!ip || !udp) return this.unknown(q.id);
     // Queued in FORWARD (src/pcp/firewall): inbound after DNAT (dst = internal), outbound
     // before SNAT (src = internal).
-    let m = this.lookup(ip.src, udp.srcPort);
     let dir: FlowDirection = 'c2p';
     let remote = ip.dst;
     let remotePort = udp.dstPort;
+    let m = this.lookup(ip.src, udp.srcPort, remote, remotePort);
     if (!m) {
-      m = this.lookup(ip.dst, udp.dstPort);
       dir = 'p2c';
       remote = ip.src;
       remotePort = udp.srcPort;
+      m = this.lookup(ip.dst, udp.dstPort, remote, remotePort);
     }
     if (!m) return this.unknown(q.id);
-    if (m.remote && (m.remote.address !== remote || (m.remote.port !== 0 && m.remote.port !== remotePort))) return this.unknown(q.id);
     const flow = this.flowFor(m, remote);
     if (!flow) {
       this.stats.dropped++;
@@ -291,8 +308,19 @@ export class PcpPath {
 
   // ------------------------------------------------------------------ internals
 
-  private lookup(address: string, port: number): PcpMapping | undefined {
-    return this.byInternal.get(internalKey(address, port)) ?? this.byInternal.get(internalKey(address, 0));
+  /** The PEER of this remote on the internal tuple, else its MAP, else an all-ports pinhole. */
+  private lookup(address: string, port: number, remote: string, remotePort: number): PcpMapping | undefined {
+    for (const k of [internalKey(address, port), internalKey(address, 0)]) {
+      const list = this.byInternal.get(k);
+      if (!list) continue;
+      let map: PcpMapping | undefined;
+      for (const m of list) {
+        if (!m.remote) map ??= m;
+        else if (m.remote.address === remote && (m.remote.port === 0 || m.remote.port === remotePort)) return m;
+      }
+      if (map) return map;
+    }
+    return undefined;
   }
 
   private flowFor(m: PcpMapping, remoteIp: string): PcpFlow | null {

@@ -119,6 +119,8 @@ export interface PcpRequestVerdict {
   options?: PcpOption[];
   /** Called once the mapping is installed and the response is sent. */
   commit?(m: PcpMapping): void;
+  /** Called instead of commit when the request does not take effect (the backend failed, the mapping ended meanwhile). */
+  abort?(): void;
 }
 
 export interface PcpRequestExtension {

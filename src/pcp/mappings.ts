@@ -128,7 +128,15 @@ export class MappingTable {
   }
 
   /** Whether the external port is free for this internal tuple (unused, or used by the tuple itself). */
+  /**
+   * Ports the host itself serves on the external address (TURN, PCP, admin, the relay
+   * range): never available to a mapping (RFC 6887 §11.3 assigns an *available* port; a
+   * DNAT on them would hand the gateway's own services to a client).
+   */
+  reserved: (protocol: number, port: number) => boolean = () => false;
+
   portFree(address: string, protocol: number, port: number, tuple: string): boolean {
+    if (this.reserved(protocol, port)) return false;
     const owner = this.ports.get(extKey(address, protocol, port));
     return owner === undefined || owner === tuple;
   }

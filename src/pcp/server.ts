@@ -123,6 +123,17 @@ export interface PcpServerOptions {
   portMax?: number;
   /** CIDRs allowed THIRD_PARTY (§13.1, config pcp.third_party); empty: the option is not supported (UNSUPP_OPTION). */
   thirdPartyClients?: readonly string[];
+  /**
+   * External ports of the host's own services on the NAT44 address (TURN and PCP
+   * listeners, the admin API, the TURN relay range): never assigned (§11.3 "available").
+   */
+  reservedPorts?: (protocol: number, port: number) => boolean;
+  /**
+   * Protocols mappings may name; others get UNSUPP_PROTOCOL (§7.4). The gateway inspects
+   * UDP only, so it allows [17]: a TCP mapping would get SUCCESS and then carry nothing.
+   * Default: TCP, UDP, DCCP, SCTP.
+   */
+  protocols?: readonly number[];
   /** §11.1: allow "all ports" (internal port 0) and "all protocols" (protocol 0) mappings (IPv6 pinholes only). Default false: NOT_AUTHORIZED. */
   allowAllPorts?: boolean;
   longErrorLifetime?: number;
@@ -226,7 +237,10 @@ export class PcpServer {
   private externalAddr: string | null;
   private readonly listenAt: { url: string; host: string; port: number }[];
   private readonly o: Required<
-    Omit<PcpServerOptions, 'clock' | 'log' | 'supervisor' | 'events' | 'auth' | 'extension' | 'externalAddress' | 'firewall'>
+    Omit<
+      PcpServerOptions,
+      'clock' | 'log' | 'supervisor' | 'events' | 'auth' | 'extension' | 'externalAddress' | 'firewall' | 'reservedPorts' | 'protocols'
+    >
   >;
 
   constructor(private readonly opts: PcpServerOptions) {
@@ -255,6 +269,7 @@ export class PcpServer {
     if (this.o.portMin < 1 || this.o.portMax > 65535 || this.o.portMin > this.o.portMax) throw new Error('pcp: bad external port range');
     this.externalAddr = opts.externalAddress ? canonicalPcpAddress(opts.externalAddress) : null;
     if (this.externalAddr && !isIPv4(this.externalAddr)) throw new Error('pcp: externalAddress must be IPv4 (NAT44, RFC 6887 §11.3)');
+    if (opts.reservedPorts) this.table.reserved = opts.reservedPorts;
     this.rate = new ClientRateLimit(this.o.requestRatePerClient, this.o.maxClients, () => this.clock.now());
     this.thirdParty = new CidrList(this.o.thirdPartyClients);
     this.listenAt = this.o.listen.map((url) => ({ url, ...parseListen(url) }));
@@ -544,6 +559,8 @@ export class PcpServer {
     const internalAddress = opts.thirdParty ?? from.address;
     const protocol = body.protocol;
     if (protocol !== 0 && !PORTED_PROTOCOLS.has(protocol)) throw new Refusal(Result.UNSUPP_PROTOCOL, `protocol ${protocol}`);
+    if (protocol !== 0 && this.opts.protocols && !this.opts.protocols.includes(protocol))
+      throw new Refusal(Result.UNSUPP_PROTOCOL, `protocol ${protocol} not mapped here`);
     // §11.1: with protocol 0 (all protocols) the internal port is ignored (all ports).
     const internalPort = protocol === 0 ? 0 : body.internalPort;
     let key: string;
@@ -595,6 +612,10 @@ export class PcpServer {
     const existing = this.table.get(key) as MappingRecord | undefined;
     // §11.2 / §12.3: the mapping nonce must match on every refresh (and delete).
     if (existing && !existing.nonce.equals(body.nonce)) throw new Refusal(Result.NOT_AUTHORIZED, 'mapping nonce mismatch');
+    // A mapping made under an RFC 7652 identity is refreshed (and escrowed for) only under it:
+    // another user's SA on the same host must not push keys or KEY_DECLINE into its flows.
+    if (existing && existing.user !== null && sa?.identity !== existing.user)
+      throw new Refusal(Result.NOT_AUTHORIZED, 'the mapping belongs to another identity');
 
     const lifetime = this.clampLifetime(req.lifetime);
     const filters = this.applyFilters(existing?.filters ?? [], opts, internalAddress);
@@ -610,18 +631,23 @@ export class PcpServer {
       existing.via = via;
       const verdict = this.ask(existing, false, opts, sa);
       if (verdict?.result !== undefined && verdict.result !== Result.SUCCESS) {
+        verdict.abort?.();
         this.rollback(existing, before);
         throw new Refusal(verdict.result, 'refused by the extension');
       }
       try {
         if (existing.installed) await this.opts.firewall.update(existing);
       } catch (err) {
+        verdict?.abort?.();
         this.stats.backendFailures++;
         this.log.warn({ mapping: existing.id, err: (err as Error).message }, 'pcp backend update failed');
         if (this.table.has(existing)) this.rollback(existing, before);
         throw new Refusal(Result.NO_RESOURCES, 'backend update failed');
       }
-      if (!this.table.has(existing)) throw new Refusal(Result.NO_RESOURCES, 'mapping ended meanwhile');
+      if (!this.table.has(existing)) {
+        verdict?.abort?.();
+        throw new Refusal(Result.NO_RESOURCES, 'mapping ended meanwhile');
+      }
       this.schedule(existing);
       this.stats.mappings.refreshed++;
       this.emit(existing, 'refreshed', lifetime);
@@ -665,12 +691,16 @@ export class PcpServer {
     );
     m.via = via;
     const verdict = this.ask(m, true, opts, sa);
-    if (verdict?.result !== undefined && verdict.result !== Result.SUCCESS) throw new Refusal(verdict.result, 'refused by the extension');
+    if (verdict?.result !== undefined && verdict.result !== Result.SUCCESS) {
+      verdict.abort?.();
+      throw new Refusal(verdict.result, 'refused by the extension');
+    }
     // Reserve the key and the external port before awaiting the backend.
     this.table.add(m);
     try {
       await this.opts.firewall.install(m);
     } catch (err) {
+      verdict?.abort?.();
       this.table.remove(m);
       this.stats.backendFailures++;
       this.log.warn({ mapping: m.id, err: (err as Error).message }, 'pcp backend install failed');
@@ -678,6 +708,7 @@ export class PcpServer {
     }
     m.installed = true;
     if (this.closed || !this.table.has(m)) {
+      verdict?.abort?.();
       this.table.remove(m);
       await this.opts.firewall.remove(m).catch(() => undefined);
       return { replies: [], after: [] };

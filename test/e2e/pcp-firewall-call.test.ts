@@ -307,6 +307,7 @@ t.test('a call through the firewall path: mapping in the ruleset, keys escrowed 
     10_000,
   );
   t.ok(gone, 'the mapping rules are gone after the call');
+  t.notMatch(r.net.lab.try(r.net.gw, 'iptables', ['-t', 'mangle', '-S', 'GATEHOUSE']).stdout, /gatehouse pcp-/, 'and its NFQUEUE rules');
 
   // A block rule ends the flow: mapping and rules gone, the rest of the call does not pass.
   const blocked = await call(r, 'block', [
@@ -321,16 +322,26 @@ t.test('a call through the firewall path: mapping in the ruleset, keys escrowed 
     '--message',
     'PROJECT-NIGHTINGALE plans',
   ]);
+  t.ok(blocked.answer.summary, 'the answerer ran and reported');
+  t.equal(blocked.offer.summary?.connected, true, 'the blocked call had connected (the block came from policy, not a failed call)');
   t.notOk(
     ((blocked.answer.summary?.messages ?? []) as string[]).includes('PROJECT-NIGHTINGALE plans'),
     'the blocked message never arrived',
   );
   const be = await until(() => events(r.data).find((x) => x.event_type === 'flow_blocked' && onPcp(x)), 10_000);
   t.equal((be?.gatehouse as { reason?: string } | undefined)?.reason, 'policy', 'flow_blocked policy');
-  t.ok(
-    events(r.data).some((x) => x.event_type === 'pcp_mapping' && (x.gatehouse as { action?: string }).action === 'blocked'),
-    'the mapping was deleted as blocked',
+  const blockedMapping = events(r.data).find(
+    (x) => x.event_type === 'pcp_mapping' && (x.gatehouse as { action?: string }).action === 'blocked',
   );
+  t.ok(blockedMapping, 'the mapping was deleted as blocked');
+  const bid = String((blockedMapping?.gatehouse as { mapping?: string } | undefined)?.mapping);
+  const rulesLeft = await until(
+    () =>
+      !r.net.lab.try(r.net.gw, 'nft', ['list', 'table', 'inet', 'gatehouse']).stdout.includes(`gatehouse ${bid} `) &&
+      !r.net.lab.try(r.net.gw, 'iptables', ['-t', 'mangle', '-S', 'GATEHOUSE']).stdout.includes(`gatehouse ${bid} `),
+    10_000,
+  );
+  t.ok(rulesLeft, `the blocked mapping's nft and NFQUEUE rules are gone (${bid})`);
   await sleep(1500); // keys.block_for: 1s
 });
 
@@ -356,6 +367,7 @@ t.test('KEY_DECLINE and no keys by the deadline each block the flow', async (t) 
     ],
     ['--timeout', '15'],
   );
+  t.ok(declined.answer.summary, 'the answerer ran and reported');
   t.notOk(((declined.answer.summary?.messages ?? []) as string[]).includes('declined'), 'nothing passes after KEY_DECLINE');
   const d = await until(
     () => events(r.data).find((x) => x.event_type === 'flow_blocked' && typeof x.gatehouse?.mapping === 'string'),
@@ -364,7 +376,8 @@ t.test('KEY_DECLINE and no keys by the deadline each block the flow', async (t) 
   t.equal((d?.gatehouse as { reason?: string } | undefined)?.reason, 'keys_declined', 'KEY_DECLINE blocks');
   await sleep(1500);
 
-  // Without RFC 7652 authentication the endpoint cannot escrow (key-escrow.md §4): the deadline blocks.
+  // Without RFC 7652 authentication the endpoint sends no keys (it cannot escrow, key-escrow.md
+  // §4; the server's refusal of such WRITE_KEYS is unit-tested in pcp-path.test.ts): the deadline blocks.
   const before = events(r.data).length;
   const nokeys = await call(r, 'nokeys', ['--consent', 'always', '--message', 'no keys', '--timeout', '20'], ['--timeout', '20']);
   t.notOk(((nokeys.answer.summary?.messages ?? []) as string[]).includes('no keys'), 'no message passes without keys');

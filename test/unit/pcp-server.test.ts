@@ -643,3 +643,28 @@ t.test('a wildcard listener is one socket per address: answers come from the add
     'the answer comes from the address and port the request went to',
   );
 });
+
+t.test("the host's own ports are never assigned; protocols outside `protocols` get UNSUPP_PROTOCOL", async (t) => {
+  const fw = new FakeBackend();
+  const server = new PcpServer({
+    externalAddress: EXT,
+    firewall: fw,
+    listen: [],
+    reservedPorts: (proto, port) => proto === 17 && (port === 3478 || port === 5351),
+    protocols: [17],
+  });
+  const ask = async (o: Parameters<typeof mapReq>[0]) => {
+    const [a] = await server.handle(mapReq(o), { address: '192.0.2.10', port: 5350 });
+    const d = decodePcpResponse(a!);
+    if (!d.ok) throw new Error(d.error.reason);
+    return d.value;
+  };
+  const r1 = await ask({ clientAddress: '192.0.2.10', internalPort: 3478, externalPort: 3478 });
+  t.equal(r1.result, Result.SUCCESS);
+  t.not(r1.map!.externalPort, 3478, 'the TURN port is not given away (another port assigned)');
+  const r2 = await ask({ clientAddress: '192.0.2.10', internalPort: 6000, externalPort: 5351, options: [preferFailureOption()] });
+  t.equal(r2.result, Result.CANNOT_PROVIDE_EXTERNAL, 'with PREFER_FAILURE: CANNOT_PROVIDE_EXTERNAL (§13.2)');
+  const r3 = await ask({ clientAddress: '192.0.2.10', internalPort: 7000, protocol: 6 });
+  t.equal(r3.result, Result.UNSUPP_PROTOCOL, 'TCP is refused where only UDP is carried');
+  await server.close();
+});

@@ -439,9 +439,13 @@ export class NftablesBackend implements FirewallBackend {
     return this.serial(async () => {
       const cur = this.installed.get(m.id);
       if (!cur || !this.available) return;
-      await this.undo(m.id, cur.ipt, cur.v6);
-      this.installed.delete(m.id);
+      // Order matters (fail closed): the accept rules go first, then the mapping's
+      // conntrack entries (so no reply-direction packet rides `ct direction reply accept`),
+      // and only then the queue rules: at no point does a packet of the flow pass unqueued.
+      await this.undoNft(m.id);
       await this.flushConntrack(m, true);
+      await this.undoIpt(cur.ipt, cur.v6);
+      this.installed.delete(m.id);
     });
   }
 
@@ -469,9 +473,17 @@ export class NftablesBackend implements FirewallBackend {
   }
 
   private async undo(id: string, ipt: string[][], v6: boolean): Promise<void> {
+    await this.undoNft(id);
+    await this.undoIpt(ipt, v6);
+  }
+
+  private async undoNft(id: string): Promise<void> {
     const listing = await this.must('nft', ['-j', 'list', 'table', 'inet', TABLE]);
     const handles = handlesOf(listing, id);
     if (handles.length) await this.must('nft', ['-f', '-'], deleteScript(handles));
+  }
+
+  private async undoIpt(ipt: string[][], v6: boolean): Promise<void> {
     for (const spec of ipt) await this.run(v6 ? 'ip6tables' : 'iptables', ['-w', '-t', IPT_TABLE, '-D', IPT_CHAIN, ...spec]);
   }
 

@@ -301,3 +301,42 @@ t.test('PEER mappings pass only their remote; flows per mapping are bounded', as
   const f: PcpFlow = r.path.flowsOfMapping(mm)[0]!;
   t.equal(f.allocationId, mm.id, 'the flow carries its mapping id');
 });
+
+t.test('a MAP and a PEER on one internal port: the PEER takes its remote, the MAP the rest, and outlives the PEER', async (t) => {
+  const r = await rig('keys: { required: false, unverified: pass }\n');
+  const map = mapping();
+  const peer = mapping({ opcode: 'peer', remote: REMOTE });
+  r.path.mappingCreated(map);
+  r.path.mappingCreated(peer);
+  t.equal(r.verdicts.get(r.queue('in', Buffer.alloc(10, 1))), 'accept', 'the PEER remote passes');
+  t.equal(r.path.flowsOfMapping(peer).length, 1, 'on the PEER flow');
+  t.equal(r.verdicts.get(r.queue('in', Buffer.alloc(10, 2), { address: '10.0.2.50', port: 7000 })), 'accept', 'another remote: the MAP');
+  t.equal(r.path.flowsOfMapping(map).length, 1);
+  r.path.mappingEnded(peer, 'deleted');
+  t.equal(
+    r.verdicts.get(r.queue('in', Buffer.alloc(10, 3), { address: '10.0.2.50', port: 7000 })),
+    'accept',
+    'the MAP still works after the PEER ended',
+  );
+  t.equal(r.verdicts.get(r.queue('in', Buffer.alloc(10, 4))), 'accept', 'and now carries the former PEER remote too');
+  // A TCP mapping is not carried by the (UDP) path: its tuple does not shadow the UDP MAP.
+  const tcp = mapping({ protocol: 6 });
+  r.path.mappingCreated(tcp);
+  t.equal(
+    r.verdicts.get(r.queue('in', Buffer.alloc(10, 5), { address: '10.0.2.51', port: 7000 })),
+    'accept',
+    'UDP still goes to the UDP MAP',
+  );
+  t.equal(r.path.flowsOfMapping(tcp).length, 0);
+});
+
+t.test('the flow follows its mapping to a new external address', async (t) => {
+  const r = await rig('keys: { required: false, unverified: pass }\n');
+  const m = mapping({ external: { address: '10.0.2.1', port: 40000 } });
+  r.path.mappingCreated(m);
+  r.queue('in', Buffer.alloc(10));
+  const f = r.path.flowsOfMapping(m)[0]!;
+  t.same(f.relayed, { address: '10.0.2.1', port: 40000 });
+  (m as { external: { address: string; port: number } }).external = { address: '10.0.3.1', port: 40000 };
+  t.same(f.relayed, { address: '10.0.3.1', port: 40000 }, 'relayed is read from the mapping');
+});
