@@ -37,6 +37,8 @@ interface Member {
   label: string;
   info: { public_key: string; fingerprint: string; id: string } | null;
   down: boolean;
+  /** Whether this run's reset of older claims reached the FE. */
+  reset: boolean;
 }
 
 /** Conference → member cache (bounded; a miss asks every member). */
@@ -46,6 +48,12 @@ export class FePool {
   private readonly members: Member[];
   private readonly routes = new Map<string, Member>();
   private rr = 0;
+  /**
+   * This director run: identity claims are held as `RUN.TOKEN-ID`. Tokens live in the
+   * director's memory, so at start each FE frees the claims of earlier runs (else a guest
+   * could not rejoin under its identity until the dead token's expiry).
+   */
+  readonly run = randomBytes(12).toString('base64url');
 
   constructor(
     fes: { fe: FeApi; label: string }[],
@@ -54,7 +62,7 @@ export class FePool {
     private readonly log: Logger,
   ) {
     if (fes.length === 0) throw new Error('FePool: at least one front end');
-    this.members = fes.map((f) => ({ fe: f.fe, label: f.label, info: null, down: false }));
+    this.members = fes.map((f) => ({ fe: f.fe, label: f.label, info: null, down: false, reset: false }));
   }
 
   private opaqueId(fingerprint: string): string {
@@ -65,6 +73,11 @@ export class FePool {
     try {
       const i = await m.fe.info();
       m.info = { ...i, id: this.opaqueId(i.fingerprint) };
+      if (!m.reset) {
+        const n = await m.fe.releaseOthers(this.run);
+        m.reset = true;
+        if (n > 0) this.log.info({ fe: m.label, released: n }, 'core: identities held by an earlier director run freed');
+      }
       if (m.down) this.log.info({ fe: m.label }, 'core: front end is reachable again');
       m.down = false;
     } catch (err) {
@@ -173,7 +186,7 @@ export class Conferences {
       const h = this.holders.get(id);
       if (!h) return;
       this.holders.delete(id);
-      void this.release(h.conference, h.identity, id);
+      void this.release(h.conference, h.identity, `${d.pool.run}.${id}`);
       void claims;
     });
   }
@@ -312,7 +325,7 @@ export class Conferences {
     const identity = r.username;
     // Only now, the Digest verified: is the identity free? (atomic claim at the FE)
     const issued = this.d.tokens.issue({ kind: 'guest', sub: `guest/${id}/${identity}`, groups: [], conference: id, identity });
-    const holder = tokenId(issued.token);
+    const holder = `${this.d.pool.run}.${tokenId(issued.token)}`;
     let claimed: boolean;
     try {
       claimed = await o.member.fe.claim(id, identity, holder, issued.claims.exp);
@@ -325,7 +338,7 @@ export class Conferences {
       throw new CoreError('identity_in_use', 'this identity is already in the conference: choose another');
     }
     if (this.holders.size >= this.d.tokens.max) this.holders.delete(this.holders.keys().next().value as string);
-    this.holders.set(holder, { conference: id, identity });
+    this.holders.set(tokenId(issued.token), { conference: id, identity });
     this.d.log.info({ conference: id, guest: true }, 'core: guest joined');
     ctx.send(200, { token: issued.token, conference: id, identity, expires: issued.claims.exp, turn: this.d.turnFor(issued.claims) });
   }

@@ -373,9 +373,22 @@ core:
   const j = await joinAsGuest(base, made.json.id, 'g', k);
   t.equal(j.answer.status, 200);
   t.equal((await joinAsGuest(base, made.json.id, 'g', k)).answer.status, 409);
-  p.child.kill('SIGTERM');
-  await until('serve to stop', () => p.child.exitCode !== null || p.child.signalCode !== null, 10_000);
-  for (const s of [k, login.json.token, j.answer.json.token, password]) t.notOk(p.out.includes(s), 'no secret in the output');
+  // A restarted director: the conference (kept by the FE) is still there, and the identity
+  // held by a token of the dead run is free again.
+  p.child.kill('SIGKILL');
+  await until('serve to die', () => p.child.exitCode !== null || p.child.signalCode !== null, 10_000);
+  const p2 = run('embedded-restarted', ['serve', '--config', cfg]);
+  await until('the restarted core', async () => {
+    if (p2.child.exitCode !== null) throw new Error(`serve exited: ${p2.out}`);
+    return (await call(base, 'GET', '/v1/conference-key')).status === 401;
+  });
+  const j2 = await joinAsGuest(base, made.json.id, 'g', k);
+  t.equal(j2.answer.status, 200, 'rejoin under the same identity after a director restart');
+  t.equal((await joinAsGuest(base, made.json.id, 'g', k)).answer.status, 409);
+  p2.child.kill('SIGTERM');
+  await until('serve to stop', () => p2.child.exitCode !== null || p2.child.signalCode !== null, 10_000);
+  for (const s of [k, login.json.token, j.answer.json.token, j2.answer.json.token, password])
+    t.notOk(p.out.includes(s) || p2.out.includes(s), 'no secret in the output');
   t.notOk(readFileSync(join(dataDir, 'core-fe', 'fe.sqlite')).includes(Buffer.from(k)), 'K not in the clear in the store');
 });
 

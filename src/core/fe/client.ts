@@ -124,4 +124,10 @@ export class RemoteFe implements FeApi {
     if (status !== 200) RemoteFe.fail(status, json);
     return json.released === true;
   }
+
+  async releaseOthers(run: string) {
+    const { status, json } = await this.call('POST', '/fe/v1/claims/reset', { run });
+    if (status !== 200 || typeof json.released !== 'number') RemoteFe.fail(status, json);
+    return json.released as number;
+  }
 }

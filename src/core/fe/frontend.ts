@@ -15,6 +15,8 @@ export interface FeApi {
   /** Atomic claim of identity in the conference until `until` (Unix seconds). */
   claim(id: string, identity: string, holder: string, until: number): Promise<boolean>;
   release(id: string, identity: string, holder?: string | null): Promise<boolean>;
+  /** Frees the claims of a director's earlier run (holders not prefixed `run.`). */
+  releaseOthers(run: string): Promise<number>;
 }
 
 /** An FE refusal the director maps onto core.md §2 error codes. */
@@ -117,6 +119,11 @@ export class FrontEnd implements FeApi {
 
   async release(id: string, identity: string, holder: string | null = null) {
     return this.store.release(id, identity, holder);
+  }
+
+  async releaseOthers(run: string) {
+    if (!/^[A-Za-z0-9_-]{8,64}$/.test(run)) throw new FeError(400, 'bad_request', 'run: 8 to 64 base64url characters');
+    return this.store.releaseOthers(run);
   }
 
   close(): void {

@@ -17,6 +17,7 @@ export const MAX_FE_BODY = 16 * 1024;
  *   POST /fe/v1/conferences/{id}/ha1         {identity} → {ha1} | 404
  *   POST /fe/v1/conferences/{id}/claim       {identity, holder, until} → {claimed}
  *   POST /fe/v1/conferences/{id}/release     {identity, holder?} → {released}
+ *   POST /fe/v1/claims/reset                 {run} → {released}: claims of a director's earlier run freed
  * Logs carry method, path shape and status only: never a body (keys, HA1).
  */
 export class FeHttpServer {
@@ -109,6 +110,9 @@ export class FeHttpServer {
       if (method === 'POST' && path === '/fe/v1/conferences') {
         const out = await this.fe.createConference({ key: json.key, owner: str(json.owner), title: json.title, expires: json.expires });
         return this.reply(res, v.nonce, 201, out);
+      }
+      if (method === 'POST' && path === '/fe/v1/claims/reset') {
+        return this.reply(res, v.nonce, 200, { released: await this.fe.releaseOthers(str(json.run)) });
       }
       const m = /^\/fe\/v1\/conferences\/([A-Za-z0-9_-]{1,64})(?:\/(ha1|claim|release))?$/.exec(path);
       if (m) {

@@ -116,6 +116,14 @@ export class FeStore {
     return this.releaseStmt.run(conference, identity, holder, holder).changes > 0;
   }
 
+  /**
+   * Frees every claim whose holder does not start with `keep` + "." (the claims of a
+   * director's previous run: its tokens died with it). Returns how many.
+   */
+  releaseOthers(keep: string): number {
+    return this.db.prepare(`DELETE FROM identities WHERE substr(holder, 1, ?) != ?`).run(keep.length + 1, `${keep}.`).changes;
+  }
+
   /** Drops expired identity claims and expired conferences (with their keys). */
   purgeExpired(now: number): number {
     const n = this.purgeStmt.run(now).changes;

@@ -147,3 +147,16 @@ t.test('purgeExpired drops expired claims and conferences', async (t) => {
   t.equal(fe.store.conference(id), null);
   t.equal(fe.store.conferenceKey(id), null, 'its key is gone too');
 });
+
+t.test('releaseOthers frees the claims of an earlier director run only', async (t) => {
+  const fe = new FrontEnd(join(dir, 'fe4'), undefined, { rsaBits: 2048 });
+  t.teardown(() => fe.close());
+  const now = Math.floor(Date.now() / 1000);
+  const { id } = await fe.createConference({ key: oaep(fe.keys.publicPem, 'r'.repeat(30)), owner: 'a' });
+  t.equal(await fe.claim(id, 'old', 'oldrun123.tok', now + 60), true);
+  t.equal(await fe.claim(id, 'new', 'newrun123.tok', now + 60), true);
+  t.equal(await fe.releaseOthers('newrun123'), 1);
+  t.equal(await fe.claim(id, 'old', 'newrun123.tok2', now + 60), true, 'the old run’s identity is free');
+  t.equal(await fe.claim(id, 'new', 'newrun123.tok3', now + 60), false, 'this run’s claims stay');
+  await t.rejects(fe.releaseOthers('x'), { code: 'bad_request' });
+});
