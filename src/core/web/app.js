@@ -36,6 +36,11 @@ function setStatus(s) {
   $('status').textContent = s;
 }
 function setError(e) {
+  if (e instanceof ApiError && e.code === 'rate_limited') {
+    // core.md §2: 429 with Retry-After (RFC 9110 §10.2.3, seconds).
+    $('error').textContent = `Too many failed attempts from here: try again in ${e.retryAfter ?? 60} s.`;
+    return;
+  }
   const msg = e instanceof ApiError ? `${e.message}${e.code ? ` (${e.code})` : ''}` : e ? String(e.message ?? e) : '';
   $('error').textContent = msg;
 }
