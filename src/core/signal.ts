@@ -246,9 +246,10 @@ export class SignalServer {
     );
   }
 
+  /** Sends a message (or one already serialised, for broadcasts: one JSON.stringify for all). */
   private send(c: Conn, m: unknown): void {
     if (c.closed || c.ws.readyState !== c.ws.OPEN) return;
-    c.ws.send(JSON.stringify(m));
+    c.ws.send(typeof m === 'string' ? m : JSON.stringify(m));
     // A reader that does not keep up is dropped; the others are not held back by it.
     if (c.ws.bufferedAmount > this.limits.maxBufferedBytes) {
       this.d.log.debug({ peer: c.peer }, 'signal: slow client dropped');
@@ -461,7 +462,8 @@ export class SignalServer {
     const peers = this.roster(g);
     this.send(c, { type: 'join', peer: c.peer, ...target, peers, turn: this.d.turn.issue(subjectOf(c.claims!)) });
     this.scheduleTurn(c);
-    for (const o of g.members.values()) if (o !== c) this.send(o, { type: 'peers', peers });
+    const update = JSON.stringify({ type: 'peers', peers });
+    for (const o of [...g.members.values()]) if (o !== c) this.send(o, update);
   }
 
   /** Fresh TURN credentials before the last ones expire (their ttl is short: core.turn_ttl). */
@@ -513,7 +515,7 @@ export class SignalServer {
     if (this.outside(c, m)) return this.error(c, 'forbidden', 'that conference or room is not yours');
     if (m.to !== undefined) return this.error(c, 'bad_request', 'chat goes to everyone: no "to"');
     if (typeof m.text !== 'string' || !m.text.length) return this.error(c, 'bad_request', 'chat needs a "text"');
-    const msg = { type: 'chat', from: c.peer, text: m.text };
+    const msg = JSON.stringify({ type: 'chat', from: c.peer, text: m.text });
     for (const o of [...c.group.members.values()]) this.send(o, msg);
   }
 
@@ -535,8 +537,8 @@ export class SignalServer {
       this.groups.delete(g.key);
       return;
     }
-    const peers = this.roster(g);
-    for (const o of [...g.members.values()]) this.send(o, { type: 'peers', peers });
+    const update = JSON.stringify({ type: 'peers', peers: this.roster(g) });
+    for (const o of [...g.members.values()]) this.send(o, update);
   }
 
   /** Closes every connection (1001 going away) and stops the timers. */
