@@ -43,6 +43,7 @@ import type { Supervisor } from '../util/supervise.js';
 import { tokenId, type TokenClaims } from './tokens.js';
 import { claimsAllowConference, type CoreContext, type CoreModule } from './director.js';
 import type { TurnCredentials, TurnSubject } from './turn-credentials.js';
+import { conferencesOf } from './conferences.js';
 
 /** What joining may answer (core.md §2 codes). */
 export type JoinDecision = 'ok' | 'forbidden' | 'not_found';
@@ -552,9 +553,10 @@ export class SignalServer {
 }
 
 /**
- * The signalling module of startCore (src/core/index.ts MODULES). `membership` or
- * `conferenceExists` come from the conferences module where it is wired; without them,
- * a user may join any conference id it names and a guest only its own.
+ * The signalling module of startCore (src/core/index.ts MODULES). Who may join: rooms by
+ * core.rooms; conferences by claimsAllowConference (a guest only its own, a user any) and,
+ * unless `conferenceExists` or `membership` say otherwise, the conferences module's
+ * exists() (a conference no FE holds now: not_found).
  */
 export function signalModule(
   opts: {
@@ -567,7 +569,11 @@ export function signalModule(
     const server = new SignalServer({
       tokens: core.tokens,
       turn: core.turn,
-      membership: opts.membership ?? defaultMembership(core, opts.conferenceExists),
+      // The conferences module says which conferences exist (src/core/conferences.ts); a core
+      // without it has none.
+      membership:
+        opts.membership ??
+        defaultMembership(core, opts.conferenceExists ?? (async (id) => (await conferencesOf(core)?.exists(id)) ?? false)),
       clock: core.clock,
       log: core.log,
       supervisor: core.supervisor,

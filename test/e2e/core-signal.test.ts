@@ -137,6 +137,9 @@ t.test('signalling over the director', async (t) => {
     t.equal(((await g2.c.next('error')).error as { code: string }).code, 'forbidden', 'cross-conference join with a guest token');
     g.c.send({ type: 'offer', to: outsider.peer, sdp: 'v=0' });
     t.equal(((await g.c.next('error')).error as { code: string }).code, 'not_found', 'a peer outside the conference');
+    const lost = await member(d.core.core.tokens.issue({ kind: 'user', sub: 'lost', groups: [] }).token);
+    lost.c.send({ type: 'join', conference: 'no-such-conference' });
+    t.equal(((await lost.c.next('error')).error as { code: string }).code, 'not_found', 'a conference no FE holds');
     g.c.send({ type: 'chat', text: 'x', conference: c2.id });
     t.equal(((await g.c.next('error')).error as { code: string }).code, 'forbidden', 'naming another conference');
   });
