@@ -103,11 +103,12 @@ export const DEFAULT_SIGNAL_LIMITS: SignalLimits = {
   maxConnectionsPerUser: 3,
 };
 
-/** RFC 6455 §7.4.1 close codes, and the application's own (§7.4.2: 4000-4999). */
+/** RFC 6455 §7.4.1 close codes, and the application's own (§7.4.2: 4000-4999 are private use). */
 export const CLOSE_POLICY = 1008;
 export const CLOSE_GOING_AWAY = 1001;
-export const CLOSE_TRY_AGAIN = 1013;
 export const CLOSE_REPLACED = 4001; // core.md §4
+/** 1011 Internal Error: not in §7.4.1, registered in the Close Code registry of RFC 6455 §11.7. */
+export const CLOSE_INTERNAL = 1011;
 
 export type SignalErrorCode = 'bad_request' | 'unauthenticated' | 'forbidden' | 'not_found' | 'rate_limited';
 
@@ -231,7 +232,7 @@ export class SignalServer {
       this.d.supervisor.guard(
         'core.signal.message',
         (data: RawData, isBinary: boolean) => this.onMessage(c, data, isBinary),
-        () => this.close(c, 1011, 'internal error'),
+        () => this.close(c, CLOSE_INTERNAL, 'internal error'),
       ),
     );
     ws.on('close', () => this.d.supervisor.run('core.signal.close', () => this.cleanup(c)));
@@ -439,7 +440,7 @@ export class SignalServer {
           this.d.supervisor.run(
             'core.signal.join',
             () => this.admitted(c, target, decision),
-            () => this.close(c, 1011, 'internal error'),
+            () => this.close(c, CLOSE_INTERNAL, 'internal error'),
           ),
         (err: unknown) => {
           this.d.supervisor.caught('core.signal.membership', err);
