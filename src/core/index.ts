@@ -67,15 +67,17 @@ export async function startCore(cfg: GatehouseConfig, deps: CoreDeps): Promise<R
   const http = new Router(log, deps.supervisor);
   const stops: (() => void | Promise<void>)[] = [];
   let server: CoreHttpServer | null = null;
+  const limiter = new FailureLimiter(deps.clock);
   const core: CoreContext = {
     cfg,
     http,
     tokens: new TokenService(deps.clock, {
       ttlS: cfg.core.token_ttl,
       onListenerError: (err) => deps.supervisor.caught('core.tokens.revoke', err),
+      limiter,
     }),
     digest: new DigestAuthenticator(deps.clock),
-    limiter: new FailureLimiter(deps.clock),
+    limiter,
     turn: TurnCredentialIssuer.fromConfig(cfg, deps.restSecret, () => deps.clock.now()),
     users: deps.users,
     events: deps.events ?? null,

@@ -20,7 +20,7 @@ import Database from 'better-sqlite3';
 import { createHash, randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import type { CoreContext, CoreModule } from './director.js';
-import { CoreError, badRequest, forbidden, gone, notFound } from './errors.js';
+import { badRequest, forbidden, gone, notFound } from './errors.js';
 import type { RequestContext } from './http.js';
 import { requireToken, requireUser, type TokenClaims } from './tokens.js';
 import { serveIndex } from './web.js';
@@ -288,13 +288,8 @@ export const roomsModule: CoreModule = (core) => {
       handler: (ctx) => {
         core.limiter.check(ctx.source);
         ctx.req.resume();
-        let c: TokenClaims;
-        try {
-          c = requireToken(ctx.req, core.tokens);
-        } catch (err) {
-          if (err instanceof CoreError && ctx.req.headers.authorization) core.limiter.fail(ctx.source);
-          throw err;
-        }
+        // A bad token counts as a failed authentication (requireToken tells the limiter).
+        const c = requireToken(ctx.req, core.tokens);
         // The invitee logs in first: their own user token (core.md §7).
         if (c.kind !== 'user' || c.conference !== undefined || c.room !== undefined) throw forbidden('log in as the invitee first');
         const secret = ctx.params.secret!;

@@ -12,6 +12,13 @@ import { createHash, randomBytes } from 'node:crypto';
 import type { IncomingMessage } from 'node:http';
 import type { Clock } from '../util/clock.js';
 import { forbidden, unauthenticated } from './errors.js';
+import { sourceOf } from './http.js';
+
+/** What counts failed authentications per source (core.md §2; src/core/ratelimit.ts FailureLimiter). */
+export interface FailureCounter {
+  check(source: string): void;
+  fail(source: string): void;
+}
 
 export interface TokenClaims {
   kind: 'user' | 'guest';
@@ -48,13 +55,16 @@ export class TokenService {
 
   constructor(
     private readonly clock: Clock,
-    opts: { ttlS?: number; max?: number; onListenerError?: (err: unknown) => void } = {},
+    opts: { ttlS?: number; max?: number; onListenerError?: (err: unknown) => void; limiter?: FailureCounter } = {},
   ) {
+    this.limiter = opts.limiter ?? null;
     this.ttlS = opts.ttlS ?? 3600;
     this.max = opts.max ?? 100_000;
     this.onListenerError = opts.onListenerError ?? (() => {});
   }
   private readonly onListenerError: (err: unknown) => void;
+  /** core.md §2 "on any mechanism": an unknown, revoked or expired bearer token is a failed authentication. */
+  readonly limiter: FailureCounter | null;
 
   private nowS(): number {
     return Math.floor(this.clock.now() / 1000);
@@ -158,9 +168,14 @@ export function bearerToken(req: IncomingMessage): string | null {
 export function requireToken(req: IncomingMessage, tokens: TokenService): TokenClaims {
   const t = bearerToken(req);
   if (!t) throw unauthenticated();
+  const source = tokens.limiter ? sourceOf(req) : '';
+  tokens.limiter?.check(source);
   const c = tokens.verify(t);
   // RFC 6750 §3.1: invalid_token for an unknown, revoked or expired token.
-  if (!c) throw unauthenticated('the token is unknown, revoked or expired', 'Bearer error="invalid_token"');
+  if (!c) {
+    tokens.limiter?.fail(source);
+    throw unauthenticated('the token is unknown, revoked or expired', 'Bearer error="invalid_token"');
+  }
   return c;
 }
 

@@ -114,3 +114,22 @@ t.test('bearer parsing, requireToken (401 with WWW-Authenticate: Bearer), requir
     t.ok(e && e.status === 403);
   }
 });
+
+t.test('core.md §2 "on any mechanism": bad bearer tokens count toward the per-source limit', async (t) => {
+  const { FailureLimiter } = await import('../../../src/core/ratelimit.js');
+  const clock = new ManualClock();
+  const limiter = new FailureLimiter(clock);
+  const ts = new TokenService(clock, { limiter });
+  const good = ts.issue({ kind: 'user', sub: 'alice', groups: [] }).token;
+  const from = (authorization: string, addr: string) =>
+    ({ headers: { authorization }, socket: { remoteAddress: addr } }) as unknown as IncomingMessage;
+  for (let i = 0; i < 10; i++) t.equal(thrown(() => requireToken(from('Bearer ght_wrong', '::ffff:192.0.2.9'), ts))?.status, 401);
+  t.equal(
+    thrown(() => requireToken(from(`Bearer ${good}`, '192.0.2.9'), ts))?.code,
+    'rate_limited',
+    'then even a good token waits (IPv4-mapped is one source)',
+  );
+  t.equal(requireToken(from(`Bearer ${good}`, '192.0.2.10'), ts).sub, 'alice', 'another source is not affected');
+  clock.advance(60_000);
+  t.equal(requireToken(from(`Bearer ${good}`, '192.0.2.9'), ts).sub, 'alice', 'after the minute');
+});
