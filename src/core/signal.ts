@@ -40,7 +40,8 @@ import { WebSocketServer, type RawData, type WebSocket } from 'ws';
 import type { Clock, TimerHandle } from '../util/clock.js';
 import type { Logger } from '../util/log.js';
 import type { Supervisor } from '../util/supervise.js';
-import { tokenId, type TokenClaims } from './tokens.js';
+import { tokenId, type FailureCounter, type TokenClaims } from './tokens.js';
+import { sourceOf } from './http.js';
 import { claimsAllowConference, type CoreContext, type CoreModule } from './director.js';
 import type { TurnCredentials, TurnSubject } from './turn-credentials.js';
 import { conferencesOf } from './conferences.js';
@@ -120,6 +121,8 @@ export interface SignalDeps {
   log: Logger;
   supervisor: Supervisor;
   limits?: Partial<SignalLimits>;
+  /** Failed authentications per source (core.md §2 "on any mechanism"): a bad hello token counts. */
+  limiter?: FailureCounter | null;
 }
 
 interface Group {
@@ -130,6 +133,8 @@ interface Group {
 
 interface Conn {
   ws: WebSocket;
+  /** The peer's address (the failed-authentication limit's key). */
+  source: string;
   /** Peer id: opaque, 96 random bits. */
   peer: string;
   claims: TokenClaims | null;
@@ -199,19 +204,21 @@ export class SignalServer {
       socket.end('HTTP/1.1 405 Method Not Allowed\r\nAllow: GET\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
       return;
     }
+    const source = sourceOf(req);
     this.wss.handleUpgrade(req, socket, head, (ws) =>
       this.d.supervisor.run(
         'core.signal.open',
-        () => this.open(ws),
+        () => this.open(ws, source),
         () => ws.terminate(),
       ),
     );
   };
 
-  private open(ws: WebSocket): void {
+  private open(ws: WebSocket, source: string): void {
     const now = this.d.clock.now();
     const c: Conn = {
       ws,
+      source,
       peer: randomBytes(12).toString('base64url'),
       claims: null,
       tokenId: null,
@@ -388,9 +395,22 @@ export class SignalServer {
 
   private hello(c: Conn, m: Record<string, unknown> | null): void {
     if (!m || m.type !== 'hello') return this.refuse(c, 'unauthenticated', 'the first message must be a hello with a token');
+    // core.md §2: at most 10 failed authentications per source a minute, on any mechanism.
+    const limiter = this.d.limiter ?? null;
+    if (limiter) {
+      try {
+        limiter.check(c.source);
+      } catch (err) {
+        // The limiter's message says when (`retry in N s`); it names no secret.
+        return this.refuse(c, 'rate_limited', (err as Error).message || 'too many failed authentications from this address');
+      }
+    }
     const token = typeof m.token === 'string' ? m.token : '';
     const claims = token ? this.d.tokens.verify(token) : null;
-    if (!claims) return this.refuse(c, 'unauthenticated', 'the token is unknown, revoked or expired');
+    if (!claims) {
+      limiter?.fail(c.source);
+      return this.refuse(c, 'unauthenticated', 'the token is unknown, revoked or expired');
+    }
     c.claims = claims;
     c.tokenId = tokenId(token);
     for (const t of c.timers) t.cancel();
@@ -578,6 +598,7 @@ export function signalModule(
       clock: core.clock,
       log: core.log,
       supervisor: core.supervisor,
+      limiter: core.tokens.limiter ?? core.limiter,
       limits: { maxConnectionsPerUser: core.cfg.core.max_connections_per_user, ...(opts.limits ?? {}) },
     });
     core.http.onUpgrade('/v1/signal', server.handleUpgrade);

@@ -10,6 +10,7 @@ import { ManualClock } from '../../../src/util/clock.js';
 import { silentLogger } from '../../../src/util/log.js';
 import { Supervisor } from '../../../src/util/supervise.js';
 import { TokenService } from '../../../src/core/tokens.js';
+import { FailureLimiter } from '../../../src/core/ratelimit.js';
 import { TurnCredentialIssuer } from '../../../src/core/turn-credentials.js';
 import { SignalServer, type MembershipSource, type SignalLimits } from '../../../src/core/signal.js';
 import { claimsAllowConference } from '../../../src/core/director.js';
@@ -18,8 +19,9 @@ import { SigClient } from './signal-helpers.js';
 
 const SECRET = 'rest-secret-for-tests-0123456789abcdef';
 
-async function rig(t: Test, limits: Partial<SignalLimits> = {}) {
+async function rig(t: Test, limits: Partial<SignalLimits> = {}, withLimiter = false) {
   const clock = new ManualClock(Date.now());
+  const limiter = withLimiter ? new FailureLimiter(clock) : null;
   const tokens = new TokenService(clock, { ttlS: 3600 });
   const turn = new TurnCredentialIssuer(SECRET, ['turn:127.0.0.1:3478?transport=udp'], 600, () => clock.now());
   const conferences = new Set(['conf-a', 'conf-b']);
@@ -45,6 +47,7 @@ async function rig(t: Test, limits: Partial<SignalLimits> = {}) {
     clock,
     log: silentLogger,
     supervisor,
+    limiter,
     limits: { burst: 10_000, pingIntervalMs: 86_400_000, ...limits },
   });
   const server: Server = createServer((_q, s) => s.writeHead(404).end());
@@ -107,6 +110,32 @@ t.test('a missing or bad hello: error, then close 1008', async (t) => {
   r.clock.advance(10_000);
   t.equal((await silent.closed).code, 1008, 'no hello within the hello timeout');
   t.equal(r.sig.size, 0, 'nothing left open');
+});
+
+t.test('bad hello tokens count as failed authentications (core.md §2): the 11th try is rate_limited', async (t) => {
+  const r = await rig(t, {}, true);
+  for (let i = 0; i < 10; i++) {
+    const c = await r.connect();
+    c.send({ type: 'hello', token: `ght_wrong${i}` });
+    t.equal(((await c.next('error')).error as { code: string }).code, 'unauthenticated', `try ${i + 1}`);
+    await c.closed;
+  }
+  const c = await r.connect();
+  c.send({ type: 'hello', token: r.user('alice') });
+  const e = (await c.next('error')).error as { code: string; message: string };
+  t.equal(e.code, 'rate_limited', 'even a good token, until the minute has passed');
+  t.match(e.message, /retry in \d+ s/);
+  t.equal((await c.closed).code, 1008);
+  r.clock.advance(60_000);
+  const ok = await r.member(r.user('alice'), { conference: 'conf-a' });
+  t.equal(ok.join!.conference, 'conf-a', 'after the minute: admitted');
+  for (let i = 0; i < 10; i++) {
+    const bad = await r.connect();
+    bad.send('not json');
+    await bad.closed;
+  }
+  const again = await r.member(r.user('bob'));
+  t.ok(again.peer, 'ten malformed first messages are not failed authentications');
 });
 
 t.test('join: the answer has my peer id, the roster and TURN credentials; the others get peers', async (t) => {
