@@ -142,7 +142,14 @@ export async function startPcp(d: PcpDeps): Promise<RunningPcp | null> {
   });
   escrow.setSender(server);
   path.setControl(server);
-  await server.start();
+  try {
+    await server.start();
+  } catch (err) {
+    // Nothing is left behind: the queue is let go and the kernel table removed.
+    queue?.close();
+    await firewall.close().catch(() => {});
+    throw err;
+  }
 
   return {
     server,
