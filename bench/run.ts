@@ -24,7 +24,7 @@ const HERE = dirname(fileURLToPath(import.meta.url));
 const HELP = `Usage: npm run bench -- [options]
 
   --quick               small counts (a minute or so): for trying the harness
-  --only LIST           comma-separated: turn,srtp,dtls,policy,inspect,escrow,pcp
+  --only LIST           comma-separated: turn,srtp,dtls,policy,inspect,escrow,pcp,core
                         (default: all)
   --servers LIST        TURN servers: gatehouse,coturn (default: both, in that order)
   --clients N           turnutils_uclient -m (default 50; quick 5)
@@ -59,7 +59,7 @@ class UsageError extends Error {}
 function parseArgs(argv: string[]): Args {
   const a: Args = {
     quick: false,
-    only: new Set(['turn', 'srtp', 'dtls', 'policy', 'inspect', 'escrow', 'pcp']),
+    only: new Set(['turn', 'srtp', 'dtls', 'policy', 'inspect', 'escrow', 'pcp', 'core']),
     out: join(HERE, 'out', 'results.json'),
     turn: {},
   };
@@ -86,7 +86,7 @@ function parseArgs(argv: string[]): Args {
       case '--only':
         a.only = new Set(v().split(','));
         for (const x of a.only)
-          if (!['turn', 'srtp', 'dtls', 'policy', 'inspect', 'escrow', 'pcp'].includes(x))
+          if (!['turn', 'srtp', 'dtls', 'policy', 'inspect', 'escrow', 'pcp', 'core'].includes(x))
             throw new UsageError(`--only: unknown benchmark ${x}`);
         break;
       case '--servers': {
@@ -192,6 +192,15 @@ const EXTERNALS: ExternalSpec[] = [
     name: 'Firewall path: PCP requests/s, CPU per inspected packet (NFQUEUE vs TURN), held-packet latency',
     file: 'pcp.ts',
     fns: ['runPcpBench'],
+    opts: (quick) => ({ quick }),
+  },
+  // bench/core.ts: runCoreBench({ quick }) → { joins, signal, notes, table } (issue 11: joins/s
+  // through the director with the embedded FE and with two core-fe; signalling latency, 200 guests)
+  {
+    key: 'core',
+    name: 'Conferencing core: joins/s through the director (one and two FEs), signalling latency with 200 participants',
+    file: 'core.ts',
+    fns: ['runCoreBench'],
     opts: (quick) => ({ quick }),
   },
 ];
