@@ -285,6 +285,13 @@ export async function startGateway(
     }
     log.warn({ listen: cfg.core.listen }, 'conferencing core not started: its address is in use (set core.listen)');
   }
+  // Issue 11 / core.md §8: a participant the core revokes (room removal or revoked
+  // invitation: tokens stamped with a room; a guest removed or leaving) loses its TURN
+  // credentials at once, not at their EXPIRY, and its allocations close. Listener errors
+  // are contained by the token service (onListenerError -> supervisor).
+  core?.core.tokens.onRevoke((claims) => {
+    if (claims.kind === 'guest' || claims.room !== undefined) turn.revokeSubject(claims.sub);
+  });
   log.info(
     {
       turn: turn.addresses(),

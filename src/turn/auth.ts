@@ -97,6 +97,8 @@ export interface ResolvedCredential {
   guest?: true;
   /** The conference a guest credential is stamped with (core.md §8). */
   conference?: string;
+  /** REST credentials: EXPIRY (Unix seconds), what revocation compares (src/turn/revoked.ts). */
+  expiry?: number;
 }
 
 export type CredentialResult = { ok: true; cred: ResolvedCredential } | { ok: false; reason: 'unknown_user' | 'rest_expired' };
@@ -153,9 +155,9 @@ export function resolveCredential(username: string, users: UserDirectory, restSe
       // the whole `guest/CONFERENCE/IDENTITY` (quotas and blocks are per guest identity, and
       // it cannot be mistaken for a directory user, whose groups it never gets).
       const g = m[2] !== undefined ? parseGuestUser(m[2]) : null;
-      if (g) return { ok: true, cred: { username, user, groups: [], password, rest: true, guest: true, conference: g.conference } };
+      if (g) return { ok: true, cred: { username, user, groups: [], password, rest: true, guest: true, conference: g.conference, expiry } };
       const rec = m[2] !== undefined && !m[2].startsWith(GUEST_PREFIX) ? users.lookup(m[2]) : undefined;
-      return { ok: true, cred: { username, user, groups: rec?.groups ?? [], password, rest: true } };
+      return { ok: true, cred: { username, user, groups: rec?.groups ?? [], password, rest: true, expiry } };
     }
   }
   const rec = users.lookup(username);

@@ -21,6 +21,7 @@ import {
 } from '../wire/stun.js';
 import { NonceManager, resolveCredential, type UserDirectory } from './auth.js';
 import type { RateLimiter } from './limits.js';
+import type { RevokedSubjects } from './revoked.js';
 import type { AuthOk, Responder } from './responder.js';
 import type { Endpoint } from './state.js';
 import { count, type TurnStats } from './stats.js';
@@ -39,6 +40,7 @@ export class Authenticator {
     private readonly stats: TurnStats,
     private readonly res: Responder,
     private readonly unauthorized: RateLimiter,
+    private readonly revoked: RevokedSubjects | null = null,
   ) {
     this.nonces = new NonceManager(clock, cfg.turn.nonce_lifetime);
   }
@@ -119,6 +121,14 @@ export class Authenticator {
     const ok = hasMI256 ? verifyIntegritySha256(msg, key) : verifyIntegrity(msg, key);
     if (!ok) {
       this.fail('bad_integrity');
+      this.challenge(ep, msg, 401);
+      return null;
+    }
+    // Issue 11 / core.md §8: a REST credential issued before its subject was revoked is
+    // refused as a bad credential would be: 401 with a fresh challenge (RFC 8489 §9.2.4,
+    // RFC 8656 §5). Checked on every authenticated request, not only at Allocate.
+    if (r.cred.rest && r.cred.expiry !== undefined && this.revoked?.refuses(r.cred.user, r.cred.expiry)) {
+      this.fail('revoked');
       this.challenge(ep, msg, 401);
       return null;
     }

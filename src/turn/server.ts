@@ -37,6 +37,7 @@ import { StreamConnections, listenStream, listenUdp } from './listeners.js';
 import { PeerFilter } from './peerfilter.js';
 import { PortPool } from './relay.js';
 import { Authenticator } from './requestauth.js';
+import { RevokedSubjects } from './revoked.js';
 import { Responder, sanitizeSoftware } from './responder.js';
 import { SWEEP_MS, familyOf, unmapV4, type Endpoint, type FlowImpl, type StreamListener, type UdpListener } from './state.js';
 import { count, newStats, type TurnStats } from './stats.js';
@@ -94,6 +95,9 @@ const KNOWN_REQUIRED = new Set<number>([
   Attr.UseCandidate,
 ]);
 
+/** A TURN REST USERNAME `EXPIRY:...` (src/turn/auth.ts resolveCredential). */
+const REST_USERNAME_RE = /^\d{1,12}:/;
+
 export class TurnServer {
   readonly stats: TurnStats = newStats();
   /** Exceptions contained by the supervisor, by call site. */
@@ -110,6 +114,8 @@ export class TurnServer {
   private readonly allocateRate: RateLimiter;
   private readonly unauthorizedRate: RateLimiter;
   private readonly maxChannelByte: number;
+  /** REST subjects revoked by the core (issue 11, src/turn/revoked.ts); bounded. */
+  readonly revoked: RevokedSubjects;
 
   private udpListeners: UdpListener[] = [];
   private streamListeners: StreamListener[] = [];
@@ -147,7 +153,8 @@ export class TurnServer {
     this.table = new AllocationTable(this.stats, clock, this.log, events, hooks, pool, hookFailed);
     this.data = new DataPath(this.stats, this.table, hooks, hookFailed);
     this.res = new Responder(software, clock, () => count(this.stats.refused, 'stream_backlog'));
-    const auth = new Authenticator(cfg, opts.users, clock, this.stats, this.res, this.unauthorizedRate);
+    this.revoked = new RevokedSubjects(clock, cfg.core.turn_ttl);
+    const auth = new Authenticator(cfg, opts.users, clock, this.stats, this.res, this.unauthorizedRate, this.revoked);
     this.ctx = {
       cfg,
       clock,
@@ -238,6 +245,26 @@ export class TurnServer {
   /** Closes a flow at once: its permission and channels go, both directions stop. */
   closeFlow(flow: Flow, reason = 'closed'): void {
     this.table.closeFlow(flow, reason);
+  }
+
+  /**
+   * Revokes a TURN REST subject (`USER` or `guest/CONFERENCE/IDENTITY`, core.md §8): its
+   * credentials issued up to now get 401 (src/turn/revoked.ts), and its allocations made
+   * with REST credentials close at once (flows closed `revoked`, allocation event
+   * `revoked`). Returns how many allocations were closed. Directory-credential
+   * allocations of a same-named user are left alone: the core does not issue those.
+   */
+  revokeSubject(subject: string): number {
+    this.revoked.revoke(subject);
+    let n = 0;
+    for (const a of [...this.table.all]) {
+      if (a.deleted || a.user !== subject || !REST_USERNAME_RE.test(a.username)) continue;
+      for (const p of a.permissions.values()) this.table.closePermission(a, p, 'revoked');
+      this.table.delete(a, 'revoked');
+      n++;
+    }
+    if (n) this.log.info({ subject, allocations: n }, 'turn subject revoked: allocations closed');
+    return n;
   }
 
   /** The open flows (for the admin API). */
@@ -351,6 +378,7 @@ export class TurnServer {
   private sweep(): void {
     const now = this.clock.now();
     this.table.sweep(now);
+    this.revoked.sweep();
     this.streams.sweep(now);
     this.res.sweep(now);
     this.allocateRate.sweep(now);
