@@ -8,7 +8,7 @@ import t from 'tap';
 import { readFileSync, statSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
-import { digestHa1, digestResponse, parseAuthHeader, quote } from '../../src/core/digest.js';
+import { loginUser } from './helpers/core-guest.js';
 import { freePort } from './helpers/ports.js';
 import { startGatehouse } from './helpers/turn-servers.js';
 import { assertNoSecrets, DATA_DIR_ALLOWED, Secrets } from './helpers/secrets.js';
@@ -19,26 +19,6 @@ const USERS = [
   { name: 'alice', password: 'alice-' + randomBytes(9).toString('base64url'), groups: ['owners'] },
   { name: 'bob', password: 'bob-' + randomBytes(9).toString('base64url'), groups: ['trading'] },
 ];
-
-async function login(base: string, user: string, password: string): Promise<string> {
-  const c = await fetch(`${base}/v1/login`, { method: 'POST' });
-  if (c.status !== 401) throw new Error(`challenge: ${c.status}`);
-  const p = parseAuthHeader(c.headers.get('www-authenticate')!)!.params;
-  const cnonce = randomBytes(8).toString('hex');
-  const response = digestResponse({
-    ha1: digestHa1(user, p.get('realm')!, password),
-    nonce: p.get('nonce')!,
-    nc: '00000001',
-    cnonce,
-    qop: 'auth',
-    method: 'POST',
-    uri: '/v1/login',
-  });
-  const auth = `Digest username=${quote(user)}, realm=${quote(p.get('realm')!)}, nonce=${quote(p.get('nonce')!)}, uri="/v1/login", algorithm=SHA-256, qop=auth, nc=00000001, cnonce=${quote(cnonce)}, response="${response}", opaque=${quote(p.get('opaque')!)}`;
-  const r = await fetch(`${base}/v1/login`, { method: 'POST', headers: { authorization: auth } });
-  if (r.status !== 200) throw new Error(`login ${user}: ${r.status}`);
-  return ((await r.json()) as { token: string }).token;
-}
 
 t.test('gatehouse serve: core login, a personal URL, and its TURN credentials on this gateway', async (t) => {
   const corePort = await freePort();
@@ -63,8 +43,8 @@ t.test('gatehouse serve: core login, a personal URL, and its TURN credentials on
   t.equal(page.status, 200, 'GET / serves the web client');
   t.match(page.headers.get('content-security-policy') ?? '', /script-src 'self'/);
 
-  const alice = await login(base, 'alice', USERS[0]!.password);
-  const bob = await login(base, 'bob', USERS[1]!.password);
+  const alice = await loginUser(base, 'alice', USERS[0]!.password);
+  const bob = await loginUser(base, 'bob', USERS[1]!.password);
   secrets.add('token', 'alice', alice).add('token', 'bob', bob);
   const room = (await (
     await fetch(`${base}/v1/rooms`, { method: 'POST', headers: { authorization: `Bearer ${alice}` }, body: '{"title":"desk"}' })

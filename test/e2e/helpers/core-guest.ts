@@ -61,6 +61,16 @@ export function digestAuthorization(challenge: string, username: string, passwor
   return `Digest username=${q(username)}, realm=${q(c.realm!)}, nonce=${q(c.nonce!)}, uri=${q(uri)}, algorithm=SHA-256, qop=auth, nc=${ncs}, cnonce=${q(cnonce)}, response=${q(response)}, opaque=${q(c.opaque!)}`;
 }
 
+/** A gateway user's login (core.md §3): the 401 challenge, then the Digest retry; the token. */
+export async function loginUser(base: string, user: string, password: string): Promise<string> {
+  const c = await fetch(`${base}/v1/login`, { method: 'POST' });
+  if (c.status !== 401) throw new Error(`challenge: ${c.status}`);
+  const authorization = digestAuthorization(c.headers.get('www-authenticate')!, user, password, 'POST', '/v1/login');
+  const r = await fetch(`${base}/v1/login`, { method: 'POST', headers: { authorization } });
+  if (r.status !== 200) throw new Error(`login ${user}: ${r.status}`);
+  return ((await r.json()) as { token: string }).token;
+}
+
 /** The whole guest join: 401 challenge, then the authorized retry. Returns both answers. */
 export async function joinAsGuest(
   base: string,
