@@ -445,7 +445,9 @@ export async function conferencesModule(core: CoreContext): Promise<Conferences>
     limiter: core.limiter,
     turnFor: (c) =>
       core.turn.issue(
-        c.kind === 'guest' ? { kind: 'guest', conference: c.conference!, identity: c.identity! } : { kind: 'user', user: c.sub },
+        c.kind === 'guest'
+          ? { kind: 'guest', conference: c.conference!, identity: c.identity! }
+          : { kind: 'user', user: c.sub, context: { ...(c.conference !== undefined ? { conference: c.conference } : {}), ...(c.org !== undefined ? { org: c.org } : {}) } },
       ),
     publicUrl: () => core.baseUrl(),
     log: core.log,

@@ -16,7 +16,8 @@ import type { UserDirectory } from '../store/users.js';
 import type { Router } from './http.js';
 import type { TokenService, TokenClaims } from './tokens.js';
 import type { DigestAuthenticator } from './digest.js';
-import type { FailureLimiter } from './ratelimit.js';
+import type { FailureLimiter, UserLockout } from './ratelimit.js';
+import type { ChallengeStore } from './challenges.js';
 import type { TurnCredentialIssuer } from './turn-credentials.js';
 import type { RoomService } from './rooms.js';
 
@@ -28,6 +29,10 @@ export interface CoreContext {
   digest: DigestAuthenticator;
   /** Failed authentications per source (core.md §2): check() before, fail() on each failure. */
   limiter: FailureLimiter;
+  /** Failed logins per claimed user name, with lockout (src/core/ratelimit.ts UserLockout). */
+  lockout: UserLockout;
+  /** Single-use challenges of GET /v1/auth/challenge (core.md §5, §6). */
+  challenges: ChallengeStore;
   /** TURN REST credentials for admitted participants (core.md §8). */
   turn: TurnCredentialIssuer;
   /** The gateway's own users (core.directory null). */

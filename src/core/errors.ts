@@ -5,7 +5,11 @@
  */
 import type { ServerResponse } from 'node:http';
 
-/** core.md §2 codes, plus `internal` (500) and `method_not_allowed` (405) for what the page is silent on. */
+/**
+ * core.md §2 codes, plus what the page is silent on: `internal` (500), `method_not_allowed`
+ * (405), `conference_full` (409: the conference holds its most identities) and
+ * `unavailable` (503: the directory cannot be reached and nothing cached answers).
+ */
 export type CoreErrorCode =
   | 'unauthenticated'
   | 'forbidden'
@@ -18,6 +22,8 @@ export type CoreErrorCode =
   | 'untrusted'
   | 'rate_limited'
   | 'method_not_allowed'
+  | 'conference_full'
+  | 'unavailable'
   | 'internal';
 
 /** RFC 9110 §15 status of each code. */
@@ -34,6 +40,8 @@ export const STATUS_OF: Record<CoreErrorCode, number> = {
   bad_request: 400, // §15.5.1
   rate_limited: 429, // RFC 6585 §4
   internal: 500, // §15.6.1
+  conference_full: 409, // §15.5.10: conflicts with the conference's current state
+  unavailable: 503, // §15.6.4
 };
 
 /** Thrown by handlers; the router answers it as core.md §2 JSON. */

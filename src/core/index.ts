@@ -16,7 +16,8 @@ import type { UserDirectory } from '../store/users.js';
 import { CoreHttpServer, Router } from './http.js';
 import { TokenService } from './tokens.js';
 import { DigestAuthenticator } from './digest.js';
-import { FailureLimiter } from './ratelimit.js';
+import { FailureLimiter, UserLockout } from './ratelimit.js';
+import { ChallengeStore } from './challenges.js';
 import { TurnCredentialIssuer } from './turn-credentials.js';
 import type { CoreContext, CoreModule } from './director.js';
 import { roomsModule, type RoomService } from './rooms.js';
@@ -78,6 +79,8 @@ export async function startCore(cfg: GatehouseConfig, deps: CoreDeps): Promise<R
     }),
     digest: new DigestAuthenticator(deps.clock),
     limiter,
+    lockout: new UserLockout(deps.clock),
+    challenges: new ChallengeStore(deps.clock),
     turn: TurnCredentialIssuer.fromConfig(cfg, deps.restSecret, () => deps.clock.now()),
     users: deps.users,
     events: deps.events ?? null,
@@ -90,7 +93,10 @@ export async function startCore(cfg: GatehouseConfig, deps: CoreDeps): Promise<R
     onStop: (fn) => void stops.push(fn),
   };
   const sweep = deps.clock.setInterval(
-    deps.supervisor.guard('core.sweep', () => void core.tokens.sweep()),
+    deps.supervisor.guard('core.sweep', () => {
+      core.tokens.sweep();
+      core.challenges.sweep();
+    }),
     60_000,
   );
   stops.push(() => sweep.cancel());

@@ -3,7 +3,12 @@
  * one WWW-Authenticate per enabled mechanism (here RFC 7616 Digest SHA-256, realm =
  * config `realm`); the authorized retry → 200 {token, user, groups, expires}. A wrong
  * answer is 401 again with fresh challenges; the same nonce and nc twice is 401
- * `replayed`; failures count toward the per-source limit (core.md §2, 429).
+ * `replayed`; failures count toward the per-source limit (core.md §2, 429) and toward
+ * the claimed user's lockout (src/core/ratelimit.ts UserLockout). Every success and
+ * failure is an `auth` event (src/core/auth-events.ts), without secrets.
+ *
+ * `GET /v1/auth/challenge` (core.md §5) issues the single-use challenges that
+ * certificate login and authentication transfer answer (src/core/challenges.ts).
  *
  * Other mechanisms (Negotiate, Basic over LDAP, Gatehouse-Cert) register a
  * LoginMechanism with addLoginMechanism() (the directory issue).
@@ -14,6 +19,7 @@ import { CoreError } from './errors.js';
 import { digestHa1, parseAuthHeader } from './digest.js';
 import type { RequestContext } from './http.js';
 import type { TokenClaims } from './tokens.js';
+import { emitAuthEvent } from './auth-events.js';
 
 export interface LoginSuccess {
   user: string;
@@ -32,6 +38,12 @@ export interface LoginMechanism {
    * `replayed`, `untrusted`); the caller adds fresh challenges and counts it.
    */
   verify(ctx: RequestContext): Promise<LoginSuccess>;
+  /**
+   * The user name the Authorization claims before it is verified (Digest `username`,
+   * Basic's user part), for the per-user lockout; null when the scheme names nobody
+   * up front (Negotiate, certificates: their failures count per source only).
+   */
+  claimedUser?(ctx: RequestContext): string | null;
 }
 
 const MECHANISMS = new WeakMap<CoreContext, LoginMechanism[]>();
@@ -48,6 +60,12 @@ export function digestMechanism(core: CoreContext): LoginMechanism {
   return {
     scheme: 'Digest',
     challenge: () => core.digest.challenge(realm),
+    claimedUser(ctx) {
+      const h = ctx.req.headers.authorization;
+      const p = h ? parseAuthHeader(h) : null;
+      const u = p?.scheme.toLowerCase() === 'digest' ? p.params.get('username') : undefined;
+      return typeof u === 'string' && u.length ? u : null;
+    },
     async verify(ctx) {
       const r = await core.digest.verify(
         { method: ctx.req.method ?? 'POST', url: ctx.req.url ?? '', authorization: ctx.req.headers.authorization },
@@ -113,6 +131,12 @@ export function loginBody(
 
 export const loginModule: CoreModule = (core) => {
   addLoginMechanism(core, digestMechanism(core));
+  // core.md §5: a single-use challenge bound to the requester's address (src/core/challenges.ts).
+  core.http.add('GET', '/v1/auth/challenge', (ctx) => {
+    ctx.req.resume();
+    const c = core.challenges.issue(ctx.source);
+    ctx.send(200, { challenge: c.challenge, expires: c.expires, org: core.cfg.core.org });
+  });
   core.http.add('POST', '/v1/login', async (ctx) => {
     core.limiter.check(ctx.source);
     ctx.req.resume(); // no body is read: the credentials are in Authorization
@@ -124,7 +148,17 @@ export const loginModule: CoreModule = (core) => {
       });
     if (!mech) {
       core.limiter.fail(ctx.source);
+      emitAuthEvent(core, ctx, { mechanism: scheme, result: 'failure', reason: 'unauthenticated' });
       throw new CoreError('unauthenticated', 'this authentication scheme is not offered', { 'www-authenticate': challenges(core, ctx) });
+    }
+    const claimed = mech.claimedUser?.(ctx) ?? null;
+    if (claimed !== null) {
+      try {
+        core.lockout.check(claimed);
+      } catch (err) {
+        emitAuthEvent(core, ctx, { mechanism: mech.scheme, result: 'failure', reason: 'rate_limited', user: claimed });
+        throw err;
+      }
     }
     let who: LoginSuccess;
     try {
@@ -132,16 +166,25 @@ export const loginModule: CoreModule = (core) => {
     } catch (err) {
       if (!(err instanceof CoreError)) throw err;
       // An expired nonce is not a failed authentication (the password was not tried).
-      if (!(err as { notCounted?: boolean }).notCounted) core.limiter.fail(ctx.source);
+      if (!(err as { notCounted?: boolean }).notCounted) {
+        core.limiter.fail(ctx.source);
+        if (claimed !== null) core.lockout.fail(claimed);
+        emitAuthEvent(core, ctx, { mechanism: mech.scheme, result: 'failure', reason: err.code, ...(claimed !== null ? { user: claimed } : {}) });
+      }
       // A wrong answer is 401 again with fresh challenges (core.md §3); a mechanism's own
-      // challenge in the error (Digest stale=true) replaces its plain one.
+      // challenge in the error (Digest stale=true) replaces its plain one. 503 (directory
+      // down) and 429 carry no challenge.
+      if (err.status !== 401) throw err;
       const own = err.headers['www-authenticate'];
       const fresh = own
         ? [...(Array.isArray(own) ? own : [own]), ...challenges(core, ctx, mech.scheme.toLowerCase())]
         : challenges(core, ctx);
       throw new CoreError(err.code, err.message, { ...err.headers, 'www-authenticate': fresh }, err.status);
     }
+    core.lockout.succeed(who.user);
+    if (claimed !== null && claimed !== who.user) core.lockout.succeed(claimed);
     core.log.info({ user: who.user, mechanism: mech.scheme }, 'login');
+    emitAuthEvent(core, ctx, { mechanism: mech.scheme, result: 'success', user: who.user, groups: who.groups, ...(who.org ? { org: who.org } : {}) });
     ctx.send(200, loginBody(core, who));
   });
 };

@@ -152,8 +152,22 @@ interface Conn {
 
 const TYPE_RE = /^[a-z_]{1,32}$/;
 
-function subjectOf(c: TokenClaims): TurnSubject {
-  return c.kind === 'guest' ? { kind: 'guest', conference: c.conference!, identity: c.identity! } : { kind: 'user', user: c.sub };
+/**
+ * The TURN subject of a participant in `target`: a guest by its conference and identity; a
+ * user with the issue record that tells the gateway which conference or room the
+ * credential is for (src/core/turn-credentials.ts), and the groups and organisation of
+ * its token.
+ */
+function subjectOf(c: TokenClaims, target: JoinTarget): TurnSubject {
+  if (c.kind === 'guest') return { kind: 'guest', conference: c.conference!, identity: c.identity! };
+  return {
+    kind: 'user',
+    user: c.sub,
+    context: {
+      ...('conference' in target ? { conference: target.conference } : { room: target.room }),
+      ...(c.org !== undefined ? { org: c.org } : {}),
+    },
+  };
 }
 
 export class SignalServer {
@@ -482,7 +496,7 @@ export class SignalServer {
     g.members.set(c.peer, c);
     c.group = g;
     const peers = this.roster(g);
-    this.send(c, { type: 'join', peer: c.peer, ...target, peers, turn: this.d.turn.issue(subjectOf(c.claims!)) });
+    this.send(c, { type: 'join', peer: c.peer, ...target, peers, turn: this.d.turn.issue(subjectOf(c.claims!, target)) });
     this.scheduleTurn(c);
     const update = JSON.stringify({ type: 'peers', peers });
     for (const o of [...g.members.values()]) if (o !== c) this.send(o, update);
@@ -491,11 +505,11 @@ export class SignalServer {
   /** Fresh TURN credentials before the last ones expire (their ttl is short: core.turn_ttl). */
   private scheduleTurn(c: Conn): void {
     c.turnTimer?.cancel();
-    const probe = this.d.turn.issue(subjectOf(c.claims!));
+    const probe = this.d.turn.issue(subjectOf(c.claims!, c.group!.target));
     const every = Math.max(1_000, Math.floor(probe.ttl * 800));
     c.turnTimer = this.d.clock.setInterval(
       this.d.supervisor.guard('core.signal.turn', () => {
-        if (c.group && !c.closed) this.send(c, { type: 'turn', turn: this.d.turn.issue(subjectOf(c.claims!)) });
+        if (c.group && !c.closed) this.send(c, { type: 'turn', turn: this.d.turn.issue(subjectOf(c.claims!, c.group.target)) });
       }),
       every,
     );

@@ -9,6 +9,16 @@
  * EXPIRY is Unix seconds. The gateway re-checks the expiry on every authenticated
  * request (allocate, refresh, permission), so a short ttl (core.turn_ttl) bounds what a
  * removed participant keeps: signalling hands out fresh credentials to the ones who stay.
+ *
+ * A user's username names no conference (core.md §8 fixes its form), so the issuer keeps
+ * a record per username it hands out: the conference or room it is for, the user's groups
+ * as the directory gave them at issue time, and a transferred user's organisation. The
+ * gateway's TURN server looks the record up (contextOf) when the credential is used, so
+ * the flow's events carry gatehouse.conference and policy sees the directory's groups.
+ * One username has one record: when the same user gets credentials for another conference
+ * in the same second, EXPIRY is moved a second earlier (never later: revocation relies on
+ * EXPIRY <= issue second + ttl, src/turn/revoked.ts) until the username is free. Records
+ * live until their EXPIRY; at most MAX_RECORDS (expired first, then the oldest).
  */
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { createHmac, randomBytes } from 'node:crypto';
@@ -24,7 +34,28 @@ export interface TurnCredentials {
   ttl: number;
 }
 
-export type TurnSubject = { kind: 'user'; user: string } | { kind: 'guest'; conference: string; identity: string };
+/** What the issue record says of a user's credential (src/turn/auth.ts IssuedContext). */
+export interface IssueContext {
+  conference?: string;
+  room?: string;
+  groups?: readonly string[];
+  org?: string;
+}
+
+export type TurnSubject =
+  | { kind: 'user'; user: string; context?: IssueContext }
+  | { kind: 'guest'; conference: string; identity: string };
+
+export const MAX_RECORDS = 200_000;
+
+function sameContext(a: IssueContext, b: IssueContext): boolean {
+  return (
+    a.conference === b.conference &&
+    a.room === b.room &&
+    a.org === b.org &&
+    (a.groups ?? null)?.join('\n') === (b.groups ?? null)?.join('\n')
+  );
+}
 
 /** TURN REST password (same computation as src/turn/auth.ts restPassword). */
 export function restCredential(secret: string, username: string): string {
@@ -60,6 +91,9 @@ export function turnUrls(listen: string[], host: string): string[] {
 }
 
 export class TurnCredentialIssuer {
+  /** username -> its issue record (users only); insertion order = issue order. */
+  private readonly records = new Map<string, { context: IssueContext; expiry: number }>();
+
   constructor(
     private readonly secret: string,
     private readonly urls: string[],
@@ -73,10 +107,46 @@ export class TurnCredentialIssuer {
 
   /** Credentials for this subject, valid for the configured ttl (or less when asked). */
   issue(subject: TurnSubject, ttlS?: number): TurnCredentials {
-    const ttl = Math.max(1, Math.min(ttlS ?? this.ttlS, this.ttlS));
-    const expiry = Math.floor(this.now() / 1000) + ttl;
-    const username = `${expiry}:${restUser(subject)}`;
+    let ttl = Math.max(1, Math.min(ttlS ?? this.ttlS, this.ttlS));
+    const nowS = Math.floor(this.now() / 1000);
+    const user = restUser(subject);
+    let username = `${nowS + ttl}:${user}`;
+    const context = subject.kind === 'user' ? subject.context : undefined;
+    if (context) {
+      // One record per username: an earlier EXPIRY when this one is taken by another context.
+      let held = this.records.get(username);
+      while (held && held.expiry > nowS && !sameContext(held.context, context) && ttl > 1) {
+        ttl--;
+        username = `${nowS + ttl}:${user}`;
+        held = this.records.get(username);
+      }
+      if (!held || held.expiry <= nowS || sameContext(held.context, context)) this.remember(username, context, nowS + ttl, nowS);
+    }
     return { urls: [...this.urls], username, credential: restCredential(this.secret, username), ttl };
+  }
+
+  /** The issue record of a username this issuer handed out, while it is unexpired. */
+  contextOf(username: string): IssueContext | undefined {
+    const r = this.records.get(username);
+    if (!r) return undefined;
+    if (r.expiry * 1000 <= this.now()) {
+      this.records.delete(username);
+      return undefined;
+    }
+    return r.context;
+  }
+
+  get recordCount(): number {
+    return this.records.size;
+  }
+
+  private remember(username: string, context: IssueContext, expiry: number, nowS: number): void {
+    this.records.delete(username);
+    if (this.records.size >= MAX_RECORDS) {
+      for (const [k, r] of this.records) if (r.expiry <= nowS) this.records.delete(k);
+      while (this.records.size >= MAX_RECORDS) this.records.delete(this.records.keys().next().value as string);
+    }
+    this.records.set(username, { context: { ...context, ...(context.groups ? { groups: [...context.groups] } : {}) }, expiry });
   }
 }
 

@@ -289,6 +289,12 @@ export async function startGateway(
   // invitation: tokens stamped with a room; a guest removed or leaving) loses its TURN
   // credentials at once, not at their EXPIRY, and its allocations close. Listener errors
   // are contained by the token service (onListenerError -> supervisor).
+  // core.md §8 / contract.md "Events": a user's credential names no conference; the core's
+  // issue record does (and the directory groups it was issued with), looked up on use.
+  if (core) {
+    const issuer = core.core.turn;
+    turn.setIssuedContexts((username) => issuer.contextOf(username));
+  }
   core?.core.tokens.onRevoke((claims) => {
     if (claims.kind === 'guest' || claims.room !== undefined) turn.revokeSubject(claims.sub);
   });

@@ -1090,6 +1090,8 @@ export function policyContext(f: Flow): FlowContext {
     peerIp: f.peerAddress,
     ...(f.guest ? { guest: true } : {}),
     ...(f.conference !== undefined ? { conference: f.conference } : {}),
+    ...(f.room !== undefined ? { room: f.room } : {}),
+    ...(f.org !== undefined ? { org: f.org } : {}),
   };
 }
 

@@ -29,6 +29,10 @@ export interface FlowContext {
   guest?: boolean;
   /** The core conference of the flow's credential. */
   conference?: string;
+  /** The core room of the flow's credential (core.md §7). */
+  room?: string;
+  /** The organisation of a user admitted by authentication transfer (core.md §6). */
+  org?: string;
 }
 
 export interface Subject {

@@ -9,7 +9,7 @@ import type { Clock } from '../util/clock.js';
 import type { Logger } from '../util/log.js';
 import { parseIP } from '../wire/stun.js';
 import type { FlowHooks } from './flow.js';
-import type { TurnEvents } from './events.js';
+import { coreIdentityOf, type TurnEvents } from './events.js';
 import type { PortPool } from './relay.js';
 import {
   CHANNEL_LIFETIME_MS,
@@ -169,7 +169,7 @@ export class AllocationTable {
         { address: a.relayAddress, port: a.relayPort },
         ip,
         now,
-        a.guest || a.conference !== undefined ? { guest: a.guest, conference: a.conference } : undefined,
+        coreIdentityOf(a),
       );
       perm.flow = f;
       this.counters.permissions++;

@@ -95,11 +95,31 @@ export interface ResolvedCredential {
   rest: boolean;
   /** A conference guest (REST username `EXPIRY:guest/CONFERENCE/IDENTITY`, core.md §8). */
   guest?: true;
-  /** The conference a guest credential is stamped with (core.md §8). */
+  /** The conference a guest credential is stamped with (core.md §8), or the core's issue record says a user's is for. */
   conference?: string;
+  /** The room a user's credential was issued for (the core's issue record, core.md §7). */
+  room?: string;
+  /** The organisation of a user the core admitted by transfer (core.md §6). */
+  org?: string;
   /** REST credentials: EXPIRY (Unix seconds), what revocation compares (src/turn/revoked.ts). */
   expiry?: number;
 }
+
+/**
+ * What the conferencing core recorded when it issued a user's REST credential
+ * (src/core/turn-credentials.ts contextOf): the conference or room it is for, the user's
+ * groups as the core's directory says at issue time, and the organisation of a
+ * transferred user. Guests need none: their username says it all (core.md §8).
+ */
+export interface IssuedContext {
+  conference?: string;
+  room?: string;
+  groups?: readonly string[];
+  org?: string;
+}
+
+/** Looks up the core's record of a REST username (`EXPIRY:USER`), or undefined. */
+export type IssuedContextLookup = (username: string) => IssuedContext | undefined;
 
 export type CredentialResult = { ok: true; cred: ResolvedCredential } | { ok: false; reason: 'unknown_user' | 'rest_expired' };
 
@@ -143,7 +163,13 @@ export function restPassword(secret: string, username: string): string {
  * seconds) names an ephemeral credential whose password is restPassword(); configured
  * user names never contain ':' (config validation), so the two cannot collide.
  */
-export function resolveCredential(username: string, users: UserDirectory, restSecret: string | null, nowMs: number): CredentialResult {
+export function resolveCredential(
+  username: string,
+  users: UserDirectory,
+  restSecret: string | null,
+  nowMs: number,
+  issued?: IssuedContextLookup | null,
+): CredentialResult {
   if (restSecret) {
     const m = REST_RE.exec(username);
     if (m) {
@@ -156,8 +182,25 @@ export function resolveCredential(username: string, users: UserDirectory, restSe
       // it cannot be mistaken for a directory user, whose groups it never gets).
       const g = m[2] !== undefined ? parseGuestUser(m[2]) : null;
       if (g) return { ok: true, cred: { username, user, groups: [], password, rest: true, guest: true, conference: g.conference, expiry } };
-      const rec = m[2] !== undefined && !m[2].startsWith(GUEST_PREFIX) ? users.lookup(m[2]) : undefined;
-      return { ok: true, cred: { username, user, groups: rec?.groups ?? [], password, rest: true, expiry } };
+      const named = m[2] !== undefined && !m[2].startsWith(GUEST_PREFIX);
+      // A credential the core issued: its record names the conference or room, and the
+      // groups the core's directory gave the user then (LDAP: they decide policy, issue 12).
+      const ctx = named ? issued?.(username) : undefined;
+      const rec = named && !ctx?.groups ? users.lookup(m[2]!) : undefined;
+      return {
+        ok: true,
+        cred: {
+          username,
+          user,
+          groups: ctx?.groups ? [...ctx.groups] : (rec?.groups ?? []),
+          password,
+          rest: true,
+          expiry,
+          ...(ctx?.conference !== undefined ? { conference: ctx.conference } : {}),
+          ...(ctx?.room !== undefined ? { room: ctx.room } : {}),
+          ...(ctx?.org !== undefined ? { org: ctx.org } : {}),
+        },
+      };
     }
   }
   const rec = users.lookup(username);

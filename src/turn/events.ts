@@ -5,7 +5,7 @@
 import type { Clock } from '../util/clock.js';
 import type { Logger } from '../util/log.js';
 import { eveTimestamp, type EventSink, type EveEvent } from '../events/eve.js';
-import type { Allocation, FlowImpl } from './state.js';
+import type { Allocation, CoreIdentity, FlowImpl } from './state.js';
 
 export class TurnEvents {
   constructor(
@@ -68,10 +68,20 @@ export class TurnEvents {
   }
 }
 
-/** contract.md "Events": flows of core participants carry gatehouse.conference (and guest: true). */
-export function coreRef(a: { guest?: true; conference?: string }): { conference?: string; guest?: true } {
+/**
+ * contract.md "Events": flows of core participants carry gatehouse.conference (and guest:
+ * true); room participants carry gatehouse.room, transferred users gatehouse.org.
+ */
+export function coreRef(a: CoreIdentity): CoreIdentity {
   return {
     ...(a.conference !== undefined ? { conference: a.conference } : {}),
+    ...(a.room !== undefined ? { room: a.room } : {}),
+    ...(a.org !== undefined ? { org: a.org } : {}),
     ...(a.guest ? { guest: true as const } : {}),
   };
+}
+
+/** The core identity fields of an allocation, or undefined when it has none (not a core participant). */
+export function coreIdentityOf(a: CoreIdentity): CoreIdentity | undefined {
+  return a.guest || a.conference !== undefined || a.room !== undefined || a.org !== undefined ? coreRef(a) : undefined;
 }

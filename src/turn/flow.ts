@@ -18,8 +18,12 @@ export interface Flow {
   readonly groups: readonly string[];
   /** A conference guest (TURN REST `EXPIRY:guest/CONFERENCE/IDENTITY`, core.md §8). */
   readonly guest?: true;
-  /** The core conference of the flow's credential (guests; core.md §8). */
+  /** The core conference of the flow's credential (core.md §8: guests by their username, users by the core's issue record). */
   readonly conference?: string;
+  /** The core room of the flow's credential (core.md §7, users admitted to a room). */
+  readonly room?: string;
+  /** The user's organisation when the core admitted them by authentication transfer (core.md §6). */
+  readonly org?: string;
   readonly client: { proto: 'udp' | 'tcp' | 'tls'; address: string; port: number };
   readonly relayed: { address: string; port: number };
   readonly peerAddress: string;

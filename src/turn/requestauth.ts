@@ -19,7 +19,7 @@ import {
   verifyIntegritySha256,
   type StunMessage,
 } from '../wire/stun.js';
-import { NonceManager, resolveCredential, type UserDirectory } from './auth.js';
+import { NonceManager, resolveCredential, type IssuedContextLookup, type UserDirectory } from './auth.js';
 import type { RateLimiter } from './limits.js';
 import type { RevokedSubjects } from './revoked.js';
 import type { AuthOk, Responder } from './responder.js';
@@ -41,6 +41,8 @@ export class Authenticator {
     private readonly res: Responder,
     private readonly unauthorized: RateLimiter,
     private readonly revoked: RevokedSubjects | null = null,
+    /** The core's issue records (set by the gateway when the core runs in-process). */
+    private readonly issued: () => IssuedContextLookup | null = () => null,
   ) {
     this.nonces = new NonceManager(clock, cfg.turn.nonce_lifetime);
   }
@@ -110,7 +112,7 @@ export class Authenticator {
       this.challenge(ep, msg, 401);
       return null;
     }
-    const r = resolveCredential(username, this.users, this.cfg.turn.rest_secret, this.clock.now());
+    const r = resolveCredential(username, this.users, this.cfg.turn.rest_secret, this.clock.now(), this.issued());
     if (!r.ok) {
       this.fail(r.reason);
       this.challenge(ep, msg, 401);

@@ -20,7 +20,7 @@ import {
   verifyFingerprint,
   type StunMessage,
 } from '../wire/stun.js';
-import type { UserDirectory } from './auth.js';
+import type { IssuedContextLookup, UserDirectory } from './auth.js';
 import { AllocationTable } from './allocations.js';
 import { DataPath } from './datapath.js';
 import { TurnEvents } from './events.js';
@@ -116,6 +116,8 @@ export class TurnServer {
   private readonly maxChannelByte: number;
   /** REST subjects revoked by the core (issue 11, src/turn/revoked.ts); bounded. */
   readonly revoked: RevokedSubjects;
+  /** The conferencing core's records of the REST credentials it issued (src/core/turn-credentials.ts). */
+  private issuedLookup: IssuedContextLookup | null = null;
 
   private udpListeners: UdpListener[] = [];
   private streamListeners: StreamListener[] = [];
@@ -154,7 +156,7 @@ export class TurnServer {
     this.data = new DataPath(this.stats, this.table, hooks, hookFailed);
     this.res = new Responder(software, clock, () => count(this.stats.refused, 'stream_backlog'));
     this.revoked = new RevokedSubjects(clock, cfg.core.turn_ttl);
-    const auth = new Authenticator(cfg, opts.users, clock, this.stats, this.res, this.unauthorizedRate, this.revoked);
+    const auth = new Authenticator(cfg, opts.users, clock, this.stats, this.res, this.unauthorizedRate, this.revoked, () => this.issuedLookup);
     this.ctx = {
       cfg,
       clock,
@@ -245,6 +247,15 @@ export class TurnServer {
   /** Closes a flow at once: its permission and channels go, both directions stop. */
   closeFlow(flow: Flow, reason = 'closed'): void {
     this.table.closeFlow(flow, reason);
+  }
+
+  /**
+   * Where the conferencing core's records of issued REST credentials are looked up
+   * (conference or room, directory groups, organisation: core.md §6-§8). Consulted on every
+   * authenticated request; null: none (credentials carry only what their username says).
+   */
+  setIssuedContexts(lookup: IssuedContextLookup | null): void {
+    this.issuedLookup = lookup;
   }
 
   /**

@@ -11,6 +11,14 @@ import type { StreamFramer } from './framer.js';
 
 export type Proto = 'udp' | 'tcp' | 'tls';
 
+/** What the conferencing core says of a credential's holder (core.md §6-§8): carried by allocations, flows and their events. */
+export interface CoreIdentity {
+  guest?: true;
+  conference?: string;
+  room?: string;
+  org?: string;
+}
+
 // RFC 8656 §9: the Permission Lifetime MUST be 300 s.
 export const PERMISSION_LIFETIME_MS = 300_000;
 // RFC 8656 §12: a channel binding lasts 10 minutes unless refreshed, and the client must
@@ -110,13 +118,17 @@ export class FlowImpl implements Flow {
     readonly relayed: { address: string; port: number },
     readonly peerAddress: string,
     readonly createdAt: number,
-    identity?: { guest?: true; conference?: string },
+    identity?: CoreIdentity,
   ) {
     if (identity?.guest) this.guest = true;
     if (identity?.conference !== undefined) this.conference = identity.conference;
+    if (identity?.room !== undefined) this.room = identity.room;
+    if (identity?.org !== undefined) this.org = identity.org;
   }
   declare readonly guest?: true;
   declare readonly conference?: string;
+  declare readonly room?: string;
+  declare readonly org?: string;
 }
 
 export interface Allocation {
@@ -128,6 +140,10 @@ export interface Allocation {
   /** A conference guest's allocation (REST `EXPIRY:guest/CONFERENCE/IDENTITY`, core.md §8). */
   guest?: true;
   conference?: string;
+  /** core.md §7: the room a user's credential was issued for. */
+  room?: string;
+  /** core.md §6: the organisation of a user the core admitted by transfer. */
+  org?: string;
   family: 4 | 6;
   relayAddress: string;
   relayPort: number;

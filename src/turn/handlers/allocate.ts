@@ -115,6 +115,8 @@ function created(
     groups: auth.cred.groups,
     ...(auth.cred.guest ? { guest: true as const } : {}),
     ...(auth.cred.conference !== undefined ? { conference: auth.cred.conference } : {}),
+    ...(auth.cred.room !== undefined ? { room: auth.cred.room } : {}),
+    ...(auth.cred.org !== undefined ? { org: auth.cred.org } : {}),
     family: ctx.relayFamily,
     relayAddress: ctx.cfg.turn.relay_address,
     relayPort: got.port,
