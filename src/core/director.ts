@@ -21,6 +21,26 @@ import type { ChallengeStore } from './challenges.js';
 import type { TurnCredentialIssuer } from './turn-credentials.js';
 import type { RoomService } from './rooms.js';
 
+/** A user as the directory says (core.md §1 "directory"; LDAP: issue 12). */
+export interface DirectoryUser {
+  name: string;
+  groups: string[];
+  /** The user's organisation (core.md §6: transfer checks it). */
+  org?: string;
+}
+
+/**
+ * Users and groups from an enterprise directory (core.directory). Answers may come from a
+ * cache with a TTL; when the directory cannot be reached and nothing cached answers, the
+ * calls throw CoreError('unavailable') (503): never an admit by default.
+ */
+export interface Directory {
+  /** The user, or null when the directory has no such user. */
+  user(name: string): Promise<DirectoryUser | null>;
+  /** Checks a password (LDAP: a bind as the user); null when it is wrong or the user unknown. */
+  authenticate(name: string, password: string): Promise<DirectoryUser | null>;
+}
+
 export interface CoreContext {
   cfg: GatehouseConfig;
   http: Router;
@@ -37,6 +57,8 @@ export interface CoreContext {
   turn: TurnCredentialIssuer;
   /** The gateway's own users (core.directory null). */
   users: UserDirectory;
+  /** core.directory (LDAP), or null: the gateway's own users are the directory. */
+  directory: Directory | null;
   events: EventSink | null;
   log: Logger;
   clock: Clock;

@@ -83,6 +83,7 @@ export async function startCore(cfg: GatehouseConfig, deps: CoreDeps): Promise<R
     challenges: new ChallengeStore(deps.clock),
     turn: TurnCredentialIssuer.fromConfig(cfg, deps.restSecret, () => deps.clock.now()),
     users: deps.users,
+    directory: null,
     events: deps.events ?? null,
     log,
     clock: deps.clock,
