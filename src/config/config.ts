@@ -260,7 +260,12 @@ const portRange: Schema<number[]> = {
 const userFields = obj<UserEntry>(
   {
     name: {
-      schema: checked('a user name', (s) => (s.length && !s.includes(':') ? null : 'user names are non-empty and contain no ":"')),
+      // ':' separates a TURN REST username's EXPIRY (src/turn/auth.ts); '/' marks the core's
+      // guest names (`guest/CONFERENCE/IDENTITY`, core.md §8), which no user may imitate.
+      schema: checked('a user name', (s) =>
+        // eslint-disable-next-line no-control-regex
+        s.length && !/[:/\u0000-\u001f\u007f]/.test(s) ? null : 'user names are non-empty and contain no ":", "/" or control character',
+      ),
       default: () => '',
     },
     password: { schema: str('a password'), default: () => '' },

@@ -160,6 +160,7 @@ function fromFe(err: unknown): never {
   if (err instanceof FeError) {
     if (err.status === 400) throw badRequest(err.message);
     if (err.status === 404) throw notFound('no such conference');
+    if (err.code === 'conference_full') throw new CoreError('conference_full', 'the conference is full');
   }
   if (err instanceof CoreError) throw err;
   throw new CoreError('internal', 'the front end did not answer', {}, 502);

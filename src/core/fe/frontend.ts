@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { systemClock, type Clock } from '../../util/clock.js';
 import { decryptConferenceKey, guestHa1, loadOrCreateFeKeys, validIdentity, RSA_BITS, type FeKeys } from './keys.js';
-import { FeStore, type ConferenceRow } from './store.js';
+import { FeStore, MAX_IDENTITIES_PER_CONFERENCE, type ConferenceRow } from './store.js';
 
 /** What the director asks of a front end, the same whether it runs in-process or over HTTP. */
 export interface FeApi {
@@ -114,7 +114,9 @@ export class FrontEnd implements FeApi {
     if (!this.live(id)) throw new FeError(404, 'not_found', 'no such conference');
     // Expired claims and conferences go now and then (the store stays bounded by what is live).
     if (++this.claims % 256 === 0) this.store.purgeExpired(this.nowS());
-    return this.store.claim(id, identity, holder, until, this.nowS());
+    const r = this.store.claim(id, identity, holder, until, this.nowS());
+    if (r === 'full') throw new FeError(409, 'conference_full', `the conference holds its most identities (${MAX_IDENTITIES_PER_CONFERENCE})`);
+    return r;
   }
 
   async release(id: string, identity: string, holder: string | null = null) {

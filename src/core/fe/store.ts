@@ -38,7 +38,7 @@ export class FeStore {
   private readonly releaseStmt: Database.Statement;
   private readonly purgeStmt: Database.Statement;
   private readonly purgeConfStmt: Database.Statement;
-  private readonly claimTx: (conference: string, identity: string, holder: string, until: number, now: number) => boolean;
+  private readonly claimTx: (conference: string, identity: string, holder: string, until: number, now: number) => boolean | 'full';
 
   constructor(
     readonly path: string,
@@ -73,7 +73,7 @@ export class FeStore {
     this.purgeStmt = this.db.prepare(`DELETE FROM identities WHERE until <= ?`);
     this.purgeConfStmt = this.db.prepare(`DELETE FROM conferences WHERE expires IS NOT NULL AND expires <= ?`);
     this.claimTx = this.db.transaction((conference: string, identity: string, holder: string, until: number, now: number) => {
-      if ((this.countIds.get(conference, now) as { n: number }).n >= MAX_IDENTITIES_PER_CONFERENCE) return false;
+      if ((this.countIds.get(conference, now) as { n: number }).n >= MAX_IDENTITIES_PER_CONFERENCE) return 'full';
       return this.claimStmt.run(conference, identity, holder, until, now).changes === 1;
     });
   }
@@ -107,7 +107,8 @@ export class FeStore {
   }
 
   /** Atomic: true when this holder now holds the identity until `until` (Unix seconds). */
-  claim(conference: string, identity: string, holder: string, until: number, now: number): boolean {
+  /** true: claimed; false: the identity is held; 'full': the conference holds MAX_IDENTITIES_PER_CONFERENCE. */
+  claim(conference: string, identity: string, holder: string, until: number, now: number): boolean | 'full' {
     return this.claimTx(conference, identity, holder, until, now);
   }
 

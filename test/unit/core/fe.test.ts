@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { decryptConferenceKey, guestHa1, loadOrCreateFeKeys, validIdentity } from '../../../src/core/fe/keys.js';
 import { FrontEnd } from '../../../src/core/fe/frontend.js';
+import { MAX_IDENTITIES_PER_CONFERENCE } from '../../../src/core/fe/store.js';
 import { RequestVerifier, signRequest, signResponse, verifyResponse, H_SIG, MAX_SKEW_S } from '../../../src/core/fe/sign.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'gh-fe-'));
@@ -93,6 +94,12 @@ t.test('FrontEnd: conference stored with K encrypted at rest, HA1 computed, iden
   t.equal(await fe2.claim(id, 'dave', 'h5', now - 1), true);
   t.equal(await fe2.claim(id, 'dave', 'h6', now + 60), true, 'an expired claim is free');
   await t.rejects(fe2.claim('nope', 'x', 'h', now + 60), { code: 'not_found' });
+  // A full conference is its own answer (409 conference_full), not identity_in_use.
+  const live = 3; // bob, carol, dave hold identities now
+  for (let i = 0; i < MAX_IDENTITIES_PER_CONFERENCE - live; i++) await fe2.claim(id, `g${i}`, `hx${i}`, now + 60);
+  await t.rejects(fe2.claim(id, 'one-too-many', 'hz', now + 60), { code: 'conference_full', status: 409 }, 'the 1001st identity');
+  t.equal(await fe2.release(id, 'g0'), true);
+  t.equal(await fe2.claim(id, 'one-too-many', 'hz', now + 60), true, 'room again once someone leaves');
 });
 
 t.test('tampered ciphertext is refused (AES-GCM tag)', async (t) => {

@@ -2,7 +2,7 @@
 // rate_limited with Retry-After until the minute has passed; bounded table.
 import t from 'tap';
 import { ManualClock } from '../../../src/util/clock.js';
-import { FailureLimiter } from '../../../src/core/ratelimit.js';
+import { FailureLimiter, UserLockout } from '../../../src/core/ratelimit.js';
 import { CoreError } from '../../../src/core/errors.js';
 
 t.test('10 failures per source per minute, then 429 with Retry-After until the minute is over', async (t) => {
@@ -42,4 +42,32 @@ t.test('bounded: expired windows go first, then the oldest', async (t) => {
   l.fail('e');
   t.equal(l.size, 3, 'the oldest (b) went');
   t.equal(l.retryAfter('b'), 0);
+});
+
+t.test('per-user lockout: 10 failures for one name from anywhere lock it, longer each time, a success resets', async (t) => {
+  const clock = new ManualClock();
+  const l = new UserLockout(clock);
+  for (let i = 0; i < 9; i++) l.fail('alice');
+  t.doesNotThrow(() => l.check('alice'));
+  l.fail('alice');
+  t.throws(() => l.check('alice'), { code: 'rate_limited' }, 'locked at the 10th failure');
+  t.equal(l.retryAfter('alice'), 60);
+  t.doesNotThrow(() => l.check('bob'), 'other names are not affected');
+  clock.advance(60_000);
+  t.doesNotThrow(() => l.check('alice'), 'the first lock lasts one window');
+  for (let i = 0; i < 10; i++) l.fail('alice');
+  t.equal(l.retryAfter('alice'), 120, 'the second lock lasts twice as long');
+  clock.advance(120_000);
+  l.succeed('alice');
+  for (let i = 0; i < 10; i++) l.fail('alice');
+  t.equal(l.retryAfter('alice'), 60, 'after a success the next lock starts again at one window');
+  const capped = new UserLockout(clock, { maxLockMs: 300_000 });
+  for (let k = 0; k < 12; k++) {
+    for (let i = 0; i < 10; i++) capped.fail('x');
+    t.ok(capped.retryAfter('x') <= 300, 'capped');
+    clock.advance(capped.retryAfter('x') * 1000);
+  }
+  const small = new UserLockout(clock, { maxUsers: 3 });
+  for (const n of ['a', 'b', 'c', 'd', 'e']) small.fail(n);
+  t.ok(small.size <= 3, 'bounded');
 });

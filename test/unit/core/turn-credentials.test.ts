@@ -71,3 +71,39 @@ t.test('the rest secret: configured wins; else made once into DATA_DIR (0600) an
   const b = loadOrCreateRestSecret(dir, null);
   t.same(b, { secret: a.secret, created: false, file: a.file });
 });
+
+t.test('issue records: a user credential names its conference, room, directory groups and org to the TURN server', async (t) => {
+  const clock = new ManualClock();
+  const iss = new TurnCredentialIssuer('s3cret-s3cret', [], 600, () => clock.now());
+  const lookup = (u: string) => iss.contextOf(u);
+  const a = iss.issue({ kind: 'user', user: 'alice', context: { conference: 'c1' } });
+  const r = resolveCredential(a.username, users, 's3cret-s3cret', clock.now(), lookup);
+  t.ok(r.ok);
+  if (r.ok) {
+    t.equal(r.cred.conference, 'c1', 'the flow will carry gatehouse.conference');
+    t.same(r.cred.groups, ['trading'], 'no groups in the record: the user store decides');
+    t.notOk(r.cred.guest);
+  }
+  // The same user, same second, another conference: a distinct username (EXPIRY one earlier).
+  const b = iss.issue({ kind: 'user', user: 'alice', context: { room: 'r9', groups: ['desk'], org: 'org-a' } });
+  t.not(b.username, a.username);
+  t.equal(b.ttl, 599, 'EXPIRY moved earlier, never later (revocation bound, src/turn/revoked.ts)');
+  const rb = resolveCredential(b.username, users, 's3cret-s3cret', clock.now(), lookup);
+  t.ok(rb.ok);
+  if (rb.ok) {
+    t.equal(rb.cred.room, 'r9');
+    t.equal(rb.cred.conference, undefined);
+    t.same(rb.cred.groups, ['desk'], "the directory's groups at issue time win over the user store");
+    t.equal(rb.cred.org, 'org-a');
+  }
+  t.equal(iss.issue({ kind: 'user', user: 'alice', context: { conference: 'c1' } }).username, a.username, 'same context: same username');
+  // Records end with their credential.
+  clock.advance(601_000);
+  t.equal(iss.contextOf(a.username), undefined, 'expired record is forgotten');
+  // A credential nobody recorded (issued elsewhere, or before a restart) carries nothing extra.
+  const plain = resolveCredential(`${Math.floor(clock.now() / 1000) + 60}:alice`, users, 's3cret-s3cret', clock.now(), lookup);
+  t.ok(plain.ok && plain.cred.conference === undefined && plain.cred.groups[0] === 'trading');
+  // A guest is never looked up: its username says everything.
+  const g = iss.issue({ kind: 'guest', conference: 'c1', identity: 'ann' });
+  t.equal(iss.contextOf(g.username), undefined);
+});
