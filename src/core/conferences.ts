@@ -29,6 +29,7 @@ import { bearerToken, requireToken, requireUser, tokenId, type TokenClaims, type
 import { FeError, FrontEnd, type FeApi } from './fe/frontend.js';
 import { RemoteFe } from './fe/client.js';
 import { validIdentity } from './fe/keys.js';
+import { emitAuthEvent, type AuthOutcome } from './auth-events.js';
 
 /** A member of the pool, as the director knows it. */
 interface Member {
@@ -153,6 +154,8 @@ export interface ConferenceDeps {
   publicUrl: () => string;
   log: Logger;
   clock: Clock;
+  /** Every answered guest join (success, or failure of presented credentials) as an `auth` event (src/core/auth-events.ts). */
+  onAuth?: (ctx: RequestContext, outcome: AuthOutcome) => void;
 }
 
 /** core.md §2 codes for what an FE answered. */
@@ -226,7 +229,20 @@ export class Conferences {
       { method: 'GET', path: '/v1/conference-key', handler: (ctx) => this.conferenceKey(ctx) },
       { method: 'POST', path: '/v1/conferences', handler: (ctx) => this.create(ctx) },
       { method: 'GET', path: '/v1/conferences/:id', handler: (ctx) => this.get(ctx) },
-      { method: 'POST', path: '/v1/conferences/:id/join', handler: (ctx) => this.join(ctx) },
+      {
+        method: 'POST',
+        path: '/v1/conferences/:id/join',
+        handler: async (ctx) => {
+          try {
+            await this.join(ctx);
+          } catch (err) {
+            // The first, credential-less request's 401 is the challenge, not a failure.
+            if (err instanceof CoreError && ctx.req.headers.authorization)
+              this.d.onAuth?.(ctx, { mechanism: 'conference-key', result: 'failure', reason: err.code, conference: ctx.params.id!, guest: true });
+            throw err;
+          }
+        },
+      },
       { method: 'POST', path: '/v1/conferences/:id/leave', handler: (ctx) => this.leave(ctx) },
       { method: 'DELETE', path: '/v1/conferences/:id/guests/:identity', handler: (ctx) => this.remove(ctx) },
     ];
@@ -341,6 +357,7 @@ export class Conferences {
     if (this.holders.size >= this.d.tokens.max) this.holders.delete(this.holders.keys().next().value as string);
     this.holders.set(tokenId(issued.token), { conference: id, identity });
     this.d.log.info({ conference: id, guest: true }, 'core: guest joined');
+    this.d.onAuth?.(ctx, { mechanism: 'conference-key', result: 'success', user: identity, conference: id, guest: true });
     ctx.send(200, { token: issued.token, conference: id, identity, expires: issued.claims.exp, turn: this.d.turnFor(issued.claims) });
   }
 
@@ -451,6 +468,7 @@ export async function conferencesModule(core: CoreContext): Promise<Conferences>
           : { kind: 'user', user: c.sub, context: { ...(c.conference !== undefined ? { conference: c.conference } : {}), ...(c.org !== undefined ? { org: c.org } : {}) } },
       ),
     publicUrl: () => core.baseUrl(),
+    onAuth: (ctx, outcome) => emitAuthEvent(core, ctx, outcome),
     log: core.log,
     clock: core.clock,
   });

@@ -21,6 +21,7 @@ import { startCore, type RunningCore } from '../../src/core/index.js';
 import { digestHa1, digestResponse, parseAuthHeader, quote } from '../../src/core/digest.js';
 import { resolveCredential } from '../../src/turn/auth.js';
 import { assertNoSecrets, Secrets } from './helpers/secrets.js';
+import { MemoryEventSink } from '../../src/events/eve.js';
 
 interface Res {
   status: number;
@@ -30,7 +31,12 @@ interface Res {
 }
 
 /** One request; headers kept as lists (several WWW-Authenticate must stay apart). */
-function req(base: string, method: string, path: string, opts: { headers?: Record<string, string>; body?: unknown } = {}): Promise<Res> {
+function req(
+  base: string,
+  method: string,
+  path: string,
+  opts: { headers?: Record<string, string>; body?: unknown; from?: string } = {},
+): Promise<Res> {
   const u = new URL(path, base);
   const body = opts.body === undefined ? undefined : Buffer.from(JSON.stringify(opts.body));
   return new Promise((resolve, reject) => {
@@ -39,6 +45,7 @@ function req(base: string, method: string, path: string, opts: { headers?: Recor
         host: u.hostname,
         port: u.port,
         method,
+        ...(opts.from ? { localAddress: opts.from } : {}),
         path: u.pathname + u.search,
         headers: { ...(body ? { 'content-type': 'application/json' } : {}), ...opts.headers },
       },
@@ -113,7 +120,8 @@ t.test('login (core.md §3) and rooms with personal URLs (core.md §7)', async (
   const restSecret = randomBytes(24).toString('base64url');
   const cfg = parseConfig(`realm: REALM\ndata_dir: ${dir}\ncore:\n  listen: http://127.0.0.1:0\n`, 'test.yaml');
   const users = new StaticUserDirectory(USERS);
-  const core: RunningCore = await startCore(cfg, { users, logger: log, clock, supervisor, restSecret, dataDir: dir });
+  const events = new MemoryEventSink();
+  const core: RunningCore = await startCore(cfg, { users, logger: log, clock, supervisor, restSecret, dataDir: dir, events });
   t.teardown(() => core.stop());
   const base = core.url;
   const secrets = new Secrets().add('rest_secret', 'turn.rest_secret', restSecret);
@@ -208,6 +216,39 @@ t.test('login (core.md §3) and rooms with personal URLs (core.md §7)', async (
         .status,
       200,
     );
+  });
+
+  await t.test('per user too: 10 failures for one name from 10 addresses lock that name (429), not the others', async (t) => {
+    clock.advance(61_000);
+    for (let i = 0; i < 10; i++) {
+      const from = `127.0.0.${20 + i}`;
+      const c = await req(base, 'POST', '/v1/login', { from });
+      const r = await req(base, 'POST', '/v1/login', { from, headers: { authorization: digestAuth(digestChallenge(c), 'carol', 'wrong') } });
+      t.equal(r.status, 401, `failure ${i + 1} from ${from}`);
+    }
+    const from = '127.0.0.40';
+    const c = await req(base, 'POST', '/v1/login', { from });
+    t.equal(c.status, 401, 'a fresh address still gets challenges');
+    const right = await req(base, 'POST', '/v1/login', { from, headers: { authorization: digestAuth(digestChallenge(c), 'carol', pw('carol')) } });
+    t.equal(right.status, 429, 'the right password does not help while the name is locked');
+    t.equal(right.json.error.code, 'rate_limited');
+    t.equal(right.headers['retry-after']?.[0], '60');
+    const c2 = await req(base, 'POST', '/v1/login', { from });
+    const bobOk = await req(base, 'POST', '/v1/login', { from, headers: { authorization: digestAuth(digestChallenge(c2), 'bob', pw('bob')) } });
+    t.equal(bobOk.status, 200, 'another user from the same address gets in');
+    secrets.add('token', 'bob lockout', bobOk.json.token);
+    clock.advance(60_000);
+    const c3 = await req(base, 'POST', '/v1/login', { from });
+    const later = await req(base, 'POST', '/v1/login', { from, headers: { authorization: digestAuth(digestChallenge(c3), 'carol', pw('carol')) } });
+    t.equal(later.status, 200, 'the lock ends');
+    secrets.add('token', 'carol after lockout', later.json.token);
+    // Every outcome is an auth event, without the password.
+    const auth = events.events.filter((e) => e.event_type === 'auth').map((e) => e.auth as Record<string, unknown>);
+    t.ok(auth.some((a) => a.user === 'carol' && a.result === 'failure' && a.reason === 'rate_limited' && a.mechanism === 'Digest'));
+    t.ok(auth.some((a) => a.user === 'carol' && a.result === 'failure' && a.reason === 'unauthenticated'));
+    t.ok(auth.some((a) => a.user === 'carol' && a.result === 'success'));
+    t.ok(events.events.filter((e) => e.event_type === 'auth').every((e) => e.src_ip && e.proto === 'TCP'), 'with the source address');
+    assertNoSecrets(t, secrets, { texts: { 'auth events': JSON.stringify(events.events) } }, 'auth events');
   });
 
   const alice = await login('alice');
@@ -345,7 +386,7 @@ t.test('login (core.md §3) and rooms with personal URLs (core.md §7)', async (
       logLines.some((l) => /invitation spent: admitted/.test(l)),
       'the log was captured',
     );
-    assertNoSecrets(t, secrets, { texts: { log: logLines.join('') }, dirs: { data: dir } });
+    assertNoSecrets(t, secrets, { texts: { log: logLines.join(''), events: JSON.stringify(events.events) }, dirs: { data: dir } });
     t.equal(supervisor.total, 0, 'no handler failed');
   });
 });

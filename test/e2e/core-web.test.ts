@@ -314,6 +314,19 @@ t.test(
       orgEv.some((e) => e.gatehouse?.guest === true),
       'none of them is marked guest',
     );
+    // The organizer's username (EXPIRY:alice) names no conference: the core's issue record
+    // does (src/core/turn-credentials.ts), so the user's flows carry it as well.
+    const orgFlowEv = orgEv.filter((e) => ['allocation', 'permission', 'dtls.handshake'].includes(e.event_type));
+    t.ok(
+      orgFlowEv.length > 0 && orgFlowEv.every((e) => e.gatehouse?.conference === conferenceId),
+      `all ${orgFlowEv.length} allocation/permission/DTLS events of the organizer carry conference ${conferenceId}: ${JSON.stringify(orgFlowEv.map((e) => e.gatehouse?.conference))}`,
+    );
+    // Every login is an auth event, without secrets (the secrets check below reads them too).
+    t.ok(
+      evs.some((e) => e.event_type === 'auth' && (e as { auth?: { user?: string; result?: string } }).auth?.user === 'alice' &&
+        (e as { auth?: { result?: string } }).auth?.result === 'success'),
+      'the organizer’s login is an auth event',
+    );
     t.notOk(
       evs.some((e) => e.gatehouse?.guest === true && e.gatehouse?.conference !== conferenceId),
       'no guest event without its conference',
