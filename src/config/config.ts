@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { bool, checked, fail, failAtPath, int, list, nodeAt, nullable, obj, oneOf, parseYaml, str, type Schema } from './validate.js';
+import { ldapCheck, ldapConfigSchema, type LdapConfig } from '../core/directory/config.js';
 
 /**
  * The one configuration object (design.md): validated once at start, passed down;
@@ -106,6 +107,8 @@ export interface CoreConfig {
   pool_secret: string | null;
   /** ldap://host:389/dc=example,dc=org (users and groups); null: the gateway's own users. */
   directory: string | null;
+  /** How core.directory is read: bind, attributes, cache (src/core/directory/config.ts). */
+  ldap: LdapConfig;
   /** core.md §4: signalling connections per user; the next one closes the oldest (4001). */
   max_connections_per_user: number;
   /** This core's organisation (authentication transfer, core.md §6). */
@@ -641,6 +644,7 @@ export const configSchema = obj<GatehouseConfig>({
         ),
         default: () => null,
       },
+      ldap: { schema: ldapConfigSchema },
       max_connections_per_user: { schema: int(1, 1000), default: () => 3 },
       org: { schema: nullable(str('an organisation name')), default: () => null },
       trust: { schema: obj({ roots: { schema: list(str('a PEM file path')), default: () => [] } }) },
@@ -746,6 +750,7 @@ function coreCheck(cfg: GatehouseConfig, at: (paths: string | string[], problem:
       `${core.host} is not a loopback address: the director serves https:// beyond loopback (core.md §1): set core.tls (cert, key)`,
     );
   }
+  ldapCheck(cfg.core, at);
   cfg.core.peers.forEach((p, i) => {
     if (!p.org) at(`core.peers[${i}]`, 'a peer needs an org');
     if (!p.cert) at(`core.peers[${i}]`, 'a peer needs a cert (PEM file)');

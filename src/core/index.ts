@@ -25,6 +25,8 @@ import { loginModule } from './login.js';
 import { webModule } from './web.js';
 import { conferencesModule } from './conferences.js';
 import { signalModule } from './signal.js';
+import { basicLoginModule } from './basic-login.js';
+import { LdapDirectory } from './directory/ldap.js';
 
 export type { CoreContext, CoreModule } from './director.js';
 
@@ -55,6 +57,7 @@ export interface RunningCore {
  */
 export const MODULES: CoreModule[] = [
   loginModule,
+  basicLoginModule,
   roomsModule,
   webModule,
   (core) => conferencesModule(core).then(() => {}),
@@ -83,7 +86,8 @@ export async function startCore(cfg: GatehouseConfig, deps: CoreDeps): Promise<R
     challenges: new ChallengeStore(deps.clock),
     turn: TurnCredentialIssuer.fromConfig(cfg, deps.restSecret, () => deps.clock.now()),
     users: deps.users,
-    directory: null,
+    // core.directory: ldap:// or ldaps:// (src/core/directory/ldap.ts; README "Identity").
+    directory: cfg.core.directory ? LdapDirectory.fromConfig(cfg, log.child({ module: 'directory' }), () => deps.clock.now()) : null,
     events: deps.events ?? null,
     log,
     clock: deps.clock,

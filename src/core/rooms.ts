@@ -24,6 +24,7 @@ import { badRequest, forbidden, gone, notFound } from './errors.js';
 import type { RequestContext } from './http.js';
 import { requireToken, requireUser, type TokenClaims } from './tokens.js';
 import { serveIndex } from './web.js';
+import { issueGroups } from './directory/groups.js';
 
 export interface RoomService {
   /** Whether these claims may join this room: its owner with a user token, or a token stamped with it. */
@@ -285,7 +286,7 @@ export const roomsModule: CoreModule = (core) => {
     {
       method: 'POST',
       path: `${INVITE_PATH}:secret`,
-      handler: (ctx) => {
+      handler: async (ctx) => {
         core.limiter.check(ctx.source);
         ctx.req.resume();
         // A bad token counts as a failed authentication (requireToken tells the limiter).
@@ -303,10 +304,13 @@ export const roomsModule: CoreModule = (core) => {
           throw gone(inv.state === 'live' ? 'this invitation has expired' : `this invitation was ${inv.state}`);
         // Anyone else: 403, and the URL stays valid for its invitee.
         if (c.sub !== inv.invitee) throw forbidden('this invitation is for someone else');
+        // The directory's groups now, for the issue record (src/core/directory/groups.ts);
+        // asked before the URL is spent, so a directory outage (503) leaves it valid.
+        const groups = await issueGroups(core.directory, c.sub);
         if (!store.spend(secret)) throw gone('this invitation was spent');
         const { token } = core.tokens.issue({ kind: 'user', sub: c.sub, groups: c.groups, room: inv.room });
         core.log.info({ room: inv.room, user: c.sub }, 'invitation spent: admitted');
-        ctx.send(200, { token, room: inv.room, turn: core.turn.issue({ kind: 'user', user: c.sub, context: { room: inv.room, ...(c.org !== undefined ? { org: c.org } : {}) } }) });
+        ctx.send(200, { token, room: inv.room, turn: core.turn.issue({ kind: 'user', user: c.sub, context: { room: inv.room, ...(c.org !== undefined ? { org: c.org } : {}), ...(groups !== undefined ? { groups } : {}) } }) });
       },
     },
   ]);

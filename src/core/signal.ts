@@ -45,6 +45,8 @@ import { sourceOf } from './http.js';
 import { claimsAllowConference, type CoreContext, type CoreModule } from './director.js';
 import type { TurnCredentials, TurnSubject } from './turn-credentials.js';
 import { conferencesOf } from './conferences.js';
+import { CoreError } from './errors.js';
+import { issueGroups } from './directory/groups.js';
 
 /** What joining may answer (core.md §2 codes). */
 export type JoinDecision = 'ok' | 'forbidden' | 'not_found';
@@ -111,7 +113,7 @@ export const CLOSE_REPLACED = 4001; // core.md §4
 /** 1011 Internal Error: not in §7.4.1, registered in the Close Code registry of RFC 6455 §11.7. */
 export const CLOSE_INTERNAL = 1011;
 
-export type SignalErrorCode = 'bad_request' | 'unauthenticated' | 'forbidden' | 'not_found' | 'rate_limited';
+export type SignalErrorCode = 'bad_request' | 'unauthenticated' | 'forbidden' | 'not_found' | 'rate_limited' | 'unavailable';
 
 export interface SignalDeps {
   tokens: { verify(token: string): TokenClaims | null; onRevoke(l: (claims: TokenClaims, id: string) => void): () => void };
@@ -123,6 +125,13 @@ export interface SignalDeps {
   limits?: Partial<SignalLimits>;
   /** Failed authentications per source (core.md §2 "on any mechanism"): a bad hello token counts. */
   limiter?: FailureCounter | null;
+  /**
+   * With core.directory: a user's groups as the directory says now (through its cache,
+   * src/core/directory/groups.ts), awaited before every issue of their TURN credentials
+   * (the join answer and each re-issue), so the issue record is never older than
+   * core.ldap.cache_ttl. Absent: credentials are issued at once, without groups.
+   */
+  groupsOf?: ((user: string) => Promise<readonly string[] | undefined>) | null;
 }
 
 interface Group {
@@ -155,10 +164,10 @@ const TYPE_RE = /^[a-z_]{1,32}$/;
 /**
  * The TURN subject of a participant in `target`: a guest by its conference and identity; a
  * user with the issue record that tells the gateway which conference or room the
- * credential is for (src/core/turn-credentials.ts), and the groups and organisation of
- * its token.
+ * credential is for (src/core/turn-credentials.ts), the organisation of its token, and the
+ * directory's groups at issue time (SignalDeps.groupsOf) where there is a directory.
  */
-function subjectOf(c: TokenClaims, target: JoinTarget): TurnSubject {
+function subjectOf(c: TokenClaims, target: JoinTarget, groups?: readonly string[]): TurnSubject {
   if (c.kind === 'guest') return { kind: 'guest', conference: c.conference!, identity: c.identity! };
   return {
     kind: 'user',
@@ -166,6 +175,7 @@ function subjectOf(c: TokenClaims, target: JoinTarget): TurnSubject {
     context: {
       ...('conference' in target ? { conference: target.conference } : { room: target.room }),
       ...(c.org !== undefined ? { org: c.org } : {}),
+      ...(groups !== undefined ? { groups } : {}),
     },
   };
 }
@@ -468,23 +478,31 @@ export class SignalServer {
     const claims = c.claims!;
     c.joining = true;
     Promise.resolve()
-      .then(() => this.d.membership.canJoin(claims, target))
+      .then(() => Promise.all([this.d.membership.canJoin(claims, target), this.groupsFor(claims)]))
       .then(
-        (decision) =>
+        ([decision, groups]) =>
           this.d.supervisor.run(
             'core.signal.join',
-            () => this.admitted(c, target, decision),
+            () => this.admitted(c, target, decision, groups),
             () => this.close(c, CLOSE_INTERNAL, 'internal error'),
           ),
         (err: unknown) => {
-          this.d.supervisor.caught('core.signal.membership', err);
           c.joining = false;
+          // The directory cannot say the user's groups (503) or no longer has the user (403).
+          if (err instanceof CoreError && (err.code === 'unavailable' || err.code === 'forbidden'))
+            return this.error(c, err.code, err.message);
+          this.d.supervisor.caught('core.signal.membership', err);
           this.error(c, 'not_found', 'that conference or room cannot be joined now');
         },
       );
   }
 
-  private admitted(c: Conn, target: JoinTarget, decision: JoinDecision): void {
+  /** The directory's groups of a user (a promise), or undefined: no directory, or a guest. */
+  private groupsFor(claims: TokenClaims): Promise<readonly string[] | undefined> | undefined {
+    return claims.kind === 'user' && this.d.groupsOf ? this.d.groupsOf(claims.sub) : undefined;
+  }
+
+  private admitted(c: Conn, target: JoinTarget, decision: JoinDecision, groups?: readonly string[]): void {
     c.joining = false;
     if (c.closed) return;
     if (decision === 'forbidden') return this.error(c, 'forbidden', 'this token may not join that conference or room');
@@ -496,20 +514,35 @@ export class SignalServer {
     g.members.set(c.peer, c);
     c.group = g;
     const peers = this.roster(g);
-    this.send(c, { type: 'join', peer: c.peer, ...target, peers, turn: this.d.turn.issue(subjectOf(c.claims!, target)) });
-    this.scheduleTurn(c);
+    this.send(c, { type: 'join', peer: c.peer, ...target, peers, turn: this.d.turn.issue(subjectOf(c.claims!, target, groups)) });
+    this.scheduleTurn(c, groups);
     const update = JSON.stringify({ type: 'peers', peers });
     for (const o of [...g.members.values()]) if (o !== c) this.send(o, update);
   }
 
   /** Fresh TURN credentials before the last ones expire (their ttl is short: core.turn_ttl). */
-  private scheduleTurn(c: Conn): void {
+  private scheduleTurn(c: Conn, groups?: readonly string[]): void {
     c.turnTimer?.cancel();
-    const probe = this.d.turn.issue(subjectOf(c.claims!, c.group!.target));
+    const probe = this.d.turn.issue(subjectOf(c.claims!, c.group!.target, groups));
     const every = Math.max(1_000, Math.floor(probe.ttl * 800));
+    const reissue = (g?: readonly string[]) => {
+      if (c.group && !c.closed) this.send(c, { type: 'turn', turn: this.d.turn.issue(subjectOf(c.claims!, c.group.target, g)) });
+    };
     c.turnTimer = this.d.clock.setInterval(
       this.d.supervisor.guard('core.signal.turn', () => {
-        if (c.group && !c.closed) this.send(c, { type: 'turn', turn: this.d.turn.issue(subjectOf(c.claims!, c.group.target)) });
+        if (!c.group || c.closed) return;
+        const pending = this.groupsFor(c.claims!);
+        if (!pending) return reissue();
+        // The directory's groups now; when it cannot say, no new credentials (the last
+        // ones expire: fail closed) and the client is told.
+        pending.then(
+          (g) => this.d.supervisor.run('core.signal.turn', () => reissue(g), () => {}),
+          (err: unknown) => {
+            if (c.closed) return;
+            if (err instanceof CoreError && (err.code === 'unavailable' || err.code === 'forbidden')) this.error(c, err.code, err.message);
+            else this.d.supervisor.caught('core.signal.groups', err);
+          },
+        );
       }),
       every,
     );
@@ -613,6 +646,7 @@ export function signalModule(
       log: core.log,
       supervisor: core.supervisor,
       limiter: core.tokens.limiter ?? core.limiter,
+      groupsOf: core.directory ? (user) => issueGroups(core.directory, user) : null,
       limits: { maxConnectionsPerUser: core.cfg.core.max_connections_per_user, ...(opts.limits ?? {}) },
     });
     core.http.onUpgrade('/v1/signal', server.handleUpgrade);

@@ -21,6 +21,7 @@ t.test('defaults (contract.md)', async (t) => {
     pool: [],
     pool_secret: null,
     directory: null,
+    ldap: defaultConfig().core.ldap, // its defaults: test/unit/core/ldap-config.test.ts
     max_connections_per_user: 3,
     org: null,
     trust: { roots: [] },
