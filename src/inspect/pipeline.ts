@@ -26,7 +26,7 @@ import { deriveSrtpTls13, type SrtpKeyMaterial } from '../wire/tls-prf.js';
 import { SrtpContext } from '../wire/srtp.js';
 import { cipherSuiteInfo } from '../wire/dtls-crypto.js';
 import { verifySctpChecksum, SCTP_COMMON_HEADER_LEN } from '../wire/sctp.js';
-import { CT_HANDSHAKE, HT_CLIENT_HELLO, RECORD_HEADER_LEN } from '../wire/dtls.js';
+import { CT_HANDSHAKE, HT_CLIENT_HELLO, RECORD_HEADER_LEN, newRecord, readRecord } from '../wire/dtls.js';
 
 /**
  * Where a pipeline gets keys: an NSS key log (DtlsSession derives key sets from it once
@@ -121,6 +121,27 @@ export function newCounters(): PipelineCounters {
     internalErrors: 0,
     events: 0,
   };
+}
+
+/** RFC 9147 §4.2.3: the record-number mask is computed over the first 16 ciphertext bytes. */
+const SN_SAMPLE_LEN = 16;
+const probeRecord = newRecord();
+
+/**
+ * Whether the whole datagram walks as DTLS records (RFC 6347 §4.1 DTLSPlaintext, RFC 9147 §4
+ * unified headers without CID): every record delimited, each unified one with at least the
+ * 16-byte sample its record-number encryption needs (RFC 9147 §4.2.3: shorter records are
+ * rejected as if they failed deprotection).
+ */
+function delimitsAsDtls(payload: Buffer): boolean {
+  let off = 0;
+  while (off < payload.length) {
+    const next = readRecord(payload, off, probeRecord);
+    if (next < 0) return false;
+    if (probeRecord.unified && probeRecord.fragment.length < SN_SAMPLE_LEN) return false;
+    off = next;
+  }
+  return true;
 }
 
 export function sha256Hex(b: Buffer): string {
@@ -307,6 +328,16 @@ export class FlowPipeline {
           // RFC 6347 §4.1: a DTLSPlaintext header has version major 254 (0xfe); anything
           // else in 20..31 is not DTLS (e.g. a DNS query id), dropped without a report.
           if (payload[0]! < 0x20 && payload[1] !== 0xfe) {
+            c.dropped++;
+            return;
+          }
+          // RFC 9147 §4: 32..63 are DTLS 1.3 unified headers, which carry no version to check.
+          // On a flow that has shown no DTLS yet, a datagram whose records cannot be delimited
+          // as unified-header records (C bit of a CID we cannot know, a length past the
+          // datagram, less ciphertext than the §4.2.3 record-number sample) is not DTLS
+          // either (e.g. a DNS query id 0x37xx), dropped without a report. Once a flow has
+          // shown DTLS, such a datagram goes to the session, which reports it.
+          if (c.dtls === 0 && payload[0]! >= 0x20 && !delimitsAsDtls(payload)) {
             c.dropped++;
             return;
           }

@@ -127,6 +127,46 @@ t.test('media and junk on a flow without DTLS are not reported', async (t) => {
   t.equal(p.counters.dropped, 1);
 });
 
+t.test('DNS queries whose id falls in the unified-header range are not DTLS, nor what follows', async (t) => {
+  // Firefox's A/AAAA queries seen in a real capture (ids 0x3781, 0x9bbe; 0x2706, 0x3f03):
+  // id, flags 0x0100, qdcount 1, then the question.
+  const q = (id: number) =>
+    Buffer.concat([
+      Buffer.from([id >> 8, id & 0xff, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]),
+      Buffer.from('\x08incoming\x09telemetry\x07mozilla\x03org\x00\x00\x01\x00\x01', 'latin1'),
+    ]);
+  const events: InspectEvent[] = [];
+  const p = new FlowPipeline({ keys: new StaticKeyProvider() }).on((e) => events.push(e));
+  p.feed(q(0x3781), 'c2s', T0); // 001 1 0 1 11: C bit, a CID of unknown length
+  p.feed(q(0x2706), 'c2s', T0); // 001 0 0 1 11: length 0x0100, past the datagram
+  p.feed(q(0x2f03), 'c2s', T0); // 001 0 1 1 11: length 0, no record-number sample (RFC 9147 §4.2.3)
+  p.feed(q(0x9bbe), 'c2s', T0); // RTP range, on a flow that never showed DTLS
+  t.same(events, [], 'nothing reported');
+  t.equal(p.counters.dtls, 0);
+  t.equal(p.counters.dropped, 3);
+  t.equal(p.counters.mediaWithoutDtls, 1);
+  t.equal(p.counters.undecryptableSrtp, 0);
+});
+
+t.test('a unified-header record that cannot be delimited on a flow that has shown DTLS is still reported', async (t) => {
+  const { p, events, feed } = run(true);
+  feed(true, Buffer.concat([Buffer.from([0x3f, 0x12, 0x34]), randomBytes(40)])); // C bit
+  const u = events.filter((e) => e.type === 'undecryptable');
+  t.equal(u.length, 1);
+  t.equal(u[0]!.type === 'undecryptable' && u[0]!.reason, 'connection_id');
+  t.equal(p.counters.dropped, 0);
+});
+
+t.test('a well-formed unified-header record on a flow without a handshake is reported (no keys)', async (t) => {
+  // A capture that starts mid-call: DTLS 1.3 records are undecryptable, and said so.
+  const events: InspectEvent[] = [];
+  const p = new FlowPipeline({ keys: new StaticKeyProvider() }).on((e) => events.push(e));
+  p.feed(Buffer.concat([Buffer.from([0x2f, 0x12, 0x34, 0x00, 0x20]), randomBytes(32)]), 'c2s', T0);
+  t.equal(p.counters.dtls, 1);
+  t.equal(p.counters.undecryptableDtls, 1);
+  t.ok(events.some((e) => e.type === 'undecryptable' && e.what === 'dtls' && e.reason === 'no_keys'));
+});
+
 t.test('EVE output: directions map to endpoints, no secrets, no raw bytes', async (t) => {
   const s = syntheticSession();
   const lines: string[] = [];
