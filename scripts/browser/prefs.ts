@@ -21,6 +21,11 @@ export function firefoxUserJs(opts: { dtls: DtlsVersion; settingsServer: string 
     'datareporting.healthreport.uploadEnabled': false,
     'datareporting.policy.dataSubmissionEnabled': false,
     'datareporting.policy.firstRunURL': '',
+    // Glean's usage-reporting ping (Firefox 136+; follows_collection_enabled: false, so the
+    // telemetry prefs above do not stop it): ~1 s after start ESR 153 resolved
+    // incoming.telemetry.mozilla.org through the host's resolver, on lo inside the netns, and
+    // that DNS flow landed in the capture.
+    'datareporting.usage.uploadEnabled': false,
     'browser.ping-centre.telemetry': false,
     'app.normandy.enabled': false,
     'app.normandy.api_url': '',
