@@ -55,6 +55,10 @@ export interface TurnBenchOptions {
   servers: ServerName[];
   /** policy.rules for Gatehouse; null = a bench file with no rules and keys not required */
   gatehouseRules: string | null;
+  /** extra node flags for `gatehouse serve` (e.g. --cpu-prof); default none */
+  gatehouseNodeArgs?: string[];
+  /** extra `turn:` config lines for Gatehouse (e.g. `fast_path: auto`); default none */
+  gatehouseTurnConfig?: string[];
   log: (line: string) => void;
 }
 
@@ -437,7 +441,7 @@ function relayRangeSize(allocations: number): number {
   return Math.min(20_000, allocations * 4 + 256);
 }
 
-async function startGatehouse(clientsTotal: number, rules: string | null): Promise<Started> {
+async function startGatehouse(clientsTotal: number, rules: string | null, nodeArgs: string[] = [], turnExtra: string[] = []): Promise<Started> {
   const port = await freeUdpPort();
   const pcpPort = await freeUdpPort();
   const adminPort = await freeTcpPort();
@@ -464,6 +468,7 @@ async function startGatehouse(clientsTotal: number, rules: string | null): Promi
     // turnutils_uclient picks channel numbers from the RFC 5766 range 0x4000-0x7FFF;
     // RFC 8656 §12 narrowed it to 0x4000-0x4FFF (Gatehouse's default answers 400).
     '  channel_numbers: rfc5766',
+    ...turnExtra.map((l) => `  ${l}`),
     `pcp: { listen: [udp://${HOST}:${pcpPort}] }`,
     `admin: { listen: http://${HOST}:${adminPort} }`,
     `users: [{ name: ${USER}, password: ${PASSWORD}, groups: [] }]`,
@@ -472,7 +477,7 @@ async function startGatehouse(clientsTotal: number, rules: string | null): Promi
   ].join('\n');
   const cfgPath = join(dir, 'gatehouse.yaml');
   writeFileSync(cfgPath, cfg);
-  const args = [GATEHOUSE_BIN, 'serve', '--config', cfgPath];
+  const args = [...nodeArgs, GATEHOUSE_BIN, 'serve', '--config', cfgPath];
   const proc = start('gatehouse', process.execPath, args, { cwd: dir });
   const command = `node bin/gatehouse.js serve --config $TMP/gatehouse.yaml`;
   try {
@@ -534,7 +539,7 @@ async function benchServer(
   const allocations = o.clients * (1 + o.sizes.length * o.repeat);
   let s: Started;
   try {
-    s = name === 'gatehouse' ? await startGatehouse(allocations, o.gatehouseRules) : await startCoturn(allocations);
+    s = name === 'gatehouse' ? await startGatehouse(allocations, o.gatehouseRules, o.gatehouseNodeArgs, o.gatehouseTurnConfig) : await startCoturn(allocations);
   } catch (e) {
     run.reason = `did not start: ${(e as Error).message}`;
     o.log(`${name}: ${run.reason}`);

@@ -13,7 +13,7 @@ import type { Clock } from '../util/clock.js';
 import type { Logger } from '../util/log.js';
 import type { Supervisor } from '../util/supervise.js';
 import { StreamFramer } from './framer.js';
-import { enlargeBuffers } from './relay.js';
+import { enlargeBuffers, literalLookup } from './relay.js';
 import { familyOf, unmapV4, type Endpoint, type StreamConn, type StreamListener, type UdpListener } from './state.js';
 import { count, type TurnStats } from './stats.js';
 
@@ -26,7 +26,8 @@ export async function listenUdp(
   onDatagram: (l: UdpListener, msg: Buffer, rinfo: RemoteInfo) => void,
 ): Promise<UdpListener> {
   const v6 = familyOf(host) === 6;
-  const socket = createSocket({ type: v6 ? 'udp6' : 'udp4' });
+  // literalLookup: replies to clients go out in the same call, no dns.lookup per send.
+  const socket = createSocket({ type: v6 ? 'udp6' : 'udp4', lookup: literalLookup });
   await new Promise<void>((res, rej) => {
     socket.once('error', rej);
     socket.bind({ port, address: host }, () => {

@@ -1,5 +1,7 @@
 import { createSocket, type Socket } from 'node:dgram';
 import { randomInt } from 'node:crypto';
+import { lookup as dnsLookup } from 'node:dns';
+import { isIP } from 'node:net';
 
 /**
  * Relay port management: relayed transport addresses are taken from
@@ -24,9 +26,28 @@ export function enlargeBuffers(s: Socket): void {
   }
 }
 
+/**
+ * The `lookup` of every TURN UDP socket. dgram resolves the address of every send (and
+ * bind) through it; the default, dns.lookup, answers an IP literal on the next tick, so
+ * each relayed datagram paid a closure, a nextTick and a deferred send (issue 13). Peer
+ * and client addresses are always IP literals here (RFC 8656 §9 permissions and
+ * XOR-PEER-ADDRESS carry addresses, never names): they are answered synchronously and the
+ * send goes out in the same call. Anything else (a host name in turn.listen) still goes
+ * to dns.lookup.
+ */
+export function literalLookup(
+  address: string,
+  family: unknown,
+  cb: (err: NodeJS.ErrnoException | null, address: string, family: number) => void,
+): void {
+  const f = isIP(address);
+  if (f !== 0) cb(null, address, f);
+  else dnsLookup(address, family as number, cb);
+}
+
 export function bindUdp(type: 'udp4' | 'udp6', address: string, port: number): Promise<Socket> {
   return new Promise((resolve, reject) => {
-    const s = createSocket({ type, reuseAddr: false, ipv6Only: type === 'udp6' });
+    const s = createSocket({ type, reuseAddr: false, ipv6Only: type === 'udp6', lookup: literalLookup });
     const onError = (err: Error): void => {
       s.removeListener('listening', onListening);
       try {
