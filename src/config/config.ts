@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { bool, checked, fail, failAtPath, int, list, nodeAt, nullable, obj, oneOf, parseYaml, str, type Schema } from './validate.js';
 import { ldapCheck, ldapConfigSchema, type LdapConfig } from '../core/directory/config.js';
+import { kerberosConfigSchema, type KerberosConfig } from '../core/negotiate-config.js';
 
 /**
  * The one configuration object (design.md): validated once at start, passed down;
@@ -115,7 +116,8 @@ export interface CoreConfig {
   org: string | null;
   trust: { roots: string[] };
   peers: CorePeer[];
-  kerberos: { keytab: string | null };
+  /** Negotiate login (RFC 4559): keytab, service, realm (src/core/negotiate-config.ts). */
+  kerberos: KerberosConfig;
   /** Lifetime of core tokens, seconds (core.md §2: default 1 h). */
   token_ttl: number;
   /** Lifetime of the TURN REST credentials the core hands out, seconds (core.md §8). */
@@ -649,7 +651,7 @@ export const configSchema = obj<GatehouseConfig>({
       org: { schema: nullable(str('an organisation name')), default: () => null },
       trust: { schema: obj({ roots: { schema: list(str('a PEM file path')), default: () => [] } }) },
       peers: { schema: list(corePeerSchema), default: () => [] },
-      kerberos: { schema: obj({ keytab: { schema: nullable(str('a keytab file path')), default: () => null } }) },
+      kerberos: { schema: kerberosConfigSchema },
       token_ttl: { schema: int(60, 86400, 'seconds from 60 to 86400'), default: () => 3600 },
       turn_ttl: { schema: int(60, 86400, 'seconds from 60 to 86400'), default: () => 600 },
     }),

@@ -26,6 +26,7 @@ import { webModule } from './web.js';
 import { conferencesModule } from './conferences.js';
 import { signalModule } from './signal.js';
 import { basicLoginModule } from './basic-login.js';
+import { negotiateModule } from './negotiate.js';
 import { LdapDirectory } from './directory/ldap.js';
 
 export type { CoreContext, CoreModule } from './director.js';
@@ -57,6 +58,8 @@ export interface RunningCore {
  */
 export const MODULES: CoreModule[] = [
   loginModule,
+  // core.kerberos.keytab: Negotiate (RFC 4559), src/core/negotiate.ts.
+  negotiateModule(),
   basicLoginModule,
   roomsModule,
   webModule,

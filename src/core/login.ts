@@ -25,6 +25,8 @@ export interface LoginSuccess {
   user: string;
   groups: string[];
   org?: string;
+  /** Headers of the 200 (Negotiate's mutual-authentication token, RFC 4559 §4.2). */
+  headers?: Record<string, string>;
 }
 
 /** One login mechanism: its challenge (or null when disabled) and its verification of an Authorization it recognises. */
@@ -169,7 +171,11 @@ export const loginModule: CoreModule = (core) => {
       if (!(err as { notCounted?: boolean }).notCounted) {
         core.limiter.fail(ctx.source);
         if (claimed !== null) core.lockout.fail(claimed);
-        emitAuthEvent(core, ctx, { mechanism: mech.scheme, result: 'failure', reason: err.code, ...(claimed !== null ? { user: claimed } : {}) });
+        // A mechanism that learnt who it was (a verified Kerberos principal with no user
+        // here) names them on the error as `user`.
+        const named = (err as { user?: unknown }).user;
+        const user = claimed ?? (typeof named === 'string' ? named : null);
+        emitAuthEvent(core, ctx, { mechanism: mech.scheme, result: 'failure', reason: err.code, ...(user !== null ? { user } : {}) });
       }
       // A wrong answer is 401 again with fresh challenges (core.md §3); a mechanism's own
       // challenge in the error (Digest stale=true) replaces its plain one. 503 (directory
@@ -185,6 +191,6 @@ export const loginModule: CoreModule = (core) => {
     if (claimed !== null && claimed !== who.user) core.lockout.succeed(claimed);
     core.log.info({ user: who.user, mechanism: mech.scheme }, 'login');
     emitAuthEvent(core, ctx, { mechanism: mech.scheme, result: 'success', user: who.user, groups: who.groups, ...(who.org ? { org: who.org } : {}) });
-    ctx.send(200, loginBody(core, who));
+    ctx.send(200, loginBody(core, who), who.headers);
   });
 };

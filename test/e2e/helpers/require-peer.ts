@@ -42,7 +42,12 @@ export type Peer =
   | 'hostapd'
   | 'miniupnpd'
   | 'natpmpc'
-  | 'python3-libtorrent';
+  | 'python3-libtorrent'
+  // Kerberos (Negotiate, issue 12): an MIT KDC and its tools, curl with SPNEGO, and the
+  // `kerberos` npm package built (an optional dependency: needs libkrb5-dev at npm ci).
+  | 'krb5'
+  | 'curl-spnego'
+  | 'kerberos-package';
 
 /** Debian package that brings each peer (what .ci/run installs). */
 export const PEER_PACKAGE: Record<Peer, string> = {
@@ -74,6 +79,9 @@ export const PEER_PACKAGE: Record<Peer, string> = {
   miniupnpd: 'miniupnpd-nftables',
   natpmpc: 'natpmpc',
   'python3-libtorrent': 'python3-libtorrent',
+  krb5: 'krb5-kdc, krb5-admin-server, krb5-user',
+  'curl-spnego': 'curl (with GSS-API/SPNEGO)',
+  'kerberos-package': 'libkrb5-dev, then npm ci (the kerberos package)',
 };
 
 /** c-icap's modules directory holding virus_scan.so (Debian: /usr/lib/<multiarch>/c_icap), or null. */
@@ -163,6 +171,15 @@ function present(p: Peer): boolean {
       break;
     case 'nfqueue':
       v = existsSync(join(import.meta.dirname, '../../../native/build/Release/gatehouse_nfqueue.node'));
+      break;
+    case 'krb5':
+      v = ['krb5kdc', 'kdb5_util', 'kadmin.local', 'kinit', 'kdestroy'].every((b) => findProgram(b) !== null);
+      break;
+    case 'curl-spnego':
+      v = onPath('curl') && /\bSPNEGO\b/.test(spawnSync('curl', ['-V'], { encoding: 'utf8' }).stdout ?? '');
+      break;
+    case 'kerberos-package':
+      v = existsSync(join(import.meta.dirname, '../../../node_modules/kerberos/build/Release/kerberos.node'));
       break;
     case 'python3-libtorrent':
       v = spawnSync('/usr/bin/python3', ['-c', 'import libtorrent'], { stdio: 'ignore' }).status === 0;
