@@ -25,7 +25,7 @@ import { spoolOf, type SpoolFactory, type SpoolMode } from '../inspect/transfer.
 import { ACTION_RANK } from '../policy/engine.js';
 import type { Flow, FlowDirection, FlowHooks, TurnRequestContext } from '../turn/flow.js';
 import { FlowBlockList } from './block-list.js';
-import { coreRef } from '../turn/events.js';
+import { coreRef, groupsRef } from '../turn/events.js';
 import { TurnEscrowExtension, type EscrowHost, type EscrowKeysPolicy } from './escrow.js';
 import {
   FlowGuard,
@@ -1053,7 +1053,7 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
       src_port: f.client.port,
       dest_ip: f.peerAddress,
       proto: 'UDP',
-      gatehouse: { user: f.user, ...flowRef(f), ...coreRef(f), ...(association ? { association } : {}), ...extra },
+      gatehouse: { user: f.user, ...groupsRef(f.groups), ...flowRef(f), ...coreRef(f), ...(association ? { association } : {}), ...extra },
     };
     if (st.meta.b.port) e.dest_port = st.meta.b.port;
     this.emit(e);
@@ -1063,6 +1063,7 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
     e.gatehouse = {
       ...(e.gatehouse ?? {}),
       user: st.flow.user,
+      ...groupsRef(st.flow.groups),
       ...flowRef(st.flow),
       ...coreRef(st.flow),
       ...(association ? { association } : {}),

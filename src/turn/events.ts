@@ -40,7 +40,7 @@ export class TurnEvents {
         relayed_port: a.relayPort,
         lifetime,
       },
-      gatehouse: { user: a.user, allocation: a.id, ...coreRef(a) },
+      gatehouse: { user: a.user, ...groupsRef(a.groups), allocation: a.id, ...coreRef(a) },
     });
   }
 
@@ -61,11 +61,19 @@ export class TurnEvents {
         relayed_port: a.relayPort,
         ...(channel !== null ? { channel } : {}),
       },
-      gatehouse: { user: a.user, allocation: a.id, ...coreRef(a) },
+      gatehouse: { user: a.user, ...groupsRef(a.groups), allocation: a.id, ...coreRef(a) },
     };
     if (peerPort !== undefined) e.dest_port = peerPort;
     this.emit(e);
   }
+}
+
+/**
+ * Issue 12: events name the user's groups (as the directory gave them to the credential,
+ * src/turn/auth.ts resolveCredential) next to the user, when there are any.
+ */
+export function groupsRef(groups: readonly string[]): { groups?: string[] } {
+  return groups.length ? { groups: [...groups] } : {};
 }
 
 /**

@@ -23,6 +23,7 @@
  * or an error message.
  */
 import { readFileSync } from 'node:fs';
+import { isIP } from 'node:net';
 import type { ConnectionOptions } from 'node:tls';
 import { Client, InvalidCredentialsError, SizeLimitExceededError, type Entry } from 'ldapts';
 import type { GatehouseConfig } from '../../config/config.js';
@@ -67,7 +68,8 @@ export function ldapSettings(cfg: GatehouseConfig): LdapSettings {
     }
     if (!bindPassword) throw new Error(`core.ldap.bind_password_file: ${l.bind_password_file} has an empty first line`);
   }
-  const tls: ConnectionOptions = { minVersion: 'TLSv1.2', servername: u.host };
+  // RFC 6066 §3: SNI names a host, never an address (the certificate check still uses the address).
+  const tls: ConnectionOptions = { minVersion: 'TLSv1.2', ...(isIP(u.host) ? {} : { servername: u.host }) };
   if (l.tls.ca !== null) {
     try {
       tls.ca = readFileSync(l.tls.ca);
@@ -254,7 +256,15 @@ export class LdapDirectory implements Directory {
     if (this.open >= MAX_CONNECTIONS) throw new DirectoryDown('too many directory connections');
     this.open++;
     const l = this.s.cfg;
-    const c = new Client({ url: this.s.url, timeout: l.timeout_ms, connectTimeout: l.timeout_ms, tlsOptions: this.s.tls, strictDN: true });
+    // tlsOptions only for ldaps:// (ldapts connects with TLS whenever they are given).
+    const ldaps = this.s.url.startsWith('ldaps:');
+    const c = new Client({
+      url: this.s.url,
+      timeout: l.timeout_ms,
+      connectTimeout: l.timeout_ms,
+      ...(ldaps ? { tlsOptions: this.s.tls } : {}),
+      strictDN: true,
+    });
     let stage = 'connect';
     try {
       if (l.starttls) {
@@ -271,6 +281,8 @@ export class LdapDirectory implements Directory {
       if (err instanceof DirectoryDown) throw err;
       // The service account refused (49) is a configuration fault: the directory cannot answer.
       const code = (err as { code?: unknown }).code;
+      // ldapts connects on the first operation: a socket error code means the connect failed.
+      if (typeof code === 'string' && /^E[A-Z]+$/.test(code)) stage = 'connect';
       this.log.warn({ directory: this.s.url, stage, error: describeError(err), ...(code !== undefined ? { code } : {}) }, 'directory operation failed');
       throw new DirectoryDown(`${stage} failed`);
     } finally {

@@ -43,6 +43,8 @@ export type Peer =
   | 'miniupnpd'
   | 'natpmpc'
   | 'python3-libtorrent'
+  // The LDAP directory (issue 12): slapd, and ldapadd/ldapmodify from ldap-utils.
+  | 'slapd'
   // Kerberos (Negotiate, issue 12): an MIT KDC and its tools, curl with SPNEGO, and the
   // `kerberos` npm package built (an optional dependency: needs libkrb5-dev at npm ci).
   | 'krb5'
@@ -79,6 +81,7 @@ export const PEER_PACKAGE: Record<Peer, string> = {
   miniupnpd: 'miniupnpd-nftables',
   natpmpc: 'natpmpc',
   'python3-libtorrent': 'python3-libtorrent',
+  slapd: 'slapd, ldap-utils',
   krb5: 'krb5-kdc, krb5-admin-server, krb5-user',
   'curl-spnego': 'curl (with GSS-API/SPNEGO)',
   'kerberos-package': 'libkrb5-dev, then npm ci (the kerberos package)',
@@ -171,6 +174,9 @@ function present(p: Peer): boolean {
       break;
     case 'nfqueue':
       v = existsSync(join(import.meta.dirname, '../../../native/build/Release/gatehouse_nfqueue.node'));
+      break;
+    case 'slapd':
+      v = findProgram('slapd') !== null && onPath('ldapadd') && onPath('ldapmodify');
       break;
     case 'krb5':
       v = ['krb5kdc', 'kdb5_util', 'kadmin.local', 'kinit', 'kdestroy'].every((b) => findProgram(b) !== null);

@@ -54,6 +54,7 @@ t.test('hold until escrowed keys verify, then release in order (DTLS 1.2 AES-GCM
   t.equal(verified.length, 1);
   t.same(verified[0]!.gatehouse, {
     user: 'alice',
+    groups: ['trading'], // the user's groups (issue 12: events name them)
     allocation: (verified[0]!.gatehouse as Record<string, unknown>).allocation,
     association: hex(f.keySets[0]!.clientRandom),
   });
