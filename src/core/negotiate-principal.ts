@@ -23,6 +23,7 @@ export function principalUser(principal: string, realms: readonly string[]): Pri
   if (name.includes('/')) return { ok: false, problem: 'the client principal is not a user (it has an instance)' };
   if (name.includes('@')) return { ok: false, problem: 'the client principal is an enterprise name (RFC 6806 §5), not a user' };
   // eslint-disable-next-line no-control-regex
-  if (name.length > MAX_NAME || /[\u0000-\u001f\u007f]/.test(name)) return { ok: false, problem: 'the client principal is not a user name' };
+  if (name.length > MAX_NAME || /[\u0000-\u001f\u007f]/.test(name))
+    return { ok: false, problem: 'the client principal is not a user name' };
   return { ok: true, user: name, realm };
 }

@@ -102,7 +102,10 @@ export function negotiateMechanism(core: CoreContext, o: NegotiateOptions): Logi
         try {
           acceptor = await o.binding.initializeServer(o.service);
         } catch (err) {
-          core.log.error({ err: String((err as Error).message ?? err), service: o.service }, 'Negotiate: the service credential cannot be acquired');
+          core.log.error(
+            { err: String((err as Error).message ?? err), service: o.service },
+            'Negotiate: the service credential cannot be acquired',
+          );
           throw new CoreError('unavailable', 'Kerberos login is not available right now');
         }
         try {

@@ -65,7 +65,8 @@ async function clientToken(krb: Kerberos, realm: Realm, cc: string, service: str
   return c.step('');
 }
 
-async function post(base: string, authorization?: string): Promise<{ status: number; www: string[]; json: any }> { // eslint-disable-line @typescript-eslint/no-explicit-any
+async function post(base: string, authorization?: string): Promise<{ status: number; www: string[]; json: any }> {
+  // eslint-disable-line @typescript-eslint/no-explicit-any
   const res = await fetch(`${base}/v1/login`, { method: 'POST', headers: authorization ? { authorization } : {} });
   const text = await res.text();
   const www: string[] = [];
@@ -82,7 +83,9 @@ async function post(base: string, authorization?: string): Promise<{ status: num
 }
 
 const authEvents = (gh: TurnServer): GwEvent[] =>
-  readEvents(gh.dataDir!).filter((e) => e.event_type === 'auth' && (e as { auth?: { mechanism?: string } }).auth?.mechanism === 'Negotiate');
+  readEvents(gh.dataDir!).filter(
+    (e) => e.event_type === 'auth' && (e as { auth?: { mechanism?: string } }).auth?.mechanism === 'Negotiate',
+  );
 
 t.test('Negotiate against an MIT realm: kinit + curl --negotiate, and the refusals', { skip }, async (t) => {
   const realm = await startRealm({ clockskew: 2 });
@@ -108,7 +111,10 @@ t.test('Negotiate against an MIT realm: kinit + curl --negotiate, and the refusa
   const first = await post(base);
   t.equal(first.status, 401);
   t.ok(first.www.includes('Negotiate'), `a bare Negotiate challenge (RFC 4559 §4.1): ${JSON.stringify(first.www)}`);
-  t.ok(first.www.some((w) => w.startsWith('Digest ')), 'and Digest');
+  t.ok(
+    first.www.some((w) => w.startsWith('Digest ')),
+    'and Digest',
+  );
 
   // 2. kinit + curl --negotiate.
   const aliceCc = realm.kinit('alice', ALICE_PW);
@@ -174,14 +180,30 @@ t.test('Negotiate against an MIT realm: kinit + curl --negotiate, and the refusa
   const expired = await post(base, `Negotiate ${shortTok}`);
   t.equal(expired.status, 401, 'a token of a ticket that has since expired is refused');
   t.match(expired.json?.error?.message, /expired|clock skew/);
-  t.comment(gh.output().split('\n').filter((l) => /Negotiate: token refused/.test(l)).map((l) => /"gss":"([^"]*)"/.exec(l)?.[1]).join('\n'));
+  t.comment(
+    gh
+      .output()
+      .split('\n')
+      .filter((l) => /Negotiate: token refused/.test(l))
+      .map((l) => /"gss":"([^"]*)"/.exec(l)?.[1])
+      .join('\n'),
+  );
 
   // 4. Events: one per outcome, no secrets.
   await until(() => authEvents(gh).length >= 10, 5000, 'auth events');
   const evs = authEvents(gh).map((e) => (e as unknown as { auth: { result: string; user?: string; reason?: string } }).auth);
-  t.ok(evs.some((a) => a.result === 'success' && a.user === 'alice'), 'a success event names alice');
-  t.ok(evs.some((a) => a.result === 'failure' && a.user === 'mallory'), 'the refusal of mallory names her');
-  t.ok(evs.some((a) => a.result === 'failure' && a.reason === 'replayed'), 'the replay is an event');
+  t.ok(
+    evs.some((a) => a.result === 'success' && a.user === 'alice'),
+    'a success event names alice',
+  );
+  t.ok(
+    evs.some((a) => a.result === 'failure' && a.user === 'mallory'),
+    'the refusal of mallory names her',
+  );
+  t.ok(
+    evs.some((a) => a.result === 'failure' && a.reason === 'replayed'),
+    'the replay is an event',
+  );
   t.ok(evs.filter((a) => a.result === 'failure').length >= 7, `every refusal is an event: ${JSON.stringify(evs)}`);
   const everything = gh.fullOutput().toString('utf8') + JSON.stringify(readEvents(gh.dataDir!));
   for (const [what, s] of [
