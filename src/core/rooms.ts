@@ -306,7 +306,7 @@ export const roomsModule: CoreModule = (core) => {
         if (c.sub !== inv.invitee) throw forbidden('this invitation is for someone else');
         // The directory's groups now, for the issue record (src/core/directory/groups.ts);
         // asked before the URL is spent, so a directory outage (503) leaves it valid.
-        const groups = await issueGroups(core.directory, c.sub);
+        const groups = await issueGroups(core, c);
         if (!store.spend(secret)) throw gone('this invitation was spent');
         const { token } = core.tokens.issue({ kind: 'user', sub: c.sub, groups: c.groups, room: inv.room });
         core.log.info({ room: inv.room, user: c.sub }, 'invitation spent: admitted');

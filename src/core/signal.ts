@@ -131,7 +131,7 @@ export interface SignalDeps {
    * (the join answer and each re-issue), so the issue record is never older than
    * core.ldap.cache_ttl. Absent: credentials are issued at once, without groups.
    */
-  groupsOf?: ((user: string) => Promise<readonly string[] | undefined>) | null;
+  groupsOf?: ((claims: TokenClaims) => Promise<readonly string[] | undefined>) | null;
 }
 
 interface Group {
@@ -499,7 +499,7 @@ export class SignalServer {
 
   /** The directory's groups of a user (a promise), or undefined: no directory, or a guest. */
   private groupsFor(claims: TokenClaims): Promise<readonly string[] | undefined> | undefined {
-    return claims.kind === 'user' && this.d.groupsOf ? this.d.groupsOf(claims.sub) : undefined;
+    return claims.kind === 'user' && this.d.groupsOf ? this.d.groupsOf(claims) : undefined;
   }
 
   private admitted(c: Conn, target: JoinTarget, decision: JoinDecision, groups?: readonly string[]): void {
@@ -646,7 +646,7 @@ export function signalModule(
       log: core.log,
       supervisor: core.supervisor,
       limiter: core.tokens.limiter ?? core.limiter,
-      groupsOf: core.directory ? (user) => issueGroups(core.directory, user) : null,
+      groupsOf: core.directory ? (claims) => issueGroups(core, claims) : null,
       limits: { maxConnectionsPerUser: core.cfg.core.max_connections_per_user, ...(opts.limits ?? {}) },
     });
     core.http.onUpgrade('/v1/signal', server.handleUpgrade);

@@ -10,16 +10,30 @@
  * their next credentials once the cached answer is older than cache_ttl. Not the groups of
  * the token: those are as of login, up to core.token_ttl old.
  *
+ * Who is not a directory user:
+ * - a user of another organisation (token `org` not this core's, core.md §6) that the
+ *   directory does not list under that organisation: the groups its login here gave it
+ *   (never those of a same-named user of ours);
+ * - one of the gateway's own users (`users:`, Digest login): undefined, so the TURN side
+ *   reads their groups from the gateway's store;
+ * - anyone else (e.g. removed from the directory since login): no credentials (403).
+ * A directory that cannot answer: no credentials either (503), never guessed groups.
  * Without a directory: undefined (the TURN side reads the gateway's own user store).
- * A user the directory no longer has gets no credentials (403); a directory that cannot
- * answer gets none either (503): never credentials with guessed groups.
  */
-import type { Directory } from '../director.js';
+import type { CoreContext } from '../director.js';
 import { CoreError } from '../errors.js';
+import type { TokenClaims } from '../tokens.js';
 
-export async function issueGroups(directory: Directory | null, user: string): Promise<readonly string[] | undefined> {
-  if (!directory) return undefined;
-  const u = await directory.user(user);
-  if (!u) throw new CoreError('forbidden', 'the directory no longer has this user');
-  return u.groups;
+export async function issueGroups(
+  core: Pick<CoreContext, 'directory' | 'users'> & { cfg: { core: { org: string | null } } },
+  claims: Pick<TokenClaims, 'sub' | 'groups' | 'org'>,
+): Promise<readonly string[] | undefined> {
+  if (!core.directory) return undefined;
+  const foreign = claims.org !== undefined && claims.org !== core.cfg.core.org;
+  const u = await core.directory.user(claims.sub);
+  // A home user (or a user the directory lists under the token's organisation).
+  if (u && (!foreign || u.org === claims.org)) return u.groups;
+  if (foreign) return [...claims.groups];
+  if (core.users.lookup(claims.sub)) return undefined;
+  throw new CoreError('forbidden', 'the directory does not have this user');
 }

@@ -15,6 +15,7 @@ import type { Directory, DirectoryUser } from '../../../src/core/director.js';
 import { DirectoryCache, DirectoryDown } from '../../../src/core/directory/cache.js';
 import { issueGroups } from '../../../src/core/directory/groups.js';
 import { SigClient } from './signal-helpers.js';
+import { StaticUserDirectory } from '../../../src/store/users.js';
 
 /** A directory whose answers the test sets, behind the real cache (TTL 10 s, grace 0). */
 function fakeDirectory(clock: ManualClock) {
@@ -39,12 +40,24 @@ function fakeDirectory(clock: ManualClock) {
   };
 }
 
-t.test('issueGroups: undefined without a directory, 403 for a user it lost', async (t) => {
-  t.equal(await issueGroups(null, 'alice'), undefined);
+const localUsers = new StaticUserDirectory([{ name: 'localadmin', password: 'x', groups: ['ops'] }]);
+const coreOf = (directory: Directory | null) => ({ directory, users: localUsers, cfg: { core: { org: 'example.org' } } });
+
+t.test('issueGroups: who is a directory user', async (t) => {
+  const claims = (sub: string, org?: string, groups: string[] = ['from-login']) => ({ sub, groups, ...(org ? { org } : {}) });
+  t.equal(await issueGroups(coreOf(null), claims('alice')), undefined, 'no directory: undefined (the store decides)');
   const f = fakeDirectory(new ManualClock(0));
-  f.people.set('alice', { name: 'alice', groups: ['trading'] });
-  t.same(await issueGroups(f.dir, 'alice'), ['trading']);
-  await t.rejects(issueGroups(f.dir, 'ghost'), { code: 'forbidden' });
+  f.people.set('alice', { name: 'alice', groups: ['trading'], org: 'example.org' });
+  f.people.set('bob', { name: 'bob', groups: ['admins'], org: 'example.org' });
+  f.people.set('pat', { name: 'pat', groups: ['partners'], org: 'partner.example' });
+  const core = coreOf(f.dir);
+  t.same(await issueGroups(core, claims('alice')), ['trading'], 'a home user: the directory\'s groups');
+  t.same(await issueGroups(core, claims('alice', 'example.org')), ['trading'], 'marked with this core\'s org: the same');
+  t.same(await issueGroups(core, claims('bob', 'partner.example', ['guests'])), ['guests'],
+    'a transferred bob of another org never gets our bob\'s groups: the groups his login here gave him');
+  t.same(await issueGroups(core, claims('pat', 'partner.example')), ['partners'], 'listed under the token\'s org: the directory\'s groups');
+  t.equal(await issueGroups(core, claims('localadmin')), undefined, 'the gateway\'s own user: undefined (store groups)');
+  await t.rejects(issueGroups(core, claims('ghost')), { code: 'forbidden' }, 'nobody\'s user: 403');
 });
 
 t.test('signalling: join and re-issue carry the directory groups of the moment', async (t) => {
@@ -60,7 +73,7 @@ t.test('signalling: join and re-issue carry the directory groups of the moment',
     clock,
     log: silentLogger,
     supervisor: new Supervisor(silentLogger),
-    groupsOf: (u) => issueGroups(f.dir, u),
+    groupsOf: (claims) => issueGroups(coreOf(f.dir), claims),
     limits: { burst: 10_000, pingIntervalMs: 86_400_000 },
   });
   const server: Server = createServer((_q, s) => s.writeHead(404).end());
