@@ -17,12 +17,13 @@ import t from 'tap';
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { peerSkip } from './helpers/require-peer.js';
-import { startRealm, type Realm } from './helpers/krb5.js';
+import { launchNegotiateChromium, startRealm, type Realm } from './helpers/krb5.js';
 import { startGatehouse, type TurnServer } from './helpers/turn-servers.js';
 import { freePort } from './helpers/ports.js';
 import { readEvents, sleep, until, type GwEvent } from './helpers/escrow-events.js';
 
 const skip = peerSkip(t, 'krb5', 'curl-spnego', 'kerberos-package');
+const chromiumSkip = peerSkip(t, 'krb5', 'kerberos-package', 'chromium');
 
 const ALICE_PW = `alice-${randomBytes(8).toString('hex')}`;
 const MALLORY_PW = `mallory-${randomBytes(8).toString('hex')}`;
@@ -215,3 +216,56 @@ t.test('Negotiate against an MIT realm: kinit + curl --negotiate, and the refusa
   ] as const)
     t.notOk(everything.includes(s), `no ${what} in the log or events`);
 });
+
+t.test(
+  'headless Chromium logs in to the web client by Negotiate and joins a conference',
+  { skip: chromiumSkip, timeout: 180_000 },
+  async (t) => {
+    const realm = await startRealm();
+    t.teardown(() => realm.stop());
+    realm.addUser('alice', ALICE_PW);
+    const keytab = realm.keytab('http.keytab', 'HTTP/localhost');
+    const corePort = await freePort();
+    const gh = await startGatehouse({
+      users: [{ name: 'alice', password: ALICE_GW_PW, groups: ['trading'] }],
+      transports: ['udp'],
+      logLevel: 'info',
+      env: { ...realm.env },
+      configure: (c) => {
+        c.core = { listen: `http://127.0.0.1:${corePort}`, kerberos: { keytab, service: 'HTTP@localhost' } };
+      },
+    });
+    t.teardown(() => gh.stop());
+    const cc = realm.kinit('alice', ALICE_PW);
+    const browser = await launchNegotiateChromium(realm, cc);
+    t.teardown(() => browser.close());
+    const page = browser.context.pages()[0] ?? (await browser.context.newPage());
+    const logs: string[] = [];
+    page.on('console', (m) => logs.push(`${m.type()}: ${m.text()}`));
+    let seen = '';
+    const look = async () => {
+      const [status, error, whoami] = await Promise.all(['#status', '#error', '#whoami'].map((s) => page.locator(s).textContent()));
+      return (seen = `status=${status} error=${error} whoami=${whoami}`);
+    };
+    const diag = () => `${seen}\n${logs.slice(-20).join('\n')}\n${gh.output().slice(-3000)}`;
+    const base = `http://localhost:${corePort}`;
+    await page.goto(`${base}/`);
+    await until(() => page.locator('#kerberos-login').isVisible(), 15_000, 'the page offers Kerberos', diag);
+    await page.getByRole('button', { name: 'Log in with Kerberos', exact: true }).click();
+    await until(async () => /Logged in as alice \(trading\)/.test(await look()), 20_000, 'logged in by Negotiate', diag);
+    t.pass('Chromium answered Negotiate with the ticket; the page is logged in as alice');
+    const evs = authEvents(gh).map((e) => (e as unknown as { auth: { result: string; user?: string } }).auth);
+    t.ok(
+      evs.some((a) => a.result === 'success' && a.user === 'alice'),
+      `a Negotiate success event: ${JSON.stringify(evs)}`,
+    );
+    await page.getByLabel('Conference title', { exact: true }).fill('Kerberos desk');
+    await page.getByRole('button', { name: 'Create conference' }).click();
+    await until(() => page.locator('#conference-created').isVisible(), 15_000, 'conference created', diag);
+    await page.getByRole('button', { name: 'Enter conference' }).click();
+    await until(async () => /In the call/.test(await look()), 20_000, 'in the call', diag);
+    const id = (await page.locator('#call-h').textContent())!.replace(/^Conference /, '');
+    t.match(id, /\S+/, `alice joined conference ${id}`);
+    t.notOk(gh.fullOutput().toString('utf8').includes(ALICE_PW), 'no password in the log');
+  },
+);

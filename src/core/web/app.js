@@ -12,6 +12,8 @@ import {
   formatBytes,
   iceServersOf,
   makeConferenceKey,
+  negotiatePost,
+  offersNegotiate,
   sha256Hex,
   validIdentity,
 } from './lib.js';
@@ -67,6 +69,7 @@ function showSession() {
   const s = state.session;
   $('whoami').textContent = s ? `Logged in as ${s.user}${s.groups?.length ? ` (${s.groups.join(', ')})` : ''}.` : 'Not logged in.';
   $('login-form').hidden = !!s;
+  if (s) $('kerberos-login').hidden = true;
   $('logout-button').hidden = !s;
   for (const id of ['conference-create', 'room-create', 'invite-accept-button']) $(id).disabled = !s;
 }
@@ -81,6 +84,26 @@ async function login() {
   state.session = { token: r.token, user: r.user ?? user, groups: r.groups ?? [], expires: r.expires };
   showSession();
   setStatus(`Logged in as ${state.session.user}.`);
+}
+
+/** core.md §3 with Negotiate (RFC 4559): the browser answers the challenge with its Kerberos ticket. */
+async function loginKerberos() {
+  setStatus('Logging in with Kerberos…');
+  const r = await negotiatePost('/v1/login');
+  state.session = { token: r.token, user: r.user, groups: r.groups ?? [], expires: r.expires };
+  showSession();
+  setStatus(`Logged in as ${state.session.user} (Kerberos).`);
+}
+
+/** Shows "Log in with Kerberos" when the core offers Negotiate (a login without credentials: not a failure). */
+async function probeNegotiate() {
+  try {
+    const res = await api('POST', '/v1/login');
+    await res.body?.cancel().catch(() => {});
+    $('kerberos-login').hidden = !(res.status === 401 && offersNegotiate(res));
+  } catch {
+    /* the core is not reachable: the form says so on use */
+  }
 }
 
 // ---- Conferences -------------------------------------------------------------------
@@ -589,12 +612,14 @@ window.gatehouse = {
 function init() {
   showSession();
   $('login-form').addEventListener('submit', action(login));
+  $('kerberos-button').addEventListener('click', action(loginKerberos));
   $('logout-button').addEventListener(
     'click',
     action(() => {
       state.session = null;
       showSession();
       setStatus('Logged out.');
+      void probeNegotiate();
     }),
   );
   $('conference-form').addEventListener('submit', action(createConference));
@@ -655,6 +680,7 @@ function init() {
     // The key must not linger in the address bar or history.
     if (t.key) history.replaceState(null, '', location.pathname + location.search);
   }
+  void probeNegotiate();
 }
 
 function toggle(kind, button, onLabel, offLabel) {

@@ -247,6 +247,46 @@ export async function digestPost(url, username, password, body) {
   return expectOk(await api('POST', url, { body, authorization }));
 }
 
+/**
+ * Whether a 401 offers the Negotiate scheme (RFC 4559 §4.1: a bare `Negotiate` among the
+ * WWW-Authenticate challenges, which Fetch joins with ", ").
+ */
+export function offersNegotiate(res) {
+  const h = res.headers.get('www-authenticate') ?? '';
+  return /(?:^|,)\s*Negotiate\s*(?:,|$)/i.test(h);
+}
+
+/**
+ * POST answered by the browser's own Negotiate (RFC 4559, Kerberos): with credentials
+ * 'include' (Fetch: the HTTP-network fetch may then use the user agent's authentication
+ * entries), a browser allowed to use Kerberos for this site (Chromium's
+ * AuthServerAllowlist, Firefox's network.negotiate-auth.trusted-uris) answers the 401's
+ * `WWW-Authenticate: Negotiate` with its ticket before the page sees anything. The page
+ * never holds the ticket. Returns the JSON of the 2xx answer, or throws ApiError.
+ */
+export async function negotiatePost(url, body) {
+  const headers = { Accept: 'application/json' };
+  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  const res = await fetch(url, {
+    method: 'POST',
+    headers,
+    body: body === undefined ? undefined : JSON.stringify(body),
+    credentials: 'include',
+    cache: 'no-store',
+  });
+  if (res.status === 401) {
+    // The browser had no ticket, may not use Kerberos for this site, or the core refused it.
+    const j = await readJson(res);
+    throw new ApiError(
+      401,
+      j?.error?.code ?? 'unauthenticated',
+      `Kerberos login failed: ${j?.error?.message ?? 'refused'}. Does this browser have a ticket, and may it use Kerberos for this site?`,
+      null,
+    );
+  }
+  return expectOk(res);
+}
+
 /** TURN credentials of core.md §8 as an RTCIceServer (W3C webrtc §4.2.1). */
 export function iceServersOf(turn) {
   if (!turn || !Array.isArray(turn.urls) || turn.urls.length === 0) return [];

@@ -167,3 +167,40 @@ export async function startRealm(opts: { realm?: string; clockskew?: number } = 
     },
   };
 }
+
+/**
+ * Headless Chromium that may answer Negotiate for `allow` (--auth-server-allowlist) with
+ * the ccache `ccache` of this realm. Chromium loads GSSAPI (libgssapi_krb5.so.2) only
+ * once a profile has seen a Negotiate challenge, remembered in Local State
+ * `net.received_http_auth_negotiate_headers`: the profile is pre-seeded with it.
+ */
+export async function launchNegotiateChromium(
+  realm: Realm,
+  ccache: string,
+  allow = 'localhost',
+): Promise<{ context: import('playwright-core').BrowserContext; close(): Promise<void> }> {
+  const { chromium } = await import('playwright-core');
+  const { CHROMIUM_PATH, CHROMIUM_BASE_ARGS, CHROMIUM_MEDIA_ARGS } = await import('./browser.js');
+  const profile = mkdtempSync(join(tmpdir(), 'gh-krb5-chromium-'));
+  writeFileSync(join(profile, 'Local State'), JSON.stringify({ net: { received_http_auth_negotiate_headers: true } }));
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: CHROMIUM_PATH,
+    headless: true,
+    timeout: 60_000,
+    args: [
+      ...CHROMIUM_BASE_ARGS,
+      ...CHROMIUM_MEDIA_ARGS,
+      `--auth-server-allowlist=${allow}`,
+      // The SPN is HTTP@<the URL's host> as written (no CNAME canonicalisation, no port).
+      '--disable-auth-negotiate-cname-lookup',
+    ],
+    env: { ...process.env, ...realm.env, KRB5CCNAME: ccache } as Record<string, string>,
+  });
+  return {
+    context,
+    async close() {
+      await context.close().catch(() => {});
+      rmSync(profile, { recursive: true, force: true });
+    },
+  };
+}
