@@ -151,7 +151,7 @@ export function negotiateModule(deps: NegotiateModuleDeps = {}): CoreModule {
     const k = core.cfg.core.kerberos;
     if (!k.keytab) return;
     const fail = (msg: string): never => {
-      core.log.error({ key: 'core.kerberos.keytab' }, msg);
+      core.log.error({ setting: 'core.kerberos.keytab' }, msg);
       throw new GatehouseError('E_KERBEROS', msg, { key: 'core.kerberos.keytab' });
     };
     const loaded = await (deps.load ?? loadGssBinding)();

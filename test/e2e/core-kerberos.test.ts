@@ -13,9 +13,14 @@
 //   4. Every outcome is an `auth` event; no token or password in the log or events.
 //   5. Headless Chromium allowlisted for localhost (--auth-server-allowlist) with alice's
 //      ccache logs in to the web client by "Log in with Kerberos" and joins a conference.
+//   6. Fail closed: with a keytab that holds no key for the service, serve does not start
+//      and says why, naming core.kerberos.keytab (a missing kerberos package: unit test).
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { peerSkip } from './helpers/require-peer.js';
 import { launchNegotiateChromium, startRealm, type Realm } from './helpers/krb5.js';
 import { startGatehouse, type TurnServer } from './helpers/turn-servers.js';
@@ -269,3 +274,36 @@ t.test(
     t.notOk(gh.fullOutput().toString('utf8').includes(ALICE_PW), 'no password in the log');
   },
 );
+
+t.test('gatehouse serve refuses to start when the keytab holds no key for the service', { skip }, async (t) => {
+  const realm = await startRealm();
+  t.teardown(() => realm.stop());
+  const keytab = realm.keytab('host.keytab', 'host/localhost');
+  const [turn, admin, core] = [await freePort('udp'), await freePort(), await freePort()];
+  const dir = mkdtempSync(join(tmpdir(), 'gh-krb5-serve-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const cfg = join(dir, 'gatehouse.yaml');
+  writeFileSync(
+    cfg,
+    `realm: test.local
+data_dir: ${join(dir, 'data')}
+turn: { listen: [udp://127.0.0.1:${turn}], relay_address: 127.0.0.1 }
+pcp: { listen: [] }
+admin: { listen: http://127.0.0.1:${admin}, token: ${randomBytes(16).toString('hex')} }
+core:
+  listen: http://127.0.0.1:${core}
+  kerberos: { keytab: ${keytab}, service: HTTP@localhost }
+`,
+  );
+  const r = spawnSync(process.execPath, [join(import.meta.dirname, '../../bin/gatehouse.js'), 'serve', '--config', cfg], {
+    env: { ...process.env, ...realm.env },
+    encoding: 'utf8',
+    timeout: 60_000,
+  });
+  t.not(r.status, 0, 'serve exits with an error');
+  t.match(
+    r.stderr + r.stdout,
+    /cannot start: core\.kerberos\.keytab: .*host\.keytab holds no key for HTTP\/localhost@REALM .*it holds host\/localhost@GATEHOUSE\.TEST/,
+    'naming core.kerberos.keytab and what the keytab holds',
+  );
+});
