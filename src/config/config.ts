@@ -116,6 +116,12 @@ export interface CoreConfig {
   org: string | null;
   trust: { roots: string[] };
   peers: CorePeer[];
+  /**
+   * The core's ECDSA P-256 signing key and certificate, PEM files (core.md §6: transfer
+   * tickets; GET /v1/core/certificate); null: made self-signed into DATA_DIR at first start
+   * (src/core/core-signing.ts).
+   */
+  signing: { cert: string | null; key: string | null };
   /** Negotiate login (RFC 4559): keytab, service, realm (src/core/negotiate-config.ts). */
   kerberos: KerberosConfig;
   /** Lifetime of core tokens, seconds (core.md §2: default 1 h). */
@@ -651,6 +657,12 @@ export const configSchema = obj<GatehouseConfig>({
       org: { schema: nullable(str('an organisation name')), default: () => null },
       trust: { schema: obj({ roots: { schema: list(str('a PEM file path')), default: () => [] } }) },
       peers: { schema: list(corePeerSchema), default: () => [] },
+      signing: {
+        schema: obj({
+          cert: { schema: nullable(str('a PEM certificate file')), default: () => null },
+          key: { schema: nullable(str('a PEM key file')), default: () => null },
+        }),
+      },
       kerberos: { schema: kerberosConfigSchema },
       token_ttl: { schema: int(60, 86400, 'seconds from 60 to 86400'), default: () => 3600 },
       turn_ttl: { schema: int(60, 86400, 'seconds from 60 to 86400'), default: () => 600 },
@@ -756,7 +768,12 @@ function coreCheck(cfg: GatehouseConfig, at: (paths: string | string[], problem:
   cfg.core.peers.forEach((p, i) => {
     if (!p.org) at(`core.peers[${i}]`, 'a peer needs an org');
     if (!p.cert) at(`core.peers[${i}]`, 'a peer needs a cert (PEM file)');
+    // core.md §6: B picks the one certificate it trusts for the ticket's organisation.
+    if (cfg.core.peers.findIndex((q) => q.org === p.org) !== i) at(`core.peers[${i}].org`, `${JSON.stringify(p.org)} is named by an earlier peer too`);
   });
+  if (!!cfg.core.signing.cert !== !!cfg.core.signing.key) {
+    at(cfg.core.signing.cert ? 'core.signing.cert' : 'core.signing.key', 'core.signing.cert and core.signing.key must be set together');
+  }
 }
 
 export function parseConfig(text: string, file = '<config>'): GatehouseConfig {

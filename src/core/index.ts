@@ -27,6 +27,7 @@ import { conferencesModule } from './conferences.js';
 import { signalModule } from './signal.js';
 import { basicLoginModule } from './basic-login.js';
 import { negotiateModule } from './negotiate.js';
+import { transferModule } from './transfer.js';
 import { LdapDirectory } from './directory/ldap.js';
 
 export type { CoreContext, CoreModule } from './director.js';
@@ -61,6 +62,8 @@ export const MODULES: CoreModule[] = [
   // core.kerberos.keytab: Negotiate (RFC 4559), src/core/negotiate.ts.
   negotiateModule(),
   basicLoginModule,
+  // core.md §6: GET /v1/core/certificate, transfer tickets and transfers (src/core/transfer.ts).
+  transferModule,
   roomsModule,
   webModule,
   (core) => conferencesModule(core).then(() => {}),

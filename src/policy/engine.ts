@@ -97,6 +97,7 @@ interface Compiled {
   scan: ScannerKind | null;
   guest: boolean | null;
   conferences: RegExp[] | null;
+  orgs: RegExp[] | null;
 }
 
 const setOrNull = (xs: readonly string[], lower = false) => (xs.length ? new Set(lower ? xs.map((x) => x.toLowerCase()) : xs) : null);
@@ -153,6 +154,7 @@ export class PolicyEngine {
         scan: w.scan ?? null,
         guest: w.guest ?? null,
         conferences: w.conference?.length ? w.conference.map(globRegExp) : null,
+        orgs: w.org?.length ? w.org.map(globRegExp) : null,
       };
     });
     this.matcher = new MultiMatcher(patterns);
@@ -181,6 +183,8 @@ export class PolicyEngine {
     // contract.md `guest: true|false` and `conference: [glob...]` (core.md §8 credentials).
     if (c.guest !== null && c.guest !== (flow.guest === true)) return false;
     if (c.conferences && !(flow.conference !== undefined && c.conferences.some((r) => r.test(flow.conference!)))) return false;
+    // `org: [glob...]`: the organisation of a transferred user (core.md §6).
+    if (c.orgs && !(flow.org !== undefined && c.orgs.some((r) => r.test(flow.org!)))) return false;
     if (c.peers) {
       if (!flow.peerIp) return false;
       if (!c.peers.check(flow.peerIp, isIP(flow.peerIp) === 6 ? 'ipv6' : 'ipv4')) return false;

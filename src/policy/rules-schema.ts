@@ -110,6 +110,14 @@ const conferenceGlob = checked('a conference glob', (s) =>
     : 'a conference glob is 1 to 128 characters without control characters (* and ? are wildcards)',
 );
 
+/** An organisation glob (`org: [partner-*]`), same syntax as conferenceGlob. */
+const orgGlob = checked('an organisation glob', (s) =>
+  // eslint-disable-next-line no-control-regex
+  s.length >= 1 && s.length <= 128 && !/[\u0000-\u001f\u007f]/.test(s)
+    ? null
+    : 'an organisation glob is 1 to 128 characters without control characters (* and ? are wildcards)',
+);
+
 /** A glob of conferenceGlob as an anchored regular expression (linear: no nested quantifiers). */
 export function globRegExp(glob: string): RegExp {
   let re = '';
@@ -150,6 +158,11 @@ export interface RuleWhen {
   guest: boolean | null;
   /** Globs (`*`, `?`) over the flow's core conference id; a flow without one never matches. */
   conference: string[];
+  /**
+   * Globs (`*`, `?`) over the organisation of a user admitted by authentication transfer
+   * (core.md §6); a flow without one (the core's own users, guests) never matches.
+   */
+  org: string[];
 }
 export type ScannerKind = 'icap' | 'clamd';
 export const SCANNER_KINDS: readonly ScannerKind[] = ['icap', 'clamd'];
@@ -208,6 +221,7 @@ const whenSchema = obj<RuleWhen>({
   scan: { schema: nullable(oneOf(...SCANNER_KINDS)), default: () => null },
   guest: { schema: nullable(bool()), default: () => null },
   conference: { schema: oneOrMany(conferenceGlob), default: () => [] },
+  org: { schema: oneOrMany(orgGlob), default: () => [] },
 });
 
 const ruleId = checked('a rule id', (s) => (/^[A-Za-z0-9_.:-]{1,64}$/.test(s) ? null : 'ids are 1-64 letters, digits, _ . : -'));
