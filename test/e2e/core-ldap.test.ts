@@ -35,6 +35,7 @@ import { startSlapd, type Slapd } from './helpers/slapd.js';
 import { startGatehouse, type TurnServer } from './helpers/turn-servers.js';
 import { encryptKey, newConferenceKey } from './helpers/core-guest.js';
 import { readEvents, sleep, until, type GwEvent } from './helpers/escrow-events.js';
+import type { Page } from 'playwright-core';
 import { launchChromium, type TestBrowser } from './helpers/browser.js';
 import { startPageServer, type PageServer } from './helpers/page-server.js';
 import { makePayload, runTwoPageCall } from './helpers/call.js';
@@ -277,6 +278,64 @@ t.test('LDAP directory through gatehouse serve: Basic by bind, groups drive poli
   });
   bobJoin.close();
   aliceJoin.close();
+
+  // 2b. The web client itself: bob logs in there (Basic, the page's passwordLogin), makes
+  // a conference; a guest joins it by key in another Chromium; media both ways through the
+  // gateway's TURN; bob's flows are recorded by his slapd group, the guest's not.
+  await t.test('the web client: bob logs in by Basic in the page, a guest joins; bob\'s flows recorded', { skip: chromiumSkip, timeout: 180_000 }, async (t) => {
+    const tbs: TestBrowser[] = [];
+    t.teardown(async () => {
+      for (const b of tbs) await b.close();
+    });
+    // The director's certificate is self-signed: this test's browsers accept it.
+    for (let i = 0; i < 2; i++) tbs.push(await launchChromium({ args: ['--ignore-certificate-errors'] }));
+    const [org, guest] = [await tbs[0]!.newPage('bob'), await tbs[1]!.newPage('guest')];
+    const text = (p: Page, sel: string) => p.locator(sel).textContent().then((s) => s ?? '');
+    const pageDiag = async () =>
+      `bob: ${await text(org, '#status')} ${await text(org, '#error')}\nguest: ${await text(guest, '#status')} ${await text(guest, '#error')}\n` +
+      tbs.flatMap((b) => b.logs().slice(-20)).join('\n');
+    let last = '';
+    const waitFor = async (cond: () => Promise<boolean>, what: string, ms = 20_000) => {
+      try {
+        await until(cond, ms, what);
+      } catch (e) {
+        last = await pageDiag();
+        throw new Error(`${(e as Error).message}\n${last}\n${diag()}`);
+      }
+    };
+    await org.goto(`${base}/`);
+    await org.getByLabel('User name', { exact: true }).fill('bob');
+    await org.getByLabel('Password', { exact: true }).fill(PW.bob);
+    await org.getByRole('button', { name: 'Log in', exact: true }).click();
+    await waitFor(async () => /Logged in as bob/.test(await text(org, '#whoami')), 'bob logged in in the page');
+    t.pass('bob logged in from the web client (Basic over HTTPS, checked by a bind in slapd)');
+    await org.getByLabel('Conference title', { exact: true }).fill('Trading desk');
+    await org.getByRole('button', { name: 'Create conference' }).click();
+    await waitFor(() => org.locator('#conference-created').isVisible(), 'conference created');
+    const joinUrl = await org.getByLabel('Join URL', { exact: true }).inputValue();
+    const key = await org.getByLabel('Conference key to share', { exact: true }).inputValue();
+    await org.getByRole('button', { name: 'Enter conference' }).click();
+    await waitFor(async () => /In the call/.test(await text(org, '#status')), 'bob in the call');
+    const webConference = (await text(org, '#call-h')).replace(/^Conference /, '');
+    await guest.goto(joinUrl);
+    await guest.getByLabel('Your name', { exact: true }).fill('ann');
+    await guest.getByLabel('Conference key', { exact: true }).fill(key);
+    await guest.getByRole('button', { name: 'Join' }).click();
+    await waitFor(async () => /In the call/.test(await text(guest, '#status')), 'the guest in the call');
+    type Stats = { relay: boolean; inbound: { kind: string; packetsReceived: number }[] }[];
+    const stats = (p: Page) => p.evaluate(() => (window as unknown as { gatehouse: { stats(): Promise<Stats> } }).gatehouse.stats());
+    const flowing = (s: Stats) => s.length > 0 && s.every((p) => p.relay && p.inbound.some((i) => i.kind === 'audio' && i.packetsReceived > 0));
+    await waitFor(async () => flowing(await stats(org)) && flowing(await stats(guest)), 'audio both ways on relay candidates', 90_000);
+    t.pass('audio both ways, relayed by the gateway');
+    let evs: GwEvent[] = [];
+    await waitFor(async () => (evs = events()).some((e) => e.event_type === 'recording' && e.gatehouse?.user === 'bob' &&
+      e.gatehouse?.conference === webConference), 'a recording of bob\'s flow in the web conference');
+    const rec = evs.filter((e) => e.event_type === 'recording' && e.gatehouse?.conference === webConference);
+    t.ok(rec.some((e) => e.gatehouse?.user === 'bob' && JSON.stringify(e.gatehouse?.groups) === '["trading"]' &&
+      (e.gatehouse as { recording?: { rule?: string } }).recording?.rule === 'record-trading'), 'bob\'s flow recorded by rule record-trading, groups [trading]');
+    t.notOk(rec.some((e) => e.gatehouse?.guest === true), 'the guest\'s flows are not recorded');
+    t.ok(evs.some((e) => e.event_type === 'allocation' && e.gatehouse?.user === `guest/${webConference}/ann`), 'the guest relayed through the gateway too');
+  });
 
   // The same without a browser (so the removal below is judged the same way): a flow on
   // bob's current credentials is recorded.

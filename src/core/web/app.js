@@ -14,6 +14,7 @@ import {
   makeConferenceKey,
   negotiatePost,
   offersNegotiate,
+  passwordLogin,
   sha256Hex,
   validIdentity,
 } from './lib.js';
@@ -78,8 +79,9 @@ async function login() {
   const user = $('login-user').value;
   const password = $('login-password').value;
   setStatus('Logging in…');
-  // core.md §3: POST /v1/login → 401 with the challenges → the retry with Digest.
-  const r = await digestPost('/v1/login', user, password);
+  // core.md §3: POST /v1/login → 401 with the challenges → the retry with Basic (a
+  // directory user, over HTTPS) or Digest (the gateway's own users).
+  const r = await passwordLogin('/v1/login', user, password);
   $('login-password').value = '';
   state.session = { token: r.token, user: r.user ?? user, groups: r.groups ?? [], expires: r.expires };
   showSession();

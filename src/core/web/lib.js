@@ -287,6 +287,43 @@ export async function negotiatePost(url, body) {
   return expectOk(res);
 }
 
+/** The Basic challenge of a 401 answer (RFC 7617 §2), or null. */
+export function basicChallenge(res) {
+  return parseChallenges(res.headers.get('www-authenticate')).find((c) => c.scheme.toLowerCase() === 'basic') ?? null;
+}
+
+/**
+ * RFC 7617 §2: `Basic` base64(user-id ":" password), the octets UTF-8 (§2.1: the core's
+ * challenge says charset="UTF-8"). A user-id cannot contain ":" (§2: the first colon splits).
+ */
+export function basicAuthorization(username, password) {
+  if (username.includes(':')) throw new ApiError(400, 'bad_request', 'a user name cannot contain ":"');
+  let bin = '';
+  for (const b of new TextEncoder().encode(`${username}:${password}`)) bin += String.fromCharCode(b);
+  return `Basic ${btoa(bin)}`;
+}
+
+/**
+ * A password login (core.md §3): the first POST without Authorization gets the
+ * challenges. `Basic` when the core offers it (only over HTTPS with an LDAP directory:
+ * the password is checked by a bind as the user), and Digest SHA-256 when Basic is not
+ * offered or refuses the password (the gateway's own users). Returns the JSON of the 2xx
+ * answer, or throws ApiError (a 503 from a directory that is down, too).
+ */
+export async function passwordLogin(url, username, password) {
+  const first = await api('POST', url);
+  if (first.ok) return readJson(first);
+  if (first.status !== 401) return expectOk(first);
+  const basic = location.protocol === 'https:' && basicChallenge(first) !== null;
+  await first.body?.cancel().catch(() => {});
+  if (basic && !username.includes(':')) {
+    const r = await api('POST', url, { authorization: basicAuthorization(username, password) });
+    if (r.status !== 401 || !digestChallenge(r)) return expectOk(r);
+    await r.body?.cancel().catch(() => {});
+  }
+  return digestPost(url, username, password);
+}
+
 /** TURN credentials of core.md §8 as an RTCIceServer (W3C webrtc §4.2.1). */
 export function iceServersOf(turn) {
   if (!turn || !Array.isArray(turn.urls) || turn.urls.length === 0) return [];

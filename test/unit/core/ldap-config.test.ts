@@ -135,3 +135,15 @@ t.test('RFC 7617 Basic credentials', async (t) => {
     t.equal(parseBasic(bad), null, String(bad).slice(0, 40));
   t.equal(basicChallenge('gate"house'), 'Basic realm="gate\\"house", charset="UTF-8"');
 });
+
+t.test('the web client\'s Basic (src/core/web/lib.js) is what the core parses', async (t) => {
+  const path = '../../../src/core/web/lib.js';
+  const lib = (await import(path)) as { basicAuthorization(u: string, p: string): string };
+  t.equal(lib.basicAuthorization('test', '123£'), 'Basic dGVzdDoxMjPCow==', 'RFC 7617 §2.1 example');
+  for (const [u, p] of [
+    ['Aladdin', 'open sesame'],
+    ['Lučić', 'pa:ss wörd'],
+  ])
+    t.same(parseBasic(lib.basicAuthorization(u!, p!)), { user: u, password: p });
+  t.throws(() => lib.basicAuthorization('a:b', 'x'), /cannot contain ":"/);
+});
