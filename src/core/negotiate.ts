@@ -158,7 +158,7 @@ export function negotiateModule(deps: NegotiateModuleDeps = {}): CoreModule {
     if (!loaded.binding)
       fail(
         `core.kerberos.keytab is set, but Negotiate is unavailable: the kerberos package cannot be loaded (${loaded.problem}); ` +
-          'install libkrb5-dev and run `npm ci` (or `npm rebuild kerberos`), or remove core.kerberos.keytab',
+          'install libkrb5-dev and run `npm ci` again (it builds the package), or remove core.kerberos.keytab',
       );
     const binding = (loaded as { binding: GssBinding }).binding;
     const keytab = resolve(k.keytab);
