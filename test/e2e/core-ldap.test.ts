@@ -185,6 +185,15 @@ t.test('LDAP directory through gatehouse serve: Basic by bind, groups drive poli
   t.equal(aliceLogin.status, 200);
   t.same(aliceLogin.json.groups, ['owners']);
   const bobToken: string = bobLogin.json.token;
+
+  // TLS to the directory fails closed, StartTLS works, a refused service account is an outage.
+  const direct = (directory: string, ldap: string) =>
+    LdapDirectory.fromConfig(parseConfig(`core:\n  directory: ${directory}/${slapd.base}\n  ldap:\n${ldap}`, 'direct.yaml'), silentLogger, () => Date.now());
+  const svc = `    bind_dn: "${slapd.bindDn}"\n    bind_password_file: ${pwFile}\n`;
+  await t.rejects(direct(slapd.ldapsUrl!, svc).user('bob'), { code: 'unavailable' }, 'ldaps:// whose CA is not trusted: 503, never an unverified connection');
+  t.same((await direct(slapd.ldapUrl, `${svc}    starttls: true\n    tls: { ca: ${tls.cert} }\n`).user('bob'))?.groups, ['trading'], 'ldap:// with StartTLS (RFC 4511 §4.14)');
+  await t.rejects(direct(slapd.ldapUrl, `    bind_dn: "${slapd.bindDn}"\n    bind_password: not-the-password\n`).user('bob'), { code: 'unavailable' },
+    'a service account the directory refuses: 503, not "no such user"');
   const aliceToken: string = aliceLogin.json.token;
 
   // A conference (alice) and signalling joins that hand out TURN credentials.
