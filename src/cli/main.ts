@@ -14,6 +14,9 @@ Commands:
   endpoint --role offer|answer ...      a compliant endpoint (werift): place/answer a test
                                         call through the gateway, escrowing its keys
   core-fe --config FILE                 run one front end of a conferencing core pool
+  login --cert FILE --key FILE --core URL
+                                        log in to a core with a client certificate;
+                                        prints the login JSON (token)
   help                                  this text
 
 Run "gatehouse <command> --help" for a command's options.
@@ -53,6 +56,7 @@ const commands: Record<string, () => Promise<Runner>> = {
   verify: async () => (await import('./verify.js')).runVerify,
   endpoint: async () => (await import('./endpoint.js')).runEndpoint,
   'core-fe': async () => (await import('./core-fe.js')).runCoreFe,
+  login: async () => (await import('./login.js')).runLogin,
 };
 
 export async function main(argv: string[], io: CommandIo = { stdout: process.stdout, stderr: process.stderr }): Promise<number> {

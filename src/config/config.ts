@@ -114,7 +114,8 @@ export interface CoreConfig {
   max_connections_per_user: number;
   /** This core's organisation (authentication transfer, core.md §6). */
   org: string | null;
-  trust: { roots: string[] };
+  /** Certificate login (core.md §5): roots the chains lead to; CRL files (PEM or DER) checked for revocation (src/core/x509-crl.ts). */
+  trust: { roots: string[]; crls: string[] };
   peers: CorePeer[];
   /**
    * The core's ECDSA P-256 signing key and certificate, PEM files (core.md §6: transfer
@@ -655,7 +656,12 @@ export const configSchema = obj<GatehouseConfig>({
       ldap: { schema: ldapConfigSchema },
       max_connections_per_user: { schema: int(1, 1000), default: () => 3 },
       org: { schema: nullable(str('an organisation name')), default: () => null },
-      trust: { schema: obj({ roots: { schema: list(str('a PEM file path')), default: () => [] } }) },
+      trust: {
+        schema: obj({
+          roots: { schema: list(str('a PEM file path')), default: () => [] },
+          crls: { schema: list(str('a CRL file path (PEM or DER)')), default: () => [] },
+        }),
+      },
       peers: { schema: list(corePeerSchema), default: () => [] },
       signing: {
         schema: obj({

@@ -26,6 +26,7 @@ import { webModule } from './web.js';
 import { conferencesModule } from './conferences.js';
 import { signalModule } from './signal.js';
 import { basicLoginModule } from './basic-login.js';
+import { certLoginModule } from './cert-login.js';
 import { negotiateModule } from './negotiate.js';
 import { transferModule } from './transfer.js';
 import { LdapDirectory } from './directory/ldap.js';
@@ -62,6 +63,8 @@ export const MODULES: CoreModule[] = [
   // core.kerberos.keytab: Negotiate (RFC 4559), src/core/negotiate.ts.
   negotiateModule(),
   basicLoginModule,
+  // core.trust.roots: Gatehouse-Cert (core.md §5), src/core/cert-login.ts.
+  certLoginModule,
   // core.md §6: GET /v1/core/certificate, transfer tickets and transfers (src/core/transfer.ts).
   transferModule,
   roomsModule,
