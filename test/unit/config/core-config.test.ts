@@ -26,6 +26,7 @@ t.test('defaults (contract.md)', async (t) => {
     org: null,
     trust: { roots: [] },
     peers: [],
+    signing: { cert: null, key: null },
     kerberos: { keytab: null, service: null, realm: [], max_concurrent: 32 },
     token_ttl: 3600,
     turn_ttl: 600,
