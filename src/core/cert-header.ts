@@ -43,7 +43,7 @@ const B64 = /^[A-Za-z0-9+/]+={0,2}$/;
 export function strictBase64(s: string, maxBytes: number): Buffer | null {
   if (!s.length || s.length % 4 !== 0 || s.length > Math.ceil(maxBytes / 3) * 4 || !B64.test(s)) return null;
   const b = Buffer.from(s, 'base64');
-  return b.toString('base64') === s ? b : null;
+  return b.length <= maxBytes && b.toString('base64') === s ? b : null;
 }
 
 /** RFC 9110 §11.2 auth-params after the scheme, or null when they do not follow the grammar. */
