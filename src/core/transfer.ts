@@ -259,7 +259,13 @@ export const transferModule: CoreModule = async (core) => {
   });
 
   core.http.add('POST', '/v1/auth/transfer', async (ctx) => {
-    core.limiter.check(ctx.source);
+    try {
+      core.limiter.check(ctx.source);
+    } catch (err) {
+      ctx.req.resume();
+      emitAuthEvent(core, ctx, { mechanism: 'transfer', result: 'failure', reason: 'rate_limited' });
+      throw err;
+    }
     let body: { ticket: string; user: string; org: string };
     try {
       body = fields(await readStrictBody(ctx.req), ['ticket', 'user', 'org'] as const, { ticket: 4096 });

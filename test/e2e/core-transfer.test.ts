@@ -348,6 +348,7 @@ t.test("transfer with the gateway's own users: A's user reaches B without a pass
     const limited = await transfer(from, 'x.y.z');
     t.equal(limited.status, 429, 'the 11th failure from one address in a minute: 429');
     t.ok(limited.headers['retry-after']);
+    t.match(transferEvents(B).at(-1), { auth: { mechanism: 'transfer', result: 'failure', reason: 'rate_limited' } }, 'the 429 is an auth event too');
   });
 
   await t.test('events and log: every transfer an auth event; no ticket anywhere', async (t) => {
