@@ -310,7 +310,15 @@ export const roomsModule: CoreModule = (core) => {
         if (!store.spend(secret)) throw gone('this invitation was spent');
         const { token } = core.tokens.issue({ kind: 'user', sub: c.sub, groups: c.groups, room: inv.room });
         core.log.info({ room: inv.room, user: c.sub }, 'invitation spent: admitted');
-        ctx.send(200, { token, room: inv.room, turn: core.turn.issue({ kind: 'user', user: c.sub, context: { room: inv.room, ...(c.org !== undefined ? { org: c.org } : {}), ...(groups !== undefined ? { groups } : {}) } }) });
+        ctx.send(200, {
+          token,
+          room: inv.room,
+          turn: core.turn.issue({
+            kind: 'user',
+            user: c.sub,
+            context: { room: inv.room, ...(c.org !== undefined ? { org: c.org } : {}), ...(groups !== undefined ? { groups } : {}) },
+          }),
+        });
       },
     },
   ]);

@@ -536,7 +536,12 @@ export class SignalServer {
         // The directory's groups now; when it cannot say, no new credentials (the last
         // ones expire: fail closed) and the client is told.
         pending.then(
-          (g) => this.d.supervisor.run('core.signal.turn', () => reissue(g), () => {}),
+          (g) =>
+            this.d.supervisor.run(
+              'core.signal.turn',
+              () => reissue(g),
+              () => {},
+            ),
           (err: unknown) => {
             if (c.closed) return;
             if (err instanceof CoreError && (err.code === 'unavailable' || err.code === 'forbidden')) this.error(c, err.code, err.message);

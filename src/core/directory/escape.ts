@@ -30,11 +30,15 @@ export function escapeDnValue(value: string): string {
   const chars = [...value];
   chars.forEach((ch, i) => {
     const c = ch.codePointAt(0)!;
-    if (c === 0) out += '\\00'; // §2.4: NUL as a hex pair
+    if (c === 0)
+      out += '\\00'; // §2.4: NUL as a hex pair
     else if ('"+,;<>\\'.includes(ch)) out += '\\' + ch;
-    else if (i === 0 && (ch === ' ' || ch === '#')) out += '\\' + ch; // leading space or '#'
-    else if (i === chars.length - 1 && ch === ' ') out += '\\ '; // trailing space
-    else if (c < 0x20 || c === 0x7f) out += '\\' + c.toString(16).padStart(2, '0'); // §2.4: "may" escape others
+    else if (i === 0 && (ch === ' ' || ch === '#'))
+      out += '\\' + ch; // leading space or '#'
+    else if (i === chars.length - 1 && ch === ' ')
+      out += '\\ '; // trailing space
+    else if (c < 0x20 || c === 0x7f)
+      out += '\\' + c.toString(16).padStart(2, '0'); // §2.4: "may" escape others
     else out += ch;
   });
   return out;

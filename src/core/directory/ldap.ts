@@ -64,7 +64,9 @@ export function ldapSettings(cfg: GatehouseConfig): LdapSettings {
     try {
       bindPassword = readFileSync(l.bind_password_file, 'utf8').split(/\r?\n/)[0] ?? '';
     } catch (err) {
-      throw new Error(`core.ldap.bind_password_file: cannot read ${l.bind_password_file}: ${(err as NodeJS.ErrnoException).code ?? 'error'}`);
+      throw new Error(
+        `core.ldap.bind_password_file: cannot read ${l.bind_password_file}: ${(err as NodeJS.ErrnoException).code ?? 'error'}`,
+      );
     }
     if (!bindPassword) throw new Error(`core.ldap.bind_password_file: ${l.bind_password_file} has an empty first line`);
   }
@@ -192,7 +194,11 @@ export class LdapDirectory implements Directory {
       const filter = l.user_filter
         ? l.user_filter.split('{user}').join(esc)
         : `(&(objectClass=${l.user_object_class})(${l.user_attribute}=${esc}))`;
-      const attributes = [l.user_attribute, ...(l.member_of_attribute ? [l.member_of_attribute] : []), ...(l.org_attribute ? [l.org_attribute] : [])];
+      const attributes = [
+        l.user_attribute,
+        ...(l.member_of_attribute ? [l.member_of_attribute] : []),
+        ...(l.org_attribute ? [l.org_attribute] : []),
+      ];
       let entries: Entry[];
       try {
         ({ searchEntries: entries } = await c.search(l.user_base ?? this.s.base, {
@@ -283,7 +289,10 @@ export class LdapDirectory implements Directory {
       const code = (err as { code?: unknown }).code;
       // ldapts connects on the first operation: a socket error code means the connect failed.
       if (typeof code === 'string' && /^E[A-Z]+$/.test(code)) stage = 'connect';
-      this.log.warn({ directory: this.s.url, stage, error: describeError(err), ...(code !== undefined ? { code } : {}) }, 'directory operation failed');
+      this.log.warn(
+        { directory: this.s.url, stage, error: describeError(err), ...(code !== undefined ? { code } : {}) },
+        'directory operation failed',
+      );
       throw new DirectoryDown(`${stage} failed`);
     } finally {
       this.open--;

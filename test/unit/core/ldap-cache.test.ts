@@ -83,7 +83,10 @@ t.test('grace 0: the first lookup past the TTL during an outage is 503', async (
 
 t.test('errors that are not outages pass through, and are not cached', async (t) => {
   const { cache } = setup();
-  await t.rejects(cache.get('a', async () => Promise.reject(new TypeError('bug'))), TypeError);
+  await t.rejects(
+    cache.get('a', async () => Promise.reject(new TypeError('bug'))),
+    TypeError,
+  );
   t.equal(await cache.get('a', async () => 'ok'), 'ok');
 });
 

@@ -94,10 +94,14 @@ t.test('each key: an error that names it', async (t) => {
 
 t.test('cross-key rules and core.directory', async (t) => {
   t.match(err('core:\n  ldap:\n    bind_dn: cn=x,dc=y\n').message, /core\.ldap\.bind_dn needs core\.ldap\.bind_password/);
-  t.match(err('core:\n  ldap:\n    bind_password: s3cret-value\n').message, /core\.ldap\.bind_password: a bind password needs core\.ldap\.bind_dn/);
+  t.match(
+    err('core:\n  ldap:\n    bind_password: s3cret-value\n').message,
+    /core\.ldap\.bind_password: a bind password needs core\.ldap\.bind_dn/,
+  );
   const both = err('core:\n  ldap:\n    bind_dn: cn=x,dc=y\n    bind_password: s3cret-value\n    bind_password_file: f\n');
   t.match(both.message, /core\.ldap\.bind_password_file: set core\.ldap\.bind_password or core\.ldap\.bind_password_file, not both/);
-  for (const e of [both, err('core:\n  ldap:\n    bind_password: s3cret-value\n')]) t.notMatch(e.message, /s3cret/, 'the password is not echoed');
+  for (const e of [both, err('core:\n  ldap:\n    bind_password: s3cret-value\n')])
+    t.notMatch(e.message, /s3cret/, 'the password is not echoed');
   t.match(err('core:\n  directory: ldap://h:389/\n').message, /core\.directory: the URL names no base DN/);
   t.match(err('core:\n  directory: ldap://h:389/dc=x?cn?sub\n').message, /core\.directory: expected ldap:\/\/host:port\/base-dn/);
   t.match(err('core:\n  directory: ldap://h:70000/dc=x\n').message, /core\.directory: port 70000 is out of range/);
@@ -106,7 +110,11 @@ t.test('cross-key rules and core.directory', async (t) => {
     err('core:\n  directory: ldaps://h/dc=x\n  ldap: { starttls: true }\n').message,
     /core\.ldap\.starttls: ldaps:\/\/ is TLS already/,
   );
-  t.same(parseLdapUrl('ldap://[::1]/ou=a%5C%2Cb,dc=c'), { scheme: 'ldap', host: '::1', port: 389, base: 'ou=a\\,b,dc=c' }, 'percent-decoded (RFC 4516 §2), default port');
+  t.same(
+    parseLdapUrl('ldap://[::1]/ou=a%5C%2Cb,dc=c'),
+    { scheme: 'ldap', host: '::1', port: 389, base: 'ou=a\\,b,dc=c' },
+    'percent-decoded (RFC 4516 §2), default port',
+  );
   t.equal(checkUserFilter('(&(objectClass=user)(sAMAccountName={user})(!(cn=a\\29b)))'), null);
 });
 
@@ -136,7 +144,7 @@ t.test('RFC 7617 Basic credentials', async (t) => {
   t.equal(basicChallenge('gate"house'), 'Basic realm="gate\\"house", charset="UTF-8"');
 });
 
-t.test('the web client\'s Basic (src/core/web/lib.js) is what the core parses', async (t) => {
+t.test("the web client's Basic (src/core/web/lib.js) is what the core parses", async (t) => {
   const path = '../../../src/core/web/lib.js';
   const lib = (await import(path)) as { basicAuthorization(u: string, p: string): string };
   t.equal(lib.basicAuthorization('test', '123£'), 'Basic dGVzdDoxMjPCow==', 'RFC 7617 §2.1 example');

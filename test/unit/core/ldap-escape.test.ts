@@ -31,7 +31,11 @@ t.test('RFC 4514 §2.4 escaping and §3 parsing round-trip', async (t) => {
 });
 
 t.test('RFC 4514 §3 examples and malformed DNs', async (t) => {
-  t.same(parseDn('UID=jsmith,DC=example,DC=net'), [[{ type: 'UID', value: 'jsmith' }], [{ type: 'DC', value: 'example' }], [{ type: 'DC', value: 'net' }]]);
+  t.same(parseDn('UID=jsmith,DC=example,DC=net'), [
+    [{ type: 'UID', value: 'jsmith' }],
+    [{ type: 'DC', value: 'example' }],
+    [{ type: 'DC', value: 'net' }],
+  ]);
   t.same(parseDn('OU=Sales+CN=J.  Smith,DC=example,DC=net')![0], [
     { type: 'OU', value: 'Sales' },
     { type: 'CN', value: 'J.  Smith' },

@@ -51,19 +51,24 @@ t.test('issueGroups: who is a directory user', async (t) => {
   f.people.set('bob', { name: 'bob', groups: ['admins'], org: 'example.org' });
   f.people.set('pat', { name: 'pat', groups: ['partners'], org: 'partner.example' });
   const core = coreOf(f.dir);
-  t.same(await issueGroups(core, claims('alice')), ['trading'], 'a home user: the directory\'s groups');
-  t.same(await issueGroups(core, claims('alice', 'example.org')), ['trading'], 'marked with this core\'s org: the same');
-  t.same(await issueGroups(core, claims('bob', 'partner.example', ['guests'])), ['guests'],
-    'a transferred bob of another org never gets our bob\'s groups: the groups his login here gave him');
-  t.same(await issueGroups(core, claims('pat', 'partner.example')), ['partners'], 'listed under the token\'s org: the directory\'s groups');
-  t.equal(await issueGroups(core, claims('localadmin')), undefined, 'the gateway\'s own user: undefined (store groups)');
-  await t.rejects(issueGroups(core, claims('ghost')), { code: 'forbidden' }, 'nobody\'s user: 403');
+  t.same(await issueGroups(core, claims('alice')), ['trading'], "a home user: the directory's groups");
+  t.same(await issueGroups(core, claims('alice', 'example.org')), ['trading'], "marked with this core's org: the same");
+  t.same(
+    await issueGroups(core, claims('bob', 'partner.example', ['guests'])),
+    ['guests'],
+    "a transferred bob of another org never gets our bob's groups: the groups his login here gave him",
+  );
+  t.same(await issueGroups(core, claims('pat', 'partner.example')), ['partners'], "listed under the token's org: the directory's groups");
+  t.equal(await issueGroups(core, claims('localadmin')), undefined, "the gateway's own user: undefined (store groups)");
+  await t.rejects(issueGroups(core, claims('ghost')), { code: 'forbidden' }, "nobody's user: 403");
 });
 
 t.test('signalling: join and re-issue carry the directory groups of the moment', async (t) => {
   const clock = new ManualClock(Date.now());
   const tokens = new TokenService(clock, { ttlS: 3600 });
-  const turn = new TurnCredentialIssuer('rest-secret-for-tests-0123456789abcdef', ['turn:127.0.0.1:3478?transport=udp'], 60, () => clock.now());
+  const turn = new TurnCredentialIssuer('rest-secret-for-tests-0123456789abcdef', ['turn:127.0.0.1:3478?transport=udp'], 60, () =>
+    clock.now(),
+  );
   const f = fakeDirectory(clock);
   f.people.set('bob', { name: 'bob', groups: ['trading'] });
   const sig = new SignalServer({
@@ -99,7 +104,7 @@ t.test('signalling: join and re-issue carry the directory groups of the moment',
   c.send({ type: 'join', conference: 'desk' });
   const j = await c.next('join');
   const u1 = (j.turn as { username: string }).username;
-  t.same(turn.contextOf(u1), { conference: 'desk', groups: ['trading'] }, 'the join: the directory groups, not the token\'s');
+  t.same(turn.contextOf(u1), { conference: 'desk', groups: ['trading'] }, "the join: the directory groups, not the token's");
 
   // bob leaves trading in the directory; the re-issue timer (80% of the 60 s ttl) asks again.
   f.people.set('bob', { name: 'bob', groups: ['staff'] });

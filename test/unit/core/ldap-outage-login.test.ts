@@ -44,7 +44,10 @@ t.test('503 from the directory: no lockout of the name, an auth event', async (t
     t.equal(r.headers.get('www-authenticate'), null, 'no challenges on a 503');
   }
   t.doesNotThrow(() => running.core.lockout.check('carol'), 'carol is not locked out by the outage');
-  t.equal(events.filter((e) => e.event_type === 'auth' && (e as { auth?: { reason?: string } }).auth?.reason === 'unavailable').length, running.core.lockout.max);
+  t.equal(
+    events.filter((e) => e.event_type === 'auth' && (e as { auth?: { reason?: string } }).auth?.reason === 'unavailable').length,
+    running.core.lockout.max,
+  );
   const next = await fetch(`${running.url}/v1/login`, { method: 'POST', headers: { authorization: 'Outage x' } });
   await next.arrayBuffer();
   t.equal(next.status, 429, 'the source limit still counts them (core.md §2)');
