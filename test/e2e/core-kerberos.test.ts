@@ -88,6 +88,19 @@ async function post(base: string, authorization?: string): Promise<{ status: num
   return { status: res.status, www, json };
 }
 
+/** startGatehouse waits for TURN; the director may take a moment longer. */
+async function waitCore(base: string, gh: TurnServer): Promise<void> {
+  await until(
+    async () =>
+      (await fetch(`${base}/`)
+        .then((r) => r.arrayBuffer().then(() => r.status))
+        .catch(() => 0)) === 200,
+    30_000,
+    'the director serves GET /',
+    () => gh.output().slice(-3000),
+  );
+}
+
 const authEvents = (gh: TurnServer): GwEvent[] =>
   readEvents(gh.dataDir!).filter(
     (e) => e.event_type === 'auth' && (e as { auth?: { mechanism?: string } }).auth?.mechanism === 'Negotiate',
@@ -111,6 +124,7 @@ t.test('Negotiate against an MIT realm: kinit + curl --negotiate, and the refusa
   t.teardown(() => gh.stop());
   const base = `http://127.0.0.1:${corePort}`;
   const url = `http://localhost:${corePort}/v1/login`;
+  await waitCore(base, gh);
   const krb = (await import('kerberos' as string)).default as Kerberos;
   t.match(gh.output(), /Negotiate \(Kerberos\) login enabled/, 'the log says Negotiate is on');
 
@@ -253,6 +267,7 @@ t.test(
       return (seen = `status=${status} error=${error} whoami=${whoami}`);
     };
     const diag = () => `${seen}\n${logs.slice(-20).join('\n')}\n${gh.output().slice(-3000)}`;
+    await waitCore(`http://127.0.0.1:${corePort}`, gh);
     const base = `http://localhost:${corePort}`;
     await page.goto(`${base}/`);
     await until(() => page.locator('#kerberos-login').isVisible(), 15_000, 'the page offers Kerberos', diag);
