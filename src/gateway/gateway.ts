@@ -196,9 +196,16 @@ export async function startGateway(
     events,
     flowHooks: inspector,
     extensions: [inspector.extension],
+    // key-escrow.md §6: KeyEscrow requests (desktop key agents, `gatehouse keyagent`).
+    keyEscrow: inspector.keyEscrow,
     supervisor, // one counter of contained exceptions for the whole process
   });
   inspector.attach(turn);
+  // key-escrow.md §6.4: held key sets are wiped when they expire.
+  const heldSweep = systemClock.setInterval(
+    supervisor.guard('gateway.key_escrow.sweep', () => inspector.keyEscrow.sweep(systemClock.now())),
+    1000,
+  );
   await turn.start();
 
   // The firewall path (issue 10): PCP mappings, kernel rules, NFQUEUE into the same inspector.
@@ -329,6 +336,8 @@ export async function startGateway(
       await recordings.drained(); // parts still being written are sealed once their writes complete
       quotaFlush.cancel();
       retention.cancel();
+      heldSweep.cancel();
+      inspector.keyEscrow.close();
       quotas.flush();
       store.close();
       events.close();

@@ -27,6 +27,8 @@ import type { Flow, FlowDirection, FlowHooks, TurnRequestContext } from '../turn
 import { FlowBlockList } from './block-list.js';
 import { coreRef, groupsRef } from '../turn/events.js';
 import { TurnEscrowExtension, type EscrowHost, type EscrowKeysPolicy } from './escrow.js';
+import { KeyEscrowService, type KeyEscrowHost } from './keyescrow.js';
+import { KP_FLAG_ETM, KP_FLAG_MEDIA, KP_FLAG_RECORD_KEYS_HELD, KP_FLAG_SRTP_UNKNOWN, type KeyPending } from '../wire/keyescrow.js';
 import {
   FlowGuard,
   type BlockReason,
@@ -183,8 +185,16 @@ const CAP_HIT_INTERVAL_MS = 10_000;
 /** No `keys` section: keys are welcome but not asked for; traffic passes. */
 const NO_KEYS: GuardKeysPolicy = { required: false, deadline: 10_000, unverified: 'pass', media: true, data: true };
 
-export class GatewayInspector implements FlowHooks, EscrowHost {
+export class GatewayInspector implements FlowHooks, EscrowHost, KeyEscrowHost {
   readonly extension: TurnEscrowExtension;
+  /** KeyEscrow requests (key-escrow.md §6): the TurnServer's `keyEscrow` handler. */
+  readonly keyEscrow: KeyEscrowService;
+  /** Live TURN flows by user (§6.4: key sets go to the requesting user's flows only). */
+  private readonly byUser = new Map<string, Set<FlowState>>();
+  /** Flows whose ServerHello of a client_random crossed them, by client_random hex (§6.4). */
+  private readonly byHandshake = new Map<string, Set<FlowState>>();
+  /** The client_randoms indexed for a flow (removed at close). */
+  private readonly handshakesOf = new Map<FlowState, string[]>();
   readonly blockList: FlowBlockList;
   private readonly o: GatewayInspectorOptions;
   private readonly clock: Clock;
@@ -211,6 +221,7 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
     this.log = opts.logger ?? silentLogger;
     this.blockList = new FlowBlockList(this.clock);
     this.extension = new TurnEscrowExtension(this, opts.identity);
+    this.keyEscrow = new KeyEscrowService(this, opts.identity, this.clock);
     this.supervisor = opts.supervisor ?? new Supervisor(this.log);
     this.memory = new BufferAccounts(opts.memory?.allocationBytes, opts.memory?.maxBytes);
   }
@@ -323,6 +334,11 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
     let set = this.byUserPeer.get(st.userPeer);
     if (!set) this.byUserPeer.set(st.userPeer, (set = new Set()));
     set.add(st);
+    if (!isPcpFlow(flow)) {
+      let mine = this.byUser.get(flow.user);
+      if (!mine) this.byUser.set(flow.user, (mine = new Set()));
+      mine.add(st);
+    }
     if (recordRules.length) this.startRecording(st, recordRules[0]!.id);
   }
 
@@ -581,6 +597,102 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
     });
   }
 
+  // ------------------------------------------------------------------ KeyEscrowHost (key-escrow.md §6)
+
+  userFlowsWithAssociation(user: string, clientRandomHex: string): Flow[] {
+    const out: Flow[] = [];
+    for (const st of this.byHandshake.get(clientRandomHex) ?? []) {
+      if (!st.closed && st.flow.open && st.flow.user === user && !isPcpFlow(st.flow)) out.push(st.flow);
+    }
+    return out;
+  }
+
+  associationSeen(clientRandomHex: string): boolean {
+    return this.byHandshake.has(clientRandomHex);
+  }
+
+  pendingAssociations(user: string, max: number): KeyPending[] {
+    const out: KeyPending[] = [];
+    for (const st of this.byUser.get(user) ?? []) {
+      if (out.length >= max) break;
+      const keys = st.keys ?? this.o.policy().keys;
+      if (st.closed || !st.flow.open || !keys || !(keys.media || keys.data)) continue;
+      const session = st.pipeline.dtlsSession;
+      const newest = session.newestAssociation();
+      if (newest === undefined) continue;
+      const a = session.associations().find((x) => x.id === newest);
+      if (!a || !a.serverRandom || a.cipherSuite === undefined) continue; // §6.5: once its ServerHello crossed
+      const v13 = a.version === 'DTLS1.3';
+      const recordKeys = a.keyStatus === 'verified' || a.keyStatus === 'pending';
+      // RFC 5764 §4.1.1 / RFC 8446 §4.3.1: DTLS 1.3 names the profile in EncryptedExtensions.
+      const srtpUnknown = v13 && a.srtpOffered && a.srtpProfile === undefined;
+      const media = keys.media && (a.srtpProfile !== undefined || srtpUnknown);
+      // Listed while record keys are missing, or SRTP keys are missing and can be made.
+      if (recordKeys && (!media || a.hasSrtpKeys || srtpUnknown)) continue;
+      out.push({
+        clientRandom: Buffer.from(a.id, 'hex'),
+        serverRandom: Buffer.from(a.serverRandom, 'hex'),
+        cipherSuite: a.cipherSuite,
+        srtpProfile: a.srtpProfile ?? 0,
+        version: v13 ? 3 : 2,
+        flags:
+          (a.encryptThenMac ? KP_FLAG_ETM : 0) |
+          (media ? KP_FLAG_MEDIA : 0) |
+          (srtpUnknown ? KP_FLAG_SRTP_UNKNOWN : 0) |
+          (recordKeys ? KP_FLAG_RECORD_KEYS_HELD : 0),
+        epoch: a.epoch,
+      });
+    }
+    return out;
+  }
+
+  keyEscrowRejected(user: string, reason: string): void {
+    this.emit({
+      timestamp: eveTimestamp(this.clock.now()),
+      event_type: 'keys_invalid',
+      proto: 'UDP',
+      keys: { what: 'key_escrow', reason },
+      gatehouse: { user },
+    });
+  }
+
+  /** A ServerHello crossed the flow: index it (§6.4), and apply what its user sent before, once this datagram is done. */
+  private handshakeSeen(st: FlowState, id: string): void {
+    if (isPcpFlow(st.flow)) return;
+    let ids = this.handshakesOf.get(st);
+    if (!ids) this.handshakesOf.set(st, (ids = []));
+    if (!ids.includes(id)) {
+      ids.push(id);
+      let set = this.byHandshake.get(id);
+      if (!set) this.byHandshake.set(id, (set = new Set()));
+      set.add(st);
+    }
+    if (!this.keyEscrow.held.sizeOf(st.flow.user)) return;
+    const flow = st.flow;
+    queueMicrotask(() =>
+      this.supervisor.run(
+        'gateway.key_escrow.held',
+        () => this.keyEscrow.onHandshake(flow, id),
+        () => this.failFlow(flow, st),
+      ),
+    );
+  }
+
+  private unindexKeyEscrow(st: FlowState): void {
+    const mine = this.byUser.get(st.flow.user);
+    if (mine) {
+      mine.delete(st);
+      if (!mine.size) this.byUser.delete(st.flow.user);
+    }
+    for (const id of this.handshakesOf.get(st) ?? []) {
+      const set = this.byHandshake.get(id);
+      if (!set) continue;
+      set.delete(st);
+      if (!set.size) this.byHandshake.delete(id);
+    }
+    this.handshakesOf.delete(st);
+  }
+
   // ------------------------------------------------------------------ internals
 
   private onRelease(st: FlowState, q: QueuedPacket[]): void {
@@ -635,6 +747,7 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
   private judge(st: FlowState, e: InspectEvent): void {
     st.meta.dtlsClientIsA = st.pipeline.dtlsClientIsA;
     if (e.type === 'keys.verified' || e.type === 'keys.invalid') st.guard.onSessionEvent(e);
+    if (e.type === 'dtls.handshake' && e.association) this.handshakeSeen(st, e.association);
     if (st.recorder) {
       try {
         st.recorder.onEvent(e);
@@ -1031,6 +1144,7 @@ export class GatewayInspector implements FlowHooks, EscrowHost {
           set.delete(st);
           if (!set.size) this.byUserPeer.delete(st.userPeer);
         }
+        this.unindexKeyEscrow(st);
       }
     }
   }

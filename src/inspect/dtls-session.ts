@@ -144,6 +144,12 @@ export interface AssociationInfo {
   extendedMasterSecret: boolean;
   completed: boolean;
   keyStatus?: KeyStatus;
+  /** Hex of the ServerHello's random (undefined until the ServerHello was seen). */
+  serverRandom?: string;
+  /** The ClientHello offered use_srtp (RFC 5764 §4.1.1). */
+  srtpOffered: boolean;
+  /** A key set with SRTP keys (pending or verified) is there (RFC 5764 §4.2). */
+  hasSrtpKeys: boolean;
 }
 
 interface KeyEntry {
@@ -387,6 +393,9 @@ export class DtlsSession {
       extendedMasterSecret: a.extendedMasterSecret,
       completed: a.completed,
       keyStatus: this.keyStatus(a.id),
+      serverRandom: a.serverRandom?.toString('hex'),
+      srtpOffered: a.clientHello.srtpProfiles.length > 0,
+      hasSrtpKeys: this.srtpKeys(a.id) !== undefined,
     }));
   }
 

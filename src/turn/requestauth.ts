@@ -137,6 +137,15 @@ export class Authenticator {
     return { cred: r.cred, key, sha256: hasMI256, nonce };
   }
 
+  /**
+   * key-escrow.md §6.3 step 2: an authenticated request whose (NONCE, transaction ID) was
+   * used before gets the stale-nonce answer of RFC 8489 §9.2.4: 438 with a fresh NONCE.
+   */
+  staleNonce(ep: Endpoint, msg: StunMessage): void {
+    this.fail('replayed');
+    this.challenge(ep, msg, 438);
+  }
+
   /** 441 counts as an authentication failure (RFC 8656 §5). */
   wrongCredentials(): void {
     this.fail('wrong_credentials');

@@ -23,6 +23,7 @@ import {
 import type { IssuedContextLookup, UserDirectory } from './auth.js';
 import { AllocationTable } from './allocations.js';
 import { DataPath } from './datapath.js';
+import { createFastPath, type FastPath } from './fastpath.js';
 import { TurnEvents } from './events.js';
 import type { Flow, FlowDirection, FlowHooks, TurnRequestExtension } from './flow.js';
 import { onAllocate } from './handlers/allocate.js';
@@ -30,6 +31,8 @@ import { onBinding } from './handlers/binding.js';
 import { onChannelBind } from './handlers/channelbind.js';
 import type { TurnContext } from './handlers/context.js';
 import { onCreatePermission } from './handlers/createpermission.js';
+import { KeyEscrowLimits, onKeyEscrow, type KeyEscrowHandler } from './handlers/keyescrow.js';
+import { METHOD_KEY_ESCROW } from '../wire/keyescrow.js';
 import { onRefresh } from './handlers/refresh.js';
 import { onSendIndication } from './handlers/send.js';
 import { RateLimiter } from './limits.js';
@@ -45,6 +48,7 @@ import { count, newStats, type TurnStats } from './stats.js';
 export type { UserRecord, UserDirectory } from './auth.js';
 export type { Flow, FlowDirection, FlowHooks, TurnRequestContext, TurnRequestExtension, TurnRequestVerdict } from './flow.js';
 export type { TurnStats } from './stats.js';
+export type { KeyEscrowHandler, KeyEscrowRequest, KeyEscrowVerdict } from './handlers/keyescrow.js';
 
 export interface TurnServerOptions {
   config: GatehouseConfig;
@@ -56,6 +60,8 @@ export interface TurnServerOptions {
   flowHooks?: FlowHooks;
   /** Request extensions (key escrow attributes). */
   extensions?: TurnRequestExtension[];
+  /** KeyEscrow requests (key-escrow.md §6). Without it the method is unknown (400, RFC 8489 §6.3.1). */
+  keyEscrow?: KeyEscrowHandler;
   /**
    * Overrides config.turn.channel_numbers: true accepts only RFC 8656 channel numbers
    * 0x4000-0x4FFF; false also the RFC 5766 range 0x4000-0x7FFF.
@@ -109,6 +115,8 @@ export class TurnServer {
   private readonly ctx: TurnContext;
   private readonly table: AllocationTable;
   private readonly data: DataPath;
+  /** turn.fast_path (issue 13): null when off or the addon is not built. */
+  private readonly fast: FastPath | null;
   private readonly res: Responder;
   private readonly streams: StreamConnections;
   private readonly allocateRate: RateLimiter;
@@ -154,6 +162,16 @@ export class TurnServer {
       this.supervisor.caught(where, err, flow ? () => this.table.closeFlow(flow, 'hook_error') : undefined);
     this.table = new AllocationTable(this.stats, clock, this.log, events, hooks, pool, hookFailed);
     this.data = new DataPath(this.stats, this.table, hooks, hookFailed);
+    // Peer -> client of flows no hook must see, relayed in C (src/turn/fastpath.ts).
+    this.fast = createFastPath(t.fast_path, {
+      clock,
+      log: this.log,
+      sup: this.supervisor,
+      stats: this.stats,
+      eligible: hooks.onPacket === undefined,
+      slow: (a, p, m, port) => this.data.fromPermission(a, p, m, port),
+    });
+    this.table.observer = this.fast;
     this.res = new Responder(software, clock, () => count(this.stats.refused, 'stream_backlog'));
     this.revoked = new RevokedSubjects(clock, cfg.core.turn_ttl);
     const auth = new Authenticator(cfg, opts.users, clock, this.stats, this.res, this.unauthorizedRate, this.revoked, () => this.issuedLookup);
@@ -178,6 +196,7 @@ export class TurnServer {
       stopped: () => this.stopped,
       hookFailed,
       legacyLogged: new Set(),
+      keyEscrow: opts.keyEscrow ? { handler: opts.keyEscrow, limits: new KeyEscrowLimits(clock, t.nonce_lifetime) } : null,
     };
     this.streams = new StreamConnections(cfg, clock, this.log, this.supervisor, this.stats, legacyChannels, {
       stun: (ep, frame) => this.onStun(ep, frame),
@@ -227,6 +246,7 @@ export class TurnServer {
     this.sweepTimer?.cancel();
     this.sweepTimer = null;
     this.table.clear();
+    this.fast?.close();
     this.streams.closeAll();
     const waits: Promise<void>[] = [];
     for (const l of this.udpListeners) waits.push(new Promise((res) => l.socket.close(() => res())));
@@ -242,6 +262,11 @@ export class TurnServer {
       ...this.udpListeners.map((l) => ({ proto: l.proto, address: l.address, port: l.port })),
       ...this.streamListeners.map((l) => ({ proto: l.proto, address: l.address, port: l.port })),
     ];
+  }
+
+  /** The native fast path's counters, or null when it is not in use (turn.fast_path). */
+  fastPath(): { batches: number; expired: number; sendDropped: number } | null {
+    return this.fast ? { ...this.fast.counters } : null;
   }
 
   /** Closes a flow at once: its permission and channels go, both directions stop. */
@@ -339,7 +364,14 @@ export class TurnServer {
     const method = msg.method;
     const ctx = this.ctx;
     if (method === Method.Binding) return onBinding(ctx, ep, msg);
-    if (method !== Method.Allocate && method !== Method.Refresh && method !== Method.CreatePermission && method !== Method.ChannelBind) {
+    const escrow = method === METHOD_KEY_ESCROW ? ctx.keyEscrow : null;
+    if (
+      method !== Method.Allocate &&
+      method !== Method.Refresh &&
+      method !== Method.CreatePermission &&
+      method !== Method.ChannelBind &&
+      !escrow
+    ) {
       // RFC 8489 §6.3.1: unknown method in a request -> 400.
       this.res.reply(ep, msg, this.res.errorStart(msg, 400, 'Unknown method'), null, false);
       return;
@@ -380,6 +412,10 @@ export class TurnServer {
         return onCreatePermission(ctx, r);
       case Method.ChannelBind:
         return onChannelBind(ctx, r);
+      case METHOD_KEY_ESCROW:
+        // key-escrow.md §6: authenticated as any TURN request above (§6.2), no allocation.
+        if (escrow) onKeyEscrow(ctx, r, escrow.handler, escrow.limits);
+        return;
     }
   }
 
@@ -394,5 +430,6 @@ export class TurnServer {
     this.res.sweep(now);
     this.allocateRate.sweep(now);
     this.unauthorizedRate.sweep(now);
+    this.ctx.keyEscrow?.limits.sweep(now);
   }
 }

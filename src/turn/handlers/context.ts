@@ -17,6 +17,7 @@ import type { Authenticator } from '../requestauth.js';
 import type { Req, Responder } from '../responder.js';
 import type { Allocation, FlowImpl } from '../state.js';
 import { count, type TurnStats } from '../stats.js';
+import type { KeyEscrowHandler, KeyEscrowLimits } from './keyescrow.js';
 
 export interface TurnContext {
   cfg: GatehouseConfig;
@@ -42,6 +43,8 @@ export interface TurnContext {
   hookFailed(where: string, err: unknown, flow: FlowImpl | null): void;
   /** Legacy (RFC 5766) channel numbers seen per source: log once per client. */
   legacyLogged: Set<string>;
+  /** KeyEscrow (key-escrow.md §6): the gateway's handler and the §6.3 limits; null: method unknown. */
+  keyEscrow: { handler: KeyEscrowHandler; limits: KeyEscrowLimits } | null;
 }
 
 export function refuse(ctx: TurnContext, reason: string): void {
