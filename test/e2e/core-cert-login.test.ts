@@ -294,6 +294,32 @@ t.test('Gatehouse-Cert login (core.md §5) against an openssl test CA', { skip }
     assertNoSecrets(t, secrets, { texts: { log: logLines.join(''), events: JSON.stringify(events.events) } }, 'log and events');
   });
 
+  await t.test('gatehouse login --cert over HTTPS (core.tls) with --ca', async (t) => {
+    const tlsCert = await ca.issue('int', 'tls', '127.0.0.1', { ext: 'tls_server_ext' });
+    const fullChain = join(dir, 'tls-chain.pem');
+    writeFileSync(fullChain, readFileSync(tlsCert.cert, 'utf8') + readFileSync(int.cert, 'utf8'));
+    const https = parseConfig(
+      `realm: REALM\ndata_dir: ${dir}\ncore:\n  listen: https://127.0.0.1:0\n  tls: { cert: ${fullChain}, key: ${tlsCert.key} }\n  trust:\n    roots: [${root.cert}]\n`,
+      'https.yaml',
+    );
+    const c2 = await startCore(https, { users, logger: log, clock, supervisor, restSecret: randomBytes(24).toString('base64url'), dataDir: null, events });
+    try {
+      t.match(c2.url, /^https:/);
+      const chainFile = join(dir, 'int-only.pem');
+      writeFileSync(chainFile, readFileSync(int.cert));
+      const r = await cli(['login', '--cert', alice.cert, '--key', alice.key, '--chain', chainFile, '--core', c2.url, '--ca', root.cert]);
+      t.equal(r.code, 0, `exit 0 (${r.stderr.trim()})`);
+      const body = JSON.parse(r.stdout || '{}');
+      t.equal(body.user, 'alice');
+      if (body.token) secrets.add('token', 'https cli token', body.token);
+      const noCa = await cli(['login', '--cert', alice.cert, '--key', alice.key, '--chain', chainFile, '--core', c2.url]);
+      t.equal(noCa.code, 1, 'without --ca the test CA is not trusted: exit 1');
+      t.equal(noCa.stdout, '');
+    } finally {
+      await c2.stop();
+    }
+  });
+
   await t.test('an out-of-date CRL refuses its issuer\'s certificates (fail closed)', async (t) => {
     fresh();
     clock.advance(8 * day); // the CRL's nextUpdate is 7 days after it was made; the certificates last 30

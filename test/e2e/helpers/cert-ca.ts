@@ -49,6 +49,11 @@ authorityKeyIdentifier = keyid
 basicConstraints = critical,CA:FALSE
 keyUsage = critical,digitalSignature
 extendedKeyUsage = serverAuth
+[ tls_server_ext ]
+basicConstraints = critical,CA:FALSE
+keyUsage = critical,digitalSignature
+extendedKeyUsage = serverAuth
+subjectAltName = IP:127.0.0.1
 [ ca_ext ]
 basicConstraints = critical,CA:TRUE
 keyUsage = critical,keyCertSign,cRLSign
@@ -110,7 +115,7 @@ export class TestCa {
     issuer: string,
     name: string,
     cn: string,
-    o: { kind?: KeyKind; ext?: 'leaf_ext' | 'ca_ext' | 'notca_ext' | 'server_leaf_ext'; start?: string; end?: string } = {},
+    o: { kind?: KeyKind; ext?: 'leaf_ext' | 'ca_ext' | 'notca_ext' | 'server_leaf_ext' | 'tls_server_ext'; start?: string; end?: string } = {},
   ): Promise<Issued> {
     await this.newKey(name, o.kind ?? 'ec');
     await ossl(this.dir, 'req', '-new', '-key', `${name}.key`, '-out', `${name}.csr`, '-subj', `/CN=${cn}`);
