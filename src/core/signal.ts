@@ -651,7 +651,8 @@ export function signalModule(
       log: core.log,
       supervisor: core.supervisor,
       limiter: core.tokens.limiter ?? core.limiter,
-      groupsOf: core.directory ? (claims) => issueGroups(core, claims) : null,
+      // Also without a directory: a transferred user's groups never come from the gateway's store.
+      groupsOf: (claims) => issueGroups(core, claims),
       limits: { maxConnectionsPerUser: core.cfg.core.max_connections_per_user, ...(opts.limits ?? {}) },
     });
     core.http.onUpgrade('/v1/signal', server.handleUpgrade);

@@ -36,10 +36,15 @@ import { MemoryEventSink } from '../../src/events/eve.js';
 import { startCore, type RunningCore } from '../../src/core/index.js';
 import { signEs256 } from '../../src/core/jws.js';
 import { SIGNING_KEY_FILE } from '../../src/core/core-signing.js';
-import { loginUser } from './helpers/core-guest.js';
 import { peerSkip } from './helpers/require-peer.js';
 import { freePort } from './helpers/ports.js';
 import { startSlapd } from './helpers/slapd.js';
+import { startGatehouse, type TurnServer } from './helpers/turn-servers.js';
+import { encryptKey, loginUser, newConferenceKey } from './helpers/core-guest.js';
+import { readEvents, until } from './helpers/escrow-events.js';
+import { Attr, Method, Class } from '../../src/wire/stun.js';
+import { Client, errCode } from '../unit/turn/helpers.js';
+import WebSocket from 'ws';
 
 interface Res {
   status: number;
@@ -201,7 +206,7 @@ t.test("transfer with the gateway's own users: A's user reaches B without a pass
     t.match(claims, { typ: 'gatehouse-transfer', iss: 'A', sub: 'alice', org: 'A', aud: 'B', challenge: ch.challenge });
     t.ok(claims.exp - claims.iat <= 60 && claims.exp > claims.iat, 'at most 60 s');
     const r = await transfer(from, ticket);
-    t.equal(r.status, 200, r.text);
+    t.equal(r.status, 200, r.status === 200 ? 'transferred' : r.text);
     t.match(r.json, { user: 'alice', org: 'A', groups: [] });
     t.match(r.json.token, /^ght_/);
     // B's token is a user token of B: a user-only call works.
@@ -365,6 +370,77 @@ t.test("transfer with the gateway's own users: A's user reaches B without a pass
   });
 });
 
+t.test('B is `gatehouse serve`: the transferred user\'s TURN credentials carry org A to the gateway\'s flows', { timeout: 120_000 }, async (t) => {
+  const PW = 'alice-' + randomBytes(9).toString('base64url');
+  const A = await start('a', () => 'core:\n  listen: http://127.0.0.1:0\n  org: A\n', [{ name: 'alice', password: PW, groups: ['staff'] }]);
+  t.teardown(() => A.core.stop());
+  t.teardown(() => rmSync(A.dir, { recursive: true, force: true }));
+  const peers = mkdtempSync(join(tmpdir(), 'gh-transfer-serve-'));
+  t.teardown(() => rmSync(peers, { recursive: true, force: true }));
+  const aCrt = join(peers, 'a.crt');
+  await fetchCertificate(A, aCrt);
+  const corePort = await freePort();
+  const gh: TurnServer = await startGatehouse({
+    // B's own users: a local alice (other groups) who must not lend the transferred alice anything.
+    users: [{ name: 'alice', password: 'local-' + randomBytes(8).toString('hex'), groups: ['b-admins'] }],
+    transports: ['udp'],
+    logLevel: 'info',
+    rules: `keys:\n  required: false\n  unverified: pass\nrules:\n  - id: partners\n    when: { org: [A] }\n    action: alert\n`,
+    configure: (c) => {
+      c.core = { listen: `http://127.0.0.1:${corePort}`, org: 'B', peers: [{ org: 'A', cert: aCrt, allow: { users: ['alice'] } }] };
+    },
+  });
+  t.teardown(() => gh.stop());
+  const base = `http://127.0.0.1:${corePort}`;
+  const diag = () => gh.output().slice(-3000);
+  await until(async () => (await req(base, 'GET', '/v1/core/certificate').catch(() => ({ status: 0 }))).status === 200, 30_000, 'the director', diag);
+
+  // The transfer, as in the first test.
+  const ch = (await req(base, 'GET', '/v1/auth/challenge')).json.challenge;
+  const aTok = await loginUser(A.core.url, 'alice', PW);
+  const tk = await req(A.core.url, 'POST', '/v1/auth/transfer-ticket', { token: aTok, body: { challenge: ch, audience: 'B' } });
+  const r = await req(base, 'POST', '/v1/auth/transfer', { body: { ticket: tk.json.ticket, user: 'alice', org: 'A' } });
+  t.equal(r.status, 200, r.status === 200 ? 'transferred' : r.text);
+  t.match(r.json, { user: 'alice', org: 'A', groups: [] }, "not the local alice's groups");
+  const token: string = r.json.token;
+
+  // A conference at B and a signalling join: TURN credentials for the gateway.
+  const key = await req(base, 'GET', '/v1/conference-key', { token });
+  t.equal(key.status, 200, 'conference key');
+  const conf = await req(base, 'POST', '/v1/conferences', { token, body: { fe: key.json.fe, key: encryptKey(key.json.public_key, newConferenceKey()), title: 'with A' } });
+  t.equal(conf.status, 201, `conference: ${conf.status === 201 ? 'made' : conf.text}`);
+  const turn = await new Promise<{ username: string; credential: string }>((resolve, reject) => {
+    const ws = new WebSocket(`ws://127.0.0.1:${corePort}/v1/signal`);
+    const timer = setTimeout(() => reject(new Error('signalling timed out')), 15_000);
+    ws.on('open', () => ws.send(JSON.stringify({ type: 'hello', token })));
+    ws.on('error', reject);
+    ws.on('message', (raw) => {
+      const m = JSON.parse(raw.toString());
+      if (m.type === 'hello') ws.send(JSON.stringify({ type: 'join', conference: conf.json.id }));
+      else if (m.type === 'join') {
+        clearTimeout(timer);
+        ws.close();
+        resolve(m.turn);
+      } else if (m.type === 'error') reject(new Error(JSON.stringify(m.error)));
+    });
+  });
+  t.match(turn.username, /^\d+:alice$/, 'core.md §8: EXPIRY:USER');
+  const cl = await Client.udp(gh.port);
+  t.teardown(() => cl.close());
+  cl.realm = gh.realm;
+  cl.username = turn.username;
+  cl.password = turn.credential;
+  const alloc = await cl.authed(Method.Allocate, (w) => w.attr(Attr.RequestedTransport, Buffer.from([17, 0, 0, 0])));
+  t.equal(alloc.cls, Class.Success, `allocate: ${errCode(alloc)}`);
+  await until(() => readEvents(gh.dataDir!).some((e) => e.event_type === 'allocation' && (e as { src_port?: number }).src_port === cl.port), 10_000, 'the allocation event', diag);
+  const ev = readEvents(gh.dataDir!).find((e) => e.event_type === 'allocation' && (e as { src_port?: number }).src_port === cl.port)!;
+  t.match(ev.gatehouse, { user: 'alice', org: 'A', conference: conf.json.id }, `the allocation carries org A (${JSON.stringify(ev.gatehouse)})`);
+  t.notOk(JSON.stringify(ev.gatehouse?.groups ?? []).includes('b-admins'), "never the local alice's groups");
+  const auth = readEvents(gh.dataDir!).filter((e) => e.event_type === 'auth');
+  t.ok(auth.some((e) => JSON.stringify(e).includes('"mechanism":"transfer"') && JSON.stringify(e).includes('"result":"success"')), 'the transfer is an auth event in DATA_DIR/events.jsonl');
+  t.notOk(gh.fullOutput().toString('utf8').includes(tk.json.ticket.split('.')[2]), 'no ticket in the log');
+});
+
 const skip = peerSkip(t, 'slapd', 'openssl');
 
 t.test('directory leg: each core with its own slapd; B checks the user\'s organisation and groups in its directory', { skip, timeout: 120_000 }, async (t) => {
@@ -431,14 +507,14 @@ t.test('directory leg: each core with its own slapd; B checks the user\'s organi
     const from = `127.0.0.${n++}`;
     const ch = (await req(B.core.url, 'GET', '/v1/auth/challenge', { from })).json.challenge as string;
     const tk = await req(A.core.url, 'POST', '/v1/auth/transfer-ticket', { ca, token: await basicLogin(user, PW[user as keyof typeof PW]), body: { challenge: ch, audience: 'B' } });
-    t.equal(tk.status, 200, tk.text);
+    t.equal(tk.status, 200, 'ticket');
     const r = await req(B.core.url, 'POST', '/v1/auth/transfer', { from, body: { ticket: tk.json.ticket, user, org: 'A' } });
     const retry = await req(B.core.url, 'POST', '/v1/auth/transfer', { from, body: { ticket: tk.json.ticket, user, org: 'A' } });
     return { r, retry };
   };
 
   const ok = await attempt('alice');
-  t.equal(ok.r.status, 200, `alice transfers, allowed by B's group partners: ${ok.r.text}`);
+  t.equal(ok.r.status, 200, `alice transfers, allowed by B's group partners${ok.r.status === 200 ? '' : `: ${ok.r.text}`}`);
   t.match(ok.r.json, { user: 'alice', org: 'A', groups: ['partners'] }, "groups from B's directory");
   t.equal(ok.retry.status, 401, 'spent');
 

@@ -18,7 +18,8 @@
  *   reads their groups from the gateway's store;
  * - anyone else (e.g. removed from the directory since login): no credentials (403).
  * A directory that cannot answer: no credentials either (503), never guessed groups.
- * Without a directory: undefined (the TURN side reads the gateway's own user store).
+ * Without a directory: undefined (the TURN side reads the gateway's own user store), except
+ * for a user of another organisation: the groups of its login here (src/core/transfer.ts).
  */
 import type { CoreContext } from '../director.js';
 import { CoreError } from '../errors.js';
@@ -28,8 +29,10 @@ export async function issueGroups(
   core: Pick<CoreContext, 'directory' | 'users'> & { cfg: { core: { org: string | null } } },
   claims: Pick<TokenClaims, 'sub' | 'groups' | 'org'>,
 ): Promise<readonly string[] | undefined> {
-  if (!core.directory) return undefined;
   const foreign = claims.org !== undefined && claims.org !== core.cfg.core.org;
+  // A transferred user without a directory: the groups of its login here (core.md §6: none
+  // unless a directory gave them), never the gateway store's for a same-named local user.
+  if (!core.directory) return foreign ? [...claims.groups] : undefined;
   const u = await core.directory.user(claims.sub);
   // A home user (or a user the directory lists under the token's organisation).
   if (u && (!foreign || u.org === claims.org)) return u.groups;

@@ -168,3 +168,12 @@ t.test('peers: certificates loaded and checked; errors name core.peers[i].cert; 
     /core\.peers\[1\]\.org.*earlier peer/,
   );
 });
+
+t.test("issue-time groups of a transferred user without a directory: its login's, never a same-named local user's", async (t) => {
+  const { issueGroups } = await import('../../../src/core/directory/groups.js');
+  const { StaticUserDirectory } = await import('../../../src/store/users.js');
+  const core = { directory: null, users: new StaticUserDirectory([{ name: 'alice', password: 'x', groups: ['b-admins'] }]), cfg: { core: { org: 'B' } } };
+  t.same(await issueGroups(core, { sub: 'alice', groups: [], org: 'A' }), [], 'transferred from A: its (empty) login groups');
+  t.equal(await issueGroups(core, { sub: 'alice', groups: ['b-admins'] }), undefined, "B's own alice: the store's (undefined: the TURN side reads them)");
+  t.equal(await issueGroups(core, { sub: 'alice', groups: [], org: 'B' }), undefined, 'a token of this org is a local user');
+});
