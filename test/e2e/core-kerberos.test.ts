@@ -13,7 +13,10 @@
 //   4. Every outcome is an `auth` event; no token or password in the log or events.
 //   5. Headless Chromium allowlisted for localhost (--auth-server-allowlist) with alice's
 //      ccache logs in to the web client by "Log in with Kerberos" and joins a conference.
-//   6. Fail closed: with a keytab that holds no key for the service, serve does not start
+//   6. With core.directory (a real slapd): the principal is the directory's user, with its
+//      groups and organisation; a principal the directory lacks is 401 even if the
+//      gateway's own users have the name; the directory down (cache expired) is 503.
+//   7. Fail closed: with a keytab that holds no key for the service, serve does not start
 //      and says why, naming core.kerberos.keytab (a missing kerberos package: unit test).
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
@@ -23,12 +26,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { peerSkip } from './helpers/require-peer.js';
 import { launchNegotiateChromium, startRealm, type Realm } from './helpers/krb5.js';
+import { startSlapd } from './helpers/slapd.js';
 import { startGatehouse, type TurnServer } from './helpers/turn-servers.js';
 import { freePort } from './helpers/ports.js';
 import { readEvents, sleep, until, type GwEvent } from './helpers/escrow-events.js';
 
 const skip = peerSkip(t, 'krb5', 'curl-spnego', 'kerberos-package');
 const chromiumSkip = peerSkip(t, 'krb5', 'kerberos-package', 'chromium');
+const ldapSkip = peerSkip(t, 'krb5', 'curl-spnego', 'kerberos-package', 'slapd');
 
 const ALICE_PW = `alice-${randomBytes(8).toString('hex')}`;
 const MALLORY_PW = `mallory-${randomBytes(8).toString('hex')}`;
@@ -322,3 +327,77 @@ core:
     'naming core.kerberos.keytab and what the keytab holds',
   );
 });
+
+t.test(
+  'a Kerberos principal is the directory user: groups and organisation from slapd, no entry refused, outage 503',
+  { skip: ldapSkip, timeout: 120_000 },
+  async (t) => {
+    const realm = await startRealm();
+    t.teardown(() => realm.stop());
+    const KDC_PW = { carol: `carol-${randomBytes(8).toString('hex')}`, dave: `dave-${randomBytes(8).toString('hex')}` };
+    realm.addUser('carol', KDC_PW.carol);
+    realm.addUser('dave', KDC_PW.dave);
+    realm.addUser('alice', ALICE_PW);
+    const keytab = realm.keytab('http.keytab', 'HTTP/localhost');
+    const slapd = await startSlapd({
+      // LDAP passwords differ from the KDC's: Negotiate never binds as the user.
+      users: [
+        { uid: 'carol', password: `ldap-${randomBytes(8).toString('hex')}`, o: 'example.org' },
+        { uid: 'dave', password: `ldap-${randomBytes(8).toString('hex')}` },
+      ],
+      groups: [
+        { cn: 'trading', members: ['carol'] },
+        { cn: 'staff', members: ['carol', 'dave'] },
+      ],
+      ports: { ldap: await freePort() },
+    });
+    t.teardown(() => slapd.cleanup());
+    const corePort = await freePort();
+    const gh = await startGatehouse({
+      // alice is one of the gateway's own users, but with a directory the directory decides.
+      users: [{ name: 'alice', password: ALICE_GW_PW, groups: ['trading'] }],
+      logLevel: 'info',
+      env: { ...realm.env },
+      configure: (c) => {
+        c.core = {
+          listen: `http://127.0.0.1:${corePort}`,
+          kerberos: { keytab, service: 'HTTP@localhost', realm: realm.realm },
+          directory: `${slapd.ldapUrl}/${slapd.base}`,
+          ldap: { bind_dn: slapd.bindDn, bind_password: slapd.bindPassword, org_attribute: 'o', cache_ttl: 1, stale_grace: 0 },
+        };
+      },
+    });
+    t.teardown(() => gh.stop());
+    const base = `http://127.0.0.1:${corePort}`;
+    await waitCore(base, gh);
+    const url = `http://localhost:${corePort}/v1/login`;
+    const login = (who: 'carol' | 'dave' | 'alice') =>
+      curlNegotiate(url, corePort, { ...realm.env, KRB5CCNAME: realm.kinit(who, who === 'alice' ? ALICE_PW : KDC_PW[who]) });
+
+    const carol = login('carol');
+    t.equal(carol.status, 200, `carol logs in: ${carol.body}`);
+    const cb = JSON.parse(carol.body) as { user: string; groups: string[]; org?: string };
+    t.equal(cb.user, 'carol');
+    t.same([...cb.groups].sort(), ['staff', 'trading'], "groups from slapd's groupOfNames / memberOf");
+    t.equal(cb.org, 'example.org', "the organisation from the directory's o");
+    const dave = login('dave');
+    t.equal(dave.status, 200);
+    t.same((JSON.parse(dave.body) as { groups: string[] }).groups, ['staff']);
+    const alice = login('alice');
+    t.equal(alice.status, 401, "a principal with no directory entry is refused (the gateway's own users are not asked)");
+    t.match(alice.body, /alice is not a user here/);
+
+    await slapd.stop();
+    await sleep(1500); // past cache_ttl, no stale grace
+    const down = login('carol');
+    t.equal(down.status, 503, `the directory down: 503, never an admit (${down.body})`);
+    t.match(down.body, /unavailable/);
+    const evs = authEvents(gh).map(
+      (e) => (e as unknown as { auth: { result: string; user?: string; groups?: string[]; org?: string } }).auth,
+    );
+    t.ok(
+      evs.some((a) => a.result === 'success' && a.user === 'carol' && a.org === 'example.org' && a.groups?.includes('trading')),
+      `carol's success event carries the directory's groups and org: ${JSON.stringify(evs)}`,
+    );
+  },
+);
