@@ -95,6 +95,15 @@ export function verifyCertSignature(key: KeyObject, challengeBytes: Buffer, sign
 // eslint-disable-next-line no-control-regex
 const CTL = /[\u0000-\u001f\u007f-\u009f]/;
 
+/** The leaf's first subject CN, for events (null when it has none or cannot be read). */
+function leafCn(leaf: ParsedCert): string | null {
+  try {
+    return leaf.px.subjectName.getField('CN')[0] ?? null;
+  } catch {
+    return null;
+  }
+}
+
 /** The user a verified leaf names: its one subject CN. */
 export function leafUser(leaf: ParsedCert): string {
   const cns = leaf.px.subjectName.getField('CN');
@@ -128,10 +137,14 @@ export function certMechanism(core: CoreContext, roots: ParsedCert[], crls: Revo
       if (!verifyCertSignature(key, ch.bytes, creds.signature))
         throw new CoreError('untrusted', "the signature does not verify with the leaf certificate's key over this challenge");
       core.challenges.spend(creds.challenge);
+      // The auth event of a refusal from here on names the leaf's CN (login.ts reads `user`):
+      // the key holder proved possession, the chain is what failed.
+      const cn = (leafCn(chain[0]!) ?? '').slice(0, 256);
+      const named = (e: CoreError) => (cn ? Object.assign(e, { user: cn }) : e);
       try {
         await validateChain(chain, roots, core.clock.now(), crls);
       } catch (err) {
-        if (err instanceof ChainError) throw new CoreError('untrusted', err.message);
+        if (err instanceof ChainError) throw named(new CoreError('untrusted', err.message));
         throw err;
       }
       const user = leafUser(chain[0]!);

@@ -290,6 +290,7 @@ t.test('Gatehouse-Cert login (core.md §5) against an openssl test CA', { skip }
     const auth = events.events.filter((e) => e.event_type === 'auth').map((e) => e.auth as Record<string, unknown>);
     const cert = auth.filter((a) => a.mechanism === 'Gatehouse-Cert');
     t.ok(cert.some((a) => a.result === 'success' && a.user === 'alice'), 'success for alice');
+    t.ok(cert.some((a) => a.result === 'failure' && a.reason === 'untrusted' && a.user === 'erin'), 'a refused chain names the leaf CN (erin, revoked)');
     for (const reason of ['untrusted', 'replayed', 'unauthenticated']) t.ok(cert.some((a) => a.result === 'failure' && a.reason === reason), `a failure: ${reason}`);
     assertNoSecrets(t, secrets, { texts: { log: logLines.join(''), events: JSON.stringify(events.events) } }, 'log and events');
   });
