@@ -171,7 +171,12 @@ export async function runLogin(argv: string[], io: { stdout: Writable; stderr: W
       io.stderr.write(`gatehouse login: ${v.key}: ${(err as Error).message}\n`);
       return 2;
     }
-    const r = await call(at('v1/login'), 'POST', { authorization: formatCertAuthorization(challenge, signature, chain), 'content-length': '0' }, ca);
+    const r = await call(
+      at('v1/login'),
+      'POST',
+      { authorization: formatCertAuthorization(challenge, signature, chain), 'content-length': '0' },
+      ca,
+    );
     if (r.status !== 200 || !r.body || typeof (r.body as { token?: unknown }).token !== 'string') {
       io.stderr.write(`gatehouse login: refused (${errorText(r)})\n`);
       return 1;

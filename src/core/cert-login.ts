@@ -150,8 +150,7 @@ export function certMechanism(core: CoreContext, roots: ParsedCert[], crls: Revo
       const user = leafUser(chain[0]!);
       if (core.directory) {
         const u = await core.directory.user(user);
-        if (!u)
-          throw Object.assign(new CoreError('unauthenticated', 'the certificate subject names no user in the directory'), { user });
+        if (!u) throw Object.assign(new CoreError('unauthenticated', 'the certificate subject names no user in the directory'), { user });
         return { user: u.name, groups: [...u.groups], ...(u.org !== undefined ? { org: u.org } : {}) };
       }
       const local = core.users.lookup(user);

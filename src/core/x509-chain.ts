@@ -110,7 +110,8 @@ function checkTime(c: ParsedCert, nowMs: number, what: string): void {
 
 function checkCritical(c: ParsedCert, what: string): void {
   for (const e of c.px.extensions) {
-    if (e.critical && !UNDERSTOOD.has(e.type)) throw new ChainError('unknown_critical', `${what} has a critical extension this core does not process (${e.type})`);
+    if (e.critical && !UNDERSTOOD.has(e.type))
+      throw new ChainError('unknown_critical', `${what} has a critical extension this core does not process (${e.type})`);
   }
 }
 
@@ -124,9 +125,13 @@ function checkIssuer(c: ParsedCert, below: number, what: string): void {
   const bc = c.px.getExtension(x509.BasicConstraintsExtension);
   if (!bc || !bc.ca) throw new ChainError('not_ca', `${what} issues certificates but is not a CA (basicConstraints cA)`);
   if (bc.pathLength !== undefined && below > bc.pathLength)
-    throw new ChainError('path_len', `${what} allows ${bc.pathLength} intermediate certificates below it (pathLenConstraint), the chain has ${below}`);
+    throw new ChainError(
+      'path_len',
+      `${what} allows ${bc.pathLength} intermediate certificates below it (pathLenConstraint), the chain has ${below}`,
+    );
   const ku = keyUsage(c);
-  if (ku !== null && !(ku & x509.KeyUsageFlags.keyCertSign)) throw new ChainError('key_usage', `${what} may not sign certificates (keyUsage keyCertSign)`);
+  if (ku !== null && !(ku & x509.KeyUsageFlags.keyCertSign))
+    throw new ChainError('key_usage', `${what} may not sign certificates (keyUsage keyCertSign)`);
 }
 
 function checkLeaf(c: ParsedCert): void {

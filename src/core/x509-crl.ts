@@ -63,7 +63,10 @@ export class CrlStore implements RevocationChecker {
   private readonly verified = new WeakMap<x509.X509Crl, Map<string, boolean>>();
 
   /** Reads every file now; throws GatehouseError E_CONFIG naming the key of a bad one. */
-  constructor(paths: string[], private readonly now: () => number) {
+  constructor(
+    paths: string[],
+    private readonly now: () => number,
+  ) {
     this.files = paths.map((path, i) => {
       const key = `core.trust.crls[${i}]`;
       try {
@@ -120,13 +123,20 @@ export class CrlStore implements RevocationChecker {
         if (crl.issuerName.toString() !== issuerName) continue;
         const ku = issuer.px.getExtension(x509.KeyUsagesExtension);
         if (ku && !(ku.usages & x509.KeyUsageFlags.cRLSign))
-          throw new ChainError('crl_unusable', `the issuer of ${what} may not sign CRLs (keyUsage cRLSign), yet ${f.key} has a CRL in its name`);
+          throw new ChainError(
+            'crl_unusable',
+            `the issuer of ${what} may not sign CRLs (keyUsage cRLSign), yet ${f.key} has a CRL in its name`,
+          );
         if (!(await this.signedBy(crl, issuer)))
           throw new ChainError('crl_unusable', `the CRL in ${f.key} for the issuer of ${what} does not verify with the issuer's key`);
-        if (crl.thisUpdate.getTime() > nowMs + THIS_UPDATE_SKEW_MS) throw new ChainError('crl_unusable', `the CRL in ${f.key} for the issuer of ${what} is not valid yet`);
+        if (crl.thisUpdate.getTime() > nowMs + THIS_UPDATE_SKEW_MS)
+          throw new ChainError('crl_unusable', `the CRL in ${f.key} for the issuer of ${what} is not valid yet`);
         const next = crl.nextUpdate;
         if (!next || next.getTime() < nowMs)
-          throw new ChainError('crl_unusable', `the CRL in ${f.key} for the issuer of ${what} is out of date (nextUpdate passed): refused until it is refreshed`);
+          throw new ChainError(
+            'crl_unusable',
+            `the CRL in ${f.key} for the issuer of ${what} is out of date (nextUpdate passed): refused until it is refreshed`,
+          );
         if (crl.findRevoked(cert.px)) throw new ChainError('revoked', `${what} is revoked (${f.key})`);
       }
     }

@@ -49,7 +49,8 @@ function req(base: string, method: string, path: string, o: { headers?: Record<s
         res.on('data', (c: Buffer) => chunks.push(c));
         res.on('end', () => {
           const headers: Record<string, string[]> = {};
-          for (let i = 0; i < res.rawHeaders.length; i += 2) (headers[res.rawHeaders[i]!.toLowerCase()] ??= []).push(res.rawHeaders[i + 1]!);
+          for (let i = 0; i < res.rawHeaders.length; i += 2)
+            (headers[res.rawHeaders[i]!.toLowerCase()] ??= []).push(res.rawHeaders[i + 1]!);
           const text = Buffer.concat(chunks).toString('utf8');
           let json: unknown = null;
           try {
@@ -113,7 +114,9 @@ t.test('Gatehouse-Cert login (core.md §5) against an openssl test CA', { skip }
     '',
   ].join('\n');
   const cfg = parseConfig(cfgText, 'test.yaml');
-  const users = new StaticUserDirectory([{ name: 'alice', password: 'alice-' + randomBytes(9).toString('base64url'), groups: ['trading'] }]);
+  const users = new StaticUserDirectory([
+    { name: 'alice', password: 'alice-' + randomBytes(9).toString('base64url'), groups: ['trading'] },
+  ]);
   const core: RunningCore = await startCore(cfg, {
     users,
     logger: log,
@@ -143,7 +146,11 @@ t.test('Gatehouse-Cert login (core.md §5) against an openssl test CA', { skip }
   function answer(ch: string, chain: Issued[], signer: Issued = chain[0]!, over: string = ch): string {
     const sig = signChallenge(createPrivateKey(readFileSync(signer.key)), Buffer.from(over, 'base64'));
     secrets.add('signature', `signature of ${signer.key}`, sig);
-    return formatCertAuthorization(ch, sig, chain.map((c) => c.der));
+    return formatCertAuthorization(
+      ch,
+      sig,
+      chain.map((c) => c.der),
+    );
   }
   async function login(authorization: string, from = src): Promise<Res> {
     const r = await req(base, 'POST', '/v1/login', { headers: { authorization }, from });
@@ -155,7 +162,10 @@ t.test('Gatehouse-Cert login (core.md §5) against an openssl test CA', { skip }
     t.equal(r.json?.error?.code, code, `${what}: ${code}`);
     if (message) t.match(r.json?.error?.message, message, `${what}: the message names the rule`);
     t.notMatch(r.text, /BEGIN|MII|at .*\.ts:\d+/, `${what}: no certificate dump or stack trace`);
-    t.ok((r.headers['www-authenticate'] ?? []).some((h) => /^Gatehouse-Cert /.test(h)), `${what}: fresh challenges`);
+    t.ok(
+      (r.headers['www-authenticate'] ?? []).some((h) => /^Gatehouse-Cert /.test(h)),
+      `${what}: fresh challenges`,
+    );
   }
 
   await t.test('the 401 offers Gatehouse-Cert (trust roots configured)', async (t) => {
@@ -178,13 +188,16 @@ t.test('Gatehouse-Cert login (core.md §5) against an openssl test CA', { skip }
     t.not(me.status, 401, 'the token is a user token');
   });
 
-  await t.test('an RSA leaf logs in (RSA-PSS SHA-256, salt 32), the chain ending with the root; no such gateway user: no groups', async (t) => {
-    fresh();
-    const r = await login(answer(await challenge(), [bob, int, root]));
-    t.equal(r.status, 200, r.text);
-    t.equal(r.json.user, 'bob');
-    t.same(r.json.groups, []);
-  });
+  await t.test(
+    'an RSA leaf logs in (RSA-PSS SHA-256, salt 32), the chain ending with the root; no such gateway user: no groups',
+    async (t) => {
+      fresh();
+      const r = await login(answer(await challenge(), [bob, int, root]));
+      t.equal(r.status, 200, r.text);
+      t.equal(r.json.user, 'bob');
+      t.same(r.json.groups, []);
+    },
+  );
 
   await t.test('gatehouse login --cert (ECDSA and RSA) prints the login JSON', async (t) => {
     fresh();
@@ -200,11 +213,16 @@ t.test('Gatehouse-Cert login (core.md §5) against an openssl test CA', { skip }
       t.equal(body.user, name, `${name}: user`);
       t.type(body.token, 'string');
       secrets.add('token', `cli token ${name}`, body.token);
-      assertNoSecrets(t, secrets, { texts: { stdout: r.stdout.replace(body.token, ''), stderr: r.stderr } }, `${name}: no key on the CLI's output`);
+      assertNoSecrets(
+        t,
+        secrets,
+        { texts: { stdout: r.stdout.replace(body.token, ''), stderr: r.stderr } },
+        `${name}: no key on the CLI's output`,
+      );
     }
     const bad = await cli(['login', '--cert', mallory.cert, '--key', mallory.key, '--core', base]);
     t.equal(bad.code, 1, 'an untrusted certificate: exit 1');
-    t.match(bad.stderr, /untrusted/, 'the core\'s code on stderr');
+    t.match(bad.stderr, /untrusted/, "the core's code on stderr");
     t.equal(bad.stdout, '', 'nothing on stdout');
     const help = await cli(['login', '--help']);
     t.equal(help.code, 0);
@@ -244,7 +262,13 @@ t.test('Gatehouse-Cert login (core.md §5) against an openssl test CA', { skip }
     const ch2 = await challenge();
     refused(t, await login(answer(ch2, [mallory])), 'untrusted', 'untrusted chain');
     refused(t, await login(answer(ch2, [alice, int])), 'replayed', 'its challenge is spent', /already used/);
-    refused(t, await login(answer(randomBytes(24).toString('base64'), [alice, int])), 'replayed', 'a challenge never issued', /not one this core issued/);
+    refused(
+      t,
+      await login(answer(randomBytes(24).toString('base64'), [alice, int])),
+      'replayed',
+      'a challenge never issued',
+      /not one this core issued/,
+    );
   });
 
   await t.test('a challenge answered from another address is 401 replayed', async (t) => {
@@ -289,9 +313,19 @@ t.test('Gatehouse-Cert login (core.md §5) against an openssl test CA', { skip }
     fresh();
     const auth = events.events.filter((e) => e.event_type === 'auth').map((e) => e.auth as Record<string, unknown>);
     const cert = auth.filter((a) => a.mechanism === 'Gatehouse-Cert');
-    t.ok(cert.some((a) => a.result === 'success' && a.user === 'alice'), 'success for alice');
-    t.ok(cert.some((a) => a.result === 'failure' && a.reason === 'untrusted' && a.user === 'erin'), 'a refused chain names the leaf CN (erin, revoked)');
-    for (const reason of ['untrusted', 'replayed', 'unauthenticated']) t.ok(cert.some((a) => a.result === 'failure' && a.reason === reason), `a failure: ${reason}`);
+    t.ok(
+      cert.some((a) => a.result === 'success' && a.user === 'alice'),
+      'success for alice',
+    );
+    t.ok(
+      cert.some((a) => a.result === 'failure' && a.reason === 'untrusted' && a.user === 'erin'),
+      'a refused chain names the leaf CN (erin, revoked)',
+    );
+    for (const reason of ['untrusted', 'replayed', 'unauthenticated'])
+      t.ok(
+        cert.some((a) => a.result === 'failure' && a.reason === reason),
+        `a failure: ${reason}`,
+      );
     assertNoSecrets(t, secrets, { texts: { log: logLines.join(''), events: JSON.stringify(events.events) } }, 'log and events');
   });
 
@@ -303,7 +337,15 @@ t.test('Gatehouse-Cert login (core.md §5) against an openssl test CA', { skip }
       `realm: REALM\ndata_dir: ${dir}\ncore:\n  listen: https://127.0.0.1:0\n  tls: { cert: ${fullChain}, key: ${tlsCert.key} }\n  trust:\n    roots: [${root.cert}]\n`,
       'https.yaml',
     );
-    const c2 = await startCore(https, { users, logger: log, clock, supervisor, restSecret: randomBytes(24).toString('base64url'), dataDir: null, events });
+    const c2 = await startCore(https, {
+      users,
+      logger: log,
+      clock,
+      supervisor,
+      restSecret: randomBytes(24).toString('base64url'),
+      dataDir: null,
+      events,
+    });
     try {
       t.match(c2.url, /^https:/);
       const chainFile = join(dir, 'int-only.pem');
@@ -321,7 +363,7 @@ t.test('Gatehouse-Cert login (core.md §5) against an openssl test CA', { skip }
     }
   });
 
-  await t.test('an out-of-date CRL refuses its issuer\'s certificates (fail closed)', async (t) => {
+  await t.test("an out-of-date CRL refuses its issuer's certificates (fail closed)", async (t) => {
     fresh();
     clock.advance(8 * day); // the CRL's nextUpdate is 7 days after it was made; the certificates last 30
     refused(t, await login(answer(await challenge(), [alice, int])), 'untrusted', 'CRL past nextUpdate', /out of date/);
@@ -344,7 +386,10 @@ t.test('without trust roots Gatehouse-Cert is not offered; a bad root file is a 
   const r = await req(plain.url, 'POST', '/v1/login');
   await plain.stop();
   t.equal(r.status, 401);
-  t.notOk((r.headers['www-authenticate'] ?? []).some((h) => /^Gatehouse-Cert/i.test(h)), 'no Gatehouse-Cert challenge');
+  t.notOk(
+    (r.headers['www-authenticate'] ?? []).some((h) => /^Gatehouse-Cert/i.test(h)),
+    'no Gatehouse-Cert challenge',
+  );
   writeFileSync(join(dir, 'bad.pem'), 'not a certificate\n');
   await t.rejects(
     startCore(parseConfig(`core:\n  listen: http://127.0.0.1:0\n  trust:\n    roots: [${join(dir, 'bad.pem')}]\n`, 'b.yaml'), deps),

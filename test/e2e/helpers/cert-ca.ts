@@ -115,7 +115,12 @@ export class TestCa {
     issuer: string,
     name: string,
     cn: string,
-    o: { kind?: KeyKind; ext?: 'leaf_ext' | 'ca_ext' | 'notca_ext' | 'server_leaf_ext' | 'tls_server_ext'; start?: string; end?: string } = {},
+    o: {
+      kind?: KeyKind;
+      ext?: 'leaf_ext' | 'ca_ext' | 'notca_ext' | 'server_leaf_ext' | 'tls_server_ext';
+      start?: string;
+      end?: string;
+    } = {},
   ): Promise<Issued> {
     await this.newKey(name, o.kind ?? 'ec');
     await ossl(this.dir, 'req', '-new', '-key', `${name}.key`, '-out', `${name}.csr`, '-subj', `/CN=${cn}`);
@@ -146,5 +151,8 @@ export class TestCa {
 
 /** openssl's YYYYMMDDHHMMSSZ for a time. */
 export function opensslTime(ms: number): string {
-  return new Date(ms).toISOString().replace(/[-:T]/g, '').replace(/\.\d+Z$/, 'Z');
+  return new Date(ms)
+    .toISOString()
+    .replace(/[-:T]/g, '')
+    .replace(/\.\d+Z$/, 'Z');
 }

@@ -37,7 +37,16 @@ let serial = 1;
 async function make(
   cn: string,
   issuer: Made | null,
-  o: { ca?: boolean; pathLen?: number; ku?: number; eku?: string[]; extra?: x509.Extension[]; from?: number; to?: number; noBc?: boolean } = {},
+  o: {
+    ca?: boolean;
+    pathLen?: number;
+    ku?: number;
+    eku?: string[];
+    extra?: x509.Extension[];
+    from?: number;
+    to?: number;
+    noBc?: boolean;
+  } = {},
 ): Promise<Made> {
   const keys = (await subtle.generateKey(EC, true, ['sign', 'verify'])) as CryptoKeyPair;
   const extensions: x509.Extension[] = [];
@@ -79,7 +88,14 @@ t.test('chain building (RFC 5280 §6.1)', async (t) => {
   const i2b = await make('I2b', i2, { ca: true, ku: CA_KU });
   const leaf1 = await make('alice', i1, { ku: LEAF_KU, eku: [CLIENT] });
   const roots = [root.p];
-  const v = (chain: Made[], at = NOW) => reason(validateChain(chain.map((c) => c.p), roots, at));
+  const v = (chain: Made[], at = NOW) =>
+    reason(
+      validateChain(
+        chain.map((c) => c.p),
+        roots,
+        at,
+      ),
+    );
 
   t.equal(await v([leaf1, i1]), 'ok', 'leaf → intermediate (pathLen 0) → root');
   t.equal(await v([leaf1, i1, root]), 'ok', 'the root may end the chain');
@@ -113,7 +129,11 @@ t.test('chain building (RFC 5280 §6.1)', async (t) => {
   const noSign = await make('NoSign', root, { ca: true, ku: x509.KeyUsageFlags.cRLSign });
   t.equal(await v([await make('x', noSign, { ku: LEAF_KU }), noSign]), 'key_usage', 'keyUsage without keyCertSign');
   const noKu = await make('NoKU', root, { ca: true });
-  t.equal(await v([await make('x', noKu, { ku: LEAF_KU }), noKu]), 'ok', 'a CA without keyUsage (RFC 5280 §6.1.4 (n): only checked when present)');
+  t.equal(
+    await v([await make('x', noKu, { ku: LEAF_KU }), noKu]),
+    'ok',
+    'a CA without keyUsage (RFC 5280 §6.1.4 (n): only checked when present)',
+  );
 
   // The leaf's usages.
   t.equal(await v([await make('x', i1, { ku: x509.KeyUsageFlags.keyEncipherment }), i1]), 'key_usage', 'keyUsage without digitalSignature');
@@ -171,7 +191,11 @@ t.test('CRL edge cases (RFC 5280 §6.3)', async (t) => {
   const check = (f: string) => reason(validateChain([leaf.p], [root.p], NOW, new CrlStore([f], () => NOW)));
   t.equal(await check(file('ok.crl', await crl(root))), 'ok', 'a current CRL without the leaf');
   t.equal(await check(file('rev.crl', await crl(root, { revoke: leaf.cert.serialNumber }))), 'revoked', 'the leaf listed');
-  t.equal(await check(file('forged.crl', await crl(imposter, { revoke: '77' }))), 'crl_unusable', "a CRL in the issuer's name signed by another key");
+  t.equal(
+    await check(file('forged.crl', await crl(imposter, { revoke: '77' }))),
+    'crl_unusable',
+    "a CRL in the issuer's name signed by another key",
+  );
   t.equal(await check(file('stale.crl', await crl(root, { next: NOW - 1 }))), 'crl_unusable', 'past nextUpdate');
   const noCrlSign = await make('NoCrl', null, { ca: true, ku: x509.KeyUsageFlags.keyCertSign });
   const l2 = await make('l2', noCrlSign, {});
@@ -202,7 +226,11 @@ t.test('the mechanism: signatures, the challenge, and the user from the director
   const pkcs8 = Buffer.from(await subtle.exportKey('pkcs8', leaf.keys.privateKey));
   const { createPrivateKey } = await import('node:crypto');
   const key = createPrivateKey({ key: pkcs8, format: 'der', type: 'pkcs8' });
-  const ghostKey = createPrivateKey({ key: Buffer.from(await subtle.exportKey('pkcs8', ghost.keys.privateKey)), format: 'der', type: 'pkcs8' });
+  const ghostKey = createPrivateKey({
+    key: Buffer.from(await subtle.exportKey('pkcs8', ghost.keys.privateKey)),
+    format: 'der',
+    type: 'pkcs8',
+  });
   let dirDown = false;
   const directory: Directory = {
     async user(name) {
@@ -226,11 +254,18 @@ t.test('the mechanism: signatures, the challenge, and the user from the director
   const answer = (who: Made, k = key) => {
     const c = challenges.issue('192.0.2.1');
     const sig = signChallenge(k, Buffer.from(c.challenge, 'base64'));
-    t.ok(verifyCertSignature(new NodeCert(who.p.der).publicKey, Buffer.from(c.challenge, 'base64'), sig) === (k === key ? who === leaf : who === ghost));
+    t.ok(
+      verifyCertSignature(new NodeCert(who.p.der).publicKey, Buffer.from(c.challenge, 'base64'), sig) ===
+        (k === key ? who === leaf : who === ghost),
+    );
     return formatCertAuthorization(c.challenge, sig, [who.p.der]);
   };
   t.same(await m.verify(ctx(answer(leaf))), { user: 'alice', groups: ['trading'], org: 'example' }, "the directory's groups and org");
-  await t.rejects(m.verify(ctx(answer(ghost, ghostKey))), { code: 'unauthenticated', message: /no user in the directory/ }, 'a CN the directory does not know');
+  await t.rejects(
+    m.verify(ctx(answer(ghost, ghostKey))),
+    { code: 'unauthenticated', message: /no user in the directory/ },
+    'a CN the directory does not know',
+  );
   dirDown = true;
   await t.rejects(m.verify(ctx(answer(leaf))), { code: 'unavailable' }, 'a directory outage: 503, never an admit');
   await t.rejects(m.verify(ctx(answer(leaf), '192.0.2.2')), { code: 'replayed' }, 'another source');

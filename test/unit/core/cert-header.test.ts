@@ -59,7 +59,15 @@ t.test('refused: each rule, with a problem that names it and never the value', a
     ['whitespace inside the chain', good.replace(`${b1},`, `${b1}, `), /chain element/],
     ['empty chain element', good.replace(`${b1},`, `${b1},,`), /chain element/],
     ['a certificate too large', formatCertAuthorization(ch, sig, [randomBytes(MAX_CERT_BYTES + 1)]), /at most/],
-    ['too many certificates', formatCertAuthorization(ch, sig, Array.from({ length: MAX_CHAIN + 1 }, () => c1)), /more than/],
+    [
+      'too many certificates',
+      formatCertAuthorization(
+        ch,
+        sig,
+        Array.from({ length: MAX_CHAIN + 1 }, () => c1),
+      ),
+      /more than/,
+    ],
     ['signature not base64', good.replace(/signature="[^"]+"/, 'signature="!!!!"'), /signature/],
     ['too long', `${CERT_SCHEME} challenge="${'A'.repeat(70_000)}"`, /too long/],
   ];
