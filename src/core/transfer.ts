@@ -29,7 +29,10 @@
  *     else `untrusted`. The ticket's `iss` and `org` must be that org and its `sub` the
  *     body's `user`; `iat`/`exp` integers with 0 < exp - iat <= 60, now within
  *     [iat - 30 s, exp + 30 s) (clock skew between the two cores).
- * (5) the peer entry allows the user: `allow.users` names them, or one of their groups is
+ * (5) the name is not one of B's own users (the gateway's users file: a transferred
+ *     user's subject is their bare name, so admitting a local name would hand that user's
+ *     rooms and invitations to the other organisation), and
+ *     the peer entry allows the user: `allow.users` names them, or one of their groups is
  *     in `allow.groups`. Groups come from B's directory (core.directory): the ticket
  *     carries none (core.md §6), and B's own users (the gateway's users file) are B's
  *     people, not A's, so without a directory a transferred user has no groups and only
@@ -103,6 +106,8 @@ export interface TransferDeps {
   /** B's core.org. */
   org: string | null;
   directory: Directory | null;
+  /** Whether the name is one of this core's own users (the gateway's users file). */
+  localUser: (name: string) => boolean;
   nowMs: number;
 }
 
@@ -157,6 +162,9 @@ export async function checkTransfer(body: { ticket: string; user: string; org: s
   if (nowS + CLOCK_SKEW_S < iat) return refuse('unauthenticated', 'the ticket is not valid yet');
   if (nowS >= exp + CLOCK_SKEW_S) return refuse('unauthenticated', 'the ticket has expired');
   // (5) the peer entry allows the user or one of their groups; the directory confirms the org.
+  // A name one of B's own users holds is B's: admitting it from elsewhere would hand that
+  // user's rooms, invitations and rules to the other organisation (names are the subject).
+  if (d.localUser(body.user)) return refuse('unauthenticated', "the user name is one of this core's own users");
   let groups: string[] = [];
   if (d.directory) {
     let du;
@@ -280,6 +288,7 @@ export const transferModule: CoreModule = async (core) => {
       peers,
       org: core.cfg.core.org,
       directory: core.directory,
+      localUser: (name) => core.users.lookup(name) !== undefined,
       nowMs: core.clock.now(),
     });
     if (!r.ok) {

@@ -14,7 +14,10 @@
 //    challenge spent (a good ticket on it afterwards is refused). Failures count toward
 //    the per-source limit (429). Every transfer is an `auth` event (mechanism transfer);
 //    no ticket in events or log.
-// 2. Directory leg (each core with its own slapd): alice logs in at A (https) by Basic
+// 2. B is `gatehouse serve` (a process): A's alice is refused because B has an alice of
+//    its own; A's carol transfers, joins a conference at B by signalling, and her TURN
+//    allocation on B's gateway carries user carol, org A and the conference, no groups.
+// 3. Directory leg (each core with its own slapd): alice logs in at A (https) by Basic
 //    against A's slapd; B's slapd says which organisation each user is of (o) and their
 //    groups: alice (o=A, partners) transfers, allowed by group, with B's groups; dave
 //    (B's slapd: o=B) and erin (not in B's slapd) are refused, and the challenge spent;
@@ -372,7 +375,10 @@ t.test("transfer with the gateway's own users: A's user reaches B without a pass
 
 t.test('B is `gatehouse serve`: the transferred user\'s TURN credentials carry org A to the gateway\'s flows', { timeout: 120_000 }, async (t) => {
   const PW = 'alice-' + randomBytes(9).toString('base64url');
-  const A = await start('a', () => 'core:\n  listen: http://127.0.0.1:0\n  org: A\n', [{ name: 'alice', password: PW, groups: ['staff'] }]);
+  const A = await start('a', () => 'core:\n  listen: http://127.0.0.1:0\n  org: A\n', [
+    { name: 'alice', password: PW, groups: ['staff'] },
+    { name: 'carol', password: PW, groups: ['staff'] },
+  ]);
   t.teardown(() => A.core.stop());
   t.teardown(() => rmSync(A.dir, { recursive: true, force: true }));
   const peers = mkdtempSync(join(tmpdir(), 'gh-transfer-serve-'));
@@ -381,13 +387,13 @@ t.test('B is `gatehouse serve`: the transferred user\'s TURN credentials carry o
   await fetchCertificate(A, aCrt);
   const corePort = await freePort();
   const gh: TurnServer = await startGatehouse({
-    // B's own users: a local alice (other groups) who must not lend the transferred alice anything.
+    // B's own users: a local alice; A's alice must not become her.
     users: [{ name: 'alice', password: 'local-' + randomBytes(8).toString('hex'), groups: ['b-admins'] }],
     transports: ['udp'],
     logLevel: 'info',
     rules: `keys:\n  required: false\n  unverified: pass\nrules:\n  - id: partners\n    when: { org: [A] }\n    action: alert\n`,
     configure: (c) => {
-      c.core = { listen: `http://127.0.0.1:${corePort}`, org: 'B', peers: [{ org: 'A', cert: aCrt, allow: { users: ['alice'] } }] };
+      c.core = { listen: `http://127.0.0.1:${corePort}`, org: 'B', peers: [{ org: 'A', cert: aCrt, allow: { users: ['alice', 'carol'] } }] };
     },
   });
   t.teardown(() => gh.stop());
@@ -395,13 +401,20 @@ t.test('B is `gatehouse serve`: the transferred user\'s TURN credentials carry o
   const diag = () => gh.output().slice(-3000);
   await until(async () => (await req(base, 'GET', '/v1/core/certificate').catch(() => ({ status: 0 }))).status === 200, 30_000, 'the director', diag);
 
-  // The transfer, as in the first test.
-  const ch = (await req(base, 'GET', '/v1/auth/challenge')).json.challenge;
-  const aTok = await loginUser(A.core.url, 'alice', PW);
-  const tk = await req(A.core.url, 'POST', '/v1/auth/transfer-ticket', { token: aTok, body: { challenge: ch, audience: 'B' } });
-  const r = await req(base, 'POST', '/v1/auth/transfer', { body: { ticket: tk.json.ticket, user: 'alice', org: 'A' } });
+  const transferAs = async (user: string) => {
+    const ch = (await req(base, 'GET', '/v1/auth/challenge')).json.challenge;
+    const aTok = await loginUser(A.core.url, user, PW);
+    const tk = await req(A.core.url, 'POST', '/v1/auth/transfer-ticket', { token: aTok, body: { challenge: ch, audience: 'B' } });
+    return { tk, r: await req(base, 'POST', '/v1/auth/transfer', { body: { ticket: tk.json.ticket, user, org: 'A' } }) };
+  };
+  // A's alice: B has an alice of its own: refused (her rooms and invitations are B's alice's).
+  const clash = await transferAs('alice');
+  t.equal(clash.r.status, 401, "A's alice cannot become B's own alice");
+  t.match(clash.r.json?.error?.message, /own users/);
+  // A's carol: transferred, marked as of A.
+  const { tk, r } = await transferAs('carol');
   t.equal(r.status, 200, r.status === 200 ? 'transferred' : r.text);
-  t.match(r.json, { user: 'alice', org: 'A', groups: [] }, "not the local alice's groups");
+  t.match(r.json, { user: 'carol', org: 'A', groups: [] });
   const token: string = r.json.token;
 
   // A conference at B and a signalling join: TURN credentials for the gateway.
@@ -424,7 +437,7 @@ t.test('B is `gatehouse serve`: the transferred user\'s TURN credentials carry o
       } else if (m.type === 'error') reject(new Error(JSON.stringify(m.error)));
     });
   });
-  t.match(turn.username, /^\d+:alice$/, 'core.md §8: EXPIRY:USER');
+  t.match(turn.username, /^\d+:carol$/, 'core.md §8: EXPIRY:USER');
   const cl = await Client.udp(gh.port);
   t.teardown(() => cl.close());
   cl.realm = gh.realm;
@@ -434,8 +447,8 @@ t.test('B is `gatehouse serve`: the transferred user\'s TURN credentials carry o
   t.equal(alloc.cls, Class.Success, `allocate: ${errCode(alloc)}`);
   await until(() => readEvents(gh.dataDir!).some((e) => e.event_type === 'allocation' && (e as { src_port?: number }).src_port === cl.port), 10_000, 'the allocation event', diag);
   const ev = readEvents(gh.dataDir!).find((e) => e.event_type === 'allocation' && (e as { src_port?: number }).src_port === cl.port)!;
-  t.match(ev.gatehouse, { user: 'alice', org: 'A', conference: conf.json.id }, `the allocation carries org A (${JSON.stringify(ev.gatehouse)})`);
-  t.notOk(JSON.stringify(ev.gatehouse?.groups ?? []).includes('b-admins'), "never the local alice's groups");
+  t.match(ev.gatehouse, { user: 'carol', org: 'A', conference: conf.json.id }, `the allocation carries org A (${JSON.stringify(ev.gatehouse)})`);
+  t.same(ev.gatehouse?.groups ?? [], [], 'no groups (B has no directory; never the gateway store\'s)');
   const auth = readEvents(gh.dataDir!).filter((e) => e.event_type === 'auth');
   t.ok(auth.some((e) => JSON.stringify(e).includes('"mechanism":"transfer"') && JSON.stringify(e).includes('"result":"success"')), 'the transfer is an auth event in DATA_DIR/events.jsonl');
   t.notOk(gh.fullOutput().toString('utf8').includes(tk.json.ticket.split('.')[2]), 'no ticket in the log');

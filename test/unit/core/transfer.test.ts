@@ -45,7 +45,7 @@ t.test('the five checks, one at a time; the challenge spent in every case', asyn
   const challenges = new ChallengeStore(clock);
   const a = await peerOf('A');
   const c = await peerOf('C', { users: ['carol'], groups: [] });
-  const deps = (o: Partial<TransferDeps> = {}): TransferDeps => ({ challenges, peers: [a.peer, c.peer], org: 'B', directory: null, nowMs: clock.now(), ...o });
+  const deps = (o: Partial<TransferDeps> = {}): TransferDeps => ({ challenges, peers: [a.peer, c.peer], org: 'B', directory: null, localUser: (n) => n === 'bea', nowMs: clock.now(), ...o });
   const iat = () => Math.floor(clock.now() / 1000);
   const fresh = () => challenges.issue(SRC).challenge;
   const good = (ch: string, o: Record<string, unknown> = {}) => makeTicket(a, { sub: 'alice', org: 'A', aud: 'B', challenge: ch, iat: iat(), ...o });
@@ -66,6 +66,7 @@ t.test('the five checks, one at a time; the challenge spent in every case', asyn
     ['body org differs from the ticket (C signs for A)', (ch) => body(makeTicket(c, { sub: 'alice', org: 'A', aud: 'B', challenge: ch, iat: iat() }), { org: 'C' }), /another organisation/],
     ['body user differs', (ch) => body(good(ch), { user: 'mallory' }), /another user/],
     ['user not allowed', (ch) => body(good(ch, { sub: 'bob' }), { user: 'bob' }), /does not allow/],
+    ["a name of B's own users", (ch) => body(good(ch, { sub: 'bea' }), { user: 'bea' }), /own users/, { peers: [{ ...a.peer, allow: { users: ['bea'], groups: [] } }] }],
     ['alg none', (ch) => body(`${Buffer.from('{"alg":"none"}').toString('base64url')}.${good(ch).split('.')[1]}.`), /not ES256/],
     ['guest-looking user', (ch) => body(good(ch, { sub: 'guest/x/y' }), { user: 'guest/x/y' }), /"\/"/],
     ['expired ticket', (ch) => body(good(ch, { iat: iat() - 91 })), /expired/],
@@ -108,7 +109,7 @@ t.test('(5) with a directory: groups from it, the org it says, outage 503', asyn
     frank: { name: 'frank', groups: ['partners'] },
     down: 'down',
   });
-  const deps: TransferDeps = { challenges, peers: [a.peer], org: 'B', directory, nowMs: clock.now() };
+  const deps: TransferDeps = { challenges, peers: [a.peer], org: 'B', directory, localUser: () => false, nowMs: clock.now() };
   const go = (user: string) => {
     const ch = challenges.issue(SRC).challenge;
     const ticket = makeTicket(a, { sub: user, org: 'A', aud: 'B', challenge: ch, iat: Math.floor(clock.now() / 1000) });
