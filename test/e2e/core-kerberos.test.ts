@@ -12,7 +12,7 @@
 //      nothing to offer, and a token made while it was valid is refused).
 //   4. Every outcome is an `auth` event; no token or password in the log or events.
 //   5. Headless Chromium allowlisted for localhost (--auth-server-allowlist) with alice's
-//      ccache logs in to the web client by "Log in with Kerberos" and joins a conference.
+//      ccache logs in to the web client by "Sign in with Kerberos" and joins a conference.
 //   6. With core.directory (a real slapd): the principal is the directory's user, with its
 //      groups and organisation; a principal the directory lacks is 401 even if the
 //      gateway's own users have the name; the directory down (cache expired) is 503.
@@ -276,7 +276,7 @@ t.test(
     const base = `http://localhost:${corePort}`;
     await page.goto(`${base}/`);
     await until(() => page.locator('#kerberos-login').isVisible(), 15_000, 'the page offers Kerberos', diag);
-    await page.getByRole('button', { name: 'Log in with Kerberos', exact: true }).click();
+    await page.getByRole('button', { name: 'Sign in with Kerberos', exact: true }).click();
     await until(async () => /Logged in as alice \(trading\)/.test(await look()), 20_000, 'logged in by Negotiate', diag);
     t.pass('Chromium answered Negotiate with the ticket; the page is logged in as alice');
     const evs = authEvents(gh).map((e) => (e as unknown as { auth: { result: string; user?: string } }).auth);

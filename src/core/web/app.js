@@ -70,7 +70,7 @@ function showSession() {
   const s = state.session;
   $('whoami').textContent = s ? `Logged in as ${s.user}${s.groups?.length ? ` (${s.groups.join(', ')})` : ''}.` : 'Not logged in.';
   $('login-form').hidden = !!s;
-  if (s) $('kerberos-login').hidden = true;
+  $('kerberos-login').hidden = !!s;
   $('logout-button').hidden = !s;
   for (const id of ['conference-create', 'room-create', 'invite-accept-button']) $(id).disabled = !s;
 }
@@ -88,24 +88,22 @@ async function login() {
   setStatus(`Logged in as ${state.session.user}.`);
 }
 
-/** core.md §3 with Negotiate (RFC 4559): the browser answers the challenge with its Kerberos ticket. */
+/**
+ * core.md §3 with Negotiate (RFC 4559): first asked without credentials whether the core
+ * offers Negotiate at all (else a browser would answer the Digest challenge of a
+ * credentialed request with its own password dialog), then the browser answers the
+ * challenge with its Kerberos ticket.
+ */
 async function loginKerberos() {
   setStatus('Logging in with Kerberos…');
+  const probe = await api('POST', '/v1/login');
+  await probe.body?.cancel().catch(() => {});
+  if (probe.status === 401 && !offersNegotiate(probe))
+    throw new ApiError(401, 'unauthenticated', 'This server does not offer Kerberos login: use your password.');
   const r = await negotiatePost('/v1/login');
   state.session = { token: r.token, user: r.user, groups: r.groups ?? [], expires: r.expires };
   showSession();
   setStatus(`Logged in as ${state.session.user} (Kerberos).`);
-}
-
-/** Shows "Log in with Kerberos" when the core offers Negotiate (a login without credentials: not a failure). */
-async function probeNegotiate() {
-  try {
-    const res = await api('POST', '/v1/login');
-    await res.body?.cancel().catch(() => {});
-    $('kerberos-login').hidden = !(res.status === 401 && offersNegotiate(res));
-  } catch {
-    /* the core is not reachable: the form says so on use */
-  }
 }
 
 // ---- Conferences -------------------------------------------------------------------
@@ -621,7 +619,6 @@ function init() {
       state.session = null;
       showSession();
       setStatus('Logged out.');
-      void probeNegotiate();
     }),
   );
   $('conference-form').addEventListener('submit', action(createConference));
@@ -682,7 +679,6 @@ function init() {
     // The key must not linger in the address bar or history.
     if (t.key) history.replaceState(null, '', location.pathname + location.search);
   }
-  void probeNegotiate();
 }
 
 function toggle(kind, button, onLabel, offLabel) {
