@@ -11,6 +11,8 @@
  *   every certificate of that issuer is refused (`untrusted`) until a fresh CRL is in
  *   the file;
  * - a CRL whose issuer name matches but whose signature does not verify fails closed too;
+ * - a delta CRL, or one with a critical extension not processed here (a partitioned or
+ *   indirect CRL's issuingDistributionPoint or certificateIssuer), fails closed (§5.2);
  * - a certificate whose serial number is listed is revoked (§5.3.1's reason is not needed).
  * Issuers with no CRL configured are not checked for revocation.
  *
@@ -51,6 +53,32 @@ export function parseCrlFile(data: Buffer): x509.X509Crl[] {
   return [new x509.X509Crl(new Uint8Array(data))];
 }
 
+/** CRL extensions (RFC 5280 §5.2) and entry extensions (§5.3) a complete, direct CRL may carry. */
+const CRL_EXTENSIONS = new Set(['2.5.29.20', '2.5.29.35']); // cRLNumber, authorityKeyIdentifier
+const ENTRY_EXTENSIONS = new Set(['2.5.29.21', '2.5.29.24']); // reasonCode, invalidityDate
+const DELTA_CRL_INDICATOR = '2.5.29.27';
+
+/**
+ * Why this CRL cannot be used as the complete CRL of its issuer, or null: a delta CRL
+ * (§5.2.4) is not complete; a critical extension this code does not process (§5.2: "If a
+ * CRL contains a critical extension that the application cannot process, then the
+ * application MUST NOT use that CRL", e.g. a partitioned CRL's issuingDistributionPoint,
+ * §5.2.5, or an indirect CRL's certificateIssuer entry extension, §5.3.3). Fail closed.
+ */
+export function crlExtensionProblem(crl: x509.X509Crl): string | null {
+  for (const e of crl.extensions) {
+    if (e.type === DELTA_CRL_INDICATOR) return 'is a delta CRL (a complete CRL is needed)';
+    if (e.critical && !CRL_EXTENSIONS.has(e.type)) return `has a critical extension this core does not process (${e.type})`;
+  }
+  for (const entry of crl.entries) {
+    for (const e of entry.extensions) {
+      if (e.critical && !ENTRY_EXTENSIONS.has(e.type))
+        return `has an entry with a critical extension this core does not process (${e.type})`;
+    }
+  }
+  return null;
+}
+
 const stampOf = (path: string) => {
   const s = statSync(path);
   return `${s.size}:${s.mtimeMs}`;
@@ -61,6 +89,8 @@ export class CrlStore implements RevocationChecker {
   private lastCheck = -Infinity;
   /** Signature results per CRL and issuer certificate (a CRL is verified once per issuer). */
   private readonly verified = new WeakMap<x509.X509Crl, Map<string, boolean>>();
+  /** crlExtensionProblem() per CRL (it walks every entry once). */
+  private readonly extProblem = new WeakMap<x509.X509Crl, string | null>();
 
   /** Reads every file now; throws GatehouseError E_CONFIG naming the key of a bad one. */
   constructor(
@@ -127,6 +157,9 @@ export class CrlStore implements RevocationChecker {
             'crl_unusable',
             `the issuer of ${what} may not sign CRLs (keyUsage cRLSign), yet ${f.key} has a CRL in its name`,
           );
+        let ext = this.extProblem.get(crl);
+        if (ext === undefined) this.extProblem.set(crl, (ext = crlExtensionProblem(crl)));
+        if (ext) throw new ChainError('crl_unusable', `the CRL in ${f.key} for the issuer of ${what} ${ext}`);
         if (!(await this.signedBy(crl, issuer)))
           throw new ChainError('crl_unusable', `the CRL in ${f.key} for the issuer of ${what} does not verify with the issuer's key`);
         if (crl.thisUpdate.getTime() > nowMs + THIS_UPDATE_SKEW_MS)

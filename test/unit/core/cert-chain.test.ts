@@ -197,6 +197,25 @@ t.test('CRL edge cases (RFC 5280 §6.3)', async (t) => {
     "a CRL in the issuer's name signed by another key",
   );
   t.equal(await check(file('stale.crl', await crl(root, { next: NOW - 1 }))), 'crl_unusable', 'past nextUpdate');
+  const scoped = await x509.X509CrlGenerator.create({
+    issuer: root.cert.subject,
+    thisUpdate: new Date(NOW - DAY),
+    nextUpdate: new Date(NOW + DAY),
+    signingAlgorithm: SIG,
+    signingKey: root.keys.privateKey,
+    // issuingDistributionPoint (RFC 5280 §5.2.5), critical: a partitioned CRL, not processed here.
+    extensions: [new x509.Extension('2.5.29.28', true, new Uint8Array([0x30, 0x03, 0x81, 0x01, 0xff]))],
+  });
+  t.equal(await check(file('scoped.crl', scoped)), 'crl_unusable', 'a critical issuingDistributionPoint (partitioned CRL)');
+  const delta = await x509.X509CrlGenerator.create({
+    issuer: root.cert.subject,
+    thisUpdate: new Date(NOW - DAY),
+    nextUpdate: new Date(NOW + DAY),
+    signingAlgorithm: SIG,
+    signingKey: root.keys.privateKey,
+    extensions: [new x509.Extension('2.5.29.27', true, new Uint8Array([0x02, 0x01, 0x01]))],
+  });
+  t.equal(await check(file('delta.crl', delta)), 'crl_unusable', 'a delta CRL');
   const noCrlSign = await make('NoCrl', null, { ca: true, ku: x509.KeyUsageFlags.keyCertSign });
   const l2 = await make('l2', noCrlSign, {});
   const c2 = await x509.X509CrlGenerator.create({
