@@ -112,8 +112,13 @@ interface Side {
   log: string[];
 }
 
-async function start(name: string, yaml: (dir: string) => string, users: { name: string; password: string; groups: string[] }[] = []): Promise<Side> {
-  const dir = mkdtempSync(join(tmpdir(), `gh-transfer-${name}-`));
+async function start(
+  name: string,
+  yaml: (dir: string) => string,
+  users: { name: string; password: string; groups: string[] }[] = [],
+  dataDir?: string,
+): Promise<Side> {
+  const dir = dataDir ?? mkdtempSync(join(tmpdir(), `gh-transfer-${name}-`));
   const log: string[] = [];
   const logger = createLogger({ level: 'debug' }, { write: (s: string) => void log.push(s) });
   const events = new MemoryEventSink();
@@ -190,7 +195,7 @@ t.test("transfer with the gateway's own users: A's user reaches B without a pass
   const transfer = (from: string, ticket: string, user = 'alice', org = 'A') =>
     req(B.core.url, 'POST', '/v1/auth/transfer', { from, body: { ticket, user, org } });
 
-  await t.test('GET /v1/core/certificate: PEM, no token; the same certificate across restarts of the same DATA_DIR', async (t) => {
+  await t.test('GET /v1/core/certificate: PEM, no token', async (t) => {
     const r = await req(A.core.url, 'GET', '/v1/core/certificate');
     t.equal(r.status, 200);
     t.equal(r.headers['content-type'], 'application/x-pem-file');
@@ -357,6 +362,18 @@ t.test("transfer with the gateway's own users: A's user reaches B without a pass
     t.equal(limited.status, 429, 'the 11th failure from one address in a minute: 429');
     t.ok(limited.headers['retry-after']);
     t.match(transferEvents(B).at(-1), { auth: { mechanism: 'transfer', result: 'failure', reason: 'rate_limited' } }, 'the 429 is an auth event too');
+  });
+
+  await t.test("A restarted on its DATA_DIR keeps its signing identity: B still trusts its tickets", async (t) => {
+    await A.core.stop();
+    const A2 = await start('a', () => 'core:\n  listen: http://127.0.0.1:0\n  org: A\n', users, A.dir);
+    t.teardown(() => A2.core.stop());
+    t.equal((await req(A2.core.url, 'GET', '/v1/core/certificate')).text, aPem, 'the same certificate');
+    const from = client();
+    const ch = (await challengeAt(from)).challenge;
+    const ticket = await ticketFrom(A2, await loginUser(A2.core.url, 'alice', PW.alice), ch);
+    const r = await transfer(from, ticket);
+    t.equal(r.status, 200, r.status === 200 ? 'transferred' : r.text);
   });
 
   await t.test('events and log: every transfer an auth event; no ticket anywhere', async (t) => {
