@@ -13,6 +13,8 @@ Commands:
   verify [--cert FILE] DIR              check recordings: hashes, hash chain, signatures
   endpoint --role offer|answer ...      a compliant endpoint (werift): place/answer a test
                                         call through the gateway, escrowing its keys
+  keyagent --keylog FILE --turn URL ... desktop key agent: escrow a browser's DTLS secrets
+                                        (NSS key log) to the trusted gateway
   core-fe --config FILE                 run one front end of a conferencing core pool
   login --cert FILE --key FILE --core URL
                                         log in to a core with a client certificate;
@@ -55,6 +57,7 @@ const commands: Record<string, () => Promise<Runner>> = {
   rules: async () => (await import('./rules.js')).runRules,
   verify: async () => (await import('./verify.js')).runVerify,
   endpoint: async () => (await import('./endpoint.js')).runEndpoint,
+  keyagent: async () => (await import('./keyagent.js')).runKeyagent,
   'core-fe': async () => (await import('./core-fe.js')).runCoreFe,
   login: async () => (await import('./login.js')).runLogin,
 };
