@@ -93,6 +93,7 @@ t.test('Gatehouse-Cert login (core.md §5) against an openssl test CA', { skip }
   const notCa = await ca.issue('root', 'notca', 'Not A CA', { ext: 'notca_ext' });
   const dave = await ca.issue('notca', 'dave', 'dave');
   const erin = await ca.issue('int', 'erin', 'erin');
+  const frank = await ca.issue('int', 'frank', 'frank');
   const server = await ca.issue('int', 'srv', 'srv', { ext: 'server_leaf_ext' }); // serverAuth only
   await ca.revoke('int', 'erin');
   const crl = await ca.crl('int', 'int.crl');
@@ -129,7 +130,7 @@ t.test('Gatehouse-Cert login (core.md §5) against an openssl test CA', { skip }
   t.teardown(() => core.stop());
   const base = core.url;
   const secrets = new Secrets();
-  for (const who of [alice, bob, carol, mallory, dave, erin, int, root, otherRoot, notCa, server])
+  for (const who of [alice, bob, carol, mallory, dave, erin, frank, int, root, otherRoot, notCa, server])
     secrets.add('private_key', who.key, createPrivateKey(readFileSync(who.key)).export({ type: 'pkcs8', format: 'der' }));
 
   // core.md §2 allows 10 failed authentications per source per minute: each subtest
@@ -361,6 +362,24 @@ t.test('Gatehouse-Cert login (core.md §5) against an openssl test CA', { skip }
     } finally {
       await c2.stop();
     }
+  });
+
+  await t.test('a CRL file replaced with a new revocation is re-read (checked every 10 s)', async (t) => {
+    fresh();
+    t.equal((await login(answer(await challenge(), [frank, int]))).status, 200, 'frank logs in');
+    await ca.revoke('int', 'frank');
+    await ca.crl('int', 'int.crl'); // the same file, replaced
+    clock.advance(11_000);
+    refused(t, await login(answer(await challenge(), [frank, int])), 'untrusted', 'frank revoked in the new CRL', /revoked/);
+  });
+
+  await t.test('failed certificate logins count toward the per-source limit (10 a minute, then 429)', async (t) => {
+    fresh();
+    for (let i = 0; i < 10; i++) t.equal((await login(answer(await challenge(), [mallory]))).status, 401, `failure ${i + 1}`);
+    const r = await login(answer(await challenge(), [alice, int]));
+    t.equal(r.status, 429, 'the 11th attempt, even a good one: 429');
+    t.equal(r.json?.error?.code, 'rate_limited');
+    t.ok(r.headers['retry-after'], 'Retry-After');
   });
 
   await t.test("an out-of-date CRL refuses its issuer's certificates (fail closed)", async (t) => {
