@@ -84,7 +84,10 @@ export async function loadOrCreateCoreSigning(
 ): Promise<{ signing: CoreSigning; created: boolean }> {
   const { cert, key } = cfg.core.signing;
   if (cert && key) {
-    return { signing: fromPem(readPem(key, 'core.signing.key'), readPem(cert, 'core.signing.cert'), 'core.signing.key', 'core.signing.cert'), created: false };
+    return {
+      signing: fromPem(readPem(key, 'core.signing.key'), readPem(cert, 'core.signing.cert'), 'core.signing.key', 'core.signing.cert'),
+      created: false,
+    };
   }
   const cn = `gatehouse core ${cfg.core.org ?? cfg.realm}`;
   if (!dataDir) {

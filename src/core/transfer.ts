@@ -92,7 +92,16 @@ export interface TicketClaims {
 
 /** A's side: the signed ticket for `user` of organisation `org` to `audience`. */
 export function makeTicket(signing: Pick<CoreSigning, 'privateKey'>, c: Omit<TicketClaims, 'typ' | 'iss' | 'exp'>): string {
-  const claims: TicketClaims = { typ: TICKET_TYP, iss: c.org, sub: c.sub, org: c.org, aud: c.aud, challenge: c.challenge, iat: c.iat, exp: c.iat + TICKET_TTL_S };
+  const claims: TicketClaims = {
+    typ: TICKET_TYP,
+    iss: c.org,
+    sub: c.sub,
+    org: c.org,
+    aud: c.aud,
+    challenge: c.challenge,
+    iat: c.iat,
+    exp: c.iat + TICKET_TTL_S,
+  };
   return signEs256(claims as unknown as Record<string, unknown>, signing.privateKey);
 }
 
@@ -124,7 +133,11 @@ const CHALLENGE_REASON = {
  * B's five checks of core.md §6 over a well-formed body (`ticket`, `user`, `org`
  * strings). Spends the ticket's challenge in every case once it is read.
  */
-export async function checkTransfer(body: { ticket: string; user: string; org: string }, source: string, d: TransferDeps): Promise<TransferCheck> {
+export async function checkTransfer(
+  body: { ticket: string; user: string; org: string },
+  source: string,
+  d: TransferDeps,
+): Promise<TransferCheck> {
   let jws: DecodedJws;
   try {
     jws = decodeJws(body.ticket);
@@ -150,12 +163,14 @@ export async function checkTransfer(body: { ticket: string; user: string; org: s
   const now = new Date(d.nowMs);
   if (now < new Date(peer.certificate.validFrom) || now > new Date(peer.certificate.validTo))
     return refuse('untrusted', "the peer's certificate is not valid now");
-  if (!verifyEs256(jws, peer.publicKey)) return refuse('untrusted', 'the ticket signature does not verify with the certificate trusted for this organisation');
+  if (!verifyEs256(jws, peer.publicKey))
+    return refuse('untrusted', 'the ticket signature does not verify with the certificate trusted for this organisation');
   if (p.iss !== body.org || p.org !== body.org) return refuse('untrusted', 'the ticket was issued for another organisation');
   if (p.sub !== body.user) return refuse('unauthenticated', 'the ticket is for another user');
   if (BAD_USER.test(body.user)) return refuse('unauthenticated', 'the user name contains ":", "/" or a control character');
   const nowS = Math.floor(d.nowMs / 1000);
-  if (!Number.isSafeInteger(p.iat) || !Number.isSafeInteger(p.exp)) return refuse('unauthenticated', 'the ticket iat and exp are not integers');
+  if (!Number.isSafeInteger(p.iat) || !Number.isSafeInteger(p.exp))
+    return refuse('unauthenticated', 'the ticket iat and exp are not integers');
   const iat = p.iat as number;
   const exp = p.exp as number;
   if (exp <= iat || exp - iat > TICKET_TTL_S) return refuse('unauthenticated', `the ticket lives more than ${TICKET_TTL_S} s`);
@@ -221,12 +236,18 @@ export function readStrictBody(req: IncomingMessage, max = MAX_BODY_BYTES): Prom
 }
 
 /** Exactly these string members, each a valid name-like string; else 400. */
-function fields<K extends string>(body: Record<string, unknown>, keys: readonly K[], max: Partial<Record<K, number>> = {}): Record<K, string> {
-  for (const k of Object.keys(body)) if (!keys.includes(k as K)) throw new CoreError('bad_request', `unknown member ${JSON.stringify(k.slice(0, 32))}`);
+function fields<K extends string>(
+  body: Record<string, unknown>,
+  keys: readonly K[],
+  max: Partial<Record<K, number>> = {},
+): Record<K, string> {
+  for (const k of Object.keys(body))
+    if (!keys.includes(k as K)) throw new CoreError('bad_request', `unknown member ${JSON.stringify(k.slice(0, 32))}`);
   const out = {} as Record<K, string>;
   for (const k of keys) {
     const v = body[k];
-    if (typeof v !== 'string' || !v.length || v.length > (max[k] ?? MAX_NAME) || CONTROL.test(v)) throw new CoreError('bad_request', `${k} must be a non-empty string`);
+    if (typeof v !== 'string' || !v.length || v.length > (max[k] ?? MAX_NAME) || CONTROL.test(v))
+      throw new CoreError('bad_request', `${k} must be a non-empty string`);
     out[k] = v;
   }
   return out;
@@ -261,7 +282,13 @@ export const transferModule: CoreModule = async (core) => {
     }
     const b = fields(await readStrictBody(ctx.req), ['challenge', 'audience'] as const);
     if (!CHALLENGE_RE.test(b.challenge)) throw new CoreError('bad_request', 'challenge must be the base64 of 24 bytes (core.md §5)');
-    const ticket = makeTicket(signing, { sub: c.sub, org, aud: b.audience, challenge: b.challenge, iat: Math.floor(core.clock.now() / 1000) });
+    const ticket = makeTicket(signing, {
+      sub: c.sub,
+      org,
+      aud: b.audience,
+      challenge: b.challenge,
+      iat: Math.floor(core.clock.now() / 1000),
+    });
     emitAuthEvent(core, ctx, { mechanism: 'transfer-ticket', result: 'success', user: c.sub, org });
     ctx.send(200, { ticket });
   });
@@ -296,7 +323,11 @@ export const transferModule: CoreModule = async (core) => {
       if (r.code !== 'unavailable') core.limiter.fail(ctx.source);
       emitAuthEvent(core, ctx, { mechanism: 'transfer', result: 'failure', reason: r.code, user: body.user, org: body.org });
       core.log.info({ mechanism: 'transfer', org: body.org.slice(0, MAX_NAME), reason: r.code }, 'transfer refused');
-      throw new CoreError(r.code, r.message, r.code === 'unavailable' ? { connection: 'close' } : { connection: 'close', 'www-authenticate': transferChallenge(core) });
+      throw new CoreError(
+        r.code,
+        r.message,
+        r.code === 'unavailable' ? { connection: 'close' } : { connection: 'close', 'www-authenticate': transferChallenge(core) },
+      );
     }
     core.log.info({ user: r.user, org: r.org, mechanism: 'transfer' }, 'login');
     emitAuthEvent(core, ctx, { mechanism: 'transfer', result: 'success', user: r.user, groups: r.groups, org: r.org });

@@ -64,7 +64,8 @@ function req(
   opts: { token?: string; body?: unknown; raw?: string; from?: string; headers?: Record<string, string>; ca?: Buffer } = {},
 ): Promise<Res> {
   const u = new URL(path, base);
-  const data = opts.raw !== undefined ? Buffer.from(opts.raw) : opts.body === undefined ? undefined : Buffer.from(JSON.stringify(opts.body));
+  const data =
+    opts.raw !== undefined ? Buffer.from(opts.raw) : opts.body === undefined ? undefined : Buffer.from(JSON.stringify(opts.body));
   const request = u.protocol === 'https:' ? httpsRequest : httpRequest;
   return new Promise((resolve, reject) => {
     const r = request(
@@ -142,7 +143,8 @@ async function fetchCertificate(s: Side, file: string, ca?: Buffer): Promise<str
   return r.text;
 }
 
-const transferEvents = (s: Side) => s.events.events.filter((e) => e.event_type === 'auth' && (e.auth as { mechanism?: string })?.mechanism === 'transfer');
+const transferEvents = (s: Side) =>
+  s.events.events.filter((e) => e.event_type === 'auth' && (e.auth as { mechanism?: string })?.mechanism === 'transfer');
 
 t.test("transfer with the gateway's own users: A's user reaches B without a password; each check broken refuses", async (t) => {
   const PW = { alice: 'alice-' + randomBytes(9).toString('base64url'), bob: 'bob-' + randomBytes(9).toString('base64url') };
@@ -221,7 +223,10 @@ t.test("transfer with the gateway's own users: A's user reaches B without a pass
     const room = await req(B.core.url, 'POST', '/v1/rooms', { token: r.json.token, body: { title: 'from A' } });
     t.equal(room.status, 201, `a room at B: ${room.text}`);
     // A transferred user cannot transfer onwards from B.
-    const onward = await req(B.core.url, 'POST', '/v1/auth/transfer-ticket', { token: r.json.token, body: { challenge: ch.challenge, audience: 'C' } });
+    const onward = await req(B.core.url, 'POST', '/v1/auth/transfer-ticket', {
+      token: r.json.token,
+      body: { challenge: ch.challenge, audience: 'C' },
+    });
     t.equal(onward.status, 403, 'a user transferred in cannot transfer onwards: 403');
     // The same challenge again: spent.
     const again = await transfer(from, ticket);
@@ -234,15 +239,30 @@ t.test("transfer with the gateway's own users: A's user reaches B without a pass
   });
 
   await t.test('the ticket endpoint: user tokens only; bad bodies', async (t) => {
-    t.equal((await req(A.core.url, 'POST', '/v1/auth/transfer-ticket', { body: { challenge: 'x', audience: 'B' } })).status, 401, 'no token');
+    t.equal(
+      (await req(A.core.url, 'POST', '/v1/auth/transfer-ticket', { body: { challenge: 'x', audience: 'B' } })).status,
+      401,
+      'no token',
+    );
     const ch = (await challengeAt(client())).challenge;
-    for (const body of [{ challenge: ch }, { challenge: 'short', audience: 'B' }, { challenge: ch, audience: 'B', extra: 1 }, { challenge: ch, audience: '' }]) {
+    for (const body of [
+      { challenge: ch },
+      { challenge: 'short', audience: 'B' },
+      { challenge: ch, audience: 'B', extra: 1 },
+      { challenge: ch, audience: '' },
+    ]) {
       const r = await req(A.core.url, 'POST', '/v1/auth/transfer-ticket', { token: aliceToken, body });
       t.equal(r.status, 400, JSON.stringify(Object.keys(body)));
     }
-    const dup = await req(A.core.url, 'POST', '/v1/auth/transfer-ticket', { token: aliceToken, raw: `{"challenge":"${ch}","audience":"B","audience":"C"}` });
+    const dup = await req(A.core.url, 'POST', '/v1/auth/transfer-ticket', {
+      token: aliceToken,
+      raw: `{"challenge":"${ch}","audience":"B","audience":"C"}`,
+    });
     t.equal(dup.status, 400, 'duplicate members refused');
-    const big = await req(A.core.url, 'POST', '/v1/auth/transfer-ticket', { token: aliceToken, raw: JSON.stringify({ challenge: ch, audience: 'x'.repeat(9000) }) });
+    const big = await req(A.core.url, 'POST', '/v1/auth/transfer-ticket', {
+      token: aliceToken,
+      raw: JSON.stringify({ challenge: ch, audience: 'x'.repeat(9000) }),
+    });
     t.equal(big.status, 400, 'bounded body');
     // A core without core.org cannot issue.
     const N = await start('n', () => 'core:\n  listen: http://127.0.0.1:0\n', users);
@@ -274,7 +294,10 @@ t.test("transfer with the gateway's own users: A's user reaches B without a pass
     t.equal(retry.json?.error?.code, 'replayed', `${name}: a good ticket on it afterwards is a replay`);
   };
   const forged = (key: ReturnType<typeof createPrivateKey>, ch: string, o: Record<string, unknown> = {}) =>
-    signEs256({ typ: 'gatehouse-transfer', iss: 'A', sub: 'alice', org: 'A', aud: 'B', challenge: ch, iat: nowS(), exp: nowS() + 60, ...o }, key);
+    signEs256(
+      { typ: 'gatehouse-transfer', iss: 'A', sub: 'alice', org: 'A', aud: 'B', challenge: ch, iat: nowS(), exp: nowS() + 60, ...o },
+      key,
+    );
 
   await t.test('(1) the challenge: never issued by B, issued to another address', async (t) => {
     const from = client();
@@ -283,7 +306,10 @@ t.test("transfer with the gateway's own users: A's user reaches B without a pass
     t.equal(r.status, 401);
     t.equal(r.json.error.code, 'replayed');
     t.equal(r.headers.connection, 'close');
-    await broken(t, 'fetched from another address', async (ch) => ({ ticket: await ticketFrom(A, aliceToken, ch) }), { fetchFrom: '127.0.0.200', code: 'replayed' });
+    await broken(t, 'fetched from another address', async (ch) => ({ ticket: await ticketFrom(A, aliceToken, ch) }), {
+      fetchFrom: '127.0.0.200',
+      code: 'replayed',
+    });
   });
 
   await t.test('(2) typ and aud', async (t) => {
@@ -294,10 +320,21 @@ t.test("transfer with the gateway's own users: A's user reaches B without a pass
   await t.test('(3) the signature', async (t) => {
     await broken(
       t,
-      'tampered payload (A\'s signature over other claims)',
+      "tampered payload (A's signature over other claims)",
       async (ch) => {
         const [h, , s] = (await ticketFrom(A, aliceToken, ch)).split('.');
-        const p = b64u(JSON.stringify({ typ: 'gatehouse-transfer', iss: 'A', sub: 'alice', org: 'A', aud: 'B', challenge: ch, iat: nowS() - 1, exp: nowS() + 59 }));
+        const p = b64u(
+          JSON.stringify({
+            typ: 'gatehouse-transfer',
+            iss: 'A',
+            sub: 'alice',
+            org: 'A',
+            aud: 'B',
+            challenge: ch,
+            iat: nowS() - 1,
+            exp: nowS() + 59,
+          }),
+        );
         return { ticket: `${h}.${p}.${s}` };
       },
       { code: 'untrusted' },
@@ -313,19 +350,33 @@ t.test("transfer with the gateway's own users: A's user reaches B without a pass
       },
       { code: 'untrusted' },
     );
-    await broken(t, 'a DER signature instead of R||S', async (ch) => {
-      const [h, p] = (await ticketFrom(A, aliceToken, ch)).split('.');
-      const { sign } = await import('node:crypto');
-      return { ticket: `${h}.${p}.${b64u(sign('sha256', Buffer.from(`${h}.${p}`), aKey))}` };
-    }, { code: 'untrusted' });
+    await broken(
+      t,
+      'a DER signature instead of R||S',
+      async (ch) => {
+        const [h, p] = (await ticketFrom(A, aliceToken, ch)).split('.');
+        const { sign } = await import('node:crypto');
+        return { ticket: `${h}.${p}.${b64u(sign('sha256', Buffer.from(`${h}.${p}`), aKey))}` };
+      },
+      { code: 'untrusted' },
+    );
   });
 
   await t.test('(4) the signer is the core core.peers trusts for the org', async (t) => {
-    await broken(t, 'signed by an unknown key', async (ch) => ({ ticket: forged(generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey, ch) }), { code: 'untrusted' });
+    await broken(
+      t,
+      'signed by an unknown key',
+      async (ch) => ({ ticket: forged(generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey, ch) }),
+      { code: 'untrusted' },
+    );
     await broken(t, "signed by C's key (trusted for C) claiming A", async (ch) => ({ ticket: forged(cKey, ch) }), { code: 'untrusted' });
     const aliceAtC = await loginUser(C.core.url, 'alice', PW.alice);
-    await broken(t, "C's genuine ticket presented as A's", async (ch) => ({ ticket: await ticketFrom(C, aliceAtC, ch) }), { code: 'untrusted' });
-    await broken(t, 'an org with no peer entry', async (ch) => ({ ticket: await ticketFrom(A, aliceToken, ch), org: 'Q' }), { code: 'untrusted' });
+    await broken(t, "C's genuine ticket presented as A's", async (ch) => ({ ticket: await ticketFrom(C, aliceAtC, ch) }), {
+      code: 'untrusted',
+    });
+    await broken(t, 'an org with no peer entry', async (ch) => ({ ticket: await ticketFrom(A, aliceToken, ch), org: 'Q' }), {
+      code: 'untrusted',
+    });
   });
 
   await t.test('(5) the peer entry allows the user', async (t) => {
@@ -334,16 +385,29 @@ t.test("transfer with the gateway's own users: A's user reaches B without a pass
   });
 
   await t.test('alg=none and HS256 tickets are refused', async (t) => {
-    await broken(t, 'alg none', async (ch) => {
-      const [, p] = forged(aKey, ch).split('.');
-      return { ticket: `${b64u('{"alg":"none","typ":"JWT"}')}.${p}.` };
-    }, { code: 'untrusted' });
-    for (const secret of [aPem, createPrivateKey(readFileSync(join(A.dir, SIGNING_KEY_FILE))).export({ type: 'pkcs8', format: 'pem' }) as string]) {
-      await broken(t, 'HS256 keyed with A\'s PEM', async (ch) => {
+    await broken(
+      t,
+      'alg none',
+      async (ch) => {
         const [, p] = forged(aKey, ch).split('.');
-        const h = b64u('{"alg":"HS256","typ":"JWT"}');
-        return { ticket: `${h}.${p}.${b64u(createHmac('sha256', secret).update(`${h}.${p}`).digest())}` };
-      }, { code: 'untrusted' });
+        return { ticket: `${b64u('{"alg":"none","typ":"JWT"}')}.${p}.` };
+      },
+      { code: 'untrusted' },
+    );
+    for (const secret of [
+      aPem,
+      createPrivateKey(readFileSync(join(A.dir, SIGNING_KEY_FILE))).export({ type: 'pkcs8', format: 'pem' }) as string,
+    ]) {
+      await broken(
+        t,
+        "HS256 keyed with A's PEM",
+        async (ch) => {
+          const [, p] = forged(aKey, ch).split('.');
+          const h = b64u('{"alg":"HS256","typ":"JWT"}');
+          return { ticket: `${h}.${p}.${b64u(createHmac('sha256', secret).update(`${h}.${p}`).digest())}` };
+        },
+        { code: 'untrusted' },
+      );
     }
   });
 
@@ -361,10 +425,14 @@ t.test("transfer with the gateway's own users: A's user reaches B without a pass
     const limited = await transfer(from, 'x.y.z');
     t.equal(limited.status, 429, 'the 11th failure from one address in a minute: 429');
     t.ok(limited.headers['retry-after']);
-    t.match(transferEvents(B).at(-1), { auth: { mechanism: 'transfer', result: 'failure', reason: 'rate_limited' } }, 'the 429 is an auth event too');
+    t.match(
+      transferEvents(B).at(-1),
+      { auth: { mechanism: 'transfer', result: 'failure', reason: 'rate_limited' } },
+      'the 429 is an auth event too',
+    );
   });
 
-  await t.test("A restarted on its DATA_DIR keeps its signing identity: B still trusts its tickets", async (t) => {
+  await t.test('A restarted on its DATA_DIR keeps its signing identity: B still trusts its tickets', async (t) => {
     await A.core.stop();
     const A2 = await start('a', () => 'core:\n  listen: http://127.0.0.1:0\n  org: A\n', users, A.dir);
     t.teardown(() => A2.core.stop());
@@ -379,137 +447,201 @@ t.test("transfer with the gateway's own users: A's user reaches B without a pass
   await t.test('events and log: every transfer an auth event; no ticket anywhere', async (t) => {
     const ev = transferEvents(B);
     t.ok(ev.length >= 25, `${ev.length} transfer events`);
-    t.ok(ev.every((e) => (e.auth as { result: string }).result === 'success' || (e.auth as { reason?: string }).reason), 'failures carry a reason');
+    t.ok(
+      ev.every((e) => (e.auth as { result: string }).result === 'success' || (e.auth as { reason?: string }).reason),
+      'failures carry a reason',
+    );
     const texts = [JSON.stringify(B.events.events), JSON.stringify(A.events.events), B.log.join(''), A.log.join(''), C.log.join('')];
     for (const tk of tickets) {
       const sig = tk.split('.')[2]!;
-      t.notOk(texts.some((x) => x.includes(tk) || x.includes(sig)), 'no ticket (nor its signature) in events or logs');
+      t.notOk(
+        texts.some((x) => x.includes(tk) || x.includes(sig)),
+        'no ticket (nor its signature) in events or logs',
+      );
     }
-    t.notOk(texts.some((x) => x.includes(PW.alice) || x.includes(aliceToken)), 'no password or token');
-    t.ok(A.events.events.some((e) => (e.auth as { mechanism?: string })?.mechanism === 'transfer-ticket'), 'A records the tickets it issued');
+    t.notOk(
+      texts.some((x) => x.includes(PW.alice) || x.includes(aliceToken)),
+      'no password or token',
+    );
+    t.ok(
+      A.events.events.some((e) => (e.auth as { mechanism?: string })?.mechanism === 'transfer-ticket'),
+      'A records the tickets it issued',
+    );
   });
 });
 
-t.test('B is `gatehouse serve`: the transferred user\'s TURN credentials carry org A to the gateway\'s flows', { timeout: 120_000 }, async (t) => {
-  const PW = 'alice-' + randomBytes(9).toString('base64url');
-  const A = await start('a', () => 'core:\n  listen: http://127.0.0.1:0\n  org: A\n', [
-    { name: 'alice', password: PW, groups: ['staff'] },
-    { name: 'carol', password: PW, groups: ['staff'] },
-  ]);
-  t.teardown(() => A.core.stop());
-  t.teardown(() => rmSync(A.dir, { recursive: true, force: true }));
-  const peers = mkdtempSync(join(tmpdir(), 'gh-transfer-serve-'));
-  t.teardown(() => rmSync(peers, { recursive: true, force: true }));
-  const aCrt = join(peers, 'a.crt');
-  await fetchCertificate(A, aCrt);
-  const corePort = await freePort();
-  const gh: TurnServer = await startGatehouse({
-    // B's own users: a local alice; A's alice must not become her.
-    users: [{ name: 'alice', password: 'local-' + randomBytes(8).toString('hex'), groups: ['b-admins'] }],
-    transports: ['udp'],
-    logLevel: 'info',
-    rules: `keys:\n  required: false\n  unverified: pass\nrules:\n  - id: partners\n    when: { org: [A] }\n    action: alert\n`,
-    configure: (c) => {
-      c.core = { listen: `http://127.0.0.1:${corePort}`, org: 'B', peers: [{ org: 'A', cert: aCrt, allow: { users: ['alice', 'carol'] } }] };
-    },
-  });
-  t.teardown(() => gh.stop());
-  const base = `http://127.0.0.1:${corePort}`;
-  const diag = () => gh.output().slice(-3000);
-  await until(async () => (await req(base, 'GET', '/v1/core/certificate').catch(() => ({ status: 0 }))).status === 200, 30_000, 'the director', diag);
-
-  const transferAs = async (user: string) => {
-    const ch = (await req(base, 'GET', '/v1/auth/challenge')).json.challenge;
-    const aTok = await loginUser(A.core.url, user, PW);
-    const tk = await req(A.core.url, 'POST', '/v1/auth/transfer-ticket', { token: aTok, body: { challenge: ch, audience: 'B' } });
-    return { tk, r: await req(base, 'POST', '/v1/auth/transfer', { body: { ticket: tk.json.ticket, user, org: 'A' } }) };
-  };
-  // A's alice: B has an alice of its own: refused (her rooms and invitations are B's alice's).
-  const clash = await transferAs('alice');
-  t.equal(clash.r.status, 401, "A's alice cannot become B's own alice");
-  t.match(clash.r.json?.error?.message, /own users/);
-  // A's carol: transferred, marked as of A.
-  const { tk, r } = await transferAs('carol');
-  t.equal(r.status, 200, r.status === 200 ? 'transferred' : r.text);
-  t.match(r.json, { user: 'carol', org: 'A', groups: [] });
-  const token: string = r.json.token;
-
-  // A conference at B and a signalling join: TURN credentials for the gateway.
-  const key = await req(base, 'GET', '/v1/conference-key', { token });
-  t.equal(key.status, 200, 'conference key');
-  const conf = await req(base, 'POST', '/v1/conferences', { token, body: { fe: key.json.fe, key: encryptKey(key.json.public_key, newConferenceKey()), title: 'with A' } });
-  t.equal(conf.status, 201, `conference: ${conf.status === 201 ? 'made' : conf.text}`);
-  const turn = await new Promise<{ username: string; credential: string }>((resolve, reject) => {
-    const ws = new WebSocket(`ws://127.0.0.1:${corePort}/v1/signal`);
-    const timer = setTimeout(() => reject(new Error('signalling timed out')), 15_000);
-    ws.on('open', () => ws.send(JSON.stringify({ type: 'hello', token })));
-    ws.on('error', reject);
-    ws.on('message', (raw) => {
-      const m = JSON.parse(raw.toString());
-      if (m.type === 'hello') ws.send(JSON.stringify({ type: 'join', conference: conf.json.id }));
-      else if (m.type === 'join') {
-        clearTimeout(timer);
-        ws.close();
-        resolve(m.turn);
-      } else if (m.type === 'error') reject(new Error(JSON.stringify(m.error)));
+t.test(
+  "B is `gatehouse serve`: the transferred user's TURN credentials carry org A to the gateway's flows",
+  { timeout: 120_000 },
+  async (t) => {
+    const PW = 'alice-' + randomBytes(9).toString('base64url');
+    const A = await start('a', () => 'core:\n  listen: http://127.0.0.1:0\n  org: A\n', [
+      { name: 'alice', password: PW, groups: ['staff'] },
+      { name: 'carol', password: PW, groups: ['staff'] },
+    ]);
+    t.teardown(() => A.core.stop());
+    t.teardown(() => rmSync(A.dir, { recursive: true, force: true }));
+    const peers = mkdtempSync(join(tmpdir(), 'gh-transfer-serve-'));
+    t.teardown(() => rmSync(peers, { recursive: true, force: true }));
+    const aCrt = join(peers, 'a.crt');
+    await fetchCertificate(A, aCrt);
+    const corePort = await freePort();
+    const gh: TurnServer = await startGatehouse({
+      // B's own users: a local alice; A's alice must not become her.
+      users: [{ name: 'alice', password: 'local-' + randomBytes(8).toString('hex'), groups: ['b-admins'] }],
+      transports: ['udp'],
+      logLevel: 'info',
+      rules: `keys:\n  required: false\n  unverified: pass\nrules:\n  - id: partners\n    when: { org: [A] }\n    action: alert\n`,
+      configure: (c) => {
+        c.core = {
+          listen: `http://127.0.0.1:${corePort}`,
+          org: 'B',
+          peers: [{ org: 'A', cert: aCrt, allow: { users: ['alice', 'carol'] } }],
+        };
+      },
     });
-  });
-  t.match(turn.username, /^\d+:carol$/, 'core.md §8: EXPIRY:USER');
-  const cl = await Client.udp(gh.port);
-  t.teardown(() => cl.close());
-  cl.realm = gh.realm;
-  cl.username = turn.username;
-  cl.password = turn.credential;
-  const alloc = await cl.authed(Method.Allocate, (w) => w.attr(Attr.RequestedTransport, Buffer.from([17, 0, 0, 0])));
-  t.equal(alloc.cls, Class.Success, `allocate: ${errCode(alloc)}`);
-  await until(() => readEvents(gh.dataDir!).some((e) => e.event_type === 'allocation' && (e as { src_port?: number }).src_port === cl.port), 10_000, 'the allocation event', diag);
-  const ev = readEvents(gh.dataDir!).find((e) => e.event_type === 'allocation' && (e as { src_port?: number }).src_port === cl.port)!;
-  t.match(ev.gatehouse, { user: 'carol', org: 'A', conference: conf.json.id }, `the allocation carries org A (${JSON.stringify(ev.gatehouse)})`);
-  t.same(ev.gatehouse?.groups ?? [], [], 'no groups (B has no directory; never the gateway store\'s)');
-  const auth = readEvents(gh.dataDir!).filter((e) => e.event_type === 'auth');
-  t.ok(auth.some((e) => JSON.stringify(e).includes('"mechanism":"transfer"') && JSON.stringify(e).includes('"result":"success"')), 'the transfer is an auth event in DATA_DIR/events.jsonl');
-  t.notOk(gh.fullOutput().toString('utf8').includes(tk.json.ticket.split('.')[2]), 'no ticket in the log');
-});
+    t.teardown(() => gh.stop());
+    const base = `http://127.0.0.1:${corePort}`;
+    const diag = () => gh.output().slice(-3000);
+    await until(
+      async () => (await req(base, 'GET', '/v1/core/certificate').catch(() => ({ status: 0 }))).status === 200,
+      30_000,
+      'the director',
+      diag,
+    );
+
+    const transferAs = async (user: string) => {
+      const ch = (await req(base, 'GET', '/v1/auth/challenge')).json.challenge;
+      const aTok = await loginUser(A.core.url, user, PW);
+      const tk = await req(A.core.url, 'POST', '/v1/auth/transfer-ticket', { token: aTok, body: { challenge: ch, audience: 'B' } });
+      return { tk, r: await req(base, 'POST', '/v1/auth/transfer', { body: { ticket: tk.json.ticket, user, org: 'A' } }) };
+    };
+    // A's alice: B has an alice of its own: refused (her rooms and invitations are B's alice's).
+    const clash = await transferAs('alice');
+    t.equal(clash.r.status, 401, "A's alice cannot become B's own alice");
+    t.match(clash.r.json?.error?.message, /own users/);
+    // A's carol: transferred, marked as of A.
+    const { tk, r } = await transferAs('carol');
+    t.equal(r.status, 200, r.status === 200 ? 'transferred' : r.text);
+    t.match(r.json, { user: 'carol', org: 'A', groups: [] });
+    const token: string = r.json.token;
+
+    // A conference at B and a signalling join: TURN credentials for the gateway.
+    const key = await req(base, 'GET', '/v1/conference-key', { token });
+    t.equal(key.status, 200, 'conference key');
+    const conf = await req(base, 'POST', '/v1/conferences', {
+      token,
+      body: { fe: key.json.fe, key: encryptKey(key.json.public_key, newConferenceKey()), title: 'with A' },
+    });
+    t.equal(conf.status, 201, `conference: ${conf.status === 201 ? 'made' : conf.text}`);
+    const turn = await new Promise<{ username: string; credential: string }>((resolve, reject) => {
+      const ws = new WebSocket(`ws://127.0.0.1:${corePort}/v1/signal`);
+      const timer = setTimeout(() => reject(new Error('signalling timed out')), 15_000);
+      ws.on('open', () => ws.send(JSON.stringify({ type: 'hello', token })));
+      ws.on('error', reject);
+      ws.on('message', (raw) => {
+        const m = JSON.parse(raw.toString());
+        if (m.type === 'hello') ws.send(JSON.stringify({ type: 'join', conference: conf.json.id }));
+        else if (m.type === 'join') {
+          clearTimeout(timer);
+          ws.close();
+          resolve(m.turn);
+        } else if (m.type === 'error') reject(new Error(JSON.stringify(m.error)));
+      });
+    });
+    t.match(turn.username, /^\d+:carol$/, 'core.md §8: EXPIRY:USER');
+    const cl = await Client.udp(gh.port);
+    t.teardown(() => cl.close());
+    cl.realm = gh.realm;
+    cl.username = turn.username;
+    cl.password = turn.credential;
+    const alloc = await cl.authed(Method.Allocate, (w) => w.attr(Attr.RequestedTransport, Buffer.from([17, 0, 0, 0])));
+    t.equal(alloc.cls, Class.Success, `allocate: ${errCode(alloc)}`);
+    await until(
+      () => readEvents(gh.dataDir!).some((e) => e.event_type === 'allocation' && (e as { src_port?: number }).src_port === cl.port),
+      10_000,
+      'the allocation event',
+      diag,
+    );
+    const ev = readEvents(gh.dataDir!).find((e) => e.event_type === 'allocation' && (e as { src_port?: number }).src_port === cl.port)!;
+    t.match(
+      ev.gatehouse,
+      { user: 'carol', org: 'A', conference: conf.json.id },
+      `the allocation carries org A (${JSON.stringify(ev.gatehouse)})`,
+    );
+    t.same(ev.gatehouse?.groups ?? [], [], "no groups (B has no directory; never the gateway store's)");
+    const auth = readEvents(gh.dataDir!).filter((e) => e.event_type === 'auth');
+    t.ok(
+      auth.some((e) => JSON.stringify(e).includes('"mechanism":"transfer"') && JSON.stringify(e).includes('"result":"success"')),
+      'the transfer is an auth event in DATA_DIR/events.jsonl',
+    );
+    t.notOk(gh.fullOutput().toString('utf8').includes(tk.json.ticket.split('.')[2]), 'no ticket in the log');
+  },
+);
 
 const skip = peerSkip(t, 'slapd', 'openssl');
 
-t.test('directory leg: each core with its own slapd; B checks the user\'s organisation and groups in its directory', { skip, timeout: 120_000 }, async (t) => {
-  const work = mkdtempSync(join(tmpdir(), 'gh-transfer-ldap-'));
-  t.teardown(() => rmSync(work, { recursive: true, force: true }));
-  // A serves https (Basic over LDAP is offered only there): a throwaway certificate.
-  const tlsCert = join(work, 'tls.crt');
-  const tlsKey = join(work, 'tls.key');
-  const o = spawnSync(
-    'openssl',
-    ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-keyout', tlsKey, '-out', tlsCert, '-days', '2',
-      '-subj', '/CN=localhost', '-addext', 'subjectAltName=IP:127.0.0.1'],
-    { encoding: 'utf8' },
-  );
-  if (o.status !== 0) throw new Error(`openssl: ${o.stderr}`);
-  const ca = readFileSync(tlsCert);
-  const PW = { alice: 'alice-' + randomBytes(8).toString('hex'), dave: 'dave-' + randomBytes(8).toString('hex'), erin: 'erin-' + randomBytes(8).toString('hex') };
-  const slapdA = await startSlapd({
-    users: [
-      { uid: 'alice', password: PW.alice, o: 'A' },
-      { uid: 'dave', password: PW.dave, o: 'A' },
-      { uid: 'erin', password: PW.erin, o: 'A' },
-    ],
-    groups: [{ cn: 'engineering', members: ['alice', 'dave', 'erin'] }],
-    ports: { ldap: await freePort() },
-  });
-  t.teardown(() => slapdA.cleanup());
-  // B's directory: alice is of A (partners); dave is B's own dave; erin is unknown.
-  const slapdB = await startSlapd({
-    users: [
-      { uid: 'alice', password: 'unused-' + randomBytes(8).toString('hex'), o: 'A' },
-      { uid: 'dave', password: 'unused-' + randomBytes(8).toString('hex'), o: 'B' },
-      { uid: 'gina', password: 'unused-' + randomBytes(8).toString('hex'), o: 'A' },
-    ],
-    groups: [{ cn: 'partners', members: ['alice', 'dave'] }],
-    ports: { ldap: await freePort() },
-  });
-  t.teardown(() => slapdB.cleanup());
-  const ldap = (s: typeof slapdA) => `  directory: ${s.ldapUrl}/${s.base}
+t.test(
+  "directory leg: each core with its own slapd; B checks the user's organisation and groups in its directory",
+  { skip, timeout: 120_000 },
+  async (t) => {
+    const work = mkdtempSync(join(tmpdir(), 'gh-transfer-ldap-'));
+    t.teardown(() => rmSync(work, { recursive: true, force: true }));
+    // A serves https (Basic over LDAP is offered only there): a throwaway certificate.
+    const tlsCert = join(work, 'tls.crt');
+    const tlsKey = join(work, 'tls.key');
+    const o = spawnSync(
+      'openssl',
+      [
+        'req',
+        '-x509',
+        '-newkey',
+        'ec',
+        '-pkeyopt',
+        'ec_paramgen_curve:P-256',
+        '-nodes',
+        '-keyout',
+        tlsKey,
+        '-out',
+        tlsCert,
+        '-days',
+        '2',
+        '-subj',
+        '/CN=localhost',
+        '-addext',
+        'subjectAltName=IP:127.0.0.1',
+      ],
+      { encoding: 'utf8' },
+    );
+    if (o.status !== 0) throw new Error(`openssl: ${o.stderr}`);
+    const ca = readFileSync(tlsCert);
+    const PW = {
+      alice: 'alice-' + randomBytes(8).toString('hex'),
+      dave: 'dave-' + randomBytes(8).toString('hex'),
+      erin: 'erin-' + randomBytes(8).toString('hex'),
+    };
+    const slapdA = await startSlapd({
+      users: [
+        { uid: 'alice', password: PW.alice, o: 'A' },
+        { uid: 'dave', password: PW.dave, o: 'A' },
+        { uid: 'erin', password: PW.erin, o: 'A' },
+      ],
+      groups: [{ cn: 'engineering', members: ['alice', 'dave', 'erin'] }],
+      ports: { ldap: await freePort() },
+    });
+    t.teardown(() => slapdA.cleanup());
+    // B's directory: alice is of A (partners); dave is B's own dave; erin is unknown.
+    const slapdB = await startSlapd({
+      users: [
+        { uid: 'alice', password: 'unused-' + randomBytes(8).toString('hex'), o: 'A' },
+        { uid: 'dave', password: 'unused-' + randomBytes(8).toString('hex'), o: 'B' },
+        { uid: 'gina', password: 'unused-' + randomBytes(8).toString('hex'), o: 'A' },
+      ],
+      groups: [{ cn: 'partners', members: ['alice', 'dave'] }],
+      ports: { ldap: await freePort() },
+    });
+    t.teardown(() => slapdB.cleanup());
+    const ldap = (s: typeof slapdA) => `  directory: ${s.ldapUrl}/${s.base}
   ldap:
     bind_dn: "${s.bindDn}"
     bind_password: "${s.bindPassword}"
@@ -517,65 +649,84 @@ t.test('directory leg: each core with its own slapd; B checks the user\'s organi
     cache_ttl: 1
     stale_grace: 0
 `;
-  const aPort = await freePort();
-  const A = await start('a', () => `core:\n  listen: https://127.0.0.1:${aPort}\n  tls: { cert: ${tlsCert}, key: ${tlsKey} }\n  org: A\n${ldap(slapdA)}`);
-  t.teardown(() => A.core.stop());
-  const aCrt = join(work, 'a.crt');
-  await fetchCertificate(A, aCrt, ca);
-  const B = await start('b', () => `core:\n  listen: http://127.0.0.1:0\n  org: B\n${ldap(slapdB)}  peers:\n    - { org: A, cert: ${aCrt}, allow: { groups: [partners] } }\n`);
-  t.teardown(() => B.core.stop());
-  t.teardown(() => [A, B].forEach((s) => rmSync(s.dir, { recursive: true, force: true })));
+    const aPort = await freePort();
+    const A = await start(
+      'a',
+      () => `core:\n  listen: https://127.0.0.1:${aPort}\n  tls: { cert: ${tlsCert}, key: ${tlsKey} }\n  org: A\n${ldap(slapdA)}`,
+    );
+    t.teardown(() => A.core.stop());
+    const aCrt = join(work, 'a.crt');
+    await fetchCertificate(A, aCrt, ca);
+    const B = await start(
+      'b',
+      () =>
+        `core:\n  listen: http://127.0.0.1:0\n  org: B\n${ldap(slapdB)}  peers:\n    - { org: A, cert: ${aCrt}, allow: { groups: [partners] } }\n`,
+    );
+    t.teardown(() => B.core.stop());
+    t.teardown(() => [A, B].forEach((s) => rmSync(s.dir, { recursive: true, force: true })));
 
-  const basicLogin = async (user: string, password: string) => {
-    const r = await req(A.core.url, 'POST', '/v1/login', { ca, headers: { authorization: 'Basic ' + Buffer.from(`${user}:${password}`).toString('base64') } });
-    if (r.status !== 200) throw new Error(`Basic login ${user} at A: ${r.status} ${r.text}`);
-    t.equal(r.json.org, 'A', `${user}: A's directory says org A`);
-    return r.json.token as string;
-  };
-  let n = 50;
-  const attempt = async (user: string) => {
+    const basicLogin = async (user: string, password: string) => {
+      const r = await req(A.core.url, 'POST', '/v1/login', {
+        ca,
+        headers: { authorization: 'Basic ' + Buffer.from(`${user}:${password}`).toString('base64') },
+      });
+      if (r.status !== 200) throw new Error(`Basic login ${user} at A: ${r.status} ${r.text}`);
+      t.equal(r.json.org, 'A', `${user}: A's directory says org A`);
+      return r.json.token as string;
+    };
+    let n = 50;
+    const attempt = async (user: string) => {
+      const from = `127.0.0.${n++}`;
+      const ch = (await req(B.core.url, 'GET', '/v1/auth/challenge', { from })).json.challenge as string;
+      const tk = await req(A.core.url, 'POST', '/v1/auth/transfer-ticket', {
+        ca,
+        token: await basicLogin(user, PW[user as keyof typeof PW]),
+        body: { challenge: ch, audience: 'B' },
+      });
+      t.equal(tk.status, 200, 'ticket');
+      const r = await req(B.core.url, 'POST', '/v1/auth/transfer', { from, body: { ticket: tk.json.ticket, user, org: 'A' } });
+      const retry = await req(B.core.url, 'POST', '/v1/auth/transfer', { from, body: { ticket: tk.json.ticket, user, org: 'A' } });
+      return { r, retry };
+    };
+
+    const ok = await attempt('alice');
+    t.equal(ok.r.status, 200, `alice transfers, allowed by B's group partners${ok.r.status === 200 ? '' : `: ${ok.r.text}`}`);
+    t.match(ok.r.json, { user: 'alice', org: 'A', groups: ['partners'] }, "groups from B's directory");
+    t.equal(ok.retry.status, 401, 'spent');
+
+    const dave = await attempt('dave');
+    t.equal(dave.r.status, 401, "dave: B's directory places its dave in B, not A");
+    t.equal(dave.r.headers.connection, 'close');
+    t.match(dave.r.json.error.message, /does not place this user/);
+    t.equal(dave.retry.json.error.code, 'replayed', 'the challenge is spent');
+
+    const erin = await attempt('erin');
+    t.equal(erin.r.status, 401, "erin: not in B's directory");
+    t.match(erin.r.json.error.message, /no such user/);
+    t.equal(erin.retry.json.error.code, 'replayed');
+
+    // B's directory down, a user it has not cached: 503, never an admit.
+    await slapdB.stop();
     const from = `127.0.0.${n++}`;
     const ch = (await req(B.core.url, 'GET', '/v1/auth/challenge', { from })).json.challenge as string;
-    const tk = await req(A.core.url, 'POST', '/v1/auth/transfer-ticket', { ca, token: await basicLogin(user, PW[user as keyof typeof PW]), body: { challenge: ch, audience: 'B' } });
-    t.equal(tk.status, 200, 'ticket');
-    const r = await req(B.core.url, 'POST', '/v1/auth/transfer', { from, body: { ticket: tk.json.ticket, user, org: 'A' } });
-    const retry = await req(B.core.url, 'POST', '/v1/auth/transfer', { from, body: { ticket: tk.json.ticket, user, org: 'A' } });
-    return { r, retry };
-  };
-
-  const ok = await attempt('alice');
-  t.equal(ok.r.status, 200, `alice transfers, allowed by B's group partners${ok.r.status === 200 ? '' : `: ${ok.r.text}`}`);
-  t.match(ok.r.json, { user: 'alice', org: 'A', groups: ['partners'] }, "groups from B's directory");
-  t.equal(ok.retry.status, 401, 'spent');
-
-  const dave = await attempt('dave');
-  t.equal(dave.r.status, 401, "dave: B's directory places its dave in B, not A");
-  t.equal(dave.r.headers.connection, 'close');
-  t.match(dave.r.json.error.message, /does not place this user/);
-  t.equal(dave.retry.json.error.code, 'replayed', 'the challenge is spent');
-
-  const erin = await attempt('erin');
-  t.equal(erin.r.status, 401, "erin: not in B's directory");
-  t.match(erin.r.json.error.message, /no such user/);
-  t.equal(erin.retry.json.error.code, 'replayed');
-
-  // B's directory down, a user it has not cached: 503, never an admit.
-  await slapdB.stop();
-  const from = `127.0.0.${n++}`;
-  const ch = (await req(B.core.url, 'GET', '/v1/auth/challenge', { from })).json.challenge as string;
-  const tk = await req(A.core.url, 'POST', '/v1/auth/transfer-ticket', { ca, token: await basicLogin('alice', PW.alice), body: { challenge: ch, audience: 'B' } });
-  await new Promise((r) => setTimeout(r, 1500)); // past cache_ttl (1 s, no stale grace)
-  const down = await req(B.core.url, 'POST', '/v1/auth/transfer', { from, body: { ticket: tk.json.ticket, user: 'alice', org: 'A' } });
-  t.equal(down.status, 503, `directory down: 503 (${down.text})`);
-  t.equal(down.json.error.code, 'unavailable');
-  const ev = transferEvents(B).map((e) => e.auth as { result: string; reason?: string; user?: string });
-  t.match(ev, [
-    { result: 'success', user: 'alice' },
-    { result: 'failure', reason: 'replayed' },
-    { result: 'failure', user: 'dave' },
-    { result: 'failure', reason: 'replayed' },
-    { result: 'failure', user: 'erin' },
-    { result: 'failure', reason: 'replayed' },
-    { result: 'failure', reason: 'unavailable' },
-  ]);
-});
+    const tk = await req(A.core.url, 'POST', '/v1/auth/transfer-ticket', {
+      ca,
+      token: await basicLogin('alice', PW.alice),
+      body: { challenge: ch, audience: 'B' },
+    });
+    await new Promise((r) => setTimeout(r, 1500)); // past cache_ttl (1 s, no stale grace)
+    const down = await req(B.core.url, 'POST', '/v1/auth/transfer', { from, body: { ticket: tk.json.ticket, user: 'alice', org: 'A' } });
+    t.equal(down.status, 503, `directory down: 503 (${down.text})`);
+    t.equal(down.json.error.code, 'unavailable');
+    const ev = transferEvents(B).map((e) => e.auth as { result: string; reason?: string; user?: string });
+    t.match(ev, [
+      { result: 'success', user: 'alice' },
+      { result: 'failure', reason: 'replayed' },
+      { result: 'failure', user: 'dave' },
+      { result: 'failure', reason: 'replayed' },
+      { result: 'failure', user: 'erin' },
+      { result: 'failure', reason: 'replayed' },
+      { result: 'failure', reason: 'unavailable' },
+    ]);
+  },
+);

@@ -68,7 +68,15 @@ t.test('OpenSSL verifies our signature and signs one we verify', async (t) => {
   const input = jws.slice(0, jws.lastIndexOf('.'));
   writeFileSync(join(dir, 'input'), input);
   writeFileSync(join(dir, 'sig.der'), derOf(Buffer.from(jws.split('.')[2]!, 'base64url')));
-  const out = execFileSync('openssl', ['dgst', '-sha256', '-verify', pub, '-signature', join(dir, 'sig.der'), join(dir, 'input')]).toString();
+  const out = execFileSync('openssl', [
+    'dgst',
+    '-sha256',
+    '-verify',
+    pub,
+    '-signature',
+    join(dir, 'sig.der'),
+    join(dir, 'input'),
+  ]).toString();
   t.match(out, /Verified OK/);
   // OpenSSL signs (DER); as R||S it verifies here; as DER it is refused.
   const h = b64u(JSON.stringify({ alg: 'ES256' }));
@@ -94,7 +102,15 @@ t.test('alg none, HS256 (also keyed with the public key PEM), other algs, extra 
   }
   const good = signEs256(payload, privateKey);
   const sig = good.split('.')[2];
-  for (const hdr of ['{"alg":"ES384"}', '{"alg":"es256"}', '{"alg":"ES256","crit":["x"],"x":1}', '{"alg":"ES256","kid":"a"}', '{"alg":"ES256","jwk":{}}', '{"alg":"ES256","typ":"JOSE+JSON"}', '{"typ":"JWT"}']) {
+  for (const hdr of [
+    '{"alg":"ES384"}',
+    '{"alg":"es256"}',
+    '{"alg":"ES256","crit":["x"],"x":1}',
+    '{"alg":"ES256","kid":"a"}',
+    '{"alg":"ES256","jwk":{}}',
+    '{"alg":"ES256","typ":"JOSE+JSON"}',
+    '{"typ":"JWT"}',
+  ]) {
     t.ok(headerProblem(decodeJws(`${b64u(hdr)}.${p}.${sig}`).header), hdr);
     t.notOk(verifies(`${b64u(hdr)}.${p}.${sig}`), hdr);
   }
@@ -142,7 +158,11 @@ t.test('strict parsing', async (t) => {
   t.same(b64urlDecode('QQ'), Buffer.from('A'));
   t.equal(b64urlDecode('QR'), null, 'stray low bits are not canonical');
   t.equal(b64urlDecode('Q'), null);
-  t.same(parseStrictObject(Buffer.from('{"a":{"a":1,"b":2},"b":"a"}')), { a: { a: 1, b: 2 }, b: 'a' }, 'nested names may repeat outer ones');
+  t.same(
+    parseStrictObject(Buffer.from('{"a":{"a":1,"b":2},"b":"a"}')),
+    { a: { a: 1, b: 2 }, b: 'a' },
+    'nested names may repeat outer ones',
+  );
   t.same(parseStrictObject(Buffer.from('{"a":"x\\"y,\\"a\\":1"}')), { a: 'x"y,"a":1' }, 'escaped quotes inside strings');
   t.equal(parseStrictObject(Buffer.from('{"a":1, "a" :2}')), null, 'duplicate with whitespace');
   t.equal(parseStrictObject(Buffer.from('{"\\u0061":1,"a":2}')), null, 'duplicate through an escape');

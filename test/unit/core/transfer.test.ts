@@ -11,7 +11,13 @@ import { join } from 'node:path';
 import { ManualClock } from '../../../src/util/clock.js';
 import { ChallengeStore } from '../../../src/core/challenges.js';
 import { checkTransfer, makeTicket, type TransferDeps } from '../../../src/core/transfer.js';
-import { loadOrCreateCoreSigning, loadPeers, SIGNING_KEY_FILE, SIGNING_CERT_FILE, type LoadedPeer } from '../../../src/core/core-signing.js';
+import {
+  loadOrCreateCoreSigning,
+  loadPeers,
+  SIGNING_KEY_FILE,
+  SIGNING_CERT_FILE,
+  type LoadedPeer,
+} from '../../../src/core/core-signing.js';
 import { createSelfSigned } from '../../../src/store/identity.js';
 import { signEs256 } from '../../../src/core/jws.js';
 import { CoreError } from '../../../src/core/errors.js';
@@ -45,10 +51,19 @@ t.test('the five checks, one at a time; the challenge spent in every case', asyn
   const challenges = new ChallengeStore(clock);
   const a = await peerOf('A');
   const c = await peerOf('C', { users: ['carol'], groups: [] });
-  const deps = (o: Partial<TransferDeps> = {}): TransferDeps => ({ challenges, peers: [a.peer, c.peer], org: 'B', directory: null, localUser: (n) => n === 'bea', nowMs: clock.now(), ...o });
+  const deps = (o: Partial<TransferDeps> = {}): TransferDeps => ({
+    challenges,
+    peers: [a.peer, c.peer],
+    org: 'B',
+    directory: null,
+    localUser: (n) => n === 'bea',
+    nowMs: clock.now(),
+    ...o,
+  });
   const iat = () => Math.floor(clock.now() / 1000);
   const fresh = () => challenges.issue(SRC).challenge;
-  const good = (ch: string, o: Record<string, unknown> = {}) => makeTicket(a, { sub: 'alice', org: 'A', aud: 'B', challenge: ch, iat: iat(), ...o });
+  const good = (ch: string, o: Record<string, unknown> = {}) =>
+    makeTicket(a, { sub: 'alice', org: 'A', aud: 'B', challenge: ch, iat: iat(), ...o });
   const body = (ticket: string, o: Partial<{ user: string; org: string }> = {}) => ({ ticket, user: 'alice', org: 'A', ...o });
 
   const ch0 = fresh();
@@ -57,22 +72,70 @@ t.test('the five checks, one at a time; the challenge spent in every case', asyn
 
   // Each broken ticket is refused, and a good ticket on the same challenge then fails: spent.
   const cases: [string, (ch: string) => ReturnType<typeof body>, RegExp, Partial<TransferDeps>?][] = [
-    ['wrong typ', (ch) => body(signEs256({ typ: 'x', iss: 'A', sub: 'alice', org: 'A', aud: 'B', challenge: ch, iat: iat(), exp: iat() + 60 }, a.privateKey)), /typ/],
+    [
+      'wrong typ',
+      (ch) =>
+        body(signEs256({ typ: 'x', iss: 'A', sub: 'alice', org: 'A', aud: 'B', challenge: ch, iat: iat(), exp: iat() + 60 }, a.privateKey)),
+      /typ/,
+    ],
     ['wrong aud', (ch) => body(good(ch, { aud: 'Z' })), /audience/],
     ['B without core.org', (ch) => body(good(ch)), /no core.org/, { org: null }],
-    ['signed by another key', (ch) => body(makeTicket({ privateKey: generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey }, { sub: 'alice', org: 'A', aud: 'B', challenge: ch, iat: iat() })), /signature/],
-    ['signer is the peer of another org', (ch) => body(makeTicket(c, { sub: 'alice', org: 'A', aud: 'B', challenge: ch, iat: iat() })), /signature/],
+    [
+      'signed by another key',
+      (ch) =>
+        body(
+          makeTicket(
+            { privateKey: generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey },
+            { sub: 'alice', org: 'A', aud: 'B', challenge: ch, iat: iat() },
+          ),
+        ),
+      /signature/,
+    ],
+    [
+      'signer is the peer of another org',
+      (ch) => body(makeTicket(c, { sub: 'alice', org: 'A', aud: 'B', challenge: ch, iat: iat() })),
+      /signature/,
+    ],
     ['org with no peer entry', (ch) => body(good(ch, { org: 'Q' }), { org: 'Q' }), /no core.peers/],
-    ['body org differs from the ticket (C signs for A)', (ch) => body(makeTicket(c, { sub: 'alice', org: 'A', aud: 'B', challenge: ch, iat: iat() }), { org: 'C' }), /another organisation/],
+    [
+      'body org differs from the ticket (C signs for A)',
+      (ch) => body(makeTicket(c, { sub: 'alice', org: 'A', aud: 'B', challenge: ch, iat: iat() }), { org: 'C' }),
+      /another organisation/,
+    ],
     ['body user differs', (ch) => body(good(ch), { user: 'mallory' }), /another user/],
     ['user not allowed', (ch) => body(good(ch, { sub: 'bob' }), { user: 'bob' }), /does not allow/],
-    ["a name of B's own users", (ch) => body(good(ch, { sub: 'bea' }), { user: 'bea' }), /own users/, { peers: [{ ...a.peer, allow: { users: ['bea'], groups: [] } }] }],
+    [
+      "a name of B's own users",
+      (ch) => body(good(ch, { sub: 'bea' }), { user: 'bea' }),
+      /own users/,
+      { peers: [{ ...a.peer, allow: { users: ['bea'], groups: [] } }] },
+    ],
     ['alg none', (ch) => body(`${Buffer.from('{"alg":"none"}').toString('base64url')}.${good(ch).split('.')[1]}.`), /not ES256/],
     ['guest-looking user', (ch) => body(good(ch, { sub: 'guest/x/y' }), { user: 'guest/x/y' }), /"\/"/],
     ['expired ticket', (ch) => body(good(ch, { iat: iat() - 91 })), /expired/],
     ['ticket from the future', (ch) => body(good(ch, { iat: iat() + 31 })), /not valid yet/],
-    ['ticket living too long', (ch) => body(signEs256({ typ: 'gatehouse-transfer', iss: 'A', sub: 'alice', org: 'A', aud: 'B', challenge: ch, iat: iat(), exp: iat() + 61 }, a.privateKey)), /more than 60/],
-    ['non-integer iat', (ch) => body(signEs256({ typ: 'gatehouse-transfer', iss: 'A', sub: 'alice', org: 'A', aud: 'B', challenge: ch, iat: '1', exp: iat() + 60 }, a.privateKey)), /integers/],
+    [
+      'ticket living too long',
+      (ch) =>
+        body(
+          signEs256(
+            { typ: 'gatehouse-transfer', iss: 'A', sub: 'alice', org: 'A', aud: 'B', challenge: ch, iat: iat(), exp: iat() + 61 },
+            a.privateKey,
+          ),
+        ),
+      /more than 60/,
+    ],
+    [
+      'non-integer iat',
+      (ch) =>
+        body(
+          signEs256(
+            { typ: 'gatehouse-transfer', iss: 'A', sub: 'alice', org: 'A', aud: 'B', challenge: ch, iat: '1', exp: iat() + 60 },
+            a.privateKey,
+          ),
+        ),
+      /integers/,
+    ],
   ];
   for (const [name, make, re, o] of cases) {
     const ch = fresh();
@@ -85,17 +148,29 @@ t.test('the five checks, one at a time; the challenge spent in every case', asyn
   t.match(await checkTransfer(body(good(fresh(), { iat: iat() + 30 })), SRC, deps()), { ok: true }, 'iat - 30 s');
 
   // (1) challenges: unknown, from another address (then spent), expired.
-  t.match(await checkTransfer(body(good('A'.repeat(32))), SRC, deps()), { ok: false, code: 'replayed', message: /not one this core issued/ });
+  t.match(await checkTransfer(body(good('A'.repeat(32))), SRC, deps()), {
+    ok: false,
+    code: 'replayed',
+    message: /not one this core issued/,
+  });
   const chE = fresh();
   t.match(await checkTransfer(body(good(chE)), '192.0.2.99', deps()), { ok: false, code: 'replayed', message: /another address/ });
-  t.match(await checkTransfer(body(good(chE)), SRC, deps()), { ok: false, code: 'replayed', message: /already used/ }, 'spent by the answer from elsewhere');
+  t.match(
+    await checkTransfer(body(good(chE)), SRC, deps()),
+    { ok: false, code: 'replayed', message: /already used/ },
+    'spent by the answer from elsewhere',
+  );
   const chX = fresh();
   clock.advance(60_000);
   t.match(await checkTransfer(body(good(chX)), SRC, deps({ nowMs: clock.now() })), { ok: false, code: 'replayed', message: /expired/ });
   t.match(await checkTransfer(body('not.a.jws'), SRC, deps()), { ok: false, code: 'untrusted' }, 'garbage');
   // The peer's certificate outside its validity period (self-signed for 5 years).
   clock.advance(6 * 365 * 86_400_000);
-  t.match(await checkTransfer(body(good(fresh())), SRC, deps({ nowMs: clock.now() })), { ok: false, code: 'untrusted', message: /not valid now/ });
+  t.match(await checkTransfer(body(good(fresh())), SRC, deps({ nowMs: clock.now() })), {
+    ok: false,
+    code: 'untrusted',
+    message: /not valid now/,
+  });
 });
 
 t.test('(5) with a directory: groups from it, the org it says, outage 503', async (t) => {
@@ -115,7 +190,11 @@ t.test('(5) with a directory: groups from it, the org it says, outage 503', asyn
     const ticket = makeTicket(a, { sub: user, org: 'A', aud: 'B', challenge: ch, iat: Math.floor(clock.now() / 1000) });
     return checkTransfer({ ticket, user, org: 'A' }, SRC, deps);
   };
-  t.same(await go('alice'), { ok: true, user: 'alice', groups: ['partners', 'x'], org: 'A' }, 'allowed by group, groups from the directory');
+  t.same(
+    await go('alice'),
+    { ok: true, user: 'alice', groups: ['partners', 'x'], org: 'A' },
+    'allowed by group, groups from the directory',
+  );
   t.match(await go('dave'), { ok: false, message: /does not place this user/ }, 'the directory says another org');
   t.match(await go('frank'), { ok: false, message: /does not place this user/ }, 'no org in the directory');
   t.match(await go('erin'), { ok: false, message: /does not allow/ }, 'groups not allowed');
@@ -142,8 +221,14 @@ t.test('signing identity: made once into DATA_DIR (0600), reused; in memory ephe
   t.equal((await loadOrCreateCoreSigning(conf(cert, key), null)).signing.certificatePem, one.signing.certificatePem);
   const other = await createSelfSigned('x');
   writeFileSync(join(d, 'o.key'), other.keyPem);
-  await t.rejects(loadOrCreateCoreSigning(conf(cert, join(d, 'o.key')), null), /core.signing.cert: the certificate does not match core.signing.key/);
-  writeFileSync(join(d, 'rsa.key'), generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ type: 'pkcs8', format: 'pem' }));
+  await t.rejects(
+    loadOrCreateCoreSigning(conf(cert, join(d, 'o.key')), null),
+    /core.signing.cert: the certificate does not match core.signing.key/,
+  );
+  writeFileSync(
+    join(d, 'rsa.key'),
+    generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ type: 'pkcs8', format: 'pem' }),
+  );
   await t.rejects(loadOrCreateCoreSigning(conf(cert, join(d, 'rsa.key')), null), /core.signing.key: .*P-256/);
   writeFileSync(join(d, 'junk'), 'junk');
   const e = await loadOrCreateCoreSigning(conf(cert, join(d, 'junk')), null).catch((x: Error) => x);
@@ -173,8 +258,16 @@ t.test('peers: certificates loaded and checked; errors name core.peers[i].cert; 
 t.test("issue-time groups of a transferred user without a directory: its login's, never a same-named local user's", async (t) => {
   const { issueGroups } = await import('../../../src/core/directory/groups.js');
   const { StaticUserDirectory } = await import('../../../src/store/users.js');
-  const core = { directory: null, users: new StaticUserDirectory([{ name: 'alice', password: 'x', groups: ['b-admins'] }]), cfg: { core: { org: 'B' } } };
+  const core = {
+    directory: null,
+    users: new StaticUserDirectory([{ name: 'alice', password: 'x', groups: ['b-admins'] }]),
+    cfg: { core: { org: 'B' } },
+  };
   t.same(await issueGroups(core, { sub: 'alice', groups: [], org: 'A' }), [], 'transferred from A: its (empty) login groups');
-  t.equal(await issueGroups(core, { sub: 'alice', groups: ['b-admins'] }), undefined, "B's own alice: the store's (undefined: the TURN side reads them)");
+  t.equal(
+    await issueGroups(core, { sub: 'alice', groups: ['b-admins'] }),
+    undefined,
+    "B's own alice: the store's (undefined: the TURN side reads them)",
+  );
   t.equal(await issueGroups(core, { sub: 'alice', groups: [], org: 'B' }), undefined, 'a token of this org is a local user');
 });
