@@ -4,8 +4,9 @@
  * validation of RFC 5280 §6.1 where it applies to a client certificate:
  *
  * - each certificate's issuer is the next one's subject and its signature verifies with
- *   the next one's key (§6.1.3 (a)(1), (a)(4)); the chain may end with the root itself;
- *   nothing may follow the trust root it reaches;
+ *   the next one's key (§6.1.3 (a)(1), (a)(4)); the chain may end with the root itself
+ *   (the configured certificate or another with its subject and key: the trust anchor is
+ *   the configured one, RFC 5280 §6.1.1 (d)); nothing else may follow the root it reaches;
  * - each certificate, the root included, is valid now: notBefore <= now <= notAfter
  *   (§4.1.2.5: both bounds inclusive; §6.1.3 (a)(2));
  * - every issuing certificate (intermediates and the root) has basicConstraints cA=TRUE
@@ -193,7 +194,10 @@ export async function validateChain(
     const anchor = roots.find((r) => namesIssuer(r, c) && signedBy(c, r));
     if (anchor) {
       const rest = chain.slice(i + 1);
-      if (rest.length > 1 || (rest.length === 1 && !rest[0]!.der.equals(anchor.der)))
+      // The chain may end with the root (core.md §5): ours, or another certificate of it (same subject and key, e.g. re-issued).
+      const sameRoot = (c: ParsedCert) =>
+        c.der.equals(anchor.der) || (c.node.subject === anchor.node.subject && c.node.publicKey.equals(anchor.node.publicKey));
+      if (rest.length > 1 || (rest.length === 1 && !sameRoot(rest[0]!)))
         throw new ChainError('extra_after_root', 'the chain goes on past the trust root it reaches');
       checkTime(anchor, nowMs, 'the trust root');
       checkCritical(anchor, 'the trust root');

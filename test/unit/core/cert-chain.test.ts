@@ -100,6 +100,22 @@ t.test('chain building (RFC 5280 §6.1)', async (t) => {
   t.equal(await v([leaf1, i1]), 'ok', 'leaf → intermediate (pathLen 0) → root');
   t.equal(await v([leaf1, i1, root]), 'ok', 'the root may end the chain');
   t.equal(await v([leaf1, i1, root, root]), 'extra_after_root', 'nothing after the root');
+  const reissued = await x509.X509CertificateGenerator.create({
+    serialNumber: 'ff01',
+    subject: root.cert.subject,
+    issuer: root.cert.subject,
+    notBefore: new Date(NOW - 2 * DAY),
+    notAfter: new Date(NOW + 300 * DAY),
+    signingAlgorithm: SIG,
+    publicKey: root.keys.publicKey,
+    signingKey: root.keys.privateKey,
+    extensions: [new x509.BasicConstraintsExtension(true, undefined, true)],
+  });
+  t.equal(
+    await v([leaf1, i1, { p: parseCert(Buffer.from(reissued.rawData))! } as Made]),
+    'ok',
+    'another certificate of the same root (subject and key) may end the chain',
+  );
   t.equal(await v([leaf1, i1, i2]), 'extra_after_root', 'an unrelated certificate after the anchor');
   t.equal(await v([leaf1]), 'no_root', 'the intermediate missing');
   t.equal(await v([i1, leaf1]), 'key_usage', 'out of order: the CA first is a leaf without digitalSignature');
