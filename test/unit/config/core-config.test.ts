@@ -24,7 +24,7 @@ t.test('defaults (contract.md)', async (t) => {
     ldap: defaultConfig().core.ldap, // its defaults: test/unit/core/ldap-config.test.ts
     max_connections_per_user: 3,
     org: null,
-    trust: { roots: [] },
+    trust: { roots: [], crls: [] },
     peers: [],
     signing: { cert: null, key: null },
     kerberos: { keytab: null, service: null, realm: [], max_concurrent: 32 },
