@@ -43,7 +43,7 @@ import { peerSkip } from './helpers/require-peer.js';
 import { freePort } from './helpers/ports.js';
 import { startSlapd } from './helpers/slapd.js';
 import { startGatehouse, type TurnServer } from './helpers/turn-servers.js';
-import { encryptKey, loginUser, newConferenceKey } from './helpers/core-guest.js';
+import { encryptKey, joinAsGuest, loginUser, newConferenceKey } from './helpers/core-guest.js';
 import { readEvents, until } from './helpers/escrow-events.js';
 import { Attr, Method, Class } from '../../src/wire/stun.js';
 import { Client, errCode } from '../unit/turn/helpers.js';
@@ -264,6 +264,21 @@ t.test("transfer with the gateway's own users: A's user reaches B without a pass
       raw: JSON.stringify({ challenge: ch, audience: 'x'.repeat(9000) }),
     });
     t.equal(big.status, 400, 'bounded body');
+    // A guest's token (stamped with its conference) is not a user token: 403.
+    const key = await req(A.core.url, 'GET', '/v1/conference-key', { token: aliceToken });
+    const k = newConferenceKey();
+    const conf = await req(A.core.url, 'POST', '/v1/conferences', {
+      token: aliceToken,
+      body: { fe: key.json.fe, key: encryptKey(key.json.public_key, k), title: 'guests' },
+    });
+    t.equal(conf.status, 201, 'a conference at A');
+    const guest = await joinAsGuest(A.core.url, conf.json.id, 'gus', k);
+    t.equal(guest.answer.status, 200, 'a guest joined by key');
+    const g = await req(A.core.url, 'POST', '/v1/auth/transfer-ticket', {
+      token: guest.answer.json.token,
+      body: { challenge: ch, audience: 'B' },
+    });
+    t.equal(g.status, 403, "a guest's token gets no ticket");
     // A core without core.org cannot issue.
     const N = await start('n', () => 'core:\n  listen: http://127.0.0.1:0\n', users);
     t.teardown(() => N.core.stop());
