@@ -11,7 +11,7 @@
  * Public API:
  *   class KeyLogTail(path, onLines, opts?) .start() .stop() .check()
  */
-import { closeSync, fstatSync, openSync, readSync, statSync, watch, type FSWatcher } from 'node:fs';
+import { closeSync, existsSync, fstatSync, openSync, readSync, statSync, watch, type FSWatcher } from 'node:fs';
 import { basename, dirname } from 'node:path';
 
 export interface KeyLogTailOptions {
@@ -47,6 +47,8 @@ export class KeyLogTail {
   ) {}
 
   start(): void {
+    // fromEnd skips only what a file that exists now already holds; one created later is new.
+    if (!existsSync(this.path)) this.first = false;
     try {
       this.watcher = watch(dirname(this.path), { persistent: false }, (_ev, name) => {
         if (!name || name === basename(this.path)) this.check();
