@@ -13,7 +13,7 @@
  * 2. the challenge is one this core issued, unexpired, unused and issued to this source
  *    address (src/core/challenges.ts), else `401 replayed`;
  * 3. every chain element is a DER certificate, the leaf key is ECDSA P-256 or RSA of 2048
- *    bits or more, and the signature verifies with it: ECDSA P-256/SHA-256 with a DER
+ *    to 8192 bits, and the signature verifies with it: ECDSA P-256/SHA-256 with a DER
  *    (RFC 3279 §2.2.3 Ecdsa-Sig-Value) signature, or RSASSA-PSS (RFC 8017 §8.1) with SHA-256,
  *    MGF1-SHA-256 and a 32-byte salt; else `401 untrusted` (core.md §5 lists the signature
  *    with the chain under "else 401 untrusted"), and the challenge stays unspent;
@@ -39,7 +39,15 @@ import type { CoreContext, CoreModule } from './director.js';
 import { CoreError } from './errors.js';
 import { addLoginMechanism, type LoginMechanism, type LoginSuccess } from './login.js';
 import { CERT_SCHEME, certSignedBytes, parseCertAuthorization } from './cert-header.js';
-import { ChainError, parseCert, parsePemCerts, validateChain, type ParsedCert, type RevocationChecker } from './x509-chain.js';
+import {
+  ChainError,
+  MAX_RSA_BITS,
+  parseCert,
+  parsePemCerts,
+  validateChain,
+  type ParsedCert,
+  type RevocationChecker,
+} from './x509-chain.js';
 import { CrlStore } from './x509-crl.js';
 
 /** The roots of core.trust.roots (each file one or more PEM certificates); E_CONFIG names the key of a bad file. */
@@ -77,7 +85,12 @@ function leafKeyProblem(key: KeyObject): string | null {
   const t = key.asymmetricKeyType;
   const d = key.asymmetricKeyDetails ?? {};
   if (t === 'ec') return d.namedCurve === 'prime256v1' ? null : 'the leaf key is an EC key on a curve other than P-256';
-  if (t === 'rsa' || t === 'rsa-pss') return (d.modulusLength ?? 0) >= 2048 ? null : 'the leaf RSA key is shorter than 2048 bits';
+  if (t === 'rsa' || t === 'rsa-pss') {
+    const bits = d.modulusLength ?? 0;
+    if (bits < 2048) return 'the leaf RSA key is shorter than 2048 bits';
+    // Bounded work per answer: larger moduli cost much more to verify and are not used in practice.
+    return bits <= MAX_RSA_BITS ? null : `the leaf RSA key is longer than ${MAX_RSA_BITS} bits`;
+  }
   return 'the leaf key is neither ECDSA P-256 nor RSA';
 }
 

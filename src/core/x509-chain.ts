@@ -149,8 +149,14 @@ function namesIssuer(issuer: ParsedCert, c: ParsedCert): boolean {
   return issuer.node.subject === c.node.issuer;
 }
 
+/** The largest RSA modulus whose signatures are verified (bounded work per login). */
+export const MAX_RSA_BITS = 8192;
+
 function signedBy(c: ParsedCert, issuer: ParsedCert): boolean {
   try {
+    const k = issuer.node.publicKey;
+    if ((k.asymmetricKeyType === 'rsa' || k.asymmetricKeyType === 'rsa-pss') && (k.asymmetricKeyDetails?.modulusLength ?? 0) > MAX_RSA_BITS)
+      return false;
     return c.node.verify(issuer.node.publicKey);
   } catch {
     return false;
