@@ -189,7 +189,8 @@ export async function checkTransfer(
       if (err instanceof CoreError && err.code === 'unavailable') return { ok: false, code: 'unavailable', message: err.message };
       throw err;
     }
-    if (!du) return refuse('unauthenticated', 'the directory has no such user');
+    // The directory's spelling must be the ticket's (LDAP matches names case-insensitively).
+    if (!du || du.name !== body.user) return refuse('unauthenticated', 'the directory has no such user');
     if (du.org !== body.org) return refuse('unauthenticated', 'the directory does not place this user in this organisation');
     groups = [...du.groups];
   }

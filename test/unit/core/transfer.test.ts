@@ -179,6 +179,7 @@ t.test('(5) with a directory: groups from it, the org it says, outage 503', asyn
   const a = await peerOf('A', { users: [], groups: ['partners'] });
   const directory = dir({
     alice: { name: 'alice', groups: ['partners', 'x'], org: 'A' },
+    ALICE: { name: 'alice', groups: ['partners', 'x'], org: 'A' },
     dave: { name: 'dave', groups: ['partners'], org: 'B' },
     erin: { name: 'erin', groups: ['staff'], org: 'A' },
     frank: { name: 'frank', groups: ['partners'] },
@@ -199,6 +200,7 @@ t.test('(5) with a directory: groups from it, the org it says, outage 503', asyn
   t.match(await go('frank'), { ok: false, message: /does not place this user/ }, 'no org in the directory');
   t.match(await go('erin'), { ok: false, message: /does not allow/ }, 'groups not allowed');
   t.match(await go('nobody'), { ok: false, message: /no such user/ });
+  t.match(await go('ALICE'), { ok: false, message: /no such user/ }, "another spelling than the directory's");
   t.match(await go('down'), { ok: false, code: 'unavailable' }, 'outage: never an admit');
 });
 
