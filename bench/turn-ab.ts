@@ -8,6 +8,7 @@
  *   npx tsx bench/turn-ab.ts [--rounds 3] [--clients 50] [--messages 1000] [--sizes 170,1100]
  *                            [--variant 'fast_path: auto'] [--prof DIR]
  *
+ * --old DIR adds a run per round of another checkout's bin/gatehouse.js (an earlier build), as the variant.
  * --prof DIR runs the (first) Gatehouse of every round under `node --cpu-prof`, profiles in DIR.
  */
 import { spawnSync } from 'node:child_process';
@@ -23,8 +24,9 @@ const rounds = Number(arg('rounds', '3'));
 const clients = Number(arg('clients', '50'));
 const messages = Number(arg('messages', '1000'));
 const sizes = arg('sizes', '170,1100').split(',').map(Number);
-const variant = arg('variant', '');
+const variant = arg('variant', '') || (process.argv.includes('--old') ? 'earlier build' : '');
 const prof = arg('prof', '');
+const old = arg('old', '');
 const version = spawnSync('turnserver', ['--version'], { encoding: 'utf8' }).stdout?.trim().split('\n')[0] ?? null;
 
 type Key = 'gatehouse' | 'variant' | 'coturn';
@@ -42,7 +44,8 @@ async function one(which: Key): Promise<number[]> {
     servers: [which === 'coturn' ? 'coturn' : 'gatehouse'],
     log: () => {},
   };
-  if (which === 'variant') o.gatehouseTurnConfig = variant.split(';').map((s) => s.trim());
+  if (which === 'variant' && old) o.gatehouseBin = `${old}/bin/gatehouse.js`;
+  else if (which === 'variant') o.gatehouseTurnConfig = variant.split(';').map((s) => s.trim());
   if (which !== 'coturn' && prof) o.gatehouseNodeArgs = ['--cpu-prof', `--cpu-prof-dir=${prof}`];
   const r = await runTurnRelayBench(o, version);
   const srv = r.servers[0]!;

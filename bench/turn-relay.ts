@@ -59,6 +59,8 @@ export interface TurnBenchOptions {
   gatehouseNodeArgs?: string[];
   /** extra `turn:` config lines for Gatehouse (e.g. `fast_path: auto`); default none */
   gatehouseTurnConfig?: string[];
+  /** another checkout's bin/gatehouse.js (A/B against an earlier build); default this one */
+  gatehouseBin?: string;
   log: (line: string) => void;
 }
 
@@ -441,7 +443,13 @@ function relayRangeSize(allocations: number): number {
   return Math.min(20_000, allocations * 4 + 256);
 }
 
-async function startGatehouse(clientsTotal: number, rules: string | null, nodeArgs: string[] = [], turnExtra: string[] = []): Promise<Started> {
+async function startGatehouse(
+  clientsTotal: number,
+  rules: string | null,
+  nodeArgs: string[] = [],
+  turnExtra: string[] = [],
+  bin = GATEHOUSE_BIN,
+): Promise<Started> {
   const port = await freeUdpPort();
   const pcpPort = await freeUdpPort();
   const adminPort = await freeTcpPort();
@@ -477,7 +485,7 @@ async function startGatehouse(clientsTotal: number, rules: string | null, nodeAr
   ].join('\n');
   const cfgPath = join(dir, 'gatehouse.yaml');
   writeFileSync(cfgPath, cfg);
-  const args = [...nodeArgs, GATEHOUSE_BIN, 'serve', '--config', cfgPath];
+  const args = [...nodeArgs, bin, 'serve', '--config', cfgPath];
   const proc = start('gatehouse', process.execPath, args, { cwd: dir });
   const command = `node bin/gatehouse.js serve --config $TMP/gatehouse.yaml`;
   try {
@@ -539,7 +547,7 @@ async function benchServer(
   const allocations = o.clients * (1 + o.sizes.length * o.repeat);
   let s: Started;
   try {
-    s = name === 'gatehouse' ? await startGatehouse(allocations, o.gatehouseRules, o.gatehouseNodeArgs, o.gatehouseTurnConfig) : await startCoturn(allocations);
+    s = name === 'gatehouse' ? await startGatehouse(allocations, o.gatehouseRules, o.gatehouseNodeArgs, o.gatehouseTurnConfig, o.gatehouseBin) : await startCoturn(allocations);
   } catch (e) {
     run.reason = `did not start: ${(e as Error).message}`;
     o.log(`${name}: ${run.reason}`);

@@ -12,6 +12,18 @@
   ],
   "conditions": [
     [
+      "OS==\"linux\"",
+      {
+        "targets": [
+          {
+            "target_name": "gatehouse_fastpath",
+            "sources": ["fastpath.c"],
+            "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+          }
+        ]
+      }
+    ],
+    [
       "have_nfqueue==1",
       {
         "targets": [

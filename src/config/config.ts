@@ -56,6 +56,8 @@ export interface GatehouseConfig {
     /** Allocate requests and 401 answers per source address per second (token bucket, burst 2×). */
     allocate_rate_per_source: number;
     unauthorized_rate_per_source: number;
+    /** Issue 13: `auto` relays peer -> client of hook-free flows in native/fastpath.c when built; `off`: all in JS. */
+    fast_path: 'off' | 'auto';
   };
   /** The live composition's bounds (README "Limits"). */
   gateway: {
@@ -437,6 +439,7 @@ export const configSchema = obj<GatehouseConfig>({
       connection_idle_timeout: { schema: int(5, 86400), default: () => 120 },
       allocate_rate_per_source: { schema: int(1, 100_000), default: () => 20 },
       unauthorized_rate_per_source: { schema: int(1, 100_000), default: () => 50 },
+      fast_path: { schema: oneOf('off', 'auto'), default: () => 'off' },
     }),
   },
   gateway: {

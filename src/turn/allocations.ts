@@ -29,6 +29,24 @@ export interface TableCounters {
   channels: number;
 }
 
+/**
+ * Told of every change the data path depends on, after it took effect (the native fast
+ * path mirrors the state into C, src/turn/fastpath.ts). Must not throw.
+ */
+export interface TableObserver {
+  added(a: Allocation): void;
+  /** Before the relay socket is closed. */
+  deleted(a: Allocation): void;
+  /** a.expiresAt changed (Refresh, RFC 8656 §8). */
+  refreshed(a: Allocation): void;
+  /** Installed or refreshed (RFC 8656 §9): p.expiresAt is new. */
+  permission(a: Allocation, p: Permission): void;
+  permissionClosed(a: Allocation, p: Permission): void;
+  /** Bound or refreshed (RFC 8656 §12): ch.expiresAt is new. */
+  channel(a: Allocation, ch: Channel): void;
+  channelGone(a: Allocation, ch: Channel): void;
+}
+
 /** Called when a flow hook threw: the table closes that flow (supervision, design.md). */
 export type HookFailure = (where: string, err: unknown, flow: FlowImpl | null) => void;
 
@@ -46,6 +64,8 @@ export class AllocationTable {
   flowCount = 0;
   readonly reservations = new Map<string, Reservation>();
   private flowSeq = 0;
+  /** The fast path's mirror of this state, when `turn.fast_path` is on (server.ts). */
+  observer: TableObserver | null = null;
 
   constructor(
     private readonly counters: TableCounters,
@@ -101,6 +121,12 @@ export class AllocationTable {
       if (!m) ep.udp.clients.set(ep.sendAddress, (m = new Map()));
       m.set(ep.remotePort, a);
     } else if (ep.conn) ep.conn.allocation = a;
+    this.observer?.added(a);
+  }
+
+  /** Refresh changed a.expiresAt (RFC 8656 §8.2). */
+  refreshed(a: Allocation): void {
+    this.observer?.refreshed(a);
   }
 
   delete(a: Allocation, reason: string): void {
@@ -111,6 +137,7 @@ export class AllocationTable {
     const why = reason === 'expired' ? 'allocation_expired' : 'allocation_deleted';
     for (const p of a.permissions.values()) this.closePermission(a, p, why);
     a.permissions.clear();
+    this.observer?.deleted(a);
     closeSocket(a.socket);
     this.pool.release(a.relayPort);
     this.all.delete(a);
@@ -184,6 +211,7 @@ export class AllocationTable {
         }
       }
     }
+    if (perm.flow) this.observer?.permission(a, perm);
     return perm.flow ?? this.closedFlowPlaceholder(perm);
   }
 
@@ -198,6 +226,7 @@ export class AllocationTable {
     perm.flow = null;
     perm.lastFlow = f;
     f.open = false;
+    this.observer?.permissionClosed(a, perm);
     this.counters.permissions--;
     this.flowCount--;
     const n = (this.flowsPerUser.get(a.user) ?? 1) - 1;
@@ -245,6 +274,7 @@ export class AllocationTable {
       a.activeChannels++;
       this.counters.channels++;
     }
+    this.observer?.channel(a, ch);
     return ch;
   }
 
@@ -254,6 +284,7 @@ export class AllocationTable {
     ch.perm.channelsByPort.delete(ch.peerPort);
     a.activeChannels--;
     this.counters.channels--;
+    this.observer?.channelGone(a, ch);
   }
 
   // ---------------------------------------------------------------------------

@@ -73,9 +73,15 @@ export class DataPath {
     // the plain form (RFC 8656 §9 compares addresses).
     const ip = a.family === 6 ? unmapV4(rinfo.address) : rinfo.address;
     const perm = a.permissions.get(ip);
-    if (perm === undefined || perm.flow === null) return; // RFC 8656 §9: no permission, discard
-    if (this.onPacket !== undefined && !this.pass(perm.flow, 'p2c', msg, rinfo.port)) return;
-    this.deliverToClient(a, perm, msg, rinfo.port);
+    if (perm === undefined) return; // RFC 8656 §9: no permission, discard
+    this.fromPermission(a, perm, msg, rinfo.port);
+  }
+
+  /** A peer datagram whose permission is found (the fast path's hand-over, fastpath.ts). */
+  fromPermission(a: Allocation, perm: Permission, msg: Buffer, peerPort: number): void {
+    if (perm.flow === null || a.deleted) return; // RFC 8656 §9: no permission, discard
+    if (this.onPacket !== undefined && !this.pass(perm.flow, 'p2c', msg, peerPort)) return;
+    this.deliverToClient(a, perm, msg, peerPort);
   }
 
   deliverToClient(a: Allocation, perm: Permission, msg: Buffer, peerPort: number): void {

@@ -17,6 +17,7 @@ export function onRefresh(ctx: TurnContext, r: Req): void {
   if (lifetime === 0) ctx.table.delete(a, 'deleted');
   else {
     a.expiresAt = ctx.clock.now() + lifetime * 1000;
+    ctx.table.refreshed(a);
     ctx.events.allocation(a, 'refreshed', lifetime);
   }
   const w = ctx.res.success(r.msg);

@@ -1,0 +1,194 @@
+/**
+ * The native UDP fast path (native/fastpath.c, src/turn/fastpath.ts, `turn.fast_path:
+ * auto`): peer -> client relayed in C for hook-free flows, the same wire results as the
+ * JS path (RFC 8656 §12.5 ChannelData, §11.3 Data indications), permissions by IP only
+ * (§9), flows with a per-packet hook handed to JS, and expiry checked in C on every
+ * packet even when no JS timer runs. The addon is built by `npm run build:native` (CI
+ * builds it): without it these tests fail in CI and skip elsewhere.
+ */
+import t from 'tap';
+import { createSocket } from 'node:dgram';
+import { Attr, Class, Method, decodeStun, getAttr, getXorAddress, type StunWriter as W } from '../../../src/wire/stun.js';
+import { buildChannelData, parseChannelData } from '../../../src/wire/channeldata.js';
+import { FastPath, loadFastPath } from '../../../src/turn/fastpath.js';
+import { bindUdp } from '../../../src/turn/relay.js';
+import { listenUdp } from '../../../src/turn/listeners.js';
+import { Supervisor } from '../../../src/util/supervise.js';
+import { silentLogger } from '../../../src/util/log.js';
+import type { Allocation, Channel, Permission } from '../../../src/turn/state.js';
+import { Client, peerSocket, startServer } from './helpers.js';
+
+const addon = loadFastPath();
+const skip = addon
+  ? false
+  : process.env.CI
+    ? false
+    : 'native/build/Release/gatehouse_fastpath.node not built (npm run build:native, Linux)';
+if (!addon && process.env.CI) t.fail('the fast path addon is not built (npm run build:native) in CI');
+
+const udpTransport = (w: W): void => void w.attr(Attr.RequestedTransport, Buffer.from([17, 0, 0, 0]));
+const isDataInd = (b: Buffer): boolean => b.length >= 20 && b.readUInt16BE(0) === 0x0017;
+const isCd = (b: Buffer): boolean => b.length >= 4 && b[0]! >= 0x40 && b[0]! <= 0x4f;
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+async function allocated(port: number): Promise<{ c: Client; relayPort: number }> {
+  const c = await Client.udp(port);
+  const r = await c.authed(Method.Allocate, udpTransport);
+  if (r.cls !== Class.Success) throw new Error('allocate failed');
+  return { c, relayPort: getXorAddress(r, Attr.XorRelayedAddress)!.port };
+}
+
+const bindReq = (c: Client, n: number, ip: string, port: number) =>
+  c.authed(Method.ChannelBind, (w) => w.attr(Attr.ChannelNumber, Buffer.from([n >> 8, n & 255, 0, 0])).xorAddress(Attr.XorPeerAddress, ip, port));
+
+t.test('peer -> client in C: ChannelData, Data indications, permissions by IP', { skip }, async (t) => {
+  const h = await startServer((c) => void (c.turn.fast_path = 'auto'));
+  t.teardown(h.close);
+  t.ok(h.server.fastPath(), 'the fast path is in use');
+  const { c, relayPort } = await allocated(h.udpPort);
+  const p1 = await peerSocket();
+  const p2 = await peerSocket(); // same IP, another port: one permission (RFC 8656 §9)
+  const stranger = await peerSocket('127.0.0.2');
+  t.teardown(() => (c.close(), p1.close(), p2.close(), stranger.close()));
+
+  t.equal((await bindReq(c, 0x4001, '127.0.0.1', p1.port)).cls, Class.Success);
+  stranger.sock.send(Buffer.from('no permission'), relayPort, '127.0.0.1');
+  p1.sock.send(Buffer.from('via channel'), relayPort, '127.0.0.1');
+  const cd = parseChannelData(await c.next(isCd))!;
+  t.same([cd.channel, cd.data.toString()], [0x4001, 'via channel'], 'ChannelData for the bound peer (§12.5)');
+
+  // 5 octets: the DATA attribute is padded to 4 (RFC 8489 §14); XOR-PEER-ADDRESS names p2.
+  p2.sock.send(Buffer.from('odd!!'), relayPort, '127.0.0.1');
+  const raw = await c.next(isDataInd);
+  t.equal(raw.length % 4, 0, 'padded');
+  const di = decodeStun(raw)!;
+  t.ok(di, 'a well-formed STUN message');
+  t.same(getXorAddress(di, Attr.XorPeerAddress), { family: 4, address: '127.0.0.1', port: p2.port });
+  t.equal(getAttr(di, Attr.Data)!.toString(), 'odd!!', 'Data indication for an unbound port of a permitted IP (§11.3)');
+  const di2 = decodeStun(await (p2.sock.send(Buffer.from('again'), relayPort, '127.0.0.1'), c.next(isDataInd)))!;
+  t.not(di2.transactionId.toString('hex'), di.transactionId.toString('hex'), 'a new transaction ID per indication (RFC 8489 §6)');
+  await sleep(50);
+  t.equal(c.inbox.filter((b) => isDataInd(b) && getAttr(decodeStun(b)!, Attr.Data)?.toString() === 'no permission').length, 0, 'no permission: dropped');
+  t.equal(h.server.stats.packets.peerToClient, 3);
+  t.equal(h.server.stats.bytes.peerToClient, 11 + 5 + 5);
+  t.ok(h.server.fastPath()!.batches >= 3, 'read in C');
+
+  // Client -> peer stays in JS and works alongside.
+  c.sendRaw(buildChannelData(0x4001, Buffer.from('out')));
+  t.equal((await p1.next()).msg.toString(), 'out');
+
+  // The permission expires on the JS clock (sweep): C drops at once.
+  h.clock.advance(301_000);
+  t.equal(h.server.stats.permissions, 0);
+  p1.sock.send(Buffer.from('late'), relayPort, '127.0.0.1');
+  await sleep(100);
+  t.equal(c.inbox.filter(isCd).length, 0, 'nothing after the permission expired');
+  // Back with CreatePermission: the still-bound channel carries it again (§12.5).
+  c.nonce = undefined;
+  t.equal((await c.authed(Method.CreatePermission, (w) => void w.xorAddress(Attr.XorPeerAddress, '127.0.0.1', 1))).cls, Class.Success);
+  p1.sock.send(Buffer.from('back'), relayPort, '127.0.0.1');
+  t.equal(parseChannelData(await c.next(isCd))!.data.toString(), 'back');
+
+  // Refresh LIFETIME 0 deletes the allocation (§8): its relay socket is read no more.
+  t.equal((await c.authed(Method.Refresh, (w) => w.u32(Attr.Lifetime, 0))).cls, Class.Success);
+  p1.sock.send(Buffer.from('gone'), relayPort, '127.0.0.1');
+  await sleep(100);
+  t.equal(c.inbox.filter(isCd).length, 0, 'nothing after the allocation went');
+});
+
+t.test('flows with a per-packet hook are handed to JS, one call per batch', { skip }, async (t) => {
+  const seen: string[] = [];
+  const h = await startServer((c) => void (c.turn.fast_path = 'auto'), {
+    flowHooks: {
+      onPacket: (_f, dir, data) => {
+        seen.push(`${dir}:${data.toString()}`);
+        return !data.toString().startsWith('drop');
+      },
+    },
+  });
+  t.teardown(h.close);
+  const { c, relayPort } = await allocated(h.udpPort);
+  const p1 = await peerSocket();
+  t.teardown(() => (c.close(), p1.close()));
+  t.equal((await bindReq(c, 0x4001, '127.0.0.1', p1.port)).cls, Class.Success);
+  p1.sock.send(Buffer.from('drop me'), relayPort, '127.0.0.1');
+  p1.sock.send(Buffer.from('keep me'), relayPort, '127.0.0.1');
+  const cd = parseChannelData(await c.next(isCd))!;
+  t.equal(cd.data.toString(), 'keep me', 'the hook dropped the first, passed the second');
+  t.same(seen, ['p2c:drop me', 'p2c:keep me'], 'the hook saw every peer datagram');
+  t.equal(h.server.stats.packets.peerToClient, 1);
+});
+
+t.test('expiry is checked in C on every packet, with no JS timer running', { skip }, async (t) => {
+  // A clock that never fires its timers: the JS sweep never runs (a "late timer").
+  let now = 1_000_000;
+  const clock = { now: () => now, setTimeout: () => ({ cancel() {} }), setInterval: () => ({ cancel() {} }) };
+  const sup = new Supervisor(silentLogger, 10, () => now);
+  const stats = { packets: { clientToPeer: 0, peerToClient: 0 }, bytes: { clientToPeer: 0, peerToClient: 0 } };
+  const slow: string[] = [];
+  const fp = new FastPath(addon!, clock, silentLogger, sup, stats, true, (_a, _p, m) => void slow.push(m.toString()));
+  const listener = await listenUdp('127.0.0.1', 0, 0, sup, silentLogger, () => {});
+  const relay = await bindUdp('udp4', '127.0.0.1', 0);
+  const client = createSocket('udp4');
+  await new Promise<void>((r) => client.bind(0, '127.0.0.1', () => r()));
+  const got: Buffer[] = [];
+  client.on('message', (m) => void got.push(m));
+  const peer = await peerSocket();
+  t.teardown(() => (fp.close(), listener.socket.close(), relay.close(), client.close(), peer.close()));
+
+  const a = {
+    id: 'x',
+    ep: { udp: listener, sendAddress: '127.0.0.1', remotePort: client.address().port },
+    socket: relay,
+    expiresAt: now + 60_000,
+    deleted: false,
+  } as unknown as Allocation;
+  const perm = { ip: '127.0.0.1', ipBytes: Buffer.from([127, 0, 0, 1]), expiresAt: now + 300, flow: {}, channelsByPort: new Map() } as unknown as Permission;
+  const ch = { number: 0x4005, peerIp: '127.0.0.1', peerPort: peer.port, perm, expiresAt: now + 60_000, active: true, reuseAfter: 0 } as Channel;
+  perm.channelsByPort.set(peer.port, ch);
+  fp.added(a);
+  fp.permission(a, perm);
+  const relayPort = relay.address().port;
+  const waitFor = async (n: number): Promise<void> => {
+    for (let i = 0; i < 100 && got.length < n; i++) await sleep(10);
+  };
+  peer.sock.send(Buffer.from('in time'), relayPort, '127.0.0.1');
+  await waitFor(1);
+  t.same(got.map((b) => [b.readUInt16BE(0), b.subarray(4).toString()]), [[0x4005, 'in time']], 'ChannelData while the permission lives');
+  await sleep(400); // past the permission's 300 ms; the clock above did not move, no sweep ran
+  peer.sock.send(Buffer.from('too late'), relayPort, '127.0.0.1');
+  await sleep(150);
+  t.equal(got.length, 1, 'dropped in C after the permission expired (RFC 8656 §9)');
+  t.equal(fp.counters.expired, 1);
+
+  // Refreshed permission, then an allocation whose time runs out (RFC 8656 §6).
+  now += 400;
+  perm.expiresAt = now + 60_000;
+  fp.permission(a, perm);
+  a.expiresAt = now + 200;
+  fp.refreshed(a);
+  peer.sock.send(Buffer.from('alloc alive'), relayPort, '127.0.0.1');
+  await waitFor(2);
+  t.equal(got.length, 2);
+  await sleep(300);
+  peer.sock.send(Buffer.from('alloc expired'), relayPort, '127.0.0.1');
+  await sleep(150);
+  t.equal(got.length, 2, 'dropped in C after the allocation expired');
+  t.equal(fp.counters.expired, 2);
+  t.same(slow, [], 'nothing handed to JS for an eligible flow');
+
+  // The channel's own expiry (§12): the datagram goes to JS, which decides.
+  a.expiresAt = now + 60_000;
+  fp.refreshed(a);
+  ch.expiresAt = now + 100;
+  fp.channel(a, ch);
+  await sleep(200);
+  peer.sock.send(Buffer.from('channel expired'), relayPort, '127.0.0.1');
+  for (let i = 0; i < 50 && slow.length === 0; i++) await sleep(10);
+  t.same(slow, ['channel expired'], 'a channel past its time is not used in C');
+  fp.deleted(a);
+  peer.sock.send(Buffer.from('closed'), relayPort, '127.0.0.1');
+  await sleep(100);
+  t.equal(got.length, 2, 'after deleted(): nothing read');
+  t.equal(slow.length, 1);
+});
