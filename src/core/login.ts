@@ -109,6 +109,31 @@ function challenges(core: CoreContext, ctx: RequestContext, except?: string): st
   return out;
 }
 
+/**
+ * Schemes of the IANA HTTP Authentication Scheme Registry (RFC 9110 §16.4) that an auth
+ * event may name when the core does not offer them. Anything else is `other`: a
+ * scheme-less Authorization (a bare token or password) would otherwise be the "scheme",
+ * and the secret itself would reach the event.
+ */
+const REGISTERED_SCHEMES = new Set([
+  'basic',
+  'bearer',
+  'concealed',
+  'digest',
+  'dpop',
+  'gnap',
+  'hoba',
+  'mutual',
+  'negotiate',
+  'ntlm',
+  'oauth',
+  'privatetoken',
+  'scram-sha-1',
+  'scram-sha-256',
+  'vapid',
+  'gatehouse-cert',
+]);
+
 /** The auth-scheme of the Authorization header, lowercased, or null. */
 function schemeOf(req: IncomingMessage): string | null {
   const h = req.headers.authorization;
@@ -150,7 +175,11 @@ export const loginModule: CoreModule = (core) => {
       });
     if (!mech) {
       core.limiter.fail(ctx.source);
-      emitAuthEvent(core, ctx, { mechanism: scheme, result: 'failure', reason: 'unauthenticated' });
+      emitAuthEvent(core, ctx, {
+        mechanism: REGISTERED_SCHEMES.has(scheme) ? scheme : 'other',
+        result: 'failure',
+        reason: 'unauthenticated',
+      });
       throw new CoreError('unauthenticated', 'this authentication scheme is not offered', { 'www-authenticate': challenges(core, ctx) });
     }
     const claimed = mech.claimedUser?.(ctx) ?? null;
@@ -192,7 +221,13 @@ export const loginModule: CoreModule = (core) => {
     core.lockout.succeed(who.user);
     if (claimed !== null && claimed !== who.user) core.lockout.succeed(claimed);
     core.log.info({ user: who.user, mechanism: mech.scheme }, 'login');
-    emitAuthEvent(core, ctx, { mechanism: mech.scheme, result: 'success', user: who.user, groups: who.groups, ...(who.org ? { org: who.org } : {}) });
+    emitAuthEvent(core, ctx, {
+      mechanism: mech.scheme,
+      result: 'success',
+      user: who.user,
+      groups: who.groups,
+      ...(who.org ? { org: who.org } : {}),
+    });
     ctx.send(200, loginBody(core, who), who.headers);
   });
 };
