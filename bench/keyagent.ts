@@ -57,7 +57,13 @@ export async function runKeyagentBench(rounds = 100): Promise<{ p50: number; p99
     c.turn.allocate_rate_per_source = 100_000;
     c.turn.unauthorized_rate_per_source = 100_000;
   };
-  const h = await startServer(lift, { clock: systemClock as never, events, flowHooks: inspector, extensions: [inspector.extension], keyEscrow: inspector.keyEscrow });
+  const h = await startServer(lift, {
+    clock: systemClock as never,
+    events,
+    flowHooks: inspector,
+    extensions: [inspector.extension],
+    keyEscrow: inspector.keyEscrow,
+  });
   inspector.attach(h.server);
   const dir = mkdtempSync(join(tmpdir(), 'gh-bench-keyagent-'));
   const keylog = join(dir, 'keylog.txt');

@@ -122,7 +122,9 @@ export async function runKeyagent(argv: string[], io: Io, signal?: AbortSignal):
       return { username: cached.username, password: cached.password };
     };
   } else {
-    const pw = v['password-file'] ? readFileSync(v['password-file'] as string, 'utf8').replace(/\r?\n$/, '') : (v.password as string | undefined);
+    const pw = v['password-file']
+      ? readFileSync(v['password-file'] as string, 'utf8').replace(/\r?\n$/, '')
+      : (v.password as string | undefined);
     if (pw === undefined) return usage(io, '--password, --password-file or --rest-secret-file is required');
     credentials = () => ({ username: user, password: pw });
   }
@@ -157,7 +159,9 @@ export async function runKeyagent(argv: string[], io: Io, signal?: AbortSignal):
   const out = (o: Record<string, unknown>): void => {
     if (v.json) io.stdout.write(JSON.stringify({ time: new Date().toISOString(), ...o }) + '\n');
   };
-  agent.on('escrowed', (e) => out({ event: 'escrowed', client_random: e.clientRandom, status: e.status, keys: e.what, ms: Math.round(e.ms * 1000) / 1000 }));
+  agent.on('escrowed', (e) =>
+    out({ event: 'escrowed', client_random: e.clientRandom, status: e.status, keys: e.what, ms: Math.round(e.ms * 1000) / 1000 }),
+  );
   agent.on('unknown', (e) => out({ event: 'unknown', client_random: e.clientRandom }));
   agent.on('error', (e: Error) => {
     // Reasons only (credential refusals, trust failures, no answer): never key material.

@@ -117,10 +117,17 @@ export class KeyEscrowService implements KeyEscrowHandler {
     }
     attrs.push({
       type: ATTR_KEY_REQUEST,
-      value: encodeKeyRequest('turn', req.transactionId, { deadline, flags, fingerprint: this.identity.fingerprint }, this.identity.privateKey),
+      value: encodeKeyRequest(
+        'turn',
+        req.transactionId,
+        { deadline, flags, fingerprint: this.identity.fingerprint },
+        this.identity.privateKey,
+      ),
     });
     // §6.5: what the gateway waits for, after the key sets above took effect.
-    if (flags) for (const p of this.host.pendingAssociations(req.user, MAX_KEY_PENDING)) attrs.push({ type: ATTR_KEY_PENDING, value: encodeKeyPending(p) });
+    if (flags)
+      for (const p of this.host.pendingAssociations(req.user, MAX_KEY_PENDING))
+        attrs.push({ type: ATTR_KEY_PENDING, value: encodeKeyPending(p) });
     return { attrs };
   }
 

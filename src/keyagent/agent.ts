@@ -21,7 +21,14 @@
  */
 import { EventEmitter } from 'node:events';
 import { KeyLog, keySetFromKeyLog, type KeyLogEntry } from '../inspect/keylog.js';
-import { KP_FLAG_ETM, KP_FLAG_MEDIA, KP_FLAG_SRTP_UNKNOWN, MAX_ESCROW_KEY_SETS, KEY_STATUS_UNKNOWN, type KeyPending } from '../wire/keyescrow.js';
+import {
+  KP_FLAG_ETM,
+  KP_FLAG_MEDIA,
+  KP_FLAG_SRTP_UNKNOWN,
+  MAX_ESCROW_KEY_SETS,
+  KEY_STATUS_UNKNOWN,
+  type KeyPending,
+} from '../wire/keyescrow.js';
 import { wipeKeySet, type KeySet } from '../wire/keyset.js';
 import type { KeyEscrowClient } from './client.js';
 import { KeyLogTail } from './tail.js';

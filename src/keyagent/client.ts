@@ -31,7 +31,15 @@ import {
   verifyIntegritySha256,
   type StunMessage,
 } from '../wire/stun.js';
-import { ATTR_KEY_REQUEST, ATTR_KEY_STATUS, ATTR_WRITE_KEYS, decodeKeyRequest, decodeKeyStatus, sealWriteKeys, turnWriteKeysKey } from '../wire/escrow.js';
+import {
+  ATTR_KEY_REQUEST,
+  ATTR_KEY_STATUS,
+  ATTR_WRITE_KEYS,
+  decodeKeyRequest,
+  decodeKeyStatus,
+  sealWriteKeys,
+  turnWriteKeysKey,
+} from '../wire/escrow.js';
 import { ATTR_KEY_PENDING, METHOD_KEY_ESCROW, decodeKeyPending, type KeyPending } from '../wire/keyescrow.js';
 import { encodeKeySet, type KeySet } from '../wire/keyset.js';
 import type { GatewayTrust, TrustedGateway } from '../endpoint/trust.js';

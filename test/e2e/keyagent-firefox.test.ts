@@ -45,7 +45,12 @@ const KEYS = 'keys:\n  required: true\n  deadline: 3s\n  unverified: hold\n  blo
 const USER = { name: 'alice', password: 'alice-' + randomBytes(6).toString('hex') };
 const MALLORY = { name: 'mallory', password: 'mallory-' + randomBytes(6).toString('hex') };
 
-async function call(t: Test, name: string, rules: string, agents: { user: string; password: string }[]): Promise<{ r: FirefoxCallResult; events: Eve[]; agentOut: Eve[]; dir: string }> {
+async function call(
+  t: Test,
+  name: string,
+  rules: string,
+  agents: { user: string; password: string }[],
+): Promise<{ r: FirefoxCallResult; events: Eve[]; agentOut: Eve[]; dir: string }> {
   const dir = mkdtempSync(join(tmpdir(), `gh-keyagent-${name}-`));
   if (!process.env.GH_KEEP) t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   else t.comment(`output in ${dir}`);
@@ -58,7 +63,20 @@ async function call(t: Test, name: string, rules: string, agents: { user: string
     dtls: '1.3',
     timeoutMs: 60_000,
     turn: {
-      argv: [process.execPath, tsx, join(here, 'helpers', 'keyagent-gateway.ts'), spec, '{ip}', '{port}', '{minPort}', '{maxPort}', '{user}', '{pass}', '{realm}', '{outDir}'],
+      argv: [
+        process.execPath,
+        tsx,
+        join(here, 'helpers', 'keyagent-gateway.ts'),
+        spec,
+        '{ip}',
+        '{port}',
+        '{minPort}',
+        '{maxPort}',
+        '{user}',
+        '{pass}',
+        '{realm}',
+        '{outDir}',
+      ],
       username: USER.name,
       password: USER.password,
       realm: 'gatehouse.local',
@@ -83,43 +101,76 @@ const count = (xs: string[]) => {
 };
 const reasons = (evs: Eve[]) => evs.filter((e) => e.event_type === 'flow_blocked').map((e) => e.gatehouse?.reason);
 
-t.test('with the key agent: keys verified within 3 s, the call works, every message and SRTP inspected', { skip: missing, timeout: 240_000 }, async (t) => {
-  const { r, events, agentOut, dir } = await call(t, 'agent', `${KEYS}rules: []\n`, [{ user: USER.name, password: USER.password }]);
-  const diag = () => `report errors ${JSON.stringify(r.report.errors)}; blocked ${JSON.stringify(reasons(events))}; agent ${JSON.stringify(agentOut.slice(0, 20))}; dir ${dir}`;
-  t.ok(r.report.ok, `the page's call completed: ${diag()}`);
-  t.same(reasons(events), [], `no flow blocked: ${diag()}`);
-  const verified = events.filter((e) => e.event_type === 'keys_verified');
-  const flows = new Set(verified.map((e) => e.flow_id));
-  t.ok(flows.size >= 2, `keys_verified on both legs' flows (${flows.size})`);
-  t.ok(agentOut.some((e) => e.event === 'escrowed' && e.status === 1), 'the agent saw KEY-STATUS verified');
-  t.notOk(agentOut.some((e) => e.event === 'error'), `no agent errors: ${JSON.stringify(agentOut.filter((e) => e.event === 'error'))}`);
-  // Within the deadline: every keys_verified precedes any deadline (nothing blocked above),
-  // and follows the flow's handshake by less than 3 s.
-  for (const v of verified) {
-    const hs = events.find((e) => e.event_type === 'dtls.handshake' && e.flow_id === v.flow_id);
-    if (hs) t.ok(Date.parse(v.timestamp) - Date.parse(hs.timestamp) < 3000, `flow ${v.flow_id}: verified ${Date.parse(v.timestamp) - Date.parse(hs.timestamp)} ms after its ServerHello`);
-  }
-  const sent = r.report.sent;
-  const big = sent.find((m) => m.size >= 150_000);
-  t.ok(big, 'the page sent a 150 KB object');
-  const byFlow = new Map<number, Eve[]>();
-  for (const e of events) if (e.flow_id !== undefined) byFlow.set(e.flow_id, [...(byFlow.get(e.flow_id) ?? []), e]);
-  const callFlows = [...byFlow.values()].filter((es) => es.some((e) => e.event_type === 'datachannel.message'));
-  t.ok(callFlows.length >= 1, `data-channel messages in the gateway's events (${callFlows.length} flows)`);
-  for (const es of callFlows) {
-    const msgs = es.filter((e) => e.event_type === 'datachannel.message').map((e) => e.datachannel as { sha256: string; size: number; label: string });
-    t.same(count(msgs.map((m) => `${m.label}:${m.sha256}`)), count(sent.map((m) => `${m.label}:${m.sha256}`)), `flow ${es[0]!.flow_id}: every message, SHA-256 as the page computed`);
-    t.ok(msgs.some((m) => m.sha256 === big!.sha256 && m.size === big!.size), `flow ${es[0]!.flow_id}: the ${big!.size}-byte object`);
-  }
-  const media = events.filter((e) => e.event_type === 'rtp.stream' || (e.event_type === 'keys_verified' && e.keys?.what === 'srtp'));
-  t.ok(media.length > 0 || events.some((e) => JSON.stringify(e).includes('"srtp"')), `SRTP decrypted: ${JSON.stringify(media.slice(0, 3))}`);
-  t.notOk(events.some((e) => e.event_type === 'undecryptable' && e.gatehouse?.reason === 'auth_failed'), 'nothing failed to authenticate');
-});
+t.test(
+  'with the key agent: keys verified within 3 s, the call works, every message and SRTP inspected',
+  { skip: missing, timeout: 240_000 },
+  async (t) => {
+    const { r, events, agentOut, dir } = await call(t, 'agent', `${KEYS}rules: []\n`, [{ user: USER.name, password: USER.password }]);
+    const diag = () =>
+      `report errors ${JSON.stringify(r.report.errors)}; blocked ${JSON.stringify(reasons(events))}; agent ${JSON.stringify(agentOut.slice(0, 20))}; dir ${dir}`;
+    t.ok(r.report.ok, `the page's call completed: ${diag()}`);
+    t.same(reasons(events), [], `no flow blocked: ${diag()}`);
+    const verified = events.filter((e) => e.event_type === 'keys_verified');
+    const flows = new Set(verified.map((e) => e.flow_id));
+    t.ok(flows.size >= 2, `keys_verified on both legs' flows (${flows.size})`);
+    t.ok(
+      agentOut.some((e) => e.event === 'escrowed' && e.status === 1),
+      'the agent saw KEY-STATUS verified',
+    );
+    t.notOk(
+      agentOut.some((e) => e.event === 'error'),
+      `no agent errors: ${JSON.stringify(agentOut.filter((e) => e.event === 'error'))}`,
+    );
+    // Within the deadline: every keys_verified precedes any deadline (nothing blocked above),
+    // and follows the flow's handshake by less than 3 s.
+    for (const v of verified) {
+      const hs = events.find((e) => e.event_type === 'dtls.handshake' && e.flow_id === v.flow_id);
+      if (hs)
+        t.ok(
+          Date.parse(v.timestamp) - Date.parse(hs.timestamp) < 3000,
+          `flow ${v.flow_id}: verified ${Date.parse(v.timestamp) - Date.parse(hs.timestamp)} ms after its ServerHello`,
+        );
+    }
+    const sent = r.report.sent;
+    const big = sent.find((m) => m.size >= 150_000);
+    t.ok(big, 'the page sent a 150 KB object');
+    const byFlow = new Map<number, Eve[]>();
+    for (const e of events) if (e.flow_id !== undefined) byFlow.set(e.flow_id, [...(byFlow.get(e.flow_id) ?? []), e]);
+    const callFlows = [...byFlow.values()].filter((es) => es.some((e) => e.event_type === 'datachannel.message'));
+    t.ok(callFlows.length >= 1, `data-channel messages in the gateway's events (${callFlows.length} flows)`);
+    for (const es of callFlows) {
+      const msgs = es
+        .filter((e) => e.event_type === 'datachannel.message')
+        .map((e) => e.datachannel as { sha256: string; size: number; label: string });
+      t.same(
+        count(msgs.map((m) => `${m.label}:${m.sha256}`)),
+        count(sent.map((m) => `${m.label}:${m.sha256}`)),
+        `flow ${es[0]!.flow_id}: every message, SHA-256 as the page computed`,
+      );
+      t.ok(
+        msgs.some((m) => m.sha256 === big!.sha256 && m.size === big!.size),
+        `flow ${es[0]!.flow_id}: the ${big!.size}-byte object`,
+      );
+    }
+    const media = events.filter((e) => e.event_type === 'rtp.stream' || (e.event_type === 'keys_verified' && e.keys?.what === 'srtp'));
+    t.ok(
+      media.length > 0 || events.some((e) => JSON.stringify(e).includes('"srtp"')),
+      `SRTP decrypted: ${JSON.stringify(media.slice(0, 3))}`,
+    );
+    t.notOk(
+      events.some((e) => e.event_type === 'undecryptable' && e.gatehouse?.reason === 'auth_failed'),
+      'nothing failed to authenticate',
+    );
+  },
+);
 
 t.test('a contains rule on a message the page sends blocks the flow (with the agent)', { skip: missing, timeout: 240_000 }, async (t) => {
   const rules = `${KEYS}rules:\n  - id: marker\n    when:\n      contains: ["reply from pc2 #2"]\n    action: block\n`;
   const { events } = await call(t, 'rule', rules, [{ user: USER.name, password: USER.password }]);
-  t.ok(events.some((e) => e.event_type === 'alert' && e.alert?.signature_id === 'marker'), 'alert for the marker');
+  t.ok(
+    events.some((e) => e.event_type === 'alert' && e.alert?.signature_id === 'marker'),
+    'alert for the marker',
+  );
   t.ok(reasons(events).includes('policy'), `blocked by policy: ${JSON.stringify(reasons(events))}`);
 });
 
@@ -127,27 +178,55 @@ t.test('without the agent: the call is blocked with keys_missing', { skip: missi
   const { r, events } = await call(t, 'none', `${KEYS}rules: []\n`, []);
   t.notOk(r.report.ok, 'the call does not complete');
   t.ok(reasons(events).includes('keys_missing'), `keys_missing: ${JSON.stringify(reasons(events))}`);
-  t.same(events.filter((e) => e.event_type === 'keys_verified'), []);
-  t.same(events.filter((e) => e.event_type === 'datachannel.message'), [], 'nothing relayed uninspected');
+  t.same(
+    events.filter((e) => e.event_type === 'keys_verified'),
+    [],
+  );
+  t.same(
+    events.filter((e) => e.event_type === 'datachannel.message'),
+    [],
+    'nothing relayed uninspected',
+  );
 });
 
 t.test("an agent with another user's credential cannot unlock the call", { skip: missing, timeout: 240_000 }, async (t) => {
   const { r, events, agentOut } = await call(t, 'mallory', `${KEYS}rules: []\n`, [{ user: MALLORY.name, password: MALLORY.password }]);
   t.notOk(r.report.ok, 'the call does not complete');
   t.ok(reasons(events).includes('keys_missing'), `keys_missing: ${JSON.stringify(reasons(events))}`);
-  t.same(events.filter((e) => e.event_type === 'keys_received'), [], 'no key set reached the flows');
-  t.notOk(agentOut.some((e) => e.event === 'escrowed'), "mallory's agent was never told about alice's associations");
+  t.same(
+    events.filter((e) => e.event_type === 'keys_received'),
+    [],
+    'no key set reached the flows',
+  );
+  t.notOk(
+    agentOut.some((e) => e.event === 'escrowed'),
+    "mallory's agent was never told about alice's associations",
+  );
 });
 
 t.test('gatehouse serve refuses a forged and a replayed KeyEscrow request', async (t) => {
-  const gh = await startGatehouse({ realm: 'gatehouse.local', users: [{ name: 'alice', password: 'secret' }], rules: `${KEYS}rules: []\n`, transports: ['udp'] });
+  const gh = await startGatehouse({
+    realm: 'gatehouse.local',
+    users: [{ name: 'alice', password: 'secret' }],
+    rules: `${KEYS}rules: []\n`,
+    transports: ['udp'],
+  });
   t.teardown(() => gh.stop());
   const c = await Client.udp(gh.port);
   t.teardown(() => c.close());
   const r0 = await c.request(METHOD_KEY_ESCROW);
   t.equal(errCode(r0), 401, 'challenge');
   c.nonce = getString(r0, Attr.Nonce);
-  const ks: KeySet = { clientRandom: randomBytes(32), serverRandom: randomBytes(32), cipherSuite: 0xc02b, epoch: 1, clientWriteKey: randomBytes(16), serverWriteKey: randomBytes(16), clientWriteIv: randomBytes(4), serverWriteIv: randomBytes(4) };
+  const ks: KeySet = {
+    clientRandom: randomBytes(32),
+    serverRandom: randomBytes(32),
+    cipherSuite: 0xc02b,
+    epoch: 1,
+    clientWriteKey: randomBytes(16),
+    serverWriteKey: randomBytes(16),
+    clientWriteIv: randomBytes(4),
+    serverWriteIv: randomBytes(4),
+  };
   const forged = await c.request(METHOD_KEY_ESCROW, writeKeys(c, randomBytes(12), [ks]), true, { password: 'guessed' });
   t.equal(errCode(forged), 401, 'forged (bad integrity): 401');
   const tid = randomBytes(12);

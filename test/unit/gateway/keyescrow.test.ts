@@ -12,7 +12,17 @@ import { MemoryEventSink } from '../../../src/events/eve.js';
 import { PolicyEngine } from '../../../src/policy/engine.js';
 import { parseRuleFile } from '../../../src/policy/rules-schema.js';
 import { GatewayInspector } from '../../../src/gateway/inspector.js';
-import { Attr, Class, Method, decodeStun, getAttrs, getErrorCode, getString, getXorAddress, type StunMessage } from '../../../src/wire/stun.js';
+import {
+  Attr,
+  Class,
+  Method,
+  decodeStun,
+  getAttrs,
+  getErrorCode,
+  getString,
+  getXorAddress,
+  type StunMessage,
+} from '../../../src/wire/stun.js';
 import { ATTR_KEY_REQUEST, ATTR_KEY_STATUS, decodeKeyRequest, decodeKeyStatus, verifyKeyRequest } from '../../../src/wire/escrow.js';
 import { ATTR_KEY_PENDING, METHOD_KEY_ESCROW, decodeKeyPending } from '../../../src/wire/keyescrow.js';
 import { ReplayMemory } from '../../../src/turn/handlers/keyescrow.js';
@@ -187,7 +197,10 @@ t.test('key sets apply to the user’s flow: KEY-STATUS 1, held data released, n
   t.equal(ev(r, 'keys_verified').length, 1);
   t.same(pendings(m), [], 'covered: not pending any more');
   const more = f.packets.find((p) => p.dir === 'c2p' && isAppData(p.data))!;
-  t.ok((await relayOne(r, CH, 'c2p', more.data)).some((d) => d.equals(more.data)), 'covered traffic forwarded');
+  t.ok(
+    (await relayOne(r, CH, 'c2p', more.data)).some((d) => d.equals(more.data)),
+    'covered traffic forwarded',
+  );
   t.notOk(JSON.stringify(r.events.events).includes(hex(f.keySets[0]!.clientWriteKey!)), 'no key material in events');
 });
 
@@ -346,7 +359,13 @@ t.test('ReplayMemory: replay, expiry, full (no pair forgotten early)', async (t)
 t.test('HeldKeySets: per-user and total bounds, take removes, wipes on expiry', async (t) => {
   const clock = new ManualClock();
   const h = new HeldKeySets(clock, { perUser: 2, total: 3 });
-  const ks = (): KeySet => ({ clientRandom: randomBytes(32), serverRandom: randomBytes(32), cipherSuite: 0xc02b, epoch: 1, clientWriteKey: randomBytes(16) });
+  const ks = (): KeySet => ({
+    clientRandom: randomBytes(32),
+    serverRandom: randomBytes(32),
+    cipherSuite: 0xc02b,
+    epoch: 1,
+    clientWriteKey: randomBytes(16),
+  });
   const k1 = ks();
   t.ok(h.hold('u', k1, 5000));
   t.ok(h.hold('u', ks(), 5000));
@@ -359,7 +378,10 @@ t.test('HeldKeySets: per-user and total bounds, take removes, wipes on expiry', 
   h.hold('w', k2, 1000);
   clock.advance(1001);
   h.sweep(clock.now());
-  t.ok(k2.clientWriteKey!.every((x) => x === 0), 'wiped at expiry');
+  t.ok(
+    k2.clientWriteKey!.every((x) => x === 0),
+    'wiped at expiry',
+  );
 });
 
 /** Sends raw bytes from `via` (same 5-tuple) or a fresh socket, returns the answer with that tid. */

@@ -68,7 +68,13 @@ async function rig(): Promise<Rig> {
   const identity = await testIdentity();
   const engine = new PolicyEngine([parseRuleFile(KEYS_RULES, 'test.yaml')]);
   const inspector = new GatewayInspector({ policy: () => engine, identity, events, clock });
-  const h = await startServer(undefined, { clock, events, flowHooks: inspector, extensions: [inspector.extension], keyEscrow: inspector.keyEscrow });
+  const h = await startServer(undefined, {
+    clock,
+    events,
+    flowHooks: inspector,
+    extensions: [inspector.extension],
+    keyEscrow: inspector.keyEscrow,
+  });
   inspector.attach(h.server);
   const c = await Client.udp(h.udpPort);
   const r = await c.authed(Method.Allocate, (w) => void w.attr(Attr.RequestedTransport, Buffer.from([17, 0, 0, 0])));
@@ -123,7 +129,10 @@ t.test('agent: escrows the association the gateway lists, from the key log, with
   // The browser writes its key log lines (here: the fixture's, a line at a time).
   const lines = loadFixture('gcm128-srtp-reneg.json').keylog.split('\n');
   for (const l of lines) appendFileSync(keylog, l + '\n');
-  t.ok(await until(() => r.events.events.some((e) => e.event_type === 'keys_verified')), `keys_verified (errors: ${errors.map((e) => e.message)})`);
+  t.ok(
+    await until(() => r.events.events.some((e) => e.event_type === 'keys_verified')),
+    `keys_verified (errors: ${errors.map((e) => e.message)})`,
+  );
   const cr0 = f.keySets[0]!.clientRandom.toString('hex');
   t.ok(await until(() => escrowed.some((e) => e.clientRandom === cr0 && e.status === 1)), 'KEY-STATUS verified');
   const cr1 = f.keySets[1]!.clientRandom.toString('hex');
