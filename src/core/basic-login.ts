@@ -54,6 +54,24 @@ export function parseBasic(header: string | undefined): BasicCredentials | null 
   return { user, password };
 }
 
+/**
+ * The per-user lockout's key for a Basic user name (src/core/ratelimit.ts UserLockout). The
+ * directory matches names with caseIgnoreMatch, prepared per RFC 4518: §2.2 maps soft
+ * hyphens, zero-width and variation characters to nothing, other spaces to SPACE, and folds
+ * case; §2.3 normalises to NFKC; §2.6.1 drops leading and trailing spaces and makes inner
+ * runs one. So `Alice`, `ALICE` and ` alice` bind as one entry and must share one lockout
+ * (else each spelling gets its own guesses). An approximation that only ever merges more.
+ */
+export function basicLockoutKey(user: string): string {
+  return user
+    .replace(/[\u00ad\u034f\u1806\u180b-\u180d\u200b-\u200d\u2060\ufe00-\ufe0f\ufeff\ufffc]/g, '')
+    .normalize('NFKC')
+    .toLowerCase()
+    .normalize('NFKC')
+    .replace(/[\s\p{Zs}]+/gu, ' ')
+    .trim();
+}
+
 /** RFC 7617 §2 and §2.1: the challenge. */
 export function basicChallenge(realm: string): string {
   return `Basic realm="${realm.replace(/["\\]/g, '\\$&')}", charset="UTF-8"`;
@@ -69,7 +87,11 @@ export function basicMechanism(core: CoreContext): LoginMechanism {
   return {
     scheme: 'Basic',
     challenge: () => basicChallenge(realm),
-    claimedUser: (ctx: RequestContext) => parseBasic(ctx.req.headers.authorization)?.user ?? null,
+    // The lockout counts per name as the directory compares it (basicLockoutKey).
+    claimedUser: (ctx: RequestContext) => {
+      const c = parseBasic(ctx.req.headers.authorization);
+      return c ? basicLockoutKey(c.user) || null : null;
+    },
     async verify(ctx) {
       const c = parseBasic(ctx.req.headers.authorization);
       if (!c) throw new CoreError('unauthenticated', 'the Basic credentials are malformed');
