@@ -7,6 +7,8 @@
  *   the next one's key (§6.1.3 (a)(1), (a)(4)); the chain may end with the root itself
  *   (the configured certificate or another with its subject and key: the trust anchor is
  *   the configured one, RFC 5280 §6.1.1 (d)); nothing else may follow the root it reaches;
+ * - each certificate below the root is signed with SHA-256 or longer (RSA, RSA-PSS,
+ *   ECDSA) or EdDSA: MD5 and SHA-1 signatures are refused (checkSignatureAlgorithm);
  * - each certificate, the root included, is valid now: notBefore <= now <= notAfter
  *   (§4.1.2.5: both bounds inclusive; §6.1.3 (a)(2));
  * - every issuing certificate (intermediates and the root) has basicConstraints cA=TRUE
@@ -43,6 +45,7 @@ export type ChainFailure =
   | 'unknown_critical'
   | 'issuer_mismatch'
   | 'bad_signature'
+  | 'weak_signature'
   | 'no_root'
   | 'root_as_leaf'
   | 'extra_after_root'
@@ -163,6 +166,29 @@ function signedBy(c: ParsedCert, issuer: ParsedCert): boolean {
   }
 }
 
+/**
+ * The signature algorithms (RFC 5280 §4.1.1.2 signatureAlgorithm) whose certificate
+ * signatures are verified: RSASSA-PKCS1-v1_5, RSASSA-PSS and ECDSA with SHA-256 or longer,
+ * Ed25519, Ed448. MD5 (RFC 6151) and SHA-1 (RFC 9155) are refused: OpenSSL still verifies
+ * them, and their chosen-prefix collisions let a CA's MD5 or SHA-1 signature over one
+ * certificate be reused for another (a rogue CA).
+ */
+const STRONG_HASHES = new Set(['SHA-256', 'SHA-384', 'SHA-512']);
+function checkSignatureAlgorithm(c: ParsedCert, what: string): void {
+  let alg: { name?: unknown; hash?: { name?: unknown } };
+  try {
+    alg = c.px.signatureAlgorithm as typeof alg;
+  } catch {
+    alg = {};
+  }
+  const name = typeof alg.name === 'string' ? alg.name : '';
+  const ok =
+    name === 'Ed25519' ||
+    name === 'Ed448' ||
+    ((name === 'RSASSA-PKCS1-v1_5' || name === 'RSA-PSS' || name === 'ECDSA') && STRONG_HASHES.has(String(alg.hash?.name)));
+  if (!ok) throw new ChainError('weak_signature', `${what} is signed with an algorithm this core does not accept (MD5, SHA-1 or unknown)`);
+}
+
 /** Revocation (src/core/x509-crl.ts): throws ChainError('revoked' | 'crl_unusable'). */
 export interface RevocationChecker {
   check(cert: ParsedCert, issuer: ParsedCert, nowMs: number, what: string): Promise<void>;
@@ -196,6 +222,7 @@ export async function validateChain(
     checkTime(c, nowMs, what);
     checkCritical(c, what);
     if (i === 0) checkLeaf(c);
+    checkSignatureAlgorithm(c, what);
     // Reached a trust root: c is issued (name and signature) by one of core.trust.roots.
     const anchor = roots.find((r) => namesIssuer(r, c) && signedBy(c, r));
     if (anchor) {
