@@ -779,6 +779,8 @@ function coreCheck(cfg: GatehouseConfig, at: (paths: string | string[], problem:
     if (!p.cert) at(`core.peers[${i}]`, 'a peer needs a cert (PEM file)');
     // core.md §6: B picks the one certificate it trusts for the ticket's organisation.
     if (cfg.core.peers.findIndex((q) => q.org === p.org) !== i) at(`core.peers[${i}].org`, `${JSON.stringify(p.org)} is named by an earlier peer too`);
+    // A peer is another organisation's core: its tickets for core.org would be our own users.
+    if (p.org && p.org === cfg.core.org) at(`core.peers[${i}].org`, `${JSON.stringify(p.org)} is this core's own core.org`);
   });
   if (!!cfg.core.signing.cert !== !!cfg.core.signing.key) {
     at(cfg.core.signing.cert ? 'core.signing.cert' : 'core.signing.key', 'core.signing.cert and core.signing.key must be set together');

@@ -25,7 +25,8 @@
  *     accepts no transfer).
  * (3)+(4) the header is exactly ES256 (no `none`, no HS256, no key in the header), and the
  *     signature verifies with the certificate of the `core.peers` entry for the body's
- *     `org` (the key comes from B's configuration only), that certificate valid now:
+ *     `org` (the key comes from B's configuration only; never B's own core.org, also
+ *     refused in config), that certificate valid now:
  *     else `untrusted`. The ticket's `iss` and `org` must be that org and its `sub` the
  *     body's `user`; `iat`/`exp` integers with 0 < exp - iat <= 60, now within
  *     [iat - 30 s, exp + 30 s) (clock skew between the two cores).
@@ -158,6 +159,9 @@ export async function checkTransfer(
   // (3) ES256 exactly (RFC 7518 §3.4), (4) by the core core.peers trusts for `org`.
   const hp = headerProblem(jws.header);
   if (hp) return refuse('untrusted', hp);
+  // A transfer comes from another organisation: a ticket "from" this core's own org would
+  // make its subject one of our users (token org = home org: their directory groups, rooms).
+  if (body.org === d.org) return refuse('untrusted', "a transfer from this core's own organisation is not accepted");
   const peer = d.peers.find((x) => x.org === body.org);
   if (!peer) return refuse('untrusted', 'no core.peers entry trusts this organisation');
   const now = new Date(d.nowMs);

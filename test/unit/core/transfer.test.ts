@@ -273,3 +273,29 @@ t.test("issue-time groups of a transferred user without a directory: its login's
   );
   t.equal(await issueGroups(core, { sub: 'alice', groups: [], org: 'B' }), undefined, 'a token of this org is a local user');
 });
+
+t.test("a peer entry naming this core's own organisation admits nobody (a transfer is from another organisation)", async (t) => {
+  const clock = new ManualClock(Date.now());
+  const challenges = new ChallengeStore(clock);
+  // A misconfigured core.peers entry for B itself: its key could otherwise mint B's own directory users.
+  const self = await peerOf('B', { users: ['dave'], groups: ['staff'] });
+  const directory = dir({ dave: { name: 'dave', groups: ['staff', 'admins'], org: 'B' } });
+  const ch = challenges.issue(SRC).challenge;
+  const ticket = makeTicket(self, { sub: 'dave', org: 'B', aud: 'B', challenge: ch, iat: Math.floor(clock.now() / 1000) });
+  const deps: TransferDeps = { challenges, peers: [self.peer], org: 'B', directory, localUser: () => false, nowMs: clock.now() };
+  t.match(await checkTransfer({ ticket, user: 'dave', org: 'B' }, SRC, deps), {
+    ok: false,
+    code: 'untrusted',
+    message: /own organisation/,
+  });
+  t.match(
+    await checkTransfer({ ticket, user: 'dave', org: 'B' }, SRC, deps),
+    { ok: false, code: 'replayed' },
+    'and the challenge is spent',
+  );
+  t.throws(
+    () => parseConfig('core:\n  org: B\n  peers:\n    - org: B\n      cert: /nonexistent.pem\n      allow: {users: [dave]}\n'),
+    /core\.peers\[0\]\.org/,
+    "config: a peer may not name this core's own organisation",
+  );
+});
