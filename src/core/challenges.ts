@@ -8,8 +8,11 @@
  * (`bind`); an answer from elsewhere is treated as a replay (the challenge is not ours to
  * answer there).
  *
- * Bounded (`max`): expired challenges go first, then the oldest. Challenges are kept as
- * given (they are public nonces, not secrets) in a Map keyed by their base64 text.
+ * Bounded (`max`): expired challenges go first, then the oldest. Per source address at
+ * most `maxPerSource` (spent ones included, until they expire): beyond, that source's own
+ * oldest goes, so one client asking in a loop (the endpoint needs no token) cannot evict
+ * everyone else's challenges. Challenges are kept as given (they are public nonces, not
+ * secrets) in a Map keyed by their base64 text.
  */
 import { randomBytes } from 'node:crypto';
 import type { Clock } from '../util/clock.js';
@@ -18,6 +21,8 @@ import type { Clock } from '../util/clock.js';
 export const CHALLENGE_BYTES = 24;
 /** core.md §5: answerable within 60 s. */
 export const CHALLENGE_TTL_MS = 60_000;
+/** Challenges one source address may hold at once (a busy NAT: ~17 logins a second). */
+export const MAX_CHALLENGES_PER_SOURCE = 1024;
 
 export interface IssuedChallenge {
   /** base64 (RFC 4648 §4) of CHALLENGE_BYTES random bytes. */
@@ -41,15 +46,31 @@ interface Entry {
 
 export class ChallengeStore {
   private readonly byText = new Map<string, Entry>();
+  /** Each source's challenges, oldest first (the TTL is fixed, so they go in this order). */
+  private readonly bySource = new Map<string, string[]>();
   readonly ttlMs: number;
   readonly max: number;
+  readonly maxPerSource: number;
 
   constructor(
     private readonly clock: Clock,
-    opts: { ttlMs?: number; max?: number } = {},
+    opts: { ttlMs?: number; max?: number; maxPerSource?: number } = {},
   ) {
     this.ttlMs = opts.ttlMs ?? CHALLENGE_TTL_MS;
     this.max = opts.max ?? 100_000;
+    this.maxPerSource = opts.maxPerSource ?? MAX_CHALLENGES_PER_SOURCE;
+  }
+
+  /** Forgets one challenge (and its place in its source's list). */
+  private drop(challenge: string): void {
+    const e = this.byText.get(challenge);
+    if (!e) return;
+    this.byText.delete(challenge);
+    const q = this.bySource.get(e.bind);
+    if (!q) return;
+    const i = q.indexOf(challenge);
+    if (i >= 0) q.splice(i, 1);
+    if (!q.length) this.bySource.delete(e.bind);
   }
 
   get size(): number {
@@ -59,12 +80,17 @@ export class ChallengeStore {
   /** A fresh challenge bound to `bind` (the requester's source address). */
   issue(bind: string): IssuedChallenge {
     const now = this.clock.now();
+    const mine = this.bySource.get(bind);
+    if (mine && mine.length >= this.maxPerSource) this.drop(mine[0]!);
     if (this.byText.size >= this.max) this.sweep();
-    if (this.byText.size >= this.max) this.byText.delete(this.byText.keys().next().value as string);
+    if (this.byText.size >= this.max) this.drop(this.byText.keys().next().value as string);
     const bytes = randomBytes(CHALLENGE_BYTES);
     const challenge = bytes.toString('base64');
     const expiresMs = now + this.ttlMs;
     this.byText.set(challenge, { bytes, bind, expiresMs, spent: false });
+    const q = this.bySource.get(bind);
+    if (q) q.push(challenge);
+    else this.bySource.set(bind, [challenge]);
     return { challenge, expires: Math.ceil(expiresMs / 1000) };
   }
 
@@ -97,6 +123,6 @@ export class ChallengeStore {
   /** Drops challenges that can no longer be answered. */
   sweep(): void {
     const now = this.clock.now();
-    for (const [k, e] of this.byText) if (e.expiresMs <= now) this.byText.delete(k);
+    for (const [k, e] of this.byText) if (e.expiresMs <= now) this.drop(k);
   }
 }

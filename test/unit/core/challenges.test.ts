@@ -31,3 +31,30 @@ t.test('issue, check, take: once, in time, from the same source', async (t) => {
   t.equal(small.size, 2, 'bounded');
   t.same(small.check(first.challenge, 'a'), { ok: false, reason: 'unknown' }, 'the oldest went first');
 });
+
+t.test("one source cannot fill the store and evict everyone else's challenges", async (t) => {
+  const clock = new ManualClock();
+  const s = new ChallengeStore(clock, { max: 100, maxPerSource: 10 });
+  const victim = s.issue('192.0.2.1');
+  for (let i = 0; i < 500; i++) s.issue('198.51.100.7');
+  t.ok(s.check(victim.challenge, '192.0.2.1').ok, "the other source's challenge is still answerable");
+  t.equal(s.size, 11, 'the flooding source holds at most maxPerSource');
+  // Its own newest challenges stay answerable; its oldest went first.
+  const mine = s.issue('198.51.100.7');
+  t.ok(s.check(mine.challenge, '198.51.100.7').ok);
+  // Expiry and global eviction keep the per-source counts right.
+  clock.advance(60_000);
+  s.sweep();
+  t.equal(s.size, 0);
+  for (let i = 0; i < 10; i++) s.issue('198.51.100.7');
+  t.equal(s.size, 10, 'a fresh window: the full per-source allowance again');
+  const small = new ChallengeStore(clock, { max: 3, maxPerSource: 2 });
+  small.issue('a');
+  small.issue('b');
+  small.issue('c');
+  small.issue('c'); // evicts the global oldest (a's)
+  small.issue('a');
+  small.issue('a');
+  small.issue('a');
+  t.ok(small.size <= 3, 'still bounded globally');
+});
