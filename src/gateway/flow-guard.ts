@@ -149,6 +149,9 @@ export interface FlowGuardOptions {
 }
 
 const NREASONS = UNINSPECTED_REASONS.length;
+/** DTLS 1.3 handshake datagrams kept for handshake secrets that come later (see FlowGuard.hs13). */
+const HS13_MAX_DATAGRAMS = 16;
+const HS13_MAX_BYTES = 32 * 1024;
 
 export class FlowGuard {
   private readonly o: FlowGuardOptions;
@@ -172,6 +175,15 @@ export class FlowGuard {
    * share makes no garbage per datagram: what it forwards meanwhile is counted uninspected.
    */
   private copying = true;
+  /**
+   * DTLS 1.3 protected handshake datagrams (RFC 9147 §4 unified header, epoch 2) that no
+   * key set opened when they passed: kept (bounded: HS13_MAX_DATAGRAMS, HS13_MAX_BYTES)
+   * until handshake traffic secrets arrive, which open them again (key-escrow.md §6.5:
+   * the server's use_srtp choice is in EncryptedExtensions, RFC 8446 §4.3.1). They were
+   * forwarded already; this is only so the gateway can read them.
+   */
+  private hs13: { data: Buffer; dir: 'c2s' | 's2c' }[] = [];
+  private hs13Bytes = 0;
   /** Queued DTLS datagrams (by tag) whose records have not all authenticated: see QueuedPacket.unauth. */
   private readonly pendingAuth = new Map<number, QueuedPacket>();
   private bypassReason: 'keys_missing' | 'rekey_missing' | undefined;
@@ -228,7 +240,7 @@ export class FlowGuard {
 
   /** Bytes of queued (held or to-be-inspected) datagram copies. */
   get bufferedBytes(): number {
-    return this.queueBytes;
+    return this.queueBytes + this.hs13Bytes;
   }
 
   packet(data: Buffer, dir: GuardDirection, peerPort: number): GuardVerdict {
@@ -286,6 +298,16 @@ export class FlowGuard {
       if (!(passUncopied && !wasCovered)) {
         this.feedDtls(buf, dir === 'c2p' ? 'c2s' : 's2c', now, ++this.seq, owned);
         unauth = this.session.lastUnauthenticated;
+        if (
+          kind === K_CONTROL &&
+          !wasCovered &&
+          this.session.lastUnauthenticatedHandshake > 0 &&
+          this.hs13.length < HS13_MAX_DATAGRAMS &&
+          this.hs13Bytes + data.length <= HS13_MAX_BYTES
+        ) {
+          this.hs13.push({ data: owned ? buf : Buffer.from(data), dir: dir === 'c2p' ? 'c2s' : 's2c' });
+          this.hs13Bytes += data.length;
+        }
       }
       this.noteAssociation();
       if (this.blocked || this.closed) return 'drop';
@@ -348,6 +370,13 @@ export class FlowGuard {
     // The session keeps the flow's one copy (DtlsSession.addKeySet clones; the caller wipes its own).
     let st = this.session.addKeySet(ks, now);
     const id = associationId(ks.clientRandom);
+    if (this.hs13.length && (ks.clientHsTrafficSecret || ks.serverHsTrafficSecret)) {
+      // The DTLS 1.3 handshake records seen before these secrets: opened now (EncryptedExtensions).
+      const hs = this.hs13;
+      this.hs13 = [];
+      this.hs13Bytes = 0;
+      for (const h of hs) if (!this.closed) this.feedDtls(h.data, h.dir, now, -1, true);
+    }
     if (st === 'pending' && ks.clientAppTrafficSecret) {
       // DTLS 1.3 (RFC 9147 §4): the session judges these keys only on records it sees next.
       // Queued unified-header records reached it before any keys (no opener consumed them),
@@ -431,6 +460,8 @@ export class FlowGuard {
     this.timer = null;
     if (!this.shared) this.session.close(); // wipes every key (§5.5); a shared one is the pipeline's
     this.session.onAuthenticated = null;
+    this.hs13 = [];
+    this.hs13Bytes = 0;
     this.queue = [];
     this.queueBytes = 0;
     this.pendingAuth.clear();

@@ -38,6 +38,17 @@ import type { KeySet } from '../../src/wire/keyset.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const missing = peerSkip(t, 'firefox-esr', 'dumpcap');
+const missingChromium = peerSkip(t, 'firefox-esr', 'dumpcap', 'chromium');
+
+/**
+ * Firefox DTLS 1.3 (both RTCPeerConnections in one page), Firefox DTLS 1.2, and Firefox
+ * calling headless Chromium (only Firefox writes a key log; it covers both legs).
+ */
+const VARIANTS = [
+  { name: 'agent', label: 'Firefox ↔ Firefox, DTLS 1.3', dtls: '1.3', peer: 'none' },
+  { name: 'agent12', label: 'Firefox ↔ Firefox, DTLS 1.2', dtls: '1.2', peer: 'none' },
+  { name: 'agentcr', label: 'Firefox ↔ Chromium', dtls: '1.3', peer: 'chromium' },
+] as const;
 
 type Eve = Record<string, any> & { event_type: string; flow_id?: number };
 
@@ -50,6 +61,7 @@ async function call(
   name: string,
   rules: string,
   agents: { user: string; password: string }[],
+  how: { dtls?: '1.2' | '1.3'; peer?: 'none' | 'chromium' } = {},
 ): Promise<{ r: FirefoxCallResult; events: Eve[]; agentOut: Eve[]; dir: string }> {
   const dir = mkdtempSync(join(tmpdir(), `gh-keyagent-${name}-`));
   if (!process.env.GH_KEEP) t.teardown(() => rmSync(dir, { recursive: true, force: true }));
@@ -60,7 +72,8 @@ async function call(
   const out = join(dir, 'out');
   const r = await runFirefoxCall({
     outDir: out,
-    dtls: '1.3',
+    dtls: how.dtls ?? '1.3',
+    peer: how.peer ?? 'none',
     timeoutMs: 60_000,
     turn: {
       argv: [
@@ -101,68 +114,69 @@ const count = (xs: string[]) => {
 };
 const reasons = (evs: Eve[]) => evs.filter((e) => e.event_type === 'flow_blocked').map((e) => e.gatehouse?.reason);
 
-t.test(
-  'with the key agent: keys verified within 3 s, the call works, every message and SRTP inspected',
-  { skip: missing, timeout: 240_000 },
-  async (t) => {
-    const { r, events, agentOut, dir } = await call(t, 'agent', `${KEYS}rules: []\n`, [{ user: USER.name, password: USER.password }]);
-    const diag = () =>
-      `report errors ${JSON.stringify(r.report.errors)}; blocked ${JSON.stringify(reasons(events))}; agent ${JSON.stringify(agentOut.slice(0, 20))}; dir ${dir}`;
-    t.ok(r.report.ok, `the page's call completed: ${diag()}`);
-    t.same(reasons(events), [], `no flow blocked: ${diag()}`);
-    const verified = events.filter((e) => e.event_type === 'keys_verified');
-    const flows = new Set(verified.map((e) => e.flow_id));
-    t.ok(flows.size >= 2, `keys_verified on both legs' flows (${flows.size})`);
-    t.ok(
-      agentOut.some((e) => e.event === 'escrowed' && e.status === 1),
-      'the agent saw KEY-STATUS verified',
-    );
-    t.notOk(
-      agentOut.some((e) => e.event === 'error'),
-      `no agent errors: ${JSON.stringify(agentOut.filter((e) => e.event === 'error'))}`,
-    );
-    // Within the deadline: every keys_verified precedes any deadline (nothing blocked above),
-    // and follows the flow's handshake by less than 3 s.
-    for (const v of verified) {
-      const hs = events.find((e) => e.event_type === 'dtls.handshake' && e.flow_id === v.flow_id);
-      if (hs)
-        t.ok(
-          Date.parse(v.timestamp) - Date.parse(hs.timestamp) < 3000,
-          `flow ${v.flow_id}: verified ${Date.parse(v.timestamp) - Date.parse(hs.timestamp)} ms after its ServerHello`,
-        );
-    }
-    const sent = r.report.sent;
-    const big = sent.find((m) => m.size >= 150_000);
-    t.ok(big, 'the page sent a 150 KB object');
-    const byFlow = new Map<number, Eve[]>();
-    for (const e of events) if (e.flow_id !== undefined) byFlow.set(e.flow_id, [...(byFlow.get(e.flow_id) ?? []), e]);
-    const callFlows = [...byFlow.values()].filter((es) => es.some((e) => e.event_type === 'datachannel.message'));
-    t.ok(callFlows.length >= 1, `data-channel messages in the gateway's events (${callFlows.length} flows)`);
-    for (const es of callFlows) {
-      const msgs = es
-        .filter((e) => e.event_type === 'datachannel.message')
-        .map((e) => e.datachannel as { sha256: string; size: number; label: string });
-      t.same(
-        count(msgs.map((m) => `${m.label}:${m.sha256}`)),
-        count(sent.map((m) => `${m.label}:${m.sha256}`)),
-        `flow ${es[0]!.flow_id}: every message, SHA-256 as the page computed`,
-      );
+for (const v of VARIANTS)
+  t.test(
+    `with the key agent (${v.label}): keys verified within 3 s, the call works, every message and SRTP inspected`,
+    { skip: v.peer === 'chromium' ? missingChromium : missing, timeout: 240_000 },
+    async (t) => {
+      const { r, events, agentOut, dir } = await call(t, v.name, `${KEYS}rules: []\n`, [{ user: USER.name, password: USER.password }], v);
+      const diag = () =>
+        `report errors ${JSON.stringify(r.report.errors)}; blocked ${JSON.stringify(reasons(events))}; agent ${JSON.stringify(agentOut.slice(0, 20))}; dir ${dir}`;
+      t.ok(r.report.ok, `the page's call completed: ${diag()}`);
+      t.same(reasons(events), [], `no flow blocked: ${diag()}`);
+      const verified = events.filter((e) => e.event_type === 'keys_verified');
+      const flows = new Set(verified.map((e) => e.flow_id));
+      t.ok(flows.size >= 2, `keys_verified on both legs' flows (${flows.size})`);
       t.ok(
-        msgs.some((m) => m.sha256 === big!.sha256 && m.size === big!.size),
-        `flow ${es[0]!.flow_id}: the ${big!.size}-byte object`,
+        agentOut.some((e) => e.event === 'escrowed' && e.status === 1),
+        'the agent saw KEY-STATUS verified',
       );
-    }
-    const media = events.filter((e) => e.event_type === 'rtp.stream' || (e.event_type === 'keys_verified' && e.keys?.what === 'srtp'));
-    t.ok(
-      media.length > 0 || events.some((e) => JSON.stringify(e).includes('"srtp"')),
-      `SRTP decrypted: ${JSON.stringify(media.slice(0, 3))}`,
-    );
-    t.notOk(
-      events.some((e) => e.event_type === 'undecryptable' && e.gatehouse?.reason === 'auth_failed'),
-      'nothing failed to authenticate',
-    );
-  },
-);
+      t.notOk(
+        agentOut.some((e) => e.event === 'error'),
+        `no agent errors: ${JSON.stringify(agentOut.filter((e) => e.event === 'error'))}`,
+      );
+      // Within the deadline: every keys_verified precedes any deadline (nothing blocked above),
+      // and follows the flow's handshake by less than 3 s.
+      for (const v of verified) {
+        const hs = events.find((e) => e.event_type === 'dtls.handshake' && e.flow_id === v.flow_id);
+        if (hs)
+          t.ok(
+            Date.parse(v.timestamp) - Date.parse(hs.timestamp) < 3000,
+            `flow ${v.flow_id}: verified ${Date.parse(v.timestamp) - Date.parse(hs.timestamp)} ms after its ServerHello`,
+          );
+      }
+      const sent = r.report.sent;
+      const big = sent.find((m) => m.size >= 150_000);
+      t.ok(big, 'the page sent a 150 KB object');
+      const byFlow = new Map<number, Eve[]>();
+      for (const e of events) if (e.flow_id !== undefined) byFlow.set(e.flow_id, [...(byFlow.get(e.flow_id) ?? []), e]);
+      const callFlows = [...byFlow.values()].filter((es) => es.some((e) => e.event_type === 'datachannel.message'));
+      t.ok(callFlows.length >= 1, `data-channel messages in the gateway's events (${callFlows.length} flows)`);
+      for (const es of callFlows) {
+        const msgs = es
+          .filter((e) => e.event_type === 'datachannel.message')
+          .map((e) => e.datachannel as { sha256: string; size: number; label: string });
+        t.same(
+          count(msgs.map((m) => `${m.label}:${m.sha256}`)),
+          count(sent.map((m) => `${m.label}:${m.sha256}`)),
+          `flow ${es[0]!.flow_id}: every message, SHA-256 as the page computed`,
+        );
+        t.ok(
+          msgs.some((m) => m.sha256 === big!.sha256 && m.size === big!.size),
+          `flow ${es[0]!.flow_id}: the ${big!.size}-byte object`,
+        );
+      }
+      const media = events.filter((e) => e.event_type === 'rtp.stream' || (e.event_type === 'keys_verified' && e.keys?.what === 'srtp'));
+      t.ok(
+        media.length > 0 || events.some((e) => JSON.stringify(e).includes('"srtp"')),
+        `SRTP decrypted: ${JSON.stringify(media.slice(0, 3))}`,
+      );
+      t.notOk(
+        events.some((e) => e.event_type === 'undecryptable' && e.gatehouse?.reason === 'auth_failed'),
+        'nothing failed to authenticate',
+      );
+    },
+  );
 
 t.test('a contains rule on a message the page sends blocks the flow (with the agent)', { skip: missing, timeout: 240_000 }, async (t) => {
   const rules = `${KEYS}rules:\n  - id: marker\n    when:\n      contains: ["reply from pc2 #2"]\n    action: block\n`;
