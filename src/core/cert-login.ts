@@ -144,7 +144,13 @@ export function certMechanism(core: CoreContext, roots: ParsedCert[], crls: Revo
         if (!c) throw new CoreError('untrusted', `chain element ${i + 1} is not a DER X.509 certificate`);
         chain.push(c);
       }
-      const key = chain[0]!.node.publicKey;
+      let key: KeyObject;
+      try {
+        key = chain[0]!.node.publicKey;
+      } catch {
+        // An algorithm OpenSSL cannot read (RFC 5280 §4.1.2.7): a refusal like any other, counted and reported.
+        throw new CoreError('untrusted', 'the leaf certificate key cannot be read (neither ECDSA P-256 nor RSA)');
+      }
       const kp = leafKeyProblem(key);
       if (kp) throw new CoreError('untrusted', kp);
       if (!verifyCertSignature(key, ch.bytes, creds.signature))
