@@ -8,7 +8,8 @@
  *    "auth":{"mechanism":"Digest","result":"success","user":"alice","groups":["trading"]}}
  *
  * `result` is `success` or `failure`; a failure has `reason` (the core.md error code:
- * `unauthenticated`, `replayed`, `untrusted`, `rate_limited`, `forbidden`, `unavailable`);
+ * `unauthenticated`, `replayed`, `untrusted`, `rate_limited`, `forbidden`, `unavailable`,
+ * or `internal` when the mechanism itself failed: a 500);
  * `user` is the name the client claimed (failures) or the one it proved (successes);
  * transfers carry `org` (the user's organisation) and `mechanism: "transfer"`.
  */

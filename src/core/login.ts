@@ -195,7 +195,18 @@ export const loginModule: CoreModule = (core) => {
     try {
       who = await mech.verify(ctx);
     } catch (err) {
-      if (!(err instanceof CoreError)) throw err;
+      if (!(err instanceof CoreError)) {
+        // A mechanism's own fault (500 internal, http.ts): still a failed login, counted per
+        // source (core.md §2) and reported, so an input that trips it cannot be retried freely.
+        core.limiter.fail(ctx.source);
+        emitAuthEvent(core, ctx, {
+          mechanism: mech.scheme,
+          result: 'failure',
+          reason: 'internal',
+          ...(claimed !== null ? { user: claimed } : {}),
+        });
+        throw err;
+      }
       // An expired nonce is not a failed authentication (the password was not tried).
       if (!(err as { notCounted?: boolean }).notCounted) {
         core.limiter.fail(ctx.source);

@@ -5,6 +5,7 @@
 // limit, into the event as `mechanism`.
 import t from 'tap';
 import { startCore } from '../../../src/core/index.js';
+import { addLoginMechanism } from '../../../src/core/login.js';
 import { defaultConfig } from '../../../src/config/config.js';
 import { StaticUserDirectory } from '../../../src/store/users.js';
 import { silentLogger } from '../../../src/util/log.js';
@@ -42,4 +43,40 @@ t.test('an unoffered scheme: the event never repeats a scheme-less secret', asyn
     ['other', 'other', 'other', 'bearer'],
     'a registered scheme is named, anything else is other',
   );
+});
+
+t.test('a mechanism that fails with an exception: 500, still counted and reported', async (t) => {
+  const cfg = defaultConfig();
+  cfg.core.listen = 'http://127.0.0.1:0';
+  const events: EveEvent[] = [];
+  const running = await startCore(cfg, {
+    users: new StaticUserDirectory([]),
+    events: { emit: (e: EveEvent) => void events.push(e), close: () => {} },
+    logger: silentLogger,
+    clock: systemClock,
+    supervisor: new Supervisor(silentLogger),
+    restSecret: 'x'.repeat(43),
+    modules: [
+      (core) =>
+        addLoginMechanism(core, {
+          scheme: 'Broken',
+          challenge: () => 'Broken',
+          verify: async () => {
+            throw new Error('a parser bug');
+          },
+        }),
+    ],
+  });
+  t.teardown(() => running.stop());
+  for (let i = 0; i < running.core.limiter.max; i++) {
+    const r = await fetch(`${running.url}/v1/login`, { method: 'POST', headers: { authorization: 'Broken x' } });
+    await r.arrayBuffer();
+    t.equal(r.status, 500);
+  }
+  const failures = events.filter((e) => (e as unknown as { auth?: { mechanism?: string } }).auth?.mechanism === 'Broken');
+  t.equal(failures.length, running.core.limiter.max, 'each is an auth event');
+  t.match((failures[0] as unknown as { auth: unknown }).auth, { result: 'failure', reason: 'internal' });
+  const next = await fetch(`${running.url}/v1/login`, { method: 'POST', headers: { authorization: 'Broken x' } });
+  await next.arrayBuffer();
+  t.equal(next.status, 429, 'counted toward the source limit (core.md §2)');
 });
