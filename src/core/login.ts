@@ -209,10 +209,13 @@ export const loginModule: CoreModule = (core) => {
       }
       // An expired nonce is not a failed authentication (the password was not tried).
       if (!(err as { notCounted?: boolean }).notCounted) {
-        core.limiter.fail(ctx.source);
+        // A mechanism's own 429 (Negotiate: too many logins in progress) tried no credential
+        // either: not a failed authentication (core.md §2), or a busy NAT would lock itself out.
+        const busy = err.code === 'rate_limited';
+        if (!busy) core.limiter.fail(ctx.source);
         // A directory that cannot be reached (503) tried no password: it does not lock the
         // name out (an outage must not lock everyone out after it); the source still counts.
-        if (claimed !== null && err.code !== 'unavailable') core.lockout.fail(claimed);
+        if (claimed !== null && err.code !== 'unavailable' && !busy) core.lockout.fail(claimed);
         // A mechanism that learnt who it was (a verified Kerberos principal with no user
         // here) names them on the error as `user`.
         const named = (err as { user?: unknown }).user;

@@ -6,6 +6,7 @@
 import t from 'tap';
 import { startCore } from '../../../src/core/index.js';
 import { addLoginMechanism } from '../../../src/core/login.js';
+import { CoreError } from '../../../src/core/errors.js';
 import { defaultConfig } from '../../../src/config/config.js';
 import { StaticUserDirectory } from '../../../src/store/users.js';
 import { silentLogger } from '../../../src/util/log.js';
@@ -79,4 +80,42 @@ t.test('a mechanism that fails with an exception: 500, still counted and reporte
   const next = await fetch(`${running.url}/v1/login`, { method: 'POST', headers: { authorization: 'Broken x' } });
   await next.arrayBuffer();
   t.equal(next.status, 429, 'counted toward the source limit (core.md §2)');
+});
+
+t.test("a mechanism's own 429 (Negotiate: too many in progress) is not a failed authentication", async (t) => {
+  const cfg = defaultConfig();
+  cfg.core.listen = 'http://127.0.0.1:0';
+  const events: EveEvent[] = [];
+  const running = await startCore(cfg, {
+    users: new StaticUserDirectory([]),
+    events: { emit: (e: EveEvent) => void events.push(e), close: () => {} },
+    logger: silentLogger,
+    clock: systemClock,
+    supervisor: new Supervisor(silentLogger),
+    restSecret: 'x'.repeat(43),
+    modules: [
+      (core) =>
+        addLoginMechanism(core, {
+          scheme: 'Busy',
+          challenge: () => 'Busy',
+          claimedUser: () => 'dora',
+          verify: async () => {
+            throw new CoreError('rate_limited', 'too many logins are in progress; retry in a moment', { 'retry-after': '1' });
+          },
+        }),
+    ],
+  });
+  t.teardown(() => running.stop());
+  for (let i = 0; i < running.core.limiter.max + 2; i++) {
+    const r = await fetch(`${running.url}/v1/login`, { method: 'POST', headers: { authorization: 'Busy x' } });
+    await r.arrayBuffer();
+    t.equal(r.status, 429);
+    t.equal(r.headers.get('retry-after'), '1', "the mechanism's own 429, not the source limit's");
+  }
+  t.equal(running.core.limiter.retryAfter('127.0.0.1'), 0, 'the source is not limited');
+  t.doesNotThrow(() => running.core.lockout.check('dora'), 'the name is not locked');
+  t.ok(
+    events.some((e) => (e as unknown as { auth?: { reason?: string } }).auth?.reason === 'rate_limited'),
+    'still an auth event',
+  );
 });
