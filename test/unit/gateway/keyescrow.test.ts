@@ -402,3 +402,85 @@ async function sendRaw(port: number, bytes: Buffer, via?: Client): Promise<StunM
     s.close();
   }
 }
+
+/** Plaintext epoch-0 handshake record with one whole message (RFC 6347 §4.1, §4.2.2). */
+function hsRecord(type: number, body: Buffer, seq: number): Buffer {
+  const hh = Buffer.alloc(12);
+  hh[0] = type;
+  hh.writeUIntBE(body.length, 1, 3);
+  hh.writeUIntBE(body.length, 9, 3);
+  const hdr = Buffer.alloc(13);
+  hdr[0] = 22;
+  hdr.writeUInt16BE(0xfefd, 1);
+  hdr.writeUIntBE(seq, 5, 6);
+  hdr.writeUInt16BE(12 + body.length, 11);
+  return Buffer.concat([hdr, hh, body]);
+}
+const withExt = (head: Buffer, exts: Buffer): Buffer => Buffer.concat([head, Buffer.from([exts.length >> 8, exts.length & 255]), exts]);
+
+t.test('DTLS 1.3: SRTP profile unknown (flag 0x04) → record + handshake secrets → listed again with the profile → SRTP keys', async (t) => {
+  const { Dtls13Writer } = await import('../../../src/wire/dtls13.js');
+  const { deriveSrtpTls13 } = await import('../../../src/wire/tls-prf.js');
+  const r = await rig();
+  t.teardown(r.close);
+  const cr = randomBytes(32);
+  const sr = randomBytes(32);
+  // ClientHello: supported_versions [DTLS 1.3], use_srtp [7, 1]; the ServerHello has no use_srtp (RFC 8446 §4.2: it is in EncryptedExtensions).
+  const ch = withExt(
+    Buffer.concat([Buffer.from([0xfe, 0xfd]), cr, Buffer.from([0, 0, 0, 2, 0x13, 0x01, 1, 0])]),
+    Buffer.from([0, 43, 0, 3, 2, 0xfe, 0xfc, 0, 14, 0, 7, 0, 4, 0, 7, 0, 1, 0]),
+  );
+  const sh = withExt(
+    Buffer.concat([Buffer.from([0xfe, 0xfd]), sr, Buffer.from([0, 0x13, 0x01, 0])]),
+    Buffer.from([0, 43, 0, 2, 0xfe, 0xfc]),
+  );
+  const [chs, shs, cts, sts, exp] = [randomBytes(32), randomBytes(32), randomBytes(32), randomBytes(32), randomBytes(32)];
+  const eeExt = Buffer.from([0, 14, 0, 5, 0, 2, 0, 7, 0]);
+  const eeBody = Buffer.concat([Buffer.from([0, eeExt.length]), eeExt]);
+  const hh = Buffer.alloc(12);
+  hh[0] = 8; // EncryptedExtensions
+  hh.writeUIntBE(eeBody.length, 1, 3);
+  hh.writeUInt16BE(1, 4);
+  hh.writeUIntBE(eeBody.length, 9, 3);
+  const ee = new Dtls13Writer(0x1301, shs, 2).seal(22, Buffer.concat([hh, eeBody]));
+  await relayOne(r, CH, 'c2p', hsRecord(1, ch, 0));
+  await relayOne(r, CH, 'p2c', hsRecord(2, sh, 0));
+  t.equal((await relayOne(r, CH, 'p2c', ee)).length, 1, 'the encrypted handshake is forwarded at once');
+  const app = new Dtls13Writer(0x1301, cts, 3).seal(23, Buffer.from('held until keys'));
+  t.same(await relayOne(r, CH, 'c2p', app), [], 'application data held');
+  const a = await agent(r);
+  t.teardown(() => a.close());
+  const q = pendings(await escrow(a, []));
+  t.equal(q.length, 1);
+  t.equal(q[0]!.version, 3);
+  t.equal(q[0]!.epoch, 3);
+  t.equal(q[0]!.srtpProfile, 0);
+  t.equal(q[0]!.flags & 0x06, 0x06, 'media wanted, SRTP profile not known yet');
+  const base: KeySet = {
+    clientRandom: cr,
+    serverRandom: sr,
+    cipherSuite: 0x1301,
+    epoch: 3,
+    clientAppTrafficSecret: cts,
+    serverAppTrafficSecret: sts,
+  };
+  const m1 = await escrow(a, [{ ...base, clientHsTrafficSecret: chs, serverHsTrafficSecret: shs }]);
+  t.same(statuses(m1), [1], 'record keys verified against the held record');
+  const p1 = pendings(m1);
+  t.equal(p1.length, 1, 'still pending: SRTP keys missing');
+  t.equal(p1[0]!.srtpProfile, 7, 'the profile, read from the EncryptedExtensions that passed before the keys');
+  t.equal(p1[0]!.flags & 0x0e, 0x0a, 'media wanted, record keys held, profile known');
+  const s = deriveSrtpTls13('sha256', exp, 7, 'dtls13')!;
+  const m2 = await escrow(a, [
+    {
+      ...base,
+      srtpProfile: 7,
+      srtpClientMasterKey: s.clientMasterKey,
+      srtpServerMasterKey: s.serverMasterKey,
+      srtpClientMasterSalt: s.clientMasterSalt,
+      srtpServerMasterSalt: s.serverMasterSalt,
+    },
+  ]);
+  t.equal(m2.cls, Class.Success);
+  t.same(pendings(m2), [], 'nothing pending once the SRTP keys are there');
+});
