@@ -176,3 +176,46 @@ t.test('agent: wrong credentials are refused (401), nothing applied', async (t) 
   t.teardown(() => client.close());
   await t.rejects(client.query(), /401/);
 });
+
+t.test('gatehouse keyagent: --help, usage errors (exit 2), untrusted certificate (exit 2/1)', async (t) => {
+  const { runKeyagent } = await import('../../../src/cli/keyagent.js');
+  const { PassThrough } = await import('node:stream');
+  const run = async (argv: string[]) => {
+    const out = new PassThrough();
+    const err = new PassThrough();
+    let o = '';
+    let e = '';
+    out.on('data', (d) => (o += d));
+    err.on('data', (d) => (e += d));
+    const code = await runKeyagent(argv, { stdout: out, stderr: err });
+    return { code, o, e };
+  };
+  const h = await run(['--help']);
+  t.equal(h.code, 0);
+  t.match(h.o, /--keylog FILE/);
+  t.equal((await run([])).code, 2, 'no --keylog');
+  t.equal((await run(['--keylog', '/tmp/x', '--turn', 'http://x'])).code, 2, 'not a turn: URL');
+  t.equal((await run(['--keylog', '/tmp/x', '--turn', 'turn:127.0.0.1:3478'])).code, 2, 'no --user');
+  t.equal((await run(['--keylog', '/tmp/x', '--turn', 'turn:127.0.0.1:3478', '--user', 'a'])).code, 2, 'no password');
+  const r = await rig();
+  t.teardown(r.close);
+  const dir = mkdtempSync(join(tmpdir(), 'gh-cli-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  writeFileSync(join(dir, 'gw.crt'), r.certPem);
+  const bad = await run([
+    '--keylog',
+    join(dir, 'k'),
+    '--turn',
+    `turn:127.0.0.1:${r.h.udpPort}`,
+    '--user',
+    'alice',
+    '--password',
+    'secret',
+    '--gateway-cert',
+    join(dir, 'gw.crt'),
+    '--gateway-cert-fingerprint',
+    '00'.repeat(32),
+  ]);
+  t.not(bad.code, 0, 'a certificate that does not match the pin is refused');
+  t.notOk(bad.e.includes('secret'), 'the password is not echoed');
+});
