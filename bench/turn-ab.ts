@@ -9,6 +9,7 @@
  *                            [--variant 'fast_path: auto'] [--prof DIR]
  *
  * --old DIR adds a run per round of another checkout's bin/gatehouse.js (an earlier build), as the variant.
+ * --bare runs bench/turn-bare.ts (a TurnServer without the gateway's hooks) for every Gatehouse run.
  * --prof DIR runs the (first) Gatehouse of every round under `node --cpu-prof`, profiles in DIR.
  */
 import { spawnSync } from 'node:child_process';
@@ -43,6 +44,7 @@ async function one(which: Key): Promise<number[]> {
     repeat: 1,
     servers: [which === 'coturn' ? 'coturn' : 'gatehouse'],
     log: () => {},
+    gatehouseBare: process.argv.includes('--bare'),
   };
   if (which === 'variant' && old) o.gatehouseBin = `${old}/bin/gatehouse.js`;
   else if (which === 'variant') o.gatehouseTurnConfig = variant.split(';').map((s) => s.trim());
@@ -70,7 +72,10 @@ for (let r = 0; r < rounds; r++) {
 }
 
 const lines: string[] = [];
-lines.push(`${clients} clients × ${messages} messages, ${rounds} alternating rounds, median of per-round figures`);
+lines.push(
+  `${clients} clients × ${messages} messages, ${rounds} alternating rounds, median of per-round figures` +
+    (process.argv.includes('--bare') ? ' (Gatehouse: bare TurnServer, bench/turn-bare.ts)' : ' (Gatehouse: gatehouse serve)'),
+);
 lines.push('| payload | Gatehouse µs | ' + (variant ? `Gatehouse (${variant}) µs | ` : '') + 'coturn µs | Gatehouse/coturn' + (variant ? ' | variant/coturn' : '') + ' |');
 sizes.forEach((size, i) => {
   const g = per.gatehouse.map((x) => x[i]!);

@@ -61,6 +61,8 @@ export interface TurnBenchOptions {
   gatehouseTurnConfig?: string[];
   /** another checkout's bin/gatehouse.js (A/B against an earlier build); default this one */
   gatehouseBin?: string;
+  /** bench/turn-bare.ts (a TurnServer with no gateway and no flow hooks) instead of `gatehouse serve` */
+  gatehouseBare?: boolean;
   log: (line: string) => void;
 }
 
@@ -449,6 +451,7 @@ async function startGatehouse(
   nodeArgs: string[] = [],
   turnExtra: string[] = [],
   bin = GATEHOUSE_BIN,
+  bare = false,
 ): Promise<Started> {
   const port = await freeUdpPort();
   const pcpPort = await freeUdpPort();
@@ -485,9 +488,11 @@ async function startGatehouse(
   ].join('\n');
   const cfgPath = join(dir, 'gatehouse.yaml');
   writeFileSync(cfgPath, cfg);
-  const args = [...nodeArgs, bin, 'serve', '--config', cfgPath];
+  const args = bare
+    ? [...nodeArgs, '--import', import.meta.resolve('tsx'), join(ROOT, 'bench', 'turn-bare.ts'), cfgPath]
+    : [...nodeArgs, bin, 'serve', '--config', cfgPath];
   const proc = start('gatehouse', process.execPath, args, { cwd: dir });
-  const command = `node bin/gatehouse.js serve --config $TMP/gatehouse.yaml`;
+  const command = bare ? 'node --import tsx bench/turn-bare.ts $TMP/gatehouse.yaml' : `node bin/gatehouse.js serve --config $TMP/gatehouse.yaml`;
   try {
     await waitForStun(HOST, port, 60_000, () => (proc.isRunning() ? null : `gatehouse exited during start:\n${proc.tail()}`));
   } catch (e) {
@@ -547,7 +552,7 @@ async function benchServer(
   const allocations = o.clients * (1 + o.sizes.length * o.repeat);
   let s: Started;
   try {
-    s = name === 'gatehouse' ? await startGatehouse(allocations, o.gatehouseRules, o.gatehouseNodeArgs, o.gatehouseTurnConfig, o.gatehouseBin) : await startCoturn(allocations);
+    s = name === 'gatehouse' ? await startGatehouse(allocations, o.gatehouseRules, o.gatehouseNodeArgs, o.gatehouseTurnConfig, o.gatehouseBin, o.gatehouseBare) : await startCoturn(allocations);
   } catch (e) {
     run.reason = `did not start: ${(e as Error).message}`;
     o.log(`${name}: ${run.reason}`);
