@@ -41,7 +41,10 @@ function pct(xs: number[], p: number): number {
   return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))]!;
 }
 
-export async function runKeyagentBench(rounds = 100): Promise<{ p50: number; p99: number; min: number; max: number; n: number }> {
+export async function runKeyagentBench(
+  opt: number | { quick?: boolean } = 100,
+): Promise<{ p50: number; p99: number; min: number; max: number; n: number }> {
+  const rounds = typeof opt === 'number' ? opt : opt.quick ? 20 : 200;
   const identity = await testIdentity();
   const engine = new PolicyEngine([parseRuleFile(RULES, 'bench.yaml')]);
   let waiter: ((t: number) => void) | null = null;

@@ -24,7 +24,7 @@ const HERE = dirname(fileURLToPath(import.meta.url));
 const HELP = `Usage: npm run bench -- [options]
 
   --quick               small counts (a minute or so): for trying the harness
-  --only LIST           comma-separated: turn,srtp,dtls,policy,inspect,escrow,pcp,core
+  --only LIST           comma-separated: turn,srtp,dtls,policy,inspect,escrow,pcp,core,keyagent
                         (default: all)
   --servers LIST        TURN servers: gatehouse,coturn (default: both, in that order)
   --clients N           turnutils_uclient -m (default 50; quick 5)
@@ -59,7 +59,7 @@ class UsageError extends Error {}
 function parseArgs(argv: string[]): Args {
   const a: Args = {
     quick: false,
-    only: new Set(['turn', 'srtp', 'dtls', 'policy', 'inspect', 'escrow', 'pcp', 'core']),
+    only: new Set(['turn', 'srtp', 'dtls', 'policy', 'inspect', 'escrow', 'pcp', 'core', 'keyagent']),
     out: join(HERE, 'out', 'results.json'),
     turn: {},
   };
@@ -86,7 +86,7 @@ function parseArgs(argv: string[]): Args {
       case '--only':
         a.only = new Set(v().split(','));
         for (const x of a.only)
-          if (!['turn', 'srtp', 'dtls', 'policy', 'inspect', 'escrow', 'pcp', 'core'].includes(x))
+          if (!['turn', 'srtp', 'dtls', 'policy', 'inspect', 'escrow', 'pcp', 'core', 'keyagent'].includes(x))
             throw new UsageError(`--only: unknown benchmark ${x}`);
         break;
       case '--servers': {
@@ -201,6 +201,15 @@ const EXTERNALS: ExternalSpec[] = [
     name: 'Conferencing core: joins/s through the director (one and two FEs), signalling latency with 200 participants',
     file: 'core.ts',
     fns: ['runCoreBench'],
+    opts: (quick) => ({ quick }),
+  },
+  // bench/keyagent.ts: runKeyagentBench({ quick }) → { p50, p99, min, max, n } (issue 15: key-log
+  // line written → keys_verified through the in-process gateway and the desktop key agent)
+  {
+    key: 'keyagent',
+    name: 'Desktop key agent: key-log line written → keys_verified',
+    file: 'keyagent.ts',
+    fns: ['runKeyagentBench'],
     opts: (quick) => ({ quick }),
   },
 ];
