@@ -8,6 +8,10 @@
  */
 import t from 'tap';
 import { createSocket } from 'node:dgram';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { defaultConfig } from '../../../src/config/config.js';
+import { TurnServer } from '../../../src/turn/server.js';
+import { requirePeer } from '../../e2e/helpers/require-peer.js';
 import { Attr, Class, Method, decodeStun, getAttr, getXorAddress, type StunWriter as W } from '../../../src/wire/stun.js';
 import { buildChannelData, parseChannelData } from '../../../src/wire/channeldata.js';
 import { FastPath, loadFastPath } from '../../../src/turn/fastpath.js';
@@ -191,4 +195,64 @@ t.test('expiry is checked in C on every packet, with no JS timer running', { ski
   await sleep(100);
   t.equal(got.length, 2, 'after deleted(): nothing read');
   t.equal(slow.length, 1);
+});
+
+t.test('a real client: coturn turnutils_uclient through the fast path (channels, Send/Data, client-to-client)', { skip }, async (t) => {
+  if (!requirePeer(t, 'turnutils_uclient', 'turnutils_peer')) return;
+  const cfg = defaultConfig();
+  cfg.turn.listen = ['udp://127.0.0.1:0'];
+  cfg.turn.relay_address = '127.0.0.1';
+  cfg.turn.relay_ports = [38000, 39999];
+  cfg.turn.peers.allow = ['127.0.0.0/8'];
+  cfg.turn.max_allocations_per_user = 100;
+  cfg.turn.channel_numbers = 'rfc5766'; // turnutils_uclient's channel numbers
+  cfg.turn.fast_path = 'auto';
+  const server = new TurnServer({
+    config: cfg,
+    users: { lookup: (n) => (n === 'alice' ? { name: 'alice', password: 'wonderland', groups: [] } : undefined) },
+  });
+  await server.start();
+  const port = server.addresses()[0]!.port;
+  const probe = createSocket('udp4');
+  await new Promise<void>((r) => probe.bind(0, '127.0.0.1', () => r()));
+  const peerPort = probe.address().port;
+  await new Promise<void>((r) => probe.close(() => r()));
+  const kids: ChildProcess[] = [];
+  const peer = spawn('turnutils_peer', ['-p', String(peerPort), '-L', '127.0.0.1'], { stdio: 'ignore' });
+  kids.push(peer);
+  t.teardown(async () => {
+    for (const k of kids) k.kill('SIGKILL');
+    await server.stop();
+  });
+  await sleep(300);
+  const run = (args: string[]): Promise<string> =>
+    new Promise((resolve) => {
+      const c = spawn('turnutils_uclient', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+      kids.push(c);
+      let out = '';
+      c.stdout!.on('data', (d) => (out += d));
+      c.stderr!.on('data', (d) => (out += d));
+      const timer = setTimeout(() => c.kill('SIGKILL'), 90_000);
+      c.on('close', () => (clearTimeout(timer), resolve(out)));
+    });
+  const base = ['-u', 'alice', '-w', 'wonderland', '-e', '127.0.0.1', '-r', String(peerPort), '-n', '200', '-l', '170', '-z', '1', '-p', String(port)];
+  for (const [name, extra] of [
+    ['channels', ['-m', '5']],
+    ['Send/Data indications (-s)', ['-s']],
+    ['client-to-client (-y)', ['-y']],
+  ] as const) {
+    const out = await run([...extra, ...base, '127.0.0.1']);
+    const sr = [...out.matchAll(/tot_send_msgs=(\d+), tot_recv_msgs=(\d+)\s*$/gm)].pop();
+    const lost = /Total lost packets (\d+)/.exec(out);
+    t.ok(sr && lost, `${name}: uclient printed its totals`);
+    if (!sr || !lost) {
+      t.comment(out.slice(-1500));
+      continue;
+    }
+    t.ok(Number(sr[1]) > 0, `${name}: sent ${sr[1]}`);
+    t.equal(sr[2], sr[1], `${name}: every message came back`);
+    t.equal(lost[1], '0', `${name}: 0 lost`);
+  }
+  t.ok(server.fastPath()!.batches > 0, 'the peer -> client direction went through C');
+  t.ok(server.stats.packets.peerToClient > 0);
 });
