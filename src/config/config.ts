@@ -1,8 +1,8 @@
 import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { bool, checked, fail, failAtPath, int, list, nodeAt, nullable, obj, oneOf, parseYaml, str, type Schema } from './validate.js';
-import { ldapCheck, ldapConfigSchema, type LdapConfig } from '../core/directory/config.js';
-import { kerberosConfigSchema, type KerberosConfig } from '../core/negotiate-config.js';
+import { ldapCheck, ldapConfigSchema, type LdapConfig } from './ldap.js';
+import { kerberosConfigSchema, type KerberosConfig } from './kerberos.js';
 
 /**
  * The one configuration object (design.md): validated once at start, passed down;
@@ -110,7 +110,7 @@ export interface CoreConfig {
   pool_secret: string | null;
   /** ldap://host:389/dc=example,dc=org (users and groups); null: the gateway's own users. */
   directory: string | null;
-  /** How core.directory is read: bind, attributes, cache (src/core/directory/config.ts). */
+  /** How core.directory is read: bind, attributes, cache (src/config/ldap.ts). */
   ldap: LdapConfig;
   /** core.md §4: signalling connections per user; the next one closes the oldest (4001). */
   max_connections_per_user: number;
@@ -125,7 +125,7 @@ export interface CoreConfig {
    * (src/core/core-signing.ts).
    */
   signing: { cert: string | null; key: string | null };
-  /** Negotiate login (RFC 4559): keytab, service, realm (src/core/negotiate-config.ts). */
+  /** Negotiate login (RFC 4559): keytab, service, realm (src/config/kerberos.ts). */
   kerberos: KerberosConfig;
   /** Lifetime of core tokens, seconds (core.md §2: default 1 h). */
   token_ttl: number;

@@ -4,7 +4,7 @@
  * mounts the schema. Whether the keytab can be read and holds the service's key is
  * checked when the core starts (src/core/negotiate.ts), not here.
  */
-import { checked, int, list, nullable, obj, str } from '../config/validate.js';
+import { checked, int, list, nullable, obj, str } from './validate.js';
 
 export interface KerberosConfig {
   /** The service's keytab (ktutil, kadmin ktadd, ktpass, msktutil); null: Negotiate off. */

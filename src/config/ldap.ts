@@ -3,8 +3,8 @@
  * "Identity" → "Directory (LDAP)"). Every key is checked here, and errors name the key;
  * src/config/config.ts mounts the schema and calls ldapCheck() for the cross-key rules.
  */
-import { bool, checked, int, nullable, obj, str, type Schema } from '../../config/validate.js';
-import { checkDn, isAttributeType } from './escape.js';
+import { bool, checked, int, nullable, obj, str, type Schema } from './validate.js';
+import { checkDn, isAttributeType } from '../util/ldap-escape.js';
 
 export interface LdapConfig {
   /** The service account the core searches with; null: anonymous searches (RFC 4513 §5.1.1). */

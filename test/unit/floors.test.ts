@@ -22,6 +22,7 @@ const ALLOWED: Record<string, string[]> = {
   admin: ['util', 'events', 'config'],
   scan: ['util', 'config'],
   endpoint: ['wire', 'util'],
+  keyagent: ['inspect', 'endpoint', 'wire', 'util'], // a desktop program: key log (inspect), gateway pinning (endpoint)
   core: ['wire', 'util', 'events', 'config', 'store', 'policy'],
   gateway: ['core', 'turn', 'pcp', 'inspect', 'policy', 'record', 'store', 'admin', 'scan', 'events', 'config', 'wire', 'util'],
   cli: ['*'],

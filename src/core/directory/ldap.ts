@@ -32,8 +32,8 @@ import type { Logger } from '../../util/log.js';
 import type { Directory, DirectoryUser } from '../director.js';
 import { CoreError } from '../errors.js';
 import { DirectoryCache, DirectoryDown } from './cache.js';
-import { parseLdapUrl, type LdapConfig } from './config.js';
-import { escapeFilterValue, firstRdnValue } from './escape.js';
+import { parseLdapUrl, type LdapConfig } from '../../config/ldap.js';
+import { escapeFilterValue, firstRdnValue } from '../../util/ldap-escape.js';
 
 /** Connections to the directory open at once; beyond, lookups get 503 at once. */
 export const MAX_CONNECTIONS = 32;

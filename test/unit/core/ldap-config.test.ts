@@ -1,9 +1,9 @@
-// core.directory and core.ldap (src/core/directory/config.ts): defaults, every key's
+// core.directory and core.ldap (src/config/ldap.ts): defaults, every key's
 // errors name it, cross-key rules, secrets never echoed; Basic credentials (RFC 7617).
 import t from 'tap';
 import { defaultConfig, parseConfig } from '../../../src/config/config.js';
 import { ConfigError } from '../../../src/util/errors.js';
-import { checkUserFilter, parseLdapUrl } from '../../../src/core/directory/config.js';
+import { checkUserFilter, parseLdapUrl } from '../../../src/config/ldap.js';
 import { basicChallenge, parseBasic } from '../../../src/core/basic-login.js';
 
 function err(text: string): ConfigError {

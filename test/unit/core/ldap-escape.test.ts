@@ -1,6 +1,6 @@
-// RFC 4515 §3 filter values and RFC 4514 DN values (src/core/directory/escape.ts).
+// RFC 4515 §3 filter values and RFC 4514 DN values (src/util/ldap-escape.ts).
 import t from 'tap';
-import { checkDn, escapeDnValue, escapeFilterValue, firstRdnValue, parseDn } from '../../../src/core/directory/escape.js';
+import { checkDn, escapeDnValue, escapeFilterValue, firstRdnValue, parseDn } from '../../../src/util/ldap-escape.js';
 
 t.test('RFC 4515 §3: NUL ( ) * \\ are hex-escaped; controls too; UTF-8 passes', async (t) => {
   t.equal(escapeFilterValue('alice'), 'alice');
