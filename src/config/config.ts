@@ -774,6 +774,16 @@ function coreCheck(cfg: GatehouseConfig, at: (paths: string | string[], problem:
     );
   }
   ldapCheck(cfg.core, at);
+  // Basic login and the service bind send passwords to the directory: never in the clear
+  // beyond loopback unless the admin says so (RFC 4513 §5.1.2, §6.3.1; like admin.insecure).
+  if (cfg.core.directory?.startsWith('ldap://') && !cfg.core.ldap.starttls && !cfg.core.ldap.insecure) {
+    const host = new URL(cfg.core.directory.replace(/^ldap:/, 'http:')).hostname.replace(/^\[|\]$/g, '');
+    if (!isLoopbackHost(host))
+      at(
+        'core.directory',
+        `${host} is not a loopback address: use ldaps:// or core.ldap.starttls: true (passwords would cross the network in the clear), or set core.ldap.insecure: true`,
+      );
+  }
   cfg.core.peers.forEach((p, i) => {
     if (!p.org) at(`core.peers[${i}]`, 'a peer needs an org');
     if (!p.cert) at(`core.peers[${i}]`, 'a peer needs a cert (PEM file)');

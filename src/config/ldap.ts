@@ -14,6 +14,11 @@ export interface LdapConfig {
   bind_password_file: string | null;
   /** RFC 4511 §4.14 StartTLS on an ldap:// URL. */
   starttls: boolean;
+  /**
+   * Allows ldap:// without StartTLS to a host that is not loopback (the service account's
+   * and users' passwords then cross the network in the clear). Off: a configuration error.
+   */
+  insecure: boolean;
   /** PEM file of the CA(s) the directory's certificate must chain to (ldaps:// or starttls); null: the system's. */
   tls: { ca: string | null };
   /** Where users are searched (subtree); null: the URL's base DN. */
@@ -68,6 +73,7 @@ export const ldapConfigSchema = obj<LdapConfig>({
   bind_password: { schema: nullable(checked('a password', (s) => (s.length ? null : 'the password is empty'))), default: () => null },
   bind_password_file: { schema: nullable(str('a file path')), default: () => null },
   starttls: { schema: bool(), default: () => false },
+  insecure: { schema: bool(), default: () => false },
   tls: { schema: obj({ ca: { schema: nullable(str('a PEM file path')), default: () => null } }) },
   user_base: { schema: nullable(dn), default: () => null },
   user_attribute: { schema: attribute('an attribute name'), default: () => 'uid' },

@@ -39,7 +39,7 @@ t.test('values, peers, and located errors', async (t) => {
   listen: https://0.0.0.0:8443
   tls: { cert: c.pem, key: k.pem }
   pool: [https://fe1.example:8089]
-  directory: ldap://ldap.example:389/dc=example,dc=org
+  directory: ldaps://ldap.example:636/dc=example,dc=org
   max_connections_per_user: 5
   org: example.org
   peers: [{ org: other.org, cert: other.pem, allow: { users: [alice], groups: [g] } }]

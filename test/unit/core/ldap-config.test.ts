@@ -22,6 +22,7 @@ t.test('defaults', async (t) => {
     bind_password: null,
     bind_password_file: null,
     starttls: false,
+    insecure: false,
     tls: { ca: null },
     user_base: null,
     user_attribute: 'uid',
@@ -106,6 +107,12 @@ t.test('cross-key rules and core.directory', async (t) => {
   t.match(err('core:\n  directory: ldap://h:389/dc=x?cn?sub\n').message, /core\.directory: expected ldap:\/\/host:port\/base-dn/);
   t.match(err('core:\n  directory: ldap://h:70000/dc=x\n').message, /core\.directory: port 70000 is out of range/);
   t.match(err('core:\n  directory: ldap://h/not-a-dn\n').message, /core\.directory: base DN: "not-a-dn" is not a DN/);
+  // Passwords never cross the network in the clear unless the admin says so.
+  t.match(err('core:\n  directory: ldap://ldap.example:389/dc=x\n').message, /core\.directory: ldap\.example is not a loopback address: use ldaps:\/\/ or core\.ldap\.starttls/);
+  t.doesNotThrow(() => parseConfig('core:\n  directory: ldap://ldap.example:389/dc=x\n  ldap: { starttls: true }\n', 'f.yaml'));
+  t.doesNotThrow(() => parseConfig('core:\n  directory: ldaps://ldap.example/dc=x\n', 'f.yaml'));
+  t.doesNotThrow(() => parseConfig('core:\n  directory: ldap://127.0.0.1:3890/dc=x\n', 'f.yaml'), 'loopback');
+  t.doesNotThrow(() => parseConfig('core:\n  directory: ldap://ldap.example/dc=x\n  ldap: { insecure: true }\n', 'f.yaml'), 'opted in');
   t.match(
     err('core:\n  directory: ldaps://h/dc=x\n  ldap: { starttls: true }\n').message,
     /core\.ldap\.starttls: ldaps:\/\/ is TLS already/,
