@@ -144,3 +144,28 @@ export function checkDn(dn: string): string | null {
   if (!p.length) return 'the DN is empty';
   return null;
 }
+
+/**
+ * Whether `dn` names an entry at or below `base` (RFC 4514 DNs, compared RDN by RDN from
+ * the right: attribute types and values case-insensitively, as the usual matching rules
+ * of naming attributes (caseIgnoreMatch, RFC 4517 §4.2.11) do). A DN either cannot parse,
+ * or a `#hex` value on either side: false (the safe answer for a group filter).
+ */
+export function isDnUnder(dn: string, base: string): boolean {
+  const d = parseDn(dn);
+  const b = parseDn(base);
+  if (!d || !b || b.length > d.length) return false;
+  const key = (rdn: Ava[]) =>
+    rdn.some((a) => a.value === null)
+      ? null
+      : rdn
+          .map((a) => `${a.type.toLowerCase()}=${a.value!.normalize('NFKC').toLowerCase()}`)
+          .sort()
+          .join('+');
+  for (let i = 1; i <= b.length; i++) {
+    const x = key(d[d.length - i]!);
+    const y = key(b[b.length - i]!);
+    if (x === null || y === null || x !== y) return false;
+  }
+  return true;
+}

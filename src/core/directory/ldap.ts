@@ -33,7 +33,7 @@ import type { Directory, DirectoryUser } from '../director.js';
 import { CoreError } from '../errors.js';
 import { DirectoryCache, DirectoryDown } from './cache.js';
 import { parseLdapUrl, type LdapConfig } from '../../config/ldap.js';
-import { escapeFilterValue, firstRdnValue } from '../../util/ldap-escape.js';
+import { escapeFilterValue, firstRdnValue, isDnUnder } from '../../util/ldap-escape.js';
 
 /** Connections to the directory open at once; beyond, lookups get 503 at once. */
 export const MAX_CONNECTIONS = 32;
@@ -222,7 +222,11 @@ export class LdapDirectory implements Directory {
       const canonical = names.find((n) => n.toLowerCase() === name.toLowerCase()) ?? names[0] ?? name;
       const groups = new Set<string>();
       if (l.member_of_attribute) {
+        // Only groups under the group base (or the directory's base) count: a `cn=trading`
+        // someone could create in another subtree must not select the trading desk's rules.
+        const groupBase = l.group_base ?? this.s.base;
         for (const g of values(e, l.member_of_attribute)) {
+          if (!isDnUnder(g, groupBase)) continue;
           const n = firstRdnValue(g, l.group_name_attribute);
           if (n) groups.add(n);
         }

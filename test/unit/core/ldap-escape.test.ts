@@ -1,6 +1,6 @@
 // RFC 4515 §3 filter values and RFC 4514 DN values (src/util/ldap-escape.ts).
 import t from 'tap';
-import { checkDn, escapeDnValue, escapeFilterValue, firstRdnValue, parseDn } from '../../../src/util/ldap-escape.js';
+import { checkDn, escapeDnValue, escapeFilterValue, firstRdnValue, isDnUnder, parseDn } from '../../../src/util/ldap-escape.js';
 
 t.test('RFC 4515 §3: NUL ( ) * \\ are hex-escaped; controls too; UTF-8 passes', async (t) => {
   t.equal(escapeFilterValue('alice'), 'alice');
@@ -50,4 +50,16 @@ t.test('RFC 4514 §3 examples and malformed DNs', async (t) => {
   t.equal(checkDn('dc=example,dc=org'), null);
   t.match(checkDn('example.org')!, /not a DN/);
   t.match(checkDn('')!, /empty/);
+});
+
+t.test('isDnUnder: RDN by RDN from the right, case-insensitive, never on doubt', async (t) => {
+  t.ok(isDnUnder('cn=trading,ou=groups,dc=example,dc=org', 'ou=groups,dc=example,dc=org'));
+  t.ok(isDnUnder('CN=Trading,OU=Groups,DC=Example,DC=org', 'ou=groups,dc=example,dc=org'), 'case-insensitive');
+  t.ok(isDnUnder('ou=groups,dc=example,dc=org', 'ou=groups,dc=example,dc=org'), 'the base itself');
+  t.notOk(isDnUnder('cn=trading,ou=people,dc=example,dc=org', 'ou=groups,dc=example,dc=org'), 'another subtree');
+  t.notOk(isDnUnder('cn=trading,ou=groups,dc=evil,dc=org', 'ou=groups,dc=example,dc=org'));
+  t.notOk(isDnUnder('cn=x\\,ou=groups,dc=example,dc=org', 'ou=groups,dc=example,dc=org'), 'an escaped comma is not a separator');
+  t.notOk(isDnUnder('dc=org', 'dc=example,dc=org'), 'shorter than the base');
+  t.notOk(isDnUnder('cn=a,ou=#0403616263,dc=org', 'ou=abc,dc=org'), 'a #hex value: false');
+  t.notOk(isDnUnder('not a dn', 'dc=org'));
 });
