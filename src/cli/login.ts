@@ -13,7 +13,8 @@ import { createPrivateKey, sign as cryptoSign, constants, type KeyObject } from 
 import { request as httpRequest } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import type { Writable } from 'node:stream';
-import { formatCertAuthorization, certSignedBytes, strictBase64 } from '../core/cert-header.js';
+import { formatCertAuthorization, certSignedBytes } from '../core/cert-header.js';
+import { base64OfBytes } from '../util/base64.js';
 import { CHALLENGE_BYTES } from '../core/challenges.js';
 
 export const LOGIN_HELP = `Usage: gatehouse login --cert CERT.pem --key KEY.pem --core URL [options]
@@ -159,8 +160,8 @@ export async function runLogin(argv: string[], io: { stdout: Writable; stderr: W
       io.stderr.write(`gatehouse login: no challenge from the core (${errorText(c)})\n`);
       return 1;
     }
-    const bytes = strictBase64(challenge, CHALLENGE_BYTES);
-    if (!bytes || bytes.length !== CHALLENGE_BYTES) {
+    const bytes = base64OfBytes(challenge, CHALLENGE_BYTES);
+    if (!bytes) {
       io.stderr.write(`gatehouse login: the core's challenge is not ${CHALLENGE_BYTES} bytes of base64\n`);
       return 1;
     }

@@ -15,6 +15,7 @@
  * a password is never accepted from a cache.
  */
 import { parseCoreListen } from '../config/config.js';
+import { isPaddedBase64 } from '../util/base64.js';
 import type { CoreContext, CoreModule } from './director.js';
 import { CoreError } from './errors.js';
 import type { RequestContext } from './http.js';
@@ -28,7 +29,6 @@ export interface BasicCredentials {
   password: string;
 }
 
-const B64_RE = /^[A-Za-z0-9+/]+={0,2}$/;
 // eslint-disable-next-line no-control-regex
 const CTL_RE = /[\u0000-\u001f\u007f]/;
 
@@ -39,7 +39,7 @@ export function parseBasic(header: string | undefined): BasicCredentials | null 
   const m = /^basic +([^ ]+) *$/i.exec(header);
   if (!m) return null;
   const b64 = m[1]!;
-  if (!B64_RE.test(b64) || b64.length % 4 !== 0) return null;
+  if (!isPaddedBase64(b64)) return null;
   let text: string;
   try {
     text = new TextDecoder('utf-8', { fatal: true }).decode(Buffer.from(b64, 'base64'));

@@ -16,6 +16,7 @@
  * separated by a bare ",", the challenge is exactly 24 bytes, and the sizes are bounded
  * (MAX_CERT_HEADER, MAX_CHAIN, MAX_CERT_BYTES) before anything is decoded.
  */
+import { base64OfBytes, strictBase64 } from '../util/base64.js';
 import { CHALLENGE_BYTES } from './challenges.js';
 
 export const CERT_SCHEME = 'Gatehouse-Cert';
@@ -37,14 +38,6 @@ export interface CertCredentials {
 }
 
 const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+/; // RFC 9110 §5.6.2 tchar
-const B64 = /^[A-Za-z0-9+/]+={0,2}$/;
-
-/** Canonical RFC 4648 §4 base64 (padded), or null. */
-export function strictBase64(s: string, maxBytes: number): Buffer | null {
-  if (!s.length || s.length % 4 !== 0 || s.length > Math.ceil(maxBytes / 3) * 4 || !B64.test(s)) return null;
-  const b = Buffer.from(s, 'base64');
-  return b.length <= maxBytes && b.toString('base64') === s ? b : null;
-}
 
 /** RFC 9110 §11.2 auth-params after the scheme, or null when they do not follow the grammar. */
 export function parseAuthParams(s: string): Map<string, string> | null {
@@ -131,8 +124,7 @@ export function parseCertAuthorization(header: string | undefined): CertHeaderRe
   const sig = params.get('signature');
   const chain = params.get('chain');
   if (challenge === undefined || sig === undefined || chain === undefined) return bad('challenge, signature and chain are required');
-  const cb = strictBase64(challenge, CHALLENGE_BYTES);
-  if (!cb || cb.length !== CHALLENGE_BYTES) return bad(`the challenge is not base64 of ${CHALLENGE_BYTES} bytes`);
+  if (!base64OfBytes(challenge, CHALLENGE_BYTES)) return bad(`the challenge is not base64 of ${CHALLENGE_BYTES} bytes`);
   const signature = strictBase64(sig, MAX_SIGNATURE_BYTES);
   if (!signature) return bad('the signature is not base64');
   const parts = chain.split(',');

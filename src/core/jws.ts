@@ -22,6 +22,7 @@
  * Nothing here logs; error messages never repeat the token.
  */
 import { createPublicKey, sign as cryptoSign, verify as cryptoVerify, type KeyObject } from 'node:crypto';
+import { strictBase64url } from '../util/base64.js';
 
 /** The longest compact JWS accepted (a transfer ticket is ~500 characters). */
 export const MAX_JWS_CHARS = 4096;
@@ -40,16 +41,6 @@ export class JwsError extends Error {
     super(message);
     this.name = 'JwsError';
   }
-}
-
-const B64URL = /^[A-Za-z0-9_-]*$/;
-
-/** RFC 7515 §2 base64url without padding; null when not canonical. */
-export function b64urlDecode(s: string): Buffer | null {
-  if (!B64URL.test(s) || s.length % 4 === 1) return null;
-  const b = Buffer.from(s, 'base64url');
-  // Canonical: re-encoding gives the same text (no stray low bits in the last character).
-  return b.toString('base64url') === s ? b : null;
 }
 
 const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
@@ -134,9 +125,9 @@ export function decodeJws(jws: string): DecodedJws {
   // RFC 7515 §7.1: exactly three parts (a JWE, RFC 7516 §7.1, has five).
   if (parts.length !== 3) throw new JwsError('malformed', 'the ticket is not a compact JWS (three base64url parts)');
   const [h, p, s] = parts as [string, string, string];
-  const hb = b64urlDecode(h);
-  const pb = b64urlDecode(p);
-  const sb = b64urlDecode(s);
+  const hb = strictBase64url(h);
+  const pb = strictBase64url(p);
+  const sb = strictBase64url(s);
   if (!hb || !pb || !sb || !hb.length || !pb.length) throw new JwsError('malformed', 'the ticket is not base64url (RFC 7515 §2)');
   const header = parseStrictObject(hb);
   const payload = parseStrictObject(pb);

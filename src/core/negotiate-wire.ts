@@ -7,6 +7,8 @@
  * (RFC 2743 §3.1: tag 0x60) of SPNEGO (RFC 4178 §4.2) with Kerberos inside (RFC 4121).
  */
 
+import { isPaddedBase64 } from '../util/base64.js';
+
 /** The largest token accepted, in base64 characters (Windows' MaxTokenSize is 48000 bytes, 65535 at most). */
 export const MAX_TOKEN_CHARS = 88_000;
 
@@ -25,7 +27,7 @@ export function parseNegotiate(header: string | undefined): NegotiateToken {
   const b64 = m[1] ?? '';
   if (!b64) return { ok: false, problem: 'the Negotiate credentials carry no token' };
   if (b64.length > MAX_TOKEN_CHARS) return { ok: false, problem: 'the Negotiate token is too long' };
-  if (b64.length % 4 !== 0 || !/^[A-Za-z0-9+/]+={0,2}$/.test(b64)) return { ok: false, problem: 'the Negotiate token is not base64' };
+  if (!isPaddedBase64(b64)) return { ok: false, problem: 'the Negotiate token is not base64' };
   const raw = Buffer.from(b64, 'base64');
   // RFC 4559 §4.2 lets a Windows client without a ticket send NTLMSSP inside Negotiate
   // (MS-NLMP §2.2.1: signature "NTLMSSP\0"); only Kerberos is accepted here.

@@ -51,7 +51,8 @@
  */
 import type { IncomingMessage } from 'node:http';
 import type { CoreContext, CoreModule, Directory } from './director.js';
-import type { ChallengeStore } from './challenges.js';
+import { base64OfBytes } from '../util/base64.js';
+import { CHALLENGE_BYTES, type ChallengeStore } from './challenges.js';
 import { CoreError, forbidden } from './errors.js';
 import { requireUser } from './tokens.js';
 import { emitAuthEvent } from './auth-events.js';
@@ -70,8 +71,6 @@ export const MAX_BODY_BYTES = 8 * 1024;
 /** The longest user or organisation name accepted. */
 export const MAX_NAME = 256;
 
-/** core.md §5: base64 (RFC 4648 §4) of 24 bytes is exactly 32 characters, no padding. */
-const CHALLENGE_RE = /^[A-Za-z0-9+/]{32}$/;
 // eslint-disable-next-line no-control-regex
 const CONTROL = /[\u0000-\u001f\u007f]/;
 /** Same rule as the users file (src/config/config.ts): ':' splits a TURN REST username, '/' marks guests. */
@@ -286,7 +285,8 @@ export const transferModule: CoreModule = async (core) => {
       throw forbidden('a user transferred from another organisation cannot transfer onwards');
     }
     const b = fields(await readStrictBody(ctx.req), ['challenge', 'audience'] as const);
-    if (!CHALLENGE_RE.test(b.challenge)) throw new CoreError('bad_request', 'challenge must be the base64 of 24 bytes (core.md §5)');
+    // core.md §5: canonical base64 (RFC 4648 §4) of 24 bytes, exactly 32 characters, no padding.
+    if (!base64OfBytes(b.challenge, CHALLENGE_BYTES)) throw new CoreError('bad_request', 'challenge must be the base64 of 24 bytes (core.md §5)');
     const ticket = makeTicket(signing, {
       sub: c.sub,
       org,

@@ -10,8 +10,8 @@ import {
   formatCertAuthorization,
   parseAuthParams,
   parseCertAuthorization,
-  strictBase64,
 } from '../../../src/core/cert-header.js';
+import { strictBase64 } from '../../../src/util/base64.js';
 
 const ch = randomBytes(24).toString('base64');
 const sig = randomBytes(71);
