@@ -14,8 +14,9 @@
  * - Patterns are split on `/`; `:name` matches one non-empty segment (percent-decoded),
  *   `*name` (last) the rest of the path. A path that matches but with another method
  *   gets 405 with `Allow` (RFC 9110 §15.5.6); no match: 404 `not_found`.
- * - `await ctx.body()` parses a JSON object body of at most `maxBodyBytes` (64 KiB);
- *   anything else is 400 `bad_request`. An empty body is `{}`.
+ * - `await ctx.body()` parses a JSON object body of at most `maxBodyBytes` (64 KiB), strict
+ *   JSON (src/core/json-body.ts: UTF-8, no duplicate member names); anything else is 400
+ *   `bad_request`. An empty body is `{}`.
  * - A handler throws CoreError for an error answer (core.md §2). Any other exception
  *   (or rejection) is answered 500 `internal`, counted by the Supervisor
  *   (`core.http`), and never crashes the process. Upgrade handlers are supervised too
@@ -30,6 +31,7 @@ import type { AddressInfo } from 'node:net';
 import type { Logger } from '../util/log.js';
 import type { Supervisor } from '../util/supervise.js';
 import { CoreError, errorBody, sendError, sendJson } from './errors.js';
+import { readJsonBody } from './json-body.js';
 
 export const MAX_BODY_BYTES = 64 * 1024;
 
@@ -190,55 +192,9 @@ export class Router {
       params,
       source: sourceOf(req),
       send: (status, body, headers) => sendJson(res, status, body, headers),
-      body: () => (parsed ??= readJsonObject(req, max)),
+      body: () => (parsed ??= readJsonBody(req, max, { emptyIsObject: true })),
     };
   }
-}
-
-/** Reads at most `max` bytes and parses a JSON object (RFC 8259); 400 bad_request otherwise. */
-export function readJsonObject(req: IncomingMessage, max: number): Promise<Record<string, unknown>> {
-  return new Promise((resolve, reject) => {
-    const declared = Number(req.headers['content-length'] ?? 0);
-    if (declared > max) {
-      req.resume();
-      reject(new CoreError('bad_request', `the body exceeds ${max} bytes`, { connection: 'close' }));
-      return;
-    }
-    const chunks: Buffer[] = [];
-    let n = 0;
-    let done = false;
-    req.on('data', (c: Buffer) => {
-      if (done) return;
-      n += c.length;
-      if (n > max) {
-        done = true;
-        req.resume();
-        reject(new CoreError('bad_request', `the body exceeds ${max} bytes`, { connection: 'close' }));
-        return;
-      }
-      chunks.push(c);
-    });
-    req.on('error', (err) => {
-      if (!done) {
-        done = true;
-        reject(err);
-      }
-    });
-    req.on('end', () => {
-      if (done) return;
-      done = true;
-      const text = Buffer.concat(chunks).toString('utf8');
-      if (!text.trim()) return resolve({});
-      let v: unknown;
-      try {
-        v = JSON.parse(text);
-      } catch {
-        return reject(new CoreError('bad_request', 'the body is not JSON'));
-      }
-      if (!v || typeof v !== 'object' || Array.isArray(v)) return reject(new CoreError('bad_request', 'the body is not a JSON object'));
-      resolve(v as Record<string, unknown>);
-    });
-  });
 }
 
 /** The director's listening server (http on loopback, https with core.tls). */

@@ -17,12 +17,14 @@
  *   refuses the JWS (fail closed: nothing here would honour them).
  * - JSON: header and payload are UTF-8 (refused when not valid UTF-8) JSON objects
  *   (RFC 7515 §5.2 step 3); a duplicate member name refuses them (RFC 7515 §4 and
- *   RFC 7519 §4 allow refusing, which this does rather than taking the last).
+ *   RFC 7519 §4 allow refusing, which this does rather than taking the last):
+ *   src/util/strict-json.ts.
  *
  * Nothing here logs; error messages never repeat the token.
  */
 import { createPublicKey, sign as cryptoSign, verify as cryptoVerify, type KeyObject } from 'node:crypto';
 import { strictBase64url } from '../util/base64.js';
+import { parseStrictObject } from '../util/strict-json.js';
 
 /** The longest compact JWS accepted (a transfer ticket is ~500 characters). */
 export const MAX_JWS_CHARS = 4096;
@@ -41,56 +43,6 @@ export class JwsError extends Error {
     super(message);
     this.name = 'JwsError';
   }
-}
-
-const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
-
-/** The top-level member names of a JSON object text, in order (JSON.parse has already accepted the text). */
-function topLevelKeys(text: string): string[] {
-  const keys: string[] = [];
-  let depth = 0;
-  let expectKey = false;
-  for (let i = 0; i < text.length; i++) {
-    const c = text[i]!;
-    if (c === '"') {
-      // A JSON string (RFC 8259 §7): up to the next unescaped quote.
-      let j = i + 1;
-      while (text[j] !== '"') j += text[j] === '\\' ? 2 : 1;
-      if (depth === 1 && expectKey) {
-        keys.push(JSON.parse(text.slice(i, j + 1)) as string);
-        expectKey = false;
-      }
-      i = j;
-    } else if (c === '{' || c === '[') {
-      depth++;
-      if (depth === 1 && c === '{') expectKey = true;
-    } else if (c === '}' || c === ']') depth--;
-    else if (c === ',' && depth === 1) expectKey = true;
-  }
-  return keys;
-}
-
-/**
- * A JSON object (RFC 8259) from UTF-8 bytes, refusing invalid UTF-8, anything but an
- * object at the top, and duplicate top-level member names. Null when refused.
- */
-export function parseStrictObject(bytes: Buffer): Record<string, unknown> | null {
-  let text: string;
-  try {
-    text = utf8.decode(bytes);
-  } catch {
-    return null;
-  }
-  let v: unknown;
-  try {
-    v = JSON.parse(text);
-  } catch {
-    return null;
-  }
-  if (!v || typeof v !== 'object' || Array.isArray(v)) return null;
-  const keys = topLevelKeys(text.trim());
-  if (new Set(keys).size !== keys.length) return null;
-  return v as Record<string, unknown>;
 }
 
 /** Signs `payload` with an ECDSA P-256 private key: a compact ES256 JWS. */

@@ -46,10 +46,9 @@
  * Every transfer is an `auth` event `mechanism: "transfer"` (success or failure with the
  * reason), and every refusal counts toward the per-source limit (core.md §2; over it,
  * 429 before the body is read). A malformed body is 400 `bad_request` (counted too).
- * Bodies are at most MAX_BODY_BYTES, strict JSON (UTF-8, one object, no duplicate
- * member names, no unknown members). The ticket never reaches a log, event or error.
+ * Bodies are at most MAX_BODY_BYTES, strict JSON (src/core/json-body.ts: UTF-8, one object,
+ * no duplicate member names), no unknown members. The ticket never reaches a log, event or error.
  */
-import type { IncomingMessage } from 'node:http';
 import type { CoreContext, CoreModule, Directory } from './director.js';
 import { base64OfBytes } from '../util/base64.js';
 import { CHALLENGE_BYTES, type ChallengeStore } from './challenges.js';
@@ -57,7 +56,8 @@ import { CoreError, forbidden } from './errors.js';
 import { requireUser } from './tokens.js';
 import { emitAuthEvent } from './auth-events.js';
 import { loginBody } from './login.js';
-import { decodeJws, headerProblem, JwsError, parseStrictObject, signEs256, verifyEs256, type DecodedJws } from './jws.js';
+import { readJsonBody } from './json-body.js';
+import { decodeJws, headerProblem, JwsError, signEs256, verifyEs256, type DecodedJws } from './jws.js';
 import { loadOrCreateCoreSigning, loadPeers, type CoreSigning, type LoadedPeer } from './core-signing.js';
 
 /** core.md §6: `typ` of a transfer ticket. */
@@ -202,43 +202,6 @@ export async function checkTransfer(
   return { ok: true, user: body.user, groups, org: body.org };
 }
 
-/** At most `max` bytes of strict JSON (src/core/jws.ts parseStrictObject); 400 otherwise. */
-export function readStrictBody(req: IncomingMessage, max = MAX_BODY_BYTES): Promise<Record<string, unknown>> {
-  return new Promise((resolve, reject) => {
-    const tooBig = () => new CoreError('bad_request', `the body exceeds ${max} bytes`, { connection: 'close' });
-    if (Number(req.headers['content-length'] ?? 0) > max) {
-      req.resume();
-      return reject(tooBig());
-    }
-    const chunks: Buffer[] = [];
-    let n = 0;
-    let done = false;
-    req.on('data', (c: Buffer) => {
-      if (done) return;
-      n += c.length;
-      if (n > max) {
-        done = true;
-        req.resume();
-        return reject(tooBig());
-      }
-      chunks.push(c);
-    });
-    req.on('error', (err) => {
-      if (!done) {
-        done = true;
-        reject(err);
-      }
-    });
-    req.on('end', () => {
-      if (done) return;
-      done = true;
-      const v = parseStrictObject(Buffer.concat(chunks));
-      if (!v) return reject(new CoreError('bad_request', 'the body is not one JSON object (UTF-8, no duplicate members)'));
-      resolve(v);
-    });
-  });
-}
-
 /** Exactly these string members, each a valid name-like string; else 400. */
 function fields<K extends string>(
   body: Record<string, unknown>,
@@ -284,7 +247,7 @@ export const transferModule: CoreModule = async (core) => {
       ctx.req.resume();
       throw forbidden('a user transferred from another organisation cannot transfer onwards');
     }
-    const b = fields(await readStrictBody(ctx.req), ['challenge', 'audience'] as const);
+    const b = fields(await readJsonBody(ctx.req, MAX_BODY_BYTES, { emptyIsObject: false }), ['challenge', 'audience'] as const);
     // core.md §5: canonical base64 (RFC 4648 §4) of 24 bytes, exactly 32 characters, no padding.
     if (!base64OfBytes(b.challenge, CHALLENGE_BYTES)) throw new CoreError('bad_request', 'challenge must be the base64 of 24 bytes (core.md §5)');
     const ticket = makeTicket(signing, {
@@ -308,7 +271,7 @@ export const transferModule: CoreModule = async (core) => {
     }
     let body: { ticket: string; user: string; org: string };
     try {
-      body = fields(await readStrictBody(ctx.req), ['ticket', 'user', 'org'] as const, { ticket: 4096 });
+      body = fields(await readJsonBody(ctx.req, MAX_BODY_BYTES, { emptyIsObject: false }), ['ticket', 'user', 'org'] as const, { ticket: 4096 });
     } catch (err) {
       if (!(err instanceof CoreError)) throw err;
       core.limiter.fail(ctx.source);

@@ -68,11 +68,14 @@ t.test('JSON bodies: objects only, at most 64 KiB, else 400 bad_request', async 
   t.same(await res.json(), { a: 1 });
   res = await post('');
   t.same(await res.json(), {}, 'empty is {}');
-  for (const bad of ['{', '[1]', '"s"', 'null']) {
+  // Strict JSON (src/core/json-body.ts): a duplicate member name is refused, not "the last wins".
+  for (const bad of ['{', '[1]', '"s"', 'null', '{"a":1,"a":2}']) {
     res = await post(bad);
     t.equal(res.status, 400, bad);
     t.equal(((await res.json()) as { error: { code: string } }).error.code, 'bad_request');
   }
+  res = await fetch(`${base}/v1/echo`, { method: 'POST', body: Buffer.from([0x7b, 0x22, 0xff, 0x22, 0x3a, 0x31, 0x7d]) });
+  t.equal(res.status, 400, 'invalid UTF-8 is refused');
   res = await post(JSON.stringify({ x: 'y'.repeat(70 * 1024) }));
   t.equal(res.status, 400);
   t.match(await res.text(), /exceeds 65536 bytes/);

@@ -9,8 +9,9 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, writeFileSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { decodeJws, JwsError, headerProblem, parseStrictObject, signEs256, verifyEs256 } from '../../../src/core/jws.js';
+import { decodeJws, JwsError, headerProblem, signEs256, verifyEs256 } from '../../../src/core/jws.js';
 import { strictBase64url } from '../../../src/util/base64.js';
+import { parseStrictObject } from '../../../src/util/strict-json.js';
 
 const { privateKey, publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
 const other = generateKeyPairSync('ec', { namedCurve: 'P-256' });
