@@ -8,7 +8,8 @@
  * (elements separated by OWS "," OWS; a recipient ignores empty elements, §5.6.1.2), and
  * §5.6.4 quoted-string (qdtext and quoted-pair). The auth-scheme and parameter names are
  * case-insensitive (§11.1, §11.2); each parameter occurs once (§11.2: "each parameter name
- * MUST only occur once per challenge", applied to credentials too).
+ * MUST only occur once per challenge", applied to credentials too). The auth-params are
+ * read by src/core/auth-params.ts with its RFC9110_SYNTAX (the grammar as written).
  *
  * Where the page is silent we fail closed: all three parameters are required, a parameter
  * this version does not define is refused, every value is canonical base64 (RFC 4648 §4,
@@ -18,6 +19,7 @@
  */
 import { base64OfBytes, strictBase64 } from '../util/base64.js';
 import { CHALLENGE_BYTES } from './challenges.js';
+import { parseAuthParams } from './auth-params.js';
 
 export const CERT_SCHEME = 'Gatehouse-Cert';
 /** The longest Authorization read (Node's own header limit is 16 KiB in all). */
@@ -35,76 +37,6 @@ export interface CertCredentials {
   signature: Buffer;
   /** DER certificates, leaf first. */
   chain: Buffer[];
-}
-
-const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+/; // RFC 9110 §5.6.2 tchar
-
-/** RFC 9110 §11.2 auth-params after the scheme, or null when they do not follow the grammar. */
-export function parseAuthParams(s: string): Map<string, string> | null {
-  const params = new Map<string, string>();
-  let i = 0;
-  const ows = () => {
-    while (s[i] === ' ' || s[i] === '\t') i++;
-  };
-  let first = true;
-  for (;;) {
-    ows();
-    // §5.6.1.2: empty list elements are ignored.
-    let sawComma = false;
-    while (s[i] === ',') {
-      i++;
-      sawComma = true;
-      ows();
-    }
-    if (i >= s.length) break;
-    if (!first && !sawComma) return null;
-    first = false;
-    const nm = TOKEN.exec(s.slice(i));
-    if (!nm) return null;
-    const name = nm[0].toLowerCase();
-    i += nm[0].length;
-    ows(); // BWS
-    if (s[i] !== '=') return null;
-    i++;
-    ows(); // BWS
-    let value = '';
-    if (s[i] === '"') {
-      // §5.6.4 quoted-string.
-      i++;
-      let closed = false;
-      while (i < s.length) {
-        const c = s.charCodeAt(i);
-        if (c === 0x22) {
-          closed = true;
-          i++;
-          break;
-        }
-        if (c === 0x5c) {
-          const n = s.charCodeAt(i + 1);
-          // quoted-pair = "\" ( HTAB / SP / VCHAR / obs-text )
-          if (!(n === 0x09 || (n >= 0x20 && n !== 0x7f && n <= 0xff))) return null;
-          value += s[i + 1];
-          i += 2;
-          continue;
-        }
-        // qdtext = HTAB / SP / %x21 / %x23-5B / %x5D-7E / obs-text
-        if (!(c === 0x09 || (c >= 0x20 && c !== 0x7f && c <= 0xff))) return null;
-        value += s[i];
-        i++;
-      }
-      if (!closed) return null;
-    } else {
-      const tm = TOKEN.exec(s.slice(i));
-      if (!tm) return null;
-      value = tm[0];
-      i += tm[0].length;
-    }
-    if (params.has(name)) return null;
-    params.set(name, value);
-    ows();
-    if (i < s.length && s[i] !== ',') return null;
-  }
-  return params;
 }
 
 export type CertHeaderResult = { ok: true; creds: CertCredentials } | { ok: false; problem: string };

@@ -10,6 +10,7 @@
  */
 import { createHash, createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import type { Clock } from '../util/clock.js';
+import { parseAuthParams, type AuthParamSyntax } from './auth-params.js';
 
 export const DIGEST_ALGORITHM = 'SHA-256';
 
@@ -44,70 +45,28 @@ export interface AuthHeader {
 }
 
 /**
+ * Digest's auth-param syntax, unchanged: RFC 7616 §3.4 fixes which parameters a sender
+ * quotes (username, realm, nonce, uri, response, cnonce, opaque) and which it does not
+ * (algorithm, qop, nc); as a recipient Digest stays lenient: a quoted value may hold any
+ * character, `\` taking the next one as it is, and an unquoted value may also carry `/`
+ * and `=` (base64 text).
+ */
+const DIGEST_SYNTAX: AuthParamSyntax = { quoted: 'any', unquoted: /^[!#$%&'*+\-.^_`|~0-9A-Za-z/=]+/ };
+
+/**
  * Parses `Scheme k=v, k="quoted \"str\"", ...` (RFC 9110 §11.2 auth-param, §5.6.4
- * quoted-string with quoted-pair; §5.6.1 lists with empty elements allowed). Parameter
- * names are case-insensitive (lowercased here). Returns null on a syntax error or a
- * parameter given twice (RFC 9110 §11.2: each parameter name MUST only occur once).
+ * quoted-string with quoted-pair; §5.6.1 lists with empty elements allowed), the params
+ * by src/core/auth-params.ts with DIGEST_SYNTAX. Parameter names are case-insensitive
+ * (lowercased here). Returns null on a syntax error or a parameter given twice (RFC 9110
+ * §11.2: each parameter name MUST only occur once).
  */
 export function parseAuthHeader(header: string, maxLength = 4096): AuthHeader | null {
   if (header.length > maxLength) return null;
   const m = /^\s*([!#$%&'*+\-.^_`|~0-9A-Za-z]+)(?:\s+|$)/.exec(header);
   if (!m) return null;
   const scheme = m[1]!;
-  const params = new Map<string, string>();
-  let i = m[0].length;
-  const s = header;
-  const skipWs = () => {
-    while (i < s.length && (s[i] === ' ' || s[i] === '\t')) i++;
-  };
-  for (;;) {
-    skipWs();
-    while (i < s.length && s[i] === ',') {
-      i++;
-      skipWs();
-    }
-    if (i >= s.length) break;
-    const nm = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+/.exec(s.slice(i));
-    if (!nm) return null;
-    const name = nm[0].toLowerCase();
-    i += nm[0].length;
-    skipWs();
-    if (s[i] !== '=') return null;
-    i++;
-    skipWs();
-    let value = '';
-    if (s[i] === '"') {
-      i++;
-      let closed = false;
-      while (i < s.length) {
-        const ch = s[i]!;
-        if (ch === '\\') {
-          if (i + 1 >= s.length) return null;
-          value += s[i + 1];
-          i += 2;
-          continue;
-        }
-        if (ch === '"') {
-          closed = true;
-          i++;
-          break;
-        }
-        value += ch;
-        i++;
-      }
-      if (!closed) return null;
-    } else {
-      const tm = /^[!#$%&'*+\-.^_`|~0-9A-Za-z/=]+/.exec(s.slice(i));
-      if (!tm) return null;
-      value = tm[0];
-      i += tm[0].length;
-    }
-    if (params.has(name)) return null;
-    params.set(name, value);
-    skipWs();
-    if (i < s.length && s[i] !== ',') return null;
-  }
-  return { scheme, params };
+  const params = parseAuthParams(header.slice(m[0].length), DIGEST_SYNTAX);
+  return params ? { scheme, params } : null;
 }
 
 /** RFC 9110 §5.6.4: a quoted-string with `\` and `"` escaped. */

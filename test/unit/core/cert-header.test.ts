@@ -8,10 +8,10 @@ import {
   MAX_CERT_BYTES,
   certSignedBytes,
   formatCertAuthorization,
-  parseAuthParams,
   parseCertAuthorization,
 } from '../../../src/core/cert-header.js';
 import { strictBase64 } from '../../../src/util/base64.js';
+import { parseAuthParams } from '../../../src/core/auth-params.js';
 
 const ch = randomBytes(24).toString('base64');
 const sig = randomBytes(71);
