@@ -15,6 +15,7 @@ import { request as httpsRequest } from 'node:https';
 import type { Writable } from 'node:stream';
 import { formatCertAuthorization, certSignedBytes } from '../core/cert-header.js';
 import { base64OfBytes } from '../util/base64.js';
+import { pemBlocks } from '../util/pem.js';
 import { CHALLENGE_BYTES } from '../core/challenges.js';
 
 export const LOGIN_HELP = `Usage: gatehouse login --cert CERT.pem --key KEY.pem --core URL [options]
@@ -76,9 +77,9 @@ function call(url: URL, method: string, headers: Record<string, string>, ca: Buf
 }
 
 function pemCerts(text: string, file: string): Buffer[] {
-  const blocks = [...text.matchAll(/-----BEGIN CERTIFICATE-----([A-Za-z0-9+/=\s]+)-----END CERTIFICATE-----/g)];
-  if (!blocks.length) throw new Error(`${file}: no PEM certificate`);
-  return blocks.map((b) => Buffer.from(b[1]!.replace(/\s+/g, ''), 'base64'));
+  const ders = pemBlocks(text, 'CERTIFICATE');
+  if (!ders.length) throw new Error(`${file}: no PEM certificate`);
+  return ders;
 }
 
 /** core.md §5 signature by the leaf key. */

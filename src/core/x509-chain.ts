@@ -29,6 +29,7 @@
 import 'reflect-metadata'; // required by @peculiar/x509 (tsyringe)
 import { X509Certificate as NodeCert, webcrypto } from 'node:crypto';
 import * as x509 from '@peculiar/x509';
+import { pemBlocks } from '../util/pem.js';
 import { MAX_CHAIN } from './cert-header.js';
 
 x509.cryptoProvider.set(webcrypto as unknown as Crypto);
@@ -82,11 +83,11 @@ export function parseCert(der: Buffer): ParsedCert | null {
 
 /** Every certificate of a PEM text (one or more `CERTIFICATE` blocks). */
 export function parsePemCerts(pem: string): ParsedCert[] | null {
-  const blocks = [...pem.matchAll(/-----BEGIN CERTIFICATE-----([A-Za-z0-9+/=\s]+)-----END CERTIFICATE-----/g)];
-  if (!blocks.length) return null;
+  const ders = pemBlocks(pem, 'CERTIFICATE');
+  if (!ders.length) return null;
   const out: ParsedCert[] = [];
-  for (const b of blocks) {
-    const c = parseCert(Buffer.from(b[1]!.replace(/\s+/g, ''), 'base64'));
+  for (const der of ders) {
+    const c = parseCert(der);
     if (!c) return null;
     out.push(c);
   }

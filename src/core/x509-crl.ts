@@ -26,6 +26,7 @@ import 'reflect-metadata'; // required by @peculiar/x509 (tsyringe)
 import { readFileSync, statSync } from 'node:fs';
 import * as x509 from '@peculiar/x509';
 import { GatehouseError } from '../util/errors.js';
+import { hasPemBegin, pemBlocks } from '../util/pem.js';
 import { ChainError, type ParsedCert, type RevocationChecker } from './x509-chain.js';
 
 export const RECHECK_MS = 10_000;
@@ -45,10 +46,10 @@ interface CrlFile {
 export function parseCrlFile(data: Buffer): x509.X509Crl[] {
   if (data.length > MAX_CRL_BYTES) throw new Error('the file is too large');
   const text = data.toString('latin1');
-  if (text.includes('-----BEGIN X509 CRL-----')) {
-    const blocks = [...text.matchAll(/-----BEGIN X509 CRL-----([A-Za-z0-9+/=\s]+)-----END X509 CRL-----/g)];
-    if (!blocks.length) throw new Error('no X509 CRL block');
-    return blocks.map((b) => new x509.X509Crl(new Uint8Array(Buffer.from(b[1]!.replace(/\s+/g, ''), 'base64'))));
+  if (hasPemBegin(text, 'X509 CRL')) {
+    const ders = pemBlocks(text, 'X509 CRL');
+    if (!ders.length) throw new Error('no X509 CRL block');
+    return ders.map((der) => new x509.X509Crl(new Uint8Array(der)));
   }
   return [new x509.X509Crl(new Uint8Array(data))];
 }
