@@ -16,6 +16,7 @@ import type { Writable } from 'node:stream';
 import { formatCertAuthorization, certSignedBytes } from '../core/cert-header.js';
 import { base64OfBytes } from '../util/base64.js';
 import { pemBlocks } from '../util/pem.js';
+import { isP256 } from '../util/p256.js';
 import { CHALLENGE_BYTES } from '../core/challenges.js';
 
 export const LOGIN_HELP = `Usage: gatehouse login --cert CERT.pem --key KEY.pem --core URL [options]
@@ -87,7 +88,7 @@ export function signChallenge(key: KeyObject, challengeBytes: Buffer): Buffer {
   const data = certSignedBytes(challengeBytes);
   const t = key.asymmetricKeyType;
   if (t === 'ec') {
-    if (key.asymmetricKeyDetails?.namedCurve !== 'prime256v1') throw new Error('the key is an EC key on a curve other than P-256');
+    if (!isP256(key)) throw new Error('the key is an EC key on a curve other than P-256');
     return cryptoSign('sha256', data, { key, dsaEncoding: 'der' });
   }
   if (t === 'rsa' || t === 'rsa-pss') return cryptoSign('sha256', data, { key, padding: constants.RSA_PKCS1_PSS_PADDING, saltLength: 32 });

@@ -35,6 +35,7 @@
 import { constants, verify as cryptoVerify, type KeyObject } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { GatehouseError } from '../util/errors.js';
+import { isP256 } from '../util/p256.js';
 import type { CoreContext, CoreModule } from './director.js';
 import { CoreError } from './errors.js';
 import { addLoginMechanism, type LoginMechanism, type LoginSuccess } from './login.js';
@@ -84,7 +85,7 @@ const REPLAYED: Record<'unknown' | 'spent' | 'expired' | 'elsewhere', string> = 
 function leafKeyProblem(key: KeyObject): string | null {
   const t = key.asymmetricKeyType;
   const d = key.asymmetricKeyDetails ?? {};
-  if (t === 'ec') return d.namedCurve === 'prime256v1' ? null : 'the leaf key is an EC key on a curve other than P-256';
+  if (t === 'ec') return isP256(key) ? null : 'the leaf key is an EC key on a curve other than P-256';
   if (t === 'rsa' || t === 'rsa-pss') {
     const bits = d.modulusLength ?? 0;
     if (bits < 2048) return 'the leaf RSA key is shorter than 2048 bits';

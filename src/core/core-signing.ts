@@ -19,6 +19,7 @@ import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'n
 import { join } from 'node:path';
 import type { GatehouseConfig, CorePeer } from '../config/config.js';
 import { createSelfSigned } from '../store/identity.js';
+import { isP256 } from '../util/p256.js';
 
 export interface CoreSigning {
   privateKey: KeyObject;
@@ -40,8 +41,6 @@ export class CoreKeyError extends Error {
     this.name = 'CoreKeyError';
   }
 }
-
-const isP256 = (k: KeyObject) => k.asymmetricKeyType === 'ec' && k.asymmetricKeyDetails?.namedCurve === 'prime256v1';
 
 function readPem(path: string, key: string): string {
   try {

@@ -24,6 +24,7 @@
  */
 import { createPublicKey, sign as cryptoSign, verify as cryptoVerify, type KeyObject } from 'node:crypto';
 import { strictBase64url } from '../util/base64.js';
+import { isP256 } from '../util/p256.js';
 import { parseStrictObject } from '../util/strict-json.js';
 
 /** The longest compact JWS accepted (a transfer ticket is ~500 characters). */
@@ -47,8 +48,7 @@ export class JwsError extends Error {
 
 /** Signs `payload` with an ECDSA P-256 private key: a compact ES256 JWS. */
 export function signEs256(payload: Record<string, unknown>, privateKey: KeyObject): string {
-  if (privateKey.asymmetricKeyType !== 'ec' || privateKey.asymmetricKeyDetails?.namedCurve !== 'prime256v1')
-    throw new Error('ES256 needs an ECDSA P-256 key (RFC 7518 §3.4)');
+  if (!isP256(privateKey)) throw new Error('ES256 needs an ECDSA P-256 key (RFC 7518 §3.4)');
   const input =
     Buffer.from(JSON.stringify(JWS_HEADER), 'utf8').toString('base64url') +
     '.' +
@@ -104,7 +104,7 @@ export function headerProblem(header: Record<string, unknown>): string | null {
 /** Whether `d`'s ES256 signature verifies with this P-256 public key (RFC 7518 §3.4). */
 export function verifyEs256(d: DecodedJws, publicKey: KeyObject): boolean {
   if (headerProblem(d.header) !== null) return false;
-  if (publicKey.asymmetricKeyType !== 'ec' || publicKey.asymmetricKeyDetails?.namedCurve !== 'prime256v1') return false;
+  if (!isP256(publicKey)) return false;
   // RFC 7518 §3.4: "The JWS Signature value MUST be a 64-octet sequence"; a DER signature is refused.
   if (d.signature.length !== ES256_SIG_BYTES) return false;
   try {

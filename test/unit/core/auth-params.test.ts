@@ -5,7 +5,14 @@ import { parseAuthParams, RFC9110_SYNTAX } from '../../../src/core/auth-params.j
 import { parseAuthHeader } from '../../../src/core/digest.js';
 
 t.test('the grammar as written', async (t) => {
-  t.same([...parseAuthParams(', A=b ,, c = "d\\"e",')!], [['a', 'b'], ['c', 'd"e']], 'empty elements, BWS, quoted-pair, names lowercased');
+  t.same(
+    [...parseAuthParams(', A=b ,, c = "d\\"e",')!],
+    [
+      ['a', 'b'],
+      ['c', 'd"e'],
+    ],
+    'empty elements, BWS, quoted-pair, names lowercased',
+  );
   t.equal(parseAuthParams('a=b c=d'), null, 'a comma between parameters');
   t.equal(parseAuthParams('a=b, A=c'), null, 'a parameter twice');
   t.equal(parseAuthParams('a="x\u0001"', RFC9110_SYNTAX), null, 'a control character in qdtext');
