@@ -16,6 +16,7 @@
 import { eveTimestamp } from '../events/eve.js';
 import type { CoreContext } from './director.js';
 import type { RequestContext } from './http.js';
+import { MAX_NAME } from './names.js';
 
 export interface AuthOutcome {
   mechanism: string;
@@ -28,14 +29,12 @@ export interface AuthOutcome {
   guest?: true;
 }
 
-/** The longest user name an event repeats (a claimed name is attacker-chosen). */
-const MAX_NAME = 256;
-
 export function emitAuthEvent(core: Pick<CoreContext, 'events' | 'clock'>, ctx: Pick<RequestContext, 'req'> | null, o: AuthOutcome): void {
   if (!core.events) return;
   const sock = ctx?.req.socket;
   const auth: Record<string, unknown> = { mechanism: o.mechanism, result: o.result };
   if (o.reason) auth.reason = o.reason;
+  // A claimed name is attacker-chosen: at most MAX_NAME characters of it (src/core/names.ts).
   if (o.user !== undefined) auth.user = o.user.slice(0, MAX_NAME);
   if (o.groups) auth.groups = [...o.groups];
   if (o.org) auth.org = o.org;

@@ -20,6 +20,7 @@ import type { CoreContext, CoreModule } from './director.js';
 import { CoreError } from './errors.js';
 import type { RequestContext } from './http.js';
 import { addLoginMechanism, type LoginMechanism } from './login.js';
+import { hasControl } from './names.js';
 
 /** The longest Authorization a Basic login reads (a name and password fit well within it). */
 export const MAX_BASIC_HEADER = 4096;
@@ -28,9 +29,6 @@ export interface BasicCredentials {
   user: string;
   password: string;
 }
-
-// eslint-disable-next-line no-control-regex
-const CTL_RE = /[\u0000-\u001f\u007f]/;
 
 /** RFC 7617 §2 credentials from an Authorization value, or null when it is not well-formed Basic. */
 export function parseBasic(header: string | undefined): BasicCredentials | null {
@@ -50,7 +48,7 @@ export function parseBasic(header: string | undefined): BasicCredentials | null 
   if (colon < 0) return null;
   const user = text.slice(0, colon).normalize('NFC');
   const password = text.slice(colon + 1).normalize('NFC');
-  if (!user || CTL_RE.test(user) || CTL_RE.test(password)) return null;
+  if (!user || hasControl(user) || hasControl(password)) return null;
   return { user, password };
 }
 

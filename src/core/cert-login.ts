@@ -50,6 +50,7 @@ import {
   type RevocationChecker,
 } from './x509-chain.js';
 import { CrlStore } from './x509-crl.js';
+import { isName, MAX_NAME } from './names.js';
 
 /** The roots of core.trust.roots (each file one or more PEM certificates); E_CONFIG names the key of a bad file. */
 export function loadTrustRoots(paths: string[]): ParsedCert[] {
@@ -106,9 +107,6 @@ export function verifyCertSignature(key: KeyObject, challengeBytes: Buffer, sign
   }
 }
 
-// eslint-disable-next-line no-control-regex
-const CTL = /[\u0000-\u001f\u007f-\u009f]/;
-
 /** The leaf's first subject CN, for events (null when it has none or cannot be read). */
 function leafCn(leaf: ParsedCert): string | null {
   try {
@@ -123,7 +121,8 @@ export function leafUser(leaf: ParsedCert): string {
   const cns = leaf.px.subjectName.getField('CN');
   if (cns.length !== 1) throw new CoreError('untrusted', 'the leaf certificate must have exactly one subject CN (the user name)');
   const cn = cns[0]!.normalize('NFC');
-  if (!cn.length || cn.length > 256 || CTL.test(cn)) throw new CoreError('untrusted', 'the leaf certificate subject CN is not a user name');
+  // src/core/names.ts: 1 to MAX_NAME characters, no C0, DEL or C1 control character.
+  if (!isName(cn, { c1: true })) throw new CoreError('untrusted', 'the leaf certificate subject CN is not a user name');
   return cn;
 }
 
@@ -159,7 +158,7 @@ export function certMechanism(core: CoreContext, roots: ParsedCert[], crls: Revo
       core.challenges.spend(creds.challenge);
       // The auth event of a refusal from here on names the leaf's CN (login.ts reads `user`):
       // the key holder proved possession, the chain is what failed.
-      const cn = (leafCn(chain[0]!) ?? '').slice(0, 256);
+      const cn = (leafCn(chain[0]!) ?? '').slice(0, MAX_NAME);
       const named = (e: CoreError) => (cn ? Object.assign(e, { user: cn }) : e);
       try {
         await validateChain(chain, roots, core.clock.now(), crls);

@@ -7,10 +7,9 @@
  * refused, so no principal can pose as another user's name.
  */
 
-export type PrincipalUser = { ok: true; user: string; realm: string } | { ok: false; problem: string };
+import { isName } from './names.js';
 
-/** The longest user name accepted (the auth event repeats it). */
-const MAX_NAME = 256;
+export type PrincipalUser = { ok: true; user: string; realm: string } | { ok: false; problem: string };
 
 export function principalUser(principal: string, realms: readonly string[]): PrincipalUser {
   if (!principal) return { ok: false, problem: 'the ticket names no client' };
@@ -22,8 +21,7 @@ export function principalUser(principal: string, realms: readonly string[]): Pri
   if (!realms.includes(realm)) return { ok: false, problem: `users of realm ${JSON.stringify(realm)} are not accepted here` };
   if (name.includes('/')) return { ok: false, problem: 'the client principal is not a user (it has an instance)' };
   if (name.includes('@')) return { ok: false, problem: 'the client principal is an enterprise name (RFC 6806 §5), not a user' };
-  // eslint-disable-next-line no-control-regex
-  if (name.length > MAX_NAME || /[\u0000-\u001f\u007f]/.test(name))
-    return { ok: false, problem: 'the client principal is not a user name' };
+  // src/core/names.ts: at most MAX_NAME characters (the auth event repeats it), no control character.
+  if (!isName(name)) return { ok: false, problem: 'the client principal is not a user name' };
   return { ok: true, user: name, realm };
 }

@@ -50,6 +50,7 @@
  * no duplicate member names), no unknown members. The ticket never reaches a log, event or error.
  */
 import type { CoreContext, CoreModule, Directory } from './director.js';
+import type { RequestContext } from './http.js';
 import { base64OfBytes } from '../util/base64.js';
 import { CHALLENGE_BYTES, type ChallengeStore } from './challenges.js';
 import { CoreError, forbidden } from './errors.js';
@@ -57,6 +58,7 @@ import { requireUser } from './tokens.js';
 import { emitAuthEvent } from './auth-events.js';
 import { loginBody } from './login.js';
 import { readJsonBody } from './json-body.js';
+import { hasNonUserChar, isName, MAX_NAME } from './names.js';
 import { decodeJws, headerProblem, JwsError, signEs256, verifyEs256, type DecodedJws } from './jws.js';
 import { loadOrCreateCoreSigning, loadPeers, type CoreSigning, type LoadedPeer } from './core-signing.js';
 
@@ -68,16 +70,6 @@ export const TICKET_TTL_S = 60;
 export const CLOCK_SKEW_S = 30;
 /** A transfer or ticket request body is small: a ~600-character ticket and two names. */
 export const MAX_BODY_BYTES = 8 * 1024;
-/** The longest user or organisation name accepted. */
-export const MAX_NAME = 256;
-
-// eslint-disable-next-line no-control-regex
-const CONTROL = /[\u0000-\u001f\u007f]/;
-/** Same rule as the users file (src/config/config.ts): ':' splits a TURN REST username, '/' marks guests. */
-// eslint-disable-next-line no-control-regex
-const BAD_USER = /[:/\u0000-\u001f\u007f]/;
-
-const validName = (s: unknown): s is string => typeof s === 'string' && s.length > 0 && s.length <= MAX_NAME && !CONTROL.test(s);
 
 export interface TicketClaims {
   typ: typeof TICKET_TYP;
@@ -170,7 +162,8 @@ export async function checkTransfer(
     return refuse('untrusted', 'the ticket signature does not verify with the certificate trusted for this organisation');
   if (p.iss !== body.org || p.org !== body.org) return refuse('untrusted', 'the ticket was issued for another organisation');
   if (p.sub !== body.user) return refuse('unauthenticated', 'the ticket is for another user');
-  if (BAD_USER.test(body.user)) return refuse('unauthenticated', 'the user name contains ":", "/" or a control character');
+  // The users file's rule (src/core/names.ts): a transferred user's subject is their bare name.
+  if (hasNonUserChar(body.user)) return refuse('unauthenticated', 'the user name contains ":", "/" or a control character');
   const nowS = Math.floor(d.nowMs / 1000);
   if (!Number.isSafeInteger(p.iat) || !Number.isSafeInteger(p.exp))
     return refuse('unauthenticated', 'the ticket iat and exp are not integers');
@@ -213,12 +206,15 @@ function fields<K extends string>(
   const out = {} as Record<K, string>;
   for (const k of keys) {
     const v = body[k];
-    if (typeof v !== 'string' || !v.length || v.length > (max[k] ?? MAX_NAME) || CONTROL.test(v))
+    if (typeof v !== 'string' || !isName(v, { max: max[k] ?? MAX_NAME }))
       throw new CoreError('bad_request', `${k} must be a non-empty string`);
     out[k] = v;
   }
   return out;
 }
+
+/** A transfer or ticket request body: strict JSON, at most MAX_BODY_BYTES, never empty. */
+const readBody = (ctx: RequestContext) => readJsonBody(ctx.req, MAX_BODY_BYTES, { emptyIsObject: false });
 
 /** RFC 9110 §15.5.2: a 401 carries a challenge; the credentials of this resource are the ticket in the body. */
 const transferChallenge = (core: CoreContext) => `Gatehouse-Transfer realm="${core.cfg.realm.replace(/[\\"]/g, '\\$&')}"`;
@@ -247,9 +243,10 @@ export const transferModule: CoreModule = async (core) => {
       ctx.req.resume();
       throw forbidden('a user transferred from another organisation cannot transfer onwards');
     }
-    const b = fields(await readJsonBody(ctx.req, MAX_BODY_BYTES, { emptyIsObject: false }), ['challenge', 'audience'] as const);
+    const b = fields(await readBody(ctx), ['challenge', 'audience'] as const);
     // core.md §5: canonical base64 (RFC 4648 §4) of 24 bytes, exactly 32 characters, no padding.
-    if (!base64OfBytes(b.challenge, CHALLENGE_BYTES)) throw new CoreError('bad_request', 'challenge must be the base64 of 24 bytes (core.md §5)');
+    if (!base64OfBytes(b.challenge, CHALLENGE_BYTES))
+      throw new CoreError('bad_request', 'challenge must be the base64 of 24 bytes (core.md §5)');
     const ticket = makeTicket(signing, {
       sub: c.sub,
       org,
@@ -271,7 +268,7 @@ export const transferModule: CoreModule = async (core) => {
     }
     let body: { ticket: string; user: string; org: string };
     try {
-      body = fields(await readJsonBody(ctx.req, MAX_BODY_BYTES, { emptyIsObject: false }), ['ticket', 'user', 'org'] as const, { ticket: 4096 });
+      body = fields(await readBody(ctx), ['ticket', 'user', 'org'] as const, { ticket: 4096 });
     } catch (err) {
       if (!(err instanceof CoreError)) throw err;
       core.limiter.fail(ctx.source);
