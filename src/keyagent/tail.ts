@@ -2,7 +2,9 @@
  * Follows an NSS key log file (SSLKEYLOGFILE) as the browser appends to it, and hands
  * over complete new lines. Rotation (the path names another inode: the file was
  * replaced or recreated) and truncation (the file shrank below what was read) restart
- * from the beginning of the current file. A file that does not exist yet is waited for.
+ * from the beginning of the current file, after the old file's last lines (those written
+ * just before the rename or removal) are read from the descriptor still open on it. A file
+ * that does not exist yet is waited for.
  *
  * Change detection: fs.watch on the file's directory (inotify on Linux: a line is seen
  * within milliseconds of its write), and a poll every `pollMs` as the fallback for file
@@ -82,12 +84,17 @@ export class KeyLogTail {
     try {
       st = statSync(this.path);
     } catch {
-      this.closeFd(); // gone (rotated away, not recreated yet): wait
+      // Gone (rotated away, not recreated yet): what the old file got since the last read
+      // first (the writes that came just before the rename), then wait.
+      this.drainOld();
       return;
     }
     if (this.fd === null || st.ino !== this.ino || st.dev !== this.dev) {
-      if (this.fd !== null) this.stats.rotations++;
-      this.closeFd();
+      if (this.fd !== null) {
+        this.stats.rotations++;
+        this.drainOld(); // the old file's last lines (written before the rename) come first
+        if (this.stopped) return; // onLines may stop the tail
+      }
       try {
         this.fd = openSync(this.path, 'r');
       } catch {
@@ -107,11 +114,30 @@ export class KeyLogTail {
       this.offset = 0;
       this.partial = '';
     }
+    this.readTo(this.fd, size);
+  }
+
+  /** Reads what the open (rotated or removed) file got since the last read, then closes it. */
+  private drainOld(): void {
+    if (this.fd !== null) {
+      try {
+        const size = fstatSync(this.fd).size;
+        if (size >= this.offset) this.readTo(this.fd, size);
+      } catch {
+        /* unreadable: let it go */
+      }
+    }
+    this.closeFd();
+    this.partial = ''; // a line the old file never finished is not continued by the new one
+  }
+
+  /** Complete lines from offset to size, to onLines. */
+  private readTo(fd: number, size: number): void {
     const lines: string[] = [];
     const buf = Buffer.allocUnsafe(CHUNK);
     try {
       while (this.offset < size) {
-        const n = readSync(this.fd, buf, 0, Math.min(CHUNK, size - this.offset), this.offset);
+        const n = readSync(fd, buf, 0, Math.min(CHUNK, size - this.offset), this.offset);
         if (n <= 0) break;
         this.offset += n;
         const text = this.partial + buf.toString('latin1', 0, n);

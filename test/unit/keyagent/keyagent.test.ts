@@ -58,6 +58,29 @@ t.test('tail: appended lines, partial lines, truncation, rotation, a file that a
   t.equal(tail.stats.rotations, 1);
 });
 
+t.test('tail: lines written just before a rotation (or a removal) are read from the old file first', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'gh-tail-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const f = join(dir, 'keylog.txt');
+  const got: string[] = [];
+  writeFileSync(f, 'A 1\n');
+  const tail = new KeyLogTail(f, (l) => got.push(...l), { pollMs: 60_000 });
+  tail.start(); // reads A 1 synchronously
+  t.teardown(() => tail.stop());
+  t.same(got, ['A 1']);
+  // Synchronous, so no notification runs in between: the browser appends, then the file is rotated.
+  appendFileSync(f, 'B 2\n');
+  renameSync(f, f + '.1');
+  writeFileSync(f, 'C 3\n');
+  tail.check();
+  t.same(got, ['A 1', 'B 2', 'C 3'], 'B 2 from the rotated file, then the new one');
+  t.equal(tail.stats.rotations, 1);
+  appendFileSync(f, 'D 4\n');
+  renameSync(f, f + '.2'); // rotated away, not recreated yet
+  tail.check();
+  t.same(got, ['A 1', 'B 2', 'C 3', 'D 4'], 'what the old file got last is read before it is let go');
+});
+
 interface Rig extends EscrowRig {
   certPem: string;
 }
