@@ -39,6 +39,12 @@ export interface KeyEscrowHandler {
 
 /** §6.3 step 2: pairs remembered at most (then 508, nothing forgotten early). */
 export const REPLAY_MEMORY_MAX = 65_536;
+/**
+ * §6.3 step 2: pairs one requesting user holds in the memory at most (then 508 for that
+ * user only), so no user, nor a few, can fill it for everyone: 50/s for the default
+ * turn.nonce_lifetime of 600 s would be 30,000 pairs per user.
+ */
+export const REPLAY_PER_USER_MAX = 4096;
 /** §6.3 step 3: KeyEscrow requests per second per user (burst 2 ×). */
 export const KEY_ESCROW_RATE_PER_USER = 50;
 
@@ -48,36 +54,47 @@ export const KEY_ESCROW_RATE_PER_USER = 50;
  * life, so insertion order is expiry order and the sweep stops at the first live pair).
  */
 export class ReplayMemory {
-  private readonly seen = new Map<string, number>();
+  private readonly seen = new Map<string, { exp: number; user: string }>();
+  private readonly perUser = new Map<string, number>();
 
   constructor(
     private readonly clock: Clock,
     private readonly lifetimeMs: number,
     private readonly max = REPLAY_MEMORY_MAX,
+    private readonly maxPerUser = REPLAY_PER_USER_MAX,
   ) {}
 
   get size(): number {
     return this.seen.size;
   }
 
-  /** 'fresh' (now remembered), 'replay', or 'full' (not remembered: refuse the request). */
-  use(nonce: string, transactionId: Buffer): 'fresh' | 'replay' | 'full' {
+  /** 'fresh' (now remembered), 'replay', or 'full' (in all, or the user's share: not remembered, refuse the request). */
+  use(nonce: string, transactionId: Buffer, user = ''): 'fresh' | 'replay' | 'full' {
     const k = nonce + '|' + transactionId.toString('hex');
     const now = this.clock.now();
-    const exp = this.seen.get(k);
-    if (exp !== undefined && exp > now) return 'replay';
-    if (exp !== undefined) this.seen.delete(k);
+    const old = this.seen.get(k);
+    if (old !== undefined && old.exp > now) return 'replay';
+    if (old !== undefined) this.forget(k, old.user);
     this.sweep(now);
-    if (this.seen.size >= this.max) return 'full';
-    this.seen.set(k, now + this.lifetimeMs);
+    const mine = this.perUser.get(user) ?? 0;
+    if (this.seen.size >= this.max || mine >= this.maxPerUser) return 'full';
+    this.seen.set(k, { exp: now + this.lifetimeMs, user });
+    this.perUser.set(user, mine + 1);
     return 'fresh';
   }
 
   sweep(now: number): void {
-    for (const [k, exp] of this.seen) {
-      if (exp > now) break;
-      this.seen.delete(k);
+    for (const [k, e] of this.seen) {
+      if (e.exp > now) break;
+      this.forget(k, e.user);
     }
+  }
+
+  private forget(k: string, user: string): void {
+    this.seen.delete(k);
+    const n = (this.perUser.get(user) ?? 1) - 1;
+    if (n > 0) this.perUser.set(user, n);
+    else this.perUser.delete(user);
   }
 }
 
@@ -104,14 +121,14 @@ export class KeyEscrowLimits {
 export function onKeyEscrow(ctx: TurnContext, r: Req, handler: KeyEscrowHandler, limits: KeyEscrowLimits): void {
   // §6.3 step 2: a (NONCE, transaction ID) pair seen before is a replay: 438 with a fresh
   // NONCE (RFC 8489 §9.2.4's stale-nonce answer), nothing applied.
-  const seen = limits.replay.use(r.auth.nonce, r.msg.transactionId);
+  const seen = limits.replay.use(r.auth.nonce, r.msg.transactionId, r.auth.cred.user);
   if (seen === 'replay') {
     refuse(ctx, 'key_escrow_replay');
     r.auth.key.fill(0);
     ctx.auth.staleNonce(r.ep, r.msg);
     return;
   }
-  // §6.3 steps 2-3: capacity (RFC 8656 §19: 508 Insufficient Capacity).
+  // §6.3 steps 2-3: capacity, in all or the user's share (RFC 8656 §19: 508 Insufficient Capacity).
   if (seen === 'full') {
     refuse(ctx, 'key_escrow_replay_full');
     return ctx.res.fail(r, 508, 'Insufficient Capacity');

@@ -356,6 +356,22 @@ t.test('ReplayMemory: replay, expiry, full (no pair forgotten early)', async (t)
   t.equal(m.use('n', a), 'fresh', 'after the nonce lifetime the pair is gone (the nonce is stale anyway)');
 });
 
+t.test('ReplayMemory: one user cannot fill the memory for the others (per-user share, §6.3 step 2)', async (t) => {
+  const clock = new ManualClock();
+  const m = new ReplayMemory(clock, 1000, 8, 2);
+  t.equal(m.use('n', randomBytes(12), 'mallory'), 'fresh');
+  t.equal(m.use('n', randomBytes(12), 'mallory'), 'fresh');
+  t.equal(m.use('n', randomBytes(12), 'mallory'), 'full', "mallory's share is used up");
+  t.equal(m.use('n', randomBytes(12), 'alice'), 'fresh', 'alice still escrows');
+  const a = randomBytes(12);
+  t.equal(m.use('n2', a, 'alice'), 'fresh');
+  t.equal(m.use('n2', a, 'alice'), 'replay', 'a replay is a replay, share or not');
+  t.equal(m.size, 4);
+  clock.advance(1001);
+  t.equal(m.use('n', randomBytes(12), 'mallory'), 'fresh', 'her pairs expired: her share is back');
+  t.equal(m.size, 1);
+});
+
 t.test('HeldKeySets: per-user and total bounds, take removes, wipes on expiry', async (t) => {
   const clock = new ManualClock();
   const h = new HeldKeySets(clock, { perUser: 2, total: 3 });
