@@ -301,6 +301,7 @@ export class FlowGuard {
         if (
           kind === K_CONTROL &&
           !wasCovered &&
+          this.copying && // under memory pressure (stopCopies) nothing more is kept for later reading
           this.session.lastUnauthenticatedHandshake > 0 &&
           this.hs13.length < HS13_MAX_DATAGRAMS &&
           this.hs13Bytes + data.length <= HS13_MAX_BYTES
@@ -420,6 +421,11 @@ export class FlowGuard {
   }
 
   shedCopies(): number {
+    // The DTLS 1.3 handshake copies kept for late handshake secrets were forwarded already:
+    // only their later reading is lost (the SRTP profile may stay unknown).
+    const hs13 = this.hs13Bytes;
+    this.hs13 = [];
+    this.hs13Bytes = 0;
     let freed = 0;
     let w = 0;
     for (let i = 0; i < this.queue.length; i++) {
@@ -430,11 +436,11 @@ export class FlowGuard {
         if (q.tag >= 0) this.pendingAuth.delete(q.tag);
       }
     }
-    if (freed === 0) return 0;
+    if (freed === 0) return hs13;
     this.stats.overflow += this.queue.length - w;
     this.queue.length = w;
     this.queueBytes -= freed;
-    return freed;
+    return freed + hs13;
   }
 
   shedOldest(): number {

@@ -199,3 +199,42 @@ t.test('SRTP: covered only by a verified key set with SRTP keys when media keys 
   d.clock.advance(10_000);
   t.same(d.blocks, ['keys_missing']);
 });
+
+t.test('DTLS 1.3 handshake datagrams kept for late handshake secrets are given back under memory pressure', async (t) => {
+  const { Dtls13Writer } = await import('../../../src/wire/dtls13.js');
+  const { randomBytes } = await import('node:crypto');
+  const hsRecord = (type: number, body: Buffer, seq: number): Buffer => {
+    const hh = Buffer.alloc(12);
+    hh[0] = type;
+    hh.writeUIntBE(body.length, 1, 3);
+    hh.writeUIntBE(body.length, 9, 3);
+    const hdr = Buffer.alloc(13);
+    hdr[0] = 22;
+    hdr.writeUInt16BE(0xfefd, 1);
+    hdr.writeUIntBE(seq, 5, 6);
+    hdr.writeUInt16BE(12 + body.length, 11);
+    return Buffer.concat([hdr, hh, body]);
+  };
+  const withExt = (head: Buffer, exts: Buffer): Buffer => Buffer.concat([head, Buffer.from([exts.length >> 8, exts.length & 255]), exts]);
+  const ch = withExt(
+    Buffer.concat([Buffer.from([0xfe, 0xfd]), randomBytes(32), Buffer.from([0, 0, 0, 2, 0x13, 0x01, 1, 0])]),
+    Buffer.from([0, 43, 0, 3, 2, 0xfe, 0xfc, 0, 14, 0, 7, 0, 4, 0, 7, 0, 1, 0]),
+  );
+  const sh = withExt(
+    Buffer.concat([Buffer.from([0xfe, 0xfd]), randomBytes(32), Buffer.from([0, 0x13, 0x01, 0])]),
+    Buffer.from([0, 43, 0, 2, 0xfe, 0xfc]),
+  );
+  const ee = new Dtls13Writer(0x1301, randomBytes(32), 2).seal(22, Buffer.alloc(40, 8));
+  const r = rig({ required: false });
+  r.feed({ dir: 'c2p', data: hsRecord(1, ch, 0) });
+  r.feed({ dir: 'p2c', data: hsRecord(2, sh, 0) });
+  t.equal(r.feed({ dir: 'p2c', data: ee }), 'forward', 'the encrypted handshake is forwarded');
+  t.ok(r.guard.bufferedBytes >= ee.length, 'kept (and counted) for handshake secrets that may come');
+  const freed = r.guard.stopCopies();
+  t.ok(freed >= ee.length, 'its copy is freed with the other copies of forwarded datagrams');
+  t.equal(r.guard.bufferedBytes, 0, 'nothing left in the memory account');
+  const ee2 = new Dtls13Writer(0x1301, randomBytes(32), 2).seal(22, Buffer.alloc(40, 9));
+  r.feed({ dir: 'p2c', data: ee2 });
+  t.ok(r.guard.bufferedBytes <= ee2.length, 'not copying under pressure: not kept for late secrets (at most its queued copy)');
+  r.guard.close();
+});
