@@ -31,7 +31,8 @@ Options:
   --password P | --password-file F    TURN long-term password (or a TURN REST password with
                                       --user EXPIRY:NAME)
   --rest-secret-file F                mint TURN REST credentials (EXPIRY:USER, HMAC-SHA1 of
-                                      the shared secret) instead of a password
+                                      the shared secret) instead of a password; the secret
+                                      mints any user's credential: never on a user's desktop
   --rest-ttl SECONDS                  lifetime of minted REST credentials (default 86400)
   --gateway-cert FILE                 the gateway certificate (PEM); trusted by its
                                       fingerprint unless --gateway-ca or a fingerprint is given
