@@ -38,9 +38,11 @@
 #define BATCH 32
 #define SLOT 65536 /* larger than any UDP payload (65507): nothing is truncated */
 #define REC 5      /* int32 per record handed to JS: relay id, permission slot, peer port, offset, length */
-/* meta[] after the records: records, fast packets, fast bytes, send drops, expired drops */
+/* meta[] after the records: records, fast packets, fast bytes, send drops, expired drops,
+   and the relay id the batch was read from (every record and counter of a batch is of that
+   one relay: JS hands the batch to the server owning it, src/turn/fastpath.ts) */
 #define M_N (BATCH * REC)
-#define META_LEN (M_N + 5)
+#define META_LEN (M_N + 6)
 
 typedef struct {
   uint8_t ip[16];
@@ -317,6 +319,7 @@ static void on_readable(uv_poll_t *h, int status, int events) {
   }
   if (nfast) flush(r->lid, nfast, meta);
   meta[M_N] = nslow;
+  meta[M_N + 5] = r->id;
   /* One call per batch: the slow records, and the counters of what was forwarded here. */
   if (nslow || nfast || meta[M_N + 4] || meta[M_N + 3]) call_js(g_env);
 }

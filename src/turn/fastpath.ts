@@ -85,16 +85,50 @@ interface Mirror {
 
 export type SlowPacket = (a: Allocation, perm: Permission, payload: Buffer, peerPort: number) => void;
 
+/**
+ * The addon keeps one ring, one meta array and one callback per process (globals in
+ * native/fastpath.c), while there is one FastPath per TurnServer. All FastPaths share that
+ * state through this hub: a batch is always read from one relay socket, and C names it
+ * (meta[batch * rec + 5]), so the batch goes to the FastPath that opened that relay.
+ * Without it a second server's init took the callback, and the first server's slow
+ * datagrams (its hooked flows) and counters went to a server that did not know them.
+ */
+interface Hub {
+  ring: Buffer;
+  meta: Int32Array;
+  rec: number;
+  nIndex: number;
+  /** Relay id (C) -> the FastPath that opened it. */
+  owners: (FastPath | undefined)[];
+}
+
+const hubs = new WeakMap<FastPathAddon, Hub>();
+
+function hubOf(addon: FastPathAddon): Hub {
+  const known = hubs.get(addon);
+  if (known !== undefined) return known;
+  const ring = Buffer.alloc(addon.ringLength);
+  const meta = new Int32Array(addon.metaLength);
+  const owners: (FastPath | undefined)[] = [];
+  let nIndex = 0;
+  // Called from C once per batch; each owner's handler runs inside its server's supervisor.
+  const info = addon.init(ring, meta, () => owners[meta[nIndex + 5]!]?.batch());
+  nIndex = info.batch * info.rec;
+  if (addon.metaLength < nIndex + 6) throw new Error('native/fastpath is out of date (no relay id per batch): npm run build:native');
+  const hub: Hub = { ring, meta, rec: info.rec, nIndex, owners };
+  hubs.set(addon, hub);
+  return hub;
+}
+
 export class FastPath implements TableObserver {
-  private readonly ring: Buffer;
-  private readonly meta: Int32Array;
-  private readonly rec: number;
-  private readonly nIndex: number;
+  private readonly hub: Hub;
   private readonly byId: (Mirror | undefined)[] = [];
   private readonly mirrors = new WeakMap<Allocation, Mirror>();
   private readonly listeners = new Map<UdpListener, number>();
   /** Datagrams C dropped for an expiry JS had not swept yet, and client sends lost to a full buffer. */
   readonly counters = { expired: 0, sendDropped: 0, batches: 0 };
+  /** This server's handler of a batch read from one of its relays (hubOf). */
+  readonly batch: () => void;
 
   constructor(
     private readonly addon: FastPathAddon,
@@ -106,17 +140,13 @@ export class FastPath implements TableObserver {
     private readonly eligible: boolean,
     private readonly slow: SlowPacket,
   ) {
-    this.ring = Buffer.alloc(addon.ringLength);
-    this.meta = new Int32Array(addon.metaLength);
-    const info = addon.init(this.ring, this.meta, sup.guard('turn.fastpath.batch', () => this.onBatch()));
-    this.rec = info.rec;
-    this.nIndex = info.batch * info.rec;
+    this.hub = hubOf(addon);
+    this.batch = sup.guard('turn.fastpath.batch', () => this.onBatch());
   }
 
   /** One batch read in C: counters, then the datagrams that JavaScript must see. */
   private onBatch(): void {
-    const m = this.meta;
-    const n = this.nIndex;
+    const { meta: m, nIndex: n, rec, ring } = this.hub;
     this.counters.batches++;
     this.stats.packets.peerToClient += m[n + 1]!;
     this.stats.bytes.peerToClient += m[n + 2]!;
@@ -124,7 +154,7 @@ export class FastPath implements TableObserver {
     this.counters.expired += m[n + 4]!;
     const k = m[n]!;
     for (let i = 0; i < k; i++) {
-      const r = i * this.rec;
+      const r = i * rec;
       const mir = this.byId[m[r]!];
       if (mir === undefined || mir.a.deleted) continue;
       const perm = mir.perms[m[r + 1]!];
@@ -134,7 +164,7 @@ export class FastPath implements TableObserver {
       // A copy: the ring is overwritten by the next batch, and dgram may queue a send
       // (EAGAIN) or a hook may keep the view.
       const payload = Buffer.allocUnsafe(len);
-      this.ring.copy(payload, 0, off, off + len);
+      ring.copy(payload, 0, off, off + len);
       this.slow(mir.a, perm, payload, m[r + 2]!);
     }
   }
@@ -175,6 +205,7 @@ export class FastPath implements TableObserver {
     h.recvStop();
     const mir: Mirror = { id, a, perms: [], slotOf: new Map(), freeSlots: [] };
     this.byId[id] = mir;
+    this.hub.owners[id] = this;
     this.mirrors.set(a, mir);
   }
 
@@ -183,6 +214,7 @@ export class FastPath implements TableObserver {
     if (mir === undefined) return;
     this.addon.close(mir.id);
     if (this.byId[mir.id] === mir) this.byId[mir.id] = undefined;
+    if (this.hub.owners[mir.id] === this) this.hub.owners[mir.id] = undefined;
     this.mirrors.delete(a);
   }
 

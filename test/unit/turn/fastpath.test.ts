@@ -123,6 +123,37 @@ t.test('flows with a per-packet hook are handed to JS, one call per batch', { sk
   t.equal(h.server.stats.packets.peerToClient, 1);
 });
 
+t.test('two servers in one process: each batch goes to the server whose relay read it', { skip }, async (t) => {
+  // The addon has one callback per process; a second server used to take it, and the
+  // first server's hooked flows then lost every peer datagram (and its counters).
+  const seen: string[] = [];
+  const a = await startServer((c) => void (c.turn.fast_path = 'auto'), {
+    flowHooks: { onPacket: (_f, dir, data) => (seen.push(`${dir}:${data.toString()}`), true) },
+  });
+  t.teardown(a.close);
+  const ca = await allocated(a.udpPort);
+  const pa = await peerSocket();
+  t.teardown(() => (ca.c.close(), pa.close()));
+  t.equal((await bindReq(ca.c, 0x4001, '127.0.0.1', pa.port)).cls, Class.Success);
+
+  const b = await startServer((c) => ((c.turn.fast_path = 'auto'), (c.turn.relay_ports = [45000, 45999])));
+  t.teardown(b.close);
+  t.ok(a.server.fastPath() && b.server.fastPath(), 'both use the fast path');
+  const cb = await allocated(b.udpPort);
+  const pb = await peerSocket();
+  t.teardown(() => (cb.c.close(), pb.close()));
+  t.equal((await bindReq(cb.c, 0x4002, '127.0.0.1', pb.port)).cls, Class.Success);
+
+  pa.sock.send(Buffer.from('to a'), ca.relayPort, '127.0.0.1');
+  t.equal(parseChannelData(await ca.c.next(isCd))!.data.toString(), 'to a', "the first server's hooked flow still relays");
+  t.same(seen, ['p2c:to a'], 'through its own hook');
+  pb.sock.send(Buffer.from('to b!'), cb.relayPort, '127.0.0.1');
+  t.equal(parseChannelData(await cb.c.next(isCd))!.data.toString(), 'to b!', "the second server's flow relays in C");
+  await sleep(50);
+  t.same([a.server.stats.packets.peerToClient, a.server.stats.bytes.peerToClient], [1, 4], 'counters of the first server: its packet only');
+  t.same([b.server.stats.packets.peerToClient, b.server.stats.bytes.peerToClient], [1, 5], 'counters of the second server: its packet only');
+});
+
 t.test('expiry is checked in C on every packet, with no JS timer running', { skip }, async (t) => {
   // A clock that never fires its timers: the JS sweep never runs (a "late timer").
   let now = 1_000_000;
