@@ -44,6 +44,7 @@ import { ATTR_KEY_PENDING, METHOD_KEY_ESCROW, decodeKeyPending, type KeyPending 
 import { encodeKeySet, type KeySet } from '../wire/keyset.js';
 import type { GatewayTrust, TrustedGateway } from '../endpoint/trust.js';
 import { GatehouseError } from '../util/errors.js';
+import { FEATURE_PASSWORD_ALGORITHMS, nonceFeatures } from '../turn/auth.js';
 
 export class KeyEscrowError extends GatehouseError {
   constructor(
@@ -145,10 +146,16 @@ export class KeyEscrowClient {
     const realm = getString(m, Attr.Realm);
     const nonce = getString(m, Attr.Nonce);
     if (!realm || !nonce) throw new KeyEscrowError('challenge without REALM or NONCE');
-    this.realm = realm;
-    this.nonce = nonce;
     const pas = getAttr(m, Attr.PasswordAlgorithms);
     const list = pas ? decodePasswordAlgorithms(pas) : null;
+    // RFC 8489 §9.2.5: a NONCE whose cookie announces "Password algorithms" (§18.1) without
+    // a PASSWORD-ALGORITHMS list is a downgrade (an attacker stripped it to get MD5): the
+    // client must not retry. Nothing more is sent to this challenge.
+    const features = nonceFeatures(nonce);
+    if (features !== null && features & FEATURE_PASSWORD_ALGORITHMS && !list?.length)
+      throw new KeyEscrowError('challenge announces password algorithms but carries none (RFC 8489 §9.2.5)');
+    this.realm = realm;
+    this.nonce = nonce;
     // RFC 8489 §9.2.5: echo the server's list, choose SHA-256 when offered.
     this.sha256 = !!list?.some((e) => e.id === PasswordAlgorithmId.SHA256);
     this.pasValue = this.sha256 && pas ? Buffer.from(pas) : null;

@@ -18,7 +18,9 @@ import { MemoryEventSink } from '../../../src/events/eve.js';
 import { PolicyEngine } from '../../../src/policy/engine.js';
 import { parseRuleFile } from '../../../src/policy/rules-schema.js';
 import { GatewayInspector } from '../../../src/gateway/inspector.js';
-import { Attr, Class, Method, getXorAddress } from '../../../src/wire/stun.js';
+import { Attr, Class, Method, StunWriter, decodeStun, getXorAddress, messageType } from '../../../src/wire/stun.js';
+import { METHOD_KEY_ESCROW } from '../../../src/wire/keyescrow.js';
+import { createSocket } from 'node:dgram';
 import { Client, errCode, peerSocket, startServer } from '../turn/helpers.js';
 import { KEYS_RULES, bindAttrs, relayOne, testIdentity, type EscrowRig } from '../gateway/escrow-helpers.js';
 import { fixtureFlow } from '../gateway/flow-guard-helpers.js';
@@ -242,3 +244,37 @@ t.test('gatehouse keyagent: --help, usage errors (exit 2), untrusted certificate
   t.not(bad.code, 0, 'a certificate that does not match the pin is refused');
   t.notOk(bad.e.includes('secret'), 'the password is not echoed');
 });
+
+t.test(
+  'client: a 401 whose NONCE announces password algorithms but carries no PASSWORD-ALGORITHMS is a downgrade: no retry (RFC 8489 §9.2.5)',
+  async (t) => {
+    const identity = await testIdentity();
+    const srv = createSocket('udp4');
+    await new Promise<void>((res) => srv.bind(0, '127.0.0.1', () => res()));
+    t.teardown(() => srv.close());
+    let requests = 0;
+    srv.on('message', (m, rinfo) => {
+      const req = decodeStun(m);
+      if (!req) return;
+      requests++;
+      // A forged challenge: the nonce cookie with the "Password algorithms" bit (obMatJos2 + gAAA), no PASSWORD-ALGORITHMS.
+      const w = new StunWriter(512)
+        .reset(messageType(METHOD_KEY_ESCROW, Class.Error), req.transactionId)
+        .errorCode(401)
+        .attr(Attr.Realm, 'gatehouse')
+        .attr(Attr.Nonce, 'obMatJos2gAAAforgedforgedforged');
+      srv.send(w.copy(), rinfo.port, rinfo.address);
+    });
+    const client = new KeyEscrowClient({
+      host: '127.0.0.1',
+      port: (srv.address() as { port: number }).port,
+      credentials: () => ({ username: 'alice', password: 'secret' }),
+      trust: new GatewayTrust({ pinnedFingerprints: [pin(identity.certificatePem)] }),
+      certificatePem: identity.certificatePem,
+      rtoMs: 50,
+    });
+    t.teardown(() => client.close());
+    await t.rejects(client.query(), { name: 'KeyEscrowError' });
+    t.equal(requests, 1, 'no request signed with the MD5 key follows the forged challenge');
+  },
+);
