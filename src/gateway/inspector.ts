@@ -607,10 +607,6 @@ export class GatewayInspector implements FlowHooks, EscrowHost, KeyEscrowHost {
     return out;
   }
 
-  associationSeen(clientRandomHex: string): boolean {
-    return this.byHandshake.has(clientRandomHex);
-  }
-
   pendingAssociations(user: string, max: number): KeyPending[] {
     const out: KeyPending[] = [];
     for (const st of this.byUser.get(user) ?? []) {

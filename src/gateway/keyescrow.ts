@@ -6,7 +6,7 @@
  *    cookie and transaction ID); any failure: 400 Invalid WRITE-KEYS, nothing applied;
  *  - each key set goes to that user's flows whose handshake has its client_random, or is
  *    held until that handshake crosses a flow of the user (bounded, src/gateway/held-keysets.ts),
- *    or, seen only on other users' flows or with the hold full, is wiped: KEY-STATUS 3 (§6.4);
+ *    or, with the hold full, is wiped: KEY-STATUS 3 (§6.4); other users' flows play no part;
  *  - the success response carries KEY-STATUS per WRITE-KEYS, a signed KEY-REQUEST (the
  *    gateway's identity, §6.5) and KEY-PENDING for what the gateway waits for (§6.5).
  * Key material is never logged; the flows' sessions keep their own copies (§5.5).
@@ -44,8 +44,6 @@ export interface KeyEscrowHost {
   keysPolicy(): EscrowKeysPolicy | null;
   /** Open flows of this user's allocations whose DTLS showed the association's hellos. */
   userFlowsWithAssociation(user: string, clientRandomHex: string): Flow[];
-  /** Whether an open flow of any user showed them. */
-  associationSeen(clientRandomHex: string): boolean;
   /** Hands a validated key set to a flow (its session clones it); its status against traffic seen. */
   applyKeySet(flow: Flow, ks: KeySet): KeyStatus;
   /** §6.5: the associations of this user's flows that wait for keys, oldest first, at most `max`. */
@@ -171,8 +169,11 @@ export class KeyEscrowService implements KeyEscrowHandler {
       }
       return st === 'verified' ? KEY_STATUS_VERIFIED : st === 'invalid' ? KEY_STATUS_FAILED : KEY_STATUS_RECEIVED;
     }
-    // §6.4: never another user's flow; the same answer as a full hold, naming nobody.
-    if (!this.host.associationSeen(id) && this.held.hold(user, ks, policy?.deadline ?? HOLD_DEFAULT_MS)) return KEY_STATUS_RECEIVED;
+    // §6.4: no flow of this user shows it (yet): held for this user alone (taken only by a
+    // flow of the same user, onHandshake), whether or not another user's flow shows that
+    // client_random, so the answer says nothing about other users' flows (it was KEY-STATUS
+    // 3 for "seen only on other users' flows": an oracle for a client_random read off the wire).
+    if (this.held.hold(user, ks, policy?.deadline ?? HOLD_DEFAULT_MS)) return KEY_STATUS_RECEIVED;
     wipeKeySet(ks);
     return KEY_STATUS_UNKNOWN;
   }

@@ -12,7 +12,7 @@
 export const METHOD_KEY_ESCROW = 0x0c1;
 /** §6.5: comprehension-optional (0x8000-0xFFFF, RFC 8489 §14). */
 export const ATTR_KEY_PENDING = 0xc1a4;
-/** §6.4: KEY-STATUS 3, neither applied nor held (hold full, or only other users' flows). */
+/** §6.4: KEY-STATUS 3, neither applied nor held (the hold is full). */
 export const KEY_STATUS_UNKNOWN = 3;
 /** §6.1 / §6.3 step 4: WRITE-KEYS per KeyEscrow request, at most. */
 export const MAX_ESCROW_KEY_SETS = 8;

@@ -204,24 +204,30 @@ t.test('key sets apply to the user’s flow: KEY-STATUS 1, held data released, n
   t.notOk(JSON.stringify(r.events.events).includes(hex(f.keySets[0]!.clientWriteKey!)), 'no key material in events');
 });
 
-t.test("another user's credential cannot unlock the flow: KEY-STATUS 3, nothing applied", async (t) => {
-  const r = await rig();
-  t.teardown(r.close);
-  const f = await handshake(r);
-  const b = await agent(r, 'bob', 'hunter2');
-  t.teardown(() => b.close());
-  const m = await escrow(b, [f.keySets[0]!]);
-  t.equal(m.cls, Class.Success);
-  t.same(statuses(m), [3]);
-  t.same(ev(r, 'keys_received'), []);
-  t.notOk(JSON.stringify(m.raw.toString('latin1')).includes('alice'), 'the answer names nobody');
-  r.clock.advance(11_000);
-  t.same(
-    ev(r, 'flow_blocked').map((e) => (e.gatehouse as Record<string, unknown>).reason),
-    ['keys_missing'],
-    'the flow is blocked at its deadline',
-  );
-});
+t.test(
+  "another user's credential cannot unlock the flow: nothing applied, and the answer does not tell that alice's flow shows it",
+  async (t) => {
+    const r = await rig();
+    t.teardown(r.close);
+    const f = await handshake(r);
+    const b = await agent(r, 'bob', 'hunter2');
+    t.teardown(() => b.close());
+    const m = await escrow(b, [f.keySets[0]!]);
+    t.equal(m.cls, Class.Success);
+    const unseen = { ...f.keySets[0]!, clientRandom: randomBytes(32) };
+    t.same(statuses(m), statuses(await escrow(b, [unseen])), 'the same KEY-STATUS as for a client_random no flow shows (no oracle)');
+    t.same(statuses(m), [0], 'held for bob alone');
+    t.equal(r.inspector.keyEscrow.held.sizeOf('alice'), 0);
+    t.same(ev(r, 'keys_received'), []);
+    t.notOk(JSON.stringify(m.raw.toString('latin1')).includes('alice'), 'the answer names nobody');
+    r.clock.advance(11_000);
+    t.same(
+      ev(r, 'flow_blocked').map((e) => (e.gatehouse as Record<string, unknown>).reason),
+      ['keys_missing'],
+      'the flow is blocked at its deadline',
+    );
+  },
+);
 
 t.test('keys before the handshake are held, then applied when the ServerHello crosses', async (t) => {
   const r = await rig();
