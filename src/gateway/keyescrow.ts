@@ -122,10 +122,11 @@ export class KeyEscrowService implements KeyEscrowHandler {
         this.identity.privateKey,
       ),
     });
-    // §6.5: what the gateway waits for, after the key sets above took effect.
-    if (flags)
-      for (const p of this.host.pendingAssociations(req.user, MAX_KEY_PENDING))
-        attrs.push({ type: ATTR_KEY_PENDING, value: encodeKeyPending(p) });
+    // §6.5: what the gateway waits for, after the key sets above took effect. Each flow by
+    // the rules it was created with (pendingAssociations), not by the rules in force now: a
+    // reload without `keys` leaves earlier flows that require keys, still to be unlocked.
+    for (const p of this.host.pendingAssociations(req.user, MAX_KEY_PENDING))
+      attrs.push({ type: ATTR_KEY_PENDING, value: encodeKeyPending(p) });
     return { attrs };
   }
 

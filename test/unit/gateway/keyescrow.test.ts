@@ -35,11 +35,11 @@ import { fixtureFlow, isAppData } from './flow-guard-helpers.js';
 const CH = 0x4001;
 const hex = (b: Buffer) => b.toString('hex');
 
-async function rig(rules = KEYS_RULES): Promise<EscrowRig> {
+async function rig(rules = KEYS_RULES): Promise<EscrowRig & { setRules(rules: string): void }> {
   const clock = new ManualClock();
   const events = new MemoryEventSink();
   const identity = await testIdentity();
-  const engine = new PolicyEngine([parseRuleFile(rules, 'test.yaml')]);
+  let engine = new PolicyEngine([parseRuleFile(rules, 'test.yaml')]);
   const inspector = new GatewayInspector({ policy: () => engine, identity, events, clock });
   const h = await startServer(undefined, {
     clock,
@@ -65,6 +65,7 @@ async function rig(rules = KEYS_RULES): Promise<EscrowRig> {
     c,
     relayPort,
     peer,
+    setRules: (rules: string) => void (engine = new PolicyEngine([parseRuleFile(rules, 'test.yaml')])),
     close: async () => {
       c.close();
       peer.close();
@@ -183,6 +184,18 @@ t.test('pending query: KEY-PENDING names the handshake, KEY-REQUEST verifies wit
   const b = await agent(r, 'bob', 'hunter2');
   t.teardown(() => b.close());
   t.same(pendings(await escrow(b, [])), [], "bob is not told about alice's associations");
+});
+
+t.test('rules reloaded without a keys section: the flows that still require keys are still listed in KEY-PENDING', async (t) => {
+  const r = await rig();
+  t.teardown(r.close);
+  const f = await handshake(r);
+  r.setRules('rules: []\n'); // a reload: new flows need no keys, this one keeps its rules (required)
+  const a = await agent(r);
+  t.teardown(() => a.close());
+  const p = pendings(await escrow(a, []));
+  t.equal(p.length, 1, 'listed: the agent can still unlock it before its deadline');
+  t.equal(hex(p[0]!.clientRandom), hex(f.keySets[0]!.clientRandom));
 });
 
 t.test('key sets apply to the user’s flow: KEY-STATUS 1, held data released, no longer pending', async (t) => {
