@@ -219,8 +219,27 @@ static void on_readable(uv_poll_t *h, int status, int events) {
   relay_t *r = (relay_t *)h->data;
   if (r->closing || g_ring == NULL) return;
   if (status < 0) {
-    /* the descriptor went bad: stop reading (JS closes the allocation's socket anyway) */
-    uv_poll_stop(h);
+    /* libuv stopped the handle on POLLERR. On a UDP socket that is a pending socket error
+       (an ICMP error, RFC 8656 §11.5, reported on a connected socket) or the error queue
+       (IP_RECVERR): transient. Left stopped, the relay would read nothing more while the
+       allocation lives. Clear both and read on; a descriptor that is really bad stays
+       stopped (JS closes the allocation's socket anyway). */
+    int e = 0;
+    socklen_t el = sizeof e;
+    if (getsockopt(r->fd, SOL_SOCKET, SO_ERROR, &e, &el) != 0) {
+      uv_poll_stop(h);
+      return;
+    }
+    uint8_t junk[256];
+    for (int i = 0; i < 64; i++) {
+      struct iovec jv = {junk, sizeof junk};
+      struct msghdr jm;
+      memset(&jm, 0, sizeof jm);
+      jm.msg_iov = &jv;
+      jm.msg_iovlen = 1;
+      if (recvmsg(r->fd, &jm, MSG_ERRQUEUE | MSG_DONTWAIT) < 0) break;
+    }
+    uv_poll_start(h, UV_READABLE, on_readable);
     return;
   }
   for (int i = 0; i < BATCH; i++) {

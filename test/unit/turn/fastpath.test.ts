@@ -228,6 +228,49 @@ t.test('expiry is checked in C on every packet, with no JS timer running', { ski
   t.equal(slow.length, 1);
 });
 
+t.test('a socket error (ICMP port unreachable) does not stop the relay socket being read in C', { skip }, async (t) => {
+  // libuv stops a poll handle on POLLERR; a UDP socket reports one for an ICMP error
+  // (RFC 8656 §11.5) when connected, or with IP_RECVERR. The relay must read on.
+  const now = 1_000_000;
+  const clock = { now: () => now, setTimeout: () => ({ cancel() {} }), setInterval: () => ({ cancel() {} }) };
+  const sup = new Supervisor(silentLogger, 10, () => now);
+  const stats = { packets: { clientToPeer: 0, peerToClient: 0 }, bytes: { clientToPeer: 0, peerToClient: 0 } };
+  const fp = new FastPath(addon!, clock, silentLogger, sup, stats, true, () => {});
+  const listener = await listenUdp('127.0.0.1', 0, 0, sup, silentLogger, () => {});
+  const probe = createSocket('udp4');
+  await new Promise<void>((r) => probe.bind(0, '127.0.0.1', () => r()));
+  const fixedPort = probe.address().port;
+  await new Promise<void>((r) => probe.close(() => r()));
+  // An explicit port, as relay ports are (RFC 8656 §7.2): disconnect() would unbind an
+  // ephemeral one.
+  const relay = await bindUdp('udp4', '127.0.0.1', fixedPort);
+  const client = createSocket('udp4');
+  await new Promise<void>((r) => client.bind(0, '127.0.0.1', () => r()));
+  const got: Buffer[] = [];
+  client.on('message', (m) => void got.push(m));
+  const peer = await peerSocket();
+  const shut = createSocket('udp4');
+  await new Promise<void>((r) => shut.bind(0, '127.0.0.1', () => r()));
+  const unreachable = shut.address().port;
+  await new Promise<void>((r) => shut.close(() => r()));
+  t.teardown(() => (fp.close(), listener.socket.close(), relay.close(), client.close(), peer.close()));
+  const a = { id: 'e', ep: { udp: listener, sendAddress: '127.0.0.1', remotePort: client.address().port }, socket: relay, expiresAt: now + 60_000, deleted: false } as unknown as Allocation;
+  const perm = { ip: '127.0.0.1', ipBytes: Buffer.from([127, 0, 0, 1]), expiresAt: now + 60_000, flow: {}, channelsByPort: new Map() } as unknown as Permission;
+  const relayPort = relay.address().port;
+  fp.added(a);
+  fp.permission(a, perm);
+  // A connected relay socket sends to a closed port: the ICMP error is pending on it.
+  await new Promise<void>((r) => relay.connect(unreachable, '127.0.0.1', () => r()));
+  relay.send(Buffer.from('x'));
+  await sleep(100);
+  relay.disconnect();
+  peer.sock.send(Buffer.from('after the error'), relayPort, '127.0.0.1');
+  for (let i = 0; i < 100 && got.length === 0; i++) await sleep(10);
+  t.equal(got.length, 1, 'the next peer datagram is still relayed in C');
+  t.equal(got[0] && getAttr(decodeStun(got[0])!, Attr.Data)?.toString(), 'after the error');
+  fp.deleted(a);
+});
+
 t.test('a real client: coturn turnutils_uclient through the fast path (channels, Send/Data, client-to-client)', { skip }, async (t) => {
   if (!requirePeer(t, 'turnutils_uclient', 'turnutils_peer')) return;
   const cfg = defaultConfig();
