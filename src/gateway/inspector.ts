@@ -185,6 +185,9 @@ const CAP_HIT_INTERVAL_MS = 10_000;
 /** No `keys` section: keys are welcome but not asked for; traffic passes. */
 const NO_KEYS: GuardKeysPolicy = { required: false, deadline: 10_000, unverified: 'pass', media: true, data: true };
 
+/** Client randoms indexed per flow for KeyEscrow (key-escrow.md §6.4); DtlsSession keeps as many associations. */
+const MAX_HANDSHAKES_INDEXED = 8;
+
 export class GatewayInspector implements FlowHooks, EscrowHost, KeyEscrowHost {
   readonly extension: TurnEscrowExtension;
   /** KeyEscrow requests (key-escrow.md §6): the TurnServer's `keyEscrow` handler. */
@@ -658,6 +661,13 @@ export class GatewayInspector implements FlowHooks, EscrowHost, KeyEscrowHost {
     let ids = this.handshakesOf.get(st);
     if (!ids) this.handshakesOf.set(st, (ids = []));
     if (!ids.includes(id)) {
+      // Bounded like the flow's DTLS associations (DtlsSession keeps 8): the oldest goes.
+      if (ids.length >= MAX_HANDSHAKES_INDEXED) {
+        const old = ids.shift()!;
+        const olds = this.byHandshake.get(old);
+        olds?.delete(st);
+        if (olds && olds.size === 0) this.byHandshake.delete(old);
+      }
       ids.push(id);
       let set = this.byHandshake.get(id);
       if (!set) this.byHandshake.set(id, (set = new Set()));

@@ -122,6 +122,7 @@ export class Authenticator {
     // RFC 8489 §9.2.4: with both present, only MESSAGE-INTEGRITY-SHA256 counts.
     const ok = hasMI256 ? verifyIntegritySha256(msg, key) : verifyIntegrity(msg, key);
     if (!ok) {
+      key.fill(0); // the long-term key of a failed request is not kept (it is the password's hash)
       this.fail('bad_integrity');
       this.challenge(ep, msg, 401);
       return null;
@@ -130,6 +131,7 @@ export class Authenticator {
     // refused as a bad credential would be: 401 with a fresh challenge (RFC 8489 §9.2.4,
     // RFC 8656 §5). Checked on every authenticated request, not only at Allocate.
     if (r.cred.rest && r.cred.expiry !== undefined && this.revoked?.refuses(r.cred.user, r.cred.expiry)) {
+      key.fill(0);
       this.fail('revoked');
       this.challenge(ep, msg, 401);
       return null;
