@@ -44,7 +44,7 @@ import { ATTR_KEY_PENDING, METHOD_KEY_ESCROW, decodeKeyPending, type KeyPending 
 import { encodeKeySet, type KeySet } from '../wire/keyset.js';
 import type { GatewayTrust, TrustedGateway } from '../endpoint/trust.js';
 import { GatehouseError } from '../util/errors.js';
-import { FEATURE_PASSWORD_ALGORITHMS, nonceFeatures } from '../turn/auth.js';
+import { FEATURE_PASSWORD_ALGORITHMS, nonceFeatures } from '../wire/stun-nonce.js';
 
 export class KeyEscrowError extends GatehouseError {
   constructor(

@@ -179,13 +179,20 @@ t.test('PCP server with libtorrent, natpmpc and tshark', async (t) => {
     const lt = lab.spawn(lan, PY, [join(dir, 'lt.py'), '11']);
     // The kernel rules follow the mappings: DNAT to libtorrent's port while mapped, gone after.
     const ruleset = () => lab.try(gw, 'nft', ['list', 'table', 'inet', 'gatehouse']).stdout;
-    const dnat = new RegExp(`dport 6881 dnat ip to ${CLIENT.replace(/\./g, '\\.')}:6881`);
+    const to = `dnat ip to ${CLIENT.replace(/\./g, '\\.')}:6881`;
+    const dnatUdp = new RegExp(`udp dport 6881 ${to}`);
+    const dnatTcp = new RegExp(`tcp dport 6881 ${to}`);
+    // libtorrent maps TCP and UDP one after the other: watch until each rule was seen
+    // (not only the first one to appear), while libtorrent runs.
     let sawRules = '';
     const watch = (async () => {
-      while (lt.exitCode === null && !sawRules) {
+      let udp = false;
+      let tcp = false;
+      while (lt.exitCode === null && !(udp && tcp)) {
         const rs = ruleset();
-        if (dnat.test(rs)) sawRules = rs;
-        else await new Promise((r) => setTimeout(r, 100));
+        if (dnatUdp.test(rs) && !udp) (udp = true), (sawRules += rs);
+        if (dnatTcp.test(rs) && !tcp) (tcp = true), (sawRules += rs);
+        if (!(udp && tcp)) await new Promise((r) => setTimeout(r, 100));
       }
     })();
     const alerts: { type: string; msg: string }[] = [];
