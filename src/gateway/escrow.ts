@@ -11,7 +11,7 @@
  * MESSAGE-INTEGRITY(-SHA256) verified (src/turn/server.ts runExtensions), as §2.2 requires.
  */
 import type { GatewayIdentity } from '../store/identity.js';
-import { Attr, Method, getAttr, getAttrs } from '../wire/stun.js';
+import { Attr, Method, getAttr, getAttrs, type StunMessage } from '../wire/stun.js';
 import {
   ATTR_KEY_DECLINE,
   ATTR_KEY_REQUEST,
@@ -99,32 +99,9 @@ export class TurnEscrowExtension implements TurnRequestExtension {
 
     // §2.2: WRITE-KEYS, only looked at because MESSAGE-INTEGRITY passed (the server calls
     // extensions after authentication). Any failure → 400 Invalid WRITE-KEYS, nothing applied.
-    const sets: KeySet[] = [];
-    const wk = getAttrs(msg, ATTR_WRITE_KEYS);
-    if (wk.length) {
-      const nonce = getAttr(msg, Attr.Nonce);
-      if (!nonce) return this.reject(ctx, 'no_nonce', sets);
-      const key = turnWriteKeysKey(ctx.key, nonce); // HKDF(ikm = long-term key, salt = NONCE value)
-      const aad = turnWriteKeysAad(msg.raw); // magic cookie + transaction ID (bytes 4..19)
-      try {
-        for (const v of wk) {
-          const o = openWriteKeys(key, aad, v);
-          if (!o.ok) return this.reject(ctx, o.reason, sets);
-          let ks: KeySet;
-          try {
-            ks = decodeKeySet(o.keySet);
-            validateKeySet(ks); // §3: required TLVs, supported suite / SRTP profile, key lengths
-          } catch {
-            return this.reject(ctx, 'key_set', sets);
-          } finally {
-            o.keySet.fill(0);
-          }
-          sets.push(ks);
-        }
-      } finally {
-        key.fill(0);
-      }
-    }
+    const opened = openRequestKeySets(msg, ctx.key);
+    if (!opened.ok) return this.reject(ctx, opened.reason);
+    const sets = opened.sets;
 
     const policy = this.host.keysPolicy();
     const attrs: { type: number; value: Buffer }[] = [];
@@ -199,9 +176,50 @@ export class TurnEscrowExtension implements TurnRequestExtension {
     };
   }
 
-  private reject(ctx: TurnRequestContext, reason: string, sets: KeySet[]): TurnRequestVerdict {
-    for (const ks of sets) wipeKeySet(ks);
+  private reject(ctx: TurnRequestContext, reason: string): TurnRequestVerdict {
     this.host.writeKeysRejected(ctx, reason);
     return { error: { code: 400, reason: INVALID_WRITE_KEYS } };
   }
+}
+
+/**
+ * key-escrow.md §2.2 (and §6.3 for KeyEscrow requests): every WRITE-KEYS of an
+ * authenticated STUN request opened with HKDF(ikm = the request's long-term key, salt =
+ * its NONCE value) and AAD = magic cookie + transaction ID (bytes 4..19), then decoded and
+ * validated as a §3 key set (required TLVs, supported suite / SRTP profile, key lengths).
+ * All or nothing: on the first failure the sets opened so far are wiped and only the
+ * reason comes back (`no_nonce`, the open failure's reason, or `key_set`). The derived key
+ * and every decrypted value are wiped here.
+ */
+export function openRequestKeySets(msg: StunMessage, longTermKey: Buffer): { ok: true; sets: KeySet[] } | { ok: false; reason: string } {
+  const sets: KeySet[] = [];
+  const wk = getAttrs(msg, ATTR_WRITE_KEYS);
+  if (!wk.length) return { ok: true, sets };
+  const nonce = getAttr(msg, Attr.Nonce);
+  if (!nonce) return { ok: false, reason: 'no_nonce' };
+  const fail = (reason: string): { ok: false; reason: string } => {
+    for (const ks of sets) wipeKeySet(ks);
+    return { ok: false, reason };
+  };
+  const key = turnWriteKeysKey(longTermKey, nonce);
+  const aad = turnWriteKeysAad(msg.raw);
+  try {
+    for (const v of wk) {
+      const o = openWriteKeys(key, aad, v);
+      if (!o.ok) return fail(o.reason);
+      let ks: KeySet;
+      try {
+        ks = decodeKeySet(o.keySet);
+        validateKeySet(ks);
+      } catch {
+        return fail('key_set');
+      } finally {
+        o.keySet.fill(0);
+      }
+      sets.push(ks);
+    }
+  } finally {
+    key.fill(0);
+  }
+  return { ok: true, sets };
 }

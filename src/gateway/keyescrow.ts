@@ -13,11 +13,9 @@
  */
 import type { Clock } from '../util/clock.js';
 import type { GatewayIdentity } from '../store/identity.js';
-import { Attr, getAttr, getAttrs } from '../wire/stun.js';
 import {
   ATTR_KEY_REQUEST,
   ATTR_KEY_STATUS,
-  ATTR_WRITE_KEYS,
   KEY_STATUS_FAILED,
   KEY_STATUS_RECEIVED,
   KEY_STATUS_VERIFIED,
@@ -25,16 +23,13 @@ import {
   KR_FLAG_MEDIA,
   KR_FLAG_REQUIRED,
   encodeKeyRequest,
-  openWriteKeys,
-  turnWriteKeysAad,
-  turnWriteKeysKey,
 } from '../wire/escrow.js';
 import { ATTR_KEY_PENDING, KEY_STATUS_UNKNOWN, MAX_KEY_PENDING, encodeKeyPending, type KeyPending } from '../wire/keyescrow.js';
-import { associationId, decodeKeySet, validateKeySet, wipeKeySet, type KeySet } from '../wire/keyset.js';
+import { associationId, wipeKeySet, type KeySet } from '../wire/keyset.js';
 import type { KeyStatus } from '../inspect/dtls-session.js';
 import type { Flow } from '../turn/flow.js';
 import type { KeyEscrowHandler, KeyEscrowRequest, KeyEscrowVerdict } from '../turn/handlers/keyescrow.js';
-import type { EscrowKeysPolicy } from './escrow.js';
+import { openRequestKeySets, type EscrowKeysPolicy } from './escrow.js';
 import { HeldKeySets } from './held-keysets.js';
 
 export { INVALID_WRITE_KEYS } from './escrow.js';
@@ -73,32 +68,10 @@ export class KeyEscrowService implements KeyEscrowHandler {
   }
 
   onKeyEscrow(req: KeyEscrowRequest): KeyEscrowVerdict {
-    const sets: KeySet[] = [];
-    const wk = getAttrs(req.msg, ATTR_WRITE_KEYS);
-    if (wk.length) {
-      const nonce = getAttr(req.msg, Attr.Nonce);
-      if (!nonce) return this.reject(req, 'no_nonce', sets);
-      const key = turnWriteKeysKey(req.key, nonce); // §2.2: HKDF(ikm = long-term key, salt = NONCE value)
-      const aad = turnWriteKeysAad(req.msg.raw); // §2.2: magic cookie + transaction ID
-      try {
-        for (const v of wk) {
-          const o = openWriteKeys(key, aad, v);
-          if (!o.ok) return this.reject(req, o.reason, sets);
-          let ks: KeySet;
-          try {
-            ks = decodeKeySet(o.keySet);
-            validateKeySet(ks); // §3
-          } catch {
-            return this.reject(req, 'key_set', sets);
-          } finally {
-            o.keySet.fill(0);
-          }
-          sets.push(ks);
-        }
-      } finally {
-        key.fill(0);
-      }
-    }
+    // §6.3 step 5: each WRITE-KEYS opens as in §2.2; any failure → 400 Invalid WRITE-KEYS, nothing applied.
+    const opened = openRequestKeySets(req.msg, req.key);
+    if (!opened.ok) return this.reject(req, opened.reason);
+    const sets = opened.sets;
 
     const policy = this.host.keysPolicy();
     const attrs: { type: number; value: Buffer }[] = [];
@@ -179,8 +152,7 @@ export class KeyEscrowService implements KeyEscrowHandler {
     return KEY_STATUS_UNKNOWN;
   }
 
-  private reject(req: KeyEscrowRequest, reason: string, sets: KeySet[]): KeyEscrowVerdict {
-    for (const ks of sets) wipeKeySet(ks);
+  private reject(req: KeyEscrowRequest, reason: string): KeyEscrowVerdict {
     this.host.keyEscrowRejected(req.user, reason);
     return { error: { code: 400, reason: 'Invalid WRITE-KEYS' } };
   }
