@@ -17,7 +17,7 @@
  *    token bucket (50 messages/s, signal.ts DEFAULT_SIGNAL_LIMITS).
  * Figures are reported, never asserted.
  */
-import { constants, createHash, publicEncrypt, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -26,59 +26,13 @@ import WebSocket from 'ws';
 import { freeTcpPort, freeUdpPort } from './lib/ports.js';
 import { onCleanup, start, stop, type Proc } from './lib/procs.js';
 import { markdownTable, fmt } from './lib/table.js';
+// The core's HTTP client calls as the e2e tests make them (core.md §3, §4).
+import { call, encryptKey, joinAsGuest, loginUser, newConferenceKey } from '../test/e2e/helpers/core-guest.js';
 
 const BIN = join(process.cwd(), 'bin', 'gatehouse.js');
-const sha = (s: string) => createHash('sha256').update(s, 'utf8').digest('hex');
 /** conferences the join load is spread over (each holds at most 1000 live identities) */
 const CONFS = 32;
 const now = () => performance.timeOrigin + performance.now();
-
-interface Answer {
-  status: number;
-  www: string | null;
-  json: any; // eslint-disable-line @typescript-eslint/no-explicit-any
-}
-
-async function call(
-  base: string,
-  method: string,
-  path: string,
-  opts: { token?: string; body?: unknown; authorization?: string } = {},
-): Promise<Answer> {
-  const headers: Record<string, string> = {};
-  if (opts.token) headers.authorization = `Bearer ${opts.token}`;
-  if (opts.authorization) headers.authorization = opts.authorization;
-  if (opts.body !== undefined) headers['content-type'] = 'application/json';
-  const r = await fetch(base + path, { method, headers, body: opts.body === undefined ? undefined : JSON.stringify(opts.body) });
-  const text = await r.text();
-  let json: unknown = null;
-  try {
-    json = JSON.parse(text);
-  } catch {
-    /* not JSON */
-  }
-  return { status: r.status, www: r.headers.get('www-authenticate'), json };
-}
-
-/** RFC 7616 §3.4: Authorization for one Digest challenge (qop=auth, SHA-256, nc=1). */
-function digest(challenge: string, user: string, password: string, method: string, uri: string): string {
-  const c: Record<string, string> = {};
-  for (const m of challenge.replace(/^Digest\s+/i, '').matchAll(/([a-z0-9-]+)=(?:"((?:[^"\\]|\\.)*)"|([^,\s]+))/gi))
-    c[m[1]!.toLowerCase()] = m[2] ?? m[3]!;
-  const cnonce = randomBytes(12).toString('hex');
-  const ha1 = sha(`${user}:${c.realm}:${password}`);
-  const response = sha(`${ha1}:${c.nonce}:00000001:${cnonce}:auth:${sha(`${method}:${uri}`)}`);
-  const q = (s: string) => `"${s.replace(/[\\"]/g, (x) => '\\' + x)}"`;
-  return `Digest username=${q(user)}, realm=${q(c.realm!)}, nonce=${q(c.nonce!)}, uri=${q(uri)}, algorithm=SHA-256, qop=auth, nc=00000001, cnonce=${q(cnonce)}, response=${q(response)}, opaque=${q(c.opaque!)}`;
-}
-
-/** core.md §4.3: challenge then the authorized retry; the answer of the last step. */
-async function joinGuest(base: string, conf: string, identity: string, k: string): Promise<Answer> {
-  const path = `/v1/conferences/${conf}/join`;
-  const ch = await call(base, 'POST', path);
-  if (ch.status !== 401 || !ch.www) return ch;
-  return call(base, 'POST', path, { authorization: digest(ch.www, identity, k, 'POST', path) });
-}
 
 function pct(sorted: number[], p: number): number {
   if (!sorted.length) return NaN;
@@ -158,11 +112,7 @@ ${fes ? `  pool: [${pool.join(', ')}]\n  pool_secret: ${poolSecret}\n` : ''}`,
   const base = `http://127.0.0.1:${corePort}`;
   await until(`${name} director`, async () => (await call(base, 'GET', '/v1/conference-key')).status === 401, gone);
 
-  const ch = await call(base, 'POST', '/v1/login');
-  const www = ch.www!.split(/,\s*(?=Digest )/).find((c) => /^Digest /.test(c))!;
-  const login = await call(base, 'POST', '/v1/login', { authorization: digest(www, 'alice', password, 'POST', '/v1/login') });
-  if (login.status !== 200) throw new Error(`${name}: login answered ${login.status}`);
-  const token = login.json.token as string;
+  const token = await loginUser(base, 'alice', password);
   const keys = new Map<string, string>();
   for (let i = 0; i < 20 && keys.size < Math.max(1, fes); i++) {
     const r = await call(base, 'GET', '/v1/conference-key', { token });
@@ -172,10 +122,8 @@ ${fes ? `  pool: [${pool.join(', ')}]\n  pool_secret: ${poolSecret}\n` : ''}`,
   const confs: Setup['confs'] = [];
   for (let i = 0; i < conferences; i++) {
     const [fe, pem] = ids[i % ids.length]!;
-    const k = randomBytes(32).toString('base64url');
-    const enc = publicEncrypt({ key: pem, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha256' }, Buffer.from(k, 'utf8')).toString(
-      'base64',
-    );
+    const k = newConferenceKey();
+    const enc = encryptKey(pem, k);
     const r = await call(base, 'POST', '/v1/conferences', { token, body: { fe, key: enc, title: `bench ${i}` } });
     if (r.status !== 201) throw new Error(`${name}: create conference answered ${r.status}`);
     confs.push({ id: r.json.id, k, fe });
@@ -210,7 +158,7 @@ async function joinLoad(s: Setup, label: string, clients: number, seconds: numbe
       const a = now();
       let status: string;
       try {
-        status = String((await joinGuest(s.base, c.id, `g${run}-${n}`, c.k)).status);
+        status = String((await joinAsGuest(s.base, c.id, `g${run}-${n}`, c.k)).answer.status);
       } catch (e) {
         status = `error ${(e as Error).message}`;
       }
@@ -291,7 +239,7 @@ async function signalBench(s: Setup, participants: number, messages: number, rat
     for (let i = 0; i < participants; i += 20) {
       await Promise.all(
         Array.from({ length: Math.min(20, participants - i) }, async (_x, j) => {
-          const a = await joinGuest(s.base, conf.id, `s${run}-${i + j}`, conf.k);
+          const { answer: a } = await joinAsGuest(s.base, conf.id, `s${run}-${i + j}`, conf.k);
           if (a.status !== 200) throw new Error(`signal join answered ${a.status}`);
           const c = new Sig(wsUrl);
           await c.opened;
@@ -385,7 +333,7 @@ export async function runCoreBench(opts: { quick?: boolean; clients?: number; se
   }
   const notes = [
     `Joins: ${clients} concurrent clients (one Node process, undici fetch, keep-alive) for ${seconds} s after a 1 s unreported warm-up, over ${CONFS} conferences (round-robin over the FE ids offered); each join is the 401 challenge plus the Digest retry with a fresh identity, and the latency covers both requests. All processes share the same cores as the load generator.`,
-    'An FE holds at most 1000 live identities per conference (src/core/fe/store.ts MAX_IDENTITIES_PER_CONFERENCE), and a join over that cap is answered 409 identity_in_use like a taken identity; the load is spread wide enough not to reach it.',
+    'An FE holds at most 1000 live identities per conference (src/core/fe/store.ts MAX_IDENTITIES_PER_CONFERENCE), and a join over that cap is answered 409 conference_full; the load is spread wide enough not to reach it.',
     'The failed-authentication limit (10/min/source) counts only a Digest that does not verify (src/core/conferences.ts join()), not the 401 challenge, so one source address (127.0.0.1) was used.',
     `Signalling: ${participants} guests in one conference of \`gatehouse serve\` (embedded FE), connected to /v1/signal (hello, join); one sender sends ${messages} messages at 20/s (under the 50/s per-connection bucket); the send time is in the sdp/text, the latency is taken at the receiver in the same process (one clock), so it includes the bench process's own event loop handling 199 receivers.`,
   ];
