@@ -181,6 +181,12 @@ interface FlowState {
 const RANK_FORWARD = ACTION_RANK.forward;
 /** At most one `cap.hit` per flow in this time for the memory bounds (a flow under pressure sheds on every datagram). */
 const CAP_HIT_INTERVAL_MS = 10_000;
+/** A transfer-pause timer this late means the event loop was busy (armTransferTimer). */
+const TRANSFER_TIMER_LATE_MS = 100;
+/** Then it looks again after this long, after the sockets were polled ... */
+const TRANSFER_TIMER_RECHECK_MS = 50;
+/** ... at most this many times in a row (a loop that is always late still ends pauses). */
+const TRANSFER_TIMER_DEFERRALS = 20;
 
 /** No `keys` section: keys are welcome but not asked for; traffic passes. */
 const NO_KEYS: GuardKeysPolicy = { required: false, deadline: 10_000, unverified: 'pass', media: true, data: true };
@@ -284,6 +290,8 @@ export class GatewayInspector implements FlowHooks, EscrowHost, KeyEscrowHost {
       // else beyond 64 KiB in a spool file (DATA_DIR/spool) when the gateway gave one.
       transfers: {
         ...(tx ? { maxFileBytes: tx.maxFileBytes, pauseMs: tx.pauseMs } : {}),
+        expireOnPacket: false, // armTransferTimer judges pauses
+
         spool: () => this.spoolMode(!!st.recorder),
         spoolFiles: this.o.spool ?? null,
       },
@@ -378,14 +386,23 @@ export class GatewayInspector implements FlowHooks, EscrowHost, KeyEscrowHost {
   /**
    * Issue 9: a data-channel transfer with no announced size ends at a pause; its `file`
    * event is judged then, when its records are already forwarded, so a verdict can only
-   * block the rest of the flow.
+   * block the rest of the flow. This timer is the only judge of pauses here (the pipeline's
+   * expireOnPacket is off): a timer that fires more than TRANSFER_TIMER_LATE_MS late says
+   * the event loop was busy, and Node runs timers before it polls the sockets, so the
+   * streams' next datagrams may be waiting unread; it looks again shortly after they were
+   * read (at most TRANSFER_TIMER_DEFERRALS times in a row) instead of cutting the file.
    */
-  private armTransferTimer(st: FlowState): void {
+  private armTransferTimer(st: FlowState, delay?: number, deferrals = 0): void {
     if (st.closed || st.transferTimer || st.pipeline.transfersInFlight === 0) return;
-    const pause = this.o.transfers?.pauseMs ?? 2000;
+    const wait = delay ?? (this.o.transfers?.pauseMs ?? 2000) + 1;
+    const due = this.clock.now() + wait;
     st.transferTimer = this.flowClock(st).setTimeout(() => {
       st.transferTimer = null;
       if (st.closed) return;
+      if (this.clock.now() - due > TRANSFER_TIMER_LATE_MS && deferrals < TRANSFER_TIMER_DEFERRALS) {
+        this.armTransferTimer(st, TRANSFER_TIMER_RECHECK_MS, deferrals + 1);
+        return;
+      }
       st.verdict = 'forward';
       this.clearScanJobs(st);
       st.pipeline.expireTransfers(this.clock.now());
@@ -397,7 +414,7 @@ export class GatewayInspector implements FlowHooks, EscrowHost, KeyEscrowHost {
       // Judged at a pause: its data is already forwarded; an infected verdict blocks the rest.
       this.afterDatagram(st, false, null);
       this.armTransferTimer(st);
-    }, pause + 1);
+    }, wait);
   }
 
   /** A bound function (TurnServer keeps a reference to it for its hot path). */

@@ -274,6 +274,8 @@ export class DataChannelTracker {
   private readonly withheld = { c2s: new Set<number>(), s2c: new Set<number>() };
   private readonly opt: Required<Omit<DataChannelTrackerOptions, 'association' | 'transfers'>>;
   private readonly transfers: TransferTracker;
+  /** Each packet ends the transfers idle for their pause (TransferOptions.expireOnPacket). */
+  private readonly expireOnPacket: boolean;
   private readonly defaultAssociation: string | undefined;
   private readonly c2s = new DirState();
   private readonly s2c = new DirState();
@@ -291,6 +293,7 @@ export class DataChannelTracker {
     opts: DataChannelTrackerOptions = {},
   ) {
     this.defaultAssociation = opts.association;
+    this.expireOnPacket = opts.transfers?.expireOnPacket ?? true;
     this.opt = {
       maxReassemblyBytes: opts.maxReassemblyBytes ?? DATACHANNEL_DEFAULTS.maxReassemblyBytes,
       maxMessageBytes: opts.maxMessageBytes ?? DATACHANNEL_DEFAULTS.maxMessageBytes,
@@ -395,7 +398,7 @@ export class DataChannelTracker {
     const me = dir === 'c2s' ? this.c2s : this.s2c;
     const peer = dir === 'c2s' ? this.s2c : this.c2s;
     // A pause ends transfers (their file events come before this packet's).
-    if (this.transfers.inFlight > 0) this.expireTransfers(time);
+    if (this.expireOnPacket && this.transfers.inFlight > 0) this.expireTransfers(time);
     if (this.opt.verifyChecksum) {
       const sent = pkt.readUInt32LE(8); // RFC 9260 App. B: CRC32c, least significant byte first
       // RFC 9653 §5.2: zero checksum acceptable if the receiver advertised it.

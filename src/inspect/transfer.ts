@@ -12,7 +12,11 @@
  * - `size`: the size announced by a header earlier on the channel is reached (a hint used
  *   to find the end only: never trusted for a verdict, which judges the bytes seen);
  * - `text`: a text message on the channel (same direction);
- * - `pause`: no DATA on the stream in that direction for `pauseMs`;
+ * - `pause`: no DATA on the stream in that direction for `pauseMs`; for a transfer whose
+ *   announced size is not reached yet, for at least ANNOUNCED_PAUSE_MS: the sender is
+ *   mid-file, and a reliable channel's sender may wait up to SCTP's RTO.Max (60 s,
+ *   RFC 9260 §16) before it retransmits a lost chunk, so a short pause would cut the file
+ *   in two and its SHA-256 would match no hash list;
  * - `close`: the channel's stream is reset (RFC 8831 §6.7, RFC 6525), the association
  *   aborts (RFC 4960 §9.1) or the tracker closes;
  * - `limit`: more than `maxFileBytes` (reported then, judged on what was seen; the rest of
@@ -43,8 +47,15 @@ import { detectFileType } from './filetype.js';
 export interface TransferOptions {
   /** Largest transfer followed (config policy.max_file_bytes). */
   maxFileBytes?: number;
-  /** A transfer without a reached size ends after this long without data (config policy.transfer_pause_ms). */
+  /** A transfer with no announced size ends after this long without data (config policy.transfer_pause_ms). */
   pauseMs?: number;
+  /**
+   * Whether every packet ends the transfers idle for the pause (default yes: a capture's
+   * packet times are the clock). The live gateway says no: its timer judges pauses
+   * (src/gateway/inspector.ts), because after the event loop stalled the first packet read
+   * would find every stream "idle" while their data still waits in the socket.
+   */
+  expireOnPacket?: boolean;
   /** Transfers in flight per association. */
   maxTransfers?: number;
   /**
@@ -68,6 +79,8 @@ export const TRANSFER_DEFAULTS = {
 
 /** Bytes of a transfer's beginning kept for typing (and as `data` when not spooled). */
 export const HEAD_BYTES = 64 * 1024;
+/** Least pause that ends a transfer whose announced size is not reached: SCTP's RTO.Max (RFC 9260 §16). */
+export const ANNOUNCED_PAUSE_MS = 60_000;
 /** A 'disk' spool keeps this much in memory; a larger transfer goes to a spool file. */
 export const SPOOL_MEMORY_BYTES = 64 * 1024;
 
@@ -156,7 +169,7 @@ export interface TransferContext {
 }
 
 export class TransferTracker {
-  private readonly o: Required<Omit<TransferOptions, 'spool' | 'spoolFiles'>> & {
+  private readonly o: Required<Omit<TransferOptions, 'spool' | 'spoolFiles' | 'expireOnPacket'>> & {
     spool: () => SpoolMode;
     spoolFiles: SpoolFactory | null;
   };
@@ -305,10 +318,14 @@ export class TransferTracker {
     this.chans.delete(k);
   }
 
-  /** Ends transfers without data for pauseMs. */
+  /** Ends transfers without data for their pause (pauseMs; ANNOUNCED_PAUSE_MS while an announced size is not reached). */
   expire(now: number): void {
     if (this.open.size === 0) return;
-    for (const t of [...this.open.values()]) if (now - t.lastTime >= this.o.pauseMs) this.end(t, 'pause');
+    const announcedPause = Math.max(this.o.pauseMs, ANNOUNCED_PAUSE_MS);
+    for (const t of [...this.open.values()]) {
+      const pause = t.announced && t.bytes < t.announced.size ? announcedPause : this.o.pauseMs;
+      if (now - t.lastTime >= pause) this.end(t, 'pause');
+    }
   }
 
   /** Ends every transfer (association gone). */

@@ -20,7 +20,7 @@ import { testIdentity } from './escrow-helpers.js';
 
 const CHUNK = 16 * 1024;
 
-async function rig(hashes: string[], pauseMs = 2000) {
+async function rig(hashes: string[], pauseMs = 2000, clock = new ManualClock()) {
   const dir = mkdtempSync(join(tmpdir(), 'gh-transfer-'));
   const list = join(dir, 'malware.txt');
   writeFileSync(list, `# known bad\n${hashes.join('\n')}\n`);
@@ -34,7 +34,6 @@ rules:
     ),
   ]);
   await engine.loadHashLists();
-  const clock = new ManualClock();
   const events = new MemoryEventSink();
   const inspector = new GatewayInspector({
     policy: () => engine,
@@ -111,4 +110,38 @@ t.test('no header: judged at the pause (timer), blocks the rest of the flow', as
   r.clock.advance(1200);
   t.same(r.closed, ['blocked_policy'], 'blocked at the pause');
   t.ok(r.events.events.some((e) => e.event_type === 'file' && (e.file as { sha256: string }).sha256 === HASH));
+});
+
+/** A clock whose first transfer-pause timer (pause 500 ms: 501 ms) fires `lag` ms late, as on an event loop that was busy. */
+class LateClock extends ManualClock {
+  private lagged = false;
+  constructor(private readonly lag: number) {
+    super();
+  }
+  override setTimeout(fn: () => void, ms: number) {
+    if (this.lagged || ms !== 501) return super.setTimeout(fn, ms);
+    this.lagged = true;
+    return super.setTimeout(fn, ms + this.lag);
+  }
+}
+
+t.test('no header, the event loop stalled past the pause: the late timer and the queued datagrams do not cut the file', async (t) => {
+  const clock = new LateClock(1000);
+  const r = await rig([HASH], 500, clock);
+  const frags: Buffer[] = [];
+  for (let o = 0; o < FILE.length; o += CHUNK) frags.push(...r.sctp.fragmented(1, FILE.subarray(o, o + CHUNK), 1200));
+  const half = frags.length >> 1;
+  const start = clock.now();
+  for (const f of frags.slice(0, half)) r.send(f);
+  // The loop was busy for 1.5 s: the pause timer (due at +501) fires at +1501, before the
+  // datagrams that waited in the socket meanwhile are read (Node: timers before poll).
+  clock.advance(start + 1501 - clock.now());
+  t.same(r.closed, [], 'not judged by the late timer');
+  for (const f of frags.slice(half)) r.send(f);
+  t.same(r.closed, [], 'the queued datagrams continue the transfer');
+  clock.advance(600);
+  t.same(r.closed, ['blocked_policy'], 'the whole file is judged at the real pause, and blocked');
+  const files = r.events.events.filter((e) => e.event_type === 'file' && (e.file as { transfer?: unknown }).transfer);
+  t.equal(files.length, 1, 'one transfer');
+  t.match(files[0]!.file, { sha256: HASH, size: FILE.length, transfer: { end: 'pause' } });
 });

@@ -100,6 +100,36 @@ t.test('no header: the transfer ends at a pause', async (t) => {
   t.equal(r2.transfers()[0]?.sha256, sha(FILE), 'ended by the next packet after the pause');
 });
 
+t.test('an announced size not yet reached: a pause shorter than SCTP RTO.Max does not cut the file', async (t) => {
+  const r = rig({ transfers: { pauseMs: 500 } });
+  r.msg(2, 51, Buffer.from(JSON.stringify({ name: 'report.pdf', size: FILE.length })));
+  const half = 5 * CHUNK;
+  r.sendChunks(FILE.subarray(0, half));
+  // A lost chunk: the sender retransmits after its RTO (RFC 9260 §16: up to 60 s); 3 s here.
+  r.tr.expireTransfers(r.now() + 3000);
+  t.equal(r.transfers().length, 0, 'still one transfer in flight after 3 s (pause 500 ms)');
+  r.sendChunks(FILE.subarray(half), 3000);
+  const f = r.transfers();
+  t.equal(f.length, 1, 'one transfer');
+  t.equal(f[0]!.sha256, sha(FILE), 'the whole file hashed');
+  t.equal(f[0]!.transfer!.end, 'size');
+  // A sender that announced more than it sends: ended after ANNOUNCED_PAUSE_MS (60 s).
+  const r2 = rig({ transfers: { pauseMs: 500 } });
+  r2.msg(2, 51, Buffer.from(JSON.stringify({ name: 'x', size: FILE.length * 2 })));
+  r2.sendChunks(FILE);
+  r2.tr.expireTransfers(r2.now() + 59_999);
+  t.equal(r2.transfers().length, 0, 'not before 60 s');
+  r2.tr.expireTransfers(r2.now() + 60_000);
+  t.match(r2.transfers()[0], { sha256: sha(FILE), transfer: { end: 'pause', announcedSize: FILE.length * 2 } });
+  // The live gateway's tracker (expireOnPacket: false): a packet after a gap ends nothing; its timer judges.
+  const r3 = rig({ transfers: { pauseMs: 500, expireOnPacket: false } });
+  r3.sendChunks(FILE);
+  r3.msg(4, 51, Buffer.from('other channel'), 600);
+  t.equal(r3.transfers().length, 0, 'not ended by a packet');
+  r3.tr.expireTransfers(r3.now() + 500);
+  t.equal(r3.transfers()[0]?.sha256, sha(FILE), 'ended by expireTransfers');
+});
+
 t.test('a text message ends the transfer; data on the stream keeps it from pausing', async (t) => {
   const r = rig({ transfers: { pauseMs: 500 } });
   // Chunks 400 ms apart: never a pause of 500 ms.
