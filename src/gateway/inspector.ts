@@ -21,7 +21,7 @@ import type { FlowContext, PolicyEngine, ScanMatch, Subject, VerdictAction } fro
 import type { ScannerKind } from '../policy/rules-schema.js';
 import type { GuardedResult, ScanInput, ScanMeta } from '../scan/index.js';
 import { createReadStream } from 'node:fs';
-import { spoolOf, type SpoolFactory, type SpoolMode } from '../inspect/transfer.js';
+import { spoolOf, TRANSFER_DEFAULTS, type SpoolFactory, type SpoolMode } from '../inspect/transfer.js';
 import { ACTION_RANK } from '../policy/engine.js';
 import type { Flow, FlowDirection, FlowHooks, TurnRequestContext } from '../turn/flow.js';
 import { FlowBlockList } from './block-list.js';
@@ -291,7 +291,6 @@ export class GatewayInspector implements FlowHooks, EscrowHost, KeyEscrowHost {
       transfers: {
         ...(tx ? { maxFileBytes: tx.maxFileBytes, pauseMs: tx.pauseMs } : {}),
         expireOnPacket: false, // armTransferTimer judges pauses
-
         spool: () => this.spoolMode(!!st.recorder),
         spoolFiles: this.o.spool ?? null,
       },
@@ -394,7 +393,7 @@ export class GatewayInspector implements FlowHooks, EscrowHost, KeyEscrowHost {
    */
   private armTransferTimer(st: FlowState, delay?: number, deferrals = 0): void {
     if (st.closed || st.transferTimer || st.pipeline.transfersInFlight === 0) return;
-    const wait = delay ?? (this.o.transfers?.pauseMs ?? 2000) + 1;
+    const wait = delay ?? (this.o.transfers?.pauseMs ?? TRANSFER_DEFAULTS.pauseMs) + 1;
     const due = this.clock.now() + wait;
     st.transferTimer = this.flowClock(st).setTimeout(() => {
       st.transferTimer = null;

@@ -53,7 +53,8 @@ export interface TransferOptions {
    * Whether every packet ends the transfers idle for the pause (default yes: a capture's
    * packet times are the clock). The live gateway says no: its timer judges pauses
    * (src/gateway/inspector.ts), because after the event loop stalled the first packet read
-   * would find every stream "idle" while their data still waits in the socket.
+   * would find every stream "idle" while their data still waits in the socket. Read by
+   * the DataChannelTracker, which feeds packets; the TransferTracker only has expire().
    */
   expireOnPacket?: boolean;
   /** Transfers in flight per association. */
