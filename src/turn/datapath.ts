@@ -3,11 +3,18 @@
  * indications), peer -> client (ChannelData or Data indication), and inject() for packets
  * the inspection layer released. Hot path: one map lookup per packet, no closures, no
  * copies of payloads; the only allocation is the small header of a packet to the client.
+ *
+ * Lifetimes are checked here on every packet, against the clock, not only by the
+ * table's sweep (allocations.ts, once a second): an allocation (RFC 8656 §8), a
+ * permission (§9) or a channel binding (§12) whose time is up relays nothing more even
+ * while the sweep is still to run, so a late timer never keeps a flow open (issue 13;
+ * the native fast path checks the same deadlines in C).
  */
 import type { RemoteInfo } from 'node:dgram';
 import { randomBytes } from 'node:crypto';
 import { Attr, Class, Family, Method, messageType } from '../wire/stun.js';
 import { channelDataPadding } from '../wire/channeldata.js';
+import type { Clock } from '../util/clock.js';
 import type { FlowDirection, FlowHooks } from './flow.js';
 import type { AllocationTable } from './allocations.js';
 import { MAX_STREAM_BUFFERED, unmapV4, type Allocation, type Endpoint, type FlowImpl, type Permission } from './state.js';
@@ -27,6 +34,7 @@ export class DataPath {
   constructor(
     private readonly stats: RelayCounters,
     private readonly table: AllocationTable,
+    private readonly clock: Clock,
     hooks: FlowHooks,
     /** A flow hook threw: count it and close that flow (supervision). */
     private readonly hookFailed: (where: string, err: unknown, flow: FlowImpl) => void,
@@ -44,6 +52,14 @@ export class DataPath {
     }
   }
 
+  /**
+   * The allocation (RFC 8656 §8) and the permission (§9) are both still within their
+   * lifetime at `now`: expiresAt is the first millisecond they are gone, as in the sweep.
+   */
+  private live(a: Allocation, perm: Permission, now: number): boolean {
+    return a.expiresAt > now && perm.expiresAt > now;
+  }
+
   /** ChannelData from the client (RFC 8656 §12.6): channel -> peer. */
   channelDataFromClient(a: Allocation, buf: Buffer, off: number, avail: number): void {
     if (avail < 4) return;
@@ -53,6 +69,9 @@ export class DataPath {
     if (4 + len > avail) return; // §12.6: shorter than its Length, discard
     const flow = ch.perm.flow;
     if (flow === null) return; // RFC 8656 §9: no permission, discard
+    // §12: a binding lasts 10 minutes unless refreshed; an expired one is unbound.
+    const now = this.clock.now();
+    if (ch.expiresAt <= now || !this.live(a, ch.perm, now)) return;
     if (this.onPacket !== undefined && !this.pass(flow, 'c2p', buf.subarray(off + 4, off + 4 + len), ch.peerPort)) return;
     this.stats.packets.clientToPeer++;
     this.stats.bytes.clientToPeer += len;
@@ -60,7 +79,9 @@ export class DataPath {
   }
 
   /** The payload of a Send indication (RFC 8656 §11.2) to its peer, through the hook. */
-  toPeer(a: Allocation, flow: FlowImpl, data: Buffer, port: number, ip: string): void {
+  toPeer(a: Allocation, perm: Permission, data: Buffer, port: number, ip: string): void {
+    const flow = perm.flow;
+    if (flow === null || !this.live(a, perm, this.clock.now())) return; // §11.2: no permission, discard
     if (this.onPacket !== undefined && !this.pass(flow, 'c2p', data, port)) return;
     this.stats.packets.clientToPeer++;
     this.stats.bytes.clientToPeer += data.length;
@@ -79,13 +100,15 @@ export class DataPath {
 
   /** A peer datagram whose permission is found (the fast path's hand-over, fastpath.ts). */
   fromPermission(a: Allocation, perm: Permission, msg: Buffer, peerPort: number): void {
-    if (perm.flow === null || a.deleted) return; // RFC 8656 §9: no permission, discard
+    if (perm.flow === null || a.deleted || !this.live(a, perm, this.clock.now())) return; // RFC 8656 §9: no permission, discard
     if (this.onPacket !== undefined && !this.pass(perm.flow, 'p2c', msg, peerPort)) return;
     this.deliverToClient(a, perm, msg, peerPort);
   }
 
   deliverToClient(a: Allocation, perm: Permission, msg: Buffer, peerPort: number): void {
-    const ch = perm.channelsByPort.get(peerPort);
+    let ch = perm.channelsByPort.get(peerPort);
+    // §12: an expired binding the sweep has not removed yet is no longer bound.
+    if (ch !== undefined && (!ch.active || ch.expiresAt <= this.clock.now())) ch = undefined;
     const ep = a.ep;
     if (ch !== undefined) {
       // RFC 8656 §12.5: the server MUST use ChannelData when a channel is bound.
@@ -122,7 +145,7 @@ export class DataPath {
     const a = this.table.byId.get(flow.allocationId);
     if (a === undefined || a.deleted) return;
     const perm = a.permissions.get(flow.peerAddress);
-    if (perm === undefined || perm.flow !== flow) return;
+    if (perm === undefined || perm.flow !== flow || !this.live(a, perm, this.clock.now())) return;
     if (dir === 'c2p') {
       this.stats.packets.clientToPeer++;
       this.stats.bytes.clientToPeer += data.length;

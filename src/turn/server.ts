@@ -161,7 +161,7 @@ export class TurnServer {
     const hookFailed = (where: string, err: unknown, flow: FlowImpl | null): void =>
       this.supervisor.caught(where, err, flow ? () => this.table.closeFlow(flow, 'hook_error') : undefined);
     this.table = new AllocationTable(this.stats, clock, this.log, events, hooks, pool, hookFailed);
-    this.data = new DataPath(this.stats, this.table, hooks, hookFailed);
+    this.data = new DataPath(this.stats, this.table, clock, hooks, hookFailed);
     // Peer -> client of flows no hook must see, relayed in C (src/turn/fastpath.ts).
     this.fast = createFastPath(t.fast_path, {
       clock,

@@ -13,5 +13,5 @@ export function onSendIndication(ctx: TurnContext, data: DataPath, ep: Endpoint,
   if (!peer || !dataAttr || peer.family !== a.family) return; // §11.2: both required
   const perm = a.permissions.get(peer.address);
   if (perm === undefined || perm.flow === null) return; // §11.2: no permission, discard
-  data.toPeer(a, perm.flow, msg.raw.subarray(dataAttr.offset, dataAttr.offset + dataAttr.length), peer.port, peer.address);
+  data.toPeer(a, perm, msg.raw.subarray(dataAttr.offset, dataAttr.offset + dataAttr.length), peer.port, peer.address);
 }
