@@ -34,6 +34,12 @@ export interface MetricsSources {
   gateway?: () => Record<string, unknown> | undefined;
   /** The PCP server and its NFQUEUE path (src/gateway/pcp-gateway.ts RunningPcp.stats). */
   pcp?: () => PcpStatsSource | undefined;
+  /**
+   * The relay's native fast path (TurnServer.fastPath, `turn.fast_path`): null when it is
+   * off or the addon is not built. Each number field becomes a counter
+   * gatehouse_turn_fast_path_<name>_total (the fields present when createMetrics is called).
+   */
+  fastPath?: () => Record<string, number> | null | undefined;
   /** Malware scanners (src/scan GuardedScanner.stats), one entry per configured scanner. */
   scanners?: () => { scanner: string; stats: ScanStatsSource }[] | undefined;
 }
@@ -153,7 +159,25 @@ export function createMetrics(stats: () => RelayStatsSource | undefined, sources
   counterFrom('gatehouse_turn_refused_total', 'TURN requests or packets refused, by reason', (s) => s.refused, 'reason');
 
   // Degraded service: what could not be written, and whether it is failing now.
-  const { supervisor, events, recordings, quotaFlush, gateway, scanners, pcp } = sources;
+  const { supervisor, events, recordings, quotaFlush, gateway, scanners, pcp, fastPath } = sources;
+  if (fastPath) {
+    // Packets relayed in C are in gatehouse_relayed_packets_total already; these say how
+    // (batches read with recvmmsg) and what C dropped (an expiry JS had not swept yet, a
+    // send to a client whose socket buffer was full).
+    gaugeOf(
+      () => ({ on: safe(fastPath) ? 1 : 0 }),
+      'gatehouse_turn_fast_path_active',
+      'The native relay fast path is in use (1) or not (0): turn.fast_path',
+      (s) => s.on,
+    );
+    const f = safe(fastPath);
+    for (const [k, v] of Object.entries(f ?? {})) {
+      if (typeof v !== 'number') continue;
+      countersOf(fastPath, `gatehouse_turn_fast_path_${snake(k)}_total`, `Relay fast path: ${k}`, [], (s) =>
+        s === null ? [] : [[[], s[k]!]],
+      );
+    }
+  }
   if (pcp) {
     // RFC 6887 requests by opcode, answers by opcode and result code ("MAP/SUCCESS").
     countersOf(pcp, 'gatehouse_pcp_requests_total', 'PCP requests, by opcode', ['opcode'], (s) =>

@@ -240,6 +240,7 @@ export async function startGateway(
     recordings: () => recordings.stats,
     quotaFlush: () => quotaHealth,
     gateway: () => inspector.stats,
+    fastPath: () => turn.fastPath(),
     ...(pcp ? { pcp: () => pcp.stats() } : {}),
     scanners: () => [scanners.icap, scanners.clamd].flatMap((g) => (g ? [{ scanner: g.kind, stats: g.stats }] : [])),
   });

@@ -69,3 +69,20 @@ t.test('a source that throws does not break the scrape', async (t) => {
   });
   t.match(await reg.metrics(), /gatehouse_turn_allocations 2/);
 });
+
+t.test('the relay fast path: active gauge and one counter per field; nothing but the gauge when off', async (t) => {
+  let fp: Record<string, number> | null = { batches: 3, expired: 1, sendDropped: 0 };
+  const reg = createMetrics(() => relay(), { fastPath: () => fp });
+  let m = await reg.metrics();
+  t.match(m, /gatehouse_turn_fast_path_active 1/);
+  t.match(m, /gatehouse_turn_fast_path_batches_total 3/);
+  t.match(m, /gatehouse_turn_fast_path_expired_total 1/);
+  t.match(m, /gatehouse_turn_fast_path_send_dropped_total 0/);
+  fp = { batches: 10, expired: 1, sendDropped: 2 };
+  m = await reg.metrics();
+  t.match(m, /gatehouse_turn_fast_path_batches_total 10/, 'counters follow the plain totals');
+  t.match(m, /gatehouse_turn_fast_path_send_dropped_total 2/);
+  const off = await createMetrics(() => relay(), { fastPath: () => null }).metrics();
+  t.match(off, /gatehouse_turn_fast_path_active 0/);
+  t.notMatch(off, /gatehouse_turn_fast_path_batches_total/, 'no counters without a fast path');
+});
