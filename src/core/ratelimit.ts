@@ -1,6 +1,6 @@
 /**
  * The failed-authentication limit (core.md §2): at most 10 failed authentications per
- * source address per minute, on any mechanism (Digest login, guest join, bearer
+ * source address (an IPv6 source: its /64, src/wire/source-prefix.ts) per minute, on any mechanism (Digest login, guest join, bearer
  * tokens, certificates, transfer); beyond that `429 rate_limited` with `Retry-After`
  * (RFC 6585 §4, RFC 9110 §10.2.3 delay-seconds) until the minute has passed.
  *
@@ -8,6 +8,7 @@
  * (maxSources): expired windows go first, then the oldest.
  */
 import type { Clock } from '../util/clock.js';
+import { sourcePrefix } from '../wire/source-prefix.js';
 import { CoreError } from './errors.js';
 
 export interface LimitState {
@@ -32,10 +33,10 @@ export class FailureLimiter {
     this.maxSources = opts.maxSources ?? 100_000;
   }
 
-  private live(source: string): LimitState | undefined {
-    const s = this.bySource.get(source);
+  private live(key: string): LimitState | undefined {
+    const s = this.bySource.get(key);
     if (s && s.until <= this.clock.now()) {
-      this.bySource.delete(source);
+      this.bySource.delete(key);
       return undefined;
     }
     return s;
@@ -43,7 +44,7 @@ export class FailureLimiter {
 
   /** Seconds until this source may try again, or 0 when it may now. */
   retryAfter(source: string): number {
-    const s = this.live(source);
+    const s = this.live(sourcePrefix(source));
     if (!s || s.count < this.max) return 0;
     return Math.max(1, Math.ceil((s.until - this.clock.now()) / 1000));
   }
@@ -60,7 +61,8 @@ export class FailureLimiter {
   /** Counts one failed authentication for this source. */
   fail(source: string): void {
     const now = this.clock.now();
-    const s = this.live(source);
+    const key = sourcePrefix(source);
+    const s = this.live(key);
     if (s) {
       s.count++;
       return;
@@ -69,7 +71,7 @@ export class FailureLimiter {
       for (const [k, v] of this.bySource) if (v.until <= now) this.bySource.delete(k);
       if (this.bySource.size >= this.maxSources) this.bySource.delete(this.bySource.keys().next().value as string);
     }
-    this.bySource.set(source, { count: 1, until: now + this.windowMs });
+    this.bySource.set(key, { count: 1, until: now + this.windowMs });
   }
 
   get size(): number {

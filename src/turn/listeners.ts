@@ -16,6 +16,7 @@ import { StreamFramer } from './framer.js';
 import { enlargeBuffers, literalLookup } from './relay.js';
 import { familyOf, unmapV4, type Endpoint, type StreamConn, type StreamListener, type UdpListener } from './state.js';
 import { count, type TurnStats } from './stats.js';
+import { sourcePrefix } from '../wire/source-prefix.js';
 
 export async function listenUdp(
   host: string,
@@ -134,8 +135,10 @@ export class StreamConnections {
     return true;
   }
 
-  private take(src: string): boolean {
+  /** Per source: an IPv4 address or an IPv6 /64 (src/wire/source-prefix.ts). */
+  private take(address: string): boolean {
     const t = this.cfg.turn;
+    const src = sourcePrefix(address);
     // Bounds at accept: the new connection is closed before anything is read from it.
     if (this.conns.size - this.tlsConns + this.pendingTls >= t.max_connections) {
       count(this.stats.refused, 'connection_cap_total');
@@ -150,7 +153,8 @@ export class StreamConnections {
     return true;
   }
 
-  private release(src: string): void {
+  private release(address: string): void {
+    const src = sourcePrefix(address);
     const n = (this.perSource.get(src) ?? 1) - 1;
     if (n > 0) this.perSource.set(src, n);
     else this.perSource.delete(src);

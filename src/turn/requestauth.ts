@@ -25,6 +25,7 @@ import type { RevokedSubjects } from './revoked.js';
 import type { AuthOk, Responder } from './responder.js';
 import type { Endpoint } from './state.js';
 import { count, type TurnStats } from './stats.js';
+import { sourcePrefix } from '../wire/source-prefix.js';
 
 /** Password algorithms we offer, in order of preference (RFC 8489 §9.2.1, §14.11). */
 const OFFERED_ALGS = [PasswordAlgorithmId.SHA256, PasswordAlgorithmId.MD5];
@@ -57,7 +58,7 @@ export class Authenticator {
    * (spoofed sources included) gets no answers to amplify (RFC 8656 §21).
    */
   private challenge(ep: Endpoint, msg: StunMessage, code: 401 | 438): void {
-    if (code === 401 && !this.unauthorized.take(ep.remoteAddress)) {
+    if (code === 401 && !this.unauthorized.take(sourcePrefix(ep.remoteAddress))) {
       count(this.stats.refused, 'unauthorized_rate');
       return;
     }

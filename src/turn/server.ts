@@ -44,6 +44,7 @@ import { RevokedSubjects } from './revoked.js';
 import { Responder, sanitizeSoftware } from './responder.js';
 import { SWEEP_MS, familyOf, unmapV4, type Endpoint, type FlowImpl, type StreamListener, type UdpListener } from './state.js';
 import { count, newStats, type TurnStats } from './stats.js';
+import { sourcePrefix } from '../wire/source-prefix.js';
 
 export type { UserRecord, UserDirectory } from './auth.js';
 export type { Flow, FlowDirection, FlowHooks, TurnRequestContext, TurnRequestExtension, TurnRequestVerdict } from './flow.js';
@@ -389,7 +390,7 @@ export class TurnServer {
       // answer. RFC 8656 defines no error for a rate (486 is the per-user quota, §7.2 step
       // 10); silence gives a flood nothing to amplify (§21), and a real client retransmits
       // over UDP (RFC 8489 §6.2.1) or retries.
-      if (!this.allocateRate.take(ep.remoteAddress)) {
+      if (!this.allocateRate.take(sourcePrefix(ep.remoteAddress))) {
         count(this.stats.refused, 'allocate_rate');
         return;
       }

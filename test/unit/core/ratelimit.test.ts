@@ -71,3 +71,12 @@ t.test('per-user lockout: 10 failures for one name from anywhere lock it, longer
   for (const n of ['a', 'b', 'c', 'd', 'e']) small.fail(n);
   t.ok(small.size <= 3, 'bounded');
 });
+
+t.test('an IPv6 source counts by its /64: new interface ids do not buy new guesses', async (t) => {
+  const clock = new ManualClock();
+  const l = new FailureLimiter(clock);
+  for (let i = 0; i < 10; i++) l.fail(`2001:db8:5:6::${(i + 1).toString(16)}`);
+  t.throws(() => l.check('2001:db8:5:6:ffff::1'), { code: 'rate_limited' }, 'any address of the /64 is over the limit');
+  t.doesNotThrow(() => l.check('2001:db8:5:7::1'), 'the next /64 is another source');
+  t.equal(l.size, 1, 'one entry for the whole /64');
+});
