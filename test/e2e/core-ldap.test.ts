@@ -128,6 +128,7 @@ t.test(
         { cn: 'owners', members: ['alice'] },
       ],
       ports: { ldap: await freePort(), ldaps: await freePort() },
+      stats: true,
       tls,
     });
     t.teardown(() => slapd.cleanup());
@@ -211,7 +212,16 @@ t.test(
       challenges(wrong).some((c) => c.startsWith('Basic ')),
       'with fresh challenges',
     );
+    const beforeMallory = slapd.output().length;
     t.equal((await https('POST', '/v1/login', basic('mallory', 'x'))).status, 401, 'unknown user: 401');
+    // An unknown name costs the directory the same search and bind as a wrong password
+    // (the bind is to a DN that cannot exist), so the answer's timing does not tell.
+    const decoys =
+      slapd
+        .output()
+        .slice(beforeMallory)
+        .match(/BIND dn="cn=[0-9a-f]{32},dc=example,dc=org"/g) ?? [];
+    t.equal(decoys.length, 1, `one decoy bind for the unknown user, as for a wrong password:\n${slapd.output().slice(beforeMallory)}`);
     t.equal((await https('POST', '/v1/login', basic('*', 'x'))).status, 401, 'a wildcard name finds nobody');
     const bobLogin = await https('POST', '/v1/login', basic('bob', PW.bob));
     t.equal(bobLogin.status, 200, `bob logs in by bind: ${JSON.stringify(bobLogin.json?.error ?? '')}`);

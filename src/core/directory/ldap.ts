@@ -25,7 +25,8 @@
 import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import type { ConnectionOptions } from 'node:tls';
-import { Client, InvalidCredentialsError, SizeLimitExceededError, type Entry } from 'ldapts';
+import { randomBytes } from 'node:crypto';
+import { Client, InvalidCredentialsError, ResultCodeError, SizeLimitExceededError, type Entry } from 'ldapts';
 import type { GatehouseConfig } from '../../config/config.js';
 import { isLoopbackHost } from '../../config/config.js';
 import type { Logger } from '../../util/log.js';
@@ -155,19 +156,25 @@ export class LdapDirectory implements Directory {
     // A fresh search: the bind must be against the directory's current entry.
     const f = await this.guarded(() => this.find(key));
     this.cache.set(key, f);
-    if (!f) return null;
+    // An unknown name gets a bind too, as a DN that cannot exist: without it the answer
+    // for an unknown user comes one directory round trip sooner than for a wrong password,
+    // and the time tells an attacker which names exist. slapd answers invalidCredentials
+    // for a DN it does not hold, as for a wrong password (RFC 4511 §4.1.9: a server may
+    // substitute result codes to prevent disclosure); whatever it answers, it is a failure.
+    const dn = f ? f.dn : `cn=${randomBytes(16).toString('hex')},${this.s.base}`;
     const ok = await this.guarded(() =>
       this.withClient(false, async (c) => {
         try {
-          await c.bind(f.dn, password); // RFC 4513 §5.1.3 simple bind as the user
+          await c.bind(dn, password); // RFC 4513 §5.1.3 simple bind as the user
           return true;
         } catch (err) {
           if (err instanceof InvalidCredentialsError) return false; // resultCode 49 (RFC 4511 §4.1.9)
+          if (!f && err instanceof ResultCodeError) return false; // any answer to the decoy bind
           throw err;
         }
       }),
     );
-    return ok ? copy(f.user) : null;
+    return ok && f ? copy(f.user) : null;
   }
 
   /** The user named, or null: names are bounded and free of NUL. */

@@ -87,6 +87,8 @@ export async function startSlapd(opts: {
   groups: SlapdGroup[];
   ports: { ldap: number; ldaps?: number };
   tls?: { cert: string; key: string };
+  /** Log every operation (slapd's `stats` level, 256) to output(): BIND, SRCH, RESULT lines. */
+  stats?: boolean;
 }): Promise<Slapd> {
   const slapd = findProgram('slapd');
   if (!slapd) throw new Error('slapd is not installed (Debian package slapd)');
@@ -125,8 +127,8 @@ export async function startSlapd(opts: {
   let out = '';
   const start = async () => {
     out += `--- start\n`;
-    // -d 0: stay in the foreground (no detach), no debug output.
-    const c = spawn(slapd, ['-f', confFile, '-h', urls.join(' '), '-d', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    // -d 0: stay in the foreground (no detach), no debug output; 256 (stats): one line per operation.
+    const c = spawn(slapd, ['-f', confFile, '-h', urls.join(' '), '-d', opts.stats ? '256' : '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
     child = c;
     c.stdout!.on('data', (b: Buffer) => (out += b.toString()));
     c.stderr!.on('data', (b: Buffer) => (out += b.toString()));
