@@ -19,6 +19,11 @@
             "target_name": "gatehouse_fastpath",
             "sources": ["fastpath.c"],
             "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+          },
+          {
+            "target_name": "gatehouse_peercred",
+            "sources": ["peercred.c"],
+            "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"]
           }
         ]
       }
