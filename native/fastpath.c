@@ -8,6 +8,18 @@
  * records in a shared Int32Array and payloads left in the shared ring (no Buffer, address
  * string or object per packet).
  *
+ * The client-facing UDP listener sockets of a server whose flows are all eligible are read
+ * here too (recvmmsg into the same ring): a ChannelData message (RFC 8656 §12.4, first
+ * byte 0x40-0x4F, or up to 0x7F with RFC 5766 numbers; RFC 7983 demultiplexing) from a
+ * client 5-tuple this module knows, on a bound, unexpired channel whose permission and
+ * allocation are unexpired, goes out of that allocation's relay socket to the peer here
+ * (sendmmsg, consecutive datagrams of one relay in one call). Everything else (STUN
+ * requests, Send indications, unknown clients, channels not mirrored here) goes to
+ * JavaScript once per batch, with the client's address as text, and is dispatched to the
+ * same handler dgram's 'message' calls. Once a client has a datagram handed to JS in a
+ * batch, its later datagrams of that batch go to JS too: its own order is kept (a
+ * ChannelBind request followed by ChannelData on the new channel works as in JS).
+ *
  * JavaScript owns the state (src/turn/fastpath.ts mirrors it here): allocations,
  * permissions (RFC 8656 §9, by peer IP address only) and channels (§12). Every one carries
  * an absolute expiry on CLOCK_MONOTONIC, checked on every packet, so a late JS timer can
@@ -24,9 +36,11 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <net/if.h>
 #include <netinet/in.h>
 #include <node_api.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
@@ -38,11 +52,16 @@
 #define BATCH 32
 #define SLOT 65536 /* larger than any UDP payload (65507): nothing is truncated */
 #define REC 5      /* int32 per record handed to JS: relay id, permission slot, peer port, offset, length */
+/* int32 per record of a listener batch: offset, length, client port, address text length,
+   then the address text (inet_ntop form, as dgram's rinfo.address, with %scope) */
+#define LREC 20
+#define LADDR 64 /* bytes of address text room in a listener record (16 int32) */
 /* meta[] after the records: records, fast packets, fast bytes, send drops, expired drops,
-   and the relay id the batch was read from (every record and counter of a batch is of that
-   one relay: JS hands the batch to the server owning it, src/turn/fastpath.ts) */
-#define M_N (BATCH * REC)
-#define META_LEN (M_N + 6)
+   the id of the relay (kind 0) or listener (kind 1) the batch was read from (every record
+   and counter of a batch is of that one socket: JS hands the batch to the server owning
+   it, src/turn/fastpath.ts), the kind, and malformed ChannelData dropped */
+#define M_N (BATCH * LREC)
+#define META_LEN (M_N + 8)
 
 typedef struct {
   uint8_t ip[16];
@@ -57,11 +76,16 @@ typedef struct {
   uint16_t port;
   uint16_t number;
   int64_t exp;
+  /* the peer (permission IP, channel port) in the relay socket's family; plen 0: not
+     representable there (an IPv4 peer on an IPv6 relay socket): client -> peer goes to JS */
+  struct sockaddr_storage peer;
+  socklen_t plen;
 } chan_t;
 
 typedef struct relay {
   int id;
   int fd;
+  int fam; /* the relay socket's family (getsockname) */
   int lid; /* listener index, -1: the client is not on UDP (everything to JS) */
   int closing;
   uv_poll_t poll;
@@ -72,7 +96,28 @@ typedef struct relay {
   int nperm, capperm;
   chan_t *chans;
   int nchan, capchan;
+  /* Lookups, rebuilt when the set of permissions or channels changes (control plane, not
+     per packet): open addressing, linear probing, at most half full, -1 empty. */
+  int32_t *ptab;  /* permission IP -> index in perms */
+  int32_t *ktab;  /* (slot, peer port) -> index in chans */
+  int32_t *ntab;  /* channel number -> index in chans */
+  int pcap, ccap; /* power of two */
+  int32_t *slotidx; /* permission slot -> index in perms, -1 */
+  int nslotidx;
+  /* the client 5-tuple table (listener, client address): chain */
+  struct relay *cnext;
+  int in_ctab;
+  uint32_t taint; /* listener batch in which a datagram of this client went to JS */
 } relay_t;
+
+typedef struct listener {
+  int id;
+  int fd;     /* a dup of the listener's descriptor */
+  int reading; /* read here (recvmmsg), dgram stopped */
+  int maxb;   /* the highest first byte of a ChannelData message the server accepts */
+  int closing;
+  uv_poll_t poll;
+} listener_t;
 
 static napi_env g_env = NULL;
 static napi_ref g_cb = NULL, g_ring_ref = NULL, g_meta_ref = NULL;
@@ -81,8 +126,11 @@ static uint8_t *g_ring = NULL;
 static int32_t *g_meta = NULL;
 static relay_t **g_relays = NULL;
 static int g_nrelays = 0;
-static int *g_listeners = NULL; /* dup'd fds, -1 free */
+static listener_t **g_listeners = NULL; /* NULL: free */
 static int g_nlisteners = 0;
+static relay_t **g_ctab = NULL; /* client 5-tuple -> relay, chained */
+static int g_ccap = 0, g_cn = 0;
+static uint32_t g_lseq = 0; /* listener batches read (taint) */
 static uint8_t g_tid[12];
 static uint32_t g_tidc = 0;
 
@@ -141,16 +189,186 @@ static napi_value undef(napi_env env) {
 
 /* ---------------------------------------------------------------- the batch */
 
+/* FNV-1a */
+static uint32_t hash_bytes(const void *data, size_t n, uint32_t h) {
+  const uint8_t *b = data;
+  for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 16777619u;
+  return h;
+}
+#define HASH0 2166136261u
+
+static uint32_t hash_key(int32_t slot, uint16_t port) {
+  uint32_t k[2] = {(uint32_t)slot, port};
+  return hash_bytes(k, sizeof k, HASH0);
+}
+
 static perm_t *find_perm(relay_t *r, const uint8_t *ip, int len) {
-  for (int i = 0; i < r->nperm; i++)
-    if (r->perms[i].iplen == len && memcmp(r->perms[i].ip, ip, len) == 0) return &r->perms[i];
-  return NULL;
+  if (r->pcap == 0) return NULL;
+  uint32_t m = (uint32_t)r->pcap - 1;
+  for (uint32_t i = hash_bytes(ip, len, HASH0) & m;; i = (i + 1) & m) {
+    int32_t k = r->ptab[i];
+    if (k < 0) return NULL;
+    perm_t *p = &r->perms[k];
+    if (p->iplen == len && memcmp(p->ip, ip, len) == 0) return p;
+  }
+}
+
+static perm_t *perm_of_slot(relay_t *r, int32_t slot) {
+  if (slot < 0 || slot >= r->nslotidx || r->slotidx[slot] < 0) return NULL;
+  return &r->perms[r->slotidx[slot]];
 }
 
 static chan_t *find_chan(relay_t *r, int32_t slot, uint16_t port) {
-  for (int i = 0; i < r->nchan; i++)
-    if (r->chans[i].slot == slot && r->chans[i].port == port) return &r->chans[i];
+  if (r->ccap == 0) return NULL;
+  uint32_t m = (uint32_t)r->ccap - 1;
+  for (uint32_t i = hash_key(slot, port) & m;; i = (i + 1) & m) {
+    int32_t k = r->ktab[i];
+    if (k < 0) return NULL;
+    chan_t *c = &r->chans[k];
+    if (c->slot == slot && c->port == port) return c;
+  }
+}
+
+static chan_t *find_chan_number(relay_t *r, uint16_t number) {
+  if (r->ccap == 0) return NULL;
+  uint32_t m = (uint32_t)r->ccap - 1;
+  for (uint32_t i = hash_bytes(&number, sizeof number, HASH0) & m;; i = (i + 1) & m) {
+    int32_t k = r->ntab[i];
+    if (k < 0) return NULL;
+    if (r->chans[k].number == number) return &r->chans[k];
+  }
+}
+
+/* The channel's peer as the relay socket sends to it (RFC 8656 §12.6: to the peer the
+   channel is bound to). */
+static void chan_peer(relay_t *r, chan_t *c) {
+  perm_t *p = perm_of_slot(r, c->slot);
+  memset(&c->peer, 0, sizeof c->peer);
+  c->plen = 0;
+  if (p == NULL) return;
+  if (r->fam == AF_INET && p->iplen == 4) {
+    struct sockaddr_in *s4 = (struct sockaddr_in *)&c->peer;
+    s4->sin_family = AF_INET;
+    s4->sin_port = htons(c->port);
+    memcpy(&s4->sin_addr, p->ip, 4);
+    c->plen = sizeof *s4;
+  } else if (r->fam == AF_INET6 && p->iplen == 16) {
+    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&c->peer;
+    s6->sin6_family = AF_INET6;
+    s6->sin6_port = htons(c->port);
+    memcpy(&s6->sin6_addr, p->ip, 16);
+    c->plen = sizeof *s6;
+  }
+}
+
+static int32_t *table(int cap) {
+  int32_t *t = malloc(sizeof(int32_t) * (size_t)cap);
+  if (t) memset(t, 0xff, sizeof(int32_t) * (size_t)cap); /* -1 */
+  return t;
+}
+
+/* After the set of permissions or channels changed: every lookup table anew. 0: out of memory
+   (the old tables stay, still consistent with the arrays only if nothing moved: callers
+   throw, and JS leaves the allocation to the JS path by closing it in C). */
+static int rebuild(relay_t *r) {
+  int pc = 8, cc = 8, ns = 0;
+  while (pc < r->nperm * 2) pc <<= 1;
+  while (cc < r->nchan * 2) cc <<= 1;
+  for (int i = 0; i < r->nperm; i++)
+    if (r->perms[i].slot + 1 > ns) ns = r->perms[i].slot + 1;
+  int32_t *pt = table(pc), *kt = table(cc), *nt = table(cc), *st = table(ns ? ns : 1);
+  if (!pt || !kt || !nt || !st) {
+    free(pt), free(kt), free(nt), free(st);
+    return 0;
+  }
+  for (int i = 0; i < r->nperm; i++) {
+    perm_t *p = &r->perms[i];
+    uint32_t j = hash_bytes(p->ip, p->iplen, HASH0) & (uint32_t)(pc - 1);
+    while (pt[j] >= 0) j = (j + 1) & (uint32_t)(pc - 1);
+    pt[j] = i;
+    st[p->slot] = i;
+  }
+  for (int i = 0; i < r->nchan; i++) {
+    chan_t *c = &r->chans[i];
+    uint32_t j = hash_key(c->slot, c->port) & (uint32_t)(cc - 1);
+    while (kt[j] >= 0) j = (j + 1) & (uint32_t)(cc - 1);
+    kt[j] = i;
+    j = hash_bytes(&c->number, sizeof c->number, HASH0) & (uint32_t)(cc - 1);
+    while (nt[j] >= 0) j = (j + 1) & (uint32_t)(cc - 1);
+    nt[j] = i;
+  }
+  free(r->ptab), free(r->ktab), free(r->ntab), free(r->slotidx);
+  r->ptab = pt, r->ktab = kt, r->ntab = nt, r->slotidx = st;
+  r->pcap = pc, r->ccap = cc, r->nslotidx = ns;
+  for (int i = 0; i < r->nchan; i++) chan_peer(r, &r->chans[i]);
+  return 1;
+}
+
+/* ---------------------------------------------------------------- client 5-tuples */
+
+/* A client address as received on a listener and as JS sends to it (family, IP, port;
+   not flow label or the rest of the sockaddr). */
+static uint32_t client_hash(int lid, const struct sockaddr_storage *sa) {
+  uint32_t h = hash_bytes(&lid, sizeof lid, HASH0);
+  if (sa->ss_family == AF_INET) {
+    const struct sockaddr_in *s4 = (const struct sockaddr_in *)sa;
+    h = hash_bytes(&s4->sin_addr, 4, h);
+    return hash_bytes(&s4->sin_port, 2, h);
+  }
+  const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)sa;
+  h = hash_bytes(&s6->sin6_addr, 16, h);
+  return hash_bytes(&s6->sin6_port, 2, h);
+}
+
+static int client_same(const struct sockaddr_storage *a, const struct sockaddr_storage *b) {
+  if (a->ss_family != b->ss_family) return 0;
+  if (a->ss_family == AF_INET) {
+    const struct sockaddr_in *x = (const struct sockaddr_in *)a, *y = (const struct sockaddr_in *)b;
+    return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+  }
+  const struct sockaddr_in6 *x = (const struct sockaddr_in6 *)a, *y = (const struct sockaddr_in6 *)b;
+  return x->sin6_port == y->sin6_port && x->sin6_scope_id == y->sin6_scope_id && memcmp(&x->sin6_addr, &y->sin6_addr, 16) == 0;
+}
+
+static relay_t *client_find(int lid, const struct sockaddr_storage *sa) {
+  if (g_ccap == 0 || (sa->ss_family != AF_INET && sa->ss_family != AF_INET6)) return NULL;
+  for (relay_t *r = g_ctab[client_hash(lid, sa) & (uint32_t)(g_ccap - 1)]; r; r = r->cnext)
+    if (r->lid == lid && client_same(&r->client, sa)) return r;
   return NULL;
+}
+
+static void client_remove(relay_t *r) {
+  if (!r->in_ctab) return;
+  relay_t **pp = &g_ctab[client_hash(r->lid, &r->client) & (uint32_t)(g_ccap - 1)];
+  while (*pp && *pp != r) pp = &(*pp)->cnext;
+  if (*pp) *pp = r->cnext;
+  r->cnext = NULL;
+  r->in_ctab = 0;
+  g_cn--;
+}
+
+static int client_insert(relay_t *r) {
+  if (g_cn + 1 > g_ccap) {
+    int cap = g_ccap ? g_ccap * 2 : 256;
+    relay_t **nt = calloc((size_t)cap, sizeof(relay_t *));
+    if (!nt) return 0;
+    for (int i = 0; i < g_ccap; i++)
+      for (relay_t *x = g_ctab[i], *nx; x; x = nx) {
+        nx = x->cnext;
+        uint32_t j = client_hash(x->lid, &x->client) & (uint32_t)(cap - 1);
+        x->cnext = nt[j];
+        nt[j] = x;
+      }
+    free(g_ctab);
+    g_ctab = nt;
+    g_ccap = cap;
+  }
+  uint32_t j = client_hash(r->lid, &r->client) & (uint32_t)(g_ccap - 1);
+  r->cnext = g_ctab[j];
+  g_ctab[j] = r;
+  r->in_ctab = 1;
+  g_cn++;
+  return 1;
 }
 
 /* RFC 8656 §11.3 Data indication header (RFC 8489 §5, §14.2 XOR-PEER-ADDRESS, §14 DATA padded). */
@@ -183,10 +401,10 @@ static int data_indication(uint8_t *h, const perm_t *p, uint16_t port, size_t le
   return d + 4;
 }
 
-static void flush(int lid, int n, int32_t *meta) {
+static void flush_fd(int fd, struct mmsghdr *msgs, int n, int32_t *meta) {
   int off = 0;
   while (off < n) {
-    int sent = sendmmsg(g_listeners[lid], g_smsg + off, n - off, MSG_DONTWAIT);
+    int sent = sendmmsg(fd, msgs + off, n - off, MSG_DONTWAIT);
     if (sent < 0) {
       if (errno == EINTR) continue;
       /* EAGAIN (kernel buffer full) or an error for the first datagram: that one is lost,
@@ -197,6 +415,8 @@ static void flush(int lid, int n, int32_t *meta) {
       off += sent;
   }
 }
+
+static void flush(int lid, int n, int32_t *meta) { flush_fd(g_listeners[lid]->fd, g_smsg, n, meta); }
 
 static void call_js(napi_env env) {
   napi_handle_scope scope;
@@ -215,6 +435,8 @@ static void call_js(napi_env env) {
   napi_close_handle_scope(env, scope);
 }
 
+static int clear_socket_error(int fd);
+
 static void on_readable(uv_poll_t *h, int status, int events) {
   relay_t *r = (relay_t *)h->data;
   if (r->closing || g_ring == NULL) return;
@@ -224,20 +446,9 @@ static void on_readable(uv_poll_t *h, int status, int events) {
        (IP_RECVERR): transient. Left stopped, the relay would read nothing more while the
        allocation lives. Clear both and read on; a descriptor that is really bad stays
        stopped (JS closes the allocation's socket anyway). */
-    int e = 0;
-    socklen_t el = sizeof e;
-    if (getsockopt(r->fd, SOL_SOCKET, SO_ERROR, &e, &el) != 0) {
+    if (!clear_socket_error(r->fd)) {
       uv_poll_stop(h);
       return;
-    }
-    uint8_t junk[256];
-    for (int i = 0; i < 64; i++) {
-      struct iovec jv = {junk, sizeof junk};
-      struct msghdr jm;
-      memset(&jm, 0, sizeof jm);
-      jm.msg_iov = &jv;
-      jm.msg_iovlen = 1;
-      if (recvmsg(r->fd, &jm, MSG_ERRQUEUE | MSG_DONTWAIT) < 0) break;
     }
     uv_poll_start(h, UV_READABLE, on_readable);
     return;
@@ -254,7 +465,7 @@ static void on_readable(uv_poll_t *h, int status, int events) {
   int n = recvmmsg(r->fd, g_rmsg, BATCH, MSG_DONTWAIT, NULL);
   if (n <= 0) return; /* EAGAIN, or an ICMP error reported on the socket: nothing to relay */
   int32_t *meta = g_meta;
-  memset(meta + M_N, 0, 5 * sizeof(int32_t));
+  memset(meta + M_N, 0, 8 * sizeof(int32_t));
   int64_t now = now_ms();
   int nslow = 0, nfast = 0;
   for (int i = 0; i < n; i++) {
@@ -339,8 +550,174 @@ static void on_readable(uv_poll_t *h, int status, int events) {
   if (nfast) flush(r->lid, nfast, meta);
   meta[M_N] = nslow;
   meta[M_N + 5] = r->id;
+  meta[M_N + 6] = 0;
   /* One call per batch: the slow records, and the counters of what was forwarded here. */
   if (nslow || nfast || meta[M_N + 4] || meta[M_N + 3]) call_js(g_env);
+}
+
+/* ---------------------------------------------------------------- client -> peer */
+
+/* Up to BATCH datagrams of one listener batch queued for their relay sockets: g_cmsg[i]
+   goes out of g_cfd[i]; runs of one relay go in one sendmmsg. */
+static struct mmsghdr g_cmsg[BATCH];
+static struct iovec g_ciov[BATCH];
+static int g_cfd[BATCH];
+
+static void flush_client_sends(int n, int32_t *meta) {
+  int start = 0;
+  for (int i = 1; i <= n; i++)
+    if (i == n || g_cfd[i] != g_cfd[start]) {
+      flush_fd(g_cfd[start], g_cmsg + start, i - start, meta);
+      start = i;
+    }
+}
+
+enum { CD_QUEUED, CD_DROPPED, CD_TO_JS };
+
+/*
+ * A ChannelData message from a known client (RFC 8656 §12.6, the server's side of §12.4).
+ * Queued for the peer when the channel is bound and all three lifetimes run; dropped
+ * when one is over (a late JS sweep must not keep the flow open) or when it is shorter
+ * than its Length; to JS when this module cannot decide (a channel number not mirrored
+ * here, a flow that is not eligible, a peer not representable on the relay socket).
+ */
+static int channel_data_out(relay_t *r, uint8_t *msg, size_t len, int64_t now, int nq, int32_t *meta) {
+  uint16_t number = (uint16_t)(msg[0] << 8 | msg[1]);
+  size_t dlen = (size_t)(msg[2] << 8 | msg[3]);
+  chan_t *c = find_chan_number(r, number);
+  if (c == NULL) return CD_TO_JS; /* JS discards an unbound channel (§12.6) */
+  perm_t *p = perm_of_slot(r, c->slot);
+  if (p == NULL || !p->eligible || c->plen == 0) return CD_TO_JS;
+  /* RFC 8656 §12.4 / §12.6: the Length field counts the application data only; over UDP
+     padding may be there or not, bytes past Length are ignored; a message shorter than
+     4 + Length is discarded. */
+  if (4 + dlen > len) {
+    meta[M_N + 7]++;
+    return CD_DROPPED;
+  }
+  /* §6 (allocation), §9 (permission), §12 (channel binding: 10 minutes unless refreshed):
+     past any of them nothing is relayed. */
+  if (now >= r->exp || now >= p->exp || now >= c->exp) {
+    meta[M_N + 4]++;
+    return CD_DROPPED;
+  }
+  g_ciov[nq].iov_base = msg + 4;
+  g_ciov[nq].iov_len = dlen;
+  struct msghdr *m = &g_cmsg[nq].msg_hdr;
+  memset(m, 0, sizeof *m);
+  m->msg_name = &c->peer;
+  m->msg_namelen = c->plen;
+  m->msg_iov = &g_ciov[nq];
+  m->msg_iovlen = 1;
+  g_cfd[nq] = r->fd;
+  meta[M_N + 1]++;
+  meta[M_N + 2] += (int32_t)dlen;
+  return CD_QUEUED;
+}
+
+/* The client's address as dgram reports it (rinfo.address: inet_ntop, and %scope for a
+   scoped IPv6 address as Node adds it), into a listener record. */
+static int address_text(const struct sockaddr_storage *sa, char *out, uint16_t *port) {
+  if (sa->ss_family == AF_INET) {
+    const struct sockaddr_in *s4 = (const struct sockaddr_in *)sa;
+    *port = ntohs(s4->sin_port);
+    if (!inet_ntop(AF_INET, &s4->sin_addr, out, LADDR)) return -1;
+    return (int)strlen(out);
+  }
+  if (sa->ss_family != AF_INET6) return -1;
+  const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)sa;
+  *port = ntohs(s6->sin6_port);
+  if (!inet_ntop(AF_INET6, &s6->sin6_addr, out, LADDR)) return -1;
+  size_t n = strlen(out);
+  if (s6->sin6_scope_id != 0) {
+    char ifn[IF_NAMESIZE];
+    if (if_indextoname(s6->sin6_scope_id, ifn) != NULL)
+      snprintf(out + n, LADDR - n, "%%%s", ifn);
+    else
+      snprintf(out + n, LADDR - n, "%%%u", s6->sin6_scope_id);
+    n = strlen(out);
+  }
+  return (int)n;
+}
+
+/* On POLLERR (libuv stopped the handle): the pending error and the error queue of a UDP
+   socket are transient; 0 when the descriptor is really bad (stay stopped). */
+static int clear_socket_error(int fd) {
+  int e = 0;
+  socklen_t el = sizeof e;
+  if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &el) != 0) return 0;
+  uint8_t junk[256];
+  for (int i = 0; i < 64; i++) {
+    struct iovec jv = {junk, sizeof junk};
+    struct msghdr jm;
+    memset(&jm, 0, sizeof jm);
+    jm.msg_iov = &jv;
+    jm.msg_iovlen = 1;
+    if (recvmsg(fd, &jm, MSG_ERRQUEUE | MSG_DONTWAIT) < 0) break;
+  }
+  return 1;
+}
+
+static void on_listener_readable(uv_poll_t *h, int status, int events) {
+  listener_t *l = (listener_t *)h->data;
+  if (l->closing || g_ring == NULL) return;
+  if (status < 0) {
+    if (!clear_socket_error(l->fd))
+      uv_poll_stop(h);
+    else
+      uv_poll_start(h, UV_READABLE, on_listener_readable);
+    return;
+  }
+  for (int i = 0; i < BATCH; i++) {
+    g_riov[i].iov_base = g_ring + (size_t)i * SLOT;
+    g_riov[i].iov_len = SLOT;
+    memset(&g_rmsg[i].msg_hdr, 0, sizeof(struct msghdr));
+    g_rmsg[i].msg_hdr.msg_iov = &g_riov[i];
+    g_rmsg[i].msg_hdr.msg_iovlen = 1;
+    g_rmsg[i].msg_hdr.msg_name = &g_raddr[i];
+    g_rmsg[i].msg_hdr.msg_namelen = sizeof(struct sockaddr_storage);
+  }
+  int n = recvmmsg(l->fd, g_rmsg, BATCH, MSG_DONTWAIT, NULL);
+  if (n <= 0) return;
+  int32_t *meta = g_meta;
+  memset(meta + M_N, 0, 8 * sizeof(int32_t));
+  int64_t now = now_ms();
+  uint32_t seq = ++g_lseq;
+  if (seq == 0) seq = ++g_lseq; /* 0 is "never" in relay_t.taint */
+  int nslow = 0, nq = 0;
+  for (int i = 0; i < n; i++) {
+    size_t len = g_rmsg[i].msg_len;
+    uint8_t *msg = g_ring + (size_t)i * SLOT;
+    struct sockaddr_storage *sa = &g_raddr[i];
+    relay_t *r = NULL;
+    int looked = 0;
+    /* RFC 7983 §7 / RFC 8656 §12: 0x40-0x4F (0x7F with RFC 5766 numbers) is ChannelData */
+    if (len >= 4 && msg[0] >= 0x40 && msg[0] <= l->maxb) {
+      r = client_find(l->id, sa);
+      looked = 1;
+      if (r != NULL && !r->closing && r->taint != seq) {
+        int v = channel_data_out(r, msg, len, now, nq, meta);
+        if (v == CD_QUEUED) nq++;
+        if (v != CD_TO_JS) continue;
+      }
+    }
+    if (!looked) r = client_find(l->id, sa);
+    if (r != NULL) r->taint = seq; /* the rest of this client's batch keeps its order through JS */
+    int32_t *rec = meta + nslow * LREC;
+    uint16_t port = 0;
+    int tl = address_text(sa, (char *)(rec + 4), &port);
+    if (tl < 0) continue; /* not an IP datagram: dgram would not report it either */
+    rec[0] = i * SLOT;
+    rec[1] = (int32_t)len;
+    rec[2] = port;
+    rec[3] = tl;
+    nslow++;
+  }
+  if (nq) flush_client_sends(nq, meta);
+  meta[M_N] = nslow;
+  meta[M_N + 5] = l->id;
+  meta[M_N + 6] = 1;
+  call_js(g_env);
 }
 
 /* ---------------------------------------------------------------- exported functions */
@@ -388,6 +765,10 @@ static napi_value js_init(napi_env env, napi_callback_info info) {
   napi_set_named_property(env, out, "slot", v);
   napi_create_int32(env, REC, &v);
   napi_set_named_property(env, out, "rec", v);
+  napi_create_int32(env, LREC, &v);
+  napi_set_named_property(env, out, "lrec", v);
+  napi_create_int32(env, M_N, &v);
+  napi_set_named_property(env, out, "counters", v);
   return out;
 }
 
@@ -398,27 +779,63 @@ static napi_value js_listener(napi_env env, napi_callback_info info) {
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   int32_t fd;
   if (argc < 1 || !arg_i32(env, argv[0], &fd) || fd < 0) THROW("listener: fd required");
-  int d = fcntl(fd, F_DUPFD_CLOEXEC, 0);
-  if (d < 0) THROW("listener: dup failed");
+  listener_t *l = calloc(1, sizeof(listener_t));
+  if (!l) THROW("out of memory");
   int id = -1;
   for (int i = 0; i < g_nlisteners; i++)
-    if (g_listeners[i] < 0) {
+    if (g_listeners[i] == NULL) {
       id = i;
       break;
     }
   if (id < 0) {
-    int *nl = realloc(g_listeners, sizeof(int) * (g_nlisteners + 1));
+    listener_t **nl = realloc(g_listeners, sizeof(listener_t *) * (g_nlisteners + 1));
     if (!nl) {
-      close(d);
+      free(l);
       THROW("out of memory");
     }
     g_listeners = nl;
+    g_listeners[g_nlisteners] = NULL;
     id = g_nlisteners++;
   }
-  g_listeners[id] = d;
+  l->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+  if (l->fd < 0) {
+    free(l);
+    THROW("listener: dup failed");
+  }
+  l->id = id;
+  g_listeners[id] = l;
   napi_value out;
   napi_create_int32(env, id, &out);
   return out;
+}
+
+/* listenerRead(id, maxFirstByte): read the listener here from now on (JS stops dgram's
+   reading right after); maxFirstByte 0x4f (RFC 8656 numbers) or 0x7f (RFC 5766). */
+static napi_value js_listener_read(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  int32_t id, maxb;
+  if (argc < 2 || !arg_i32(env, argv[0], &id) || id < 0 || id >= g_nlisteners || g_listeners[id] == NULL ||
+      !arg_i32(env, argv[1], &maxb) || maxb < 0x40 || maxb > 0x7f)
+    THROW("listenerRead: bad arguments");
+  if (g_env == NULL) THROW("listenerRead: init first");
+  listener_t *l = g_listeners[id];
+  l->maxb = maxb;
+  if (l->reading) return undef(env);
+  fcntl(l->fd, F_SETFL, fcntl(l->fd, F_GETFL) | O_NONBLOCK);
+  uv_loop_t *loop;
+  if (napi_get_uv_event_loop(env, &loop) != napi_ok || uv_poll_init(loop, &l->poll, l->fd) != 0) THROW("listenerRead: uv_poll_init failed");
+  l->poll.data = l;
+  l->reading = 1;
+  uv_poll_start(&l->poll, UV_READABLE, on_listener_readable);
+  return undef(env);
+}
+
+static void on_listener_closed(uv_handle_t *h) {
+  listener_t *l = (listener_t *)h->data;
+  close(l->fd);
+  free(l);
 }
 
 static napi_value js_listener_close(napi_env env, napi_callback_info info) {
@@ -426,12 +843,23 @@ static napi_value js_listener_close(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   int32_t id;
-  if (argc >= 1 && arg_i32(env, argv[0], &id) && id >= 0 && id < g_nlisteners && g_listeners[id] >= 0) {
-    /* relays still pointing at it stop forwarding (lid -1: to JS) */
+  if (argc >= 1 && arg_i32(env, argv[0], &id) && id >= 0 && id < g_nlisteners && g_listeners[id] != NULL) {
+    /* relays still pointing at it stop forwarding (lid -1: to JS) and leave the client table */
     for (int i = 0; i < g_nrelays; i++)
-      if (g_relays[i] && g_relays[i]->lid == id) g_relays[i]->lid = -1;
-    close(g_listeners[id]);
-    g_listeners[id] = -1;
+      if (g_relays[i] && g_relays[i]->lid == id) {
+        client_remove(g_relays[i]);
+        g_relays[i]->lid = -1;
+      }
+    listener_t *l = g_listeners[id];
+    g_listeners[id] = NULL;
+    l->closing = 1;
+    if (l->reading) {
+      uv_poll_stop(&l->poll);
+      uv_close((uv_handle_t *)&l->poll, on_listener_closed);
+    } else {
+      close(l->fd);
+      free(l);
+    }
   }
   return undef(env);
 }
@@ -453,7 +881,7 @@ static napi_value js_open(napi_env env, napi_callback_info info) {
       napi_get_value_string_utf8(env, argv[2], ipstr, sizeof ipstr, &iplen) != napi_ok)
     THROW("open: bad arguments");
   if (g_env == NULL) THROW("open: init first");
-  if (lid >= g_nlisteners || (lid >= 0 && g_listeners[lid] < 0)) THROW("open: unknown listener");
+  if (lid >= g_nlisteners || (lid >= 0 && g_listeners[lid] == NULL)) THROW("open: unknown listener");
   relay_t *r = calloc(1, sizeof(relay_t));
   if (!r) THROW("out of memory");
   r->lid = lid;
@@ -497,10 +925,21 @@ static napi_value js_open(napi_env env, napi_callback_info info) {
     THROW("open: dup failed");
   }
   fcntl(r->fd, F_SETFL, fcntl(r->fd, F_GETFL) | O_NONBLOCK);
+  struct sockaddr_storage self;
+  socklen_t sl = sizeof self;
+  r->fam = getsockname(r->fd, (struct sockaddr *)&self, &sl) == 0 ? self.ss_family : AF_UNSPEC;
+  if (!rebuild(r) || (lid >= 0 && !client_insert(r))) {
+    close(r->fd);
+    free(r->ptab), free(r->ktab), free(r->ntab), free(r->slotidx);
+    free(r);
+    THROW("out of memory");
+  }
   r->exp = deadline(rem);
   uv_loop_t *loop;
   if (napi_get_uv_event_loop(env, &loop) != napi_ok || uv_poll_init(loop, &r->poll, r->fd) != 0) {
+    client_remove(r);
     close(r->fd);
+    free(r->ptab), free(r->ktab), free(r->ntab), free(r->slotidx);
     free(r);
     THROW("open: uv_poll_init failed");
   }
@@ -518,6 +957,7 @@ static void on_closed(uv_handle_t *h) {
   close(r->fd);
   free(r->perms);
   free(r->chans);
+  free(r->ptab), free(r->ktab), free(r->ntab), free(r->slotidx);
   free(r);
 }
 
@@ -529,6 +969,7 @@ static napi_value js_close(napi_env env, napi_callback_info info) {
   relay_t *r = argc ? relay_arg(env, argv[0]) : NULL;
   if (r) {
     r->closing = 1;
+    client_remove(r);
     g_relays[r->id] = NULL;
     uv_poll_stop(&r->poll);
     uv_close((uv_handle_t *)&r->poll, on_closed);
@@ -560,11 +1001,12 @@ static napi_value js_perm(napi_env env, napi_callback_info info) {
   if (!r || !arg_i32(env, argv[1], &slot) || !ip_arg(env, argv[2], ip, &len) || napi_get_value_bool(env, argv[3], &el) != napi_ok ||
       !arg_f64(env, argv[4], &rem))
     THROW("perm: bad arguments");
-  perm_t *p = NULL;
-  for (int i = 0; i < r->nperm; i++)
-    if (r->perms[i].slot == slot) p = &r->perms[i];
+  if (slot < 0 || slot > (1 << 20)) THROW("perm: bad slot");
+  perm_t *p = perm_of_slot(r, slot);
+  int added = 0;
   if (p == NULL) {
     if (find_perm(r, ip, len)) THROW("perm: that address has another slot");
+    added = 1;
     if (r->nperm == r->capperm) {
       int cap = r->capperm ? r->capperm * 2 : 4;
       perm_t *np = realloc(r->perms, sizeof(perm_t) * cap);
@@ -576,10 +1018,16 @@ static napi_value js_perm(napi_env env, napi_callback_info info) {
     memset(p, 0, sizeof(*p));
     p->slot = slot;
   }
+  int moved = p->iplen != len || memcmp(p->ip, ip, len) != 0;
   memcpy(p->ip, ip, len);
   p->iplen = len;
   p->eligible = el ? 1 : 0;
   p->exp = deadline(rem);
+  if ((added || moved) && !rebuild(r)) {
+    /* no tables: the permission is not there for lookups; JS must not rely on it */
+    r->nperm -= added;
+    THROW("out of memory");
+  }
   return undef(env);
 }
 
@@ -601,6 +1049,14 @@ static napi_value js_unperm(napi_env env, napi_callback_info info) {
       r->chans[i] = r->chans[--r->nchan];
     else
       i++;
+  if (!rebuild(r)) {
+    /* the old tables point into moved arrays: forget them all (everything to JS) */
+    r->nperm = r->nchan = 0;
+    free(r->ptab), free(r->ktab), free(r->ntab), free(r->slotidx);
+    r->ptab = r->ktab = r->ntab = r->slotidx = NULL;
+    r->pcap = r->ccap = r->nslotidx = 0;
+    THROW("out of memory");
+  }
   return undef(env);
 }
 
@@ -616,11 +1072,13 @@ static napi_value js_chan(napi_env env, napi_callback_info info) {
       port < 0 || port > 65535 || number < 0 || number > 0xffff)
     THROW("chan: bad arguments");
   chan_t *c = find_chan(r, slot, (uint16_t)port);
+  int changed = 0;
   if (number == 0) {
-    if (c) *c = r->chans[--r->nchan];
-    return undef(env);
-  }
-  if (c == NULL) {
+    if (c == NULL) return undef(env);
+    *c = r->chans[--r->nchan];
+    changed = 1;
+  } else if (c == NULL) {
+    changed = 1;
     if (r->nchan == r->capchan) {
       int cap = r->capchan ? r->capchan * 2 : 4;
       chan_t *nc = realloc(r->chans, sizeof(chan_t) * cap);
@@ -631,9 +1089,20 @@ static napi_value js_chan(napi_env env, napi_callback_info info) {
     c = &r->chans[r->nchan++];
     c->slot = slot;
     c->port = (uint16_t)port;
+    c->number = 0;
   }
-  c->number = (uint16_t)number;
-  c->exp = deadline(rem);
+  if (number != 0) {
+    if (c->number != (uint16_t)number) changed = 1;
+    c->number = (uint16_t)number;
+    c->exp = deadline(rem);
+  }
+  if (changed && !rebuild(r)) {
+    r->nperm = r->nchan = 0;
+    free(r->ptab), free(r->ktab), free(r->ntab), free(r->slotidx);
+    r->ptab = r->ktab = r->ntab = r->slotidx = NULL;
+    r->pcap = r->ccap = r->nslotidx = 0;
+    THROW("out of memory");
+  }
   return undef(env);
 }
 
@@ -643,7 +1112,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"listenerClose", 0, js_listener_close, 0, 0, 0, napi_default, 0}, {"open", 0, js_open, 0, 0, 0, napi_default, 0},
       {"close", 0, js_close, 0, 0, 0, napi_default, 0},       {"expiry", 0, js_expiry, 0, 0, 0, napi_default, 0},
       {"perm", 0, js_perm, 0, 0, 0, napi_default, 0},         {"unperm", 0, js_unperm, 0, 0, 0, napi_default, 0},
-      {"chan", 0, js_chan, 0, 0, 0, napi_default, 0},
+      {"chan", 0, js_chan, 0, 0, 0, napi_default, 0},         {"listenerRead", 0, js_listener_read, 0, 0, 0, napi_default, 0},
   };
   napi_define_properties(env, exports, sizeof d / sizeof d[0], d);
   napi_value v;

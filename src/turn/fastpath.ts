@@ -5,7 +5,15 @@
  * recvmmsg into one preallocated ring; the peer -> client datagrams of eligible flows go
  * out in C (sendmmsg) as ChannelData (RFC 8656 §12.5) or Data indications (§11.3), and
  * the others come back here once per batch (src/turn/datapath.ts fromPermission, which
- * calls the flow hooks as the pure-JS path does). Client -> peer stays in JavaScript.
+ * calls the flow hooks as the pure-JS path does).
+ *
+ * Client -> peer: when every flow of the server is eligible, its UDP listener sockets are
+ * read in C too (takeListener): ChannelData (RFC 8656 §12.4) from a client whose
+ * allocation is mirrored, on a bound channel whose binding, permission and allocation all
+ * run, goes out of the relay socket in C; everything else read there (STUN requests, Send
+ * indications, unknown clients) comes back here once per batch and goes to the listener's
+ * own handler (UdpListener.onMessage, what dgram's 'message' calls), with the same rinfo
+ * fields the server reads. A server with a per-packet hook keeps dgram on its listeners.
  *
  * This module owns nothing of the TURN state: it mirrors into C what AllocationTable
  * tells it (TableObserver) — the allocation's and each permission's and channel's expiry
@@ -16,7 +24,7 @@
  * server has no flowHooks.onPacket": the gateway (which inspects, counts quotas and
  * guards every datagram) always has one, so none of its flows is forwarded in C.
  */
-import type { Socket } from 'node:dgram';
+import type { RemoteInfo, Socket } from 'node:dgram';
 import { createRequire } from 'node:module';
 import type { Clock } from '../util/clock.js';
 import type { Logger } from '../util/log.js';
@@ -26,8 +34,10 @@ import type { RelayCounters } from './datapath.js';
 import type { Allocation, Channel, Permission, UdpListener } from './state.js';
 
 export interface FastPathAddon {
-  init(ring: Buffer, meta: Int32Array, onBatch: () => void): { batch: number; slot: number; rec: number };
+  init(ring: Buffer, meta: Int32Array, onBatch: () => void): { batch: number; slot: number; rec: number; lrec: number; counters: number };
   listener(fd: number): number;
+  /** Reads the listener in C from now on; maxFirstByte: 0x4f, or 0x7f with RFC 5766 channel numbers. */
+  listenerRead(id: number, maxFirstByte: number): void;
   listenerClose(id: number): void;
   open(relayFd: number, listener: number, clientIp: string, clientPort: number, remainingMs: number): number;
   close(id: number): void;
@@ -51,7 +61,8 @@ export function loadFastPath(): FastPathAddon | null {
   for (const rel of ['../../native/build/', '../../../native/build/']) {
     try {
       const m = req(rel + ADDON) as Partial<FastPathAddon>;
-      if (typeof m?.open === 'function' && typeof m.metaLength === 'number') return (cached = m as FastPathAddon);
+      if (typeof m?.open === 'function' && typeof m.listenerRead === 'function' && typeof m.metaLength === 'number')
+        return (cached = m as FastPathAddon);
     } catch {
       // missing or unloadable: the pure-JS path
     }
@@ -96,10 +107,15 @@ export type SlowPacket = (a: Allocation, perm: Permission, payload: Buffer, peer
 interface Hub {
   ring: Buffer;
   meta: Int32Array;
+  /** The meta array's bytes: a listener record carries the client's address as text. */
+  metaBytes: Buffer;
   rec: number;
+  lrec: number;
   nIndex: number;
   /** Relay id (C) -> the FastPath that opened it. */
   owners: (FastPath | undefined)[];
+  /** Listener id (C) -> the FastPath that had C read it. */
+  listenerOwners: (FastPath | undefined)[];
 }
 
 const hubs = new WeakMap<FastPathAddon, Hub>();
@@ -110,12 +126,18 @@ function hubOf(addon: FastPathAddon): Hub {
   const ring = Buffer.alloc(addon.ringLength);
   const meta = new Int32Array(addon.metaLength);
   const owners: (FastPath | undefined)[] = [];
+  const listenerOwners: (FastPath | undefined)[] = [];
   let nIndex = 0;
-  // Called from C once per batch; each owner's handler runs inside its server's supervisor.
-  const info = addon.init(ring, meta, () => owners[meta[nIndex + 5]!]?.batch());
-  nIndex = info.batch * info.rec;
-  if (addon.metaLength < nIndex + 6) throw new Error('native/fastpath is out of date (no relay id per batch): npm run build:native');
-  const hub: Hub = { ring, meta, rec: info.rec, nIndex, owners };
+  // Called from C once per batch, read from one relay (kind 0) or one listener (kind 1);
+  // each owner's handler runs inside its server's supervisor.
+  const info = addon.init(ring, meta, () =>
+    meta[nIndex + 6] === 1 ? listenerOwners[meta[nIndex + 5]!]?.listenerBatch() : owners[meta[nIndex + 5]!]?.batch(),
+  );
+  nIndex = info.counters;
+  if (typeof nIndex !== 'number' || addon.metaLength < nIndex + 8)
+    throw new Error('native/fastpath is out of date (no listener batches): npm run build:native');
+  const metaBytes = Buffer.from(meta.buffer, meta.byteOffset, meta.byteLength);
+  const hub: Hub = { ring, meta, metaBytes, rec: info.rec, lrec: info.lrec, nIndex, owners, listenerOwners };
   hubs.set(addon, hub);
   return hub;
 }
@@ -125,10 +147,19 @@ export class FastPath implements TableObserver {
   private readonly byId: (Mirror | undefined)[] = [];
   private readonly mirrors = new WeakMap<Allocation, Mirror>();
   private readonly listeners = new Map<UdpListener, number>();
-  /** Datagrams C dropped for an expiry JS had not swept yet, and client sends lost to a full buffer. */
-  readonly counters = { expired: 0, sendDropped: 0, batches: 0 };
+  /** Listener id (C) -> the listener C reads for this server (takeListener). */
+  private readonly readListeners: (UdpListener | undefined)[] = [];
+  /**
+   * Datagrams C dropped for an expiry JS had not swept yet, sends lost to a full buffer
+   * (to clients and to peers), malformed ChannelData from clients dropped in C, relay
+   * batches and listener batches, and the client -> peer datagrams forwarded in C (also
+   * in the server's stats.packets.clientToPeer, with the JS ones).
+   */
+  readonly counters = { expired: 0, sendDropped: 0, malformed: 0, batches: 0, listenerBatches: 0, clientToPeer: 0 };
   /** This server's handler of a batch read from one of its relays (hubOf). */
   readonly batch: () => void;
+  /** This server's handler of a batch read from one of its UDP listeners (hubOf). */
+  readonly listenerBatch: () => void;
 
   constructor(
     private readonly addon: FastPathAddon,
@@ -142,6 +173,64 @@ export class FastPath implements TableObserver {
   ) {
     this.hub = hubOf(addon);
     this.batch = sup.guard('turn.fastpath.batch', () => this.onBatch());
+    this.listenerBatch = sup.guard('turn.fastpath.listener', () => this.onListenerBatch());
+  }
+
+  /**
+   * One batch read in C from a client-facing listener: the client -> peer counters, then
+   * every datagram C did not forward, to the listener's own handler in order (each
+   * supervised there, as from dgram).
+   */
+  private onListenerBatch(): void {
+    const { meta: m, metaBytes, nIndex: n, lrec, ring } = this.hub;
+    const l = this.readListeners[m[n + 5]!];
+    this.counters.listenerBatches++;
+    this.stats.packets.clientToPeer += m[n + 1]!;
+    this.stats.bytes.clientToPeer += m[n + 2]!;
+    this.counters.clientToPeer += m[n + 1]!;
+    this.counters.sendDropped += m[n + 3]!;
+    this.counters.expired += m[n + 4]!;
+    this.counters.malformed += m[n + 7]!;
+    if (l === undefined) return;
+    const k = m[n]!;
+    const family = l.v6 ? 'IPv6' : 'IPv4';
+    for (let i = 0; i < k; i++) {
+      const r = i * lrec;
+      const off = m[r]!;
+      const len = m[r + 1]!;
+      // The same fields dgram's rinfo has; the address as the kernel reported it (inet_ntop).
+      const at = (r + 4) * 4;
+      const rinfo: RemoteInfo = { address: metaBytes.toString('latin1', at, at + m[r + 3]!), family, port: m[r + 2]!, size: len };
+      // A copy: the ring is overwritten by the next batch, and handlers keep slices of it
+      // (the response cache, a queued send).
+      const msg = Buffer.allocUnsafe(len);
+      ring.copy(msg, 0, off, off + len);
+      l.onMessage(msg, rinfo);
+    }
+  }
+
+  /**
+   * Has C read a UDP listener from now on (client -> peer ChannelData in C); only for a
+   * server whose flows are all eligible (a per-packet hook must see every datagram, so
+   * there dgram keeps the listener). False: left to dgram.
+   */
+  takeListener(l: UdpListener, maxFirstByte: number): boolean {
+    if (!this.eligible) return false;
+    const h = handleOf(l.socket);
+    if (h === null) return false;
+    try {
+      const id = this.listenerId(l);
+      if (id < 0) return false;
+      this.addon.listenerRead(id, maxFirstByte);
+      this.readListeners[id] = l;
+      this.hub.listenerOwners[id] = this;
+    } catch (err) {
+      this.log.warn({ err: (err as Error).message, port: l.port }, 'fast path: listener left to dgram');
+      return false;
+    }
+    // From here C reads the socket; dgram stops (its 'message' never fires again).
+    h.recvStop();
+    return true;
   }
 
   /** One batch read in C: counters, then the datagrams that JavaScript must see. */
@@ -264,7 +353,11 @@ export class FastPath implements TableObserver {
 
   /** Server stop: the listener descriptors this module duplicated. */
   close(): void {
-    for (const id of this.listeners.values()) this.addon.listenerClose(id);
+    for (const id of this.listeners.values()) {
+      this.addon.listenerClose(id);
+      if (this.hub.listenerOwners[id] === this) this.hub.listenerOwners[id] = undefined;
+      this.readListeners[id] = undefined;
+    }
     this.listeners.clear();
   }
 }

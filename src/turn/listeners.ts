@@ -38,13 +38,11 @@ export async function listenUdp(
   });
   enlargeBuffers(socket);
   const a = socket.address();
-  const l: UdpListener = { proto: 'udp', index, socket, address: a.address, port: a.port, v6, clients: new Map() };
-  socket.on('error', (err) => log.warn({ err: err.message }, 'udp listener error'));
   // An exception in a datagram handler is counted and that datagram is dropped.
-  socket.on(
-    'message',
-    sup.guard('turn.udp.message', (msg: Buffer, rinfo: RemoteInfo) => onDatagram(l, msg, rinfo)),
-  );
+  const onMessage = sup.guard('turn.udp.message', (msg: Buffer, rinfo: RemoteInfo) => onDatagram(l, msg, rinfo));
+  const l: UdpListener = { proto: 'udp', index, socket, address: a.address, port: a.port, v6, clients: new Map(), onMessage };
+  socket.on('error', (err) => log.warn({ err: err.message }, 'udp listener error'));
+  socket.on('message', onMessage);
   return l;
 }
 

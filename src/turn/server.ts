@@ -163,7 +163,8 @@ export class TurnServer {
       this.supervisor.caught(where, err, flow ? () => this.table.closeFlow(flow, 'hook_error') : undefined);
     this.table = new AllocationTable(this.stats, clock, this.log, events, hooks, pool, hookFailed);
     this.data = new DataPath(this.stats, this.table, clock, hooks, hookFailed);
-    // Peer -> client of flows no hook must see, relayed in C (src/turn/fastpath.ts).
+    // Flows no hook must see relayed in C, peer -> client and (the UDP listeners read in C,
+    // start()) client -> peer ChannelData (src/turn/fastpath.ts).
     this.fast = createFastPath(t.fast_path, {
       clock,
       log: this.log,
@@ -175,7 +176,16 @@ export class TurnServer {
     this.table.observer = this.fast;
     this.res = new Responder(software, clock, () => count(this.stats.refused, 'stream_backlog'));
     this.revoked = new RevokedSubjects(clock, cfg.core.turn_ttl);
-    const auth = new Authenticator(cfg, opts.users, clock, this.stats, this.res, this.unauthorizedRate, this.revoked, () => this.issuedLookup);
+    const auth = new Authenticator(
+      cfg,
+      opts.users,
+      clock,
+      this.stats,
+      this.res,
+      this.unauthorizedRate,
+      this.revoked,
+      () => this.issuedLookup,
+    );
     this.ctx = {
       cfg,
       clock,
@@ -219,9 +229,10 @@ export class TurnServer {
       for (const url of this.cfg.turn.listen) {
         const { proto, host, port } = parseListen(url);
         if (proto === 'udp') {
-          this.udpListeners.push(
-            await listenUdp(host, port, this.udpListeners.length, this.supervisor, this.log, (l, m, r) => this.onUdp(l, m, r)),
-          );
+          const l = await listenUdp(host, port, this.udpListeners.length, this.supervisor, this.log, (l, m, r) => this.onUdp(l, m, r));
+          this.udpListeners.push(l);
+          // Client -> peer ChannelData of hook-free flows in C; the rest still reaches onUdp.
+          this.fast?.takeListener(l, this.maxChannelByte);
         } else {
           this.streamListeners.push(
             await listenStream(proto, host, port, this.streamListeners.length, this.cfg.turn.tls, this.log, onStream, (raw) =>
@@ -266,7 +277,7 @@ export class TurnServer {
   }
 
   /** The native fast path's counters, or null when it is not in use (turn.fast_path). */
-  fastPath(): { batches: number; expired: number; sendDropped: number } | null {
+  fastPath(): FastPath['counters'] | null {
     return this.fast ? { ...this.fast.counters } : null;
   }
 

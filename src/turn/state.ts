@@ -3,7 +3,7 @@
  * 5-tuple, authentication information, time-to-expiry, permissions and channels).
  * Types and constants only; the table that owns them is allocations.ts.
  */
-import type { Socket } from 'node:dgram';
+import type { RemoteInfo, Socket } from 'node:dgram';
 import type { Server as NetServer, Socket as NetSocket } from 'node:net';
 import { isIPv6 } from 'node:net';
 import type { Flow } from './flow.js';
@@ -49,6 +49,11 @@ export interface UdpListener {
    * client port -> allocation.
    */
   clients: Map<string, Map<number, Allocation>>;
+  /**
+   * The handler of one datagram (supervised), as dgram's 'message' event calls it; the
+   * native fast path calls it too for what it reads from this socket and hands to JS.
+   */
+  onMessage: (msg: Buffer, rinfo: RemoteInfo) => void;
 }
 
 export interface StreamListener {

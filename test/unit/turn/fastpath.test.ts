@@ -6,13 +6,24 @@
  * packet even when no JS timer runs. The addon is built by `npm run build:native` (CI
  * builds it): without it these tests fail in CI and skip elsewhere.
  */
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { createSocket } from 'node:dgram';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { defaultConfig } from '../../../src/config/config.js';
 import { TurnServer } from '../../../src/turn/server.js';
 import { requirePeer } from '../../e2e/helpers/require-peer.js';
-import { Attr, Class, Method, decodeStun, getAttr, getXorAddress, type StunWriter as W } from '../../../src/wire/stun.js';
+import { randomBytes } from 'node:crypto';
+import {
+  Attr,
+  Class,
+  Method,
+  StunWriter,
+  decodeStun,
+  getAttr,
+  getXorAddress,
+  messageType,
+  type StunWriter as W,
+} from '../../../src/wire/stun.js';
 import { buildChannelData, parseChannelData } from '../../../src/wire/channeldata.js';
 import { FastPath, loadFastPath } from '../../../src/turn/fastpath.js';
 import { bindUdp } from '../../../src/turn/relay.js';
@@ -43,7 +54,9 @@ async function allocated(port: number): Promise<{ c: Client; relayPort: number }
 }
 
 const bindReq = (c: Client, n: number, ip: string, port: number) =>
-  c.authed(Method.ChannelBind, (w) => w.attr(Attr.ChannelNumber, Buffer.from([n >> 8, n & 255, 0, 0])).xorAddress(Attr.XorPeerAddress, ip, port));
+  c.authed(Method.ChannelBind, (w) =>
+    w.attr(Attr.ChannelNumber, Buffer.from([n >> 8, n & 255, 0, 0])).xorAddress(Attr.XorPeerAddress, ip, port),
+  );
 
 t.test('peer -> client in C: ChannelData, Data indications, permissions by IP', { skip }, async (t) => {
   const h = await startServer((c) => void (c.turn.fast_path = 'auto'));
@@ -72,7 +85,11 @@ t.test('peer -> client in C: ChannelData, Data indications, permissions by IP', 
   const di2 = decodeStun(await (p2.sock.send(Buffer.from('again'), relayPort, '127.0.0.1'), c.next(isDataInd)))!;
   t.not(di2.transactionId.toString('hex'), di.transactionId.toString('hex'), 'a new transaction ID per indication (RFC 8489 §6)');
   await sleep(50);
-  t.equal(c.inbox.filter((b) => isDataInd(b) && getAttr(decodeStun(b)!, Attr.Data)?.toString() === 'no permission').length, 0, 'no permission: dropped');
+  t.equal(
+    c.inbox.filter((b) => isDataInd(b) && getAttr(decodeStun(b)!, Attr.Data)?.toString() === 'no permission').length,
+    0,
+    'no permission: dropped',
+  );
   t.equal(h.server.stats.packets.peerToClient, 3);
   t.equal(h.server.stats.bytes.peerToClient, 11 + 5 + 5);
   t.ok(h.server.fastPath()!.batches >= 3, 'read in C');
@@ -151,7 +168,11 @@ t.test('two servers in one process: each batch goes to the server whose relay re
   t.equal(parseChannelData(await cb.c.next(isCd))!.data.toString(), 'to b!', "the second server's flow relays in C");
   await sleep(50);
   t.same([a.server.stats.packets.peerToClient, a.server.stats.bytes.peerToClient], [1, 4], 'counters of the first server: its packet only');
-  t.same([b.server.stats.packets.peerToClient, b.server.stats.bytes.peerToClient], [1, 5], 'counters of the second server: its packet only');
+  t.same(
+    [b.server.stats.packets.peerToClient, b.server.stats.bytes.peerToClient],
+    [1, 5],
+    'counters of the second server: its packet only',
+  );
 });
 
 t.test('expiry is checked in C on every packet, with no JS timer running', { skip }, async (t) => {
@@ -178,8 +199,22 @@ t.test('expiry is checked in C on every packet, with no JS timer running', { ski
     expiresAt: now + 60_000,
     deleted: false,
   } as unknown as Allocation;
-  const perm = { ip: '127.0.0.1', ipBytes: Buffer.from([127, 0, 0, 1]), expiresAt: now + 300, flow: {}, channelsByPort: new Map() } as unknown as Permission;
-  const ch = { number: 0x4005, peerIp: '127.0.0.1', peerPort: peer.port, perm, expiresAt: now + 60_000, active: true, reuseAfter: 0 } as Channel;
+  const perm = {
+    ip: '127.0.0.1',
+    ipBytes: Buffer.from([127, 0, 0, 1]),
+    expiresAt: now + 300,
+    flow: {},
+    channelsByPort: new Map(),
+  } as unknown as Permission;
+  const ch = {
+    number: 0x4005,
+    peerIp: '127.0.0.1',
+    peerPort: peer.port,
+    perm,
+    expiresAt: now + 60_000,
+    active: true,
+    reuseAfter: 0,
+  } as Channel;
   perm.channelsByPort.set(peer.port, ch);
   fp.added(a);
   fp.permission(a, perm);
@@ -189,7 +224,11 @@ t.test('expiry is checked in C on every packet, with no JS timer running', { ski
   };
   peer.sock.send(Buffer.from('in time'), relayPort, '127.0.0.1');
   await waitFor(1);
-  t.same(got.map((b) => [b.readUInt16BE(0), b.subarray(4).toString()]), [[0x4005, 'in time']], 'ChannelData while the permission lives');
+  t.same(
+    got.map((b) => [b.readUInt16BE(0), b.subarray(4).toString()]),
+    [[0x4005, 'in time']],
+    'ChannelData while the permission lives',
+  );
   await sleep(400); // past the permission's 300 ms; the clock above did not move, no sweep ran
   peer.sock.send(Buffer.from('too late'), relayPort, '127.0.0.1');
   await sleep(150);
@@ -254,8 +293,20 @@ t.test('a socket error (ICMP port unreachable) does not stop the relay socket be
   const unreachable = shut.address().port;
   await new Promise<void>((r) => shut.close(() => r()));
   t.teardown(() => (fp.close(), listener.socket.close(), relay.close(), client.close(), peer.close()));
-  const a = { id: 'e', ep: { udp: listener, sendAddress: '127.0.0.1', remotePort: client.address().port }, socket: relay, expiresAt: now + 60_000, deleted: false } as unknown as Allocation;
-  const perm = { ip: '127.0.0.1', ipBytes: Buffer.from([127, 0, 0, 1]), expiresAt: now + 60_000, flow: {}, channelsByPort: new Map() } as unknown as Permission;
+  const a = {
+    id: 'e',
+    ep: { udp: listener, sendAddress: '127.0.0.1', remotePort: client.address().port },
+    socket: relay,
+    expiresAt: now + 60_000,
+    deleted: false,
+  } as unknown as Allocation;
+  const perm = {
+    ip: '127.0.0.1',
+    ipBytes: Buffer.from([127, 0, 0, 1]),
+    expiresAt: now + 60_000,
+    flow: {},
+    channelsByPort: new Map(),
+  } as unknown as Permission;
   const relayPort = relay.address().port;
   fp.added(a);
   fp.permission(a, perm);
@@ -309,7 +360,24 @@ t.test('a real client: coturn turnutils_uclient through the fast path (channels,
       const timer = setTimeout(() => c.kill('SIGKILL'), 90_000);
       c.on('close', () => (clearTimeout(timer), resolve(out)));
     });
-  const base = ['-u', 'alice', '-w', 'wonderland', '-e', '127.0.0.1', '-r', String(peerPort), '-n', '200', '-l', '170', '-z', '1', '-p', String(port)];
+  const base = [
+    '-u',
+    'alice',
+    '-w',
+    'wonderland',
+    '-e',
+    '127.0.0.1',
+    '-r',
+    String(peerPort),
+    '-n',
+    '200',
+    '-l',
+    '170',
+    '-z',
+    '1',
+    '-p',
+    String(port),
+  ];
   for (const [name, extra] of [
     ['channels', ['-m', '5']],
     ['Send/Data indications (-s)', ['-s']],
@@ -328,5 +396,240 @@ t.test('a real client: coturn turnutils_uclient through the fast path (channels,
     t.equal(lost[1], '0', `${name}: 0 lost`);
   }
   t.ok(server.fastPath()!.batches > 0, 'the peer -> client direction went through C');
+  t.ok(server.fastPath()!.listenerBatches > 0, 'the listener was read in C');
+  t.ok(server.fastPath()!.clientToPeer > 0, 'client -> peer ChannelData went out in C (RFC 5766 channel numbers)');
   t.ok(server.stats.packets.peerToClient > 0);
+});
+
+// ---------------------------------------------------------------------------------------
+// Client -> peer in C (the UDP listener read by the addon, issue 13 step 1).
+
+/** A Send indication (RFC 8656 §11.2): XOR-PEER-ADDRESS and DATA, no integrity. */
+function sendIndication(ip: string, port: number, data: Buffer): Buffer {
+  const w = new StunWriter();
+  w.reset(messageType(Method.Send, Class.Indication), randomBytes(12));
+  w.xorAddress(Attr.XorPeerAddress, ip, port);
+  w.attr(Attr.Data, data);
+  return w.copy();
+}
+
+/** A ChannelData message whose Length (RFC 8656 §12.4) says `claimed` over `data`. */
+const rawCd = (n: number, claimed: number, data: Buffer): Buffer =>
+  Buffer.concat([Buffer.from([n >> 8, n & 255, claimed >> 8, claimed & 255]), data]);
+
+interface Outcome {
+  atP1: string[];
+  atP2: string[];
+  atClient: string[];
+  events: string[];
+  stats: { c2p: number[]; p2c: number[] };
+  hook: string[];
+  fast: ReturnType<TurnServer['fastPath']>;
+}
+
+/**
+ * One scenario, run with fast_path off and auto: every kind of datagram a client sends on
+ * the listener, and what came out (at the peers, at the client, events, counters).
+ */
+async function clientScenario(t: Test, mode: 'off' | 'auto', hooked: boolean): Promise<Outcome> {
+  const hook: string[] = [];
+  const h = await startServer(
+    (c) => void (c.turn.fast_path = mode),
+    hooked ? { flowHooks: { onPacket: (_f, dir, data) => (hook.push(`${dir}:${data.toString()}`), true) } } : {},
+  );
+  const { c, relayPort } = await allocated(h.udpPort);
+  const p1 = await peerSocket();
+  const p2 = await peerSocket();
+  const out: Outcome = { atP1: [], atP2: [], atClient: [], events: [], stats: { c2p: [], p2c: [] }, hook, fast: null };
+  p1.sock.on('message', (m) => void out.atP1.push(m.toString()));
+  p2.sock.on('message', (m) => void out.atP2.push(m.toString()));
+  try {
+    // STUN is still answered on the listener C reads (RFC 8489 §6.3: Binding).
+    t.equal((await c.request(Method.Binding)).cls, Class.Success, `${mode}: Binding answered`);
+    t.equal((await bindReq(c, 0x4001, '127.0.0.1', p1.port)).cls, Class.Success);
+    // RFC 8656 §12.4/§12.5: over UDP the padding may be absent or present.
+    c.sendRaw(rawCd(0x4001, 9, Buffer.from('unpadded!')));
+    c.sendRaw(rawCd(0x4001, 5, Buffer.from('abcde\0\0\0')));
+    c.sendRaw(rawCd(0x4001, 50, Buffer.from('too short!'))); // §12.6: shorter than its Length
+    c.sendRaw(rawCd(0x4002, 4, Buffer.from('none'))); // §12.6: unbound channel
+    c.sendRaw(sendIndication('127.0.0.1', p2.port, Buffer.from('via send'))); // §11.2
+    c.sendRaw(rawCd(0x4001, 5, Buffer.from('after')));
+    for (let i = 0; i < 200 && (out.atP1.length < 3 || out.atP2.length < 1); i++) await sleep(10);
+    await sleep(100); // anything more would have come by now
+    p1.sock.send(Buffer.from('back'), relayPort, '127.0.0.1');
+    out.atClient.push(parseChannelData(await c.next(isCd))!.data.toString());
+    // The permission expires on the JS clock (sweep, RFC 8656 §9): nothing goes out.
+    h.clock.advance(301_000);
+    c.sendRaw(rawCd(0x4001, 4, Buffer.from('late')));
+    c.sendRaw(sendIndication('127.0.0.1', p2.port, Buffer.from('late send')));
+    await sleep(150);
+    out.events = h.events.events.map((e) => {
+      const x = e as unknown as { event_type: string; allocation?: { action: string }; permission?: { action: string; channel?: number } };
+      return `${x.event_type}:${x.allocation?.action ?? x.permission?.action}:${x.permission?.channel ?? ''}`;
+    });
+    const s = h.server.stats;
+    out.stats = { c2p: [s.packets.clientToPeer, s.bytes.clientToPeer], p2c: [s.packets.peerToClient, s.bytes.peerToClient] };
+    out.fast = h.server.fastPath();
+  } finally {
+    c.close();
+    p1.close();
+    p2.close();
+    await h.close();
+  }
+  return out;
+}
+
+t.test('client -> peer: the same delivered bytes and events with fast_path off and auto', async (t) => {
+  const off = await clientScenario(t, 'off', false);
+  t.same(off.atP1, ['unpadded!', 'abcde', 'after'], 'off: ChannelData with and without padding; the malformed and unbound ones dropped');
+  t.same(off.atP2, ['via send'], 'off: the Send indication');
+  t.same(off.atClient, ['back']);
+  t.same(off.stats, { c2p: [4, 9 + 5 + 8 + 5], p2c: [1, 4] });
+  t.equal(off.fast, null, 'off: no fast path');
+  if (!addon) {
+    if (process.env.CI) t.fail('the fast path addon is not built (npm run build:native) in CI');
+    return;
+  }
+  const auto = await clientScenario(t, 'auto', false);
+  t.same(
+    [auto.atP1, auto.atP2, auto.atClient, auto.events, auto.stats],
+    [off.atP1, off.atP2, off.atClient, off.events, off.stats],
+    'auto: the same datagrams at the peers and the client, the same events and counters',
+  );
+  t.ok(off.events.includes('permission:expired:'), 'the events include the permission expiry');
+  t.ok(auto.fast!.listenerBatches > 0, 'auto: the listener was read in C');
+  // The first two always go out in C. 'after' follows the unbound channel and the Send
+  // indication that went to JS: in the same batch it goes to JS too (the client's order
+  // is kept), in a later one in C.
+  t.ok(auto.fast!.clientToPeer >= 2 && auto.fast!.clientToPeer <= 3, `auto: ChannelData went out in C (${auto.fast!.clientToPeer} of 3)`);
+  t.equal(auto.fast!.malformed, 1, 'auto: the short one was dropped in C');
+});
+
+t.test('a server with a per-packet hook: its listener stays with dgram, the hook sees every datagram', { skip }, async (t) => {
+  const off = await clientScenario(t, 'off', true);
+  const auto = await clientScenario(t, 'auto', true);
+  t.same(auto.hook, ['c2p:unpadded!', 'c2p:abcde', 'c2p:via send', 'c2p:after', 'p2c:back'], 'every datagram through the hook');
+  t.same([auto.atP1, auto.atP2, auto.events, auto.stats], [off.atP1, off.atP2, off.events, off.stats], 'as with fast_path off');
+  t.same(auto.hook, off.hook);
+  t.equal(auto.fast!.listenerBatches, 0, 'the listener was not read in C');
+  t.equal(auto.fast!.clientToPeer, 0);
+});
+
+t.test('client -> peer expiry is checked in C on every datagram, with no JS timer running', { skip }, async (t) => {
+  // A clock that never fires its timers: the JS sweep never runs (a "late timer").
+  let now = 1_000_000;
+  const clock = { now: () => now, setTimeout: () => ({ cancel() {} }), setInterval: () => ({ cancel() {} }) };
+  const sup = new Supervisor(silentLogger, 10, () => now);
+  const stats = { packets: { clientToPeer: 0, peerToClient: 0 }, bytes: { clientToPeer: 0, peerToClient: 0 } };
+  const fp = new FastPath(addon!, clock, silentLogger, sup, stats, true, () => {});
+  const toJs: { msg: string; address: string; port: number; family: string }[] = [];
+  const listener = await listenUdp('127.0.0.1', 0, 0, sup, silentLogger, (_l, m, r) => {
+    toJs.push({ msg: m.toString('latin1'), address: r.address, port: r.port, family: r.family });
+  });
+  t.ok(fp.takeListener(listener, 0x4f), 'C reads the listener');
+  const relay = await bindUdp('udp4', '127.0.0.1', 0);
+  const client = createSocket('udp4');
+  await new Promise<void>((r) => client.bind(0, '127.0.0.1', () => r()));
+  const other = createSocket('udp4');
+  await new Promise<void>((r) => other.bind(0, '127.0.0.1', () => r()));
+  const peer = await peerSocket();
+  const atPeer: string[] = [];
+  peer.sock.on('message', (m) => void atPeer.push(m.toString()));
+  t.teardown(() => (fp.close(), listener.socket.close(), relay.close(), client.close(), other.close(), peer.close()));
+  const a = {
+    id: 'c',
+    ep: { udp: listener, sendAddress: '127.0.0.1', remotePort: client.address().port },
+    socket: relay,
+    expiresAt: now + 60_000,
+    deleted: false,
+  } as unknown as Allocation;
+  const perm = {
+    ip: '127.0.0.1',
+    ipBytes: Buffer.from([127, 0, 0, 1]),
+    expiresAt: now + 300,
+    flow: {},
+    channelsByPort: new Map(),
+  } as unknown as Permission;
+  const ch = {
+    number: 0x4005,
+    peerIp: '127.0.0.1',
+    peerPort: peer.port,
+    perm,
+    expiresAt: now + 60_000,
+    active: true,
+    reuseAfter: 0,
+  } as Channel;
+  perm.channelsByPort.set(peer.port, ch);
+  fp.added(a);
+  fp.permission(a, perm);
+  const lport = listener.port;
+  const send = (s: typeof client, b: Buffer): void => void s.send(b, lport, '127.0.0.1');
+  const settle = async (cond: () => boolean): Promise<void> => {
+    for (let i = 0; i < 100 && !cond(); i++) await sleep(10);
+    await sleep(50);
+  };
+
+  send(client, buildChannelData(0x4005, Buffer.from('in time')));
+  await settle(() => atPeer.length >= 1);
+  t.same(atPeer, ['in time'], 'ChannelData to the peer while channel, permission and allocation live');
+  t.equal(fp.counters.clientToPeer, 1);
+  t.same(stats.packets.clientToPeer, 1, 'counted in the stats as peer -> client are');
+  t.equal(stats.bytes.clientToPeer, 7);
+
+  // Malformed (§12.6: shorter than its Length): dropped in C, JS does not see it either.
+  send(client, rawCd(0x4005, 40, Buffer.from('short')));
+  // Not ChannelData for C: STUN-range and unknown clients go to the listener's handler.
+  send(client, Buffer.from([0, 1, 0, 0, 0x21, 0x12, 0xa4, 0x42, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]));
+  send(other, buildChannelData(0x4005, Buffer.from('stranger')));
+  await settle(() => toJs.length >= 2);
+  t.equal(fp.counters.malformed, 1, 'the short ChannelData dropped in C');
+  t.same(
+    toJs.map((x) => [x.msg.length, x.address, x.port, x.family]),
+    [
+      [20, '127.0.0.1', client.address().port, 'IPv4'],
+      [12, '127.0.0.1', other.address().port, 'IPv4'],
+    ],
+    'STUN and an unknown client handed to JS with the rinfo dgram would give',
+  );
+  t.equal(toJs[1]!.msg.slice(4), 'stranger');
+  t.same(atPeer, ['in time']);
+
+  await sleep(400); // past the permission's 300 ms; the clock above did not move, no sweep ran
+  send(client, buildChannelData(0x4005, Buffer.from('perm expired')));
+  await settle(() => fp.counters.expired >= 1);
+  t.same(atPeer, ['in time'], 'dropped in C after the permission expired (RFC 8656 §9)');
+  t.equal(fp.counters.expired, 1);
+
+  // Refreshed permission; then the channel binding's own time runs out (§12).
+  now += 400;
+  perm.expiresAt = now + 60_000;
+  fp.permission(a, perm);
+  send(client, buildChannelData(0x4005, Buffer.from('refreshed')));
+  await settle(() => atPeer.length >= 2);
+  t.same(atPeer, ['in time', 'refreshed']);
+  ch.expiresAt = now + 100;
+  fp.channel(a, ch);
+  await sleep(200);
+  send(client, buildChannelData(0x4005, Buffer.from('channel expired')));
+  await settle(() => fp.counters.expired >= 2);
+  t.same(atPeer, ['in time', 'refreshed'], 'dropped in C after the channel binding expired');
+  t.equal(fp.counters.expired, 2);
+
+  // And the allocation's (§6).
+  ch.expiresAt = now + 60_000;
+  fp.channel(a, ch);
+  a.expiresAt = now + 100;
+  fp.refreshed(a);
+  await sleep(200);
+  send(client, buildChannelData(0x4005, Buffer.from('allocation expired')));
+  await settle(() => fp.counters.expired >= 3);
+  t.same(atPeer, ['in time', 'refreshed'], 'dropped in C after the allocation expired');
+  t.equal(toJs.length, 2, 'none of the expired ones reached JS');
+
+  // deleted(): the client is unknown to C, its ChannelData goes to JS (which drops it).
+  fp.deleted(a);
+  send(client, buildChannelData(0x4005, Buffer.from('deleted')));
+  await settle(() => toJs.length >= 3);
+  t.equal(toJs[2]?.msg.slice(4), 'deleted');
+  t.same(atPeer, ['in time', 'refreshed']);
 });
