@@ -9,6 +9,9 @@
  *   the configured one, RFC 5280 §6.1.1 (d)); nothing else may follow the root it reaches;
  * - each certificate below the root is signed with SHA-256 or longer (RSA, RSA-PSS,
  *   ECDSA) or EdDSA: MD5 and SHA-1 signatures are refused (checkSignatureAlgorithm);
+ * - every issuing certificate (intermediates and the root) has a key that cannot be
+ *   broken to forge what it signs: RSA of 2048 bits or more, EC on P-256, P-384 or P-521,
+ *   Ed25519 or Ed448 (checkIssuerKey; the leaf's own key is checked in cert-login.ts);
  * - each certificate, the root included, is valid now: notBefore <= now <= notAfter
  *   (§4.1.2.5: both bounds inclusive; §6.1.3 (a)(2));
  * - every issuing certificate (intermediates and the root) has basicConstraints cA=TRUE
@@ -47,6 +50,7 @@ export type ChainFailure =
   | 'issuer_mismatch'
   | 'bad_signature'
   | 'weak_signature'
+  | 'weak_key'
   | 'no_root'
   | 'root_as_leaf'
   | 'extra_after_root'
@@ -155,6 +159,29 @@ function namesIssuer(issuer: ParsedCert, c: ParsedCert): boolean {
 
 /** The largest RSA modulus whose signatures are verified (bounded work per login). */
 export const MAX_RSA_BITS = 8192;
+/**
+ * The shortest RSA modulus an issuing certificate may have: 1024-bit RSA has been
+ * disallowed for signatures since 2013 (NIST SP 800-131A) and is within reach of a
+ * well-funded attacker; whoever factors an intermediate's key issues any leaf they like.
+ */
+export const MIN_ISSUER_RSA_BITS = 2048;
+const ISSUER_CURVES = new Set(['prime256v1', 'secp384r1', 'secp521r1']);
+
+/** An issuing certificate's key is strong enough to trust what it signs. */
+function checkIssuerKey(c: ParsedCert, what: string): void {
+  const k = c.node.publicKey;
+  const t = k.asymmetricKeyType;
+  const d = k.asymmetricKeyDetails ?? {};
+  let ok = false;
+  if (t === 'rsa' || t === 'rsa-pss') ok = (d.modulusLength ?? 0) >= MIN_ISSUER_RSA_BITS;
+  else if (t === 'ec') ok = ISSUER_CURVES.has(String(d.namedCurve));
+  else ok = t === 'ed25519' || t === 'ed448';
+  if (!ok)
+    throw new ChainError(
+      'weak_key',
+      `${what} signs with a key this core does not trust (RSA shorter than ${MIN_ISSUER_RSA_BITS} bits, or an unknown curve or type)`,
+    );
+}
 
 function signedBy(c: ParsedCert, issuer: ParsedCert): boolean {
   try {
@@ -236,6 +263,7 @@ export async function validateChain(
       checkTime(anchor, nowMs, 'the trust root');
       checkCritical(anchor, 'the trust root');
       checkIssuer(anchor, i, 'the trust root');
+      checkIssuerKey(anchor, 'the trust root');
       path.push(anchor);
       break;
     }
@@ -246,6 +274,7 @@ export async function validateChain(
     if (!signedBy(c, next)) throw new ChainError('bad_signature', `the signature of ${what} does not verify with ${nextWhat}'s key`);
     if (isRoot(next)) throw new ChainError('no_root', 'the chain does not lead to a trusted root (core.trust.roots)'); // unreachable: found above
     checkIssuer(next, i, nextWhat);
+    checkIssuerKey(next, nextWhat);
     path.push(next);
   }
   if (revocation) {

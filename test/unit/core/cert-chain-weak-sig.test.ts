@@ -85,3 +85,37 @@ t.test('SHA-1 certificate signatures are refused, SHA-256 accepted', async (t) =
   const leafUnderI = await cert('bob', 'I', leafKeys.publicKey, ikeys.privateKey, { name: 'RSASSA-PKCS1-v1_5', hash: 'SHA-1' }, false);
   t.equal(await reason(validateChain([leafUnderI, inter], [good], NOW)), 'weak_signature', 'SHA-1 below an intermediate');
 });
+
+t.test('an issuing certificate with a weak key is refused (RSA < 2048 bits): intermediate or root', async (t) => {
+  const rsa = async (bits: number): Promise<CryptoKeyPair> =>
+    (await subtle.generateKey(
+      { name: 'RSASSA-PKCS1-v1_5', modulusLength: bits, publicExponent: new Uint8Array([1, 0, 1]), hash: 'SHA-256' },
+      true,
+      ['sign', 'verify'],
+    )) as CryptoKeyPair;
+  const sha256 = { name: 'RSASSA-PKCS1-v1_5', hash: 'SHA-256' };
+  const ecdsa = { name: 'ECDSA', hash: 'SHA-384' };
+  const rootKeys = await rsa(2048);
+  const root = await cert('Root', 'Root', rootKeys.publicKey, rootKeys.privateKey, sha256, true);
+  const leafKeys = (await subtle.generateKey({ name: 'ECDSA', namedCurve: 'P-256' }, true, ['sign', 'verify'])) as CryptoKeyPair;
+
+  const weakKeys = await rsa(1024);
+  const weakInter = await cert('Weak', 'Root', weakKeys.publicKey, rootKeys.privateKey, sha256, true);
+  const underWeak = await cert('carol', 'Weak', leafKeys.publicKey, weakKeys.privateKey, sha256, false);
+  t.ok(underWeak.node.verify(weakInter.node.publicKey), 'the signature itself verifies');
+  t.equal(await reason(validateChain([underWeak, weakInter], [root], NOW)), 'weak_key', 'a 1024-bit RSA intermediate');
+
+  const weakRoot = await cert('WeakRoot', 'WeakRoot', weakKeys.publicKey, weakKeys.privateKey, sha256, true);
+  const underWeakRoot = await cert('dave', 'WeakRoot', leafKeys.publicKey, weakKeys.privateKey, sha256, false);
+  t.equal(await reason(validateChain([underWeakRoot], [weakRoot], NOW)), 'weak_key', 'a 1024-bit RSA trust root');
+
+  const goodKeys = await rsa(2048);
+  const goodInter = await cert('Good', 'Root', goodKeys.publicKey, rootKeys.privateKey, sha256, true);
+  const underGood = await cert('erin', 'Good', leafKeys.publicKey, goodKeys.privateKey, sha256, false);
+  t.equal(await reason(validateChain([underGood, goodInter], [root], NOW)), 'ok', 'a 2048-bit RSA intermediate');
+
+  const ecKeys = (await subtle.generateKey({ name: 'ECDSA', namedCurve: 'P-384' }, true, ['sign', 'verify'])) as CryptoKeyPair;
+  const ecInter = await cert('EC', 'Root', ecKeys.publicKey, rootKeys.privateKey, sha256, true);
+  const underEc = await cert('frank', 'EC', leafKeys.publicKey, ecKeys.privateKey, ecdsa, false);
+  t.equal(await reason(validateChain([underEc, ecInter], [root], NOW)), 'ok', 'a P-384 intermediate');
+});
