@@ -114,7 +114,12 @@ s.on('connect',()=>s.write(JSON.stringify({key:'identity'})+'\\n'));
 s.on('data',(d)=>got+=d.toString('latin1'));
 s.on('error',(e)=>got+='<'+e.code+'>');
 s.on('close',()=>process.stdout.write(JSON.stringify({got})));`;
-  const child = spawn(NODE[0], [...NODE.slice(1), '-e', script, socket], { stdio: ['ignore', 'pipe', 'inherit'], env: CHILD_ENV, ...ids });
+  const child = spawn(NODE[0], [...NODE.slice(1), '-e', script, socket], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+    env: CHILD_ENV,
+    cwd: '/',
+    ...ids,
+  });
   let out = '';
   child.stdout.on('data', (d: Buffer) => (out += d.toString()));
   return new Promise((resolve, reject) =>
@@ -216,6 +221,9 @@ t.test('a worker the broker spawned, dropped to nobody after binding, gets the k
   const w = await spawnWorker(t, broker, nobody);
   t.match(w.ready, { ready: true, uid: nobody.uid, euid: nobody.uid, gid: nobody.gid }, 'the worker runs as nobody');
   t.equal(w.ready.regain, 'EPERM', 'setuid(0) is refused after the drop');
+  // The uid change cleared its dumpable flag: its /proc files stay root's, so another
+  // process of the nobody account cannot ptrace it or read its memory.
+  t.equal(statSync(`/proc/${w.child.pid}/status`).uid, 0, 'the worker is not dumpable');
   const rec = broker.workers().get(w.child.pid!);
   t.match(rec, { pid: w.child.pid, uid: nobody.uid }, 'recorded at spawn');
   t.match(rec!.startTime, /^\d+$/);
