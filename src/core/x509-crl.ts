@@ -2,7 +2,12 @@
  * Revocation for certificate login (core.md §5) by the CRL files of core.trust.crls
  * (PEM `X509 CRL` blocks or DER), RFC 5280 §5 and §6.3:
  *
- * - a CRL applies to the certificates whose issuer name is the CRL's issuer (§5.1.2.3);
+ * - a CRL applies to the certificates whose issuer name is the CRL's issuer (§5.1.2.3):
+ *   the same DER, or the same text after RFC 4518-style folding (case, runs of spaces;
+ *   §7.1 compares names that way, so a CA that writes its name in another case or string
+ *   type is still matched), or the CRL's authorityKeyIdentifier names the issuer's
+ *   subjectKeyIdentifier (§5.2.1). Matching more CRLs is the fail-closed side: every
+ *   matched CRL must still verify with the issuer's key;
  * - its signature must verify with the issuing certificate's key, and that certificate's
  *   keyUsage, when present, must have cRLSign (§6.3.3 (f), (g), §4.2.1.3);
  * - it must be current: thisUpdate <= now (5 minutes of clock skew allowed) and
@@ -28,6 +33,35 @@ import * as x509 from '@peculiar/x509';
 import { GatehouseError } from '../util/errors.js';
 import { hasPemBegin, pemBlocks } from '../util/pem.js';
 import { ChainError, type ParsedCert, type RevocationChecker } from './x509-chain.js';
+
+/** A Name's text folded as RFC 5280 §7.1 / RFC 4518 §2 compare it: NFKC, case, spaces. */
+function foldName(n: x509.Name): string {
+  return n.toString().normalize('NFKC').toLowerCase().replace(/\s+/g, ' ').trim();
+}
+
+interface IssuerKeys {
+  der: Buffer;
+  folded: string;
+  /** subjectKeyIdentifier (RFC 5280 §4.2.1.2), hex, or null. */
+  ski: string | null;
+}
+
+function issuerKeys(issuer: ParsedCert): IssuerKeys {
+  const ski = issuer.px.getExtension(x509.SubjectKeyIdentifierExtension);
+  return {
+    der: Buffer.from(issuer.px.subjectName.toArrayBuffer()),
+    folded: foldName(issuer.px.subjectName),
+    ski: ski ? ski.keyId.toLowerCase() : null,
+  };
+}
+
+/** Whether this CRL is in the issuer's name (§5.1.2.3) or by its key (§5.2.1). */
+function crlNamesIssuer(crl: x509.X509Crl, k: IssuerKeys): boolean {
+  if (Buffer.from(crl.issuerName.toArrayBuffer()).equals(k.der) || foldName(crl.issuerName) === k.folded) return true;
+  if (k.ski === null) return false;
+  const aki = crl.getExtension(x509.AuthorityKeyIdentifierExtension);
+  return typeof aki?.keyId === 'string' && aki.keyId.toLowerCase() === k.ski;
+}
 
 export const RECHECK_MS = 10_000;
 /** A CRL made on a host whose clock is ahead by up to this much is already in force (thisUpdate only; nextUpdate is exact). */
@@ -147,11 +181,11 @@ export class CrlStore implements RevocationChecker {
 
   async check(cert: ParsedCert, issuer: ParsedCert, nowMs: number, what: string): Promise<void> {
     this.refresh();
-    const issuerName = issuer.px.subjectName.toString();
+    const names = issuerKeys(issuer);
     for (const f of this.files) {
       if (!f.crls) throw new ChainError('crl_unusable', `${f.key} cannot be read: certificate logins are refused until it is fixed`);
       for (const crl of f.crls) {
-        if (crl.issuerName.toString() !== issuerName) continue;
+        if (!crlNamesIssuer(crl, names)) continue;
         const ku = issuer.px.getExtension(x509.KeyUsagesExtension);
         if (ku && !(ku.usages & x509.KeyUsageFlags.cRLSign))
           throw new ChainError(

@@ -213,6 +213,62 @@ t.test('CRL edge cases (RFC 5280 §6.3)', async (t) => {
     "a CRL in the issuer's name signed by another key",
   );
   t.equal(await check(file('stale.crl', await crl(root, { next: NOW - 1 }))), 'crl_unusable', 'past nextUpdate');
+  // The issuer's name in another case (RFC 5280 §7.1 folds it) is the same issuer: applied.
+  const shouted = await x509.X509CrlGenerator.create({
+    issuer: root.cert.subject.toUpperCase(),
+    thisUpdate: new Date(NOW - DAY),
+    nextUpdate: new Date(NOW + DAY),
+    entries: [{ serialNumber: leaf.cert.serialNumber, revocationDate: new Date(NOW - DAY) }],
+    signingAlgorithm: SIG,
+    signingKey: root.keys.privateKey,
+  });
+  t.not(shouted.issuer, root.cert.subject, 'the CRL names the issuer in another case');
+  t.equal(await check(file('shouted.crl', shouted)), 'revoked', 'a CRL naming the issuer in another case still revokes');
+  // A CRL under another name whose authorityKeyIdentifier is the issuer's key (§5.2.1).
+  const keyed = await make('KeyedRoot', null, { ca: true, ku: CA_KU });
+  const skiRoot = await x509.X509CertificateGenerator.create({
+    serialNumber: (serial++).toString(16).padStart(2, '0'),
+    subject: 'CN=SkiRoot',
+    issuer: 'CN=SkiRoot',
+    notBefore: new Date(NOW - DAY),
+    notAfter: new Date(NOW + 30 * DAY),
+    signingAlgorithm: SIG,
+    publicKey: keyed.keys.publicKey,
+    signingKey: keyed.keys.privateKey,
+    extensions: [
+      new x509.BasicConstraintsExtension(true, undefined, true),
+      new x509.KeyUsagesExtension(CA_KU, true),
+      await x509.SubjectKeyIdentifierExtension.create(keyed.keys.publicKey),
+    ],
+  });
+  const skiRootP = parseCert(Buffer.from(skiRoot.rawData))!;
+  const skiLeaf = await x509.X509CertificateGenerator.create({
+    serialNumber: (serial++).toString(16).padStart(2, '0'),
+    subject: 'CN=bob',
+    issuer: 'CN=SkiRoot',
+    notBefore: new Date(NOW - DAY),
+    notAfter: new Date(NOW + 30 * DAY),
+    signingAlgorithm: SIG,
+    publicKey: leaf.keys.publicKey,
+    signingKey: keyed.keys.privateKey,
+    extensions: [new x509.BasicConstraintsExtension(false, undefined, true)],
+  });
+  const byKey = await x509.X509CrlGenerator.create({
+    issuer: 'CN=SkiRoot (renamed)',
+    thisUpdate: new Date(NOW - DAY),
+    nextUpdate: new Date(NOW + DAY),
+    entries: [{ serialNumber: skiLeaf.serialNumber, revocationDate: new Date(NOW - DAY) }],
+    signingAlgorithm: SIG,
+    signingKey: keyed.keys.privateKey,
+    extensions: [await x509.AuthorityKeyIdentifierExtension.create(keyed.keys.publicKey)],
+  });
+  t.equal(
+    await reason(
+      validateChain([parseCert(Buffer.from(skiLeaf.rawData))!], [skiRootP], NOW, new CrlStore([file('bykey.crl', byKey)], () => NOW)),
+    ),
+    'revoked',
+    "a CRL whose authorityKeyIdentifier is the issuer's subjectKeyIdentifier applies under another name",
+  );
   const scoped = await x509.X509CrlGenerator.create({
     issuer: root.cert.subject,
     thisUpdate: new Date(NOW - DAY),
