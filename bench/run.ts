@@ -24,7 +24,7 @@ const HERE = dirname(fileURLToPath(import.meta.url));
 const HELP = `Usage: npm run bench -- [options]
 
   --quick               small counts (a minute or so): for trying the harness
-  --only LIST           comma-separated: turn,srtp,dtls,policy,inspect,escrow,pcp,core,keyagent
+  --only LIST           comma-separated: turn,srtp,dtls,policy,inspect,escrow,pcp,core,keyagent,idle
                         (default: all)
   --servers LIST        TURN servers: gatehouse,coturn (default: both, in that order)
   --clients N           turnutils_uclient -m (default 50; quick 5)
@@ -59,7 +59,7 @@ class UsageError extends Error {}
 function parseArgs(argv: string[]): Args {
   const a: Args = {
     quick: false,
-    only: new Set(['turn', 'srtp', 'dtls', 'policy', 'inspect', 'escrow', 'pcp', 'core', 'keyagent']),
+    only: new Set(['turn', 'srtp', 'dtls', 'policy', 'inspect', 'escrow', 'pcp', 'core', 'keyagent', 'idle']),
     out: join(HERE, 'out', 'results.json'),
     turn: {},
   };
@@ -86,7 +86,7 @@ function parseArgs(argv: string[]): Args {
       case '--only':
         a.only = new Set(v().split(','));
         for (const x of a.only)
-          if (!['turn', 'srtp', 'dtls', 'policy', 'inspect', 'escrow', 'pcp', 'core', 'keyagent'].includes(x))
+          if (!['turn', 'srtp', 'dtls', 'policy', 'inspect', 'escrow', 'pcp', 'core', 'keyagent', 'idle'].includes(x))
             throw new UsageError(`--only: unknown benchmark ${x}`);
         break;
       case '--servers': {
@@ -210,6 +210,15 @@ const EXTERNALS: ExternalSpec[] = [
     name: 'Desktop key agent: key-log line written → keys_verified',
     file: 'keyagent.ts',
     fns: ['runKeyagentBench'],
+    opts: (quick) => ({ quick }),
+  },
+  // bench/turn-idle.ts: runTurnIdleBench({ quick }) → { runs, notes, table } (issue 13: memory per
+  // idle allocation, 10 000 held: gatehouse serve, a bare TurnServer and coturn)
+  {
+    key: 'idle',
+    name: 'TURN memory per idle allocation: Gatehouse vs coturn',
+    file: 'turn-idle.ts',
+    fns: ['runTurnIdleBench'],
     opts: (quick) => ({ quick }),
   },
 ];

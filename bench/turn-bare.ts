@@ -15,6 +15,11 @@ const server = new TurnServer({
 });
 await server.start();
 process.stderr.write(`turn-bare: listening ${JSON.stringify(server.addresses())}, fast path ${server.fastPath() ? 'on' : 'off'}\n`);
+// bench/turn-idle.ts: SIGUSR2 asks for the heap after a full collection (node --expose-gc).
+process.on('SIGUSR2', () => {
+  (globalThis as { gc?: () => void }).gc?.();
+  process.stderr.write(`turn-bare: memory ${JSON.stringify(process.memoryUsage())}\n`);
+});
 const stop = (): void => void server.stop().then(() => process.exit(0));
 process.on('SIGTERM', stop);
 process.on('SIGINT', stop);

@@ -377,7 +377,7 @@ async function startCoturn(clientsTotal: number): Promise<Started> {
  * (USER/PASSWORD/REALM), relay ports from a free range of `relayPorts`; shared by the
  * escrow bench so both compare against the same coturn set-up.
  */
-export async function startCoturnRelay(relayPorts: number, tmpPrefix: string): Promise<Started> {
+export async function startCoturnRelay(relayPorts: number, tmpPrefix: string, extra: string[] = []): Promise<Started> {
   const port = await freeUdpPort();
   const [low, high] = await freeUdpRange(relayPorts, [port]);
   const dir = mkdtempSync(join(tmpdir(), tmpPrefix));
@@ -414,6 +414,7 @@ export async function startCoturnRelay(relayPorts: number, tmpPrefix: string): P
     join(dir, 'turnserver.pid'),
     '--userdb',
     join(dir, 'turndb'), // not the system's /var/lib/turn/turndb
+    ...extra,
   ];
   const proc = start('turnserver', 'turnserver', args, { cwd: dir });
   const command = `turnserver ${args.join(' ').replace(`${USER}:${PASSWORD}`, 'USER:PASSWORD').replaceAll(dir, '$TMP')}`;
@@ -445,18 +446,19 @@ function relayRangeSize(allocations: number): number {
   return Math.min(20_000, allocations * 4 + 256);
 }
 
-async function startGatehouse(
+export async function startGatehouse(
   clientsTotal: number,
   rules: string | null,
   nodeArgs: string[] = [],
   turnExtra: string[] = [],
   bin = GATEHOUSE_BIN,
   bare = false,
+  relayPorts = relayRangeSize(clientsTotal),
 ): Promise<Started> {
   const port = await freeUdpPort();
   const pcpPort = await freeUdpPort();
   const adminPort = await freeTcpPort();
-  const [low, high] = await freeUdpRange(relayRangeSize(clientsTotal), [port, pcpPort]);
+  const [low, high] = await freeUdpRange(relayPorts, [port, pcpPort]);
   const dir = mkdtempSync(join(tmpdir(), 'gh-bench-gatehouse-'));
   const cleanup = onCleanup(() => rmSync(dir, { recursive: true, force: true }));
   mkdirSync(join(dir, 'data'));
@@ -492,7 +494,9 @@ async function startGatehouse(
     ? [...nodeArgs, '--import', import.meta.resolve('tsx'), join(ROOT, 'bench', 'turn-bare.ts'), cfgPath]
     : [...nodeArgs, bin, 'serve', '--config', cfgPath];
   const proc = start('gatehouse', process.execPath, args, { cwd: dir });
-  const command = bare ? 'node --import tsx bench/turn-bare.ts $TMP/gatehouse.yaml' : `node bin/gatehouse.js serve --config $TMP/gatehouse.yaml`;
+  const command = bare
+    ? 'node --import tsx bench/turn-bare.ts $TMP/gatehouse.yaml'
+    : `node bin/gatehouse.js serve --config $TMP/gatehouse.yaml`;
   try {
     await waitForStun(HOST, port, 60_000, () => (proc.isRunning() ? null : `gatehouse exited during start:\n${proc.tail()}`));
   } catch (e) {
@@ -552,7 +556,10 @@ async function benchServer(
   const allocations = o.clients * (1 + o.sizes.length * o.repeat);
   let s: Started;
   try {
-    s = name === 'gatehouse' ? await startGatehouse(allocations, o.gatehouseRules, o.gatehouseNodeArgs, o.gatehouseTurnConfig, o.gatehouseBin, o.gatehouseBare) : await startCoturn(allocations);
+    s =
+      name === 'gatehouse'
+        ? await startGatehouse(allocations, o.gatehouseRules, o.gatehouseNodeArgs, o.gatehouseTurnConfig, o.gatehouseBin, o.gatehouseBare)
+        : await startCoturn(allocations);
   } catch (e) {
     run.reason = `did not start: ${(e as Error).message}`;
     o.log(`${name}: ${run.reason}`);
