@@ -42,34 +42,60 @@ function udpOffset(linktype: number, frame: Buffer): number {
   return l2 + ihl;
 }
 
+/** The bench's capture: one OpenSSL DTLS 1.2 session replicated as `flows` flows, with its key log. */
+export interface InspectBenchCapture {
+  pcap: string;
+  keylog: string;
+  serverPort: number;
+  flows: number;
+  captureMB: number;
+}
+
+/** Captures one real session and writes the replicated capture into `dir` (big.pcap). */
+export async function buildInspectCapture(dir: string, opts: { quick?: boolean } = {}): Promise<InspectBenchCapture> {
+  const payload = (i: number) => Buffer.from(`record ${i} `.padEnd(1000, 'x') + '\n');
+  const run = await runOpensslDtls({
+    cipher: 'ECDHE-ECDSA-AES128-GCM-SHA256',
+    c2s: Array.from({ length: opts.quick ? 50 : 300 }, (_, i) => payload(i)),
+    s2c: Array.from({ length: opts.quick ? 20 : 100 }, (_, i) => payload(i)),
+    dir,
+  });
+  const { global, records, linktype } = splitPcap(readFileSync(run.pcap));
+  const copies = opts.quick ? 20 : 150;
+  // The fixture leaves clientPort 0 (ephemeral): the client's port is the one of the first
+  // datagram that is not the server's.
+  let clientPort = run.clientPort;
+  for (let i = 0; clientPort === 0 && i < records.length; i++) {
+    const u = udpOffset(linktype, records[i]!.frame);
+    const src = records[i]!.frame.readUInt16BE(u);
+    clientPort = src !== run.serverPort ? src : records[i]!.frame.readUInt16BE(u + 2);
+  }
+  const parts: Buffer[] = [global];
+  for (let c = 0; c < copies; c++) {
+    for (const r of records) {
+      const frame = Buffer.from(r.frame);
+      const u = udpOffset(linktype, frame);
+      // Give each copy its own client port so it is a flow of its own (UDP checksum 0: RFC 768, IPv4).
+      const newPort = 20000 + c;
+      if (frame.readUInt16BE(u) === clientPort) frame.writeUInt16BE(newPort, u);
+      if (frame.readUInt16BE(u + 2) === clientPort) frame.writeUInt16BE(newPort, u + 2);
+      frame.writeUInt16BE(0, u + 6);
+      parts.push(r.hdr, frame);
+    }
+  }
+  const big = join(dir, 'big.pcap');
+  writeFileSync(big, Buffer.concat(parts));
+  return { pcap: big, keylog: run.keylog, serverPort: run.serverPort, flows: copies, captureMB: statSync(big).size / 1e6 };
+}
+
 export async function runInspectBench(opts: { quick?: boolean } = {}): Promise<InspectBenchResult> {
   const dir = mkdtempSync(join(tmpdir(), 'gh-inspect-bench-'));
   try {
-    const payload = (i: number) => Buffer.from(`record ${i} `.padEnd(1000, 'x') + '\n');
-    const run = await runOpensslDtls({
-      cipher: 'ECDHE-ECDSA-AES128-GCM-SHA256',
-      c2s: Array.from({ length: opts.quick ? 50 : 300 }, (_, i) => payload(i)),
-      s2c: Array.from({ length: opts.quick ? 20 : 100 }, (_, i) => payload(i)),
-      dir,
-    });
-    const { global, records, linktype } = splitPcap(readFileSync(run.pcap));
-    const copies = opts.quick ? 20 : 150;
-    const parts: Buffer[] = [global];
-    for (let c = 0; c < copies; c++) {
-      for (const r of records) {
-        const frame = Buffer.from(r.frame);
-        const u = udpOffset(linktype, frame);
-        // Give each copy its own client port so it is a flow of its own (UDP checksum 0: RFC 768, IPv4).
-        const newPort = 20000 + c;
-        if (frame.readUInt16BE(u) === run.clientPort) frame.writeUInt16BE(newPort, u);
-        if (frame.readUInt16BE(u + 2) === run.clientPort) frame.writeUInt16BE(newPort, u + 2);
-        frame.writeUInt16BE(0, u + 6);
-        parts.push(r.hdr, frame);
-      }
-    }
-    const big = join(dir, 'big.pcap');
-    writeFileSync(big, Buffer.concat(parts));
-    const mb = statSync(big).size / 1e6;
+    const cap = await buildInspectCapture(dir, opts);
+    const big = cap.pcap;
+    const mb = cap.captureMB;
+    const copies = cap.flows;
+    const run = cap;
 
     const root = join(fileURLToPath(import.meta.url), '..', '..');
     let t0 = process.hrtime.bigint();

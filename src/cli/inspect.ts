@@ -8,13 +8,12 @@ import { readFileSync, statSync } from 'node:fs';
 import type { Writable } from 'node:stream';
 import { parseArgs } from 'node:util';
 import { CaptureError, CaptureInspector, readCapture } from '../inspect/capture.js';
-import { toEve, alertEve, type FlowMeta } from '../inspect/eve-format.js';
+import { eveLine, alertEve, type FlowMeta } from '../inspect/eve-format.js';
 import { policySubject } from '../policy/subject.js';
 import type { InspectEvent } from '../inspect/events.js';
 import { KeyLog } from '../inspect/keylog.js';
 import { KeySetError, keySetsFromJson, type KeySet } from '../wire/keyset.js';
 import { StaticKeyProvider, type FlowRecord } from '../inspect/pipeline.js';
-import { loadPolicy } from '../policy/loader.js';
 import type { FlowContext, PolicyEngine, Subject } from '../policy/engine.js';
 import { ConfigError } from '../util/errors.js';
 import { systemClock } from '../util/clock.js';
@@ -38,6 +37,9 @@ Options:
                         media streams, and emit an \`alert\` event per match (the action the
                         gateway would take is in alert.action / gatehouse.rule_action;
                         no TURN user is known offline, so user/group rules never match)
+  --hash records        also hash every DTLS application-data record (\`appdata.sha256\`;
+                        without it an \`appdata\` event carries its size only, unless
+                        --rules is given). Messages and files always carry their SHA-256
   --no-rtp-packets      omit the per-packet \`rtp.packet\` events (streams are still reported)
   --no-progress         no progress bar even when standard error is a terminal
   -h, --help            this text
@@ -176,6 +178,7 @@ export async function runInspect(argv: string[], io: Io): Promise<number> {
       options: {
         keys: { type: 'string' };
         rules: { type: 'string' };
+        hash: { type: 'string' };
         help: { type: 'boolean'; short: 'h' };
         'no-rtp-packets': { type: 'boolean' };
         'no-progress': { type: 'boolean' };
@@ -189,6 +192,7 @@ export async function runInspect(argv: string[], io: Io): Promise<number> {
       options: {
         keys: { type: 'string' },
         rules: { type: 'string' },
+        hash: { type: 'string' },
         help: { type: 'boolean', short: 'h' },
         'no-rtp-packets': { type: 'boolean' },
         'no-progress': { type: 'boolean' },
@@ -212,6 +216,7 @@ export async function runInspect(argv: string[], io: Io): Promise<number> {
   }
   const capture = parsed.positionals[0]!;
   if (!v.keys) return usage(io, 'missing --keys KEYS');
+  if (v.hash !== undefined && v.hash !== 'records') return usage(io, `--hash: unknown value "${v.hash}" (expected "records")`);
 
   let keys: ReturnType<typeof loadKeys>;
   try {
@@ -224,6 +229,8 @@ export async function runInspect(argv: string[], io: Io): Promise<number> {
   let policy: PolicyEngine | null = null;
   if (v.rules) {
     try {
+      // Loaded only for --rules: the rule loader and its YAML parser are most of startup.
+      const { loadPolicy } = await import('../policy/loader.js');
       const p = await loadPolicy(v.rules);
       if (p.files.length === 0) return usage(io, `no rule files at ${v.rules}`);
       policy = p.engine;
@@ -247,7 +254,7 @@ export async function runInspect(argv: string[], io: Io): Promise<number> {
   const alerted = new Set<string>();
   const onEvent = (e: InspectEvent, flow: FlowRecord): void => {
     counts.set(e.type, (counts.get(e.type) ?? 0) + 1);
-    out.line(JSON.stringify(toEve(e, flow.meta)));
+    out.line(eveLine(e, flow.meta));
     if (!policy) return;
     const subject = subjectOf(e, flow.meta);
     if (!subject) return;
@@ -280,7 +287,13 @@ export async function runInspect(argv: string[], io: Io): Promise<number> {
     }
   };
 
-  const inspector = new CaptureInspector({ keys: keys.provider, onEvent, rtpPackets: !v['no-rtp-packets'] });
+  const inspector = new CaptureInspector({
+    keys: keys.provider,
+    onEvent,
+    rtpPackets: !v['no-rtp-packets'],
+    // A rule may match an application-data record by its sha256 (contract.md "Rules").
+    hashAppData: v.hash === 'records' || policy !== null,
+  });
 
   const tty = !v['no-progress'] && (io.stderr as Writable & { isTTY?: boolean }).isTTY === true;
   let lastDraw = 0;

@@ -1,6 +1,5 @@
 import type { Writable } from 'node:stream';
 import { Supervisor } from '../util/supervise.js';
-import { createLogger } from '../util/log.js';
 
 export { Supervisor };
 
@@ -92,6 +91,8 @@ if (isEntry) {
     // One Supervisor for the process: the gateway uses it for its timers and sinks, and
     // whatever escapes them lands here instead of ending the process. Its lines are
     // errors, so they are written whatever the configured log_level.
+    // The logger (pino) is loaded here only: one-shot commands start without it.
+    const { createLogger } = await import('../util/log.js');
     io.supervisor = new Supervisor(createLogger({ level: 'error' }).child({ module: 'supervise' }));
     installProcessHandlers(io.supervisor);
   }

@@ -1,16 +1,16 @@
 /**
  * Reading (and, for tests and fixtures, writing) classic libpcap capture files.
  *
- * Reading goes through the `pcap-parser` package on a file stream, so a capture of any
- * size is processed with bounded memory. pcapng files are recognised by their Section
- * Header Block type 0x0A0D0D0A and refused with a message saying how to convert them.
- * Nanosecond-resolution pcap (magic 0xA1B23C4D) is accepted: the magic is rewritten to
- * the microsecond form for pcap-parser and the fraction is scaled back here.
+ * Reading walks the file's records in large chunks (one read per MiB, each record's
+ * bytes a view into its chunk, no per-record copy or event), so a capture of any size is
+ * processed with bounded memory. pcapng files are recognised by their Section Header
+ * Block type 0x0A0D0D0A and refused with a message saying how to convert them.
+ * Nanosecond-resolution pcap (magic 0xA1B23C4D) is accepted: the fraction is scaled to
+ * milliseconds like the microsecond form's.
  */
 import { PCAP_MAGIC_US, pcapGlobalHeader as wirePcapGlobalHeader, pcapRecordHeader } from '../wire/pcap.js';
-import { createReadStream, openSync, readSync, closeSync } from 'node:fs';
-import { PassThrough, type Readable } from 'node:stream';
-import { createRequire } from 'node:module';
+import { openSync, readSync, closeSync } from 'node:fs';
+import { open, type FileHandle } from 'node:fs/promises';
 import { GatehouseError } from '../util/errors.js';
 import {
   IPPROTO_TCP,
@@ -52,27 +52,6 @@ const PCAPNG_MAGIC = 0x0a0d0d0a;
 const PCAP_US_LE = 0xd4c3b2a1;
 const PCAP_NS_BE = 0xa1b23c4d;
 const PCAP_NS_LE = 0x4d3cb2a1;
-
-interface PcapParserHeader {
-  linkLayerType: number;
-  majorVersion: number;
-  minorVersion: number;
-}
-interface PcapParserPacket {
-  header: { timestampSeconds: number; timestampMicroseconds: number; capturedLength: number; originalLength: number };
-  data: Buffer;
-}
-interface PcapParser {
-  on(ev: 'globalHeader', fn: (h: PcapParserHeader) => void): PcapParser;
-  on(ev: 'packetHeader', fn: (h: PcapParserPacket['header']) => void): PcapParser;
-  on(ev: 'packet', fn: (p: PcapParserPacket) => void): PcapParser;
-  on(ev: 'end', fn: () => void): PcapParser;
-  on(ev: 'error', fn: (e: Error) => void): PcapParser;
-  buffer?: Buffer | null;
-  stream: Readable;
-}
-const require = createRequire(import.meta.url);
-const pcapParser = require('pcap-parser') as { parse(input: Readable | string): PcapParser };
 
 export type CaptureFormat = 'pcap' | 'pcap-ns' | 'pcapng' | 'unknown';
 
@@ -134,90 +113,109 @@ export async function readCapture(
   if (got < 24) throw new CaptureError('E_CAPTURE_FORMAT', `${path}: truncated pcap file header`);
 
   const nano = fmt === 'pcap-ns';
-  const hwm = opts.highWaterMark ?? 256 * 1024;
-  let input: Readable;
-  if (nano) {
-    // Rewrite the magic to the microsecond form pcap-parser knows; scale below.
-    const pt = new PassThrough({ highWaterMark: hwm });
-    const le = head.readUInt32BE(0) === PCAP_NS_LE;
-    const magic = Buffer.alloc(4);
-    if (le) magic.writeUInt32LE(PCAP_MAGIC_US, 0);
-    else magic.writeUInt32BE(PCAP_MAGIC_US, 0);
-    pt.write(magic);
-    createReadStream(path, { start: 4, highWaterMark: hwm })
-      .on('error', (e) => pt.destroy(e))
-      .pipe(pt);
-    input = pt;
-  } else {
-    input = createReadStream(path, { highWaterMark: hwm });
+  const le = head.readUInt32BE(0) === PCAP_US_LE || head.readUInt32BE(0) === PCAP_NS_LE;
+  const u16 = (b: Buffer, o: number): number => (le ? b.readUInt16LE(o) : b.readUInt16BE(o));
+  const major = u16(head, 4);
+  const minor = u16(head, 6);
+  // The libpcap file format is version 2.4 (draft-ietf-opsawg-pcap §4); as pcap-parser,
+  // which read captures before, only a header that is neither 2.x nor x.4 is refused.
+  if (major !== 2 && minor !== 4) {
+    throw new CaptureError('E_CAPTURE_FORMAT', `${path}: unsupported version ${major}.${minor}: only the libpcap file format 2.4 is read`);
   }
-
-  return new Promise<CaptureSummary>((resolve, reject) => {
-    const parser = pcapParser.parse(input);
-    const summary: CaptureSummary = { linktype: -1, packets: 0, bytes: 0, truncated: false };
-    let done = false;
-    const fail = (e: Error): void => {
-      if (done) return;
-      done = true;
-      input.destroy();
-      reject(e);
-    };
-    parser.on('globalHeader', (h) => {
-      summary.linktype = h.linkLayerType;
-    });
-    parser.on('packetHeader', (h) => {
-      // Hostile input: pcap-parser would buffer any claimed length; refuse absurd ones.
-      if (h.capturedLength > MAX_CAPTURED_LENGTH) {
-        fail(
-          new CaptureError(
-            'E_CAPTURE_FORMAT',
-            `${path}: record ${summary.packets + 1} claims ${h.capturedLength} bytes (max ${MAX_CAPTURED_LENGTH}); file corrupt?`,
-          ),
-        );
-      }
-    });
-    parser.on('packet', (p) => {
-      if (done) return;
-      summary.packets++;
-      summary.bytes += p.data.length;
-      const frac = nano ? p.header.timestampMicroseconds / 1e6 : p.header.timestampMicroseconds / 1e3;
-      try {
-        onPacket({
-          time: p.header.timestampSeconds * 1000 + frac,
-          linktype: summary.linktype,
-          data: p.data,
-          origLength: p.header.originalLength,
-        });
-      } catch (e) {
-        fail(e as Error);
-      }
-    });
-    parser.on('error', (e) => fail(new CaptureError('E_CAPTURE_FORMAT', `${path}: ${e.message}`)));
-    parser.on('end', () => {
-      if (done) return;
-      done = true;
-      // pcap-parser keeps an incomplete trailing record in its buffer.
-      const rest = parser.buffer;
-      summary.truncated = !!rest && rest.length > 0;
-      resolve(summary);
-    });
-    if (opts.backpressure) {
-      const bp = opts.backpressure;
-      // Registered after pcap-parser's own 'data' listener, so it runs once the chunk's
-      // packets have been handed out.
-      input.on('data', () => {
-        const wait = bp();
-        if (!wait) return;
-        input.pause();
-        wait.then(
-          () => {
-            if (!done) input.resume();
-          },
-          (e: unknown) => fail(e as Error),
-        );
-      });
+  const summary: CaptureSummary = { linktype: le ? head.readUInt32LE(20) : head.readUInt32BE(20), packets: 0, bytes: 0, truncated: false };
+  const linktype = summary.linktype;
+  // A record's captured bytes stay valid after onPacket returns (callers may keep views):
+  // each chunk is a new Buffer, never overwritten; a record cut by a chunk's end is joined
+  // with the next chunk. The next chunk is read while this one's records are handed out.
+  const chunkSize = Math.max(opts.highWaterMark ?? 1 << 20, 64);
+  let fh: FileHandle;
+  try {
+    fh = await open(path, 'r');
+  } catch (e) {
+    throw new CaptureError('E_CAPTURE_OPEN', `cannot read capture ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+  const readChunk = (at: number): Promise<Buffer> => {
+    const b = Buffer.allocUnsafe(chunkSize);
+    return fh.read(b, 0, chunkSize, at).then(
+      (r) => b.subarray(0, r.bytesRead),
+      (e: NodeJS.ErrnoException) => {
+        throw new CaptureError('E_CAPTURE_FORMAT', `${path}: ${e.code ?? e.message}`);
+      },
+    );
+  };
+  // pcap record header (draft-ietf-opsawg-pcap §5): seconds, microseconds (nanoseconds in
+  // the 0xA1B23C4D form), captured length, original length; then the captured bytes.
+  const capturedLength = (b: Buffer, off: number): number => {
+    const n = le ? b.readUInt32LE(off + 8) : b.readUInt32BE(off + 8);
+    // Hostile input: refuse absurd lengths before waiting for that many bytes.
+    if (n > MAX_CAPTURED_LENGTH) {
+      throw new CaptureError(
+        'E_CAPTURE_FORMAT',
+        `${path}: record ${summary.packets + 1} claims ${n} bytes (max ${MAX_CAPTURED_LENGTH}); file corrupt?`,
+      );
     }
-  });
+    return n;
+  };
+  /** Hands out the whole records of buf from off; returns where the first incomplete one starts. */
+  const walk = (buf: Buffer, off: number): number => {
+    while (buf.length - off >= 16) {
+      const capLen = capturedLength(buf, off);
+      if (buf.length - off - 16 < capLen) break;
+      const sec = le ? buf.readUInt32LE(off) : buf.readUInt32BE(off);
+      const sub = le ? buf.readUInt32LE(off + 4) : buf.readUInt32BE(off + 4);
+      const origLength = le ? buf.readUInt32LE(off + 12) : buf.readUInt32BE(off + 12);
+      const data = buf.subarray(off + 16, off + 16 + capLen);
+      off += 16 + capLen;
+      summary.packets++;
+      summary.bytes += capLen;
+      onPacket({ time: sec * 1000 + (nano ? sub / 1e6 : sub / 1e3), linktype, data, origLength });
+    }
+    return off;
+  };
+  let pending: Promise<Buffer> | null = null;
+  try {
+    let pos = 24;
+    /** The start of a record the previous chunk cut (only its own bytes are copied). */
+    let carry: Buffer | null = null;
+    let next = readChunk(pos);
+    for (;;) {
+      pending = next;
+      const chunk = await next;
+      pending = null;
+      pos += chunk.length;
+      if (chunk.length > 0) pending = next = readChunk(pos);
+      let off = 0;
+      if (carry) {
+        // Bytes of this chunk the cut record still needs (-1: its header is not complete yet).
+        let need = -1;
+        if (carry.length >= 16) need = 16 + capturedLength(carry, 0) - carry.length;
+        else if (carry.length + chunk.length >= 16) {
+          need = 16 + capturedLength(Buffer.concat([carry, chunk.subarray(0, 16 - carry.length)]), 0) - carry.length;
+        }
+        if (need < 0 || chunk.length < need) {
+          carry = Buffer.concat([carry, chunk]);
+          off = chunk.length;
+        } else {
+          walk(Buffer.concat([carry, chunk.subarray(0, need)]), 0);
+          carry = null;
+          off = need;
+        }
+      }
+      if (!carry) {
+        off = walk(chunk, off);
+        carry = off < chunk.length ? chunk.subarray(off) : null;
+      }
+      if (chunk.length === 0) break;
+      const wait = opts.backpressure?.();
+      if (wait) await wait;
+    }
+    summary.truncated = carry !== null && carry.length > 0;
+  } finally {
+    // A read still in flight (reading stopped early) settles before the file is closed.
+    if (pending) await pending.catch(() => {});
+    await fh.close().catch(() => {});
+  }
+  return summary;
 }
 
 // ---------------------------------------------------------------------------------
@@ -247,6 +245,8 @@ export interface CaptureInspectorOptions {
   onEvent: (e: InspectEvent, flow: FlowRecord) => void;
   onFlowEnd?: (flow: FlowRecord, why: 'idle' | 'evicted' | 'closed') => void;
   rtpPackets?: boolean;
+  /** PipelineOptions.hashAppData (default true). */
+  hashAppData?: boolean;
   maxFlows?: number;
   idleMs?: number;
   maxTcpConnections?: number;
@@ -316,7 +316,7 @@ export class CaptureInspector {
     this.idleMs = o.idleMs ?? 10 * 60_000;
     this.maxTcp = o.maxTcpConnections ?? 4096;
     this.flows = new FlowTable({
-      makePipeline: () => new FlowPipeline({ keys: o.keys, rtpPackets: o.rtpPackets }),
+      makePipeline: () => new FlowPipeline({ keys: o.keys, rtpPackets: o.rtpPackets, hashAppData: o.hashAppData }),
       onEvent: o.onEvent,
       onFlowEnd: (f, why) => {
         const t = this.totals as unknown as Record<string, number>;

@@ -133,7 +133,7 @@ export function toEve(e: InspectEvent, f: FlowMeta): EveEvent {
       };
       break;
     case 'appdata':
-      o.appdata = { size: e.size, sha256: e.sha256 };
+      o.appdata = e.sha256 !== undefined ? { size: e.size, sha256: e.sha256 } : { size: e.size };
       break;
     case 'rtp.stream':
       o.rtp = { ssrc: e.ssrc, payload_type: e.payloadType, codec: e.codec, kind: e.kind };
@@ -161,6 +161,60 @@ export function toEve(e: InspectEvent, f: FlowMeta): EveEvent {
       break;
   }
   return o;
+}
+
+/** The header of a flow's `appdata` lines in one direction, without its timestamp (eveLine). */
+interface LineHead {
+  association: string | undefined;
+  clientIsA: boolean | undefined;
+  relayed: Endpoint | undefined;
+  text: string;
+}
+const lineHeads = new WeakMap<FlowMeta, { c2s?: LineHead; s2c?: LineHead; none?: LineHead }>();
+
+/** Years 0..9999: eveTimestamp's form has a fixed length ("YYYY-MM-DDTHH:MM:SS.mmm"). */
+const LAST_FOUR_DIGIT_YEAR_MS = 253_402_300_800_000;
+let stampSecond = NaN;
+let stampPrefix = '';
+
+/** eveTimestamp(ms), the date part built once per second of packet time. */
+function lineTimestamp(ms: number): string {
+  const whole = Math.floor(ms); // Date truncates fractions; for ms >= 0 that is floor
+  if (!(whole >= 0 && whole < LAST_FOUR_DIGIT_YEAR_MS)) return eveTimestamp(ms);
+  const sec = Math.floor(whole / 1000);
+  if (sec !== stampSecond) {
+    stampSecond = sec;
+    stampPrefix = eveTimestamp(sec * 1000).slice(0, 20); // "2026-11-22T10:00:00."
+  }
+  const m = whole - sec * 1000;
+  return `${stampPrefix}${m < 10 ? '00' : m < 100 ? '0' : ''}${m}000+0000`;
+}
+
+/**
+ * One event as its JSON line: exactly JSON.stringify(toEve(e, f)). `appdata` events, which
+ * are most lines of a capture of application data, reuse their flow's header text
+ * (rebuilt when the direction, association, DTLS roles or relayed address change) instead
+ * of building and serialising an object per record.
+ */
+export function eveLine(e: InspectEvent, f: FlowMeta): string {
+  if (e.type !== 'appdata') return JSON.stringify(toEve(e, f));
+  let heads = lineHeads.get(f);
+  if (!heads) {
+    heads = {};
+    lineHeads.set(f, heads);
+  }
+  const slot = e.dir ?? 'none';
+  let h = heads[slot];
+  const relayed = f.turn?.relayed;
+  if (!h || h.association !== e.association || h.clientIsA !== f.dtlsClientIsA || h.relayed !== relayed) {
+    const json = JSON.stringify(eveBase('appdata', 0, f, e.dir, e.association));
+    // {"timestamp":"...","event_type":"appdata",...,"gatehouse":{...}}: keep from the
+    // comma before event_type, drop the closing brace.
+    h = { association: e.association, clientIsA: f.dtlsClientIsA, relayed, text: json.slice(json.indexOf(',"event_type"'), -1) };
+    heads[slot] = h;
+  }
+  const hash = e.sha256 !== undefined ? `,"sha256":${JSON.stringify(e.sha256)}` : '';
+  return `{"timestamp":"${lineTimestamp(e.time)}"${h.text},"appdata":{"size":${e.size}${hash}}}`;
 }
 
 /** An `alert` event (contract.md) for a rule match on a flow. */

@@ -97,7 +97,8 @@ export interface FileEvent extends EventBase {
 export interface AppDataEvent extends EventBase {
   type: 'appdata';
   size: number;
-  sha256: string;
+  /** Absent when the pipeline was asked not to hash application data (PipelineOptions.hashAppData). */
+  sha256?: string;
   data: Buffer;
 }
 export interface RtpStreamEvent extends EventBase {

@@ -11,7 +11,7 @@
  *
  * The pipeline knows no sockets and no clock: time comes with each packet.
  */
-import { createHash } from 'node:crypto';
+import * as nodeCrypto from 'node:crypto';
 import { demuxCode, PC_STUN, PC_ZRTP, PC_DTLS, PC_CHANNELDATA, PC_RTP, isRtcp } from '../wire/demux.js';
 import type { Direction, EventListener, InspectEvent } from './events.js';
 import type { FlowMeta } from './eve-format.js';
@@ -100,6 +100,12 @@ export interface PipelineOptions {
   dtlsExternal?: boolean;
   /** Data-channel file transfers (issue 9): max_file_bytes, pause, spooling. */
   transfers?: TransferOptions;
+  /**
+   * SHA-256 of every `appdata` record (default true). `gatehouse inspect` turns it off
+   * unless `--hash records` or `--rules` asks for it: on a capture of many small records
+   * the hash is most of the work, and nothing reads it otherwise.
+   */
+  hashAppData?: boolean;
 }
 
 export function newCounters(): PipelineCounters {
@@ -144,8 +150,11 @@ function delimitsAsDtls(payload: Buffer): boolean {
   return true;
 }
 
+/** crypto.hash (node >= 20.12): one call, no Hash object; createHash on older nodes. */
+const oneShotHash = (nodeCrypto as { hash?: (alg: string, data: Buffer, enc: 'hex') => string }).hash;
+
 export function sha256Hex(b: Buffer): string {
-  return createHash('sha256').update(b).digest('hex');
+  return oneShotHash ? oneShotHash('sha256', b, 'hex') : nodeCrypto.createHash('sha256').update(b).digest('hex');
 }
 
 /**
@@ -168,6 +177,7 @@ export class FlowPipeline {
   private readonly maxAssoc: number;
   private readonly rtpPackets: boolean;
   private readonly transfers: TransferOptions | undefined;
+  private readonly hashAppData: boolean;
   private clientIsA: boolean | undefined;
   private assoc: string | undefined;
   private srtp: { association: string; keys: SrtpKeyMaterial } | undefined;
@@ -192,6 +202,7 @@ export class FlowPipeline {
     this.rtpPackets = opts.rtpPackets ?? true;
     this.dtlsExternal = opts.dtlsExternal ?? false;
     this.transfers = opts.transfers;
+    this.hashAppData = opts.hashAppData ?? true;
     this.session = new DtlsSession({
       listener: this.emitBound,
       onAppData: (pt, dir, association, time) => this.onAppData(pt, dir, association, time),
@@ -428,7 +439,8 @@ export class FlowPipeline {
       return;
     }
     this.counters.appdata++;
-    this.emit({ type: 'appdata', time, dir, association, size: pt.length, sha256: sha256Hex(pt), data: pt });
+    if (this.hashAppData) this.emit({ type: 'appdata', time, dir, association, size: pt.length, sha256: sha256Hex(pt), data: pt });
+    else this.emit({ type: 'appdata', time, dir, association, size: pt.length, data: pt });
   }
 
   private onSrtpKeys(association: string, keys: SrtpKeyMaterial, time: number): void {
@@ -621,6 +633,20 @@ export class FlowTable {
   private readonly maxFlows: number;
   private readonly idleMs: number;
   readonly stats: FlowTableStats = { created: 0, expired: 0, evicted: 0 };
+  /**
+   * The flow of the last datagram and its addresses: a capture's datagrams come in runs of
+   * one flow, and the run's next datagram then needs no key built. The flow is already
+   * last in LRU order (it was fed last). Cleared when that flow ends.
+   */
+  private last: {
+    rec: FlowRecord;
+    proto: 'UDP' | 'TCP';
+    srcIp: string;
+    srcPort: number;
+    dstIp: string;
+    dstPort: number;
+    turn: TurnConnection | undefined;
+  } | null = null;
 
   constructor(private readonly o: FlowTableOptions) {
     this.maxFlows = Math.max(1, o.maxFlows ?? 10_000);
@@ -649,6 +675,13 @@ export class FlowTable {
     time: number,
     turn?: TurnConnection,
   ): FlowRecord {
+    const l = this.last;
+    if (l !== null && l.proto === proto && l.turn === turn && time < this.nextSweep) {
+      const same = l.srcPort === srcPort && l.dstPort === dstPort && l.srcIp === srcIp && l.dstIp === dstIp;
+      if (same || (l.srcPort === dstPort && l.dstPort === srcPort && l.srcIp === dstIp && l.dstIp === srcIp)) {
+        return this.feedFlow(l.rec, srcIp, srcPort, payload, time, turn);
+      }
+    }
     const s = epKey(srcIp, srcPort);
     const d = epKey(dstIp, dstPort);
     const via = turn ? `turn|${turn.key}|` : '';
@@ -679,6 +712,18 @@ export class FlowTable {
       this.flows.delete(key);
       this.flows.set(key, f);
     }
+    this.last = { rec: f, proto, srcIp, srcPort, dstIp, dstPort, turn };
+    return this.feedFlow(f, srcIp, srcPort, payload, time, turn);
+  }
+
+  private feedFlow(
+    f: FlowRecord,
+    srcIp: string,
+    srcPort: number,
+    payload: Buffer,
+    time: number,
+    turn: TurnConnection | undefined,
+  ): FlowRecord {
     f.lastSeen = time;
     if (turn?.relayed && f.meta.turn && !f.meta.turn.relayed) f.meta.turn.relayed = turn.relayed;
     const fromA = f.meta.a.ip === srcIp && f.meta.a.port === srcPort;
@@ -687,6 +732,7 @@ export class FlowTable {
   }
 
   private end(k: string, f: FlowRecord, why: 'idle' | 'evicted' | 'closed'): void {
+    if (this.last?.rec === f) this.last = null;
     this.flows.delete(k);
     f.pipeline.close();
     this.o.onFlowEnd?.(f, why);
