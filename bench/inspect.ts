@@ -1,11 +1,14 @@
 /**
- * Offline inspection speed (issue 3): `gatehouse inspect` against `tshark -o
- * tls.keylog_file:...` decrypting the same capture. One real DTLS 1.2 session between
- * OpenSSL's s_client and s_server is captured, then replicated as many flows (client
- * port rewritten) to make a capture large enough to time. Prints MB/s and the ratio.
+ * Offline inspection speed (issues 3, 13): `gatehouse inspect` (as it runs by default,
+ * and with `--hash records`) against `tshark -o tls.keylog_file:...` decrypting the same
+ * capture. One real DTLS 1.2 session between OpenSSL's s_client and s_server is captured,
+ * then replicated as many flows (client port rewritten) to make a capture large enough to
+ * time. Prints the median of 3 runs each, MB/s and the ratios.
+ *
+ *   npx tsx bench/inspect.ts [--quick] [--cli dist/cli/main.js]
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, statSync, writeFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, statSync, writeFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -17,9 +20,14 @@ export interface InspectBenchResult {
   captureMB: number;
   flows: number;
   records: number;
+  /** How gatehouse ran: compiled (dist/) or the sources through tsx. */
+  runner: 'dist' | 'tsx';
   gatehouseSec: number;
+  /** With `--hash records` (SHA-256 of every application-data record). */
+  gatehouseHashSec: number;
   tsharkSec: number | null;
   ratio: number | null;
+  ratioHash: number | null;
 }
 
 /** Classic pcap records, as raw buffers (header + frame), plus the global header. */
@@ -88,56 +96,79 @@ export async function buildInspectCapture(dir: string, opts: { quick?: boolean }
   return { pcap: big, keylog: run.keylog, serverPort: run.serverPort, flows: copies, captureMB: statSync(big).size / 1e6 };
 }
 
-export async function runInspectBench(opts: { quick?: boolean } = {}): Promise<InspectBenchResult> {
+/** Median wall time of `runs` runs of fn (seconds). */
+function medianSec(runs: number, fn: () => void): number {
+  const t: number[] = [];
+  for (let i = 0; i < runs; i++) {
+    const t0 = process.hrtime.bigint();
+    fn();
+    t.push(Number(process.hrtime.bigint() - t0) / 1e9);
+  }
+  t.sort((a, b) => a - b);
+  return t[Math.floor(t.length / 2)]!;
+}
+
+export async function runInspectBench(opts: { quick?: boolean; runs?: number; cli?: string } = {}): Promise<InspectBenchResult> {
   const dir = mkdtempSync(join(tmpdir(), 'gh-inspect-bench-'));
   try {
     const cap = await buildInspectCapture(dir, opts);
     const big = cap.pcap;
-    const mb = cap.captureMB;
-    const copies = cap.flows;
-    const run = cap;
-
+    const runs = opts.runs ?? 3;
     const root = join(fileURLToPath(import.meta.url), '..', '..');
-    let t0 = process.hrtime.bigint();
-    const gh = spawnSync(process.execPath, [join(root, 'bin', 'gatehouse.js'), 'inspect', big, '--keys', run.keylog, '--no-progress'], {
-      maxBuffer: 1 << 30,
-    });
-    const gatehouseSec = Number(process.hrtime.bigint() - t0) / 1e9;
-    const appdata = (gh.stdout.toString().match(/"event_type":"appdata"/g) ?? []).length;
+    // bin/gatehouse.js runs dist/ when `npm run build` made it, else the sources through tsx;
+    // opts.cli: a compiled dist/cli/main.js elsewhere (a build of this checkout).
+    const cli = opts.cli ?? join(root, 'bin', 'gatehouse.js');
+    const runner = opts.cli ? 'dist' : existsSync(join(root, 'dist', 'cli', 'main.js')) ? 'dist' : 'tsx';
+    const inspect = (extra: string[]) => {
+      const gh = spawnSync(process.execPath, [cli, 'inspect', big, '--keys', cap.keylog, '--no-progress', ...extra], {
+        maxBuffer: 1 << 30,
+      });
+      if (gh.status !== 0) throw new Error(`gatehouse inspect exited ${gh.status}: ${gh.stderr.toString().slice(0, 500)}`);
+      return gh.stdout.toString();
+    };
+    const out = inspect([]);
+    const appdata = (out.match(/"event_type":"appdata"/g) ?? []).length;
+    const hashed = (inspect(['--hash', 'records']).match(/"appdata":\{"size":\d+,"sha256":"/g) ?? []).length;
+    if (hashed !== appdata) throw new Error(`--hash records: ${hashed} hashed appdata events of ${appdata}`);
+    const gatehouseSec = medianSec(runs, () => inspect([]));
+    const gatehouseHashSec = medianSec(runs, () => inspect(['--hash', 'records']));
 
     let tsharkSec: number | null = null;
     try {
-      t0 = process.hrtime.bigint();
-      execFileSync(
-        'tshark',
-        [
-          '-n',
-          '-r',
-          big,
-          '-o',
-          `tls.keylog_file:${run.keylog}`,
-          '-d',
-          `udp.port==${run.serverPort},dtls`,
-          '-Y',
-          'dtls.app_data',
-          '-T',
-          'fields',
-          '-e',
-          'data.data',
-        ],
-        { stdio: ['ignore', 'ignore', 'ignore'], maxBuffer: 1 << 30 },
+      tsharkSec = medianSec(runs, () =>
+        execFileSync(
+          'tshark',
+          [
+            '-n',
+            '-r',
+            big,
+            '-o',
+            `tls.keylog_file:${cap.keylog}`,
+            '-d',
+            `udp.port==${cap.serverPort},dtls`,
+            '-Y',
+            'dtls.app_data',
+            '-T',
+            'fields',
+            '-e',
+            'data.data',
+          ],
+          { stdio: ['ignore', 'ignore', 'ignore'], maxBuffer: 1 << 30 },
+        ),
       );
-      tsharkSec = Number(process.hrtime.bigint() - t0) / 1e9;
     } catch {
       tsharkSec = null;
     }
     const r: InspectBenchResult = {
-      captureMB: mb,
-      flows: copies,
+      captureMB: cap.captureMB,
+      flows: cap.flows,
       records: appdata,
+      runner,
       gatehouseSec,
+      gatehouseHashSec,
       tsharkSec,
       ratio: tsharkSec ? tsharkSec / gatehouseSec : null,
+      ratioHash: tsharkSec ? tsharkSec / gatehouseHashSec : null,
     };
     r.table = formatInspectBench(r);
     return r;
@@ -147,17 +178,23 @@ export async function runInspectBench(opts: { quick?: boolean } = {}): Promise<I
 }
 
 export function formatInspectBench(r: InspectBenchResult): string {
+  const row = (name: string, sec: number, records: number | '') =>
+    `| ${name} | ${r.captureMB.toFixed(1)} MB | ${r.flows} | ${records} | ${sec.toFixed(2)} | ${(r.captureMB / sec).toFixed(1)} |`;
   return [
-    '| offline inspection | capture | flows | app-data records | seconds | MB/s |',
+    '| offline inspection (median wall time) | capture | flows | app-data records | seconds | MB/s |',
     '|---|---:|---:|---:|---:|---:|',
-    `| gatehouse inspect | ${r.captureMB.toFixed(1)} MB | ${r.flows} | ${r.records} | ${r.gatehouseSec.toFixed(2)} | ${(r.captureMB / r.gatehouseSec).toFixed(1)} |`,
-    r.tsharkSec
-      ? `| tshark 4.0 -o tls.keylog_file | ${r.captureMB.toFixed(1)} MB | ${r.flows} | | ${r.tsharkSec.toFixed(2)} | ${(r.captureMB / r.tsharkSec).toFixed(1)} |`
-      : '| tshark | not available | | | | |',
-    r.ratio ? `\ngatehouse inspect is ${r.ratio.toFixed(1)}× faster than tshark on this capture.` : '',
+    row(`gatehouse inspect (${r.runner})`, r.gatehouseSec, r.records),
+    row(`gatehouse inspect --hash records (${r.runner})`, r.gatehouseHashSec, r.records),
+    r.tsharkSec ? row('tshark 4.0 -o tls.keylog_file', r.tsharkSec, '') : '| tshark | not available | | | | |',
+    r.ratio && r.ratioHash
+      ? `\ngatehouse inspect is ${r.ratio.toFixed(1)}× faster than tshark on this capture (${r.ratioHash.toFixed(1)}× with every record hashed).`
+      : '',
   ].join('\n');
 }
 
 if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
-  runInspectBench({ quick: process.argv.includes('--quick') }).then((r) => process.stdout.write(formatInspectBench(r) + '\n'));
+  const i = process.argv.indexOf('--cli');
+  runInspectBench({ quick: process.argv.includes('--quick'), ...(i > 0 ? { cli: process.argv[i + 1] } : {}) }).then((r) =>
+    process.stdout.write(formatInspectBench(r) + '\n'),
+  );
 }
