@@ -17,6 +17,7 @@
  *
  *   npx tsx bench/turn-idle.ts [--allocations 10000] [--warmup 100] [--servers gatehouse,bare,coturn]
  *                              [--no-permission] [--settle 5] [--late 45] [--concurrency 64] [--json]
+ *                              [--gatehouse-bin OTHER/bin/gatehouse.js]
  *   npm run bench -- --only idle [--quick]
  *
  * Needs N + W + a few file descriptors in this process and in the server: the limit is
@@ -43,6 +44,7 @@ import {
   messageType,
   type StunMessage,
 } from '../src/wire/stun.js';
+import { cpuDelta, sampleCpu } from './lib/cpu.js';
 import { coturnVersion, machineInfo } from './lib/machine.js';
 import { HOST, freeUdpPort } from './lib/ports.js';
 import { stop, type Proc } from './lib/procs.js';
@@ -73,6 +75,8 @@ export interface TurnIdleOptions {
   lateS: number;
   /** transactions in flight */
   concurrency: number;
+  /** another bin/gatehouse.js for `gatehouse serve` (e.g. a compiled build's, see README); default this checkout's */
+  gatehouseBin?: string;
   log: (line: string) => void;
 }
 
@@ -405,12 +409,12 @@ function relayPorts(total: number): number {
   return Math.ceil(total * 1.1) + 256;
 }
 
-async function startServer(which: IdleServer, total: number, bareNodeArgs: string[]): Promise<Started> {
+async function startServer(which: IdleServer, total: number, bareNodeArgs: string[], bin?: string): Promise<Started> {
   if (which === 'coturn')
     // RFC 8656 §7.2 quotas off (0 = unlimited): the figure is memory, not a limit.
     return startCoturnRelay(relayPorts(total), 'gh-bench-idle-coturn-', ['--total-quota', '0', '--user-quota', '0']);
   const nodeArgs = which === 'bare' ? bareNodeArgs : [];
-  return startGatehouse(total, null, nodeArgs, gatehouseLimits(total), undefined, which === 'bare', relayPorts(total));
+  return startGatehouse(total, null, nodeArgs, gatehouseLimits(total), bin, which === 'bare', relayPorts(total));
 }
 
 /** turn-bare.ts answers SIGUSR2 with process.memoryUsage() after a full collection (--expose-gc). */
@@ -442,6 +446,8 @@ export interface IdleRun {
   /** bare TurnServer only: process.memoryUsage() after global.gc() at the end */
   heapAfterGc: NodeJS.MemoryUsage | null;
   heapBeforeAllocations: NodeJS.MemoryUsage | null;
+  /** the server's CPU while the allocations are held and silent (settle → late), ms per second */
+  idleCpuMsPerS: number | null;
 }
 
 export interface TurnIdleResult {
@@ -468,6 +474,7 @@ async function runOne(which: IdleServer, o: TurnIdleOptions, peerPort: number): 
     late: null,
     heapAfterGc: null,
     heapBeforeAllocations: null,
+    idleCpuMsPerS: null,
   };
   if (which === 'coturn' && !coturnVersion()) {
     run.reason = 'turnserver not found (apt-get install coturn)';
@@ -475,13 +482,13 @@ async function runOne(which: IdleServer, o: TurnIdleOptions, peerPort: number): 
   }
   let s: Started;
   try {
-    s = await startServer(which, o.allocations + o.warmup, ['--expose-gc']);
+    s = await startServer(which, o.allocations + o.warmup, ['--expose-gc'], o.gatehouseBin);
   } catch (e) {
     run.reason = `did not start: ${(e as Error).message}`;
     return run;
   }
   run.available = true;
-  run.command = s.command;
+  run.command = o.gatehouseBin && which === 'gatehouse' ? s.command.replace('bin/gatehouse.js', o.gatehouseBin) : s.command;
   o.log(`${which}: pid ${s.proc.pid}, ${s.command}`);
   let clients: IdleClient[] = [];
   try {
@@ -504,7 +511,11 @@ async function runOne(which: IdleServer, o: TurnIdleOptions, peerPort: number): 
     run.held = sampleMemory(s.proc.pid);
     o.log(`${which}: held, after ${o.settleS} s: ${describe(run.held)}`);
     if (o.lateS > o.settleS) {
+      const c0 = sampleCpu(s.proc.pid);
       await sleep((o.lateS - o.settleS) * 1000);
+      const d = cpuDelta(c0, sampleCpu(s.proc.pid));
+      // The sweep visits every allocation once a second (RFC 8656 §8, §9, §12 expiry).
+      run.idleCpuMsPerS = d.cpuNs / 1e6 / (d.wallNs / 1e9);
       run.late = sampleMemory(s.proc.pid);
       o.log(`${which}: held, after ${o.lateS} s: ${describe(run.late)}`);
     }
@@ -599,7 +610,8 @@ export function idleNotes(runs: IdleRun[], o: Omit<TurnIdleOptions, 'log'>): str
         (Object.keys(fails).length ? `, failures ${JSON.stringify(fails)}` : ', no failures') +
         `; server sockets ${r.before.sockets} → ${end.sockets}; RSS ${int(r.before.rssKiB)} → ${int(end.rssKiB)} KiB; ` +
         `/proc/net/sockstat UDP inuse ${r.before.udpInUse} → ${end.udpInUse}, mem ${r.before.udpMemPages} → ${end.udpMemPages} pages; ` +
-        `load average ${r.before.loadavg} → ${end.loadavg}.`,
+        `load average ${r.before.loadavg} → ${end.loadavg}` +
+        (r.idleCpuMsPerS === null ? '.' : `; CPU while holding them idle ${fmt(r.idleCpuMsPerS, 1)} ms per second.`),
     );
     if (r.heapBeforeAllocations && r.heapAfterGc && r.measured?.allocated) {
       const n = r.measured.allocated;
@@ -660,6 +672,7 @@ if (process.argv[1] && resolve(process.argv[1]) === fileURLToPath(import.meta.ur
     concurrency: num('concurrency'),
     servers: arg('servers')?.split(',') as IdleServer[] | undefined,
     permission: process.argv.includes('--no-permission') ? false : undefined,
+    gatehouseBin: arg('gatehouse-bin'),
   });
   if (process.argv.includes('--json')) process.stdout.write(`${JSON.stringify(r, null, 2)}\n\n`);
   process.stdout.write(`${r.table}\n`);
