@@ -11,25 +11,14 @@ import t from 'tap';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, truncateSync, writeFileSync } from 'node:fs';
 import { createSocket } from 'node:dgram';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { Attr, Class, Method, type StunWriter } from '../../src/wire/stun.js';
 import { Client, errCode } from '../unit/turn/helpers.js';
+import { reservePortBlock } from './helpers/ports.js';
 
 const BIN = join(process.cwd(), 'bin', 'gatehouse.js');
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const p = (s.address() as { port: number }).port;
-      s.close(() => resolve(p));
-    });
-  });
-}
 
 async function stunBinding(port: number, timeoutMs: number): Promise<Buffer | null> {
   const sock = createSocket('udp4');
@@ -76,9 +65,12 @@ t.test('events.jsonl on a full disk: the gateway keeps serving, counts and logs 
     t.fail(why);
     return;
   }
-  const turnPort = await freePort();
-  const adminPort = await freePort();
-  const relayLow = 42000 + (turnPort % 500) * 40;
+  // A reserved block (below the ephemeral range, locked against parallel tests).
+  const block = await reservePortBlock(50);
+  t.teardown(() => block.release());
+  const turnPort = block.port(0);
+  const adminPort = block.port(1);
+  const relayLow = block.port(10);
   const data = join(work, 'data');
   mkdirSync(data, { recursive: true, mode: 0o700 });
   symlinkSync(join(small, 'events.jsonl'), join(data, 'events.jsonl')); // the only file on the small disk

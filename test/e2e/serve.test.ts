@@ -2,26 +2,15 @@ import t from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, statSync, writeFileSync, readdirSync } from 'node:fs';
 import { createSocket } from 'node:dgram';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 
 import { assertNoSecrets, Secrets } from './helpers/secrets.js';
 import { Opcode, Result, decodePcpResponse, encodePcpRequest } from '../../src/wire/pcp.js';
+import { reservePortBlock } from './helpers/ports.js';
 
 const BIN = join(process.cwd(), 'bin', 'gatehouse.js');
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const p = (s.address() as { port: number }).port;
-      s.close(() => resolve(p));
-    });
-  });
-}
 
 /** STUN Binding request (RFC 8489 §5): the readiness probe, and a check that TURN answers. */
 async function stunBinding(port: number, timeoutMs: number): Promise<Buffer | null> {
@@ -97,10 +86,14 @@ t.test('--help', async (t) => {
 
 t.test('first start: user created once, TURN answers, metrics and health served, API needs the token', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'gh-serve-'));
-  const turnPort = await freePort();
-  const adminPort = await freePort();
-  const relayLow = 40000 + (turnPort % 2000) * 10;
-  const pcpPort = await freePort();
+  // A reserved block (below the ephemeral range, locked against parallel tests): a TCP
+  // port the kernel freed may be another test's UDP relay port a moment later.
+  const block = await reservePortBlock(20);
+  t.teardown(() => block.release());
+  const turnPort = block.port(0);
+  const adminPort = block.port(1);
+  const relayLow = block.port(10);
+  const pcpPort = block.port(2);
   const cfg = join(dir, 'gatehouse.yaml');
   writeFileSync(
     cfg,
@@ -151,7 +144,11 @@ admin:
   const metrics = await (await fetch(`http://127.0.0.1:${adminPort}/metrics`)).text();
   t.match(metrics, /gatehouse_turn_allocations \d+/);
   t.match(metrics, /process_cpu_user_seconds_total/);
-  t.match(metrics, /gatehouse_pcp_responses_total\{opcode="MAP",result="NO_RESOURCES"\} 1/, 'PCP answers counted per opcode and result code');
+  t.match(
+    metrics,
+    /gatehouse_pcp_responses_total\{opcode="MAP",result="NO_RESOURCES"\} 1/,
+    'PCP answers counted per opcode and result code',
+  );
   t.match(metrics, /gatehouse_pcp_mappings 0/);
   t.equal((await fetch(`http://127.0.0.1:${adminPort}/v1/events`)).status, 401, 'API refuses without token');
   const token = readFileSync(join(dir, 'data', 'admin-token'), 'utf8').trim();
