@@ -183,7 +183,8 @@ export class FastPath implements TableObserver {
    */
   private onListenerBatch(): void {
     const { meta: m, metaBytes, nIndex: n, lrec, ring } = this.hub;
-    const l = this.readListeners[m[n + 5]!];
+    const lid = m[n + 5]!;
+    const l = this.readListeners[lid];
     this.counters.listenerBatches++;
     this.stats.packets.clientToPeer += m[n + 1]!;
     this.stats.bytes.clientToPeer += m[n + 2]!;
@@ -195,6 +196,9 @@ export class FastPath implements TableObserver {
     const k = m[n]!;
     const family = l.v6 ? 'IPv6' : 'IPv4';
     for (let i = 0; i < k; i++) {
+      // A handler may stop the server (close(): listenerClose) in the middle of the batch;
+      // like dgram after socket.close(), the stopped listener gets nothing more.
+      if (this.readListeners[lid] !== l) return;
       const r = i * lrec;
       const off = m[r]!;
       const len = m[r + 1]!;
