@@ -246,10 +246,14 @@ export class FastPath implements TableObserver {
     this.counters.sendDropped += m[n + 3]!;
     this.counters.expired += m[n + 4]!;
     const k = m[n]!;
+    // Every record of a batch is of the one relay C names (meta[n + 5]): resolved once, so
+    // an id closed by a hook during the batch (and reused by a new allocation) never sends
+    // the rest of the batch to another allocation's client.
+    const mir = this.byId[m[n + 5]!];
+    if (mir === undefined) return;
     for (let i = 0; i < k; i++) {
       const r = i * rec;
-      const mir = this.byId[m[r]!];
-      if (mir === undefined || mir.a.deleted) continue;
+      if (mir.a.deleted || this.byId[mir.id] !== mir) return;
       const perm = mir.perms[m[r + 1]!];
       if (perm === undefined) continue;
       const off = m[r + 3]!;

@@ -16,7 +16,8 @@ import { listenUdp } from '../../../src/turn/listeners.js';
 import { Supervisor } from '../../../src/util/supervise.js';
 import { silentLogger } from '../../../src/util/log.js';
 import type { Allocation, Channel, Permission, UdpListener } from '../../../src/turn/state.js';
-import { peerSocket } from './helpers.js';
+import { Client, peerSocket, startServer } from './helpers.js';
+import { Attr, Class, Method, getXorAddress } from '../../../src/wire/stun.js';
 
 const addon = loadFastPath();
 const skip = addon
@@ -247,4 +248,36 @@ t.test('permission and channel lookups through many inserts and removals (hash t
   t.throws(() => addon!.perm(id, -1, ip(1), true, 1000), /bad slot/);
   t.throws(() => addon!.perm(id, 1, Buffer.alloc(5), true, 1000), /bad arguments/);
   t.throws(() => addon!.chan(id, 1, 70_000, 0x4001, 1000), /bad arguments/);
+});
+
+t.test('a hook closing the allocation during a relay batch handed to JS', { skip }, async (t) => {
+  const seen: string[] = [];
+  let closeAlloc: (() => void) | null = null;
+  const h = await startServer((c) => void (c.turn.fast_path = 'auto'), {
+    flowHooks: {
+      onPacket: (_f, _dir, data) => {
+        seen.push(data.toString());
+        // The allocation goes (its relay closed in C) from inside C's call to JS.
+        if (data.toString() === 'close') closeAlloc?.();
+        return true;
+      },
+    },
+  });
+  t.teardown(h.close);
+  const c = await Client.udp(h.udpPort);
+  const r = await c.authed(Method.Allocate, (w) => void w.attr(Attr.RequestedTransport, Buffer.from([17, 0, 0, 0])));
+  t.equal(r.cls, Class.Success);
+  const relayPort = getXorAddress(r, Attr.XorRelayedAddress)!.port;
+  const p1 = await peerSocket();
+  t.teardown(() => (c.close(), p1.close()));
+  t.equal((await c.authed(Method.CreatePermission, (w) => w.xorAddress(Attr.XorPeerAddress, '127.0.0.1', p1.port))).cls, Class.Success);
+  const table = (h.server as unknown as { table: { all: Set<Allocation>; delete(a: Allocation, why: string): void } }).table;
+  closeAlloc = () => {
+    for (const a of [...table.all]) table.delete(a, 'deleted');
+  };
+  for (const m of ['one', 'two', 'close', 'x1', 'x2', 'x3']) p1.sock.send(Buffer.from(m), relayPort, '127.0.0.1');
+  for (let i = 0; i < 200 && seen.length < 3; i++) await sleep(10);
+  await sleep(100);
+  t.same(seen, ['one', 'two', 'close'], 'nothing of the closed allocation reached the hook after the close');
+  t.equal(h.server.stats.packets.peerToClient, 3, 'the three before (and with) the close were relayed');
 });
