@@ -11,10 +11,33 @@
  * --old DIR adds a run per round of another checkout's bin/gatehouse.js (an earlier build), as the variant.
  * --bare runs bench/turn-bare.ts (a TurnServer without the gateway's hooks) for every Gatehouse run.
  * --prof DIR runs the (first) Gatehouse of every round under `node --cpu-prof`, profiles in DIR.
+ *
+ * Beside the server's own CPU (all its threads, /proc/PID/task/TID/schedstat) every load also
+ * reports, over the same window, the whole machine's CPU per relayed packet from /proc/stat
+ * (user+nice+system+irq+softirq of all CPUs, minus what turnutils_uclient, turnutils_peer
+ * and this process used: "the server + the kernel work it causes"), softirq alone, and the
+ * other processes' share (noise on a shared machine); and a latency probe's p50/p99/max
+ * round trip (bench/lib/latency-probe.ts: its own allocation and channel through the same
+ * server, a timestamped ChannelData every --probe-ms ms, default 5; 0 turns it off). The
+ * medians of those are a second table after the first.
+ *
+ * --sweep: an offered-load sweep per server instead of the A/B rounds. Each server (the
+ * order: Gatehouse, the variant, coturn) is started once, warmed up, then for each size gets
+ * loads of --sweep-clients clients (default 25,50,100,200,400,800), each about
+ * --sweep-seconds long (default 4: -n follows from the per-client rate the previous step
+ * achieved), at -z --interval ms (default 1), up the list until the loss reaches
+ * --max-loss % (default 0.1), a load fails, or (seconds + 15) × steps × sizes is spent.
+ * Reported: the highest relayed rate (packets/s, both directions) with loss below the
+ * limit, its CPU figures and RTT. With the defaults and --sizes 170 a server takes about
+ * 1-2 minutes; --sizes 170,1100 about twice that.
+ *
+ *   npx tsx bench/turn-ab.ts --sweep [--bare] [--variant 'fast_path: auto'] [--sizes 170]
+ *                            [--sweep-clients 25,50,100,200,400] [--sweep-seconds 4]
+ *                            [--interval 1] [--max-loss 0.1]
  */
 import { spawnSync } from 'node:child_process';
 import { loadavg } from 'node:os';
-import { runTurnRelayBench, type TurnBenchOptions } from './turn-relay.js';
+import { lossOf, runTurnRelayBench, type LoadResult, type SweepResult, type TurnBenchOptions } from './turn-relay.js';
 
 function arg(name: string, dflt: string): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -28,16 +51,30 @@ const sizes = arg('sizes', '170,1100').split(',').map(Number);
 const variant = arg('variant', '') || (process.argv.includes('--old') ? 'earlier build' : '');
 const prof = arg('prof', '');
 const old = arg('old', '');
+const probeMs = Number(arg('probe-ms', '5'));
+const intervalMs = Number(arg('interval', '1'));
+const sweepMode = process.argv.includes('--sweep');
+const sweep = {
+  clients: arg('sweep-clients', '25,50,100,200,400,800').split(',').map(Number),
+  seconds: Number(arg('sweep-seconds', '4')),
+  maxLossPct: Number(arg('max-loss', '0.1')),
+};
 const version = spawnSync('turnserver', ['--version'], { encoding: 'utf8' }).stdout?.trim().split('\n')[0] ?? null;
 
 type Key = 'gatehouse' | 'variant' | 'coturn';
 const per: Record<Key, number[][]> = { gatehouse: [], variant: [], coturn: [] };
+/** every round's full result per size (NaN-free figures only go into the medians) */
+const full: Record<Key, Array<Array<LoadResult | null>>> = { gatehouse: [], variant: [], coturn: [] };
+const sweeps: Partial<Record<Key, SweepResult[]>> = {};
 const log = (l: string): void => void process.stderr.write(`${l}\n`);
 
 async function one(which: Key): Promise<number[]> {
   const o: Partial<TurnBenchOptions> = {
     clients,
     messages,
+    intervalMs,
+    probeIntervalMs: probeMs,
+    sweep: sweepMode ? sweep : undefined,
     sizes,
     warmupMessages: 200,
     idleMs: 500,
@@ -51,6 +88,12 @@ async function one(which: Key): Promise<number[]> {
   if (which !== 'coturn' && prof) o.gatehouseNodeArgs = ['--cpu-prof', `--cpu-prof-dir=${prof}`];
   const r = await runTurnRelayBench(o, version);
   const srv = r.servers[0]!;
+  if (sweepMode) {
+    sweeps[which] = srv.sweep ?? [];
+    if (!srv.sweep) log(`${which}: no sweep: ${srv.reason ?? 'no run'}`);
+    return [];
+  }
+  full[which].push(sizes.map((size) => srv.cases.find((x) => x.size === size && !x.error) ?? null));
   return sizes.map((size) => {
     const c = srv.cases.find((x) => x.size === size);
     if (!c || c.error) log(`${which} ${size} B: ${c?.error ?? srv.reason ?? 'no run'}`);
@@ -64,6 +107,41 @@ const med = (xs: number[]): number => {
   return s.length ? s[Math.floor((s.length - 1) / 2)]! : NaN;
 };
 
+const f2 = (n: number): string => (Number.isFinite(n) ? n.toFixed(2) : '–');
+const f3 = (n: number): string => (Number.isFinite(n) ? n.toFixed(3) : '–');
+const label = (k: Key): string =>
+  k === 'coturn'
+    ? 'coturn 4.6.1'
+    : k === 'variant'
+      ? `Gatehouse (${variant})`
+      : process.argv.includes('--bare')
+        ? 'Gatehouse (bare)'
+        : 'Gatehouse';
+
+if (sweepMode) {
+  const order: Key[] = variant ? ['gatehouse', 'variant', 'coturn'] : ['gatehouse', 'coturn'];
+  log(`sweep (${order.join(' → ')}), load average ${loadavg()[0]!.toFixed(2)}`);
+  for (const k of order) await one(k);
+  const lines: string[] = [
+    `Offered-load sweep: -z ${intervalMs} ms, clients ${sweep.clients.join(', ')}, ~${sweep.seconds} s per step; highest relayed rate with loss < ${sweep.maxLossPct} %`,
+    '| payload | server | highest rate, packets/s | clients | loss % | server µs/pkt | system µs/pkt | softirq µs/pkt | others µs/pkt | RTT p50 / p99 ms | stopped by |',
+    '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|',
+  ];
+  for (const size of sizes) {
+    for (const k of order) {
+      const sw = sweeps[k]?.find((x) => x.size === size);
+      const b = sw?.best ?? null;
+      lines.push(
+        `| ${size} B | ${label(k)} | ${b ? Math.round(b.ratePps ?? NaN) : '–'} | ${b?.clients ?? '–'} | ${b ? f3(lossOf(b) ?? NaN) : '–'} | ` +
+          `${f2(b?.usPerPacket ?? NaN)} | ${f2(b?.systemUsPerPacket ?? NaN)} | ${f2(b?.softirqUsPerPacket ?? NaN)} | ${f2(b?.othersUsPerPacket ?? NaN)} | ` +
+          `${f3(b?.latency?.p50Ms ?? NaN)} / ${f3(b?.latency?.p99Ms ?? NaN)} | ${sw?.stoppedBy ?? 'no run'} |`,
+      );
+    }
+  }
+  process.stdout.write(lines.join('\n') + '\n');
+  process.exit(0);
+}
+
 for (let r = 0; r < rounds; r++) {
   const order: Key[] = variant ? ['gatehouse', 'variant', 'coturn'] : ['gatehouse', 'coturn'];
   if (r % 2) order.reverse();
@@ -76,7 +154,13 @@ lines.push(
   `${clients} clients × ${messages} messages, ${rounds} alternating rounds, median of per-round figures` +
     (process.argv.includes('--bare') ? ' (Gatehouse: bare TurnServer, bench/turn-bare.ts)' : ' (Gatehouse: gatehouse serve)'),
 );
-lines.push('| payload | Gatehouse µs | ' + (variant ? `Gatehouse (${variant}) µs | ` : '') + 'coturn µs | Gatehouse/coturn' + (variant ? ' | variant/coturn' : '') + ' |');
+lines.push(
+  '| payload | Gatehouse µs | ' +
+    (variant ? `Gatehouse (${variant}) µs | ` : '') +
+    'coturn µs | Gatehouse/coturn' +
+    (variant ? ' | variant/coturn' : '') +
+    ' |',
+);
 sizes.forEach((size, i) => {
   const g = per.gatehouse.map((x) => x[i]!);
   const c = per.coturn.map((x) => x[i]!);
@@ -90,5 +174,26 @@ sizes.forEach((size, i) => {
       (variant ? ` | ${vr.toFixed(2)}×` : '') +
       ' |',
   );
+});
+
+// Beside the server's own figure: the whole machine, softirq, the noise, the probe's RTT.
+const medOf = (k: Key, i: number, f: (c: LoadResult) => number | null | undefined): number =>
+  med(full[k].map((row) => row[i]).map((c) => (c ? (f(c) ?? NaN) : NaN)));
+const keys: Key[] = variant ? ['gatehouse', 'variant', 'coturn'] : ['gatehouse', 'coturn'];
+lines.push('');
+lines.push('Whole system over the same windows (/proc/stat minus the load generators), medians of the rounds; RTT from the latency probe');
+lines.push(
+  '| payload | server | server µs/pkt | system µs/pkt | softirq µs/pkt | others µs/pkt | RTT p50 / p99 / max ms | rate packets/s |',
+);
+lines.push('|---|---|---:|---:|---:|---:|---:|---:|');
+sizes.forEach((size, i) => {
+  for (const k of keys) {
+    lines.push(
+      `| ${size} B | ${label(k)} | ${f2(medOf(k, i, (c) => c.usPerPacket))} | ${f2(medOf(k, i, (c) => c.systemUsPerPacket))} | ` +
+        `${f2(medOf(k, i, (c) => c.softirqUsPerPacket))} | ${f2(medOf(k, i, (c) => c.othersUsPerPacket))} | ` +
+        `${f3(medOf(k, i, (c) => c.latency?.p50Ms))} / ${f3(medOf(k, i, (c) => c.latency?.p99Ms))} / ${f3(medOf(k, i, (c) => c.latency?.maxMs))} | ` +
+        `${Math.round(medOf(k, i, (c) => c.ratePps))} |`,
+    );
+  }
 });
 process.stdout.write(lines.join('\n') + '\n');

@@ -23,6 +23,8 @@ import { loadavg, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { cpuDelta, sampleCpu, type CpuDelta, type CpuSample } from './lib/cpu.js';
+import { startLatencyProbe, type LatencyFigures, type LatencyProbe } from './lib/latency-probe.js';
+import { sampleSystem, sysDelta, type SysDelta, type SysSample } from './lib/syscpu.js';
 import { HOST, freeTcpPort, freeUdpPort, freeUdpRange } from './lib/ports.js';
 import { onCleanup, start, stop, type Proc } from './lib/procs.js';
 import { dropsDelta, udpDrops, type UdpDrops } from './lib/udp-drops.js';
@@ -63,6 +65,16 @@ export interface TurnBenchOptions {
   gatehouseBin?: string;
   /** bench/turn-bare.ts (a TurnServer with no gateway and no flow hooks) instead of `gatehouse serve` */
   gatehouseBare?: boolean;
+  /**
+   * ms between the latency probe's messages (bench/lib/latency-probe.ts: one allocation of
+   * its own beside the load, p50/p99 RTT); 0 = no probe. Default 5.
+   */
+  probeIntervalMs?: number;
+  /**
+   * Offered-load sweep instead of one load per size: for each size, loads of `clients[i]`
+   * clients for about `seconds` each, up the list until the loss reaches `maxLossPct`.
+   */
+  sweep?: { clients: number[]; seconds: number; maxLossPct: number; perClientRate?: number };
   log: (line: string) => void;
 }
 
@@ -132,6 +144,22 @@ export interface LoadResult {
   loadavg: [number, number];
   /** cpu.cpuNs / relayed, µs */
   usPerPacket: number | null;
+  /** whole machine over the same window as `cpu` (bench/lib/syscpu.ts) */
+  sys: SysDelta | null;
+  /** sys.systemNs / relayed, µs: the server plus the kernel work it causes (and any noise) */
+  systemUsPerPacket: number | null;
+  /** sys.softirqNs / relayed, µs */
+  softirqUsPerPacket: number | null;
+  /** sys.othersNs / relayed, µs: other processes' share of systemUsPerPacket (noise) */
+  othersUsPerPacket: number | null;
+  /** relayed / the window's wall time, packets per second */
+  ratePps: number | null;
+  /** the latency probe's figures (its packets are counted in `relayed` too) */
+  latency: LatencyFigures | null;
+  /** packets the probe had relayed (sent + echoed back), included in `relayed` */
+  probeRelayed: number;
+  /** why there is no latency figure (the probe's allocation failed); the load still counts */
+  latencyError?: string | null;
   error: string | null;
   /** last lines of the uclient output when something went wrong */
   clientTail?: string;
@@ -151,6 +179,22 @@ export interface ServerRun {
   allRuns: LoadResult[];
   /** what the server printed when something went wrong */
   serverTail?: string;
+  /** with o.sweep: per size, the loads in the order run and the highest one under the loss limit */
+  sweep?: SweepResult[];
+}
+
+export interface SweepResult {
+  size: number;
+  steps: LoadResult[];
+  /** the step with the highest relayed rate whose loss stayed below maxLossPct */
+  best: LoadResult | null;
+  /** why the sweep stopped: the loss limit, an error, the end of the list, or the time budget */
+  stoppedBy: string;
+}
+
+/** Loss from the exact counters, % (turnutils_uclient rounds its own figure). */
+export function lossOf(r: LoadResult): number | null {
+  return r.sent > 0 ? ((r.sent - r.received) / r.sent) * 100 : null;
 }
 
 export interface TurnBenchResult {
@@ -225,6 +269,7 @@ async function runLoad(
   messages: number,
   size: number,
   intervalMs: number,
+  probeIntervalMs = 0,
 ): Promise<LoadResult> {
   const args = uclientArgs(port, peerPort, clients, messages, size, intervalMs);
   const connectMs = 30_000 + clients * 500;
@@ -252,20 +297,39 @@ async function runLoad(
     cpuTotal: null,
     loadavg: [round2(loadavg()[0]!), 0],
     usPerPacket: null,
+    sys: null,
+    systemUsPerPacket: null,
+    softirqUsPerPacket: null,
+    othersUsPerPacket: null,
+    ratePps: null,
+    latency: null,
+    probeRelayed: 0,
     error: null,
   };
 
+  let probe: LatencyProbe | null = null;
+  let probeError: string | null = null;
+  if (probeIntervalMs > 0) {
+    try {
+      probe = await startLatencyProbe(port, peerPort, probeIntervalMs, size);
+    } catch (e) {
+      probeError = (e as Error).message;
+    }
+  }
   const s0 = tryCpu(serverPid);
   let s1: CpuSample | null = null;
+  let sys1: SysSample | null = null;
   let d1: { server: UdpDrops | null; peer: UdpDrops | null } | null = null;
   let lastProgress = Date.now();
   let lastCounts = '';
   const uc = start('turnutils_uclient', 'turnutils_uclient', args, {}, 40);
   uc.onLine((line) => {
     if (!s1 && line.includes('Total connect time')) {
+      sys1 = sampleSystem([uc.pid, peerPid], [serverPid]);
       s1 = tryCpu(serverPid);
       d1 = { server: udpDrops(serverPid), peer: udpDrops(peerPid) };
       lastProgress = Date.now();
+      probe?.begin();
     }
     let m: RegExpExecArray | null;
     if ((m = RE_TOTALS.exec(line))) {
@@ -305,9 +369,15 @@ async function runLoad(
   }, 500);
   const { code, signal } = await uc.exited;
   clearInterval(watchdog);
+  const probeDone = probe?.stop() ?? null;
   const s2 = tryCpu(serverPid);
+  const sys2 = sampleSystem([uc.pid, peerPid], [serverPid]);
   const d2 = { server: udpDrops(serverPid), peer: udpDrops(peerPid) };
   res.loadavg[1] = round2(loadavg()[0]!);
+  if (probeDone) {
+    res.latency = await probeDone;
+    res.probeRelayed = res.latency.sent + res.latency.received;
+  }
 
   res.relayed = res.sent + res.received;
   const dStart = d1 as { server: UdpDrops | null; peer: UdpDrops | null } | null;
@@ -333,13 +403,23 @@ async function runLoad(
   if (s0 && s2) res.cpuTotal = cpuDelta(s0, s2);
   const connected: CpuSample | null = s1;
   if (connected && s2) res.cpu = cpuDelta(connected, s2);
+  res.relayed += res.probeRelayed;
   if (res.cpu && res.relayed > 0) res.usPerPacket = res.cpu.cpuNs / 1000 / res.relayed;
+  const sysStart: SysSample | null = sys1;
+  if (sysStart && res.relayed > 0) {
+    res.sys = sysDelta(sysStart, sys2);
+    res.systemUsPerPacket = res.sys.systemNs / 1000 / res.relayed;
+    res.softirqUsPerPacket = res.sys.softirqNs / 1000 / res.relayed;
+    res.othersUsPerPacket = res.sys.othersNs / 1000 / res.relayed;
+  }
+  if (res.cpu && res.cpu.wallNs > 0) res.ratePps = res.relayed / (res.cpu.wallNs / 1e9);
 
   const problems: string[] = [];
   if (killedFor) problems.push(`turnutils_uclient stopped: ${killedFor}`);
   else if (code !== 0) problems.push(`turnutils_uclient exited with ${code ?? signal}`);
   if (!s2) problems.push('the server process was gone at the end of the load');
   if (!killedFor && res.lostPackets === null) problems.push('turnutils_uclient printed no loss summary');
+  res.latencyError = probeError;
   if (problems.length) {
     // The client's own complaints say most (e.g. "channel bind: error 400 (...)").
     const said = [
@@ -520,7 +600,17 @@ function describe(r: LoadResult): string {
   const d = r.drops
     ? ` [drops: server listen ${r.drops.serverListen}, relay ${r.drops.serverRelay}, peer ${r.drops.peer}, elsewhere ${r.drops.elsewhere}]`
     : '';
-  return `${r.size} B: sent ${r.sent}, received ${r.received}, relayed ${r.relayed} (${r.relayedMethod})${d}, loss ${r.lossPct ?? '?'}%, RTT ${r.rttAvgMs ?? '?'} ms, ${cpu}, ${fmt(r.usPerPacket)} µs/packet${r.error ? ` — ERROR: ${r.error}` : ''}`;
+  const sys =
+    r.systemUsPerPacket !== null
+      ? `, whole system ${fmt(r.systemUsPerPacket)} µs/packet (softirq ${fmt(r.softirqUsPerPacket)}, other processes ${fmt(r.othersUsPerPacket)})`
+      : '';
+  const lat = r.latency
+    ? `, probe RTT p50 ${fmt(r.latency.p50Ms, 3)} / p99 ${fmt(r.latency.p99Ms, 3)} / max ${fmt(r.latency.maxMs, 3)} ms (${r.latency.received}/${r.latency.sent} back)`
+    : r.latencyError
+      ? `, ${r.latencyError}`
+      : '';
+  const rate = r.ratePps !== null ? `, ${int(Math.round(r.ratePps))} packets/s` : '';
+  return `${r.size} B × ${r.clients} clients: sent ${r.sent}, received ${r.received}, relayed ${r.relayed} (${r.relayedMethod})${d}, loss ${r.lossPct ?? '?'}%, RTT ${r.rttAvgMs ?? '?'} ms, ${cpu}, ${fmt(r.usPerPacket)} µs/packet${sys}${lat}${rate}${r.error ? ` — ERROR: ${r.error}` : ''}`;
 }
 
 async function benchServer(
@@ -553,7 +643,11 @@ async function benchServer(
     run.reason = 'turnserver not found (apt-get install coturn)';
     return run;
   }
-  const allocations = o.clients * (1 + o.sizes.length * o.repeat);
+  // The probe adds one allocation per load.
+  const loads = o.sweep ? o.sweep.clients.length * o.sizes.length : o.sizes.length * o.repeat;
+  const allocations = o.sweep
+    ? o.clients + o.sweep.clients.reduce((a, b) => a + b, 0) * o.sizes.length + loads + 1
+    : o.clients * (1 + o.sizes.length * o.repeat) + loads + 1;
   let s: Started;
   try {
     s =
@@ -580,11 +674,13 @@ async function benchServer(
       run.idleCpuMsPerS = d.cpuNs / 1e6 / (d.wallNs / 1e9);
       o.log(`${name}: idle ${fmt(run.idleCpuMsPerS, 2)} ms CPU per second`);
     }
-    for (let rep = 0; rep < o.repeat; rep++) {
+    const probeMs = o.probeIntervalMs ?? 5;
+    if (o.sweep) run.sweep = await sweepServer(name, s, o, o.sweep, peerPid, peerPort, probeMs, run.allRuns);
+    for (let rep = 0; rep < (o.sweep ? 0 : o.repeat); rep++) {
       for (const size of o.sizes) {
         if (!s.proc.isRunning()) break;
         o.log(`${name}: ${o.clients} clients × ${o.messages} messages of ${size} B${o.repeat > 1 ? ` (run ${rep + 1}/${o.repeat})` : ''}`);
-        const r = await runLoad(s.proc.pid, s.port, peerPid, peerPort, o.clients, o.messages, size, o.intervalMs);
+        const r = await runLoad(s.proc.pid, s.port, peerPid, peerPort, o.clients, o.messages, size, o.intervalMs, probeMs);
         o.log(`${name}: ${describe(r)}`);
         run.allRuns.push(r);
       }
@@ -597,6 +693,60 @@ async function benchServer(
     s.cleanup();
   }
   return run;
+}
+
+/**
+ * The sweep on one running server: per size, loads of more and more clients (each about
+ * sweep.seconds long: -n from the per-client rate the previous step achieved) until the
+ * loss reaches sweep.maxLossPct, a load fails, or the server's time budget is spent.
+ */
+async function sweepServer(
+  name: ServerName,
+  s: Started,
+  o: TurnBenchOptions,
+  sweep: NonNullable<TurnBenchOptions['sweep']>,
+  peerPid: number,
+  peerPort: number,
+  probeMs: number,
+  all: LoadResult[],
+): Promise<SweepResult[]> {
+  const out: SweepResult[] = [];
+  const budgetMs = (sweep.seconds + 15) * sweep.clients.length * o.sizes.length;
+  const begun = Date.now();
+  // turnutils_uclient's -z is a floor, not a rate: the first guess is corrected by what it did.
+  let perClient = sweep.perClientRate ?? 1000 / Math.max(1, o.intervalMs);
+  for (const size of o.sizes) {
+    const res: SweepResult = { size, steps: [], best: null, stoppedBy: 'end of the client list' };
+    for (const clients of sweep.clients) {
+      if (!s.proc.isRunning()) {
+        res.stoppedBy = 'the server exited';
+        break;
+      }
+      if (Date.now() - begun > budgetMs) {
+        res.stoppedBy = `time budget (${Math.round(budgetMs / 1000)} s) spent`;
+        break;
+      }
+      const messages = Math.max(50, Math.ceil(perClient * sweep.seconds));
+      o.log(`${name}: sweep ${size} B, ${clients} clients × ${messages} messages (-z ${o.intervalMs})`);
+      const r = await runLoad(s.proc.pid, s.port, peerPid, peerPort, clients, messages, size, o.intervalMs, probeMs);
+      o.log(`${name}: sweep ${describe(r)}`);
+      res.steps.push(r);
+      all.push(r);
+      if (r.sent > 0 && r.cpu && r.cpu.wallNs > 0) perClient = Math.max(10, r.sent / clients / (r.cpu.wallNs / 1e9));
+      const loss = lossOf(r);
+      if (r.error || loss === null) {
+        res.stoppedBy = `error: ${r.error ?? 'no counts'}`;
+        break;
+      }
+      if (loss >= sweep.maxLossPct) {
+        res.stoppedBy = `loss ${loss.toFixed(3)} % at ${clients} clients`;
+        break;
+      }
+      if (!res.best || (r.ratePps ?? 0) > (res.best.ratePps ?? 0)) res.best = r;
+    }
+    out.push(res);
+  }
+  return out;
 }
 
 export function turnTable(result: Omit<TurnBenchResult, 'table'>): string {
