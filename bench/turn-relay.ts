@@ -711,7 +711,7 @@ async function sweepServer(
   all: LoadResult[],
 ): Promise<SweepResult[]> {
   const out: SweepResult[] = [];
-  const budgetMs = (sweep.seconds + 15) * sweep.clients.length * o.sizes.length;
+  const budgetMs = (sweep.seconds + 15) * 1000 * sweep.clients.length * o.sizes.length;
   const begun = Date.now();
   // turnutils_uclient's -z is a floor, not a rate: the first guess is corrected by what it did.
   let perClient = sweep.perClientRate ?? 1000 / Math.max(1, o.intervalMs);
