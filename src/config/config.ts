@@ -788,7 +788,8 @@ function coreCheck(cfg: GatehouseConfig, at: (paths: string | string[], problem:
     if (!p.org) at(`core.peers[${i}]`, 'a peer needs an org');
     if (!p.cert) at(`core.peers[${i}]`, 'a peer needs a cert (PEM file)');
     // core.md §6: B picks the one certificate it trusts for the ticket's organisation.
-    if (cfg.core.peers.findIndex((q) => q.org === p.org) !== i) at(`core.peers[${i}].org`, `${JSON.stringify(p.org)} is named by an earlier peer too`);
+    if (cfg.core.peers.findIndex((q) => q.org === p.org) !== i)
+      at(`core.peers[${i}].org`, `${JSON.stringify(p.org)} is named by an earlier peer too`);
     // A peer is another organisation's core: its tickets for core.org would be our own users.
     if (p.org && p.org === cfg.core.org) at(`core.peers[${i}].org`, `${JSON.stringify(p.org)} is this core's own core.org`);
   });

@@ -238,7 +238,13 @@ export class Conferences {
           } catch (err) {
             // The first, credential-less request's 401 is the challenge, not a failure.
             if (err instanceof CoreError && ctx.req.headers.authorization)
-              this.d.onAuth?.(ctx, { mechanism: 'conference-key', result: 'failure', reason: err.code, conference: ctx.params.id!, guest: true });
+              this.d.onAuth?.(ctx, {
+                mechanism: 'conference-key',
+                result: 'failure',
+                reason: err.code,
+                conference: ctx.params.id!,
+                guest: true,
+              });
             throw err;
           }
         },
@@ -465,7 +471,14 @@ export async function conferencesModule(core: CoreContext): Promise<Conferences>
       core.turn.issue(
         c.kind === 'guest'
           ? { kind: 'guest', conference: c.conference!, identity: c.identity! }
-          : { kind: 'user', user: c.sub, context: { ...(c.conference !== undefined ? { conference: c.conference } : {}), ...(c.org !== undefined ? { org: c.org } : {}) } },
+          : {
+              kind: 'user',
+              user: c.sub,
+              context: {
+                ...(c.conference !== undefined ? { conference: c.conference } : {}),
+                ...(c.org !== undefined ? { org: c.org } : {}),
+              },
+            },
       ),
     publicUrl: () => core.baseUrl(),
     onAuth: (ctx, outcome) => emitAuthEvent(core, ctx, outcome),

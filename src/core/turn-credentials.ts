@@ -42,9 +42,7 @@ export interface IssueContext {
   org?: string;
 }
 
-export type TurnSubject =
-  | { kind: 'user'; user: string; context?: IssueContext }
-  | { kind: 'guest'; conference: string; identity: string };
+export type TurnSubject = { kind: 'user'; user: string; context?: IssueContext } | { kind: 'guest'; conference: string; identity: string };
 
 export const MAX_RECORDS = 200_000;
 

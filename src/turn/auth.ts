@@ -8,7 +8,13 @@ import type { Clock } from '../util/clock.js';
 
 // RFC 8489 §9.2 nonce cookie and security features: codec facts, in src/wire/stun-nonce.ts
 // (the key agent's client reads them too).
-export { NONCE_COOKIE, FEATURE_PASSWORD_ALGORITHMS, FEATURE_USERNAME_ANONYMITY, encodeFeatures, nonceFeatures } from '../wire/stun-nonce.js';
+export {
+  NONCE_COOKIE,
+  FEATURE_PASSWORD_ALGORITHMS,
+  FEATURE_USERNAME_ANONYMITY,
+  encodeFeatures,
+  nonceFeatures,
+} from '../wire/stun-nonce.js';
 import { NONCE_COOKIE, FEATURE_PASSWORD_ALGORITHMS, encodeFeatures } from '../wire/stun-nonce.js';
 
 export type NonceCheck = 'ok' | 'stale' | 'invalid';

@@ -25,4 +25,3 @@ export function nonceFeatures(nonce: string): number | null {
   if (b.length !== 3) return null;
   return (b[0]! << 16) | (b[1]! << 8) | b[2]!;
 }
-

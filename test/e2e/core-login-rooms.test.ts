@@ -223,23 +223,35 @@ t.test('login (core.md §3) and rooms with personal URLs (core.md §7)', async (
     for (let i = 0; i < 10; i++) {
       const from = `127.0.0.${20 + i}`;
       const c = await req(base, 'POST', '/v1/login', { from });
-      const r = await req(base, 'POST', '/v1/login', { from, headers: { authorization: digestAuth(digestChallenge(c), 'carol', 'wrong') } });
+      const r = await req(base, 'POST', '/v1/login', {
+        from,
+        headers: { authorization: digestAuth(digestChallenge(c), 'carol', 'wrong') },
+      });
       t.equal(r.status, 401, `failure ${i + 1} from ${from}`);
     }
     const from = '127.0.0.40';
     const c = await req(base, 'POST', '/v1/login', { from });
     t.equal(c.status, 401, 'a fresh address still gets challenges');
-    const right = await req(base, 'POST', '/v1/login', { from, headers: { authorization: digestAuth(digestChallenge(c), 'carol', pw('carol')) } });
+    const right = await req(base, 'POST', '/v1/login', {
+      from,
+      headers: { authorization: digestAuth(digestChallenge(c), 'carol', pw('carol')) },
+    });
     t.equal(right.status, 429, 'the right password does not help while the name is locked');
     t.equal(right.json.error.code, 'rate_limited');
     t.equal(right.headers['retry-after']?.[0], '60');
     const c2 = await req(base, 'POST', '/v1/login', { from });
-    const bobOk = await req(base, 'POST', '/v1/login', { from, headers: { authorization: digestAuth(digestChallenge(c2), 'bob', pw('bob')) } });
+    const bobOk = await req(base, 'POST', '/v1/login', {
+      from,
+      headers: { authorization: digestAuth(digestChallenge(c2), 'bob', pw('bob')) },
+    });
     t.equal(bobOk.status, 200, 'another user from the same address gets in');
     secrets.add('token', 'bob lockout', bobOk.json.token);
     clock.advance(60_000);
     const c3 = await req(base, 'POST', '/v1/login', { from });
-    const later = await req(base, 'POST', '/v1/login', { from, headers: { authorization: digestAuth(digestChallenge(c3), 'carol', pw('carol')) } });
+    const later = await req(base, 'POST', '/v1/login', {
+      from,
+      headers: { authorization: digestAuth(digestChallenge(c3), 'carol', pw('carol')) },
+    });
     t.equal(later.status, 200, 'the lock ends');
     secrets.add('token', 'carol after lockout', later.json.token);
     // Every outcome is an auth event, without the password.
@@ -247,7 +259,10 @@ t.test('login (core.md §3) and rooms with personal URLs (core.md §7)', async (
     t.ok(auth.some((a) => a.user === 'carol' && a.result === 'failure' && a.reason === 'rate_limited' && a.mechanism === 'Digest'));
     t.ok(auth.some((a) => a.user === 'carol' && a.result === 'failure' && a.reason === 'unauthenticated'));
     t.ok(auth.some((a) => a.user === 'carol' && a.result === 'success'));
-    t.ok(events.events.filter((e) => e.event_type === 'auth').every((e) => e.src_ip && e.proto === 'TCP'), 'with the source address');
+    t.ok(
+      events.events.filter((e) => e.event_type === 'auth').every((e) => e.src_ip && e.proto === 'TCP'),
+      'with the source address',
+    );
     assertNoSecrets(t, secrets, { texts: { 'auth events': JSON.stringify(events.events) } }, 'auth events');
   });
 

@@ -323,8 +323,12 @@ t.test(
     );
     // Every login is an auth event, without secrets (the secrets check below reads them too).
     t.ok(
-      evs.some((e) => e.event_type === 'auth' && (e as { auth?: { user?: string; result?: string } }).auth?.user === 'alice' &&
-        (e as { auth?: { result?: string } }).auth?.result === 'success'),
+      evs.some(
+        (e) =>
+          e.event_type === 'auth' &&
+          (e as { auth?: { user?: string; result?: string } }).auth?.user === 'alice' &&
+          (e as { auth?: { result?: string } }).auth?.result === 'success',
+      ),
       'the organizer’s login is an auth event',
     );
     t.notOk(

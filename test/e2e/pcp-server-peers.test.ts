@@ -190,8 +190,8 @@ t.test('PCP server with libtorrent, natpmpc and tshark', async (t) => {
       let tcp = false;
       while (lt.exitCode === null && !(udp && tcp)) {
         const rs = ruleset();
-        if (dnatUdp.test(rs) && !udp) (udp = true), (sawRules += rs);
-        if (dnatTcp.test(rs) && !tcp) (tcp = true), (sawRules += rs);
+        if (dnatUdp.test(rs) && !udp) ((udp = true), (sawRules += rs));
+        if (dnatTcp.test(rs) && !tcp) ((tcp = true), (sawRules += rs));
         if (!(udp && tcp)) await new Promise((r) => setTimeout(r, 100));
       }
     })();

@@ -115,7 +115,8 @@ export class FrontEnd implements FeApi {
     // Expired claims and conferences go now and then (the store stays bounded by what is live).
     if (++this.claims % 256 === 0) this.store.purgeExpired(this.nowS());
     const r = this.store.claim(id, identity, holder, until, this.nowS());
-    if (r === 'full') throw new FeError(409, 'conference_full', `the conference holds its most identities (${MAX_IDENTITIES_PER_CONFERENCE})`);
+    if (r === 'full')
+      throw new FeError(409, 'conference_full', `the conference holds its most identities (${MAX_IDENTITIES_PER_CONFERENCE})`);
     return r;
   }
 

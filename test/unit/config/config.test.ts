@@ -44,7 +44,11 @@ const broken: [string, string, RegExp][] = [
   ['bad CIDR', 'turn:\n  peers:\n    allow: [10.0.0.0/33]\n', /^f\.yaml:3:13: turn\.peers\.allow\[0\]: prefix length/],
   ['bad relay address', 'turn:\n  relay_address: example.com\n', /turn\.relay_address: "example\.com" is not an IP address/],
   ['user without colon rule', 'users:\n  - { name: "a:b", password: x }\n', /users\[0\]\.name: user names/],
-  ['user name with a slash (core.md §8 guest names)', 'users:\n  - { name: "guest/c1/ann", password: x }\n', /users\[0\]\.name: user names .*"\/"/],
+  [
+    'user name with a slash (core.md §8 guest names)',
+    'users:\n  - { name: "guest/c1/ann", password: x }\n',
+    /users\[0\]\.name: user names .*"\/"/,
+  ],
   ['user name with a control character', 'users:\n  - { name: "a\\tb", password: x }\n', /users\[0\]\.name: user names/],
   ['duplicate key', 'realm: a\nrealm: b\n', /realm: key appears twice/],
   ['yaml syntax', 'turn: [\n', /^f\.yaml:\d+:\d+: YAML syntax/],

@@ -108,7 +108,10 @@ t.test('cross-key rules and core.directory', async (t) => {
   t.match(err('core:\n  directory: ldap://h:70000/dc=x\n').message, /core\.directory: port 70000 is out of range/);
   t.match(err('core:\n  directory: ldap://h/not-a-dn\n').message, /core\.directory: base DN: "not-a-dn" is not a DN/);
   // Passwords never cross the network in the clear unless the admin says so.
-  t.match(err('core:\n  directory: ldap://ldap.example:389/dc=x\n').message, /core\.directory: ldap\.example is not a loopback address: use ldaps:\/\/ or core\.ldap\.starttls/);
+  t.match(
+    err('core:\n  directory: ldap://ldap.example:389/dc=x\n').message,
+    /core\.directory: ldap\.example is not a loopback address: use ldaps:\/\/ or core\.ldap\.starttls/,
+  );
   t.doesNotThrow(() => parseConfig('core:\n  directory: ldap://ldap.example:389/dc=x\n  ldap: { starttls: true }\n', 'f.yaml'));
   t.doesNotThrow(() => parseConfig('core:\n  directory: ldaps://ldap.example/dc=x\n', 'f.yaml'));
   t.doesNotThrow(() => parseConfig('core:\n  directory: ldap://127.0.0.1:3890/dc=x\n', 'f.yaml'), 'loopback');
