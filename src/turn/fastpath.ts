@@ -25,7 +25,7 @@
  * guards every datagram) always has one, so none of its flows is forwarded in C.
  */
 import type { RemoteInfo, Socket } from 'node:dgram';
-import { createRequire } from 'node:module';
+import { loadAddon } from '../util/native-addon.js';
 import type { Clock } from '../util/clock.js';
 import type { Logger } from '../util/log.js';
 import type { Supervisor } from '../util/supervise.js';
@@ -49,7 +49,6 @@ export interface FastPathAddon {
   readonly ringLength: number;
 }
 
-const ADDON = 'Release/gatehouse_fastpath.node';
 let cached: FastPathAddon | null | undefined;
 
 /** The addon, or null (not built, not Linux, or failed to load). Loaded once. */
@@ -57,17 +56,11 @@ export function loadFastPath(): FastPathAddon | null {
   if (cached !== undefined) return cached;
   cached = null;
   if (process.platform !== 'linux') return cached;
-  const req = createRequire(import.meta.url);
-  for (const rel of ['../../native/build/', '../../../native/build/']) {
-    try {
-      const m = req(rel + ADDON) as Partial<FastPathAddon>;
-      if (typeof m?.open === 'function' && typeof m.listenerRead === 'function' && typeof m.metaLength === 'number')
-        return (cached = m as FastPathAddon);
-    } catch {
-      // missing or unloadable: the pure-JS path
-    }
-  }
-  return cached;
+  // Missing, unloadable or out of date: the pure-JS path.
+  return (cached = loadAddon<FastPathAddon>(
+    'gatehouse_fastpath.node',
+    (m) => typeof m.open === 'function' && typeof m.listenerRead === 'function' && typeof m.metaLength === 'number',
+  ).addon);
 }
 
 /** What dgram keeps of a socket (internal: `_handle` is deprecated, DEP0112). */

@@ -8,7 +8,7 @@
  * peer (Node exposes no SO_PEERCRED), so callers must fail closed: loadPeerCred() gives
  * null and the broker refuses every request.
  */
-import { createRequire } from 'node:module';
+import { loadAddon } from './native-addon.js';
 import type { Socket } from 'node:net';
 
 export interface PeerCred {
@@ -23,7 +23,6 @@ export interface PeerCredAddon {
 }
 
 export const PEERCRED_ADDON = 'native/build/Release/gatehouse_peercred.node';
-const ADDON = 'Release/gatehouse_peercred.node';
 let cached: PeerCredAddon | null | undefined;
 
 /** The addon, or null (not built, not Linux, or failed to load). Loaded once. */
@@ -31,17 +30,8 @@ export function loadPeerCred(): PeerCredAddon | null {
   if (cached !== undefined) return cached;
   cached = null;
   if (process.platform !== 'linux') return cached;
-  const req = createRequire(import.meta.url);
-  // src/util/ from the sources, dist/src/util/ from the build
-  for (const rel of ['../../native/build/', '../../../native/build/']) {
-    try {
-      const m = req(rel + ADDON) as Partial<PeerCredAddon>;
-      if (typeof m?.peercred === 'function') return (cached = m as PeerCredAddon);
-    } catch {
-      // missing or unloadable: the caller fails closed
-    }
-  }
-  return cached;
+  // Missing or unloadable: the caller fails closed.
+  return (cached = loadAddon<PeerCredAddon>('gatehouse_peercred.node', (m) => typeof m.peercred === 'function').addon);
 }
 
 /**

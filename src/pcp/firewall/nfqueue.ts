@@ -19,7 +19,7 @@
  * itself holds at most `maxLen` packets (then NFQA_CFG_F_FAIL_OPEN decides: accept when
  * fail-open, else drop).
  */
-import { createRequire } from 'node:module';
+import { loadAddon } from '../../util/native-addon.js';
 
 export type NfVerdict = 'accept' | 'drop';
 export type NfHandlerResult = NfVerdict | 'hold';
@@ -115,25 +115,13 @@ export interface NfqueueBinding {
 
 export class NfqueueUnavailable extends Error {}
 
-const ADDON = 'Release/gatehouse_nfqueue.node';
 let cached: { binding: NfqueueBinding | null; reason: string } | undefined;
 
 /** The binding, or null with the reason (not built, fails to load). Loaded once. */
 export function loadNfqueue(): { binding: NfqueueBinding | null; reason: string } {
   if (cached) return cached;
-  const req = createRequire(import.meta.url);
-  let reason = 'native/build/Release/gatehouse_nfqueue.node not built (npm run build:native with libnetfilter-queue-dev)';
-  // src/pcp/firewall/nfqueue.ts (tsx) and dist/src/pcp/firewall/nfqueue.js (tsc build).
-  for (const rel of ['../../../native/build/', '../../../../native/build/']) {
-    try {
-      const m = req(rel + ADDON) as Partial<NfqueueBinding>;
-      if (typeof m?.NfQueue === 'function') return (cached = { binding: m as NfqueueBinding, reason: '' });
-    } catch (err) {
-      const code = (err as { code?: string }).code;
-      if (code !== 'MODULE_NOT_FOUND') reason = `gatehouse_nfqueue.node fails to load: ${(err as Error).message}`;
-    }
-  }
-  return (cached = { binding: null, reason });
+  const r = loadAddon<NfqueueBinding>('gatehouse_nfqueue.node', (m) => typeof m.NfQueue === 'function');
+  return (cached = { binding: r.addon, reason: r.addon ? '' : `${r.reason}; it needs libnetfilter-queue-dev` });
 }
 
 interface Held {
