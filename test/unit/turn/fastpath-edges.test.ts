@@ -16,7 +16,7 @@ import { listenUdp } from '../../../src/turn/listeners.js';
 import { Supervisor } from '../../../src/util/supervise.js';
 import { silentLogger } from '../../../src/util/log.js';
 import type { Allocation, Channel, Permission, UdpListener } from '../../../src/turn/state.js';
-import { Client, peerSocket, startServer } from './helpers.js';
+import { Client, mirroredFlow, peerSocket, startServer } from './helpers.js';
 import { Attr, Class, Method, getXorAddress } from '../../../src/wire/stun.js';
 
 const addon = loadFastPath();
@@ -71,30 +71,17 @@ async function rig(t: Test): Promise<Rig> {
   const peer = await peerSocket();
   const atPeer: Buffer[] = [];
   peer.sock.on('message', (m) => void atPeer.push(m));
-  const a = {
+  const { a, perm, ch } = mirroredFlow({
     id: 'edge',
-    ep: { udp: listener, sendAddress: '127.0.0.1', remotePort: client.address().port },
-    socket: relay,
-    expiresAt: now + 600_000,
-    deleted: false,
-  } as unknown as Allocation;
-  const perm = {
-    ip: '127.0.0.1',
-    ipBytes: Buffer.from([127, 0, 0, 1]),
-    expiresAt: now + 300_000,
-    flow: {},
-    channelsByPort: new Map(),
-  } as unknown as Permission;
-  const ch = {
-    number: 0x4005,
-    peerIp: '127.0.0.1',
+    listener,
+    relay,
+    clientPort: client.address().port,
     peerPort: peer.port,
-    perm,
-    expiresAt: now + 600_000,
-    active: true,
-    reuseAfter: 0,
-  } as Channel;
-  perm.channelsByPort.set(peer.port, ch);
+    now,
+    allocationMs: 600_000,
+    permissionMs: 300_000,
+    channelMs: 600_000,
+  });
   // deleted(): C's poll of the relay would keep the process alive (the server's table.clear() does it).
   t.teardown(() => (fp.deleted(a), fp.close(), listener.socket.close(), relay.close(), client.close(), peer.close()));
   fp.added(a);

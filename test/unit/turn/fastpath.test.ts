@@ -31,7 +31,7 @@ import { listenUdp } from '../../../src/turn/listeners.js';
 import { Supervisor } from '../../../src/util/supervise.js';
 import { silentLogger } from '../../../src/util/log.js';
 import type { Allocation, Channel, Permission } from '../../../src/turn/state.js';
-import { Client, peerSocket, startServer } from './helpers.js';
+import { Client, mirroredFlow, peerSocket, startServer } from './helpers.js';
 
 const addon = loadFastPath();
 const skip = addon
@@ -192,30 +192,17 @@ t.test('expiry is checked in C on every packet, with no JS timer running', { ski
   const peer = await peerSocket();
   t.teardown(() => (fp.close(), listener.socket.close(), relay.close(), client.close(), peer.close()));
 
-  const a = {
+  const { a, perm, ch } = mirroredFlow({
     id: 'x',
-    ep: { udp: listener, sendAddress: '127.0.0.1', remotePort: client.address().port },
-    socket: relay,
-    expiresAt: now + 60_000,
-    deleted: false,
-  } as unknown as Allocation;
-  const perm = {
-    ip: '127.0.0.1',
-    ipBytes: Buffer.from([127, 0, 0, 1]),
-    expiresAt: now + 300,
-    flow: {},
-    channelsByPort: new Map(),
-  } as unknown as Permission;
-  const ch = {
-    number: 0x4005,
-    peerIp: '127.0.0.1',
+    listener,
+    relay,
+    clientPort: client.address().port,
     peerPort: peer.port,
-    perm,
-    expiresAt: now + 60_000,
-    active: true,
-    reuseAfter: 0,
-  } as Channel;
-  perm.channelsByPort.set(peer.port, ch);
+    now,
+    allocationMs: 60_000,
+    permissionMs: 300,
+    channelMs: 60_000,
+  });
   fp.added(a);
   fp.permission(a, perm);
   const relayPort = relay.address().port;
@@ -536,30 +523,17 @@ t.test('client -> peer expiry is checked in C on every datagram, with no JS time
   const atPeer: string[] = [];
   peer.sock.on('message', (m) => void atPeer.push(m.toString()));
   t.teardown(() => (fp.close(), listener.socket.close(), relay.close(), client.close(), other.close(), peer.close()));
-  const a = {
+  const { a, perm, ch } = mirroredFlow({
     id: 'c',
-    ep: { udp: listener, sendAddress: '127.0.0.1', remotePort: client.address().port },
-    socket: relay,
-    expiresAt: now + 60_000,
-    deleted: false,
-  } as unknown as Allocation;
-  const perm = {
-    ip: '127.0.0.1',
-    ipBytes: Buffer.from([127, 0, 0, 1]),
-    expiresAt: now + 300,
-    flow: {},
-    channelsByPort: new Map(),
-  } as unknown as Permission;
-  const ch = {
-    number: 0x4005,
-    peerIp: '127.0.0.1',
+    listener,
+    relay,
+    clientPort: client.address().port,
     peerPort: peer.port,
-    perm,
-    expiresAt: now + 60_000,
-    active: true,
-    reuseAfter: 0,
-  } as Channel;
-  perm.channelsByPort.set(peer.port, ch);
+    now,
+    allocationMs: 60_000,
+    permissionMs: 300,
+    channelMs: 60_000,
+  });
   fp.added(a);
   fp.permission(a, perm);
   const lport = listener.port;

@@ -21,6 +21,7 @@ import {
   type StunMessage,
 } from '../../../src/wire/stun.js';
 import { StreamFramer } from '../../../src/wire/channeldata.js';
+import type { Allocation, Channel, Permission, UdpListener } from '../../../src/turn/state.js';
 
 export const USERS: UserRecord[] = [
   { name: 'alice', password: 'secret', groups: ['trading'] },
@@ -236,4 +237,48 @@ export async function peerSocket(
     },
     close: () => sock.close(),
   };
+}
+
+/**
+ * The TURN state the fast path mirrors (FastPath's TableObserver calls), built by hand for
+ * tests that drive a FastPath without a TurnServer: one allocation of a UDP client on
+ * 127.0.0.1, a permission for 127.0.0.1 and channel 0x4005 to the peer's port.
+ * Lifetimes are ms from `now`.
+ */
+export function mirroredFlow(o: {
+  id: string;
+  listener: UdpListener;
+  relay: Socket;
+  clientPort: number;
+  peerPort: number;
+  now: number;
+  allocationMs: number;
+  permissionMs: number;
+  channelMs: number;
+}): { a: Allocation; perm: Permission; ch: Channel } {
+  const a = {
+    id: o.id,
+    ep: { udp: o.listener, sendAddress: '127.0.0.1', remotePort: o.clientPort },
+    socket: o.relay,
+    expiresAt: o.now + o.allocationMs,
+    deleted: false,
+  } as unknown as Allocation;
+  const perm = {
+    ip: '127.0.0.1',
+    ipBytes: Buffer.from([127, 0, 0, 1]),
+    expiresAt: o.now + o.permissionMs,
+    flow: {},
+    channelsByPort: new Map(),
+  } as unknown as Permission;
+  const ch = {
+    number: 0x4005,
+    peerIp: '127.0.0.1',
+    peerPort: o.peerPort,
+    perm,
+    expiresAt: o.now + o.channelMs,
+    active: true,
+    reuseAfter: 0,
+  } as Channel;
+  perm.channelsByPort.set(o.peerPort, ch);
+  return { a, perm, ch };
 }
