@@ -437,6 +437,22 @@ static void call_js(napi_env env) {
 
 static int clear_socket_error(int fd);
 
+/* One recvmmsg of up to BATCH datagrams into the ring's slots (a fresh header per slot:
+   the kernel rewrites msg_namelen and msg_len). The result: count, or <= 0. */
+static int recv_batch(int fd) {
+  for (int i = 0; i < BATCH; i++) {
+    g_riov[i].iov_base = g_ring + (size_t)i * SLOT;
+    g_riov[i].iov_len = SLOT;
+    memset(&g_rmsg[i].msg_hdr, 0, sizeof(struct msghdr));
+    g_rmsg[i].msg_hdr.msg_iov = &g_riov[i];
+    g_rmsg[i].msg_hdr.msg_iovlen = 1;
+    g_rmsg[i].msg_hdr.msg_name = &g_raddr[i];
+    g_rmsg[i].msg_hdr.msg_namelen = sizeof(struct sockaddr_storage);
+  }
+  return recvmmsg(fd, g_rmsg, BATCH, MSG_DONTWAIT, NULL);
+}
+
+
 static void on_readable(uv_poll_t *h, int status, int events) {
   relay_t *r = (relay_t *)h->data;
   if (r->closing || g_ring == NULL) return;
@@ -453,16 +469,7 @@ static void on_readable(uv_poll_t *h, int status, int events) {
     uv_poll_start(h, UV_READABLE, on_readable);
     return;
   }
-  for (int i = 0; i < BATCH; i++) {
-    g_riov[i].iov_base = g_ring + (size_t)i * SLOT;
-    g_riov[i].iov_len = SLOT;
-    memset(&g_rmsg[i].msg_hdr, 0, sizeof(struct msghdr));
-    g_rmsg[i].msg_hdr.msg_iov = &g_riov[i];
-    g_rmsg[i].msg_hdr.msg_iovlen = 1;
-    g_rmsg[i].msg_hdr.msg_name = &g_raddr[i];
-    g_rmsg[i].msg_hdr.msg_namelen = sizeof(struct sockaddr_storage);
-  }
-  int n = recvmmsg(r->fd, g_rmsg, BATCH, MSG_DONTWAIT, NULL);
+  int n = recv_batch(r->fd);
   if (n <= 0) return; /* EAGAIN, or an ICMP error reported on the socket: nothing to relay */
   int32_t *meta = g_meta;
   memset(meta + M_N, 0, 8 * sizeof(int32_t));
@@ -668,16 +675,7 @@ static void on_listener_readable(uv_poll_t *h, int status, int events) {
       uv_poll_start(h, UV_READABLE, on_listener_readable);
     return;
   }
-  for (int i = 0; i < BATCH; i++) {
-    g_riov[i].iov_base = g_ring + (size_t)i * SLOT;
-    g_riov[i].iov_len = SLOT;
-    memset(&g_rmsg[i].msg_hdr, 0, sizeof(struct msghdr));
-    g_rmsg[i].msg_hdr.msg_iov = &g_riov[i];
-    g_rmsg[i].msg_hdr.msg_iovlen = 1;
-    g_rmsg[i].msg_hdr.msg_name = &g_raddr[i];
-    g_rmsg[i].msg_hdr.msg_namelen = sizeof(struct sockaddr_storage);
-  }
-  int n = recvmmsg(l->fd, g_rmsg, BATCH, MSG_DONTWAIT, NULL);
+  int n = recv_batch(l->fd);
   if (n <= 0) return;
   int32_t *meta = g_meta;
   memset(meta + M_N, 0, 8 * sizeof(int32_t));
