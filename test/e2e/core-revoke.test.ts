@@ -9,7 +9,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { loginUser } from './helpers/core-guest.js';
-import { freePort } from './helpers/ports.js';
+import { reservePortBlock } from './helpers/ports.js';
 import { startGatehouse } from './helpers/turn-servers.js';
 import { Attr, Method, Class } from '../../src/wire/stun.js';
 import { Client, errCode } from '../unit/turn/helpers.js';
@@ -47,7 +47,10 @@ function allocationActions(dataDir: string): string[] {
 }
 
 t.test('gatehouse serve: removing a participant ends its TURN credentials and allocations', async (t) => {
-  const corePort = await freePort();
+  // A reserved block (not a kernel-chosen ephemeral port another socket may take).
+  const coreBlock = await reservePortBlock(1);
+  t.teardown(() => coreBlock.release());
+  const corePort = coreBlock.port(0);
   const gh = await startGatehouse({
     users: USERS,
     logLevel: 'info',

@@ -264,6 +264,26 @@ async function waitReady(
   }
 }
 
+/** The core's http(s) listener host and port when the configuration has one. */
+function coreListenerOf(config: Record<string, any>): { host: string; port: number } | null {
+  const listen = config.core?.listen;
+  if (typeof listen !== 'string') return null;
+  const u = new URL(listen);
+  const port = Number(u.port || (u.protocol === 'https:' ? 443 : 80));
+  return { host: u.hostname.replace(/^\[|\]$/g, ''), port };
+}
+
+/** Waits until `host:port` accepts a TCP connection, or the process ends. */
+async function waitTcpListener(name: string, sp: Spawned, host: string, port: number, timeoutMs: number): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await tcpConnects(host, port, 400))) {
+    const st = statusOf(sp.child);
+    if (st !== null) throw new Error(`${name} ended before it listened (${st}). Output:\n${sp.out.text()}`);
+    if (Date.now() > deadline) throw new Error(`${name} not listening on ${host}:${port} after ${timeoutMs} ms. Output:\n${sp.out.text()}`);
+    await new Promise((r) => setTimeout(r, 150));
+  }
+}
+
 function makeHandle(
   kind: 'gatehouse' | 'coturn',
   sp: Spawned,
@@ -345,6 +365,10 @@ export async function startGatehouse(opts: GatehouseOptions = {}): Promise<TurnS
     const handle = makeHandle('gatehouse', sp, block, workDir, realm, users, { dataDir, adminUrl, adminToken }, opts.keepWorkDir ?? false);
     try {
       await waitReady('gatehouse', sp, '127.0.0.1', turnPort, transports, opts.readyTimeoutMs ?? 30_000);
+      // The conferencing core starts after TURN answers: a test that logs in right away
+      // must not race its listener (core-revoke saw ECONNREFUSED on its first login).
+      const core = coreListenerOf(config);
+      if (core) await waitTcpListener('gatehouse core', sp, core.host, core.port, opts.readyTimeoutMs ?? 30_000);
     } catch (e) {
       await handle.stop();
       throw e;
