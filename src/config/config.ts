@@ -87,7 +87,12 @@ export interface GatehouseConfig {
     transfer_pause_ms: number;
   };
   /** DATA_DIR/events.jsonl rotation. */
-  events: { max_bytes: string; keep: number };
+  events: {
+    max_bytes: string;
+    keep: number;
+    /** A copy of the EVE stream to Redis (Suricata's eve-log redis output); url null: off. */
+    redis: { url: string | null; mode: 'list' | 'stream' | 'channel'; key: string; max_queue: number };
+  };
   /** Recordings under DATA_DIR/recordings: retention deletes oldest first. */
   recording: { max_age_days: number | null; max_bytes: string | null; flush_interval_ms: number };
   /** The gateway identity (key-escrow.md §1): PEM files, or null to make one in data_dir. */
@@ -326,6 +331,22 @@ const usersSchema: Schema<UserEntry[]> = {
     return users;
   },
 };
+
+/** redis://[user:password@]host[:port][/db] or rediss:// (TLS), as ioredis reads it. */
+export function checkRedisUrl(s: string): string | null {
+  let u: URL;
+  try {
+    u = new URL(s);
+  } catch {
+    return 'expected redis://host:port/db';
+  }
+  if (u.protocol !== 'redis:' && u.protocol !== 'rediss:')
+    return `expected the redis:// or rediss:// scheme, got ${JSON.stringify(u.protocol.replace(/:$/, ''))}`;
+  if (!u.hostname) return 'a Redis URL needs a host';
+  if (u.pathname !== '' && u.pathname !== '/' && !/^\/\d{1,2}$/.test(u.pathname))
+    return 'the path of a Redis URL is a database number, e.g. /0';
+  return null;
+}
 
 /** icap://host[:port]/service (RFC 3507 §4.2); no user info (no secrets in the URL). */
 export function checkIcapUrl(s: string): string | null {
@@ -572,6 +593,15 @@ export const configSchema = obj<GatehouseConfig>({
         default: () => '100MiB',
       },
       keep: { schema: int(1, 1000), default: () => 5 },
+      redis: {
+        schema: obj({
+          url: { schema: nullable(checked('a Redis URL like redis://127.0.0.1:6379/0', checkRedisUrl)), default: () => null },
+          mode: { schema: oneOf('list', 'stream', 'channel'), default: () => 'list' },
+          key: { schema: str('a Redis key'), default: () => 'gatehouse' },
+          max_queue: { schema: int(1, 1_000_000, 'a number of events'), default: () => 10000 },
+        }),
+        default: () => ({ url: null, mode: 'list', key: 'gatehouse', max_queue: 10000 }),
+      },
     }),
   },
   recording: {

@@ -10,6 +10,7 @@ import type { GatehouseConfig } from '../config/config.js';
 import type { Logger } from '../util/log.js';
 import { systemClock } from '../util/clock.js';
 import { FanoutEventSink, FileEventSink, MemoryEventSink } from '../events/eve.js';
+import { RedisEventSink } from '../events/redis.js';
 import { ensureBootstrapUser, StaticUserDirectory } from '../store/users.js';
 import { TurnServer } from '../turn/server.js';
 import type { Flow } from '../turn/flow.js';
@@ -107,7 +108,17 @@ export async function startGateway(
       supervisor,
     },
   );
-  const events = new FanoutEventSink([eventFile, memory], supervisor);
+  const redisEvents =
+    cfg.events.redis.url === null
+      ? null
+      : new RedisEventSink({
+          url: cfg.events.redis.url,
+          mode: cfg.events.redis.mode,
+          key: cfg.events.redis.key,
+          maxQueue: cfg.events.redis.max_queue,
+          log: log.child({ module: 'events' }),
+        });
+  const events = new FanoutEventSink([eventFile, memory, ...(redisEvents ? [redisEvents] : [])], supervisor);
   const users = new StaticUserDirectory(boot.users);
   // Quotas (issue 5): counters in the SQLite store, flushed every second, so a kill -9
   // loses at most one second of counting. A policy reload rebuilds the tracker from the

@@ -48,6 +48,8 @@ export type Peer =
   // Kerberos (Negotiate, issue 12): an MIT KDC and its tools, curl with SPNEGO, and the
   // `kerberos` npm package built (an optional dependency: needs libkrb5-dev at npm ci).
   | 'krb5'
+  // Events to Redis (issue 14).
+  | 'redis-server'
   | 'curl-spnego'
   | 'kerberos-package';
 
@@ -83,6 +85,7 @@ export const PEER_PACKAGE: Record<Peer, string> = {
   'python3-libtorrent': 'python3-libtorrent',
   slapd: 'slapd, ldap-utils',
   krb5: 'krb5-kdc, krb5-admin-server, krb5-user',
+  'redis-server': 'redis-server',
   'curl-spnego': 'curl (with GSS-API/SPNEGO)',
   'kerberos-package': 'libkrb5-dev, then npm ci (the kerberos package)',
 };

@@ -1,0 +1,146 @@
+// The EVE stream to a real redis-server (Suricata's eve-log redis output): each mode
+// delivers the same JSON lines as events.jsonl, in order; an outage queues (bounded) and a
+// restart flushes; only overflow counts as dropped.
+import t from 'tap';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { tmpdir } from 'node:os';
+import { Redis } from 'ioredis';
+import { RedisEventSink, redactRedisUrl } from '../../src/events/redis.js';
+import type { EveEvent } from '../../src/events/eve.js';
+import { reservePortBlock } from './helpers/ports.js';
+import { peerSkip } from './helpers/require-peer.js';
+
+const skip = peerSkip(t, 'redis-server');
+
+async function startRedis(port: number, dir: string): Promise<ChildProcess> {
+  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir], {
+    stdio: 'ignore',
+  });
+  const probe = new Redis({ port, host: '127.0.0.1', lazyConnect: true, retryStrategy: () => null, maxRetriesPerRequest: 0 });
+  for (let i = 0; i < 100; i++) {
+    try {
+      await probe.connect();
+      await probe.ping();
+      probe.disconnect();
+      return child;
+    } catch {
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+  probe.disconnect();
+  child.kill('SIGKILL');
+  throw new Error(`redis-server did not answer on port ${port}`);
+}
+
+async function stopRedis(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null) return;
+  await new Promise<void>((resolve) => {
+    child.once('exit', () => resolve());
+    child.kill('SIGKILL');
+  });
+}
+
+function event(i: number): EveEvent {
+  return {
+    timestamp: `2026-12-02T10:00:00.${String(i).padStart(6, '0')}+0000`,
+    event_type: 'alert',
+    flow_id: i,
+    gatehouse: { user: 'alice', n: i },
+  };
+}
+
+async function until(cond: () => Promise<boolean> | boolean, ms = 10000): Promise<boolean> {
+  const deadline = Date.now() + ms;
+  while (Date.now() < deadline) {
+    if (await cond()) return true;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return false;
+}
+
+t.test('events to redis-server', { skip }, async (t) => {
+  const block = await reservePortBlock(1);
+  t.teardown(() => block.release());
+  const port = block.port(0);
+  const dir = mkdtempSync(join(tmpdir(), 'gatehouse-redis-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  let server = await startRedis(port, dir);
+  t.teardown(() => stopRedis(server));
+  const url = `redis://127.0.0.1:${port}/0`;
+  const reader = new Redis(url, { retryStrategy: (n) => Math.min(n * 100, 500) });
+  reader.on('error', () => {});
+  t.teardown(() => reader.disconnect());
+
+  await t.test('list mode: RPUSH, oldest first, the same JSON lines', async (t) => {
+    const sink = new RedisEventSink({ url, mode: 'list', key: 'eve-list', maxQueue: 1000 });
+    t.teardown(() => sink.close());
+    t.ok(await until(() => sink.stats.connected), 'connected');
+    for (let i = 0; i < 1200; i++) if (i < 1000) sink.emit(event(i));
+    t.ok(await sink.drained(), 'queue drained');
+    const got = await reader.lrange('eve-list', 0, -1);
+    t.equal(got.length, 1000, 'every event arrived');
+    t.same(
+      got.slice(0, 3),
+      [0, 1, 2].map((i) => JSON.stringify(event(i))),
+      'lines identical to what events.jsonl holds, in order',
+    );
+    t.equal(got[999], JSON.stringify(event(999)));
+    t.equal(sink.stats.dropped, 0, 'nothing dropped');
+  });
+
+  await t.test('stream mode: XADD with an event field', async (t) => {
+    const sink = new RedisEventSink({ url, mode: 'stream', key: 'eve-stream', maxQueue: 1000 });
+    t.teardown(() => sink.close());
+    t.ok(await until(() => sink.stats.connected), 'connected');
+    for (let i = 0; i < 10; i++) sink.emit(event(i));
+    t.ok(await sink.drained());
+    const entries = await reader.xrange('eve-stream', '-', '+');
+    t.equal(entries.length, 10);
+    t.same(entries[3]![1], ['event', JSON.stringify(event(3))]);
+  });
+
+  await t.test('channel mode: PUBLISH to subscribers', async (t) => {
+    const sub = new Redis(url);
+    t.teardown(() => sub.disconnect());
+    const seen: string[] = [];
+    sub.on('message', (_ch: string, msg: string) => seen.push(msg));
+    await sub.subscribe('eve-channel');
+    const sink = new RedisEventSink({ url, mode: 'channel', key: 'eve-channel', maxQueue: 1000 });
+    t.teardown(() => sink.close());
+    t.ok(await until(() => sink.stats.connected), 'connected');
+    for (let i = 0; i < 5; i++) sink.emit(event(i));
+    t.ok(await until(() => seen.length === 5), 'subscriber got five messages');
+    t.same(
+      seen,
+      [0, 1, 2, 3, 4].map((i) => JSON.stringify(event(i))),
+    );
+  });
+
+  await t.test('an outage queues up to max_queue; a restart flushes; overflow is counted', async (t) => {
+    const sink = new RedisEventSink({ url, mode: 'list', key: 'eve-outage', maxQueue: 50 });
+    t.teardown(() => sink.close());
+    t.ok(await until(() => sink.stats.connected), 'connected');
+    sink.emit(event(0));
+    t.ok(await sink.drained());
+    await stopRedis(server);
+    t.ok(await until(() => !sink.stats.connected), 'the sink sees the outage');
+    for (let i = 1; i <= 80; i++) sink.emit(event(i));
+    t.equal(sink.stats.queued, 50, 'queue held at its bound');
+    t.equal(sink.stats.dropped, 30, 'only the overflow is dropped');
+    server = await startRedis(port, dir); // --save '': the restarted server starts empty
+    t.ok(await until(() => sink.stats.connected, 15000), 'reconnected');
+    t.ok(await sink.drained(10000), 'queue flushed after the restart');
+    const got = await until(async () => (await reader.llen('eve-outage').catch(() => 0)) === 50);
+    t.ok(got, 'the 50 queued events arrived');
+    const lines = await reader.lrange('eve-outage', 0, -1);
+    t.equal(lines[0], JSON.stringify(event(1)), 'oldest queued first');
+    t.equal(lines[49], JSON.stringify(event(50)));
+  });
+
+  t.test('the logged URL hides the password', async (t) => {
+    t.equal(redactRedisUrl('redis://gw:s3cret-pw@127.0.0.1:6379/0').includes('s3cret-pw'), false);
+    t.match(redactRedisUrl('redis://gw:s3cret-pw@127.0.0.1:6379/0'), /\*\*\*/);
+  });
+});
