@@ -11,6 +11,10 @@ import { RedisEventSink, redactRedisUrl } from '../../src/events/redis.js';
 import type { EveEvent } from '../../src/events/eve.js';
 import { reservePortBlock } from './helpers/ports.js';
 import { peerSkip } from './helpers/require-peer.js';
+import { startGatehouse } from './helpers/turn-servers.js';
+import { Attr, Class, Method } from '../../src/wire/stun.js';
+import { Client, errCode } from '../unit/turn/helpers.js';
+import { readFileSync } from 'node:fs';
 
 const skip = peerSkip(t, 'redis-server');
 
@@ -137,6 +141,42 @@ t.test('events to redis-server', { skip }, async (t) => {
     const lines = await reader.lrange('eve-outage', 0, -1);
     t.equal(lines[0], JSON.stringify(event(1)), 'oldest queued first');
     t.equal(lines[49], JSON.stringify(event(50)));
+  });
+
+  await t.test('through gatehouse serve: the allocation event in Redis is the events.jsonl line', async (t) => {
+    const gh = await startGatehouse({
+      configure: (c) => {
+        c.events = { redis: { url, mode: 'list', key: 'eve-serve' } };
+      },
+    });
+    t.teardown(() => gh.stop());
+    const cl = await Client.udp(gh.port);
+    t.teardown(() => cl.close());
+    cl.realm = gh.realm;
+    cl.username = gh.users[0]!.name;
+    cl.password = gh.users[0]!.password;
+    const alloc = await cl.authed(Method.Allocate, (w: { attr(t: number, v: Buffer): void }) =>
+      w.attr(Attr.RequestedTransport, Buffer.from([17, 0, 0, 0])),
+    );
+    t.equal(alloc.cls, Class.Success, `allocated: ${errCode(alloc)}`);
+    const isAlloc = (l: string) => (JSON.parse(l) as EveEvent).event_type === 'allocation';
+    const fileLines = () => {
+      try {
+        return readFileSync(join(gh.dataDir!, 'events.jsonl'), 'utf8').split('\n').filter(Boolean).filter(isAlloc);
+      } catch {
+        return [];
+      }
+    };
+    let inRedis: string[] = [];
+    let inFile: string[] = [];
+    // Both sinks write asynchronously: wait until each holds the allocation event.
+    const both = await until(async () => {
+      inRedis = (await reader.lrange('eve-serve', 0, -1)).filter(isAlloc);
+      inFile = fileLines();
+      return inRedis.length > 0 && inFile.length === inRedis.length;
+    });
+    t.ok(both, `an allocation event reached Redis (${inRedis.length}) and events.jsonl (${inFile.length})`);
+    t.same(inRedis, inFile, 'the same JSON lines as events.jsonl');
   });
 
   t.test('the logged URL hides the password', async (t) => {
