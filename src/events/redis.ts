@@ -55,6 +55,8 @@ export class RedisEventSink implements EventSink {
   private flushing = false;
   private closed = false;
   private outage = false;
+  /** After a command error, no new pipeline before this time (ms). */
+  private retryAt = 0;
   readonly stats: RedisEventSinkStats = { connected: false, queued: 0, sent: 0, dropped: 0 };
 
   constructor(private readonly opts: RedisEventSinkOptions) {
@@ -100,8 +102,11 @@ export class RedisEventSink implements EventSink {
   private flush(): void {
     if (this.flushing || !this.stats.connected) return;
     this.flushing = true;
-    // After the current tick, so a burst of emits goes in one pipeline.
-    setImmediate(() => void this.drain());
+    // After the current tick, so a burst of emits goes in one pipeline; after a command
+    // error, not before retryAt (emits meanwhile see `flushing` and wait too).
+    const wait = this.retryAt - Date.now();
+    if (wait > 0) setTimeout(() => void this.drain(), wait).unref();
+    else setImmediate(() => void this.drain());
   }
 
   private async drain(): Promise<void> {
@@ -116,7 +121,12 @@ export class RedisEventSink implements EventSink {
           for (const line of batch) p.xadd(key, 'MAXLEN', '~', String(this.opts.streamMaxLen ?? 100000), '*', 'event', line);
         else for (const line of batch) p.publish(key, line);
         const res = await p.exec();
-        if (!res || res.some(([err]) => err)) break; // kept in the queue; retried when ready again
+        if (!res || res.some(([err]) => err)) {
+          // A command error (e.g. the key holds another type): kept in the queue and retried
+          // after a pause, not in a tight loop against Redis.
+          this.retryAt = Date.now() + 1000;
+          break;
+        }
         this.head = end;
         this.stats.sent += batch.length;
         if (this.head > 4096 && this.head * 2 > this.queue.length) {
