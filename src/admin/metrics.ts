@@ -42,6 +42,13 @@ export interface MetricsSources {
   fastPath?: () => Record<string, number> | null | undefined;
   /** Malware scanners (src/scan GuardedScanner.stats), one entry per configured scanner. */
   scanners?: () => { scanner: string; stats: ScanStatsSource }[] | undefined;
+  /**
+   * The cluster link (store.redis, src/cluster/link.ts): gatehouse_cluster_redis_up and
+   * gatehouse_cluster_redis_outages_total; each number in `gauges` becomes a gauge
+   * gatehouse_cluster_<name>, each in `counters` a counter gatehouse_cluster_<name>_total
+   * (the names present when createMetrics is called).
+   */
+  cluster?: () => { up: boolean; outages: number; gauges?: Record<string, number>; counters?: Record<string, number> } | undefined;
 }
 
 /** What /metrics reads of the PCP server (PcpStats.snapshot), the PCP path and the queue. */
@@ -131,7 +138,9 @@ export function createMetrics(stats: () => RelayStatsSource | undefined, sources
           if (typeof v !== 'number' || !Number.isFinite(v)) continue;
           const key = vals.join('\0');
           const d = v - (last.get(key) ?? 0);
-          if (d > 0) this.inc(Object.fromEntries(labels.map((l, i) => [l, vals[i]!])), d);
+          // A label set the source reports at 0 is exported at 0 (Prometheus practice: a
+          // series that exists before its first increment lets rate() and alerts see it).
+          if (d > 0 || !last.has(key)) this.inc(Object.fromEntries(labels.map((l, i) => [l, vals[i]!])), Math.max(d, 0));
           last.set(key, v);
         }
       },
@@ -315,6 +324,19 @@ export function createMetrics(stats: () => RelayStatsSource | undefined, sources
           entries(s[k] as Record<string, number>),
         );
     }
+  }
+  const cluster = sources.cluster;
+  const cl = cluster ? safe(cluster) : undefined;
+  if (cluster && cl) {
+    gaugeOf(cluster, 'gatehouse_cluster_redis_up', 'The cluster Redis (store.redis) is reachable (1) or not (0)', (s) => (s.up ? 1 : 0));
+    countersOf(cluster, 'gatehouse_cluster_redis_outages_total', 'Times the cluster Redis became unreachable', [], (s) => [
+      [[], s.outages],
+    ]);
+    for (const k of Object.keys(cl.gauges ?? {})) gaugeOf(cluster, `gatehouse_cluster_${snake(k)}`, `Cluster: ${k}`, (s) => s.gauges?.[k]);
+    for (const k of Object.keys(cl.counters ?? {}))
+      countersOf(cluster, `gatehouse_cluster_${snake(k).replace(/_total$/, '')}_total`, `Cluster: ${k}`, [], (s) => [
+        [[], s.counters?.[k] ?? 0],
+      ]);
   }
   return registry;
 }
