@@ -239,6 +239,21 @@ async function stopChild(child: ChildProcess): Promise<void> {
   clearTimeout(t);
 }
 
+/**
+ * Polls `ready` every 150 ms until it says yes, the process ends (its output in the
+ * error) or `timeoutMs` passes (`state()` says what was still missing).
+ */
+async function pollUntil(name: string, sp: Spawned, timeoutMs: number, ready: () => Promise<boolean>, state: () => string): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await ready())) {
+    const st = statusOf(sp.child);
+    if (st !== null) throw new Error(`${name} ended before it was ready (${st}). Output:\n${sp.out.text()}`);
+    if (Date.now() > deadline) throw new Error(`${name} not ready after ${timeoutMs} ms (${state()}). Output:\n${sp.out.text()}`);
+    await new Promise((r) => setTimeout(r, 150));
+  }
+}
+
+/** Waits until the TURN listener answers a STUN Binding over UDP and accepts TCP, as configured. */
 async function waitReady(
   name: string,
   sp: Spawned,
@@ -247,21 +262,19 @@ async function waitReady(
   transports: TurnTransport[],
   timeoutMs: number,
 ): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
   let udpOk = !transports.includes('udp');
   let tcpOk = !transports.includes('tcp');
-  while (!(udpOk && tcpOk)) {
-    const st = statusOf(sp.child);
-    if (st !== null) throw new Error(`${name} ended before it was ready (${st}). Output:\n${sp.out.text()}`);
-    if (Date.now() > deadline) {
-      throw new Error(
-        `${name} not ready after ${timeoutMs} ms (udp STUN answered: ${udpOk}, tcp accepted: ${tcpOk}). Output:\n${sp.out.text()}`,
-      );
-    }
-    if (!udpOk) udpOk = (await stunBindingUdp(host, port, 400)) !== null;
-    if (!tcpOk) tcpOk = await tcpConnects(host, port, 400);
-    if (!(udpOk && tcpOk)) await new Promise((r) => setTimeout(r, 150));
-  }
+  await pollUntil(
+    name,
+    sp,
+    timeoutMs,
+    async () => {
+      if (!udpOk) udpOk = (await stunBindingUdp(host, port, 400)) !== null;
+      if (!tcpOk) tcpOk = await tcpConnects(host, port, 400);
+      return udpOk && tcpOk;
+    },
+    () => `udp STUN answered: ${udpOk}, tcp accepted: ${tcpOk}`,
+  );
 }
 
 /** The core's http(s) listener host and port when the configuration has one. */
@@ -275,13 +288,13 @@ function coreListenerOf(config: Record<string, any>): { host: string; port: numb
 
 /** Waits until `host:port` accepts a TCP connection, or the process ends. */
 async function waitTcpListener(name: string, sp: Spawned, host: string, port: number, timeoutMs: number): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await tcpConnects(host, port, 400))) {
-    const st = statusOf(sp.child);
-    if (st !== null) throw new Error(`${name} ended before it listened (${st}). Output:\n${sp.out.text()}`);
-    if (Date.now() > deadline) throw new Error(`${name} not listening on ${host}:${port} after ${timeoutMs} ms. Output:\n${sp.out.text()}`);
-    await new Promise((r) => setTimeout(r, 150));
-  }
+  await pollUntil(
+    name,
+    sp,
+    timeoutMs,
+    () => tcpConnects(host, port, 400),
+    () => `nothing listening on ${host}:${port}`,
+  );
 }
 
 function makeHandle(
