@@ -94,6 +94,28 @@ t.test('events to redis-server', { skip }, async (t) => {
     t.equal(sink.stats.dropped, 0, 'nothing dropped');
   });
 
+  await t.test('a command error (key of another type) is retried after a pause, not in a loop; nothing is lost', async (t) => {
+    await reader.set('eve-wrongtype', 'a string, not a list');
+    const rpushCalls = async (): Promise<number> => {
+      const m = /cmdstat_rpush:calls=(\d+)/.exec(await reader.info('commandstats'));
+      return m ? Number(m[1]) : 0;
+    };
+    const sink = new RedisEventSink({ url, mode: 'list', key: 'eve-wrongtype', maxQueue: 1000 });
+    t.teardown(() => sink.close());
+    t.ok(await until(() => sink.stats.connected), 'connected');
+    const before = await rpushCalls();
+    for (let i = 0; i < 10; i++) sink.emit(event(i));
+    await new Promise((r) => setTimeout(r, 2500));
+    const tries = (await rpushCalls()) - before;
+    // List mode sends one RPUSH of every queued line per attempt, one attempt a second: about 3 in 2.5 s.
+    t.ok(tries >= 2 && tries <= 5, `RPUSH attempts in 2.5 s: ${tries} (a tight loop would make thousands)`);
+    t.equal(sink.stats.sent, 0, 'nothing counted as sent');
+    t.equal(sink.stats.dropped, 0, 'nothing dropped: the events wait in the queue');
+    await reader.del('eve-wrongtype');
+    t.ok(await sink.drained(), 'once the key is usable, the queue drains');
+    t.equal(await reader.llen('eve-wrongtype'), 10, 'all ten events arrived');
+  });
+
   await t.test('stream mode: XADD with an event field', async (t) => {
     const sink = new RedisEventSink({ url, mode: 'stream', key: 'eve-stream', maxQueue: 1000 });
     t.teardown(() => sink.close());
