@@ -1,4 +1,5 @@
 import { collectDefaultMetrics, Counter, Gauge, Registry } from 'prom-client';
+import type { EventCountsSource } from './event-counts.js';
 
 /**
  * Prometheus metrics. The packet path keeps plain counters (no label lookups per
@@ -42,6 +43,10 @@ export interface MetricsSources {
   fastPath?: () => Record<string, number> | null | undefined;
   /** Malware scanners (src/scan GuardedScanner.stats), one entry per configured scanner. */
   scanners?: () => { scanner: string; stats: ScanStatsSource }[] | undefined;
+  /** Events emitted, alerts by action, quota crossings by quota id (src/admin/event-counts.ts). */
+  eventCounts?: () => EventCountsSource | undefined;
+  /** The Redis event output (src/events/redis.ts RedisEventSink.stats); undefined while events.redis is off. */
+  redisEvents?: () => { queued: number; sent: number; dropped: number } | undefined;
   /**
    * The cluster link (store.redis, src/cluster/link.ts): gatehouse_cluster_redis_up and
    * gatehouse_cluster_redis_outages_total; each number in `gauges` becomes a gauge
@@ -168,7 +173,7 @@ export function createMetrics(stats: () => RelayStatsSource | undefined, sources
   counterFrom('gatehouse_turn_refused_total', 'TURN requests or packets refused, by reason', (s) => s.refused, 'reason');
 
   // Degraded service: what could not be written, and whether it is failing now.
-  const { supervisor, events, recordings, quotaFlush, gateway, scanners, pcp, fastPath } = sources;
+  const { supervisor, events, recordings, quotaFlush, gateway, scanners, pcp, fastPath, eventCounts, redisEvents } = sources;
   if (fastPath) {
     // Packets relayed in C are in gatehouse_relayed_packets_total already; these say how
     // (batches read with recvmmsg) and what C dropped (an expiry JS had not swept yet, a
@@ -314,6 +319,53 @@ export function createMetrics(stats: () => RelayStatsSource | undefined, sources
       },
     });
   }
+  if (eventCounts) {
+    countersOf(
+      eventCounts,
+      'gatehouse_events_total',
+      'Events emitted (to events.jsonl, the admin API and events.redis alike), by event_type',
+      ['event_type'],
+      (s) => entries(s.byType),
+    );
+    countersOf(eventCounts, 'gatehouse_alerts_total', 'Alert events (rule matches), by alert.action: allowed or blocked', ['action'], (s) =>
+      entries(s.alertsByAction),
+    );
+    countersOf(
+      eventCounts,
+      'gatehouse_quota_crossings_total',
+      'Quota windows crossed (a quota event: the subject is over its limit), by quota id',
+      ['quota'],
+      (s) => entries(s.quotaCrossings),
+    );
+  }
+  if (redisEvents) {
+    // Unlabelled, so always exported (0 while events.redis is off): the event-drop alert
+    // reads them beside gatehouse_events_dropped_total.
+    countersOf(redisEvents, 'gatehouse_events_redis_sent_total', 'Events sent to Redis (events.redis; 0 while it is off)', [], (s) => [
+      [[], s.sent],
+    ]);
+    countersOf(
+      redisEvents,
+      'gatehouse_events_redis_dropped_total',
+      'Events dropped because the Redis output queue (events.redis.max_queue) was full (0 while events.redis is off)',
+      [],
+      (s) => [[[], s.dropped]],
+    );
+    gaugeOf(
+      () => safe(redisEvents) ?? { queued: 0 },
+      'gatehouse_events_redis_queue_events',
+      'Events waiting for Redis (events.redis; 0 while it is off)',
+      (s) => s.queued,
+    );
+  }
+  // Relay worker processes (turn.workers, issue 13) do not exist yet: the relay runs in
+  // this one process, so nothing restarts and the counter is honestly 0. It is exported
+  // now so deploy/prometheus/alerts.yml can carry the rule issue 14 asks for.
+  new Counter({
+    name: 'gatehouse_worker_restarts_total',
+    help: 'Relay worker processes restarted after they died; always 0: this version relays in one process (no turn.workers yet)',
+    registers: [registry],
+  });
   const g = gateway ? safe(gateway) : undefined;
   if (gateway && g && typeof g === 'object') {
     for (const [k, v] of Object.entries(g)) {

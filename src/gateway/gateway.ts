@@ -15,6 +15,8 @@ import { ensureBootstrapUser, StaticUserDirectory } from '../store/users.js';
 import { TurnServer } from '../turn/server.js';
 import type { Flow } from '../turn/flow.js';
 import { createMetrics } from '../admin/metrics.js';
+import { EventCounter } from '../admin/event-counts.js';
+import type { BlockReason, BudgetName } from './flow-guard.js';
 import { AdminServer } from '../admin/server.js';
 import { loadOrCreateAdminToken } from '../admin/token.js';
 import { loadOrCreateIdentity, type GatewayIdentity } from '../store/identity.js';
@@ -36,6 +38,19 @@ import type { ScannerKind } from '../policy/rules-schema.js';
 import { startCore, type RunningCore } from '../core/index.js';
 import { loadOrCreateRestSecret } from '../core/turn-credentials.js';
 import { DEFAULT_CORE_LISTEN } from '../config/config.js';
+
+/** The keys of gatehouse_gateway_blocked_total{reason} (inspector.ts block()); tsc checks both lists are whole. */
+const BLOCK_REASONS: Record<Exclude<BlockReason, 'budget_exceeded'> | 'policy', 0> = {
+  keys_missing: 0,
+  keys_declined: 0,
+  rekey_missing: 0,
+  policy: 0,
+};
+const BUDGETS: Record<BudgetName, 0> = { handshake_bytes: 0, client_hellos: 0, stun: 0, uninspected: 0, memory: 0 };
+const BLOCK_REASONS_AT_ZERO: Record<string, number> = {
+  ...BLOCK_REASONS,
+  ...Object.fromEntries(Object.keys(BUDGETS).map((b) => [`budget_exceeded:${b}`, 0])),
+};
 
 export interface RunningGateway {
   config: GatehouseConfig;
@@ -118,7 +133,9 @@ export async function startGateway(
           maxQueue: cfg.events.redis.max_queue,
           log: log.child({ module: 'events' }),
         });
-  const events = new FanoutEventSink([eventFile, memory, ...(redisEvents ? [redisEvents] : [])], supervisor);
+  // /metrics counts what every sink sees: gatehouse_events_total, _alerts_total, _quota_crossings_total.
+  const eventCounts = new EventCounter();
+  const events = new FanoutEventSink([eventFile, memory, eventCounts, ...(redisEvents ? [redisEvents] : [])], supervisor);
   const users = new StaticUserDirectory(boot.users);
   // Quotas (issue 5): counters in the SQLite store, flushed every second, so a kill -9
   // loses at most one second of counting. A policy reload rebuilds the tracker from the
@@ -141,7 +158,9 @@ export async function startGateway(
       quotaHealth,
     );
   let quotas = makeQuotas(policy.current);
+  eventCounts.knowQuotas(policy.current.quotas.map((q) => q.id));
   policy.onChange((e) => {
+    eventCounts.knowQuotas(e.quotas.map((q) => q.id));
     quotas.flush();
     quotas = makeQuotas(e);
   });
@@ -250,7 +269,13 @@ export async function startGateway(
     events: () => eventFile.stats,
     recordings: () => recordings.stats,
     quotaFlush: () => quotaHealth,
-    gateway: () => inspector.stats,
+    // Every block reason is exported from the start, at 0 (gatehouse_gateway_blocked_total).
+    gateway: () => {
+      const s = inspector.stats;
+      return { ...s, blocked: { ...BLOCK_REASONS_AT_ZERO, ...s.blocked } };
+    },
+    eventCounts: () => eventCounts.counts,
+    redisEvents: () => redisEvents?.stats,
     fastPath: () => turn.fastPath(),
     ...(pcp ? { pcp: () => pcp.stats() } : {}),
     scanners: () => [scanners.icap, scanners.clamd].flatMap((g) => (g ? [{ scanner: g.kind, stats: g.stats }] : [])),

@@ -86,3 +86,58 @@ t.test('the relay fast path: active gauge and one counter per field; nothing but
   t.match(off, /gatehouse_turn_fast_path_active 0/);
   t.notMatch(off, /gatehouse_turn_fast_path_batches_total/, 'no counters without a fast path');
 });
+
+t.test('a label set reported at 0 is exported at 0 before its first increment', async (t) => {
+  let gw = { flows: 0, blocked: { keys_missing: 0, policy: 0 } as Record<string, number> };
+  const reg = createMetrics(() => relay(), { gateway: () => gw });
+  let m = await reg.metrics();
+  t.match(m, /gatehouse_gateway_blocked_total\{reason="keys_missing"\} 0/);
+  t.match(m, /gatehouse_gateway_blocked_total\{reason="policy"\} 0/);
+  gw = { flows: 1, blocked: { keys_missing: 2, policy: 0 } };
+  m = await reg.metrics();
+  t.match(m, /gatehouse_gateway_blocked_total\{reason="keys_missing"\} 2/);
+  t.match(m, /gatehouse_gateway_blocked_total\{reason="policy"\} 0/);
+});
+
+t.test('event counts: events by type, alerts by action, quota crossings by quota; bounded labels', async (t) => {
+  const { EventCounter, MAX_LABEL_VALUES } = await import('../../../src/admin/event-counts.js');
+  const c = new EventCounter();
+  c.knowQuotas(['contractors-daily']);
+  const reg = createMetrics(() => relay(), { eventCounts: () => c.counts });
+  let m = await reg.metrics();
+  t.match(m, /gatehouse_events_total\{event_type="flow_blocked"\} 0/, 'contract event types at 0 from the start');
+  t.match(m, /gatehouse_alerts_total\{action="blocked"\} 0/);
+  t.match(m, /gatehouse_alerts_total\{action="allowed"\} 0/);
+  t.match(m, /gatehouse_quota_crossings_total\{quota="contractors-daily"\} 0/, 'a quota in force shows at 0');
+  const ts = '2026-11-22T10:00:00.000000+0000';
+  c.emit({ timestamp: ts, event_type: 'alert', alert: { action: 'blocked', signature_id: 'r', signature: 'r', severity: 1 } });
+  c.emit({ timestamp: ts, event_type: 'alert', alert: { action: 'blocked', signature_id: 'r', signature: 'r', severity: 1 } });
+  c.emit({ timestamp: ts, event_type: 'quota', quota: { id: 'contractors-daily', subject: 'bob' } });
+  c.emit({ timestamp: ts, event_type: 'flow_blocked', gatehouse: { reason: 'keys_missing' } });
+  m = await reg.metrics();
+  t.match(m, /gatehouse_events_total\{event_type="alert"\} 2/);
+  t.match(m, /gatehouse_events_total\{event_type="quota"\} 1/);
+  t.match(m, /gatehouse_events_total\{event_type="flow_blocked"\} 1/);
+  t.match(m, /gatehouse_alerts_total\{action="blocked"\} 2/);
+  t.match(m, /gatehouse_quota_crossings_total\{quota="contractors-daily"\} 1/);
+  t.notMatch(m, /bob/, 'the subject is never a label');
+  for (let i = 0; i < 2 * MAX_LABEL_VALUES; i++) c.emit({ timestamp: ts, event_type: `made_up_${i}` });
+  t.ok(Object.keys(c.counts.byType).length <= MAX_LABEL_VALUES + 1, 'event types beyond the bound count as other');
+  t.ok((c.counts.byType.other ?? 0) > 0);
+});
+
+t.test('Redis event output and worker restarts: unlabelled, so exported (at 0) even while off', async (t) => {
+  let r: { queued: number; sent: number; dropped: number } | undefined;
+  const reg = createMetrics(() => relay(), { redisEvents: () => r });
+  let m = await reg.metrics();
+  t.match(m, /gatehouse_events_redis_dropped_total 0/);
+  t.match(m, /gatehouse_events_redis_sent_total 0/);
+  t.match(m, /gatehouse_events_redis_queue_events 0/);
+  t.match(m, /gatehouse_worker_restarts_total 0/);
+  t.match(m, /# HELP gatehouse_worker_restarts_total .*always 0/, 'the HELP line says the value is a constant for now');
+  r = { queued: 3, sent: 10, dropped: 4 };
+  m = await reg.metrics();
+  t.match(m, /gatehouse_events_redis_dropped_total 4/);
+  t.match(m, /gatehouse_events_redis_sent_total 10/);
+  t.match(m, /gatehouse_events_redis_queue_events 3/);
+});
