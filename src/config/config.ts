@@ -38,6 +38,12 @@ export interface GatehouseConfig {
     /** RFC 8656 §7.2 step 10: 486 Allocation Quota Reached beyond this, per user. */
     max_allocations_per_user: number;
     /**
+     * Issue 14, load shedding: allocations this server takes at most (null: no limit but the
+     * relay port range). At it, Allocate gets 300 Try Alternate naming a less loaded cluster
+     * node (RFC 8489 §10), or 508 Insufficient Capacity when none has room; 0 drains the node.
+     */
+    max_allocations: number | null;
+    /**
      * RFC 8656 §12: channel numbers 0x4000-0x4FFF. `rfc5766` also accepts the older
      * 0x4000-0x7FFF range that some clients (coturn's turnutils_uclient) still use.
      */
@@ -450,6 +456,7 @@ export const configSchema = obj<GatehouseConfig>({
       default_lifetime: { schema: int(60, 86400), default: () => 600 },
       nonce_lifetime: { schema: int(10, 86400), default: () => 600 },
       max_allocations_per_user: { schema: int(1, 100000), default: () => 20 },
+      max_allocations: { schema: nullable(int(0, 10_000_000)), default: () => null },
       channel_numbers: { schema: oneOf('rfc8656', 'rfc5766'), default: () => 'rfc8656' },
       max_permissions_per_allocation: { schema: int(1, 10000), default: () => 64 },
       max_channels_per_allocation: { schema: int(1, 4096), default: () => 64 },

@@ -45,6 +45,7 @@ import { Responder, sanitizeSoftware } from './responder.js';
 import { SWEEP_MS, familyOf, unmapV4, type Endpoint, type FlowImpl, type StreamListener, type UdpListener } from './state.js';
 import { count, newStats, type TurnStats } from './stats.js';
 import { sourcePrefix } from '../wire/source-prefix.js';
+import { allocationLoad, capacityOf, type AlternateLookup } from './shedding.js';
 
 export type { UserRecord, UserDirectory } from './auth.js';
 export type { Flow, FlowDirection, FlowHooks, TurnRequestContext, TurnRequestExtension, TurnRequestVerdict } from './flow.js';
@@ -73,6 +74,8 @@ export interface TurnServerOptions {
    * one built from the logger.
    */
   supervisor?: Supervisor;
+  /** Issue 14: where Allocates go when this server is at turn.max_allocations (src/turn/shedding.ts). */
+  alternate?: AlternateLookup;
 }
 
 /** Comprehension-required attributes this server understands (RFC 8489 §7.3.1). */
@@ -208,6 +211,7 @@ export class TurnServer {
       hookFailed,
       legacyLogged: new Set(),
       keyEscrow: opts.keyEscrow ? { handler: opts.keyEscrow, limits: new KeyEscrowLimits(clock, t.nonce_lifetime) } : null,
+      alternate: opts.alternate ?? null,
     };
     this.streams = new StreamConnections(cfg, clock, this.log, this.supervisor, this.stats, legacyChannels, {
       stun: (ep, frame) => this.onStun(ep, frame),
@@ -274,6 +278,19 @@ export class TurnServer {
       ...this.udpListeners.map((l) => ({ proto: l.proto, address: l.address, port: l.port })),
       ...this.streamListeners.map((l) => ({ proto: l.proto, address: l.address, port: l.port })),
     ];
+  }
+
+  /**
+   * Issue 14: this server's load for the cluster registry: allocations (live and being
+   * made) against the capacity (turn.max_allocations, else the relay port range).
+   */
+  load(): { allocations: number; capacity: number } {
+    return { allocations: allocationLoad(this.ctx), capacity: capacityOf(this.ctx) };
+  }
+
+  /** Where Allocates go when this server is full (src/turn/shedding.ts); null: 508. */
+  setAlternateLookup(lookup: AlternateLookup | null): void {
+    this.ctx.alternate = lookup;
   }
 
   /** The native fast path's counters, or null when it is not in use (turn.fast_path). */

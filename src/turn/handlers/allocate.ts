@@ -6,6 +6,7 @@ import { bindUdp } from '../relay.js';
 import type { Req } from '../responder.js';
 import { PROTO_UDP, RESERVATION_MS, type Allocation } from '../state.js';
 import { lifetimeFor, type TurnContext } from './context.js';
+import { shedAllocate } from '../shedding.js';
 
 /**
  * Allocate (RFC 8656 §7.2), steps in the RFC's order. Synchronous up to the quota slot;
@@ -32,6 +33,11 @@ export function onAllocate(ctx: TurnContext, r: Req, onMessage: (a: Allocation, 
   if (tokenV && tokenV.length !== 8) return err(400, 'Malformed RESERVATION-TOKEN');
   if (evenV && evenV.length !== 1) return err(400, 'Malformed EVEN-PORT');
   if (rafV && aafV) return err(400, 'REQUESTED-ADDRESS-FAMILY with ADDITIONAL-ADDRESS-FAMILY');
+  // Issue 14, load shedding: at turn.max_allocations a well-formed Allocate is sent to a
+  // less loaded server (300 + ALTERNATE-SERVER, RFC 8489 §10) or refused (508, RFC 8656
+  // §19). A RESERVATION-TOKEN names a port reserved on this server (RFC 8656 §7.2 step 5)
+  // by an allocation it already admitted: it is never sent elsewhere.
+  if (!tokenV && shedAllocate(ctx, r)) return;
   let family: 4 | 6 = 4;
   if (rafV) {
     if (rafV.length !== 4) return err(400, 'Malformed REQUESTED-ADDRESS-FAMILY');

@@ -18,6 +18,7 @@ import type { Req, Responder } from '../responder.js';
 import type { Allocation, FlowImpl } from '../state.js';
 import { count, type TurnStats } from '../stats.js';
 import type { KeyEscrowHandler, KeyEscrowLimits } from './keyescrow.js';
+import type { AlternateLookup } from '../shedding.js';
 
 export interface TurnContext {
   cfg: GatehouseConfig;
@@ -45,6 +46,8 @@ export interface TurnContext {
   legacyLogged: Set<string>;
   /** KeyEscrow (key-escrow.md §6): the gateway's handler and the §6.3 limits; null: method unknown. */
   keyEscrow: { handler: KeyEscrowHandler; limits: KeyEscrowLimits } | null;
+  /** Issue 14: where an Allocate goes when this server is at turn.max_allocations (src/turn/shedding.ts); null: nowhere (508). */
+  alternate: AlternateLookup | null;
 }
 
 export function refuse(ctx: TurnContext, reason: string): void {
