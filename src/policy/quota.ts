@@ -200,6 +200,26 @@ export class QuotaTracker {
     return saved;
   }
 
+  /**
+   * The counters of the current windows (the dashboard, read only): per quota, subject
+   * and window, bytes used against the limit. At most `max` rows, fullest first.
+   */
+  snapshot(max = 500): { quota: string; subject: string; window: string; period: string; used: number; limit: number; ends: number }[] {
+    const now = this.clock.now();
+    const out: { quota: string; subject: string; window: string; period: string; used: number; limit: number; ends: number }[] = [];
+    for (const c of this.quotas) {
+      const win = windowKey(now, c.q.period, this.tz);
+      const ends = windowOf(now, c.q.period, this.tz).end;
+      for (const ctr of this.counters.values()) {
+        const r = ctr.row;
+        if (r.quota !== c.q.id || r.window !== win) continue;
+        out.push({ quota: r.quota, subject: r.subject, window: r.window, period: c.q.period, used: r.bytes, limit: c.q.limit, ends });
+      }
+    }
+    out.sort((a, b) => b.used / b.limit - a.used / a.limit);
+    return out.slice(0, max);
+  }
+
   /** End of the window that holds now, for a quota (reporting). */
   windowEnd(quotaId: string): number | null {
     const c = this.quotas.find((x) => x.q.id === quotaId);

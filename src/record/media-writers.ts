@@ -1,12 +1,13 @@
 /**
- * Playable files from decrypted RTP: Ogg/Opus (RFC 7845), IVF/VP8 (RFC 7741 frames) and
- * Annex-B H.264 (RFC 6184). Each writes whole pages/frames through a UnitFile, so what
+ * Playable files from decrypted RTP: Ogg/Opus (RFC 7845), WebM/VP8 or IVF/VP8 (RFC 7741
+ * frames) and Annex-B H.264 (RFC 6184). Each writes whole pages/frames through a UnitFile, so what
  * was written before a crash stays readable.
  */
 import { UnitFile, type UnitFileOptions } from './unit-file.js';
 import { OGG_BOS, OGG_EOS, oggPage, opusHead, opusTags, opusPacketSamples } from './ogg.js';
 import { ivfFileHeader, ivfFrameHeader, vp8KeyframeSize, Vp8Assembler } from './ivf.js';
 import { H264Depacketizer } from './h264.js';
+import { WebmMuxer } from './webm.js';
 
 export interface RtpIn {
   payload: Buffer;
@@ -201,6 +202,91 @@ export class Vp8IvfWriter implements MediaWriter {
       const n = Buffer.alloc(4);
       n.writeUInt32LE(Number((last + step) & 0xffffffffn));
       this.file.patch(24, n);
+    }
+    this.file.close(done);
+  }
+}
+
+/**
+ * WebM with VP8 frames (RFC 7741 §4.5 reassembly; container in webm.ts), which browsers
+ * play. Like the IVF writer it starts at the first key frame (its header, RFC 6386 §9.1,
+ * gives PixelWidth/PixelHeight) and, after a loss, resumes at the next key frame.
+ * Timestamps: the RTP timestamp (90 kHz, RFC 7741 §4.1) extended across wraparound by
+ * adding each frame's signed 32-bit difference to the previous one (RFC 3550 §5.1),
+ * converted to ms from the first frame, kept strictly increasing.
+ *
+ * Crash-safe as the other writers: each unit is whole elements with the Segment and
+ * Clusters of unknown size; close() appends the Cues and patches sizes, Duration and the
+ * Cues' SeekHead entry in place (not after a write failure or dropped units: then the
+ * unknown sizes stay, which players accept).
+ */
+export class Vp8WebmWriter implements MediaWriter {
+  private readonly file: UnitFile;
+  private readonly asm = new Vp8Assembler();
+  private readonly mux = new WebmMuxer();
+  private started = false;
+  private lastTs = 0;
+  /** 90 kHz ticks since the first frame (extended). */
+  private ext = 0;
+  private lastMs = -1;
+  private needKey = true;
+  private nextSeq = -1;
+
+  constructor(
+    readonly path: string,
+    opts: UnitFileOptions = {},
+  ) {
+    this.file = new UnitFile(path, opts);
+  }
+
+  get size(): number {
+    return this.file.size;
+  }
+
+  get frames(): number {
+    return this.mux.frames;
+  }
+
+  write(p: RtpIn): void {
+    if (this.nextSeq !== -1 && p.seq !== this.nextSeq) this.needKey = true;
+    this.nextSeq = (p.seq + 1) & 0xffff;
+    const frame = this.asm.push(p.payload, p.seq, p.timestamp, p.marker);
+    if (!frame || frame.length === 0) return;
+    const key = (frame[0]! & 0x01) === 0; // RFC 6386 §9.1: P bit 0 = key frame
+    if (this.needKey) {
+      if (!key) return;
+      this.needKey = false;
+    }
+    if (!this.started) {
+      const dim = vp8KeyframeSize(frame);
+      if (!dim) {
+        this.needKey = true;
+        return;
+      }
+      this.started = true;
+      this.lastTs = p.timestamp >>> 0;
+      this.file.append(this.mux.header(dim));
+    } else {
+      this.ext += (p.timestamp - this.lastTs) | 0; // signed: RTP timestamps wrap (RFC 3550 §5.1)
+      this.lastTs = p.timestamp >>> 0;
+    }
+    let ms = Math.round(this.ext / 90);
+    if (ms <= this.lastMs) ms = this.lastMs + 1; // keep timestamps increasing
+    this.lastMs = ms;
+    this.file.append(this.mux.frame(frame, ms, key));
+  }
+
+  flush(soon = false): void {
+    if (soon) this.file.flushSoon();
+    else this.file.flush();
+  }
+
+  close(done?: () => void): void {
+    if (this.started && !this.file.error) {
+      const { tail, patches } = this.mux.finish();
+      if (tail.length) this.file.append(tail);
+      // Sizes are patched only when every unit reached the file (a dropped unit would make them wrong).
+      if (!this.file.error) for (const p of patches) this.file.patch(p.offset, p.data);
     }
     this.file.close(done);
   }

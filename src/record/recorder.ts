@@ -6,7 +6,7 @@
  *   rtp-<ssrc>.pcap      decrypted RTP of one SSRC as IPv4/UDP (header rebuilt from the
  *                        event: extensions and CSRCs are not kept)
  *   rtcp.pcap            decrypted RTCP compound packets of the flow
- *   audio-<ssrc>.opus    Ogg/Opus           video-<ssrc>.ivf    IVF/VP8
+ *   audio-<ssrc>.opus    Ogg/Opus           video-<ssrc>.webm   WebM/VP8 (or .ivf: IVF/VP8)
  *   video-<ssrc>.h264    Annex-B H.264      dc-<stream>.jsonl   data channel transcript
  *   files/<sha256>       binary data channel messages and extracted files
  *   meta.json            the flow and the recording's start
@@ -35,6 +35,7 @@ import {
   H264Writer,
   OggOpusWriter,
   Vp8IvfWriter,
+  Vp8WebmWriter,
   OPUS_PRESKIP_MIDSTREAM,
   OPUS_PRESKIP_START,
   type MediaWriter,
@@ -109,7 +110,11 @@ export interface RecordingOptions {
   maxQueuedBytesPerFile?: number;
   /** Bytes all recording files of the store may hold queued in memory (default RECORDING_QUEUE_MAX_BYTES, 64 MiB). */
   maxQueuedBytes?: number;
+  /** Container of VP8 video: 'webm' (default: browsers play it) or 'ivf' (config recording.video_container). */
+  videoContainer?: VideoContainer;
 }
+
+export type VideoContainer = 'webm' | 'ivf';
 
 /**
  * A stream's first packets are kept until its codec is known (the inspector's rtp.stream
@@ -524,7 +529,11 @@ export class FlowRecorder {
         opts,
         st.fromStart ? OPUS_PRESKIP_START : OPUS_PRESKIP_MIDSTREAM,
       );
-    else if (codec === 'vp8') st.media = new Vp8IvfWriter(join(this.dir, `video-${st.ssrc}.ivf`), opts);
+    else if (codec === 'vp8')
+      st.media =
+        this.store.videoContainer === 'ivf'
+          ? new Vp8IvfWriter(join(this.dir, `video-${st.ssrc}.ivf`), opts)
+          : new Vp8WebmWriter(join(this.dir, `video-${st.ssrc}.webm`), opts);
     else if (codec === 'h264') st.media = new H264Writer(join(this.dir, `video-${st.ssrc}.h264`), opts);
     else st.note ??= codec === 'unclassified' ? 'unclassified' : 'codec';
     const held = st.pending;
@@ -888,6 +897,7 @@ export class RecordingStore {
   readonly maxStreams: number;
   readonly maxChannels: number;
   readonly maxFileBytes: number;
+  readonly videoContainer: VideoContainer;
   private readonly identity: Signer;
   private readonly retention: RetentionPolicy;
   private readonly openIds = new Set<string>();
@@ -933,6 +943,7 @@ export class RecordingStore {
     this.maxStreams = opts.maxStreams ?? 64;
     this.maxChannels = opts.maxChannels ?? 1024;
     this.maxFileBytes = opts.maxFileBytes ?? 64 << 20;
+    this.videoContainer = opts.videoContainer ?? 'webm';
     this.log = opts.log;
     this.queue = new QueueBudget(opts.maxQueuedBytes ?? RECORDING_QUEUE_MAX_BYTES);
     this.fileOptions = { fsync: this.fsync, maxQueued: opts.maxQueuedBytesPerFile ?? UNIT_FILE_MAX_QUEUED_BYTES, budget: this.queue };

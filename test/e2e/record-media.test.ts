@@ -1,12 +1,15 @@
 /**
  * Recording with real codecs: ffmpeg encodes test signals (libopus, libvpx, libx264), the
- * test packetizes them into RTP, a FlowRecorder writes Ogg/Opus, IVF/VP8, Annex-B H.264
- * and pcaps, and ffprobe/ffmpeg/tshark must accept the results.
+ * test packetizes them into RTP, a FlowRecorder writes Ogg/Opus, WebM/VP8 (IVF/VP8 with
+ * videoContainer 'ivf'), Annex-B H.264 and pcaps, and ffprobe/ffmpeg/tshark must accept
+ * the results; `gatehouse verify` passes on them and names a changed WebM.
  */
 import t from 'tap';
-import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { ManualClock } from '../../src/util/clock.js';
 import { RecordingStore } from '../../src/record/recorder.js';
 import { opusPacketSamples } from '../../src/record/ogg.js';
@@ -20,9 +23,11 @@ import {
   packetizeH264,
   packetizeOpus,
   packetizeVp8,
+  probeVideo,
   readAnnexB,
   readIvf,
   readOggPackets,
+  readWebm,
   rtpEvents,
   streamEvent,
   tsharkSeqs,
@@ -36,6 +41,7 @@ const skip = peerSkip(t, 'ffmpeg', 'ffprobe', 'tshark');
 const work = mkdtempSync(join(tmpdir(), 'gh-rec-media-'));
 t.teardown(() => rmSync(work, { recursive: true, force: true }));
 const PEER_PORT = 40123;
+const BIN = join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'bin', 'gatehouse.js');
 const flow = { flowId: 'f1', client: { ip: '10.0.0.1', port: 50000 }, peer: { ip: '10.0.0.2', port: PEER_PORT } };
 
 t.test('opus, vp8 and h264 round trip to playable files', { skip }, async (t) => {
@@ -91,7 +97,7 @@ t.test('opus, vp8 and h264 round trip to playable files', { skip }, async (t) =>
     'rtp-4369.pcap',
     'rtp-8738.pcap',
     'video-13107.h264',
-    'video-8738.ivf',
+    'video-8738.webm',
   ]);
 
   const a = ffprobe(join(rdir, 'audio-4369.opus'));
@@ -100,17 +106,27 @@ t.test('opus, vp8 and h264 round trip to playable files', { skip }, async (t) =>
   t.ok(Math.abs(a.duration - srcDur) < 0.15, `opus duration ${a.duration} ~ ${srcDur}`);
   t.equal(decodeErrors(join(rdir, 'audio-4369.opus')), '', 'opus decodes cleanly');
 
-  const v = ffprobe(join(rdir, 'video-8738.ivf'));
+  const webmFile = join(rdir, 'video-8738.webm');
+  const v = probeVideo(webmFile);
+  t.match(v.formatName, /webm/);
   t.equal(v.codec, 'vp8');
-  t.equal(v.frames, ivf.frames.length, 'every VP8 frame recorded');
-  t.ok(Math.abs(v.duration - 3) < 0.2, `vp8 duration ${v.duration}`);
-  t.equal(decodeErrors(join(rdir, 'video-8738.ivf')), '', 'vp8 decodes cleanly');
-  const outIvf = readIvf(join(rdir, 'video-8738.ivf'));
-  t.equal(outIvf.count, Number(outIvf.frames.at(-1)!.pts) + 3600, 'duration (90 kHz) patched in the IVF header');
-  t.same([outIvf.width, outIvf.height], [320, 240]);
-  t.ok(
-    outIvf.frames.every((f, i) => f.data.equals(ivf.frames[i]!.data)),
-    'VP8 frames are byte-identical',
+  t.same([v.width, v.height], [320, 240]);
+  t.equal(v.frames, probeVideo(src.vp8).frames, 'every VP8 frame recorded and decoded');
+  t.ok(Math.abs(v.duration - 3) < 0.1, `vp8 duration ${v.duration}`);
+  t.equal(decodeErrors(webmFile), '', 'vp8 decodes cleanly');
+  const outWebm = readWebm(webmFile);
+  t.equal(outWebm.segmentSize, outWebm.fileSize - outWebm.segmentDataOffset, 'Segment size patched at close');
+  t.equal(outWebm.cues.length, 3, 'a CuePoint per key frame');
+  const blocks = outWebm.clusters.flatMap((c) => c.blocks);
+  t.ok(blocks.length === ivf.frames.length && blocks.every((b, i) => b.data.equals(ivf.frames[i]!.data)), 'VP8 frames are byte-identical');
+  const m = JSON.parse(readFileSync(join(rdir, 'manifest.json'), 'utf8')) as {
+    files: Record<string, { size: number }>;
+    streams: { ssrc: number; codec: string; file: string | null }[];
+  };
+  t.equal(m.files['video-8738.webm']?.size, outWebm.fileSize, 'the manifest covers the WebM');
+  t.same(
+    m.streams.find((x) => x.ssrc === 0x2222),
+    { ssrc: 0x2222, codec: 'vp8', classifiedBy: 'rtp.stream', file: 'video-8738.webm', pcap: 'rtp-8738.pcap' },
   );
 
   const h = ffprobe(join(rdir, 'video-13107.h264'));
@@ -136,6 +152,52 @@ t.test('opus, vp8 and h264 round trip to playable files', { skip }, async (t) =>
   const vr = verifyRecordings(dir);
   t.same(vr.problems, []);
   t.ok(vr.ok);
+  const ok = spawnSync(process.execPath, [BIN, 'verify', dir], { encoding: 'utf8', timeout: 60_000 });
+  t.equal(ok.status, 0, `gatehouse verify exits 0: ${ok.stdout}${ok.stderr}`);
+  // One byte of a frame changed (the file stays a playable WebM): verify names it.
+  const b = readFileSync(webmFile);
+  const at = b.indexOf(blocks[40]!.data) + 10;
+  b[at] = b[at]! ^ 0x01;
+  writeFileSync(webmFile, b);
+  const bad = spawnSync(process.execPath, [BIN, 'verify', dir], { encoding: 'utf8', timeout: 60_000 });
+  t.equal(bad.status, 1, 'gatehouse verify exits 1 after a change');
+  t.match(bad.stdout, /TAMPERED .*video-8738\.webm/, `names the file: ${bad.stdout}`);
+});
+
+t.test("videoContainer 'ivf': VP8 as IVF, as before", { skip }, async (t) => {
+  const srcVp8 = join(work, 'src.ivf');
+  const ivf = readIvf(srcVp8);
+  const identity = await testSigner();
+  const clock = new ManualClock();
+  const dir = join(work, 'recs-ivf');
+  const store = new RecordingStore({ dir, identity, clock, fsync: false, videoContainer: 'ivf' });
+  const rec = store.open(flow);
+  const t0 = clock.now();
+  rec.onEvent(streamEvent(0x2222, 'vp8', 96, t0));
+  for (const e of rtpEvents(
+    packetizeVp8(ivf.frames, (pts) => 777 + Number(pts) * 3600),
+    0x2222,
+    96,
+    t0,
+    5,
+  ))
+    rec.onEvent(e);
+  t.ok(rec.close(), 'sealed');
+  const rdir = rec.recordingDir;
+  t.same(readdirSync(rdir).sort(), ['manifest.json', 'meta.json', 'rtp-8738.pcap', 'video-8738.ivf']);
+  const v = ffprobe(join(rdir, 'video-8738.ivf'));
+  t.equal(v.codec, 'vp8');
+  t.equal(v.frames, ivf.frames.length, 'every VP8 frame recorded');
+  t.ok(Math.abs(v.duration - 3) < 0.2, `vp8 duration ${v.duration}`);
+  t.equal(decodeErrors(join(rdir, 'video-8738.ivf')), '', 'vp8 decodes cleanly');
+  const outIvf = readIvf(join(rdir, 'video-8738.ivf'));
+  t.equal(outIvf.count, Number(outIvf.frames.at(-1)!.pts) + 3600, 'duration (90 kHz) patched in the IVF header');
+  t.same([outIvf.width, outIvf.height], [320, 240]);
+  t.ok(
+    outIvf.frames.every((f, i) => f.data.equals(ivf.frames[i]!.data)),
+    'VP8 frames are byte-identical',
+  );
+  t.same(verifyRecordings(dir).problems, []);
 });
 
 t.test('losses: opus gaps are concealed, video resumes at the next key frame', { skip }, async (t) => {
@@ -172,14 +234,14 @@ t.test('losses: opus gaps are concealed, video resumes at the next key frame', {
   const srcDur = ffprobe(src.opus).duration;
   t.ok(Math.abs(a.duration - srcDur) < 0.15, `opus keeps the RTP timeline (${a.duration} ~ ${srcDur}) across a 0.5 s gap`);
   t.equal(decodeErrors(join(rdir, 'audio-1.opus')), '');
-  const v = ffprobe(join(rdir, 'video-2.ivf'));
+  const v = probeVideo(join(rdir, 'video-2.webm'));
   // Frame 10 is broken and the frames after it reference it: output resumes at the next
   // key frame of the source (P bit 0, RFC 6386 §9.1) or IDR (nal_unit_type 5).
   const nextVp8Key = ivf.frames.findIndex((f, i) => i > 10 && (f.data[0]! & 1) === 0);
   const nextIdr = aus.findIndex((au, i) => i > 10 && au.some((n) => (n[0]! & 0x1f) === 5));
   t.ok(nextVp8Key > 10 && nextIdr > 10, 'the sources have later key frames');
   t.equal(v.frames, 10 + ivf.frames.length - nextVp8Key, `vp8 frames after loss: ${v.frames}`);
-  t.equal(decodeErrors(join(rdir, 'video-2.ivf')), '');
+  t.equal(decodeErrors(join(rdir, 'video-2.webm')), '');
   const h = ffprobe(join(rdir, 'video-3.h264'));
   t.equal(h.frames, 10 + aus.length - nextIdr, `h264 frames after loss: ${h.frames}`);
   t.equal(decodeErrors(join(rdir, 'video-3.h264')), '');

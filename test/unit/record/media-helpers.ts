@@ -278,3 +278,147 @@ export function tsharkSeqs(pcap: string, port: number): number[] {
     .filter((l) => l.trim() !== '')
     .map(Number);
 }
+
+export interface VideoProbe {
+  codec: string;
+  width: number;
+  height: number;
+  /** Decoded frames (ffprobe -count_frames). */
+  frames: number;
+  /** The container's duration (format=duration), s. */
+  duration: number;
+  formatName: string;
+}
+
+/** ffprobe -show_streams -show_format -count_frames of a video file's first stream. */
+export function probeVideo(file: string): VideoProbe {
+  const out = execFileSync('ffprobe', ['-v', 'error', '-show_streams', '-show_format', '-count_frames', '-of', 'json', file], {
+    encoding: 'utf8',
+    timeout: 120_000,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const j = JSON.parse(out) as {
+    streams: { codec_name: string; width: number; height: number; nb_read_frames?: string }[];
+    format: { duration?: string; format_name: string };
+  };
+  const s = j.streams[0]!;
+  return {
+    codec: s.codec_name,
+    width: s.width,
+    height: s.height,
+    frames: Number(s.nb_read_frames ?? NaN),
+    duration: Number(j.format.duration ?? NaN),
+    formatName: j.format.format_name,
+  };
+}
+
+/** One EBML element as read by readEbml: its ID, offset, header length, size (null: unknown) and children. */
+export interface EbmlNode {
+  id: number;
+  offset: number;
+  headerLen: number;
+  size: number | null;
+  data: Buffer;
+  children: EbmlNode[];
+}
+
+const EBML_MASTERS = new Set([
+  0x1a45dfa3, 0x18538067, 0x114d9b74, 0x4dbb, 0x1549a966, 0x1654ae6b, 0xae, 0xe0, 0x1f43b675, 0x1c53bb6b, 0xbb, 0xb7,
+]);
+/** IDs that end an unknown-size Cluster (its siblings at Segment level, RFC 8794 §6.2). */
+const SEGMENT_LEVEL = new Set([0x1f43b675, 0x1c53bb6b, 0x114d9b74, 0x1549a966, 0x1654ae6b, 0x1254c367, 0x1941a469, 0x1043a770]);
+
+function readVint(b: Buffer, off: number, keepMarker: boolean): { v: number; len: number; unknown: boolean } {
+  const first = b[off]!;
+  let len = 1;
+  while (len <= 8 && !(first & (0x80 >> (len - 1)))) len++;
+  if (len > 8 || off + len > b.length) throw new Error(`bad VINT at ${off}`);
+  let v = BigInt(keepMarker ? first : first & (0xff >> len));
+  for (let i = 1; i < len; i++) v = (v << 8n) | BigInt(b[off + i]!);
+  const unknown = !keepMarker && v === (1n << BigInt(7 * len)) - 1n;
+  return { v: Number(v), len, unknown };
+}
+
+/** A small EBML reader (RFC 8794) of the WebM elements this project writes, unknown sizes included. */
+export function readEbml(b: Buffer, start = 0, end = b.length, parentId = 0): EbmlNode[] {
+  const out: EbmlNode[] = [];
+  let off = start;
+  while (off < end) {
+    const id = readVint(b, off, true);
+    if (parentId === 0x1f43b675 && SEGMENT_LEVEL.has(id.v)) break; // an unknown-size Cluster ends here
+    const sz = readVint(b, off + id.len, false);
+    const headerLen = id.len + sz.len;
+    const dataStart = off + headerLen;
+    let dataEnd = sz.unknown ? end : Math.min(dataStart + sz.v, end);
+    const children = EBML_MASTERS.has(id.v) ? readEbml(b, dataStart, dataEnd, id.v) : [];
+    if (sz.unknown && children.length) {
+      const last = children[children.length - 1]!;
+      dataEnd = last.offset + last.headerLen + (last.size ?? last.data.length);
+    } else if (sz.unknown) dataEnd = dataStart;
+    out.push({ id: id.v, offset: off, headerLen, size: sz.unknown ? null : sz.v, data: b.subarray(dataStart, dataEnd), children });
+    off = dataEnd;
+  }
+  return out;
+}
+
+export interface WebmSummary {
+  docType: string;
+  segmentDataOffset: number;
+  segmentSize: number | null;
+  fileSize: number;
+  width: number;
+  height: number;
+  codecId: string;
+  duration: number | null;
+  seek: Map<number, number>;
+  clusters: { offset: number; size: number | null; time: number; blocks: { time: number; key: boolean; data: Buffer }[] }[];
+  cues: { time: number; clusterPosition: number }[];
+}
+
+function uintOf(n: EbmlNode | undefined): number {
+  return n ? n.data.reduce((a, x) => a * 256 + x, 0) : NaN;
+}
+
+/** Reads a WebM file written by Vp8WebmWriter into its parts. */
+export function readWebm(file: string): WebmSummary {
+  const b = readFileSync(file);
+  const top = readEbml(b);
+  const ebml = top.find((n) => n.id === 0x1a45dfa3)!;
+  const seg = top.find((n) => n.id === 0x18538067)!;
+  const kid = (n: EbmlNode | undefined, id: number) => n?.children.find((c) => c.id === id);
+  const tracks = kid(seg, 0x1654ae6b);
+  const entry = kid(tracks, 0xae);
+  const video = kid(entry, 0xe0);
+  const info = kid(seg, 0x1549a966);
+  const dur = kid(info, 0x4489);
+  const seek = new Map<number, number>();
+  for (const s of kid(seg, 0x114d9b74)?.children.filter((c) => c.id === 0x4dbb) ?? []) {
+    seek.set(uintOf(kid(s, 0x53ab)), uintOf(kid(s, 0x53ac)));
+  }
+  const clusters = seg.children
+    .filter((c) => c.id === 0x1f43b675)
+    .map((c) => {
+      const time = uintOf(kid(c, 0xe7));
+      const blocks = c.children
+        .filter((x) => x.id === 0xa3)
+        .map((x) => ({ time: time + x.data.readInt16BE(1), key: (x.data[3]! & 0x80) !== 0, data: x.data.subarray(4) }));
+      return { offset: c.offset, size: c.size, time, blocks };
+    });
+  const cues = (kid(seg, 0x1c53bb6b)?.children ?? []).map((cp) => ({
+    time: uintOf(kid(cp, 0xb3)),
+    clusterPosition: uintOf(kid(kid(cp, 0xb7), 0xf1)),
+  }));
+  return {
+    docType: kid(ebml, 0x4282)!.data.toString('ascii'),
+    segmentDataOffset: seg.offset + seg.headerLen,
+    segmentSize: seg.size,
+    fileSize: b.length,
+    width: uintOf(kid(video, 0xb0)),
+    height: uintOf(kid(video, 0xba)),
+    codecId: kid(entry, 0x86)!.data.toString('ascii'),
+    duration: dur ? dur.data.readDoubleBE(0) : null,
+    seek,
+    clusters,
+    cues,
+  };
+}
