@@ -9,6 +9,7 @@ import { adminTokenProblem } from './token.js';
 import type { Registry } from 'prom-client';
 import type { Logger } from '../util/log.js';
 import type { EveEvent } from '../events/eve.js';
+import { Dashboard } from './dashboard.js';
 
 /**
  * The admin listener (contract.md "Admin HTTP API"). /metrics, /healthz and the gateway
@@ -23,6 +24,11 @@ export interface AdminSources {
   /** Components that cannot do their work now (a full disk): /healthz says `degraded` and names them. */
   degraded?: () => string[];
   reloadPolicy?: () => Promise<{ ok: boolean; message: string }>;
+  /** The dashboard (GET /, /ui/*): live events, recordings, quotas and rules (issue 14). */
+  subscribe?: (fn: (e: EveEvent) => void) => (() => void) | null;
+  recordingsDir?: string;
+  quotas?: () => unknown[];
+  policy?: () => unknown;
 }
 
 /**
@@ -105,6 +111,8 @@ export class AdminServer {
   private server: Server | undefined;
   private readonly tokenDigest: Buffer;
   private scheme: 'http' | 'https' = 'http';
+  /** GET / and /ui/*: the browser dashboard with its session login (dashboard.ts). */
+  readonly dashboard: Dashboard;
   constructor(
     private readonly src: AdminSources,
     private readonly log: Logger,
@@ -113,6 +121,7 @@ export class AdminServer {
     const problem = adminTokenProblem(src.token);
     if (problem) throw new GatehouseError('E_ADMIN_TOKEN', problem);
     this.tokenDigest = createHash('sha256').update(src.token).digest();
+    this.dashboard = new Dashboard(src, () => this.scheme === 'https', log);
   }
 
   /** Listens on host:port; with `tls`, HTTPS (the https:// admin.listen form). */
@@ -149,6 +158,7 @@ export class AdminServer {
   }
 
   async close(): Promise<void> {
+    this.dashboard.close();
     if (!this.server) return;
     this.server.closeAllConnections?.();
     await new Promise<void>((r) => this.server!.close(() => r()));
@@ -175,6 +185,7 @@ export class AdminServer {
       res.end(pem);
       return;
     }
+    if (await this.dashboard.handle(req, res, url)) return;
     if (path.startsWith('/v1/')) {
       if (!tokenMatches(req.headers.authorization, this.tokenDigest)) {
         res.setHeader('www-authenticate', 'Bearer');

@@ -382,13 +382,34 @@ export class FileEventSink implements EventSink {
 export class MemoryEventSink implements EventSink {
   private ring: EveEvent[] = [];
   private next = 0;
-  constructor(private readonly max = 10000) {}
+  /** Live listeners (the dashboard's event stream); bounded by maxSubscribers. */
+  private readonly subscribers = new Set<(e: EveEvent) => void>();
+  constructor(
+    private readonly max = 10000,
+    readonly maxSubscribers = 64,
+  ) {}
   emit(e: EveEvent): void {
     if (this.ring.length < this.max) this.ring.push(e);
     else {
       this.ring[this.next] = e;
       this.next = (this.next + 1) % this.max;
     }
+    for (const fn of this.subscribers) {
+      try {
+        fn(e);
+      } catch {
+        this.subscribers.delete(fn); // a listener that throws is dropped; the others and the sinks go on
+      }
+    }
+  }
+  /**
+   * Calls fn with every event emitted from now on (synchronously: fn must only queue).
+   * Returns the unsubscribe function, or null when maxSubscribers are already listening.
+   */
+  subscribe(fn: (e: EveEvent) => void): (() => void) | null {
+    if (this.subscribers.size >= this.maxSubscribers) return null;
+    this.subscribers.add(fn);
+    return () => void this.subscribers.delete(fn);
   }
   /** Oldest first. */
   get events(): EveEvent[] {

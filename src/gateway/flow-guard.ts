@@ -165,6 +165,8 @@ export class FlowGuard {
   private readonly maxPackets: number;
   private timer: TimerHandle | null = null;
   private clockStarted = false;
+  /** When the running deadline timer fires (keyState). */
+  private deadlineAt = 0;
   /** Associations that were covered (a later uncovered one is a re-key, §5.3). */
   private everCovered = false;
   private lastAssoc: string | undefined;
@@ -236,6 +238,18 @@ export class FlowGuard {
   /** Whether verified keys cover the newest association (§5.2). */
   get covered(): boolean {
     return this.lastAssoc !== undefined && this.session.keyStatus(this.lastAssoc) === 'verified';
+  }
+
+  /**
+   * Where the flow's keys stand (the dashboard, read only): `waiting` with the time the
+   * deadline passes (ms, null before the first DTLS handshake starts the clock), `verified`,
+   * `uninspected` (keys not required, the deadline passed) or `blocked`. Never key material.
+   */
+  get keyState(): { status: 'waiting' | 'verified' | 'uninspected' | 'blocked'; deadline: number | null; reason?: string } {
+    if (this.blocked) return { status: 'blocked', deadline: null, reason: this.blocked };
+    if (this.covered) return { status: 'verified', deadline: null };
+    if (this.bypass) return { status: 'uninspected', deadline: null, ...(this.bypassReason ? { reason: this.bypassReason } : {}) };
+    return { status: 'waiting', deadline: this.timer ? this.deadlineAt : null };
   }
 
   /** Bytes of queued (held or to-be-inspected) datagram copies. */
@@ -585,7 +599,10 @@ export class FlowGuard {
     if (this.clockStarted) return;
     this.clockStarted = true;
     const ms = this.o.keys.deadline;
-    if (ms > 0) this.timer = this.o.clock.setTimeout(() => this.deadlinePassed(), ms);
+    if (ms > 0) {
+      this.deadlineAt = this.o.clock.now() + ms;
+      this.timer = this.o.clock.setTimeout(() => this.deadlinePassed(), ms);
+    }
   }
 
   private deadlinePassed(): void {

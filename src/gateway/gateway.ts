@@ -66,8 +66,12 @@ export interface RunningGateway {
   stop(): Promise<void>;
 }
 
-/** What /v1/flows shows of a flow: addresses and owner, never its inspection state or keys. */
-function flowSummary(f: Flow) {
+/**
+ * What /v1/flows shows of a flow: addresses, owner, conference; key status (and its
+ * deadline), bytes inspected and rule matches, never key material.
+ */
+function flowSummary(f: Flow, inspector: GatewayInspector) {
+  const s = inspector.flowStatus(f);
   return {
     flow_id: f.id,
     ...(isPcpFlow(f) ? { path: 'pcp', mapping: f.allocationId } : { allocation: f.allocationId }),
@@ -77,6 +81,41 @@ function flowSummary(f: Flow) {
     relayed: f.relayed,
     peer: f.peerAddress,
     created: new Date(f.createdAt).toISOString(),
+    ...(f.conference !== undefined ? { conference: f.conference } : {}),
+    ...(f.room !== undefined ? { room: f.room } : {}),
+    ...(f.guest ? { guest: true } : {}),
+    ...(s
+      ? {
+          key_status: s.keys.status,
+          key_deadline: s.keys.deadline === null ? null : new Date(s.keys.deadline).toISOString(),
+          ...(s.keys.reason ? { key_reason: s.keys.reason } : {}),
+          bytes: s.bytes,
+          packets: s.packets,
+          alerts: s.alerts,
+          verdict: s.verdict,
+          recording: s.recording,
+        }
+      : {}),
+  };
+}
+
+/** The rules in force, as the dashboard shows them (ids, conditions, actions; no secret is in a rule file). */
+function policyView(policy: PolicyHolder) {
+  const e = policy.current;
+  return {
+    path: policy.path,
+    files: policy.files,
+    keys: e.keys,
+    rules: e.rules.map((r) => ({
+      id: r.id,
+      description: r.description,
+      action: r.action,
+      severity: r.severity,
+      when: Object.fromEntries(
+        Object.entries(r.when).filter(([, v]) => v !== null && !(Array.isArray(v) && v.length === 0) && v !== 'any'),
+      ),
+    })),
+    quotas: e.quotas.map((q) => ({ id: q.id, scope: q.scope, users: q.users, groups: q.groups, limit: q.limit, period: q.period })),
   };
 }
 
@@ -286,8 +325,13 @@ export async function startGateway(
       token: token.token,
       recentEvents: () => memory.events,
       certificatePem: () => identity.certificatePem,
-      flows: () => [...turn.flows(), ...(pcp?.path.flows() ?? [])].map(flowSummary),
+      flows: () => [...turn.flows(), ...(pcp?.path.flows() ?? [])].map((f) => flowSummary(f, inspector)),
       reloadPolicy: () => policy.reload(),
+      // The dashboard (issue 14): live events, recordings with their verify status, quota use, rules.
+      subscribe: (fn) => memory.subscribe(fn),
+      recordingsDir: join(cfg.data_dir, 'recordings'),
+      quotas: () => quotas.snapshot(),
+      policy: () => policyView(policy),
       // A full disk degrades service and says so: /healthz names what cannot write.
       degraded: () => [
         ...(eventFile.stats.degraded ? ['events'] : []),

@@ -176,6 +176,9 @@ interface FlowState {
   tagScans: Map<number, ScanJob[]> | null;
   /** Scans in flight for this flow and what is held for them. */
   scanHold: ScanHold | null;
+  /** Rule matches on this flow and the strongest action among them (the dashboard). */
+  alerts: number;
+  worst: VerdictAction;
 }
 
 const RANK_FORWARD = ACTION_RANK.forward;
@@ -337,6 +340,8 @@ export class GatewayInspector implements FlowHooks, EscrowHost, KeyEscrowHost {
       scanJobs: null,
       tagScans: null,
       scanHold: null,
+      alerts: 0,
+      worst: 'forward',
     });
     pipeline.on((e) => this.onInspectEvent(st, e));
     flow.ctx = st;
@@ -375,6 +380,32 @@ export class GatewayInspector implements FlowHooks, EscrowHost, KeyEscrowHost {
    */
   get stats(): { flows: number; bufferedBytes: number; blocked: Record<string, number>; scanHold: Record<string, number> } {
     return { flows: this.byPeer.size, bufferedBytes: this.memory.total, blocked: this.blockedBy, scanHold: this.scanCounts };
+  }
+
+  /**
+   * What the dashboard shows of a flow's inspection (read only, never key material): key
+   * status and deadline, bytes inspected, rule matches, recording.
+   */
+  flowStatus(flow: Flow):
+    | {
+        keys: { status: string; deadline: number | null; reason?: string };
+        bytes: number;
+        packets: number;
+        alerts: number;
+        verdict: VerdictAction;
+        recording: string | null;
+      }
+    | undefined {
+    const st = flow.ctx as FlowState | undefined;
+    if (!st || !st.guard) return undefined;
+    return {
+      keys: st.guard.keyState,
+      bytes: st.pipeline.counters.bytes,
+      packets: st.pipeline.counters.packets,
+      alerts: st.alerts,
+      verdict: st.worst,
+      recording: st.recorder?.recordingId ?? null,
+    };
   }
 
   private afterTimer(st: FlowState, fn: () => void): void {
@@ -786,6 +817,8 @@ export class GatewayInspector implements FlowHooks, EscrowHost, KeyEscrowHost {
     // here closes the flow (fail closed: it is not relayed unjudged).
     const verdict = this.o.policy().evaluate(policyContext(st.flow), subject);
     for (const m of verdict.matches) {
+      st.alerts++;
+      if (ACTION_RANK[m.action] > ACTION_RANK[st.worst]) st.worst = m.action;
       const ev = toEve(e, st.meta);
       ev.event_type = 'alert';
       ev.alert = {

@@ -1,0 +1,116 @@
+import { realpathSync, statSync } from 'node:fs';
+import { extname, join, sep } from 'node:path';
+import { readRecordings, verifyRecordings } from '../record/manifest.js';
+
+/**
+ * The dashboard's view of the recordings directory: each recording with its playable
+ * media files and its `gatehouse verify` status (verifyRecordings, the same check as the
+ * CLI; never reimplemented here), and the safe path of one media file.
+ */
+
+/** Media types the dashboard serves (only these: pcaps, transcripts and files stay on disk). */
+export const MEDIA_TYPES: Readonly<Record<string, string>> = {
+  '.opus': 'audio/ogg', // RFC 7845 §9: Ogg Opus is audio/ogg
+  '.ogg': 'audio/ogg',
+  '.oga': 'audio/ogg',
+  '.webm': 'video/webm',
+};
+
+const ID_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
+const FILE_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
+
+export interface RecordingView {
+  id: string;
+  user: string | null;
+  flow: string | number | null;
+  started: string;
+  ended: string;
+  incomplete: string | null;
+  recovered: boolean;
+  bytes: number;
+  media: { file: string; type: string; size: number }[];
+  verify: { ok: boolean; problems: string[] };
+}
+
+export interface RecordingsList {
+  recordings: RecordingView[];
+  unsealed: string[];
+  /** Problems of the directory as a whole (chain head, anchor, stray files). */
+  problems: string[];
+  ok: boolean;
+}
+
+/** Newest `max` recordings first; verify runs at most every `cacheMs` (it hashes every file). */
+export class RecordingsView {
+  private cache: { at: number; value: RecordingsList } | null = null;
+  constructor(
+    readonly dir: string,
+    private readonly cacheMs = 3000,
+    private readonly max = 200,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  list(): RecordingsList {
+    if (this.cache && this.now() - this.cache.at < this.cacheMs) return this.cache.value;
+    const { sealed, unsealed } = readRecordings(this.dir);
+    const v = verifyRecordings(this.dir);
+    const mine = (id: string, p: string) => p.startsWith(`${id}/`) || p.startsWith(`${id}:`);
+    const ids = sealed.map((r) => r.id);
+    const recordings = sealed
+      .slice(-this.max)
+      .reverse()
+      .map((r): RecordingView => {
+        const m = r.manifest;
+        const media = Object.entries(m.files)
+          .filter(([f]) => MEDIA_TYPES[extname(f).toLowerCase()] && FILE_RE.test(f))
+          .map(([f, e]) => ({ file: f, type: MEDIA_TYPES[extname(f).toLowerCase()]!, size: e.size }));
+        const problems = v.problems.filter((p) => mine(r.id, p));
+        const flow = m.flow ?? {};
+        let bytes = 0;
+        for (const e of Object.values(m.files)) bytes += e.size;
+        return {
+          id: r.id,
+          user: typeof flow.user === 'string' ? flow.user : null,
+          flow: typeof flow.flowId === 'string' || typeof flow.flowId === 'number' ? flow.flowId : null,
+          started: m.startedAt,
+          ended: m.endedAt,
+          incomplete: m.incomplete?.reason ?? null,
+          recovered: !!m.recovered,
+          bytes,
+          media,
+          verify: { ok: problems.length === 0, problems },
+        };
+      });
+    const problems = v.problems.filter((p) => !ids.some((id) => mine(id, p)) && !unsealed.some((u) => mine(u, p)));
+    const value = { recordings, unsealed, problems, ok: v.ok };
+    this.cache = { at: this.now(), value };
+    return value;
+  }
+
+  /**
+   * The path of a media file of a recording, or null. The id and name are checked against
+   * strict patterns (no separators, no leading dot), the extension must be a served media
+   * type, and the resolved real path (symlinks followed) must stay inside the directory.
+   */
+  mediaPath(id: string, file: string): { path: string; type: string; size: number } | null {
+    if (!ID_RE.test(id) || !FILE_RE.test(file) || id.includes('..') || file.includes('..')) return null;
+    const type = MEDIA_TYPES[extname(file).toLowerCase()];
+    if (!type) return null;
+    let root: string;
+    let real: string;
+    try {
+      root = realpathSync(this.dir);
+      real = realpathSync(join(this.dir, id, file));
+    } catch {
+      return null;
+    }
+    if (!real.startsWith(root + sep)) return null;
+    try {
+      const st = statSync(real);
+      if (!st.isFile()) return null;
+      return { path: real, type, size: st.size };
+    } catch {
+      return null;
+    }
+  }
+}
