@@ -50,6 +50,9 @@ export type Peer =
   | 'krb5'
   // Events to Redis (issue 14).
   | 'redis-server'
+  // Deploy files (issue 14): the systemd unit and the Prometheus rules are checked by the real tools.
+  | 'systemd-analyze'
+  | 'promtool'
   | 'curl-spnego'
   | 'kerberos-package';
 
@@ -86,6 +89,8 @@ export const PEER_PACKAGE: Record<Peer, string> = {
   slapd: 'slapd, ldap-utils',
   krb5: 'krb5-kdc, krb5-admin-server, krb5-user',
   'redis-server': 'redis-server',
+  'systemd-analyze': 'systemd',
+  promtool: 'prometheus',
   'curl-spnego': 'curl (with GSS-API/SPNEGO)',
   'kerberos-package': 'libkrb5-dev, then npm ci (the kerberos package)',
 };
