@@ -100,7 +100,13 @@ export interface GatehouseConfig {
     redis: { url: string | null; mode: 'list' | 'stream' | 'channel'; key: string; max_queue: number };
   };
   /** Recordings under DATA_DIR/recordings: retention deletes oldest first. */
-  recording: { max_age_days: number | null; max_bytes: string | null; flush_interval_ms: number };
+  recording: {
+    max_age_days: number | null;
+    max_bytes: string | null;
+    flush_interval_ms: number;
+    /** Container of recorded VP8 video: webm (browsers play it) or ivf (src/record/README.md). */
+    video_container: 'webm' | 'ivf';
+  };
   /** The gateway identity (key-escrow.md §1): PEM files, or null to make one in data_dir. */
   identity: { cert: string | null; key: string | null };
   /** Malware scanning of reassembled files (README "Malware scanning"); src/scan/. */
@@ -625,6 +631,7 @@ export const configSchema = obj<GatehouseConfig>({
         default: () => null,
       },
       flush_interval_ms: { schema: int(50, 60_000), default: () => 1000 },
+      video_container: { schema: oneOf('webm', 'ivf'), default: () => 'webm' },
     }),
   },
   identity: {

@@ -213,6 +213,7 @@ export async function startGateway(
     identity,
     clock: systemClock,
     flushIntervalMs: cfg.recording.flush_interval_ms,
+    videoContainer: cfg.recording.video_container,
     log: log.child({ module: 'record' }),
     retention: {
       ...(cfg.recording.max_age_days ? { maxAgeMs: cfg.recording.max_age_days * 86_400_000 } : {}),
