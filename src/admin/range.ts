@@ -22,8 +22,8 @@ export function parseRange(header: string | undefined, size: number): RangeResul
     return { start: Math.max(0, size - n), end: size - 1 };
   }
   const start = Number(a);
-  let end = b === '' ? size - 1 : Number(b);
-  if (!Number.isSafeInteger(start) || !Number.isSafeInteger(end) || end < start) return null; // invalid: ignored
+  let end = b === '' ? Infinity : Number(b);
+  if (!Number.isSafeInteger(start) || (b !== '' && !Number.isSafeInteger(end)) || end < start) return null; // invalid: ignored
   if (start >= size) return 'unsatisfiable';
   if (end >= size) end = size - 1;
   return { start, end };
