@@ -99,6 +99,21 @@ export interface GatehouseConfig {
     /** A copy of the EVE stream to Redis (Suricata's eve-log redis output); url null: off. */
     redis: { url: string | null; mode: 'list' | 'stream' | 'channel'; key: string; max_queue: number };
   };
+  /**
+   * Shared state (README "Cluster"): the SQLite store in DATA_DIR stays the embedded
+   * default; with `redis` set the gateways of a cluster share users, quotas, blocks and
+   * events through it (src/cluster/).
+   */
+  store: {
+    /** redis://[user:password@]host:port/db; null: this gateway alone. */
+    redis: string | null;
+    /** This gateway's id in the cluster; null: hostname:first-TURN-port. */
+    node_id: string | null;
+    /** Prefix of every cluster key and channel. */
+    key_prefix: string;
+    /** How often local quota counts are pushed to Redis and cluster totals read back (ms). */
+    sync_interval_ms: number;
+  };
   /** Recordings under DATA_DIR/recordings: retention deletes oldest first. */
   recording: {
     max_age_days: number | null;
@@ -615,6 +630,26 @@ export const configSchema = obj<GatehouseConfig>({
         }),
         default: () => ({ url: null, mode: 'list', key: 'gatehouse', max_queue: 10000 }),
       },
+    }),
+  },
+  store: {
+    schema: obj({
+      redis: { schema: nullable(checked('a Redis URL like redis://127.0.0.1:6379/0', checkRedisUrl)), default: () => null },
+      node_id: {
+        schema: nullable(
+          checked('a node id (letters, digits, . _ : -)', (v) =>
+            /^[A-Za-z0-9._:-]{1,64}$/.test(v) ? null : `expected 1-64 letters, digits or . _ : -, got ${JSON.stringify(v)}`,
+          ),
+        ),
+        default: () => null,
+      },
+      key_prefix: {
+        schema: checked('a key prefix like gatehouse:', (v) =>
+          /^[A-Za-z0-9._:{}-]{1,64}$/.test(v) ? null : `expected 1-64 letters, digits or . _ : { } -, got ${JSON.stringify(v)}`,
+        ),
+        default: () => 'gatehouse:',
+      },
+      sync_interval_ms: { schema: int(50, 10_000, 'milliseconds from 50 to 10000'), default: () => 250 },
     }),
   },
   recording: {

@@ -63,6 +63,20 @@ export class QuotaFlushHealth {
   }
 }
 
+/**
+ * Quota counters shared across gateways (store.redis, src/cluster/quotas.ts). The packet
+ * path stays in memory: counted() only adds to a local delta that the share pushes every
+ * sync interval; the share writes cluster totals back with QuotaTracker.merge(). While the
+ * share is up it decides (atomically, in Redis) which gateway reports a crossing; while it
+ * is down the tracker reports crossings itself and tells the share (crossedLocally), so a
+ * crossing is never lost and, once Redis is back, not reported twice by this gateway.
+ */
+export interface QuotaShare {
+  readonly up: boolean;
+  counted(row: QuotaUsageRow, limit: number, windowEnd: number, bytes: number): void;
+  crossedLocally(row: QuotaUsageRow): void;
+}
+
 interface Counter {
   row: QuotaUsageRow;
   dirty: boolean;
@@ -88,6 +102,7 @@ export class QuotaTracker {
     private readonly store: QuotaStore | null,
     private readonly onCrossing: (c: QuotaCrossing) => void = () => {},
     private readonly health: QuotaFlushHealth = new QuotaFlushHealth(),
+    private readonly share: QuotaShare | null = null,
   ) {
     this.quotas = quotas.map((q) => {
       const vital = new BlockList();
@@ -148,9 +163,14 @@ export class QuotaTracker {
       }
       ctr.row.bytes += bytes;
       ctr.dirty = true;
+      this.share?.counted(ctr.row, c.q.limit, this.windows.get(c.q.period)!.end, bytes);
       if (!ctr.row.crossed && ctr.row.bytes >= c.q.limit) {
         ctr.row.crossed = true;
-        this.onCrossing({ quota: c.q.id, subject, window: win, limit: c.q.limit, used: ctr.row.bytes });
+        // Shared and up: the share reports the crossing once for the cluster (its next push).
+        if (!this.share?.up) {
+          this.onCrossing({ quota: c.q.id, subject, window: win, limit: c.q.limit, used: ctr.row.bytes });
+          this.share?.crossedLocally(ctr.row);
+        }
       }
     }
     return verdict;
@@ -163,6 +183,29 @@ export class QuotaTracker {
     const key = windowKey(now, period, this.tz);
     this.windows.set(period, { key, start, end });
     return key;
+  }
+
+  /**
+   * The cluster's view of a counter (QuotaShare): `bytes` is the cluster total plus what
+   * this gateway counted since its last push. At or over the limit the subject's non-vital
+   * traffic is cut here too, without a local event (the share reported it). Returns false
+   * when this tracker has no such quota (a reload removed it).
+   */
+  merge(quota: string, subject: string, window: string, bytes: number): boolean {
+    const c = this.quotas.find((x) => x.q.id === quota);
+    if (!c) return false;
+    const key = `${quota}\0${subject}\0${window}`;
+    let ctr = this.counters.get(key);
+    if (!ctr) {
+      ctr = { row: { quota, subject, window, bytes: 0, crossed: false }, dirty: false };
+      this.counters.set(key, ctr);
+    }
+    if (ctr.row.bytes !== bytes) {
+      ctr.row.bytes = bytes;
+      ctr.dirty = true;
+    }
+    if (bytes >= c.q.limit) ctr.row.crossed = true;
+    return true;
   }
 
   usage(quotaId: string, subject: string): number {
