@@ -1,7 +1,7 @@
 /**
  * Tamper evidence for recordings (issue 5). Layout of a recordings directory:
  *
- *   <dir>/<recording-id>/...           the recorded files (pcap, .opus, .ivf, .h264,
+ *   <dir>/<recording-id>/...           the recorded files (pcap, .opus, .webm, .ivf, .h264,
  *                                      dc-*.jsonl, files/<sha256>, meta.json)
  *   <dir>/<recording-id>/manifest.json SHA-256 and size of every other file in the
  *                                      recording, `seq` (position in the chain), `prev`
