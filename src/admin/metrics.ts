@@ -294,6 +294,7 @@ export function createMetrics(stats: () => RelayStatsSource | undefined, sources
       [[], s.incomplete],
     ]);
     gaugeOf(recordings, 'gatehouse_recordings_unsealed', 'Recordings whose manifest waits for the disk', (s) => s.unsealed);
+    gaugeOf(recordings, 'gatehouse_recordings_open', 'Recordings being written now', (s) => s.open ?? 0);
     degraded.set('recordings', () => {
       const s = safe(recordings);
       return s ? s.unsealed > 0 : undefined;

@@ -46,6 +46,7 @@ t.test('degradation sources: supervisor, events, recordings, quota store, gatewa
   t.match(m, /gatehouse_recording_write_failures_total\{op="write",reason="enospc"\} 1/);
   t.match(m, /gatehouse_recordings_incomplete_total 1/);
   t.match(m, /gatehouse_recordings_unsealed 2/);
+  t.match(m, /gatehouse_recordings_open 0/, 'open read as 0 when the source has no such field');
   t.match(m, /gatehouse_quota_flush_failures_total\{reason="sqlite_full"\} 3/);
   t.match(m, /gatehouse_degraded\{component="events"\} 1/);
   t.match(m, /gatehouse_degraded\{component="recordings"\} 1/);
