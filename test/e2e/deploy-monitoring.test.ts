@@ -12,6 +12,7 @@ import { parse } from 'yaml';
 import { startGatehouse, REPO_ROOT } from './helpers/turn-servers.js';
 import { exportedNames, metricNames } from './helpers/promql.js';
 import { peerSkip } from './helpers/require-peer.js';
+import { openTurnClient, PASSWORD, USER } from '../../bench/lib/turn-client.js';
 
 const ALERTS = join(REPO_ROOT, 'deploy', 'prometheus', 'alerts.yml');
 const DASHBOARD = join(REPO_ROOT, 'deploy', 'grafana', 'gatehouse.json');
@@ -36,13 +37,19 @@ quotas:
 
 let metrics = '';
 let exported = new Map<string, string>();
+let gw: Awaited<ReturnType<typeof startGatehouse>>;
 
-t.before(async () => {
-  const gw = await startGatehouse({ rules: RULES });
-  t.teardown(() => gw.stop());
+async function scrape(): Promise<string> {
   const res = await fetch(`${gw.adminUrl}/metrics`);
   if (res.status !== 200) throw new Error(`/metrics answered ${res.status}`);
-  metrics = await res.text();
+  return res.text();
+}
+
+t.before(async () => {
+  // The bench's TURN client (bench/lib/turn-client.ts) logs in as its fixed user.
+  gw = await startGatehouse({ rules: RULES, users: [{ name: USER, password: PASSWORD, groups: ['contractors'] }] });
+  t.teardown(() => gw.stop());
+  metrics = await scrape();
   exported = exportedNames(metrics);
 });
 
@@ -95,6 +102,25 @@ t.test('the series the alerts read exist at 0 before anything happened', async (
   ])
     t.ok(metrics.split('\n').includes(line), line);
   t.match(metrics, /^# HELP gatehouse_worker_restarts_total .*always 0/m, 'the HELP line says why it is 0');
+});
+
+t.test('the new counters are wired to the live event stream: an Allocate moves them', async (t) => {
+  const client = await openTurnClient();
+  t.teardown(() => client.sock.close());
+  t.ok(metrics.split('\n').includes('gatehouse_events_total{event_type="allocation"} 0'), 'no allocation yet');
+  const r = await client.allocate(gw.port);
+  t.ok(r.ok, `Allocate answered success (RFC 8656 §7.3), code ${r.code}`);
+  let after = '';
+  for (let i = 0; i < 50; i++) {
+    after = await scrape();
+    if (after.includes('gatehouse_events_total{event_type="allocation"} 1')) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  t.ok(
+    after.split('\n').includes('gatehouse_events_total{event_type="allocation"} 1'),
+    'gatehouse_events_total counted the allocation event',
+  );
+  t.ok(after.split('\n').includes('gatehouse_turn_allocations 1'), 'one allocation');
 });
 
 interface Panel {
