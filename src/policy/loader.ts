@@ -25,6 +25,7 @@ export class PolicyHolder {
   private watcher: FSWatcher | undefined;
   private timer: NodeJS.Timeout | undefined;
   private listeners: ((e: PolicyEngine) => void)[] = [];
+  private reloadedListeners: ((e: PolicyEngine, files: string[]) => void)[] = [];
 
   private constructor(
     readonly path: string,
@@ -48,12 +49,37 @@ export class PolicyHolder {
     this.listeners.push(fn);
   }
 
+  /**
+   * Called after a successful reload of this node's own rule files (not after adopt()):
+   * the cluster publishes them (src/cluster/policy-sync.ts).
+   */
+  onReloaded(fn: (e: PolicyEngine, files: string[]) => void): void {
+    this.reloadedListeners.push(fn);
+  }
+
+  /** The capabilities rule files are validated against (the same for rules from the cluster). */
+  get capabilities(): RuleCapabilities {
+    return this.caps;
+  }
+
+  /**
+   * Puts in force a rule set validated elsewhere with loadPolicy (the cluster's, issue 14);
+   * `files` names where it came from. The change listeners run as for a reload.
+   */
+  adopt(engine: PolicyEngine, files: string[], from: string): void {
+    this.current = engine;
+    this.files = files;
+    for (const l of this.listeners) l(engine);
+    this.log.info({ rules: engine.rules.length, files: files.length, from }, 'policy applied from the cluster');
+  }
+
   async reload(): Promise<{ ok: boolean; message: string; rules?: number; files?: string[] }> {
     try {
       const { engine, files } = await loadPolicy(this.path, this.caps);
       this.current = engine;
       this.files = files;
       for (const l of this.listeners) l(engine);
+      for (const l of this.reloadedListeners) l(engine, files);
       this.log.info({ rules: engine.rules.length, files: files.length }, 'policy reloaded');
       return { ok: true, message: `loaded ${engine.rules.length} rules from ${files.length} files`, rules: engine.rules.length, files };
     } catch (err) {
