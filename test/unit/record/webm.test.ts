@@ -6,7 +6,7 @@
  * Also the file as a crash leaves it (unknown sizes, no Cues): still decodes.
  */
 import t from 'tap';
-import { copyFileSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
@@ -235,4 +235,56 @@ t.test('as a crash leaves it (units written, nothing patched, no Cues): still de
   const closed = readWebm(path);
   t.equal(closed.segmentSize, closed.fileSize - closed.segmentDataOffset, 'after close the sizes are patched');
   t.equal(closed.cues.length, 1);
+});
+
+t.test('a write failure or a full queue: nothing is patched, the file stays a playable prefix', { skip }, async (t) => {
+  const ivf = readIvf(join(work, 'x.ivf'));
+  const pkts = packetizeVp8(ivf.frames, (pts) => Number(pts) * 3000);
+  const feed = (w: Vp8WebmWriter, from: number, to: number) => {
+    for (let i = from; i < to; i++) w.write({ payload: pkts[i]!.payload, seq: i, timestamp: pkts[i]!.timestamp, marker: pkts[i]!.marker });
+  };
+
+  // The queue holds ~20 KB: later units are dropped (queue_full); what was queued is written.
+  const qf = join(work, 'queue-full.webm');
+  const errs: string[] = [];
+  const w1 = new Vp8WebmWriter(qf, { fsync: false, maxQueued: 20_000, onError: (e) => errs.push(String(e.code)) });
+  feed(w1, 0, pkts.length);
+  await new Promise<void>((r) => w1.close(r));
+  t.same(errs, ['QUEUE_FULL']);
+  const a = readWebm(qf);
+  t.equal(a.segmentSize, null, 'no size patched over dropped units');
+  t.equal(a.cues.length, 0);
+  const na = a.clusters.flatMap((c) => c.blocks).length;
+  t.ok(na > 0 && na < 60, `${na} frames kept`);
+  t.equal(probeVideo(qf).frames, na);
+  t.equal(decodeErrors(qf), '', 'the prefix decodes without an error');
+
+  // ENOSPC on the second write: the file is cut back to the first write's whole units.
+  const ns = join(work, 'enospc.webm');
+  let writes = 0;
+  const w2 = new Vp8WebmWriter(ns, {
+    fsync: false,
+    onError: (e) => errs.push(String(e.code)),
+    fs: {
+      write: (fd, buf, off, len, pos, cb) => {
+        if (++writes >= 2) return cb(Object.assign(new Error('no space'), { code: 'ENOSPC' }), 0);
+        writeSync(fd, buf, off, len, pos);
+        cb(null, len);
+      },
+    },
+  });
+  feed(w2, 0, 40);
+  const firstWrite = w2.frames;
+  w2.flush();
+  await new Promise((r) => setImmediate(r));
+  feed(w2, 40, pkts.length);
+  w2.flush(); // this write fails
+  await new Promise((r) => setImmediate(r));
+  await new Promise<void>((r) => w2.close(r));
+  t.same(errs, ['QUEUE_FULL', 'ENOSPC']);
+  const b = readWebm(ns);
+  t.equal(b.segmentSize, null);
+  t.equal(b.clusters.flatMap((c) => c.blocks).length, firstWrite, `the ${firstWrite} frames of the first write are kept`);
+  t.equal(probeVideo(ns).frames, firstWrite);
+  t.equal(decodeErrors(ns), '', 'what was written before ENOSPC decodes');
 });
