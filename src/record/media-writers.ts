@@ -213,7 +213,10 @@ export class Vp8IvfWriter implements MediaWriter {
  * gives PixelWidth/PixelHeight) and, after a loss, resumes at the next key frame.
  * Timestamps: the RTP timestamp (90 kHz, RFC 7741 §4.1) extended across wraparound by
  * adding each frame's signed 32-bit difference to the previous one (RFC 3550 §5.1),
- * converted to ms from the first frame, kept strictly increasing.
+ * converted to ms from the first frame, kept strictly increasing. A timestamp that goes
+ * back (a sender that restarted its RTP timeline, whose start is random, RFC 3550 §5.1)
+ * continues the file one frame interval (the last positive difference) later instead of
+ * crawling 1 ms per frame until the old timeline is caught up.
  *
  * Crash-safe as the other writers: each unit is whole elements with the Segment and
  * Clusters of unknown size; close() appends the Cues and patches sizes, Duration and the
@@ -228,6 +231,8 @@ export class Vp8WebmWriter implements MediaWriter {
   private lastTs = 0;
   /** 90 kHz ticks since the first frame (extended). */
   private ext = 0;
+  /** The last positive difference between frames (90 kHz), 1/30 s before there is one. */
+  private step = 3000;
   private lastMs = -1;
   private needKey = true;
   private nextSeq = -1;
@@ -267,7 +272,9 @@ export class Vp8WebmWriter implements MediaWriter {
       this.lastTs = p.timestamp >>> 0;
       this.file.append(this.mux.header(dim));
     } else {
-      this.ext += (p.timestamp - this.lastTs) | 0; // signed: RTP timestamps wrap (RFC 3550 §5.1)
+      const d = (p.timestamp - this.lastTs) | 0; // signed: RTP timestamps wrap (RFC 3550 §5.1)
+      if (d > 0) this.step = d;
+      this.ext += d < 0 ? this.step : d;
       this.lastTs = p.timestamp >>> 0;
     }
     let ms = Math.round(this.ext / 90);

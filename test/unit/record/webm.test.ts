@@ -288,3 +288,20 @@ t.test('a write failure or a full queue: nothing is patched, the file stays a pl
   t.equal(probeVideo(ns).frames, firstWrite);
   t.equal(decodeErrors(ns), '', 'what was written before ENOSPC decodes');
 });
+
+t.test('a timestamp that goes back (a new RTP timeline) continues one frame interval later', { skip }, async (t) => {
+  const ivf = readIvf(join(work, 'x.ivf'));
+  const out = join(work, 'reset.webm');
+  // Frames 0-29 from 1e9, then the sender restarts its timeline at 5000 (frame 30 is not a
+  // key frame, but the sequence numbers go on, so the decoder state is intact).
+  await writeWebm(out, ivf.frames, (pts) => (pts < 30n ? 1e9 + Number(pts) * 3000 : 5000 + Number(pts - 30n) * 3000));
+  const blocks = readWebm(out).clusters.flatMap((c) => c.blocks);
+  t.equal(blocks.length, 60);
+  t.same(
+    blocks.slice(28, 33).map((b) => b.time),
+    [933, 967, 1000, 1033, 1067],
+    'the timeline continues at 33 ms per frame',
+  );
+  t.ok(Math.abs(probeVideo(out).duration - 2) < 0.05);
+  t.equal(decodeErrors(out), '');
+});
