@@ -29,6 +29,14 @@ export interface AdminSources {
   recordingsDir?: string;
   quotas?: () => unknown[];
   policy?: () => unknown;
+  /**
+   * The cluster (store.redis, src/cluster/registry.ts): GET /v1/cluster (nodes and their
+   * load) and GET /v1/flows?scope=cluster (the flows of every node, each with its `node`).
+   */
+  cluster?: {
+    view: () => Promise<unknown>;
+    flows: () => Promise<{ flows: unknown[]; redis: 'up' | 'down' }>;
+  };
 }
 
 /**
@@ -192,7 +200,20 @@ export class AdminServer {
         return json(res, 401, { error: 'admin token required' });
       }
       if (req.method === 'GET' && path === '/v1/events') return json(res, 200, filterEvents(this.src.recentEvents(), url.searchParams));
-      if (req.method === 'GET' && path === '/v1/flows') return json(res, 200, this.src.flows?.() ?? []);
+      if (req.method === 'GET' && path === '/v1/flows') {
+        // scope=cluster: every node's flows from the registry (README "Cluster"); default: this node's.
+        const scope = url.searchParams.get('scope') ?? 'local';
+        if (scope === 'local') return json(res, 200, this.src.flows?.() ?? []);
+        if (scope !== 'cluster') return json(res, 400, { error: 'scope is local or cluster' });
+        if (!this.src.cluster) return json(res, 404, { error: 'no cluster: store.redis is not set' });
+        const c = await this.src.cluster.flows();
+        res.setHeader('gatehouse-cluster-redis', c.redis); // down: this node's flows only
+        return json(res, 200, c.flows);
+      }
+      if (req.method === 'GET' && path === '/v1/cluster') {
+        if (!this.src.cluster) return json(res, 404, { error: 'no cluster: store.redis is not set' });
+        return json(res, 200, await this.src.cluster.view());
+      }
       if (req.method === 'POST' && path === '/v1/policy/reload') {
         if (!this.src.reloadPolicy) return json(res, 501, { error: 'the policy engine is not part of this build yet' });
         const r = await this.src.reloadPolicy();
