@@ -138,6 +138,7 @@ export class Dashboard {
     const m = req.method ?? 'GET';
     if (path === '/' && (m === 'GET' || m === 'HEAD')) return (this.page(req, res), true);
     if (path === '/login' && m === 'POST') return (await this.login(req, res), true);
+    if (path === '/favicon.ico' && m === 'GET') return (this.send(res, 204, 'image/x-icon', ''), true); // no icon, no 404 in the console
     if (path.startsWith('/ui/') && m === 'GET' && STATIC[path.slice(4)] && path.slice(4) !== 'index.html') {
       // The page's scripts and style: public (the login form uses them), no secret in them.
       const name = path.slice(4);
@@ -202,7 +203,8 @@ export class Dashboard {
     return {
       'content-security-policy': DASHBOARD_CSP,
       'x-content-type-options': 'nosniff',
-      'referrer-policy': 'no-referrer',
+      // same-origin, not no-referrer: with no-referrer a browser sends `Origin: null` on form posts.
+      'referrer-policy': 'same-origin',
       'x-frame-options': 'DENY',
       'cache-control': 'no-store',
       ...extra,

@@ -81,8 +81,9 @@ export class RecordingsView {
           verify: { ok: problems.length === 0, problems },
         };
       });
+    // A recording still being written has no manifest yet: that is not a failed seal.
     const problems = v.problems.filter((p) => !ids.some((id) => mine(id, p)) && !unsealed.some((u) => mine(u, p)));
-    const value = { recordings, unsealed, problems, ok: v.ok };
+    const value = { recordings, unsealed, problems, ok: problems.length === 0 && recordings.every((r) => r.verify.ok) };
     this.cache = { at: this.now(), value };
     return value;
   }

@@ -112,7 +112,13 @@ function policyView(policy: PolicyHolder) {
       action: r.action,
       severity: r.severity,
       when: Object.fromEntries(
-        Object.entries(r.when).filter(([, v]) => v !== null && !(Array.isArray(v) && v.length === 0) && v !== 'any'),
+        Object.entries(r.when).filter(
+          ([, v]) =>
+            v !== null &&
+            v !== 'any' &&
+            !(Array.isArray(v) && v.length === 0) &&
+            !(typeof v === 'object' && !Array.isArray(v) && Object.values(v as object).every((x) => x === null)),
+        ),
       ),
     })),
     quotas: e.quotas.map((q) => ({ id: q.id, scope: q.scope, users: q.users, groups: q.groups, limit: q.limit, period: q.period })),
