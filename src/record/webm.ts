@@ -179,7 +179,8 @@ export class WebmMuxer {
   private durationAt = 0;
   private clusters: ClusterMark[] = [];
   private clusterTime = -1;
-  private clusterOffset = -1;
+  /** Offset of the first Cluster beyond WEBM_MAX_CLUSTERS (-1: none), where the last remembered one ends. */
+  private overflowAt = -1;
   private firstTime = -1;
   private lastTime = -1;
   frames = 0;
@@ -247,8 +248,8 @@ export class WebmMuxer {
     const parts: Buffer[] = [];
     if (this.clusterTime < 0 || key || time - this.clusterTime > WEBM_CLUSTER_MAX_MS || time - this.clusterTime > 0x7fff) {
       this.clusterTime = time;
-      this.clusterOffset = this.pos;
       if (this.clusters.length < WEBM_MAX_CLUSTERS) this.clusters.push({ offset: this.pos, time, key });
+      else if (this.overflowAt < 0) this.overflowAt = this.pos;
       parts.push(ebmlId(ID.Cluster), EBML_UNKNOWN_SIZE, uintElement(ID.Timestamp, time));
     }
     // RFC 9559 §10.2 SimpleBlock: track number (VINT), int16 timestamp relative to the
@@ -284,8 +285,7 @@ export class WebmMuxer {
     // Cluster sizes: each ends where the next remembered one starts, the last where the Cues do.
     for (let i = 0; i < this.clusters.length; i++) {
       const c = this.clusters[i]!;
-      const end = this.clusters[i + 1]?.offset ?? (i === this.clusters.length - 1 && this.clusterOffset === c.offset ? this.pos : -1);
-      if (end < 0) continue; // later clusters were not remembered: the size of this one is not known here
+      const end = this.clusters[i + 1]?.offset ?? (this.overflowAt >= 0 ? this.overflowAt : this.pos);
       patches.push({ offset: c.offset + 4, data: vintSize(end - c.offset - 4 - 8, 8) });
     }
     const tail = cuePoints.length ? element(ID.Cues, ...cuePoints) : Buffer.alloc(0);

@@ -10,7 +10,17 @@ import { copyFileSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSyn
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
-import { EBML_UNKNOWN_SIZE, ebmlId, element, uintElement, vintSize, voidElement, WEBM_CLUSTER_MAX_MS } from '../../../src/record/webm.js';
+import {
+  EBML_UNKNOWN_SIZE,
+  ebmlId,
+  element,
+  uintElement,
+  vintSize,
+  voidElement,
+  WEBM_CLUSTER_MAX_MS,
+  WEBM_MAX_CLUSTERS,
+  WebmMuxer,
+} from '../../../src/record/webm.js';
 import { Vp8WebmWriter, type RtpIn } from '../../../src/record/media-writers.js';
 import { decodeErrors, ffmpeg, makeVp8, packetizeVp8, probeVideo, readEbml, readIvf, readWebm } from './media-helpers.js';
 import { peerSkip } from '../../e2e/helpers/require-peer.js';
@@ -46,6 +56,26 @@ t.test('EBML primitives (RFC 8794)', async (t) => {
       [0xec, 3],
     ],
   );
+});
+
+t.test('bounded: beyond WEBM_MAX_CLUSTERS clusters keep an unknown size and get no CuePoint', async (t) => {
+  const m = new WebmMuxer();
+  const parts = [m.header({ width: 16, height: 16, uid: 7n })];
+  const key = Buffer.from([0x10, 0x02, 0x00, 0x9d, 0x01, 0x2a, 16, 0, 16, 0, 0, 0]); // RFC 6386 §9.1 key frame tag + start code
+  const n = WEBM_MAX_CLUSTERS + 3;
+  for (let i = 0; i < n; i++) parts.push(m.frame(key, i * 40, true));
+  const { tail, patches } = m.finish();
+  const file = Buffer.concat([...parts, tail]);
+  for (const p of patches) p.data.copy(file, p.offset);
+  const path = join(work, 'many.webm');
+  writeFileSync(path, file);
+  const w = readWebm(path);
+  t.equal(w.segmentSize, file.length - w.segmentDataOffset);
+  t.equal(w.clusters.length, n, 'every cluster is read (unknown sizes end at the next cluster)');
+  t.equal(w.cues.length, WEBM_MAX_CLUSTERS);
+  t.equal(w.clusters.filter((c) => c.size === null).length, 3, 'the 3 beyond the bound');
+  t.ok(w.clusters.slice(0, WEBM_MAX_CLUSTERS).every((c) => c.size !== null));
+  t.equal(w.clusters.at(-1)!.blocks[0]!.time, (n - 1) * 40);
 });
 
 interface Frame {
