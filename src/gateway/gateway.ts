@@ -11,6 +11,7 @@ import type { Logger } from '../util/log.js';
 import { systemClock } from '../util/clock.js';
 import { FanoutEventSink, FileEventSink, MemoryEventSink } from '../events/eve.js';
 import { RedisEventSink } from '../events/redis.js';
+import { startClusterNode, type ClusterNode } from '../cluster/node.js';
 import { ensureBootstrapUser, StaticUserDirectory } from '../store/users.js';
 import { TurnServer } from '../turn/server.js';
 import type { Flow } from '../turn/flow.js';
@@ -23,7 +24,7 @@ import { loadOrCreateIdentity, type GatewayIdentity } from '../store/identity.js
 import { PolicyHolder } from '../policy/loader.js';
 import { GatewayInspector } from './inspector.js';
 import { DEFAULT_ALLOCATION_BUFFER_BYTES, DEFAULT_MAX_BUFFERED_BYTES } from './memory.js';
-import { QuotaFlushHealth, QuotaTracker } from '../policy/quota.js';
+import { QuotaFlushHealth, QuotaTracker, type QuotaCrossing } from '../policy/quota.js';
 import { Supervisor } from '../util/supervise.js';
 import type { PolicyEngine } from '../policy/engine.js';
 import { parseSize } from '../policy/rules-schema.js';
@@ -63,6 +64,8 @@ export interface RunningGateway {
   core: RunningCore | null;
   /** The supervision wrapper of this gateway (cli/main.ts also routes process-level exceptions to it). */
   supervisor: Supervisor;
+  /** store.redis: this gateway's link to the cluster and its shared state; null: alone. */
+  cluster: ClusterNode | null;
   stop(): Promise<void>;
 }
 
@@ -168,11 +171,14 @@ export async function startGateway(
       supervisor,
     },
   );
+  // With store.redis and no events.redis.url, the EVE stream goes to the cluster's Redis
+  // too (events.redis.mode/key): one stream of every gateway's events (README "Cluster").
+  const eventsRedisUrl = cfg.events.redis.url ?? cfg.store.redis;
   const redisEvents =
-    cfg.events.redis.url === null
+    eventsRedisUrl === null
       ? null
       : new RedisEventSink({
-          url: cfg.events.redis.url,
+          url: eventsRedisUrl,
           mode: cfg.events.redis.mode,
           key: cfg.events.redis.key,
           maxQueue: cfg.events.redis.max_queue,
@@ -187,21 +193,20 @@ export async function startGateway(
   // new quotas and restores the current windows' counters from the store.
   const store = new SqliteStore(join(cfg.data_dir, 'state.db'));
   const quotaHealth = new QuotaFlushHealth(log.child({ module: 'quota' }));
-  const makeQuotas = (e: PolicyEngine) =>
-    new QuotaTracker(
-      e.quotas,
-      systemClock,
-      cfg.timezone,
-      store,
-      (c) =>
-        events.emit({
-          timestamp: eveTimestamp(systemClock.now()),
-          event_type: 'quota',
-          quota: { id: c.quota, subject: c.subject, window: c.window, limit: c.limit, used: c.used },
-          gatehouse: { reason: 'quota_exceeded' },
-        }),
-      quotaHealth,
-    );
+  const reportQuota = (c: QuotaCrossing) =>
+    events.emit({
+      timestamp: eveTimestamp(systemClock.now()),
+      event_type: 'quota',
+      quota: { id: c.quota, subject: c.subject, window: c.window, limit: c.limit, used: c.used },
+      gatehouse: { reason: 'quota_exceeded' },
+    });
+  // Issue 14: store.redis shares quotas, blocks and events with the other gateways; null: alone.
+  const cluster: ClusterNode | null = startClusterNode(cfg, { log: log.child({ module: 'cluster' }), reportQuota });
+  const makeQuotas = (e: PolicyEngine) => {
+    const q = new QuotaTracker(e.quotas, systemClock, cfg.timezone, store, reportQuota, quotaHealth, cluster?.quotas ?? null);
+    cluster?.quotas.attach(q);
+    return q;
+  };
   let quotas = makeQuotas(policy.current);
   eventCounts.knowQuotas(policy.current.quotas.map((q) => q.id));
   policy.onChange((e) => {
@@ -277,6 +282,8 @@ export async function startGateway(
     supervisor, // one counter of contained exceptions for the whole process
   });
   inspector.attach(turn);
+  // A flow blocked here (user × peer IP, key-escrow.md §5.4) is refused on every gateway.
+  cluster?.blocks.attach(inspector.blockList);
   // key-escrow.md §6.4: held key sets are wiped when they expire.
   const heldSweep = systemClock.setInterval(
     supervisor.guard('gateway.key_escrow.sweep', () => inspector.keyEscrow.sweep(systemClock.now())),
@@ -315,6 +322,7 @@ export async function startGateway(
     events: () => eventFile.stats,
     recordings: () => recordings.stats,
     quotaFlush: () => quotaHealth,
+    ...(cluster ? { cluster: () => cluster.metrics() } : {}),
     // Every block reason is exported from the start, at 0 (gatehouse_gateway_blocked_total).
     gateway: () => {
       const s = inspector.stats;
@@ -344,6 +352,7 @@ export async function startGateway(
         ...(eventFile.stats.degraded ? ['events'] : []),
         ...(recordings.stats.unsealed > 0 ? ['recordings'] : []),
         ...(quotaHealth.failing ? ['quota_store'] : []),
+        ...(cluster?.degraded() ? ['cluster'] : []),
       ],
     },
     log.child({ module: 'admin' }),
@@ -415,6 +424,7 @@ export async function startGateway(
     policy,
     core,
     supervisor,
+    cluster,
     async stop() {
       policy.close();
       await core?.stop();
@@ -427,6 +437,7 @@ export async function startGateway(
       heldSweep.cancel();
       inspector.keyEscrow.close();
       quotas.flush();
+      await cluster?.close();
       store.close();
       events.close();
     },
