@@ -40,6 +40,8 @@ export interface NodeInfo {
   started: string;
   /** This node's clock at its last heartbeat (ms since the epoch). */
   heartbeat: number;
+  /** The rule set in force (src/cluster/policy-sync.ts): its cluster version and hash. */
+  policy?: { version: number; hash: string | null; origin: string | null };
 }
 
 /** A flow summary as /v1/flows gives it (flow_id at least). */

@@ -24,6 +24,12 @@ export interface GatehouseConfig {
   turn: {
     listen: string[];
     relay_address: string;
+    /**
+     * Issue 14: the address clients reach this server's TURN listeners on, as other cluster
+     * nodes name it in ALTERNATE-SERVER (an IP: RFC 8489 §14.15); null: the listen address,
+     * or relay_address for a wildcard listen.
+     */
+    public_address: string | null;
     relay_ports: number[];
     peers: { allow: string[]; deny: string[] };
     rest_secret: string | null;
@@ -449,6 +455,7 @@ export const configSchema = obj<GatehouseConfig>({
     schema: obj({
       listen: { schema: list(listenUrl, { single: true }), default: () => ['udp://0.0.0.0:3478', 'tcp://0.0.0.0:3478'] },
       relay_address: { schema: ipAddr, default: () => '127.0.0.1' },
+      public_address: { schema: nullable(ipAddr), default: () => null },
       relay_ports: { schema: portRange, default: () => [49152, 65535] },
       peers: {
         schema: obj({
