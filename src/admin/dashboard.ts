@@ -1,6 +1,7 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import { createReadStream, existsSync, readFileSync } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { pipeline } from 'node:stream';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { FailureLimiter } from '../core/ratelimit.js';
@@ -93,6 +94,8 @@ export interface DashboardSources {
 interface Sse {
   res: ServerResponse;
   unsubscribe: () => void;
+  /** The session it belongs to: a logout or an expiry ends the stream too. */
+  session: string;
 }
 
 export class Dashboard {
@@ -171,6 +174,7 @@ export class Dashboard {
     const path = url.pathname;
     if (m === 'POST' && path === '/logout') {
       this.sessions.destroy(session.id);
+      for (const c of [...this.sse]) if (c.session === session.id) this.dropStream(c);
       res.setHeader('set-cookie', `${SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0${this.secure() ? '; Secure' : ''}`);
       return this.json(res, 200, { ok: true });
     }
@@ -182,7 +186,7 @@ export class Dashboard {
       if (!q.has('limit')) q.set('limit', '200');
       return this.json(res, 200, filterEvents(this.src.recentEvents(), q));
     }
-    if (m === 'GET' && path === '/ui/events/stream') return this.stream(req, res);
+    if (m === 'GET' && path === '/ui/events/stream') return this.stream(req, res, session.id);
     if (m === 'GET' && path === '/ui/quotas') return this.json(res, 200, this.src.quotas?.() ?? []);
     if (m === 'GET' && path === '/ui/policy') return this.json(res, 200, this.src.policy?.() ?? null);
     if (m === 'POST' && path === '/ui/policy/reload') {
@@ -284,7 +288,7 @@ export class Dashboard {
   }
 
   /** GET /ui/events/stream: text/event-stream (WHATWG HTML §9.2), bounded clients, heartbeats. */
-  private stream(req: IncomingMessage, res: ServerResponse): void {
+  private stream(req: IncomingMessage, res: ServerResponse, session: string): void {
     if (this.sse.size >= DASHBOARD_LIMITS.sseClients || !this.src.subscribe)
       return this.send(res, 503, 'application/json', JSON.stringify({ error: 'too many event streams' }), { 'retry-after': '10' });
     let client: Sse | undefined;
@@ -292,11 +296,15 @@ export class Dashboard {
       if (!client || !LIVE_EVENT_TYPES.includes(e.event_type)) return;
       // A reader that does not keep up is dropped rather than buffered without bound.
       if (res.writableLength > DASHBOARD_LIMITS.sseBufferBytes) return this.dropStream(client);
-      res.write(`event: ${e.event_type}\ndata: ${JSON.stringify(redact(e))}\n\n`);
+      try {
+        res.write(`event: ${e.event_type}\ndata: ${JSON.stringify(redact(e))}\n\n`);
+      } catch {
+        this.dropStream(client); // one client's failure ends that stream, never the sink or the process
+      }
     });
     if (!unsubscribe)
       return this.send(res, 503, 'application/json', JSON.stringify({ error: 'too many event listeners' }), { 'retry-after': '10' });
-    client = { res, unsubscribe };
+    client = { res, unsubscribe, session };
     this.sse.add(client);
     res.writeHead(200, this.headers({ 'content-type': 'text/event-stream; charset=utf-8', 'x-accel-buffering': 'no' }));
     // `retry:` sets the reconnection time (ms); a comment line opens the stream at once.
@@ -306,7 +314,11 @@ export class Dashboard {
     res.on('error', () => this.dropStream(c));
     if (!this.heartbeat) {
       this.heartbeat = setInterval(() => {
-        for (const s of this.sse) if (s.res.writableLength <= DASHBOARD_LIMITS.sseBufferBytes) s.res.write(': heartbeat\n\n');
+        for (const s of [...this.sse]) {
+          // A session that expired (or was pushed out of the store) ends its stream.
+          if (!this.sessions.lookup(`${SESSION_COOKIE}=${s.session}`)) this.dropStream(s);
+          else if (s.res.writableLength <= DASHBOARD_LIMITS.sseBufferBytes) s.res.write(': heartbeat\n\n');
+        }
       }, DASHBOARD_LIMITS.heartbeatMs);
       this.heartbeat.unref();
     }
@@ -348,9 +360,8 @@ export class Dashboard {
       this.headers({ ...base, 'content-length': String(len), ...(r ? { 'content-range': `bytes ${start}-${end}/${f.size}` } : {}) }),
     );
     if (req.method === 'HEAD' || len === 0) return void res.end();
-    const s = createReadStream(f.path, { start, end });
-    s.on('error', () => res.destroy());
-    s.pipe(res);
+    // pipeline(): a client that goes away closes the file too.
+    pipeline(createReadStream(f.path, { start, end }), res, () => {});
   }
 }
 

@@ -4,7 +4,8 @@
 // rate limit, and no secret in any response.
 import t, { type Test } from 'tap';
 import { request, type IncomingMessage } from 'node:http';
-import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { request as httpsRequest } from 'node:https';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Registry } from 'prom-client';
@@ -13,6 +14,9 @@ import { DASHBOARD_CSP, DASHBOARD_LIMITS, redact } from '../../../src/admin/dash
 import { parseRange } from '../../../src/admin/range.js';
 import { MemoryEventSink, type EveEvent } from '../../../src/events/eve.js';
 import { silentLogger } from '../../../src/util/log.js';
+import { ManualClock } from '../../../src/util/clock.js';
+import { QuotaTracker } from '../../../src/policy/quota.js';
+import { makeCert } from '../../../scripts/fixtures/openssl-dtls.js';
 
 const TOKEN = 'D'.repeat(20) + 'dashboard-admin-token-xyz';
 
@@ -305,4 +309,107 @@ t.test('no secret in any /ui response or the page', async (t) => {
     nested: [{ ok: 2 }],
     keys: 'keys_missing',
   });
+});
+
+t.test('logout ends that session’s event stream', async (t) => {
+  const { base, admin } = await setup(t);
+  const { cookie, csrf } = await login(base);
+  const u = new URL('/ui/events/stream', base);
+  const res = await new Promise<IncomingMessage>((resolve, reject) => {
+    const req = request({ host: u.hostname, port: u.port, path: u.pathname, headers: { cookie } }, resolve);
+    req.on('error', reject);
+    req.end();
+  });
+  res.resume();
+  const closed = new Promise<void>((r) => res.on('close', () => r()));
+  t.equal(admin.dashboard.streams, 1);
+  t.equal((await call(base, 'POST', '/logout', { cookie, 'x-csrf-token': csrf })).status, 200);
+  await closed;
+  t.equal(admin.dashboard.streams, 0, 'the stream closed with the session');
+});
+
+t.test('https listener: the session cookie is Secure', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'gh-dash-tls-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const { cert, key } = makeCert(dir, 'ec', '/CN=localhost');
+  const admin = new AdminServer({ registry: new Registry(), token: TOKEN, recentEvents: () => [] }, silentLogger);
+  const addr = await admin.listenConfigured({ listen: 'https://127.0.0.1:0', token: TOKEN, tls: { cert, key }, insecure: false });
+  t.teardown(() => admin.close());
+  const r = await new Promise<IncomingMessage>((resolve, reject) => {
+    const req = httpsRequest(
+      {
+        method: 'POST',
+        host: '127.0.0.1',
+        port: addr.port,
+        path: '/login',
+        ca: readFileSync(cert),
+        servername: 'localhost',
+        headers: { 'content-type': 'application/json' },
+      },
+      resolve,
+    );
+    req.on('error', reject);
+    req.end(JSON.stringify({ token: TOKEN }));
+  });
+  r.resume();
+  t.equal(r.statusCode, 200);
+  t.match(String(r.headers['set-cookie']?.[0]), /HttpOnly; SameSite=Strict; Max-Age=\d+; Secure$/);
+});
+
+t.test('MemoryEventSink.subscribe is bounded; a throwing listener is dropped', async (t) => {
+  const m = new MemoryEventSink(10, 2);
+  const got: string[] = [];
+  const off = m.subscribe((e) => got.push(e.event_type));
+  t.ok(
+    m.subscribe(() => {
+      throw new Error('listener bug');
+    }),
+  );
+  t.equal(
+    m.subscribe(() => {}),
+    null,
+    'a third listener is refused',
+  );
+  m.emit({ timestamp: 't', event_type: 'alert' });
+  t.same(got, ['alert']);
+  t.ok(
+    m.subscribe(() => {}),
+    'the throwing one was dropped, so there is room again',
+  );
+  off!();
+  m.emit({ timestamp: 't', event_type: 'quota' });
+  t.same(got, ['alert'], 'unsubscribed');
+  t.equal(m.events.length, 2, 'the ring still keeps every event');
+});
+
+t.test('QuotaTracker.snapshot: current windows, fullest first, bounded', async (t) => {
+  const clock = new ManualClock(Date.parse('2026-12-03T12:00:00Z'));
+  const q = new QuotaTracker(
+    [
+      { id: 'daily', scope: 'user', users: ['alice', 'bob'], groups: [], limit: 1000, period: 'day', vital: [] },
+      { id: 'weekly', scope: 'user', users: ['alice'], groups: [], limit: 10_000, period: 'week', vital: [] },
+    ],
+    clock,
+    'UTC',
+    null,
+  );
+  q.account('alice', [], '192.0.2.1', 900);
+  q.account('bob', [], '192.0.2.1', 100);
+  const s = q.snapshot();
+  t.same(
+    s.map((r) => [r.quota, r.subject, r.used, r.limit, r.period]),
+    [
+      ['daily', 'user:alice', 900, 1000, 'day'],
+      ['daily', 'user:bob', 100, 1000, 'day'],
+      ['weekly', 'user:alice', 900, 10_000, 'week'],
+    ],
+  );
+  t.equal(s[0]!.ends, Date.parse('2026-12-04T00:00:00Z'), 'the window end');
+  t.equal(q.snapshot(1).length, 1, 'bounded');
+  clock.advance(86_400_000);
+  t.same(
+    q.snapshot().map((r) => r.quota),
+    ['weekly'],
+    'a past day window is not shown',
+  );
 });
