@@ -34,6 +34,10 @@ quotas:
     groups: [contractors]
     limit: 20KiB
     period: day
+  - id: staff-daily
+    groups: [staff]
+    limit: 30KiB
+    period: day
 `;
 
 /** Sends n datagrams of size bytes on channel 0x4001 and counts what reaches the peer. */
@@ -120,5 +124,42 @@ t.test('three gateways, one redis-server', { skip }, async (t) => {
     const on3 = await turnClient(gw3, 'mallory');
     t.teardown(() => on3.close());
     t.equal(await createPermission(on3, '127.0.0.5'), 403, 'and gateway 3 too');
+  });
+
+  const clients: Client[] = [];
+  await t.test('Redis stopped: all three serve locally; back: the quota is reconciled, reported once', async (t) => {
+    await c.redis.stop();
+    for (const [i, gw] of c.gateways.entries()) {
+      t.ok(await until(async () => (await metricValue(gw, 'gatehouse_cluster_redis_up')) === 0, 10000), `gw${i + 1}: redis_up 0`);
+      const h = await adminGet(gw, '/healthz');
+      t.match(h.body, { status: 'degraded' }, `gw${i + 1}: /healthz degraded`);
+      t.ok(h.body.degraded.includes('cluster'), 'names the cluster');
+      t.match(gw.output(), /cluster: redis unavailable; serving with local state/, `gw${i + 1}: says so in the log`);
+    }
+    // alice (staff, 30 KiB a day) sends 12 KB through each gateway: each is under the limit
+    // on its own, the three together are over it.
+    const peer = await peerSocket('127.0.0.20');
+    t.teardown(() => peer.close());
+    for (const [i, gw] of c.gateways.entries()) {
+      const cl = await turnClient(gw, 'alice');
+      t.teardown(() => cl.close());
+      t.equal(await bindChannel(cl, 0x4001, '127.0.0.20', peer.port), 0);
+      t.equal(await relay(cl, peer, 12, 1000), 12, `gw${i + 1} serves alice with local state`);
+      clients.push(cl);
+    }
+    t.equal(await quotaEvents(c, 'user:alice'), 0, 'no gateway saw a crossing on its own');
+    await c.redis.start(); // an empty Redis: no persistence
+    for (const [i, gw] of c.gateways.entries()) {
+      t.ok(await until(async () => (await metricValue(gw, 'gatehouse_cluster_redis_up')) === 1, 15000), `gw${i + 1}: redis_up 1`);
+      t.ok(await until(async () => (await adminGet(gw, '/healthz')).body.status === 'ok', 5000), `gw${i + 1}: /healthz ok`);
+    }
+    t.match(gw1.output(), /cluster: redis is up/, 'the return is logged');
+    for (const [i, cl] of clients.entries())
+      t.ok(await until(async () => (await relay(cl, peer, 2, 100)) === 0, 5000), `gw${i + 1} cuts alice after the reconciliation`);
+    await new Promise((r) => setTimeout(r, 500));
+    t.equal(await quotaEvents(c, 'user:alice'), 1, 'the crossing the outage hid is reported once');
+    const redis = c.redis.client();
+    const key = (await redis.keys('gatehouse:quota:staff-daily:*')).find((k) => !k.endsWith(':crossed'))!;
+    t.ok(Number(await redis.get(key)) >= 36_000, 'every gateway pushed its outage delta');
   });
 });
