@@ -89,13 +89,15 @@ const MAX_EVENTS = 200;
 
 function describe(e) {
   const g = e.gatehouse || {};
+  const a = e.alert || {};
+  const q = e.quota || {};
   switch (e.event_type) {
     case 'alert':
-      return `${e.alert.action === 'blocked' ? 'BLOCKED' : 'alert'} ${e.alert.signature_id}: ${e.alert.signature}`;
+      return `${a.action === 'blocked' ? 'BLOCKED' : 'alert'} ${a.signature_id}: ${a.signature}`;
     case 'flow_blocked':
       return `flow blocked (${g.reason}${g.budget ? `: ${g.budget}` : ''})`;
     case 'quota':
-      return `quota ${e.quota.id} crossed by ${e.quota.subject}: ${bytes(e.quota.used)} of ${bytes(e.quota.limit)}`;
+      return `quota ${q.id} crossed by ${q.subject}: ${bytes(q.used)} of ${bytes(q.limit)}`;
     case 'flow_uninspected':
       return `flow relayed uninspected (${g.reason})`;
     case 'keys_invalid':
@@ -146,7 +148,11 @@ function connectStream() {
   };
   for (const type of ['alert', 'flow_blocked', 'quota', 'flow_uninspected', 'keys_invalid', 'keys_verified']) {
     es.addEventListener(type, (m) => {
-      addEvent(JSON.parse(m.data), true);
+      try {
+        addEvent(JSON.parse(m.data), true);
+      } catch (err) {
+        console.warn('event not shown', err);
+      }
       loadFlows().catch(() => {});
       if (type === 'quota') loadQuotas().catch(() => {});
     });
