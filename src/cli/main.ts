@@ -18,6 +18,8 @@ Commands:
   login --cert FILE --key FILE --core URL
                                         log in to a core with a client certificate;
                                         prints the login JSON (token)
+  user add|remove|list NAME --config FILE
+                                        TURN users shared by a cluster (store.redis)
   help                                  this text
 
 Run "gatehouse <command> --help" for a command's options.
@@ -59,6 +61,7 @@ const commands: Record<string, () => Promise<Runner>> = {
   keyagent: async () => (await import('./keyagent.js')).runKeyagent,
   'core-fe': async () => (await import('./core-fe.js')).runCoreFe,
   login: async () => (await import('./login.js')).runLogin,
+  user: async () => (await import('./user.js')).runUser,
 };
 
 export async function main(argv: string[], io: CommandIo = { stdout: process.stdout, stderr: process.stderr }): Promise<number> {

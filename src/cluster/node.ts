@@ -5,6 +5,8 @@ import type { QuotaCrossing } from '../policy/quota.js';
 import { ClusterLink, defaultNodeId } from './link.js';
 import { ClusterQuotas } from './quotas.js';
 import { ClusterBlocks } from './blocks.js';
+import { ClusterUsers } from './users.js';
+import type { StaticUserDirectory } from '../store/users.js';
 
 /**
  * This gateway's part of a cluster (store.redis; README "Cluster"): the link to Redis and
@@ -16,6 +18,8 @@ export interface ClusterNode {
   link: ClusterLink;
   quotas: ClusterQuotas;
   blocks: ClusterBlocks;
+  /** The configuration's users, then the cluster's (`gatehouse user add`). */
+  users: ClusterUsers;
   /** The /metrics source (MetricsSources.cluster). */
   metrics(): { up: boolean; outages: number; gauges: Record<string, number>; counters: Record<string, number> };
   /** Redis is away: /healthz lists `cluster` as degraded. */
@@ -23,7 +27,10 @@ export interface ClusterNode {
   close(): Promise<void>;
 }
 
-export function startClusterNode(cfg: GatehouseConfig, o: { log: Logger; reportQuota: (c: QuotaCrossing) => void }): ClusterNode | null {
+export function startClusterNode(
+  cfg: GatehouseConfig,
+  o: { log: Logger; reportQuota: (c: QuotaCrossing) => void; configUsers: StaticUserDirectory },
+): ClusterNode | null {
   if (!cfg.store.redis) return null;
   let port: number | undefined;
   try {
@@ -39,18 +46,25 @@ export function startClusterNode(cfg: GatehouseConfig, o: { log: Logger; reportQ
   });
   const quotas = new ClusterQuotas(link, { report: o.reportQuota, intervalMs: cfg.store.sync_interval_ms, log: o.log });
   const blocks = new ClusterBlocks(link, { log: o.log });
-  o.log.info({ node: link.nodeId }, 'cluster: sharing quotas, blocks and events through store.redis');
+  const users = new ClusterUsers(link, o.configUsers, o.log);
+  o.log.info({ node: link.nodeId }, 'cluster: sharing users, quotas, blocks and events through store.redis');
   return {
     link,
     quotas,
     blocks,
+    users,
     metrics() {
       const q = quotas.stats;
       const b = blocks.stats;
       return {
         up: link.up,
         outages: link.stats.outages,
-        gauges: { quota_counters: q.counters, quota_pending_bytes: q.pendingBytes, blocks_pending: b.pending },
+        gauges: {
+          quota_counters: q.counters,
+          quota_pending_bytes: q.pendingBytes,
+          blocks_pending: b.pending,
+          users: users.stats.users,
+        },
         counters: {
           quota_pushes: q.pushes,
           quota_push_failures: q.pushFailures,
@@ -63,6 +77,7 @@ export function startClusterNode(cfg: GatehouseConfig, o: { log: Logger; reportQ
     degraded: () => !link.up,
     async close() {
       blocks.close();
+      users.close();
       await quotas.close(); // a last push of the deltas
       await link.close();
     },

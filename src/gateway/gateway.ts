@@ -187,7 +187,7 @@ export async function startGateway(
   // /metrics counts what every sink sees: gatehouse_events_total, _alerts_total, _quota_crossings_total.
   const eventCounts = new EventCounter();
   const events = new FanoutEventSink([eventFile, memory, eventCounts, ...(redisEvents ? [redisEvents] : [])], supervisor);
-  const users = new StaticUserDirectory(boot.users);
+  const configUsers = new StaticUserDirectory(boot.users);
   // Quotas (issue 5): counters in the SQLite store, flushed every second, so a kill -9
   // loses at most one second of counting. A policy reload rebuilds the tracker from the
   // new quotas and restores the current windows' counters from the store.
@@ -201,7 +201,9 @@ export async function startGateway(
       gatehouse: { reason: 'quota_exceeded' },
     });
   // Issue 14: store.redis shares quotas, blocks and events with the other gateways; null: alone.
-  const cluster: ClusterNode | null = startClusterNode(cfg, { log: log.child({ module: 'cluster' }), reportQuota });
+  const cluster: ClusterNode | null = startClusterNode(cfg, { log: log.child({ module: 'cluster' }), reportQuota, configUsers });
+  // The configuration's users, then (store.redis) those `gatehouse user add` shared with the cluster.
+  const users = cluster?.users ?? configUsers;
   const makeQuotas = (e: PolicyEngine) => {
     const q = new QuotaTracker(e.quotas, systemClock, cfg.timezone, store, reportQuota, quotaHealth, cluster?.quotas ?? null);
     cluster?.quotas.attach(q);

@@ -8,7 +8,10 @@ import t from 'tap';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { buildChannelData } from '../../src/wire/channeldata.js';
-import { peerSocket, type Client } from '../unit/turn/helpers.js';
+import { spawnSync } from 'node:child_process';
+import { Attr, Class, Method, type StunWriter } from '../../src/wire/stun.js';
+import { Client, errCode, peerSocket } from '../unit/turn/helpers.js';
+import { REPO_ROOT } from './helpers/turn-servers.js';
 import { peerSkip } from './helpers/require-peer.js';
 import {
   adminGet,
@@ -124,6 +127,73 @@ t.test('three gateways, one redis-server', { skip }, async (t) => {
     const on3 = await turnClient(gw3, 'mallory');
     t.teardown(() => on3.close());
     t.equal(await createPermission(on3, '127.0.0.5'), 403, 'and gateway 3 too');
+  });
+
+  await t.test('a user added with `gatehouse user add` through one gateway is usable on all', async (t) => {
+    const config = join(gw2.workDir, 'gatehouse.yaml');
+    const add = spawnSync(
+      process.execPath,
+      [join(REPO_ROOT, 'bin', 'gatehouse.js'), 'user', 'add', 'dave', '--groups', 'staff', '--password-stdin', '--config', config],
+      {
+        input: 'dave-secret-pw\n',
+        encoding: 'utf8',
+      },
+    );
+    t.equal(add.status, 0, add.stderr);
+    t.notMatch(add.stdout, /dave-secret-pw/, 'the given password is not echoed');
+    const list = spawnSync(process.execPath, [join(REPO_ROOT, 'bin', 'gatehouse.js'), 'user', 'list', '--config', config], {
+      encoding: 'utf8',
+    });
+    t.match(list.stdout, /^dave\tstaff$/m, 'listed with its groups');
+    t.notMatch(list.stdout, /dave-secret-pw/, 'never its password');
+    for (const [i, gw] of c.gateways.entries()) {
+      const ok = await until(async () => {
+        const cl = await Client.udp(gw.port);
+        cl.realm = gw.realm;
+        cl.username = 'dave';
+        cl.password = 'dave-secret-pw';
+        const r = await cl.authed(Method.Allocate, (w: StunWriter) => void w.attr(Attr.RequestedTransport, Buffer.from([17, 0, 0, 0])));
+        cl.close();
+        return r.cls === Class.Success;
+      }, 5000);
+      t.ok(ok, `gw${i + 1} allocates for dave`);
+    }
+    const bad = await Client.udp(gw3.port);
+    bad.realm = gw3.realm;
+    bad.username = 'dave';
+    bad.password = 'wrong';
+    t.equal(
+      errCode(await bad.authed(Method.Allocate, (w: StunWriter) => void w.attr(Attr.RequestedTransport, Buffer.from([17, 0, 0, 0])))),
+      401,
+      'a wrong password is refused',
+    );
+    bad.close();
+    const rm = spawnSync(process.execPath, [join(REPO_ROOT, 'bin', 'gatehouse.js'), 'user', 'remove', 'dave', '--config', config], {
+      encoding: 'utf8',
+    });
+    t.equal(rm.status, 0, rm.stderr);
+    const gone = await until(async () => {
+      const cl = await Client.udp(gw1.port);
+      cl.realm = gw1.realm;
+      cl.username = 'dave';
+      cl.password = 'dave-secret-pw';
+      const r = await cl.authed(Method.Allocate, (w: StunWriter) => void w.attr(Attr.RequestedTransport, Buffer.from([17, 0, 0, 0])));
+      cl.close();
+      return errCode(r) === 401;
+    }, 5000);
+    t.ok(gone, 'removed: gw1 refuses dave');
+    for (const gw of c.gateways) t.notOk(gw.fullOutput().includes(Buffer.from('dave-secret-pw')), 'no password in any log');
+  });
+
+  await t.test('the event stream: every gateway sends its events to the cluster Redis', async (t) => {
+    const redis = c.redis.client();
+    const lines = (await redis.lrange('gatehouse', 0, -1)).map((l) => JSON.parse(l));
+    t.equal(lines.filter((e) => e.event_type === 'quota' && e.quota?.subject === 'user:carol').length, 1, 'the crossing, once');
+    t.ok(lines.filter((e) => e.event_type === 'allocation').length >= 6, 'allocations of all the gateways');
+    t.ok(
+      lines.some((e) => e.event_type === 'flow_blocked'),
+      'the block',
+    );
   });
 
   const clients: Client[] = [];
