@@ -1,6 +1,7 @@
-import { realpathSync, statSync } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { readdirSync, realpathSync, statSync } from 'node:fs';
 import { extname, join, sep } from 'node:path';
-import { readRecordings, verifyRecordings } from '../record/manifest.js';
+import { listFiles, readRecordings, verifyRecordings } from '../record/manifest.js';
 
 /**
  * The dashboard's view of the recordings directory: each recording with its playable
@@ -40,18 +41,52 @@ export interface RecordingsList {
   ok: boolean;
 }
 
-/** Newest `max` recordings first; verify runs at most every `cacheMs` (it hashes every file). */
+/**
+ * Newest `max` recordings first. verify hashes every file, so it runs again only when the
+ * directory changed (names, sizes, modification times of every file: a stat walk, no
+ * reading), at most every `cacheMs`, and in any case every `maxAgeMs` (a change that
+ * keeps size and mtime is caught then).
+ */
 export class RecordingsView {
-  private cache: { at: number; value: RecordingsList } | null = null;
+  private cache: { at: number; verified: number; fp: string; value: RecordingsList } | null = null;
   constructor(
     readonly dir: string,
     private readonly cacheMs = 3000,
     private readonly max = 200,
     private readonly now: () => number = Date.now,
+    private readonly maxAgeMs = 300_000,
   ) {}
 
+  /** What the directory holds, cheaply: every file's name, size and mtime. */
+  private fingerprint(): string {
+    const h = createHash('sha256');
+    try {
+      for (const ent of readdirSync(this.dir, { withFileTypes: true }).sort((a, b) => (a.name < b.name ? -1 : 1))) {
+        const base = join(this.dir, ent.name);
+        const files = ent.isDirectory() ? ['manifest.json', ...listFiles(base)].map((f) => join(ent.name, f)) : [ent.name];
+        for (const f of files) {
+          try {
+            const st = statSync(join(this.dir, f));
+            h.update(`${f}\0${st.size}\0${st.mtimeMs}\n`);
+          } catch {
+            h.update(`${f}\0-\n`);
+          }
+        }
+      }
+    } catch {
+      h.update('unreadable');
+    }
+    return h.digest('hex');
+  }
+
   list(): RecordingsList {
-    if (this.cache && this.now() - this.cache.at < this.cacheMs) return this.cache.value;
+    const now = this.now();
+    if (this.cache && now - this.cache.at < this.cacheMs) return this.cache.value;
+    const fp = this.fingerprint();
+    if (this.cache && this.cache.fp === fp && now - this.cache.verified < this.maxAgeMs) {
+      this.cache.at = now;
+      return this.cache.value;
+    }
     const { sealed, unsealed } = readRecordings(this.dir);
     const v = verifyRecordings(this.dir);
     const mine = (id: string, p: string) => p.startsWith(`${id}/`) || p.startsWith(`${id}:`);
@@ -84,7 +119,7 @@ export class RecordingsView {
     // A recording still being written has no manifest yet: that is not a failed seal.
     const problems = v.problems.filter((p) => !ids.some((id) => mine(id, p)) && !unsealed.some((u) => mine(u, p)));
     const value = { recordings, unsealed, problems, ok: problems.length === 0 && recordings.every((r) => r.verify.ok) };
-    this.cache = { at: this.now(), value };
+    this.cache = { at: now, verified: now, fp, value };
     return value;
   }
 

@@ -264,6 +264,17 @@ async function logout() {
   location.href = '/';
 }
 
+// ------------------------------------------------------------------ health
+
+// /healthz names what cannot do its work now (a full disk, the cluster's Redis away).
+async function loadHealth() {
+  const res = await fetch('/healthz', { credentials: 'same-origin' });
+  const body = await res.json();
+  const h = $('health');
+  h.hidden = body.status === 'ok';
+  h.textContent = body.status === 'ok' ? '' : `degraded: ${(body.degraded || []).join(', ')}`;
+}
+
 // ------------------------------------------------------------------ start
 
 function every(ms, fn) {
@@ -281,4 +292,5 @@ every(2000, loadFlows);
 every(5000, loadRecordings);
 every(5000, loadQuotas);
 every(15000, loadRules);
+every(5000, loadHealth);
 setInterval(tickDeadlines, 250);

@@ -12,6 +12,7 @@ import { Registry } from 'prom-client';
 import { AdminServer } from '../../../src/admin/server.js';
 import { DASHBOARD_CSP, DASHBOARD_LIMITS, redact } from '../../../src/admin/dashboard.js';
 import { parseRange } from '../../../src/admin/range.js';
+import { RecordingsView } from '../../../src/admin/recordings-view.js';
 import { MemoryEventSink, type EveEvent } from '../../../src/events/eve.js';
 import { silentLogger } from '../../../src/util/log.js';
 import { ManualClock } from '../../../src/util/clock.js';
@@ -412,4 +413,25 @@ t.test('QuotaTracker.snapshot: current windows, fullest first, bounded', async (
     ['weekly'],
     'a past day window is not shown',
   );
+});
+
+t.test('RecordingsView: verify is rerun when the directory changes, the result reused otherwise', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'gh-recview-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  mkdirSync(join(dir, 'rec-a'));
+  let now = 0;
+  const view = new RecordingsView(dir, 0, 200, () => now);
+  const first = view.list();
+  t.same(first.unsealed, ['rec-a']);
+  t.same(first.problems, [], 'an unsealed recording is not a failed seal');
+  now += 1000;
+  t.equal(view.list(), first, 'nothing changed: the same result, verify not rerun');
+  writeFileSync(join(dir, 'stray.txt'), 'x');
+  now += 1000;
+  const second = view.list();
+  t.not(second, first, 'a new file: verified again');
+  t.match(second.problems, [/stray\.txt: added/], "gatehouse verify's problem is shown");
+  t.equal(second.ok, false);
+  now += 400_000;
+  t.not(view.list(), second, 'and again after maxAgeMs whatever the directory says');
 });
