@@ -12,6 +12,7 @@ import { systemClock } from '../util/clock.js';
 import { FanoutEventSink, FileEventSink, MemoryEventSink } from '../events/eve.js';
 import { RedisEventSink } from '../events/redis.js';
 import { startClusterNode, type ClusterNode } from '../cluster/node.js';
+import { startClusterShare, type ClusterShare } from '../cluster/share.js';
 import { ensureBootstrapUser, StaticUserDirectory } from '../store/users.js';
 import { TurnServer } from '../turn/server.js';
 import type { Flow } from '../turn/flow.js';
@@ -319,12 +320,26 @@ export async function startGateway(
     });
   }
 
+  const flowsNow = () => [...turn.flows(), ...(pcp?.path.flows() ?? [])].map((f) => flowSummary(f, inspector));
+  // Issue 14: the flow registry (GET /v1/cluster, ALTERNATE-SERVER when turn.max_allocations
+  // is reached) and policy distribution (a reload here applies on every gateway).
+  const share: ClusterShare | null = cluster
+    ? startClusterShare({
+        cfg,
+        link: cluster.link,
+        turn,
+        policy,
+        adminUrl: (): string => admin.url,
+        flows: flowsNow,
+        log: log.child({ module: 'cluster' }),
+      })
+    : null;
   const registry = createMetrics(() => turn.stats, {
     supervisor,
     events: () => eventFile.stats,
     recordings: () => recordings.stats,
     quotaFlush: () => quotaHealth,
-    ...(cluster ? { cluster: () => cluster.metrics() } : {}),
+    ...(cluster ? { cluster: () => (share ? share.metrics(cluster.metrics()) : cluster.metrics()) } : {}),
     // Every block reason is exported from the start, at 0 (gatehouse_gateway_blocked_total).
     gateway: () => {
       const s = inspector.stats;
@@ -342,8 +357,9 @@ export async function startGateway(
       token: token.token,
       recentEvents: () => memory.events,
       certificatePem: () => identity.certificatePem,
-      flows: () => [...turn.flows(), ...(pcp?.path.flows() ?? [])].map((f) => flowSummary(f, inspector)),
-      reloadPolicy: () => policy.reload(),
+      flows: flowsNow,
+      reloadPolicy: () => (share ? share.policy.reload() : policy.reload()),
+      ...(share ? { cluster: share.admin } : {}),
       // The dashboard (issue 14): live events, recordings with their verify status, quota use, rules.
       subscribe: (fn) => memory.subscribe(fn),
       recordingsDir: join(cfg.data_dir, 'recordings'),
@@ -367,6 +383,7 @@ export async function startGateway(
     await turn.stop();
     throw err;
   }
+  share?.start(); // heartbeats name the admin URL: after listen
   // The conferencing core (core.md): director and the embedded front end. The default
   // address taken (another gateway on this host) leaves the gateway up without a core;
   // an explicitly configured core.listen that cannot be bound stops the start.
@@ -429,6 +446,7 @@ export async function startGateway(
     cluster,
     async stop() {
       policy.close();
+      await share?.close(); // out of the registry first: no node sends clients here any more
       await core?.stop();
       await admin.close();
       await pcp?.stop(); // deletes the mappings and their kernel rules

@@ -61,6 +61,8 @@ export interface TurnServer {
   exitStatus(): string | null;
   /** Stops the process (SIGTERM, then SIGKILL), frees ports and removes workDir. Idempotent. */
   stop(): Promise<void>;
+  /** Sends a signal (e.g. SIGKILL: a crash); resolves once the process has exited. stop() still cleans up. */
+  kill(signal: NodeJS.Signals): Promise<void>;
 }
 
 export interface TurnServerOptions {
@@ -328,6 +330,13 @@ function makeHandle(
     output: () => sp.out.text(),
     fullOutput: () => sp.out.all(),
     exitStatus: () => statusOf(sp.child),
+    kill(signal) {
+      if (statusOf(sp.child) !== null) return Promise.resolve();
+      return new Promise<void>((resolve) => {
+        sp.child.once('exit', () => resolve());
+        sp.child.kill(signal);
+      });
+    },
     stop() {
       stopping ??= (async () => {
         await stopChild(sp.child);
