@@ -4,7 +4,7 @@ import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
  * Dashboard sessions (issue 14): a random session id in an HttpOnly, SameSite=Strict
  * cookie (RFC 6265 §4.1.2.5-6; SameSite per RFC 6265bis §5.4.7), a CSRF token bound to
  * the session, kept in a bounded map that forgets expired and oldest sessions.
- * Not yet wired into AdminServer.
+ * Used by the dashboard (dashboard.ts) on the admin listener.
  */
 export const SESSION_COOKIE = 'gh_session';
 
