@@ -15,7 +15,8 @@ export interface TurnStats {
    * permission_cap, channel_cap, flow_cap_user, flow_cap_total (508);
    * connection_cap_source, connection_cap_total (closed at accept); connection_idle
    * (closed); allocate_rate, unauthorized_rate (dropped silently); legacy_channel (400);
-   * stream_backlog (an answer dropped: its TCP/TLS client does not read).
+   * stream_backlog (an answer dropped: its TCP/TLS client does not read); capacity_alternate
+   * (300 Try Alternate at turn.max_allocations), capacity (508 there, no alternate).
    */
   refused: Record<string, number>;
 }
