@@ -88,6 +88,9 @@ t.test('three gateways, one redis-server', { skip }, async (t) => {
     t.equal(await relay(on2, peer, 3, 100), 0, 'so does gateway 2');
     await new Promise((r) => setTimeout(r, 500));
     t.equal(await quotaEvents(c, 'user:carol'), 1, 'the crossing is reported once in the cluster');
+    let reported = 0;
+    for (const gw of c.gateways) reported += (await metricValue(gw, 'gatehouse_cluster_quota_crossings_reported_total')) ?? 0;
+    t.equal(reported, 1, 'by one gateway (gatehouse_cluster_quota_crossings_reported_total)');
     const redis = c.redis.client();
     const keys = await redis.keys('gatehouse:quota:contractors-daily:*');
     const total = Number(await redis.get(keys.find((k) => !k.endsWith(':crossed'))!));
