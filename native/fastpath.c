@@ -13,9 +13,11 @@
  * byte 0x40-0x4F, or up to 0x7F with RFC 5766 numbers; RFC 7983 demultiplexing) from a
  * client 5-tuple this module knows, on a bound, unexpired channel whose permission and
  * allocation are unexpired, goes out of that allocation's relay socket to the peer here
- * (sendmmsg, consecutive datagrams of one relay in one call). Everything else (STUN
- * requests, Send indications, unknown clients, channels not mirrored here) goes to
- * JavaScript once per batch, with the client's address as text, and is dispatched to the
+ * (sendmmsg, consecutive datagrams of one relay in one call). So does a Send indication
+ * (RFC 8656 §11.4) from such a client whose XOR-PEER-ADDRESS has an unexpired, eligible
+ * permission, when it is one JavaScript would relay too (send_indication_out: anything
+ * it is not sure of goes to JS). Everything else (STUN requests, other or doubtful Send
+ * indications, unknown clients, channels not mirrored here) goes to JavaScript once per batch, with the client's address as text, and is dispatched to the
  * same handler dgram's 'message' calls. Once a client has a datagram handed to JS in a
  * batch, its later datagrams of that batch go to JS too: its own order is kept (a
  * ChannelBind request followed by ChannelData on the new channel works as in JS).
@@ -59,9 +61,10 @@
 /* meta[] after the records: records, fast packets, fast bytes, send drops, expired drops,
    the id of the relay (kind 0) or listener (kind 1) the batch was read from (every record
    and counter of a batch is of that one socket: JS hands the batch to the server owning
-   it, src/turn/fastpath.ts), the kind, and malformed ChannelData dropped */
+   it, src/turn/fastpath.ts), the kind, malformed ChannelData dropped, and Send indications
+   forwarded here (also in the fast packets and bytes) */
 #define M_N (BATCH * LREC)
-#define META_LEN (M_N + 8)
+#define META_LEN (M_N + 9)
 
 typedef struct {
   uint8_t ip[16];
@@ -472,7 +475,7 @@ static void on_readable(uv_poll_t *h, int status, int events) {
   int n = recv_batch(r->fd);
   if (n <= 0) return; /* EAGAIN, or an ICMP error reported on the socket: nothing to relay */
   int32_t *meta = g_meta;
-  memset(meta + M_N, 0, 8 * sizeof(int32_t));
+  memset(meta + M_N, 0, 9 * sizeof(int32_t));
   int64_t now = now_ms();
   int nslow = 0, nfast = 0;
   for (int i = 0; i < n; i++) {
@@ -622,6 +625,136 @@ static int channel_data_out(relay_t *r, uint8_t *msg, size_t len, int64_t now, i
   return CD_QUEUED;
 }
 
+/* RFC 8489 §14.7: FINGERPRINT is the CRC-32 of ISO 3309 / ITU-T V.42 (the one of zlib and
+   of src/wire/stun.ts crc32), XORed with 0x5354554e. Table built once (js_init). */
+static uint32_t g_crc[256];
+
+static void crc_init(void) {
+  for (uint32_t n = 0; n < 256; n++) {
+    uint32_t c = n;
+    for (int k = 0; k < 8; k++) c = (c & 1) ? 0xedb88320u ^ (c >> 1) : c >> 1;
+    g_crc[n] = c;
+  }
+}
+
+static uint32_t crc32_of(const uint8_t *b, size_t n) {
+  uint32_t c = 0xffffffffu;
+  for (size_t i = 0; i < n; i++) c = g_crc[(c ^ b[i]) & 0xff] ^ (c >> 8);
+  return c ^ 0xffffffffu;
+}
+
+/* Where a Send indication's payload goes (one per queued slot: g_cmsg[i].msg_name). */
+static struct sockaddr_storage g_cpeer[BATCH];
+
+#define RD16(b) ((uint16_t)((b)[0] << 8 | (b)[1]))
+
+/*
+ * A Send indication from a known client (RFC 8656 §11.4, the server's side of §11.2),
+ * decided exactly as the JS path decides (src/turn/server.ts onStun, decodeStun,
+ * verifyFingerprint, src/turn/handlers/send.ts), or handed to JS when this module cannot
+ * be sure. Queued for the peer: a well-formed STUN message (RFC 8489 §5: top two bits 0,
+ * the magic cookie, a Length that is a multiple of 4 and matches the datagram), type
+ * 0x0016 (method Send 0x006, class indication), attributes walked with their padding
+ * (§14), an XOR-PEER-ADDRESS (RFC 8656 §18.3) of the allocation's family and a DATA
+ * (§18.4) (the first of each counts, §14), no comprehension-required attribute but those
+ * two and DONT-FRAGMENT (§18.8: known to the server and not acted on for a Send, as in
+ * JS; every other one, known or not, goes to JS: RFC 8489 §6.3.2 says an indication with
+ * an unknown one is discarded, and JS has the list), a FINGERPRINT if any that is last and
+ * right (§14.7, §7.3: a wrong one is "not STUN", JS discards it), an eligible, unexpired
+ * permission (RFC 8656 §9) for the peer's IP and an unexpired allocation. Dropped here:
+ * only a Send whose permission or allocation is past its time (a late JS sweep must not
+ * keep the flow open; JS would discard it too: datapath.ts toPeer). Everything else
+ * (no permission, malformed, MESSAGE-INTEGRITY, port 0, ...) goes to JS, which discards
+ * or handles it silently (§11.4: a Send indication is never answered).
+ */
+static int send_indication_out(relay_t *r, uint8_t *msg, size_t len, int64_t now, int nq, int32_t *meta) {
+  if (len < 20 || msg[0] != 0x00 || msg[1] != 0x16) return CD_TO_JS; /* top two bits 0 (§5) */
+  if (msg[4] != 0x21 || msg[5] != 0x12 || msg[6] != 0xa4 || msg[7] != 0x42) return CD_TO_JS;
+  size_t mlen = RD16(msg + 2);
+  if ((mlen & 3) != 0 || 20 + mlen != len) return CD_TO_JS;
+  const uint8_t *peer = NULL, *data = NULL;
+  size_t plen = 0, dlen = 0;
+  size_t p = 20, end = len;
+  int nattr = 0;
+  while (p < end) {
+    if (end - p < 4) return CD_TO_JS;
+    uint16_t at = RD16(msg + p);
+    size_t al = RD16(msg + p + 2);
+    size_t vo = p + 4;
+    size_t next = vo + ((al + 3) & ~(size_t)3); /* RFC 8489 §14: padded to 4 */
+    if (next > end) return CD_TO_JS;
+    if (++nattr > 256) return CD_TO_JS; /* MAX_ATTRIBUTES in src/wire/stun.ts */
+    if (at == 0x0012) { /* XOR-PEER-ADDRESS */
+      if (peer == NULL) peer = msg + vo, plen = al;
+    } else if (at == 0x0013) { /* DATA */
+      if (data == NULL) data = msg + vo, dlen = al;
+    } else if (at == 0x001a) { /* DONT-FRAGMENT: no value; not acted on for a Send */
+    } else if (at == 0x8028) { /* FINGERPRINT: 4 bytes, the last attribute, right */
+      if (al != 4 || next != end) return CD_TO_JS;
+      uint32_t want = crc32_of(msg, p) ^ 0x5354554eu;
+      uint32_t got = (uint32_t)msg[vo] << 24 | (uint32_t)msg[vo + 1] << 16 | (uint32_t)msg[vo + 2] << 8 | msg[vo + 3];
+      if (want != got) return CD_TO_JS;
+    } else if (at < 0x8000)
+      return CD_TO_JS; /* comprehension-required (RFC 8489 §14): JS knows the server's list */
+    /* other comprehension-optional attributes are ignored (RFC 8489 §14) */
+    p = next;
+  }
+  if (peer == NULL || data == NULL || plen < 4) return CD_TO_JS;
+  /* RFC 8489 §14.2 / RFC 8656 §18.3: X-Port is the port XOR the cookie's top 16 bits; the
+     address is XORed with the cookie (IPv4) or the cookie and the transaction ID (IPv6). */
+  uint16_t port = (uint16_t)(RD16(peer + 2) ^ 0x2112);
+  uint8_t ip[16];
+  int iplen;
+  if (peer[1] == 0x01 && plen == 8) {
+    iplen = 4;
+    for (int i = 0; i < 4; i++) ip[i] = peer[4 + i] ^ msg[4 + i];
+  } else if (peer[1] == 0x02 && plen == 20) {
+    iplen = 16;
+    for (int i = 0; i < 16; i++) ip[i] = peer[4 + i] ^ msg[4 + i];
+  } else
+    return CD_TO_JS;
+  /* §11.2 via send.ts: the peer of the allocation's family (the relay socket's) */
+  if ((iplen == 4) != (r->fam == AF_INET) || (iplen == 16) != (r->fam == AF_INET6)) return CD_TO_JS;
+  if (port == 0) return CD_TO_JS; /* dgram refuses port 0: JS has its own way with it */
+  perm_t *pm = find_perm(r, ip, iplen);
+  if (pm == NULL || !pm->eligible) return CD_TO_JS; /* §9: no permission, JS discards */
+  /* RFC 8656 §6 (allocation), §9 (permission): past either, nothing is relayed */
+  if (now >= r->exp || now >= pm->exp) {
+    meta[M_N + 4]++;
+    return CD_DROPPED;
+  }
+  struct sockaddr_storage *to = &g_cpeer[nq];
+  socklen_t tl;
+  if (iplen == 4) {
+    struct sockaddr_in *s4 = (struct sockaddr_in *)to;
+    memset(s4, 0, sizeof *s4);
+    s4->sin_family = AF_INET;
+    s4->sin_port = htons(port);
+    memcpy(&s4->sin_addr, ip, 4);
+    tl = sizeof *s4;
+  } else {
+    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)to;
+    memset(s6, 0, sizeof *s6);
+    s6->sin6_family = AF_INET6;
+    s6->sin6_port = htons(port);
+    memcpy(&s6->sin6_addr, ip, 16);
+    tl = sizeof *s6;
+  }
+  g_ciov[nq].iov_base = (void *)data;
+  g_ciov[nq].iov_len = dlen;
+  struct msghdr *m = &g_cmsg[nq].msg_hdr;
+  memset(m, 0, sizeof *m);
+  m->msg_name = to;
+  m->msg_namelen = tl;
+  m->msg_iov = &g_ciov[nq];
+  m->msg_iovlen = 1;
+  g_cfd[nq] = r->fd;
+  meta[M_N + 1]++;
+  meta[M_N + 2] += (int32_t)dlen;
+  meta[M_N + 8]++;
+  return CD_QUEUED;
+}
+
 /* The client's address as dgram reports it (rinfo.address: inet_ntop, and %scope for a
    scoped IPv6 address as Node adds it), into a listener record. */
 static int address_text(const struct sockaddr_storage *sa, char *out, uint16_t *port) {
@@ -678,7 +811,7 @@ static void on_listener_readable(uv_poll_t *h, int status, int events) {
   int n = recv_batch(l->fd);
   if (n <= 0) return;
   int32_t *meta = g_meta;
-  memset(meta + M_N, 0, 8 * sizeof(int32_t));
+  memset(meta + M_N, 0, 9 * sizeof(int32_t));
   int64_t now = now_ms();
   uint32_t seq = ++g_lseq;
   if (seq == 0) seq = ++g_lseq; /* 0 is "never" in relay_t.taint */
@@ -695,6 +828,15 @@ static void on_listener_readable(uv_poll_t *h, int status, int events) {
       looked = 1;
       if (r != NULL && !r->closing && r->taint != seq) {
         int v = channel_data_out(r, msg, len, now, nq, meta);
+        if (v == CD_QUEUED) nq++;
+        if (v != CD_TO_JS) continue;
+      }
+    } else if (len >= 20 && msg[0] == 0x00 && msg[1] == 0x16) {
+      /* RFC 8489 §5 / RFC 7983 §7: STUN; 0x0016 is a Send indication (RFC 8656 §11.4) */
+      r = client_find(l->id, sa);
+      looked = 1;
+      if (r != NULL && !r->closing && r->taint != seq) {
+        int v = send_indication_out(r, msg, len, now, nq, meta);
         if (v == CD_QUEUED) nq++;
         if (v != CD_TO_JS) continue;
       }
@@ -754,6 +896,7 @@ static napi_value js_init(napi_env env, napi_callback_info info) {
   g_meta = meta;
   g_env = env;
   if (getrandom(g_tid, sizeof g_tid, 0) != sizeof g_tid) THROW("getrandom failed");
+  crc_init();
   napi_value out;
   napi_create_object(env, &out);
   napi_value v;

@@ -82,6 +82,10 @@ export class DataPath {
   toPeer(a: Allocation, perm: Permission, data: Buffer, port: number, ip: string): void {
     const flow = perm.flow;
     if (flow === null || !this.live(a, perm, this.clock.now())) return; // §11.2: no permission, discard
+    // Port 0 is reserved (RFC 6335 §6) and no datagram can go to it (dgram throws
+    // ERR_SOCKET_BAD_PORT after the packet was counted): discarded like any Send the server
+    // does not relay (RFC 8656 §11.2, never answered). The fast path leaves it to JS.
+    if (port === 0) return;
     if (this.onPacket !== undefined && !this.pass(flow, 'c2p', data, port)) return;
     this.stats.packets.clientToPeer++;
     this.stats.bytes.clientToPeer += data.length;

@@ -10,7 +10,10 @@
  * Client -> peer: when every flow of the server is eligible, its UDP listener sockets are
  * read in C too (takeListener): ChannelData (RFC 8656 §12.4) from a client whose
  * allocation is mirrored, on a bound channel whose binding, permission and allocation all
- * run, goes out of the relay socket in C; everything else read there (STUN requests, Send
+ * run, goes out of the relay socket in C, and so does a Send indication (RFC 8656 §11.4)
+ * with XOR-PEER-ADDRESS and DATA whose peer IP has a running permission (the cases the
+ * JS handler relays; anything else, e.g. MESSAGE-INTEGRITY or an attribute C does not
+ * know, is left to JS); everything else read there (STUN requests, other Send
  * indications, unknown clients) comes back here once per batch and goes to the listener's
  * own handler (UdpListener.onMessage, what dgram's 'message' calls), with the same rinfo
  * fields the server reads. A server with a per-packet hook keeps dgram on its listeners.
@@ -127,8 +130,8 @@ function hubOf(addon: FastPathAddon): Hub {
     meta[nIndex + 6] === 1 ? listenerOwners[meta[nIndex + 5]!]?.listenerBatch() : owners[meta[nIndex + 5]!]?.batch(),
   );
   nIndex = info.counters;
-  if (typeof nIndex !== 'number' || addon.metaLength < nIndex + 8)
-    throw new Error('native/fastpath is out of date (no listener batches): npm run build:native');
+  if (typeof nIndex !== 'number' || addon.metaLength < nIndex + 9)
+    throw new Error('native/fastpath is out of date (no Send indications in C): npm run build:native');
   const metaBytes = Buffer.from(meta.buffer, meta.byteOffset, meta.byteLength);
   const hub: Hub = { ring, meta, metaBytes, rec: info.rec, lrec: info.lrec, nIndex, owners, listenerOwners };
   hubs.set(addon, hub);
@@ -145,10 +148,11 @@ export class FastPath implements TableObserver {
   /**
    * Datagrams C dropped for an expiry JS had not swept yet, sends lost to a full buffer
    * (to clients and to peers), malformed ChannelData from clients dropped in C, relay
-   * batches and listener batches, and the client -> peer datagrams forwarded in C (also
-   * in the server's stats.packets.clientToPeer, with the JS ones).
+   * batches and listener batches, the client -> peer datagrams forwarded in C (also
+   * in the server's stats.packets.clientToPeer, with the JS ones), and of those the
+   * Send indications (RFC 8656 §11.4; the rest are ChannelData).
    */
-  readonly counters = { expired: 0, sendDropped: 0, malformed: 0, batches: 0, listenerBatches: 0, clientToPeer: 0 };
+  readonly counters = { expired: 0, sendDropped: 0, malformed: 0, batches: 0, listenerBatches: 0, clientToPeer: 0, sendIndications: 0 };
   /** This server's handler of a batch read from one of its relays (hubOf). */
   readonly batch: () => void;
   /** This server's handler of a batch read from one of its UDP listeners (hubOf). */
@@ -185,6 +189,7 @@ export class FastPath implements TableObserver {
     this.counters.sendDropped += m[n + 3]!;
     this.counters.expired += m[n + 4]!;
     this.counters.malformed += m[n + 7]!;
+    this.counters.sendIndications += m[n + 8]!;
     if (l === undefined) return;
     const k = m[n]!;
     const family = l.v6 ? 'IPv6' : 'IPv4';

@@ -91,12 +91,14 @@ export class Client {
     readonly udp: Socket | null,
     readonly tcp: NetSocket | null,
     readonly serverPort: number,
+    /** The server's (and this client's) address: 127.0.0.1, or ::1 for an IPv6 client. */
+    readonly host = '127.0.0.1',
   ) {}
 
-  static async udp(serverPort: number): Promise<Client> {
-    const s = createSocket('udp4');
-    await new Promise<void>((r) => s.bind(0, '127.0.0.1', () => r()));
-    const c = new Client(s, null, serverPort);
+  static async udp(serverPort: number, host = '127.0.0.1'): Promise<Client> {
+    const s = createSocket(host.includes(':') ? 'udp6' : 'udp4');
+    await new Promise<void>((r) => s.bind(0, host, () => r()));
+    const c = new Client(s, null, serverPort, host);
     s.on('message', (m) => c.deliver(m));
     return c;
   }
@@ -140,7 +142,7 @@ export class Client {
   }
 
   sendRaw(b: Buffer): void {
-    if (this.udp) this.udp.send(b, this.serverPort, '127.0.0.1');
+    if (this.udp) this.udp.send(b, this.serverPort, this.host);
     else this.tcp!.write(b);
   }
 
@@ -214,7 +216,7 @@ export function errCode(m: StunMessage): number {
 export async function peerSocket(
   ip = '127.0.0.1',
 ): Promise<{ sock: Socket; port: number; next(timeoutMs?: number): Promise<{ msg: Buffer; port: number }>; close(): void }> {
-  const sock = createSocket('udp4');
+  const sock = createSocket(ip.includes(':') ? 'udp6' : 'udp4');
   await new Promise<void>((r) => sock.bind(0, ip, () => r()));
   const queue: { msg: Buffer; port: number }[] = [];
   const waiters: ((x: { msg: Buffer; port: number }) => void)[] = [];
