@@ -319,6 +319,8 @@ export class PolicySync {
   private async apply(cur: ClusterPolicy & { bundle: string }): Promise<void> {
     let problem: string;
     try {
+      // JSON escaping can double the text; anything larger is not ours to parse.
+      if (cur.bundle.length > 2 * MAX_BUNDLE_BYTES + 65536) throw new Error('the bundle is too large');
       const bundle = JSON.parse(cur.bundle) as PolicyBundle;
       if (bundleHash(bundle) !== cur.hash) throw new Error('the bundle does not match its hash');
       const { engine, dir, files } = await validateBundle(bundle, this.root, this.holder.capabilities);

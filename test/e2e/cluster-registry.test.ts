@@ -19,7 +19,7 @@ import { buildChannelData } from '../../src/wire/channeldata.js';
 import { Attr, Class, Method, decodeAddress, getAttrs, verifyIntegrity, type StunWriter } from '../../src/wire/stun.js';
 import { Client, errCode, peerSocket } from '../unit/turn/helpers.js';
 import { peerSkip, requirePeer } from './helpers/require-peer.js';
-import { adminGet, adminPost, bindChannel, startCluster, turnClient, until } from './helpers/cluster.js';
+import { adminGet, adminPost, bindChannel, metricValue, startCluster, turnClient, until } from './helpers/cluster.js';
 import { PERMISSIVE_RULES } from './helpers/turn-servers.js';
 
 const skip = peerSkip(t, 'redis-server');
@@ -88,6 +88,7 @@ t.test('three gateways: registry, shedding, policy distribution, a killed node',
     );
     t.match(n1.policy, { hash: /^[0-9a-f]{64}$/ });
     t.equal(new Set(v.nodes.map((n: any) => n.policy.hash)).size, 1, 'one rule set in the cluster');
+    t.equal(await metricValue(gw3, 'gatehouse_cluster_nodes'), 3, 'gatehouse_cluster_nodes');
 
     const peer = await peerSocket();
     t.teardown(() => peer.close());
@@ -205,6 +206,8 @@ t.test('three gateways: registry, shedding, policy distribution, a killed node',
       'every node reports the new rule set',
     );
     t.equal((await view(gw1)).nodes[0].policy.origin, 'gw3');
+    t.ok(((await metricValue(gw1, 'gatehouse_cluster_policy_applied_total')) ?? 0) >= 1, 'counted in /metrics');
+    t.ok(((await metricValue(gw3, 'gatehouse_cluster_policy_published_total')) ?? 0) >= 1);
 
     const after = await turnClient(gw1, 'carol');
     clients.push(after);
