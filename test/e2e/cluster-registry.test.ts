@@ -139,7 +139,9 @@ t.test('three gateways: registry, shedding, policy distribution, a killed node',
     t.equal((await there.authed(Method.Allocate, udp)).cls, Class.Success, 'allocated on gateway 3');
 
     if (!requirePeer(t, 'turnutils_uclient', 'turnutils_peer')) return;
-    const peerPort = 40000 + Math.floor(Math.random() * 5000);
+    const probe = await peerSocket(); // a free UDP port for turnutils_peer
+    const peerPort = probe.port;
+    probe.close();
     const echo = spawn('turnutils_peer', ['-p', String(peerPort), '-L', '127.0.0.1'], { stdio: 'ignore' });
     t.teardown(() => void echo.kill('SIGKILL'));
     await new Promise((res) => setTimeout(res, 300));

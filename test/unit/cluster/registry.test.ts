@@ -127,7 +127,7 @@ t.test('nodes and flows through redis-server', { skip }, async (t) => {
   await g2.link.close();
   t.ok(await until(async () => (await g1.reg.view()).nodes.length === 1, 3000), 'gw2 drops out');
   const gone = Date.now() - t0;
-  t.ok(gone <= 1500, `within its TTL (600 ms) and a heartbeat: ${gone} ms`);
+  t.ok(gone <= 2500, `within its TTL (600 ms), a heartbeat and some slack: ${gone} ms`);
   t.equal(await r.exists('gatehouse:flows:gw2'), 0, "the dead node's flows expired with it");
   t.same(g1.reg.alternate('udp', 4), [], 'no alternate left: a full gw1 answers 508');
   t.same(await r.zrange('gatehouse:nodes', '0', '-1'), ['gw1'], 'the index forgets it');
