@@ -12,6 +12,7 @@ import { systemClock } from '../util/clock.js';
 import { FanoutEventSink, FileEventSink, MemoryEventSink } from '../events/eve.js';
 import { RedisEventSink } from '../events/redis.js';
 import { startClusterNode, type ClusterNode } from '../cluster/node.js';
+import { clusterRestSecret } from '../cluster/rest-secret.js';
 import { startClusterShare, type ClusterShare } from '../cluster/share.js';
 import { ensureBootstrapUser, StaticUserDirectory } from '../store/users.js';
 import { TurnServer } from '../turn/server.js';
@@ -141,7 +142,12 @@ export async function startGateway(
   // with no turn.rest_secret configured one is made once into DATA_DIR (0600).
   const rest = loadOrCreateRestSecret(cfgIn.data_dir, cfgIn.turn.rest_secret);
   if (rest.created) log.info({ file: rest.file }, 'turn.rest_secret not set: generated one for the core (kept in this file)');
-  const cfg: GatehouseConfig = { ...cfgIn, turn: { ...cfgIn.turn, rest_secret: rest.secret } };
+  // Issue 14: one REST secret for a cluster (store.redis), so a core's credentials verify on every gateway.
+  const restSecret =
+    cfgIn.turn.rest_secret === null && cfgIn.store.redis
+      ? await clusterRestSecret(cfgIn.store.redis, cfgIn.store.key_prefix, rest.secret, log.child({ module: 'cluster' }))
+      : rest.secret;
+  const cfg: GatehouseConfig = { ...cfgIn, turn: { ...cfgIn.turn, rest_secret: restSecret } };
   const boot = ensureBootstrapUser(cfg.data_dir, cfg.users);
   if (boot.created) {
     // Printed once, to the terminal only (never to the log): appliance-style first start.
@@ -395,7 +401,7 @@ export async function startGateway(
       logger: log.child({ module: 'core' }),
       clock: systemClock,
       supervisor,
-      restSecret: rest.secret,
+      restSecret,
       dataDir: cfg.data_dir,
     });
   } catch (err) {

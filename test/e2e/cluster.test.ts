@@ -12,6 +12,7 @@ import { spawnSync } from 'node:child_process';
 import { Attr, Class, Method, type StunWriter } from '../../src/wire/stun.js';
 import { Client, errCode, peerSocket } from '../unit/turn/helpers.js';
 import { REPO_ROOT } from './helpers/turn-servers.js';
+import { restCredential } from '../../src/core/turn-credentials.js';
 import { peerSkip } from './helpers/require-peer.js';
 import {
   adminGet,
@@ -186,6 +187,23 @@ t.test('three gateways, one redis-server', { skip }, async (t) => {
     }, 5000);
     t.ok(gone, 'removed: gw1 refuses dave');
     for (const gw of c.gateways) t.notOk(gw.fullOutput().includes(Buffer.from('dave-secret-pw')), 'no password in any log');
+  });
+
+  await t.test('one TURN REST secret for the cluster: ephemeral credentials verify on every gateway', async (t) => {
+    const redis = c.redis.client();
+    const secret = await redis.get('gatehouse:rest_secret');
+    t.ok(secret && secret.length >= 32, 'the first gateway offered its secret (SET NX)');
+    for (const gw of c.gateways) t.notOk(gw.fullOutput().includes(Buffer.from(secret!)), 'never logged');
+    const username = `${Math.floor(Date.now() / 1000) + 600}:erin`;
+    for (const [i, gw] of c.gateways.entries()) {
+      const cl = await Client.udp(gw.port);
+      cl.realm = gw.realm;
+      cl.username = username;
+      cl.password = restCredential(secret!, username);
+      const r = await cl.authed(Method.Allocate, (w: StunWriter) => void w.attr(Attr.RequestedTransport, Buffer.from([17, 0, 0, 0])));
+      cl.close();
+      t.equal(r.cls, Class.Success, `gw${i + 1} accepts the credential: ${errCode(r)}`);
+    }
   });
 
   await t.test('the event stream: every gateway sends its events to the cluster Redis', async (t) => {
