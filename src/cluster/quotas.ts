@@ -50,7 +50,17 @@ interface Entry {
   reportedLocally: boolean;
   /** Known crossed in the cluster (flag set). */
   crossed: boolean;
+  /** Last push or read of this counter (ms). */
+  lastSync: number;
 }
+
+/**
+ * A counter with nothing to push is read back at most this often (a crossing reaches the
+ * other gateways by pub/sub at once; this read catches a message missed during a reconnect)
+ * and not at all once it is known crossed: Redis work follows the traffic, not the number
+ * of counters.
+ */
+const IDLE_REFRESH_MS = 2000;
 
 /** Keys live this long after their window ends (clock skew between gateways, late pushes). */
 const EXPIRY_MARGIN_MS = 3_600_000;
@@ -149,6 +159,7 @@ export class ClusterQuotas implements QuotaShare {
         // What the tracker had before this gateway counted (restored from SQLite after a restart).
         total: base,
         reportedLocally: false,
+        lastSync: 0,
         crossed: false,
       };
       this.entries.set(id, e);
@@ -182,6 +193,7 @@ export class ClusterQuotas implements QuotaShare {
   }
 
   private onUp = (): void => {
+    for (const e of this.entries.values()) e.lastSync = 0; // read everything back after an outage
     // Resynchronise at once: push what the outage accumulated, read the totals back.
     void this.sync();
   };
@@ -218,7 +230,8 @@ export class ClusterQuotas implements QuotaShare {
           this.entries.delete(k); // a finished window: nothing more to count
           continue;
         }
-        if (e.windowEnd <= now && e.pending === 0) continue;
+        if (e.pending === 0 && (e.windowEnd <= now || e.crossed || now - e.lastSync < IDLE_REFRESH_MS)) continue;
+        e.lastSync = now;
         e.inflight = e.pending;
         e.pending = 0;
         batch.push(e);
