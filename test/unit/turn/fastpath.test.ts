@@ -12,6 +12,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { defaultConfig } from '../../../src/config/config.js';
 import { TurnServer } from '../../../src/turn/server.js';
 import { requirePeer } from '../../e2e/helpers/require-peer.js';
+import { createMetrics } from '../../../src/admin/metrics.js';
 import { randomBytes } from 'node:crypto';
 import {
   Attr,
@@ -365,11 +366,16 @@ t.test('a real client: coturn turnutils_uclient through the fast path (channels,
     '-p',
     String(port),
   ];
+  // What /metrics shows of the fast path (gatehouse_turn_fast_path_*_total, src/admin/metrics.ts).
+  const registry = createMetrics(() => server.stats, { fastPath: () => server.fastPath() });
+  const scrape = async (name: string): Promise<number> =>
+    Number(new RegExp(`^gatehouse_turn_fast_path_${name}_total (\\d+)$`, 'm').exec(await registry.metrics())?.[1] ?? NaN);
   for (const [name, extra] of [
     ['channels', ['-m', '5']],
     ['Send/Data indications (-s)', ['-s']],
     ['client-to-client (-y)', ['-y']],
   ] as const) {
+    const sendsBefore = await scrape('send_indications');
     const out = await run([...extra, ...base, '127.0.0.1']);
     const sr = [...out.matchAll(/tot_send_msgs=(\d+), tot_recv_msgs=(\d+)\s*$/gm)].pop();
     const lost = /Total lost packets (\d+)/.exec(out);
@@ -381,7 +387,19 @@ t.test('a real client: coturn turnutils_uclient through the fast path (channels,
     t.ok(Number(sr[1]) > 0, `${name}: sent ${sr[1]}`);
     t.equal(sr[2], sr[1], `${name}: every message came back`);
     t.equal(lost[1], '0', `${name}: 0 lost`);
+    const sends = (await scrape('send_indications')) - sendsBefore;
+    if (name.endsWith('(-s)'))
+      // RFC 8656 §11.4 in C: the Send indications of the run (the echoes come back as Data
+      // indications, §11.3, in C too). One sent right after a request of its client in the
+      // same recvmmsg batch follows it to JS (the client's order is kept), hence "nearly".
+      t.ok(
+        sends <= Number(sr[1]) && sends >= 0.95 * Number(sr[1]),
+        `${name}: ${sends} Send indications forwarded in C for ${sr[1]} messages (/metrics)`,
+      );
+    else t.equal(sends, 0, `${name}: no Send indication (ChannelData)`);
   }
+  t.equal(await scrape('send_dropped'), 0, '/metrics: no send lost in C');
+  t.equal(await scrape('expired'), 0);
   t.ok(server.fastPath()!.batches > 0, 'the peer -> client direction went through C');
   t.ok(server.fastPath()!.listenerBatches > 0, 'the listener was read in C');
   t.ok(server.fastPath()!.clientToPeer > 0, 'client -> peer ChannelData went out in C (RFC 5766 channel numbers)');
@@ -485,10 +503,12 @@ t.test('client -> peer: the same delivered bytes and events with fast_path off a
   );
   t.ok(off.events.includes('permission:expired:'), 'the events include the permission expiry');
   t.ok(auto.fast!.listenerBatches > 0, 'auto: the listener was read in C');
-  // The first two always go out in C. 'after' follows the unbound channel and the Send
-  // indication that went to JS: in the same batch it goes to JS too (the client's order
-  // is kept), in a later one in C.
-  t.ok(auto.fast!.clientToPeer >= 2 && auto.fast!.clientToPeer <= 3, `auto: ChannelData went out in C (${auto.fast!.clientToPeer} of 3)`);
+  // The first two always go out in C. The Send indication (RFC 8656 §11.4, in C too when
+  // JS would relay it) and 'after' follow the unbound channel that went to JS: in the same
+  // batch they go to JS too (the client's order is kept), in a later one in C.
+  const inC = auto.fast!.clientToPeer;
+  t.ok(inC >= 2 && inC <= 4, `auto: ChannelData and Send went out in C (${inC} of 4)`);
+  t.ok(auto.fast!.sendIndications <= 1, 'auto: the Send indication counted when C sent it');
   t.equal(auto.fast!.malformed, 1, 'auto: the short one was dropped in C');
 });
 
