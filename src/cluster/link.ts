@@ -14,7 +14,8 @@ import { redactRedisUrl } from '../events/redis.js';
  *   link.nodeId                 this node's id (store.node_id, or hostname:turn-port)
  *   link.up                     true while both connections are ready
  *   link.on('up', () => ...)    each transition down -> up (and the first connect): resync here
- *   link.on('down', () => ...)  each transition up -> down (never emitted twice in a row)
+ *   link.on('down', () => ...)  each transition up -> down, and once at start when Redis
+ *                               cannot be reached (never emitted twice in a row)
  *   link.redis                  the command connection (ioredis; no offline queue: a command
  *                               while down rejects at once, so callers keep local state)
  *   link.key('quota', id, ...)  prefixed key: `${prefix}quota:id:...` (prefix default 'gatehouse:')
@@ -61,6 +62,7 @@ export class ClusterLink extends EventEmitter {
   private cmdReady = false;
   private subReady = false;
   private closed = false;
+  private startWarned = false;
   private readonly handlers = new Map<string, Set<(msg: string) => void>>();
   private readonly log: Logger | undefined;
   private readonly safeUrl: string;
@@ -110,6 +112,13 @@ export class ClusterLink extends EventEmitter {
     if (which === 'cmd') this.cmdReady = ready;
     else this.subReady = ready;
     const up = this.cmdReady && this.subReady;
+    if (!ready && !this.stats.up && this.stats.transitions === 0 && !this.startWarned && !this.closed) {
+      // Redis unreachable from the start: said once, as an outage would be.
+      this.startWarned = true;
+      this.log?.warn({ redis: this.safeUrl, node: this.nodeId }, 'cluster: redis unavailable; serving with local state until it is back');
+      this.emit('down');
+      return;
+    }
     if (up === this.stats.up || this.closed) return;
     this.stats.up = up;
     this.stats.transitions++;

@@ -20,6 +20,28 @@ t.test('key prefix and node id', async (t) => {
   await link.close();
 });
 
+t.test('Redis unreachable from the start: one log line, one down', async (t) => {
+  const lines: string[] = [];
+  const log = pino(
+    { level: 'info' },
+    new Writable({
+      write(c, _e, cb) {
+        lines.push(String(c));
+        cb();
+      },
+    }),
+  );
+  const link = new ClusterLink({ url: 'redis://:pw-not-logged@127.0.0.1:1/0', nodeId: 'gw9', log });
+  let downs = 0;
+  link.on('down', () => downs++);
+  await new Promise((r) => setTimeout(r, 1500)); // several reconnect attempts
+  await link.close();
+  t.equal(downs, 1);
+  t.equal(lines.filter((l) => l.includes('redis unavailable')).length, 1);
+  t.notOk(lines.join('').includes('pw-not-logged'));
+  t.equal(link.up, false);
+});
+
 t.test('transitions against redis-server', { skip }, async (t) => {
   const redis = await startTestRedis();
   t.teardown(() => redis.close());
