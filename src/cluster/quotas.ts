@@ -52,6 +52,8 @@ interface Entry {
   crossed: boolean;
   /** Last push or read of this counter (ms). */
   lastSync: number;
+  /** No longer in the map (evicted, window over). */
+  dead?: boolean;
 }
 
 /**
@@ -107,6 +109,7 @@ export interface ClusterQuotaStats {
 
 export class ClusterQuotas implements QuotaShare {
   private readonly entries = new Map<string, Entry>();
+  private readonly byRow = new WeakMap<QuotaUsageRow, Entry>();
   private tracker: QuotaTracker | null = null;
   private timer: NodeJS.Timeout | null = null;
   private syncing = false;
@@ -171,8 +174,14 @@ export class ClusterQuotas implements QuotaShare {
 
   /** Packet path: in memory only. */
   counted(row: QuotaUsageRow, limit: number, windowEnd: number, bytes: number): void {
-    // The tracker has added `bytes` already: what it had before is the starting total.
-    const e = this.entryFor(row, limit, windowEnd, row.bytes - bytes);
+    // A tracker's row object is stable per counter: the packet path looks its entry up by
+    // identity (no key string per packet); an evicted entry or a new tracker's row misses.
+    let e = this.byRow.get(row);
+    if (!e || e.dead) {
+      // The tracker has added `bytes` already: what it had before is the starting total.
+      e = this.entryFor(row, limit, windowEnd, row.bytes - bytes);
+      this.byRow.set(row, e);
+    }
     e.pending += bytes;
   }
 
@@ -185,11 +194,15 @@ export class ClusterQuotas implements QuotaShare {
   private evict(): void {
     for (const [k, e] of this.entries)
       if (e.pending === 0 && e.inflight === 0) {
+        e.dead = true;
         this.entries.delete(k);
         return;
       }
     const first = this.entries.keys().next();
-    if (!first.done) this.entries.delete(first.value);
+    if (!first.done) {
+      this.entries.get(first.value)!.dead = true;
+      this.entries.delete(first.value);
+    }
   }
 
   private onUp = (): void => {
@@ -227,6 +240,7 @@ export class ClusterQuotas implements QuotaShare {
       const batch: Entry[] = [];
       for (const [k, e] of this.entries) {
         if (e.windowEnd + EXPIRY_MARGIN_MS <= now && e.pending === 0) {
+          e.dead = true;
           this.entries.delete(k); // a finished window: nothing more to count
           continue;
         }

@@ -121,3 +121,21 @@ t.test('shared quota counters', { skip }, async (t) => {
     t.equal(a.share.stats.pendingBytes, 0);
   });
 });
+
+t.test('bounded: at most maxEntries counters followed; Redis away, nothing is pushed', async (t) => {
+  const link = new ClusterLink({ url: 'redis://127.0.0.1:1/0', nodeId: 'gwZ' });
+  const crossings: QuotaCrossing[] = [];
+  const share = new ClusterQuotas(link, { report: (c) => crossings.push(c), intervalMs: 20, maxEntries: 3 });
+  const tracker = new QuotaTracker(quotas, systemClock, 'UTC', null, (c) => crossings.push(c), undefined, share);
+  share.attach(tracker);
+  t.teardown(async () => {
+    await share.close();
+    await link.close();
+  });
+  for (const u of ['alice', 'bob', 'carol', 'dave']) tracker.account(u, [], '203.0.113.9', 10);
+  t.equal(share.stats.counters, 3, 'the bound holds');
+  t.equal(share.stats.pushes, 0);
+  t.equal(tracker.account('alice', [], '203.0.113.9', 2000), 'pass');
+  t.equal(tracker.account('alice', [], '203.0.113.9', 1), 'drop', 'Redis away: cut on the local view');
+  t.equal(crossings.length, 1, 'and reported here');
+});
