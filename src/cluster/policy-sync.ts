@@ -15,16 +15,15 @@
  *   valid: applied in place of its rules (live flows judged by them from the next
  *   decision); invalid: its rules stay, the problem is logged and counted.
  * - The newest policy wins. Each node knows the time of the rules in force: a reload's
- *   time, the cluster time of an applied policy, or at start the newest modification time
- *   of its rule files. A node joining (or seeing Redis come back, or finding the cluster's
+ *   time, the cluster time of an applied policy, or at start 0 (its own files are older
+ *   than any cluster policy). A node joining (or seeing Redis come back, or finding the cluster's
  *   key gone) publishes its rules only when the cluster has none or older ones (one Lua
  *   compare-and-set on the time), and otherwise takes the cluster's. So a reload made
  *   while Redis was away is published when it is back, unless a newer one was made.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdirSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, readdirSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { basename, dirname, isAbsolute, join, normalize, relative, sep } from 'node:path';
-import { statSync } from 'node:fs';
 import type { ClusterLink } from './link.js';
 import type { Logger } from '../util/log.js';
 import { loadPolicy, type PolicyHolder } from '../policy/loader.js';
@@ -211,7 +210,9 @@ export class PolicySync {
   }
 
   start(): void {
-    this.takeOwn(Math.max(0, ...this.holder.files.map((f) => mtimeOf(f))));
+    // At start this node's own files count as older than any cluster policy: a node that
+    // joins takes the cluster's; only a reload puts a node's files in force everywhere.
+    this.takeOwn(0);
     this.holder.onReloaded(() => {
       this.takeOwn(this.now());
       this.lastPublish = this.serial(() => this.publish(false));
@@ -419,13 +420,5 @@ export class PolicySync {
     if (this.timer) clearInterval(this.timer);
     this.unsubscribe?.();
     this.link.off('up', this.onUp);
-  }
-}
-
-function mtimeOf(f: string): number {
-  try {
-    return statSync(f).mtimeMs;
-  } catch {
-    return 0;
   }
 }

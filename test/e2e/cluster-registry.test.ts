@@ -19,8 +19,8 @@ import { buildChannelData } from '../../src/wire/channeldata.js';
 import { Attr, Class, Method, decodeAddress, getAttrs, verifyIntegrity, type StunWriter } from '../../src/wire/stun.js';
 import { Client, errCode, peerSocket } from '../unit/turn/helpers.js';
 import { peerSkip, requirePeer } from './helpers/require-peer.js';
-import { adminGet, adminPost, bindChannel, metricValue, startCluster, turnClient, until } from './helpers/cluster.js';
-import { PERMISSIVE_RULES } from './helpers/turn-servers.js';
+import { CLUSTER_USERS, adminGet, adminPost, bindChannel, metricValue, startCluster, turnClient, until } from './helpers/cluster.js';
+import { PERMISSIVE_RULES, startGatehouse } from './helpers/turn-servers.js';
 
 const skip = peerSkip(t, 'redis-server');
 const udp = (w: StunWriter): void => void w.attr(Attr.RequestedTransport, Buffer.from([17, 0, 0, 0]));
@@ -235,6 +235,35 @@ t.test('three gateways: registry, shedding, policy distribution, a killed node',
     writeFileSync(join(gw2.workDir, 'rules', 'e2e.yaml'), PERMISSIVE_RULES);
     t.equal((await adminPost(gw2, '/v1/policy/reload')).status, 200);
     t.ok(await until(async () => (await view(gw1)).nodes[0].policy.origin === 'gw2', 5000));
+  });
+
+  await t.test('a gateway joining later takes the cluster policy, not its own files', async (t) => {
+    const hash = (await view(gw1)).nodes[0].policy.hash;
+    const gw4 = await startGatehouse({
+      users: CLUSTER_USERS,
+      rules: 'keys:\n  required: true\n  deadline: 2s\nrules:\n  - { id: gw4-own, when: { contains: [X] }, action: block }\n',
+      configure: (cfg) => {
+        cfg.store = { redis: c.redis.url, node_id: 'gw4', sync_interval_ms: 100 };
+      },
+    });
+    t.teardown(() => gw4.stop());
+    t.ok(
+      await until(async () => {
+        const n = (await view(gw1)).nodes.find((x: any) => x.id === 'gw4');
+        return n?.policy?.hash === hash;
+      }, 10000),
+      'gateway 4 reports the cluster rule set',
+    );
+    t.ok(((await metricValue(gw4, 'gatehouse_cluster_policy_applied_total')) ?? 0) >= 1, 'applied from the cluster');
+    t.equal((await metricValue(gw4, 'gatehouse_cluster_policy_published_total')) ?? 0, 0, 'its own files were not published');
+    const peer = await peerSocket('127.0.0.9');
+    t.teardown(() => peer.close());
+    const cl = await turnClient(gw4, 'bob');
+    clients.push(cl);
+    t.equal(await bindChannel(cl, 0x4001, '127.0.0.9', peer.port), 0);
+    t.equal(await relay(cl, peer, 5), 5, 'the permissive cluster rules relay a keyless flow there');
+    await gw4.stop();
+    t.ok(await until(async () => !(await view(gw1)).nodes.some((n: any) => n.id === 'gw4'), 5000), 'a graceful stop leaves at once');
   });
 
   await t.test('gateway 3 killed (SIGKILL): the others keep serving; it leaves /v1/cluster within seconds', async (t) => {
