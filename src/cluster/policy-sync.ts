@@ -215,18 +215,24 @@ export class PolicySync {
     this.takeOwn(0);
     this.holder.onReloaded(() => {
       this.takeOwn(this.now());
-      this.lastPublish = this.serial(() => this.publish(false));
+      this.lastPublish = this.serial(() => this.publish(false)).catch((err: unknown): PublishResult => ({
+        published: false,
+        reason: (err as Error).message,
+      }));
     });
-    this.unsubscribe = this.link.subscribe('policy', () => void this.serial(() => this.sync()));
+    this.unsubscribe = this.link.subscribe('policy', () => this.kick());
     this.link.on('up', this.onUp);
-    if (this.link.up) void this.serial(() => this.sync());
-    this.timer = setInterval(() => void this.serial(() => this.sync()), this.opts.pollMs ?? POLL_MS);
+    if (this.link.up) this.kick();
+    this.timer = setInterval(() => this.kick(), this.opts.pollMs ?? POLL_MS);
     this.timer.unref();
   }
 
-  private readonly onUp = (): void => {
-    void this.serial(() => this.sync());
-  };
+  private readonly onUp = (): void => this.kick();
+
+  /** One sync, queued; a failure is logged, never an unhandled rejection. */
+  private kick(): void {
+    this.serial(() => this.sync()).catch((err: unknown) => this.log?.warn({ err: (err as Error).message }, 'cluster policy sync failed'));
+  }
 
   /** The rules in force are this node's own files (at start, after a reload). */
   private takeOwn(at: number): void {
