@@ -10,6 +10,8 @@
  *
  * --old DIR adds a run per round of another checkout's bin/gatehouse.js (an earlier build), as the variant.
  * --bare runs bench/turn-bare.ts (a TurnServer without the gateway's hooks) for every Gatehouse run.
+ * --send: the load's messages are Send indications and their echoes Data indications
+ * (turnutils_uclient -s, RFC 8656 §11.2/§11.3) instead of ChannelData, for every server.
  * --prof DIR runs the (first) Gatehouse of every round under `node --cpu-prof`, profiles in DIR.
  *
  * Beside the server's own CPU (all its threads, /proc/PID/task/TID/schedstat) every load also
@@ -82,6 +84,7 @@ async function one(which: Key): Promise<number[]> {
     servers: [which === 'coturn' ? 'coturn' : 'gatehouse'],
     log: () => {},
     gatehouseBare: process.argv.includes('--bare'),
+    sendIndications: process.argv.includes('--send'),
   };
   if (which === 'variant' && old) o.gatehouseBin = `${old}/bin/gatehouse.js`;
   else if (which === 'variant') o.gatehouseTurnConfig = variant.split(';').map((s) => s.trim());

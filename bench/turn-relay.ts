@@ -66,6 +66,11 @@ export interface TurnBenchOptions {
   /** bench/turn-bare.ts (a TurnServer with no gateway and no flow hooks) instead of `gatehouse serve` */
   gatehouseBare?: boolean;
   /**
+   * turnutils_uclient `-s`: every message a Send indication (RFC 8656 §11.2) and every echo
+   * a Data indication (§11.3) instead of ChannelData; default false (channels).
+   */
+  sendIndications?: boolean;
+  /**
    * ms between the latency probe's messages (bench/lib/latency-probe.ts: one allocation of
    * its own beside the load, p50/p99 RTT); 0 = no probe. Default 5.
    */
@@ -215,8 +220,12 @@ export interface TurnBenchResult {
 // ---------------------------------------------------------------------------------------
 // turnutils_uclient
 
+/** turnutils_uclient flags of the load's kind (runTurnRelayBench sets it: `-s` for Send indications). */
+let uclientMode: string[] = [];
+
 function uclientArgs(port: number, peerPort: number, clients: number, messages: number, size: number, intervalMs: number): string[] {
   return [
+    ...uclientMode,
     '-c',
     '-m',
     String(clients),
@@ -795,6 +804,7 @@ export async function runTurnRelayBench(
   coturnVersionString: string | null = null,
 ): Promise<TurnBenchResult> {
   const o: TurnBenchOptions = { ...turnBenchDefaults(opts.quick ?? false), ...stripUndefined(opts) };
+  uclientMode = o.sendIndications ? ['-s'] : [];
   const load = {
     clients: o.clients,
     messagesPerClient: o.messages,

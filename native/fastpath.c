@@ -14,7 +14,7 @@
  * client 5-tuple this module knows, on a bound, unexpired channel whose permission and
  * allocation are unexpired, goes out of that allocation's relay socket to the peer here
  * (sendmmsg, consecutive datagrams of one relay in one call). So does a Send indication
- * (RFC 8656 §11.4) from such a client whose XOR-PEER-ADDRESS has an unexpired, eligible
+ * (RFC 8656 §11.2) from such a client whose XOR-PEER-ADDRESS has an unexpired, eligible
  * permission, when it is one JavaScript would relay too (send_indication_out: anything
  * it is not sure of goes to JS). Everything else (STUN requests, other or doubtful Send
  * indications, unknown clients, channels not mirrored here) goes to JavaScript once per batch, with the client's address as text, and is dispatched to the
@@ -649,7 +649,7 @@ static struct sockaddr_storage g_cpeer[BATCH];
 #define RD16(b) ((uint16_t)((b)[0] << 8 | (b)[1]))
 
 /*
- * A Send indication from a known client (RFC 8656 §11.4, the server's side of §11.2),
+ * A Send indication from a known client (RFC 8656 §11.2, "Receiving a Send Indication"),
  * decided exactly as the JS path decides (src/turn/server.ts onStun, decodeStun,
  * verifyFingerprint, src/turn/handlers/send.ts), or handed to JS when this module cannot
  * be sure. Queued for the peer: a well-formed STUN message (RFC 8489 §5: top two bits 0,
@@ -657,7 +657,7 @@ static struct sockaddr_storage g_cpeer[BATCH];
  * 0x0016 (method Send 0x006, class indication), attributes walked with their padding
  * (§14), an XOR-PEER-ADDRESS (RFC 8656 §18.3) of the allocation's family and a DATA
  * (§18.4) (the first of each counts, §14), no comprehension-required attribute but those
- * two and DONT-FRAGMENT (§18.8: known to the server and not acted on for a Send, as in
+ * two and DONT-FRAGMENT (§18.9: known to the server and not acted on for a Send, as in
  * JS; every other one, known or not, goes to JS: RFC 8489 §6.3.2 says an indication with
  * an unknown one is discarded, and JS has the list), a FINGERPRINT if any that is last and
  * right (§14.7, §7.3: a wrong one is "not STUN", JS discards it), an eligible, unexpired
@@ -665,7 +665,7 @@ static struct sockaddr_storage g_cpeer[BATCH];
  * only a Send whose permission or allocation is past its time (a late JS sweep must not
  * keep the flow open; JS would discard it too: datapath.ts toPeer). Everything else
  * (no permission, malformed, MESSAGE-INTEGRITY, port 0, ...) goes to JS, which discards
- * or handles it silently (§11.4: a Send indication is never answered).
+ * or handles it silently (§11.2: a Send indication is never answered).
  */
 static int send_indication_out(relay_t *r, uint8_t *msg, size_t len, int64_t now, int nq, int32_t *meta) {
   if (len < 20 || msg[0] != 0x00 || msg[1] != 0x16) return CD_TO_JS; /* top two bits 0 (§5) */
@@ -832,7 +832,7 @@ static void on_listener_readable(uv_poll_t *h, int status, int events) {
         if (v != CD_TO_JS) continue;
       }
     } else if (len >= 20 && msg[0] == 0x00 && msg[1] == 0x16) {
-      /* RFC 8489 §5 / RFC 7983 §7: STUN; 0x0016 is a Send indication (RFC 8656 §11.4) */
+      /* RFC 8489 §5 / RFC 7983 §7: STUN; 0x0016 is a Send indication (RFC 8656 §11.2) */
       r = client_find(l->id, sa);
       looked = 1;
       if (r != NULL && !r->closing && r->taint != seq) {

@@ -10,7 +10,7 @@
  * Client -> peer: when every flow of the server is eligible, its UDP listener sockets are
  * read in C too (takeListener): ChannelData (RFC 8656 §12.4) from a client whose
  * allocation is mirrored, on a bound channel whose binding, permission and allocation all
- * run, goes out of the relay socket in C, and so does a Send indication (RFC 8656 §11.4)
+ * run, goes out of the relay socket in C, and so does a Send indication (RFC 8656 §11.2)
  * with XOR-PEER-ADDRESS and DATA whose peer IP has a running permission (the cases the
  * JS handler relays; anything else, e.g. MESSAGE-INTEGRITY or an attribute C does not
  * know, is left to JS); everything else read there (STUN requests, other Send
@@ -150,7 +150,7 @@ export class FastPath implements TableObserver {
    * (to clients and to peers), malformed ChannelData from clients dropped in C, relay
    * batches and listener batches, the client -> peer datagrams forwarded in C (also
    * in the server's stats.packets.clientToPeer, with the JS ones), and of those the
-   * Send indications (RFC 8656 §11.4; the rest are ChannelData).
+   * Send indications (RFC 8656 §11.2; the rest are ChannelData).
    */
   readonly counters = { expired: 0, sendDropped: 0, malformed: 0, batches: 0, listenerBatches: 0, clientToPeer: 0, sendIndications: 0 };
   /** This server's handler of a batch read from one of its relays (hubOf). */

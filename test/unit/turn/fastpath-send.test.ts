@@ -1,6 +1,6 @@
 /**
  * Send indications client -> peer in C (native/fastpath.c send_indication_out, issue 13):
- * a Send indication (RFC 8656 §11.4) the JS handler would relay goes out of the relay
+ * a Send indication (RFC 8656 §11.2) the JS handler would relay goes out of the relay
  * socket in C; every other one is handed to JS, which discards it (or, for the few C does
  * not decide, relays it) exactly as with `turn.fast_path: off`. One scenario of every
  * kind of Send a client can send, run with fast_path off and auto, over IPv4 and IPv6
@@ -103,7 +103,7 @@ function cases(fam: 4 | 6, ip: string, port: number, noPermIp: string, otherFamI
   );
   fwd(`${big.length} random bytes`, [send(ip, port, big)], [big]);
   fwd('empty DATA', [send(ip, port, Buffer.alloc(0))], ['']);
-  // §18.8: DONT-FRAGMENT is known to the server (not acted on for a Send, as in JS).
+  // RFC 8656 §18.9: DONT-FRAGMENT is known to the server (not acted on for a Send, as in JS).
   fwd('DONT-FRAGMENT', [send(ip, port, Buffer.from('df'), (w) => void w.attr(Attr.DontFragment, Buffer.alloc(0)))], ['df']);
   // RFC 8489 §14: comprehension-optional attributes (0x8000-0xFFFF) are ignored.
   fwd(
@@ -120,7 +120,7 @@ function cases(fam: 4 | 6, ip: string, port: number, noPermIp: string, otherFamI
     'an attribute after FINGERPRINT',
     send(ip, port, Buffer.from('fp first'), (w) => void w.fingerprint().attr(Attr.Software, 'late')),
   );
-  // An indication is not authenticated (RFC 8656 §11.2): JS relays it with a
+  // Indications are not authenticated (RFC 8656 §21.1.4): JS relays it with a
   // MESSAGE-INTEGRITY it does not check; C leaves that to JS.
   fwd(
     'MESSAGE-INTEGRITY (left to JS)',
@@ -193,7 +193,7 @@ function cases(fam: 4 | 6, ip: string, port: number, noPermIp: string, otherFamI
     drop('a wrong magic cookie', cookie);
   }
   drop('a peer of the other family (RFC 8656 §11.2)', send(otherFamIp, port, Buffer.from('other family')));
-  drop('no permission for the peer IP (RFC 8656 §11.4: silently discarded)', send(noPermIp, port, Buffer.from('no permission')));
+  drop('no permission for the peer IP (RFC 8656 §11.2: silently discarded)', send(noPermIp, port, Buffer.from('no permission')));
   drop('port 0', send(ip, 0, Buffer.from('port zero')));
   drop('from a client without an allocation', send(ip, port, Buffer.from('stranger')), true);
   return cs;

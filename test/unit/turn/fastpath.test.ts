@@ -389,7 +389,7 @@ t.test('a real client: coturn turnutils_uclient through the fast path (channels,
     t.equal(lost[1], '0', `${name}: 0 lost`);
     const sends = (await scrape('send_indications')) - sendsBefore;
     if (name.endsWith('(-s)'))
-      // RFC 8656 §11.4 in C: the Send indications of the run (the echoes come back as Data
+      // RFC 8656 §11.2 in C: the Send indications of the run (the echoes come back as Data
       // indications, §11.3, in C too). One sent right after a request of its client in the
       // same recvmmsg batch follows it to JS (the client's order is kept), hence "nearly".
       t.ok(
@@ -503,7 +503,7 @@ t.test('client -> peer: the same delivered bytes and events with fast_path off a
   );
   t.ok(off.events.includes('permission:expired:'), 'the events include the permission expiry');
   t.ok(auto.fast!.listenerBatches > 0, 'auto: the listener was read in C');
-  // The first two always go out in C. The Send indication (RFC 8656 §11.4, in C too when
+  // The first two always go out in C. The Send indication (RFC 8656 §11.2, in C too when
   // JS would relay it) and 'after' follow the unbound channel that went to JS: in the same
   // batch they go to JS too (the client's order is kept), in a later one in C.
   const inC = auto.fast!.clientToPeer;
