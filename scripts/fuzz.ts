@@ -179,7 +179,7 @@ export class Endpoint {
     readonly user: UserRecord,
     readonly realm = REALM,
   ) {
-    this.key = longTermKey(user.name, realm, user.password, 'md5');
+    this.key = longTermKey(user.name, realm, user.password!, 'md5');
   }
 
   static async udp(serverPort: number, local: string, user = USERS[0]!, realm = REALM): Promise<Endpoint> {
@@ -603,7 +603,7 @@ export async function liveFuzz(o: LiveFuzzOptions): Promise<LiveFuzzReport> {
       w.attr(Attr.Username, e.user.name)
         .attr(Attr.Realm, REALM)
         .attr(Attr.Nonce, m.chance(0.95) ? e.nonce : 'stale');
-      if (sha) w.integritySha256(longTermKey(e.user.name, REALM, e.user.password, 'sha256'));
+      if (sha) w.integritySha256(longTermKey(e.user.name, REALM, e.user.password!, 'sha256'));
       else w.integrity(e.key);
       if (m.chance(0.3)) w.fingerprint();
       e.send(w.copy());

@@ -12,7 +12,8 @@ export const USER_HELP = `Usage: gatehouse user add NAME [--groups G1,G2] [--pas
 
 TURN users shared by every gateway of a cluster (store.redis in FILE; README "Cluster").
 add: the password is read from standard input with --password-stdin, otherwise one is
-generated and printed once. Users of the configuration's "users:" list are managed in the
+generated and printed once. Redis keeps only the RFC 8489 long-term keys (MD5, SHA-256)
+for the configuration's realm, never the password: every gateway needs that realm. Users of the configuration's "users:" list are managed in the
 file; these commands need store.redis.
 `;
 
@@ -91,14 +92,20 @@ export async function runUser(argv: string[], io: { stdout: Writable; stderr: Wr
         io.stderr.write('gatehouse user: empty password\n');
         return 1;
       }
-      await putUser(redis, prefix, { name, password, groups });
-      io.stdout.write(generated ? `user ${name} added; password (shown once): ${password}\n` : `user ${name} added\n`);
+      // RFC 8489 §9.2.2: only the long-term keys for this realm are stored, never the password.
+      await putUser(redis, prefix, { name, password, groups, realm: cfg.realm });
+      const what = `user ${name} added (realm ${JSON.stringify(cfg.realm)})`;
+      io.stdout.write(generated ? `${what}; password (shown once): ${password}\n` : `${what}\n`);
     } else if (sub === 'remove') {
       const had = await deleteUser(redis, prefix, name);
       io.stdout.write(had ? `user ${name} removed\n` : `no cluster user ${name}\n`);
       if (!had) return 1;
     } else {
-      for (const u of await listUsers(redis, prefix)) io.stdout.write(`${u.name}\t${u.groups.join(',')}\n`);
+      const why = { other_realm: 'another realm', clear_password: 'old form with the password: add it again', malformed: 'malformed' };
+      for (const u of await listUsers(redis, prefix, cfg.realm))
+        io.stdout.write(
+          `${u.name}\t${u.groups.join(',')}${u.refused ? `\trefused by gateways of realm ${JSON.stringify(cfg.realm)}: ${why[u.refused]}` : ''}\n`,
+        );
     }
     return 0;
   } catch (err) {

@@ -46,7 +46,7 @@ export function startClusterNode(
   });
   const quotas = new ClusterQuotas(link, { report: o.reportQuota, intervalMs: cfg.store.sync_interval_ms, log: o.log });
   const blocks = new ClusterBlocks(link, { log: o.log });
-  const users = new ClusterUsers(link, o.configUsers, o.log);
+  const users = new ClusterUsers(link, o.configUsers, cfg.realm, o.log);
   o.log.info({ node: link.nodeId }, 'cluster: sharing users, quotas, blocks and events through store.redis');
   return {
     link,
@@ -64,6 +64,7 @@ export function startClusterNode(
           quota_pending_bytes: q.pendingBytes,
           blocks_pending: b.pending,
           users: users.stats.users,
+          users_refused: users.stats.refused,
         },
         counters: {
           quota_pushes: q.pushes,

@@ -56,6 +56,26 @@ export function addLoginMechanism(core: CoreContext, m: LoginMechanism): void {
   MECHANISMS.set(core, list);
 }
 
+/** Names already logged by keysOnlyUser (bounded: a client may claim any name). */
+const KEYS_ONLY_LOGGED = new WeakMap<CoreContext, Set<string>>();
+
+/**
+ * A cluster user (`gatehouse user add`) is kept as its TURN long-term keys, never its
+ * password (README "Cluster"), and RFC 7616 Digest needs H(user:realm:password) over
+ * the clear password: no Digest login for it. The client gets the usual refusal (no hint
+ * that the name exists); the operator one log line per name.
+ */
+function keysOnlyUser(core: CoreContext, name: string): void {
+  let seen = KEYS_ONLY_LOGGED.get(core);
+  if (!seen) KEYS_ONLY_LOGGED.set(core, (seen = new Set()));
+  if (seen.has(name) || seen.size >= 1024) return;
+  seen.add(name);
+  core.log.warn(
+    { user: name },
+    'login: this user is a cluster user (gatehouse user add), kept without its password: Digest login is not possible for it; add it under "users:" in the configuration, or use another login',
+  );
+}
+
 /** Digest SHA-256 over the gateway's own users' passwords (RFC 7616 §3.4). */
 export function digestMechanism(core: CoreContext): LoginMechanism {
   const realm = core.cfg.realm;
@@ -74,7 +94,8 @@ export function digestMechanism(core: CoreContext): LoginMechanism {
         realm,
         (name) => {
           const u = core.users.lookup(name);
-          return u ? digestHa1(u.name, realm, u.password) : null;
+          if (u && !u.password) keysOnlyUser(core, u.name);
+          return u?.password ? digestHa1(u.name, realm, u.password) : null;
         },
       );
       if (r.ok) {

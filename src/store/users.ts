@@ -4,12 +4,32 @@ import { join } from 'node:path';
 import type { UserEntry } from '../config/config.js';
 import { GatehouseError } from '../util/errors.js';
 
-/** A TURN user: name, long-term password and the groups policy selects on. */
+/**
+ * RFC 8489 §9.2.2 long-term keys computed ahead for one realm: MD5 and (PASSWORD-ALGORITHM
+ * SHA-256, §18.5) SHA-256 of `username ":" OpaqueString(realm) ":" OpaqueString(password)`.
+ * What a cluster user (`gatehouse user add`, src/cluster/users.ts) carries instead of its
+ * password, as coturn's database keeps the HMAC key.
+ */
+export interface LongTermKeys {
+  realm: string;
+  md5: Buffer;
+  sha256: Buffer;
+}
+
+/**
+ * A TURN user: name, long-term password (configuration file, bootstrap user) or only its
+ * precomputed keys (cluster users), and the groups policy selects on. Whatever needs the
+ * clear password (Digest login) cannot use a keys-only user.
+ */
 export interface UserRecord {
   name: string;
-  password: string;
+  password?: string;
+  keys?: LongTermKeys;
   groups: string[];
 }
+
+/** A user read from the configuration or the data dir: always a password. */
+export type PasswordUser = UserRecord & { password: string };
 
 export interface UserDirectory {
   lookup(name: string): UserRecord | undefined;
@@ -46,7 +66,7 @@ export const BOOTSTRAP_FILE = 'initial-user.json';
  * keep it in DATA_DIR/initial-user.json (mode 0600) and tell the caller it is new, so
  * the password is printed exactly once. Later starts read the same file silently.
  */
-export function ensureBootstrapUser(dataDir: string, configured: UserEntry[]): { users: UserRecord[]; created?: UserRecord } {
+export function ensureBootstrapUser(dataDir: string, configured: UserEntry[]): { users: PasswordUser[]; created?: PasswordUser } {
   if (configured.length > 0) return { users: configured };
   const file = join(dataDir, BOOTSTRAP_FILE);
   if (existsSync(file)) {
@@ -64,7 +84,7 @@ export function ensureBootstrapUser(dataDir: string, configured: UserEntry[]): {
     return { users: [{ name: u.name, password: u.password, groups: Array.isArray(u.groups) ? u.groups.map(String) : [] }] };
   }
   mkdirSync(dataDir, { recursive: true, mode: 0o700 });
-  const user: UserRecord = { name: 'admin', password: randomBytes(18).toString('base64url'), groups: [] };
+  const user: PasswordUser = { name: 'admin', password: randomBytes(18).toString('base64url'), groups: [] };
   writeFileSync(file, JSON.stringify(user) + '\n', { mode: 0o600, flag: 'wx' });
   chmodSync(file, 0o600);
   return { users: [user], created: user };

@@ -63,9 +63,21 @@ export class NonceManager {
   }
 }
 
+/**
+ * RFC 8489 §9.2.2 long-term keys computed ahead for `realm` (MD5, and SHA-256 for
+ * PASSWORD-ALGORITHM 0x0002, §18.5): a user known by its keys, never its password.
+ */
+export interface LongTermKeys {
+  realm: string;
+  md5: Buffer;
+  sha256: Buffer;
+}
+
+/** A user with a password, or (cluster users) only the keys derived from it. */
 export interface UserRecord {
   name: string;
-  password: string;
+  password?: string;
+  keys?: LongTermKeys;
   groups: string[];
 }
 
@@ -79,7 +91,10 @@ export interface ResolvedCredential {
   /** The account the allocation is charged to (REST: the part after the colon). */
   user: string;
   groups: string[];
-  password: string;
+  /** The password the key is derived from (RFC 8489 §9.2.2), or (keys set) none. */
+  password?: string;
+  /** A user known by its precomputed long-term keys (no password). */
+  keys?: LongTermKeys;
   rest: boolean;
   /** A conference guest (REST username `EXPIRY:guest/CONFERENCE/IDENTITY`, core.md §8). */
   guest?: true;
@@ -193,5 +208,7 @@ export function resolveCredential(
   }
   const rec = users.lookup(username);
   if (!rec) return { ok: false, reason: 'unknown_user' };
-  return { ok: true, cred: { username, user: rec.name, groups: rec.groups, password: rec.password, rest: false } };
+  if (rec.password) return { ok: true, cred: { username, user: rec.name, groups: rec.groups, password: rec.password, rest: false } };
+  if (rec.keys) return { ok: true, cred: { username, user: rec.name, groups: rec.groups, keys: rec.keys, rest: false } };
+  return { ok: false, reason: 'unknown_user' };
 }

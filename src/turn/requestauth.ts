@@ -119,7 +119,15 @@ export class Authenticator {
       this.challenge(ep, msg, 401);
       return null;
     }
-    const key = longTermKey(username, realm, r.cred.password, alg);
+    // RFC 8489 §9.2.2: the key from the password, or a cluster user's key computed ahead for
+    // this realm (copied: a failed request's key is zeroed below, the user's stays).
+    const stored = r.cred.keys;
+    if (!r.cred.password && (!stored || stored.realm !== realm)) {
+      this.fail('bad_realm'); // keys made for another realm can never verify (README "Cluster")
+      this.challenge(ep, msg, 401);
+      return null;
+    }
+    const key = r.cred.password ? longTermKey(username, realm, r.cred.password, alg) : Buffer.from(stored![alg]);
     // RFC 8489 §9.2.4: with both present, only MESSAGE-INTEGRITY-SHA256 counts.
     const ok = hasMI256 ? verifyIntegritySha256(msg, key) : verifyIntegrity(msg, key);
     if (!ok) {

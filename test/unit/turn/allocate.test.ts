@@ -87,7 +87,7 @@ t.test('Allocate: challenge, success, retransmission, 437, Refresh', async (t) =
     allocation: { action: 'created', relayed_port: relayed.port },
   });
   const secrets = new Secrets();
-  for (const u of USERS) secrets.turnPassword(u.name, u.password, c.realm);
+  for (const u of USERS) secrets.turnPassword(u.name, u.password!, c.realm);
   assertNoSecrets(t, secrets, { texts: { events: JSON.stringify(h.events.events) } }, 'no secrets in events');
 
   // RFC 8656 §7.2: a retransmission gets the same response, byte for byte.
