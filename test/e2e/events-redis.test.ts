@@ -2,14 +2,10 @@
 // delivers the same JSON lines as events.jsonl, in order; an outage queues (bounded) and a
 // restart flushes; only overflow counts as dropped.
 import t from 'tap';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { tmpdir } from 'node:os';
-import { Redis } from 'ioredis';
 import { RedisEventSink, redactRedisUrl } from '../../src/events/redis.js';
 import type { EveEvent } from '../../src/events/eve.js';
-import { reservePortBlock } from './helpers/ports.js';
+import { startTestRedis, until } from './helpers/redis.js';
 import { peerSkip } from './helpers/require-peer.js';
 import { startGatehouse } from './helpers/turn-servers.js';
 import { Attr, Class, Method } from '../../src/wire/stun.js';
@@ -17,34 +13,6 @@ import { Client, errCode } from '../unit/turn/helpers.js';
 import { readFileSync } from 'node:fs';
 
 const skip = peerSkip(t, 'redis-server');
-
-async function startRedis(port: number, dir: string): Promise<ChildProcess> {
-  const child = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dir], {
-    stdio: 'ignore',
-  });
-  const probe = new Redis({ port, host: '127.0.0.1', lazyConnect: true, retryStrategy: () => null, maxRetriesPerRequest: 0 });
-  for (let i = 0; i < 100; i++) {
-    try {
-      await probe.connect();
-      await probe.ping();
-      probe.disconnect();
-      return child;
-    } catch {
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  }
-  probe.disconnect();
-  child.kill('SIGKILL');
-  throw new Error(`redis-server did not answer on port ${port}`);
-}
-
-async function stopRedis(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null) return;
-  await new Promise<void>((resolve) => {
-    child.once('exit', () => resolve());
-    child.kill('SIGKILL');
-  });
-}
 
 function event(i: number): EveEvent {
   return {
@@ -55,27 +23,11 @@ function event(i: number): EveEvent {
   };
 }
 
-async function until(cond: () => Promise<boolean> | boolean, ms = 10000): Promise<boolean> {
-  const deadline = Date.now() + ms;
-  while (Date.now() < deadline) {
-    if (await cond()) return true;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  return false;
-}
-
 t.test('events to redis-server', { skip }, async (t) => {
-  const block = await reservePortBlock(1);
-  t.teardown(() => block.release());
-  const port = block.port(0);
-  const dir = mkdtempSync(join(tmpdir(), 'gatehouse-redis-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  let server = await startRedis(port, dir);
-  t.teardown(() => stopRedis(server));
-  const url = `redis://127.0.0.1:${port}/0`;
-  const reader = new Redis(url, { retryStrategy: (n) => Math.min(n * 100, 500) });
-  reader.on('error', () => {});
-  t.teardown(() => reader.disconnect());
+  const redis = await startTestRedis();
+  t.teardown(() => redis.close());
+  const { url } = redis;
+  const reader = redis.client();
 
   await t.test('list mode: RPUSH, oldest first, the same JSON lines', async (t) => {
     const sink = new RedisEventSink({ url, mode: 'list', key: 'eve-list', maxQueue: 1000 });
@@ -128,7 +80,7 @@ t.test('events to redis-server', { skip }, async (t) => {
   });
 
   await t.test('channel mode: PUBLISH to subscribers', async (t) => {
-    const sub = new Redis(url);
+    const sub = redis.client();
     t.teardown(() => sub.disconnect());
     const seen: string[] = [];
     sub.on('message', (_ch: string, msg: string) => seen.push(msg));
@@ -150,12 +102,12 @@ t.test('events to redis-server', { skip }, async (t) => {
     t.ok(await until(() => sink.stats.connected), 'connected');
     sink.emit(event(0));
     t.ok(await sink.drained());
-    await stopRedis(server);
+    await redis.stop();
     t.ok(await until(() => !sink.stats.connected), 'the sink sees the outage');
     for (let i = 1; i <= 80; i++) sink.emit(event(i));
     t.equal(sink.stats.queued, 50, 'queue held at its bound');
     t.equal(sink.stats.dropped, 30, 'only the overflow is dropped');
-    server = await startRedis(port, dir); // --save '': the restarted server starts empty
+    await redis.start(); // --save '': the restarted server starts empty
     t.ok(await until(() => sink.stats.connected, 15000), 'reconnected');
     t.ok(await sink.drained(10000), 'queue flushed after the restart');
     const got = await until(async () => (await reader.llen('eve-outage').catch(() => 0)) === 50);
