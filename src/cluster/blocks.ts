@@ -1,6 +1,17 @@
 import type { Logger } from '../util/log.js';
-import type { FlowBlockList } from '../gateway/block-list.js';
 import type { ClusterLink } from './link.js';
+
+/**
+ * What the cluster needs of the gateway's FlowBlockList (src/gateway/block-list.ts), by
+ * shape: gateway imports this floor, so this floor does not import gateway (design.md:
+ * arrows point down; test/unit/floors.test.ts).
+ */
+export interface SharedBlockList {
+  /** Set by attach(): told of each block made locally. */
+  onBlock: ((user: string, peerIp: string, forMs: number) => void) | null;
+  /** A block made elsewhere in the cluster, for forMs. */
+  apply(user: string, peerIp: string, forMs: number): void;
+}
 
 /**
  * Block lists shared by the gateways of a cluster (store.redis; README "Cluster").
@@ -35,7 +46,7 @@ export interface ClusterBlockStats {
 }
 
 export class ClusterBlocks {
-  private list: FlowBlockList | null = null;
+  private list: SharedBlockList | null = null;
   /** user|ip -> [user, ip, until] while Redis is away. */
   private readonly pending = new Map<string, [string, string, number]>();
   private readonly maxPending: number;
@@ -53,7 +64,7 @@ export class ClusterBlocks {
     link.on('up', this.onUp);
   }
 
-  attach(list: FlowBlockList): void {
+  attach(list: SharedBlockList): void {
     this.list = list;
     list.onBlock = (user, ip, forMs) => this.share(user, ip, forMs);
     if (this.link.up) void this.resync();

@@ -19,12 +19,17 @@ const ALLOWED: Record<string, string[]> = {
   policy: ['util', 'config', 'inspect/events'],
   record: ['wire', 'util', 'events', 'inspect/events'],
   store: ['util', 'config', 'policy'],
-  admin: ['util', 'events', 'config'],
+  // The dashboard shows `gatehouse verify`'s result (the manifest reader, not the recorders)
+  // and limits failed logins with the core's FailureLimiter (core.md §2), not a copy of it.
+  admin: ['util', 'events', 'config', 'record/manifest', 'core/ratelimit'],
   scan: ['util', 'config'],
   endpoint: ['wire', 'util'],
   keyagent: ['inspect', 'endpoint', 'wire', 'util'], // a desktop program: key log (inspect), gateway pinning (endpoint)
   core: ['wire', 'util', 'events', 'config', 'store', 'policy'],
-  gateway: ['core', 'turn', 'pcp', 'inspect', 'policy', 'record', 'store', 'admin', 'scan', 'events', 'config', 'wire', 'util'],
+  // Shared state of a cluster (store.redis): quotas, blocks, users, flow registry, policy
+  // distribution; above the servers and policy it shares, below gateway which wires it.
+  cluster: ['turn', 'policy', 'store', 'events', 'config', 'wire', 'util'],
+  gateway: ['cluster', 'core', 'turn', 'pcp', 'inspect', 'policy', 'record', 'store', 'admin', 'scan', 'events', 'config', 'wire', 'util'],
   cli: ['*'],
 };
 
@@ -80,4 +85,11 @@ t.test('the check reports an import against the arrows, with file and line', asy
   const policy = join(SRC, 'policy', 'fake.ts');
   const ptext = `import type { InspectEvent } from '../inspect/events.js';\nimport { demux } from '../wire/demux.js';\n`;
   t.equal(violations([policy], () => ptext).length, 1, 'policy may see event shapes, not parsers');
+  const cluster = join(SRC, 'cluster', 'fake.ts');
+  const ctext = `import type { FlowBlockList } from '../gateway/block-list.js';\nimport type { QuotaTracker } from '../policy/quota.js';\n`;
+  t.same(
+    violations([cluster], () => ctext).map((v) => v.split(' (')[0]),
+    ['cluster/fake.ts:1: cluster imports gateway/block-list'],
+    'cluster may share policy state, never import the gateway that wires it',
+  );
 });
