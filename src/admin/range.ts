@@ -8,8 +8,12 @@
  */
 export type RangeResult = { start: number; end: number } | 'unsatisfiable' | null;
 
-export function parseRange(header: string | undefined, size: number): RangeResult {
+export function parseRange(header: string | undefined, size: number, ifRange?: string): RangeResult {
   if (typeof header !== 'string') return null;
+  // §13.1.5: a Range under If-Range applies only when the validator matches the current
+  // representation; these files are sent without ETag or Last-Modified, so none can
+  // match (a file still being written may have changed): the whole file.
+  if (ifRange !== undefined) return null;
   // §14.1.2: ranges-specifier = range-unit "=" range-set; the unit is case-insensitive.
   const m = /^\s*bytes\s*=\s*(\d*)\s*-\s*(\d*)\s*$/i.exec(header);
   if (!m) return null; // another unit, several ranges or a malformed header: ignored (§14.2)
@@ -21,9 +25,11 @@ export function parseRange(header: string | undefined, size: number): RangeResul
     if (n === 0 || size === 0) return 'unsatisfiable';
     return { start: Math.max(0, size - n), end: size - 1 };
   }
+  // Digits only, so Number() is finite or Infinity: a first-pos beyond any size is
+  // unsatisfiable and a last-pos beyond it is clamped (§14.1.2), however many digits.
   const start = Number(a);
   let end = b === '' ? Infinity : Number(b);
-  if (!Number.isSafeInteger(start) || (b !== '' && !Number.isSafeInteger(end)) || end < start) return null; // invalid: ignored
+  if (end < start) return null; // last-pos < first-pos: invalid, ignored (§14.1.1, §14.2)
   if (start >= size) return 'unsatisfiable';
   if (end >= size) end = size - 1;
   return { start, end };

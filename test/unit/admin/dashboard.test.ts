@@ -106,6 +106,11 @@ t.test('parseRange (RFC 9110 §14.1.2)', async (t) => {
   t.equal(parseRange('items=0-1', 100), null);
   t.equal(parseRange(undefined, 100), null);
   t.same(parseRange('BYTES=1-2', 100), { start: 1, end: 2 }, 'unit is case-insensitive');
+  t.equal(parseRange('bytes=0-9', 100, '"v1"'), null, 'If-Range: no validator of ours matches, the whole file (§13.1.5)');
+  t.equal(parseRange('bytes=0-9', 100, 'Thu, 03 Dec 2026 08:00:00 GMT'), null, 'If-Range with a date too');
+  t.same(parseRange('bytes=10-99999999999999999999', 100), { start: 10, end: 99 }, 'a last-pos of any length is clamped');
+  t.equal(parseRange('bytes=99999999999999999999-', 100), 'unsatisfiable', 'a first-pos of any length past the end: 416');
+  t.equal(parseRange('bytes=0-', 0), 'unsatisfiable', 'an empty file satisfies no range');
 });
 
 t.test('login form, session cookie, 401 without it, CSP and nosniff', async (t) => {
@@ -208,6 +213,9 @@ t.test('recordings: content types, Range, traversal refused', async (t) => {
   const tail = await call(base, 'GET', p, { cookie, range: 'bytes=990-' });
   t.equal(tail.headers['content-range'], 'bytes 990-999/1000');
   t.equal(tail.body.length, 10);
+  const guarded = await call(base, 'GET', p, { cookie, range: 'bytes=10-19', 'if-range': '"stale"' });
+  t.equal(guarded.status, 200, 'Range under an If-Range that cannot match: 200 with the whole file');
+  t.equal(guarded.headers['content-length'], '1000');
   const past = await call(base, 'GET', p, { cookie, range: 'bytes=5000-' });
   t.equal(past.status, 416, 'past the end: 416');
   t.equal(past.headers['content-range'], 'bytes */1000');
