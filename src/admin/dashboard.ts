@@ -346,7 +346,8 @@ export class Dashboard {
     }
     const f = this.recordings?.mediaPath(dId, dFile);
     if (!f) return this.json(res, 404, { error: 'no such recording file' });
-    const r = parseRange(req.headers.range, f.size, req.headers['if-range']);
+    const ifRange = req.headers['if-range'];
+    const r = parseRange(req.headers.range, f.size, ifRange === undefined ? undefined : String(ifRange));
     const base = { 'content-type': f.type, 'accept-ranges': 'bytes', 'cache-control': 'private, no-cache' };
     if (r === 'unsatisfiable') {
       res.writeHead(416, this.headers({ ...base, 'content-range': `bytes */${f.size}`, 'content-length': '0' }));
