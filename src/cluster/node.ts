@@ -27,20 +27,25 @@ export interface ClusterNode {
   close(): Promise<void>;
 }
 
-export function startClusterNode(
-  cfg: GatehouseConfig,
-  o: { log: Logger; reportQuota: (c: QuotaCrossing) => void; configUsers: StaticUserDirectory },
-): ClusterNode | null {
-  if (!cfg.store.redis) return null;
+/** This gateway's node id in the cluster: store.node_id, else host name and first TURN port. */
+export function clusterNodeId(cfg: GatehouseConfig): string {
   let port: number | undefined;
   try {
     port = cfg.turn.listen.length ? parseListen(cfg.turn.listen[0]!).port : undefined;
   } catch {
     port = undefined;
   }
+  return cfg.store.node_id ?? defaultNodeId(port);
+}
+
+export function startClusterNode(
+  cfg: GatehouseConfig,
+  o: { log: Logger; reportQuota: (c: QuotaCrossing) => void; configUsers: StaticUserDirectory },
+): ClusterNode | null {
+  if (!cfg.store.redis) return null;
   const link = new ClusterLink({
     url: cfg.store.redis,
-    nodeId: cfg.store.node_id ?? defaultNodeId(port),
+    nodeId: clusterNodeId(cfg),
     prefix: cfg.store.key_prefix,
     log: o.log,
   });

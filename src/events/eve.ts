@@ -17,6 +17,8 @@ export interface EveEvent {
   dest_port?: number;
   proto?: 'UDP' | 'TCP';
   alert?: { action: string; signature_id: string; signature: string; severity: number };
+  /** The gateway that produced it, as Suricata EVE's top-level `host` (sensor name): store.node_id in a cluster. */
+  host?: string;
   gatehouse?: Record<string, unknown>;
   [k: string]: unknown;
 }
@@ -418,17 +420,25 @@ export class MemoryEventSink implements EventSink {
   close(): void {}
 }
 
-/** Hands each event to every sink; one that throws does not stop the others. */
+/**
+ * Hands each event to every sink; one that throws does not stop the others. The one place
+ * every event of a gateway passes: with `host` (a cluster node id, README "Cluster") each
+ * event gets the top-level `host` field Suricata EVE uses for the sensor name, so one
+ * shared stream says which gateway produced what. An event that already names a host
+ * keeps it; no other field is touched.
+ */
 export class FanoutEventSink implements EventSink {
   /** Exceptions thrown by a sink, by its position (when no supervisor counts them). */
   readonly failures: number[];
   constructor(
     private readonly sinks: EventSink[],
     private readonly supervisor?: Supervisor,
+    private readonly host?: string,
   ) {
     this.failures = sinks.map(() => 0);
   }
   emit(e: EveEvent): void {
+    if (this.host !== undefined && e.host === undefined) e.host = this.host;
     for (let i = 0; i < this.sinks.length; i++) {
       try {
         this.sinks[i]!.emit(e);

@@ -11,7 +11,7 @@ import type { Logger } from '../util/log.js';
 import { systemClock } from '../util/clock.js';
 import { FanoutEventSink, FileEventSink, MemoryEventSink } from '../events/eve.js';
 import { RedisEventSink } from '../events/redis.js';
-import { startClusterNode, type ClusterNode } from '../cluster/node.js';
+import { clusterNodeId, startClusterNode, type ClusterNode } from '../cluster/node.js';
 import { clusterRestSecret } from '../cluster/rest-secret.js';
 import { startClusterShare, type ClusterShare } from '../cluster/share.js';
 import { ensureBootstrapUser, StaticUserDirectory } from '../store/users.js';
@@ -193,7 +193,12 @@ export async function startGateway(
         });
   // /metrics counts what every sink sees: gatehouse_events_total, _alerts_total, _quota_crossings_total.
   const eventCounts = new EventCounter();
-  const events = new FanoutEventSink([eventFile, memory, eventCounts, ...(redisEvents ? [redisEvents] : [])], supervisor);
+  // With store.redis every event names its gateway (top-level `host`, as Suricata EVE's sensor name).
+  const events = new FanoutEventSink(
+    [eventFile, memory, eventCounts, ...(redisEvents ? [redisEvents] : [])],
+    supervisor,
+    cfg.store.redis ? clusterNodeId(cfg) : undefined,
+  );
   const configUsers = new StaticUserDirectory(boot.users);
   // Quotas (issue 5): counters in the SQLite store, flushed every second, so a kill -9
   // loses at most one second of counting. A policy reload rebuilds the tracker from the

@@ -162,6 +162,34 @@ t.test('three gateways, one redis-server', { skip }, async (t) => {
       }, 5000);
       t.ok(ok, `gw${i + 1} allocates for dave`);
     }
+    // Redis holds the RFC 8489 §9.2.2 keys, never the password; the SHA-256 key serves
+    // PASSWORD-ALGORITHM SHA-256 with MESSAGE-INTEGRITY-SHA256 (§18.5, §14.6).
+    const redis = c.redis.client();
+    const all = await redis.hgetall('gatehouse:users');
+    const stored = JSON.stringify(all);
+    t.match(JSON.parse(all.dave!), { realm: gw2.realm, key_md5: /^[0-9a-f]{32}$/, key_sha256: /^[0-9a-f]{64}$/ }, 'the keys are in Redis');
+    t.notOk(stored.includes('dave-secret-pw'), 'Redis holds no password (HGETALL gatehouse:users)');
+    const sha = await Client.udp(gw2.port);
+    sha.realm = gw2.realm;
+    sha.username = 'dave';
+    sha.password = 'dave-secret-pw';
+    const shaR = await sha.authed(Method.Allocate, (w: StunWriter) => void w.attr(Attr.RequestedTransport, Buffer.from([17, 0, 0, 0])), {
+      sha256: true,
+      passwordAlgorithms: true,
+    });
+    sha.close();
+    t.equal(shaR.cls, Class.Success, 'PASSWORD-ALGORITHM SHA-256: allocated with the stored SHA-256 key');
+    // The shared event stream (list `gatehouse`) names the gateway of each event (top-level
+    // `host`, Suricata EVE's sensor name): dave's allocation on each gateway says which.
+    t.ok(
+      await until(async () => {
+        const evs = (await redis.lrange('gatehouse', 0, -1)).map((l) => JSON.parse(l));
+        return c.gateways.every((_, i) =>
+          evs.some((e: any) => e.event_type === 'allocation' && e.gatehouse?.user === 'dave' && e.host === c.nodeId(i)),
+        );
+      }, 5000),
+      "each gateway's allocation event in Redis names its gateway (host gw1, gw2, gw3)",
+    );
     const bad = await Client.udp(gw3.port);
     bad.realm = gw3.realm;
     bad.username = 'dave';
