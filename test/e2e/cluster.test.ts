@@ -58,6 +58,28 @@ async function relay(cl: Client, peer: Awaited<ReturnType<typeof peerSocket>>, n
   return got;
 }
 
+/** The hash of the rule set in force on each gateway (its own entry in its /v1/cluster). */
+async function policyHashes(c: Cluster): Promise<(string | null)[]> {
+  return Promise.all(
+    c.gateways.map(async (gw, i) => {
+      const { body } = await adminGet(gw, '/v1/cluster');
+      return body?.nodes?.find((n: any) => n.id === c.nodeId(i))?.policy?.hash ?? null;
+    }),
+  );
+}
+
+/** Waits until every gateway reports the same hash other than `not` (or equal to `want`). */
+async function samePolicy(c: Cluster, want: { hash?: string | null; not?: string | null }): Promise<string | null> {
+  let last: string | null = null;
+  const ok = await until(async () => {
+    const hs = await policyHashes(c);
+    last = hs[0] ?? null;
+    if (!last || hs.some((h) => h !== last)) return false;
+    return want.hash !== undefined ? last === want.hash : last !== want.not;
+  }, 8000);
+  return ok ? last : null;
+}
+
 async function quotaEvents(c: Cluster, subject: string): Promise<number> {
   let n = 0;
   for (const gw of c.gateways) {
@@ -99,16 +121,23 @@ t.test('three gateways, one redis-server', { skip }, async (t) => {
   });
 
   await t.test('a flow blocked on gateway 1 stays refused on gateway 2', async (t) => {
-    // Gateway 1 alone requires keys (deadline 1 s): mallory's flow without keys is blocked
-    // there (key-escrow.md §5.1, keys_missing) for block_for; the rules are put back after.
+    // A reload on gateway 1 requires keys (deadline 1 s); policy distribution puts it in
+    // force on every gateway (src/cluster/policy-sync.ts). mallory's flow without keys is
+    // blocked on gateway 1 (key-escrow.md §5.1, keys_missing) for block_for. The teardown
+    // reloads the permissive rules and waits until all three report them again, so the
+    // later subtests run under CLUSTER_RULES.
     const rulesFile = join(gw1.workDir, 'rules', 'e2e.yaml');
     const strict = CLUSTER_RULES.replace('required: false', 'required: true\n  deadline: 1s\n  block_for: 5m');
+    const permissive = await samePolicy(c, { not: null });
+    t.ok(permissive, 'one rule set on the three gateways before');
     writeFileSync(rulesFile, strict);
     t.equal((await adminPost(gw1, '/v1/policy/reload')).status, 200, 'gateway 1 reloaded');
     t.teardown(async () => {
       writeFileSync(rulesFile, CLUSTER_RULES);
       await adminPost(gw1, '/v1/policy/reload');
+      if ((await samePolicy(c, { hash: permissive })) === null) throw new Error('the permissive rules did not come back on every gateway');
     });
+    t.ok(await samePolicy(c, { not: permissive }), 'the reload is in force on all three gateways');
     const peer = await peerSocket('127.0.0.5');
     t.teardown(() => peer.close());
     const on1 = await turnClient(gw1, 'mallory');
