@@ -125,6 +125,9 @@ t.test('ENOSPC: dropped by reason, logged once, retried, recovers; whole lines o
     for (let i = 0; i < 4; i++) t.doesNotThrow(() => sink.emit(ev(100 + round * 10 + i)));
     await new Promise((r) => setTimeout(r, 5)); // let retries fail
   }
+  // On a loaded machine (CI runs test files in parallel) the 1 ms retries may not have run
+  // yet: wait for the first failed write instead of trusting the 25 ms above.
+  for (let waited = 0; (sink.stats.dropped.enospc ?? 0) === 0 && waited < 5000; waited += 10) await new Promise((r) => setTimeout(r, 10));
   t.ok((sink.stats.dropped.enospc ?? 0) > 0, `dropped ${sink.stats.dropped.enospc} as enospc`);
   t.equal(sink.stats.degraded, true);
   t.same(
