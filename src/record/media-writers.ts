@@ -136,18 +136,53 @@ export class OggOpusWriter implements MediaWriter {
 }
 
 /**
+ * VP8 frames out of RTP (RFC 7741 §4.5 reassembly) for a writer that starts at the first
+ * key frame and, after a loss (a sequence gap), resumes at the next key frame, so a
+ * decoder never sees a frame whose references are missing. push() gives the frame and
+ * whether it is a key frame (RFC 6386 §9.1: P bit 0), or null while it waits; the first
+ * frame comes with its size from the key frame header (`dim`), a first key frame without
+ * a readable size is skipped. Shared by the IVF and WebM writers.
+ */
+class Vp8KeyGate {
+  private readonly asm = new Vp8Assembler();
+  private needKey = true;
+  private nextSeq = -1;
+  private started = false;
+
+  push(p: RtpIn): { frame: Buffer; key: boolean; dim: { width: number; height: number } | null } | null {
+    if (this.nextSeq !== -1 && p.seq !== this.nextSeq) this.needKey = true;
+    this.nextSeq = (p.seq + 1) & 0xffff;
+    const frame = this.asm.push(p.payload, p.seq, p.timestamp, p.marker);
+    if (!frame || frame.length === 0) return null;
+    const key = (frame[0]! & 0x01) === 0;
+    if (this.needKey) {
+      if (!key) return null;
+      this.needKey = false;
+    }
+    let dim: { width: number; height: number } | null = null;
+    if (!this.started) {
+      dim = vp8KeyframeSize(frame);
+      if (!dim) {
+        this.needKey = true;
+        return null;
+      }
+      this.started = true;
+    }
+    return { frame, key, dim };
+  }
+}
+
+/**
  * IVF with VP8 frames (RFC 7741 §4.5 reassembly), pts in the 90 kHz RTP clock. Output
  * starts at the first key frame (its header gives the size) and, after a loss, resumes
  * at the next key frame, so decoders never see a frame whose references are missing.
  */
 export class Vp8IvfWriter implements MediaWriter {
   private readonly file: UnitFile;
-  private readonly asm = new Vp8Assembler();
+  private readonly gate = new Vp8KeyGate();
   private frames = 0;
   private firstTs = -1;
   private lastPts = -1n;
-  private needKey = true;
-  private nextSeq = -1;
 
   constructor(
     readonly path: string,
@@ -161,21 +196,10 @@ export class Vp8IvfWriter implements MediaWriter {
   }
 
   write(p: RtpIn): void {
-    if (this.nextSeq !== -1 && p.seq !== this.nextSeq) this.needKey = true;
-    this.nextSeq = (p.seq + 1) & 0xffff;
-    const frame = this.asm.push(p.payload, p.seq, p.timestamp, p.marker);
-    if (!frame || frame.length === 0) return;
-    const key = (frame[0]! & 0x01) === 0; // RFC 6386 §9.1: P bit 0 = key frame
-    if (this.needKey) {
-      if (!key) return;
-      this.needKey = false;
-    }
-    if (this.firstTs === -1) {
-      const dim = vp8KeyframeSize(frame);
-      if (!dim) {
-        this.needKey = true;
-        return;
-      }
+    const f = this.gate.push(p);
+    if (!f) return;
+    const { frame, dim } = f;
+    if (dim) {
       this.firstTs = p.timestamp;
       this.file.append(ivfFileHeader('VP80', dim.width, dim.height, 90000, 0));
     }
@@ -225,7 +249,7 @@ export class Vp8IvfWriter implements MediaWriter {
  */
 export class Vp8WebmWriter implements MediaWriter {
   private readonly file: UnitFile;
-  private readonly asm = new Vp8Assembler();
+  private readonly gate = new Vp8KeyGate();
   private readonly mux = new WebmMuxer();
   private started = false;
   private lastTs = 0;
@@ -234,8 +258,6 @@ export class Vp8WebmWriter implements MediaWriter {
   /** The last positive difference between frames (90 kHz), 1/30 s before there is one. */
   private step = 3000;
   private lastMs = -1;
-  private needKey = true;
-  private nextSeq = -1;
 
   constructor(
     readonly path: string,
@@ -253,21 +275,10 @@ export class Vp8WebmWriter implements MediaWriter {
   }
 
   write(p: RtpIn): void {
-    if (this.nextSeq !== -1 && p.seq !== this.nextSeq) this.needKey = true;
-    this.nextSeq = (p.seq + 1) & 0xffff;
-    const frame = this.asm.push(p.payload, p.seq, p.timestamp, p.marker);
-    if (!frame || frame.length === 0) return;
-    const key = (frame[0]! & 0x01) === 0; // RFC 6386 §9.1: P bit 0 = key frame
-    if (this.needKey) {
-      if (!key) return;
-      this.needKey = false;
-    }
-    if (!this.started) {
-      const dim = vp8KeyframeSize(frame);
-      if (!dim) {
-        this.needKey = true;
-        return;
-      }
+    const f = this.gate.push(p);
+    if (!f) return;
+    const { frame, key, dim } = f;
+    if (dim) {
       this.started = true;
       this.lastTs = p.timestamp >>> 0;
       this.file.append(this.mux.header(dim));
