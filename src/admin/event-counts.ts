@@ -36,17 +36,24 @@ export interface EventCountsSource {
   quotaCrossings: Record<string, number>;
 }
 
+/** A label -> count table without a prototype: a quota id `constructor` or `__proto__` is a label like any other. */
+function table(keys: readonly string[] = []): Record<string, number> {
+  const m = Object.create(null) as Record<string, number>;
+  for (const k of keys) m[k] = 0;
+  return m;
+}
+
 function bump(m: Record<string, number>, key: unknown): void {
   let k = typeof key === 'string' && key !== '' ? key : 'unknown';
-  if (!(k in m) && Object.keys(m).length >= MAX_LABEL_VALUES) k = 'other';
+  if (!Object.hasOwn(m, k) && Object.keys(m).length >= MAX_LABEL_VALUES) k = 'other';
   m[k] = (m[k] ?? 0) + 1;
 }
 
 export class EventCounter implements EventSink {
   readonly counts: EventCountsSource = {
-    byType: Object.fromEntries(CONTRACT_EVENT_TYPES.map((t) => [t, 0])),
-    alertsByAction: Object.fromEntries(ALERT_ACTIONS.map((a) => [a, 0])),
-    quotaCrossings: {},
+    byType: table(CONTRACT_EVENT_TYPES),
+    alertsByAction: table(ALERT_ACTIONS),
+    quotaCrossings: table(),
   };
 
   emit(e: EveEvent): void {
@@ -58,7 +65,7 @@ export class EventCounter implements EventSink {
   /** Quota ids in force (the rules file) show at 0 before their first crossing. */
   knowQuotas(ids: readonly string[]): void {
     for (const id of ids) {
-      if (id in this.counts.quotaCrossings || Object.keys(this.counts.quotaCrossings).length >= MAX_LABEL_VALUES) continue;
+      if (Object.hasOwn(this.counts.quotaCrossings, id) || Object.keys(this.counts.quotaCrossings).length >= MAX_LABEL_VALUES) continue;
       this.counts.quotaCrossings[id] = 0;
     }
   }

@@ -127,6 +127,22 @@ t.test('event counts: events by type, alerts by action, quota crossings by quota
   t.ok((c.counts.byType.other ?? 0) > 0);
 });
 
+t.test('event counts: a quota id that is an Object.prototype name counts like any other', async (t) => {
+  const { EventCounter } = await import('../../../src/admin/event-counts.js');
+  const c = new EventCounter();
+  c.knowQuotas(['constructor', 'toString']);
+  const ts = '2026-11-22T10:00:00.000000+0000';
+  for (const id of ['constructor', 'constructor', '__proto__', 'hasOwnProperty'])
+    c.emit({ timestamp: ts, event_type: 'quota', quota: { id, subject: 'bob' } });
+  const reg = createMetrics(() => relay(), { eventCounts: () => c.counts });
+  const m = await reg.metrics();
+  t.match(m, /gatehouse_quota_crossings_total\{quota="constructor"\} 2/);
+  t.match(m, /gatehouse_quota_crossings_total\{quota="toString"\} 0/, 'known at 0');
+  t.match(m, /gatehouse_quota_crossings_total\{quota="__proto__"\} 1/);
+  t.match(m, /gatehouse_quota_crossings_total\{quota="hasOwnProperty"\} 1/);
+  t.notMatch(m, /native code|NaN/, 'no inherited function turned into a count');
+});
+
 t.test('Redis event output and worker restarts: unlabelled, so exported (at 0) even while off', async (t) => {
   let r: { queued: number; sent: number; dropped: number } | undefined;
   const reg = createMetrics(() => relay(), { redisEvents: () => r });
