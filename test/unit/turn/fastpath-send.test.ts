@@ -207,6 +207,8 @@ interface Outcome {
   atNoPerm: number;
   events: string[];
   stats: number[];
+  /** TurnStats.refused and the allocation/permission/channel gauges: the same both ways too. */
+  other: unknown;
   fast: ReturnType<import('../../../src/turn/server.js').TurnServer['fastPath']>;
 }
 
@@ -225,7 +227,7 @@ async function scenario(t: Test, mode: 'off' | 'auto', fam: 4 | 6): Promise<Outc
   const stranger = await Client.udp(h.udpPort, host);
   const peer = await peerSocket(host);
   const noPerm = await peerSocket(fam === 4 ? '127.0.0.2' : host);
-  const out: Outcome = { got: {}, inC: {}, atNoPerm: 0, events: [], stats: [], fast: null };
+  const out: Outcome = { got: {}, inC: {}, atNoPerm: 0, events: [], stats: [], other: null, fast: null };
   let cur = '';
   peer.sock.on('message', (m) => void (out.got[cur] ??= []).push(m.toString('hex')));
   noPerm.sock.on('message', () => void out.atNoPerm++);
@@ -266,6 +268,7 @@ async function scenario(t: Test, mode: 'off' | 'auto', fam: 4 | 6): Promise<Outc
     });
     const s = h.server.stats;
     out.stats = [s.packets.clientToPeer, s.bytes.clientToPeer, s.packets.peerToClient, s.bytes.peerToClient];
+    out.other = { refused: { ...s.refused }, allocations: s.allocations, permissions: s.permissions, channels: s.channels };
     out.fast = h.server.fastPath();
   } finally {
     c.close();
@@ -302,7 +305,11 @@ for (const fam of [4, 6] as const) {
       }
       const auto = await scenario(t, 'auto', fam);
       t.same(auto.got, off.got, 'auto: the peer got exactly the same bytes for every case');
-      t.same([auto.events, auto.stats, auto.atNoPerm], [off.events, off.stats, off.atNoPerm], 'auto: the same events and counters');
+      t.same(
+        [auto.events, auto.stats, auto.other, auto.atNoPerm],
+        [off.events, off.stats, off.other, off.atNoPerm],
+        'auto: the same events and counters',
+      );
       t.ok(off.events.includes('permission:expired'), 'the events include the permission expiry');
       for (const k of expected)
         t.equal(auto.inC[k.name], k.inC ? k.msgs.length : 0, `auto: ${k.name}: ${k.inC ? 'forwarded in C' : 'left to JS'}`);
