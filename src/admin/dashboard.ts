@@ -36,7 +36,7 @@ export const DASHBOARD_LIMITS = {
   loginBodyBytes: 4096,
 };
 
-/** RFC 9110 §8.3 / W3C CSP3: no inline script or style, only this origin. */
+/** W3C Content Security Policy Level 3 (a W3C spec, no RFC): no inline script or style, only this origin. */
 export const DASHBOARD_CSP =
   "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; media-src 'self'; img-src 'self'; " +
   "frame-ancestors 'none'; base-uri 'none'; form-action 'self'";

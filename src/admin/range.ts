@@ -29,7 +29,7 @@ export function parseRange(header: string | undefined, size: number, ifRange?: s
   // unsatisfiable and a last-pos beyond it is clamped (§14.1.2), however many digits.
   const start = Number(a);
   let end = b === '' ? Infinity : Number(b);
-  if (end < start) return null; // last-pos < first-pos: invalid, ignored (§14.1.1, §14.2)
+  if (end < start) return null; // last-pos < first-pos: invalid (§14.1.2), ignored (§14.2)
   if (start >= size) return 'unsatisfiable';
   if (end >= size) end = size - 1;
   return { start, end };
