@@ -12,13 +12,14 @@
 //    seconds (its entry's TTL).
 // Harness: test/e2e/helpers/cluster.ts. Run under `flock /tmp/heavy.lock` (three gateways).
 import t from 'tap';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { buildChannelData } from '../../src/wire/channeldata.js';
 import { Attr, Class, Method, decodeAddress, getAttrs, verifyIntegrity, type StunWriter } from '../../src/wire/stun.js';
 import { Client, errCode, peerSocket } from '../unit/turn/helpers.js';
 import { peerSkip, requirePeer } from './helpers/require-peer.js';
+import { freeUdpPort, run } from './helpers/run.js';
 import { CLUSTER_USERS, adminGet, adminPost, bindChannel, metricValue, startCluster, turnClient, until } from './helpers/cluster.js';
 import { PERMISSIVE_RULES, startGatehouse } from './helpers/turn-servers.js';
 
@@ -37,20 +38,6 @@ async function relay(cl: Client, peer: Awaited<ReturnType<typeof peerSocket>>, n
   await new Promise((r) => setTimeout(r, 300));
   peer.sock.off('message', on);
   return got;
-}
-
-function run(bin: string, args: string[], timeoutMs = 60_000): Promise<string> {
-  return new Promise((resolve) => {
-    const child: ChildProcess = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    child.stdout!.on('data', (d) => (out += d));
-    child.stderr!.on('data', (d) => (out += d));
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-    child.on('close', () => {
-      clearTimeout(timer);
-      resolve(out);
-    });
-  });
 }
 
 t.test('three gateways: registry, shedding, policy distribution, a killed node', { skip }, async (t) => {
@@ -139,15 +126,13 @@ t.test('three gateways: registry, shedding, policy distribution, a killed node',
     t.equal((await there.authed(Method.Allocate, udp)).cls, Class.Success, 'allocated on gateway 3');
 
     if (!requirePeer(t, 'turnutils_uclient', 'turnutils_peer')) return;
-    const probe = await peerSocket(); // a free UDP port for turnutils_peer
-    const peerPort = probe.port;
-    probe.close();
+    const peerPort = await freeUdpPort();
     const echo = spawn('turnutils_peer', ['-p', String(peerPort), '-L', '127.0.0.1'], { stdio: 'ignore' });
     t.teardown(() => void echo.kill('SIGKILL'));
     await new Promise((res) => setTimeout(res, 300));
     const before = (await adminGet(gw2, '/v1/events?event_type=allocation&user=alice&limit=1000')).body.length;
     const beforeGw3 = (await adminGet(gw3, '/v1/events?event_type=allocation&user=alice&limit=1000')).body.length;
-    const out = await run('turnutils_uclient', [
+    const { out } = await run('turnutils_uclient', [
       '-u',
       'alice',
       '-w',

@@ -19,12 +19,12 @@ import t from 'tap';
 import { appendFileSync, mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { PassThrough } from 'node:stream';
 import type { Page } from 'playwright-core';
 import { runEndpoint } from '../../src/cli/endpoint.js';
 import { launchChromium } from './helpers/browser.js';
 import { closeLeftoverUdpSockets, pinGateway, sleep, until } from './helpers/escrow-events.js';
 import { peerSkip } from './helpers/require-peer.js';
+import { captureIo } from './helpers/run.js';
 import { startGatehouse } from './helpers/turn-servers.js';
 import { ffmpeg } from '../unit/record/media-helpers.js';
 
@@ -50,16 +50,6 @@ const USERS = [
   { name: 'alice', password: 'alice-secret-pw' },
   { name: 'bob', password: 'bob-secret-pw' },
 ];
-
-function io() {
-  const out = new PassThrough();
-  const err = new PassThrough();
-  const o: Buffer[] = [];
-  const e: Buffer[] = [];
-  out.on('data', (d: Buffer) => o.push(d));
-  err.on('data', (d: Buffer) => e.push(d));
-  return { io: { stdout: out, stderr: err }, out: () => Buffer.concat(o).toString(), err: () => Buffer.concat(e).toString() };
-}
 
 /** Text of the flows table row whose user cell is `user`, or ''. */
 const rowText = (page: Page, user: string) =>
@@ -112,8 +102,8 @@ t.test('the dashboard in Chromium against a live gateway with inspected calls', 
   // ---------------------------------------------------------------- calls
   const sigA = join(work, 'sig-a');
   const sigB = join(work, 'sig-b');
-  const offA = io();
-  const ansA = io();
+  const offA = captureIo();
+  const ansA = captureIo();
   const callA = Promise.all([
     runEndpoint(
       [
@@ -132,9 +122,9 @@ t.test('the dashboard in Chromium against a live gateway with inspected calls', 
         ...['--role', 'offer', '--signal-dir', sigB, '--turn', gh.url('udp'), '--user', 'bob', '--password', 'bob-secret-pw'],
         ...['--no-escrow', '--timeout', '25'],
       ],
-      io().io,
+      captureIo().io,
     ),
-    runEndpoint(['--role', 'answer', '--signal-dir', sigB, '--no-escrow', '--timeout', '25'], io().io),
+    runEndpoint(['--role', 'answer', '--signal-dir', sigB, '--no-escrow', '--timeout', '25'], captureIo().io),
   ]);
 
   // bob's flow: waiting, the deadline counting down client-side.
@@ -193,9 +183,9 @@ t.test('the dashboard in Chromium against a live gateway with inspected calls', 
         ...['--gateway-cert-fingerprint', gw.fingerprint, '--gateway-cert-url', gw.url, '--consent', 'always'],
         ...['--message', 'this has the forbidden-word in it', '--hold', '3', '--timeout', '30'],
       ],
-      io().io,
+      captureIo().io,
     ),
-    runEndpoint(['--role', 'answer', '--signal-dir', sigC, '--no-escrow', '--hold', '3', '--timeout', '30'], io().io),
+    runEndpoint(['--role', 'answer', '--signal-dir', sigC, '--no-escrow', '--hold', '3', '--timeout', '30'], captureIo().io),
   ]);
   await until(
     async () => (await page.locator('#events li', { hasText: 'no-forbidden' }).count()) > 0,

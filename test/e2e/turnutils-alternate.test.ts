@@ -6,38 +6,12 @@
  * echoing turnutils_peer.
  */
 import t from 'tap';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { createSocket } from 'node:dgram';
+import { spawn } from 'node:child_process';
 import { defaultConfig, type GatehouseConfig } from '../../src/config/config.js';
 import { TurnServer } from '../../src/turn/server.js';
 import { MemoryEventSink } from '../../src/events/eve.js';
 import { requirePeer } from './helpers/require-peer.js';
-
-async function freeUdpPort(): Promise<number> {
-  const s = createSocket('udp4');
-  await new Promise<void>((r) => s.bind(0, '127.0.0.1', () => r()));
-  const p = s.address().port;
-  await new Promise<void>((r) => s.close(() => r()));
-  return p;
-}
-
-const children = new Set<ChildProcess>();
-
-function run(bin: string, args: string[], timeoutMs = 60_000): Promise<{ code: number | null; out: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    children.add(child);
-    let out = '';
-    child.stdout!.on('data', (d) => (out += d));
-    child.stderr!.on('data', (d) => (out += d));
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      children.delete(child);
-      resolve({ code, out });
-    });
-  });
-}
+import { children, freeUdpPort, run } from './helpers/run.js';
 
 function config(ports: [number, number], mut?: (c: GatehouseConfig) => void): GatehouseConfig {
   const c = defaultConfig();

@@ -5,45 +5,14 @@
  * free ports with peers.allow 127.0.0.0/8.
  */
 import t from 'tap';
-import { spawn, type ChildProcess } from 'node:child_process';
-import { createSocket } from 'node:dgram';
+import { spawn } from 'node:child_process';
 import { delimiter, join } from 'node:path';
 import { defaultConfig } from '../../src/config/config.js';
 import { TurnServer } from '../../src/turn/server.js';
 import { MemoryEventSink } from '../../src/events/eve.js';
 import { pino } from 'pino';
 import { requirePeer } from './helpers/require-peer.js';
-
-async function freeUdpPort(): Promise<number> {
-  const s = createSocket('udp4');
-  await new Promise<void>((r) => s.bind(0, '127.0.0.1', () => r()));
-  const p = s.address().port;
-  await new Promise<void>((r) => s.close(() => r()));
-  return p;
-}
-
-interface RunResult {
-  code: number | null;
-  out: string;
-}
-
-const children = new Set<ChildProcess>();
-
-function run(bin: string, args: string[], timeoutMs = 90_000): Promise<RunResult> {
-  return new Promise((resolve) => {
-    const child = spawn(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] });
-    children.add(child);
-    let out = '';
-    child.stdout!.on('data', (d) => (out += d));
-    child.stderr!.on('data', (d) => (out += d));
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      children.delete(child);
-      resolve({ code, out });
-    });
-  });
-}
+import { children, freeUdpPort, run } from './helpers/run.js';
 
 /** The final totals of a turnutils_uclient run. */
 function totals(out: string): { sent: number; received: number; lost: number } | null {
