@@ -111,12 +111,13 @@ export class ClusterBlocks {
   }
 
   private onMessage(msg: string): void {
-    let m: { user?: unknown; ip?: unknown; ms?: unknown; node?: unknown };
+    let m: { user?: unknown; ip?: unknown; ms?: unknown; node?: unknown } | null;
     try {
       m = JSON.parse(msg) as typeof m;
     } catch {
       return;
     }
+    if (typeof m !== 'object' || m === null) return; // `null`, a number: not ours, ignored
     if (m.node === this.link.nodeId) return;
     if (typeof m.user !== 'string' || typeof m.ip !== 'string' || typeof m.ms !== 'number' || !(m.ms > 0)) return;
     this.counts.received++;

@@ -216,12 +216,13 @@ export class ClusterQuotas implements QuotaShare {
   }
 
   private onRemoteCrossing(msg: string): void {
-    let m: { quota?: unknown; subject?: unknown; window?: unknown; total?: unknown; limit?: unknown; end?: unknown; node?: unknown };
+    let m: { quota?: unknown; subject?: unknown; window?: unknown; total?: unknown; limit?: unknown; end?: unknown; node?: unknown } | null;
     try {
       m = JSON.parse(msg) as typeof m;
     } catch {
       return;
     }
+    if (typeof m !== 'object' || m === null) return; // `null`, a number: not ours, ignored
     if (m.node === this.link.nodeId) return;
     if (typeof m.quota !== 'string' || typeof m.subject !== 'string' || typeof m.window !== 'string') return;
     if (typeof m.total !== 'number' || typeof m.limit !== 'number' || typeof m.end !== 'number') return;

@@ -48,6 +48,36 @@ t.test('shared block lists', { skip }, async (t) => {
   const ttl = await c.pttl('btest:block:mallory:127.0.0.7');
   t.ok(ttl > 55_000 && ttl <= 60_000, `Redis expires the block with it: ${ttl}`);
 
+  // Messages that are not blocks (bad JSON, JSON null, a number, wrong fields) are ignored
+  // quietly: nothing applied, no handler failure logged, the next real block still arrives.
+  const warned: string[] = [];
+  const logged = new ClusterLink({
+    url: redis.url,
+    nodeId: 'gwL',
+    prefix: 'btest:',
+    log: { warn: (_o: unknown, m: string) => void warned.push(m), info: () => {}, debug: () => {} } as never,
+  });
+  const lList = new FlowBlockList(systemClock);
+  const lBlocks = new ClusterBlocks(logged);
+  lBlocks.attach(lList);
+  t.teardown(async () => {
+    lBlocks.close();
+    await logged.close();
+  });
+  t.ok(await logged.ready(5000));
+  await new Promise((r) => setTimeout(r, 100));
+  const received = lBlocks.stats.received;
+  for (const junk of ['not json', 'null', '42', '"text"', '{"user":1,"ip":"x","ms":5}', '{"user":"u","ip":"127.0.0.1","ms":-1}'])
+    await c.publish('btest:blocks', junk);
+  await c.publish('btest:blocks', JSON.stringify({ user: 'trudy', ip: '127.0.0.11', ms: 60_000, node: 'gwX' }));
+  t.ok(await until(() => lList.isBlocked('trudy', '127.0.0.11'), 3000), 'the real block after the junk arrives');
+  t.equal(lBlocks.stats.received, received + 1, 'only the real block was applied');
+  t.same(
+    warned.filter((w) => /handler failed/.test(w)),
+    [],
+    'no message handler failed',
+  );
+
   // A gateway that connects later reads the blocks in force.
   const late = node(redis.url, 'gwC');
   t.teardown(() => late.close());
