@@ -7,30 +7,20 @@ import { createHash, randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { PassThrough } from 'node:stream';
 import { Method } from '../../src/wire/stun.js';
 import { runEndpoint, ENDPOINT_HELP } from '../../src/cli/endpoint.js';
 import { makeGateway, startTestTurn, stubEscrowExtension } from '../unit/endpoint/helpers.js';
 import { assertNoSecrets, Secrets } from './helpers/secrets.js';
-
-function io() {
-  const out = new PassThrough();
-  const err = new PassThrough();
-  const o: Buffer[] = [];
-  const e: Buffer[] = [];
-  out.on('data', (d: Buffer) => o.push(d));
-  err.on('data', (d: Buffer) => e.push(d));
-  return { io: { stdout: out, stderr: err }, out: () => Buffer.concat(o).toString(), err: () => Buffer.concat(e).toString() };
-}
+import { captureIo } from './helpers/run.js';
 
 t.test('--help and usage errors', async (t) => {
-  const a = io();
+  const a = captureIo();
   t.equal(await runEndpoint(['--help'], a.io), 0);
   t.equal(a.out(), ENDPOINT_HELP);
-  const b = io();
+  const b = captureIo();
   t.equal(await runEndpoint(['--role', 'offer'], b.io), 2);
   t.match(b.err(), /--signal-dir/);
-  const c = io();
+  const c = captureIo();
   t.equal(
     await runEndpoint(
       ['--role', 'offer', '--signal-dir', '/tmp/x', '--turn', 'turn:127.0.0.1:3478', '--user', 'u', '--password', 'p'],
@@ -40,7 +30,7 @@ t.test('--help and usage errors', async (t) => {
     'no trust anchor',
   );
   t.match(c.err(), /fingerprint|CA/);
-  const d = io();
+  const d = captureIo();
   t.equal(await runEndpoint(['--role', 'offer', '--signal-dir', '/tmp/x', '--consent', 'maybe', '--no-escrow'], d.io), 2);
 });
 
@@ -59,8 +49,8 @@ t.test('compliant offerer sends a file through the gateway; keys escrowed', asyn
   writeFileSync(join(dir, 'gw.pem'), gw.certPem);
   const sig = join(dir, 'signal');
   const recv = join(dir, 'recv');
-  const off = io();
-  const ans = io();
+  const off = captureIo();
+  const ans = captureIo();
   const [rcOffer, rcAnswer] = await Promise.all([
     runEndpoint(
       [

@@ -8,23 +8,13 @@ import { X509Certificate, createHash, createPrivateKey } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { networkInterfaces, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { PassThrough } from 'node:stream';
 import { runEndpoint, ENDPOINT_HELP } from '../../src/cli/endpoint.js';
 import { PcpServer } from '../../src/pcp/server.js';
 import type { FirewallBackend, PcpMapping as ServerMapping } from '../../src/pcp/hooks.js';
 import { PcpEscrowExtension, type PcpEscrowHost } from '../../src/gateway/pcp-escrow.js';
 import type { PcpFlow } from '../../src/gateway/pcp-path.js';
 import { createSelfSigned } from '../../src/store/identity.js';
-
-function io() {
-  const out = new PassThrough();
-  const err = new PassThrough();
-  const o: Buffer[] = [];
-  const e: Buffer[] = [];
-  out.on('data', (d: Buffer) => o.push(d));
-  err.on('data', (d: Buffer) => e.push(d));
-  return { io: { stdout: out, stderr: err }, out: () => Buffer.concat(o).toString(), err: () => Buffer.concat(e).toString() };
-}
+import { captureIo } from './helpers/run.js';
 
 class RecordingBackend implements FirewallBackend {
   readonly name = 'recording';
@@ -44,16 +34,16 @@ class RecordingBackend implements FirewallBackend {
 t.test('--pcp usage', async (t) => {
   t.match(ENDPOINT_HELP, /--pcp ADDRESS\[:PORT\]/);
   const base = ['--role', 'offer', '--signal-dir', '/tmp/x'];
-  const a = io();
+  const a = captureIo();
   t.equal(await runEndpoint([...base, '--pcp', '10.0.0.1:99999', '--gateway-cert-fingerprint', '00'.repeat(32)], a.io), 2);
   t.match(a.err(), /bad --pcp/);
-  const b = io();
+  const b = captureIo();
   t.equal(await runEndpoint([...base, '--pcp', '10.0.0.1', '--no-escrow'], b.io), 2);
   t.match(b.err(), /drop --no-escrow/);
-  const c = io();
+  const c = captureIo();
   t.equal(await runEndpoint([...base, '--pcp', '10.0.0.1', '--turn', 'turn:127.0.0.1:3478', '--user', 'u', '--password', 'p'], c.io), 2);
   t.match(c.err(), /exclude each other/);
-  const d = io();
+  const d = captureIo();
   t.equal(await runEndpoint(base, d.io), 2);
   t.match(d.err(), /--turn or --pcp/);
 });
@@ -101,8 +91,8 @@ t.test('--pcp: host candidates mapped, srflx in the offer, call connects, no SA 
   const port = server.addresses()[0]!.port;
   writeFileSync(join(dir, 'gw.pem'), certPem);
   const sig = join(dir, 'signal');
-  const off = io();
-  const ans = io();
+  const off = captureIo();
+  const ans = captureIo();
   const [rcOffer, rcAnswer] = await Promise.all([
     runEndpoint(
       [

@@ -13,12 +13,12 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { PassThrough } from 'node:stream';
 import { runEndpoint } from '../../src/cli/endpoint.js';
 import { startGatehouse } from './helpers/turn-servers.js';
 import { closeLeftoverUdpSockets, pinGateway } from './helpers/escrow-events.js';
 import { peerSkip } from './helpers/require-peer.js';
 import { decodeErrors, ffmpeg, ffprobe, tsharkSeqs } from '../unit/record/media-helpers.js';
+import { captureIo } from './helpers/run.js';
 
 const skip = peerSkip(t, 'ffmpeg', 'ffprobe', 'tshark');
 
@@ -32,16 +32,6 @@ const RULES = `keys:
 rules:
   - { id: rec-alice, when: { user: [alice] }, action: record }
 `;
-
-function io() {
-  const out = new PassThrough();
-  const err = new PassThrough();
-  const o: Buffer[] = [];
-  const e: Buffer[] = [];
-  out.on('data', (d: Buffer) => o.push(d));
-  err.on('data', (d: Buffer) => e.push(d));
-  return { io: { stdout: out, stderr: err }, out: () => Buffer.concat(o).toString(), err: () => Buffer.concat(e).toString() };
-}
 
 /** Decoded mono 48 kHz PCM of a file (s16le through ffmpeg), as floats in [-1, 1). */
 function pcm(file: string): Float64Array {
@@ -127,8 +117,8 @@ t.test(
     });
     const gw = await pinGateway(gh.adminUrl!);
     const sig = join(work, 'signal');
-    const off = io();
-    const ans = io();
+    const off = captureIo();
+    const ans = captureIo();
     const [rcOffer, rcAnswer] = await Promise.all([
       runEndpoint(
         [

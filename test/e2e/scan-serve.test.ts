@@ -16,7 +16,6 @@ import { randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { PassThrough } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { runEndpoint } from '../../src/cli/endpoint.js';
 import { IcapScanner } from '../../src/scan/icap.js';
@@ -25,6 +24,7 @@ import { closeLeftoverUdpSockets, pinGateway, readEvents, sha256Hex, until, type
 import { clamdPing, exited, waitReady } from './helpers/av-chain.js';
 import { cIcapModulesDir, findProgram, peerSkip } from './helpers/require-peer.js';
 import { reservePortBlock } from './helpers/ports.js';
+import { captureIo } from './helpers/run.js';
 
 const skip = peerSkip(t, 'c-icap', 'c-icap-virus-scan', 'clamd', 'sigtool');
 
@@ -39,16 +39,6 @@ rules:
   - { id: av, description: Malware, when: { scan: icap }, action: block }
 `;
 
-function io() {
-  const out = new PassThrough();
-  const err = new PassThrough();
-  const o: Buffer[] = [];
-  const e: Buffer[] = [];
-  out.on('data', (d: Buffer) => o.push(d));
-  err.on('data', (d: Buffer) => e.push(d));
-  return { io: { stdout: out, stderr: err }, out: () => Buffer.concat(o).toString(), err: () => Buffer.concat(e).toString() };
-}
-
 interface AnswerSummary {
   receivedFiles: Array<{ name: string; size: number; sha256: string; ok: boolean }>;
   receivedBytes: number;
@@ -58,8 +48,8 @@ interface AnswerSummary {
 async function call(gh: TurnServer, work: string, name: string, file: string, hold = 3) {
   const gw = await pinGateway(gh.adminUrl!);
   const sig = join(work, `signal-${name}`);
-  const off = io();
-  const ans = io();
+  const off = captureIo();
+  const ans = captureIo();
   const [rcOffer] = await Promise.all([
     runEndpoint(
       [

@@ -12,10 +12,10 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { PassThrough } from 'node:stream';
 import { runEndpoint } from '../../src/cli/endpoint.js';
 import { startGatehouse, REPO_ROOT, type TurnServer } from './helpers/turn-servers.js';
 import { closeLeftoverUdpSockets, pinGateway, readEvents, until, type GwEvent } from './helpers/escrow-events.js';
+import { captureIo } from './helpers/run.js';
 
 const KEYS = `keys:
   required: true
@@ -27,16 +27,6 @@ const KEYS = `keys:
 `;
 
 const sha256 = (b: Buffer) => createHash('sha256').update(b).digest('hex');
-
-function io() {
-  const out = new PassThrough();
-  const err = new PassThrough();
-  const o: Buffer[] = [];
-  const e: Buffer[] = [];
-  out.on('data', (d: Buffer) => o.push(d));
-  err.on('data', (d: Buffer) => e.push(d));
-  return { io: { stdout: out, stderr: err }, out: () => Buffer.concat(o).toString(), err: () => Buffer.concat(e).toString() };
-}
 
 interface AnswerSummary {
   receivedFiles: Array<{ name: string; size: number; sha256: string; ok: boolean }>;
@@ -51,11 +41,11 @@ async function call(
   file: string,
   extra: string[] = [],
   hold = 3,
-): Promise<{ rcOffer: number; rcAnswer: number; off: ReturnType<typeof io>; ans: ReturnType<typeof io>; sa: AnswerSummary }> {
+): Promise<{ rcOffer: number; rcAnswer: number; off: ReturnType<typeof captureIo>; ans: ReturnType<typeof captureIo>; sa: AnswerSummary }> {
   const gw = await pinGateway(gh.adminUrl!);
   const sig = join(work, `signal-${name}`);
-  const off = io();
-  const ans = io();
+  const off = captureIo();
+  const ans = captureIo();
   const [rcOffer, rcAnswer] = await Promise.all([
     runEndpoint(
       [
