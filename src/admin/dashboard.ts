@@ -142,7 +142,8 @@ export class Dashboard {
     if (path === '/' && (m === 'GET' || m === 'HEAD')) return (this.page(req, res), true);
     if (path === '/login' && m === 'POST') return (await this.login(req, res), true);
     if (path === '/favicon.ico' && m === 'GET') return (this.send(res, 204, 'image/x-icon', ''), true); // no icon, no 404 in the console
-    if (path.startsWith('/ui/') && m === 'GET' && STATIC[path.slice(4)] && path.slice(4) !== 'index.html') {
+    // Object.hasOwn: /ui/constructor or /ui/__proto__ is no page file (STATIC's prototype is not looked at).
+    if (path.startsWith('/ui/') && m === 'GET' && Object.hasOwn(STATIC, path.slice(4)) && path.slice(4) !== 'index.html') {
       // The page's scripts and style: public (the login form uses them), no secret in them.
       const name = path.slice(4);
       this.send(res, 200, STATIC[name]!, uiFile(name), { 'cache-control': 'no-cache' });

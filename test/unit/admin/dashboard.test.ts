@@ -128,6 +128,8 @@ t.test('login form, session cookie, 401 without it, CSP and nosniff', async (t) 
     t.equal(r.status, 401, `${p} without a session: 401`);
   }
   t.equal((await call(base, 'GET', '/ui/flows', { cookie: 'gh_session=forged' })).status, 401, 'a forged session id: 401');
+  for (const p of ['/ui/constructor', '/ui/__proto__', '/ui/toString', '/ui/hasOwnProperty'])
+    t.equal((await call(base, 'GET', p)).status, 401, `${p}: not a page file (an Object.prototype name), 401 without a session`);
   const css = await call(base, 'GET', '/ui/app.css');
   t.equal(css.status, 200, 'the style sheet is public (the login form uses it)');
   t.match(css.headers['content-type'], /^text\/css/);
