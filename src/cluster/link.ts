@@ -15,7 +15,8 @@ import { redactRedisUrl } from '../events/redis.js';
  *   link.up                     true while both connections are ready
  *   link.on('up', () => ...)    each transition down -> up (and the first connect): resync here
  *   link.on('down', () => ...)  each transition up -> down, and once at start when Redis
- *                               cannot be reached (never emitted twice in a row)
+ *                               cannot be reached (never emitted twice in a row); a listener
+ *                               that throws is logged, the others still run
  *   link.redis                  the command connection (ioredis; no offline queue: a command
  *                               while down rejects at once, so callers keep local state)
  *   link.key('quota', id, ...)  prefixed key: `${prefix}quota:id:...` (prefix default 'gatehouse:')
@@ -116,7 +117,7 @@ export class ClusterLink extends EventEmitter {
       // Redis unreachable from the start: said once, as an outage would be.
       this.startWarned = true;
       this.log?.warn({ redis: this.safeUrl, node: this.nodeId }, 'cluster: redis unavailable; serving with local state until it is back');
-      this.emit('down');
+      this.tell('down');
       return;
     }
     if (up === this.stats.up || this.closed) return;
@@ -124,11 +125,27 @@ export class ClusterLink extends EventEmitter {
     this.stats.transitions++;
     if (up) {
       this.log?.info({ redis: this.safeUrl, node: this.nodeId }, 'cluster: redis is up; sharing state with the other gateways');
-      this.emit('up');
+      this.tell('up');
     } else {
       this.stats.outages++;
       this.log?.warn({ redis: this.safeUrl, node: this.nodeId }, 'cluster: redis unavailable; serving with local state until it is back');
-      this.emit('down');
+      this.tell('down');
+    }
+  }
+
+  /**
+   * Emits 'up'/'down' to each listener inside try/catch: set() runs in ioredis's
+   * ready/close/error callbacks, where a throwing listener would be an uncaught exception
+   * (the process) and would also keep the later listeners from resynchronising.
+   */
+  private tell(event: 'up' | 'down'): void {
+    // rawListeners: a once() listener's wrapper, which removes itself when called.
+    for (const fn of this.rawListeners(event) as (() => void)[]) {
+      try {
+        fn.call(this);
+      } catch (err) {
+        this.log?.warn({ event, err: (err as Error).message }, 'cluster: a listener failed');
+      }
     }
   }
 

@@ -60,6 +60,13 @@ t.test('transitions against redis-server', { skip }, async (t) => {
   const link = new ClusterLink({ url: redis.url, nodeId: 'gw1', log });
   t.teardown(() => link.close());
   const seen: string[] = [];
+  // A listener that throws (before the others) is logged; the others still hear every transition.
+  link.on('up', () => {
+    throw new Error('listener bug');
+  });
+  link.on('down', () => {
+    throw new Error('listener bug');
+  });
   link.on('up', () => seen.push('up'));
   link.on('down', () => seen.push('down'));
   t.ok(await link.ready(5000), 'up');
@@ -86,6 +93,7 @@ t.test('transitions against redis-server', { skip }, async (t) => {
   t.ok(await until(() => got.includes('two'), 3000), 'resubscribed after the restart');
   const cluster = lines.filter((l) => l.includes('cluster: redis'));
   t.equal(cluster.length, 3, 'one log line per transition');
+  t.equal(lines.filter((l) => l.includes('cluster: a listener failed')).length, 3, 'the throwing listener, logged each time');
   t.notOk(lines.join('').includes('s3cretpass'));
 
   const secret = new ClusterLink({ url, nodeId: 'gw3', log });
