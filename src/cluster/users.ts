@@ -88,6 +88,8 @@ export class ClusterUsers implements UserDirectory {
   private readonly counts = { loads: 0, failures: 0 };
   /** Entries not used at the last full read (plus single refusals since). */
   private refusedNow = 0;
+  /** While load() scans: names whose entry changed meanwhile, read again after it. */
+  private changedDuringLoad: Set<string> | null = null;
 
   /** `realm`: this gateway's (cfg.realm), the one every key must be made for. */
   constructor(
@@ -136,23 +138,35 @@ export class ClusterUsers implements UserDirectory {
     else this.log?.warn(users, 'cluster: ignored malformed shared user entries');
   }
 
-  /** Reads every cluster user (after each connection). */
+  /**
+   * Reads every cluster user (after each connection), HSCAN in pages of 1000 so no more
+   * than about MAX_CLUSTER_USERS entries are ever held, however big the hash has grown.
+   * Names that change meanwhile (a message during the scan) are read again after it, so
+   * a user removed during a load does not come back from the scan's older copy.
+   */
   async load(): Promise<void> {
+    const changed = new Set<string>();
+    this.changedDuringLoad = changed;
     try {
-      const all = await this.link.redis.hgetall(this.link.key('users'));
       const next = new Map<string, UserRecord>();
       const refused: Record<Refusal, string[]> = { malformed: [], other_realm: [], clear_password: [] };
       const realms = new Set<string>();
-      for (const [name, json] of Object.entries(all)) {
-        if (next.size >= MAX_CLUSTER_USERS) break;
-        if (checkUserName(name) !== null) continue;
-        const u = parseEntry(name, json, this.realm);
-        if (u.ok) next.set(name, u.user);
-        else {
-          refused[u.why].push(name);
-          if (u.realm !== undefined && realms.size < NAMES_LOGGED) realms.add(u.realm);
+      let cursor = '0';
+      scan: do {
+        const [nextCursor, flat] = await this.link.redis.hscan(this.link.key('users'), cursor, 'COUNT', 1000);
+        cursor = nextCursor;
+        for (let i = 0; i + 1 < flat.length; i += 2) {
+          if (next.size >= MAX_CLUSTER_USERS) break scan;
+          const name = flat[i]!;
+          if (checkUserName(name) !== null) continue;
+          const u = parseEntry(name, flat[i + 1], this.realm);
+          if (u.ok) next.set(name, u.user);
+          else {
+            if (refused[u.why].length < MAX_CLUSTER_USERS) refused[u.why].push(name);
+            if (u.realm !== undefined && realms.size < NAMES_LOGGED) realms.add(u.realm);
+          }
         }
-      }
+      } while (cursor !== '0');
       this.cache = next;
       this.counts.loads++;
       this.refusedNow = refused.malformed.length + refused.other_realm.length + refused.clear_password.length;
@@ -160,11 +174,16 @@ export class ClusterUsers implements UserDirectory {
     } catch (err) {
       this.counts.failures++;
       this.log?.warn({ err: (err as Error).message }, 'cluster: reading the shared users failed; keeping the copy in memory');
+    } finally {
+      if (this.changedDuringLoad === changed) this.changedDuringLoad = null;
+      for (const name of changed) void this.refresh(name);
     }
   }
 
   private async refresh(name: string): Promise<void> {
     if (checkUserName(name) !== null) return;
+    // Bounded like the cache: at most MAX_CLUSTER_USERS names wait for the load to end.
+    if (this.changedDuringLoad && this.changedDuringLoad.size < MAX_CLUSTER_USERS) this.changedDuringLoad.add(name);
     try {
       const json = await this.link.redis.hget(this.link.key('users'), name);
       const u = json === null ? null : parseEntry(name, json, this.realm);

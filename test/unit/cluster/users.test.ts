@@ -88,4 +88,17 @@ t.test('shared users', { skip }, async (t) => {
   t.ok(await until(() => dirs.every((d) => d.lookup('dave') !== undefined), 3000));
   t.equal(await deleteUser(admin2, 'utest:', 'dave'), true);
   t.ok(await until(() => dirs.every((d) => d.lookup('dave') === undefined), 3000), 'removed everywhere');
+
+  // A full read pages through the hash (HSCAN), and a removal during it is not undone.
+  const many = redis.client();
+  const entry = (await many.hget('utest:users', 'erin'))!;
+  const fields: string[] = [];
+  for (let i = 0; i < 2500; i++) fields.push(`bulk${i}`, entry);
+  await many.hset('utest:users', ...fields);
+  const loading = dirs[0]!.load();
+  await deleteUser(many, 'utest:', 'bulk7');
+  await loading;
+  t.ok(await until(() => dirs[0]!.lookup('bulk2499') !== undefined && dirs[0]!.lookup('bulk7') === undefined, 3000));
+  t.equal(dirs[0]!.stats.users, 2500, 'every page of the hash read (2 499 bulk users and erin)');
+  t.equal(dirs[0]!.lookup('bulk7'), undefined, 'removed during the read: stays removed');
 });
