@@ -1,4 +1,3 @@
-import { createHash, timingSafeEqual } from 'node:crypto';
 import { createReadStream, existsSync, readFileSync } from 'node:fs';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { pipeline } from 'node:stream';
@@ -8,10 +7,11 @@ import { FailureLimiter } from '../core/ratelimit.js';
 import { systemClock } from '../util/clock.js';
 import type { Logger } from '../util/log.js';
 import type { EveEvent } from '../events/eve.js';
-import { filterEvents } from './server.js';
+import { filterEvents } from './event-filter.js';
 import { parseRange } from './range.js';
 import { RecordingsView } from './recordings-view.js';
 import { SessionStore, sessionCookie, SESSION_COOKIE } from './session.js';
+import { secretDigest, secretMatches } from './token.js';
 
 /**
  * The dashboard (issue 14) on the admin listener: `GET /` is a login form without a
@@ -120,7 +120,7 @@ export class Dashboard {
     private readonly secure: () => boolean,
     private readonly log: Logger,
   ) {
-    this.tokenDigest = createHash('sha256').update(src.token).digest();
+    this.tokenDigest = secretDigest(src.token);
     this.recordings = src.recordingsDir ? new RecordingsView(src.recordingsDir) : undefined;
   }
 
@@ -265,10 +265,7 @@ export class Dashboard {
     } catch {
       return this.json(res, 400, { error: 'unreadable login request' });
     }
-    // As tokenMatches: SHA-256 digests compared in constant time.
-    const ok =
-      typeof token === 'string' && token.length > 0 && timingSafeEqual(createHash('sha256').update(token).digest(), this.tokenDigest);
-    if (!ok) {
+    if (!secretMatches(token, this.tokenDigest)) {
       this.limiter.fail(source);
       this.totalLimiter.fail('*');
       this.log.warn({ source }, 'dashboard login failed');

@@ -1,15 +1,15 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { createServer as createHttpsServer } from 'node:https';
-import { timingSafeEqual, createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { parseAdminListen, type GatehouseConfig } from '../config/config.js';
 import { GatehouseError } from '../util/errors.js';
-import { adminTokenProblem } from './token.js';
+import { adminTokenProblem, secretDigest, secretMatches } from './token.js';
 import type { Registry } from 'prom-client';
 import type { Logger } from '../util/log.js';
 import type { EveEvent } from '../events/eve.js';
 import { Dashboard } from './dashboard.js';
+import { filterEvents } from './event-filter.js';
 
 /**
  * The admin listener (contract.md "Admin HTTP API"). /metrics, /healthz and the gateway
@@ -46,10 +46,7 @@ export interface AdminSources {
 export function tokenMatches(header: string | undefined, expectedDigest: Buffer): boolean {
   if (typeof header !== 'string') return false;
   const m = /^bearer +(\S+) *$/i.exec(header);
-  if (!m) return false;
-  // Compare SHA-256 digests: constant time whatever the lengths, and no early exit.
-  const got = createHash('sha256').update(m[1]!).digest();
-  return timingSafeEqual(got, expectedDigest);
+  return m !== null && secretMatches(m[1], expectedDigest);
 }
 
 /** PEM certificate and key of an https:// admin listener. */
@@ -82,39 +79,6 @@ function json(res: ServerResponse, status: number, body: unknown): void {
   res.end(JSON.stringify(body));
 }
 
-/**
- * GET /v1/events filters: event_type (comma list), since (ISO time), flow_id, user,
- * src_ip, dest_ip, signature_id (alerts), reason (flow_blocked), limit (default 100,
- * max 10000; the newest are returned).
- */
-export function filterEvents(events: readonly EveEvent[], q: URLSearchParams): EveEvent[] {
-  const types = q.get('event_type')?.split(',').filter(Boolean);
-  const since = q.get('since');
-  const sinceMs = since ? Date.parse(since) : NaN;
-  const flowId = q.get('flow_id');
-  const user = q.get('user');
-  const src = q.get('src_ip');
-  const dest = q.get('dest_ip');
-  const sig = q.get('signature_id');
-  const reason = q.get('reason');
-  const limit = Math.min(10000, Math.max(1, Number(q.get('limit') ?? 100) || 100));
-  const out: EveEvent[] = [];
-  for (let i = events.length - 1; i >= 0 && out.length < limit; i--) {
-    const e = events[i]!;
-    const g = (e.gatehouse ?? {}) as Record<string, unknown>;
-    if (types && !types.includes(e.event_type)) continue;
-    if (!Number.isNaN(sinceMs) && Date.parse(e.timestamp.replace(/(\d{3})\d{3}\+0000$/, '$1Z')) < sinceMs) continue;
-    if (flowId && String(e.flow_id) !== flowId) continue;
-    if (user && g.user !== user) continue;
-    if (src && e.src_ip !== src) continue;
-    if (dest && e.dest_ip !== dest) continue;
-    if (sig && e.alert?.signature_id !== sig) continue;
-    if (reason && g.reason !== reason) continue;
-    out.push(e);
-  }
-  return out.reverse();
-}
-
 export class AdminServer {
   private server: Server | undefined;
   private readonly tokenDigest: Buffer;
@@ -128,7 +92,7 @@ export class AdminServer {
     // An empty (or short) token would make `Authorization: Bearer ` meaningful: refuse it here too.
     const problem = adminTokenProblem(src.token);
     if (problem) throw new GatehouseError('E_ADMIN_TOKEN', problem);
-    this.tokenDigest = createHash('sha256').update(src.token).digest();
+    this.tokenDigest = secretDigest(src.token);
     this.dashboard = new Dashboard(src, () => this.scheme === 'https', log);
   }
 

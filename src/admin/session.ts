@@ -1,4 +1,5 @@
-import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
+import { secretDigest, secretMatches } from './token.js';
 
 /**
  * Dashboard sessions (issue 14): a random session id in an HttpOnly, SameSite=Strict
@@ -11,11 +12,6 @@ export const SESSION_COOKIE = 'gh_session';
 interface Session {
   csrf: string;
   expiresAt: number;
-}
-
-function digestEquals(a: string, b: string): boolean {
-  // SHA-256 digests: constant time whatever the lengths.
-  return timingSafeEqual(createHash('sha256').update(a).digest(), createHash('sha256').update(b).digest());
 }
 
 export class SessionStore {
@@ -51,7 +47,7 @@ export class SessionStore {
 
   /** Whether `sent` (the X-CSRF-Token header) is the session's token. */
   csrfMatches(session: { csrf: string }, sent: string | undefined): boolean {
-    return typeof sent === 'string' && sent.length > 0 && digestEquals(sent, session.csrf);
+    return secretMatches(sent, secretDigest(session.csrf));
   }
 
   destroy(id: string): void {

@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
 import { chmodSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { MIN_ADMIN_TOKEN_LENGTH, type GatehouseConfig } from '../config/config.js';
@@ -9,6 +9,20 @@ export const ADMIN_TOKEN_FILE = 'admin-token';
 /** A fresh admin token: 256 bits from the CSPRNG, base64url (43 characters). */
 export function generateAdminToken(): string {
   return randomBytes(32).toString('base64url');
+}
+
+/** The SHA-256 digest a secret (the admin token, a CSRF token) is compared through. */
+export function secretDigest(secret: string): Buffer {
+  return createHash('sha256').update(secret).digest();
+}
+
+/**
+ * Whether `sent` is the secret whose digest is `expected`: SHA-256 digests compared in
+ * constant time whatever the lengths, with no early exit. An empty or missing `sent`
+ * never matches, whatever is configured.
+ */
+export function secretMatches(sent: string | undefined, expected: Buffer): boolean {
+  return typeof sent === 'string' && sent.length > 0 && timingSafeEqual(secretDigest(sent), expected);
 }
 
 /** Why a token is unusable, or null; never includes the token itself. */

@@ -3,7 +3,7 @@ import { mkdtempSync, readFileSync, existsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FileEventSink, eveTimestamp, type EveEvent } from '../../../src/events/eve.js';
-import { filterEvents } from '../../../src/admin/server.js';
+import { filterEvents } from '../../../src/admin/event-filter.js';
 
 const ev = (i: number, extra: Partial<EveEvent> = {}): EveEvent => ({
   timestamp: eveTimestamp(Date.UTC(2026, 10, 22, 10, 0, i)),
