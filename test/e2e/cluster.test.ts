@@ -9,7 +9,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { buildChannelData } from '../../src/wire/channeldata.js';
 import { spawnSync } from 'node:child_process';
-import { Attr, Class, Method, type StunWriter } from '../../src/wire/stun.js';
+import { Class } from '../../src/wire/stun.js';
 import { Client, errCode, peerSocket } from '../unit/turn/helpers.js';
 import { REPO_ROOT } from './helpers/turn-servers.js';
 import { restCredential } from '../../src/core/turn-credentials.js';
@@ -17,6 +17,7 @@ import { peerSkip } from './helpers/require-peer.js';
 import {
   adminGet,
   adminPost,
+  allocateOnce,
   bindChannel,
   createPermission,
   metricValue,
@@ -180,15 +181,7 @@ t.test('three gateways, one redis-server', { skip }, async (t) => {
     t.match(list.stdout, /^dave\tstaff$/m, 'listed with its groups');
     t.notMatch(list.stdout, /dave-secret-pw/, 'never its password');
     for (const [i, gw] of c.gateways.entries()) {
-      const ok = await until(async () => {
-        const cl = await Client.udp(gw.port);
-        cl.realm = gw.realm;
-        cl.username = 'dave';
-        cl.password = 'dave-secret-pw';
-        const r = await cl.authed(Method.Allocate, (w: StunWriter) => void w.attr(Attr.RequestedTransport, Buffer.from([17, 0, 0, 0])));
-        cl.close();
-        return r.cls === Class.Success;
-      }, 5000);
+      const ok = await until(async () => (await allocateOnce(gw, 'dave', 'dave-secret-pw')).cls === Class.Success, 5000);
       t.ok(ok, `gw${i + 1} allocates for dave`);
     }
     // Redis holds the RFC 8489 §9.2.2 keys, never the password; the SHA-256 key serves
@@ -198,15 +191,7 @@ t.test('three gateways, one redis-server', { skip }, async (t) => {
     const stored = JSON.stringify(all);
     t.match(JSON.parse(all.dave!), { realm: gw2.realm, key_md5: /^[0-9a-f]{32}$/, key_sha256: /^[0-9a-f]{64}$/ }, 'the keys are in Redis');
     t.notOk(stored.includes('dave-secret-pw'), 'Redis holds no password (HGETALL gatehouse:users)');
-    const sha = await Client.udp(gw2.port);
-    sha.realm = gw2.realm;
-    sha.username = 'dave';
-    sha.password = 'dave-secret-pw';
-    const shaR = await sha.authed(Method.Allocate, (w: StunWriter) => void w.attr(Attr.RequestedTransport, Buffer.from([17, 0, 0, 0])), {
-      sha256: true,
-      passwordAlgorithms: true,
-    });
-    sha.close();
+    const shaR = await allocateOnce(gw2, 'dave', 'dave-secret-pw', { sha256: true, passwordAlgorithms: true });
     t.equal(shaR.cls, Class.Success, 'PASSWORD-ALGORITHM SHA-256: allocated with the stored SHA-256 key');
     // The shared event stream (list `gatehouse`) names the gateway of each event (top-level
     // `host`, Suricata EVE's sensor name): dave's allocation on each gateway says which.
@@ -219,29 +204,12 @@ t.test('three gateways, one redis-server', { skip }, async (t) => {
       }, 5000),
       "each gateway's allocation event in Redis names its gateway (host gw1, gw2, gw3)",
     );
-    const bad = await Client.udp(gw3.port);
-    bad.realm = gw3.realm;
-    bad.username = 'dave';
-    bad.password = 'wrong';
-    t.equal(
-      errCode(await bad.authed(Method.Allocate, (w: StunWriter) => void w.attr(Attr.RequestedTransport, Buffer.from([17, 0, 0, 0])))),
-      401,
-      'a wrong password is refused',
-    );
-    bad.close();
+    t.equal(errCode(await allocateOnce(gw3, 'dave', 'wrong')), 401, 'a wrong password is refused');
     const rm = spawnSync(process.execPath, [join(REPO_ROOT, 'bin', 'gatehouse.js'), 'user', 'remove', 'dave', '--config', config], {
       encoding: 'utf8',
     });
     t.equal(rm.status, 0, rm.stderr);
-    const gone = await until(async () => {
-      const cl = await Client.udp(gw1.port);
-      cl.realm = gw1.realm;
-      cl.username = 'dave';
-      cl.password = 'dave-secret-pw';
-      const r = await cl.authed(Method.Allocate, (w: StunWriter) => void w.attr(Attr.RequestedTransport, Buffer.from([17, 0, 0, 0])));
-      cl.close();
-      return errCode(r) === 401;
-    }, 5000);
+    const gone = await until(async () => errCode(await allocateOnce(gw1, 'dave', 'dave-secret-pw')) === 401, 5000);
     t.ok(gone, 'removed: gw1 refuses dave');
     for (const gw of c.gateways) t.notOk(gw.fullOutput().includes(Buffer.from('dave-secret-pw')), 'no password in any log');
   });
@@ -253,12 +221,7 @@ t.test('three gateways, one redis-server', { skip }, async (t) => {
     for (const gw of c.gateways) t.notOk(gw.fullOutput().includes(Buffer.from(secret!)), 'never logged');
     const username = `${Math.floor(Date.now() / 1000) + 600}:erin`;
     for (const [i, gw] of c.gateways.entries()) {
-      const cl = await Client.udp(gw.port);
-      cl.realm = gw.realm;
-      cl.username = username;
-      cl.password = restCredential(secret!, username);
-      const r = await cl.authed(Method.Allocate, (w: StunWriter) => void w.attr(Attr.RequestedTransport, Buffer.from([17, 0, 0, 0])));
-      cl.close();
+      const r = await allocateOnce(gw, username, restCredential(secret!, username));
       t.equal(r.cls, Class.Success, `gw${i + 1} accepts the credential: ${errCode(r)}`);
     }
   });

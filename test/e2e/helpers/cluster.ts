@@ -9,7 +9,7 @@
 //   const cl = await turnClient(c.gateways[1]!, 'alice');        // allocated on gateway 2
 //   await c.redis.stop(); await c.redis.start();                  // an outage
 //   await adminJson(c.gateways[0]!, '/healthz');
-import { Attr, Class, Method, type StunWriter } from '../../../src/wire/stun.js';
+import { Attr, Class, Method, type StunMessage, type StunWriter } from '../../../src/wire/stun.js';
 import { Client, errCode } from '../../unit/turn/helpers.js';
 import { startTestRedis, until, type TestRedis } from './redis.js';
 import { startGatehouse, type GatehouseOptions, type TurnServer, type TurnUser } from './turn-servers.js';
@@ -117,15 +117,39 @@ export async function metricValue(gw: TurnServer, name: string, labels = ''): Pr
   return null;
 }
 
+/** REQUESTED-TRANSPORT UDP (RFC 8656 §18.7): what every Allocate here asks for. */
+const udpTransport = (w: StunWriter): void => void w.attr(Attr.RequestedTransport, Buffer.from([17, 0, 0, 0]));
+
+/** A UDP client of gw with these long-term credentials (RFC 8489 §9.2), not yet allocated. */
+async function credentialClient(gw: TurnServer, username: string, password: string): Promise<Client> {
+  const cl = await Client.udp(gw.port);
+  cl.realm = gw.realm;
+  cl.username = username;
+  cl.password = password;
+  return cl;
+}
+
+/** One Allocate (RFC 8656 §7.1) on gw as username/password: the response; the client is closed. */
+export async function allocateOnce(
+  gw: TurnServer,
+  username: string,
+  password: string,
+  opts?: Parameters<Client['authed']>[2],
+): Promise<StunMessage> {
+  const cl = await credentialClient(gw, username, password);
+  try {
+    return await cl.authed(Method.Allocate, udpTransport, opts);
+  } finally {
+    cl.close();
+  }
+}
+
 /** A TURN client of `user` with a UDP allocation on gw (RFC 8656 §7.1). */
 export async function turnClient(gw: TurnServer, user: string): Promise<Client> {
   const u = gw.users.find((x) => x.name === user);
   if (!u) throw new Error(`no user ${user}`);
-  const cl = await Client.udp(gw.port);
-  cl.realm = gw.realm;
-  cl.username = u.name;
-  cl.password = u.password;
-  const r = await cl.authed(Method.Allocate, (w: StunWriter) => void w.attr(Attr.RequestedTransport, Buffer.from([17, 0, 0, 0])));
+  const cl = await credentialClient(gw, u.name, u.password);
+  const r = await cl.authed(Method.Allocate, udpTransport);
   if (r.cls !== Class.Success) {
     cl.close();
     throw new Error(`allocate on ${gw.port} failed: ${errCode(r)}`);
