@@ -10,22 +10,16 @@
 import t, { type Test } from 'tap';
 import { createSocket, type Socket } from 'node:dgram';
 import { buildChannelData } from '../../../src/wire/channeldata.js';
-import { FastPath, loadFastPath } from '../../../src/turn/fastpath.js';
+import { FastPath } from '../../../src/turn/fastpath.js';
 import { bindUdp } from '../../../src/turn/relay.js';
 import { listenUdp } from '../../../src/turn/listeners.js';
 import { Supervisor } from '../../../src/util/supervise.js';
 import { silentLogger } from '../../../src/util/log.js';
 import type { Allocation, Channel, Permission, UdpListener } from '../../../src/turn/state.js';
-import { Client, mirroredFlow, peerSocket, startServer } from './helpers.js';
+import { Client, mirroredFlow, peerSocket, startServer, fastPathForTests } from './helpers.js';
 import { Attr, Class, Method, getXorAddress } from '../../../src/wire/stun.js';
 
-const addon = loadFastPath();
-const skip = addon
-  ? false
-  : process.env.CI
-    ? false
-    : 'native/build/Release/gatehouse_fastpath.node not built (npm run build:native, Linux)';
-if (!addon && process.env.CI) t.fail('the fast path addon is not built (npm run build:native) in CI');
+const { addon, skip } = fastPathForTests(t);
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 

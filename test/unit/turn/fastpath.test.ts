@@ -26,21 +26,15 @@ import {
   type StunWriter as W,
 } from '../../../src/wire/stun.js';
 import { buildChannelData, parseChannelData } from '../../../src/wire/channeldata.js';
-import { FastPath, loadFastPath } from '../../../src/turn/fastpath.js';
+import { FastPath } from '../../../src/turn/fastpath.js';
 import { bindUdp } from '../../../src/turn/relay.js';
 import { listenUdp } from '../../../src/turn/listeners.js';
 import { Supervisor } from '../../../src/util/supervise.js';
 import { silentLogger } from '../../../src/util/log.js';
 import type { Allocation, Channel, Permission } from '../../../src/turn/state.js';
-import { Client, mirroredFlow, peerSocket, startServer } from './helpers.js';
+import { Client, mirroredFlow, peerSocket, startServer, fastPathForTests } from './helpers.js';
 
-const addon = loadFastPath();
-const skip = addon
-  ? false
-  : process.env.CI
-    ? false
-    : 'native/build/Release/gatehouse_fastpath.node not built (npm run build:native, Linux)';
-if (!addon && process.env.CI) t.fail('the fast path addon is not built (npm run build:native) in CI');
+const { addon, skip } = fastPathForTests(t);
 
 const udpTransport = (w: W): void => void w.attr(Attr.RequestedTransport, Buffer.from([17, 0, 0, 0]));
 const isDataInd = (b: Buffer): boolean => b.length >= 20 && b.readUInt16BE(0) === 0x0017;

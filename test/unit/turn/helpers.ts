@@ -21,6 +21,7 @@ import {
   type StunMessage,
 } from '../../../src/wire/stun.js';
 import { StreamFramer } from '../../../src/wire/channeldata.js';
+import { loadFastPath, type FastPathAddon } from '../../../src/turn/fastpath.js';
 import type { Allocation, Channel, Permission, UdpListener } from '../../../src/turn/state.js';
 
 export const USERS: UserRecord[] = [
@@ -283,4 +284,18 @@ export function mirroredFlow(o: {
   } as Channel;
   perm.channelsByPort.set(o.peerPort, ch);
   return { a, perm, ch };
+}
+
+/**
+ * The native fast-path addon for a test file, and the `skip` its tests take: without the
+ * addon they skip, except under CI, where the file fails (.ci/run builds the addon).
+ */
+export function fastPathForTests(t: { fail(message: string): unknown }): { addon: FastPathAddon | null; skip: string | false } {
+  const addon = loadFastPath();
+  if (addon) return { addon, skip: false };
+  if (process.env.CI) {
+    t.fail('the fast path addon is not built (npm run build:native) in CI');
+    return { addon, skip: false };
+  }
+  return { addon, skip: 'native/build/Release/gatehouse_fastpath.node not built (npm run build:native, Linux)' };
 }
