@@ -27,7 +27,7 @@ import { parseRuleFile } from '../../src/policy/rules-schema.js';
 import type { Flow } from '../../src/turn/flow.js';
 import { syntheticSession, SctpBuilder } from '../unit/inspect/pipeline-helpers.js';
 import { testIdentity } from '../unit/gateway/escrow-helpers.js';
-import { clamdPing, exited, waitReady } from './helpers/av-chain.js';
+import { SCAN_EVERY_FILE_TYPE, clamdPing, exited, waitReady } from './helpers/av-chain.js';
 import { cIcapModulesDir, findProgram, peerSkip } from './helpers/require-peer.js';
 import { reservePortBlock } from './helpers/ports.js';
 
@@ -178,7 +178,7 @@ t.test('scan: icap and scan: clamd rules against c-icap + clamd', { skip }, asyn
       'Service antivirus_module virus_scan.so',
       // mode=simple: nothing is sent back before the verdict (the gateway holds the file anyway).
       'ServiceAlias gatehouse_av virus_scan?allow204=on&mode=simple',
-      'virus_scan.ScanFileTypes TEXT DATA EXECUTABLE ARCHIVE GIF JPEG MSOFFICE',
+      SCAN_EVERY_FILE_TYPE,
       'virus_scan.MaxObjectSize 5M',
       'virus_scan.DefaultEngine clamd',
       '',

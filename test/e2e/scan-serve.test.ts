@@ -21,7 +21,7 @@ import { runEndpoint } from '../../src/cli/endpoint.js';
 import { IcapScanner } from '../../src/scan/icap.js';
 import { startGatehouse, type TurnServer } from './helpers/turn-servers.js';
 import { closeLeftoverUdpSockets, pinGateway, readEvents, sha256Hex, until, type GwEvent } from './helpers/escrow-events.js';
-import { clamdPing, exited, waitReady } from './helpers/av-chain.js';
+import { SCAN_EVERY_FILE_TYPE, clamdPing, exited, waitReady } from './helpers/av-chain.js';
 import { cIcapModulesDir, findProgram, peerSkip } from './helpers/require-peer.js';
 import { reservePortBlock } from './helpers/ports.js';
 import { captureIo } from './helpers/run.js';
@@ -175,7 +175,7 @@ t.test(
         `clamd_mod.ClamdSocket ${sock}`,
         'Service antivirus_module virus_scan.so',
         'ServiceAlias gatehouse_av virus_scan?allow204=on&mode=simple',
-        'virus_scan.ScanFileTypes TEXT DATA EXECUTABLE ARCHIVE GIF JPEG MSOFFICE',
+        SCAN_EVERY_FILE_TYPE,
         'virus_scan.MaxObjectSize 5M',
         'virus_scan.DefaultEngine clamd',
         '',
