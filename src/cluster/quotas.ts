@@ -277,7 +277,10 @@ export class ClusterQuotas implements QuotaShare {
         }
         const [total, first] = r[1] as [number, number];
         e.inflight = 0;
-        e.total = Number(total);
+        // A window's cluster total only grows (PUSH_LUA's floor keeps it so across a Redis
+        // restart): a reply lower than what is known is older than a crossing message that
+        // arrived first on the subscriber connection (another socket, no common order).
+        e.total = Math.max(e.total, Number(total));
         this.counts.pushes++;
         if (Number(first) === 1) {
           e.crossed = true;

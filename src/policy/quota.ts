@@ -188,8 +188,9 @@ export class QuotaTracker {
   /**
    * The cluster's view of a counter (QuotaShare): `bytes` is the cluster total plus what
    * this gateway counted since its last push. At or over the limit the subject's non-vital
-   * traffic is cut here too, without a local event (the share reported it). Returns false
-   * when this tracker has no such quota (a reload removed it).
+   * traffic is cut here too, without a local event (the share reported it). A lower figure
+   * than the one held is ignored (an older reply). Returns false when this tracker has no
+   * such quota (a reload removed it).
    */
   merge(quota: string, subject: string, window: string, bytes: number): boolean {
     const c = this.quotas.find((x) => x.q.id === quota);
@@ -200,7 +201,9 @@ export class QuotaTracker {
       ctr = { row: { quota, subject, window, bytes: 0, crossed: false }, dirty: false };
       this.counters.set(key, ctr);
     }
-    if (ctr.row.bytes !== bytes) {
+    // Never lowered: a window's count only grows, and a stale view must not give a cut
+    // subject its quota back.
+    if (bytes > ctr.row.bytes) {
       ctr.row.bytes = bytes;
       ctr.dirty = true;
     }

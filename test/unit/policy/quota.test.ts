@@ -143,3 +143,16 @@ t.test('a store that cannot write (SQLITE_FULL): counted, logged once, nothing t
   t.equal(reopened.usage('contractors-daily', 'user:bob'), 500, 'nothing lost across the failures');
   real.close();
 });
+
+t.test('merge (the cluster view) raises a count and cuts at the limit; a lower, older figure never uncuts', async (t) => {
+  const clock = new ManualClock(Date.UTC(2026, 10, 22, 10));
+  const q = new QuotaTracker(quotas, clock, 'UTC', null);
+  t.equal(q.account('bob', ['contractors'], '203.0.113.9', 100), 'pass');
+  t.ok(q.merge('contractors-daily', 'user:bob', 'day:2026-11-22', 1100), 'the quota exists');
+  t.equal(q.account('bob', ['contractors'], '203.0.113.9', 0), 'drop', 'the cluster total crossed: cut here too');
+  // A push reply older than the crossing message (another connection): 500 < 1100.
+  q.merge('contractors-daily', 'user:bob', 'day:2026-11-22', 500);
+  t.equal(q.usage('contractors-daily', 'user:bob'), 1100, 'the count is not lowered');
+  t.equal(q.account('bob', ['contractors'], '203.0.113.9', 1), 'drop', 'still cut');
+  t.notOk(q.merge('gone', 'user:bob', 'day:2026-11-22', 1), 'an unknown quota (a reload removed it)');
+});
