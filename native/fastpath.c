@@ -657,9 +657,10 @@ static struct sockaddr_storage g_cpeer[BATCH];
  * 0x0016 (method Send 0x006, class indication), attributes walked with their padding
  * (§14), an XOR-PEER-ADDRESS (RFC 8656 §18.3) of the allocation's family and a DATA
  * (§18.4) (the first of each counts, §14), no comprehension-required attribute but those
- * two and DONT-FRAGMENT (§18.9: known to the server and not acted on for a Send, as in
- * JS; every other one, known or not, goes to JS: RFC 8489 §6.3.2 says an indication with
- * an unknown one is discarded, and JS has the list), a FINGERPRINT if any that is last and
+ * two (DONT-FRAGMENT, §18.9, goes to JS, which sends the datagram with DF set, §14, or
+ * discards the Send when it cannot, §11.2; every other one, known or not, goes to JS:
+ * RFC 8489 §6.3.2 says an indication with an unknown one is discarded, and JS has the
+ * list), a FINGERPRINT if any that is last and
  * right (§14.7, §7.3: a wrong one is "not STUN", JS discards it), an eligible, unexpired
  * permission (RFC 8656 §9) for the peer's IP and an unexpired allocation. Dropped here:
  * only a Send whose permission or allocation is past its time (a late JS sweep must not
@@ -688,7 +689,8 @@ static int send_indication_out(relay_t *r, uint8_t *msg, size_t len, int64_t now
       if (peer == NULL) peer = msg + vo, plen = al;
     } else if (at == 0x0013) { /* DATA */
       if (data == NULL) data = msg + vo, dlen = al;
-    } else if (at == 0x001a) { /* DONT-FRAGMENT: no value; not acted on for a Send */
+    } else if (at == 0x001a) { /* DONT-FRAGMENT: JS sends it with DF set (or discards it) */
+      return CD_TO_JS;
     } else if (at == 0x8028) { /* FINGERPRINT: 4 bytes, the last attribute, right */
       if (al != 4 || next != end) return CD_TO_JS;
       uint32_t want = crc32_of(msg, p) ^ 0x5354554eu;
@@ -1247,6 +1249,103 @@ static napi_value js_chan(napi_env env, napi_callback_info info) {
   return undef(env);
 }
 
+/*
+ * DONT-FRAGMENT (RFC 8656 §18.9): the DF bit of the datagrams a relay socket sends.
+ * Linux has no per-datagram DF for IPv4 (ip(7): IP_MTU_DISCOVER is per socket), so a
+ * datagram that must go with DF is sent here, synchronously, between setting
+ * IP_PMTUDISC_DO (IPV6_PMTUDISC_DO for IPv6, ipv6(7)) and putting the socket's previous
+ * mode back: the JS thread is the only writer of the relay socket, so no other datagram
+ * goes out in between. IP_PMTUDISC_DO sets DF and never fragments locally: a datagram
+ * larger than the path MTU fails with EMSGSIZE instead of going out in fragments.
+ */
+static int df_levels(int32_t family, int *level, int *opt) {
+  if (family == 4) *level = IPPROTO_IP, *opt = IP_MTU_DISCOVER;
+  else if (family == 6) *level = IPPROTO_IPV6, *opt = IPV6_MTU_DISCOVER;
+  else return 0;
+  return 1;
+}
+
+/* dontFragmentMode(fd, family) -> the socket's IP(V6)_MTU_DISCOVER value, or -errno. */
+static napi_value js_df_mode(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  int32_t fd, fam;
+  int level, opt, val = 0;
+  socklen_t len = sizeof val;
+  int rc;
+  if (argc < 2 || !arg_i32(env, argv[0], &fd) || !arg_i32(env, argv[1], &fam) || fd < 0 || !df_levels(fam, &level, &opt)) rc = -EINVAL;
+  else rc = getsockopt(fd, level, opt, &val, &len) == 0 ? val : -errno;
+  napi_value out;
+  napi_create_int32(env, rc, &out);
+  return out;
+}
+
+/* setDontFragment(fd, family, on) -> 0 or errno: IP(V6)_PMTUDISC_DO, or the kernel default WANT. */
+static napi_value js_df_set(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  int32_t fd, fam;
+  bool on = false;
+  int level, opt, rc;
+  if (argc < 3 || !arg_i32(env, argv[0], &fd) || !arg_i32(env, argv[1], &fam) || fd < 0 || !df_levels(fam, &level, &opt) ||
+      napi_get_value_bool(env, argv[2], &on) != napi_ok)
+    rc = EINVAL;
+  else {
+    int val = fam == 4 ? (on ? IP_PMTUDISC_DO : IP_PMTUDISC_WANT) : (on ? IPV6_PMTUDISC_DO : IPV6_PMTUDISC_WANT);
+    rc = setsockopt(fd, level, opt, &val, sizeof val) == 0 ? 0 : errno;
+  }
+  napi_value out;
+  napi_create_int32(env, rc, &out);
+  return out;
+}
+
+/* sendDontFragment(fd, family, data, ip, port) -> 0 or errno: one datagram with DF set. */
+static napi_value js_df_send(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  int32_t fd, fam, port;
+  void *data = NULL;
+  size_t dlen = 0;
+  char ipstr[INET6_ADDRSTRLEN + 1];
+  size_t iplen = 0;
+  int level, opt, rc = EINVAL;
+  napi_value out;
+  if (argc < 5 || !arg_i32(env, argv[0], &fd) || !arg_i32(env, argv[1], &fam) || fd < 0 || !df_levels(fam, &level, &opt) ||
+      napi_get_buffer_info(env, argv[2], &data, &dlen) != napi_ok ||
+      napi_get_value_string_utf8(env, argv[3], ipstr, sizeof ipstr, &iplen) != napi_ok || !arg_i32(env, argv[4], &port) || port <= 0 ||
+      port > 65535)
+    goto done;
+  struct sockaddr_storage ss;
+  socklen_t slen;
+  memset(&ss, 0, sizeof ss);
+  if (fam == 4) {
+    struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+    if (inet_pton(AF_INET, ipstr, &s4->sin_addr) != 1) goto done;
+    s4->sin_family = AF_INET, s4->sin_port = htons((uint16_t)port), slen = sizeof *s4;
+  } else {
+    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+    if (inet_pton(AF_INET6, ipstr, &s6->sin6_addr) != 1) goto done;
+    s6->sin6_family = AF_INET6, s6->sin6_port = htons((uint16_t)port), slen = sizeof *s6;
+  }
+  int prev = 0, df = fam == 4 ? IP_PMTUDISC_DO : IPV6_PMTUDISC_DO;
+  socklen_t plen = sizeof prev;
+  if (getsockopt(fd, level, opt, &prev, &plen) != 0 || setsockopt(fd, level, opt, &df, sizeof df) != 0) {
+    rc = errno;
+    goto done;
+  }
+  ssize_t n;
+  do n = sendto(fd, data, dlen, 0, (struct sockaddr *)&ss, slen);
+  while (n < 0 && errno == EINTR);
+  rc = n < 0 ? errno : 0;
+  if (prev != df) setsockopt(fd, level, opt, &prev, sizeof prev);
+done:
+  napi_create_int32(env, rc, &out);
+  return out;
+}
+
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor d[] = {
       {"init", 0, js_init, 0, 0, 0, napi_default, 0},         {"listener", 0, js_listener, 0, 0, 0, napi_default, 0},
@@ -1254,6 +1353,9 @@ static napi_value init(napi_env env, napi_value exports) {
       {"close", 0, js_close, 0, 0, 0, napi_default, 0},       {"expiry", 0, js_expiry, 0, 0, 0, napi_default, 0},
       {"perm", 0, js_perm, 0, 0, 0, napi_default, 0},         {"unperm", 0, js_unperm, 0, 0, 0, napi_default, 0},
       {"chan", 0, js_chan, 0, 0, 0, napi_default, 0},         {"listenerRead", 0, js_listener_read, 0, 0, 0, napi_default, 0},
+      {"dontFragmentMode", 0, js_df_mode, 0, 0, 0, napi_default, 0},
+      {"setDontFragment", 0, js_df_set, 0, 0, 0, napi_default, 0},
+      {"sendDontFragment", 0, js_df_send, 0, 0, 0, napi_default, 0},
   };
   napi_define_properties(env, exports, sizeof d / sizeof d[0], d);
   napi_value v;

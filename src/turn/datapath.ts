@@ -17,6 +17,7 @@ import { channelDataPadding } from '../wire/channeldata.js';
 import type { Clock } from '../util/clock.js';
 import type { FlowDirection, FlowHooks } from './flow.js';
 import type { AllocationTable } from './allocations.js';
+import type { DontFragmentSend } from './dont-fragment.js';
 import { MAX_STREAM_BUFFERED, unmapV4, type Allocation, type Endpoint, type FlowImpl, type Permission } from './state.js';
 
 export interface RelayCounters {
@@ -38,6 +39,8 @@ export class DataPath {
     hooks: FlowHooks,
     /** A flow hook threw: count it and close that flow (supervision). */
     private readonly hookFailed: (where: string, err: unknown, flow: FlowImpl) => void,
+    /** Sends one datagram with DF set (src/turn/dont-fragment.ts); null: the server cannot. */
+    private readonly dontFragment: DontFragmentSend | null = null,
   ) {
     this.onPacket = hooks.onPacket;
   }
@@ -78,8 +81,12 @@ export class DataPath {
     a.socket.send(buf, off + 4, len, ch.peerPort, ch.peerIp);
   }
 
-  /** The payload of a Send indication (RFC 8656 §11.2) to its peer, through the hook. */
-  toPeer(a: Allocation, perm: Permission, data: Buffer, port: number, ip: string): void {
+  /**
+   * The payload of a Send indication (RFC 8656 §11.2) to its peer, through the hook.
+   * `df`: the Send had DONT-FRAGMENT, so the datagram goes with DF set (§14, IPv4
+   * Fragmentation fields, preferred behaviour); send.ts never passes it without a sender.
+   */
+  toPeer(a: Allocation, perm: Permission, data: Buffer, port: number, ip: string, df = false): void {
     const flow = perm.flow;
     if (flow === null || !this.live(a, perm, this.clock.now())) return; // §11.2: no permission, discard
     // Port 0 is reserved (RFC 6335 §6) and no datagram can go to it (dgram throws
@@ -89,7 +96,10 @@ export class DataPath {
     if (this.onPacket !== undefined && !this.pass(flow, 'c2p', data, port)) return;
     this.stats.packets.clientToPeer++;
     this.stats.bytes.clientToPeer += data.length;
-    a.socket.send(data, port, ip);
+    // With DF, a datagram larger than the path MTU is not sent (EMSGSIZE), as a router
+    // would drop it (RFC 791 DF); like any send error of a relay socket, it is not answered.
+    if (df && this.dontFragment !== null) this.dontFragment(a.socket, a.family, data, port, ip);
+    else a.socket.send(data, port, ip);
   }
 
   /** A datagram from a peer on a relay socket (RFC 8656 §11.3, §12.7). */

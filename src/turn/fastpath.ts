@@ -81,6 +81,11 @@ function handleOf(s: Socket): UdpHandle | null {
   return null;
 }
 
+/** The descriptor of a bound dgram socket (without the deprecated `_handle`), or null. */
+export function dgramFd(s: Socket): number | null {
+  return handleOf(s)?.fd ?? null;
+}
+
 /** A relay handle's mirror: the C id and the permissions by slot. */
 interface Mirror {
   id: number;

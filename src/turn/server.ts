@@ -46,6 +46,7 @@ import { SWEEP_MS, familyOf, unmapV4, type Endpoint, type FlowImpl, type StreamL
 import { count, newStats, type TurnStats } from './stats.js';
 import { sourcePrefix } from '../wire/source-prefix.js';
 import { allocationLoad, capacityOf, type AlternateLookup } from './shedding.js';
+import { loadDontFragment, type DontFragmentSend } from './dont-fragment.js';
 
 export type { UserRecord, UserDirectory } from './auth.js';
 export type { Flow, FlowDirection, FlowHooks, TurnRequestContext, TurnRequestExtension, TurnRequestVerdict } from './flow.js';
@@ -76,6 +77,11 @@ export interface TurnServerOptions {
   supervisor?: Supervisor;
   /** Issue 14: where Allocates go when this server is at turn.max_allocations (src/turn/shedding.ts). */
   alternate?: AlternateLookup;
+  /**
+   * Sends a datagram with DF set (RFC 8656 §18.9). Default: the native addon's
+   * (src/turn/dont-fragment.ts); null (or no addon): DONT-FRAGMENT is unknown to the server.
+   */
+  dontFragment?: DontFragmentSend | null;
 }
 
 /** Comprehension-required attributes this server understands (RFC 8489 §7.3.1). */
@@ -95,6 +101,7 @@ const KNOWN_REQUIRED = new Set<number>([
   Attr.RequestedAddressFamily,
   Attr.EvenPort,
   Attr.RequestedTransport,
+  // Known only when the native addon can set DF (`known` in the constructor, RFC 8656 §7.2 step 4).
   Attr.DontFragment,
   Attr.MessageIntegritySha256,
   Attr.PasswordAlgorithm,
@@ -148,7 +155,10 @@ export class TurnServer {
     const extensions = opts.extensions ?? [];
     const extra = new Set<number>();
     for (const e of extensions) for (const a of e.attributes ?? []) extra.add(a);
-    const known = (x: number): boolean => KNOWN_REQUIRED.has(x) || extra.has(x);
+    // RFC 8656 §7.2 step 4, §11.2: a server that cannot set DF treats DONT-FRAGMENT as an
+    // unknown comprehension-required attribute (420 for an Allocate, a Send discarded).
+    const dontFragment = opts.dontFragment === undefined ? loadDontFragment() : opts.dontFragment;
+    const known = (x: number): boolean => (x === Attr.DontFragment ? dontFragment !== null : KNOWN_REQUIRED.has(x) || extra.has(x));
     const self = [t.relay_address, ...t.listen.map((l) => parseListen(l).host)];
     const filter = new PeerFilter({ allow: t.peers.allow, deny: t.peers.deny, selfAddresses: self });
     const pool = new PortPool(t.relay_ports[0]!, t.relay_ports[1]!);
@@ -165,7 +175,7 @@ export class TurnServer {
     const hookFailed = (where: string, err: unknown, flow: FlowImpl | null): void =>
       this.supervisor.caught(where, err, flow ? () => this.table.closeFlow(flow, 'hook_error') : undefined);
     this.table = new AllocationTable(this.stats, clock, this.log, events, hooks, pool, hookFailed);
-    this.data = new DataPath(this.stats, this.table, clock, hooks, hookFailed);
+    this.data = new DataPath(this.stats, this.table, clock, hooks, hookFailed, dontFragment);
     // Flows no hook must see relayed in C, peer -> client and (the UDP listeners read in C,
     // start()) client -> peer ChannelData (src/turn/fastpath.ts).
     this.fast = createFastPath(t.fast_path, {
@@ -429,6 +439,7 @@ export class TurnServer {
     // RFC 8489 §6.3.1.1: after authentication, unknown comprehension-required attributes -> 420.
     const unknown = unknownRequired(msg, ctx.known);
     if (unknown.length) {
+      if (unknown.includes(Attr.DontFragment)) count(this.stats.refused, 'dont_fragment');
       this.res.reply(ep, msg, this.res.errorStart(msg, 420).unknownAttributes(unknown), auth, true, cacheKey);
       return;
     }

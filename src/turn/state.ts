@@ -158,6 +158,7 @@ export interface Allocation {
   channels: Map<number, Channel>;
   /** Channels currently bound (active), for the per-allocation cap. */
   activeChannels: number;
+  /** The Allocate had DONT-FRAGMENT (RFC 8656 §7.2 step 4); DF is set per Send that asks for it (§11.2, §14). */
   dontFragment: boolean;
   deleted: boolean;
 }

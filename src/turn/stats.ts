@@ -16,7 +16,9 @@ export interface TurnStats {
    * connection_cap_source, connection_cap_total (closed at accept); connection_idle
    * (closed); allocate_rate, unauthorized_rate (dropped silently); legacy_channel (400);
    * stream_backlog (an answer dropped: its TCP/TLS client does not read); capacity_alternate
-   * (300 Try Alternate at turn.max_allocations), capacity (508 there, no alternate).
+   * (300 Try Alternate at turn.max_allocations), capacity (508 there, no alternate);
+   * dont_fragment (DONT-FRAGMENT without the native addon that sets DF: an Allocate's 420,
+   * a Send indication discarded, RFC 8656 §7.2 step 4, §11.2).
    */
   refused: Record<string, number>;
 }

@@ -12,6 +12,7 @@ import { TurnServer } from '../../src/turn/server.js';
 import { MemoryEventSink } from '../../src/events/eve.js';
 import { pino } from 'pino';
 import { requirePeer } from './helpers/require-peer.js';
+import { loadDontFragment } from '../../src/turn/dont-fragment.js';
 import { children, freeUdpPort, run } from './helpers/run.js';
 
 /** The final totals of a turnutils_uclient run. */
@@ -21,6 +22,8 @@ function totals(out: string): { sent: number; received: number; lost: number } |
   if (!sr || !lost) return null;
   return { sent: Number(sr[1]), received: Number(sr[2]), lost: Number(lost[1]) };
 }
+
+const canDontFragment = loadDontFragment() !== null;
 
 async function main(): Promise<void> {
   const cfg = defaultConfig();
@@ -52,16 +55,22 @@ async function main(): Promise<void> {
   await new Promise((r) => setTimeout(r, 300));
 
   const base = ['-u', 'alice', '-w', 'wonderland', '-e', '127.0.0.1', '-r', String(peerPort), '-n', '30', '-l', '160', '-z', '5'];
-  const cases: Array<{ name: string; args: string[] }> = [
+  const cases: Array<{ name: string; args: string[]; df?: boolean }> = [
     { name: 'UDP, channels', args: ['-p', String(udpPort), ...base] },
     { name: 'UDP, Send/Data indications (-s)', args: ['-s', '-p', String(udpPort), ...base] },
+    // -g: DONT-FRAGMENT in the Allocate and in every Send (RFC 8656 §7.2 step 4, §11.2): the
+    // native addon sets DF for those datagrams (test/unit/turn/dont-fragment.test.ts shows it
+    // with strace); without the addon the Allocate would get 420.
+    { name: 'UDP, Send indications with DONT-FRAGMENT (-s -g)', args: ['-s', '-g', '-p', String(udpPort), ...base], df: true },
     { name: 'TCP (-t)', args: ['-t', '-p', String(tcpPort), ...base] },
     { name: 'UDP client-to-client (-y)', args: ['-y', '-p', String(udpPort), ...base] },
     { name: 'TCP client-to-client (-t -y)', args: ['-t', '-y', '-p', String(tcpPort), ...base] },
     { name: 'UDP, 3 clients (-m 3)', args: ['-m', '3', '-p', String(udpPort), ...base] },
   ];
   for (const c of cases) {
-    await t.test(`turnutils_uclient ${c.name}`, async (t) => {
+    const dfSkip = c.df && !canDontFragment ? (process.env.CI ? false : 'the native addon is not built (npm run build:native)') : false;
+    await t.test(`turnutils_uclient ${c.name}`, { skip: dfSkip }, async (t) => {
+      const before = server.stats.packets.clientToPeer;
       const r = await run('turnutils_uclient', [...c.args, '127.0.0.1']);
       const tot = totals(r.out);
       t.ok(tot, 'uclient printed its totals');
@@ -72,6 +81,7 @@ async function main(): Promise<void> {
       t.ok(tot.sent > 0, `sent ${tot.sent}`);
       t.equal(tot.received, tot.sent, 'every message came back');
       t.equal(tot.lost, 0, '0 lost packets');
+      if (c.df) t.ok(server.stats.packets.clientToPeer - before >= tot.sent, 'relayed by the server (the Sends carried DONT-FRAGMENT)');
     });
   }
 

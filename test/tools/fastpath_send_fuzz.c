@@ -84,8 +84,8 @@ int main(int argc, char **argv) {
       size_t dl = rnd() % 64;
       size_t xl = v6 ? 20 : 8;
       int fp = rnd() % 2;
-      /* sometimes one more attribute before FINGERPRINT: DONT-FRAGMENT, SOFTWARE (C forwards),
-         MESSAGE-INTEGRITY (JS relays), an unknown comprehension-required one (JS drops) */
+      /* sometimes one more attribute before FINGERPRINT: SOFTWARE (C forwards), DONT-FRAGMENT
+         and MESSAGE-INTEGRITY (JS relays), an unknown comprehension-required one (JS drops) */
       static const uint16_t xt[] = {0x001a, 0x8022, 0x0008, 0x7f01};
       static const size_t xv[] = {0, 3, 20, 1};
       int extra = (int)(rnd() % 6) - 2; /* -2..-1: none */

@@ -21,8 +21,10 @@ export function onAllocate(ctx: TurnContext, r: Req, onMessage: (a: Allocation, 
   const rt = getAttr(msg, Attr.RequestedTransport);
   if (!rt || rt.length !== 4) return err(400, 'Missing or malformed REQUESTED-TRANSPORT');
   if (rt[0] !== PROTO_UDP) return err(442);
-  // Step 4: DONT-FRAGMENT is accepted: Linux's default PMTU discovery
-  // (IP_PMTUDISC_WANT) already sends relayed UDP with DF set.
+  // Step 4: DONT-FRAGMENT asks whether the server can send with DF set. A server that
+  // cannot (no native addon, src/turn/dont-fragment.ts) does not know the attribute
+  // (ctx.known), so such an Allocate got 420 before this handler (RFC 8489 §6.3.1.1). DF is
+  // then set per Send indication that asks for it (§11.2, §14), not for the allocation.
   const dontFragment = hasAttr(msg, Attr.DontFragment);
   // Steps 5-9: RESERVATION-TOKEN, address families, EVEN-PORT.
   const tokenV = getAttr(msg, Attr.ReservationToken);

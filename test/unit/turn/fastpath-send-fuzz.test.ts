@@ -7,7 +7,7 @@
  * verifyFingerprint, src/turn/handlers/send.ts, src/turn/datapath.ts toPeer). C must
  * never forward what JS would not, nor other bytes or to another port. Of the sample C
  * handed to JS, the ones JS relays must be ones C leaves to JS on purpose
- * (MESSAGE-INTEGRITY). Needs gcc with libasan/libubsan (CI installs gcc): a failure in
+ * (MESSAGE-INTEGRITY, DONT-FRAGMENT: JS sends that one with DF set). Needs gcc with libasan/libubsan (CI installs gcc): a failure in
  * CI, a skip elsewhere.
  */
 import t from 'tap';
@@ -36,7 +36,7 @@ const nodeInclude = join(dirname(process.execPath), '../include/node');
 const KNOWN = new Set<number>([Attr.XorPeerAddress, Attr.Data, Attr.DontFragment, Attr.MessageIntegrity]);
 
 /** What the JS path does with this datagram from the mirrored client; null: not relayed. */
-function jsDecision(buf: Buffer, fam: 4 | 6): { port: number; data: Buffer; mi: boolean } | null {
+function jsDecision(buf: Buffer, fam: 4 | 6): { port: number; data: Buffer; mi: boolean; df: boolean } | null {
   if (buf.length < 4 || buf[0]! > 3) return null; // onUdp: not STUN, not ChannelData
   const m = decodeStun(buf);
   if (!m || !verifyFingerprint(m)) return null; // RFC 8489 §6.3, §7.3
@@ -47,7 +47,13 @@ function jsDecision(buf: Buffer, fam: 4 | 6): { port: number; data: Buffer; mi: 
   if (!peer || !d || peer.family !== fam) return null; // RFC 8656 §11.2
   // The harness's permissions: 127.0.0.1 on the IPv4 relay, 7f00:1:: on the IPv6 one (§9).
   if (peer.address !== (fam === 4 ? '127.0.0.1' : '7f00:1::') || peer.port === 0) return null;
-  return { port: peer.port, data: m.raw.subarray(d.offset, d.offset + d.length), mi: findAttr(m, Attr.MessageIntegrity) !== undefined };
+  return {
+    port: peer.port,
+    data: m.raw.subarray(d.offset, d.offset + d.length),
+    mi: findAttr(m, Attr.MessageIntegrity) !== undefined,
+    // DONT-FRAGMENT: JS sends it with DF set (RFC 8656 §11.2, §14); C must leave it to JS.
+    df: findAttr(m, Attr.DontFragment) !== undefined,
+  };
 }
 
 t.test('C forwards exactly the Send indications JS relays, never more (ASan/UBSan, 300 000 datagrams)', async (t) => {
@@ -97,16 +103,16 @@ t.test('C forwards exactly the Send indications JS relays, never more (ASan/UBSa
       queued++;
       const off = Number(offS);
       const c = buf.subarray(off, off + Number(lenS));
-      if (js === null || js.port !== Number(portS) || !js.data.equals(c)) mismatches.push(line.slice(0, 160));
+      if (js === null || js.df || js.port !== Number(portS) || !js.data.equals(c)) mismatches.push(line.slice(0, 160));
     } else {
       sampled++;
       if (js !== null) {
         jsRelays++;
-        if (!js.mi) mismatches.push(`to JS but plain: ${line.slice(0, 160)}`);
+        if (!js.mi && !js.df) mismatches.push(`to JS but plain: ${line.slice(0, 160)}`);
       }
     }
   }
   t.ok(queued > 10_000, `${queued} datagrams forwarded in C`);
-  t.ok(sampled > 10_000, `${sampled} handed to JS (sampled), of which JS relays ${jsRelays} (MESSAGE-INTEGRITY)`);
+  t.ok(sampled > 10_000, `${sampled} handed to JS (sampled), of which JS relays ${jsRelays} (MESSAGE-INTEGRITY, DONT-FRAGMENT)`);
   t.same(mismatches.slice(0, 5), [], 'every datagram C forwarded is one JS relays, with the same bytes and port');
 });

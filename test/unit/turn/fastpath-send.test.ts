@@ -13,6 +13,7 @@ import { createSocket, type Socket } from 'node:dgram';
 import { randomBytes } from 'node:crypto';
 import { Attr, Class, Method, StunWriter, getXorAddress, messageType, parseIP, writeXorAddressValue } from '../../../src/wire/stun.js';
 import { FastPath } from '../../../src/turn/fastpath.js';
+import { loadDontFragment } from '../../../src/turn/dont-fragment.js';
 import { bindUdp } from '../../../src/turn/relay.js';
 import { listenUdp } from '../../../src/turn/listeners.js';
 import { Supervisor } from '../../../src/util/supervise.js';
@@ -20,6 +21,7 @@ import { silentLogger } from '../../../src/util/log.js';
 import { Client, mirroredFlow, peerSocket, startServer, fastPathForTests } from './helpers.js';
 
 const { addon, skip } = fastPathForTests(t);
+const canDf = loadDontFragment() !== null;
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 const SEND = messageType(Method.Send, Class.Indication); // 0x0016
@@ -97,8 +99,12 @@ function cases(fam: 4 | 6, ip: string, port: number, noPermIp: string, otherFamI
   );
   fwd(`${big.length} random bytes`, [send(ip, port, big)], [big]);
   fwd('empty DATA', [send(ip, port, Buffer.alloc(0))], ['']);
-  // RFC 8656 §18.9: DONT-FRAGMENT is known to the server (not acted on for a Send, as in JS).
-  fwd('DONT-FRAGMENT', [send(ip, port, Buffer.from('df'), (w) => void w.attr(Attr.DontFragment, Buffer.alloc(0)))], ['df']);
+  // RFC 8656 §11.2, §14: with the addon's sendDontFragment JS relays it with DF set (C
+  // hands it over); without it DONT-FRAGMENT is unknown and the Send discarded, both ways
+  // (test/unit/turn/dont-fragment.test.ts has both cases).
+  const dfMsg = send(ip, port, Buffer.from('df'), (w) => void w.attr(Attr.DontFragment, Buffer.alloc(0)));
+  if (canDf) fwd('DONT-FRAGMENT (sent with DF by JS)', [dfMsg], ['df'], false);
+  else drop('DONT-FRAGMENT (no addon to set DF: discarded)', dfMsg);
   // RFC 8489 §14: comprehension-optional attributes (0x8000-0xFFFF) are ignored.
   fwd(
     'SOFTWARE and an unknown optional attribute',
