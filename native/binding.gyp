@@ -24,6 +24,11 @@
             "target_name": "gatehouse_peercred",
             "sources": ["peercred.c"],
             "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+          },
+          {
+            "target_name": "gatehouse_reuseport",
+            "sources": ["reuseport.c"],
+            "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"]
           }
         ]
       }
