@@ -1,5 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
+import { availableParallelism } from 'node:os';
+import { isScalar } from 'yaml';
 import { bool, checked, fail, failAtPath, int, list, nodeAt, nullable, obj, oneOf, parseYaml, str, type Schema } from './validate.js';
 import { ldapCheck, ldapConfigSchema, type LdapConfig } from './ldap.js';
 import { kerberosConfigSchema, type KerberosConfig } from './kerberos.js';
@@ -70,6 +72,12 @@ export interface GatehouseConfig {
     unauthorized_rate_per_source: number;
     /** Issue 13: `auto` relays peer -> client of hook-free flows in native/fastpath.c when built; `off`: all in JS. */
     fast_path: 'off' | 'auto';
+    /**
+     * Issue 13: relay worker processes (`auto`: os.availableParallelism(), resolved here),
+     * each on its own SO_REUSEPORT listener sockets with its share of relay_ports
+     * (src/turn/workers.ts). 1: one process, as before. More needs store.redis.
+     */
+    workers: number;
   };
   /** The live composition's bounds (README "Limits"). */
   gateway: {
@@ -433,6 +441,19 @@ const corePeerSchema = obj<CorePeer>(
   'a peer { org, cert, allow: {users, groups} }',
 );
 
+/** turn.workers: the most relay workers one gateway runs. */
+export const MAX_TURN_WORKERS = 64;
+
+/** turn.workers: `auto` (one per core, at most MAX_TURN_WORKERS) or a whole number 1-64. */
+const workersSchema: Schema<number> = {
+  what: `auto or a whole number from 1 to ${MAX_TURN_WORKERS}`,
+  parse(node, path, ctx) {
+    const v = isScalar(node) ? node.value : node;
+    if (v === 'auto') return Math.min(MAX_TURN_WORKERS, Math.max(1, availableParallelism()));
+    return int(1, MAX_TURN_WORKERS, this.what).parse(node, path, ctx);
+  },
+};
+
 export const configSchema = obj<GatehouseConfig>({
   realm: { schema: str('a realm name'), default: () => 'gatehouse.local' },
   data_dir: { schema: str('a directory path'), default: () => './data' },
@@ -496,6 +517,7 @@ export const configSchema = obj<GatehouseConfig>({
       allocate_rate_per_source: { schema: int(1, 100_000), default: () => 20 },
       unauthorized_rate_per_source: { schema: int(1, 100_000), default: () => 50 },
       fast_path: { schema: oneOf('off', 'auto'), default: () => 'off' },
+      workers: { schema: workersSchema, default: () => 1 },
     }),
   },
   gateway: {
@@ -819,6 +841,23 @@ function crossCheck(cfg: GatehouseConfig, at: (paths: string | string[], problem
   // so it must be an address peers can reach, never the unspecified address.
   if (cfg.turn.relay_address === '0.0.0.0' || cfg.turn.relay_address === '::') {
     at('turn.relay_address', `must be the address peers reach this server on, not ${cfg.turn.relay_address}`);
+  }
+  if (cfg.turn.workers > 1) {
+    // Quotas, blocks and users hold on every worker only through the cluster's Redis
+    // (src/cluster): each worker is a cluster node (README "Relay workers").
+    if (!cfg.store.redis)
+      at(
+        'turn.workers',
+        `${cfg.turn.workers} workers share quotas, blocks and users through store.redis: set store.redis, or turn.workers: 1`,
+      );
+    const ports = cfg.turn.relay_ports[1]! - cfg.turn.relay_ports[0]! + 1;
+    if (ports < cfg.turn.workers)
+      at(
+        ['turn.workers', 'turn.relay_ports'],
+        `${cfg.turn.workers} workers need at least as many relay ports; turn.relay_ports has ${ports}`,
+      );
+    if (!cfg.turn.listen.some((l) => l.startsWith('udp://')))
+      at('turn.workers', 'relay workers share the udp:// listeners of turn.listen: name at least one');
   }
   const tlsAt = cfg.turn.listen.findIndex((l) => l.startsWith('tls://'));
   if (tlsAt >= 0 && (!cfg.turn.tls.cert || !cfg.turn.tls.key)) {
