@@ -5,15 +5,16 @@
  * policy engine (src/policy) and reports every match as an `alert` event.
  */
 import { readFileSync, statSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import type { Writable } from 'node:stream';
 import { parseArgs } from 'node:util';
-import { CaptureError, CaptureInspector, readCapture } from '../inspect/capture.js';
+import { CaptureError, CaptureInspector, readCapture, type CaptureStats, type CaptureSummary } from '../inspect/capture.js';
 import { eveLine, alertEve, type FlowMeta } from '../inspect/eve-format.js';
 import { policySubject } from '../policy/subject.js';
 import type { InspectEvent } from '../inspect/events.js';
 import { KeyLog } from '../inspect/keylog.js';
 import { KeySetError, keySetsFromJson, type KeySet } from '../wire/keyset.js';
-import { StaticKeyProvider, type FlowRecord } from '../inspect/pipeline.js';
+import { StaticKeyProvider, type FlowRecord, type PipelineCounters } from '../inspect/pipeline.js';
 import type { FlowContext, PolicyEngine, Subject } from '../policy/engine.js';
 import { ConfigError } from '../util/errors.js';
 import { systemClock } from '../util/clock.js';
@@ -41,11 +42,18 @@ Options:
                         without it an \`appdata\` event carries its size only, unless
                         --rules is given). Messages and files always carry their SHA-256
   --no-rtp-packets      omit the per-packet \`rtp.packet\` events (streams are still reported)
+  --threads N|auto      worker threads, each inspecting its share of the flows (default
+                        auto: one per core, one for captures under 8 MB; always one with
+                        --rules); the output is the same, byte for byte, whatever the
+                        number; with more than one there is no progress bar
   --no-progress         no progress bar even when standard error is a terminal
   -h, --help            this text
 
 Exit status: 0 done, 2 usage or input error.
 `;
+
+/** `--threads auto` below this capture size: one thread (starting workers costs more than they save). */
+const AUTO_THREADS_MIN_BYTES = 8 << 20;
 
 interface Io {
   stdout: Writable;
@@ -182,6 +190,7 @@ export async function runInspect(argv: string[], io: Io): Promise<number> {
         help: { type: 'boolean'; short: 'h' };
         'no-rtp-packets': { type: 'boolean' };
         'no-progress': { type: 'boolean' };
+        threads: { type: 'string' };
       };
       allowPositionals: true;
     }>
@@ -196,6 +205,7 @@ export async function runInspect(argv: string[], io: Io): Promise<number> {
         help: { type: 'boolean', short: 'h' },
         'no-rtp-packets': { type: 'boolean' },
         'no-progress': { type: 'boolean' },
+        threads: { type: 'string' },
       },
       allowPositionals: true,
       strict: true,
@@ -217,6 +227,11 @@ export async function runInspect(argv: string[], io: Io): Promise<number> {
   const capture = parsed.positionals[0]!;
   if (!v.keys) return usage(io, 'missing --keys KEYS');
   if (v.hash !== undefined && v.hash !== 'records') return usage(io, `--hash: unknown value "${v.hash}" (expected "records")`);
+  let threads = 0; // auto
+  if (v.threads !== undefined && v.threads !== 'auto') {
+    threads = /^[0-9]+$/.test(v.threads) ? Number(v.threads) : NaN;
+    if (!(threads >= 1 && threads <= 64)) return usage(io, `--threads: expected a number 1..64 or "auto", got "${v.threads}"`);
+  }
 
   let keys: ReturnType<typeof loadKeys>;
   try {
@@ -245,6 +260,19 @@ export async function runInspect(argv: string[], io: Io): Promise<number> {
     fileSize = statSync(capture).size;
   } catch (e) {
     return usage(io, `cannot read capture ${capture}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+  }
+
+  if (threads === 0) threads = policy || fileSize < AUTO_THREADS_MIN_BYTES ? 1 : availableParallelism();
+  if (threads > 1 && !policy) {
+    const { inspectThreaded } = await import('./inspect-threads.js');
+    const r = await inspectThreaded(
+      { capture, keysPath: v.keys, hashAppData: v.hash === 'records', rtpPackets: !v['no-rtp-packets'] },
+      threads,
+      io.stdout,
+    );
+    if (r.error) return usage(io, r.error);
+    io.stderr.write(summaryLines(r, keys, false, 0).join('\n') + '\n');
+    return 0;
   }
 
   const out = new LineWriter(io.stdout);
@@ -331,12 +359,34 @@ export async function runInspect(argv: string[], io: Io): Promise<number> {
   await out.end();
   if (tty) io.stderr.write(`\r${' '.repeat(79)}\r`);
 
-  const s = inspector.stats;
-  const tot = inspector.totals;
-  const ev = [...counts.entries()].sort((a, b) => a[0].localeCompare(b[0]));
+  const r: ShareResult = {
+    summary,
+    stats: inspector.stats,
+    totals: inspector.totals,
+    flowsCreated: inspector.flows.stats.created,
+    counts: Object.fromEntries(counts),
+  };
+  io.stderr.write(summaryLines(r, keys, policy !== null, alerts).join('\n') + '\n');
+  return 0;
+}
+
+/** What one inspection (or one worker's share of it) found, for the summary. */
+export interface ShareResult {
+  summary: CaptureSummary;
+  stats: CaptureStats;
+  totals: PipelineCounters;
+  flowsCreated: number;
+  /** Events by type. */
+  counts: Record<string, number>;
+}
+
+/** The summary written to standard error. */
+export function summaryLines(r: ShareResult, keys: { count: number; kind: 'json' | 'keylog' }, rules: boolean, alerts: number): string[] {
+  const { summary, stats: s, totals: tot } = r;
+  const ev = Object.entries(r.counts).sort((a, b) => a[0].localeCompare(b[0]));
   const lines = [
-    `gatehouse inspect: ${summary.packets} packets (${s.udp} UDP, ${s.tcp} TCP), ${inspector.flows.stats.created} flows, keys: ${keys.count} ${keys.kind === 'json' ? 'key set(s)' : 'key log entries'}`,
-    `  events: ${ev.length ? ev.map(([k, n]) => `${k}=${n}`).join(' ') : 'none'}${policy ? `, alerts=${alerts}` : ''}`,
+    `gatehouse inspect: ${summary.packets} packets (${s.udp} UDP, ${s.tcp} TCP), ${r.flowsCreated} flows, keys: ${keys.count} ${keys.kind === 'json' ? 'key set(s)' : 'key log entries'}`,
+    `  events: ${ev.length ? ev.map(([k, n]) => `${k}=${n}`).join(' ') : 'none'}${rules ? `, alerts=${alerts}` : ''}`,
     `  demux: stun=${tot.stun} dtls=${tot.dtls} rtp=${tot.rtp} rtcp=${tot.rtcp} dropped=${tot.dropped + tot.zrtp + tot.channeldata}; appdata=${tot.appdata} sctp=${tot.sctp}`,
     `  undecryptable: dtls=${tot.undecryptableDtls} srtp=${tot.undecryptableSrtp}`,
     `  turn: data=${s.turnData} control=${s.turnControl} unbound_channel=${s.turnUnbound}; ip fragments=${s.ipFragments} reassembled=${s.ipReassembled}; malformed=${s.malformed} non_ip=${s.notIp + s.unsupportedLink} other_proto=${s.otherProto} tcp_not_turn=${s.tcpNotTurn}`,
@@ -344,6 +394,5 @@ export async function runInspect(argv: string[], io: Io): Promise<number> {
   if (tot.internalErrors > 0) lines.push(`  internal errors (dropped packets): ${tot.internalErrors}`);
   if (summary.truncated) lines.push('  warning: the capture ends in the middle of a record (truncated file)');
   if (summary.linktype >= 0 && s.unsupportedLink > 0) lines.push(`  warning: link type ${summary.linktype} is not supported`);
-  io.stderr.write(lines.join('\n') + '\n');
-  return 0;
+  return lines;
 }

@@ -26,7 +26,15 @@ import {
   type TcpSegment,
 } from '../wire/netpkt.js';
 import type { InspectEvent } from './events.js';
-import { FlowPipeline, FlowTable, newCounters, type FlowRecord, type KeyProvider, type PipelineCounters } from './pipeline.js';
+import {
+  FlowPipeline,
+  FlowTable,
+  newCounters,
+  type FlowRecord,
+  type FlowShard,
+  type KeyProvider,
+  type PipelineCounters,
+} from './pipeline.js';
 import { TurnUnwrapper, type Endpoint } from './turn-unwrap.js';
 
 export interface CapturedPacket {
@@ -250,6 +258,8 @@ export interface CaptureInspectorOptions {
   maxFlows?: number;
   idleMs?: number;
   maxTcpConnections?: number;
+  /** FlowTableOptions.shard: this inspector feeds only the flows it owns (--threads). */
+  shard?: FlowShard;
 }
 
 export interface CaptureStats {
@@ -325,6 +335,7 @@ export class CaptureInspector {
         o.onFlowEnd?.(f, why);
       },
       maxFlows: o.maxFlows,
+      ...(o.shard ? { shard: o.shard } : {}),
       idleMs: this.idleMs,
     });
   }

@@ -419,7 +419,15 @@ export class FlowPipeline {
     // header's CRC32c (RFC 9260 §6.8); on an association already carrying SCTP a zero
     // checksum is accepted too (RFC 9653 §5: after INIT/INIT ACK, which always carry it).
     const known = this.sctpAssoc.has(association);
-    if (pt.length >= SCTP_COMMON_HEADER_LEN + 4 && (verifySctpChecksum(pt) || (known && pt.readUInt32LE(8) === 0))) {
+    // RFC 9260 §3.2: the first chunk's Length (octets 14-15) is at least 4 and within the
+    // packet; a record where it is not cannot be an SCTP packet, so the CRC32c over the
+    // whole record (most of the cost of telling SCTP from other application data) is skipped.
+    const chunkLen = pt.length >= SCTP_COMMON_HEADER_LEN + 4 ? (pt[14]! << 8) | pt[15]! : 0;
+    if (
+      chunkLen >= 4 &&
+      chunkLen <= pt.length - SCTP_COMMON_HEADER_LEN &&
+      ((known && pt.readUInt32LE(8) === 0) || verifySctpChecksum(pt))
+    ) {
       if (!known) this.sctpAssoc.add(association);
       this.counters.sctp++;
       let tr = this.trackers.get(association);
@@ -609,6 +617,21 @@ export interface FlowTableOptions {
   maxFlows?: number;
   /** Idle expiry in packet time (default 10 minutes). */
   idleMs?: number;
+  /** Multi-threaded offline inspection: see FlowShard. */
+  shard?: FlowShard;
+}
+
+/**
+ * One worker's share of the flows (`gatehouse inspect --threads`): every worker keeps the
+ * whole flow table (ids, LRU order, expiry are the same in all of them) but feeds only
+ * the pipelines of the flows it owns. Each feed or end of a flow is a numbered slot; a
+ * flow's events are emitted inside its slot, so merging the workers' output by slot gives
+ * the single-threaded order.
+ */
+export interface FlowShard {
+  owns(flowId: number): boolean;
+  /** Called before slot `slot` (numbered from 1) of flow `flowId` runs. */
+  onSlot(slot: number, flowId: number, owned: boolean): void;
 }
 
 export interface FlowTableStats {
@@ -629,6 +652,7 @@ function epKey(ip: string, port: number): string {
 export class FlowTable {
   private readonly flows = new Map<string, FlowRecord>();
   private nextId = 1;
+  private slot = 0;
   private nextSweep = -Infinity;
   private readonly maxFlows: number;
   private readonly idleMs: number;
@@ -726,6 +750,12 @@ export class FlowTable {
   ): FlowRecord {
     f.lastSeen = time;
     if (turn?.relayed && f.meta.turn && !f.meta.turn.relayed) f.meta.turn.relayed = turn.relayed;
+    const sh = this.o.shard;
+    if (sh) {
+      const own = sh.owns(f.meta.flowId);
+      sh.onSlot(++this.slot, f.meta.flowId, own);
+      if (!own) return f;
+    }
     const fromA = f.meta.a.ip === srcIp && f.meta.a.port === srcPort;
     f.pipeline.feed(payload, fromA ? 'c2s' : 's2c', time);
     return f;
@@ -734,7 +764,10 @@ export class FlowTable {
   private end(k: string, f: FlowRecord, why: 'idle' | 'evicted' | 'closed'): void {
     if (this.last?.rec === f) this.last = null;
     this.flows.delete(k);
-    f.pipeline.close();
+    const sh = this.o.shard;
+    const own = sh ? sh.owns(f.meta.flowId) : true;
+    sh?.onSlot(++this.slot, f.meta.flowId, own);
+    if (own) f.pipeline.close(); // another worker's flow: never fed here, so nothing to close
     this.o.onFlowEnd?.(f, why);
   }
 

@@ -182,8 +182,8 @@ function decodeIpv4(buf: Buffer, off: number): IpPacket | null {
   const fragOffset = (fragField & 0x1fff) * 8; // RFC 791: offset in 8-octet units
   return {
     version: 4,
-    src: formatIpv4(buf, off + 12),
-    dst: formatIpv4(buf, off + 16),
+    src: ipv4Text(buf, off + 12),
+    dst: ipv4Text(buf, off + 16),
     proto: buf[off + 9]!,
     payload: buf.subarray(off + ihl, end),
     fragment: moreFragments || fragOffset !== 0,
@@ -191,6 +191,24 @@ function decodeIpv4(buf: Buffer, off: number): IpPacket | null {
     moreFragments,
     fragId: buf.readUInt16BE(off + 4),
   };
+}
+
+/**
+ * The text of an IPv4 address, cached by its 32-bit value: a capture or a queue sees few
+ * addresses, so most packets get the same string (no allocation, and the flow table's
+ * string compares hit the same object). Bounded: cleared when full.
+ */
+const V4_TEXT = new Map<number, string>();
+const V4_TEXT_MAX = 4096;
+function ipv4Text(buf: Buffer, off: number): string {
+  const k = buf.readUInt32BE(off);
+  let s = V4_TEXT.get(k);
+  if (s === undefined) {
+    if (V4_TEXT.size >= V4_TEXT_MAX) V4_TEXT.clear();
+    s = formatIpv4(buf, off);
+    V4_TEXT.set(k, s);
+  }
+  return s;
 }
 
 const MAX_EXT_HEADERS = 8;

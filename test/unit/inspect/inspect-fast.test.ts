@@ -206,3 +206,31 @@ t.test('eveLine is JSON.stringify(toEve(...)) for every event', async (t) => {
   ins.finish();
   t.ok(n > 100, `${n} events compared`);
 });
+
+t.test('--threads N: byte for byte the single-threaded output and summary', async (t) => {
+  const run = async (args: string[]): Promise<{ code: number; out: string; err: string }> => {
+    const stdout = new PassThrough();
+    let out = '';
+    stdout.on('data', (d: Buffer) => (out += d.toString()));
+    let err = '';
+    const stderr = new Writable({ write: (c: Buffer, _e, cb) => ((err += c.toString()), cb()) });
+    const code = await runInspect([pcap, '--keys', keys, '--no-progress', ...args], { stdout, stderr });
+    return { code, out, err };
+  };
+  for (const extra of [[], ['--hash', 'records'], ['--no-rtp-packets']]) {
+    const one = await run(['--threads', '1', ...extra]);
+    t.equal(one.code, 0);
+    t.ok(one.out.split('\n').length > 100, `${extra.join(' ') || 'default'}: ${one.out.split('\n').length - 1} lines`);
+    for (const n of ['2', '3']) {
+      const many = await run(['--threads', n, ...extra]);
+      t.equal(many.code, 0, `--threads ${n} ${extra.join(' ')}`);
+      t.ok(many.out === one.out, `--threads ${n} ${extra.join(' ')}: the same bytes`);
+      t.equal(many.err, one.err, `--threads ${n} ${extra.join(' ')}: the same summary`);
+    }
+  }
+  for (const bad of ['0', '65', 'two', '1.5']) {
+    const r = await run(['--threads', bad]);
+    t.equal(r.code, 2, `--threads ${bad}: usage error`);
+    t.match(r.err, /--threads: expected a number 1\.\.64 or "auto"/);
+  }
+});
