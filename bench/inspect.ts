@@ -9,7 +9,7 @@
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, statSync, writeFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { runOpensslDtls } from '../scripts/fixtures/openssl-dtls.js';
@@ -25,6 +25,9 @@ export interface InspectBenchResult {
   gatehouseSec: number;
   /** With `--hash records` (SHA-256 of every application-data record). */
   gatehouseHashSec: number;
+  /** With `--threads auto` (one worker thread per core). */
+  gatehouseThreadsSec: number;
+  threads: number;
   tsharkSec: number | null;
   ratio: number | null;
   ratioHash: number | null;
@@ -132,6 +135,8 @@ export async function runInspectBench(opts: { quick?: boolean; runs?: number; cl
     if (hashed !== appdata) throw new Error(`--hash records: ${hashed} hashed appdata events of ${appdata}`);
     const gatehouseSec = medianSec(runs, () => inspect([]));
     const gatehouseHashSec = medianSec(runs, () => inspect(['--hash', 'records']));
+    if (inspect(['--threads', 'auto']) !== out) throw new Error('--threads auto printed other lines than one thread');
+    const gatehouseThreadsSec = medianSec(runs, () => inspect(['--threads', 'auto']));
 
     let tsharkSec: number | null = null;
     try {
@@ -166,6 +171,8 @@ export async function runInspectBench(opts: { quick?: boolean; runs?: number; cl
       runner,
       gatehouseSec,
       gatehouseHashSec,
+      gatehouseThreadsSec,
+      threads: availableParallelism(),
       tsharkSec,
       ratio: tsharkSec ? tsharkSec / gatehouseSec : null,
       ratioHash: tsharkSec ? tsharkSec / gatehouseHashSec : null,
@@ -185,9 +192,10 @@ export function formatInspectBench(r: InspectBenchResult): string {
     '|---|---:|---:|---:|---:|---:|',
     row(`gatehouse inspect (${r.runner})`, r.gatehouseSec, r.records),
     row(`gatehouse inspect --hash records (${r.runner})`, r.gatehouseHashSec, r.records),
+    row(`gatehouse inspect --threads auto (${r.runner}, ${r.threads} threads)`, r.gatehouseThreadsSec, r.records),
     r.tsharkSec ? row('tshark 4.0 -o tls.keylog_file', r.tsharkSec, '') : '| tshark | not available | | | | |',
     r.ratio && r.ratioHash
-      ? `\ngatehouse inspect is ${r.ratio.toFixed(1)}× faster than tshark on this capture (${r.ratioHash.toFixed(1)}× with every record hashed).`
+      ? `\ngatehouse inspect is ${r.ratio.toFixed(1)}× faster than tshark on this capture (${r.ratioHash.toFixed(1)}× with every record hashed, ${(r.tsharkSec! / r.gatehouseThreadsSec).toFixed(1)}× with ${r.threads} threads).`
       : '',
   ].join('\n');
 }

@@ -43,17 +43,16 @@ Options:
                         --rules is given). Messages and files always carry their SHA-256
   --no-rtp-packets      omit the per-packet \`rtp.packet\` events (streams are still reported)
   --threads N|auto      worker threads, each inspecting its share of the flows (default
-                        auto: one per core, one for captures under 8 MB; always one with
-                        --rules); the output is the same, byte for byte, whatever the
-                        number; with more than one there is no progress bar
+                        1; auto: one per core; always one with --rules); the output is
+                        the same, byte for byte, whatever the number; with more than one
+                        there is no progress bar. Every thread still walks every packet
+                        (flow ids and order), so more threads pay only where the work
+                        per flow (decryption, hashing, reassembly) outweighs that walk
   --no-progress         no progress bar even when standard error is a terminal
   -h, --help            this text
 
 Exit status: 0 done, 2 usage or input error.
 `;
-
-/** `--threads auto` below this capture size: one thread (starting workers costs more than they save). */
-const AUTO_THREADS_MIN_BYTES = 8 << 20;
 
 interface Io {
   stdout: Writable;
@@ -227,8 +226,9 @@ export async function runInspect(argv: string[], io: Io): Promise<number> {
   const capture = parsed.positionals[0]!;
   if (!v.keys) return usage(io, 'missing --keys KEYS');
   if (v.hash !== undefined && v.hash !== 'records') return usage(io, `--hash: unknown value "${v.hash}" (expected "records")`);
-  let threads = 0; // auto
-  if (v.threads !== undefined && v.threads !== 'auto') {
+  let threads = 1;
+  if (v.threads === 'auto') threads = availableParallelism();
+  else if (v.threads !== undefined) {
     threads = /^[0-9]+$/.test(v.threads) ? Number(v.threads) : NaN;
     if (!(threads >= 1 && threads <= 64)) return usage(io, `--threads: expected a number 1..64 or "auto", got "${v.threads}"`);
   }
@@ -262,7 +262,6 @@ export async function runInspect(argv: string[], io: Io): Promise<number> {
     return usage(io, `cannot read capture ${capture}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
   }
 
-  if (threads === 0) threads = policy || fileSize < AUTO_THREADS_MIN_BYTES ? 1 : availableParallelism();
   if (threads > 1 && !policy) {
     const { inspectThreaded } = await import('./inspect-threads.js');
     const r = await inspectThreaded(

@@ -221,7 +221,7 @@ t.test('--threads N: byte for byte the single-threaded output and summary', asyn
     const one = await run(['--threads', '1', ...extra]);
     t.equal(one.code, 0);
     t.ok(one.out.split('\n').length > 100, `${extra.join(' ') || 'default'}: ${one.out.split('\n').length - 1} lines`);
-    for (const n of ['2', '3']) {
+    for (const n of ['2', '3', 'auto']) {
       const many = await run(['--threads', n, ...extra]);
       t.equal(many.code, 0, `--threads ${n} ${extra.join(' ')}`);
       t.ok(many.out === one.out, `--threads ${n} ${extra.join(' ')}: the same bytes`);
