@@ -62,6 +62,8 @@ const commands: Record<string, () => Promise<Runner>> = {
   'core-fe': async () => (await import('./core-fe.js')).runCoreFe,
   login: async () => (await import('./login.js')).runLogin,
   user: async () => (await import('./user.js')).runUser,
+  // Not in the help: `gatehouse serve` forks it when turn.workers > 1 (src/turn/workers.ts).
+  'relay-worker': async () => (await import('./relay-worker.js')).runRelayWorker,
 };
 
 export async function main(argv: string[], io: CommandIo = { stdout: process.stdout, stderr: process.stderr }): Promise<number> {
@@ -90,7 +92,7 @@ if (isEntry) {
     });
   }
   const io: CommandIo = { stdout: process.stdout, stderr: process.stderr };
-  if (process.argv[2] === 'serve') {
+  if (process.argv[2] === 'serve' || process.argv[2] === 'relay-worker') {
     // One Supervisor for the process: the gateway uses it for its timers and sinks, and
     // whatever escapes them lands here instead of ending the process. Its lines are
     // errors, so they are written whatever the configured log_level.

@@ -5,6 +5,17 @@ import { ConfigError } from '../util/errors.js';
 import { createLogger } from '../util/log.js';
 import { startGateway, type RunningGateway } from '../gateway/gateway.js';
 import type { Supervisor } from '../util/supervise.js';
+import type { Logger } from '../util/log.js';
+import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
+import { mkdirSync } from 'node:fs';
+import { requireReusePort } from '../util/reuseport.js';
+import { RelaySupervisor, workerConfig } from '../turn/workers.js';
+import { loadOrCreateRestSecret } from '../core/turn-credentials.js';
+import { clusterRestSecret } from '../cluster/rest-secret.js';
+import { clusterNodeId } from '../cluster/node.js';
+import { ensureBootstrapUser } from '../store/users.js';
+import { loadOrCreateIdentity } from '../store/identity.js';
 
 export { startGateway, type RunningGateway };
 
@@ -44,6 +55,8 @@ export async function runServe(argv: string[], io: { stdout: Writable; stderr: W
     return 2;
   }
   const log = createLogger({ level: cfg.log_level });
+  // Issue 13: turn.workers > 1 makes this process the supervisor of relay workers (README "Relay workers").
+  if (cfg.turn.workers > 1) return runWorkers(cfg, log, io);
   let gw: RunningGateway;
   try {
     gw = await startGateway(cfg, log, io.stdout, { supervisor: io.supervisor }); // main.ts's process-level Supervisor
@@ -61,4 +74,66 @@ export async function runServe(argv: string[], io: { stdout: Writable; stderr: W
   });
   log.flush();
   return 0;
+}
+
+/**
+ * turn.workers > 1: this process holds the SO_REUSEPORT listener sockets and runs the
+ * workers (src/turn/workers.ts). What every worker must agree on is settled here once,
+ * before any starts: the REST secret, the bootstrap user, the gateway identity (made in
+ * DATA_DIR; every worker escrows keys to the same certificate).
+ */
+async function runWorkers(cfg: GatehouseConfig, log: Logger, io: { stdout: Writable; stderr: Writable }): Promise<number> {
+  let sup: RelaySupervisor;
+  try {
+    const addon = requireReusePort();
+    mkdirSync(cfg.data_dir, { recursive: true, mode: 0o700 });
+    const rest = loadOrCreateRestSecret(cfg.data_dir, cfg.turn.rest_secret);
+    const restSecret =
+      cfg.turn.rest_secret ??
+      (cfg.store.redis
+        ? await clusterRestSecret(cfg.store.redis, cfg.store.key_prefix, rest.secret, log.child({ module: 'cluster' }))
+        : rest.secret);
+    const boot = ensureBootstrapUser(cfg.data_dir, cfg.users);
+    if (boot.created)
+      io.stdout.write(
+        `\nFirst start: created TURN user "${boot.created.name}" with password ${boot.created.password}\n` +
+          `(kept in ${join(cfg.data_dir, 'initial-user.json')}; add users under "users:" in a config file)\n\n`,
+      );
+    await loadOrCreateIdentity(cfg.data_dir, cfg.identity, cfg.realm);
+    const identity = cfg.identity.cert ? cfg.identity : { cert: join(cfg.data_dir, 'gateway.crt'), key: join(cfg.data_dir, 'gateway.key') };
+    const users = boot.users.map((u) => ({ name: u.name, password: u.password, groups: [...(u.groups ?? [])] }));
+    const nodeBase = clusterNodeId(cfg);
+    sup = new RelaySupervisor({
+      cfg,
+      addon,
+      log: log.child({ module: 'workers' }),
+      command: { path: workerEntry(), args: ['relay-worker'] },
+      configFor: (i, listen) => workerConfig(cfg, i, { listen, nodeBase, shared: { rest_secret: restSecret, users, identity } }),
+    });
+    await sup.start();
+  } catch (err) {
+    io.stderr.write(`gatehouse serve: cannot start: ${(err as Error).message}\n`);
+    return 1;
+  }
+  await new Promise<void>((resolve) => {
+    const stop = (sig: string) => {
+      log.info({ signal: sig }, 'stopping relay workers');
+      sup.stop().finally(resolve);
+    };
+    process.once('SIGINT', () => stop('SIGINT'));
+    process.once('SIGTERM', () => stop('SIGTERM'));
+  });
+  log.flush();
+  return 0;
+}
+
+/**
+ * The script a worker runs: the one this process was started with (bin/gatehouse.js, or
+ * src/cli/main.ts under tsx; fork passes process.execArgv on), so supervisor and workers
+ * run the same code; else bin/gatehouse.js, two folders up from src/cli/ and dist/cli/.
+ */
+function workerEntry(): string {
+  const self = process.argv[1];
+  if (self && /(?:cli[\\/]main\.[tj]s|bin[\\/]gatehouse(?:\.js)?)$/.test(self)) return self;
+  return fileURLToPath(new URL('../../bin/gatehouse.js', import.meta.url));
 }

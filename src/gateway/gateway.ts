@@ -134,7 +134,19 @@ export async function startGateway(
   cfgIn: GatehouseConfig,
   log: Logger,
   stdout: Writable,
-  opts: { supervisor?: Supervisor } = {},
+  opts: {
+    supervisor?: Supervisor;
+    /** Issue 13 (turn.workers): this process is one relay worker (src/turn/workers.ts). */
+    worker?: {
+      /** The SO_REUSEPORT listener sockets the supervisor made, by turn.listen URL. */
+      listenFds: ReadonlyMap<string, number>;
+      /**
+       * true: TURN and the per-flow floor only; the parts with one port (admin API, the
+       * conferencing core, PCP) run in worker 0 alone.
+       */
+      relayOnly: boolean;
+    };
+  } = {},
 ): Promise<RunningGateway> {
   const supervisor = opts.supervisor ?? new Supervisor(log.child({ module: 'supervise' }));
   mkdirSync(cfgIn.data_dir, { recursive: true, mode: 0o700 });
@@ -294,6 +306,7 @@ export async function startGateway(
     // key-escrow.md §6: KeyEscrow requests (desktop key agents, `gatehouse keyagent`).
     keyEscrow: inspector.keyEscrow,
     supervisor, // one counter of contained exceptions for the whole process
+    ...(opts.worker ? { listenFds: opts.worker.listenFds } : {}),
   });
   inspector.attach(turn);
   // A flow blocked here (user × peer IP, key-escrow.md §5.4) is refused on every gateway.
@@ -306,18 +319,19 @@ export async function startGateway(
   await turn.start();
 
   // The firewall path (issue 10): PCP mappings, kernel rules, NFQUEUE into the same inspector.
-  let pcp: RunningPcp | null;
+  let pcp: RunningPcp | null = null;
   try {
-    pcp = await startPcp({
-      cfg,
-      inspector,
-      identity,
-      events,
-      clock: systemClock,
-      log: log.child({ module: 'pcp' }),
-      supervisor,
-      groupsOf: (name) => users.lookup(name)?.groups ?? [],
-    });
+    if (!opts.worker?.relayOnly)
+      pcp = await startPcp({
+        cfg,
+        inspector,
+        identity,
+        events,
+        clock: systemClock,
+        log: log.child({ module: 'pcp' }),
+        supervisor,
+        groupsOf: (name) => users.lookup(name)?.groups ?? [],
+      });
   } catch (err) {
     await turn.stop();
     throw err;
@@ -386,9 +400,9 @@ export async function startGateway(
     },
     log.child({ module: 'admin' }),
   );
-  let adminAddr;
+  let adminAddr = { port: 0 };
   try {
-    adminAddr = await admin.listenConfigured(cfg.admin); // https:// with admin.tls
+    if (!opts.worker?.relayOnly) adminAddr = await admin.listenConfigured(cfg.admin); // https:// with admin.tls
   } catch (err) {
     await pcp?.stop();
     await turn.stop();
@@ -400,15 +414,16 @@ export async function startGateway(
   // an explicitly configured core.listen that cannot be bound stops the start.
   let core: RunningCore | null = null;
   try {
-    core = await startCore(cfg, {
-      users,
-      events,
-      logger: log.child({ module: 'core' }),
-      clock: systemClock,
-      supervisor,
-      restSecret,
-      dataDir: cfg.data_dir,
-    });
+    if (!opts.worker?.relayOnly)
+      core = await startCore(cfg, {
+        users,
+        events,
+        logger: log.child({ module: 'core' }),
+        clock: systemClock,
+        supervisor,
+        restSecret,
+        dataDir: cfg.data_dir,
+      });
   } catch (err) {
     const inUse = (err as NodeJS.ErrnoException).code === 'EADDRINUSE';
     if (!(inUse && cfg.core.listen === DEFAULT_CORE_LISTEN)) {

@@ -25,13 +25,19 @@ export async function listenUdp(
   sup: Supervisor,
   log: Logger,
   onDatagram: (l: UdpListener, msg: Buffer, rinfo: RemoteInfo) => void,
+  /**
+   * Issue 13 (turn.workers): an SO_REUSEPORT socket the supervisor made and bound to
+   * host:port (native/reuseport.c), inherited as this descriptor; adopted instead of binding.
+   */
+  fd?: number,
 ): Promise<UdpListener> {
   const v6 = familyOf(host) === 6;
   // literalLookup: replies to clients go out in the same call, no dns.lookup per send.
   const socket = createSocket({ type: v6 ? 'udp6' : 'udp4', lookup: literalLookup });
   await new Promise<void>((res, rej) => {
     socket.once('error', rej);
-    socket.bind({ port, address: host }, () => {
+    // dgram bind({ fd }): Node adopts the already bound socket (its family must be the type's).
+    socket.bind(fd === undefined ? { port, address: host } : { fd }, () => {
       socket.removeListener('error', rej);
       res();
     });
@@ -56,6 +62,8 @@ export async function listenStream(
   onSocket: (l: StreamListener, s: NetSocket) => void,
   /** TLS: the connection caps apply at TCP accept, before the (costly) handshake; false closes it. */
   admitRaw?: (raw: NetSocket) => boolean,
+  /** Issue 13 (turn.workers): an inherited SO_REUSEPORT listening socket (native/reuseport.c). */
+  fd?: number,
 ): Promise<StreamListener> {
   let server: NetServer;
   let l: StreamListener | null = null;
@@ -72,7 +80,7 @@ export async function listenStream(
   server.on('error', (err) => log.warn({ err: err.message }, `${proto} listener error`));
   await new Promise<void>((res, rej) => {
     server.once('error', rej);
-    server.listen({ port, host }, () => {
+    server.listen(fd === undefined ? { port, host } : { fd }, () => {
       server.removeListener('error', rej);
       res();
     });

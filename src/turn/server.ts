@@ -82,6 +82,11 @@ export interface TurnServerOptions {
    * (src/turn/dont-fragment.ts); null (or no addon): DONT-FRAGMENT is unknown to the server.
    */
   dontFragment?: DontFragmentSend | null;
+  /**
+   * Issue 13 (turn.workers): listener sockets inherited from the supervisor, by the
+   * turn.listen URL they serve (src/turn/workers.ts); a URL not here is bound as usual.
+   */
+  listenFds?: ReadonlyMap<string, number>;
 }
 
 /** Comprehension-required attributes this server understands (RFC 8489 §7.3.1). */
@@ -140,6 +145,7 @@ export class TurnServer {
 
   private udpListeners: UdpListener[] = [];
   private streamListeners: StreamListener[] = [];
+  private readonly listenFds: ReadonlyMap<string, number>;
   private sweepTimer: TimerHandle | null = null;
   private started = false;
   private stopped = false;
@@ -147,6 +153,7 @@ export class TurnServer {
   constructor(opts: TurnServerOptions) {
     const cfg = (this.cfg = opts.config);
     const t = cfg.turn;
+    this.listenFds = opts.listenFds ?? new Map();
     this.clock = opts.clock ?? systemClock;
     this.log = opts.logger ?? silentLogger;
     const clock = this.clock;
@@ -242,15 +249,24 @@ export class TurnServer {
     try {
       for (const url of this.cfg.turn.listen) {
         const { proto, host, port } = parseListen(url);
+        const fd = this.listenFds.get(url);
         if (proto === 'udp') {
-          const l = await listenUdp(host, port, this.udpListeners.length, this.supervisor, this.log, (l, m, r) => this.onUdp(l, m, r));
+          const l = await listenUdp(host, port, this.udpListeners.length, this.supervisor, this.log, (l, m, r) => this.onUdp(l, m, r), fd);
           this.udpListeners.push(l);
           // Client -> peer ChannelData of hook-free flows in C; the rest still reaches onUdp.
           this.fast?.takeListener(l, this.maxChannelByte);
         } else {
           this.streamListeners.push(
-            await listenStream(proto, host, port, this.streamListeners.length, this.cfg.turn.tls, this.log, onStream, (raw) =>
-              this.streams.admitRaw(raw),
+            await listenStream(
+              proto,
+              host,
+              port,
+              this.streamListeners.length,
+              this.cfg.turn.tls,
+              this.log,
+              onStream,
+              (raw) => this.streams.admitRaw(raw),
+              fd,
             ),
           );
         }

@@ -1,0 +1,78 @@
+/**
+ * One relay worker (issue 13, turn.workers > 1): started by `gatehouse serve`'s supervisor
+ * (src/turn/workers.ts) as `gatehouse relay-worker`, never by hand. It gets its
+ * configuration and the descriptors of its SO_REUSEPORT listener sockets over the IPC
+ * channel, and runs the gateway on them: worker 0 all of it, the others TURN and the
+ * per-flow floor only (inspection, policy, quotas, recordings, events), each a node of the
+ * cluster on store.redis so quotas, blocks and users hold on every worker. It ends when
+ * it is told to (SIGTERM, SIGINT) or when the supervisor goes (the IPC channel closes).
+ */
+import type { Writable } from 'node:stream';
+import type { GatehouseConfig } from '../config/config.js';
+import { startGateway } from '../gateway/gateway.js';
+import { createLogger } from '../util/log.js';
+import type { Supervisor } from '../util/supervise.js';
+import type { WorkerReply, WorkerStart } from '../turn/workers.js';
+
+function isStart(m: unknown): m is WorkerStart {
+  const s = m as Partial<WorkerStart> | null;
+  return (
+    !!s &&
+    s.type === 'start' &&
+    Number.isInteger(s.index) &&
+    typeof s.config === 'object' &&
+    s.config !== null &&
+    Array.isArray(s.fds) &&
+    s.fds.every((e) => Array.isArray(e) && typeof e[0] === 'string' && Number.isInteger(e[1]))
+  );
+}
+
+export async function runRelayWorker(
+  _argv: string[],
+  io: { stdout: Writable; stderr: Writable; supervisor?: Supervisor },
+): Promise<number> {
+  const send = process.send?.bind(process);
+  if (!send) {
+    io.stderr.write('gatehouse relay-worker: started by `gatehouse serve` when turn.workers > 1, not by hand\n');
+    return 2;
+  }
+  const reply = (m: WorkerReply) => void send(m);
+  const start = await new Promise<WorkerStart | null>((resolve) => {
+    process.once('message', (m) => resolve(isStart(m) ? m : null));
+    process.once('disconnect', () => resolve(null));
+  });
+  if (!start) {
+    io.stderr.write('gatehouse relay-worker: no start message from the supervisor\n');
+    return 2;
+  }
+  const cfg: GatehouseConfig = start.config;
+  const log = createLogger({ level: cfg.log_level }).child({ worker: start.index });
+  let gw;
+  try {
+    gw = await startGateway(cfg, log, io.stdout, {
+      ...(io.supervisor ? { supervisor: io.supervisor } : {}),
+      worker: { listenFds: new Map(start.fds), relayOnly: start.index > 0 },
+    });
+  } catch (err) {
+    reply({ type: 'failed', error: (err as Error).message });
+    io.stderr.write(`gatehouse relay-worker ${start.index}: cannot start: ${(err as Error).message}\n`);
+    return 1;
+  }
+  reply({ type: 'ready' });
+  await new Promise<void>((resolve) => {
+    let stopping = false;
+    const stop = (why: string) => {
+      if (stopping) return;
+      stopping = true;
+      log.info({ reason: why }, 'relay worker stopping');
+      gw.stop().finally(resolve);
+    };
+    process.once('SIGINT', () => stop('SIGINT'));
+    process.once('SIGTERM', () => stop('SIGTERM'));
+    // The supervisor is gone (even by SIGKILL): a worker never outlives it.
+    process.once('disconnect', () => stop('supervisor_gone'));
+  });
+  log.flush();
+  process.disconnect?.();
+  return 0;
+}

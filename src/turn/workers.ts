@@ -1,0 +1,299 @@
+/**
+ * Relay workers (issue 13, `turn.workers > 1`): one supervisor process holds the TURN
+ * listener sockets and runs N worker processes, each serving the same listen addresses
+ * through its own SO_REUSEPORT socket (native/reuseport.c) with its own share of
+ * turn.relay_ports. What each worker runs is decided by src/cli/relay-worker.ts; this file
+ * knows only sockets, processes and port ranges.
+ *
+ * Affinity (socket(7) SO_REUSEPORT): the kernel delivers a datagram to one socket of the
+ * reuseport group by a hash of its 4-tuple over the group's sockets, and a TCP connection
+ * to one listening socket the same way. A client's packets keep reaching the same socket
+ * while the group is unchanged. The supervisor makes all N sockets itself and keeps its
+ * copies open for its whole life, handing socket i to worker i as an inherited descriptor
+ * (child_process.fork stdio). A worker that dies therefore closes only its copy: the
+ * socket stays in the group, the other workers' clients keep their 5-tuple -> socket
+ * mapping, datagrams for the dead worker's socket wait in that socket's receive buffer
+ * (dropped once it is full, as any UDP socket's), and the supervisor restarts the worker
+ * on the very same descriptor. (Were the sockets the workers' own, a death would remove
+ * one from the group and the kernel would rehash every client over the remaining ones.)
+ * The restarted worker has lost its allocations: its clients get 437 Allocation Mismatch
+ * (RFC 8656 §7.2) or silence and allocate again, landing on it again.
+ */
+import { fork, type ChildProcess } from 'node:child_process';
+import { createSocket } from 'node:dgram';
+import { createServer, isIPv6 } from 'node:net';
+import { join } from 'node:path';
+import { parseListen, type GatehouseConfig } from '../config/config.js';
+import type { Logger } from '../util/log.js';
+import type { ReusePortAddon } from '../util/reuseport.js';
+
+/**
+ * Worker i's contiguous share of [lo, hi] among n workers: the sizes differ by at most one
+ * and the shares neither overlap nor leave a gap, so no two workers can pick one relay port.
+ */
+export function relayPortShare(range: readonly number[], n: number, i: number): [number, number] {
+  const lo = range[0]!;
+  const hi = range[1]!;
+  const total = hi - lo + 1;
+  if (n < 1 || i < 0 || i >= n || total < n) throw new RangeError(`no relay port share ${i} of ${n} in [${lo}, ${hi}]`);
+  const base = Math.floor(total / n);
+  const extra = total % n;
+  const start = lo + i * base + Math.min(i, extra);
+  return [start, start + base + (i < extra ? 1 : 0) - 1];
+}
+
+/** The state directory of worker i: DATA_DIR itself for worker 0, DATA_DIR/workers/<i> for the others. */
+export function workerDataDir(dataDir: string, i: number): string {
+  return i === 0 ? dataDir : join(dataDir, 'workers', String(i));
+}
+
+/** The cluster node id of worker i (store.node_id's 64-character bound kept). */
+export function workerNodeId(base: string, i: number): string {
+  const suffix = `.w${i}`;
+  return base.slice(0, 64 - suffix.length) + suffix;
+}
+
+/** A worker's view of the configuration: its ports, its state directory, its node id. */
+export function workerConfig(
+  cfg: GatehouseConfig,
+  i: number,
+  opts: {
+    listen: string[];
+    nodeBase: string;
+    shared: { rest_secret: string; users: GatehouseConfig['users']; identity: GatehouseConfig['identity'] };
+  },
+): GatehouseConfig {
+  const [lo, hi] = relayPortShare(cfg.turn.relay_ports, cfg.turn.workers, i);
+  return {
+    ...cfg,
+    data_dir: workerDataDir(cfg.data_dir, i),
+    turn: { ...cfg.turn, listen: opts.listen, relay_ports: [lo, hi], rest_secret: opts.shared.rest_secret },
+    users: opts.shared.users,
+    identity: opts.shared.identity,
+    store: { ...cfg.store, node_id: workerNodeId(opts.nodeBase, i) },
+  };
+}
+
+/**
+ * socket(7): any socket of the same effective UID that sets SO_REUSEPORT joins a group
+ * already bound there, and would silently take a share of the clients (another gatehouse
+ * still running, say). So before making the group, the port is bound once without the
+ * option (dgram and net do not set it on Node 20): EADDRINUSE if anything holds it.
+ */
+async function portIsFree(kind: 'udp' | 'tcp', host: string, port: number, url: string): Promise<void> {
+  const inUse = (err: NodeJS.ErrnoException) =>
+    Object.assign(new Error(`${url}: ${err.code === 'EADDRINUSE' ? 'address already in use' : err.message}`), { code: err.code });
+  if (kind === 'udp') {
+    const s = createSocket({ type: isIPv6(host) ? 'udp6' : 'udp4' });
+    await new Promise<void>((res, rej) => {
+      s.once('error', (e) => rej(inUse(e)));
+      s.bind({ port, address: host, exclusive: true }, () => res());
+    }).finally(() => {
+      try {
+        s.close();
+      } catch {
+        /* never bound */
+      }
+    });
+  } else {
+    const srv = createServer();
+    await new Promise<void>((res, rej) => {
+      srv.once('error', (e) => rej(inUse(e)));
+      srv.listen({ port, host, exclusive: true }, () => res());
+    });
+    await new Promise((r) => srv.close(r));
+  }
+}
+
+/** What the supervisor sends a new worker over IPC (its one message). */
+export interface WorkerStart {
+  type: 'start';
+  index: number;
+  config: GatehouseConfig;
+  /** turn.listen URL -> the descriptor number the socket has in the worker. */
+  fds: [string, number][];
+}
+
+/** What a worker answers. */
+export type WorkerReply = { type: 'ready' } | { type: 'failed'; error: string };
+
+/** Descriptor numbers 0-2 are stdio and 3 the IPC channel: inherited sockets start at 4. */
+const FIRST_INHERITED_FD = 4;
+
+interface Slot {
+  index: number;
+  /** This worker's socket of each listen URL (the supervisor's copies, never closed while running). */
+  fds: number[];
+  child: ChildProcess | null;
+  pid: number | null;
+  restarts: number;
+  startedAt: number;
+  /** Restart delay after a short life; doubled up to MAX_RESTART_DELAY_MS. */
+  delayMs: number;
+  timer: NodeJS.Timeout | null;
+}
+
+const MIN_RESTART_DELAY_MS = 100;
+const MAX_RESTART_DELAY_MS = 10_000;
+/** A worker that lived this long restarts after the shortest delay again. */
+const STABLE_MS = 10_000;
+const READY_TIMEOUT_MS = 60_000;
+const STOP_TIMEOUT_MS = 10_000;
+
+export interface RelaySupervisorOptions {
+  cfg: GatehouseConfig;
+  addon: ReusePortAddon;
+  log: Logger;
+  /** The script forked for each worker (bin/gatehouse.js) and its arguments (relay-worker). */
+  command: { path: string; args: string[] };
+  /** Worker i's configuration, given the listen URLs with their bound ports. */
+  configFor(i: number, listen: string[]): GatehouseConfig;
+}
+
+export class RelaySupervisor {
+  private readonly n: number;
+  private slots: Slot[] = [];
+  private listen: string[] = [];
+  private stopping = false;
+
+  constructor(private readonly o: RelaySupervisorOptions) {
+    this.n = o.cfg.turn.workers;
+  }
+
+  /**
+   * Makes the N sockets of every turn.listen address (a port 0 is bound by the first and
+   * the others join it), forks the workers and waits until each serves. Any failure stops
+   * what was started and throws.
+   */
+  async start(): Promise<void> {
+    try {
+      this.slots = Array.from({ length: this.n }, (_, index) => ({
+        index,
+        fds: [],
+        child: null,
+        pid: null,
+        restarts: 0,
+        startedAt: 0,
+        delayMs: MIN_RESTART_DELAY_MS,
+        timer: null,
+      }));
+      for (const url of this.o.cfg.turn.listen) {
+        const { proto, host, port } = parseListen(url);
+        const family = isIPv6(host) ? 6 : 4;
+        const kind = proto === 'udp' ? 'udp' : 'tcp'; // tls:// is TLS over a TCP listener
+        if (port !== 0) await portIsFree(kind, host, port, url);
+        let bound = port;
+        for (const slot of this.slots) {
+          const s = this.o.addon.reuseportSocket(kind, family, host, bound);
+          bound = s.port;
+          slot.fds.push(s.fd);
+        }
+        this.listen.push(port === bound ? url : `${proto}://${family === 6 ? `[${host}]` : host}:${bound}`);
+      }
+      await Promise.all(this.slots.map((s) => this.spawn(s)));
+    } catch (err) {
+      await this.stop();
+      throw err;
+    }
+    this.o.log.info({ workers: this.workers(), listen: this.listen }, 'relay workers listening');
+  }
+
+  /** The listen URLs with their bound ports. */
+  addresses(): string[] {
+    return [...this.listen];
+  }
+
+  workers(): { worker: number; pid: number | null; restarts: number; fds: number[] }[] {
+    return this.slots.map((s) => ({ worker: s.index, pid: s.pid, restarts: s.restarts, fds: [...s.fds] }));
+  }
+
+  private spawn(slot: Slot): Promise<void> {
+    const cfg = this.o.configFor(slot.index, this.listen);
+    // child_process stdio: an integer is a descriptor of this process shared with the
+    // child at that position (libuv dup2s it, which clears close-on-exec on the copy only).
+    const child = fork(this.o.command.path, this.o.command.args, {
+      stdio: ['inherit', 'inherit', 'inherit', 'ipc', ...slot.fds],
+      serialization: 'json',
+    });
+    slot.child = child;
+    slot.pid = child.pid ?? null;
+    slot.startedAt = Date.now();
+    const start: WorkerStart = {
+      type: 'start',
+      index: slot.index,
+      config: cfg,
+      fds: this.listen.map((url, k) => [url, FIRST_INHERITED_FD + k]),
+    };
+    child.send(start);
+    const ready = new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(
+        () => reject(new Error(`relay worker ${slot.index} not ready after ${READY_TIMEOUT_MS} ms`)),
+        READY_TIMEOUT_MS,
+      );
+      const done = (err?: Error) => {
+        clearTimeout(timer);
+        child.off('message', onMessage);
+        child.off('exit', onEarlyExit);
+        if (err) reject(err);
+        else resolve();
+      };
+      const onMessage = (m: WorkerReply) => {
+        if (m?.type === 'ready') done();
+        else if (m?.type === 'failed') done(new Error(`relay worker ${slot.index}: ${m.error}`));
+      };
+      const onEarlyExit = (code: number | null, signal: string | null) =>
+        done(new Error(`relay worker ${slot.index} exited before serving (${signal ?? `code ${code}`})`));
+      child.on('message', onMessage);
+      child.once('exit', onEarlyExit);
+    });
+    child.once('exit', (code, signal) => this.onExit(slot, child, code, signal));
+    return ready.then(() =>
+      this.o.log.info({ worker: slot.index, pid: slot.pid, restarts: slot.restarts, fds: slot.fds }, 'relay worker serving'),
+    );
+  }
+
+  private onExit(slot: Slot, child: ChildProcess, code: number | null, signal: string | null): void {
+    if (slot.child !== child) return;
+    slot.child = null;
+    if (this.stopping) return;
+    const lived = Date.now() - slot.startedAt;
+    slot.delayMs = lived >= STABLE_MS ? MIN_RESTART_DELAY_MS : Math.min(MAX_RESTART_DELAY_MS, slot.delayMs * 2);
+    this.o.log.warn(
+      { worker: slot.index, pid: slot.pid, code, signal, lived_ms: lived, restart_in_ms: slot.delayMs, fds: slot.fds },
+      'relay worker died; restarting it on the same sockets',
+    );
+    slot.timer = setTimeout(() => {
+      slot.timer = null;
+      if (this.stopping) return;
+      slot.restarts++;
+      this.spawn(slot).catch((err: Error) => this.o.log.error({ worker: slot.index, err: err.message }, 'relay worker restart failed'));
+    }, slot.delayMs);
+  }
+
+  /** SIGTERM to every worker (SIGKILL after STOP_TIMEOUT_MS), then the sockets are closed. */
+  async stop(): Promise<void> {
+    this.stopping = true;
+    await Promise.all(
+      this.slots.map(async (s) => {
+        if (s.timer) clearTimeout(s.timer);
+        const c = s.child;
+        if (!c || c.exitCode !== null || c.signalCode !== null) return;
+        const exited = new Promise<void>((r) => c.once('exit', () => r()));
+        c.kill('SIGTERM');
+        const t = setTimeout(() => c.kill('SIGKILL'), STOP_TIMEOUT_MS);
+        await exited;
+        clearTimeout(t);
+      }),
+    );
+    for (const s of this.slots) {
+      for (const fd of s.fds) {
+        try {
+          this.o.addon.closeFd(fd);
+        } catch {
+          /* already closed */
+        }
+      }
+      s.fds = [];
+    }
+  }
+}
