@@ -36,9 +36,28 @@
  *   npx tsx bench/turn-ab.ts --sweep [--bare] [--variant 'fast_path: auto'] [--sizes 170]
  *                            [--sweep-clients 25,50,100,200,400] [--sweep-seconds 4]
  *                            [--interval 1] [--max-loss 0.1]
+ *
+ * --workers N (issue 13, turn.workers): the variant is `gatehouse serve` with `workers: N`,
+ * against the same Gatehouse with one worker, without coturn. A redis-server on a free
+ * port is started for the run and both Gatehouse runs get `store: { redis: ... }` (workers
+ * need it; the one-worker run has it too, so the two differ only in turn.workers). Both
+ * run from the sources (node --import tsx src/cli/main.ts) and the server's CPU is that of
+ * its whole process tree (the supervisor and its workers). With --sweep this gives the
+ * highest packets per second at < --max-loss % for 1 worker vs N:
+ *
+ *   flock /tmp/heavy.lock npx tsx bench/turn-ab.ts --sweep --workers 2 [--variant-extra 'fast_path: auto'] --sizes 170
+ *
+ * --variant-extra LINES: `turn:` lines (';'-separated) given to both Gatehouse runs with --workers.
+ * --generators K: every load runs K turnutils_uclient processes sharing its clients (one
+ * uclient paces its sessions and relays only ~10-35 000 packets/s, below what several
+ * workers take); figures are their sums, the window starts when all have allocated.
  */
 import { spawnSync } from 'node:child_process';
 import { loadavg } from 'node:os';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { start } from './lib/procs.js';
+import { freeTcpPort } from './lib/ports.js';
 import { lossOf, runTurnRelayBench, type LoadResult, type SweepResult, type TurnBenchOptions } from './turn-relay.js';
 
 function arg(name: string, dflt: string): string {
@@ -46,11 +65,32 @@ function arg(name: string, dflt: string): string {
   return i > 0 && process.argv[i + 1] !== undefined ? process.argv[i + 1]! : dflt;
 }
 
+const workersN = Number(arg('workers', '0'));
+if (!Number.isInteger(workersN) || workersN === 1 || workersN < 0 || workersN > 64) throw new Error('--workers N: 2-64');
+if (workersN > 0 && process.argv.includes('--bare')) throw new Error('--workers runs gatehouse serve: not with --bare');
+const both = arg('variant-extra', '')
+  .split(';')
+  .map((s) => s.trim())
+  .filter(Boolean);
 const rounds = Number(arg('rounds', '3'));
 const clients = Number(arg('clients', '50'));
 const messages = Number(arg('messages', '1000'));
 const sizes = arg('sizes', '170,1100').split(',').map(Number);
-const variant = arg('variant', '') || (process.argv.includes('--old') ? 'earlier build' : '');
+const variant =
+  workersN > 0
+    ? [`workers: ${workersN}`, ...both].join('; ')
+    : arg('variant', '') || (process.argv.includes('--old') ? 'earlier build' : '');
+const ROOT = resolve(fileURLToPath(new URL('..', import.meta.url)));
+/** --workers: the Redis both Gatehouse runs share state through (turn.workers > 1 requires store.redis). */
+let redisUrl: string | null = null;
+if (workersN > 0) {
+  const port = await freeTcpPort();
+  const redis = start('redis-server', 'redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no']);
+  // Ended with the bench by lib/procs (exit, error, signal), like every process it starts.
+  void redis;
+  await new Promise((r) => setTimeout(r, 500));
+  redisUrl = `redis://127.0.0.1:${port}/0`;
+}
 const prof = arg('prof', '');
 const old = arg('old', '');
 const probeMs = Number(arg('probe-ms', '5'));
@@ -85,9 +125,17 @@ async function one(which: Key): Promise<number[]> {
     log: () => {},
     gatehouseBare: process.argv.includes('--bare'),
     sendIndications: process.argv.includes('--send'),
+    generators: Number(arg('generators', '1')),
   };
   if (which === 'variant' && old) o.gatehouseBin = `${old}/bin/gatehouse.js`;
   else if (which === 'variant') o.gatehouseTurnConfig = variant.split(';').map((s) => s.trim());
+  if (workersN > 0 && which !== 'coturn') {
+    if (which === 'gatehouse') o.gatehouseTurnConfig = both;
+    o.gatehouseTopConfig = [`store: { redis: ${JSON.stringify(redisUrl)}, node_id: bench-${which} }`];
+    o.gatehouseBin = join(ROOT, 'src', 'cli', 'main.ts');
+    o.gatehouseNodeArgs = ['--import', import.meta.resolve('tsx'), ...(o.gatehouseNodeArgs ?? [])];
+    o.gatehouseRelayFactor = which === 'variant' ? workersN : 1;
+  }
   if (which !== 'coturn' && prof) o.gatehouseNodeArgs = ['--cpu-prof', `--cpu-prof-dir=${prof}`];
   const r = await runTurnRelayBench(o, version);
   const srv = r.servers[0]!;
@@ -119,10 +167,12 @@ const label = (k: Key): string =>
       ? `Gatehouse (${variant})`
       : process.argv.includes('--bare')
         ? 'Gatehouse (bare)'
-        : 'Gatehouse';
+        : workersN > 0
+          ? `Gatehouse (${['workers: 1', ...both].join('; ')})`
+          : 'Gatehouse';
 
 if (sweepMode) {
-  const order: Key[] = variant ? ['gatehouse', 'variant', 'coturn'] : ['gatehouse', 'coturn'];
+  const order: Key[] = workersN > 0 ? ['gatehouse', 'variant'] : variant ? ['gatehouse', 'variant', 'coturn'] : ['gatehouse', 'coturn'];
   log(`sweep (${order.join(' → ')}), load average ${loadavg()[0]!.toFixed(2)}`);
   for (const k of order) await one(k);
   const lines: string[] = [
@@ -139,6 +189,14 @@ if (sweepMode) {
           `${f2(b?.usPerPacket ?? NaN)} | ${f2(b?.systemUsPerPacket ?? NaN)} | ${f2(b?.softirqUsPerPacket ?? NaN)} | ${f2(b?.othersUsPerPacket ?? NaN)} | ` +
           `${f3(b?.latency?.p50Ms ?? NaN)} / ${f3(b?.latency?.p99Ms ?? NaN)} | ${sw?.stoppedBy ?? 'no run'} |`,
       );
+    }
+  }
+  if (workersN > 0) {
+    lines.push('');
+    for (const size of sizes) {
+      const one = sweeps.gatehouse?.find((x) => x.size === size)?.best?.ratePps ?? NaN;
+      const n = sweeps.variant?.find((x) => x.size === size)?.best?.ratePps ?? NaN;
+      lines.push(`${size} B: ${workersN} workers / 1 worker = ${f2(n / one)}× packets/s at < ${sweep.maxLossPct} % loss`);
     }
   }
   process.stdout.write(lines.join('\n') + '\n');

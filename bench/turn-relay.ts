@@ -18,7 +18,7 @@
  * Run alone: `npx tsx bench/turn-relay.ts [--quick]`; normally through bench/run.ts.
  */
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -65,6 +65,12 @@ export interface TurnBenchOptions {
   gatehouseBin?: string;
   /** bench/turn-bare.ts (a TurnServer with no gateway and no flow hooks) instead of `gatehouse serve` */
   gatehouseBare?: boolean;
+  /** extra top-level config lines for Gatehouse (e.g. `store: { redis: ... }` for turn.workers); default none */
+  gatehouseTopConfig?: string[];
+  /** turnutils_uclient processes per load, sharing its clients (default 1) */
+  generators?: number;
+  /** relay ports per allocation the range is sized for (turn.workers N: N, each worker gets 1/N of it); default 1 */
+  gatehouseRelayFactor?: number;
   /**
    * turnutils_uclient `-s`: every message a Send indication (RFC 8656 §11.2) and every echo
    * a Data indication (§11.3) instead of ChannelData; default false (channels).
@@ -256,9 +262,47 @@ const RE_RTT = new RegExp(`Average round trip delay ${NUM} ms; min = ${NUM} ms, 
 const RE_JITTER = new RegExp(`Average jitter ${NUM} ms`);
 const RE_TRANSMIT = /Total transmit time is (\d+)/;
 
+/**
+ * The server and every process below it: with turn.workers > 1 `gatehouse serve` is a
+ * supervisor and the relaying happens in its children (proc(5): field 4 of /proc/PID/stat
+ * is the parent pid, read after the last ')' since the name may hold spaces).
+ */
+export function processTree(root: number): number[] {
+  const parent = new Map<number, number>();
+  for (const name of readdirSync('/proc')) {
+    const pid = Number(name);
+    if (!Number.isInteger(pid)) continue;
+    try {
+      const s = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      parent.set(pid, Number(s.slice(s.lastIndexOf(')') + 2).split(' ')[1]));
+    } catch {
+      /* gone */
+    }
+  }
+  const out = [root];
+  for (let i = 0; i < out.length; i++) for (const [pid, ppid] of parent) if (ppid === out[i]) out.push(pid);
+  return out;
+}
+
+/** CPU of the server's whole process tree (one process unless turn.workers > 1). */
 function tryCpu(pid: number): CpuSample | null {
   try {
-    return sampleCpu(pid);
+    const samples = processTree(pid).flatMap((p) => {
+      try {
+        return [sampleCpu(p)];
+      } catch {
+        return [];
+      }
+    });
+    if (!samples.some((s) => s.pid === pid)) return null;
+    if (samples.length === 1) return samples[0]!;
+    const threads = new Map<number, bigint>();
+    let all = true;
+    for (const s of samples) {
+      if (!s.threadsNs) all = false;
+      else for (const [tid, ns] of s.threadsNs) threads.set(tid, ns);
+    }
+    return { pid, atNs: samples[0]!.atNs, ticks: samples.reduce((a, s) => a + s.ticks, 0), threadsNs: all ? threads : null };
   } catch {
     return null;
   }
@@ -279,8 +323,15 @@ async function runLoad(
   size: number,
   intervalMs: number,
   probeIntervalMs = 0,
+  /**
+   * turnutils_uclient processes sharing the clients (-m split as evenly as possible): one
+   * process paces its sessions itself and relays only ~10-35 000 packets/s however many
+   * clients it has, below what a server with several workers takes.
+   */
+  generators = 1,
 ): Promise<LoadResult> {
-  const args = uclientArgs(port, peerPort, clients, messages, size, intervalMs);
+  const k = Math.max(1, Math.min(generators, clients));
+  const shares = Array.from({ length: k }, (_, i) => Math.floor(clients / k) + (i < clients % k ? 1 : 0));
   const connectMs = 30_000 + clients * 500;
   const stallMs = 20_000;
   const totalMs = connectMs + 60_000 + clients * messages * 0.5;
@@ -330,37 +381,81 @@ async function runLoad(
   let sys1: SysSample | null = null;
   let d1: { server: UdpDrops | null; peer: UdpDrops | null } | null = null;
   let lastProgress = Date.now();
-  let lastCounts = '';
-  const uc = start('turnutils_uclient', 'turnutils_uclient', args, {}, 40);
-  uc.onLine((line) => {
-    if (!s1 && line.includes('Total connect time')) {
-      sys1 = sampleSystem([uc.pid, peerPid], [serverPid]);
-      s1 = tryCpu(serverPid);
-      d1 = { server: udpDrops(serverPid), peer: udpDrops(peerPid) };
-      lastProgress = Date.now();
-      probe?.begin();
-    }
-    let m: RegExpExecArray | null;
-    if ((m = RE_TOTALS.exec(line))) {
-      res.sent = Number(m[1]);
-      res.received = Number(m[2]);
-      if (m[0] !== lastCounts) {
-        lastCounts = m[0];
-        lastProgress = Date.now();
+  // Per generator: its last counters; the load's figures are their sums (RTT: the extremes,
+  // the mean weighted by messages received).
+  const per = shares.map(() => ({
+    connected: false,
+    counts: '',
+    sent: 0,
+    received: 0,
+    lost: null as number | null,
+    dropped: null as number | null,
+    rtt: null as [number, number, number] | null,
+    jitter: null as number | null,
+    transmit: null as number | null,
+  }));
+  const sum = (f: (g: (typeof per)[number]) => number | null): number | null =>
+    per.every((g) => f(g) !== null) ? per.reduce((a, g) => a + f(g)!, 0) : null;
+  const ucs = shares.map((m, i) =>
+    start(
+      k > 1 ? `turnutils_uclient#${i}` : 'turnutils_uclient',
+      'turnutils_uclient',
+      uclientArgs(port, peerPort, m, messages, size, intervalMs),
+      {},
+      40,
+    ),
+  );
+  const loadPids = (): number[] => [...ucs.map((u) => u.pid), peerPid];
+  ucs.forEach((u, i) => {
+    const g = per[i]!;
+    u.onLine((line) => {
+      if (!g.connected && line.includes('Total connect time')) {
+        g.connected = true;
+        // The measured window starts when every generator has made its allocations.
+        if (!s1 && per.every((x) => x.connected)) {
+          sys1 = sampleSystem(loadPids(), processTree(serverPid));
+          s1 = tryCpu(serverPid);
+          d1 = { server: udpDrops(serverPid), peer: udpDrops(peerPid) };
+          lastProgress = Date.now();
+          probe?.begin();
+        }
       }
-    }
-    if ((m = RE_LOST.exec(line))) {
-      res.lostPackets = Number(m[1]);
-      res.lossPct = Number(m[2]);
-      res.sendDropped = Number(m[3]);
-    }
-    if ((m = RE_RTT.exec(line))) {
-      res.rttAvgMs = Number(m[1]);
-      res.rttMinMs = Number(m[2]);
-      res.rttMaxMs = Number(m[3]);
-    }
-    if ((m = RE_JITTER.exec(line))) res.jitterAvgMs = Number(m[1]);
-    if ((m = RE_TRANSMIT.exec(line))) res.transmitS = Number(m[1]);
+      let m: RegExpExecArray | null;
+      if ((m = RE_TOTALS.exec(line))) {
+        g.sent = Number(m[1]);
+        g.received = Number(m[2]);
+        if (m[0] !== g.counts) {
+          g.counts = m[0];
+          lastProgress = Date.now();
+        }
+        res.sent = sum((x) => x.sent)!;
+        res.received = sum((x) => x.received)!;
+      }
+      if ((m = RE_LOST.exec(line))) {
+        g.lost = Number(m[1]);
+        g.dropped = Number(m[3]);
+        res.lostPackets = sum((x) => x.lost);
+        res.sendDropped = sum((x) => x.dropped);
+        // uclient's own percentage is of what it sent; the same over all generators.
+        if (res.lostPackets !== null) res.lossPct = k === 1 ? Number(m[2]) : round2((100 * res.lostPackets) / Math.max(1, res.sent));
+      }
+      if ((m = RE_RTT.exec(line))) {
+        g.rtt = [Number(m[1]), Number(m[2]), Number(m[3])];
+        const all = per.filter((x) => x.rtt);
+        const w = all.reduce((a, x) => a + Math.max(1, x.received), 0);
+        res.rttAvgMs = all.reduce((a, x) => a + x.rtt![0] * Math.max(1, x.received), 0) / w;
+        res.rttMinMs = Math.min(...all.map((x) => x.rtt![1]));
+        res.rttMaxMs = Math.max(...all.map((x) => x.rtt![2]));
+      }
+      if ((m = RE_JITTER.exec(line))) {
+        g.jitter = Number(m[1]);
+        res.jitterAvgMs = Math.max(...per.map((x) => x.jitter ?? 0));
+      }
+      if ((m = RE_TRANSMIT.exec(line))) {
+        g.transmit = Number(m[1]);
+        res.transmitS = Math.max(...per.map((x) => x.transmit ?? 0));
+      }
+    });
   });
 
   const begun = Date.now();
@@ -373,14 +468,15 @@ async function runLoad(
     else if (now - begun > totalMs) killedFor = `still running after ${Math.round(totalMs / 1000)} s`;
     if (killedFor) {
       clearInterval(watchdog);
-      void stop(uc, 1000);
+      for (const u of ucs) void stop(u, 1000);
     }
   }, 500);
-  const { code, signal } = await uc.exited;
+  const exits = await Promise.all(ucs.map((u) => u.exited));
+  const { code, signal } = exits.find((e) => e.code !== 0) ?? exits[0]!;
   clearInterval(watchdog);
   const probeDone = probe?.stop() ?? null;
   const s2 = tryCpu(serverPid);
-  const sys2 = sampleSystem([uc.pid, peerPid], [serverPid]);
+  const sys2 = sampleSystem(loadPids(), processTree(serverPid));
   const d2 = { server: udpDrops(serverPid), peer: udpDrops(peerPid) };
   res.loadavg[1] = round2(loadavg()[0]!);
   if (probeDone) {
@@ -433,8 +529,9 @@ async function runLoad(
     // The client's own complaints say most (e.g. "channel bind: error 400 (...)").
     const said = [
       ...new Set(
-        uc
-          .tail()
+        ucs
+          .map((u) => u.tail())
+          .join('\n')
           .split('\n')
           .filter((l) => /error|cannot|fail/i.test(l))
           .map((l) => l.replace(/^\d+: : /, '').trim()),
@@ -442,7 +539,7 @@ async function runLoad(
     ];
     if (said.length) problems.push(`it said: ${said.slice(0, 3).join(' | ')}`);
     res.error = problems.join('; ');
-    res.clientTail = uc.tail();
+    res.clientTail = ucs.map((u) => u.tail()).join('\n');
   }
   return res;
 }
@@ -543,6 +640,7 @@ export async function startGatehouse(
   bin = GATEHOUSE_BIN,
   bare = false,
   relayPorts = relayRangeSize(clientsTotal),
+  topExtra: string[] = [],
 ): Promise<Started> {
   const port = await freeUdpPort();
   const pcpPort = await freeUdpPort();
@@ -575,6 +673,7 @@ export async function startGatehouse(
     `admin: { listen: http://${HOST}:${adminPort} }`,
     `users: [{ name: ${USER}, password: ${PASSWORD}, groups: [] }]`,
     `policy: { rules: ${JSON.stringify(rulesPath)} }`,
+    ...topExtra,
     '',
   ].join('\n');
   const cfgPath = join(dir, 'gatehouse.yaml');
@@ -661,7 +760,16 @@ async function benchServer(
   try {
     s =
       name === 'gatehouse'
-        ? await startGatehouse(allocations, o.gatehouseRules, o.gatehouseNodeArgs, o.gatehouseTurnConfig, o.gatehouseBin, o.gatehouseBare)
+        ? await startGatehouse(
+            allocations,
+            o.gatehouseRules,
+            o.gatehouseNodeArgs,
+            o.gatehouseTurnConfig,
+            o.gatehouseBin,
+            o.gatehouseBare,
+            relayRangeSize(allocations * (o.gatehouseRelayFactor ?? 1)),
+            o.gatehouseTopConfig,
+          )
         : await startCoturn(allocations);
   } catch (e) {
     run.reason = `did not start: ${(e as Error).message}`;
@@ -689,7 +797,7 @@ async function benchServer(
       for (const size of o.sizes) {
         if (!s.proc.isRunning()) break;
         o.log(`${name}: ${o.clients} clients × ${o.messages} messages of ${size} B${o.repeat > 1 ? ` (run ${rep + 1}/${o.repeat})` : ''}`);
-        const r = await runLoad(s.proc.pid, s.port, peerPid, peerPort, o.clients, o.messages, size, o.intervalMs, probeMs);
+        const r = await runLoad(s.proc.pid, s.port, peerPid, peerPort, o.clients, o.messages, size, o.intervalMs, probeMs, o.generators);
         o.log(`${name}: ${describe(r)}`);
         run.allRuns.push(r);
       }
@@ -737,7 +845,7 @@ async function sweepServer(
       }
       const messages = Math.max(50, Math.ceil(perClient * sweep.seconds));
       o.log(`${name}: sweep ${size} B, ${clients} clients × ${messages} messages (-z ${o.intervalMs})`);
-      const r = await runLoad(s.proc.pid, s.port, peerPid, peerPort, clients, messages, size, o.intervalMs, probeMs);
+      const r = await runLoad(s.proc.pid, s.port, peerPid, peerPort, clients, messages, size, o.intervalMs, probeMs, o.generators);
       o.log(`${name}: sweep ${describe(r)}`);
       res.steps.push(r);
       all.push(r);
