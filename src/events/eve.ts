@@ -23,10 +23,21 @@ export interface EveEvent {
   [k: string]: unknown;
 }
 
+/** The ISO prefix of the last second formatted ("2026-11-22T10:00:00."): events come in bursts. */
+let tsSecond = NaN;
+let tsPrefix = '';
+const MS3 = Array.from({ length: 1000 }, (_, i) => String(i).padStart(3, '0'));
+
 /** Suricata's timestamp form: 2026-11-22T10:00:00.000000+0000. */
 export function eveTimestamp(ms: number): string {
-  const iso = new Date(ms).toISOString(); // 2026-11-22T10:00:00.000Z
-  return `${iso.slice(0, 23)}000+0000`;
+  const t = Math.trunc(ms); // Date truncates a fractional time (TimeClip)
+  const sec = Math.floor(t / 1000);
+  if (sec !== tsSecond || !Number.isFinite(sec)) {
+    const iso = new Date(t).toISOString(); // 2026-11-22T10:00:00.000Z (throws on an invalid time, as before)
+    tsSecond = sec;
+    tsPrefix = iso.slice(0, 20);
+  }
+  return `${tsPrefix}${MS3[t - sec * 1000]}000+0000`;
 }
 
 /** A sink never throws out of emit() or close(): events are best effort, the relay is not. */

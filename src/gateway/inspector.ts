@@ -26,6 +26,7 @@ import { ACTION_RANK } from '../policy/engine.js';
 import type { Flow, FlowDirection, FlowHooks, TurnRequestContext } from '../turn/flow.js';
 import { FlowBlockList } from './block-list.js';
 import { coreRef, groupsRef } from '../turn/events.js';
+import type { CoreIdentity } from '../turn/state.js';
 import { TurnEscrowExtension, type EscrowHost, type EscrowKeysPolicy } from './escrow.js';
 import { KeyEscrowService, type KeyEscrowHost } from './keyescrow.js';
 import { KP_FLAG_ETM, KP_FLAG_MEDIA, KP_FLAG_RECORD_KEYS_HELD, KP_FLAG_SRTP_UNKNOWN, type KeyPending } from '../wire/keyescrow.js';
@@ -1228,15 +1229,26 @@ export class GatewayInspector implements FlowHooks, EscrowHost, KeyEscrowHost {
     this.emit(e);
   }
 
+  /**
+   * The flow's identity in e.gatehouse. Every inspected message passes here: plain
+   * assignments on one copy, in the order (and with the same keys) the event format has
+   * always had: what the event carried, user, groups, allocation or mapping, the core
+   * fields (turn/events.ts coreRef), association.
+   */
   private decorate(st: FlowState, e: EveEvent, association: string | undefined): EveEvent {
-    e.gatehouse = {
-      ...(e.gatehouse ?? {}),
-      user: st.flow.user,
-      ...groupsRef(st.flow.groups),
-      ...flowRef(st.flow),
-      ...coreRef(st.flow),
-      ...(association ? { association } : {}),
-    };
+    const f = st.flow;
+    const g: Record<string, unknown> = e.gatehouse ? { ...e.gatehouse } : {};
+    g.user = f.user;
+    if (f.groups.length) g.groups = [...f.groups];
+    if (isPcpFlow(f)) g.mapping = f.allocationId;
+    else g.allocation = f.allocationId;
+    const c = f as CoreIdentity;
+    if (c.conference !== undefined) g.conference = c.conference;
+    if (c.room !== undefined) g.room = c.room;
+    if (c.org !== undefined) g.org = c.org;
+    if (c.guest) g.guest = true;
+    if (association) g.association = association;
+    e.gatehouse = g;
     return e;
   }
 

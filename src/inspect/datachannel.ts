@@ -57,7 +57,7 @@
  *
  * Message data is copied out of the input packets: callers may reuse their buffers.
  */
-import { createHash } from 'node:crypto';
+import { sha256Hex } from '../util/sha256.js';
 import type { Direction, EventListener, InspectEvent } from './events.js';
 import {
   ChunkIterator,
@@ -948,7 +948,7 @@ export class DataChannelTracker {
     if (isEmptyPpid(ppid)) data = EMPTY;
     const ch = this.chans.get(stream);
     const label = ch ? ch.label : '';
-    const sha256 = createHash('sha256').update(data).digest('hex');
+    const sha256 = sha256Hex(data);
     const index = this.transfers.nextIndex(dir, stream);
     this.stats.messages++;
     this.emit({

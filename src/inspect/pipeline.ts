@@ -11,7 +11,7 @@
  *
  * The pipeline knows no sockets and no clock: time comes with each packet.
  */
-import * as nodeCrypto from 'node:crypto';
+import { sha256Hex } from '../util/sha256.js';
 import { demuxCode, PC_STUN, PC_ZRTP, PC_DTLS, PC_CHANNELDATA, PC_RTP, isRtcp } from '../wire/demux.js';
 import type { Direction, EventListener, InspectEvent } from './events.js';
 import type { FlowMeta } from './eve-format.js';
@@ -150,12 +150,7 @@ function delimitsAsDtls(payload: Buffer): boolean {
   return true;
 }
 
-/** crypto.hash (node >= 20.12): one call, no Hash object; createHash on older nodes. */
-const oneShotHash = (nodeCrypto as { hash?: (alg: string, data: Buffer, enc: 'hex') => string }).hash;
-
-export function sha256Hex(b: Buffer): string {
-  return oneShotHash ? oneShotHash('sha256', b, 'hex') : nodeCrypto.createHash('sha256').update(b).digest('hex');
-}
+export { sha256Hex };
 
 /**
  * One flow's pipeline. `dir` given to feed() is relative to the flow's side A ('c2s' =

@@ -26,7 +26,7 @@
  * Without a pinned certificate (--cert) the check proves consistency with the
  * certificates in certs/; pin the gateway certificate to prove origin.
  */
-import { createHash, createPublicKey, sign, verify, X509Certificate, type KeyObject } from 'node:crypto';
+import { createPublicKey, sign, verify, X509Certificate, type KeyObject } from 'node:crypto';
 import {
   closeSync,
   existsSync,
@@ -41,6 +41,7 @@ import {
   writeSync,
 } from 'node:fs';
 import { join } from 'node:path';
+import { sha256Hex } from '../util/sha256.js';
 
 export const MANIFEST = 'manifest.json';
 export const HEAD = 'chain-head.json';
@@ -108,9 +109,7 @@ export function canonicalJson(v: unknown): string {
   return `{${keys.map((k) => `${JSON.stringify(k)}:${canonicalJson(o[k])}`).join(',')}}`;
 }
 
-export function sha256Hex(b: Buffer | string): string {
-  return createHash('sha256').update(b).digest('hex');
-}
+export { sha256Hex };
 
 export function signerId(certDer: Buffer): string {
   return sha256Hex(certDer);

@@ -87,3 +87,15 @@ t.test('file writes are queued and written asynchronously after the turn', async
   );
   sink.close();
 });
+
+t.test('eveTimestamp: the cached second prefix gives what Date.toISOString gives, for every kind of time', async (t) => {
+  const ref = (ms: number) => `${new Date(ms).toISOString().slice(0, 23)}000+0000`;
+  const xs = [0, 999, 1000, 1500.7, -1, -1000.5, -999, Date.UTC(2026, 10, 22, 10, 0, 0, 999), 1796320753942.25, 253402300799999];
+  for (let i = 0; i < 20000; i++) xs.push(Math.random() * 4e12 - 1e12);
+  // Bursts inside one second and across its boundary (the cache is per second).
+  for (let i = 0; i < 3000; i++) xs.push(Date.UTC(2026, 10, 22, 10, 0, 0) - 700 + i * 0.5);
+  const bad = xs.filter((x) => eveTimestamp(x) !== ref(x));
+  t.same(bad.slice(0, 5), [], `${xs.length} times`);
+  t.equal(eveTimestamp(Date.UTC(2026, 10, 22, 10, 0, 0, 5)), '2026-11-22T10:00:00.005000+0000');
+  t.throws(() => eveTimestamp(NaN), RangeError, 'an invalid time throws, as Date does');
+});
