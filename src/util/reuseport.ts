@@ -29,8 +29,8 @@ export function loadReusePort(): { addon: ReusePortAddon | null; reason: string 
 }
 
 /** The addon, or an Error saying why `turn.workers > 1` cannot start without it. */
-export function requireReusePort(): ReusePortAddon {
-  const { addon, reason } = loadReusePort();
+export function requireReusePort(load: () => { addon: ReusePortAddon | null; reason: string } = loadReusePort): ReusePortAddon {
+  const { addon, reason } = load();
   if (!addon) throw new Error(`turn.workers > 1 needs the SO_REUSEPORT addon: ${reason}`);
   return addon;
 }

@@ -5,7 +5,7 @@
 import t from 'tap';
 import { createSocket, type Socket } from 'node:dgram';
 import { createServer, connect } from 'node:net';
-import { loadReusePort } from '../../../src/util/reuseport.js';
+import { loadReusePort, requireReusePort } from '../../../src/util/reuseport.js';
 
 const { addon, reason } = loadReusePort();
 if (!addon && process.env.CI) t.fail(`the reuseport addon is not built in CI: ${reason}`);
@@ -78,4 +78,15 @@ t.test('errors carry the errno name and the address', { skip }, async (t) => {
   const s = addon!.reuseportSocket('udp', 6, '::1', 0);
   addon!.closeFd(s.fd);
   t.throws(() => addon!.closeFd(s.fd), { code: 'EBADF' });
+});
+
+t.test('without the addon turn.workers > 1 cannot start, and says why', async (t) => {
+  t.throws(
+    () =>
+      requireReusePort(() => ({ addon: null, reason: 'native/build/Release/gatehouse_reuseport.node not built (npm run build:native)' })),
+    {
+      message:
+        'turn.workers > 1 needs the SO_REUSEPORT addon: native/build/Release/gatehouse_reuseport.node not built (npm run build:native)',
+    },
+  );
 });
