@@ -415,7 +415,7 @@ async function runLoad(
         if (!s1 && per.every((x) => x.connected)) {
           sys1 = sampleSystem(loadPids(), processTree(serverPid));
           s1 = tryCpu(serverPid);
-          d1 = { server: udpDrops(serverPid), peer: udpDrops(peerPid) };
+          d1 = { server: udpDrops(processTree(serverPid)), peer: udpDrops(peerPid) };
           lastProgress = Date.now();
           probe?.begin();
         }
@@ -477,7 +477,7 @@ async function runLoad(
   const probeDone = probe?.stop() ?? null;
   const s2 = tryCpu(serverPid);
   const sys2 = sampleSystem(loadPids(), processTree(serverPid));
-  const d2 = { server: udpDrops(serverPid), peer: udpDrops(peerPid) };
+  const d2 = { server: udpDrops(processTree(serverPid)), peer: udpDrops(peerPid) };
   res.loadavg[1] = round2(loadavg()[0]!);
   if (probeDone) {
     res.latency = await probeDone;

@@ -28,12 +28,16 @@ function socketInodes(pid: number): Set<string> {
 }
 
 /** null when /proc cannot be read for that process (gone, or not permitted). */
-export function udpDrops(pid: number): UdpDrops | null {
-  let inodes: Set<string>;
-  try {
-    inodes = socketInodes(pid);
-  } catch {
-    return null;
+export function udpDrops(pid: number | number[]): UdpDrops | null {
+  // Several pids: a server and its worker processes (turn.workers), their sockets together
+  // (a socket shared by two of them is one inode, counted once).
+  const inodes = new Set<string>();
+  for (const [i, p] of (Array.isArray(pid) ? pid : [pid]).entries()) {
+    try {
+      for (const n of socketInodes(p)) inodes.add(n);
+    } catch {
+      if (i === 0) return null; // the server itself is gone; a worker may be restarting
+    }
   }
   const res: UdpDrops = { byPort: new Map(), total: 0, sockets: 0 };
   for (const table of ['/proc/net/udp', '/proc/net/udp6']) {
