@@ -122,7 +122,8 @@ async function one(which: Key): Promise<number[]> {
     idleMs: 500,
     repeat: 1,
     servers: [which === 'coturn' ? 'coturn' : 'gatehouse'],
-    log: () => {},
+    // --verbose: every load's line (the sweep's steps) on stderr.
+    log: process.argv.includes('--verbose') ? (l: string) => log(`  ${which}: ${l}`) : () => {},
     gatehouseBare: process.argv.includes('--bare'),
     sendIndications: process.argv.includes('--send'),
     generators: Number(arg('generators', '1')),
