@@ -40,6 +40,7 @@ export async function runRelayWorker(
   const start = await new Promise<WorkerStart | null>((resolve) => {
     process.once('message', (m) => resolve(isStart(m) ? m : null));
     process.once('disconnect', () => resolve(null));
+    reply({ type: 'hello' }); // listening now: the supervisor sends the start message
   });
   if (!start) {
     io.stderr.write('gatehouse relay-worker: no start message from the supervisor\n');

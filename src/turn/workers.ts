@@ -114,8 +114,12 @@ export interface WorkerStart {
   fds: [string, number][];
 }
 
-/** What a worker answers. */
-export type WorkerReply = { type: 'ready' } | { type: 'failed'; error: string };
+/**
+ * What a worker says: `hello` once it listens for its start message (a message sent
+ * before the child has a 'message' listener would be emitted to no one), then `ready` or
+ * `failed`.
+ */
+export type WorkerReply = { type: 'hello' } | { type: 'ready' } | { type: 'failed'; error: string };
 
 /** Descriptor numbers 0-2 are stdio and 3 the IPC channel: inherited sockets start at 4. */
 const FIRST_INHERITED_FD = 4;
@@ -224,7 +228,14 @@ export class RelaySupervisor {
       config: cfg,
       fds: this.listen.map((url, k) => [url, FIRST_INHERITED_FD + k]),
     };
-    child.send(start);
+    const hello = (m: WorkerReply) => {
+      if (m?.type !== 'hello') return;
+      child.off('message', hello);
+      child.send(start);
+    };
+    child.on('message', hello);
+    // A send to a worker that already died reports here, not as an uncaught 'error'.
+    child.on('error', (err) => this.o.log.warn({ worker: slot.index, pid: slot.pid, err: err.message }, 'relay worker channel error'));
     const ready = new Promise<void>((resolve, reject) => {
       const timer = setTimeout(
         () => reject(new Error(`relay worker ${slot.index} not ready after ${READY_TIMEOUT_MS} ms`)),
