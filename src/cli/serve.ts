@@ -64,13 +64,18 @@ export async function runServe(argv: string[], io: { stdout: Writable; stderr: W
     io.stderr.write(`gatehouse serve: cannot start: ${(err as Error).message}\n`);
     return 1;
   }
+  return untilSignal(log, 'stopping', () => gw.stop());
+}
+
+/** Runs until SIGINT or SIGTERM, then `stop()`; 0 once it has finished. */
+async function untilSignal(log: Logger, what: string, stop: () => Promise<void>): Promise<number> {
   await new Promise<void>((resolve) => {
-    const stop = (sig: string) => {
-      log.info({ signal: sig }, 'stopping');
-      gw.stop().finally(resolve);
+    const onSignal = (sig: string) => {
+      log.info({ signal: sig }, what);
+      stop().finally(resolve);
     };
-    process.once('SIGINT', () => stop('SIGINT'));
-    process.once('SIGTERM', () => stop('SIGTERM'));
+    process.once('SIGINT', () => onSignal('SIGINT'));
+    process.once('SIGTERM', () => onSignal('SIGTERM'));
   });
   log.flush();
   return 0;
@@ -115,16 +120,7 @@ async function runWorkers(cfg: GatehouseConfig, log: Logger, io: { stdout: Writa
     io.stderr.write(`gatehouse serve: cannot start: ${(err as Error).message}\n`);
     return 1;
   }
-  await new Promise<void>((resolve) => {
-    const stop = (sig: string) => {
-      log.info({ signal: sig }, 'stopping relay workers');
-      sup.stop().finally(resolve);
-    };
-    process.once('SIGINT', () => stop('SIGINT'));
-    process.once('SIGTERM', () => stop('SIGTERM'));
-  });
-  log.flush();
-  return 0;
+  return untilSignal(log, 'stopping relay workers', () => sup.stop());
 }
 
 /**
