@@ -25,7 +25,7 @@ import { spoolOf, TRANSFER_DEFAULTS, type SpoolFactory, type SpoolMode } from '.
 import { ACTION_RANK } from '../policy/engine.js';
 import type { Flow, FlowDirection, FlowHooks, TurnRequestContext } from '../turn/flow.js';
 import { FlowBlockList } from './block-list.js';
-import { coreRef, groupsRef } from '../turn/events.js';
+import { assignCoreRef } from '../turn/events.js';
 import type { CoreIdentity } from '../turn/state.js';
 import { TurnEscrowExtension, type EscrowHost, type EscrowKeysPolicy } from './escrow.js';
 import { KeyEscrowService, type KeyEscrowHost } from './keyescrow.js';
@@ -1223,32 +1223,15 @@ export class GatewayInspector implements FlowHooks, EscrowHost, KeyEscrowHost {
       src_port: f.client.port,
       dest_ip: f.peerAddress,
       proto: 'UDP',
-      gatehouse: { user: f.user, ...groupsRef(f.groups), ...flowRef(f), ...coreRef(f), ...(association ? { association } : {}), ...extra },
+      gatehouse: Object.assign(assignFlowIdentity({}, f, association), extra),
     };
     if (st.meta.b.port) e.dest_port = st.meta.b.port;
     this.emit(e);
   }
 
-  /**
-   * The flow's identity in e.gatehouse. Every inspected message passes here: plain
-   * assignments on one copy, in the order (and with the same keys) the event format has
-   * always had: what the event carried, user, groups, allocation or mapping, the core
-   * fields (turn/events.ts coreRef), association.
-   */
+  /** The flow's identity in e.gatehouse, after what the event carried (assignFlowIdentity). */
   private decorate(st: FlowState, e: EveEvent, association: string | undefined): EveEvent {
-    const f = st.flow;
-    const g: Record<string, unknown> = e.gatehouse ? { ...e.gatehouse } : {};
-    g.user = f.user;
-    if (f.groups.length) g.groups = [...f.groups];
-    if (isPcpFlow(f)) g.mapping = f.allocationId;
-    else g.allocation = f.allocationId;
-    const c = f as CoreIdentity;
-    if (c.conference !== undefined) g.conference = c.conference;
-    if (c.room !== undefined) g.room = c.room;
-    if (c.org !== undefined) g.org = c.org;
-    if (c.guest) g.guest = true;
-    if (association) g.association = association;
-    e.gatehouse = g;
+    e.gatehouse = assignFlowIdentity(e.gatehouse ? { ...e.gatehouse } : {}, st.flow, association);
     return e;
   }
 
@@ -1277,9 +1260,20 @@ export function policyContext(f: Flow): FlowContext {
   };
 }
 
-/** contract.md: flows on the PCP path carry gatehouse.mapping where TURN flows carry gatehouse.allocation. */
-function flowRef(f: Flow): { allocation: string } | { mapping: string } {
-  return isPcpFlow(f) ? { mapping: f.allocationId } : { allocation: f.allocationId };
+/**
+ * A flow's identity assigned onto `g` (every inspected message's event passes here: plain
+ * assignments, no spreads), in the event format's order: user, groups, allocation or
+ * mapping (contract.md: PCP flows carry gatehouse.mapping where TURN flows carry
+ * gatehouse.allocation), the core fields (turn/events.ts coreRef), association.
+ */
+function assignFlowIdentity(g: Record<string, unknown>, f: Flow, association: string | undefined): Record<string, unknown> {
+  g.user = f.user;
+  if (f.groups.length) g.groups = [...f.groups];
+  if (isPcpFlow(f)) g.mapping = f.allocationId;
+  else g.allocation = f.allocationId;
+  assignCoreRef(g, f as CoreIdentity);
+  if (association) g.association = association;
+  return g;
 }
 
 function peerKey(allocationId: string, peerIp: string): string {

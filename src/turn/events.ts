@@ -81,12 +81,17 @@ export function groupsRef(groups: readonly string[]): { groups?: string[] } {
  * true); room participants carry gatehouse.room, transferred users gatehouse.org.
  */
 export function coreRef(a: CoreIdentity): CoreIdentity {
-  return {
-    ...(a.conference !== undefined ? { conference: a.conference } : {}),
-    ...(a.room !== undefined ? { room: a.room } : {}),
-    ...(a.org !== undefined ? { org: a.org } : {}),
-    ...(a.guest ? { guest: true as const } : {}),
-  };
+  return assignCoreRef({}, a);
+}
+
+/** coreRef's fields assigned onto `target` (in that order), for a caller that builds one object per event. */
+export function assignCoreRef<T extends Record<string, unknown>>(target: T, a: CoreIdentity): T & CoreIdentity {
+  const t = target as T & CoreIdentity;
+  if (a.conference !== undefined) t.conference = a.conference;
+  if (a.room !== undefined) t.room = a.room;
+  if (a.org !== undefined) t.org = a.org;
+  if (a.guest) t.guest = true;
+  return t;
 }
 
 /** The core identity fields of an allocation, or undefined when it has none (not a core participant). */
