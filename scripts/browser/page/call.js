@@ -80,7 +80,12 @@ async function statsSummary(pc) {
 async function twoBrowser(role) {
   const other = role === 'pc1' ? 'pc2' : 'pc1';
   const report = { ok: false, role, userAgent: navigator.userAgent, sent: [], received: [], errors: [], log: lines };
-  const signal = (msg) => fetch('/signal?to=' + other, { method: 'POST', body: JSON.stringify(msg) });
+  // One POST at a time, in order: a candidate posted while the offer's POST is still in
+  // flight can reach the server first (separate connections), and the other peer would
+  // then add it before it has a remote description (InvalidStateError, call lost).
+  let outbox = Promise.resolve();
+  const signal = (msg) =>
+    (outbox = outbox.catch(() => {}).then(() => fetch('/signal?to=' + other, { method: 'POST', body: JSON.stringify(msg) })));
   const barrier = async (name, ms) => {
     await fetch('/barrier?name=' + name + '&role=' + role, { method: 'POST' });
     const end = performance.now() + ms;
@@ -155,20 +160,30 @@ async function twoBrowser(role) {
     // Signalling: messages are handled strictly in order (offer/answer before candidates).
     let stop = false;
     let answerSdp = null;
+    // Candidates that arrive before the remote description wait for it (JSEP, RFC 8829
+    // §5.7: addIceCandidate needs a remote description).
+    const early = [];
+    const addCandidate = (c) => pc.addIceCandidate(c).catch((err) => report.errors.push('addIceCandidate: ' + err));
+    const flushEarly = async () => {
+      while (early.length) await addCandidate(early.shift());
+    };
     const pump = (async () => {
       while (!stop) {
         const msgs = await (await fetch('/signal?me=' + role)).json();
         for (const m of msgs) {
           if (m.type === 'offer') {
             await pc.setRemoteDescription({ type: 'offer', sdp: m.sdp });
+            await flushEarly();
             const ans = await pc.createAnswer();
             await pc.setLocalDescription(ans);
             await signal({ type: 'answer', sdp: pc.localDescription.sdp });
           } else if (m.type === 'answer') {
             answerSdp = m.sdp;
             await pc.setRemoteDescription({ type: 'answer', sdp: m.sdp });
+            await flushEarly();
           } else if (m.type === 'candidate') {
-            await pc.addIceCandidate(m.candidate).catch((err) => report.errors.push('addIceCandidate: ' + err));
+            if (pc.remoteDescription) await addCandidate(m.candidate);
+            else early.push(m.candidate);
           }
         }
         await sleep(50);
