@@ -10,6 +10,7 @@ import type { Logger } from '../util/log.js';
 import type { EveEvent } from '../events/eve.js';
 import { Dashboard } from './dashboard.js';
 import { filterEvents } from './event-filter.js';
+import { readKeyFile } from '../util/key-files.js';
 
 /**
  * The admin listener (contract.md "Admin HTTP API"). /metrics, /healthz and the gateway
@@ -60,7 +61,7 @@ export function readAdminTls(tls: GatehouseConfig['admin']['tls']): AdminTls | u
   if (!tls.cert || !tls.key) return undefined;
   const read = (key: 'cert' | 'key', file: string): Buffer => {
     try {
-      return readFileSync(file);
+      return key === 'key' ? readKeyFile(file) : readFileSync(file);
     } catch (err) {
       throw new GatehouseError(
         'E_ADMIN_TLS',

@@ -12,7 +12,10 @@ import type { GatehouseConfig } from '../config/config.js';
 import { startGateway } from '../gateway/gateway.js';
 import { createLogger } from '../util/log.js';
 import type { Supervisor } from '../util/supervise.js';
-import type { WorkerReply, WorkerStart } from '../turn/workers.js';
+import { dropPrivileges } from '../util/drop-privileges.js';
+import { requestKey } from '../util/key-client.js';
+import { provideKeyFiles } from '../util/key-files.js';
+import type { WorkerKeys, WorkerReply, WorkerStart } from '../turn/workers.js';
 
 function isStart(m: unknown): m is WorkerStart {
   const s = m as Partial<WorkerStart> | null;
@@ -23,8 +26,26 @@ function isStart(m: unknown): m is WorkerStart {
     typeof s.config === 'object' &&
     s.config !== null &&
     Array.isArray(s.fds) &&
-    s.fds.every((e) => Array.isArray(e) && typeof e[0] === 'string' && Number.isInteger(e[1]))
+    s.fds.every((e) => Array.isArray(e) && typeof e[0] === 'string' && Number.isInteger(e[1])) &&
+    (s.keys === null ||
+      (typeof s.keys === 'object' &&
+        typeof s.keys.socket === 'string' &&
+        Array.isArray(s.keys.files) &&
+        s.keys.files.every((f) => Array.isArray(f) && typeof f[0] === 'string' && typeof f[1] === 'string')))
   );
+}
+
+/**
+ * Gives up root (when told to) and then gets the private keys from the supervisor's key
+ * broker, in that order: the broker serves this process only under the uid it recorded
+ * for it, which is the one after the drop. The sockets it serves on were bound by the
+ * supervisor and came in as descriptors, so nothing here needs root any more.
+ */
+async function takeKeys(keys: WorkerKeys): Promise<void> {
+  if (keys.account) dropPrivileges(keys.account);
+  const got = new Map<string, Buffer>();
+  for (const [name, path] of keys.files) got.set(path, await requestKey(keys.socket, name));
+  provideKeyFiles(got);
 }
 
 export async function runRelayWorker(
@@ -50,6 +71,7 @@ export async function runRelayWorker(
   const log = createLogger({ level: cfg.log_level }).child({ worker: start.index });
   let gw;
   try {
+    if (start.keys) await takeKeys(start.keys);
     gw = await startGateway(cfg, log, io.stdout, {
       ...(io.supervisor ? { supervisor: io.supervisor } : {}),
       worker: { listenFds: new Map(start.fds), relayOnly: start.index > 0 },

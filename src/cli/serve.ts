@@ -7,10 +7,15 @@ import { startGateway, type RunningGateway } from '../gateway/gateway.js';
 import type { Supervisor } from '../util/supervise.js';
 import type { Logger } from '../util/log.js';
 import { fileURLToPath } from 'node:url';
-import { join } from 'node:path';
-import { mkdirSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { mkdirSync, readFileSync } from 'node:fs';
 import { requireReusePort } from '../util/reuseport.js';
-import { RelaySupervisor, workerConfig } from '../turn/workers.js';
+import { RelaySupervisor, workerConfig, workerDataDir, type SpawnWorker } from '../turn/workers.js';
+import { KeyBroker } from '../util/key-broker.js';
+import { lookupAccount } from '../util/drop-privileges.js';
+import { loadOrCreateAdminToken } from '../admin/token.js';
+import { loadOrCreateCoreSigning, SIGNING_CERT_FILE, SIGNING_KEY_FILE } from '../core/core-signing.js';
+import { prepareWorkerDirs, workerKeyFiles } from './worker-keys.js';
 import { loadOrCreateRestSecret } from '../core/turn-credentials.js';
 import { clusterRestSecret } from '../cluster/rest-secret.js';
 import { clusterNodeId } from '../cluster/node.js';
@@ -85,12 +90,21 @@ async function untilSignal(log: Logger, what: string, stop: () => Promise<void>)
  * turn.workers > 1: this process holds the SO_REUSEPORT listener sockets and runs the
  * workers (src/turn/workers.ts). What every worker must agree on is settled here once,
  * before any starts: the REST secret, the bootstrap user, the gateway identity (made in
- * DATA_DIR; every worker escrows keys to the same certificate).
+ * DATA_DIR; every worker escrows keys to the same certificate), the core's signing key.
+ * This process alone reads the private keys: it hands them to its key broker, and a
+ * worker gets them from there after it dropped to turn.worker_user (src/cli/worker-keys.ts).
  */
 async function runWorkers(cfg: GatehouseConfig, log: Logger, io: { stdout: Writable; stderr: Writable }): Promise<number> {
   let sup: RelaySupervisor;
+  let broker: KeyBroker | null = null;
   try {
     const addon = requireReusePort();
+    const account = cfg.turn.worker_user === null ? null : lookupAccount(cfg.turn.worker_user);
+    const euid = process.geteuid!();
+    if (account && euid !== 0)
+      throw new Error(`turn.worker_user: workers drop to "${cfg.turn.worker_user}" only when serve starts as root`);
+    if (!account && euid === 0)
+      log.warn('relay workers run as root: set turn.worker_user to have them drop to an unprivileged account after binding');
     mkdirSync(cfg.data_dir, { recursive: true, mode: 0o700 });
     const rest = loadOrCreateRestSecret(cfg.data_dir, cfg.turn.rest_secret);
     const restSecret =
@@ -106,22 +120,78 @@ async function runWorkers(cfg: GatehouseConfig, log: Logger, io: { stdout: Writa
       );
     await loadOrCreateIdentity(cfg.data_dir, cfg.identity, cfg.realm);
     const identity = cfg.identity.cert ? cfg.identity : { cert: join(cfg.data_dir, 'gateway.crt'), key: join(cfg.data_dir, 'gateway.key') };
+    await loadOrCreateCoreSigning(cfg, cfg.data_dir);
+    const coreSigning = cfg.core.signing.key
+      ? cfg.core.signing
+      : { cert: join(cfg.data_dir, SIGNING_CERT_FILE), key: join(cfg.data_dir, SIGNING_KEY_FILE) };
     const users = boot.users.map((u) => ({ name: u.name, password: u.password, groups: [...(u.groups ?? [])] }));
     const nodeBase = clusterNodeId(cfg);
+    // Dropped workers keep their state in DATA_DIR/workers/<i>: DATA_DIR holds the
+    // supervisor's secrets, so the admin token kept there is settled here for worker 0.
+    const ownDirs = account !== null;
+    const adminToken = ownDirs ? loadOrCreateAdminToken(cfg).token : undefined;
+    if (account)
+      prepareWorkerDirs(
+        cfg.data_dir,
+        Array.from({ length: cfg.turn.workers }, (_, i) => workerDataDir(cfg.data_dir, i, true)),
+        account,
+      );
+    const files = workerKeyFiles(cfg, identity.key!, coreSigning.key);
+    broker = await KeyBroker.start({
+      dir: join(resolve(cfg.data_dir), 'key-broker'),
+      keys: new Map(files.map(([name, path]) => [name, readFileSync(path)])),
+      log: log.child({ module: 'key-broker' }),
+      ...(account ? { socketGroup: account.gid } : {}),
+    });
+    const b = broker;
+    const workerUid = account?.uid ?? euid;
+    // fork() is spawn of this Node with its execArgv and an IPC channel; through the broker,
+    // so it records each worker's pid and start time (a restarted worker is a new record).
+    const spawnWorker: SpawnWorker = (path, args, opts, keys) =>
+      b.spawnWorker(process.execPath, [...process.execArgv, path, ...args], {
+        ...opts,
+        workerUid,
+        keyNames: keys.files.map(([name]) => name),
+      });
     sup = new RelaySupervisor({
       cfg,
       addon,
       log: log.child({ module: 'workers' }),
       command: { path: workerEntry(), args: ['relay-worker'] },
-      configFor: (i, listen) => workerConfig(cfg, i, { listen, nodeBase, shared: { rest_secret: restSecret, users, identity } }),
+      configFor: (i, listen) =>
+        workerConfig(cfg, i, {
+          listen,
+          nodeBase,
+          ownDirs,
+          shared: {
+            rest_secret: restSecret,
+            users,
+            identity,
+            core_signing: coreSigning,
+            ...(adminToken !== undefined ? { admin_token: adminToken } : {}),
+          },
+        }),
+      // Worker 0 runs admin, core and PCP; the others need only the identity and turn.tls.
+      keys: {
+        spawn: spawnWorker,
+        worker: (i) => ({ socket: b.socketPath, account, files: i === 0 ? files : files.filter(([n]) => RELAY_KEYS.has(n)) }),
+      },
     });
     await sup.start();
   } catch (err) {
+    await broker?.close();
     io.stderr.write(`gatehouse serve: cannot start: ${(err as Error).message}\n`);
     return 1;
   }
-  return untilSignal(log, 'stopping relay workers', () => sup.stop());
+  const keyBroker = broker;
+  return untilSignal(log, 'stopping relay workers', async () => {
+    await sup.stop();
+    await keyBroker.close();
+  });
 }
+
+/** The keys a relay-only worker (1..N-1) may have: worker 0 alone serves admin, core and PCP. */
+const RELAY_KEYS = new Set(['identity', 'turn-tls']);
 
 /**
  * The script a worker runs: the one this process was started with (bin/gatehouse.js, or

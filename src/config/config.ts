@@ -5,6 +5,7 @@ import { isScalar } from 'yaml';
 import { bool, checked, fail, failAtPath, int, list, nodeAt, nullable, obj, oneOf, parseYaml, str, type Schema } from './validate.js';
 import { ldapCheck, ldapConfigSchema, type LdapConfig } from './ldap.js';
 import { kerberosConfigSchema, type KerberosConfig } from './kerberos.js';
+import { lookupAccount } from '../util/drop-privileges.js';
 
 /**
  * The one configuration object (design.md): validated once at start, passed down;
@@ -78,6 +79,13 @@ export interface GatehouseConfig {
      * (src/turn/workers.ts). 1: one process, as before. More needs store.redis.
      */
     workers: number;
+    /**
+     * Issue 13: the account relay workers drop to after they got their sockets (a passwd
+     * name, or uid / uid:gid); they then get the gateway's private keys only from the
+     * supervisor's key broker (src/util/key-broker.ts). null: workers keep the
+     * supervisor's account (still served by the broker, by pid and start time).
+     */
+    worker_user: string | null;
   };
   /** The live composition's bounds (README "Limits"). */
   gateway: {
@@ -441,6 +449,16 @@ const corePeerSchema = obj<CorePeer>(
   'a peer { org, cert, allow: {users, groups} }',
 );
 
+/** Why turn.worker_user names no account workers can drop to, or null. */
+function workerAccountProblem(user: string): string | null {
+  try {
+    const a = lookupAccount(user);
+    return a.uid === 0 || a.gid === 0 ? `"${user}" is root: workers would drop nothing` : null;
+  } catch (err) {
+    return (err as Error).message;
+  }
+}
+
 /** turn.workers: the most relay workers one gateway runs. */
 export const MAX_TURN_WORKERS = 64;
 
@@ -518,6 +536,7 @@ export const configSchema = obj<GatehouseConfig>({
       unauthorized_rate_per_source: { schema: int(1, 100_000), default: () => 50 },
       fast_path: { schema: oneOf('off', 'auto'), default: () => 'off' },
       workers: { schema: workersSchema, default: () => 1 },
+      worker_user: { schema: nullable(str('a local account: a user name, uid or uid:gid')), default: () => null },
     }),
   },
   gateway: {
@@ -858,6 +877,30 @@ function crossCheck(cfg: GatehouseConfig, at: (paths: string | string[], problem
       );
     if (!cfg.turn.listen.some((l) => l.startsWith('udp://')))
       at('turn.workers', 'relay workers share the udp:// listeners of turn.listen: name at least one');
+  }
+  if (cfg.turn.worker_user !== null) {
+    // Workers drop to this account before they start serving (src/cli/relay-worker.ts):
+    // worker 0's own listeners must then be bindable without root, and the firewall
+    // backend (nftables, NFQUEUE) needs root (CAP_NET_ADMIN) it no longer has.
+    if (cfg.turn.workers < 2) at('turn.worker_user', 'applies to relay workers only: set turn.workers to 2 or more (or auto)');
+    const account = workerAccountProblem(cfg.turn.worker_user);
+    if (account) at('turn.worker_user', account);
+    for (const [key, url] of [
+      ['admin.listen', cfg.admin.listen],
+      ['core.listen', cfg.core.listen],
+    ] as const) {
+      const port = Number(/:(\d+)\/?$/.exec(url)?.[1] ?? NaN);
+      if (port > 0 && port < 1024)
+        at(
+          [key, 'turn.worker_user'],
+          `port ${port} needs root, which workers drop (turn.worker_user): use a port from 1024, or a redirect`,
+        );
+    }
+    if (cfg.pcp.listen.length > 0 && cfg.pcp.firewall !== 'none')
+      at(
+        ['pcp.firewall', 'turn.worker_user'],
+        'the firewall backend needs root, which workers drop (turn.worker_user): set pcp.firewall: none',
+      );
   }
   const tlsAt = cfg.turn.listen.findIndex((l) => l.startsWith('tls://'));
   if (tlsAt >= 0 && (!cfg.turn.tls.cert || !cfg.turn.tls.key)) {

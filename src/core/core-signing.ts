@@ -20,6 +20,7 @@ import { join } from 'node:path';
 import type { GatehouseConfig, CorePeer } from '../config/config.js';
 import { createSelfSigned } from '../store/identity.js';
 import { isP256 } from '../util/p256.js';
+import { readKeyFile } from '../util/key-files.js';
 
 export interface CoreSigning {
   privateKey: KeyObject;
@@ -42,9 +43,9 @@ export class CoreKeyError extends Error {
   }
 }
 
-function readPem(path: string, key: string): string {
+function readPem(path: string, key: string, secret = false): string {
   try {
-    return readFileSync(path, 'utf8');
+    return (secret ? readKeyFile(path) : readFileSync(path)).toString('utf8');
   } catch (err) {
     throw new CoreKeyError(key, `cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
   }
@@ -84,7 +85,7 @@ export async function loadOrCreateCoreSigning(
   const { cert, key } = cfg.core.signing;
   if (cert && key) {
     return {
-      signing: fromPem(readPem(key, 'core.signing.key'), readPem(cert, 'core.signing.cert'), 'core.signing.key', 'core.signing.cert'),
+      signing: fromPem(readPem(key, 'core.signing.key', true), readPem(cert, 'core.signing.cert'), 'core.signing.key', 'core.signing.cert'),
       created: false,
     };
   }
@@ -96,7 +97,7 @@ export async function loadOrCreateCoreSigning(
   const keyFile = join(dataDir, SIGNING_KEY_FILE);
   const certFile = join(dataDir, SIGNING_CERT_FILE);
   if (existsSync(keyFile) && existsSync(certFile)) {
-    return { signing: fromPem(readPem(keyFile, keyFile), readPem(certFile, certFile), keyFile, certFile), created: false };
+    return { signing: fromPem(readPem(keyFile, keyFile, true), readPem(certFile, certFile), keyFile, certFile), created: false };
   }
   mkdirSync(dataDir, { recursive: true, mode: 0o700 });
   const made = await createSelfSigned(cn);

@@ -30,6 +30,7 @@ import { certLoginModule } from './cert-login.js';
 import { negotiateModule } from './negotiate.js';
 import { transferModule } from './transfer.js';
 import { LdapDirectory } from './directory/ldap.js';
+import { readKeyFile } from '../util/key-files.js';
 
 export type { CoreContext, CoreModule } from './director.js';
 
@@ -126,7 +127,7 @@ export async function startCore(cfg: GatehouseConfig, deps: CoreDeps): Promise<R
   try {
     for (const m of [...MODULES, ...(deps.modules ?? [])]) await m(core);
     const { scheme, host, port } = parseCoreListen(cfg.core.listen);
-    const tls = scheme === 'https' ? { cert: readFileSync(cfg.core.tls.cert!), key: readFileSync(cfg.core.tls.key!) } : undefined;
+    const tls = scheme === 'https' ? { cert: readFileSync(cfg.core.tls.cert!), key: readKeyFile(cfg.core.tls.key!) } : undefined;
     server = new CoreHttpServer(http);
     await server.listen(host, port, tls);
   } catch (err) {

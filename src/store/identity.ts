@@ -3,6 +3,7 @@ import { webcrypto, createHash, createPrivateKey, type KeyObject, X509Certificat
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import * as x509 from '@peculiar/x509';
+import { readKeyFile } from '../util/key-files.js';
 
 /**
  * The gateway identity of key-escrow.md §1: an ECDSA P-256 key and X.509 certificate.
@@ -61,7 +62,7 @@ export async function loadOrCreateIdentity(
   commonName: string,
 ): Promise<{ identity: GatewayIdentity; created: boolean }> {
   if (configured.cert && configured.key) {
-    return { identity: fromPem(readFileSync(configured.key, 'utf8'), readFileSync(configured.cert, 'utf8')), created: false };
+    return { identity: fromPem(readKeyFile(configured.key).toString('utf8'), readFileSync(configured.cert, 'utf8')), created: false };
   }
   const keyFile = join(dataDir, 'gateway.key');
   const certFile = join(dataDir, 'gateway.crt');

@@ -17,6 +17,7 @@ import { enlargeBuffers, literalLookup } from './relay.js';
 import { familyOf, unmapV4, type Endpoint, type StreamConn, type StreamListener, type UdpListener } from './state.js';
 import { count, type TurnStats } from './stats.js';
 import { sourcePrefix } from '../wire/source-prefix.js';
+import { readKeyFile } from '../util/key-files.js';
 
 export async function listenUdp(
   host: string,
@@ -69,7 +70,7 @@ export async function listenStream(
   let l: StreamListener | null = null;
   if (proto === 'tls') {
     if (!tls.cert || !tls.key) throw new Error('tls:// listener needs turn.tls.cert and turn.tls.key');
-    const s = createTlsServer({ cert: readFileSync(tls.cert), key: readFileSync(tls.key) });
+    const s = createTlsServer({ cert: readFileSync(tls.cert), key: readKeyFile(tls.key) });
     if (admitRaw) s.on('connection', (raw: NetSocket) => void (admitRaw(raw) || raw.destroy()));
     s.on('secureConnection', (sock) => (l ? onSocket(l, sock) : sock.destroy()));
     s.on('tlsClientError', (err) => log.debug({ err: err.message }, 'tls handshake failed'));

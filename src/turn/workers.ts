@@ -19,7 +19,7 @@
  * The restarted worker has lost its allocations: its clients get 437 Allocation Mismatch
  * (RFC 8656 §7.2) or silence and allocate again, landing on it again.
  */
-import { fork, type ChildProcess } from 'node:child_process';
+import { fork, type ChildProcess, type ForkOptions } from 'node:child_process';
 import { createSocket } from 'node:dgram';
 import { createServer, isIPv6 } from 'node:net';
 import { join } from 'node:path';
@@ -42,9 +42,13 @@ export function relayPortShare(range: readonly number[], n: number, i: number): 
   return [start, start + base + (i < extra ? 1 : 0) - 1];
 }
 
-/** The state directory of worker i: DATA_DIR itself for worker 0, DATA_DIR/workers/<i> for the others. */
-export function workerDataDir(dataDir: string, i: number): string {
-  return i === 0 ? dataDir : join(dataDir, 'workers', String(i));
+/**
+ * The state directory of worker i: DATA_DIR itself for worker 0, DATA_DIR/workers/<i> for
+ * the others; with `own` (workers that dropped to turn.worker_user) every worker's,
+ * worker 0's too, so DATA_DIR and the supervisor's files in it stay the supervisor's.
+ */
+export function workerDataDir(dataDir: string, i: number, own = false): string {
+  return i === 0 && !own ? dataDir : join(dataDir, 'workers', String(i));
 }
 
 /** The cluster node id of worker i (store.node_id's 64-character bound kept). */
@@ -60,13 +64,26 @@ export function workerConfig(
   opts: {
     listen: string[];
     nodeBase: string;
-    shared: { rest_secret: string; users: GatehouseConfig['users']; identity: GatehouseConfig['identity'] };
+    shared: {
+      rest_secret: string;
+      users: GatehouseConfig['users'];
+      identity: GatehouseConfig['identity'];
+      /** The core's signing key files, settled by the supervisor (worker 0 runs the core). */
+      core_signing?: GatehouseConfig['core']['signing'];
+      /** The admin token, settled by the supervisor when worker 0 does not keep DATA_DIR. */
+      admin_token?: string;
+    };
+    /** Every worker in DATA_DIR/workers/<i> (workerDataDir `own`). */
+    ownDirs?: boolean;
   },
 ): GatehouseConfig {
   const [lo, hi] = relayPortShare(cfg.turn.relay_ports, cfg.turn.workers, i);
+  const { core_signing, admin_token } = opts.shared;
   return {
     ...cfg,
-    data_dir: workerDataDir(cfg.data_dir, i),
+    data_dir: workerDataDir(cfg.data_dir, i, opts.ownDirs),
+    ...(core_signing ? { core: { ...cfg.core, signing: core_signing } } : {}),
+    ...(admin_token !== undefined ? { admin: { ...cfg.admin, token: admin_token } } : {}),
     turn: { ...cfg.turn, listen: opts.listen, relay_ports: [lo, hi], rest_secret: opts.shared.rest_secret },
     users: opts.shared.users,
     identity: opts.shared.identity,
@@ -112,7 +129,27 @@ export interface WorkerStart {
   config: GatehouseConfig;
   /** turn.listen URL -> the descriptor number the socket has in the worker. */
   fds: [string, number][];
+  /** Where and how the worker gets its private keys (null: it reads none). */
+  keys: WorkerKeys | null;
 }
+
+/**
+ * The worker's part in the key broker (src/util/key-broker.ts): it drops to `account`
+ * (when given) before anything else, then asks the broker on `socket` for each named key
+ * and serves with them in memory, under the path the configuration names for that file.
+ */
+export interface WorkerKeys {
+  socket: string;
+  account: { uid: number; gid: number } | null;
+  /** [broker key name, configured file path]. */
+  files: [string, string][];
+}
+
+/**
+ * How worker i's process is started: fork() by default, or the key broker's spawnWorker
+ * (which records it, with the key names `keys` lets it have).
+ */
+export type SpawnWorker = (path: string, args: string[], opts: ForkOptions, keys: WorkerKeys) => ChildProcess;
 
 /**
  * What a worker says: `hello` once it listens for its start message (a message sent
@@ -152,6 +189,10 @@ export interface RelaySupervisorOptions {
   command: { path: string; args: string[] };
   /** Worker i's configuration, given the listen URLs with their bound ports. */
   configFor(i: number, listen: string[]): GatehouseConfig;
+  /** The key broker's spawn and what workers ask it for; without it workers are forked and read no keys. */
+  keys?: { spawn: SpawnWorker; worker(i: number): WorkerKeys };
+  /** How long a new worker has to say ready before it is killed. Default READY_TIMEOUT_MS. */
+  readyTimeoutMs?: number;
 }
 
 export class RelaySupervisor {
@@ -215,10 +256,12 @@ export class RelaySupervisor {
     const cfg = this.o.configFor(slot.index, this.listen);
     // child_process stdio: an integer is a descriptor of this process shared with the
     // child at that position (libuv dup2s it, which clears close-on-exec on the copy only).
-    const child = fork(this.o.command.path, this.o.command.args, {
-      stdio: ['inherit', 'inherit', 'inherit', 'ipc', ...slot.fds],
-      serialization: 'json',
-    });
+    const opts: ForkOptions = { stdio: ['inherit', 'inherit', 'inherit', 'ipc', ...slot.fds], serialization: 'json' };
+    const keys = this.o.keys ? this.o.keys.worker(slot.index) : null;
+    const child =
+      this.o.keys && keys
+        ? this.o.keys.spawn(this.o.command.path, this.o.command.args, opts, keys)
+        : fork(this.o.command.path, this.o.command.args, opts);
     slot.child = child;
     slot.pid = child.pid ?? null;
     slot.startedAt = Date.now();
@@ -227,6 +270,7 @@ export class RelaySupervisor {
       index: slot.index,
       config: cfg,
       fds: this.listen.map((url, k) => [url, FIRST_INHERITED_FD + k]),
+      keys,
     };
     const hello = (m: WorkerReply) => {
       if (m?.type !== 'hello') return;
@@ -237,10 +281,13 @@ export class RelaySupervisor {
     // A send to a worker that already died reports here, not as an uncaught 'error'.
     child.on('error', (err) => this.o.log.warn({ worker: slot.index, pid: slot.pid, err: err.message }, 'relay worker channel error'));
     const ready = new Promise<void>((resolve, reject) => {
-      const timer = setTimeout(
-        () => reject(new Error(`relay worker ${slot.index} not ready after ${READY_TIMEOUT_MS} ms`)),
-        READY_TIMEOUT_MS,
-      );
+      // A worker that neither serves nor exits in time is killed: its exit then restarts it
+      // (or, at the first start, start() fails and stops the rest).
+      const readyMs = this.o.readyTimeoutMs ?? READY_TIMEOUT_MS;
+      const timer = setTimeout(() => {
+        done(new Error(`relay worker ${slot.index} not ready after ${readyMs} ms; killed`));
+        child.kill('SIGKILL');
+      }, readyMs);
       const done = (err?: Error) => {
         clearTimeout(timer);
         child.off('message', onMessage);

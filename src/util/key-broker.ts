@@ -53,6 +53,8 @@ export interface WorkerRecord {
   /** Field 22 of /proc/PID/stat read right after the spawn (proc-stat.ts). */
   readonly startTime: string;
   readonly child: ChildProcess;
+  /** The key names this worker may have (null: every key the broker holds). */
+  readonly allowed: ReadonlySet<string> | null;
 }
 
 export type RefusalReason =
@@ -63,7 +65,7 @@ export type RefusalReason =
   | 'uid_mismatch'
   | 'process_gone'
   | 'start_time_mismatch'
-  | 'unknown_key'; // an identified worker asked for a key the broker does not hold
+  | 'unknown_key'; // an identified worker asked for a key the broker does not hold, or not for it
 
 export interface KeyBrokerOptions {
   /** The private directory of the socket: created (or an existing one of ours, writable by nobody else). */
@@ -164,8 +166,12 @@ export class KeyBroker {
    * worker starts with the supervisor's privileges (it binds first) and must drop to
    * `workerUid` before it asks for a key: SO_PEERCRED reports the uid at connect(2).
    */
-  spawnWorker(command: string, args: readonly string[], opts: SpawnOptions & { workerUid: number }): ChildProcess {
-    const { workerUid: uid, ...spawnOpts } = opts;
+  spawnWorker(
+    command: string,
+    args: readonly string[],
+    opts: SpawnOptions & { workerUid: number; keyNames?: readonly string[] },
+  ): ChildProcess {
+    const { workerUid: uid, keyNames, ...spawnOpts } = opts;
     if (!Number.isInteger(uid) || uid < 0)
       throw new GatehouseError('E_KEY_BROKER', 'spawnWorker: workerUid must be a non-negative integer');
     const child = spawn(command, args, spawnOpts);
@@ -179,7 +185,7 @@ export class KeyBroker {
       child.kill('SIGKILL');
       throw new GatehouseError('E_KEY_BROKER', `spawnWorker: ${command} did not start`);
     }
-    const rec: WorkerRecord = { pid, uid, startTime: st.startTime, child };
+    const rec: WorkerRecord = { pid, uid, startTime: st.startTime, child, allowed: keyNames ? new Set(keyNames) : null };
     this.records.set(pid, rec);
     child.once('exit', () => {
       if (this.records.get(pid) === rec) this.records.delete(pid);
@@ -247,7 +253,7 @@ export class KeyBroker {
     const who = this.identify(s);
     if ('reason' in who) return this.refuse(s, name, who.reason, who.cred);
     const key = this.opts.keys.get(name);
-    if (!key) return this.refuse(s, name, 'unknown_key', who.cred);
+    if (!key || (who.rec.allowed && !who.rec.allowed.has(name))) return this.refuse(s, name, 'unknown_key', who.cred);
     this.served.set(name, (this.served.get(name) ?? 0) + 1);
     this.opts.log.info({ pid: who.cred.pid, uid: who.cred.uid, keyName: name }, 'key broker: key handed to worker');
     s.write(JSON.stringify({ ok: true, key: key.toString('base64') }) + '\n');

@@ -11,6 +11,12 @@ t.test('default 1: one process, nothing changes', async (t) => {
   t.equal(parseConfig('turn:\n  workers: 1\n', 'f.yaml').turn.workers, 1, '1 needs no store.redis');
 });
 
+t.test('worker_user: null by default; a local account with 2+ workers', async (t) => {
+  t.equal(defaultConfig().turn.worker_user, null);
+  t.equal(parseConfig(`turn:\n  workers: 2\n  worker_user: nobody\n${redis}`, 'f.yaml').turn.worker_user, 'nobody');
+  t.equal(parseConfig(`turn:\n  workers: 2\n  worker_user: "65534:65534"\n${redis}`, 'f.yaml').turn.worker_user, '65534:65534');
+});
+
 t.test('a number and auto', async (t) => {
   t.equal(parseConfig(`turn:\n  workers: 2\n${redis}`, 'f.yaml').turn.workers, 2);
   t.equal(parseConfig(`turn:\n  workers: 64\n${redis}`, 'f.yaml').turn.workers, 64);
@@ -42,6 +48,28 @@ const bad: [string, string, RegExp][] = [
     'no udp listener',
     `turn:\n  workers: 2\n  listen: [tcp://0.0.0.0:3478]\n${redis}`,
     /^f\.yaml:2:12: turn\.workers: relay workers share the udp:\/\/ listeners/,
+  ],
+  ['worker_user with one worker', 'turn:\n  worker_user: nobody\n', /^f\.yaml:2:16: turn\.worker_user: applies to relay workers only/],
+  [
+    'worker_user: an account that does not exist',
+    `turn:\n  workers: 2\n  worker_user: no-such-account-gh\n${redis}`,
+    /^f\.yaml:3:16: turn\.worker_user: no local user "no-such-account-gh"/,
+  ],
+  [
+    'worker_user: root',
+    `turn:\n  workers: 2\n  worker_user: root\n${redis}`,
+    /turn\.worker_user: "root" is root: workers would drop nothing/,
+  ],
+  ['worker_user: uid 0', `turn:\n  workers: 2\n  worker_user: "0"\n${redis}`, /turn\.worker_user: "0" is root/],
+  [
+    'worker_user with a privileged admin port',
+    `turn:\n  workers: 2\n  worker_user: nobody\nadmin:\n  listen: http://127.0.0.1:443\n${redis}`,
+    /admin\.listen: port 443 needs root, which workers drop \(turn\.worker_user\)/,
+  ],
+  [
+    'worker_user with the PCP firewall backend',
+    `turn:\n  workers: 2\n  worker_user: nobody\npcp:\n  listen: [udp://127.0.0.1:5351]\n  firewall: nftables\n${redis}`,
+    /pcp\.firewall: the firewall backend needs root/,
   ],
 ];
 for (const [name, text, re] of bad) {

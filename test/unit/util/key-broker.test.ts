@@ -82,12 +82,13 @@ async function startBroker(t: Test, opts: { peercred?: null } = {}) {
 }
 
 /** A worker spawned by the broker (tsx), ready: bound, dropped (unless drop is false) and reporting its ids. */
-async function spawnWorker(t: Test, broker: KeyBroker, nobody: { uid: number; gid: number }, drop = true) {
+async function spawnWorker(t: Test, broker: KeyBroker, nobody: { uid: number; gid: number }, drop = true, keyNames?: string[]) {
   const child = broker.spawnWorker(
     NODE[0],
     [...NODE.slice(1), '--import', 'tsx', WORKER, JSON.stringify({ socket: broker.socketPath, account: nobody, drop })],
     {
       workerUid: nobody.uid,
+      ...(keyNames ? { keyNames } : {}),
       stdio: ['pipe', 'pipe', 'inherit'],
       cwd: ROOT,
       env: CHILD_ENV,
@@ -262,6 +263,18 @@ t.test('a worker the broker spawned, dropped to nobody after binding, gets the k
   w.child.stdin!.end();
   await gone;
   t.notOk(broker.workers().has(pid), 'an exited worker is no longer recorded');
+});
+
+t.test('a worker spawned with key names gets those keys only', { skip }, async (t) => {
+  const { broker, nobody, lines } = await startBroker(t);
+  const w = await spawnWorker(t, broker, nobody, true, ['tls']);
+  t.match(await w.ask('tls'), { ok: true }, 'a key it may have');
+  t.match(await w.ask('identity'), { ok: false, code: 'E_KEY_REFUSED' }, 'a key the broker holds, but not for this worker');
+  t.same(Object.fromEntries(broker.refusals), { unknown_key: 1 });
+  t.ok(
+    lines.some((l) => l.msg === 'key broker: request refused' && l.keyName === 'identity' && l.reason === 'unknown_key'),
+    'the refusal is logged with the name and reason',
+  );
 });
 
 t.test('a foreign process on the same socket is refused and gets no key bytes', { skip }, async (t) => {
