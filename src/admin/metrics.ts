@@ -1,6 +1,9 @@
 import { collectDefaultMetrics, Counter, Gauge, Registry } from 'prom-client';
 import type { EventCountsSource } from './event-counts.js';
 
+/** The relay worker restart counter (README "Metrics"): the supervisor's count in the workers' aggregate. */
+export const WORKER_RESTARTS_METRIC = 'gatehouse_worker_restarts_total';
+
 /**
  * Prometheus metrics. The packet path keeps plain counters (no label lookups per
  * packet); this module reads them when /metrics is scraped.
@@ -359,12 +362,12 @@ export function createMetrics(stats: () => RelayStatsSource | undefined, sources
       (s) => s.queued,
     );
   }
-  // Relay worker processes (turn.workers, issue 13) do not exist yet: the relay runs in
-  // this one process, so nothing restarts and the counter is honestly 0. It is exported
-  // now so deploy/prometheus/alerts.yml can carry the rule issue 14 asks for.
+  // Relay worker restarts (turn.workers, issue 13): one process restarts nothing, so 0 here;
+  // with workers the supervisor's count replaces it in the aggregate worker 0 serves
+  // (src/admin/worker-metrics.ts).
   new Counter({
-    name: 'gatehouse_worker_restarts_total',
-    help: 'Relay worker processes restarted after they died; always 0: this version relays in one process (no turn.workers yet)',
+    name: WORKER_RESTARTS_METRIC,
+    help: 'Relay worker processes restarted after they died (turn.workers > 1; 0 with one process)',
     registers: [registry],
   });
   const g = gateway ? safe(gateway) : undefined;

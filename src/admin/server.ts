@@ -18,6 +18,11 @@ import { readKeyFile } from '../util/key-files.js';
  */
 export interface AdminSources {
   registry: Registry;
+  /**
+   * Issue 13 (turn.workers): /metrics of every relay worker, aggregated by the supervisor
+   * (src/admin/worker-metrics.ts), for worker 0's listener; absent: this registry alone.
+   */
+  metricsText?: () => Promise<string>;
   token: string;
   recentEvents: () => readonly EveEvent[];
   flows?: () => unknown[];
@@ -146,7 +151,7 @@ export class AdminServer {
       return json(res, 200, degraded.length ? { status: 'degraded', degraded } : { status: 'ok' });
     }
     if (req.method === 'GET' && path === '/metrics') {
-      const body = await this.src.registry.metrics();
+      const body = this.src.metricsText ? await this.src.metricsText() : await this.src.registry.metrics();
       res.writeHead(200, { 'content-type': this.src.registry.contentType });
       res.end(body);
       return;

@@ -15,7 +15,8 @@ import type { Supervisor } from '../util/supervise.js';
 import { dropPrivileges } from '../util/drop-privileges.js';
 import { requestKey } from '../util/key-client.js';
 import { provideKeyFiles } from '../util/key-files.js';
-import type { WorkerKeys, WorkerReply, WorkerStart } from '../turn/workers.js';
+import type { WorkerCommand, WorkerKeys, WorkerReply, WorkerStart } from '../turn/workers.js';
+import type { RunningGateway } from '../gateway/gateway.js';
 
 function isStart(m: unknown): m is WorkerStart {
   const s = m as Partial<WorkerStart> | null;
@@ -48,6 +49,50 @@ async function takeKeys(keys: WorkerKeys): Promise<void> {
   provideKeyFiles(got);
 }
 
+/** Worker 0 waits this long for the supervisor's aggregate, and this many /metrics at once, before serving its own. */
+const METRICS_WAIT_MS = 5_000;
+const MAX_METRICS_WAITING = 16;
+
+/**
+ * This worker's part in /metrics with workers (src/admin/worker-metrics.ts): it answers the
+ * supervisor's collect with its registry, and (worker 0) asks the supervisor for the
+ * aggregate of all workers, falling back to its own registry, marked as such, when the
+ * supervisor does not answer.
+ */
+function workerMetrics(reply: (m: WorkerReply) => void, gateway: () => RunningGateway | undefined) {
+  const waiting = new Map<number, (text: string | null) => void>();
+  let nextId = 0;
+  const own = async (why: string): Promise<string> =>
+    `# gatehouse: this worker's metrics only (${why})\n${await gateway()!.registry.metrics()}`;
+  return {
+    onCommand(m: WorkerCommand): void {
+      if (m?.type === 'metrics-collect' && Number.isInteger(m.id)) {
+        const gw = gateway();
+        if (!gw) return; // not serving yet: the supervisor does not wait for it
+        gw.registry.getMetricsAsJSON().then(
+          (part) => reply({ type: 'metrics-part', id: m.id, part }),
+          () => reply({ type: 'metrics-part', id: m.id, part: [] }),
+        );
+      } else if (m?.type === 'metrics-response') waiting.get(m.id)?.(typeof m.text === 'string' ? m.text : null);
+    },
+    async all(): Promise<string> {
+      if (waiting.size >= MAX_METRICS_WAITING) return own('too many /metrics requests at once');
+      const id = ++nextId;
+      const text = await new Promise<string | null>((resolve) => {
+        const timer = setTimeout(() => done(null), METRICS_WAIT_MS);
+        const done = (t: string | null): void => {
+          clearTimeout(timer);
+          waiting.delete(id);
+          resolve(t);
+        };
+        waiting.set(id, done);
+        reply({ type: 'metrics-request', id });
+      });
+      return text ?? own('the supervisor did not aggregate the workers');
+    },
+  };
+}
+
 export async function runRelayWorker(
   _argv: string[],
   io: { stdout: Writable; stderr: Writable; supervisor?: Supervisor },
@@ -69,12 +114,18 @@ export async function runRelayWorker(
   }
   const cfg: GatehouseConfig = start.config;
   const log = createLogger({ level: cfg.log_level }).child({ worker: start.index });
-  let gw;
+  let gw: RunningGateway;
+  const metrics = workerMetrics(reply, () => gw);
+  process.on('message', (m: WorkerCommand) => metrics.onCommand(m));
   try {
     if (start.keys) await takeKeys(start.keys);
     gw = await startGateway(cfg, log, io.stdout, {
       ...(io.supervisor ? { supervisor: io.supervisor } : {}),
-      worker: { listenFds: new Map(start.fds), relayOnly: start.index > 0 },
+      worker: {
+        listenFds: new Map(start.fds),
+        relayOnly: start.index > 0,
+        ...(start.index === 0 ? { metricsText: metrics.all } : {}),
+      },
     });
   } catch (err) {
     reply({ type: 'failed', error: (err as Error).message });

@@ -16,6 +16,7 @@ import { lookupAccount } from '../util/drop-privileges.js';
 import { loadOrCreateAdminToken } from '../admin/token.js';
 import { loadOrCreateCoreSigning, SIGNING_CERT_FILE, SIGNING_KEY_FILE } from '../core/core-signing.js';
 import { prepareWorkerDirs, workerKeyFiles } from './worker-keys.js';
+import { aggregateWorkerMetrics, type WorkerMetricsPart } from '../admin/worker-metrics.js';
 import { loadOrCreateRestSecret } from '../core/turn-credentials.js';
 import { clusterRestSecret } from '../cluster/rest-secret.js';
 import { clusterNodeId } from '../cluster/node.js';
@@ -172,6 +173,11 @@ async function runWorkers(cfg: GatehouseConfig, log: Logger, io: { stdout: Writa
           },
         }),
       // Worker 0 runs admin, core and PCP; the others need only the identity and turn.tls.
+      aggregateMetrics: (parts, restarts) =>
+        aggregateWorkerMetrics(
+          parts.filter((p): p is WorkerMetricsPart => Array.isArray(p)),
+          restarts,
+        ),
       keys: {
         spawn: spawnWorker,
         worker: (i) => ({ socket: b.socketPath, account, files: i === 0 ? files : files.filter(([n]) => RELAY_KEYS.has(n)) }),

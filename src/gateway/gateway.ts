@@ -18,6 +18,7 @@ import { ensureBootstrapUser, StaticUserDirectory } from '../store/users.js';
 import { TurnServer } from '../turn/server.js';
 import type { Flow } from '../turn/flow.js';
 import { createMetrics } from '../admin/metrics.js';
+import type { Registry } from 'prom-client';
 import { EventCounter } from '../admin/event-counts.js';
 import type { BlockReason, BudgetName } from './flow-guard.js';
 import { AdminServer } from '../admin/server.js';
@@ -57,6 +58,8 @@ const BLOCK_REASONS_AT_ZERO: Record<string, number> = {
 
 export interface RunningGateway {
   config: GatehouseConfig;
+  /** The gateway's metrics (/metrics; a relay worker's part of the supervisor's aggregate). */
+  registry: Registry;
   turn: TurnServer;
   admin: AdminServer;
   adminPort: number;
@@ -145,6 +148,8 @@ export async function startGateway(
        * conferencing core, PCP) run in worker 0 alone.
        */
       relayOnly: boolean;
+      /** Worker 0: /metrics of all the workers (asked of the supervisor); else this one's registry. */
+      metricsText?: () => Promise<string>;
     };
   } = {},
 ): Promise<RunningGateway> {
@@ -379,6 +384,7 @@ export async function startGateway(
   const admin = new AdminServer(
     {
       registry,
+      ...(opts.worker?.metricsText ? { metricsText: opts.worker.metricsText } : {}),
       token: token.token,
       recentEvents: () => memory.events,
       certificatePem: () => identity.certificatePem,
@@ -462,6 +468,7 @@ export async function startGateway(
   );
   return {
     config: cfg,
+    registry,
     turn,
     admin,
     adminPort: adminAddr.port,

@@ -156,7 +156,16 @@ export type SpawnWorker = (path: string, args: string[], opts: ForkOptions, keys
  * before the child has a 'message' listener would be emitted to no one), then `ready` or
  * `failed`.
  */
-export type WorkerReply = { type: 'hello' } | { type: 'ready' } | { type: 'failed'; error: string };
+export type WorkerReply =
+  | { type: 'hello' }
+  | { type: 'ready' }
+  | { type: 'failed'; error: string }
+  // /metrics: worker 0 asks for the aggregate; every worker answers a collect with its part.
+  | { type: 'metrics-request'; id: number }
+  | { type: 'metrics-part'; id: number; part: unknown };
+
+/** What the supervisor sends a serving worker besides its start message. */
+export type WorkerCommand = { type: 'metrics-collect'; id: number } | { type: 'metrics-response'; id: number; text: string | null };
 
 /** Descriptor numbers 0-2 are stdio and 3 the IPC channel: inherited sockets start at 4. */
 const FIRST_INHERITED_FD = 4;
@@ -169,6 +178,8 @@ interface Slot {
   pid: number | null;
   restarts: number;
   startedAt: number;
+  /** It said ready and has not exited since. */
+  serving: boolean;
   /** Restart delay after a short life; doubled up to MAX_RESTART_DELAY_MS. */
   delayMs: number;
   timer: NodeJS.Timeout | null;
@@ -180,6 +191,9 @@ const MAX_RESTART_DELAY_MS = 10_000;
 const STABLE_MS = 10_000;
 const READY_TIMEOUT_MS = 60_000;
 const STOP_TIMEOUT_MS = 10_000;
+/** /metrics: how long the supervisor waits for the workers' parts, and how many gathers run at once. */
+const GATHER_TIMEOUT_MS = 2_000;
+const MAX_GATHERS = 4;
 
 export interface RelaySupervisorOptions {
   cfg: GatehouseConfig;
@@ -193,6 +207,8 @@ export interface RelaySupervisorOptions {
   keys?: { spawn: SpawnWorker; worker(i: number): WorkerKeys };
   /** How long a new worker has to say ready before it is killed. Default READY_TIMEOUT_MS. */
   readyTimeoutMs?: number;
+  /** The workers' metrics parts (in worker order) and the restart count, as exposition text (src/admin/worker-metrics.ts). */
+  aggregateMetrics?: (parts: unknown[], restarts: number) => Promise<string>;
 }
 
 export class RelaySupervisor {
@@ -200,6 +216,8 @@ export class RelaySupervisor {
   private slots: Slot[] = [];
   private listen: string[] = [];
   private stopping = false;
+  private readonly gathers = new Map<number, (worker: number, part: unknown) => void>();
+  private gatherId = 0;
 
   constructor(private readonly o: RelaySupervisorOptions) {
     this.n = o.cfg.turn.workers;
@@ -218,6 +236,7 @@ export class RelaySupervisor {
         child: null,
         pid: null,
         restarts: 0,
+        serving: false,
         startedAt: 0,
         delayMs: MIN_RESTART_DELAY_MS,
         timer: null,
@@ -304,15 +323,67 @@ export class RelaySupervisor {
       child.on('message', onMessage);
       child.once('exit', onEarlyExit);
     });
+    child.on('message', (m: WorkerReply) => this.onWorkerMessage(slot, child, m));
     child.once('exit', (code, signal) => this.onExit(slot, child, code, signal));
-    return ready.then(() =>
-      this.o.log.info({ worker: slot.index, pid: slot.pid, restarts: slot.restarts, fds: slot.fds }, 'relay worker serving'),
-    );
+    return ready.then(() => {
+      if (slot.child === child) slot.serving = true;
+      this.o.log.info({ worker: slot.index, pid: slot.pid, restarts: slot.restarts, fds: slot.fds }, 'relay worker serving');
+    });
+  }
+
+  private onWorkerMessage(slot: Slot, child: ChildProcess, m: WorkerReply): void {
+    if (slot.child !== child || !m || !Number.isInteger((m as { id?: unknown }).id)) return;
+    // Only worker 0 serves the admin listener: a request from another is ignored.
+    if (m.type === 'metrics-request' && slot.index === 0) void this.answerMetrics(child, m.id);
+    else if (m.type === 'metrics-part') this.gathers.get(m.id)?.(slot.index, m.part);
+  }
+
+  /** Worker 0's /metrics: every serving worker's part, aggregated; null tells it to serve its own. */
+  private async answerMetrics(child: ChildProcess, id: number): Promise<void> {
+    let text: string | null = null;
+    if (this.o.aggregateMetrics && this.gathers.size < MAX_GATHERS) {
+      try {
+        text = await this.o.aggregateMetrics(await this.gather(), this.restarts());
+      } catch (err) {
+        this.o.log.warn({ err: (err as Error).message }, 'relay workers: metrics not aggregated');
+      }
+    }
+    const answer: WorkerCommand = { type: 'metrics-response', id, text };
+    if (child.connected) child.send(answer);
+  }
+
+  /** Asks every serving worker for its metrics; what arrived within GATHER_TIMEOUT_MS, in worker order. */
+  private gather(): Promise<unknown[]> {
+    const id = ++this.gatherId;
+    const live = this.slots.filter((s) => s.serving && s.child?.connected);
+    return new Promise((resolve) => {
+      const parts = new Map<number, unknown>();
+      const finish = (): void => {
+        clearTimeout(timer);
+        this.gathers.delete(id);
+        resolve([...parts.entries()].sort((a, b) => a[0] - b[0]).map(([, p]) => p));
+      };
+      const timer = setTimeout(finish, GATHER_TIMEOUT_MS);
+      this.gathers.set(id, (worker, part) => {
+        if (!live.some((s) => s.index === worker) || parts.has(worker)) return;
+        parts.set(worker, part);
+        if (parts.size === live.length) finish();
+      });
+      const collect: WorkerCommand = { type: 'metrics-collect', id };
+      for (const s of live) s.child!.send(collect);
+      if (live.length === 0) finish();
+    });
+  }
+
+  /** Workers restarted after they died, over the supervisor's life. */
+  restarts(): number {
+    return this.slots.reduce((n, s) => n + s.restarts, 0);
   }
 
   private onExit(slot: Slot, child: ChildProcess, code: number | null, signal: string | null): void {
     if (slot.child !== child) return;
     slot.child = null;
+    slot.serving = false;
     if (this.stopping) return;
     const lived = Date.now() - slot.startedAt;
     slot.delayMs = lived >= STABLE_MS ? MIN_RESTART_DELAY_MS : Math.min(MAX_RESTART_DELAY_MS, slot.delayMs * 2);

@@ -244,17 +244,33 @@ async function main(): Promise<void> {
       idLines.length >= 2 && idLines.every((l) => l.fingerprint === fp),
       `both workers loaded the gateway identity (${fp.slice(0, 16)}…)`,
     );
-    // Allocate over UDP: several client ports, so both workers answer (4-tuple hash).
+    // Allocate over UDP from new client ports until both workers hold some (4-tuple hash).
+    const created = (i: number) => {
+      const f = join(dataDir, 'workers', String(i), 'events.jsonl');
+      return existsSync(f)
+        ? readFileSync(f, 'utf8')
+            .split('\n')
+            .filter((l) => l.includes('"action":"created"')).length
+        : 0;
+    };
     let ok = 0;
-    for (let i = 0; i < 6; i++) {
+    let tried = 0;
+    while (tried < 40 && (tried < 6 || created(0) === 0 || created(1) === 0)) {
+      tried++;
       const c = await Client.udp(turnPort);
       c.realm = 'test.local';
       c.password = 'alice-secret-pw';
       const r = await c.authed(Method.Allocate, (w) => void w.attr(Attr.RequestedTransport, Buffer.from([17, 0, 0, 0])));
       if (r.cls === Class.Success) ok++;
-      c.close();
+      c.close(); // the allocation stays until it expires
+      await until(() => created(0) + created(1) >= ok, 2000);
     }
-    t.equal(ok, 6, 'Allocate succeeds over UDP (6 clients)');
+    t.equal(ok, tried, `Allocate succeeds over UDP (${tried} clients)`);
+    t.ok(created(0) > 0 && created(1) > 0, `allocations on both workers (${created(0)} + ${created(1)})`);
+    // Worker 0's /metrics is every worker's, summed by the supervisor (src/admin/worker-metrics.ts).
+    const metrics = await (await fetch(`http://127.0.0.1:${block.port(2)}/metrics`)).text();
+    t.match(metrics, new RegExp(`^gatehouse_turn_allocations ${ok}$`, 'm'), `worker 0's /metrics counts both workers' ${ok} allocations`);
+    t.match(metrics, /^gatehouse_worker_restarts_total 0$/m, 'no restarts yet');
     const served = await new Promise<string>((resolve) => {
       const s = tlsConnect({ host: '127.0.0.1', port: tlsPort, rejectUnauthorized: false }, () => {
         resolve(s.getPeerX509Certificate()?.fingerprint256 ?? 'none');
@@ -309,6 +325,8 @@ async function main(): Promise<void> {
       'the new worker got its keys under its own pid',
     );
     t.same(ids(pid)?.uid, [nobody.uid, nobody.uid, nobody.uid, nobody.uid], 'and runs as nobody');
+    const metrics = await (await fetch(`http://127.0.0.1:${block.port(2)}/metrics`)).text();
+    t.match(metrics, /^gatehouse_worker_restarts_total 1$/m, "worker 0's /metrics counts the restart (the supervisor's count)");
   });
 }
 
