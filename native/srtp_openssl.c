@@ -251,6 +251,40 @@ static napi_value gcm_open(napi_env env, napi_callback_info info) {
 }
 
 /*
+ * gcmOpenAt(aad, src, ctOff, ctLen, out) -> boolean
+ * A record decrypted where it lies (DTLS, RFC 5288 §3 / RFC 9147 §4): AAD = aad (whole
+ * buffer), C = src[ctOff..ctOff+ctLen), tag = the 16 octets after C; on success
+ * out[0..ctLen) = plaintext. No copy of the ciphertext is made on either side. On tag
+ * failure out[0..ctLen) is zeroed (no unauthenticated plaintext left) and false returned.
+ */
+static napi_value gcm_open_at(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5], self;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, &self, NULL));
+  SrtpCrypto *c = unwrap(env, self, 1);
+  if (!c) return NULL;
+  if (argc < 5) return throw_range(env, "gcmOpenAt: 5 arguments expected");
+  uint8_t *aad, *src, *out;
+  size_t aadLen, srcLen, outLen;
+  if (!get_buf(env, argv[0], &aad, &aadLen) || !get_buf(env, argv[1], &src, &srcLen) || !get_buf(env, argv[4], &out, &outLen))
+    return throw_range(env, "gcmOpenAt: buffers expected");
+  int64_t ctOff = get_int(env, argv[2]), ctLen = get_int(env, argv[3]);
+  if (ctOff < 0 || ctLen < 0 || (uint64_t)(ctOff + ctLen + 16) > srcLen || (uint64_t)ctLen > outLen || aadLen > INT32_MAX)
+    return throw_range(env, "gcmOpenAt: bad offsets");
+  EVP_CIPHER_CTX *x = c->dec;
+  int outl = 0, ok;
+  uint8_t fin[16];
+  ok = EVP_DecryptInit_ex(x, NULL, NULL, NULL, c->iv) == 1;
+  ok = ok && (aadLen == 0 || EVP_DecryptUpdate(x, NULL, &outl, aad, (int)aadLen) == 1);
+  ok = ok && (ctLen == 0 || (EVP_DecryptUpdate(x, out, &outl, src + ctOff, (int)ctLen) == 1 && outl == ctLen));
+  ok = ok && EVP_CIPHER_CTX_ctrl(x, EVP_CTRL_GCM_SET_TAG, 16, src + ctOff + ctLen) == 1;
+  /* EVP_DecryptFinal_ex compares the tag in constant time (CRYPTO_memcmp). */
+  ok = ok && EVP_DecryptFinal_ex(x, fin, &outl) == 1;
+  if (!ok && ctLen) memset(out, 0, (size_t)ctLen);
+  return make_bool(env, ok);
+}
+
+/*
  * gcmSeal(src, aadLen, ctLen, extraWord, out) -> undefined
  * out[0..aadLen) = src[0..aadLen); out[aadLen..+ctLen) = ciphertext; out[aadLen+ctLen..+16) = tag.
  */
@@ -373,6 +407,7 @@ static napi_value cm_seal(napi_env env, napi_callback_info info) {
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
       {"gcmOpen", NULL, gcm_open, NULL, NULL, NULL, napi_default, NULL},
+      {"gcmOpenAt", NULL, gcm_open_at, NULL, NULL, NULL, napi_default, NULL},
       {"gcmSeal", NULL, gcm_seal, NULL, NULL, NULL, napi_default, NULL},
       {"cmOpen", NULL, cm_open, NULL, NULL, NULL, napi_default, NULL},
       {"cmSeal", NULL, cm_seal, NULL, NULL, NULL, napi_default, NULL},

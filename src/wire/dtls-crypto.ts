@@ -228,7 +228,7 @@ export class DtlsRecordDecryptor {
     f.copy(this.nonce, 4, 0, 8);
     // RFC 5246 §6.2.3.3: additional_data = seq_num + type + version + length (of the plaintext)
     recordAad(this.aad, type, version, epoch, seq, ctLen);
-    if (this.gcmNative) return this.gcmNative.open(this.nonce, this.aad, f.subarray(8, 8 + ctLen), f.subarray(f.length - TAG_LEN));
+    if (this.gcmNative) return this.gcmNative.openAt(this.nonce, this.aad, f, 8, ctLen);
     const d = createDecipheriv(aesName(this.suite.keyLen, 'gcm') as 'aes-128-gcm', this.key, this.nonce, { authTagLength: TAG_LEN });
     d.setAAD(this.aad);
     d.setAuthTag(f.subarray(f.length - TAG_LEN));

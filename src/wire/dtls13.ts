@@ -265,12 +265,15 @@ function makeNonce(out: Buffer, iv: Buffer, seq: number): Buffer {
   return out;
 }
 
-function aeadOpen(st: EpochState, nonce: Buffer, aad: Buffer, ct: Buffer, tag: Buffer): Buffer | null {
+/** The record's ciphertext is buf[ctOff..ctEnd), its 16-octet tag right after (RFC 9147 §4). */
+function aeadOpen(st: EpochState, nonce: Buffer, aad: Buffer, buf: Buffer, ctOff: number, ctEnd: number): Buffer | null {
   if (st.info.aead !== 'chacha20-poly1305') {
-    // A keyed OpenSSL context reused per epoch (native addon), when built.
+    // A keyed OpenSSL context reused per epoch (native addon), when built; no copies.
     if (st.gcm === undefined) st.gcm = GcmOpener.create(st.key);
-    if (st.gcm) return st.gcm.open(nonce, aad, ct, tag);
+    if (st.gcm) return st.gcm.openAt(nonce, aad, buf, ctOff, ctEnd - ctOff);
   }
+  const ct = buf.subarray(ctOff, ctEnd);
+  const tag = buf.subarray(ctEnd, ctEnd + TAG_LEN);
   try {
     const d =
       st.info.aead === 'chacha20-poly1305'
@@ -400,9 +403,7 @@ export class Dtls13Reader {
     }
     const seq = reconstructSeq(st.maxSeq + 1, bits, seqLen === 2 ? 0x10000 : 0x100);
     const nonce = makeNonce(this.nonce, st.iv, seq);
-    const ct = buf.subarray(bodyOff, end - TAG_LEN);
-    const tag = buf.subarray(end - TAG_LEN, end);
-    const pt = aeadOpen(st, nonce, aad, ct, tag);
+    const pt = aeadOpen(st, nonce, aad, buf, bodyOff, end - TAG_LEN);
     if (!pt) return null;
     const inner = innerPlaintext(pt);
     if (!inner) return null;

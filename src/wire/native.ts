@@ -21,6 +21,8 @@ export interface NativeSrtpCrypto {
    * False (tag mismatch): out's plaintext range is zeroed.
    */
   gcmOpen(src: Buffer, aadLen: number, ctLen: number, tagOff: number, extraWord: number, out: Buffer): boolean;
+  /** AES-GCM open in place of reading: AAD = aad, C = src[ctOff..+ctLen), tag the 16 octets after; plaintext to out[0..ctLen). */
+  gcmOpenAt(aad: Buffer, src: Buffer, ctOff: number, ctLen: number, out: Buffer): boolean;
   /** AES-GCM seal: out = src[0..aadLen) || ciphertext || tag (16). */
   gcmSeal(src: Buffer, aadLen: number, ctLen: number, extraWord: number, out: Buffer): void;
   /**
@@ -96,36 +98,32 @@ export function loadNative(): NativeCrypto | null {
 /**
  * AES-GCM open with one keyed OpenSSL context reused across records (DTLS 1.2 RFC 5288,
  * DTLS 1.3 RFC 9147 §4): only the IV is reset per record, instead of a new decipher
- * object (and key expansion) per record. AAD, ciphertext and tag are laid out in a
- * reused scratch buffer; the plaintext is a fresh Buffer the caller may keep.
+ * object (and key expansion) per record. The record is read where it lies (no copy of
+ * the ciphertext); the plaintext is a fresh Buffer the caller may keep.
  */
 export class GcmOpener {
-  private readonly iv = Buffer.alloc(16);
-  private scratch = Buffer.alloc(2048);
-  private constructor(private readonly ctx: NativeSrtpCrypto) {}
+  /** The context reads its IV from this buffer, given at construction. */
+  private constructor(
+    private readonly ctx: NativeSrtpCrypto,
+    private readonly iv: Buffer,
+  ) {}
 
   /** null when the addon is not built (callers keep their pure-JS path). */
   static create(key: Buffer): GcmOpener | null {
     const n = loadNative();
     if (!n || (key.length !== 16 && key.length !== 32)) return null;
     const iv = Buffer.alloc(16);
-    const o = new GcmOpener(new n.SrtpCrypto(true, key, null, iv));
-    // The context reads its IV from the buffer given at construction.
-    (o as unknown as { iv: Buffer }).iv = iv;
-    return o;
+    return new GcmOpener(new n.SrtpCrypto(true, key, null, iv), iv);
   }
 
-  open(nonce: Buffer, aad: Buffer, ct: Buffer, tag: Buffer): Buffer | null {
-    if (nonce.length !== 12 || tag.length !== 16) return null;
-    const need = aad.length + ct.length + 16;
-    if (this.scratch.length < need) this.scratch = Buffer.alloc(Math.max(need, this.scratch.length * 2));
-    const s = this.scratch;
+  /**
+   * A record as it lies in its datagram: ciphertext src[ctOff..+ctLen) followed by its
+   * 16-octet tag. Nothing is copied; the plaintext is a fresh Buffer the caller may keep.
+   */
+  openAt(nonce: Buffer, aad: Buffer, src: Buffer, ctOff: number, ctLen: number): Buffer | null {
+    if (nonce.length !== 12 || ctOff < 0 || ctLen < 0 || ctOff + ctLen + 16 > src.length) return null;
     nonce.copy(this.iv, 0);
-    aad.copy(s, 0);
-    ct.copy(s, aad.length);
-    tag.copy(s, aad.length + ct.length);
-    const out = Buffer.allocUnsafe(aad.length + ct.length);
-    if (!this.ctx.gcmOpen(s, aad.length, ct.length, aad.length + ct.length, -1, out)) return null;
-    return out.subarray(aad.length);
+    const out = Buffer.allocUnsafe(ctLen);
+    return this.ctx.gcmOpenAt(aad, src, ctOff, ctLen, out) ? out : null;
   }
 }
