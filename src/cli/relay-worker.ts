@@ -17,6 +17,7 @@ import { requestKey } from '../util/key-client.js';
 import { provideKeyFiles } from '../util/key-files.js';
 import type { WorkerCommand, WorkerKeys, WorkerReply, WorkerStart } from '../turn/workers.js';
 import type { RunningGateway } from '../gateway/gateway.js';
+import { workerReservations } from './worker-reservations.js';
 
 function isStart(m: unknown): m is WorkerStart {
   const s = m as Partial<WorkerStart> | null;
@@ -114,9 +115,17 @@ export async function runRelayWorker(
   }
   const cfg: GatehouseConfig = start.config;
   const log = createLogger({ level: cfg.log_level }).child({ worker: start.index });
-  let gw: RunningGateway;
+  let gw: RunningGateway | undefined;
   const metrics = workerMetrics(reply, () => gw);
-  process.on('message', (m: WorkerCommand) => metrics.onCommand(m));
+  // A reservation handed over travels as the message's handle (the bound relay socket).
+  const reservations = workerReservations(
+    (m, handle, done) => (handle ? process.send!(m, handle, {}, done) : reply(m)),
+    () => gw?.turn,
+  );
+  process.on('message', (m: WorkerCommand, handle: unknown) => {
+    metrics.onCommand(m);
+    reservations.onCommand(m, handle);
+  });
   try {
     if (start.keys) await takeKeys(start.keys);
     gw = await startGateway(cfg, log, io.stdout, {
@@ -125,6 +134,7 @@ export async function runRelayWorker(
         listenFds: new Map(start.fds),
         relayOnly: start.index > 0,
         ...(start.index === 0 ? { metricsText: metrics.all } : {}),
+        reservations: reservations.exchange,
       },
     });
   } catch (err) {

@@ -19,6 +19,7 @@ import { TurnServer } from '../turn/server.js';
 import type { Flow } from '../turn/flow.js';
 import { createMetrics } from '../admin/metrics.js';
 import type { Registry } from 'prom-client';
+import type { ReservationExchange } from '../turn/reservations.js';
 import { EventCounter } from '../admin/event-counts.js';
 import type { BlockReason, BudgetName } from './flow-guard.js';
 import { AdminServer } from '../admin/server.js';
@@ -150,6 +151,8 @@ export async function startGateway(
       relayOnly: boolean;
       /** Worker 0: /metrics of all the workers (asked of the supervisor); else this one's registry. */
       metricsText?: () => Promise<string>;
+      /** RESERVATION-TOKENs of sibling workers (src/turn/reservations.ts). */
+      reservations?: ReservationExchange;
     };
   } = {},
 ): Promise<RunningGateway> {
@@ -312,6 +315,7 @@ export async function startGateway(
     keyEscrow: inspector.keyEscrow,
     supervisor, // one counter of contained exceptions for the whole process
     ...(opts.worker ? { listenFds: opts.worker.listenFds } : {}),
+    ...(opts.worker?.reservations ? { reservations: opts.worker.reservations } : {}),
   });
   inspector.attach(turn);
   // A flow blocked here (user × peer IP, key-escrow.md §5.4) is refused on every gateway.

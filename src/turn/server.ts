@@ -26,6 +26,7 @@ import { DataPath } from './datapath.js';
 import { createFastPath, type FastPath } from './fastpath.js';
 import { TurnEvents } from './events.js';
 import type { Flow, FlowDirection, FlowHooks, TurnRequestExtension } from './flow.js';
+import type { HandedReservation, ReservationExchange } from './reservations.js';
 import { onAllocate } from './handlers/allocate.js';
 import { onBinding } from './handlers/binding.js';
 import { onChannelBind } from './handlers/channelbind.js';
@@ -87,6 +88,8 @@ export interface TurnServerOptions {
    * turn.listen URL they serve (src/turn/workers.ts); a URL not here is bound as usual.
    */
   listenFds?: ReadonlyMap<string, number>;
+  /** Issue 13 (turn.workers): RESERVATION-TOKENs made by sibling workers (src/turn/reservations.ts). */
+  reservations?: ReservationExchange;
 }
 
 /** Comprehension-required attributes this server understands (RFC 8489 §7.3.1). */
@@ -229,6 +232,7 @@ export class TurnServer {
       legacyLogged: new Set(),
       keyEscrow: opts.keyEscrow ? { handler: opts.keyEscrow, limits: new KeyEscrowLimits(clock, t.nonce_lifetime) } : null,
       alternate: opts.alternate ?? null,
+      reservations: opts.reservations ?? null,
     };
     this.streams = new StreamConnections(cfg, clock, this.log, this.supervisor, this.stats, legacyChannels, {
       stun: (ep, frame) => this.onStun(ep, frame),
@@ -280,6 +284,19 @@ export class TurnServer {
       SWEEP_MS,
     );
     this.log.info({ listen: this.addresses() }, 'turn server listening');
+  }
+
+  /**
+   * Issue 13 (turn.workers): takes a reservation this server holds so a sibling worker can
+   * serve the Allocate that carries its token (RFC 8656 §7.2 step 5). It leaves the table,
+   * and its port leaves this pool: the kernel keeps the port bound to the socket wherever
+   * it then lives, so a later bind of it here fails and bindRelay tries the next port.
+   */
+  giveReservation(tokenHex: string): HandedReservation | null {
+    const r = this.table.takeReservation(tokenHex);
+    if (!r) return null;
+    this.ctx.pool.release(r.port);
+    return { socket: r.socket, port: r.port, family: r.family };
   }
 
   async stop(): Promise<void> {

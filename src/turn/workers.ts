@@ -162,10 +162,18 @@ export type WorkerReply =
   | { type: 'failed'; error: string }
   // /metrics: worker 0 asks for the aggregate; every worker answers a collect with its part.
   | { type: 'metrics-request'; id: number }
-  | { type: 'metrics-part'; id: number; part: unknown };
+  | { type: 'metrics-part'; id: number; part: unknown }
+  // RESERVATION-TOKENs (src/turn/reservations.ts): a worker claims a token it does not
+  // hold; the holder answers a give with the bound socket as the message's handle.
+  | { type: 'reservation-claim'; id: number; token: string }
+  | { type: 'reservation-given'; id: number; port: number | null; family: 4 | 6 | null };
 
 /** What the supervisor sends a serving worker besides its start message. */
-export type WorkerCommand = { type: 'metrics-collect'; id: number } | { type: 'metrics-response'; id: number; text: string | null };
+export type WorkerCommand =
+  | { type: 'metrics-collect'; id: number }
+  | { type: 'metrics-response'; id: number; text: string | null }
+  | { type: 'reservation-give'; id: number; token: string }
+  | { type: 'reservation-claimed'; id: number; port: number | null; family: 4 | 6 | null };
 
 /** Descriptor numbers 0-2 are stdio and 3 the IPC channel: inherited sockets start at 4. */
 const FIRST_INHERITED_FD = 4;
@@ -194,6 +202,19 @@ const STOP_TIMEOUT_MS = 10_000;
 /** /metrics: how long the supervisor waits for the workers' parts, and how many gathers run at once. */
 const GATHER_TIMEOUT_MS = 2_000;
 const MAX_GATHERS = 4;
+/** RESERVATION-TOKEN claims: the siblings' time to answer (under the claimant's 1 s), and claims at once. */
+const CLAIM_TIMEOUT_MS = 800;
+const MAX_CLAIMS = 256;
+const TOKEN_HEX = /^[0-9a-f]{16}$/;
+
+/** A descriptor passed over IPC (a dgram.Socket here) that nobody will use: closed. */
+function closeHandle(h: unknown): void {
+  try {
+    (h as { close?: () => void } | undefined)?.close?.();
+  } catch {
+    // already closed
+  }
+}
 
 export interface RelaySupervisorOptions {
   cfg: GatehouseConfig;
@@ -218,6 +239,8 @@ export class RelaySupervisor {
   private stopping = false;
   private readonly gathers = new Map<number, (worker: number, part: unknown) => void>();
   private gatherId = 0;
+  private readonly claims = new Map<number, (worker: number, m: { port: unknown; family: unknown }, handle: unknown) => void>();
+  private claimId = 0;
 
   constructor(private readonly o: RelaySupervisorOptions) {
     this.n = o.cfg.turn.workers;
@@ -323,7 +346,7 @@ export class RelaySupervisor {
       child.on('message', onMessage);
       child.once('exit', onEarlyExit);
     });
-    child.on('message', (m: WorkerReply) => this.onWorkerMessage(slot, child, m));
+    child.on('message', (m: WorkerReply, handle: unknown) => this.onWorkerMessage(slot, child, m, handle));
     child.once('exit', (code, signal) => this.onExit(slot, child, code, signal));
     return ready.then(() => {
       if (slot.child === child) slot.serving = true;
@@ -331,11 +354,52 @@ export class RelaySupervisor {
     });
   }
 
-  private onWorkerMessage(slot: Slot, child: ChildProcess, m: WorkerReply): void {
-    if (slot.child !== child || !m || !Number.isInteger((m as { id?: unknown }).id)) return;
+  private onWorkerMessage(slot: Slot, child: ChildProcess, m: WorkerReply, handle: unknown): void {
+    if (slot.child !== child || !m || !Number.isInteger((m as { id?: unknown }).id)) return closeHandle(handle);
     // Only worker 0 serves the admin listener: a request from another is ignored.
     if (m.type === 'metrics-request' && slot.index === 0) void this.answerMetrics(child, m.id);
     else if (m.type === 'metrics-part') this.gathers.get(m.id)?.(slot.index, m.part);
+    else if (m.type === 'reservation-claim') this.claimReservation(slot, child, m.id, m.token);
+    else if (m.type === 'reservation-given') {
+      const claim = this.claims.get(m.id);
+      if (claim) return claim(slot.index, m, handle);
+    }
+    closeHandle(handle); // a socket nobody waits for any more (a late answer)
+  }
+
+  /**
+   * A worker got an Allocate with a RESERVATION-TOKEN it does not hold (src/turn/reservations.ts):
+   * every other serving worker is asked; the one holding it sends the reserved socket, which
+   * goes on to the claimant. None, or no answer in CLAIM_TIMEOUT_MS: the claimant answers 508.
+   */
+  private claimReservation(from: Slot, child: ChildProcess, reqId: number, token: unknown): void {
+    const reply = (port: number | null, family: 4 | 6 | null, handle?: unknown): void => {
+      const answer: WorkerCommand = { type: 'reservation-claimed', id: reqId, port, family };
+      if (!child.connected) return closeHandle(handle);
+      if (handle) child.send(answer, handle as Parameters<ChildProcess['send']>[1], () => closeHandle(handle));
+      else child.send(answer);
+    };
+    const siblings = this.slots.filter((s) => s !== from && s.serving && s.child?.connected);
+    if (typeof token !== 'string' || !TOKEN_HEX.test(token) || siblings.length === 0 || this.claims.size >= MAX_CLAIMS)
+      return reply(null, null);
+    const id = ++this.claimId;
+    let left = siblings.length;
+    const finish = (port: number | null, family: 4 | 6 | null, handle?: unknown): void => {
+      clearTimeout(timer);
+      this.claims.delete(id);
+      reply(port, family, handle);
+    };
+    const timer = setTimeout(() => finish(null, null), CLAIM_TIMEOUT_MS);
+    this.claims.set(id, (worker, m, handle) => {
+      if (!siblings.some((s) => s.index === worker)) return closeHandle(handle);
+      const { port, family } = m;
+      if (handle && typeof port === 'number' && Number.isInteger(port) && (family === 4 || family === 6))
+        return finish(port, family, handle);
+      closeHandle(handle);
+      if (--left === 0) finish(null, null);
+    });
+    const give: WorkerCommand = { type: 'reservation-give', id, token };
+    for (const s of siblings) s.child!.send(give);
   }
 
   /** Worker 0's /metrics: every serving worker's part, aggregated; null tells it to serve its own. */

@@ -20,7 +20,7 @@ import { mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync, existsSync
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { stringify } from 'yaml';
-import { Attr, Class, Method, StunWriter, getXorAddress, messageType } from '../../src/wire/stun.js';
+import { Attr, Class, Method, StunWriter, getAttr, getXorAddress, messageType } from '../../src/wire/stun.js';
 import { randomBytes } from 'node:crypto';
 import { Client, errCode, peerSocket } from '../unit/turn/helpers.js';
 import { requirePeer } from './helpers/require-peer.js';
@@ -168,8 +168,8 @@ async function main(): Promise<void> {
   const shares = [relayPortShare(relayPorts, 2, 0), relayPortShare(relayPorts, 2, 1)];
 
   await t.test('turnutils_uclient -m 20 (UDP, channels) and -m 10 (TCP): 0 loss, allocations on both workers', async (t) => {
-    // -c: no RTCP allocation with a RESERVATION-TOKEN: a token is one worker's state, and
-    // the second client socket hashes to either worker (README "Relay workers").
+    // -c: no RTCP allocation (the RESERVATION-TOKEN case has its own subtest below), so the
+    // relay ports of each worker stay in its share for the checks that follow.
     const base = [
       '-c',
       '-u',
@@ -226,6 +226,78 @@ async function main(): Promise<void> {
       }
     }
     t.same(doubles, [], 'no relay port given twice while held');
+  });
+
+  await t.test('a RESERVATION-TOKEN made by one worker is honoured by the other (RFC 8656 §7.2)', async (t) => {
+    // EVEN-PORT with R from one socket, the token from another: the second 5-tuple hashes to
+    // either worker. Pairs until one crosses workers (1 in 2 each; 16 pairs: 2^-16 to miss).
+    const workerOf = (port: number) => [0, 1].find((i) => created(i).some((e) => e.src_port === port)) ?? -1;
+    let crossed = 0;
+    let pairs = 0;
+    const bad: string[] = [];
+    while (crossed === 0 && pairs < 16) {
+      pairs++;
+      const rtp = await Client.udp(turnPort);
+      const rtcp = await Client.udp(turnPort);
+      for (const c of [rtp, rtcp]) Object.assign(c, { realm: 'test.local', password: 'alice-secret-pw' });
+      try {
+        const a = await rtp.authed(Method.Allocate, (w) => {
+          udp(w);
+          w.attr(Attr.EvenPort, Buffer.from([0x80])); // R: reserve the next port
+        });
+        const token = getAttr(a, Attr.ReservationToken);
+        const p = getXorAddress(a, Attr.XorRelayedAddress)?.port ?? -1;
+        if (a.cls !== Class.Success || !token || p % 2 !== 0) {
+          bad.push(`pair ${pairs}: EVEN-PORT allocate ${a.cls} token ${!!token} port ${p}`);
+          continue;
+        }
+        const b = await rtcp.authed(Method.Allocate, (w) => {
+          udp(w);
+          w.attr(Attr.ReservationToken, token);
+        });
+        const q = getXorAddress(b, Attr.XorRelayedAddress)?.port ?? -1;
+        if (b.cls !== Class.Success || q !== p + 1) {
+          bad.push(`pair ${pairs}: token allocate ${b.cls === Class.Success ? `port ${q}, not ${p + 1}` : `error ${errCode(b)}`}`);
+          continue;
+        }
+        await until(() => workerOf(rtp.port) >= 0 && workerOf(rtcp.port) >= 0, 3000);
+        if (workerOf(rtp.port) !== workerOf(rtcp.port)) crossed++;
+      } finally {
+        rtp.close();
+        rtcp.close();
+      }
+    }
+    t.same(bad, [], 'every token allocation got the reserved port (EVEN-PORT port + 1)');
+    t.equal(crossed, 1, `a token crossed workers and got its port (${pairs} pairs tried)`);
+  });
+
+  await t.test('turnutils_uclient without -c (its RTCP allocation carries a RESERVATION-TOKEN): 0 loss', async (t) => {
+    const u = await run('turnutils_uclient', [
+      '-m',
+      '10',
+      '-u',
+      'alice',
+      '-w',
+      'alice-secret-pw',
+      '-e',
+      '127.0.0.1',
+      '-r',
+      String(peerPort),
+      '-n',
+      '50',
+      '-l',
+      '160',
+      '-z',
+      '5',
+      '-p',
+      String(turnPort),
+      '127.0.0.1',
+    ]);
+    const tu = totals(u.out);
+    t.ok(tu, `uclient printed its totals${tu ? '' : `: ${u.out.slice(-600)}`}`);
+    t.equal(tu?.lost, 0, `0 lost (${JSON.stringify(tu)})`);
+    t.ok(tu && tu.sent > 0 && tu.received === tu.sent, 'everything sent came back');
+    t.notMatch(u.out, /error 508|Allocation failed/i, 'no RTCP allocation refused');
   });
 
   await t.test('kill -9 of worker 1: worker 0 clients keep relaying; worker 1 restarts on the same sockets', async (t) => {

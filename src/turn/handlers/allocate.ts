@@ -50,11 +50,17 @@ export function onAllocate(ctx: TurnContext, r: Req, onMessage: (a: Allocation, 
   // Step 9: ADDITIONAL-ADDRESS-FAMILY may only ask for IPv6.
   if (aafV && (aafV.length !== 4 || aafV[0] !== Family.IPv6)) return err(400, 'Malformed ADDITIONAL-ADDRESS-FAMILY');
   let reservation = null;
+  // Issue 13: a token this worker does not hold may be a sibling worker's (src/turn/reservations.ts).
+  let claim: string | null = null;
   if (tokenV) {
     // Step 5: an unknown or expired token: 508.
     reservation = ctx.table.takeReservation(tokenV.toString('hex'));
-    if (!reservation) return err(508);
-    family = reservation.family;
+    if (!reservation && !ctx.reservations) return err(508);
+    if (reservation) family = reservation.family;
+    else {
+      claim = tokenV.toString('hex');
+      family = ctx.relayFamily; // every worker relays from turn.relay_address's family
+    }
   }
   // Step 7: only the family of config.turn.relay_address can be relayed.
   if (family !== ctx.relayFamily && !aafV) {
@@ -78,7 +84,14 @@ export function onAllocate(ctx: TurnContext, r: Req, onMessage: (a: Allocation, 
   const reserve = even && (evenV![0]! & 0x80) !== 0;
   const bound: Promise<{ socket: Socket; port: number; token: Buffer | null } | null> = reservation
     ? Promise.resolve({ socket: reservation.socket, port: reservation.port, token: null })
-    : bindRelay(ctx, even, reserve);
+    : claim !== null
+      ? ctx.reservations!.claim(claim).then((h) => {
+          if (!h) return null;
+          if (h.family === family) return { socket: h.socket, port: h.port, token: null };
+          closeSocket(h.socket);
+          return null;
+        })
+      : bindRelay(ctx, even, reserve);
   bound
     .then((got) => {
       ctx.pending.delete(ep.key);

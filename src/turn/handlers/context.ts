@@ -19,6 +19,7 @@ import type { Allocation, FlowImpl } from '../state.js';
 import { count, type TurnStats } from '../stats.js';
 import type { KeyEscrowHandler, KeyEscrowLimits } from './keyescrow.js';
 import type { AlternateLookup } from '../shedding.js';
+import type { ReservationExchange } from '../reservations.js';
 
 export interface TurnContext {
   cfg: GatehouseConfig;
@@ -48,6 +49,8 @@ export interface TurnContext {
   keyEscrow: { handler: KeyEscrowHandler; limits: KeyEscrowLimits } | null;
   /** Issue 14: where an Allocate goes when this server is at turn.max_allocations (src/turn/shedding.ts); null: nowhere (508). */
   alternate: AlternateLookup | null;
+  /** Issue 13: RESERVATION-TOKENs of sibling relay workers (src/turn/reservations.ts); null: this server's only. */
+  reservations: ReservationExchange | null;
 }
 
 export function refuse(ctx: TurnContext, reason: string): void {

@@ -14,7 +14,7 @@ import { RelaySupervisor } from '../../../src/turn/workers.js';
 import { loadReusePort } from '../../../src/util/reuseport.js';
 import { createLogger } from '../../../src/util/log.js';
 
-const worker = fileURLToPath(new URL('./slow-worker.mjs', import.meta.url));
+const worker = fileURLToPath(new URL('../../fixtures/slow-relay-worker.mjs', import.meta.url));
 const addon = loadReusePort().addon;
 const skip = addon ? false : 'native/build/Release/gatehouse_reuseport.node not built';
 if (!addon && process.env.CI) t.fail('the reuseport addon is not built in CI');

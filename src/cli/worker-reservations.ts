@@ -1,0 +1,65 @@
+/**
+ * A relay worker's side of RESERVATION-TOKENs across workers (src/turn/reservations.ts):
+ * it asks the supervisor for a token it does not hold (the supervisor asks the siblings,
+ * src/turn/workers.ts), and hands over a reservation it holds when the supervisor asks,
+ * the bound relay socket itself going as a descriptor over the IPC channel
+ * (child_process send with a dgram.Socket handle).
+ */
+import type { Socket } from 'node:dgram';
+import type { TurnServer } from '../turn/server.js';
+import type { HandedReservation, ReservationExchange } from '../turn/reservations.js';
+import type { WorkerCommand, WorkerReply } from '../turn/workers.js';
+
+/** How long a claim waits for the supervisor, and how many wait at once (beyond: 508 at once). */
+const CLAIM_WAIT_MS = 1_000;
+const MAX_CLAIMS_WAITING = 64;
+
+type Send = (m: WorkerReply, handle?: Socket, done?: (err: Error | null) => void) => void;
+
+const closeQuietly = (s: Socket): void => {
+  try {
+    s.close();
+  } catch {
+    // already closed
+  }
+};
+
+export function workerReservations(send: Send, turn: () => TurnServer | undefined) {
+  const waiting = new Map<number, (h: HandedReservation | null) => void>();
+  let nextId = 0;
+  const exchange: ReservationExchange = {
+    claim(token: string): Promise<HandedReservation | null> {
+      if (waiting.size >= MAX_CLAIMS_WAITING) return Promise.resolve(null);
+      const id = ++nextId;
+      return new Promise((resolve) => {
+        const timer = setTimeout(() => done(null), CLAIM_WAIT_MS);
+        const done = (h: HandedReservation | null): void => {
+          clearTimeout(timer);
+          waiting.delete(id);
+          resolve(h);
+        };
+        waiting.set(id, done);
+        send({ type: 'reservation-claim', id, token });
+      });
+    },
+  };
+  return {
+    exchange,
+    onCommand(m: WorkerCommand, handle: unknown): void {
+      if (m?.type === 'reservation-give' && Number.isInteger(m.id) && typeof m.token === 'string') {
+        const r = turn()?.giveReservation(m.token) ?? null;
+        if (!r) return send({ type: 'reservation-given', id: m.id, port: null, family: null });
+        // Our copy closes once the descriptor is on its way; the kernel socket lives on there.
+        send({ type: 'reservation-given', id: m.id, port: r.port, family: r.family }, r.socket, () => closeQuietly(r.socket));
+      } else if (m?.type === 'reservation-claimed' && Number.isInteger(m.id)) {
+        const socket = handle as Socket | undefined;
+        const done = waiting.get(m.id);
+        if (!done || !socket || m.port === null || m.family === null) {
+          if (socket) closeQuietly(socket); // late, or no reservation after all
+          return done?.(null);
+        }
+        done({ socket, port: m.port, family: m.family });
+      }
+    },
+  };
+}
