@@ -26,6 +26,7 @@ import { join } from 'node:path';
 import { parseListen, type GatehouseConfig } from '../config/config.js';
 import type { Logger } from '../util/log.js';
 import type { ReusePortAddon } from '../util/reuseport.js';
+import { WorkerExchange, type ExchangeRequest, type WorkerCommand } from './worker-exchange.js';
 
 /**
  * Worker i's contiguous share of [lo, hi] among n workers: the sizes differ by at most one
@@ -156,24 +157,8 @@ export type SpawnWorker = (path: string, args: string[], opts: ForkOptions, keys
  * before the child has a 'message' listener would be emitted to no one), then `ready` or
  * `failed`.
  */
-export type WorkerReply =
-  | { type: 'hello' }
-  | { type: 'ready' }
-  | { type: 'failed'; error: string }
-  // /metrics: worker 0 asks for the aggregate; every worker answers a collect with its part.
-  | { type: 'metrics-request'; id: number }
-  | { type: 'metrics-part'; id: number; part: unknown }
-  // RESERVATION-TOKENs (src/turn/reservations.ts): a worker claims a token it does not
-  // hold; the holder answers a give with the bound socket as the message's handle.
-  | { type: 'reservation-claim'; id: number; token: string }
-  | { type: 'reservation-given'; id: number; port: number | null; family: 4 | 6 | null };
-
-/** What the supervisor sends a serving worker besides its start message. */
-export type WorkerCommand =
-  | { type: 'metrics-collect'; id: number }
-  | { type: 'metrics-response'; id: number; text: string | null }
-  | { type: 'reservation-give'; id: number; token: string }
-  | { type: 'reservation-claimed'; id: number; port: number | null; family: 4 | 6 | null };
+export type WorkerReply = { type: 'hello' } | { type: 'ready' } | { type: 'failed'; error: string } | ExchangeRequest;
+export type { WorkerCommand };
 
 /** Descriptor numbers 0-2 are stdio and 3 the IPC channel: inherited sockets start at 4. */
 const FIRST_INHERITED_FD = 4;
@@ -199,22 +184,6 @@ const MAX_RESTART_DELAY_MS = 10_000;
 const STABLE_MS = 10_000;
 const READY_TIMEOUT_MS = 60_000;
 const STOP_TIMEOUT_MS = 10_000;
-/** /metrics: how long the supervisor waits for the workers' parts, and how many gathers run at once. */
-const GATHER_TIMEOUT_MS = 2_000;
-const MAX_GATHERS = 4;
-/** RESERVATION-TOKEN claims: the siblings' time to answer (under the claimant's 1 s), and claims at once. */
-const CLAIM_TIMEOUT_MS = 800;
-const MAX_CLAIMS = 256;
-const TOKEN_HEX = /^[0-9a-f]{16}$/;
-
-/** A descriptor passed over IPC (a dgram.Socket here) that nobody will use: closed. */
-function closeHandle(h: unknown): void {
-  try {
-    (h as { close?: () => void } | undefined)?.close?.();
-  } catch {
-    // already closed
-  }
-}
 
 export interface RelaySupervisorOptions {
   cfg: GatehouseConfig;
@@ -237,13 +206,16 @@ export class RelaySupervisor {
   private slots: Slot[] = [];
   private listen: string[] = [];
   private stopping = false;
-  private readonly gathers = new Map<number, (worker: number, part: unknown) => void>();
-  private gatherId = 0;
-  private readonly claims = new Map<number, (worker: number, m: { port: unknown; family: unknown }, handle: unknown) => void>();
-  private claimId = 0;
+  private readonly exchange: WorkerExchange;
 
   constructor(private readonly o: RelaySupervisorOptions) {
     this.n = o.cfg.turn.workers;
+    this.exchange = new WorkerExchange({
+      log: o.log,
+      serving: () => this.slots.flatMap((s) => (s.serving && s.child?.connected ? [{ index: s.index, child: s.child }] : [])),
+      restarts: () => this.restarts(),
+      ...(o.aggregateMetrics ? { aggregateMetrics: o.aggregateMetrics } : {}),
+    });
   }
 
   /**
@@ -346,96 +318,14 @@ export class RelaySupervisor {
       child.on('message', onMessage);
       child.once('exit', onEarlyExit);
     });
-    child.on('message', (m: WorkerReply, handle: unknown) => this.onWorkerMessage(slot, child, m, handle));
+    // Once it serves, what it asks of its siblings (metrics, reservations) goes to the exchange.
+    child.on('message', (m: WorkerReply, handle: unknown) =>
+      this.exchange.onMessage({ index: slot.index, child }, slot.child === child && slot.serving, m, handle),
+    );
     child.once('exit', (code, signal) => this.onExit(slot, child, code, signal));
     return ready.then(() => {
       if (slot.child === child) slot.serving = true;
       this.o.log.info({ worker: slot.index, pid: slot.pid, restarts: slot.restarts, fds: slot.fds }, 'relay worker serving');
-    });
-  }
-
-  private onWorkerMessage(slot: Slot, child: ChildProcess, m: WorkerReply, handle: unknown): void {
-    if (slot.child !== child || !m || !Number.isInteger((m as { id?: unknown }).id)) return closeHandle(handle);
-    // Only worker 0 serves the admin listener: a request from another is ignored.
-    if (m.type === 'metrics-request' && slot.index === 0) void this.answerMetrics(child, m.id);
-    else if (m.type === 'metrics-part') this.gathers.get(m.id)?.(slot.index, m.part);
-    else if (m.type === 'reservation-claim') this.claimReservation(slot, child, m.id, m.token);
-    else if (m.type === 'reservation-given') {
-      const claim = this.claims.get(m.id);
-      if (claim) return claim(slot.index, m, handle);
-    }
-    closeHandle(handle); // a socket nobody waits for any more (a late answer)
-  }
-
-  /**
-   * A worker got an Allocate with a RESERVATION-TOKEN it does not hold (src/turn/reservations.ts):
-   * every other serving worker is asked; the one holding it sends the reserved socket, which
-   * goes on to the claimant. None, or no answer in CLAIM_TIMEOUT_MS: the claimant answers 508.
-   */
-  private claimReservation(from: Slot, child: ChildProcess, reqId: number, token: unknown): void {
-    const reply = (port: number | null, family: 4 | 6 | null, handle?: unknown): void => {
-      const answer: WorkerCommand = { type: 'reservation-claimed', id: reqId, port, family };
-      if (!child.connected) return closeHandle(handle);
-      if (handle) child.send(answer, handle as Parameters<ChildProcess['send']>[1], () => closeHandle(handle));
-      else child.send(answer);
-    };
-    const siblings = this.slots.filter((s) => s !== from && s.serving && s.child?.connected);
-    if (typeof token !== 'string' || !TOKEN_HEX.test(token) || siblings.length === 0 || this.claims.size >= MAX_CLAIMS)
-      return reply(null, null);
-    const id = ++this.claimId;
-    let left = siblings.length;
-    const finish = (port: number | null, family: 4 | 6 | null, handle?: unknown): void => {
-      clearTimeout(timer);
-      this.claims.delete(id);
-      reply(port, family, handle);
-    };
-    const timer = setTimeout(() => finish(null, null), CLAIM_TIMEOUT_MS);
-    this.claims.set(id, (worker, m, handle) => {
-      if (!siblings.some((s) => s.index === worker)) return closeHandle(handle);
-      const { port, family } = m;
-      if (handle && typeof port === 'number' && Number.isInteger(port) && (family === 4 || family === 6))
-        return finish(port, family, handle);
-      closeHandle(handle);
-      if (--left === 0) finish(null, null);
-    });
-    const give: WorkerCommand = { type: 'reservation-give', id, token };
-    for (const s of siblings) s.child!.send(give);
-  }
-
-  /** Worker 0's /metrics: every serving worker's part, aggregated; null tells it to serve its own. */
-  private async answerMetrics(child: ChildProcess, id: number): Promise<void> {
-    let text: string | null = null;
-    if (this.o.aggregateMetrics && this.gathers.size < MAX_GATHERS) {
-      try {
-        text = await this.o.aggregateMetrics(await this.gather(), this.restarts());
-      } catch (err) {
-        this.o.log.warn({ err: (err as Error).message }, 'relay workers: metrics not aggregated');
-      }
-    }
-    const answer: WorkerCommand = { type: 'metrics-response', id, text };
-    if (child.connected) child.send(answer);
-  }
-
-  /** Asks every serving worker for its metrics; what arrived within GATHER_TIMEOUT_MS, in worker order. */
-  private gather(): Promise<unknown[]> {
-    const id = ++this.gatherId;
-    const live = this.slots.filter((s) => s.serving && s.child?.connected);
-    return new Promise((resolve) => {
-      const parts = new Map<number, unknown>();
-      const finish = (): void => {
-        clearTimeout(timer);
-        this.gathers.delete(id);
-        resolve([...parts.entries()].sort((a, b) => a[0] - b[0]).map(([, p]) => p));
-      };
-      const timer = setTimeout(finish, GATHER_TIMEOUT_MS);
-      this.gathers.set(id, (worker, part) => {
-        if (!live.some((s) => s.index === worker) || parts.has(worker)) return;
-        parts.set(worker, part);
-        if (parts.size === live.length) finish();
-      });
-      const collect: WorkerCommand = { type: 'metrics-collect', id };
-      for (const s of live) s.child!.send(collect);
-      if (live.length === 0) finish();
     });
   }
 
