@@ -18,6 +18,7 @@ import { provideKeyFiles } from '../util/key-files.js';
 import type { WorkerCommand, WorkerKeys, WorkerReply, WorkerStart } from '../turn/workers.js';
 import type { RunningGateway } from '../gateway/gateway.js';
 import { workerReservations } from './worker-reservations.js';
+import { PendingReplies } from '../util/pending-replies.js';
 
 function isStart(m: unknown): m is WorkerStart {
   const s = m as Partial<WorkerStart> | null;
@@ -61,8 +62,7 @@ const MAX_METRICS_WAITING = 16;
  * supervisor does not answer.
  */
 function workerMetrics(reply: (m: WorkerReply) => void, gateway: () => RunningGateway | undefined) {
-  const waiting = new Map<number, (text: string | null) => void>();
-  let nextId = 0;
+  const pending = new PendingReplies<string>(MAX_METRICS_WAITING, METRICS_WAIT_MS);
   const own = async (why: string): Promise<string> =>
     `# gatehouse: this worker's metrics only (${why})\n${await gateway()!.registry.metrics()}`;
   return {
@@ -74,21 +74,11 @@ function workerMetrics(reply: (m: WorkerReply) => void, gateway: () => RunningGa
           (part) => reply({ type: 'metrics-part', id: m.id, part }),
           () => reply({ type: 'metrics-part', id: m.id, part: [] }),
         );
-      } else if (m?.type === 'metrics-response') waiting.get(m.id)?.(typeof m.text === 'string' ? m.text : null);
+      } else if (m?.type === 'metrics-response') pending.answer(m.id, typeof m.text === 'string' ? m.text : null);
     },
     async all(): Promise<string> {
-      if (waiting.size >= MAX_METRICS_WAITING) return own('too many /metrics requests at once');
-      const id = ++nextId;
-      const text = await new Promise<string | null>((resolve) => {
-        const timer = setTimeout(() => done(null), METRICS_WAIT_MS);
-        const done = (t: string | null): void => {
-          clearTimeout(timer);
-          waiting.delete(id);
-          resolve(t);
-        };
-        waiting.set(id, done);
-        reply({ type: 'metrics-request', id });
-      });
+      if (pending.size >= MAX_METRICS_WAITING) return own('too many /metrics requests at once');
+      const text = await pending.ask((id) => reply({ type: 'metrics-request', id }));
       return text ?? own('the supervisor did not aggregate the workers');
     },
   };

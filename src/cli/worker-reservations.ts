@@ -9,6 +9,7 @@ import type { Socket } from 'node:dgram';
 import type { TurnServer } from '../turn/server.js';
 import type { HandedReservation, ReservationExchange } from '../turn/reservations.js';
 import type { WorkerCommand, WorkerReply } from '../turn/workers.js';
+import { PendingReplies } from '../util/pending-replies.js';
 
 /** How long a claim waits for the supervisor, and how many wait at once (beyond: 508 at once). */
 const CLAIM_WAIT_MS = 1_000;
@@ -25,23 +26,9 @@ const closeQuietly = (s: Socket): void => {
 };
 
 export function workerReservations(send: Send, turn: () => TurnServer | undefined) {
-  const waiting = new Map<number, (h: HandedReservation | null) => void>();
-  let nextId = 0;
+  const pending = new PendingReplies<HandedReservation>(MAX_CLAIMS_WAITING, CLAIM_WAIT_MS);
   const exchange: ReservationExchange = {
-    claim(token: string): Promise<HandedReservation | null> {
-      if (waiting.size >= MAX_CLAIMS_WAITING) return Promise.resolve(null);
-      const id = ++nextId;
-      return new Promise((resolve) => {
-        const timer = setTimeout(() => done(null), CLAIM_WAIT_MS);
-        const done = (h: HandedReservation | null): void => {
-          clearTimeout(timer);
-          waiting.delete(id);
-          resolve(h);
-        };
-        waiting.set(id, done);
-        send({ type: 'reservation-claim', id, token });
-      });
-    },
+    claim: (token) => pending.ask((id) => send({ type: 'reservation-claim', id, token })),
   };
   return {
     exchange,
@@ -53,12 +40,9 @@ export function workerReservations(send: Send, turn: () => TurnServer | undefine
         send({ type: 'reservation-given', id: m.id, port: r.port, family: r.family }, r.socket, () => closeQuietly(r.socket));
       } else if (m?.type === 'reservation-claimed' && Number.isInteger(m.id)) {
         const socket = handle as Socket | undefined;
-        const done = waiting.get(m.id);
-        if (!done || !socket || m.port === null || m.family === null) {
-          if (socket) closeQuietly(socket); // late, or no reservation after all
-          return done?.(null);
-        }
-        done({ socket, port: m.port, family: m.family });
+        const handed = socket && m.port !== null && m.family !== null ? { socket, port: m.port, family: m.family } : null;
+        // Late (the claim gave up), or no reservation after all: the socket is nobody's.
+        if ((!pending.answer(m.id, handed) || !handed) && socket) closeQuietly(socket);
       }
     },
   };

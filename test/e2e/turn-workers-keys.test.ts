@@ -17,7 +17,7 @@
  * Needs root (setuid), the native addons and redis-server; skipped elsewhere, a failure in CI.
  */
 import t from 'tap';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createHash, randomBytes, X509Certificate } from 'node:crypto';
 import { connect as tlsConnect } from 'node:tls';
@@ -26,16 +26,13 @@ import { tmpdir } from 'node:os';
 import { stringify } from 'yaml';
 import { Attr, Class, Method } from '../../src/wire/stun.js';
 import { Client } from '../unit/turn/helpers.js';
-import { children } from './helpers/run.js';
 import { startTestRedis, until } from './helpers/redis.js';
 import { reservePortBlock } from './helpers/ports.js';
-import { REPO_ROOT } from './helpers/turn-servers.js';
+import { NODE_WITHOUT_TAP, startWorkersServe } from './helpers/workers-serve.js';
 import { loadReusePort } from '../../src/util/reuseport.js';
 import { loadPeerCred } from '../../src/util/peercred.js';
 import { createSelfSigned } from '../../src/store/identity.js';
 import { lookupAccount } from '../../src/util/drop-privileges.js';
-
-type Line = Record<string, any>;
 
 /** Uid: and Gid: of /proc/PID/status (real, effective, saved, filesystem). */
 function ids(pid: number): { uid: number[]; gid: number[] } | null {
@@ -52,12 +49,8 @@ function ids(pid: number): { uid: number[]; gid: number[] } | null {
   }
 }
 
-/**
- * Node, started through env(1) without tap's NODE_OPTIONS (tap's process-info hook puts
- * it back into any environment spawn() is given): the hook writes into the checkout at
- * exit, which a process running as nobody may not (noise on stderr, not a failure).
- */
-const NODE = ['env', '-u', 'NODE_OPTIONS', process.execPath] as const;
+/** Node without tap's NODE_OPTIONS (test/e2e/helpers/workers-serve.ts says why). */
+const NODE = NODE_WITHOUT_TAP;
 
 /** Runs a Node script as `as` (uid/gid), or as this process, and returns its stdout. */
 function runAs(script: string, args: string[], as?: { uid: number; gid: number }): Promise<string> {
@@ -133,60 +126,21 @@ async function main(): Promise<void> {
   };
   const configFile = join(work, 'gatehouse.yaml');
   writeFileSync(configFile, stringify(config), { mode: 0o600 });
-  const lines: Line[] = [];
-  let raw = '';
-  let tail = '';
-  const sup: ChildProcess = spawn(
-    NODE[0],
-    [...NODE.slice(1), '--import', 'tsx', join(REPO_ROOT, 'src/cli/main.ts'), 'serve', '--config', configFile],
-    { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] },
-  );
-  children.add(sup);
-  const onData = (d: Buffer) => {
-    raw += d.toString();
-    tail += d.toString();
-    let i;
-    while ((i = tail.indexOf('\n')) >= 0) {
-      const line = tail.slice(0, i);
-      tail = tail.slice(i + 1);
-      try {
-        lines.push(JSON.parse(line));
-      } catch {
-        /* not a log line */
-      }
-    }
-  };
-  sup.stdout!.on('data', onData);
-  sup.stderr!.on('data', onData);
-  const workerPids = new Set<number>();
+  const serve = await startWorkersServe(configFile);
+  const { lines, workerPids } = serve;
   t.teardown(async () => {
-    if (sup.exitCode === null) {
-      const exited = new Promise((r) => sup.once('exit', r));
-      sup.kill('SIGTERM');
-      await Promise.race([exited, new Promise((r) => setTimeout(r, 15000))]);
-    }
-    for (const pid of workerPids) {
-      try {
-        process.kill(pid, 'SIGKILL'); // only if the supervisor did not stop them
-      } catch {
-        /* gone */
-      }
-    }
-    sup.kill('SIGKILL');
+    await serve.stop();
     await redis.close();
     block.release();
     rmSync(work, { recursive: true, force: true });
   });
-
-  const listening = () => lines.find((l) => l.msg === 'relay workers listening');
-  t.ok(await until(() => !!listening() || sup.exitCode !== null, 60_000), 'the supervisor reports its workers');
-  const ready = listening();
+  const ready = serve.listening;
+  t.ok(ready, 'the supervisor reports its workers');
   if (!ready) {
-    t.fail(`gatehouse serve did not start: ${raw.slice(-3000)}`);
+    t.fail(`gatehouse serve did not start: ${serve.raw().slice(-3000)}`);
     return;
   }
   const initial = ready.workers as { worker: number; pid: number }[];
-  for (const w of initial) workerPids.add(w.pid);
   const handed = () => lines.filter((l) => l.msg === 'key broker: key handed to worker');
 
   await t.test('both workers run as nobody, in their own directories; DATA_DIR stays root’s', async (t) => {
@@ -234,8 +188,8 @@ async function main(): Promise<void> {
     );
     const secretBody = (pem: string) => pem.replace(/-----[^-]+-----/g, '').replace(/\s+/g, '');
     const idPem = readFileSync(join(dataDir, 'gateway.key'), 'utf8');
-    t.notOk(raw.includes(secretBody(tls.keyPem).slice(0, 40)), 'the TLS key never reaches a log line');
-    t.notOk(raw.includes(secretBody(idPem).slice(0, 40)), 'the identity key never reaches a log line');
+    t.notOk(serve.raw().includes(secretBody(tls.keyPem).slice(0, 40)), 'the TLS key never reaches a log line');
+    t.notOk(serve.raw().includes(secretBody(idPem).slice(0, 40)), 'the identity key never reaches a log line');
     const fp = createHash('sha256')
       .update(new X509Certificate(readFileSync(join(dataDir, 'gateway.crt'))).raw)
       .digest('hex');

@@ -15,7 +15,7 @@
  * cannot stand in for them; the workers are forked from the same entry.
  */
 import t from 'tap';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { mkdtempSync, mkdirSync, readFileSync, rmSync, writeFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { tmpdir } from 'node:os';
@@ -27,6 +27,7 @@ import { requirePeer } from './helpers/require-peer.js';
 import { children, freeUdpPort, run } from './helpers/run.js';
 import { startTestRedis, until } from './helpers/redis.js';
 import { reservePortBlock } from './helpers/ports.js';
+import { startWorkersServe } from './helpers/workers-serve.js';
 import { REPO_ROOT } from './helpers/turn-servers.js';
 import { relayPortShare } from '../../src/turn/workers.js';
 import { loadReusePort } from '../../src/util/reuseport.js';
@@ -94,66 +95,27 @@ async function main(): Promise<void> {
   };
   const configFile = join(work, 'gatehouse.yaml');
   writeFileSync(configFile, stringify(config));
-  const lines: Record<string, any>[] = [];
-  let tail = '';
-  const sup: ChildProcess = spawn(
-    process.execPath,
-    ['--import', 'tsx', join(REPO_ROOT, 'src/cli/main.ts'), 'serve', '--config', configFile],
-    {
-      cwd: REPO_ROOT,
-      stdio: ['ignore', 'pipe', 'pipe'],
-    },
-  );
-  children.add(sup);
-  const onData = (d: Buffer) => {
-    tail += d.toString();
-    let i;
-    while ((i = tail.indexOf('\n')) >= 0) {
-      const line = tail.slice(0, i);
-      tail = tail.slice(i + 1);
-      try {
-        lines.push(JSON.parse(line));
-      } catch {
-        /* not a log line */
-      }
-    }
-  };
-  sup.stdout!.on('data', onData);
-  sup.stderr!.on('data', onData);
+  const serve = await startWorkersServe(configFile);
+  const { sup, lines, workerPids } = serve;
   const peerPort = await freeUdpPort();
   const peer = spawn('turnutils_peer', ['-p', String(peerPort), '-L', '127.0.0.1'], { stdio: 'ignore' });
   children.add(peer);
-  const workerPids = new Set<number>();
   t.teardown(async () => {
     peer.kill('SIGKILL');
-    if (sup.exitCode === null) {
-      const exited = new Promise((r) => sup.once('exit', r));
-      sup.kill('SIGTERM');
-      await Promise.race([exited, new Promise((r) => setTimeout(r, 15000))]);
-    }
-    for (const pid of workerPids) {
-      try {
-        process.kill(pid, 'SIGKILL'); // only if the supervisor did not stop them
-      } catch {
-        /* gone */
-      }
-    }
-    sup.kill('SIGKILL');
+    await serve.stop();
     await redis.close();
     block.release();
     rmSync(work, { recursive: true, force: true });
   });
 
-  const listening = () => lines.find((l) => l.msg === 'relay workers listening');
-  t.ok(await until(() => !!listening() || sup.exitCode !== null, 60_000), 'the supervisor reports its workers');
-  const ready = listening();
+  const ready = serve.listening;
+  t.ok(ready, 'the supervisor reports its workers');
   if (!ready) {
     t.fail(`gatehouse serve did not start: ${JSON.stringify(lines.slice(-5))}`);
     return;
   }
   const initial = ready.workers as { worker: number; pid: number; fds: number[] }[];
   t.equal(initial.length, 2, 'two workers');
-  for (const w of initial) workerPids.add(w.pid);
   t.not(initial[0]!.pid, initial[1]!.pid, 'two processes');
 
   const eventsFile = (i: number) => (i === 0 ? join(dataDir, 'events.jsonl') : join(dataDir, 'workers', String(i), 'events.jsonl'));
