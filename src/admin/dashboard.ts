@@ -82,7 +82,7 @@ export function redact(v: unknown, depth = 0): unknown {
 export interface DashboardSources {
   token: string;
   recentEvents: () => readonly EveEvent[];
-  flows?: () => unknown[];
+  flows?: () => unknown[] | Promise<unknown[]>;
   /** Live events (MemoryEventSink.subscribe): null when too many listen already. */
   subscribe?: (fn: (e: EveEvent) => void) => (() => void) | null;
   recordingsDir?: string;
@@ -180,7 +180,7 @@ export class Dashboard {
       return this.json(res, 200, { ok: true });
     }
     if (m === 'GET' && path === '/ui/session') return this.json(res, 200, { csrf: session.csrf });
-    if (m === 'GET' && path === '/ui/flows') return this.json(res, 200, this.src.flows?.() ?? []);
+    if (m === 'GET' && path === '/ui/flows') return this.json(res, 200, (await this.src.flows?.()) ?? []);
     if (m === 'GET' && path === '/ui/events') {
       const q = new URLSearchParams(url.searchParams);
       if (!q.has('event_type')) q.set('event_type', LIVE_EVENT_TYPES.join(','));

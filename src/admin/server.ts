@@ -25,7 +25,8 @@ export interface AdminSources {
   metricsText?: () => Promise<string>;
   token: string;
   recentEvents: () => readonly EveEvent[];
-  flows?: () => unknown[];
+  /** This gateway's flows (with relay workers, worker 0's: every worker's, asked of the supervisor). */
+  flows?: () => unknown[] | Promise<unknown[]>;
   certificatePem?: () => string | undefined;
   /** Components that cannot do their work now (a full disk): /healthz says `degraded` and names them. */
   degraded?: () => string[];
@@ -173,7 +174,7 @@ export class AdminServer {
       if (req.method === 'GET' && path === '/v1/flows') {
         // scope=cluster: every node's flows from the registry (README "Cluster"); default: this node's.
         const scope = url.searchParams.get('scope') ?? 'local';
-        if (scope === 'local') return json(res, 200, this.src.flows?.() ?? []);
+        if (scope === 'local') return json(res, 200, (await this.src.flows?.()) ?? []);
         if (scope !== 'cluster') return json(res, 400, { error: 'scope is local or cluster' });
         if (!this.src.cluster) return json(res, 404, { error: 'no cluster: store.redis is not set' });
         const c = await this.src.cluster.flows();

@@ -18,7 +18,7 @@ import { provideKeyFiles } from '../util/key-files.js';
 import type { WorkerCommand, WorkerKeys, WorkerReply, WorkerStart } from '../turn/workers.js';
 import type { RunningGateway } from '../gateway/gateway.js';
 import { workerReservations } from './worker-reservations.js';
-import { PendingReplies } from '../util/pending-replies.js';
+import { workerViews } from './worker-views.js';
 
 function isStart(m: unknown): m is WorkerStart {
   const s = m as Partial<WorkerStart> | null;
@@ -51,39 +51,6 @@ async function takeKeys(keys: WorkerKeys): Promise<void> {
   provideKeyFiles(got);
 }
 
-/** Worker 0 waits this long for the supervisor's aggregate, and this many /metrics at once, before serving its own. */
-const METRICS_WAIT_MS = 5_000;
-const MAX_METRICS_WAITING = 16;
-
-/**
- * This worker's part in /metrics with workers (src/admin/worker-metrics.ts): it answers the
- * supervisor's collect with its registry, and (worker 0) asks the supervisor for the
- * aggregate of all workers, falling back to its own registry, marked as such, when the
- * supervisor does not answer.
- */
-function workerMetrics(reply: (m: WorkerReply) => void, gateway: () => RunningGateway | undefined) {
-  const pending = new PendingReplies<string>(MAX_METRICS_WAITING, METRICS_WAIT_MS);
-  const own = async (why: string): Promise<string> =>
-    `# gatehouse: this worker's metrics only (${why})\n${await gateway()!.registry.metrics()}`;
-  return {
-    onCommand(m: WorkerCommand): void {
-      if (m?.type === 'metrics-collect' && Number.isInteger(m.id)) {
-        const gw = gateway();
-        if (!gw) return; // not serving yet: the supervisor does not wait for it
-        gw.registry.getMetricsAsJSON().then(
-          (part) => reply({ type: 'metrics-part', id: m.id, part }),
-          () => reply({ type: 'metrics-part', id: m.id, part: [] }),
-        );
-      } else if (m?.type === 'metrics-response') pending.answer(m.id, typeof m.text === 'string' ? m.text : null);
-    },
-    async all(): Promise<string> {
-      if (pending.size >= MAX_METRICS_WAITING) return own('too many /metrics requests at once');
-      const text = await pending.ask((id) => reply({ type: 'metrics-request', id }));
-      return text ?? own('the supervisor did not aggregate the workers');
-    },
-  };
-}
-
 export async function runRelayWorker(
   _argv: string[],
   io: { stdout: Writable; stderr: Writable; supervisor?: Supervisor },
@@ -106,14 +73,14 @@ export async function runRelayWorker(
   const cfg: GatehouseConfig = start.config;
   const log = createLogger({ level: cfg.log_level }).child({ worker: start.index });
   let gw: RunningGateway | undefined;
-  const metrics = workerMetrics(reply, () => gw);
+  const views = workerViews({ index: start.index, reply, gateway: () => gw, log });
   // A reservation handed over travels as the message's handle (the bound relay socket).
   const reservations = workerReservations(
     (m, handle, done) => (handle ? process.send!(m, handle, {}, done) : reply(m)),
     () => gw?.turn,
   );
   process.on('message', (m: WorkerCommand, handle: unknown) => {
-    metrics.onCommand(m);
+    views.onCommand(m);
     reservations.onCommand(m, handle);
   });
   try {
@@ -123,7 +90,7 @@ export async function runRelayWorker(
       worker: {
         listenFds: new Map(start.fds),
         relayOnly: start.index > 0,
-        ...(start.index === 0 ? { metricsText: metrics.all } : {}),
+        ...(start.index === 0 ? { metricsText: views.metrics, flowsView: views.flows } : { eventTap: views.eventTap }),
         reservations: reservations.exchange,
       },
     });

@@ -9,7 +9,7 @@ import type { Writable } from 'node:stream';
 import type { GatehouseConfig } from '../config/config.js';
 import type { Logger } from '../util/log.js';
 import { systemClock } from '../util/clock.js';
-import { FanoutEventSink, FileEventSink, MemoryEventSink } from '../events/eve.js';
+import { FanoutEventSink, FileEventSink, MemoryEventSink, type EventSink, type EveEvent } from '../events/eve.js';
 import { RedisEventSink } from '../events/redis.js';
 import { clusterNodeId, startClusterNode, type ClusterNode } from '../cluster/node.js';
 import { clusterRestSecret } from '../cluster/rest-secret.js';
@@ -61,6 +61,10 @@ export interface RunningGateway {
   config: GatehouseConfig;
   /** The gateway's metrics (/metrics; a relay worker's part of the supervisor's aggregate). */
   registry: Registry;
+  /** This process's flows as /v1/flows lists them. */
+  flows(): unknown[];
+  /** Puts an event of another relay worker into this one's recent events and dashboard stream only. */
+  showEvent(e: EveEvent): void;
   turn: TurnServer;
   admin: AdminServer;
   adminPort: number;
@@ -153,6 +157,10 @@ export async function startGateway(
       metricsText?: () => Promise<string>;
       /** RESERVATION-TOKENs of sibling workers (src/turn/reservations.ts). */
       reservations?: ReservationExchange;
+      /** Worker 0: the flows of every worker for /v1/flows and the dashboard (src/cli/worker-views.ts). */
+      flowsView?: () => Promise<unknown[]>;
+      /** Workers > 0: a sink that forwards this worker's events to worker 0's dashboard. */
+      eventTap?: EventSink;
     };
   } = {},
 ): Promise<RunningGateway> {
@@ -215,7 +223,7 @@ export async function startGateway(
   const eventCounts = new EventCounter();
   // With store.redis every event names its gateway (top-level `host`, as Suricata EVE's sensor name).
   const events = new FanoutEventSink(
-    [eventFile, memory, eventCounts, ...(redisEvents ? [redisEvents] : [])],
+    [eventFile, memory, eventCounts, ...(redisEvents ? [redisEvents] : []), ...(opts.worker?.eventTap ? [opts.worker.eventTap] : [])],
     supervisor,
     cfg.store.redis ? clusterNodeId(cfg) : undefined,
   );
@@ -392,7 +400,7 @@ export async function startGateway(
       token: token.token,
       recentEvents: () => memory.events,
       certificatePem: () => identity.certificatePem,
-      flows: flowsNow,
+      flows: opts.worker?.flowsView ?? flowsNow,
       reloadPolicy: () => (share ? share.policy.reload() : policy.reload()),
       ...(share ? { cluster: share.admin } : {}),
       // The dashboard (issue 14): live events, recordings with their verify status, quota use, rules.
@@ -473,6 +481,9 @@ export async function startGateway(
   return {
     config: cfg,
     registry,
+    flows: flowsNow,
+    // A sibling worker's event, shown here (worker 0's recent events and dashboard), not written again.
+    showEvent: (e) => memory.emit(e),
     turn,
     admin,
     adminPort: adminAddr.port,

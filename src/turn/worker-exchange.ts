@@ -1,7 +1,9 @@
 /**
  * What relay workers ask of each other through the supervisor (issue 13, turn.workers > 1),
- * over their IPC channels: worker 0's /metrics of every worker (src/admin/worker-metrics.ts)
- * and RESERVATION-TOKENs a worker does not hold (src/turn/reservations.ts). The supervisor
+ * over their IPC channels: what worker 0 shows of all of them on the admin listener
+ * (/metrics, src/admin/worker-metrics.ts; /v1/flows and the dashboard's flows; the other
+ * workers' events in its recent events and dashboard stream; src/cli/worker-views.ts), and
+ * RESERVATION-TOKENs a worker does not hold (src/turn/reservations.ts). The supervisor
  * relays and bounds these; it keeps no state of its own but the requests in flight.
  */
 import type { ChildProcess } from 'node:child_process';
@@ -9,9 +11,11 @@ import type { Logger } from '../util/log.js';
 
 /** A worker's requests and answers in the exchange (beside its lifecycle messages, workers.ts). */
 export type ExchangeRequest =
-  // /metrics: worker 0 asks for the aggregate; every worker answers a collect with its part.
-  | { type: 'metrics-request'; id: number }
-  | { type: 'metrics-part'; id: number; part: unknown }
+  // Worker 0 asks for every worker's metrics or flows; every worker answers a collect with its part.
+  | { type: 'gather-request'; id: number; kind: GatherKind }
+  | { type: 'gather-part'; id: number; part: unknown }
+  // A worker > 0's events, batched, for worker 0's recent events and dashboard.
+  | { type: 'events'; events: unknown[] }
   // RESERVATION-TOKENs: a worker claims a token it does not hold; the holder answers a
   // give with the bound relay socket as the message's handle.
   | { type: 'reservation-claim'; id: number; token: string }
@@ -19,17 +23,24 @@ export type ExchangeRequest =
 
 /** What the supervisor sends a serving worker besides its start message. */
 export type WorkerCommand =
-  | { type: 'metrics-collect'; id: number }
-  | { type: 'metrics-response'; id: number; text: string | null }
+  | { type: 'gather-collect'; id: number; kind: GatherKind }
+  /** metrics: the exposition text; flows: every worker's, in worker order; null: serve your own. */
+  | { type: 'gather-response'; id: number; result: string | unknown[] | null }
+  | { type: 'sibling-events'; events: unknown[] }
   | { type: 'reservation-give'; id: number; token: string }
   | { type: 'reservation-claimed'; id: number; port: number | null; family: 4 | 6 | null };
+
+export type GatherKind = 'metrics' | 'flows';
+
+/** Events one forwarded batch may carry (the sender drops beyond, counted). */
+export const MAX_EVENTS_PER_BATCH = 1000;
 
 export interface ServingWorker {
   index: number;
   child: ChildProcess;
 }
 
-/** /metrics: how long the supervisor waits for the workers' parts, and how many gathers run at once. */
+/** Gathers: how long the supervisor waits for the workers' parts, and how many run at once. */
 const GATHER_TIMEOUT_MS = 2_000;
 const MAX_GATHERS = 4;
 /** RESERVATION-TOKEN claims: the siblings' time to answer (under the claimant's 1 s), and claims at once. */
@@ -69,12 +80,23 @@ export class WorkerExchange {
    * here. `serving`: it is its slot's live, ready worker (a dead one's late words are not).
    */
   onMessage(from: ServingWorker, serving: boolean, msg: unknown, handle: unknown): void {
-    const m = msg as { type?: unknown; id?: unknown; part?: unknown; token?: unknown; port?: unknown; family?: unknown } | null;
+    const m = msg as {
+      type?: unknown;
+      id?: unknown;
+      kind?: unknown;
+      part?: unknown;
+      events?: unknown;
+      token?: unknown;
+      port?: unknown;
+      family?: unknown;
+    } | null;
+    if (serving && m?.type === 'events' && from.index > 0) return this.forwardEvents(m.events);
     if (!serving || !m || typeof m.id !== 'number' || !Number.isInteger(m.id)) return closeHandle(handle);
     const id = m.id;
     // Only worker 0 serves the admin listener: a request from another is ignored.
-    if (m.type === 'metrics-request' && from.index === 0) void this.answerMetrics(from.child, id);
-    else if (m.type === 'metrics-part') this.gathers.get(id)?.(from.index, m.part);
+    if (m.type === 'gather-request' && from.index === 0 && (m.kind === 'metrics' || m.kind === 'flows'))
+      void this.answerGather(from.child, id, m.kind);
+    else if (m.type === 'gather-part') this.gathers.get(id)?.(from.index, m.part);
     else if (m.type === 'reservation-claim') this.claimReservation(from, id, m.token);
     else if (m.type === 'reservation-given') {
       const claim = this.claims.get(id);
@@ -119,22 +141,35 @@ export class WorkerExchange {
     for (const s of siblings) s.child.send(give);
   }
 
-  /** Worker 0's /metrics: every serving worker's part, aggregated; null tells it to serve its own. */
-  private async answerMetrics(child: ChildProcess, id: number): Promise<void> {
-    let text: string | null = null;
-    if (this.o.aggregateMetrics && this.gathers.size < MAX_GATHERS) {
+  /** A batch of a worker > 0's events, passed on to worker 0 (bounded by the sender; cut here too). */
+  private forwardEvents(events: unknown): void {
+    if (!Array.isArray(events) || events.length === 0) return;
+    const zero = this.o.serving().find((s) => s.index === 0);
+    const batch: WorkerCommand = { type: 'sibling-events', events: events.slice(0, MAX_EVENTS_PER_BATCH) };
+    if (zero) zero.child.send(batch);
+  }
+
+  /**
+   * Worker 0's /metrics (every serving worker's registry, aggregated) or flows (every
+   * worker's, in worker order); null tells it to serve its own.
+   */
+  private async answerGather(child: ChildProcess, id: number, kind: GatherKind): Promise<void> {
+    let result: string | unknown[] | null = null;
+    if (this.gathers.size < MAX_GATHERS && (kind === 'flows' || this.o.aggregateMetrics)) {
       try {
-        text = await this.o.aggregateMetrics(await this.gather(), this.o.restarts());
+        const parts = await this.gather(kind);
+        result =
+          kind === 'flows' ? parts.flatMap((p) => (Array.isArray(p) ? p : [])) : await this.o.aggregateMetrics!(parts, this.o.restarts());
       } catch (err) {
-        this.o.log.warn({ err: (err as Error).message }, 'relay workers: metrics not aggregated');
+        this.o.log.warn({ err: (err as Error).message, kind }, 'relay workers: not gathered');
       }
     }
-    const answer: WorkerCommand = { type: 'metrics-response', id, text };
+    const answer: WorkerCommand = { type: 'gather-response', id, result };
     if (child.connected) child.send(answer);
   }
 
-  /** Asks every serving worker for its metrics; what arrived within GATHER_TIMEOUT_MS, in worker order. */
-  private gather(): Promise<unknown[]> {
+  /** Asks every serving worker for its part; what arrived within GATHER_TIMEOUT_MS, in worker order. */
+  private gather(kind: GatherKind): Promise<unknown[]> {
     const id = ++this.gatherId;
     const live = this.o.serving();
     return new Promise((resolve) => {
@@ -150,7 +185,7 @@ export class WorkerExchange {
         parts.set(worker, part);
         if (parts.size === live.length) finish();
       });
-      const collect: WorkerCommand = { type: 'metrics-collect', id };
+      const collect: WorkerCommand = { type: 'gather-collect', id, kind };
       for (const s of live) s.child.send(collect);
       if (live.length === 0) finish();
     });

@@ -300,6 +300,19 @@ async function main(): Promise<void> {
       return got;
     };
     for (const x of clients) t.ok(await relays(x.c), `before: client on worker ${x.worker} relays`);
+    // Worker 0's admin listener shows every worker (src/cli/worker-views.ts): the flows of
+    // both, each naming its worker, and worker 1's events among the recent ones.
+    const v1 = async (path: string): Promise<Record<string, any>[]> =>
+      (await (
+        await fetch(`${config.admin.listen}${path}`, { headers: { authorization: `Bearer ${config.admin.token}` } })
+      ).json()) as Record<string, any>[];
+    const flows = await v1('/v1/flows');
+    const flowWorkers = new Set(flows.map((f) => f.worker));
+    t.same([...flowWorkers].sort(), [0, 1], `worker 0's /v1/flows lists both workers' flows (${flows.length})`);
+    t.ok(
+      await until(async () => (await v1('/v1/events')).some((e) => e.host === 'gw.w1' && e.event_type === 'allocation'), 3000),
+      "worker 1's events are in worker 0's /v1/events (host gw.w1)",
+    );
 
     const victim = initial[1]!;
     process.kill(victim.pid, 'SIGKILL');

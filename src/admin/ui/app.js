@@ -66,8 +66,12 @@ async function loadFlows() {
     ...body.map((f) =>
       el(
         'tr',
-        { class: `verdict-${f.verdict || 'forward'}`, 'data-flow': String(f.flow_id) },
-        el('td', {}, f.flow_id, f.path === 'pcp' ? ' (pcp)' : ''),
+        {
+          class: `verdict-${f.verdict || 'forward'}`,
+          'data-flow': f.worker === undefined ? String(f.flow_id) : `${f.worker}:${f.flow_id}`,
+        },
+        // With relay workers (turn.workers) flow ids are per worker: the worker is named too.
+        el('td', {}, f.flow_id, f.path === 'pcp' ? ' (pcp)' : '', f.worker === undefined ? '' : ` · w${f.worker}`),
         el('td', {}, f.user, f.guest ? ' (guest)' : ''),
         el('td', {}, (f.groups || []).join(', ')),
         el('td', {}, [f.conference, f.room].filter(Boolean).join(' / ') || '–'),
