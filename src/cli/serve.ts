@@ -7,15 +7,15 @@ import { startGateway, type RunningGateway } from '../gateway/gateway.js';
 import type { Supervisor } from '../util/supervise.js';
 import type { Logger } from '../util/log.js';
 import { fileURLToPath } from 'node:url';
-import { join, resolve } from 'node:path';
-import { mkdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { mkdirSync } from 'node:fs';
 import { requireReusePort } from '../util/reuseport.js';
-import { RelaySupervisor, workerConfig, workerDataDir, type SpawnWorker } from '../turn/workers.js';
-import { KeyBroker } from '../util/key-broker.js';
+import { RelaySupervisor, workerConfig, workerDataDir } from '../turn/workers.js';
+import type { KeyBroker } from '../util/key-broker.js';
 import { lookupAccount } from '../util/drop-privileges.js';
 import { loadOrCreateAdminToken } from '../admin/token.js';
 import { loadOrCreateCoreSigning, SIGNING_CERT_FILE, SIGNING_KEY_FILE } from '../core/core-signing.js';
-import { prepareWorkerDirs, workerKeyFiles } from './worker-keys.js';
+import { prepareWorkerDirs, startWorkerKeys, workerKeyFiles } from './worker-keys.js';
 import { aggregateWorkerMetrics, type WorkerMetricsPart } from '../admin/worker-metrics.js';
 import { loadOrCreateRestSecret } from '../core/turn-credentials.js';
 import { clusterRestSecret } from '../cluster/rest-secret.js';
@@ -137,23 +137,12 @@ async function runWorkers(cfg: GatehouseConfig, log: Logger, io: { stdout: Writa
         Array.from({ length: cfg.turn.workers }, (_, i) => workerDataDir(cfg.data_dir, i, true)),
         account,
       );
-    const files = workerKeyFiles(cfg, identity.key!, coreSigning.key);
-    broker = await KeyBroker.start({
-      dir: join(resolve(cfg.data_dir), 'key-broker'),
-      keys: new Map(files.map(([name, path]) => [name, readFileSync(path)])),
-      log: log.child({ module: 'key-broker' }),
-      ...(account ? { socketGroup: account.gid } : {}),
+    const keys = await startWorkerKeys(cfg, log.child({ module: 'key-broker' }), {
+      account,
+      uid: account?.uid ?? euid,
+      files: workerKeyFiles(cfg, identity.key!, coreSigning.key),
     });
-    const b = broker;
-    const workerUid = account?.uid ?? euid;
-    // fork() is spawn of this Node with its execArgv and an IPC channel; through the broker,
-    // so it records each worker's pid and start time (a restarted worker is a new record).
-    const spawnWorker: SpawnWorker = (path, args, opts, keys) =>
-      b.spawnWorker(process.execPath, [...process.execArgv, path, ...args], {
-        ...opts,
-        workerUid,
-        keyNames: keys.files.map(([name]) => name),
-      });
+    broker = keys.broker;
     sup = new RelaySupervisor({
       cfg,
       addon,
@@ -172,16 +161,12 @@ async function runWorkers(cfg: GatehouseConfig, log: Logger, io: { stdout: Writa
             ...(adminToken !== undefined ? { admin_token: adminToken } : {}),
           },
         }),
-      // Worker 0 runs admin, core and PCP; the others need only the identity and turn.tls.
       aggregateMetrics: (parts, restarts) =>
         aggregateWorkerMetrics(
           parts.filter((p): p is WorkerMetricsPart => Array.isArray(p)),
           restarts,
         ),
-      keys: {
-        spawn: spawnWorker,
-        worker: (i) => ({ socket: b.socketPath, account, files: i === 0 ? files : files.filter(([n]) => RELAY_KEYS.has(n)) }),
-      },
+      keys,
     });
     await sup.start();
   } catch (err) {
@@ -195,9 +180,6 @@ async function runWorkers(cfg: GatehouseConfig, log: Logger, io: { stdout: Writa
     await keyBroker.close();
   });
 }
-
-/** The keys a relay-only worker (1..N-1) may have: worker 0 alone serves admin, core and PCP. */
-const RELAY_KEYS = new Set(['identity', 'turn-tls']);
 
 /**
  * The script a worker runs: the one this process was started with (bin/gatehouse.js, or

@@ -5,10 +5,50 @@
  * turn.worker_user. Workers ask the broker for the keys by name after their drop
  * (src/cli/relay-worker.ts); they never open the files.
  */
-import { chmodSync, chownSync, lstatSync, mkdirSync, readdirSync } from 'node:fs';
+import { chmodSync, chownSync, lstatSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import type { GatehouseConfig } from '../config/config.js';
 import type { Account } from '../util/drop-privileges.js';
+import { KeyBroker } from '../util/key-broker.js';
+import type { Logger } from '../util/log.js';
+import type { SpawnWorker, WorkerKeys } from '../turn/workers.js';
+
+/** The keys a relay-only worker (1..N-1) may have: worker 0 alone serves admin, core and PCP. */
+const RELAY_KEYS = new Set(['identity', 'turn-tls']);
+
+/**
+ * Reads the key files once into a key broker (socket DATA_DIR/key-broker/keys.sock, in the
+ * workers' group when they drop to `account`) and gives the supervisor its spawn (fork()
+ * is spawn of this Node with its execArgv and an IPC channel; through the broker, which
+ * records each worker's pid, uid and start time and the key names it may have: a restarted
+ * worker is a new record) and what each worker asks for.
+ */
+export async function startWorkerKeys(
+  cfg: GatehouseConfig,
+  log: Logger,
+  o: { account: Account | null; uid: number; files: [string, string][] },
+): Promise<{ broker: KeyBroker; spawn: SpawnWorker; worker(i: number): WorkerKeys }> {
+  const broker = await KeyBroker.start({
+    dir: join(resolve(cfg.data_dir), 'key-broker'),
+    keys: new Map(o.files.map(([name, path]) => [name, readFileSync(path)])),
+    log,
+    ...(o.account ? { socketGroup: o.account.gid } : {}),
+  });
+  return {
+    broker,
+    spawn: (path, args, opts, keys) =>
+      broker.spawnWorker(process.execPath, [...process.execArgv, path, ...args], {
+        ...opts,
+        workerUid: o.uid,
+        keyNames: keys.files.map(([name]) => name),
+      }),
+    worker: (i) => ({
+      socket: broker.socketPath,
+      account: o.account,
+      files: i === 0 ? o.files : o.files.filter(([name]) => RELAY_KEYS.has(name)),
+    }),
+  };
+}
 
 /**
  * [broker key name, file path] of every private key a worker may load: the gateway
