@@ -111,11 +111,22 @@ const CBC_BLOCK = 16;
  * version(2), length(2).
  */
 export function recordAad(out: Buffer, type: number, version: number, epoch: number, seq: number, length: number): Buffer {
-  out.writeUInt16BE(epoch & 0xffff, 0);
-  out.writeUIntBE(seq, 2, 6);
+  // Byte by byte: Buffer's write*BE validate every argument, per record.
+  const hi = Math.floor(seq / 0x100000000) & 0xffff; // the 48-bit sequence number's top 16 bits
+  const lo = seq >>> 0;
+  out[0] = (epoch >>> 8) & 0xff;
+  out[1] = epoch & 0xff;
+  out[2] = hi >>> 8;
+  out[3] = hi & 0xff;
+  out[4] = lo >>> 24;
+  out[5] = (lo >>> 16) & 0xff;
+  out[6] = (lo >>> 8) & 0xff;
+  out[7] = lo & 0xff;
   out[8] = type;
-  out.writeUInt16BE(version & 0xffff, 9);
-  out.writeUInt16BE(length & 0xffff, 11);
+  out[9] = (version >>> 8) & 0xff;
+  out[10] = version & 0xff;
+  out[11] = (length >>> 8) & 0xff;
+  out[12] = length & 0xff;
   return out;
 }
 

@@ -167,17 +167,22 @@ export function decodeIp(frame: Uint8Array, off = 0): IpPacket | null {
   return null;
 }
 
+/** Big-endian 16 bits at off; the caller checked off + 2 <= length (no per-call validation on the packet path). */
+function u16(buf: Buffer, off: number): number {
+  return (buf[off]! << 8) | buf[off + 1]!;
+}
+
 function decodeIpv4(buf: Buffer, off: number): IpPacket | null {
   // RFC 791 §3.1. The header checksum is not verified (captures of locally sent
   // packets often carry checksum-offload placeholders).
   if (buf.length - off < 20) return null;
   const ihl = (buf[off]! & 0x0f) * 4;
   if (ihl < 20) return null;
-  const total = buf.readUInt16BE(off + 2);
+  const total = u16(buf, off + 2);
   // total 0 happens with TSO captures; then trust the captured length.
   const end = total === 0 ? buf.length : off + total;
   if (end > buf.length || end < off + ihl) return null;
-  const fragField = buf.readUInt16BE(off + 6);
+  const fragField = u16(buf, off + 6);
   const moreFragments = (fragField & 0x2000) !== 0; // RFC 791: MF flag
   const fragOffset = (fragField & 0x1fff) * 8; // RFC 791: offset in 8-octet units
   return {
@@ -189,7 +194,7 @@ function decodeIpv4(buf: Buffer, off: number): IpPacket | null {
     fragment: moreFragments || fragOffset !== 0,
     fragOffset,
     moreFragments,
-    fragId: buf.readUInt16BE(off + 4),
+    fragId: u16(buf, off + 4),
   };
 }
 
@@ -285,9 +290,9 @@ export interface UdpDatagram {
 export function decodeUdp(seg: Uint8Array): UdpDatagram | null {
   const buf = asBuffer(seg);
   if (buf.length < 8) return null;
-  const len = buf.readUInt16BE(4);
+  const len = u16(buf, 4);
   if (len < 8 || len > buf.length) return null;
-  return { srcPort: buf.readUInt16BE(0), dstPort: buf.readUInt16BE(2), payload: buf.subarray(8, len) };
+  return { srcPort: u16(buf, 0), dstPort: u16(buf, 2), payload: buf.subarray(8, len) };
 }
 
 export const TCP_FIN = 0x01;

@@ -79,3 +79,24 @@ t.test('constructors reject wrong key lengths and TLS 1.3 suites', async (t) => 
   t.throws(() => new DtlsRecordDecryptor(0x1301, { key: randomBytes(16), iv: randomBytes(12) }), DtlsCryptoError);
   t.throws(() => new DtlsRecordDecryptor(0x0005, { key: randomBytes(16) }), DtlsCryptoError);
 });
+
+t.test('recordAad: the RFC 5246 §6.2.3.3 bytes, 48-bit sequence numbers included', async (t) => {
+  const { recordAad } = await import('../../../src/wire/dtls-crypto.js');
+  const cases: [number, number, number, number, number][] = [
+    [23, 0xfefd, 0, 0, 0],
+    [23, 0xfefd, 1, 1, 1001],
+    [22, 0xfeff, 0xffff, 2 ** 48 - 1, 0xffff],
+    [23, 0xfefd, 0x1234, 0x0102_0304_0506, 16384],
+    [21, 0xfefd, 7, 2 ** 32, 2],
+    [23, 0xfefd, 7, 2 ** 32 - 1, 2],
+  ];
+  for (const [type, version, epoch, seq, length] of cases) {
+    const want = Buffer.alloc(13);
+    want.writeUInt16BE(epoch, 0);
+    want.writeUIntBE(seq, 2, 6);
+    want[8] = type;
+    want.writeUInt16BE(version, 9);
+    want.writeUInt16BE(length, 11);
+    t.same(recordAad(Buffer.alloc(13), type, version, epoch, seq, length), want, `epoch ${epoch} seq ${seq}`);
+  }
+});
