@@ -9,7 +9,7 @@ import type { Logger } from '../util/log.js';
 import type { EveEvent } from '../events/eve.js';
 import { filterEvents } from './event-filter.js';
 import { parseRange } from './range.js';
-import { RecordingsView } from './recordings-view.js';
+import { RecordingsViews } from './recordings-view.js';
 import { SessionStore, sessionCookie, SESSION_COOKIE } from './session.js';
 import { secretDigest, secretMatches } from './token.js';
 
@@ -86,6 +86,8 @@ export interface DashboardSources {
   /** Live events (MemoryEventSink.subscribe): null when too many listen already. */
   subscribe?: (fn: (e: EveEvent) => void) => (() => void) | null;
   recordingsDir?: string;
+  /** Relay workers (issue 13): worker 0 shows every worker's recordings directory, in worker order. */
+  recordingsDirs?: string[];
   quotas?: () => unknown[];
   policy?: () => unknown;
   reloadPolicy?: () => Promise<{ ok: boolean; message: string }>;
@@ -113,7 +115,7 @@ export class Dashboard {
   private readonly tokenDigest: Buffer;
   private readonly sse = new Set<Sse>();
   private heartbeat: NodeJS.Timeout | undefined;
-  private readonly recordings: RecordingsView | undefined;
+  private readonly recordings: RecordingsViews | undefined;
 
   constructor(
     private readonly src: DashboardSources,
@@ -121,7 +123,8 @@ export class Dashboard {
     private readonly log: Logger,
   ) {
     this.tokenDigest = secretDigest(src.token);
-    this.recordings = src.recordingsDir ? new RecordingsView(src.recordingsDir) : undefined;
+    const dirs = src.recordingsDirs ?? (src.recordingsDir ? [src.recordingsDir] : []);
+    this.recordings = dirs.length ? new RecordingsViews(dirs) : undefined;
   }
 
   /** Number of live event-stream clients. */

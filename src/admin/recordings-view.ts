@@ -150,3 +150,44 @@ export class RecordingsView {
     }
   }
 }
+
+/**
+ * The recordings of several directories as one list (issue 13: with relay workers each
+ * worker records into its own DATA_DIR/workers/<i>/recordings, each its own
+ * tamper-evident chain, and worker 0's dashboard shows them all). With one directory it is
+ * that directory's view unchanged; with more, each recording names its `worker` and each
+ * problem starts with `worker <i>: `.
+ */
+export class RecordingsViews {
+  private readonly views: { worker: number; view: RecordingsView }[];
+  constructor(
+    dirs: readonly string[],
+    private readonly max = 200,
+  ) {
+    this.views = dirs.map((dir, worker) => ({ worker, view: new RecordingsView(dir, 3000, max) }));
+  }
+
+  list(): RecordingsList & { recordings: (RecordingView & { worker?: number })[] } {
+    if (this.views.length === 1) return this.views[0]!.view.list();
+    const lists = this.views.map(({ worker, view }) => ({ worker, l: view.list() }));
+    const recordings = lists
+      .flatMap(({ worker, l }) => l.recordings.map((r) => ({ ...r, worker })))
+      .sort((a, b) => (a.started < b.started ? 1 : a.started > b.started ? -1 : 0))
+      .slice(0, this.max);
+    return {
+      recordings,
+      unsealed: lists.flatMap(({ l }) => l.unsealed),
+      problems: lists.flatMap(({ worker, l }) => l.problems.map((p) => `worker ${worker}: ${p}`)),
+      ok: lists.every(({ l }) => l.ok),
+    };
+  }
+
+  /** The media file of a recording in whichever directory holds it (ids are unique: time, flow, random). */
+  mediaPath(id: string, file: string): { path: string; type: string; size: number } | null {
+    for (const { view } of this.views) {
+      const f = view.mediaPath(id, file);
+      if (f) return f;
+    }
+    return null;
+  }
+}

@@ -34,6 +34,8 @@ export interface AdminSources {
   /** The dashboard (GET /, /ui/*): live events, recordings, quotas and rules (issue 14). */
   subscribe?: (fn: (e: EveEvent) => void) => (() => void) | null;
   recordingsDir?: string;
+  /** Relay workers (issue 13): worker 0 shows every worker's recordings directory, in worker order. */
+  recordingsDirs?: string[];
   quotas?: () => unknown[];
   policy?: () => unknown;
   /**

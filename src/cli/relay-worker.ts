@@ -34,7 +34,8 @@ function isStart(m: unknown): m is WorkerStart {
       (typeof s.keys === 'object' &&
         typeof s.keys.socket === 'string' &&
         Array.isArray(s.keys.files) &&
-        s.keys.files.every((f) => Array.isArray(f) && typeof f[0] === 'string' && typeof f[1] === 'string')))
+        s.keys.files.every((f) => Array.isArray(f) && typeof f[0] === 'string' && typeof f[1] === 'string'))) &&
+    (s.recordingsDirs === undefined || (Array.isArray(s.recordingsDirs) && s.recordingsDirs.every((d) => typeof d === 'string')))
   );
 }
 
@@ -90,7 +91,13 @@ export async function runRelayWorker(
       worker: {
         listenFds: new Map(start.fds),
         relayOnly: start.index > 0,
-        ...(start.index === 0 ? { metricsText: views.metrics, flowsView: views.flows } : { eventTap: views.eventTap }),
+        ...(start.index === 0
+          ? {
+              metricsText: views.metrics,
+              flowsView: views.flows,
+              ...(start.recordingsDirs ? { recordingsDirs: start.recordingsDirs } : {}),
+            }
+          : { eventTap: views.eventTap }),
         reservations: reservations.exchange,
       },
     });

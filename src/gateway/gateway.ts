@@ -161,6 +161,8 @@ export async function startGateway(
       flowsView?: () => Promise<unknown[]>;
       /** Workers > 0: a sink that forwards this worker's events to worker 0's dashboard. */
       eventTap?: EventSink;
+      /** Worker 0: every worker's recordings directory, in worker order, for the dashboard. */
+      recordingsDirs?: string[];
     };
   } = {},
 ): Promise<RunningGateway> {
@@ -406,6 +408,7 @@ export async function startGateway(
       // The dashboard (issue 14): live events, recordings with their verify status, quota use, rules.
       subscribe: (fn) => memory.subscribe(fn),
       recordingsDir: join(cfg.data_dir, 'recordings'),
+      ...(opts.worker?.recordingsDirs ? { recordingsDirs: opts.worker.recordingsDirs } : {}),
       quotas: () => quotas.snapshot(),
       policy: () => policyView(policy),
       // A full disk degrades service and says so: /healthz names what cannot write.

@@ -132,6 +132,8 @@ export interface WorkerStart {
   fds: [string, number][];
   /** Where and how the worker gets its private keys (null: it reads none). */
   keys: WorkerKeys | null;
+  /** Worker 0 (the dashboard): every worker's recordings directory, in worker order. */
+  recordingsDirs?: string[];
 }
 
 /**
@@ -285,6 +287,9 @@ export class RelaySupervisor {
       config: cfg,
       fds: this.listen.map((url, k) => [url, FIRST_INHERITED_FD + k]),
       keys,
+      ...(slot.index === 0
+        ? { recordingsDirs: this.slots.map((s) => join(this.o.configFor(s.index, this.listen).data_dir, 'recordings')) }
+        : {}),
     };
     const hello = (m: WorkerReply) => {
       if (m?.type !== 'hello') return;

@@ -313,6 +313,18 @@ async function main(): Promise<void> {
       await until(async () => (await v1('/v1/events')).some((e) => e.host === 'gw.w1' && e.event_type === 'allocation'), 3000),
       "worker 1's events are in worker 0's /v1/events (host gw.w1)",
     );
+    // The dashboard's recordings list covers every worker's directory: a recording being
+    // written (no manifest yet) in worker 1's shows up on worker 0's.
+    const unsealedId = '20261204T000000Z-1-p1-w1w1';
+    mkdirSync(join(dataDir, 'workers', '1', 'recordings', unsealedId), { recursive: true });
+    const login = await fetch(`${config.admin.listen}/login`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ token: config.admin.token }),
+    });
+    const cookie = (login.headers.get('set-cookie') ?? '').split(';')[0]!;
+    const recs = (await (await fetch(`${config.admin.listen}/ui/recordings`, { headers: { cookie } })).json()) as { unsealed: string[] };
+    t.ok(recs.unsealed.includes(unsealedId), `worker 0's dashboard lists worker 1's recordings (${JSON.stringify(recs.unsealed)})`);
 
     const victim = initial[1]!;
     process.kill(victim.pid, 'SIGKILL');

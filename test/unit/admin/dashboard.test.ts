@@ -12,7 +12,7 @@ import { Registry } from 'prom-client';
 import { AdminServer } from '../../../src/admin/server.js';
 import { DASHBOARD_CSP, DASHBOARD_LIMITS, redact } from '../../../src/admin/dashboard.js';
 import { parseRange } from '../../../src/admin/range.js';
-import { RecordingsView } from '../../../src/admin/recordings-view.js';
+import { RecordingsView, RecordingsViews } from '../../../src/admin/recordings-view.js';
 import { MemoryEventSink, type EveEvent } from '../../../src/events/eve.js';
 import { silentLogger } from '../../../src/util/log.js';
 import { ManualClock } from '../../../src/util/clock.js';
@@ -444,4 +444,23 @@ t.test('RecordingsView: verify is rerun when the directory changes, the result r
   t.equal(second.ok, false);
   now += 400_000;
   t.not(view.list(), second, 'and again after maxAgeMs whatever the directory says');
+});
+
+t.test('RecordingsViews: the recordings of several directories (relay workers) as one list', async (t) => {
+  const root = mkdtempSync(join(tmpdir(), 'gh-recviews-'));
+  t.teardown(() => rmSync(root, { recursive: true, force: true }));
+  const dirs = [join(root, 'w0'), join(root, 'w1')];
+  mkdirSync(join(dirs[0]!, '20261204T010000Z-1-p1-aaaa'), { recursive: true });
+  mkdirSync(join(dirs[1]!, '20261204T010001Z-1-p1-bbbb'), { recursive: true });
+  writeFileSync(join(dirs[1]!, '20261204T010001Z-1-p1-bbbb', 'audio-1.opus'), Buffer.from('opus'));
+  writeFileSync(join(dirs[1]!, 'stray.txt'), 'x');
+  const one = new RecordingsViews([dirs[0]!]).list();
+  t.same(one, new RecordingsView(dirs[0]!).list(), 'one directory: exactly its own view');
+  const views = new RecordingsViews(dirs);
+  const all = views.list();
+  t.same(all.unsealed.sort(), ['20261204T010000Z-1-p1-aaaa', '20261204T010001Z-1-p1-bbbb'], "both workers' recordings");
+  t.match(all.problems, [/^worker 1: stray\.txt: added/], 'a problem names its worker');
+  t.equal(all.ok, false, 'one directory with a problem: not ok');
+  t.match(views.mediaPath('20261204T010001Z-1-p1-bbbb', 'audio-1.opus'), { type: 'audio/ogg', size: 4 }, "worker 1's media file is found");
+  t.equal(views.mediaPath('20261204T010001Z-1-p1-bbbb', '../stray.txt'), null, 'traversal still refused');
 });
