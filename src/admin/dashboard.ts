@@ -88,7 +88,7 @@ export interface DashboardSources {
   recordingsDir?: string;
   /** Relay workers (issue 13): worker 0 shows every worker's recordings directory, in worker order. */
   recordingsDirs?: string[];
-  quotas?: () => unknown[];
+  quotas?: () => unknown[] | Promise<unknown[]>;
   policy?: () => unknown;
   reloadPolicy?: () => Promise<{ ok: boolean; message: string }>;
 }
@@ -191,7 +191,7 @@ export class Dashboard {
       return this.json(res, 200, filterEvents(this.src.recentEvents(), q));
     }
     if (m === 'GET' && path === '/ui/events/stream') return this.stream(req, res, session.id);
-    if (m === 'GET' && path === '/ui/quotas') return this.json(res, 200, this.src.quotas?.() ?? []);
+    if (m === 'GET' && path === '/ui/quotas') return this.json(res, 200, (await this.src.quotas?.()) ?? []);
     if (m === 'GET' && path === '/ui/policy') return this.json(res, 200, this.src.policy?.() ?? null);
     if (m === 'POST' && path === '/ui/policy/reload') {
       if (!this.src.reloadPolicy) return this.json(res, 501, { error: 'the policy engine is not part of this build' });

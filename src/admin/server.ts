@@ -36,7 +36,7 @@ export interface AdminSources {
   recordingsDir?: string;
   /** Relay workers (issue 13): worker 0 shows every worker's recordings directory, in worker order. */
   recordingsDirs?: string[];
-  quotas?: () => unknown[];
+  quotas?: () => unknown[] | Promise<unknown[]>;
   policy?: () => unknown;
   /**
    * The cluster (store.redis, src/cluster/registry.ts): GET /v1/cluster (nodes and their

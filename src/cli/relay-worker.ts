@@ -95,6 +95,7 @@ export async function runRelayWorker(
           ? {
               metricsText: views.metrics,
               flowsView: views.flows,
+              quotasView: views.quotas,
               ...(start.recordingsDirs ? { recordingsDirs: start.recordingsDirs } : {}),
             }
           : { eventTap: views.eventTap }),

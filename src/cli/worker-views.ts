@@ -24,6 +24,13 @@ const MAX_GATHERS_WAITING = 16;
 /** A worker > 0 sends its events to worker 0 this often (at most MAX_EVENTS_PER_BATCH each time). */
 const EVENT_BATCH_MS = 250;
 
+interface QuotaRow {
+  quota: string;
+  subject: string;
+  window: string;
+  used: number;
+}
+
 export function workerViews(o: { index: number; reply: (m: WorkerReply) => void; gateway: () => RunningGateway | undefined; log: Logger }) {
   const pending = new PendingReplies<string | unknown[]>(MAX_GATHERS_WAITING, GATHER_WAIT_MS);
   const ask = (kind: GatherKind) => pending.ask((id) => o.reply({ type: 'gather-request', id, kind }));
@@ -66,12 +73,30 @@ export function workerViews(o: { index: number; reply: (m: WorkerReply) => void;
       const all = pending.size < MAX_GATHERS_WAITING ? await ask('flows') : null;
       return Array.isArray(all) ? all : tagged(o.gateway()!);
     },
+    /**
+     * Worker 0's dashboard quota view: every worker's windows; the same (quota, subject,
+     * window) on several workers is one row with the highest use (each worker's counter
+     * is the cluster's total it knows, src/cluster).
+     */
+    async quotas(): Promise<unknown[]> {
+      const all = pending.size < MAX_GATHERS_WAITING ? await ask('quotas') : null;
+      if (!Array.isArray(all)) return o.gateway()!.quotas();
+      const rows = new Map<string, QuotaRow>();
+      for (const r of all as QuotaRow[]) {
+        if (!r || typeof r !== 'object') continue;
+        const key = `${r.quota}\0${r.subject}\0${r.window}`;
+        const had = rows.get(key);
+        if (!had || Number(r.used) > Number(had.used)) rows.set(key, r);
+      }
+      return [...rows.values()];
+    },
     eventTap,
     onCommand(m: WorkerCommand): void {
       const gw = o.gateway();
       if (m?.type === 'gather-collect' && Number.isInteger(m.id)) {
         if (!gw) return; // not serving yet: the supervisor does not wait for it
         if (m.kind === 'flows') return o.reply({ type: 'gather-part', id: m.id, part: tagged(gw) });
+        if (m.kind === 'quotas') return o.reply({ type: 'gather-part', id: m.id, part: gw.quotas() });
         gw.registry.getMetricsAsJSON().then(
           (part) => o.reply({ type: 'gather-part', id: m.id, part }),
           () => o.reply({ type: 'gather-part', id: m.id, part: [] }),

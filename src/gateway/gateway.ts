@@ -63,6 +63,8 @@ export interface RunningGateway {
   registry: Registry;
   /** This process's flows as /v1/flows lists them. */
   flows(): unknown[];
+  /** This process's quota windows as the dashboard lists them. */
+  quotas(): unknown[];
   /** Puts an event of another relay worker into this one's recent events and dashboard stream only. */
   showEvent(e: EveEvent): void;
   turn: TurnServer;
@@ -161,6 +163,8 @@ export async function startGateway(
       flowsView?: () => Promise<unknown[]>;
       /** Workers > 0: a sink that forwards this worker's events to worker 0's dashboard. */
       eventTap?: EventSink;
+      /** Worker 0: every worker's quota windows for the dashboard (src/cli/worker-views.ts). */
+      quotasView?: () => Promise<unknown[]>;
       /** Worker 0: every worker's recordings directory, in worker order, for the dashboard. */
       recordingsDirs?: string[];
     };
@@ -409,7 +413,7 @@ export async function startGateway(
       subscribe: (fn) => memory.subscribe(fn),
       recordingsDir: join(cfg.data_dir, 'recordings'),
       ...(opts.worker?.recordingsDirs ? { recordingsDirs: opts.worker.recordingsDirs } : {}),
-      quotas: () => quotas.snapshot(),
+      quotas: opts.worker?.quotasView ?? (() => quotas.snapshot()),
       policy: () => policyView(policy),
       // A full disk degrades service and says so: /healthz names what cannot write.
       degraded: () => [
@@ -485,6 +489,7 @@ export async function startGateway(
     config: cfg,
     registry,
     flows: flowsNow,
+    quotas: () => quotas.snapshot(),
     // A sibling worker's event, shown here (worker 0's recent events and dashboard), not written again.
     showEvent: (e) => memory.emit(e),
     turn,

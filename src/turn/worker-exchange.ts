@@ -24,13 +24,13 @@ export type ExchangeRequest =
 /** What the supervisor sends a serving worker besides its start message. */
 export type WorkerCommand =
   | { type: 'gather-collect'; id: number; kind: GatherKind }
-  /** metrics: the exposition text; flows: every worker's, in worker order; null: serve your own. */
+  /** metrics: the exposition text; flows, quotas: every worker's items, in worker order; null: serve your own. */
   | { type: 'gather-response'; id: number; result: string | unknown[] | null }
   | { type: 'sibling-events'; events: unknown[] }
   | { type: 'reservation-give'; id: number; token: string }
   | { type: 'reservation-claimed'; id: number; port: number | null; family: 4 | 6 | null };
 
-export type GatherKind = 'metrics' | 'flows';
+export type GatherKind = 'metrics' | 'flows' | 'quotas';
 
 /** Events one forwarded batch may carry (the sender drops beyond, counted). */
 export const MAX_EVENTS_PER_BATCH = 1000;
@@ -94,7 +94,7 @@ export class WorkerExchange {
     if (!serving || !m || typeof m.id !== 'number' || !Number.isInteger(m.id)) return closeHandle(handle);
     const id = m.id;
     // Only worker 0 serves the admin listener: a request from another is ignored.
-    if (m.type === 'gather-request' && from.index === 0 && (m.kind === 'metrics' || m.kind === 'flows'))
+    if (m.type === 'gather-request' && from.index === 0 && (m.kind === 'metrics' || m.kind === 'flows' || m.kind === 'quotas'))
       void this.answerGather(from.child, id, m.kind);
     else if (m.type === 'gather-part') this.gathers.get(id)?.(from.index, m.part);
     else if (m.type === 'reservation-claim') this.claimReservation(from, id, m.token);
@@ -155,11 +155,11 @@ export class WorkerExchange {
    */
   private async answerGather(child: ChildProcess, id: number, kind: GatherKind): Promise<void> {
     let result: string | unknown[] | null = null;
-    if (this.gathers.size < MAX_GATHERS && (kind === 'flows' || this.o.aggregateMetrics)) {
+    if (this.gathers.size < MAX_GATHERS && (kind !== 'metrics' || this.o.aggregateMetrics)) {
       try {
         const parts = await this.gather(kind);
         result =
-          kind === 'flows' ? parts.flatMap((p) => (Array.isArray(p) ? p : [])) : await this.o.aggregateMetrics!(parts, this.o.restarts());
+          kind === 'metrics' ? await this.o.aggregateMetrics!(parts, this.o.restarts()) : parts.flatMap((p) => (Array.isArray(p) ? p : []));
       } catch (err) {
         this.o.log.warn({ err: (err as Error).message, kind }, 'relay workers: not gathered');
       }
