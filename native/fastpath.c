@@ -50,6 +50,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <uv.h>
+#include "sockaddr.h"
 
 #define BATCH 32
 #define SLOT 65536 /* larger than any UDP payload (65507): nothing is truncated */
@@ -1265,6 +1266,11 @@ static int df_levels(int32_t family, int *level, int *opt) {
   return 1;
 }
 
+/* The (fd, family) every DF call starts with, and that family's option: 1, or 0 when malformed. */
+static int df_target(napi_env env, size_t argc, napi_value *argv, int32_t *fd, int32_t *fam, int *level, int *opt) {
+  return argc >= 2 && arg_i32(env, argv[0], fd) && arg_i32(env, argv[1], fam) && *fd >= 0 && df_levels(*fam, level, opt);
+}
+
 /* dontFragmentMode(fd, family) -> the socket's IP(V6)_MTU_DISCOVER value, or -errno. */
 static napi_value js_df_mode(napi_env env, napi_callback_info info) {
   size_t argc = 2;
@@ -1274,7 +1280,7 @@ static napi_value js_df_mode(napi_env env, napi_callback_info info) {
   int level, opt, val = 0;
   socklen_t len = sizeof val;
   int rc;
-  if (argc < 2 || !arg_i32(env, argv[0], &fd) || !arg_i32(env, argv[1], &fam) || fd < 0 || !df_levels(fam, &level, &opt)) rc = -EINVAL;
+  if (!df_target(env, argc, argv, &fd, &fam, &level, &opt)) rc = -EINVAL;
   else rc = getsockopt(fd, level, opt, &val, &len) == 0 ? val : -errno;
   napi_value out;
   napi_create_int32(env, rc, &out);
@@ -1289,8 +1295,7 @@ static napi_value js_df_set(napi_env env, napi_callback_info info) {
   int32_t fd, fam;
   bool on = false;
   int level, opt, rc;
-  if (argc < 3 || !arg_i32(env, argv[0], &fd) || !arg_i32(env, argv[1], &fam) || fd < 0 || !df_levels(fam, &level, &opt) ||
-      napi_get_value_bool(env, argv[2], &on) != napi_ok)
+  if (argc < 3 || !df_target(env, argc, argv, &fd, &fam, &level, &opt) || napi_get_value_bool(env, argv[2], &on) != napi_ok)
     rc = EINVAL;
   else {
     int val = fam == 4 ? (on ? IP_PMTUDISC_DO : IP_PMTUDISC_WANT) : (on ? IPV6_PMTUDISC_DO : IPV6_PMTUDISC_WANT);
@@ -1313,23 +1318,12 @@ static napi_value js_df_send(napi_env env, napi_callback_info info) {
   size_t iplen = 0;
   int level, opt, rc = EINVAL;
   napi_value out;
-  if (argc < 5 || !arg_i32(env, argv[0], &fd) || !arg_i32(env, argv[1], &fam) || fd < 0 || !df_levels(fam, &level, &opt) ||
-      napi_get_buffer_info(env, argv[2], &data, &dlen) != napi_ok ||
-      napi_get_value_string_utf8(env, argv[3], ipstr, sizeof ipstr, &iplen) != napi_ok || !arg_i32(env, argv[4], &port) || port <= 0 ||
-      port > 65535)
-    goto done;
   struct sockaddr_storage ss;
   socklen_t slen;
-  memset(&ss, 0, sizeof ss);
-  if (fam == 4) {
-    struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
-    if (inet_pton(AF_INET, ipstr, &s4->sin_addr) != 1) goto done;
-    s4->sin_family = AF_INET, s4->sin_port = htons((uint16_t)port), slen = sizeof *s4;
-  } else {
-    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
-    if (inet_pton(AF_INET6, ipstr, &s6->sin6_addr) != 1) goto done;
-    s6->sin6_family = AF_INET6, s6->sin6_port = htons((uint16_t)port), slen = sizeof *s6;
-  }
+  if (argc < 5 || !df_target(env, argc, argv, &fd, &fam, &level, &opt) || napi_get_buffer_info(env, argv[2], &data, &dlen) != napi_ok ||
+      napi_get_value_string_utf8(env, argv[3], ipstr, sizeof ipstr, &iplen) != napi_ok || !arg_i32(env, argv[4], &port) || port <= 0 ||
+      !sockaddr_from_literal(fam, ipstr, port, &ss, &slen))
+    goto done;
   int prev = 0, df = fam == 4 ? IP_PMTUDISC_DO : IPV6_PMTUDISC_DO;
   socklen_t plen = sizeof prev;
   if (getsockopt(fd, level, opt, &prev, &plen) != 0 || setsockopt(fd, level, opt, &df, sizeof df) != 0) {

@@ -35,6 +35,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include "sockaddr.h"
 
 static void throw_errno(napi_env env, const char *call, const char *kind, const char *address, int port, int err) {
   char msg[256];
@@ -65,25 +66,9 @@ static napi_value js_reuseport_socket(napi_env env, napi_callback_info info) {
   }
   struct sockaddr_storage ss;
   socklen_t sslen;
-  memset(&ss, 0, sizeof ss);
-  if (family == 4) {
-    struct sockaddr_in *a = (struct sockaddr_in *)&ss;
-    a->sin_family = AF_INET;
-    a->sin_port = htons((uint16_t)port);
-    if (inet_pton(AF_INET, address, &a->sin_addr) != 1) {
-      napi_throw_range_error(env, NULL, "reuseportSocket: address is not an IPv4 literal");
-      return NULL;
-    }
-    sslen = sizeof *a;
-  } else {
-    struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
-    a->sin6_family = AF_INET6;
-    a->sin6_port = htons((uint16_t)port);
-    if (inet_pton(AF_INET6, address, &a->sin6_addr) != 1) {
-      napi_throw_range_error(env, NULL, "reuseportSocket: address is not an IPv6 literal");
-      return NULL;
-    }
-    sslen = sizeof *a;
+  if (!sockaddr_from_literal(family, address, port, &ss, &sslen)) {
+    napi_throw_range_error(env, NULL, family == 4 ? "reuseportSocket: address is not an IPv4 literal" : "reuseportSocket: address is not an IPv6 literal");
+    return NULL;
   }
   int fd = socket(family == 4 ? AF_INET : AF_INET6, (udp ? SOCK_DGRAM : SOCK_STREAM) | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) {
