@@ -10,15 +10,20 @@
  * while the sweep is still to run, so a late timer never keeps a flow open (issue 13;
  * the native fast path checks the same deadlines in C).
  */
-import type { RemoteInfo } from 'node:dgram';
+import type { RemoteInfo, Socket } from 'node:dgram';
 import { randomBytes } from 'node:crypto';
 import { Attr, Class, Family, Method, messageType } from '../wire/stun.js';
 import { channelDataPadding } from '../wire/channeldata.js';
 import type { Clock } from '../util/clock.js';
 import type { FlowDirection, FlowHooks } from './flow.js';
 import type { AllocationTable } from './allocations.js';
-import type { DontFragmentSend } from './dont-fragment.js';
 import { MAX_STREAM_BUFFERED, unmapV4, type Allocation, type Endpoint, type FlowImpl, type Permission } from './state.js';
+
+/**
+ * Sends one datagram with DF set (DONT-FRAGMENT, RFC 8656 §18.9; src/turn/dont-fragment.ts
+ * makes it from the addon): 0, or an errno (the datagram is then not sent).
+ */
+export type DontFragmentSend = (socket: Socket, family: 4 | 6, data: Buffer, port: number, ip: string) => number;
 
 export interface RelayCounters {
   packets: { clientToPeer: number; peerToClient: number };

@@ -16,8 +16,10 @@
  *     with UNKNOWN-ATTRIBUTES 0x001A (RFC 8489 §14.9), a Send indication with it is
  *     discarded (RFC 8489 §6.3.2).
  */
-import type { Socket } from 'node:dgram';
+import type { DontFragmentSend } from './datapath.js';
 import { dgramFd, loadFastPath } from './fastpath.js';
+
+export type { DontFragmentSend };
 
 export interface DontFragmentAddon {
   /** 0 or errno: one datagram with DF set (EMSGSIZE: larger than the path MTU, not sent). */
@@ -27,9 +29,6 @@ export interface DontFragmentAddon {
   /** The socket's IP(V6)_MTU_DISCOVER value, or -errno. */
   dontFragmentMode(fd: number, family: 4 | 6): number;
 }
-
-/** Sends one datagram with DF set: 0, or an errno (the datagram is then not sent). */
-export type DontFragmentSend = (socket: Socket, family: 4 | 6, data: Buffer, port: number, ip: string) => number;
 
 /** The addon's DF functions, or null (not built, out of date, not Linux). */
 export function loadDontFragmentAddon(): DontFragmentAddon | null {
