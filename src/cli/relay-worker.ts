@@ -80,9 +80,17 @@ export async function runRelayWorker(
     (m, handle, done) => (handle ? process.send!(m, handle, {}, done) : reply(m)),
     () => gw?.turn,
   );
+  // A message that makes a handler throw is dropped and logged; the worker serves on.
   process.on('message', (m: WorkerCommand, handle: unknown) => {
-    views.onCommand(m);
-    reservations.onCommand(m, handle);
+    try {
+      views.onCommand(m);
+      reservations.onCommand(m, handle);
+    } catch (err) {
+      log.warn(
+        { err: (err as Error).message, type: (m as { type?: unknown } | null)?.type },
+        'relay worker: supervisor message not handled',
+      );
+    }
   });
   try {
     if (start.keys) await takeKeys(start.keys);

@@ -1,7 +1,7 @@
 /**
  * A relay worker's side of RESERVATION-TOKENs across workers (src/turn/reservations.ts):
  * it asks the supervisor for a token it does not hold (the supervisor asks the siblings,
- * src/turn/workers.ts), and hands over a reservation it holds when the supervisor asks,
+ * src/turn/worker-exchange.ts), and hands over a reservation it holds when the supervisor asks,
  * the bound relay socket itself going as a descriptor over the IPC channel
  * (child_process send with a dgram.Socket handle).
  */

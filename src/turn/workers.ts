@@ -323,10 +323,15 @@ export class RelaySupervisor {
       child.on('message', onMessage);
       child.once('exit', onEarlyExit);
     });
-    // Once it serves, what it asks of its siblings (metrics, reservations) goes to the exchange.
-    child.on('message', (m: WorkerReply, handle: unknown) =>
-      this.exchange.onMessage({ index: slot.index, child }, slot.child === child && slot.serving, m, handle),
-    );
+    // Once it serves, what it asks of its siblings (metrics, reservations) goes to the
+    // exchange; a message that makes it throw is dropped and logged, never the supervisor.
+    child.on('message', (m: WorkerReply, handle: unknown) => {
+      try {
+        this.exchange.onMessage({ index: slot.index, child }, slot.child === child && slot.serving, m, handle);
+      } catch (err) {
+        this.o.log.warn({ worker: slot.index, err: (err as Error).message }, 'relay worker message not handled');
+      }
+    });
     child.once('exit', (code, signal) => this.onExit(slot, child, code, signal));
     return ready.then(() => {
       if (slot.child === child) slot.serving = true;
