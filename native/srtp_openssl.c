@@ -207,6 +207,28 @@ static int ctr_xor(SrtpCrypto *c, const uint8_t *in, uint8_t *out, size_t n) {
 }
 
 /*
+ * One AES-GCM open on the keyed context (new IV per packet, RFC 7714 §8/§9 and DTLS
+ * RFC 5288 §3: no key re-expansion): AAD = aad[0..aadLen) || extra[0..extraLen), C =
+ * ct[0..ctLen) into out, tag = tag[0..16). 1 when the tag verifies
+ * (EVP_DecryptFinal_ex compares it in constant time, CRYPTO_memcmp); else 0 and
+ * out[0..ctLen) is zeroed, so no unauthenticated plaintext is left behind.
+ */
+static int gcm_decrypt(SrtpCrypto *c, const uint8_t *aad, size_t aadLen, const uint8_t *extra, size_t extraLen, const uint8_t *ct,
+                       size_t ctLen, const uint8_t *tag, uint8_t *out) {
+  EVP_CIPHER_CTX *x = c->dec;
+  int outl = 0, ok;
+  uint8_t fin[16];
+  ok = EVP_DecryptInit_ex(x, NULL, NULL, NULL, c->iv) == 1;
+  ok = ok && (aadLen == 0 || EVP_DecryptUpdate(x, NULL, &outl, aad, (int)aadLen) == 1);
+  ok = ok && (extraLen == 0 || EVP_DecryptUpdate(x, NULL, &outl, extra, (int)extraLen) == 1);
+  ok = ok && (ctLen == 0 || (EVP_DecryptUpdate(x, out, &outl, ct, (int)ctLen) == 1 && (size_t)outl == ctLen));
+  ok = ok && EVP_CIPHER_CTX_ctrl(x, EVP_CTRL_GCM_SET_TAG, 16, (void *)tag) == 1;
+  ok = ok && EVP_DecryptFinal_ex(x, fin, &outl) == 1;
+  if (!ok && ctLen) memset(out, 0, ctLen);
+  return ok;
+}
+
+/*
  * gcmOpen(src, aadLen, ctLen, tagOff, extraWord, out) -> boolean
  * AAD = src[0..aadLen) || [BE32 extraWord when >= 0]; C = src[aadLen..aadLen+ctLen);
  * tag = src[tagOff..tagOff+16). On success out[0..aadLen) = src[0..aadLen) and
@@ -230,22 +252,10 @@ static napi_value gcm_open(napi_env env, napi_callback_info info) {
   if (aadLen < 0 || ctLen < 0 || tagOff < 0 || !wok || (uint64_t)(aadLen + ctLen) > srcLen || (uint64_t)(tagOff + 16) > srcLen ||
       (uint64_t)(aadLen + ctLen) > outLen)
     return throw_range(env, "gcmOpen: bad offsets");
-  EVP_CIPHER_CTX *x = c->dec;
-  int outl = 0, ok;
-  uint8_t w[4], fin[16];
+  uint8_t w[4];
   put_be32(w, word);
-  /* RFC 7714 §8/§9: new IV per packet on the keyed context (no key re-expansion). */
-  ok = EVP_DecryptInit_ex(x, NULL, NULL, NULL, c->iv) == 1;
-  ok = ok && (aadLen == 0 || EVP_DecryptUpdate(x, NULL, &outl, src, (int)aadLen) == 1);
-  ok = ok && (!hasWord || EVP_DecryptUpdate(x, NULL, &outl, w, 4) == 1);
-  ok = ok && (ctLen == 0 || (EVP_DecryptUpdate(x, out + aadLen, &outl, src + aadLen, (int)ctLen) == 1 && outl == ctLen));
-  ok = ok && EVP_CIPHER_CTX_ctrl(x, EVP_CTRL_GCM_SET_TAG, 16, src + tagOff) == 1;
-  /* EVP_DecryptFinal_ex compares the tag in constant time (CRYPTO_memcmp). */
-  ok = ok && EVP_DecryptFinal_ex(x, fin, &outl) == 1;
-  if (!ok) {
-    if (ctLen) memset(out + aadLen, 0, (size_t)ctLen);
+  if (!gcm_decrypt(c, src, (size_t)aadLen, w, hasWord ? 4 : 0, src + aadLen, (size_t)ctLen, src + tagOff, out + aadLen))
     return make_bool(env, 0);
-  }
   if (aadLen) memmove(out, src, (size_t)aadLen);
   return make_bool(env, 1);
 }
@@ -271,17 +281,7 @@ static napi_value gcm_open_at(napi_env env, napi_callback_info info) {
   int64_t ctOff = get_int(env, argv[2]), ctLen = get_int(env, argv[3]);
   if (ctOff < 0 || ctLen < 0 || (uint64_t)(ctOff + ctLen + 16) > srcLen || (uint64_t)ctLen > outLen || aadLen > INT32_MAX)
     return throw_range(env, "gcmOpenAt: bad offsets");
-  EVP_CIPHER_CTX *x = c->dec;
-  int outl = 0, ok;
-  uint8_t fin[16];
-  ok = EVP_DecryptInit_ex(x, NULL, NULL, NULL, c->iv) == 1;
-  ok = ok && (aadLen == 0 || EVP_DecryptUpdate(x, NULL, &outl, aad, (int)aadLen) == 1);
-  ok = ok && (ctLen == 0 || (EVP_DecryptUpdate(x, out, &outl, src + ctOff, (int)ctLen) == 1 && outl == ctLen));
-  ok = ok && EVP_CIPHER_CTX_ctrl(x, EVP_CTRL_GCM_SET_TAG, 16, src + ctOff + ctLen) == 1;
-  /* EVP_DecryptFinal_ex compares the tag in constant time (CRYPTO_memcmp). */
-  ok = ok && EVP_DecryptFinal_ex(x, fin, &outl) == 1;
-  if (!ok && ctLen) memset(out, 0, (size_t)ctLen);
-  return make_bool(env, ok);
+  return make_bool(env, gcm_decrypt(c, aad, aadLen, NULL, 0, src + ctOff, (size_t)ctLen, src + ctOff + ctLen, out));
 }
 
 /*
