@@ -98,6 +98,23 @@ async function main(): Promise<void> {
   const serve = await startWorkersServe(configFile);
   const { sup, lines, workerPids } = serve;
   const peerPort = await freeUdpPort();
+  /** turnutils_uclient's load for these tests: alice, to turnutils_peer, n messages of 160 B, 5 ms apart. */
+  const uclientLoad = (n: number): string[] => [
+    '-u',
+    'alice',
+    '-w',
+    'alice-secret-pw',
+    '-e',
+    '127.0.0.1',
+    '-r',
+    String(peerPort),
+    '-n',
+    String(n),
+    '-l',
+    '160',
+    '-z',
+    '5',
+  ];
   const peer = spawn('turnutils_peer', ['-p', String(peerPort), '-L', '127.0.0.1'], { stdio: 'ignore' });
   children.add(peer);
   t.teardown(async () => {
@@ -132,23 +149,7 @@ async function main(): Promise<void> {
   await t.test('turnutils_uclient -m 20 (UDP, channels) and -m 10 (TCP): 0 loss, allocations on both workers', async (t) => {
     // -c: no RTCP allocation (the RESERVATION-TOKEN case has its own subtest below), so the
     // relay ports of each worker stay in its share for the checks that follow.
-    const base = [
-      '-c',
-      '-u',
-      'alice',
-      '-w',
-      'alice-secret-pw',
-      '-e',
-      '127.0.0.1',
-      '-r',
-      String(peerPort),
-      '-n',
-      '100',
-      '-l',
-      '160',
-      '-z',
-      '5',
-    ];
+    const base = ['-c', ...uclientLoad(100)];
     const u = await run('turnutils_uclient', ['-m', '20', '-p', String(turnPort), ...base, '127.0.0.1']);
     const tu = totals(u.out);
     t.ok(tu, 'uclient (UDP) printed its totals');
@@ -234,27 +235,7 @@ async function main(): Promise<void> {
   });
 
   await t.test('turnutils_uclient without -c (its RTCP allocation carries a RESERVATION-TOKEN): 0 loss', async (t) => {
-    const u = await run('turnutils_uclient', [
-      '-m',
-      '10',
-      '-u',
-      'alice',
-      '-w',
-      'alice-secret-pw',
-      '-e',
-      '127.0.0.1',
-      '-r',
-      String(peerPort),
-      '-n',
-      '50',
-      '-l',
-      '160',
-      '-z',
-      '5',
-      '-p',
-      String(turnPort),
-      '127.0.0.1',
-    ]);
+    const u = await run('turnutils_uclient', ['-m', '10', ...uclientLoad(50), '-p', String(turnPort), '127.0.0.1']);
     const tu = totals(u.out);
     t.ok(tu, `uclient printed its totals${tu ? '' : `: ${u.out.slice(-600)}`}`);
     t.equal(tu?.lost, 0, `0 lost (${JSON.stringify(tu)})`);
