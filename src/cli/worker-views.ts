@@ -70,7 +70,7 @@ export function workerViews(o: { index: number; reply: (m: WorkerReply) => void;
     },
     /** Worker 0's /v1/flows and dashboard flows. */
     async flows(): Promise<unknown[]> {
-      const all = pending.size < MAX_GATHERS_WAITING ? await ask('flows') : null;
+      const all = await ask('flows'); // null at once when MAX_GATHERS_WAITING already wait
       return Array.isArray(all) ? all : tagged(o.gateway()!);
     },
     /**
@@ -79,7 +79,7 @@ export function workerViews(o: { index: number; reply: (m: WorkerReply) => void;
      * is the cluster's total it knows, src/cluster).
      */
     async quotas(): Promise<unknown[]> {
-      const all = pending.size < MAX_GATHERS_WAITING ? await ask('quotas') : null;
+      const all = await ask('quotas');
       if (!Array.isArray(all)) return o.gateway()!.quotas();
       const rows = new Map<string, QuotaRow>();
       for (const r of all as QuotaRow[]) {
