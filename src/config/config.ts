@@ -885,11 +885,10 @@ function crossCheck(cfg: GatehouseConfig, at: (paths: string | string[], problem
     if (cfg.turn.workers < 2) at('turn.worker_user', 'applies to relay workers only: set turn.workers to 2 or more (or auto)');
     const account = workerAccountProblem(cfg.turn.worker_user);
     if (account) at('turn.worker_user', account);
-    for (const [key, url] of [
-      ['admin.listen', cfg.admin.listen],
-      ['core.listen', cfg.core.listen],
+    for (const [key, { port }] of [
+      ['admin.listen', parseAdminListen(cfg.admin.listen)],
+      ['core.listen', parseCoreListen(cfg.core.listen)],
     ] as const) {
-      const port = Number(/:(\d+)\/?$/.exec(url)?.[1] ?? NaN);
       if (port > 0 && port < 1024)
         at(
           [key, 'turn.worker_user'],
