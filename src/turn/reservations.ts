@@ -5,7 +5,7 @@
  * client's RTCP socket, gets the reserved port. With workers, that second 5-tuple hashes
  * to any worker's SO_REUSEPORT socket (socket(7)), so the token may reach a worker that
  * did not make it. Such a worker asks its siblings through the supervisor
- * (src/cli/relay-worker.ts, src/turn/workers.ts); the worker holding the reservation hands
+ * (src/cli/worker-reservations.ts, src/turn/worker-exchange.ts); the worker holding the reservation hands
  * over the bound socket itself (a descriptor over the IPC channel), so the relayed port is
  * exactly the reserved one. A token no worker holds is 508, as on one server.
  */
