@@ -25,6 +25,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "crc32c.h"
+#include "dfa.h"
+
 typedef struct {
   int aead;
   EVP_CIPHER_CTX *enc; /* GCM seal, or AES-CTR (CTR encryption == decryption) */
@@ -417,6 +420,10 @@ static napi_value init(napi_env env, napi_value exports) {
   CHECK(napi_set_named_property(env, exports, "SrtpCrypto", cls));
   CHECK(napi_create_string_utf8(env, OpenSSL_version(OPENSSL_VERSION), NAPI_AUTO_LENGTH, &ver));
   CHECK(napi_set_named_property(env, exports, "openssl", ver));
+  if (!crc32c_register(env, exports) || !dfa_register(env, exports)) {
+    napi_throw_error(env, NULL, "gatehouse_native: N-API failure");
+    return NULL;
+  }
   return exports;
 }
 

@@ -385,9 +385,10 @@ export class DataChannelTracker {
 
   /**
    * Feeds one SCTP packet (the plaintext of one DTLS application_data record).
-   * Never throws on malformed input.
+   * `checksumVerified`: the caller has already checked its CRC32c (RFC 9260 §6.8), which
+   * is then not computed twice. Never throws on malformed input.
    */
-  push(pkt: Buffer, dir: Direction, time: number, association?: string): void {
+  push(pkt: Buffer, dir: Direction, time: number, association?: string, checksumVerified = false): void {
     this.stats.packets++;
     this.time = time;
     this.assoc = association ?? this.defaultAssociation;
@@ -399,7 +400,7 @@ export class DataChannelTracker {
     const peer = dir === 'c2s' ? this.s2c : this.c2s;
     // A pause ends transfers (their file events come before this packet's).
     if (this.expireOnPacket && this.transfers.inFlight > 0) this.expireTransfers(time);
-    if (this.opt.verifyChecksum) {
+    if (this.opt.verifyChecksum && !checksumVerified) {
       const sent = pkt.readUInt32LE(8); // RFC 9260 App. B: CRC32c, least significant byte first
       // RFC 9653 §5.2: zero checksum acceptable if the receiver advertised it.
       const zeroOk = sent === 0 && (peer.advertised === null || peer.advertised.zeroChecksum);

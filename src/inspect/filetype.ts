@@ -13,10 +13,14 @@
 
 type Detector = (b: Buffer) => string | null;
 
+/** Whether b holds sig at `at`: bytes, or a latin1 string compared by char code (no Buffer made per call). */
 function startsWith(b: Buffer, sig: number[] | string, at = 0): boolean {
-  const s = typeof sig === 'string' ? Buffer.from(sig, 'latin1') : sig;
-  if (b.length < at + s.length) return false;
-  for (let i = 0; i < s.length; i++) if (b[at + i] !== s[i]) return false;
+  if (b.length < at + sig.length) return false;
+  if (typeof sig === 'string') {
+    for (let i = 0; i < sig.length; i++) if (b[at + i] !== sig.charCodeAt(i)) return false;
+  } else {
+    for (let i = 0; i < sig.length; i++) if (b[at + i] !== sig[i]) return false;
+  }
   return true;
 }
 
@@ -171,11 +175,8 @@ function ftyp(b: Buffer): string | null {
 }
 // Old QuickTime files may start with other atoms.
 function qtAtoms(b: Buffer): string | null {
-  if (b.length < 8) return null;
-  const a = b.toString('latin1', 4, 8);
-  const size = u32be(b, 0);
-  if ((a === 'moov' || a === 'mdat' || a === 'wide' || a === 'free') && size >= 8) return 'mov';
-  return null;
+  if (b.length < 8 || u32be(b, 0) < 8) return null;
+  return startsWith(b, 'moov', 4) || startsWith(b, 'mdat', 4) || startsWith(b, 'wide', 4) || startsWith(b, 'free', 4) ? 'mov' : null;
 }
 
 // Matroska/WebM: EBML header, DocType element (0x4282) says "webm" or "matroska".

@@ -418,11 +418,8 @@ export class FlowPipeline {
     // packet; a record where it is not cannot be an SCTP packet, so the CRC32c over the
     // whole record (most of the cost of telling SCTP from other application data) is skipped.
     const chunkLen = pt.length >= SCTP_COMMON_HEADER_LEN + 4 ? (pt[14]! << 8) | pt[15]! : 0;
-    if (
-      chunkLen >= 4 &&
-      chunkLen <= pt.length - SCTP_COMMON_HEADER_LEN &&
-      ((known && pt.readUInt32LE(8) === 0) || verifySctpChecksum(pt))
-    ) {
+    const zeroChecksum = known && pt.length >= SCTP_COMMON_HEADER_LEN && pt.readUInt32LE(8) === 0;
+    if (chunkLen >= 4 && chunkLen <= pt.length - SCTP_COMMON_HEADER_LEN && (zeroChecksum || verifySctpChecksum(pt))) {
       if (!known) this.sctpAssoc.add(association);
       this.counters.sctp++;
       let tr = this.trackers.get(association);
@@ -438,7 +435,8 @@ export class FlowPipeline {
         this.trackers.set(association, tr);
         this.trackerList.push(tr);
       }
-      tr.push(pt, dir, time, association);
+      // A CRC32c verified here is not computed again by the tracker; a zero one is its to judge.
+      tr.push(pt, dir, time, association, !zeroChecksum);
       return;
     }
     this.counters.appdata++;

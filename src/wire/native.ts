@@ -60,6 +60,16 @@ export interface NativeCrypto {
   SrtpCrypto: new (aead: boolean, key: Buffer, authKey: Buffer | null, iv: Buffer) => NativeSrtpCrypto;
   /** OpenSSL version string of the library the addon runs on (node's own). */
   openssl: string;
+  /**
+   * The SCTP checksum of a packet (RFC 9260 §6.8, App. B: CRC32c with octets 8..11 taken
+   * as zeros), as an unsigned 32-bit number; native/crc32c.c. Absent in older builds.
+   */
+  sctpChecksum?: (pkt: Buffer) => number;
+  /**
+   * One pass of a dense DFA (src/policy/matcher.ts) over data; native/dfa.c. Returns how
+   * many distinct accepting states it wrote into hits, or -1 when hits is too small.
+   */
+  dfaScan?: (next: Int32Array, accepts: Uint8Array, seen: Uint8Array, data: Uint8Array, fold: boolean, hits: Int32Array) => number;
 }
 
 const ADDON = 'Release/gatehouse_native.node';
