@@ -50,6 +50,8 @@ import { systemClock } from '../src/util/clock.js';
 import { MemoryEventSink, type EventSink, type EveEvent } from '../src/events/eve.js';
 import { loadOrCreateIdentity, type GatewayIdentity } from '../src/store/identity.js';
 import { PolicyEngine } from '../src/policy/engine.js';
+import { useNativeScan } from '../src/policy/matcher.js';
+import { loadNative } from '../src/wire/native.js';
 import { parseRuleFile } from '../src/policy/rules-schema.js';
 import { GatewayInspector } from '../src/gateway/inspector.js';
 import { TurnServer, type TurnServerOptions } from '../src/turn/server.js';
@@ -321,6 +323,7 @@ async function identityIn(dir: string): Promise<GatewayIdentity> {
 
 /** TurnServer (+ GatewayInspector when `inspect`) on 127.0.0.1, system clock. */
 async function startTurn(dir: string, inspect: boolean, events: EventSink): Promise<TurnServer> {
+  useNativeScan(loadNative()?.dfaScan); // as `gatehouse serve` does (src/cli/main.ts)
   const port = await freeUdpPort();
   const [low, high] = await freeUdpRange(128, [port]);
   const cfg = benchConfig(port, low, high, dir);

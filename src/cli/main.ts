@@ -80,10 +80,18 @@ export async function main(argv: string[], io: CommandIo = { stdout: process.std
   return (await load())(rest, io);
 }
 
+/** Commands that evaluate rules (src/policy/engine.ts). */
+const POLICY_COMMANDS = new Set(['serve', 'relay-worker', 'inspect', 'rules']);
+
 const isEntry = process.argv[1] && /(?:cli[\\/]main\.[tj]s|bin[\\/]gatehouse(?:\.js)?)$/.test(process.argv[1]);
 if (isEntry) {
   // GATEHOUSE_NATIVE=0: run the pure-JS crypto paths even when the addon is built.
   if (/^(0|false|off)$/i.test(process.env.GATEHOUSE_NATIVE ?? '')) (await import('../wire/native.js')).disableNative();
+  if (process.argv[2] !== undefined && POLICY_COMMANDS.has(process.argv[2])) {
+    // Content rules' keyword scan in the addon when it is built (policy loads no addon itself).
+    const [{ loadNative }, { useNativeScan }] = await Promise.all([import('../wire/native.js'), import('../policy/matcher.js')]);
+    useNativeScan(loadNative()?.dfaScan);
+  }
   // A reader that goes away (`gatehouse ... | head`) ends the output quietly.
   for (const s of [process.stdout, process.stderr]) {
     s.on('error', (err: NodeJS.ErrnoException) => {

@@ -3,7 +3,27 @@
  * rules cost one pass over a message whatever the number of keywords, instead of a
  * loop over patterns. Case-insensitive patterns run through an ASCII fold table.
  */
-import { loadNative } from '../wire/native.js';
+
+/** The addon's DFA scan (native/dfa.c; NativeCrypto.dfaScan in src/wire/native.ts). */
+export type NativeDfaScan = (
+  next: Int32Array,
+  accepts: Uint8Array,
+  seen: Uint8Array,
+  data: Uint8Array,
+  fold: boolean,
+  hits: Int32Array,
+) => number;
+
+let nativeScan: NativeDfaScan | null = null;
+
+/**
+ * Installs the addon's scan for every matcher (null: the JS loop only). Policy loads no
+ * addon itself (design.md floors: policy does not import wire); the CLI installs it at start
+ * (src/cli/main.ts), after GATEHOUSE_NATIVE is honoured. Both give the same matches.
+ */
+export function useNativeScan(fn: NativeDfaScan | null | undefined): void {
+  nativeScan = fn ?? null;
+}
 
 export interface PatternSpec<T> {
   bytes: Buffer;
@@ -88,7 +108,7 @@ class Automaton<T> {
   scan(data: Uint8Array, fold: boolean, found: Set<T>): void {
     // The addon's loop (native/dfa.c) runs the same table about twice as fast; below
     // NATIVE_MIN_BYTES the call costs more than it saves.
-    const dfaScan = data.length >= NATIVE_MIN_BYTES ? loadNative()?.dfaScan : undefined;
+    const dfaScan = data.length >= NATIVE_MIN_BYTES ? nativeScan : null;
     if (dfaScan) {
       this.seen ??= new Uint8Array(this.states);
       const n = dfaScan(this.next, this.accepts, this.seen, data, fold, this.hits);

@@ -235,11 +235,11 @@ export class DtlsRecordDecryptor {
   private gcm(type: number, version: number, epoch: number, seq: number, f: Buffer): Buffer | null {
     if (f.length < 8 + TAG_LEN) return null;
     const ctLen = f.length - 8 - TAG_LEN;
-    this.iv.copy(this.nonce, 0, 0, 4);
-    f.copy(this.nonce, 4, 0, 8);
     // RFC 5246 §6.2.3.3: additional_data = seq_num + type + version + length (of the plaintext)
     recordAad(this.aad, type, version, epoch, seq, ctLen);
-    if (this.gcmNative) return this.gcmNative.openAt(this.nonce, this.aad, f, 8, ctLen);
+    if (this.gcmNative) return this.gcmNative.openExplicitAt(this.iv, this.aad, f, 8, ctLen);
+    this.iv.copy(this.nonce, 0, 0, 4);
+    f.copy(this.nonce, 4, 0, 8);
     const d = createDecipheriv(aesName(this.suite.keyLen, 'gcm') as 'aes-128-gcm', this.key, this.nonce, { authTagLength: TAG_LEN });
     d.setAAD(this.aad);
     d.setAuthTag(f.subarray(f.length - TAG_LEN));

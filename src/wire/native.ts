@@ -136,4 +136,21 @@ export class GcmOpener {
     const out = Buffer.allocUnsafe(ctLen);
     return this.ctx.gcmOpenAt(aad, src, ctOff, ctLen, out) ? out : null;
   }
+
+  /**
+   * A DTLS 1.2 AES-GCM record as it lies in its datagram (RFC 5288 §3): the 8-octet
+   * nonce_explicit at src[ctOff-8..ctOff), then the ciphertext and its tag. The nonce,
+   * salt(4) || nonce_explicit(8), is written straight into the context's IV (no copies).
+   */
+  openExplicitAt(salt: Buffer, aad: Buffer, src: Buffer, ctOff: number, ctLen: number): Buffer | null {
+    if (salt.length !== 4 || ctOff < 8 || ctLen < 0 || ctOff + ctLen + 16 > src.length) return null;
+    const iv = this.iv;
+    iv[0] = salt[0]!;
+    iv[1] = salt[1]!;
+    iv[2] = salt[2]!;
+    iv[3] = salt[3]!;
+    for (let i = 0; i < 8; i++) iv[4 + i] = src[ctOff - 8 + i]!;
+    const out = Buffer.allocUnsafe(ctLen);
+    return this.ctx.gcmOpenAt(aad, src, ctOff, ctLen, out) ? out : null;
+  }
 }
