@@ -218,7 +218,10 @@ t.test('PCP server with libtorrent, natpmpc and tshark', async (t) => {
       `no port-mapping error (${alerts.filter((a) => a.type === 'portmap_error_alert').map((a) => a.msg)})`,
     );
     // Deletes arrive as the session closes.
-    await until(() => seen.filter((l) => l.kind === 'remove').length >= 2, 5_000, 'the deletes');
+    // The firewall's remove line and the mapping's `deleted` event come on their own lines,
+    // in either order: wait for both of each mapping (CI once read the events in between).
+    const deletedEvents = () => seen.filter((l) => l.kind === 'event' && l.event!.gatehouse.action === 'deleted').length;
+    await until(() => seen.filter((l) => l.kind === 'remove').length >= 2 && deletedEvents() >= 2, 5_000, 'the deletes');
     t.notMatch(ruleset(), /dport 6881/, 'the rules are gone once libtorrent deleted its mappings');
     const installs = seen.filter((l) => l.kind === 'install');
     t.equal(installs.length, 2, 'two mappings created (TCP and UDP), no duplicates from retransmissions or refreshes');
