@@ -45,6 +45,9 @@ import { loadOrCreateRestSecret } from '../core/turn-credentials.js';
 import { DEFAULT_CORE_LISTEN } from '../config/config.js';
 
 /** The keys of gatehouse_gateway_blocked_total{reason} (inspector.ts block()); tsc checks both lists are whole. */
+/** Bytes of JSON text the recent-events ring (`/v1/events`, 10 000 events) keeps at most (README limits table). */
+const RECENT_EVENTS_BYTES = 16 * 1024 * 1024;
+
 const BLOCK_REASONS: Record<Exclude<BlockReason, 'budget_exceeded'> | 'policy', 0> = {
   keys_missing: 0,
   keys_declined: 0,
@@ -202,7 +205,7 @@ export async function startGateway(
   const policy = await PolicyHolder.open(cfg.policy.rules, log.child({ module: 'policy' }), { scanners: configured });
   policy.watch();
 
-  const memory = new MemoryEventSink(10000);
+  const memory = new MemoryEventSink(10000, 64, { bytes: RECENT_EVENTS_BYTES });
   const eventFile = new FileEventSink(
     join(cfg.data_dir, 'events.jsonl'),
     parseSize(cfg.events.max_bytes) ?? 100 * 1024 * 1024,

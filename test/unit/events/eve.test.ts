@@ -99,3 +99,67 @@ t.test('eveTimestamp: the cached second prefix gives what Date.toISOString gives
   t.equal(eveTimestamp(Date.UTC(2026, 10, 22, 10, 0, 0, 5)), '2026-11-22T10:00:00.005000+0000');
   t.throws(() => eveTimestamp(NaN), RangeError, 'an invalid time throws, as Date does');
 });
+
+t.test('the byte ring (MemoryEventSink bytes) keeps the newest events, whole and in order, within both bounds', async (t) => {
+  const { MemoryEventSink, FanoutEventSink } = await import('../../../src/events/eve.js');
+  let seed = 99;
+  const rnd = (n: number) => ((seed = (seed * 1103515245 + 12345) >>> 0) >>> 8) % n;
+  for (const [max, bytes] of [
+    [3, 4096],
+    [50, 3000],
+    [1000, 5000],
+    [10, 1 << 16],
+  ] as const) {
+    const m = new MemoryEventSink(max, 4, { bytes });
+    const sent: EveEvent[] = [];
+    let bad = 0;
+    for (let i = 1; i <= 3000; i++) {
+      // Sizes from a few bytes to ~600, with some non-ASCII text (UTF-8 of 2 and 3 bytes).
+      const e = ev(i, { note: 'é€x'.repeat(rnd(200)) } as Partial<EveEvent>);
+      sent.push(e);
+      if (i % 2 === 0) m.emit(e);
+      else m.emitJson(e, JSON.stringify(e));
+      if (i % 97 !== 0 && i !== 3000) continue;
+      const got = m.events;
+      const want = sent.slice(sent.length - got.length);
+      if (JSON.stringify(got) !== JSON.stringify(want)) bad++;
+      const used = got.reduce((n, x) => n + Buffer.byteLength(JSON.stringify(x)), 0);
+      if (got.length > max || used > bytes) bad++;
+      // Not needlessly short: the ring drops only what a new entry overlaps.
+      const longest = Math.max(...sent.map((x) => Buffer.byteLength(JSON.stringify(x))));
+      if (got.length < Math.min(max, Math.floor(bytes / longest) - 1)) bad++;
+    }
+    t.equal(bad, 0, `max ${max}, ${bytes} bytes: always the newest events, whole, within both bounds`);
+  }
+  // A text larger than the whole ring is not kept; the others are.
+  const small = new MemoryEventSink(10, 4, { bytes: 300 });
+  small.emit(ev(1));
+  small.emit(ev(2, { note: 'x'.repeat(400) } as Partial<EveEvent>));
+  small.emit(ev(3));
+  t.same(
+    small.events.map((e) => e.flow_id),
+    [1, 3],
+  );
+  // An event JSON cannot carry is not kept, and does not stop the live listeners.
+  const seen: unknown[] = [];
+  small.subscribe((e) => seen.push(e.flow_id));
+  small.emit(ev(4, { n: 1n } as unknown as Partial<EveEvent>));
+  t.same(seen, [4]);
+  t.same(
+    small.events.map((e) => e.flow_id),
+    [1, 3],
+  );
+  // The fan-out stringifies once and hands the text to the sinks that take it.
+  const a = new MemoryEventSink(10, 4, { bytes: 4096 });
+  const b = new MemoryEventSink(10);
+  let calls = 0;
+  const counting = {
+    emit: () => {},
+    emitJson: (_e: EveEvent, json: string) => void ((calls += 1), t.equal(JSON.parse(json).flow_id, 7)),
+    close: () => {},
+  };
+  new FanoutEventSink([a, b, counting], undefined, 'gw-1').emit(ev(7));
+  t.equal(calls, 1);
+  t.same(a.events[0], { ...ev(7), host: 'gw-1' }, 'the host is in the text the byte ring keeps');
+  t.equal(b.events[0]!.flow_id, 7, 'a sink without emitJson gets emit()');
+});
