@@ -411,7 +411,7 @@ export interface MemoryEventSinkOptions {
    * Keep the events as their JSON text in one preallocated byte ring of this many bytes,
    * parsed again when the ring is read (the admin API: rare). A ring of 10 000 event
    * objects lives in the old generation and is re-marked by every major GC: on an inspected
-   * relay carrying one event per message that cost about a quarter of the CPU per packet
+   * relay carrying one event per message that cost up to a quarter of the CPU per packet
    * (README "Benchmarks"). Bytes are no objects at all, and a snapshot of each event as it
    * was emitted. 0 (the default): events are kept as they are, by reference.
    */
