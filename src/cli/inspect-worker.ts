@@ -93,6 +93,8 @@ async function run(job: WorkerJob): Promise<void> {
     },
   });
   const summary = await readCapture(job.capture, (p) => inspector.packet(p), {
+    // CaptureInspector copies what it keeps of a record (ReadCaptureOptions.reuseChunks).
+    reuseChunks: true,
     backpressure: () => {
       if (bytes >= POST_BYTES / 4) post();
       // Far ahead of the other workers: wait for the main thread to write (bounded merge).

@@ -346,7 +346,8 @@ export async function runInspect(argv: string[], io: Io): Promise<number> {
         readBytes += 16 + p.data.length;
         if (tty) progress();
       },
-      { backpressure: out.backpressure },
+      // CaptureInspector copies what it keeps of a record (ReadCaptureOptions.reuseChunks).
+      { backpressure: out.backpressure, reuseChunks: true },
     );
   } catch (e) {
     if (tty) io.stderr.write('\n');

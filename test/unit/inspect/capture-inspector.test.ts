@@ -1,6 +1,9 @@
 import t, { type Test } from 'tap';
 import { createHash, randomBytes } from 'node:crypto';
-import { CaptureInspector, type CapturedPacket } from '../../../src/inspect/capture.js';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { CaptureInspector, encodePcap, readCapture, type CapturedPacket } from '../../../src/inspect/capture.js';
 import { StaticKeyProvider, type FlowRecord } from '../../../src/inspect/pipeline.js';
 import type { InspectEvent } from '../../../src/inspect/events.js';
 import { toEve } from '../../../src/inspect/eve-format.js';
@@ -62,6 +65,43 @@ function collect(keys: StaticKeyProvider) {
     },
   });
   return { ins, byFlow };
+}
+
+const dir = mkdtempSync(join(tmpdir(), 'gh-capture-inspector-'));
+t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+
+/**
+ * `gatehouse inspect` reads with ReadCaptureOptions.reuseChunks: a record's bytes are
+ * overwritten by later reads, so CaptureInspector must copy whatever it keeps (IP
+ * fragments, TCP segments, TURN framing cut by a segment, DTLS records held). The packets
+ * of `linktype` written to a pcap and read back in small reused chunks (most records cut
+ * by a chunk's end, every chunk's bytes overwritten twice) give the events they give fed
+ * one by one from buffers of their own.
+ */
+async function sameThroughReusedChunks(t: Test, keys: StaticKeyProvider, packets: CapturedPacket[], linktype: number) {
+  const frames = packets.filter((p) => p.linktype === linktype).map((p) => ({ time: p.time, data: Buffer.from(p.data) }));
+  const run = (feed: (ins: CaptureInspector) => Promise<void> | void) => async () => {
+    const lines: string[] = [];
+    const ins = new CaptureInspector({ keys, onEvent: (e, f) => lines.push(JSON.stringify(toEve(e, f.meta))) });
+    await feed(ins);
+    ins.finish();
+    return lines;
+  };
+  const direct = await run((ins) => {
+    for (const f of frames) ins.packet({ time: f.time, linktype, data: Buffer.from(f.data), origLength: f.data.length });
+  })();
+  t.ok(
+    direct.some((l) => l.includes('"event_type":"datachannel.message"')),
+    'the packets carry data-channel messages',
+  );
+  const file = join(dir, `reuse-${linktype}-${frames.length}.pcap`);
+  writeFileSync(file, encodePcap(linktype, frames));
+  for (const hwm of [700, 4096]) {
+    const viaChunks = await run(async (ins) => {
+      await readCapture(file, (p) => ins.packet(p), { highWaterMark: hwm, reuseChunks: true });
+    })();
+    t.same(viaChunks, direct, `reused chunks of ${hwm} bytes: the same events`);
+  }
 }
 
 function checkFlow(t: Test, events: InspectEvent[], hashes: string[], label: string) {
@@ -162,18 +202,21 @@ t.test('TURN over TCP: segments split and coalesced, ChannelData padded (RFC 865
   const s2c: Buffer[] = [stun(Method.ChannelBind, Class.Success, () => {}, tid)];
   for (const d of out) (d.fromClient ? c2s : s2c).push(buildChannelData(0x4002, d.data, true));
   let time = T0;
+  const sent: CapturedPacket[] = [];
   const seq = { c: 1000, s: 9000 };
   const send = (fromC: boolean, payload: Buffer, flags = TCP_ACK) => {
     const [a, b] = fromC ? [C, S] : [S, C];
     const k = fromC ? 'c' : 's';
     const tcp = buildTcp(a.port, b.port, seq[k], flags, payload);
     seq[k] = (seq[k] + payload.length + (flags & TCP_SYN ? 1 : 0)) >>> 0;
-    ins.packet({
+    const pkt = {
       time: (time += 1),
       linktype: LINKTYPE_LINUX_SLL2,
       data: wrapLink(LINKTYPE_LINUX_SLL2, buildIp(a.ip, b.ip, IPPROTO_TCP, tcp)),
       origLength: 0,
-    });
+    };
+    sent.push(pkt);
+    ins.packet(pkt);
   };
   send(true, Buffer.alloc(0), TCP_SYN);
   send(false, Buffer.alloc(0), TCP_SYN | TCP_ACK);
@@ -202,13 +245,18 @@ t.test('TURN over TCP: segments split and coalesced, ChannelData padded (RFC 865
   const got = f.events.filter((e) => e.type === 'datachannel.message').map((e) => (e.type === 'datachannel.message' ? e.sha256 : ''));
   t.same(got, hashes, 'messages recovered through TCP reassembly and framing');
   t.equal(ins.stats.tcpNotTurn, 0);
+  await sameThroughReusedChunks(t, new StaticKeyProvider([s.keySet]), sent, LINKTYPE_LINUX_SLL2);
 });
 
 t.test('non-TURN TCP, other protocols, bad link types, VLAN, IPv4 fragments', async (t) => {
   const { s, out, hashes } = sessionDatagrams();
   const { ins, byFlow } = collect(new StaticKeyProvider([s.keySet]));
-  const p = (data: Buffer, linktype = LINKTYPE_ETHERNET): void =>
-    ins.packet({ time: T0, linktype, data, origLength: data.length } as CapturedPacket);
+  const sent: CapturedPacket[] = [];
+  const p = (data: Buffer, linktype = LINKTYPE_ETHERNET): void => {
+    const pkt: CapturedPacket = { time: T0, linktype, data, origLength: data.length };
+    sent.push(pkt);
+    ins.packet(pkt);
+  };
   p(
     buildEthernet(
       buildIp('10.0.0.1', '10.0.0.2', IPPROTO_TCP, buildTcp(1, 443, 1, TCP_ACK, Buffer.from([0x16, 3, 1, 0, 5, 1, 2, 3, 4, 5]))),
@@ -248,4 +296,5 @@ t.test('non-TURN TCP, other protocols, bad link types, VLAN, IPv4 fragments', as
     f!.events.filter((e) => e.type === 'datachannel.message').map((e) => (e.type === 'datachannel.message' ? e.sha256 : '')),
     hashes,
   );
+  await sameThroughReusedChunks(t, new StaticKeyProvider([s.keySet]), sent, LINKTYPE_ETHERNET);
 });

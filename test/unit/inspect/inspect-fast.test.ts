@@ -122,15 +122,22 @@ const withoutFlowId = (l: string) => l.replace(/"flow_id":\d+,/, '');
 t.test('readCapture gives the records an independent split gives', async (t) => {
   const want = splitPcap(readFileSync(pcap));
   for (const hwm of [100, 4096, 1 << 20]) {
-    const got: CapturedPacket[] = [];
-    const s = await readCapture(pcap, (p) => got.push(p), { highWaterMark: hwm });
-    t.equal(s.packets, want.length, `chunks of ${hwm}: count`);
-    t.notOk(s.truncated);
-    t.same(
-      got.map((p) => [p.time, p.linktype, p.origLength, p.data.toString('hex')]),
-      want.map((p) => [p.time, p.linktype, p.origLength, p.data.toString('hex')]),
-      `chunks of ${hwm}: records`,
-    );
+    for (const reuseChunks of [false, true]) {
+      const got: CapturedPacket[] = [];
+      // Reused chunks: a record is valid only during the call (copied here).
+      const s = await readCapture(pcap, (p) => got.push(reuseChunks ? { ...p, data: Buffer.from(p.data) } : p), {
+        highWaterMark: hwm,
+        reuseChunks,
+      });
+      const how = `chunks of ${hwm}${reuseChunks ? ', reused' : ''}`;
+      t.equal(s.packets, want.length, `${how}: count`);
+      t.notOk(s.truncated);
+      t.same(
+        got.map((p) => [p.time, p.linktype, p.origLength, p.data.toString('hex')]),
+        want.map((p) => [p.time, p.linktype, p.origLength, p.data.toString('hex')]),
+        `${how}: records`,
+      );
+    }
   }
 });
 
