@@ -94,10 +94,17 @@ export function loadKeys(path: string): { provider: StaticKeyProvider; kind: 'js
 /** Thrown into the capture reader when stdout went away (e.g. `| head`): stop quietly. */
 class OutputClosed extends Error {}
 
-/** Buffers JSON lines and writes them in batches; reports when stdout wants a pause. */
-class LineWriter {
-  private buf: string[] = [];
-  private bytes = 0;
+/** Bytes of lines written to stdout at once. */
+const LINE_CHUNK = 64 * 1024;
+
+/**
+ * Buffers JSON lines and writes them in batches; reports when stdout wants a pause. Each
+ * line is encoded (UTF-8) straight into the batch's Buffer, so no joined string is built
+ * and converted again per batch; a written batch is the stream's (a new one follows).
+ */
+export class LineWriter {
+  private buf = Buffer.allocUnsafe(LINE_CHUNK);
+  private used = 0;
   private blocked = false;
   private dead = false;
   private waiting: Promise<void> | null = null;
@@ -111,16 +118,24 @@ class LineWriter {
 
   line(s: string): void {
     if (this.dead) return;
-    this.buf.push(s);
-    this.bytes += s.length + 1;
-    if (this.bytes >= 64 * 1024) this.flush();
+    // UTF-8 takes at most 3 bytes per UTF-16 code unit; the line and its newline must fit.
+    if (this.used + 3 * s.length + 1 > this.buf.length) {
+      this.flush();
+      if (3 * s.length + 1 > this.buf.length) {
+        // A line longer than a batch (a huge alert): written on its own.
+        if (!this.out.write(s + '\n')) this.blocked = true;
+        return;
+      }
+    }
+    this.used += this.buf.write(s, this.used, 'utf8');
+    this.buf[this.used++] = 0x0a;
   }
 
   flush(): void {
-    if (this.buf.length === 0 || this.dead) return;
-    const chunk = this.buf.join('\n') + '\n';
-    this.buf = [];
-    this.bytes = 0;
+    if (this.used === 0 || this.dead) return;
+    const chunk = this.buf.subarray(0, this.used);
+    this.buf = Buffer.allocUnsafe(LINE_CHUNK);
+    this.used = 0;
     if (!this.out.write(chunk)) this.blocked = true;
   }
 
