@@ -9,7 +9,7 @@ import { availableParallelism } from 'node:os';
 import type { Writable } from 'node:stream';
 import { parseArgs } from 'node:util';
 import { CaptureError, CaptureInspector, readCapture, type CaptureStats, type CaptureSummary } from '../inspect/capture.js';
-import { eveLine, alertEve, type FlowMeta } from '../inspect/eve-format.js';
+import { eveLine, encodeEveLine, alertEve, type FlowMeta } from '../inspect/eve-format.js';
 import { policySubject } from '../policy/subject.js';
 import type { InspectEvent } from '../inspect/events.js';
 import { KeyLog } from '../inspect/keylog.js';
@@ -129,6 +129,19 @@ export class LineWriter {
     }
     this.used += this.buf.write(s, this.used, 'utf8');
     this.buf[this.used++] = 0x0a;
+  }
+
+  /** The event's line, eveLine(e, f); encoded in place where encodeEveLine can. */
+  eve(e: InspectEvent, f: FlowMeta): void {
+    if (this.dead) return;
+    let end = encodeEveLine(e, f, this.buf, this.used);
+    if (end === -2) {
+      this.flush();
+      end = encodeEveLine(e, f, this.buf, 0);
+    }
+    if (end < 0) return this.line(eveLine(e, f));
+    this.buf[end] = 0x0a;
+    this.used = end + 1;
   }
 
   flush(): void {
@@ -296,7 +309,7 @@ export async function runInspect(argv: string[], io: Io): Promise<number> {
   const alerted = new Set<string>();
   const onEvent = (e: InspectEvent, flow: FlowRecord): void => {
     counts.set(e.type, (counts.get(e.type) ?? 0) + 1);
-    out.line(eveLine(e, flow.meta));
+    out.eve(e, flow.meta);
     if (!policy) return;
     const subject = subjectOf(e, flow.meta);
     if (!subject) return;

@@ -7,7 +7,7 @@
  * never copied.
  */
 import { eveTimestamp, type EveEvent } from '../events/eve.js';
-import type { Direction, InspectEvent } from './events.js';
+import type { AppDataEvent, Direction, InspectEvent } from './events.js';
 import type { Endpoint } from './turn-unwrap.js';
 
 export interface FlowMeta {
@@ -169,6 +169,8 @@ interface LineHead {
   clientIsA: boolean | undefined;
   relayed: Endpoint | undefined;
   text: string;
+  /** text as UTF-8 (encodeEveLine), made on first use. */
+  bytes: Buffer | null;
 }
 const lineHeads = new WeakMap<FlowMeta, { c2s?: LineHead; s2c?: LineHead; none?: LineHead }>();
 
@@ -198,6 +200,13 @@ function lineTimestamp(ms: number): string {
  */
 export function eveLine(e: InspectEvent, f: FlowMeta): string {
   if (e.type !== 'appdata') return JSON.stringify(toEve(e, f));
+  const h = lineHead(e, f);
+  const hash = e.sha256 !== undefined ? `,"sha256":${JSON.stringify(e.sha256)}` : '';
+  return `{"timestamp":"${lineTimestamp(e.time)}"${h.text},"appdata":{"size":${e.size}${hash}}}`;
+}
+
+/** The flow's cached header for appdata lines in e's direction (rebuilt when it changed). */
+function lineHead(e: AppDataEvent, f: FlowMeta): LineHead {
   let heads = lineHeads.get(f);
   if (!heads) {
     heads = {};
@@ -210,11 +219,80 @@ export function eveLine(e: InspectEvent, f: FlowMeta): string {
     const json = JSON.stringify(eveBase('appdata', 0, f, e.dir, e.association));
     // {"timestamp":"...","event_type":"appdata",...,"gatehouse":{...}}: keep from the
     // comma before event_type, drop the closing brace.
-    h = { association: e.association, clientIsA: f.dtlsClientIsA, relayed, text: json.slice(json.indexOf(',"event_type"'), -1) };
+    h = {
+      association: e.association,
+      clientIsA: f.dtlsClientIsA,
+      relayed,
+      text: json.slice(json.indexOf(',"event_type"'), -1),
+      bytes: null,
+    };
     heads[slot] = h;
   }
-  const hash = e.sha256 !== undefined ? `,"sha256":${JSON.stringify(e.sha256)}` : '';
-  return `{"timestamp":"${lineTimestamp(e.time)}"${h.text},"appdata":{"size":${e.size}${hash}}}`;
+  return h;
+}
+
+const STAMP_OPEN = Buffer.from('{"timestamp":"', 'latin1');
+const STAMP_CLOSE = Buffer.from('000+0000"', 'latin1');
+const SIZE_OPEN = Buffer.from(',"appdata":{"size":', 'latin1');
+const HASH_OPEN = Buffer.from(',"sha256":"', 'latin1');
+/** Bytes an appdata line needs beyond its header: the parts above, 23 + 10 + 64 digits, closers. */
+const APPDATA_LINE_EXTRA = 14 + 23 + 9 + 19 + 16 + 11 + 64 + 4;
+let stampBytesSecond = NaN;
+const stampBytes = Buffer.alloc(20);
+
+/** Writes the decimal digits of a non-negative integer below 2^53 at off; returns the new offset. */
+function writeDigits(out: Buffer, off: number, n: number): number {
+  let len = 1;
+  for (let x = n; x >= 10; x = Math.floor(x / 10)) len++;
+  for (let i = off + len - 1, x = n; i >= off; i--, x = Math.floor(x / 10)) out[i] = 48 + (x % 10);
+  return off + len;
+}
+
+/**
+ * eveLine(e, f) as UTF-8 bytes written into out at off, for the lines that are most of a
+ * capture's (`appdata`), without building the line as a string; returns the offset after
+ * it (one byte at least is left after it, for a newline), -2 when the line may not fit in
+ * out after off, or -1 when this path does not write e (another type, or values outside
+ * the fixed forms: the caller writes eveLine(e, f)). The same bytes as
+ * Buffer.from(eveLine(e, f)) (test/unit/inspect/inspect-fast).
+ */
+export function encodeEveLine(e: InspectEvent, f: FlowMeta, out: Buffer, off: number): number {
+  if (e.type !== 'appdata') return -1;
+  const whole = Math.floor(e.time);
+  // Years 0..9999 and sizes that are integers: other values take eveLine's general path.
+  if (!(whole >= 0 && whole < LAST_FOUR_DIGIT_YEAR_MS) || !Number.isSafeInteger(e.size) || e.size < 0) return -1;
+  if (e.sha256 !== undefined && !/^[0-9a-f]{64}$/.test(e.sha256)) return -1;
+  const h = lineHead(e, f);
+  const head = (h.bytes ??= Buffer.from(h.text, 'utf8'));
+  if (off + head.length + APPDATA_LINE_EXTRA > out.length) return -2;
+  const sec = Math.floor(whole / 1000);
+  if (sec !== stampBytesSecond) {
+    stampBytesSecond = sec;
+    stampBytes.write(eveTimestamp(sec * 1000).slice(0, 20), 0, 'latin1'); // "2026-11-22T10:00:00."
+  }
+  const ms = whole - sec * 1000;
+  out.set(STAMP_OPEN, off);
+  off += STAMP_OPEN.length;
+  out.set(stampBytes, off);
+  off += 20;
+  out[off++] = 48 + Math.floor(ms / 100);
+  out[off++] = 48 + (Math.floor(ms / 10) % 10);
+  out[off++] = 48 + (ms % 10);
+  out.set(STAMP_CLOSE, off);
+  off += STAMP_CLOSE.length;
+  out.set(head, off);
+  off += head.length;
+  out.set(SIZE_OPEN, off);
+  off = writeDigits(out, SIZE_OPEN.length + off, e.size);
+  if (e.sha256 !== undefined) {
+    out.set(HASH_OPEN, off);
+    off += HASH_OPEN.length;
+    off += out.write(e.sha256, off, 'latin1');
+    out[off++] = 0x22; // "
+  }
+  out[off++] = 0x7d; // }
+  out[off++] = 0x7d;
+  return off;
 }
 
 /** An `alert` event (contract.md) for a rule match on a flow. */

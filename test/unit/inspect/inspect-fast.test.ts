@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { runInspect } from '../../../src/cli/inspect.js';
 import { CaptureInspector, encodePcap, readCapture, type CapturedPacket } from '../../../src/inspect/capture.js';
-import { eveLine, toEve } from '../../../src/inspect/eve-format.js';
+import { encodeEveLine, eveLine, toEve } from '../../../src/inspect/eve-format.js';
 import { StaticKeyProvider } from '../../../src/inspect/pipeline.js';
 import { keySetToJson } from '../../../src/wire/keyset.js';
 import { LINKTYPE_ETHERNET, buildUdpFrame } from '../../../src/wire/netpkt.js';
@@ -198,20 +198,39 @@ t.test('interleaved flows: each flow reports what it reports alone', async (t) =
   }
 });
 
-t.test('eveLine is JSON.stringify(toEve(...)) for every event', async (t) => {
+t.test('eveLine is JSON.stringify(toEve(...)) for every event; encodeEveLine writes its bytes', async (t) => {
   let n = 0;
-  const ins = new CaptureInspector({
-    keys: new StaticKeyProvider(sessions.map((s) => s.keySet)),
-    onEvent: (e, f) => {
-      n++;
-      const a = eveLine(e, f.meta);
-      const b = JSON.stringify(toEve(e, f.meta));
-      if (a !== b) t.equal(a, b, `event ${n}`);
-    },
-  });
-  for (const p of splitPcap(readFileSync(pcap))) ins.packet(p);
-  ins.finish();
-  t.ok(n > 100, `${n} events compared`);
+  let encoded = 0;
+  const out = Buffer.alloc(4096);
+  for (const hash of [false, true]) {
+    const ins = new CaptureInspector({
+      keys: new StaticKeyProvider(sessions.map((s) => s.keySet)),
+      hashAppData: hash,
+      onEvent: (e, f) => {
+        n++;
+        const a = eveLine(e, f.meta);
+        const b = JSON.stringify(toEve(e, f.meta));
+        if (a !== b) t.equal(a, b, `event ${n}`);
+        // Encoded after a few bytes already in the batch; nothing written past the line.
+        out.fill(0xee);
+        const end = encodeEveLine(e, f.meta, out, 7);
+        if (e.type !== 'appdata') {
+          if (end !== -1) t.equal(end, -1, `event ${n} (${e.type}) is not encoded in place`);
+          return;
+        }
+        encoded++;
+        if (end < 0 || out.subarray(7, end).toString('utf8') !== a || out[end] !== 0xee || out[6] !== 0xee)
+          t.equal(end < 0 ? `returned ${end}` : out.subarray(7, end).toString('utf8'), a, `event ${n}: encodeEveLine`);
+        // No room: -2, and nothing written.
+        const small = Buffer.alloc(a.length - 1, 0xee);
+        if (encodeEveLine(e, f.meta, small, 0) !== -2 || small.some((x) => x !== 0xee)) t.fail(`event ${n}: too small a buffer`);
+      },
+    });
+    for (const p of splitPcap(readFileSync(pcap))) ins.packet(p);
+    ins.finish();
+  }
+  t.ok(n > 200, `${n} events compared`);
+  t.ok(encoded > 150, `${encoded} appdata lines encoded in place, hashed and not`);
 });
 
 t.test('--threads N: byte for byte the single-threaded output and summary', async (t) => {
