@@ -69,6 +69,8 @@ async function run(job: WorkerJob): Promise<void> {
     keys: keys.provider,
     rtpPackets: job.rtpPackets,
     hashAppData: job.hashAppData,
+    // Each event becomes its line before onEvent returns: no plaintext is kept.
+    borrowedPlaintext: true,
     shard: {
       owns: (id) => id % job.count === job.index,
       onSlot: (slot, _id, owned) => {

@@ -348,6 +348,8 @@ export async function runInspect(argv: string[], io: Io): Promise<number> {
     rtpPackets: !v['no-rtp-packets'],
     // A rule may match an application-data record by its sha256 (contract.md "Rules").
     hashAppData: v.hash === 'records' || policy !== null,
+    // onEvent writes each event's line and judges it before it returns: it keeps no plaintext.
+    borrowedPlaintext: true,
   });
 
   const tty = !v['no-progress'] && (io.stderr as Writable & { isTTY?: boolean }).isTTY === true;

@@ -272,6 +272,8 @@ export interface CaptureInspectorOptions {
   rtpPackets?: boolean;
   /** PipelineOptions.hashAppData (default true). */
   hashAppData?: boolean;
+  /** PipelineOptions.borrowedPlaintext (default false). */
+  borrowedPlaintext?: boolean;
   maxFlows?: number;
   idleMs?: number;
   maxTcpConnections?: number;
@@ -343,7 +345,8 @@ export class CaptureInspector {
     this.idleMs = o.idleMs ?? 10 * 60_000;
     this.maxTcp = o.maxTcpConnections ?? 4096;
     this.flows = new FlowTable({
-      makePipeline: () => new FlowPipeline({ keys: o.keys, rtpPackets: o.rtpPackets, hashAppData: o.hashAppData }),
+      makePipeline: () =>
+        new FlowPipeline({ keys: o.keys, rtpPackets: o.rtpPackets, hashAppData: o.hashAppData, borrowedPlaintext: o.borrowedPlaintext }),
       onEvent: o.onEvent,
       onFlowEnd: (f, why) => {
         const t = this.totals as unknown as Record<string, number>;

@@ -132,7 +132,17 @@ export interface DtlsSessionOptions {
    * is reported by the guard (`flow_uninspected`, `flow_blocked`), not record by record.
    */
   reportHeld?: boolean;
+  /**
+   * Application data handed to onAppData may lie in a buffer the session reuses for the
+   * next record (DTLS 1.2 AES-GCM with the addon): valid only during the call, copied by
+   * whoever keeps it (default false: every plaintext is a Buffer of its own). Offline
+   * inspection sets it (CaptureInspectorOptions.borrowedPlaintext).
+   */
+  borrowedPlaintext?: boolean;
 }
+
+/** Largest DTLSCiphertext fragment (RFC 6347 §4.1 / RFC 5246 §6.2.3: 2^14 + 2048). */
+const MAX_CIPHERTEXT_FRAGMENT = (1 << 14) + 2048;
 
 export interface AssociationInfo {
   id: string;
@@ -218,6 +228,8 @@ export class DtlsSession {
   private readonly maxAssoc: number;
   private readonly maxBacklogRecords: number;
   private readonly maxBacklogBytes: number;
+  /** DtlsSessionOptions.borrowedPlaintext: the buffer DTLS 1.2 AES-GCM plaintexts are decrypted into. */
+  private readonly plaintextInto: Buffer | undefined;
 
   /** Newest last. */
   private assocs: Assoc[] = [];
@@ -256,6 +268,7 @@ export class DtlsSession {
     this.maxAssoc = opts.maxAssociations ?? 8;
     this.maxBacklogRecords = opts.maxBacklogRecords ?? 256;
     this.maxBacklogBytes = opts.maxBacklogBytes ?? 1 << 20;
+    this.plaintextInto = opts.borrowedPlaintext ? Buffer.allocUnsafe(MAX_CIPHERTEXT_FRAGMENT) : undefined;
   }
 
   // ---------------------------------------------------------------- input
@@ -462,7 +475,8 @@ export class DtlsSession {
       this.opts.onAppData?.(plaintext, dir, id, time);
     } else if (r.type === CT_HANDSHAKE) {
       const rawDir = a ? (dir === 'c2s' ? a.clientSide : flip(a.clientSide)) : raw;
-      this.onHandshakeFragments(plaintext, rawDir, r.epoch, time);
+      // Handshake messages may be kept (fragments reassembled): never a borrowed view.
+      this.onHandshakeFragments(this.plaintextInto ? Buffer.from(plaintext) : plaintext, rawDir, r.epoch, time);
     }
     return true;
   }
@@ -561,7 +575,7 @@ export class DtlsSession {
   /** Decrypts with one key set. Roles known from the handshake give one direction; keys for
    * a handshake this flow did not show are tried both ways (the one that authenticates tells). */
   private tryEntry(e: KeyEntry, r: DtlsRecord, raw: Direction): { plaintext: Buffer; dir: Direction } | null {
-    if (!e.dec) e.dec = makeDecryptors(e.ks);
+    if (!e.dec) e.dec = makeDecryptors(e.ks, this.plaintextInto);
     if (!e.dec) return null;
     const a = this.assocs.find((x) => x.id === e.id);
     const first: Direction = a ? this.roleDir(a, raw) : raw;
@@ -946,22 +960,22 @@ export class DtlsSession {
   }
 }
 
-function makeDecryptors(ks: KeySet): { c2s: DtlsRecordDecryptor; s2c: DtlsRecordDecryptor } | null {
+/** `into`: DtlsDecryptorOptions.plaintextInto (DtlsSessionOptions.borrowedPlaintext). */
+function makeDecryptors(ks: KeySet, into?: Buffer): { c2s: DtlsRecordDecryptor; s2c: DtlsRecordDecryptor } | null {
   if (!ks.clientWriteKey || !ks.serverWriteKey) return null;
+  const opts = into ? { plaintextInto: into } : {};
   try {
     return {
-      c2s: new DtlsRecordDecryptor(ks.cipherSuite, {
-        key: ks.clientWriteKey,
-        iv: ks.clientWriteIv,
-        macKey: ks.clientMacKey,
-        encryptThenMac: ks.encryptThenMac,
-      }),
-      s2c: new DtlsRecordDecryptor(ks.cipherSuite, {
-        key: ks.serverWriteKey,
-        iv: ks.serverWriteIv,
-        macKey: ks.serverMacKey,
-        encryptThenMac: ks.encryptThenMac,
-      }),
+      c2s: new DtlsRecordDecryptor(
+        ks.cipherSuite,
+        { key: ks.clientWriteKey, iv: ks.clientWriteIv, macKey: ks.clientMacKey, encryptThenMac: ks.encryptThenMac },
+        opts,
+      ),
+      s2c: new DtlsRecordDecryptor(
+        ks.cipherSuite,
+        { key: ks.serverWriteKey, iv: ks.serverWriteIv, macKey: ks.serverMacKey, encryptThenMac: ks.encryptThenMac },
+        opts,
+      ),
     };
   } catch {
     return null;

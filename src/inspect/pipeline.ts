@@ -106,6 +106,12 @@ export interface PipelineOptions {
    * the hash is most of the work, and nothing reads it otherwise.
    */
   hashAppData?: boolean;
+  /**
+   * DtlsSessionOptions.borrowedPlaintext: an `appdata` event's `data` is valid only during
+   * the listener's call (offline inspection, whose listeners keep nothing of it; the data
+   * channel tracker copies what it keeps). Default false.
+   */
+  borrowedPlaintext?: boolean;
 }
 
 export function newCounters(): PipelineCounters {
@@ -205,6 +211,7 @@ export class FlowPipeline {
       keyLog: opts.keys.keyLog,
       // Live (the guard feeds the session on arrival): held records wait for escrowed keys quietly.
       reportHeld: !this.dtlsExternal,
+      borrowedPlaintext: opts.borrowedPlaintext === true,
       // DTLS 1.3 records: the session's default opener over src/wire/dtls13.ts.
     });
   }

@@ -103,6 +103,15 @@ export interface DirectionKeys {
 }
 
 const TAG_LEN = 16; // RFC 5116 §5.1 / RFC 8439 §2.8: 16-byte AEAD tags
+
+export interface DtlsDecryptorOptions {
+  /**
+   * AES-GCM with the native addon: plaintexts are written into this buffer (when large
+   * enough) and returned as views of it, valid only until the next record decrypted into
+   * it. No allocation per record, for callers that copy what they keep.
+   */
+  plaintextInto?: Buffer;
+}
 const CBC_BLOCK = 16;
 
 /**
@@ -186,8 +195,11 @@ export class DtlsRecordDecryptor {
   private readonly nonce = Buffer.alloc(12);
   /** Reused OpenSSL GCM context (native addon), when built. */
   private readonly gcmNative: GcmOpener | null;
+  /** DtlsDecryptorOptions.plaintextInto */
+  private readonly into: Buffer | undefined;
 
-  constructor(suite: number, keys: DirectionKeys) {
+  constructor(suite: number, keys: DirectionKeys, opts: DtlsDecryptorOptions = {}) {
+    this.into = opts.plaintextInto;
     const info = CIPHER_SUITES.get(suite);
     if (!info) throw new DtlsCryptoError(`unsupported cipher suite 0x${suite.toString(16)}`);
     checkKeys(info, keys);
@@ -237,7 +249,7 @@ export class DtlsRecordDecryptor {
     const ctLen = f.length - 8 - TAG_LEN;
     // RFC 5246 §6.2.3.3: additional_data = seq_num + type + version + length (of the plaintext)
     recordAad(this.aad, type, version, epoch, seq, ctLen);
-    if (this.gcmNative) return this.gcmNative.openExplicitAt(this.iv, this.aad, f, 8, ctLen);
+    if (this.gcmNative) return this.gcmNative.openExplicitAt(this.iv, this.aad, f, 8, ctLen, this.into);
     this.iv.copy(this.nonce, 0, 0, 4);
     f.copy(this.nonce, 4, 0, 8);
     const d = createDecipheriv(aesName(this.suite.keyLen, 'gcm') as 'aes-128-gcm', this.key, this.nonce, { authTagLength: TAG_LEN });

@@ -141,8 +141,10 @@ export class GcmOpener {
    * A DTLS 1.2 AES-GCM record as it lies in its datagram (RFC 5288 §3): the 8-octet
    * nonce_explicit at src[ctOff-8..ctOff), then the ciphertext and its tag. The nonce,
    * salt(4) || nonce_explicit(8), is written straight into the context's IV (no copies).
+   * The plaintext is a fresh Buffer, or a view of `into` when given and large enough (the
+   * caller's to reuse: no allocation per record).
    */
-  openExplicitAt(salt: Buffer, aad: Buffer, src: Buffer, ctOff: number, ctLen: number): Buffer | null {
+  openExplicitAt(salt: Buffer, aad: Buffer, src: Buffer, ctOff: number, ctLen: number, into?: Buffer): Buffer | null {
     if (salt.length !== 4 || ctOff < 8 || ctLen < 0 || ctOff + ctLen + 16 > src.length) return null;
     const iv = this.iv;
     iv[0] = salt[0]!;
@@ -150,7 +152,7 @@ export class GcmOpener {
     iv[2] = salt[2]!;
     iv[3] = salt[3]!;
     for (let i = 0; i < 8; i++) iv[4 + i] = src[ctOff - 8 + i]!;
-    const out = Buffer.allocUnsafe(ctLen);
+    const out = into && into.length >= ctLen ? into.subarray(0, ctLen) : Buffer.allocUnsafe(ctLen);
     return this.ctx.gcmOpenAt(aad, src, ctOff, ctLen, out) ? out : null;
   }
 }
