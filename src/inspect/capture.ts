@@ -23,6 +23,8 @@ import {
   decodeIp,
   decodeTransport,
   linkPayloadOffset,
+  newUdp4View,
+  readUdp4,
   type TcpSegment,
 } from '../wire/netpkt.js';
 import type { InspectEvent } from './events.js';
@@ -337,6 +339,8 @@ export class CaptureInspector {
   /** Pipeline counters summed over flows that have ended (all of them after finish()). */
   readonly totals: PipelineCounters = newCounters();
   private readonly reasm = new IpReassembler();
+  /** readUdp4's output, reused for every packet. */
+  private readonly udp4 = newUdp4View();
   private readonly tcpConns = new Map<string, TcpConn>();
   private readonly maxTcp: number;
   private readonly idleMs: number;
@@ -369,6 +373,13 @@ export class CaptureInspector {
     if (off < 0) {
       if (!SUPPORTED_LINKTYPES.includes(p.linktype)) s.unsupportedLink++;
       else s.notIp++;
+      return;
+    }
+    // Most packets: unfragmented IPv4/UDP, read without the decoders' objects.
+    const u = this.udp4;
+    if (readUdp4(p.data, off, u)) {
+      s.udp++;
+      this.datagram('udp', u.src, u.srcPort, u.dst, u.dstPort, p.data.subarray(u.payloadStart, u.payloadEnd), p.time);
       return;
     }
     let ip = decodeIp(p.data, off);

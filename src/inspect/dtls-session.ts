@@ -52,6 +52,8 @@ import {
   parseServerHello,
   readHandshakeHeader,
   readRecord,
+  MAX_FRAGMENT_LEN,
+  RECORD_HEADER_LEN,
   type ClientHello,
   type DtlsRecord,
   type HandshakeHeader,
@@ -139,6 +141,11 @@ export interface DtlsSessionOptions {
    * inspection sets it (CaptureInspectorOptions.borrowedPlaintext).
    */
   borrowedPlaintext?: boolean;
+  /**
+   * The steady-state shortcut for single application_data records (default true); false
+   * sends every datagram through the general record loop (tests compare the two).
+   */
+  steady?: boolean;
 }
 
 /** Largest DTLSCiphertext fragment (RFC 6347 §4.1 / RFC 5246 §6.2.3: 2^14 + 2048). */
@@ -230,6 +237,10 @@ export class DtlsSession {
   private readonly maxBacklogBytes: number;
   /** DtlsSessionOptions.borrowedPlaintext: the buffer DTLS 1.2 AES-GCM plaintexts are decrypted into. */
   private readonly plaintextInto: Buffer | undefined;
+  /** DtlsSessionOptions.steady */
+  private readonly steady: boolean;
+  /** Datagrams the steady-state shortcut handled (not in stats: those are the same either way). */
+  steadyDatagrams = 0;
 
   /** Newest last. */
   private assocs: Assoc[] = [];
@@ -269,6 +280,7 @@ export class DtlsSession {
     this.maxBacklogRecords = opts.maxBacklogRecords ?? 256;
     this.maxBacklogBytes = opts.maxBacklogBytes ?? 1 << 20;
     this.plaintextInto = opts.borrowedPlaintext ? Buffer.allocUnsafe(MAX_CIPHERTEXT_FRAGMENT) : undefined;
+    this.steady = opts.steady !== false;
   }
 
   // ---------------------------------------------------------------- input
@@ -281,6 +293,7 @@ export class DtlsSession {
    */
   feed(datagram: Buffer, dir: Direction, time: number, tag = -1, owned = false): void {
     if (this.closed) return;
+    if (this.steady && this.steadyAppData(datagram, dir, time, tag, owned)) return;
     this.stats.datagrams++;
     this.tagNow = tag;
     this.ownedNow = owned;
@@ -304,6 +317,48 @@ export class DtlsSession {
       else if (r.epoch === 0) this.onPlaintext(r, dir, time);
       else this.onProtected(r, dir, time, false);
     }
+  }
+
+  /**
+   * The steady state of a session, most of its datagrams: one DTLS 1.2 application_data
+   * record (RFC 6347 §4.1) of the epoch whose verified keys decrypted the last record.
+   * Handled with the effects the loop below has for it (counts, the plaintext to
+   * onAppData), without parsing it into a record or looking the keys up again. False, with
+   * nothing changed, for anything else (including a record that does not authenticate:
+   * the loop then decrypts it again and reports it).
+   */
+  private steadyAppData(datagram: Buffer, dir: Direction, time: number, tag: number, owned: boolean): boolean {
+    const f = this.fast;
+    if (f === null || f.entry.status !== 'verified' || !f.entry.dec) return false;
+    const n = datagram.length;
+    // RFC 6347 §4.1: type(1) version(2) epoch(2) sequence_number(6) length(2); DTLS versions are 254.x.
+    if (n < RECORD_HEADER_LEN || datagram[0] !== CT_APPLICATION_DATA || datagram[1] !== 0xfe) return false;
+    const len = (datagram[11]! << 8) | datagram[12]!;
+    if (RECORD_HEADER_LEN + len !== n || len > MAX_FRAGMENT_LEN) return false;
+    const epoch = (datagram[3]! << 8) | datagram[4]!;
+    if (epoch !== f.epoch) return false;
+    const version = (datagram[1]! << 8) | datagram[2]!;
+    const seq = datagram.readUIntBE(5, 6);
+    const d: Direction = dir === f.clientSide ? 'c2s' : 's2c';
+    const pt = f.entry.dec[d].decryptAt(CT_APPLICATION_DATA, version, epoch, seq, datagram, RECORD_HEADER_LEN, len);
+    if (!pt) return false;
+    // What feed() and onProtected() do for this datagram.
+    this.steadyDatagrams++;
+    this.stats.datagrams++;
+    this.tagNow = tag;
+    this.ownedNow = owned;
+    this.lastUnauthenticated = 0;
+    this.lastUnauthenticatedHandshake = 0;
+    this.stats.records++;
+    this.stats.firstProtectedAt ??= time;
+    this.stats.decrypted++;
+    this.onAuthenticated?.(tag);
+    const id = f.entry.id;
+    const a = this.assocs.find((x) => x.id === id);
+    this.stats.appDataBytes += pt.length;
+    if (a) a.completed = true;
+    this.opts.onAppData?.(pt, d, id, time);
+    return true;
   }
 
   // ---------------------------------------------------------------- keys

@@ -237,6 +237,23 @@ export class DtlsRecordDecryptor {
     }
   }
 
+  /**
+   * decrypt() of the fragment buf[off..off+len) where it lies (no view made of it for
+   * AES-GCM with the addon). Never throws.
+   */
+  decryptAt(type: number, version: number, epoch: number, seq: number, buf: Buffer, off: number, len: number): Buffer | null {
+    if (this.gcmNative === null) return this.decrypt(type, version, epoch, seq, buf.subarray(off, off + len));
+    // RFC 5288 §3: nonce_explicit(8) || ciphertext || tag(16).
+    if (len < 8 + TAG_LEN || off < 0 || off + len > buf.length) return null;
+    const ctLen = len - 8 - TAG_LEN;
+    recordAad(this.aad, type, version, epoch, seq, ctLen); // RFC 5246 §6.2.3.3
+    try {
+      return this.gcmNative.openExplicitAt(this.iv, this.aad, buf, off + 8, ctLen, this.into);
+    } catch {
+      return null;
+    }
+  }
+
   /** Zeroes the key copies held by this object. Cipher state inside OpenSSL is released by GC. */
   wipe(): void {
     this.key.fill(0);

@@ -198,6 +198,48 @@ function decodeIpv4(buf: Buffer, off: number): IpPacket | null {
   };
 }
 
+/** Where readUdp4 puts what it read (one object, reused). */
+export interface Udp4View {
+  src: string;
+  dst: string;
+  srcPort: number;
+  dstPort: number;
+  /** The UDP payload is buf[payloadStart..payloadEnd). */
+  payloadStart: number;
+  payloadEnd: number;
+}
+
+export function newUdp4View(): Udp4View {
+  return { src: '', dst: '', srcPort: 0, dstPort: 0, payloadStart: 0, payloadEnd: 0 };
+}
+
+/**
+ * decodeIp + decodeTransport for the packets that are most of a capture, without their
+ * objects: an unfragmented IPv4 packet carrying UDP at `off`, read by the same rules
+ * (RFC 791 §3.1, RFC 768). Fills `out` and returns true; false, with `out` unspecified,
+ * for anything else (IPv6, fragments, other protocols, malformed: decode it with decodeIp).
+ */
+export function readUdp4(buf: Buffer, off: number, out: Udp4View): boolean {
+  if (off < 0 || buf.length - off < 20 || buf[off]! >> 4 !== 4) return false;
+  const ihl = (buf[off]! & 0x0f) * 4;
+  if (ihl < 20) return false;
+  const total = u16(buf, off + 2);
+  const end = total === 0 ? buf.length : off + total; // as decodeIpv4: 0 with TSO captures
+  if (end > buf.length || end < off + ihl) return false;
+  if ((u16(buf, off + 6) & 0x3fff) !== 0 || buf[off + 9] !== IPPROTO_UDP) return false; // MF or offset: a fragment
+  const u = off + ihl;
+  if (end - u < 8) return false;
+  const len = u16(buf, u + 4);
+  if (len < 8 || len > end - u) return false;
+  out.src = ipv4Text(buf, off + 12);
+  out.dst = ipv4Text(buf, off + 16);
+  out.srcPort = u16(buf, u);
+  out.dstPort = u16(buf, u + 2);
+  out.payloadStart = u + 8;
+  out.payloadEnd = u + len;
+  return true;
+}
+
 /**
  * The text of an IPv4 address, cached by its 32-bit value: a capture or a queue sees few
  * addresses, so most packets get the same string (no allocation, and the flow table's
