@@ -5,7 +5,7 @@
   "targets": [
     {
       "target_name": "gatehouse_native",
-      "sources": ["srtp_openssl.c", "crc32c.c", "dfa.c"],
+      "sources": ["srtp_openssl.c", "crc32c.c", "dfa.c", "prf.c"],
       "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"],
       "defines": ["NAPI_DISABLE_CPP_EXCEPTIONS"]
     }

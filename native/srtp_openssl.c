@@ -27,6 +27,7 @@
 
 #include "crc32c.h"
 #include "dfa.h"
+#include "prf.h"
 
 typedef struct {
   int aead;
@@ -420,7 +421,7 @@ static napi_value init(napi_env env, napi_value exports) {
   CHECK(napi_set_named_property(env, exports, "SrtpCrypto", cls));
   CHECK(napi_create_string_utf8(env, OpenSSL_version(OPENSSL_VERSION), NAPI_AUTO_LENGTH, &ver));
   CHECK(napi_set_named_property(env, exports, "openssl", ver));
-  if (!crc32c_register(env, exports) || !dfa_register(env, exports)) {
+  if (!crc32c_register(env, exports) || !dfa_register(env, exports) || !prf_register(env, exports)) {
     napi_throw_error(env, NULL, "gatehouse_native: N-API failure");
     return NULL;
   }

@@ -66,6 +66,11 @@ export interface NativeCrypto {
    */
   sctpChecksum?: (pkt: Buffer) => number;
   /**
+   * The TLS 1.2 PRF (RFC 5246 §5, P_SHA256 or P_SHA384) of secret over labelAndSeed,
+   * filling out; native/prf.c. Absent in older builds.
+   */
+  tls12Prf?: (sha384: boolean, secret: Buffer, labelAndSeed: Buffer, out: Buffer) => void;
+  /**
    * One pass of a dense DFA (src/policy/matcher.ts) over data; native/dfa.c. Returns how
    * many distinct accepting states it wrote into hits, or -1 when hits is too small.
    */

@@ -19,6 +19,7 @@
  */
 import { DTLS13_PREFIX, tls13Exporter as hkdfTls13Exporter } from './hkdf.js';
 import { createHash, createHmac } from 'node:crypto';
+import { loadNative } from './native.js';
 
 export type PrfHash = 'sha256' | 'sha384';
 
@@ -31,6 +32,18 @@ export { hashLength } from './hkdf.js';
 export function tls12Prf(hash: PrfHash, secret: Buffer, label: string, seed: Buffer, length: number): Buffer {
   const fullSeed = Buffer.concat([Buffer.from(label, 'latin1'), seed]);
   const out = Buffer.alloc(length);
+  // The addon's P_hash (native/prf.c): one call instead of an HMAC object per block.
+  const native = loadNative()?.tls12Prf;
+  if (native) {
+    native(hash === 'sha384', secret, fullSeed, out);
+    return out;
+  }
+  return tls12PrfJs(hash, secret, fullSeed, out);
+}
+
+/** tls12Prf with node's HMAC (the addon not built); also the reference its tests compare with. */
+export function tls12PrfJs(hash: PrfHash, secret: Buffer, fullSeed: Buffer, out: Buffer): Buffer {
+  const length = out.length;
   let a: Buffer = fullSeed;
   let off = 0;
   while (off < length) {

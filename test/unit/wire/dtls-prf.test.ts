@@ -10,8 +10,10 @@ import {
   tls12Exporter,
   tls12KeyBlock,
   tls12Prf,
+  tls12PrfJs,
   tls13Exporter,
 } from '../../../src/wire/tls-prf.js';
+import { loadNative } from '../../../src/wire/native.js';
 import { CT_APPLICATION_DATA, parseRecords, parseServerHello, parseClientHello, readHandshakeHeader } from '../../../src/wire/dtls.js';
 import { DtlsRecordDecryptor, cipherSuiteInfo } from '../../../src/wire/dtls-crypto.js';
 import { KeyLog } from '../../../src/inspect/keylog.js';
@@ -173,4 +175,39 @@ t.test('known answer from a real OpenSSL session: key block from the key log aut
       );
     }
   }
+});
+
+t.test('the addon’s TLS 1.2 PRF (native/prf.c) and the JS one agree, and the JS one matches OpenSSL', async (t) => {
+  for (const hash of ['sha256', 'sha384'] as const) {
+    const secret = randomBytes(48);
+    const seed = randomBytes(64);
+    const js = tls12PrfJs(hash, secret, Buffer.concat([Buffer.from('key expansion'), seed]), Buffer.alloc(104));
+    if (haveOpensslKdf)
+      t.ok(js.equals(opensslPrf(hash.toUpperCase(), secret, 'key expansion', seed, 104)), `${hash}: JS PRF against OpenSSL`);
+  }
+  const nat = loadNative();
+  // .ci/run builds the addon: in CI a missing one is a failure (this test would pass vacuously).
+  if (!nat?.tls12Prf) {
+    if (process.env.CI) t.fail('CI: native addon without tls12Prf (npm run build:native)');
+    else t.comment('skipped: native addon not built');
+    return;
+  }
+  const prf = nat.tls12Prf;
+  let n = 0;
+  for (const hash of ['sha256', 'sha384'] as const) {
+    // Secrets shorter than, as long as and longer than the hash block (RFC 2104 §2 hashes those), empty too.
+    for (const secretLen of [0, 1, 48, 64, 128, 129, 300]) {
+      for (const outLen of [0, 1, 31, 32, 33, 48, 104, 200]) {
+        const secret = randomBytes(secretLen);
+        const seed = randomBytes(1 + ((secretLen * 7 + outLen) % 90));
+        const a = Buffer.alloc(outLen);
+        prf(hash === 'sha384', secret, seed, a);
+        const b = tls12PrfJs(hash, secret, seed, Buffer.alloc(outLen));
+        if (!a.equals(b)) t.fail(`${hash} secret ${secretLen} out ${outLen}`);
+        n++;
+      }
+    }
+  }
+  t.equal(n, 112, 'every case compared');
+  t.throws(() => prf(false, Buffer.alloc(1), 'seed' as unknown as Buffer, Buffer.alloc(1)), /tls12Prf/);
 });
