@@ -88,7 +88,8 @@ export interface ReadCaptureOptions {
   highWaterMark?: number;
   /**
    * Read into two buffers used in turn instead of a new one per chunk: a record's `data`
-   * is then valid only until onPacket returns (the next reads overwrite it). Fresh chunks
+   * is then valid only until onPacket returns (the next reads overwrite it), and the
+   * CapturedPacket object itself is the same one for every record. Fresh chunks
    * cost their pages (a page fault and a zeroed page per 4 KiB, then a GC of external
    * memory): 36 ms against 8 ms for the bench's 66 MB capture. For callers that keep
    * nothing of a record (CaptureInspector copies what it keeps: IP fragments, TCP
@@ -152,6 +153,7 @@ export async function readCapture(
   const chunkSize = Math.max(opts.highWaterMark ?? 1 << 20, 64);
   const reuse = opts.reuseChunks === true;
   const buffers = reuse ? [Buffer.allocUnsafeSlow(chunkSize), Buffer.allocUnsafeSlow(chunkSize)] : [];
+  const shared: CapturedPacket | null = reuse ? { time: 0, linktype, data: buffers[0]!.subarray(0, 0), origLength: 0 } : null;
   let turn = 0;
   let fh: FileHandle;
   try {
@@ -193,7 +195,13 @@ export async function readCapture(
       off += 16 + capLen;
       summary.packets++;
       summary.bytes += capLen;
-      onPacket({ time: sec * 1000 + (nano ? sub / 1e6 : sub / 1e3), linktype, data, origLength });
+      const time = sec * 1000 + (nano ? sub / 1e6 : sub / 1e3);
+      if (shared) {
+        shared.time = time;
+        shared.data = data;
+        shared.origLength = origLength;
+        onPacket(shared);
+      } else onPacket({ time, linktype, data, origLength });
     }
     return off;
   };

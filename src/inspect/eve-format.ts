@@ -237,8 +237,13 @@ const SIZE_OPEN = Buffer.from(',"appdata":{"size":', 'latin1');
 const HASH_OPEN = Buffer.from(',"sha256":"', 'latin1');
 /** Bytes an appdata line needs beyond its header: the parts above, 23 + 10 + 64 digits, closers. */
 const APPDATA_LINE_EXTRA = 14 + 23 + 9 + 19 + 16 + 11 + 64 + 4;
-let stampBytesSecond = NaN;
-const stampBytes = Buffer.alloc(20);
+/**
+ * The date part ("2026-11-22T10:00:00.") of the last few seconds of packet time, direct
+ * mapped by second: a capture's flows interleave a handful of seconds.
+ */
+const STAMP_SLOTS = 64;
+const stampSeconds = new Float64Array(STAMP_SLOTS).fill(NaN);
+const stampSlots = Buffer.alloc(STAMP_SLOTS * 20);
 
 /** Writes the decimal digits of a non-negative integer below 2^53 at off; returns the new offset. */
 function writeDigits(out: Buffer, off: number, n: number): number {
@@ -266,14 +271,15 @@ export function encodeEveLine(e: InspectEvent, f: FlowMeta, out: Buffer, off: nu
   const head = (h.bytes ??= Buffer.from(h.text, 'utf8'));
   if (off + head.length + APPDATA_LINE_EXTRA > out.length) return -2;
   const sec = Math.floor(whole / 1000);
-  if (sec !== stampBytesSecond) {
-    stampBytesSecond = sec;
-    stampBytes.write(eveTimestamp(sec * 1000).slice(0, 20), 0, 'latin1'); // "2026-11-22T10:00:00."
+  const slot = sec % STAMP_SLOTS;
+  if (stampSeconds[slot] !== sec) {
+    stampSeconds[slot] = sec;
+    stampSlots.write(eveTimestamp(sec * 1000).slice(0, 20), slot * 20, 'latin1'); // "2026-11-22T10:00:00."
   }
   const ms = whole - sec * 1000;
   out.set(STAMP_OPEN, off);
   off += STAMP_OPEN.length;
-  out.set(stampBytes, off);
+  stampSlots.copy(out, off, slot * 20, slot * 20 + 20);
   off += 20;
   out[off++] = 48 + Math.floor(ms / 100);
   out[off++] = 48 + (Math.floor(ms / 10) % 10);
