@@ -338,7 +338,10 @@ export class DtlsSession {
     const epoch = (datagram[3]! << 8) | datagram[4]!;
     if (epoch !== f.epoch) return false;
     const version = (datagram[1]! << 8) | datagram[2]!;
-    const seq = datagram.readUIntBE(5, 6);
+    // 48-bit sequence_number (bytes 5..10), as readRecord reads it.
+    const seq =
+      (datagram[5]! * 0x10000 + ((datagram[6]! << 8) | datagram[7]!)) * 0x1000000 +
+      ((datagram[8]! << 16) | (datagram[9]! << 8) | datagram[10]!);
     const d: Direction = dir === f.clientSide ? 'c2s' : 's2c';
     const pt = f.entry.dec[d].decryptAt(CT_APPLICATION_DATA, version, epoch, seq, datagram, RECORD_HEADER_LEN, len);
     if (!pt) return false;

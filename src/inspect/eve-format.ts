@@ -243,7 +243,7 @@ const APPDATA_LINE_EXTRA = 14 + 23 + 9 + 19 + 16 + 11 + 64 + 4;
  */
 const STAMP_SLOTS = 64;
 const stampSeconds = new Float64Array(STAMP_SLOTS).fill(NaN);
-const stampSlots = Buffer.alloc(STAMP_SLOTS * 20);
+const stampSlots = Array.from({ length: STAMP_SLOTS }, () => Buffer.alloc(20));
 
 /** Writes the decimal digits of a non-negative integer below 2^53 at off; returns the new offset. */
 function writeDigits(out: Buffer, off: number, n: number): number {
@@ -274,12 +274,12 @@ export function encodeEveLine(e: InspectEvent, f: FlowMeta, out: Buffer, off: nu
   const slot = sec % STAMP_SLOTS;
   if (stampSeconds[slot] !== sec) {
     stampSeconds[slot] = sec;
-    stampSlots.write(eveTimestamp(sec * 1000).slice(0, 20), slot * 20, 'latin1'); // "2026-11-22T10:00:00."
+    stampSlots[slot]!.write(eveTimestamp(sec * 1000).slice(0, 20), 0, 'latin1'); // "2026-11-22T10:00:00."
   }
   const ms = whole - sec * 1000;
   out.set(STAMP_OPEN, off);
   off += STAMP_OPEN.length;
-  stampSlots.copy(out, off, slot * 20, slot * 20 + 20);
+  out.set(stampSlots[slot]!, off);
   off += 20;
   out[off++] = 48 + Math.floor(ms / 100);
   out[off++] = 48 + (Math.floor(ms / 10) % 10);
