@@ -304,11 +304,14 @@ export async function runInspect(argv: string[], io: Io): Promise<number> {
 
   const out = new LineWriter(io.stdout);
   const counts = new Map<string, number>();
+  /** Of counts, the `appdata` events (most of them), kept apart from the map until the end. */
+  let appdata = 0;
   let alerts = 0;
   let lastStamp = '';
   const alerted = new Set<string>();
   const onEvent = (e: InspectEvent, flow: FlowRecord): void => {
-    counts.set(e.type, (counts.get(e.type) ?? 0) + 1);
+    if (e.type === 'appdata') appdata++;
+    else counts.set(e.type, (counts.get(e.type) ?? 0) + 1);
     out.eve(e, flow.meta);
     if (!policy) return;
     const subject = subjectOf(e, flow.meta);
@@ -394,7 +397,7 @@ export async function runInspect(argv: string[], io: Io): Promise<number> {
     stats: inspector.stats,
     totals: inspector.totals,
     flowsCreated: inspector.flows.stats.created,
-    counts: Object.fromEntries(counts),
+    counts: Object.fromEntries(appdata > 0 ? [...counts, ['appdata', appdata]] : counts),
   };
   io.stderr.write(summaryLines(r, keys, policy !== null, alerts).join('\n') + '\n');
   return 0;

@@ -357,9 +357,9 @@ export class DtlsSession {
     this.stats.decrypted++;
     this.onAuthenticated?.(tag);
     const id = f.entry.id;
-    const a = this.assocs.find((x) => x.id === id);
+    const assocs = this.assocs;
+    for (let i = 0; i < assocs.length; i++) if (assocs[i]!.id === id) assocs[i]!.completed = true; // ids are unique
     this.stats.appDataBytes += pt.length;
-    if (a) a.completed = true;
     this.opts.onAppData?.(pt, d, id, time);
     return true;
   }
