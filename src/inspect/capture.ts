@@ -38,6 +38,7 @@ import {
   type PipelineCounters,
 } from './pipeline.js';
 import { TurnUnwrapper, type Endpoint } from './turn-unwrap.js';
+import { MAX_FRAGMENT_LEN } from '../wire/dtls.js';
 
 export interface CapturedPacket {
   /** Milliseconds since the epoch (fractional: microsecond or better precision). */
@@ -282,7 +283,11 @@ export interface CaptureInspectorOptions {
   rtpPackets?: boolean;
   /** PipelineOptions.hashAppData (default true). */
   hashAppData?: boolean;
-  /** PipelineOptions.borrowedPlaintext (default false). */
+  /**
+   * Decrypt the flows' DTLS 1.2 records into one buffer (PipelineOptions.plaintextInto,
+   * 18 KiB for the whole inspector): an `appdata` event's `data` is then valid only during
+   * onEvent. Default false.
+   */
   borrowedPlaintext?: boolean;
   maxFlows?: number;
   idleMs?: number;
@@ -355,10 +360,11 @@ export class CaptureInspector {
 
   constructor(o: CaptureInspectorOptions) {
     this.idleMs = o.idleMs ?? 10 * 60_000;
+    const into = o.borrowedPlaintext ? Buffer.allocUnsafe(MAX_FRAGMENT_LEN) : undefined;
     this.maxTcp = o.maxTcpConnections ?? 4096;
     this.flows = new FlowTable({
       makePipeline: () =>
-        new FlowPipeline({ keys: o.keys, rtpPackets: o.rtpPackets, hashAppData: o.hashAppData, borrowedPlaintext: o.borrowedPlaintext }),
+        new FlowPipeline({ keys: o.keys, rtpPackets: o.rtpPackets, hashAppData: o.hashAppData, ...(into ? { plaintextInto: into } : {}) }),
       onEvent: o.onEvent,
       onFlowEnd: (f, why) => {
         const t = this.totals as unknown as Record<string, number>;

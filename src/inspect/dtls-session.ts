@@ -135,21 +135,19 @@ export interface DtlsSessionOptions {
    */
   reportHeld?: boolean;
   /**
-   * Application data handed to onAppData may lie in a buffer the session reuses for the
-   * next record (DTLS 1.2 AES-GCM with the addon): valid only during the call, copied by
-   * whoever keeps it (default false: every plaintext is a Buffer of its own). Offline
-   * inspection sets it (CaptureInspectorOptions.borrowedPlaintext).
+   * DTLS 1.2 AES-GCM records (with the addon) are decrypted into this buffer (at least
+   * MAX_FRAGMENT_LEN octets, shared by every session of an inspector): the application data
+   * handed to onAppData is then valid only during the call, copied by whoever keeps it.
+   * Absent (the default): every plaintext is a Buffer of its own. Offline inspection sets it
+   * (CaptureInspectorOptions.borrowedPlaintext).
    */
-  borrowedPlaintext?: boolean;
+  plaintextInto?: Buffer;
   /**
    * The steady-state shortcut for single application_data records (default true); false
    * sends every datagram through the general record loop (tests compare the two).
    */
   steady?: boolean;
 }
-
-/** Largest DTLSCiphertext fragment (RFC 6347 §4.1 / RFC 5246 §6.2.3: 2^14 + 2048). */
-const MAX_CIPHERTEXT_FRAGMENT = (1 << 14) + 2048;
 
 export interface AssociationInfo {
   id: string;
@@ -235,7 +233,7 @@ export class DtlsSession {
   private readonly maxAssoc: number;
   private readonly maxBacklogRecords: number;
   private readonly maxBacklogBytes: number;
-  /** DtlsSessionOptions.borrowedPlaintext: the buffer DTLS 1.2 AES-GCM plaintexts are decrypted into. */
+  /** DtlsSessionOptions.plaintextInto */
   private readonly plaintextInto: Buffer | undefined;
   /** DtlsSessionOptions.steady */
   private readonly steady: boolean;
@@ -279,7 +277,7 @@ export class DtlsSession {
     this.maxAssoc = opts.maxAssociations ?? 8;
     this.maxBacklogRecords = opts.maxBacklogRecords ?? 256;
     this.maxBacklogBytes = opts.maxBacklogBytes ?? 1 << 20;
-    this.plaintextInto = opts.borrowedPlaintext ? Buffer.allocUnsafe(MAX_CIPHERTEXT_FRAGMENT) : undefined;
+    this.plaintextInto = opts.plaintextInto;
     this.steady = opts.steady !== false;
   }
 
@@ -1018,7 +1016,7 @@ export class DtlsSession {
   }
 }
 
-/** `into`: DtlsDecryptorOptions.plaintextInto (DtlsSessionOptions.borrowedPlaintext). */
+/** `into`: DtlsDecryptorOptions.plaintextInto (DtlsSessionOptions.plaintextInto). */
 function makeDecryptors(ks: KeySet, into?: Buffer): { c2s: DtlsRecordDecryptor; s2c: DtlsRecordDecryptor } | null {
   if (!ks.clientWriteKey || !ks.serverWriteKey) return null;
   const opts = into ? { plaintextInto: into } : {};

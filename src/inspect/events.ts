@@ -99,7 +99,7 @@ export interface AppDataEvent extends EventBase {
   size: number;
   /** Absent when the pipeline was asked not to hash application data (PipelineOptions.hashAppData). */
   sha256?: string;
-  /** The record's plaintext; with PipelineOptions.borrowedPlaintext valid only during the listener's call. */
+  /** The record's plaintext; with PipelineOptions.plaintextInto valid only during the listener's call. */
   data: Buffer;
 }
 export interface RtpStreamEvent extends EventBase {

@@ -107,11 +107,11 @@ export interface PipelineOptions {
    */
   hashAppData?: boolean;
   /**
-   * DtlsSessionOptions.borrowedPlaintext: an `appdata` event's `data` is valid only during
-   * the listener's call (offline inspection, whose listeners keep nothing of it; the data
-   * channel tracker copies what it keeps). Default false.
+   * DtlsSessionOptions.plaintextInto: with it an `appdata` event's `data` is valid only
+   * during the listener's call (offline inspection, whose listeners keep nothing of it; the
+   * data channel tracker copies what it keeps). One buffer for all of an inspector's flows.
    */
-  borrowedPlaintext?: boolean;
+  plaintextInto?: Buffer;
 }
 
 export function newCounters(): PipelineCounters {
@@ -211,7 +211,7 @@ export class FlowPipeline {
       keyLog: opts.keys.keyLog,
       // Live (the guard feeds the session on arrival): held records wait for escrowed keys quietly.
       reportHeld: !this.dtlsExternal,
-      borrowedPlaintext: opts.borrowedPlaintext === true,
+      ...(opts.plaintextInto ? { plaintextInto: opts.plaintextInto } : {}),
       // DTLS 1.3 records: the session's default opener over src/wire/dtls13.ts.
     });
   }

@@ -9,6 +9,7 @@
  */
 import t from 'tap';
 import { KeyLog } from '../../../src/inspect/keylog.js';
+import { MAX_FRAGMENT_LEN } from '../../../src/wire/dtls.js';
 import type { Direction } from '../../../src/inspect/events.js';
 import { datagrams, harness, loadFixture } from './dtls-session-helpers.js';
 
@@ -46,7 +47,11 @@ for (const name of FIXTURES) {
     const fx = loadFixture(name);
     const input = withTrouble(datagrams(fx));
     const run = (steady: boolean, borrowedPlaintext: boolean) => {
-      const h = harness({ keyLog: KeyLog.parse(fx.keylog), steady, borrowedPlaintext });
+      const h = harness({
+        keyLog: KeyLog.parse(fx.keylog),
+        steady,
+        ...(borrowedPlaintext ? { plaintextInto: Buffer.alloc(MAX_FRAGMENT_LEN) } : {}),
+      });
       input.forEach((d, i) => h.session.feed(d.data, d.dir, 1000 + i));
       h.session.flush(1000 + input.length);
       return {
