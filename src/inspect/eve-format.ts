@@ -235,7 +235,11 @@ const STAMP_OPEN = Buffer.from('{"timestamp":"', 'latin1');
 const STAMP_CLOSE = Buffer.from('000+0000"', 'latin1');
 const SIZE_OPEN = Buffer.from(',"appdata":{"size":', 'latin1');
 const HASH_OPEN = Buffer.from(',"sha256":"', 'latin1');
-/** Bytes an appdata line needs beyond its header: the parts above, 23 + 10 + 64 digits, closers. */
+/**
+ * Bytes an appdata line may need beyond its header: STAMP_OPEN (14), the date and the
+ * milliseconds (23), STAMP_CLOSE (9), SIZE_OPEN (19), up to 16 size digits, HASH_OPEN (11),
+ * 64 hash digits, its closing quote and the two braces, and one byte left for the newline.
+ */
 const APPDATA_LINE_EXTRA = 14 + 23 + 9 + 19 + 16 + 11 + 64 + 4;
 /**
  * The date part ("2026-11-22T10:00:00.") of the last few seconds of packet time, direct
