@@ -226,7 +226,7 @@ export class DtlsRecordDecryptor {
     try {
       switch (this.suite.kind) {
         case 'gcm':
-          return this.gcm(type, version, epoch, seq, fragment);
+          return this.gcm(type, version, epoch, seq, fragment, 0, fragment.length);
         case 'chacha20':
           return this.chacha(type, version, epoch, seq, fragment);
         default:
@@ -238,17 +238,13 @@ export class DtlsRecordDecryptor {
   }
 
   /**
-   * decrypt() of the fragment buf[off..off+len) where it lies (no view made of it for
-   * AES-GCM with the addon). Never throws.
+   * decrypt() of the fragment buf[off..off+len) where it lies (AES-GCM reads it in place,
+   * no view made of it). Never throws.
    */
   decryptAt(type: number, version: number, epoch: number, seq: number, buf: Buffer, off: number, len: number): Buffer | null {
-    if (this.gcmNative === null) return this.decrypt(type, version, epoch, seq, buf.subarray(off, off + len));
-    // RFC 5288 §3: nonce_explicit(8) || ciphertext || tag(16).
-    if (len < 8 + TAG_LEN || off < 0 || off + len > buf.length) return null;
-    const ctLen = len - 8 - TAG_LEN;
-    recordAad(this.aad, type, version, epoch, seq, ctLen); // RFC 5246 §6.2.3.3
+    if (this.suite.kind !== 'gcm') return this.decrypt(type, version, epoch, seq, buf.subarray(off, off + len));
     try {
-      return this.gcmNative.openExplicitAt(this.iv, this.aad, buf, off + 8, ctLen, this.into);
+      return this.gcm(type, version, epoch, seq, buf, off, len);
     } catch {
       return null;
     }
@@ -261,18 +257,19 @@ export class DtlsRecordDecryptor {
   }
 
   // RFC 5288 §3: GenericAEADCipher = nonce_explicit(8) || ciphertext || tag(16); nonce = salt(4) || nonce_explicit.
-  private gcm(type: number, version: number, epoch: number, seq: number, f: Buffer): Buffer | null {
-    if (f.length < 8 + TAG_LEN) return null;
-    const ctLen = f.length - 8 - TAG_LEN;
+  // The fragment is buf[off..off+len).
+  private gcm(type: number, version: number, epoch: number, seq: number, buf: Buffer, off: number, len: number): Buffer | null {
+    if (len < 8 + TAG_LEN || off < 0 || off + len > buf.length) return null;
+    const ctLen = len - 8 - TAG_LEN;
     // RFC 5246 §6.2.3.3: additional_data = seq_num + type + version + length (of the plaintext)
     recordAad(this.aad, type, version, epoch, seq, ctLen);
-    if (this.gcmNative) return this.gcmNative.openExplicitAt(this.iv, this.aad, f, 8, ctLen, this.into);
+    if (this.gcmNative) return this.gcmNative.openExplicitAt(this.iv, this.aad, buf, off + 8, ctLen, this.into);
     this.iv.copy(this.nonce, 0, 0, 4);
-    f.copy(this.nonce, 4, 0, 8);
+    buf.copy(this.nonce, 4, off, off + 8);
     const d = createDecipheriv(aesName(this.suite.keyLen, 'gcm') as 'aes-128-gcm', this.key, this.nonce, { authTagLength: TAG_LEN });
     d.setAAD(this.aad);
-    d.setAuthTag(f.subarray(f.length - TAG_LEN));
-    const pt = d.update(f.subarray(8, 8 + ctLen));
+    d.setAuthTag(buf.subarray(off + len - TAG_LEN, off + len));
+    const pt = d.update(buf.subarray(off + 8, off + 8 + ctLen));
     d.final(); // throws when the tag does not verify
     return pt;
   }
