@@ -176,20 +176,34 @@ const lineHeads = new WeakMap<FlowMeta, { c2s?: LineHead; s2c?: LineHead; none?:
 
 /** Years 0..9999: eveTimestamp's form has a fixed length ("YYYY-MM-DDTHH:MM:SS.mmm"). */
 const LAST_FOUR_DIGIT_YEAR_MS = 253_402_300_800_000;
-let stampSecond = NaN;
-let stampPrefix = '';
+/**
+ * The date part ("2026-11-22T10:00:00.") of the last few seconds of packet time, as text
+ * and as bytes, direct mapped by second: a capture's flows interleave a handful of seconds.
+ */
+const STAMP_SLOTS = 64;
+const stampSeconds = new Float64Array(STAMP_SLOTS).fill(NaN);
+const stampTexts: string[] = new Array<string>(STAMP_SLOTS).fill('');
+const stampBytes = Array.from({ length: STAMP_SLOTS }, () => Buffer.alloc(20));
+
+/** The slot holding second `sec`'s date part (sec >= 0), filled on first use. */
+function stampSlot(sec: number): number {
+  const slot = sec % STAMP_SLOTS;
+  if (stampSeconds[slot] !== sec) {
+    stampSeconds[slot] = sec;
+    const text = eveTimestamp(sec * 1000).slice(0, 20);
+    stampTexts[slot] = text;
+    stampBytes[slot]!.write(text, 0, 'latin1');
+  }
+  return slot;
+}
 
 /** eveTimestamp(ms), the date part built once per second of packet time. */
 function lineTimestamp(ms: number): string {
   const whole = Math.floor(ms); // Date truncates fractions; for ms >= 0 that is floor
   if (!(whole >= 0 && whole < LAST_FOUR_DIGIT_YEAR_MS)) return eveTimestamp(ms);
   const sec = Math.floor(whole / 1000);
-  if (sec !== stampSecond) {
-    stampSecond = sec;
-    stampPrefix = eveTimestamp(sec * 1000).slice(0, 20); // "2026-11-22T10:00:00."
-  }
   const m = whole - sec * 1000;
-  return `${stampPrefix}${m < 10 ? '00' : m < 100 ? '0' : ''}${m}000+0000`;
+  return `${stampTexts[stampSlot(sec)]}${m < 10 ? '00' : m < 100 ? '0' : ''}${m}000+0000`;
 }
 
 /**
@@ -241,13 +255,6 @@ const HASH_OPEN = Buffer.from(',"sha256":"', 'latin1');
  * 64 hash digits, its closing quote and the two braces, and one byte left for the newline.
  */
 const APPDATA_LINE_EXTRA = 14 + 23 + 9 + 19 + 16 + 11 + 64 + 4;
-/**
- * The date part ("2026-11-22T10:00:00.") of the last few seconds of packet time, direct
- * mapped by second: a capture's flows interleave a handful of seconds.
- */
-const STAMP_SLOTS = 64;
-const stampSeconds = new Float64Array(STAMP_SLOTS).fill(NaN);
-const stampSlots = Array.from({ length: STAMP_SLOTS }, () => Buffer.alloc(20));
 
 /** Writes the decimal digits of a non-negative integer below 2^53 at off; returns the new offset. */
 function writeDigits(out: Buffer, off: number, n: number): number {
@@ -275,15 +282,11 @@ export function encodeEveLine(e: InspectEvent, f: FlowMeta, out: Buffer, off: nu
   const head = (h.bytes ??= Buffer.from(h.text, 'utf8'));
   if (off + head.length + APPDATA_LINE_EXTRA > out.length) return -2;
   const sec = Math.floor(whole / 1000);
-  const slot = sec % STAMP_SLOTS;
-  if (stampSeconds[slot] !== sec) {
-    stampSeconds[slot] = sec;
-    stampSlots[slot]!.write(eveTimestamp(sec * 1000).slice(0, 20), 0, 'latin1'); // "2026-11-22T10:00:00."
-  }
+  const slot = stampSlot(sec);
   const ms = whole - sec * 1000;
   out.set(STAMP_OPEN, off);
   off += STAMP_OPEN.length;
-  out.set(stampSlots[slot]!, off);
+  out.set(stampBytes[slot]!, off);
   off += 20;
   out[off++] = 48 + Math.floor(ms / 100);
   out[off++] = 48 + (Math.floor(ms / 10) % 10);
