@@ -17,7 +17,8 @@
  * The RSS bound (stated per run in the log): the RSS with all 5 040 flows open and idle
  * (the baseline) + the gateway's total buffer budget, min(gateway.max_buffered_bytes,
  * allocations × gateway.allocation_buffer_bytes) = min(64 MiB, 80 × 256 KiB) = 20 MiB,
- * + DATA_SLACK (64 MiB) for V8. Each direction of each flow is sent 16 KB of SRTP-looking
+ * + a slack for V8 and the allocator (DATA_SLACK, 96 MiB, with `hold`; PASS_SLACK, 160 MiB,
+ * with `pass`, where every datagram is relayed and so becomes garbage). Each direction of each flow is sent 16 KB of SRTP-looking
  * data that a `hold` flow must buffer, so a budget that does not hold breaks the bound by
  * more than the slack. The flows' own state (RSS with flows open − RSS before) is reported
  * and checked against PER_FLOW_BYTES per flow.
@@ -53,11 +54,17 @@ const PER_FLOW_BYTES = 32 * 1024;
 /**
  * Headroom on top of the buffer budget for what no bound of ours governs: V8 garbage
  * between major GCs (every relayed datagram is a fresh Buffer in Node's dgram; this test
- * relays ~160 MiB in about 20 s) and pages the allocator keeps. Measured here: 40-43 MiB
- * with `hold`, 74-76 MiB with `pass`. What the gateway itself keeps is checked exactly on the
- * gatehouse_gateway_buffered_bytes gauge; leaks by the live fuzzer (heap after a forced GC).
+ * relays ~160 MiB in about 20 s) and pages the allocator keeps. Measured on the machine of
+ * November 2026: 40-43 MiB with `hold`, 74-76 MiB with `pass`; on the one of December 2026
+ * (same 2 cores, Node 20.20.2; also at 7a61730, so not a change of ours): 53-54 MiB with
+ * `hold`, 117-126 MiB with `pass`, whose peak /metrics showed 77 MiB of external memory
+ * (relayed datagrams' Buffers V8 had not collected yet) against 8.8 MiB the gateway kept.
+ * What the gateway itself keeps is checked exactly on the gatehouse_gateway_buffered_bytes
+ * gauge; leaks by the live fuzzer (heap after a forced GC).
  */
 const DATA_SLACK = 96 * MiB;
+/** The slack of the `pass` run (see DATA_SLACK): its relayed datagrams are garbage. */
+const PASS_SLACK = 160 * MiB;
 const SRTP_PER_FLOW = 16; // × 1000 B per direction: 5 040 × 16 KB ≈ 79 MiB each way, 8× the budget
 const FLOOD = 100; // TCP connections from one source, > max_connections_per_source
 const PER_SOURCE = 64; // turn.max_connections_per_source (default, written into the config)
@@ -288,6 +295,7 @@ interface ScaleFigures {
   rssPeak: number;
   rssAfter: number;
   bound: number;
+  slack: number;
   sentByClients: number;
   sentByPeers: number;
   peersGot: number;
@@ -302,7 +310,7 @@ interface ScaleFigures {
   monitor: { probes: number; bindingFailed: number; healthFailed: number };
 }
 
-async function fiveThousandFlows(g: Gatehouse): Promise<ScaleFigures> {
+async function fiveThousandFlows(g: Gatehouse, slack: number): Promise<ScaleFigures> {
   const pid = g.child.pid!;
   // The peers: 63 loopback addresses, one UDP socket each.
   const peers: { ip: string; sock: Socket; port: number }[] = [];
@@ -422,7 +430,8 @@ async function fiveThousandFlows(g: Gatehouse): Promise<ScaleFigures> {
     openBound: rssBefore + flows * PER_FLOW_BYTES,
     rssPeak,
     rssAfter,
-    bound: rssOpen + budget + DATA_SLACK,
+    bound: rssOpen + budget + slack,
+    slack,
     sentByClients,
     sentByPeers,
     peersGot,
@@ -443,7 +452,7 @@ function report(t: Test, name: string, f: ScaleFigures): void {
   t.comment(
     `${name}: ${f.flows} flows opened (${f.refusedPermissions} refused) on ${f.allocations} allocations; RSS before ${m(f.rssBefore)}, ` +
       `flows open ${m(f.rssOpen)} (${((f.rssOpen - f.rssBefore) / f.flows / 1024).toFixed(1)} KiB/flow), peak ${m(f.rssPeak)}, after ${m(f.rssAfter)}; ` +
-      `bound ${m(f.bound)} = flows-open ${m(f.rssOpen)} + buffer budget ${m(budget)} (min(${m(MAX_BUFFERED)}, ${f.allocations} × ${ALLOCATION_BUFFER / 1024} KiB)) + slack ${m(DATA_SLACK)}`,
+      `bound ${m(f.bound)} = flows-open ${m(f.rssOpen)} + buffer budget ${m(budget)} (min(${m(MAX_BUFFERED)}, ${f.allocations} × ${ALLOCATION_BUFFER / 1024} KiB)) + slack ${m(f.slack)}`,
   );
   t.comment(
     `${name}: sent ${f.sentByClients} by clients, ${f.sentByPeers} by peers (${m((f.sentByClients + f.sentByPeers) * 850)} approx.); peers got ${f.peersGot} ` +
@@ -530,7 +539,7 @@ t.test(
   async (t) => {
     const g = await startServer('shipped');
     t.teardown(() => void g.stop());
-    const f = await fiveThousandFlows(g);
+    const f = await fiveThousandFlows(g, PASS_SLACK);
     report(t, 'shipped policy', f);
     if (process.env.GH_SCALE_SERVER_NODE_ARGS)
       for (const l of g
@@ -562,7 +571,7 @@ t.test(
 t.test('5 000 flows, keys: {required: true, unverified: hold, deadline: 10s}', { timeout: 240_000 }, async (t) => {
   const g = await startServer(KEYS_REQUIRED);
   t.teardown(() => void g.stop());
-  const f = await fiveThousandFlows(g);
+  const f = await fiveThousandFlows(g, DATA_SLACK);
   report(t, 'required/hold', f);
   checks(t, f);
   t.equal(f.peersGotSrtpLike, 0, 'hold: no undecryptable SRTP-looking byte reached a peer');
