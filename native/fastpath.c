@@ -66,6 +66,24 @@
    forwarded here (also in the fast packets and bytes) */
 #define M_N (BATCH * LREC)
 #define META_LEN (M_N + 9)
+/* Counters per owner (the FastPath of one TurnServer in src/turn/fastpath.ts), in a
+   Float64Array JavaScript reads when it wants them: every batch adds its meta counters
+   there, so a batch C forwarded whole needs no call into JavaScript (a call per batch
+   cost about as much as the batch's own work at a few datagrams per batch). */
+#define ACC_N 10
+#define ACC_OWNERS 64
+enum {
+  A_P2C_PACKETS,    /* peer -> client datagrams forwarded here */
+  A_P2C_BYTES,      /* and their payload bytes */
+  A_C2P_PACKETS,    /* client -> peer datagrams forwarded here (ChannelData, Send indications) */
+  A_C2P_BYTES,      /* and their payload bytes */
+  A_SEND_DROPPED,   /* datagrams a full socket buffer (or a send error) lost */
+  A_EXPIRED,        /* datagrams dropped for an allocation, permission or channel past its time */
+  A_MALFORMED,      /* ChannelData shorter than its Length (RFC 8656 §12.6), dropped */
+  A_SEND_INDICATIONS, /* of A_C2P_PACKETS, the Send indications (RFC 8656 §11.2) */
+  A_BATCHES,        /* relay socket batches read */
+  A_LISTENER_BATCHES /* listener socket batches read */
+};
 
 typedef struct {
   uint8_t ip[16];
@@ -112,6 +130,7 @@ typedef struct relay {
   struct relay *cnext;
   int in_ctab;
   uint32_t taint; /* listener batch in which a datagram of this client went to JS */
+  int owner;      /* its counters' row in g_acc */
 } relay_t;
 
 typedef struct listener {
@@ -120,6 +139,7 @@ typedef struct listener {
   int reading; /* read here (recvmmsg), dgram stopped */
   int maxb;   /* the highest first byte of a ChannelData message the server accepts */
   int closing;
+  int owner; /* its counters' row in g_acc */
   uv_poll_t poll;
 } listener_t;
 
@@ -128,6 +148,8 @@ static napi_ref g_cb = NULL, g_ring_ref = NULL, g_meta_ref = NULL;
 static napi_async_context g_actx = NULL;
 static uint8_t *g_ring = NULL;
 static int32_t *g_meta = NULL;
+static double *g_acc = NULL; /* ACC_OWNERS rows of ACC_N counters (init) */
+static napi_ref g_acc_ref = NULL;
 static relay_t **g_relays = NULL;
 static int g_nrelays = 0;
 static listener_t **g_listeners = NULL; /* NULL: free */
@@ -562,8 +584,14 @@ static void on_readable(uv_poll_t *h, int status, int events) {
   meta[M_N] = nslow;
   meta[M_N + 5] = r->id;
   meta[M_N + 6] = 0;
-  /* One call per batch: the slow records, and the counters of what was forwarded here. */
-  if (nslow || nfast || meta[M_N + 4] || meta[M_N + 3]) call_js(g_env);
+  double *a = g_acc + (size_t)r->owner * ACC_N;
+  a[A_BATCHES]++;
+  a[A_P2C_PACKETS] += meta[M_N + 1];
+  a[A_P2C_BYTES] += meta[M_N + 2];
+  a[A_SEND_DROPPED] += meta[M_N + 3];
+  a[A_EXPIRED] += meta[M_N + 4];
+  /* JavaScript is called for the datagrams it must see, at most once per batch. */
+  if (nslow) call_js(g_env);
 }
 
 /* ---------------------------------------------------------------- client -> peer */
@@ -860,15 +888,24 @@ static void on_listener_readable(uv_poll_t *h, int status, int events) {
   meta[M_N] = nslow;
   meta[M_N + 5] = l->id;
   meta[M_N + 6] = 1;
-  call_js(g_env);
+  double *a = g_acc + (size_t)l->owner * ACC_N;
+  a[A_LISTENER_BATCHES]++;
+  a[A_C2P_PACKETS] += meta[M_N + 1];
+  a[A_C2P_BYTES] += meta[M_N + 2];
+  a[A_SEND_DROPPED] += meta[M_N + 3];
+  a[A_EXPIRED] += meta[M_N + 4];
+  a[A_MALFORMED] += meta[M_N + 7];
+  a[A_SEND_INDICATIONS] += meta[M_N + 8];
+  if (nslow) call_js(g_env);
 }
 
 /* ---------------------------------------------------------------- exported functions */
 
-/* init(ring: Buffer(BATCH*SLOT), meta: Int32Array(META_LEN), onBatch: () => void) */
+/* init(ring: Buffer(BATCH*SLOT), meta: Int32Array(META_LEN), onBatch: () => void,
+        acc: Float64Array(ACC_OWNERS*ACC_N)) */
 static napi_value js_init(napi_env env, napi_callback_info info) {
-  size_t argc = 3;
-  napi_value argv[3];
+  size_t argc = 4;
+  napi_value argv[4];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
   if (g_env != NULL && g_env != env) THROW("fast path already initialised in another environment");
   void *ring;
@@ -883,9 +920,16 @@ static napi_value js_init(napi_env env, napi_callback_info info) {
   napi_valuetype vt;
   napi_typeof(env, argv[2], &vt);
   if (vt != napi_function) THROW("init: callback required");
+  size_t alen;
+  void *acc;
+  if (argc < 4 || napi_get_typedarray_info(env, argv[3], &tt, &alen, &acc, NULL, NULL) != napi_ok || tt != napi_float64_array ||
+      alen < (size_t)ACC_OWNERS * ACC_N)
+    THROW("init: counters Float64Array too small");
   if (g_cb) napi_delete_reference(env, g_cb);
   if (g_ring_ref) napi_delete_reference(env, g_ring_ref);
   if (g_meta_ref) napi_delete_reference(env, g_meta_ref);
+  if (g_acc_ref) napi_delete_reference(env, g_acc_ref);
+  napi_create_reference(env, argv[3], 1, &g_acc_ref);
   napi_create_reference(env, argv[2], 1, &g_cb);
   napi_create_reference(env, argv[0], 1, &g_ring_ref);
   napi_create_reference(env, argv[1], 1, &g_meta_ref);
@@ -897,6 +941,7 @@ static napi_value js_init(napi_env env, napi_callback_info info) {
   }
   g_ring = ring;
   g_meta = meta;
+  g_acc = acc;
   g_env = env;
   if (getrandom(g_tid, sizeof g_tid, 0) != sizeof g_tid) THROW("getrandom failed");
   crc_init();
@@ -913,16 +958,22 @@ static napi_value js_init(napi_env env, napi_callback_info info) {
   napi_set_named_property(env, out, "lrec", v);
   napi_create_int32(env, M_N, &v);
   napi_set_named_property(env, out, "counters", v);
+  napi_create_int32(env, ACC_N, &v);
+  napi_set_named_property(env, out, "accN", v);
+  napi_create_int32(env, ACC_OWNERS, &v);
+  napi_set_named_property(env, out, "accOwners", v);
   return out;
 }
 
-/* listener(fd) -> listener id (a dup of fd, for sendmmsg to clients) */
+/* listener(fd, owner) -> listener id (a dup of fd, for sendmmsg to clients); owner: the
+   row of g_acc its batches count in */
 static napi_value js_listener(napi_env env, napi_callback_info info) {
-  size_t argc = 1;
-  napi_value argv[1];
+  size_t argc = 2;
+  napi_value argv[2];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  int32_t fd;
-  if (argc < 1 || !arg_i32(env, argv[0], &fd) || fd < 0) THROW("listener: fd required");
+  int32_t fd, owner;
+  if (argc < 2 || !arg_i32(env, argv[0], &fd) || fd < 0) THROW("listener: fd required");
+  if (!arg_i32(env, argv[1], &owner) || owner < 0 || owner >= ACC_OWNERS) THROW("listener: owner required");
   listener_t *l = calloc(1, sizeof(listener_t));
   if (!l) THROW("out of memory");
   int id = -1;
@@ -947,6 +998,7 @@ static napi_value js_listener(napi_env env, napi_callback_info info) {
     THROW("listener: dup failed");
   }
   l->id = id;
+  l->owner = owner;
   g_listeners[id] = l;
   napi_value out;
   napi_create_int32(env, id, &out);
@@ -1010,18 +1062,18 @@ static napi_value js_listener_close(napi_env env, napi_callback_info info) {
 
 /*
  * open(relayFd, listenerId (-1: none), clientIp (string, as the listener sends to it),
- *      clientPort, allocationRemainingMs) -> relay id
+ *      clientPort, allocationRemainingMs, owner (its counters' row in g_acc)) -> relay id
  */
 static napi_value js_open(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
-  napi_value argv[5];
+  size_t argc = 6;
+  napi_value argv[6];
   napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
-  int32_t fd, lid, cport;
+  int32_t fd, lid, cport, owner;
   double rem;
   char ipstr[64];
   size_t iplen;
-  if (argc < 5 || !arg_i32(env, argv[0], &fd) || !arg_i32(env, argv[1], &lid) || !arg_i32(env, argv[3], &cport) ||
-      !arg_f64(env, argv[4], &rem) ||
+  if (argc < 6 || !arg_i32(env, argv[0], &fd) || !arg_i32(env, argv[1], &lid) || !arg_i32(env, argv[3], &cport) ||
+      !arg_f64(env, argv[4], &rem) || !arg_i32(env, argv[5], &owner) || owner < 0 || owner >= ACC_OWNERS ||
       napi_get_value_string_utf8(env, argv[2], ipstr, sizeof ipstr, &iplen) != napi_ok)
     THROW("open: bad arguments");
   if (g_env == NULL) THROW("open: init first");
@@ -1029,6 +1081,7 @@ static napi_value js_open(napi_env env, napi_callback_info info) {
   relay_t *r = calloc(1, sizeof(relay_t));
   if (!r) THROW("out of memory");
   r->lid = lid;
+  r->owner = owner;
   if (lid >= 0) {
     struct sockaddr_in *s4 = (struct sockaddr_in *)&r->client;
     struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&r->client;

@@ -37,12 +37,18 @@ import type { RelayCounters } from './datapath.js';
 import type { Allocation, Channel, Permission, UdpListener } from './state.js';
 
 export interface FastPathAddon {
-  init(ring: Buffer, meta: Int32Array, onBatch: () => void): { batch: number; slot: number; rec: number; lrec: number; counters: number };
-  listener(fd: number): number;
+  init(
+    ring: Buffer,
+    meta: Int32Array,
+    onBatch: () => void,
+    acc: Float64Array,
+  ): { batch: number; slot: number; rec: number; lrec: number; counters: number; accN: number; accOwners: number };
+  /** owner: the row of the counters array (init's acc) the listener's batches count in. */
+  listener(fd: number, owner: number): number;
   /** Reads the listener in C from now on; maxFirstByte: 0x4f, or 0x7f with RFC 5766 channel numbers. */
   listenerRead(id: number, maxFirstByte: number): void;
   listenerClose(id: number): void;
-  open(relayFd: number, listener: number, clientIp: string, clientPort: number, remainingMs: number): number;
+  open(relayFd: number, listener: number, clientIp: string, clientPort: number, remainingMs: number, owner: number): number;
   close(id: number): void;
   expiry(id: number, remainingMs: number): void;
   perm(id: number, slot: number, ip: Buffer, eligible: boolean, remainingMs: number): void;
@@ -117,7 +123,29 @@ interface Hub {
   owners: (FastPath | undefined)[];
   /** Listener id (C) -> the FastPath that had C read it. */
   listenerOwners: (FastPath | undefined)[];
+  /**
+   * Counters C adds after every batch, ACC_N per owner row (one row per FastPath): a batch
+   * C forwarded whole makes no call into JS, so its counts are read here when wanted.
+   */
+  acc: Float64Array;
+  accN: number;
+  /** Row -> the FastPath holding it (from its construction to its last relay's close). */
+  rowOwners: (FastPath | undefined)[];
 }
+
+/** Columns of a counters row (native/fastpath.c, enum A_*). */
+const A_P2C_PACKETS = 0;
+const A_P2C_BYTES = 1;
+const A_C2P_PACKETS = 2;
+const A_C2P_BYTES = 3;
+const A_SEND_DROPPED = 4;
+const A_EXPIRED = 5;
+const A_MALFORMED = 6;
+const A_SEND_INDICATIONS = 7;
+const A_BATCHES = 8;
+const A_LISTENER_BATCHES = 9;
+const ACC_N = 10;
+const ACC_OWNERS = 64;
 
 const hubs = new WeakMap<FastPathAddon, Hub>();
 
@@ -126,19 +154,37 @@ function hubOf(addon: FastPathAddon): Hub {
   if (known !== undefined) return known;
   const ring = Buffer.alloc(addon.ringLength);
   const meta = new Int32Array(addon.metaLength);
+  const acc = new Float64Array(ACC_OWNERS * ACC_N);
   const owners: (FastPath | undefined)[] = [];
   const listenerOwners: (FastPath | undefined)[] = [];
   let nIndex = 0;
   // Called from C once per batch, read from one relay (kind 0) or one listener (kind 1);
   // each owner's handler runs inside its server's supervisor.
-  const info = addon.init(ring, meta, () =>
-    meta[nIndex + 6] === 1 ? listenerOwners[meta[nIndex + 5]!]?.listenerBatch() : owners[meta[nIndex + 5]!]?.batch(),
+  const info = addon.init(
+    ring,
+    meta,
+    () => (meta[nIndex + 6] === 1 ? listenerOwners[meta[nIndex + 5]!]?.listenerBatch() : owners[meta[nIndex + 5]!]?.batch()),
+    acc,
   );
   nIndex = info.counters;
   if (typeof nIndex !== 'number' || addon.metaLength < nIndex + 9)
     throw new Error('native/fastpath is out of date (no Send indications in C): npm run build:native');
+  if (info.accN !== ACC_N || info.accOwners !== ACC_OWNERS)
+    throw new Error('native/fastpath is out of date (counters per batch call): npm run build:native');
   const metaBytes = Buffer.from(meta.buffer, meta.byteOffset, meta.byteLength);
-  const hub: Hub = { ring, meta, metaBytes, rec: info.rec, lrec: info.lrec, nIndex, owners, listenerOwners };
+  const hub: Hub = {
+    ring,
+    meta,
+    metaBytes,
+    rec: info.rec,
+    lrec: info.lrec,
+    nIndex,
+    owners,
+    listenerOwners,
+    acc,
+    accN: ACC_N,
+    rowOwners: [],
+  };
   hubs.set(addon, hub);
   return hub;
 }
@@ -155,9 +201,27 @@ export class FastPath implements TableObserver {
    * (to clients and to peers), malformed ChannelData from clients dropped in C, relay
    * batches and listener batches, the client -> peer datagrams forwarded in C (also
    * in the server's stats.packets.clientToPeer, with the JS ones), and of those the
-   * Send indications (RFC 8656 §11.2; the rest are ChannelData).
+   * Send indications (RFC 8656 §11.2; the rest are ChannelData). Read from C's counters
+   * row on every read (syncCounters).
    */
-  readonly counters = { expired: 0, sendDropped: 0, malformed: 0, batches: 0, listenerBatches: 0, clientToPeer: 0, sendIndications: 0 };
+  get counters(): FastPathCounters {
+    this.syncCounters();
+    return this.c;
+  }
+  private readonly c: FastPathCounters = {
+    expired: 0,
+    sendDropped: 0,
+    malformed: 0,
+    batches: 0,
+    listenerBatches: 0,
+    clientToPeer: 0,
+    sendIndications: 0,
+  };
+  /** This FastPath's row of the hub's counters, and the values already added to c / stats. */
+  private readonly row: number;
+  private readonly seen = new Float64Array(ACC_N);
+  private liveRelays = 0;
+  private closed = false;
   /** This server's handler of a batch read from one of its relays (hubOf). */
   readonly batch: () => void;
   /** This server's handler of a batch read from one of its UDP listeners (hubOf). */
@@ -174,6 +238,13 @@ export class FastPath implements TableObserver {
     private readonly slow: SlowPacket,
   ) {
     this.hub = hubOf(addon);
+    const rows = this.hub.rowOwners;
+    let row = 0;
+    while (row < ACC_OWNERS && rows[row] !== undefined) row++;
+    if (row === ACC_OWNERS) throw new Error(`more than ${ACC_OWNERS} servers with a fast path in one process`);
+    rows[row] = this;
+    this.hub.acc.fill(0, row * ACC_N, (row + 1) * ACC_N);
+    this.row = row;
     this.batch = sup.guard('turn.fastpath.batch', () => this.onBatch());
     this.listenerBatch = sup.guard('turn.fastpath.listener', () => this.onListenerBatch());
   }
@@ -187,14 +258,8 @@ export class FastPath implements TableObserver {
     const { meta: m, metaBytes, nIndex: n, lrec, ring } = this.hub;
     const lid = m[n + 5]!;
     const l = this.readListeners[lid];
-    this.counters.listenerBatches++;
-    this.stats.packets.clientToPeer += m[n + 1]!;
-    this.stats.bytes.clientToPeer += m[n + 2]!;
-    this.counters.clientToPeer += m[n + 1]!;
-    this.counters.sendDropped += m[n + 3]!;
-    this.counters.expired += m[n + 4]!;
-    this.counters.malformed += m[n + 7]!;
-    this.counters.sendIndications += m[n + 8]!;
+    // What C forwarded before and in this batch counts before the handlers run (C added it).
+    this.syncCounters();
     if (l === undefined) return;
     const k = m[n]!;
     const family = l.v6 ? 'IPv6' : 'IPv4';
@@ -243,11 +308,7 @@ export class FastPath implements TableObserver {
   /** One batch read in C: counters, then the datagrams that JavaScript must see. */
   private onBatch(): void {
     const { meta: m, nIndex: n, rec, ring } = this.hub;
-    this.counters.batches++;
-    this.stats.packets.peerToClient += m[n + 1]!;
-    this.stats.bytes.peerToClient += m[n + 2]!;
-    this.counters.sendDropped += m[n + 3]!;
-    this.counters.expired += m[n + 4]!;
+    this.syncCounters();
     const k = m[n]!;
     // Every record of a batch is of the one relay C names (meta[n + 5]): resolved once, so
     // an id closed by a hook during the batch (and reused by a new allocation) never sends
@@ -269,12 +330,45 @@ export class FastPath implements TableObserver {
     }
   }
 
+  /**
+   * Adds what C counted since the last call (its row of the hub's counters) to the
+   * counters and to the server's stats: a few reads, done whenever either is read.
+   */
+  syncCounters(): void {
+    // After the row went back (server stopped), what was counted is all here already.
+    if (this.hub.rowOwners[this.row] !== this) return;
+    const acc = this.hub.acc;
+    const base = this.row * ACC_N;
+    const seen = this.seen;
+    if (acc[base + A_BATCHES] === seen[A_BATCHES] && acc[base + A_LISTENER_BATCHES] === seen[A_LISTENER_BATCHES]) return;
+    const d = (k: number): number => {
+      const v = acc[base + k]! - seen[k]!;
+      seen[k] = acc[base + k]!;
+      return v;
+    };
+    const c = this.c;
+    const s = this.stats;
+    const p2c = d(A_P2C_PACKETS);
+    s.packets.peerToClient += p2c;
+    s.bytes.peerToClient += d(A_P2C_BYTES);
+    const c2p = d(A_C2P_PACKETS);
+    s.packets.clientToPeer += c2p;
+    s.bytes.clientToPeer += d(A_C2P_BYTES);
+    c.clientToPeer += c2p;
+    c.sendDropped += d(A_SEND_DROPPED);
+    c.expired += d(A_EXPIRED);
+    c.malformed += d(A_MALFORMED);
+    c.sendIndications += d(A_SEND_INDICATIONS);
+    c.batches += d(A_BATCHES);
+    c.listenerBatches += d(A_LISTENER_BATCHES);
+  }
+
   private listenerId(l: UdpListener): number {
     let id = this.listeners.get(l);
     if (id === undefined) {
       const h = handleOf(l.socket);
       if (h === null) return -1;
-      id = this.addon.listener(h.fd);
+      id = this.addon.listener(h.fd, this.row);
       this.listeners.set(l, id);
     }
     return id;
@@ -296,13 +390,14 @@ export class FastPath implements TableObserver {
     try {
       const lid = this.listenerId(l);
       if (lid < 0) return;
-      id = this.addon.open(h.fd, lid, a.ep.sendAddress, a.ep.remotePort, this.remaining(a.expiresAt));
+      id = this.addon.open(h.fd, lid, a.ep.sendAddress, a.ep.remotePort, this.remaining(a.expiresAt), this.row);
     } catch (err) {
       this.log.warn({ err: (err as Error).message, allocation: a.id }, 'fast path: relay socket left to the JS path');
       return;
     }
     // From here the C side reads the socket; dgram stops (its 'message' never fires again).
     h.recvStop();
+    this.liveRelays++;
     const mir: Mirror = { id, a, perms: [], slotOf: new Map(), freeSlots: [] };
     this.byId[id] = mir;
     this.hub.owners[id] = this;
@@ -316,6 +411,15 @@ export class FastPath implements TableObserver {
     if (this.byId[mir.id] === mir) this.byId[mir.id] = undefined;
     if (this.hub.owners[mir.id] === this) this.hub.owners[mir.id] = undefined;
     this.mirrors.delete(a);
+    this.liveRelays--;
+    this.releaseRow();
+  }
+
+  /** The counters row goes back to the hub once nothing of this server can count in it. */
+  private releaseRow(): void {
+    if (!this.closed || this.liveRelays > 0 || this.hub.rowOwners[this.row] !== this) return;
+    this.syncCounters();
+    this.hub.rowOwners[this.row] = undefined;
   }
 
   refreshed(a: Allocation): void {
@@ -370,8 +474,21 @@ export class FastPath implements TableObserver {
       this.readListeners[id] = undefined;
     }
     this.listeners.clear();
+    this.closed = true;
+    this.releaseRow();
   }
 }
+
+/** What FastPath.counters holds (TurnServer.fastPath(), /metrics). */
+export type FastPathCounters = {
+  expired: number;
+  sendDropped: number;
+  malformed: number;
+  batches: number;
+  listenerBatches: number;
+  clientToPeer: number;
+  sendIndications: number;
+};
 
 export interface FastPathDeps {
   clock: Clock;

@@ -124,7 +124,12 @@ const KNOWN_REQUIRED = new Set<number>([
 const REST_USERNAME_RE = /^\d{1,12}:/;
 
 export class TurnServer {
-  readonly stats: TurnStats = newStats();
+  private readonly counts: TurnStats = newStats();
+  /** The server's counters; with the fast path, what C forwarded since the last read is added first. */
+  get stats(): TurnStats {
+    this.fast?.syncCounters();
+    return this.counts;
+  }
   /** Exceptions contained by the supervisor, by call site. */
   readonly supervisor: Supervisor;
 

@@ -200,6 +200,13 @@ t.test('expiry is checked in C on every packet, with no JS timer running', { ski
   });
   fp.added(a);
   fp.permission(a, perm);
+  // A batch C forwarded or dropped whole makes no call into JS: its counts are read from C.
+  let jsBatches = 0;
+  const viaJs = fp.batch;
+  (fp as unknown as { batch: () => void }).batch = () => {
+    jsBatches++;
+    viaJs();
+  };
   const relayPort = relay.address().port;
   const waitFor = async (n: number): Promise<void> => {
     for (let i = 0; i < 100 && got.length < n; i++) await sleep(10);
@@ -232,6 +239,9 @@ t.test('expiry is checked in C on every packet, with no JS timer running', { ski
   t.equal(got.length, 2, 'dropped in C after the allocation expired');
   t.equal(fp.counters.expired, 2);
   t.same(slow, [], 'nothing handed to JS for an eligible flow');
+  t.equal(jsBatches, 0, 'no call into JS for the batches C forwarded or dropped whole');
+  t.equal(fp.counters.batches, 4, 'the four datagrams were read in C, one batch each');
+  t.same([stats.packets.peerToClient, stats.bytes.peerToClient], [2, 18], 'what C forwarded is in the stats, read from C');
 
   // The channel's own expiry (§12): the datagram goes to JS, which decides.
   a.expiresAt = now + 60_000;
@@ -242,6 +252,7 @@ t.test('expiry is checked in C on every packet, with no JS timer running', { ski
   peer.sock.send(Buffer.from('channel expired'), relayPort, '127.0.0.1');
   for (let i = 0; i < 50 && slow.length === 0; i++) await sleep(10);
   t.same(slow, ['channel expired'], 'a channel past its time is not used in C');
+  t.equal(jsBatches, 1, 'the batch with a datagram for JS: one call');
   fp.deleted(a);
   peer.sock.send(Buffer.from('closed'), relayPort, '127.0.0.1');
   await sleep(100);
