@@ -47,7 +47,8 @@
  *
  *   flock /tmp/heavy.lock npx tsx bench/turn-ab.ts --sweep --workers 2 [--variant-extra 'fast_path: auto'] --sizes 170
  *
- * --variant-extra LINES: `turn:` lines (';'-separated) given to both Gatehouse runs with --workers.
+ * --variant-extra LINES: `turn:` lines (';'-separated) given to both Gatehouse runs (with --workers, or
+ *   with --old: `--old DIR --bare --variant-extra 'fast_path: auto'` compares two builds' fast paths).
  * --generators K: every load runs K turnutils_uclient processes sharing its clients (one
  * uclient paces its sessions and relays only ~10-35 000 packets/s, below what several
  * workers take); figures are their sums, the window starts when all have allocated.
@@ -130,6 +131,9 @@ async function one(which: Key): Promise<number[]> {
   };
   if (which === 'variant' && old) o.gatehouseBin = `${old}/bin/gatehouse.js`;
   else if (which === 'variant') o.gatehouseTurnConfig = variant.split(';').map((s) => s.trim());
+  // --variant-extra without --workers: the same `turn:` lines for both Gatehouse runs (e.g.
+  // `--old DIR --variant-extra 'fast_path: auto'` compares two builds' fast paths).
+  if (workersN === 0 && which !== 'coturn' && both.length) o.gatehouseTurnConfig = [...(o.gatehouseTurnConfig ?? []), ...both];
   if (workersN > 0 && which !== 'coturn') {
     if (which === 'gatehouse') o.gatehouseTurnConfig = both;
     o.gatehouseTopConfig = [`store: { redis: ${JSON.stringify(redisUrl)}, node_id: bench-${which} }`];

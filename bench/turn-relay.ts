@@ -20,7 +20,7 @@
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync, mkdirSync, readdirSync, readFileSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { cpuDelta, sampleCpu, type CpuDelta, type CpuSample } from './lib/cpu.js';
 import { startLatencyProbe, type LatencyFigures, type LatencyProbe } from './lib/latency-probe.js';
@@ -678,8 +678,10 @@ export async function startGatehouse(
   ].join('\n');
   const cfgPath = join(dir, 'gatehouse.yaml');
   writeFileSync(cfgPath, cfg);
+  // A bare relay of another checkout (turn-ab --old): that checkout's bench/turn-bare.ts.
+  const bareScript = join(bin === GATEHOUSE_BIN ? ROOT : resolve(dirname(bin), '..'), 'bench', 'turn-bare.ts');
   const args = bare
-    ? [...nodeArgs, '--import', import.meta.resolve('tsx'), join(ROOT, 'bench', 'turn-bare.ts'), cfgPath]
+    ? [...nodeArgs, '--import', import.meta.resolve('tsx'), bareScript, cfgPath]
     : [...nodeArgs, bin, 'serve', '--config', cfgPath];
   const proc = start('gatehouse', process.execPath, args, { cwd: dir });
   const command = bare
