@@ -79,6 +79,13 @@ export const REGEX_SCAN_BYTES = 64 * 1024;
 
 export const FORWARD: Verdict = Object.freeze({ action: 'forward', matches: [] }) as Verdict;
 
+/** What PolicyEngine.evaluate gathers while it visits the rules. */
+interface Evaluation {
+  best: VerdictAction;
+  matches: Match[] | undefined;
+  scans: ScanMatch[] | undefined;
+}
+
 interface Compiled {
   rule: Rule;
   index: number;
@@ -122,6 +129,7 @@ export class PolicyEngine {
   private readonly plainRules: Compiled[];
   private readonly hasContentRules: boolean;
   private readonly scratch = new Set<number>();
+  private readonly ev: Evaluation = { best: 'forward', matches: undefined, scans: undefined };
   readonly rules: readonly Rule[];
   readonly keys: RuleFile['keys'];
   readonly quotas: RuleFile['quotas'];
@@ -235,35 +243,43 @@ export class PolicyEngine {
       this.matcher.match(s.data, this.scratch);
       if (this.scratch.size) hits = this.scratch;
     }
-    let best: VerdictAction = 'forward';
-    let matches: Match[] | undefined;
-    let scans: ScanMatch[] | undefined;
-    const consider = (c: Compiled) => {
-      if (!this.flowSelected(c, flow) || !this.subjectSelected(c, s) || !this.conditionsHold(c, s, hits ?? EMPTY)) return;
-      if (c.scan) {
-        // Reassembled files, and files sent as one message, are scanned (not each message of
-        // a transfer on its own); the verdict is the gateway's (async).
-        if (s.kind === 'file' && (s.transfer || !s.inTransfer))
-          (scans ??= []).push({ rule: c.rule, action: c.rule.action, scanner: c.scan });
-        return;
-      }
-      (matches ??= []).push({ rule: c.rule, action: c.rule.action });
-      if (ACTION_RANK[c.rule.action] > ACTION_RANK[best]) best = c.rule.action;
-    };
+    // One evaluation's matches, kept in a reused record rather than a closure made per call
+    // (evaluate runs once per message; the engine is synchronous, so it is never re-entered).
+    const ev = this.ev;
+    ev.best = 'forward';
+    ev.matches = undefined;
+    ev.scans = undefined;
+    const content = hits ?? EMPTY;
     if (!hits) {
-      for (const c of this.plainRules) consider(c);
+      for (const c of this.plainRules) this.consider(c, flow, s, content, ev);
     } else {
       // Merge in rule order: plain rules and the content rules that were hit.
       const idx = [...hits].sort((a, b) => a - b);
       let i = 0;
       for (const c of this.plainRules) {
-        while (i < idx.length && idx[i]! < c.index) consider(this.compiled[idx[i++]!]!);
-        consider(c);
+        while (i < idx.length && idx[i]! < c.index) this.consider(this.compiled[idx[i++]!]!, flow, s, content, ev);
+        this.consider(c, flow, s, content, ev);
       }
-      while (i < idx.length) consider(this.compiled[idx[i++]!]!);
+      while (i < idx.length) this.consider(this.compiled[idx[i++]!]!, flow, s, content, ev);
     }
+    const { best, matches, scans } = ev;
+    ev.matches = ev.scans = undefined; // the verdict owns them now
     if (scans) return { action: best, matches: matches ?? [], scans };
     return matches ? { action: best, matches } : FORWARD;
+  }
+
+  /** One rule against one subject: a match (or, for `scan` rules, a file to scan) into ev. */
+  private consider(c: Compiled, flow: FlowContext, s: Subject, contentHits: Set<number>, ev: Evaluation): void {
+    if (!this.flowSelected(c, flow) || !this.subjectSelected(c, s) || !this.conditionsHold(c, s, contentHits)) return;
+    if (c.scan) {
+      // Reassembled files, and files sent as one message, are scanned (not each message of
+      // a transfer on its own); the verdict is the gateway's (async).
+      if (s.kind === 'file' && (s.transfer || !s.inTransfer))
+        (ev.scans ??= []).push({ rule: c.rule, action: c.rule.action, scanner: c.scan });
+      return;
+    }
+    (ev.matches ??= []).push({ rule: c.rule, action: c.rule.action });
+    if (ACTION_RANK[c.rule.action] > ACTION_RANK[ev.best]) ev.best = c.rule.action;
   }
 
   /**
