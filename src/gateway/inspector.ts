@@ -146,6 +146,8 @@ export interface FlowRecorderLike {
 
 interface FlowState {
   flow: Flow;
+  /** What policy knows of the flow (policyContext), made once: the flow's identity is fixed. */
+  policyCtx: FlowContext;
   guard: FlowGuard;
   pipeline: FlowPipeline;
   meta: FlowMeta;
@@ -279,7 +281,10 @@ export class GatewayInspector implements FlowHooks, EscrowHost, KeyEscrowHost {
       ? { required: keys.required, deadline: keys.deadline, unverified: keys.unverified, media: keys.media, data: keys.data }
       : NO_KEYS;
     const st = {} as FlowState;
+    // The flow's identity is fixed for its life (Flow's fields are readonly): one policy
+    // context per flow, not one per inspected message.
     const flowCtx = policyContext(flow);
+    st.policyCtx = flowCtx;
     const recordRules = this.o.recordings ? policy.recordsFlow(flowCtx) : [];
     // rtp.packet events (decrypted payloads) are produced only for recorded flows. One DTLS
     // parse per flow: the pipeline's session, fed by the guard on arrival (dtlsExternal);
@@ -816,7 +821,7 @@ export class GatewayInspector implements FlowHooks, EscrowHost, KeyEscrowHost {
     if (!subject) return;
     // The rule set in force now: a reload applies to live flows (issue 5). An exception
     // here closes the flow (fail closed: it is not relayed unjudged).
-    const verdict = this.o.policy().evaluate(policyContext(st.flow), subject);
+    const verdict = this.o.policy().evaluate(st.policyCtx, subject);
     for (const m of verdict.matches) {
       st.alerts++;
       if (ACTION_RANK[m.action] > ACTION_RANK[st.worst]) st.worst = m.action;
@@ -1229,9 +1234,13 @@ export class GatewayInspector implements FlowHooks, EscrowHost, KeyEscrowHost {
     this.emit(e);
   }
 
-  /** The flow's identity in e.gatehouse, after what the event carried (assignFlowIdentity). */
+  /**
+   * The flow's identity in e.gatehouse, after what the event carried (assignFlowIdentity).
+   * e and its gatehouse object are the caller's own (made by toEve for this one event), so
+   * they are completed in place.
+   */
   private decorate(st: FlowState, e: EveEvent, association: string | undefined): EveEvent {
-    e.gatehouse = assignFlowIdentity(e.gatehouse ? { ...e.gatehouse } : {}, st.flow, association);
+    e.gatehouse = assignFlowIdentity(e.gatehouse ?? {}, st.flow, association);
     return e;
   }
 
