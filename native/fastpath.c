@@ -265,6 +265,27 @@ static chan_t *find_chan_number(relay_t *r, uint16_t number) {
   }
 }
 
+/* A peer (IP bytes, port) as the relay socket sends to it: the address length, or 0 when
+   the peer is not of the socket's family (an IPv4 peer on an IPv6 relay socket). */
+static socklen_t peer_sockaddr(const relay_t *r, const uint8_t *ip, size_t iplen, uint16_t port, struct sockaddr_storage *sa) {
+  memset(sa, 0, sizeof *sa);
+  if (r->fam == AF_INET && iplen == 4) {
+    struct sockaddr_in *s4 = (struct sockaddr_in *)sa;
+    s4->sin_family = AF_INET;
+    s4->sin_port = htons(port);
+    memcpy(&s4->sin_addr, ip, 4);
+    return sizeof *s4;
+  }
+  if (r->fam == AF_INET6 && iplen == 16) {
+    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)sa;
+    s6->sin6_family = AF_INET6;
+    s6->sin6_port = htons(port);
+    memcpy(&s6->sin6_addr, ip, 16);
+    return sizeof *s6;
+  }
+  return 0;
+}
+
 /* The channel's peer as the relay socket sends to it (RFC 8656 §12.6: to the peer the
    channel is bound to). */
 static void chan_peer(relay_t *r, chan_t *c) {
@@ -272,19 +293,7 @@ static void chan_peer(relay_t *r, chan_t *c) {
   memset(&c->peer, 0, sizeof c->peer);
   c->plen = 0;
   if (p == NULL) return;
-  if (r->fam == AF_INET && p->iplen == 4) {
-    struct sockaddr_in *s4 = (struct sockaddr_in *)&c->peer;
-    s4->sin_family = AF_INET;
-    s4->sin_port = htons(c->port);
-    memcpy(&s4->sin_addr, p->ip, 4);
-    c->plen = sizeof *s4;
-  } else if (r->fam == AF_INET6 && p->iplen == 16) {
-    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&c->peer;
-    s6->sin6_family = AF_INET6;
-    s6->sin6_port = htons(c->port);
-    memcpy(&s6->sin6_addr, p->ip, 16);
-    c->plen = sizeof *s6;
-  }
+  c->plen = peer_sockaddr(r, p->ip, p->iplen, c->port, &c->peer);
 }
 
 static int32_t *table(int cap) {
@@ -1149,6 +1158,42 @@ static napi_value js_open(napi_env env, napi_callback_info info) {
   return out;
 }
 
+/*
+ * sendTo(relayId, buf, off, len, peerIp (4|16 bytes), peerPort) -> 1 sent, 0 lost, -1 not
+ * sent here. What JavaScript relays to a peer (a hooked flow's datagram after the hook
+ * let it through, RFC 8656 §11.2 / §12.6) goes out of the relay socket with one sendto(2),
+ * without dgram's per-send objects and lookup. Lost: the socket's buffer was full or the
+ * send failed (counted in sendDropped; relayed UDP may be lost, and nothing is queued
+ * without bound). -1: the relay is closed here, or the peer is not of its socket's family:
+ * JavaScript sends it through dgram as before.
+ */
+static napi_value js_send_to(napi_env env, napi_callback_info info) {
+  size_t argc = 6;
+  napi_value argv[6];
+  napi_get_cb_info(env, info, &argc, argv, NULL, NULL);
+  int32_t id, off, len, port;
+  void *data, *ip;
+  size_t dlen, iplen;
+  if (argc < 6 || !arg_i32(env, argv[0], &id) || napi_get_buffer_info(env, argv[1], &data, &dlen) != napi_ok ||
+      !arg_i32(env, argv[2], &off) || !arg_i32(env, argv[3], &len) || napi_get_buffer_info(env, argv[4], &ip, &iplen) != napi_ok ||
+      !arg_i32(env, argv[5], &port) || off < 0 || len < 0 || (size_t)off + (size_t)len > dlen || port <= 0 || port > 65535)
+    THROW("sendTo: bad arguments");
+  int32_t res = -1;
+  relay_t *r = id >= 0 && id < g_nrelays ? g_relays[id] : NULL;
+  struct sockaddr_storage sa;
+  socklen_t sl = r != NULL && !r->closing ? peer_sockaddr(r, ip, iplen, (uint16_t)port, &sa) : 0;
+  if (sl > 0) {
+    ssize_t n;
+    do n = sendto(r->fd, (uint8_t *)data + off, (size_t)len, MSG_DONTWAIT, (struct sockaddr *)&sa, sl);
+    while (n < 0 && errno == EINTR);
+    res = n < 0 ? 0 : 1;
+    if (n < 0) g_acc[(size_t)r->owner * ACC_N + A_SEND_DROPPED]++;
+  }
+  napi_value out;
+  napi_create_int32(env, res, &out);
+  return out;
+}
+
 static void on_closed(uv_handle_t *h) {
   relay_t *r = (relay_t *)h->data;
   close(r->fd);
@@ -1400,6 +1445,7 @@ static napi_value init(napi_env env, napi_value exports) {
       {"close", 0, js_close, 0, 0, 0, napi_default, 0},       {"expiry", 0, js_expiry, 0, 0, 0, napi_default, 0},
       {"perm", 0, js_perm, 0, 0, 0, napi_default, 0},         {"unperm", 0, js_unperm, 0, 0, 0, napi_default, 0},
       {"chan", 0, js_chan, 0, 0, 0, napi_default, 0},         {"listenerRead", 0, js_listener_read, 0, 0, 0, napi_default, 0},
+      {"sendTo", 0, js_send_to, 0, 0, 0, napi_default, 0},
       {"dontFragmentMode", 0, js_df_mode, 0, 0, 0, napi_default, 0},
       {"setDontFragment", 0, js_df_set, 0, 0, 0, napi_default, 0},
       {"sendDontFragment", 0, js_df_send, 0, 0, 0, napi_default, 0},

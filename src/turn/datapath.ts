@@ -32,8 +32,13 @@ export interface RelayCounters {
 
 const PADS = [Buffer.alloc(0), Buffer.alloc(1), Buffer.alloc(2), Buffer.alloc(3)];
 
+/** Sends one datagram to a peer out of a's relay socket without dgram (fastpath.ts sendToPeer); false: not sent. */
+export type PeerSend = (a: Allocation, perm: Permission, buf: Buffer, off: number, len: number, port: number) => boolean;
+
 export class DataPath {
   private readonly onPacket: FlowHooks['onPacket'];
+  /** The native send to peers when the fast path runs (TurnServer sets it); null: dgram. */
+  peerSend: PeerSend | null = null;
   private readonly tidBase = randomBytes(8);
   private tidCounter = 0;
 
@@ -83,7 +88,8 @@ export class DataPath {
     if (this.onPacket !== undefined && !this.pass(flow, 'c2p', buf.subarray(off + 4, off + 4 + len), ch.peerPort)) return;
     this.stats.packets.clientToPeer++;
     this.stats.bytes.clientToPeer += len;
-    a.socket.send(buf, off + 4, len, ch.peerPort, ch.peerIp);
+    if (this.peerSend === null || !this.peerSend(a, ch.perm, buf, off + 4, len, ch.peerPort))
+      a.socket.send(buf, off + 4, len, ch.peerPort, ch.peerIp);
   }
 
   /**
@@ -104,7 +110,7 @@ export class DataPath {
     // With DF, a datagram larger than the path MTU is not sent (EMSGSIZE), as a router
     // would drop it (RFC 791 DF); like any send error of a relay socket, it is not answered.
     if (df && this.dontFragment !== null) this.dontFragment(a.socket, a.family, data, port, ip);
-    else a.socket.send(data, port, ip);
+    else if (this.peerSend === null || !this.peerSend(a, perm, data, 0, data.length, port)) a.socket.send(data, port, ip);
   }
 
   /** A datagram from a peer on a relay socket (RFC 8656 §11.3, §12.7). */

@@ -50,6 +50,8 @@ export interface FastPathAddon {
   listenerClose(id: number): void;
   open(relayFd: number, listener: number, clientIp: string, clientPort: number, remainingMs: number, owner: number): number;
   close(id: number): void;
+  /** One datagram to a peer out of the relay socket: 1 sent, 0 lost (counted), -1 not sent (use dgram). */
+  sendTo(id: number, buf: Buffer, off: number, len: number, peerIp: Buffer, peerPort: number): number;
   expiry(id: number, remainingMs: number): void;
   perm(id: number, slot: number, ip: Buffer, eligible: boolean, remainingMs: number): void;
   unperm(id: number, slot: number): void;
@@ -68,7 +70,11 @@ export function loadFastPath(): FastPathAddon | null {
   // Missing, unloadable or out of date: the pure-JS path.
   return (cached = loadAddon<FastPathAddon>(
     'gatehouse_fastpath.node',
-    (m) => typeof m.open === 'function' && typeof m.listenerRead === 'function' && typeof m.metaLength === 'number',
+    (m) =>
+      typeof m.open === 'function' &&
+      typeof m.listenerRead === 'function' &&
+      typeof m.sendTo === 'function' &&
+      typeof m.metaLength === 'number',
   ).addon);
 }
 
@@ -340,7 +346,13 @@ export class FastPath implements TableObserver {
     const acc = this.hub.acc;
     const base = this.row * ACC_N;
     const seen = this.seen;
-    if (acc[base + A_BATCHES] === seen[A_BATCHES] && acc[base + A_LISTENER_BATCHES] === seen[A_LISTENER_BATCHES]) return;
+    // Every count changes with a batch read, but sendTo's losses (counted between batches).
+    if (
+      acc[base + A_BATCHES] === seen[A_BATCHES] &&
+      acc[base + A_LISTENER_BATCHES] === seen[A_LISTENER_BATCHES] &&
+      acc[base + A_SEND_DROPPED] === seen[A_SEND_DROPPED]
+    )
+      return;
     const d = (k: number): number => {
       const v = acc[base + k]! - seen[k]!;
       seen[k] = acc[base + k]!;
@@ -413,6 +425,19 @@ export class FastPath implements TableObserver {
     this.mirrors.delete(a);
     this.liveRelays--;
     this.releaseRow();
+  }
+
+  /**
+   * What JavaScript relays to a peer of a mirrored allocation (client -> peer after the
+   * hooks, RFC 8656 §11.2 / §12.6) goes out of its relay socket in C, one sendto(2), without
+   * dgram's per-send objects. False: not mirrored, or the peer is not of the relay socket's
+   * family; the caller sends it through dgram. A datagram the kernel would not take (full
+   * buffer) is lost, counted in sendDropped, as in the batches C relays itself.
+   */
+  sendToPeer(a: Allocation, perm: Permission, buf: Buffer, off: number, len: number, port: number): boolean {
+    const mir = this.mirrors.get(a);
+    if (mir === undefined) return false;
+    return this.addon.sendTo(mir.id, buf, off, len, perm.ipBytes, port) >= 0;
   }
 
   /** The counters row goes back to the hub once nothing of this server can count in it. */

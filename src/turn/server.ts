@@ -202,6 +202,9 @@ export class TurnServer {
       slow: (a, p, m, port) => this.data.fromPermission(a, p, m, port),
     });
     this.table.observer = this.fast;
+    // Client -> peer datagrams JS relays (hooked flows, and what C left to JS) go out in C too.
+    const fast = this.fast;
+    if (fast !== null) this.data.peerSend = (a, p, b, o, l, port) => fast.sendToPeer(a, p, b, o, l, port);
     this.res = new Responder(software, clock, () => count(this.stats.refused, 'stream_backlog'));
     this.revoked = new RevokedSubjects(clock, cfg.core.turn_ttl);
     const auth = new Authenticator(

@@ -519,7 +519,17 @@ t.test('client -> peer: the same delivered bytes and events with fast_path off a
 
 t.test('a server with a per-packet hook: its listener stays with dgram, the hook sees every datagram', { skip }, async (t) => {
   const off = await clientScenario(t, 'off', true);
+  // What the hook let through goes to the peer out of the relay socket in C (sendTo), not dgram.
+  let sentInC = 0;
+  const viaDgram = FastPath.prototype.sendToPeer;
+  FastPath.prototype.sendToPeer = function (this: FastPath, ...args: Parameters<FastPath['sendToPeer']>): boolean {
+    const sent = viaDgram.apply(this, args);
+    if (sent) sentInC++;
+    return sent;
+  };
+  t.teardown(() => void (FastPath.prototype.sendToPeer = viaDgram));
   const auto = await clientScenario(t, 'auto', true);
+  t.equal(sentInC, 4, 'the four client -> peer datagrams the hook passed went out in C');
   t.same(auto.hook, ['c2p:unpadded!', 'c2p:abcde', 'c2p:via send', 'c2p:after', 'p2c:back'], 'every datagram through the hook');
   t.same([auto.atP1, auto.atP2, auto.events, auto.stats], [off.atP1, off.atP2, off.events, off.stats], 'as with fast_path off');
   t.same(auto.hook, off.hook);
