@@ -7,8 +7,8 @@
  * the others come back here once per batch (src/turn/datapath.ts fromPermission, which
  * calls the flow hooks as the pure-JS path does).
  *
- * Client -> peer: when every flow of the server is eligible, its UDP listener sockets are
- * read in C too (takeListener): ChannelData (RFC 8656 §12.4) from a client whose
+ * Client -> peer: the server's UDP listener sockets are read in C too (takeListener):
+ * ChannelData (RFC 8656 §12.4) from a client whose
  * allocation is mirrored, on a bound channel whose binding, permission and allocation all
  * run, goes out of the relay socket in C, and so does a Send indication (RFC 8656 §11.2)
  * with XOR-PEER-ADDRESS and DATA whose peer IP has a running permission (the cases the
@@ -16,7 +16,10 @@
  * know, is left to JS); everything else read there (STUN requests, other Send
  * indications, unknown clients) comes back here once per batch and goes to the listener's
  * own handler (UdpListener.onMessage, what dgram's 'message' calls), with the same rinfo
- * fields the server reads. A server with a per-packet hook keeps dgram on its listeners.
+ * fields the server reads. A server with a per-packet hook has no eligible flow, so C
+ * forwards none of its datagrams and hands every one to JS, one call per batch (the hook
+ * sees each, in order); what the hook lets through goes to the peer out of the relay
+ * socket in C (sendToPeer), without dgram's per-datagram receive and send work.
  *
  * This module owns nothing of the TURN state: it mirrors into C what AllocationTable
  * tells it (TableObserver) — the allocation's and each permission's and channel's expiry
@@ -25,7 +28,8 @@
  *
  * Eligible: a flow no per-packet hook must see. This session that is exactly "the
  * server has no flowHooks.onPacket": the gateway (which inspects, counts quotas and
- * guards every datagram) always has one, so none of its flows is forwarded in C.
+ * guards every datagram) always has one, so none of its flows is forwarded in C; its
+ * datagrams are read and sent in C, and judged in JS.
  */
 import type { RemoteInfo, Socket } from 'node:dgram';
 import { loadAddon } from '../util/native-addon.js';
@@ -288,12 +292,12 @@ export class FastPath implements TableObserver {
   }
 
   /**
-   * Has C read a UDP listener from now on (client -> peer ChannelData in C); only for a
-   * server whose flows are all eligible (a per-packet hook must see every datagram, so
-   * there dgram keeps the listener). False: left to dgram.
+   * Has C read a UDP listener from now on: client -> peer ChannelData and Send
+   * indications of eligible flows go out in C, everything else (with a per-packet hook:
+   * every datagram) comes to the listener's handler in one call per batch. False: left
+   * to dgram.
    */
   takeListener(l: UdpListener, maxFirstByte: number): boolean {
-    if (!this.eligible) return false;
     const h = handleOf(l.socket);
     if (h === null) return false;
     try {

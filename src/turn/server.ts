@@ -265,7 +265,8 @@ export class TurnServer {
         if (proto === 'udp') {
           const l = await listenUdp(host, port, this.udpListeners.length, this.supervisor, this.log, (l, m, r) => this.onUdp(l, m, r), fd);
           this.udpListeners.push(l);
-          // Client -> peer ChannelData of hook-free flows in C; the rest still reaches onUdp.
+          // Read in C: client -> peer ChannelData of hook-free flows goes out there; the rest
+          // (with a per-packet hook: every datagram) reaches onUdp, one call per batch.
           this.fast?.takeListener(l, this.maxChannelByte);
         } else {
           this.streamListeners.push(

@@ -517,7 +517,7 @@ t.test('client -> peer: the same delivered bytes and events with fast_path off a
   t.equal(auto.fast!.malformed, 1, 'auto: the short one was dropped in C');
 });
 
-t.test('a server with a per-packet hook: its listener stays with dgram, the hook sees every datagram', { skip }, async (t) => {
+t.test('a server with a per-packet hook: its listener is read in C, the hook sees every datagram', { skip }, async (t) => {
   const off = await clientScenario(t, 'off', true);
   // What the hook let through goes to the peer out of the relay socket in C (sendTo), not dgram.
   let sentInC = 0;
@@ -533,8 +533,8 @@ t.test('a server with a per-packet hook: its listener stays with dgram, the hook
   t.same(auto.hook, ['c2p:unpadded!', 'c2p:abcde', 'c2p:via send', 'c2p:after', 'p2c:back'], 'every datagram through the hook');
   t.same([auto.atP1, auto.atP2, auto.events, auto.stats], [off.atP1, off.atP2, off.events, off.stats], 'as with fast_path off');
   t.same(auto.hook, off.hook);
-  t.equal(auto.fast!.listenerBatches, 0, 'the listener was not read in C');
-  t.equal(auto.fast!.clientToPeer, 0);
+  t.ok(auto.fast!.listenerBatches > 0, 'the listener was read in C');
+  t.equal(auto.fast!.clientToPeer, 0, 'nothing forwarded in C without the hook (every datagram went to JS)');
 });
 
 t.test('client -> peer expiry is checked in C on every datagram, with no JS timer running', { skip }, async (t) => {
