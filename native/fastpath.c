@@ -150,6 +150,24 @@ static uint8_t *g_ring = NULL;
 static int32_t *g_meta = NULL;
 static double *g_acc = NULL; /* ACC_OWNERS rows of ACC_N counters (init) */
 static napi_ref g_acc_ref = NULL;
+
+/* What JavaScript sends to peers (sendTo) while it handles a batch read here is queued and
+   goes out with sendmmsg when the batch's call returns: one system call per run of one
+   relay socket, and the peer woken once per batch, instead of a sendto each. The bytes
+   are copied (the caller's Buffer is JavaScript's); a datagram that does not fit the
+   arena or the queue flushes what is queued first. */
+#define SQ_MAX 64
+#define SQ_ARENA (256 * 1024)
+static int g_in_batch = 0;
+static int g_sqn = 0;
+static size_t g_sq_used = 0;
+static uint8_t *g_sq_arena = NULL;
+static struct mmsghdr g_sqmsg[SQ_MAX];
+static struct iovec g_sqiov[SQ_MAX];
+static struct sockaddr_storage g_sqaddr[SQ_MAX];
+static int g_sqfd[SQ_MAX];
+static int g_sqowner[SQ_MAX];
+static void flush_js_sends(void);
 static relay_t **g_relays = NULL;
 static int g_nrelays = 0;
 static listener_t **g_listeners = NULL; /* NULL: free */
@@ -472,6 +490,13 @@ static void call_js(napi_env env) {
 
 static int clear_socket_error(int fd);
 
+static void call_js_batch(napi_env env) {
+  g_in_batch = 1;
+  call_js(env);
+  g_in_batch = 0;
+  if (g_sqn) flush_js_sends();
+}
+
 /* One recvmmsg of up to BATCH datagrams into the ring's slots (a fresh header per slot:
    the kernel rewrites msg_namelen and msg_len). The result: count, or <= 0. */
 static int recv_batch(int fd) {
@@ -600,7 +625,7 @@ static void on_readable(uv_poll_t *h, int status, int events) {
   a[A_SEND_DROPPED] += meta[M_N + 3];
   a[A_EXPIRED] += meta[M_N + 4];
   /* JavaScript is called for the datagrams it must see, at most once per batch. */
-  if (nslow) call_js(g_env);
+  if (nslow) call_js_batch(g_env);
 }
 
 /* ---------------------------------------------------------------- client -> peer */
@@ -619,6 +644,32 @@ static void flush_client_sends(int n, int32_t *meta) {
       start = i;
     }
 }
+
+/* Sends what sendTo queued during a batch (see g_in_batch), runs of one descriptor per
+   sendmmsg; a datagram the kernel refuses is lost and counted in its owner's sendDropped. */
+static void flush_js_sends(void) {
+  int start = 0;
+  while (start < g_sqn) {
+    int end = start + 1;
+    while (end < g_sqn && g_sqfd[end] == g_sqfd[start]) end++;
+    int off = start;
+    while (off < end) {
+      int sent = sendmmsg(g_sqfd[start], g_sqmsg + off, end - off, MSG_DONTWAIT);
+      if (sent < 0) {
+        if (errno == EINTR) continue;
+        g_acc[(size_t)g_sqowner[off] * ACC_N + A_SEND_DROPPED]++;
+        off++;
+      } else
+        off += sent;
+    }
+    start = end;
+  }
+  g_sqn = 0;
+  g_sq_used = 0;
+}
+
+/* A JavaScript batch call: sendTo queues while it runs; what it queued goes out after. */
+static void call_js_batch(napi_env env);
 
 enum { CD_QUEUED, CD_DROPPED, CD_TO_JS };
 
@@ -905,7 +956,7 @@ static void on_listener_readable(uv_poll_t *h, int status, int events) {
   a[A_EXPIRED] += meta[M_N + 4];
   a[A_MALFORMED] += meta[M_N + 7];
   a[A_SEND_INDICATIONS] += meta[M_N + 8];
-  if (nslow) call_js(g_env);
+  if (nslow) call_js_batch(g_env);
 }
 
 /* ---------------------------------------------------------------- exported functions */
@@ -951,6 +1002,7 @@ static napi_value js_init(napi_env env, napi_callback_info info) {
   g_ring = ring;
   g_meta = meta;
   g_acc = acc;
+  if (g_sq_arena == NULL && (g_sq_arena = malloc(SQ_ARENA)) == NULL) THROW("out of memory");
   g_env = env;
   if (getrandom(g_tid, sizeof g_tid, 0) != sizeof g_tid) THROW("getrandom failed");
   crc_init();
@@ -1161,8 +1213,10 @@ static napi_value js_open(napi_env env, napi_callback_info info) {
 /*
  * sendTo(relayId, buf, off, len, peerIp (4|16 bytes), peerPort) -> 1 sent, 0 lost, -1 not
  * sent here. What JavaScript relays to a peer (a hooked flow's datagram after the hook
- * let it through, RFC 8656 §11.2 / §12.6) goes out of the relay socket with one sendto(2),
- * without dgram's per-send objects and lookup. Lost: the socket's buffer was full or the
+ * let it through, RFC 8656 §11.2 / §12.6) goes out of the relay socket without dgram's
+ * per-send objects and lookup: during a batch call queued for sendmmsg after it (the
+ * relay's descriptor is a dup that stays open until its uv_close callback, so it is still
+ * this relay's then), else one sendto(2). Lost: the socket's buffer was full or the
  * send failed (counted in sendDropped; relayed UDP may be lost, and nothing is queued
  * without bound). -1: the relay is closed here, or the peer is not of its socket's family:
  * JavaScript sends it through dgram as before.
@@ -1182,7 +1236,25 @@ static napi_value js_send_to(napi_env env, napi_callback_info info) {
   relay_t *r = id >= 0 && id < g_nrelays ? g_relays[id] : NULL;
   struct sockaddr_storage sa;
   socklen_t sl = r != NULL && !r->closing ? peer_sockaddr(r, ip, iplen, (uint16_t)port, &sa) : 0;
-  if (sl > 0) {
+  if (sl > 0 && g_in_batch && g_sq_arena != NULL && (size_t)len <= SQ_ARENA) {
+    if (g_sqn == SQ_MAX || g_sq_used + (size_t)len > SQ_ARENA) flush_js_sends();
+    int k = g_sqn++;
+    uint8_t *dst = g_sq_arena + g_sq_used;
+    memcpy(dst, (uint8_t *)data + off, (size_t)len);
+    g_sq_used += (size_t)len;
+    g_sqaddr[k] = sa;
+    g_sqiov[k].iov_base = dst;
+    g_sqiov[k].iov_len = (size_t)len;
+    struct msghdr *m = &g_sqmsg[k].msg_hdr;
+    memset(m, 0, sizeof *m);
+    m->msg_name = &g_sqaddr[k];
+    m->msg_namelen = sl;
+    m->msg_iov = &g_sqiov[k];
+    m->msg_iovlen = 1;
+    g_sqfd[k] = r->fd;
+    g_sqowner[k] = r->owner;
+    res = 1;
+  } else if (sl > 0) {
     ssize_t n;
     do n = sendto(r->fd, (uint8_t *)data + off, (size_t)len, MSG_DONTWAIT, (struct sockaddr *)&sa, sl);
     while (n < 0 && errno == EINTR);

@@ -135,6 +135,31 @@ t.test('flows with a per-packet hook are handed to JS, one call per batch', { sk
   t.equal(h.server.stats.packets.peerToClient, 1);
 });
 
+t.test('a hooked flow: a burst of client -> peer datagrams goes out in C, all of them, in order', { skip }, async (t) => {
+  // The listener is read in C; what the hook passes during a batch call is queued there
+  // and sent with sendmmsg after it returns.
+  const seen: string[] = [];
+  const h = await startServer((c) => void (c.turn.fast_path = 'auto'), {
+    flowHooks: { onPacket: (_f, dir, data) => (seen.push(`${dir}:${data.toString()}`), true) },
+  });
+  t.teardown(h.close);
+  const { c } = await allocated(h.udpPort);
+  const p1 = await peerSocket();
+  t.teardown(() => (c.close(), p1.close()));
+  t.equal((await bindReq(c, 0x4001, '127.0.0.1', p1.port)).cls, Class.Success);
+  const sent = Array.from({ length: 40 }, (_, i) => `burst ${i}`);
+  for (const m of sent) c.sendRaw(buildChannelData(0x4001, Buffer.from(m)));
+  const got: string[] = [];
+  for (let i = 0; i < sent.length; i++) got.push((await p1.next()).msg.toString());
+  t.same(got, sent, 'every datagram at the peer, in the order sent');
+  t.same(seen, sent.map((m) => `c2p:${m}`), 'each through the hook first');
+  const fp = h.server.fastPath()!;
+  t.comment(`read in ${fp.listenerBatches} listener batches`);
+  t.ok(fp.listenerBatches > 0, 'the listener was read in C');
+  t.equal(fp.sendDropped, 0, 'nothing lost');
+  t.equal(h.server.stats.packets.clientToPeer, sent.length);
+});
+
 t.test('two servers in one process: each batch goes to the server whose relay read it', { skip }, async (t) => {
   // The addon has one callback per process; a second server used to take it, and the
   // first server's hooked flows then lost every peer datagram (and its counters).
