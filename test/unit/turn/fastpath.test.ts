@@ -152,7 +152,11 @@ t.test('a hooked flow: a burst of client -> peer datagrams goes out in C, all of
   const got: string[] = [];
   for (let i = 0; i < sent.length; i++) got.push((await p1.next()).msg.toString());
   t.same(got, sent, 'every datagram at the peer, in the order sent');
-  t.same(seen, sent.map((m) => `c2p:${m}`), 'each through the hook first');
+  t.same(
+    seen,
+    sent.map((m) => `c2p:${m}`),
+    'each through the hook first',
+  );
   const fp = h.server.fastPath()!;
   t.comment(`read in ${fp.listenerBatches} listener batches`);
   t.ok(fp.listenerBatches > 0, 'the listener was read in C');
