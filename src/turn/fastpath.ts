@@ -230,6 +230,7 @@ export class FastPath implements TableObserver {
   /** This FastPath's row of the hub's counters, and the values already added to c / stats. */
   private readonly row: number;
   private readonly seen = new Float64Array(ACC_N);
+  private readonly delta = new Float64Array(ACC_N);
   private liveRelays = 0;
   private closed = false;
   /** This server's handler of a batch read from one of its relays (hubOf). */
@@ -357,26 +358,26 @@ export class FastPath implements TableObserver {
       acc[base + A_SEND_DROPPED] === seen[A_SEND_DROPPED]
     )
       return;
-    const d = (k: number): number => {
-      const v = acc[base + k]! - seen[k]!;
-      seen[k] = acc[base + k]!;
-      return v;
-    };
+    // What C added since the last call, column by column (no closure: this runs per batch).
+    const delta = this.delta;
+    for (let k = 0; k < ACC_N; k++) {
+      const v = acc[base + k]!;
+      delta[k] = v - seen[k]!;
+      seen[k] = v;
+    }
     const c = this.c;
     const s = this.stats;
-    const p2c = d(A_P2C_PACKETS);
-    s.packets.peerToClient += p2c;
-    s.bytes.peerToClient += d(A_P2C_BYTES);
-    const c2p = d(A_C2P_PACKETS);
-    s.packets.clientToPeer += c2p;
-    s.bytes.clientToPeer += d(A_C2P_BYTES);
-    c.clientToPeer += c2p;
-    c.sendDropped += d(A_SEND_DROPPED);
-    c.expired += d(A_EXPIRED);
-    c.malformed += d(A_MALFORMED);
-    c.sendIndications += d(A_SEND_INDICATIONS);
-    c.batches += d(A_BATCHES);
-    c.listenerBatches += d(A_LISTENER_BATCHES);
+    s.packets.peerToClient += delta[A_P2C_PACKETS]!;
+    s.bytes.peerToClient += delta[A_P2C_BYTES]!;
+    s.packets.clientToPeer += delta[A_C2P_PACKETS]!;
+    s.bytes.clientToPeer += delta[A_C2P_BYTES]!;
+    c.clientToPeer += delta[A_C2P_PACKETS]!;
+    c.sendDropped += delta[A_SEND_DROPPED]!;
+    c.expired += delta[A_EXPIRED]!;
+    c.malformed += delta[A_MALFORMED]!;
+    c.sendIndications += delta[A_SEND_INDICATIONS]!;
+    c.batches += delta[A_BATCHES]!;
+    c.listenerBatches += delta[A_LISTENER_BATCHES]!;
   }
 
   private listenerId(l: UdpListener): number {
