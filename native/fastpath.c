@@ -490,6 +490,7 @@ static void call_js(napi_env env) {
 
 static int clear_socket_error(int fd);
 
+/* A JavaScript batch call: sendTo queues while it runs; what it queued goes out after. */
 static void call_js_batch(napi_env env) {
   g_in_batch = 1;
   call_js(env);
@@ -667,9 +668,6 @@ static void flush_js_sends(void) {
   g_sqn = 0;
   g_sq_used = 0;
 }
-
-/* A JavaScript batch call: sendTo queues while it runs; what it queued goes out after. */
-static void call_js_batch(napi_env env);
 
 enum { CD_QUEUED, CD_DROPPED, CD_TO_JS };
 
