@@ -17,7 +17,9 @@ ENV NODE_ENV=production
 WORKDIR /app
 COPY --from=build /src/node_modules ./node_modules
 COPY --from=build /src/dist ./dist
-COPY --from=build /src/native/build/Release/gatehouse_native.node ./native/build/Release/gatehouse_native.node
+# Every addon built: SRTP/GCM (gatehouse_native), the relay fast path (turn.fast_path), and the
+# relay workers' SO_REUSEPORT sockets and key broker (gatehouse_reuseport, gatehouse_peercred).
+COPY --from=build /src/native/build/Release/*.node ./native/build/Release/
 COPY package.json ./
 COPY bin ./bin
 COPY rules ./rules
