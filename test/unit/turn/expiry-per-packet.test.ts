@@ -2,7 +2,8 @@
  * Lifetimes are checked on every packet, not only by the once-a-second sweep (issue 13):
  * with the clock past a permission's (RFC 8656 §9), a channel binding's (§12) or an
  * allocation's (§8) end and the sweep not run yet (a stalled event loop), nothing more
- * is relayed on it. Pure-JS data path (turn.fast_path off, the test default).
+ * is relayed on it. Pure-JS data path (turn.fast_path off, set here: the driven clock is
+ * JavaScript's, which C does not see; fastpath.test.ts checks expiry in C on real time).
  */
 import t from 'tap';
 import { Attr, Class, Method, getXorAddress, type StunWriter as W } from '../../../src/wire/stun.js';
@@ -14,7 +15,7 @@ const isDataInd = (b: Buffer): boolean => b.length >= 20 && b.readUInt16BE(0) ==
 const isCd = (b: Buffer): boolean => b.length >= 4 && b[0]! >= 0x40 && b[0]! <= 0x4f;
 
 t.test('an expired permission, channel or allocation relays nothing before the sweep runs', async (t) => {
-  const h = await startServer();
+  const h = await startServer((c) => void (c.turn.fast_path = 'off'));
   t.teardown(h.close);
   const c = await Client.udp(h.udpPort);
   const p1 = await peerSocket();
