@@ -88,8 +88,12 @@ export class DataPath {
     if (this.onPacket !== undefined && !this.pass(flow, 'c2p', buf.subarray(off + 4, off + 4 + len), ch.peerPort)) return;
     this.stats.packets.clientToPeer++;
     this.stats.bytes.clientToPeer += len;
-    if (this.peerSend === null || !this.peerSend(a, ch.perm, buf, off + 4, len, ch.peerPort))
-      a.socket.send(buf, off + 4, len, ch.peerPort, ch.peerIp);
+    this.sendToPeer(a, ch.perm, buf, off + 4, len, ch.peerPort, ch.peerIp);
+  }
+
+  /** buf[off, off + len) to the peer out of a's relay socket: in C with the fast path, else dgram. */
+  private sendToPeer(a: Allocation, perm: Permission, buf: Buffer, off: number, len: number, port: number, ip: string): void {
+    if (this.peerSend === null || !this.peerSend(a, perm, buf, off, len, port)) a.socket.send(buf, off, len, port, ip);
   }
 
   /**
@@ -110,7 +114,7 @@ export class DataPath {
     // With DF, a datagram larger than the path MTU is not sent (EMSGSIZE), as a router
     // would drop it (RFC 791 DF); like any send error of a relay socket, it is not answered.
     if (df && this.dontFragment !== null) this.dontFragment(a.socket, a.family, data, port, ip);
-    else if (this.peerSend === null || !this.peerSend(a, perm, data, 0, data.length, port)) a.socket.send(data, port, ip);
+    else this.sendToPeer(a, perm, data, 0, data.length, port, ip);
   }
 
   /** A datagram from a peer on a relay socket (RFC 8656 §11.3, §12.7). */

@@ -138,7 +138,6 @@ interface Hub {
    * C forwarded whole makes no call into JS, so its counts are read here when wanted.
    */
   acc: Float64Array;
-  accN: number;
   /** Row -> the FastPath holding it (from its construction to its last relay's close). */
   rowOwners: (FastPath | undefined)[];
 }
@@ -192,7 +191,6 @@ function hubOf(addon: FastPathAddon): Hub {
     owners,
     listenerOwners,
     acc,
-    accN: ACC_N,
     rowOwners: [],
   };
   hubs.set(addon, hub);
